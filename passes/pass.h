@@ -1,0 +1,52 @@
+// A pass rewrites a graph in place. Each pass is one file with a header
+// comment (what, why, algorithm), a kebab-case name, a create function, and
+// counters it can print.
+//
+// Pipelines are written as in MLIR: "canonicalize,cse,autodiff{loss=loss wrt=w1,w2},dce".
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "ir/graph.h"
+
+namespace moejit {
+
+// key=value options of one pass in a pipeline; values are raw strings.
+using PassOptions = std::map<std::string, std::string>;
+
+class Pass {
+ public:
+  virtual ~Pass() = default;
+  virtual std::string_view name() const = 0;
+  virtual void run(Graph& graph) = 0;
+  // Counters of the last run ("ops-removed", 3), printed with --pass-statistics.
+  const std::vector<std::pair<std::string, std::int64_t>>& statistics() const { return stats_; }
+
+ protected:
+  void count(const std::string& counter, std::int64_t n = 1);
+  void reset_statistics() { stats_.clear(); }
+
+ private:
+  std::vector<std::pair<std::string, std::int64_t>> stats_;
+};
+
+struct PassRegistration {
+  std::string name;
+  std::string description;
+  std::function<std::unique_ptr<Pass>(const PassOptions&)> create;
+};
+
+// Every pass moejit knows (passes/registry.cpp lists them explicitly, one
+// line each: static registration does not survive static linking).
+const std::vector<PassRegistration>& registered_passes();
+// Creates a pass by name; throws moejit::Error naming the known passes when
+// the name is unknown, or when an option is not one the pass takes.
+std::unique_ptr<Pass> create_pass(std::string_view name, const PassOptions& options = {});
+
+}  // namespace moejit
