@@ -224,8 +224,9 @@ bool infer_reshape(InferCtx& ctx) {
       inferred = static_cast<int>(i);
     } else if (shape[i] <= 0) {
       return ctx.fail(fmt::format("attribute 'shape': expected positive dims and at most one -1, found {}", shape_str(shape)));
-    } else {
-      known *= shape[i];
+    } else if (__builtin_mul_overflow(known, shape[i], &known)) {
+      return ctx.fail(fmt::format("attribute 'shape': expected {} elements (those of {}), found more in {}", x.numel(), x.str(),
+                                  shape_str(shape)));
     }
   }
   if (inferred >= 0) {
@@ -295,8 +296,9 @@ bool infer_pad(InferCtx& ctx) {
                                 low.size(), high.size()));
   Shape out;
   for (std::size_t i = 0; i < low.size(); ++i) {
-    if (low[i] < 0 || high[i] < 0)
-      return ctx.fail(fmt::format("dim {}: expected non-negative padding, found low {} high {}", i, low[i], high[i]));
+    constexpr std::int64_t kMaxPad = std::int64_t{1} << 40;  // keeps the padded size from overflowing
+    if (low[i] < 0 || high[i] < 0 || low[i] > kMaxPad || high[i] > kMaxPad)
+      return ctx.fail(fmt::format("dim {}: expected padding in [0, 2^40], found low {} high {}", i, low[i], high[i]));
     out.push_back(x.shape[i] + low[i] + high[i]);
   }
   return ok(ctx, TensorType{x.dtype, out});

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
+
 namespace moejit {
 
 namespace {
@@ -28,13 +30,21 @@ std::string type_list(const Graph& graph, const std::vector<ValueId>& values, bo
 
 std::string escaped(const std::string& s) { return attr_value_str(AttrValue{s}); }
 
+// A symbol name: bare when it is an identifier, else a string literal (@"a b").
+std::string symbol(const std::string& s) {
+  bool bare = !s.empty() && (std::isalpha(static_cast<unsigned char>(s[0])) || s[0] == '_');
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' || c == '.')) bare = false;
+  return "@" + (bare ? s : escaped(s));
+}
+
 }  // namespace
 
 std::string value_ref(const Graph& graph, ValueId value) { return Names(graph)(value); }
 
 std::string print_graph(const Graph& graph) {
   Names name(graph);
-  std::string out = fmt::format("func.func @{}(", graph.name());
+  std::string out = fmt::format("func.func {}(", symbol(graph.name()));
   for (std::size_t i = 0; i < graph.args().size(); ++i) {
     const auto& arg = graph.args()[i];
     if (i) out += ", ";

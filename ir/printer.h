@@ -10,7 +10,8 @@
 //   }
 //
 // Arguments keep their names; op results are numbered by op index (%7, and
-// %7#1 for the second result of a multi-result op).
+// %7#1 for the second result of a multi-result op). The function name is
+// bare when it is an identifier, else a string (@"tricky graph").
 #pragma once
 #include <string>
 
