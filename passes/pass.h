@@ -27,10 +27,13 @@ class Pass {
   virtual void run(Graph& graph) = 0;
   // Counters of the last run ("ops-removed", 3), printed with --pass-statistics.
   const std::vector<std::pair<std::string, std::int64_t>>& statistics() const { return stats_; }
+  // The pass manager clears the counters before each run.
+  void reset_statistics() { stats_.clear(); }
 
  protected:
+  // Adds n to a counter (created at its first use, so counters print in the
+  // order a pass first touches them).
   void count(const std::string& counter, std::int64_t n = 1);
-  void reset_statistics() { stats_.clear(); }
 
  private:
   std::vector<std::pair<std::string, std::int64_t>> stats_;
@@ -40,6 +43,9 @@ struct PassRegistration {
   std::string name;
   std::string description;
   std::function<std::unique_ptr<Pass>(const PassOptions&)> create;
+  // The option keys the pass takes ("loss", "wrt"); create_pass rejects any
+  // other key before calling create. Empty: the pass takes no options.
+  std::vector<std::string> options = {};
 };
 
 // Every pass moejit knows (passes/registry.cpp lists them explicitly, one
@@ -48,5 +54,13 @@ const std::vector<PassRegistration>& registered_passes();
 // Creates a pass by name; throws moejit::Error naming the known passes when
 // the name is unknown, or when an option is not one the pass takes.
 std::unique_ptr<Pass> create_pass(std::string_view name, const PassOptions& options = {});
+const PassRegistration* find_pass(std::string_view name);
+
+// Helpers for create functions: a comma list ("w1,w2" -> {"w1", "w2"}), an
+// integer and a bool ("true"/"false"/"1"/"0"); each throws moejit::Error
+// naming the pass and the option when the text is malformed.
+std::vector<std::string> option_list(const PassOptions& options, const std::string& key);
+std::int64_t option_int(std::string_view pass, const PassOptions& options, const std::string& key, std::int64_t fallback);
+bool option_bool(std::string_view pass, const PassOptions& options, const std::string& key, bool fallback);
 
 }  // namespace moejit

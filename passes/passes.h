@@ -1,0 +1,30 @@
+// The create functions of every pass (one line each; passes/registry.cpp
+// lists them by name), plus small graph utilities the passes share.
+#pragma once
+#include <memory>
+
+#include "passes/pass.h"
+
+namespace moejit {
+
+std::unique_ptr<Pass> create_canonicalize_pass(const PassOptions& options);
+std::unique_ptr<Pass> create_cse_pass(const PassOptions& options);
+std::unique_ptr<Pass> create_dce_pass(const PassOptions& options);
+// autodiff{loss=NAME wrt=a,b}: wraps append_backward (passes/autodiff.h).
+std::unique_ptr<Pass> create_autodiff_pass(const PassOptions& options);
+std::unique_ptr<Pass> create_fuse_router_permute_pass(const PassOptions& options);
+std::unique_ptr<Pass> create_fuse_expert_gather_scatter_pass(const PassOptions& options);
+// moe-tiling{pad-dispatch=true|false}
+std::unique_ptr<Pass> create_moe_tiling_pass(const PassOptions& options);
+// fuse-elementwise: marks chains of elementwise ops with mj.fusion_group (passes/fuse_elementwise.cpp).
+std::unique_ptr<Pass> create_fuse_elementwise_pass(const PassOptions& options);
+// memory-plan{print=true|false}: reports the arena plan (passes/memory_plan.h).
+std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);
+
+// Erases every op none of whose results reaches a graph output (directly or
+// through other ops); keeps arguments and outputs. Returns the number of ops
+// erased. dce is this; canonicalize calls it to drop what its rewrites
+// orphaned.
+int erase_ops_not_reaching_outputs(Graph& graph);
+
+}  // namespace moejit
