@@ -11,13 +11,14 @@
 
 namespace moejit {
 
-// A handle to one value of the graph being built.
+// A handle to one value of the graph being built. The accessors return
+// copies: adding an op may move the graph's value table.
 struct Tensor {
   Graph* graph = nullptr;
   ValueId id = kNoValue;
 
-  const TensorType& type() const { return graph->type(id); }
-  const Shape& shape() const { return type().shape; }
+  TensorType type() const { return graph->type(id); }
+  Shape shape() const { return type().shape; }
   DType dtype() const { return type().dtype; }
   int rank() const { return type().rank(); }
   std::int64_t dim(int axis) const { return type().dim(axis); }
@@ -128,14 +129,21 @@ class Builder {
                               const AdamWOptions& options = {});
 
   // ---- MoE ----
-  // moe.gate: logits [T, E] float, bias? [E] -> weights [T, K] f32, experts [T, K] i32.
-  //   Chooses the top_k experts per token by score (+ bias: selection only),
-  //   ties to the lower index; experts[t] in descending score order.
+  // moe.gate: logits [T, E] float, bias? [E] -> weights [T, K] (logits' dtype), experts [T, K] i32.
+  //   softmax_then_topk: s = softmax(logits) or sigmoid(logits) over all E, the
+  //   top_k of s + bias, weights = s of the chosen; topk_then_softmax: the top_k
+  //   of logits + bias, weights = softmax over the k chosen logits (or their
+  //   sigmoid). normalize divides the k weights by their sum. The bias shifts
+  //   selection only; ties to the lower index; experts[t] in descending
+  //   selection-key order. Exact rules: docs/moe.md.
   std::array<Tensor, 2> moe_gate(Tensor logits, const GateOptions& options, Tensor* bias = nullptr);
   // moe.dispatch: experts [T, K] i32 -> slots [N] i32, offsets [E+1] i32,
   //   positions [T, K] i32, counts [E] i32. Slot s = t*K + k; slots sorted by
-  //   expert, stable; padding rows hold -1; positions[t,k] is the row of slot
-  //   t*K+k, or -1 if dropped; counts[e] = routed slots before dropping.
+  //   expert, stable; with capacity_factor > 0 each expert keeps its first
+  //   C = ceil(cf*T*K/E) slots in slot order; each segment is padded with -1
+  //   rows to a multiple of block, rows offsets[E]..N-1 are -1 too;
+  //   positions[t,k] is the row of slot t*K+k, or -1 if dropped; counts[e] =
+  //   routed slots before dropping. N: ir/moe_shapes.h.
   std::array<Tensor, 4> moe_dispatch(Tensor experts, const DispatchOptions& options);
   // moe.permute: x [T, D], slots [N] i32 -> xs [N, D]; xs[i] = x[slots[i] / K],
   //   zero where slots[i] = -1.

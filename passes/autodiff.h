@@ -16,8 +16,13 @@ struct AutodiffOptions {
 };
 
 // Returns, per name in wrt, the value of its gradient (also added as outputs
-// "grad.<name>"). Throws moejit::Error when the loss is not a scalar float
-// output or a name is not an argument.
+// "grad.<name>", in wrt order). The backward ops are appended after the
+// forward ops; only ops on a path from a wrt argument to the loss are
+// differentiated, and a value used several times gets the sum (mj.add) of
+// its gradients. An argument with no path to the loss gets a zero gradient
+// (an mj.constant). Throws moejit::Error when the loss is not a scalar float
+// output, a name is not a float argument, or an op on such a path is NotDiff
+// (the message names the op: "not differentiable").
 std::vector<ValueId> append_backward(Graph& graph, const AutodiffOptions& options);
 
 // What a gradient rule sees: the forward op, Tensors for its operands and
