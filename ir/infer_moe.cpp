@@ -11,9 +11,9 @@ using namespace infer_util;
 
 std::int64_t dispatch_capacity(std::int64_t tokens, std::int64_t top_k, std::int64_t num_experts, double capacity_factor) {
   if (capacity_factor <= 0.0) return tokens * top_k;
-  auto c = static_cast<std::int64_t>(std::ceil(capacity_factor * static_cast<double>(tokens * top_k) /
-                                               static_cast<double>(num_experts)));
-  return std::max<std::int64_t>(c, 1);
+  double c = std::ceil(capacity_factor * static_cast<double>(tokens * top_k) / static_cast<double>(num_experts));
+  if (!(c < static_cast<double>(tokens * top_k))) return tokens * top_k;  // no expert can hold more (and no overflow)
+  return std::max<std::int64_t>(static_cast<std::int64_t>(c), 1);
 }
 
 std::int64_t dispatch_rows(std::int64_t tokens, std::int64_t top_k, std::int64_t num_experts, double capacity_factor,
@@ -60,15 +60,18 @@ bool check_gate_attrs(InferCtx& ctx, std::int64_t num_experts) {
 }
 
 bool check_dispatch_attrs(InferCtx& ctx, std::int64_t num_experts_found) {
+  // Bounds keep the static sizes (E * capacity, E * (block - 1)) far from overflow.
+  constexpr std::int64_t kMaxExperts = std::int64_t{1} << 20, kMaxBlock = std::int64_t{1} << 20;
   std::int64_t e = ctx.attrs.get_int("num_experts");
-  if (e < 1) return ctx.fail(fmt::format("attribute 'num_experts': expected >= 1, found {}", e));
+  if (e < 1 || e > kMaxExperts)
+    return ctx.fail(fmt::format("attribute 'num_experts': expected 1 <= num_experts <= {}, found {}", kMaxExperts, e));
   if (num_experts_found >= 0 && e != num_experts_found)
     return ctx.fail(fmt::format("attribute 'num_experts': expected {} (the router's width), found {}", num_experts_found, e));
-  if (ctx.attrs.get_float("capacity_factor") < 0.0)
+  if (!(ctx.attrs.get_float("capacity_factor") >= 0.0))  // also NaN
     return ctx.fail(fmt::format("attribute 'capacity_factor': expected >= 0 (0 = dropless), found {}",
                                 ctx.attrs.get_float("capacity_factor")));
-  if (ctx.attrs.get_int("block") < 1)
-    return ctx.fail(fmt::format("attribute 'block': expected >= 1, found {}", ctx.attrs.get_int("block")));
+  if (ctx.attrs.get_int("block") < 1 || ctx.attrs.get_int("block") > kMaxBlock)
+    return ctx.fail(fmt::format("attribute 'block': expected 1 <= block <= {}, found {}", kMaxBlock, ctx.attrs.get_int("block")));
   return true;
 }
 
@@ -228,7 +231,8 @@ bool infer_route(InferCtx& ctx) {
 }
 
 bool infer_gather_matmul(InferCtx& ctx) {
-  // x [T, D], w [E, D, F], slots [N] i32, offsets [E+1] -> [N, F]
+  // x [T, D], w [E, D, F], slots [N] i32, offsets [E+1], positions [T, K] i32 -> [N, F]
+  // (positions, the inverse of slots, is there for the backward: dx gathers through it)
   if (!expect_rank(ctx, 0, 2) || !expect_float(ctx, 0) || !expect_rank(ctx, 1, 3) || !expect_rank(ctx, 2, 1) ||
       !expect_dtype(ctx, 2, DType::i32) || !check_tiles(ctx))
     return false;
@@ -239,6 +243,7 @@ bool infer_gather_matmul(InferCtx& ctx) {
   if (!expect_offsets(ctx, 3, w.dim(0))) return false;
   if (ctx.attrs.get_int("top_k") < 1)
     return ctx.fail(fmt::format("attribute 'top_k': expected >= 1, found {}", ctx.attrs.get_int("top_k")));
+  if (!expect_shape(ctx, 4, {x.dim(0), ctx.attrs.get_int("top_k")}, DType::i32, "(positions: [T, top_k])")) return false;
   ctx.results = {TensorType{x.dtype, {operand(ctx, 2).dim(0), w.dim(2)}}};
   return true;
 }

@@ -149,7 +149,12 @@ std::optional<std::vector<TensorType>> infer_op(OpKind kind, std::span<const Ten
   }
   for (const auto& attr : attrs.items()) {
     const AttrSpec* spec = info.find_attr(attr.name);
-    if (!spec) return fail(fmt::format("unknown attribute '{}'", attr.name));
+    if (!spec) {
+      // Discardable attributes carry a dialect prefix, as in MLIR: annotations
+      // a pass leaves for a backend (mj.fusion_group) that no op declares.
+      if (attr.name.find('.') != std::string::npos) continue;
+      return fail(fmt::format("unknown attribute '{}'", attr.name));
+    }
     if (attr_kind_of(attr.value) != spec->kind)
       return fail(fmt::format("attribute '{}': expected {}, found {}", attr.name, attr_kind_name(spec->kind),
                               attr_kind_name(attr_kind_of(attr.value))));

@@ -1,0 +1,112 @@
+// fuse-elementwise: groups chains of elementwise ops so the CUDA backend
+// runs each group as one kernel (one pass over memory instead of one per op).
+//
+// Representation: every op of a group gets the discardable attribute
+// `mj.fusion_group = <id> : i64` (ids count groups in graph order). The ops
+// stay in the graph, so the CPU backend, the printer and every other pass
+// see the same computation; the CUDA codegen (codegen/codegen.cpp) emits one
+// kernel per group at the group's last op and stores only the values used
+// outside the group.
+//
+// Algorithm: walk the ops in order; an elementwise op (unary and binary
+// math, compare, where, cast, constant, dropout, gelu_grad) joins the group
+// of an operand's producer when that producer is elementwise too, the
+// operand has exactly one use (so nothing outside needs it stored) and the
+// shapes agree. Groups are unions (union-find), so a tree of single-use
+// producers fuses into its root. Groups of one op get no attribute, and
+// stale attributes from an earlier run are removed.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+#include "ir/error.h"
+#include "passes/passes.h"
+
+namespace moejit {
+
+namespace {
+
+bool elementwise(OpKind kind) {
+  switch (kind) {
+    case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Sqrt: case OpKind::Rsqrt: case OpKind::Tanh:
+    case OpKind::Relu: case OpKind::Gelu: case OpKind::Silu: case OpKind::Sigmoid: case OpKind::Softplus:
+    case OpKind::Add: case OpKind::Sub: case OpKind::Mul: case OpKind::Div: case OpKind::Maximum: case OpKind::Minimum:
+    case OpKind::Compare: case OpKind::Where: case OpKind::Cast: case OpKind::Constant: case OpKind::GeluGrad:
+    case OpKind::Dropout:
+      return true;
+    default:
+      return false;
+  }
+}
+
+constexpr const char* kGroupAttr = "mj.fusion_group";
+
+class FuseElementwisePass final : public Pass {
+ public:
+  std::string_view name() const override { return "fuse-elementwise"; }
+
+  void run(Graph& graph) override {
+    reset_statistics();
+    auto& ops = graph.mutable_ops();
+    const auto producers = graph.producers();
+    const auto uses = graph.use_counts();
+    std::vector<int> parent(ops.size());
+    std::iota(parent.begin(), parent.end(), 0);
+    auto find = [&](int i) {
+      while (parent[static_cast<std::size_t>(i)] != i) i = parent[static_cast<std::size_t>(i)] = parent[static_cast<std::size_t>(parent[static_cast<std::size_t>(i)])];
+      return i;
+    };
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      const Op& op = ops[i];
+      if (!elementwise(op.kind)) continue;
+      const Shape& shape = graph.type(op.results[0]).shape;
+      for (ValueId v : op.operands) {
+        int p = producers[static_cast<std::size_t>(v)];
+        if (p < 0 || !elementwise(ops[static_cast<std::size_t>(p)].kind)) continue;
+        if (uses[static_cast<std::size_t>(v)] != 1 || graph.type(v).shape != shape) continue;
+        parent[static_cast<std::size_t>(find(p))] = find(static_cast<int>(i));
+      }
+    }
+    // Group sizes, then ids in the order of each group's last op.
+    std::map<int, int> size;
+    for (std::size_t i = 0; i < ops.size(); ++i)
+      if (elementwise(ops[i].kind)) ++size[find(static_cast<int>(i))];
+    std::map<int, std::int64_t> id;
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      ops[i].attrs.erase(kGroupAttr);
+      if (!elementwise(ops[i].kind) || size[find(static_cast<int>(i))] < 2) continue;
+      ops[i].attrs.set(kGroupAttr, std::int64_t{0});  // placeholder until ids are known
+    }
+    // Number groups by their last op, in graph order.
+    std::vector<std::pair<int, int>> last_op;  // (last op index, root)
+    for (int i = 0; i < static_cast<int>(ops.size()); ++i)
+      if (ops[static_cast<std::size_t>(i)].attrs.has(kGroupAttr)) {
+        int root = find(i);
+        bool found = false;
+        for (auto& [last, r] : last_op)
+          if (r == root) {
+            last = i;
+            found = true;
+          }
+        if (!found) last_op.push_back({i, root});
+      }
+    std::sort(last_op.begin(), last_op.end());
+    for (std::size_t g = 0; g < last_op.size(); ++g) id[last_op[g].second] = static_cast<std::int64_t>(g);
+    std::int64_t fused = 0;
+    for (int i = 0; i < static_cast<int>(ops.size()); ++i)
+      if (ops[static_cast<std::size_t>(i)].attrs.has(kGroupAttr)) {
+        ops[static_cast<std::size_t>(i)].attrs.set(kGroupAttr, id[find(i)]);
+        ++fused;
+      }
+    count("groups", static_cast<std::int64_t>(last_op.size()));
+    count("ops-fused", fused);
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Pass> create_fuse_elementwise_pass(const PassOptions&) { return std::make_unique<FuseElementwisePass>(); }
+
+}  // namespace moejit
