@@ -1,0 +1,199 @@
+// NVRTC compilation and the two-level kernel cache. See nvrtc_compiler.h.
+#include "runtime/cuda/nvrtc_compiler.h"
+
+#include <fmt/format.h>
+#include <nvrtc.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
+
+#include "ir/error.h"
+#include "runtime/cuda/cuda_backend.h"
+
+namespace moejit::cuda {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::mutex g_mutex;
+std::map<std::uint64_t, std::string> g_memory_cache;
+CudaCompileStats g_stats;
+
+std::string env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? std::string(v) : std::string();
+}
+
+fs::path cache_dir() {
+  std::string dir = env("MOEJIT_CACHE_DIR");
+  if (!dir.empty()) return dir;
+  std::string home = env("HOME");
+  if (home.empty()) return {};
+  return fs::path(home) / ".cache" / "moejit";
+}
+
+// Writes `data` to `path` through a temporary file in the same directory and
+// a rename, so readers see either nothing or the whole file.
+bool write_atomically(const fs::path& path, std::string_view data) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  std::random_device rd;
+  fs::path tmp = path;
+  tmp += fmt::format(".tmp.{}.{:x}", static_cast<long>(getpid()), rd());
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    if (!out) return false;
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+    if (!out) return false;
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) fs::remove(tmp, ec);
+  return !ec;
+}
+
+bool read_file(const fs::path& path, std::string& data) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  data = ss.str();
+  return static_cast<bool>(in) || in.eof();
+}
+
+// Writes the source where a person can read it; returns the path ("" if not written).
+std::string dump_source(const CompileRequest& req, std::uint64_t key, bool failed) {
+  fs::path dir = env("MOEJIT_DUMP_DIR");
+  if (dir.empty()) {
+    if (!failed) return {};
+    dir = fs::temp_directory_path() / fmt::format("moejit-{}", static_cast<long>(getpid()));
+  }
+  fs::path path = dir / fmt::format("{}_{}_{:016x}.cu", req.name.empty() ? "module" : req.name, req.arch, key);
+  return write_atomically(path, req.source) ? path.string() : std::string();
+}
+
+void nvrtc_check(nvrtcResult r, const char* call) {
+  if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, nvrtcGetErrorString(r)));
+}
+
+std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
+  nvrtcProgram program = nullptr;
+  std::string file_name = (req.name.empty() ? std::string("module") : req.name) + ".cu";
+  nvrtc_check(nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::vector<std::string> options = default_compile_options();
+  options.push_back("--gpu-architecture=" + req.arch);
+  std::vector<const char*> argv;
+  for (const auto& o : options) argv.push_back(o.c_str());
+  nvrtcResult result = nvrtcCompileProgram(program, static_cast<int>(argv.size()), argv.data());
+  std::size_t log_size = 0;
+  nvrtcGetProgramLogSize(program, &log_size);
+  std::string log(log_size, '\0');
+  if (log_size > 0) nvrtcGetProgramLog(program, log.data());
+  while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
+  if (result != NVRTC_SUCCESS) {
+    nvrtcDestroyProgram(&program);
+    std::string path = dump_source(req, key, true);
+    throw Error(fmt::format("NVRTC failed to compile {} for {}: {}\nsource: {}\nlog:\n{}", file_name, req.arch,
+                            nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
+  }
+  std::string binary;
+  std::size_t size = 0;
+  if (req.output == CompileOutput::ptx) {
+    nvrtc_check(nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
+    binary.resize(size);
+    nvrtc_check(nvrtcGetPTX(program, binary.data()), "nvrtcGetPTX");
+  } else {
+    nvrtc_check(nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
+    binary.resize(size);
+    nvrtc_check(nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
+  }
+  nvrtcDestroyProgram(&program);
+  return binary;
+}
+
+}  // namespace
+
+std::uint64_t fnv1a64(std::string_view data, std::uint64_t seed) {
+  std::uint64_t h = seed;
+  for (unsigned char c : data) {
+    h ^= c;
+    h *= 0x100000001b3ull;
+  }
+  return h;
+}
+
+int nvrtc_version() {
+  int major = 0, minor = 0;
+  nvrtcVersion(&major, &minor);
+  return major * 1000 + minor * 10;
+}
+
+std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true"}; }
+
+std::string compile_cuda(const CompileRequest& req) {
+  std::string key_text = req.source;
+  for (const auto& o : default_compile_options()) key_text += "\n" + o;
+  key_text += fmt::format("\narch={}\noutput={}\nnvrtc={}", req.arch, req.output == CompileOutput::ptx ? "ptx" : "cubin",
+                          nvrtc_version());
+  std::uint64_t key = fnv1a64(key_text);
+  // A second, independent hash guards against the rare 64-bit collision.
+  std::uint64_t check = fnv1a64(key_text, 0x84222325cbf29ce4ull);
+  if (!env("MOEJIT_DUMP_DIR").empty()) dump_source(req, key, false);
+
+  fs::path disk_path;
+  if (req.use_cache) {
+    std::lock_guard lock(g_mutex);
+    if (auto it = g_memory_cache.find(key); it != g_memory_cache.end()) {
+      ++g_stats.memory_hits;
+      return it->second;
+    }
+    fs::path dir = cache_dir();
+    if (!dir.empty()) {
+      disk_path = dir / fmt::format("{:016x}.{}", key, req.output == CompileOutput::ptx ? "ptx" : "cubin");
+      std::string data;
+      std::string tag = fmt::format("moejit-kernel {:016x}\n", check);
+      if (read_file(disk_path, data) && data.compare(0, tag.size(), tag) == 0) {
+        data.erase(0, tag.size());
+        ++g_stats.disk_hits;
+        g_memory_cache[key] = data;
+        return data;
+      }
+    }
+  }
+  if (req.use_cache && env("MOEJIT_ASSERT_CACHED") == "1")
+    throw Error(fmt::format("MOEJIT_ASSERT_CACHED=1, but module '{}' for {} (key {:016x}) is not in the kernel cache {}",
+                            req.name, req.arch, key, disk_path.empty() ? "(no cache directory)" : disk_path.parent_path().string()));
+
+  auto start = std::chrono::steady_clock::now();
+  std::string binary = run_nvrtc(req, key);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  std::lock_guard lock(g_mutex);
+  ++g_stats.compiles;
+  g_stats.compile_seconds += seconds;
+  if (req.use_cache) {
+    g_memory_cache[key] = binary;
+    if (!disk_path.empty()) {
+      std::string data = fmt::format("moejit-kernel {:016x}\n", check) + binary;
+      if (!write_atomically(disk_path, data))
+        fmt::print(stderr, "moejit: warning: cannot write the kernel cache file {}\n", disk_path.string());
+    }
+  }
+  return binary;
+}
+
+}  // namespace moejit::cuda
+
+namespace moejit {
+CudaCompileStats cuda_compile_stats() {
+  std::lock_guard lock(cuda::g_mutex);
+  return cuda::g_stats;
+}
+}  // namespace moejit

@@ -1,0 +1,202 @@
+// CUDA tests that need no GPU: every kernel emitted for a GPT-MoE training
+// step and for the every-op sample graph compiles through NVRTC to PTX for
+// compute_80 and compute_90a; generated source is deterministic; the pasted
+// Philox equals runtime/philox.h; the disk cache serves a second process;
+// without a GPU the backend says why.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <set>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "codegen/cuda_codegen.h"
+#include "cuda/cuda_test_util.h"
+#include "ir/error.h"
+#include "ir/sample_graphs.h"
+#include "passes/passes.h"
+#include "runtime/cuda/cuda_backend.h"
+#include "runtime/cuda/nvrtc_compiler.h"
+
+using namespace moejit;
+namespace fs = std::filesystem;
+
+namespace {
+
+Graph fused(Graph graph) {
+  create_fuse_elementwise_pass({})->run(graph);
+  return graph;
+}
+
+// Compiles the module of `graph` to PTX for `arch` with no cache, and checks
+// that every generated kernel is an entry of the PTX.
+void check_compiles(const Graph& graph, const std::string& arch) {
+  codegen::ModuleCode module = codegen::generate_module(graph);
+  REQUIRE(!module.kernels.empty());
+  std::string ptx;
+  try {
+    ptx = cuda::compile_cuda({module.source, graph.name(), arch, cuda::CompileOutput::ptx, false});
+  } catch (const Error& e) {
+    FAIL(e.what());
+  }
+  REQUIRE(ptx.find(".target sm_" + arch.substr(std::string("compute_").size())) != std::string::npos);
+  for (const auto& k : module.kernels) {
+    INFO(k.name);
+    CHECK(ptx.find(".entry " + k.name) != std::string::npos);
+  }
+  // Every value a launch reads or writes has storage (an argument, or stored).
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches)
+      for (const auto& arg : launch.args)
+        if (arg.kind == codegen::KernelArg::Kind::value) {
+          INFO("op " << step.ops.back() << " value " << arg.value);
+          CHECK((module.materialized[static_cast<std::size_t>(arg.value)] || graph.arg_of(arg.value) != nullptr));
+        }
+  // Every op of the graph ran through some launch.
+  std::size_t ops = 0;
+  for (const auto& step : module.steps) {
+    CHECK(!step.launches.empty());
+    ops += step.ops.size();
+  }
+  CHECK(ops == graph.ops().size());
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+TEST_CASE("cuda: every op of the all-ops graph compiles to PTX for compute_80 and compute_90a", "[cuda][nvrtc]") {
+  Graph graph = make_all_ops_graph();
+  // The sample uses every op of the table.
+  std::set<OpKind> kinds;
+  for (const auto& op : graph.ops()) kinds.insert(op.kind);
+  CHECK(static_cast<int>(kinds.size()) == kNumOps);
+  check_compiles(graph, "compute_80");
+  check_compiles(fused(graph), "compute_90a");
+}
+
+TEST_CASE("cuda: every kernel of a GPT-MoE training step compiles to PTX", "[cuda][nvrtc]") {
+  Graph graph = cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2);
+  bool has_adamw = false, has_attention_grad = false, has_wgrad = false;
+  for (const auto& op : graph.ops()) {
+    has_adamw |= op.kind == OpKind::AdamW;
+    has_attention_grad |= op.kind == OpKind::AttentionGrad;
+    has_wgrad |= op.kind == OpKind::GroupedMatmulWgrad;
+  }
+  CHECK(has_adamw);
+  CHECK(has_attention_grad);
+  CHECK(has_wgrad);
+  Graph f = fused(graph);
+  check_compiles(f, "compute_80");
+  check_compiles(f, "compute_90a");
+}
+
+TEST_CASE("cuda: a GPT-MoE inference graph (dead aux losses in a fused group) compiles to PTX", "[cuda][nvrtc]") {
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  Graph graph("gpt_sample");
+  build_gpt_moe(graph, config, {.batch = 1, .with_loss = false, .output_logits = true});
+  check_compiles(fused(graph), "compute_90a");
+}
+
+TEST_CASE("cuda: generated source is deterministic and kernels are shared", "[cuda]") {
+  Graph graph = fused(cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2));
+  codegen::ModuleCode a = codegen::generate_module(graph);
+  codegen::ModuleCode b = codegen::generate_module(graph);
+  CHECK(a.source == b.source);
+  CHECK(a.source == codegen::emit_cuda_source(graph));
+  std::set<std::string> names;
+  for (const auto& k : a.kernels) CHECK(names.insert(k.name).second);
+  std::size_t launches = 0;
+  for (const auto& s : a.steps) launches += s.launches.size();
+  // One kernel serves every op of its kind and dtype: far fewer kernels than launches.
+  CHECK(a.kernels.size() * 2 < launches);
+}
+
+TEST_CASE("cuda: the kernel library's Philox is runtime/philox.h verbatim", "[cuda]") {
+  std::string header = read_text(fs::path(MOEJIT_SOURCE_DIR) / "runtime" / "philox.h");
+  REQUIRE(!header.empty());
+  std::string device_part = header.substr(0, header.find("#if !defined(__CUDACC_RTC__)"));
+  auto pragma = device_part.find("#pragma once\n");
+  REQUIRE(pragma != std::string::npos);
+  device_part.erase(pragma, std::string("#pragma once\n").size());
+  CHECK(device_part == codegen::philox_library_part());
+}
+
+TEST_CASE("cuda: an NVRTC error carries the log and the dumped source", "[cuda][nvrtc]") {
+  std::string source = "extern \"C\" __global__ void broken() { this_is_not_defined(); }\n";
+  try {
+    cuda::compile_cuda({source, "broken_test", "compute_80", cuda::CompileOutput::ptx, false});
+    FAIL("expected an error");
+  } catch (const Error& e) {
+    std::string message = e.what();
+    CHECK(message.find("this_is_not_defined") != std::string::npos);  // the NVRTC log
+    auto at = message.find("source: ");
+    REQUIRE(at != std::string::npos);
+    std::string path = message.substr(at + 8, message.find('\n', at) - at - 8);
+    CHECK(read_text(path) == source);
+  }
+}
+
+namespace {
+const char* kCacheProbe = "extern \"C\" __global__ void cache_probe(float* x) { x[threadIdx.x] *= 2.0f; }\n";
+}
+
+// Run by the test below in a child process, with MOEJIT_ASSERT_CACHED=1.
+TEST_CASE("cache child (PTX)", "[.cache_child_ptx]") {
+  std::string ptx = cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true});
+  CHECK(ptx.find("cache_probe") != std::string::npos);
+  CHECK(cuda_compile_stats().compiles == 0);
+  CHECK(cuda_compile_stats().disk_hits == 1);
+}
+
+TEST_CASE("cuda: the disk cache serves a second process that compiles nothing", "[cuda][nvrtc]") {
+  fs::path dir = fs::temp_directory_path() / fmt::format("moejit-cache-test-{}", ::getpid());
+  fs::remove_all(dir);
+  ::setenv("MOEJIT_CACHE_DIR", dir.c_str(), 1);
+  auto before = cuda_compile_stats();
+  std::string ptx = cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true});
+  CHECK(cuda_compile_stats().compiles == before.compiles + 1);
+  // The same request again is a memory hit.
+  CHECK(cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true}) == ptx);
+  CHECK(cuda_compile_stats().memory_hits == before.memory_hits + 1);
+  std::size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    ++files;
+    CHECK(entry.path().string().find(".tmp.") == std::string::npos);  // no temp file left behind
+  }
+  CHECK(files == 1);
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::string child = fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_ASSERT_CACHED=1 '{}' '[cache_child_ptx]' > /dev/null 2>&1", dir.string(), self);
+  CHECK(std::system(child.c_str()) == 0);
+  // Control: with an empty cache the child's compile is refused.
+  fs::path empty = dir / "empty";
+  std::string refused = fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_ASSERT_CACHED=1 '{}' '[cache_child_ptx]' > /dev/null 2>&1", empty.string(), self);
+  CHECK(std::system(refused.c_str()) != 0);
+  ::unsetenv("MOEJIT_CACHE_DIR");
+  fs::remove_all(dir);
+}
+
+TEST_CASE("cuda: without a GPU the backend says why", "[cuda]") {
+  std::string why;
+  if (cuda_available(&why)) {
+    CHECK(why.empty());
+    CHECK(cuda_device_info().sm_count > 0);
+    return;
+  }
+  CHECK(!why.empty());
+  try {
+    make_cuda_backend();
+    FAIL("expected moejit::Error");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find(why) != std::string::npos);
+  }
+}

@@ -1,0 +1,291 @@
+// CUDA tests that need a GPU: every op, a bf16 graph, a whole GPT-MoE
+// training step and CUDA-graph replay against the CPU backend (normalized
+// error under per-dtype tolerances; integer results exactly), dispatch at a
+// size that needs several chunks, and the kernel cache across processes.
+// Without a GPU each test prints "SKIPPED: no CUDA device (<why>)" (ctest
+// then reports it as skipped, see tests/cuda/CMakeLists.txt).
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <filesystem>
+
+#include <unistd.h>
+
+#include "cuda/cuda_test_util.h"
+#include "ir/builder.h"
+#include "ir/error.h"
+#include "ir/sample_graphs.h"
+#include "runtime/backend.h"
+#include "runtime/cuda/cuda_backend.h"
+
+using namespace moejit;
+namespace fs = std::filesystem;
+
+#define MOEJIT_REQUIRE_GPU()                                     \
+  do {                                                           \
+    std::string why_;                                            \
+    if (!cuda_available(&why_)) {                                \
+      WARN("SKIPPED: no CUDA device (" << why_ << ")");          \
+      return;                                                    \
+    }                                                            \
+  } while (0)
+
+namespace {
+
+using Values = std::map<std::string, HostTensor>;
+
+// Runs `graph` on `backend` with `args`; returns every output and argument
+// by name after the run.
+Values run_graph(Backend& backend, const Graph& graph, const Values& args) {
+  auto exe = backend.compile(graph);
+  for (const auto& [name, value] : args) exe->set(name, value);
+  exe->run();
+  Values result;
+  for (const auto& out : graph.outputs()) result.emplace(out.name, exe->get(out.name));
+  for (const auto& [name, value] : args) result.emplace(name, exe->get(name));
+  return result;
+}
+
+// Every output (and updated argument) of gpu within tolerance of cpu.
+void compare_all(const Graph& graph, const Values& gpu, const Values& cpu, double min_tolerance = 0.0) {
+  int compared = 0;
+  for (const auto& [name, expected] : cpu) {
+    const HostTensor& got = gpu.at(name);
+    REQUIRE(got.type() == expected.type());
+    double err = cuda_test::normalized_error(got, expected);
+    double tol = std::max(cuda_test::tolerance(expected.dtype()), min_tolerance);
+    INFO(fmt::format("{} {}: normalized error {:.3g} (tolerance {:.3g})", name, expected.type().str(), err, tol));
+    CHECK(err <= tol);
+    ++compared;
+  }
+  CHECK(compared >= static_cast<int>(graph.outputs().size()));
+}
+
+}  // namespace
+
+TEST_CASE("cuda: gpu: every op (forward and backward helpers) matches the CPU backend", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  Graph graph = make_all_ops_graph();
+  for (std::uint64_t seed : {1u, 2u, 3u}) {
+    INFO("seed " << seed);
+    Values args = cuda_test::random_args(graph, seed, 10);
+    compare_all(graph, run_graph(*cuda, graph, args), run_graph(*cpu, graph, args));
+  }
+}
+
+TEST_CASE("cuda: gpu: bf16 ops match the CPU backend within bf16 tolerance", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  Graph graph("bf16_ops");
+  Builder b(graph);
+  const std::int64_t tokens = 24, width = 40, heads = 2;
+  Tensor x = b.input("x", {tokens, width}, DType::bf16);
+  Tensor w = b.param("w", {width, width}, DType::bf16);
+  Tensor gamma = b.param("gamma", {width}, DType::bf16);
+  Tensor beta = b.param("beta", {width}, DType::bf16);
+  Tensor h = b.gelu(b.matmul(x, w));
+  Tensor n = b.layer_norm(b.add(h, x), gamma, beta);
+  b.output(n, "normed");
+  b.output(b.softmax(n), "probs");
+  b.output(b.sum(n, {0}), "column_sums");
+  Tensor q = b.transpose(b.reshape(n, {1, tokens, heads, width / heads}), {0, 2, 1, 3});
+  b.output(b.attention(q, q, q), "attended");
+  b.output(b.cast(b.mul(n, b.silu(n)), DType::f32), "as_f32");
+  Values args = cuda_test::random_args(graph, 7, 1, 0.5);
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  // Everything here is computed from bf16 values, the f32 output too.
+  compare_all(graph, run_graph(*cuda, graph, args), run_graph(*cpu, graph, args), cuda_test::tolerance(DType::bf16));
+}
+
+TEST_CASE("cuda: gpu: dispatch with thousands of slots and capacity and block padding matches the CPU exactly", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  Graph graph("dispatch");
+  Builder b(graph);
+  const std::int64_t tokens = 3000, experts = 8;
+  Tensor logits = b.input("logits", {tokens, experts});
+  auto [weights, chosen] = b.moe_gate(logits, {.top_k = 2, .normalize = true});
+  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts, .capacity_factor = 1.0, .block = 4});
+  b.output(weights, "weights");
+  b.output(chosen, "experts");
+  b.output(slots, "slots");
+  b.output(offsets, "offsets");
+  b.output(positions, "positions");
+  b.output(counts, "counts");
+  Values args = cuda_test::random_args(graph, 11, 1);
+  // Skew the router so some experts overflow their capacity.
+  for (std::int64_t t = 0; t < tokens; ++t) args.at("logits").set(t * experts, args.at("logits").get(t * experts) + 1.5);
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  Values want = run_graph(*cpu, graph, args);
+  compare_all(graph, run_graph(*cuda, graph, args), want);
+  // Some slots were dropped, so the capacity path ran.
+  bool dropped = false;
+  for (std::int64_t i = 0; i < want.at("positions").numel(); ++i) dropped |= want.at("positions").get(i) < 0;
+  CHECK(dropped);
+}
+
+TEST_CASE("cuda: gpu: a GPT-MoE training step matches the CPU (loss and gradients and parameters after AdamW)", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
+  Values args = cuda_test::random_args(graph, 5, config.vocab_size);
+  for (auto& [name, value] : init_parameters(gpt_moe_param_specs(config), 5)) args.at(name) = value;
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  auto cpu_exe = cpu->compile(graph);
+  auto gpu_exe = cuda->compile(graph);
+  for (const auto& [name, value] : args) {
+    cpu_exe->set(name, value);
+    gpu_exe->set(name, value);
+  }
+  std::mt19937_64 rng(9);
+  for (int step = 1; step <= 2; ++step) {
+    INFO("step " << step);
+    HostTensor idx = cuda_test::random_args(graph, 100 + static_cast<std::uint64_t>(step), config.vocab_size).at("idx");
+    for (auto* exe : {cpu_exe.get(), gpu_exe.get()}) {
+      exe->set("idx", idx);
+      exe->set("step", HostTensor::scalar(step));
+      exe->run();
+    }
+    int grads = 0;
+    for (const auto& out : graph.outputs()) {
+      HostTensor want = cpu_exe->get(out.name), got = gpu_exe->get(out.name);
+      double err = cuda_test::normalized_error(got, want);
+      // Gradients pass through many ops: a looser bound than single ops.
+      double tol = out.name.rfind("grad.", 0) == 0 ? 2e-3 : cuda_test::tolerance(want.dtype()) * 10;
+      grads += out.name.rfind("grad.", 0) == 0;
+      INFO(fmt::format("{}: normalized error {:.3g} (tolerance {:.3g})", out.name, err, tol));
+      CHECK(err <= tol);
+    }
+    CHECK(grads > 10);
+    for (const auto& arg : graph.args()) {
+      const std::string& name = graph.value(arg.value).name;
+      double err = cuda_test::normalized_error(gpu_exe->get(name), cpu_exe->get(name));
+      INFO(fmt::format("argument {} after the step: normalized error {:.3g}", name, err));
+      CHECK(err <= 2e-3);
+    }
+  }
+}
+
+TEST_CASE("cuda: gpu: replaying a captured CUDA graph gives the eager results bit for bit", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
+  Values args = cuda_test::random_args(graph, 21, config.vocab_size);
+  for (auto& [name, value] : init_parameters(gpt_moe_param_specs(config), 21)) args.at(name) = value;
+  auto cuda = make_cuda_backend();
+  auto eager = cuda->compile(graph);
+  auto replay = cuda->compile(graph);
+  for (const auto& [name, value] : args) {
+    eager->set(name, value);
+    replay->set(name, value);
+  }
+  cuda_capture_graph(*replay);
+  for (int step = 1; step <= 3; ++step) {
+    HostTensor idx = cuda_test::random_args(graph, 200 + static_cast<std::uint64_t>(step), config.vocab_size).at("idx");
+    for (auto* exe : {eager.get(), replay.get()}) {
+      exe->set("idx", idx);  // new inputs each step: the replay must read them
+      exe->set("step", HostTensor::scalar(step));
+      exe->run();
+    }
+    CHECK(cuda_last_run_ms(*replay) > 0.0);
+    HostTensor a = eager->get("loss"), b = replay->get("loss");
+    CHECK(a.get(0) == b.get(0));
+  }
+  for (const auto& arg : graph.args()) {
+    const std::string& name = graph.value(arg.value).name;
+    INFO(name);
+    HostTensor a = eager->get(name), b = replay->get(name);
+    CHECK(std::memcmp(a.raw(), b.raw(), a.bytes()) == 0);
+  }
+}
+
+// Run by the test below in child processes: MOEJIT_TEST_CACHE=cold expects
+// compiles, warm (with MOEJIT_ASSERT_CACHED=1) expects none.
+TEST_CASE("cuda: gpu: cache child", "[.cache_child_gpu]") {
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  auto cuda = make_cuda_backend();
+  auto exe = cuda->compile(cuda_test::make_gpt_training_graph(config, config.batch_size));
+  const char* mode = std::getenv("MOEJIT_TEST_CACHE");
+  REQUIRE(mode != nullptr);
+  if (std::string(mode) == "cold") {
+    CHECK(cuda_compile_stats().compiles >= 1);
+  } else {
+    CHECK(cuda_compile_stats().compiles == 0);
+    CHECK(cuda_compile_stats().disk_hits >= 1);
+  }
+}
+
+TEST_CASE("cuda: gpu: a second process finds every kernel in the disk cache and compiles nothing", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  fs::path dir = fs::temp_directory_path() / fmt::format("moejit-gpu-cache-{}", ::getpid());
+  fs::remove_all(dir);
+  std::string self = fs::read_symlink("/proc/self/exe").string();
+  auto child = [&](const std::string& cache_dir, const char* mode, bool assert_cached) {
+    return std::system(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_CACHE={} MOEJIT_ASSERT_CACHED={} '{}' '[cache_child_gpu]' > /dev/null 2>&1",
+                                   cache_dir, mode, assert_cached ? 1 : 0, self)
+                           .c_str());
+  };
+  CHECK(child(dir.string(), "cold", false) == 0);
+  CHECK(!fs::is_empty(dir));
+  CHECK(child(dir.string(), "warm", true) == 0);
+  // Control: with an empty cache the asserted run fails.
+  CHECK(child((dir / "empty").string(), "warm", true) != 0);
+  fs::remove_all(dir);
+}
+
+// For scripts/gpu-check.sh: compiles the GPT-MoE training graph once and
+// prints what the kernel cache did (run it twice on one MOEJIT_CACHE_DIR:
+// cold, then warm).
+TEST_CASE("cuda: gpu: cache timing", "[.cache_timing]") {
+  MOEJIT_REQUIRE_GPU();
+  auto start = std::chrono::steady_clock::now();
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  auto cuda = make_cuda_backend();
+  auto exe = cuda->compile(cuda_test::make_gpt_training_graph(config, config.batch_size));
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  auto stats = cuda_compile_stats();
+  std::printf("cache-timing: compiles=%lld disk_hits=%lld compile_seconds=%.3f wall_seconds=%.3f\n",
+              static_cast<long long>(stats.compiles), static_cast<long long>(stats.disk_hits), stats.compile_seconds, wall);
+  CHECK(wall > 0.0);
+}
+
+// For scripts/gpu-check.sh: milliseconds per training step of the example's
+// default model (batch 16, block 32), eager launches vs one CUDA-graph
+// replay, median of 50 steps after 5 warm-up steps (CUDA events).
+TEST_CASE("cuda: gpu: step timing", "[.step_timing]") {
+  MOEJIT_REQUIRE_GPU();
+  GptMoeConfig config;
+  config.vocab_size = 65;
+  Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
+  Values args = cuda_test::random_args(graph, 1, config.vocab_size);
+  for (auto& [name, value] : init_parameters(gpt_moe_param_specs(config), 1)) args.at(name) = value;
+  auto cuda = make_cuda_backend();
+  auto median_ms = [&](bool captured) {
+    auto exe = cuda->compile(graph);
+    for (const auto& [name, value] : args) exe->set(name, value);
+    if (captured) cuda_capture_graph(*exe);
+    std::vector<double> ms;
+    for (int i = 0; i < 55; ++i) {
+      exe->set("step", HostTensor::scalar(i + 1));
+      exe->run();
+      double t = cuda_last_run_ms(*exe);
+      if (i >= 5) ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];
+  };
+  double eager = median_ms(false), replay = median_ms(true);
+  std::size_t ops = graph.ops().size();
+  std::printf("step-timing: ops=%zu eager_ms=%.3f graph_replay_ms=%.3f tokens_per_step=%lld\n", ops, eager, replay,
+              static_cast<long long>(config.batch_size * config.block_size));
+  CHECK(replay > 0.0);
+}
