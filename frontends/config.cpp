@@ -1,0 +1,308 @@
+// GptMoeConfig fields, JSON loading and saving, command-line style setters,
+// and validation. The one table below names each field once.
+#include "frontends/config.h"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <variant>
+
+#include "ir/error.h"
+
+namespace moejit {
+namespace {
+
+using Member = std::variant<std::int64_t GptMoeConfig::*, double GptMoeConfig::*, bool GptMoeConfig::*,
+                            std::string GptMoeConfig::*>;
+
+struct FieldEntry {
+  ConfigField field;
+  Member member;
+};
+
+const std::vector<FieldEntry>& entries() {
+  using C = GptMoeConfig;
+  using K = ConfigKind;
+  static const std::vector<FieldEntry> table = {
+      {{"vocab_size", "model", K::Int, "vocabulary size; 0 = distinct bytes of the training text", {}}, &C::vocab_size},
+      {{"n_layer", "model", K::Int, "number of transformer blocks", {}}, &C::n_layer},
+      {{"n_head", "model", K::Int, "attention heads per block", {}}, &C::n_head},
+      {{"n_embd", "model", K::Int, "model width d_model", {}}, &C::n_embd},
+      {{"block_size", "model", K::Int, "context length in tokens", {}}, &C::block_size},
+      {{"ffn_hidden_size", "model", K::Int, "hidden width of dense MLP blocks; 0 = 4 * n_embd", {}}, &C::ffn_hidden_size},
+      {{"dropout", "model", K::Float, "dropout probability after embeddings, attention and feed-forward (training only)", {}},
+       &C::dropout},
+      {{"bias", "model", K::Bool, "biases in linear layers", {}}, &C::bias},
+      {{"num_experts", "moe", K::Int, "experts per MoE layer", {}}, &C::num_experts},
+      {{"top_k", "moe", K::Int, "experts chosen per token", {}}, &C::top_k},
+      {{"moe_every", "moe", K::Int, "every n-th block is MoE (1 = all, 0 = none)", {}}, &C::moe_every},
+      {{"d_expert", "moe", K::Int, "hidden width of one expert (Megatron moe_ffn_hidden_size)", {}}, &C::d_expert},
+      {{"activation", "moe", K::String, "feed-forward activation", {"gelu", "swiglu"}}, &C::activation},
+      {{"router_score", "moe", K::String, "router score function", {"softmax", "sigmoid"}}, &C::router_score},
+      {{"router_order", "moe", K::String, "score then top-k, or top-k then softmax (Mixtral)",
+        {"softmax_then_topk", "topk_then_softmax"}},
+       &C::router_order},
+      {{"normalize_topk", "moe", K::Bool, "renormalize the top-k routing weights to sum to 1", {}}, &C::normalize_topk},
+      {{"noisy_gating", "moe", K::Bool, "noisy top-k gating while training", {}}, &C::noisy_gating},
+      {{"selection_bias", "moe", K::Bool, "aux-loss-free balancing bias (selection only)", {}}, &C::selection_bias},
+      {{"bias_update_rate", "moe", K::Float, "selection-bias update step per iteration", {}}, &C::bias_update_rate},
+      {{"capacity_factor", "moe", K::Float, "expert capacity factor; 0 = dropless", {}}, &C::capacity_factor},
+      {{"shared_expert", "moe", K::Bool, "add one always-on shared expert", {}}, &C::shared_expert},
+      {{"aux_loss_coeff", "moe", K::Float, "load-balancing loss coefficient", {}}, &C::aux_loss_coeff},
+      {{"z_loss_coeff", "moe", K::Float, "router z-loss coefficient", {}}, &C::z_loss_coeff},
+      {{"entropy_coeff", "moe", K::Float, "router entropy regularizer coefficient", {}}, &C::entropy_coeff},
+      {{"batch_size", "training", K::Int, "sequences per batch", {}}, &C::batch_size},
+      {{"learning_rate", "training", K::Float, "peak learning rate", {}}, &C::learning_rate},
+      {{"min_lr", "training", K::Float, "learning rate at the end of the cosine decay", {}}, &C::min_lr},
+      {{"warmup_iters", "training", K::Int, "linear warmup steps", {}}, &C::warmup_iters},
+      {{"max_iters", "training", K::Int, "training steps", {}}, &C::max_iters},
+      {{"lr_decay_iters", "training", K::Int, "steps of the cosine decay; 0 = max_iters", {}}, &C::lr_decay_iters},
+      {{"decay_lr", "training", K::Bool, "decay the learning rate (else constant after warmup)", {}}, &C::decay_lr},
+      {{"weight_decay", "training", K::Float, "AdamW weight decay (matrices and embeddings only)", {}}, &C::weight_decay},
+      {{"beta1", "training", K::Float, "AdamW beta1", {}}, &C::beta1},
+      {{"beta2", "training", K::Float, "AdamW beta2", {}}, &C::beta2},
+      {{"grad_clip", "training", K::Float, "clip the global gradient norm to this; 0 = off", {}}, &C::grad_clip},
+      {{"eval_interval", "training", K::Int, "steps between train/val loss estimates", {}}, &C::eval_interval},
+      {{"eval_iters", "training", K::Int, "batches per loss estimate", {}}, &C::eval_iters},
+      {{"log_interval", "training", K::Int, "steps between progress lines", {}}, &C::log_interval},
+      {{"seed", "training", K::Int, "seed of initialization, batches and sampling", {}}, &C::seed},
+      {{"init_std", "training", K::Float, "standard deviation of the weight initialization", {}}, &C::init_std},
+  };
+  return table;
+}
+
+const FieldEntry* find_entry(std::string_view name) {
+  for (const FieldEntry& e : entries())
+    if (e.field.name == name) return &e;
+  return nullptr;
+}
+
+std::string known_keys() {
+  std::string out;
+  for (const FieldEntry& e : entries()) {
+    if (!out.empty()) out += ", ";
+    out += e.field.name;
+  }
+  return out;
+}
+
+const FieldEntry& entry_or_throw(std::string_view key) {
+  const FieldEntry* e = find_entry(key);
+  if (!e) throw Error(fmt::format("config: unknown key '{}' (known keys: {})", key, known_keys()));
+  return *e;
+}
+
+std::string kind_word(ConfigKind kind) {
+  switch (kind) {
+    case ConfigKind::Int: return "an integer";
+    case ConfigKind::Float: return "a number";
+    case ConfigKind::Bool: return "true or false";
+    case ConfigKind::String: return "a string";
+  }
+  return "?";
+}
+
+void check_choice(const ConfigField& field, const std::string& value) {
+  if (field.choices.empty()) return;
+  for (std::string_view c : field.choices)
+    if (c == value) return;
+  std::string list;
+  for (std::string_view c : field.choices) list += (list.empty() ? "" : " | ") + std::string(c);
+  throw Error(fmt::format("config: {}: expected one of {}, found '{}'", field.name, list, value));
+}
+
+std::string format_double(double v) {
+  std::string s = fmt::format("{}", v);  // shortest round-trip form
+  return s;
+}
+
+}  // namespace
+
+std::int64_t GptMoeConfig::num_moe_layers() const {
+  std::int64_t n = 0;
+  for (std::int64_t i = 0; i < n_layer; ++i) n += is_moe_layer(i) ? 1 : 0;
+  return n;
+}
+
+const std::vector<ConfigField>& config_fields() {
+  static const std::vector<ConfigField> fields = [] {
+    std::vector<ConfigField> out;
+    for (const FieldEntry& e : entries()) out.push_back(e.field);
+    return out;
+  }();
+  return fields;
+}
+
+const ConfigField* find_config_field(std::string_view name) {
+  for (const ConfigField& f : config_fields())
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+void set_config_value(GptMoeConfig& config, std::string_view key, std::string_view text) {
+  const FieldEntry& e = entry_or_throw(key);
+  auto bad = [&] {
+    return Error(fmt::format("config: {}: expected {}, found '{}'", key, kind_word(e.field.kind), text));
+  };
+  std::visit(
+      [&](auto member) {
+        using T = std::remove_reference_t<decltype(config.*member)>;
+        if constexpr (std::is_same_v<T, std::int64_t>) {
+          std::int64_t v = 0;
+          auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+          if (ec != std::errc() || end != text.data() + text.size() || text.empty()) throw bad();
+          config.*member = v;
+        } else if constexpr (std::is_same_v<T, double>) {
+          std::string s(text);
+          char* end = nullptr;
+          double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
+          if (s.empty() || end != s.c_str() + s.size() || !std::isfinite(v)) throw bad();
+          config.*member = v;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (text == "true" || text == "1") config.*member = true;
+          else if (text == "false" || text == "0") config.*member = false;
+          else throw bad();
+        } else {
+          std::string v(text);
+          check_choice(e.field, v);
+          config.*member = v;
+        }
+      },
+      e.member);
+}
+
+std::string get_config_value(const GptMoeConfig& config, std::string_view key) {
+  const FieldEntry& e = entry_or_throw(key);
+  return std::visit(
+      [&](auto member) -> std::string {
+        using T = std::remove_cvref_t<decltype(config.*member)>;
+        if constexpr (std::is_same_v<T, std::int64_t>) return std::to_string(config.*member);
+        else if constexpr (std::is_same_v<T, double>) return format_double(config.*member);
+        else if constexpr (std::is_same_v<T, bool>) return config.*member ? "true" : "false";
+        else return config.*member;
+      },
+      e.member);
+}
+
+GptMoeConfig config_from_json(std::string_view json_text, const GptMoeConfig& base) {
+  nlohmann::json doc;
+  try {
+    doc = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::parse_error& err) {
+    throw Error(fmt::format("config: invalid JSON: {}", err.what()));
+  }
+  if (!doc.is_object()) throw Error(fmt::format("config: expected a JSON object, found {}", doc.type_name()));
+  GptMoeConfig config = base;
+  for (auto it = doc.begin(); it != doc.end(); ++it) {
+    const FieldEntry& e = entry_or_throw(it.key());
+    const nlohmann::json& v = it.value();
+    auto bad = [&] {
+      return Error(fmt::format("config: {}: expected {}, found {} ({})", it.key(), kind_word(e.field.kind), v.dump(),
+                               v.type_name()));
+    };
+    std::visit(
+        [&](auto member) {
+          using T = std::remove_reference_t<decltype(config.*member)>;
+          if constexpr (std::is_same_v<T, std::int64_t>) {
+            if (!v.is_number_integer()) throw bad();
+            config.*member = v.get<std::int64_t>();
+          } else if constexpr (std::is_same_v<T, double>) {
+            if (!v.is_number()) throw bad();
+            config.*member = v.get<double>();
+          } else if constexpr (std::is_same_v<T, bool>) {
+            if (!v.is_boolean()) throw bad();
+            config.*member = v.get<bool>();
+          } else {
+            if (!v.is_string()) throw bad();
+            check_choice(e.field, v.get<std::string>());
+            config.*member = v.get<std::string>();
+          }
+        },
+        e.member);
+  }
+  return config;
+}
+
+GptMoeConfig load_config_file(const std::string& path, const GptMoeConfig& base) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("config: cannot open '{}'", path));
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    return config_from_json(text.str(), base);
+  } catch (const Error& err) {
+    throw Error(fmt::format("{}: {}", path, err.what()));
+  }
+}
+
+std::string config_to_json(const GptMoeConfig& config, int indent) {
+  nlohmann::ordered_json doc = nlohmann::ordered_json::object();
+  for (const FieldEntry& e : entries()) {
+    std::visit([&](auto member) { doc[std::string(e.field.name)] = config.*member; }, e.member);
+  }
+  return doc.dump(indent);
+}
+
+void validate_config(const GptMoeConfig& c) {
+  auto fail = [](std::string_view key, std::string expected, std::string found) {
+    throw Error(fmt::format("config: {}: expected {}, found {}", key, expected, found));
+  };
+  auto positive = [&](std::string_view key, std::int64_t v) {
+    if (v <= 0) fail(key, "a positive integer", std::to_string(v));
+  };
+  auto non_negative = [&](std::string_view key, double v) {
+    if (!(v >= 0)) fail(key, "a value >= 0", format_double(v));
+  };
+  if (c.vocab_size < 0 || c.vocab_size > 256)
+    fail("vocab_size", "0 (from data) or 1..256 (byte-level)", std::to_string(c.vocab_size));
+  positive("n_layer", c.n_layer);
+  positive("n_head", c.n_head);
+  positive("n_embd", c.n_embd);
+  positive("block_size", c.block_size);
+  if (c.n_embd % c.n_head != 0)
+    fail("n_embd", fmt::format("a multiple of n_head ({})", c.n_head), std::to_string(c.n_embd));
+  if (c.ffn_hidden_size < 0) fail("ffn_hidden_size", "0 or a positive integer", std::to_string(c.ffn_hidden_size));
+  if (!(c.dropout >= 0 && c.dropout < 1)) fail("dropout", "a probability in [0, 1)", format_double(c.dropout));
+  if (c.moe_every < 0) fail("moe_every", "0 (no MoE) or a positive integer", std::to_string(c.moe_every));
+  if (c.moe_every > c.n_layer)
+    fail("moe_every", fmt::format("at most n_layer ({}) so that some block is MoE, or 0", c.n_layer),
+         std::to_string(c.moe_every));
+  positive("num_experts", c.num_experts);
+  positive("top_k", c.top_k);
+  if (c.top_k > c.num_experts)
+    fail("top_k", fmt::format("at most num_experts ({})", c.num_experts), std::to_string(c.top_k));
+  positive("d_expert", c.d_expert);
+  non_negative("capacity_factor", c.capacity_factor);
+  non_negative("bias_update_rate", c.bias_update_rate);
+  non_negative("aux_loss_coeff", c.aux_loss_coeff);
+  non_negative("z_loss_coeff", c.z_loss_coeff);
+  non_negative("entropy_coeff", c.entropy_coeff);
+  positive("batch_size", c.batch_size);
+  if (!(c.learning_rate > 0)) fail("learning_rate", "a value > 0", format_double(c.learning_rate));
+  non_negative("min_lr", c.min_lr);
+  if (c.min_lr > c.learning_rate)
+    fail("min_lr", fmt::format("at most learning_rate ({})", format_double(c.learning_rate)), format_double(c.min_lr));
+  if (c.warmup_iters < 0) fail("warmup_iters", "an integer >= 0", std::to_string(c.warmup_iters));
+  if (c.max_iters < 0) fail("max_iters", "an integer >= 0", std::to_string(c.max_iters));
+  if (c.lr_decay_iters < 0) fail("lr_decay_iters", "0 (max_iters) or a positive integer", std::to_string(c.lr_decay_iters));
+  non_negative("weight_decay", c.weight_decay);
+  if (!(c.beta1 >= 0 && c.beta1 < 1)) fail("beta1", "a value in [0, 1)", format_double(c.beta1));
+  if (!(c.beta2 >= 0 && c.beta2 < 1)) fail("beta2", "a value in [0, 1)", format_double(c.beta2));
+  non_negative("grad_clip", c.grad_clip);
+  positive("eval_interval", c.eval_interval);
+  positive("eval_iters", c.eval_iters);
+  positive("log_interval", c.log_interval);
+  if (c.seed < 0) fail("seed", "an integer >= 0", std::to_string(c.seed));
+  if (!(c.init_std > 0)) fail("init_std", "a value > 0", format_double(c.init_std));
+  check_choice(*find_config_field("activation"), c.activation);
+  check_choice(*find_config_field("router_score"), c.router_score);
+  check_choice(*find_config_field("router_order"), c.router_order);
+  if (c.router_order == "topk_then_softmax" && c.router_score != "softmax")
+    fail("router_order", "softmax_then_topk when router_score is sigmoid", "'topk_then_softmax'");
+}
+
+}  // namespace moejit

@@ -1,0 +1,55 @@
+// GPT-MoE: a nanoGPT-shaped decoder whose feed-forward layers are mixtures of
+// experts (every moe_every-th block), built as one moejit graph from a
+// GptMoeConfig.
+//
+//   idx [B, T] i32 -> wte(idx) + wpe[0:T] -> dropout
+//     -> n_layer x { x += attn(ln_1(x)); x += ffn(ln_2(x)) }   (pre-LN)
+//     -> ln_f -> logits = x · wte.weightᵀ   (lm head tied to the token embedding)
+//   loss = cross_entropy(logits, targets) + Σ_moe-layers aux losses
+//
+// Graph arguments: input "idx" [B, T] i32, input "targets" [B, T] i32 (with
+// loss), the parameters (names in docs/checkpoints.md), state
+// "h.<i>.moe.router.selection_bias" when selection_bias is on, and dropout
+// masks "dropout.*" when training with dropout > 0.
+// Outputs: "logits" [B*T, V] (when asked), "loss", "lm_loss", "aux_loss" (with
+// loss; aux_loss only when some coefficient is > 0), and per MoE layer i
+// "experts.<i>" [B*T, K] i32 and "counts.<i>" [E] i32 (when asked).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "frontends/config.h"
+#include "frontends/nn.h"
+#include "ir/graph.h"
+
+namespace moejit {
+
+struct GptMoeGraphOptions {
+  std::int64_t batch = 1;
+  std::int64_t seq_len = 0;     // 0: block_size
+  bool training = false;        // dropout masks and noisy gating
+  bool with_loss = true;        // a "targets" input and the loss outputs
+  bool output_logits = false;   // output "logits" [B*T, V]
+  bool output_routing = false;  // outputs "experts.<i>" and "counts.<i>" per MoE layer
+  std::int64_t noise_offset = 0;  // Philox offset of the gating noise (noisy_gating, training)
+};
+
+struct GptMoeGraph {
+  std::vector<ParamSpec> params;             // parameters and kept state, in creation order
+  std::vector<DropoutInput> dropout_inputs;  // masks to fill before each training run
+  std::vector<std::int64_t> moe_layers;      // block indices that are MoE
+  std::int64_t batch = 0, seq_len = 0;
+};
+
+// Builds the model into `graph` (which should be empty). The config must be
+// valid (validate_config) and have vocab_size > 0.
+GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& config, const GptMoeGraphOptions& options);
+
+// The parameters and state a config's model has, without building a graph
+// for use (checkpoint checks, counting). Same names, shapes and order.
+std::vector<ParamSpec> gpt_moe_param_specs(const GptMoeConfig& config);
+// Number of trained parameter elements (state excluded).
+std::int64_t count_parameters(const std::vector<ParamSpec>& specs);
+
+}  // namespace moejit

@@ -1,0 +1,172 @@
+// nn-level builders: the layers of a transformer written with the op
+// builder, each creating its parameters under a stable dotted name
+// ("h.0.attn.c_attn.weight"), so the names are also the checkpoint's tensor
+// names. A Scope carries the Builder, the name prefix, the list of parameters
+// created so far (with how to initialize each) and whether the graph is for
+// training (dropout, noisy gating).
+//
+// Layout of linear weights: [out, in], as PyTorch and nanoGPT store them;
+// y = x · Wᵀ (matmul with transpose_b). Expert weights are [E, in, out], the
+// layout moe.grouped_matmul takes.
+//
+//   Graph graph;
+//   Builder b(graph);
+//   std::vector<ParamSpec> params;
+//   Scope root(b, params, {.training = true});
+//   Tensor y = nn::linear(root.child("c_fc"), x, 256, {.bias = false});
+#pragma once
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ir/builder.h"
+#include "runtime/host_tensor.h"
+
+namespace moejit {
+
+// How a parameter starts.
+struct ParamInit {
+  enum class Kind { normal, zeros, ones };
+  Kind kind = Kind::normal;
+  double std = 0.02;
+};
+
+// One parameter (or kept state) of a model: its graph argument name, type,
+// initialization, and whether AdamW decays it (matrices and embeddings yes;
+// biases and norm gains no). State (the selection bias) is kept and saved
+// but not trained by gradient.
+struct ParamSpec {
+  std::string name;
+  TensorType type;
+  ParamInit init;
+  bool weight_decay = true;
+  ArgRole role = ArgRole::param;
+};
+
+// An input the trainer fills before each run: a dropout keep-mask (values 0
+// or 1 / (1 - p), drawn on the host so that every step gets fresh ones while
+// the graph is compiled once).
+struct DropoutInput {
+  std::string name;
+  Shape shape;
+  double p = 0.0;
+};
+
+struct ScopeOptions {
+  bool training = false;  // dropout and noisy gating only when training
+  double dropout = 0.0;
+};
+
+class Scope {
+ public:
+  Scope(Builder& builder, std::vector<ParamSpec>& params, ScopeOptions options = {},
+        std::vector<DropoutInput>* dropout_inputs = nullptr, std::string prefix = "");
+
+  // A scope whose names are prefixed by "<prefix><name>.".
+  Scope child(std::string_view name) const;
+  Builder& b() const { return *builder_; }
+  const ScopeOptions& options() const { return options_; }
+  // "<prefix><name>"
+  std::string full_name(std::string_view name) const;
+
+  // Creates graph parameter <prefix><name> and records its spec.
+  Tensor param(std::string_view name, Shape shape, ParamInit init, bool weight_decay = true) const;
+  // Creates kept, untrained state <prefix><name> and records its spec.
+  Tensor state(std::string_view name, Shape shape, ParamInit init) const;
+  // x with dropout applied when training with p > 0 (else x): multiplies by
+  // a mask input named "dropout.<prefix><name>".
+  Tensor dropout(Tensor x, std::string_view name) const;
+
+ private:
+  Builder* builder_;
+  std::vector<ParamSpec>* params_;
+  ScopeOptions options_;
+  std::vector<DropoutInput>* dropout_inputs_;
+  std::string prefix_;
+};
+
+namespace nn {
+
+struct LinearOptions {
+  bool bias = false;
+  double init_std = 0.02;
+  bool weight_decay = true;
+};
+// linear: x [N, in] -> [N, out]; params weight [out, in], bias? [out].
+Tensor linear(const Scope& s, Tensor x, std::int64_t out_features, const LinearOptions& options = {});
+
+// embedding: ids [...] i32 -> [..., dim]; param weight [num, dim].
+Tensor embedding(const Scope& s, Tensor ids, std::int64_t num, std::int64_t dim, double init_std = 0.02);
+
+// layer_norm: x [..., C] -> [..., C]; params weight [C] (ones), bias [C] (zeros).
+Tensor layer_norm(const Scope& s, Tensor x, double eps = 1e-5);
+
+struct AttentionOptions {
+  std::int64_t batch = 1, seq_len = 1, n_head = 1;
+  bool bias = false;
+  double init_std = 0.02, proj_std = 0.02;  // proj_std: the output projection c_proj
+};
+// causal self-attention: x [B*T, D] -> [B*T, D].
+//   c_attn: [3D, D] projects to q, k, v; each reshaped to heads [B, H, T, D/H];
+//   mj.attention (causal); heads merged back; c_proj: [D, D].
+Tensor causal_self_attention(const Scope& s, Tensor x, const AttentionOptions& options);
+
+struct MlpOptions {
+  std::int64_t hidden = 0;
+  std::string activation = "gelu";  // gelu: c_proj(gelu(c_fc(x))); swiglu: c_proj(silu(c_gate(x)) * c_fc(x))
+  bool bias = false;
+  double init_std = 0.02, proj_std = 0.02;
+};
+// MLP: x [N, D] -> [N, D].
+Tensor mlp(const Scope& s, Tensor x, const MlpOptions& options);
+
+struct MoeOptions {
+  std::int64_t num_experts = 4;
+  std::int64_t top_k = 2;
+  std::int64_t d_expert = 128;
+  std::string activation = "gelu";  // gelu | swiglu
+  std::string score = "softmax";    // softmax | sigmoid
+  std::string order = "softmax_then_topk";
+  bool normalize = true;
+  bool noisy_gating = false;   // router.w_noise exists; the noise is added only when training
+  std::int64_t noise_seed = 0, noise_offset = 0;  // Philox stream of the noise
+  bool selection_bias = false; // state router.selection_bias [E], shifts selection only
+  double capacity_factor = 0.0;
+  double aux_loss_coeff = 0.0, z_loss_coeff = 0.0, entropy_coeff = 0.0;
+  bool shared_expert = false;  // an MLP of width d_expert added to every token
+  bool bias = false;           // biases of the shared expert's linears
+  double init_std = 0.02, proj_std = 0.02;
+};
+
+struct MoeOutputs {
+  Tensor y;                       // [T, D]
+  std::optional<Tensor> aux_loss; // [] f32, the sum of the enabled auxiliary losses
+  Tensor router_logits;           // [T, E]
+  Tensor experts;                 // [T, K] i32, chosen experts in descending score order
+  Tensor counts;                  // [E] i32, slots routed to each expert (before drops)
+};
+// MoE feed-forward: x [T, D] -> y [T, D].
+//   router.weight [E, D] -> logits [T, E] (noisy when asked, through
+//   noisy_top_k_gate of frontends/moe_gating.h) -> moe.gate ->
+//   moe.dispatch -> moe.permute -> experts.w_up [E, D, F] (and experts.w_gate
+//   for swiglu) -> activation -> experts.w_down [E, F, D] -> moe.combine
+//   (+ shared expert MLP "shared").
+MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& options);
+
+}  // namespace nn
+
+// Values for every spec, drawn deterministically from `seed` (normal inits in
+// spec order from one generator).
+std::map<std::string, HostTensor> init_parameters(const std::vector<ParamSpec>& specs, std::uint64_t seed);
+
+// Fails with moejit::Error unless `values` holds exactly the specs' names,
+// each with its dtype and shape, e.g.
+//   "ckpt.safetensors: tensor h.0.attn.c_attn.weight: expected [192, 64] f32 (from the config), found [96, 64] f32"
+// `source` names where the values come from (a checkpoint path).
+void check_parameters(const std::map<std::string, HostTensor>& values, const std::vector<ParamSpec>& specs,
+                      const std::string& source);
+
+}  // namespace moejit

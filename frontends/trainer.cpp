@@ -1,0 +1,189 @@
+// GPT-MoE training loop pieces (see trainer.h).
+#include "frontends/trainer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <numbers>
+
+#include "ir/error.h"
+#include "passes/autodiff.h"
+#include "passes/optim.h"
+
+namespace moejit {
+
+double learning_rate_at(const GptMoeConfig& c, std::int64_t iter) {
+  if (iter < c.warmup_iters)
+    return c.learning_rate * static_cast<double>(iter + 1) / static_cast<double>(c.warmup_iters + 1);
+  if (!c.decay_lr) return c.learning_rate;
+  const std::int64_t decay_iters = c.decay_iters();
+  if (iter >= decay_iters || decay_iters <= c.warmup_iters) return c.min_lr;
+  const double ratio =
+      static_cast<double>(iter - c.warmup_iters) / static_cast<double>(decay_iters - c.warmup_iters);
+  const double coeff = 0.5 * (1.0 + std::cos(std::numbers::pi * ratio));  // 1 -> 0
+  return c.min_lr + coeff * (c.learning_rate - c.min_lr);
+}
+
+BatchSampler::BatchSampler(const std::vector<std::int32_t>& tokens, std::int64_t batch, std::int64_t seq_len,
+                           std::uint64_t seed)
+    : tokens_(&tokens), batch_(batch), seq_len_(seq_len), rng_(seed) {
+  if (static_cast<std::int64_t>(tokens.size()) < seq_len + 2)
+    throw Error(fmt::format("batches: expected a text of at least block_size + 2 = {} tokens, found {}", seq_len + 2,
+                            tokens.size()));
+}
+
+Batch BatchSampler::next() {
+  Batch batch{HostTensor({DType::i32, {batch_, seq_len_}}), HostTensor({DType::i32, {batch_, seq_len_}})};
+  std::span<std::int32_t> x = batch.idx.values<std::int32_t>(), y = batch.targets.values<std::int32_t>();
+  const std::uint64_t starts = tokens_->size() - static_cast<std::size_t>(seq_len_) - 1;  // i in [0, starts)
+  for (std::int64_t b = 0; b < batch_; ++b) {
+    const std::size_t i = static_cast<std::size_t>(rng_() % starts);
+    for (std::int64_t t = 0; t < seq_len_; ++t) {
+      x[static_cast<std::size_t>(b * seq_len_ + t)] = (*tokens_)[i + static_cast<std::size_t>(t)];
+      y[static_cast<std::size_t>(b * seq_len_ + t)] = (*tokens_)[i + static_cast<std::size_t>(t) + 1];
+    }
+  }
+  return batch;
+}
+
+GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
+                             const std::map<std::string, HostTensor>& params)
+    : config_(config), backend_(&backend), dropout_rng_(static_cast<std::uint64_t>(config.seed) ^ 0xD509u) {
+  train_ = compile_train_graph(0);
+  check_parameters(params, specs_, "initial parameters");
+
+  // ---- evaluation graph: forward and loss only ----
+  Graph eval_graph("gpt_moe_eval");
+  build_gpt_moe(eval_graph, config_, {.batch = config_.batch_size, .training = false, .with_loss = true});
+  eval_ = backend.compile(eval_graph);
+
+  for (const ParamSpec& s : specs_) {
+    train_->set(s.name, params.at(s.name));
+    if (s.role == ArgRole::param) {
+      HostTensor zeros(s.type);
+      train_->set("m." + s.name, zeros);
+      train_->set("v." + s.name, zeros);
+    }
+  }
+}
+
+// The training graph: forward, backward, clip, AdamW. Built once, or once per
+// step with noisy gating (the noise's Philox offset is an attribute).
+std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph(std::int64_t noise_offset) {
+  Graph train_graph("gpt_moe_train");
+  GptMoeGraph model = build_gpt_moe(train_graph, config_,
+                                    {.batch = config_.batch_size,
+                                     .training = true,
+                                     .with_loss = true,
+                                     .output_routing = config_.selection_bias,
+                                     .noise_offset = noise_offset});
+  specs_ = model.params;
+  dropout_inputs_ = model.dropout_inputs;
+  moe_layers_ = model.moe_layers;
+  has_aux_loss_ = train_graph.find_output("aux_loss") != nullptr;
+
+  std::vector<std::string> trained;
+  for (const ParamSpec& s : specs_)
+    if (s.role == ArgRole::param) trained.push_back(s.name);
+  std::vector<ValueId> grad_ids = append_backward(train_graph, {.loss = "loss", .wrt = trained});
+  Builder b(train_graph);
+  std::vector<Tensor> grads = as_tensors(train_graph, grad_ids);
+  if (config_.grad_clip > 0) {
+    ClippedGrads clipped = clip_grad_norm(b, grads, config_.grad_clip);
+    grads = clipped.grads;
+    b.output(clipped.norm, "grad_norm");
+    has_grad_norm_ = true;
+  }
+  // Two AdamW groups, as nanoGPT: weight decay on matrices and embeddings only.
+  std::vector<Tensor> decay_params, decay_grads, plain_params, plain_grads;
+  std::size_t g = 0;
+  for (const ParamSpec& s : specs_) {
+    if (s.role != ArgRole::param) continue;
+    Tensor p{&train_graph, train_graph.find_arg(s.name)};
+    (s.weight_decay ? decay_params : plain_params).push_back(p);
+    (s.weight_decay ? decay_grads : plain_grads).push_back(grads[g++]);
+  }
+  AdamWOptions adam{.beta1 = config_.beta1, .beta2 = config_.beta2, .eps = 1e-8, .weight_decay = config_.weight_decay};
+  if (!decay_params.empty()) append_adamw(b, decay_params, decay_grads, adam);
+  adam.weight_decay = 0.0;
+  if (!plain_params.empty()) append_adamw(b, plain_params, plain_grads, adam);
+  return backend_->compile(train_graph);
+}
+
+StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
+  StepStats stats;
+  stats.lr = learning_rate_at(config_, iter);
+  if (config_.noisy_gating && iter > 0) {
+    // Fresh gating noise: a new Philox offset per step; parameters, moments
+    // and state move over to the new executable.
+    const std::int64_t per_step = config_.batch_size * config_.block_size * config_.num_experts;
+    std::unique_ptr<Executable> next = compile_train_graph(iter * per_step);
+    for (const Arg& arg : next->graph().args())
+      if (arg.role != ArgRole::input) {
+        const std::string& name = next->graph().value(arg.value).name;
+        next->set(name, train_->get(name));
+      }
+    train_ = std::move(next);
+  }
+  train_->set("idx", batch.idx);
+  train_->set("targets", batch.targets);
+  train_->set("lr", HostTensor::scalar(stats.lr));
+  train_->set("step", HostTensor::scalar(static_cast<double>(iter + 1)));
+  for (const DropoutInput& d : dropout_inputs_) {
+    HostTensor mask({DType::f32, d.shape});
+    std::bernoulli_distribution keep(1.0 - d.p);
+    const float kept = static_cast<float>(1.0 / (1.0 - d.p));
+    for (float& m : mask.values<float>()) m = keep(dropout_rng_) ? kept : 0.0f;
+    train_->set(d.name, mask);
+  }
+  train_->run();
+  stats.loss = train_->get("loss").get(0);
+  stats.lm_loss = train_->get("lm_loss").get(0);
+  if (has_aux_loss_) stats.aux_loss = train_->get("aux_loss").get(0);
+  if (has_grad_norm_) stats.grad_norm = train_->get("grad_norm").get(0);
+  if (!std::isfinite(stats.loss))
+    throw Error(fmt::format("training diverged at step {}: loss is {} (try a lower learning_rate)", iter, stats.loss));
+  if (config_.selection_bias) update_selection_bias();
+  return stats;
+}
+
+// Aux-loss-free balancing (DeepSeek-V3): after each step, raise the bias of
+// experts that got fewer slots than the mean and lower it for those that got
+// more, by bias_update_rate.
+void GptMoeTrainer::update_selection_bias() {
+  for (std::int64_t layer : moe_layers_) {
+    HostTensor counts = train_->get(fmt::format("counts.{}", layer));
+    const std::string name = fmt::format("h.{}.moe.router.selection_bias", layer);
+    HostTensor bias = train_->get(name);
+    double mean = 0;
+    for (std::int64_t e = 0; e < counts.numel(); ++e) mean += counts.get(e);
+    mean /= static_cast<double>(counts.numel());
+    for (std::int64_t e = 0; e < counts.numel(); ++e) {
+      const double error = mean - counts.get(e);
+      const double sign = error > 0 ? 1.0 : error < 0 ? -1.0 : 0.0;
+      bias.set(e, bias.get(e) + config_.bias_update_rate * sign);
+    }
+    train_->set(name, bias);
+  }
+}
+
+double GptMoeTrainer::estimate_loss(BatchSampler& sampler, std::int64_t iters) {
+  for (const ParamSpec& s : specs_) eval_->set(s.name, train_->get(s.name));
+  double total = 0;
+  for (std::int64_t i = 0; i < iters; ++i) {
+    Batch batch = sampler.next();
+    eval_->set("idx", batch.idx);
+    eval_->set("targets", batch.targets);
+    eval_->run();
+    total += eval_->get("lm_loss").get(0);
+  }
+  return total / static_cast<double>(iters);
+}
+
+std::map<std::string, HostTensor> GptMoeTrainer::parameters() const {
+  std::map<std::string, HostTensor> values;
+  for (const ParamSpec& s : specs_) values.emplace(s.name, train_->get(s.name));
+  return values;
+}
+
+}  // namespace moejit

@@ -1,0 +1,92 @@
+// Training a GPT-MoE the nanoGPT way, on any backend: random batches,
+// AdamW with linear warmup and cosine decay to min_lr, global-norm gradient
+// clipping, and loss estimates on a forward-only graph.
+//
+// The training graph is built ONCE: forward + append_backward + clip +
+// AdamW whose outputs update the parameters and moments in place; it is
+// compiled once, and each step only sets the batch, lr, step (and dropout
+// masks). The evaluation graph is built and compiled once too and gets the
+// current parameters before each estimate. (With noisy_gating the training
+// graph is rebuilt each step, because the noise's Philox offset is an op
+// attribute; parameters and moments carry over.)
+//
+//   GptMoeTrainer trainer(config, *backend, init_parameters(specs, seed));
+//   BatchSampler train(tokens, config.batch_size, config.block_size, seed);
+//   for (iter...) { auto batch = train.next(); trainer.step(batch, iter); }
+//   double val = trainer.estimate_loss(val_sampler, config.eval_iters);
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "frontends/config.h"
+#include "frontends/gpt_moe.h"
+#include "runtime/backend.h"
+
+namespace moejit {
+
+// nanoGPT's get_lr: linear warmup over warmup_iters, then cosine decay to
+// min_lr at decay_iters(), then min_lr (constant learning_rate when
+// decay_lr is off). `iter` is 0-based.
+double learning_rate_at(const GptMoeConfig& config, std::int64_t iter);
+
+struct Batch {
+  HostTensor idx;      // [B, T] i32
+  HostTensor targets;  // [B, T] i32, idx shifted by one
+};
+
+// Random windows of a token sequence: x = tokens[i : i+T], y = tokens[i+1 : i+T+1],
+// i uniform in [0, n - T - 1], from a seeded generator.
+class BatchSampler {
+ public:
+  BatchSampler(const std::vector<std::int32_t>& tokens, std::int64_t batch, std::int64_t seq_len, std::uint64_t seed);
+  Batch next();
+
+ private:
+  const std::vector<std::int32_t>* tokens_;
+  std::int64_t batch_, seq_len_;
+  std::mt19937_64 rng_;
+};
+
+struct StepStats {
+  double loss = 0, lm_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
+};
+
+class GptMoeTrainer {
+ public:
+  // `params` holds a value for every spec of the config's model (parameters
+  // and state); checked by name, dtype and shape.
+  GptMoeTrainer(const GptMoeConfig& config, Backend& backend, const std::map<std::string, HostTensor>& params);
+
+  // One optimizer step at iteration `iter` (0-based): lr from the schedule,
+  // AdamW step iter + 1.
+  StepStats step(const Batch& batch, std::int64_t iter);
+  // Mean cross-entropy over `iters` batches, on the forward-only graph.
+  double estimate_loss(BatchSampler& sampler, std::int64_t iters);
+
+  // Current values of every spec (parameters and state).
+  std::map<std::string, HostTensor> parameters() const;
+  const std::vector<ParamSpec>& specs() const { return specs_; }
+  const GptMoeConfig& config() const { return config_; }
+  std::int64_t tokens_per_step() const { return config_.batch_size * config_.block_size; }
+
+ private:
+  void update_selection_bias();
+  std::unique_ptr<Executable> compile_train_graph(std::int64_t noise_offset);
+
+  GptMoeConfig config_;
+  Backend* backend_;
+  std::vector<ParamSpec> specs_;
+  std::vector<DropoutInput> dropout_inputs_;
+  std::vector<std::int64_t> moe_layers_;
+  std::unique_ptr<Executable> train_;
+  std::unique_ptr<Executable> eval_;
+  bool has_aux_loss_ = false;
+  bool has_grad_norm_ = false;
+  std::mt19937_64 dropout_rng_;
+};
+
+}  // namespace moejit
