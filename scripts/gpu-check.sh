@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # GPU check of the CUDA backend, run ON a GPU machine from the repository root
 # with a bundle built elsewhere (scripts/gpu-check.sh --bundle makes it here):
-#   BUNDLE/moejit_cuda_tests, BUNDLE/gpt_moe (Release, stripped) and
+#   BUNDLE/moejit_cuda_tests, BUNDLE/gpt_moe, the benchmarks BUNDLE/moe_bench,
+#   BUNDLE/step_bench, BUNDLE/compile_bench (optimized, stripped) and
 #   BUNDLE/tinyshakespeare.txt.
-# Steps: nvidia-smi; the GPU tests; the kernel cache cold vs warm (two
-# processes on one fresh MOEJIT_CACHE_DIR); 200 training steps of the
-# GPT-MoE example on tinyshakespeare with --device cuda and, at the same
-# time, --device cpu; then a summary table, printed last. Logs go to $OUT
-# (or /tmp/gpu-check) as well.
+# Steps: nvidia-smi; the GPU tests; the benchmarks (bench/, docs/perf.md):
+# compile_bench cold then warm (two processes on one fresh MOEJIT_CACHE_DIR),
+# step_bench (the example's training step, eager vs CUDA-graph replay),
+# moe_bench (grouped matmul, routing, MoE layer fwd+bwd against their
+# floors); 200 training steps of the GPT-MoE example on tinyshakespeare with
+# --device cuda, again with a warm cache, and with --device cpu; then a
+# summary table, printed last. Logs and the benchmarks' JSON go to $OUT (or
+# /tmp/gpu-check). Device wall time: about 3-4 minutes on an H100.
 #
 #   scripts/gpu-check.sh --bundle [DIR]   # here: build and pack (default build-gpu-bundle)
 #   scripts/gpu-check.sh [DIR]            # there: run the checks
@@ -19,10 +23,10 @@ if [[ "${1:-}" == "--bundle" ]]; then
   dir=${2:-build-gpu-bundle}
   build=${GPU_BUILD_DIR:-build-gpu}  # any optimized build (Release, or RelWithDebInfo: stripped below)
   [[ -f "$build/CMakeCache.txt" ]] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe
+  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench step_bench compile_bench
   rm -rf "$dir" && mkdir -p "$dir"
-  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/gpt_moe "$dir"/
-  strip "$dir"/moejit_cuda_tests "$dir"/gpt_moe
+  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,step_bench,compile_bench} "$dir"/
+  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,step_bench,compile_bench}
   cp ../shared/data/tinyshakespeare.txt "$dir"/
   du -sh "$dir"
   exit 0
@@ -47,16 +51,30 @@ echo "==== GPU tests"
 TESTS_RC=${PIPESTATUS[0]}
 TESTS_LINE=$(grep -E "^(All tests passed|test cases:)" "$LOGS/gpu-tests.log" | tail -1)
 
-echo "==== kernel cache: cold then warm (fresh MOEJIT_CACHE_DIR)"
-CACHE=$(mktemp -d)
-COLD=$(MOEJIT_CACHE_DIR=$CACHE "$BUNDLE"/moejit_cuda_tests "[cache_timing]" 2>&1 | grep cache-timing)
-WARM=$(MOEJIT_CACHE_DIR=$CACHE MOEJIT_ASSERT_CACHED=1 "$BUNDLE"/moejit_cuda_tests "[cache_timing]" 2>&1 | grep cache-timing)
-echo "cold: $COLD"
-echo "warm: $WARM"
+# Each benchmark has a time limit, so one that hangs cannot eat the others' time.
+BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-300}
 
-echo "==== one training step of the example's model: eager vs CUDA-graph replay"
-STEP=$("$BUNDLE"/moejit_cuda_tests "[step_timing]" 2>&1 | grep step-timing)
-echo "$STEP"
+echo "==== compile_bench: the example's training module, cold then warm (fresh MOEJIT_CACHE_DIR)"
+CACHE=$(mktemp -d)
+timeout "$BENCH_LIMIT" "$BUNDLE"/compile_bench --cache-dir "$CACHE" --expect cold --json "$LOGS/compile-cold.json" \
+  > "$LOGS/compile-cold.log" 2>&1
+COLD_RC=$?
+MOEJIT_ASSERT_CACHED=1 timeout "$BENCH_LIMIT" "$BUNDLE"/compile_bench --cache-dir "$CACHE" --expect warm \
+  --json "$LOGS/compile-warm.json" > "$LOGS/compile-warm.log" 2>&1
+WARM_CACHE_RC=$?
+cat "$LOGS/compile-cold.log" "$LOGS/compile-warm.log"
+COLD=$(grep -h "^compile-bench:" "$LOGS/compile-cold.log")
+WARM=$(grep -h "^compile-bench:" "$LOGS/compile-warm.log")
+
+echo "==== step_bench: the example's training step, eager vs CUDA-graph replay"
+# The same cache: the step's module is the one compile_bench just compiled.
+MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/step_bench --json "$LOGS/step.json" 2>&1 | tee "$LOGS/step.log"
+STEP_RC=${PIPESTATUS[0]}
+STEP=$(grep -h "^step-bench:" "$LOGS/step.log")
+
+echo "==== moe_bench: grouped matmul, routing, MoE layer fwd+bwd against their floors"
+timeout "$BENCH_LIMIT" "$BUNDLE"/moe_bench --json "$LOGS/moe.json" 2>&1 | tee "$LOGS/moe.log"
+MOE_RC=${PIPESTATUS[0]}
 
 echo "==== training: $ITERS steps on tinyshakespeare, cuda then cpu"
 TRAIN=("$BUNDLE/gpt_moe" train --data "$BUNDLE/tinyshakespeare.txt" --eval_interval 100 --eval_iters 20 --no_report
@@ -94,9 +112,30 @@ echo
 echo "==== gpu-check summary"
 printf "%-26s | %s\n" "device" "${DEVICE:-unknown}"
 printf "%-26s | %s (exit %s)\n" "gpu tests [gpu]" "${TESTS_LINE:-none}" "$TESTS_RC"
-printf "%-26s | %s\n" "cache cold (1st process)" "${COLD#cache-timing: }"
-printf "%-26s | %s\n" "cache warm (2nd process)" "${WARM#cache-timing: }"
-printf "%-26s | %s\n" "train step (B16 T32)" "${STEP#step-timing: }"
+printf "%-26s | %s (exit %s)\n" "compile_bench cold" "${COLD#compile-bench: }" "$COLD_RC"
+printf "%-26s | %s (exit %s)\n" "compile_bench warm" "${WARM#compile-bench: }" "$WARM_CACHE_RC"
+printf "%-26s | %s (exit %s)\n" "step_bench" "${STEP#step-bench: }" "$STEP_RC"
+# moe_bench: the copy rate it measured, then each case at its largest shape.
+python3 - "$LOGS/moe.json" "$MOE_RC" <<'PY' 2>/dev/null || printf "%-26s | exit %s, see %s\n" "moe_bench" "$MOE_RC" "$LOGS/moe.log"
+import json, sys
+data = json.load(open(sys.argv[1]))
+meta = data["meta"]
+print("%-26s | exit %s; copy %.0f GB/s (%s); flop rate %.0f GFLOP/s (lead)" % ("moe_bench", sys.argv[2], meta["bytes_per_s"] / 1e9,
+      meta["bytes_source"].split(":")[0], meta["flops_per_s"] / 1e9))
+largest = {}
+for r in data["results"]:
+    size = r["tokens"] * r["top_k"] * r["d_model"] * r["d_expert"] or r["flops"]
+    if r["case"] not in largest or size > largest[r["case"]][0]:
+        largest[r["case"]] = (size, r)
+for case, (_, r) in largest.items():
+    if not r.get("timed"):
+        print("%-26s | %s: check FAILED, not timed" % (case[:26], r["shape"]))
+        continue
+    pct = r.get("pct_of_floor")
+    floor = "%.1f%% of floor (%s-bound)" % (pct, r["bound"]) if pct is not None else "no floor"
+    print("%-26s | %s: %.3f ms, %.0f GFLOP/s, %.0f GB/s, %s" % (case[:26], r["shape"], r["median_ms"], r["gflop_per_s"],
+          r["gb_per_s"], floor))
+PY
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda" "${VAL_CUDA:-?}" "$(walltime "$LOGS/train-cuda.log")" "$(tokps "$LOGS/train-cuda.log")" "$CUDA_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cpu" "${VAL_CPU:-?}" "$(walltime "$LOGS/train-cpu.log")" "$(tokps "$LOGS/train-cpu.log")" "$CPU_RC"
 printf "%-26s | %s\n" "|val cuda - val cpu|" "$DIFF"

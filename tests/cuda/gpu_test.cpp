@@ -8,7 +8,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -69,7 +68,7 @@ void compare_all(const Graph& graph, const Values& gpu, const Values& cpu, doubl
 
 }  // namespace
 
-TEST_CASE("cuda: gpu: every op (forward and backward helpers) matches the CPU backend", "[cuda][gpu]") {
+TEST_CASE("gpu: every op (forward and backward helpers) matches the CPU backend", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
@@ -81,7 +80,7 @@ TEST_CASE("cuda: gpu: every op (forward and backward helpers) matches the CPU ba
   }
 }
 
-TEST_CASE("cuda: gpu: bf16 ops match the CPU backend within bf16 tolerance", "[cuda][gpu]") {
+TEST_CASE("gpu: bf16 ops match the CPU backend within bf16 tolerance", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   Graph graph("bf16_ops");
   Builder b(graph);
@@ -105,7 +104,7 @@ TEST_CASE("cuda: gpu: bf16 ops match the CPU backend within bf16 tolerance", "[c
   compare_all(graph, run_graph(*cuda, graph, args), run_graph(*cpu, graph, args), cuda_test::tolerance(DType::bf16));
 }
 
-TEST_CASE("cuda: gpu: dispatch with thousands of slots and capacity and block padding matches the CPU exactly", "[cuda][gpu]") {
+TEST_CASE("gpu: dispatch with thousands of slots and capacity and block padding matches the CPU exactly", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   Graph graph("dispatch");
   Builder b(graph);
@@ -132,7 +131,7 @@ TEST_CASE("cuda: gpu: dispatch with thousands of slots and capacity and block pa
   CHECK(dropped);
 }
 
-TEST_CASE("cuda: gpu: a GPT-MoE training step matches the CPU (loss and gradients and parameters after AdamW)", "[cuda][gpu]") {
+TEST_CASE("gpu: a GPT-MoE training step matches the CPU (loss and gradients and parameters after AdamW)", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   GptMoeConfig config = cuda_test::small_gpt_config();
   Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
@@ -175,7 +174,7 @@ TEST_CASE("cuda: gpu: a GPT-MoE training step matches the CPU (loss and gradient
   }
 }
 
-TEST_CASE("cuda: gpu: replaying a captured CUDA graph gives the eager results bit for bit", "[cuda][gpu]") {
+TEST_CASE("gpu: replaying a captured CUDA graph gives the eager results bit for bit", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   GptMoeConfig config = cuda_test::small_gpt_config();
   Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
@@ -210,7 +209,7 @@ TEST_CASE("cuda: gpu: replaying a captured CUDA graph gives the eager results bi
 
 // Run by the test below in child processes: MOEJIT_TEST_CACHE=cold expects
 // compiles, warm (with MOEJIT_ASSERT_CACHED=1) expects none.
-TEST_CASE("cuda: gpu: cache child", "[.cache_child_gpu]") {
+TEST_CASE("gpu: cache child", "[.cache_child_gpu]") {
   GptMoeConfig config = cuda_test::small_gpt_config();
   auto cuda = make_cuda_backend();
   auto exe = cuda->compile(cuda_test::make_gpt_training_graph(config, config.batch_size));
@@ -224,7 +223,7 @@ TEST_CASE("cuda: gpu: cache child", "[.cache_child_gpu]") {
   }
 }
 
-TEST_CASE("cuda: gpu: a second process finds every kernel in the disk cache and compiles nothing", "[cuda][gpu]") {
+TEST_CASE("gpu: a second process finds every kernel in the disk cache and compiles nothing", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   fs::path dir = fs::temp_directory_path() / fmt::format("moejit-gpu-cache-{}", ::getpid());
   fs::remove_all(dir);
@@ -242,50 +241,5 @@ TEST_CASE("cuda: gpu: a second process finds every kernel in the disk cache and 
   fs::remove_all(dir);
 }
 
-// For scripts/gpu-check.sh: compiles the GPT-MoE training graph once and
-// prints what the kernel cache did (run it twice on one MOEJIT_CACHE_DIR:
-// cold, then warm).
-TEST_CASE("cuda: gpu: cache timing", "[.cache_timing]") {
-  MOEJIT_REQUIRE_GPU();
-  auto start = std::chrono::steady_clock::now();
-  GptMoeConfig config = cuda_test::small_gpt_config();
-  auto cuda = make_cuda_backend();
-  auto exe = cuda->compile(cuda_test::make_gpt_training_graph(config, config.batch_size));
-  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  auto stats = cuda_compile_stats();
-  std::printf("cache-timing: compiles=%lld disk_hits=%lld compile_seconds=%.3f wall_seconds=%.3f\n",
-              static_cast<long long>(stats.compiles), static_cast<long long>(stats.disk_hits), stats.compile_seconds, wall);
-  CHECK(wall > 0.0);
-}
-
-// For scripts/gpu-check.sh: milliseconds per training step of the example's
-// default model (batch 16, block 32), eager launches vs one CUDA-graph
-// replay, median of 50 steps after 5 warm-up steps (CUDA events).
-TEST_CASE("cuda: gpu: step timing", "[.step_timing]") {
-  MOEJIT_REQUIRE_GPU();
-  GptMoeConfig config;
-  config.vocab_size = 65;
-  Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
-  Values args = cuda_test::random_args(graph, 1, config.vocab_size);
-  for (auto& [name, value] : init_parameters(gpt_moe_param_specs(config), 1)) args.at(name) = value;
-  auto cuda = make_cuda_backend();
-  auto median_ms = [&](bool captured) {
-    auto exe = cuda->compile(graph);
-    for (const auto& [name, value] : args) exe->set(name, value);
-    if (captured) cuda_capture_graph(*exe);
-    std::vector<double> ms;
-    for (int i = 0; i < 55; ++i) {
-      exe->set("step", HostTensor::scalar(i + 1));
-      exe->run();
-      double t = cuda_last_run_ms(*exe);
-      if (i >= 5) ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2];
-  };
-  double eager = median_ms(false), replay = median_ms(true);
-  std::size_t ops = graph.ops().size();
-  std::printf("step-timing: ops=%zu eager_ms=%.3f graph_replay_ms=%.3f tokens_per_step=%lld\n", ops, eager, replay,
-              static_cast<long long>(config.batch_size * config.block_size));
-  CHECK(replay > 0.0);
-}
+// Timings (the kernel cache cold vs warm, a training step eager vs graph
+// replay) are benchmarks, not tests: bench/compile_bench and bench/step_bench.
