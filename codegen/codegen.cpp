@@ -171,8 +171,10 @@ const char* unary_function(OpKind kind) {
 }
 
 // The C++ expression of one elementwise op over its operands' variables;
-// `i` is the element index.
-std::string elementwise_expr(const Graph& graph, const Op& op, const std::vector<std::string>& args) {
+// `i` is the element index. `philox_base` (dropout only) is the expression
+// of its Philox base position, offset + step_offset.
+std::string elementwise_expr(const Graph& graph, const Op& op, const std::vector<std::string>& args,
+                             const std::string& philox_base) {
   const char* type = cuda_type(graph.type(op.results[0]).dtype);
   switch (op.kind) {
     case OpKind::Compare: {
@@ -185,9 +187,8 @@ std::string elementwise_expr(const Graph& graph, const Op& op, const std::vector
     case OpKind::Constant: return fmt::format("from_double<{}>({})", type, double_literal(op.attrs.get_float("value")));
     case OpKind::Dropout: {
       double p = op.attrs.get_float("p");
-      return fmt::format("dropout_value<{}>({}, {}ull, {}ull + (unsigned long long)i, {}u, {})", type, args[0],
-                         static_cast<unsigned long long>(op.attrs.get_int("seed")),
-                         static_cast<unsigned long long>(op.attrs.get_int("offset")), dropout_threshold24(p),
+      return fmt::format("dropout_value<{}>({}, {}ull, {} + (unsigned long long)i, {}u, {})", type, args[0],
+                         static_cast<unsigned long long>(op.attrs.get_int("seed")), philox_base, dropout_threshold24(p),
                          double_literal(1.0 / (1.0 - p)));
     }
     default: break;
@@ -208,6 +209,10 @@ void emit_elementwise_chain(const Graph& graph, const std::vector<int>& ops, con
   std::map<ValueId, std::string> var;  // value -> local variable
   std::vector<ValueId> inputs, outputs;
   std::string body, loads, computes, stores;
+  // Dropout's `offset` attributes travel as kernel arguments after n, so the
+  // source does not depend on them.
+  std::string offset_params;
+  std::vector<KernelArg> offset_args;
   int next = 0;
   for (int index : ops) {
     const Op& op = graph.ops()[static_cast<std::size_t>(index)];
@@ -219,15 +224,27 @@ void emit_elementwise_chain(const Graph& graph, const std::vector<int>& ops, con
     for (ValueId v : op.operands) {
       if (!var.count(v)) {
         std::string name = fmt::format("v{}", next++);
-        loads += fmt::format("    {} {} = in{}[i];\n", cuda_type(graph.type(v).dtype), name, inputs.size());
+        // Elementwise operands have the chain's shape; a one-element operand
+        // in a longer chain is a scalar (dropout's step_offset), read at [0].
+        const char* index = graph.type(v).numel() == 1 ? "0" : "i";
+        loads += fmt::format("    {} {} = in{}[{}];\n", cuda_type(graph.type(v).dtype), name, inputs.size(), index);
         var[v] = name;
         inputs.push_back(v);
       }
       args.push_back(var[v]);
     }
+    std::string philox_base;
+    if (op.kind == OpKind::Dropout) {
+      // base = offset (a kernel argument) + step_offset (read from its device scalar)
+      philox_base = fmt::format("offset{}", offset_args.size());
+      offset_params += fmt::format(", unsigned long long {}", philox_base);
+      offset_args.push_back(KernelArg::i64(op.attrs.get_int("offset")));
+      if (args.size() > 1) philox_base += fmt::format(" + (unsigned long long){}", args[1]);
+    }
     std::string name = fmt::format("v{}", next++);
     ValueId r = op.results[0];
-    computes += fmt::format("    {} {} = {};\n", cuda_type(graph.type(r).dtype), name, elementwise_expr(graph, op, args));
+    computes += fmt::format("    {} {} = {};\n", cuda_type(graph.type(r).dtype), name,
+                            elementwise_expr(graph, op, args, philox_base));
     var[r] = name;
     if (stored[static_cast<std::size_t>(r)] || index == ops.back()) {
       stores += fmt::format("    out{}[i] = {};\n", outputs.size(), name);
@@ -239,7 +256,7 @@ void emit_elementwise_chain(const Graph& graph, const std::vector<int>& ops, con
     params += fmt::format("const {}* __restrict__ in{}, ", cuda_type(graph.type(inputs[k]).dtype), k);
   for (std::size_t k = 0; k < outputs.size(); ++k)
     params += fmt::format("{}* __restrict__ out{}, ", cuda_type(graph.type(outputs[k]).dtype), k);
-  params += "i64 n";
+  params += "i64 n" + offset_params;
   body = "  MOEJIT_FOR_EACH(i, n) {\n" + loads + computes + stores + "  }\n";
   std::string stem = ops.size() == 1 ? fmt::format("{}_{}", op_name(last.kind).substr(3), cuda_type(graph.type(last.results[0]).dtype))
                                      : fmt::format("fused{}", ops.size());
@@ -249,6 +266,7 @@ void emit_elementwise_chain(const Graph& graph, const std::vector<int>& ops, con
   for (ValueId v : inputs) args.push_back(KernelArg::of(v));
   for (ValueId v : outputs) args.push_back(KernelArg::of(v));
   args.push_back(KernelArg::i64(n));
+  for (KernelArg& offset : offset_args) args.push_back(std::move(offset));
   ctx.launch(kernel, blocks_for(n), std::move(args));
 }
 

@@ -334,13 +334,18 @@ void emit_CrossEntropyGrad(EmitContext& ctx) {
              {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::i64(rows), Arg::i64(V)});
 }
 
+// Seed and offset are kernel arguments and step_offset a device scalar (null
+// when absent) read by the kernel, so one kernel serves every random_normal
+// of a dtype and a new step_offset needs no new source.
 void emit_RandomNormal(EmitContext& ctx) {
   std::int64_t n = ctx.out(0).numel();
   const char* t = ctx.out_type(0);
-  std::string kernel = ctx.define(fmt::format("random_normal_{}", t), fmt::format("{}* out, i64 n, unsigned long long seed, unsigned long long offset", t),
-                                  fmt::format("  random_normal_impl<{}>(out, n, seed, offset);\n", t));
+  std::string kernel = ctx.define(fmt::format("random_normal_{}", t),
+                                  fmt::format("{}* out, i64 n, unsigned long long seed, unsigned long long offset, const i64* step_offset", t),
+                                  fmt::format("  random_normal_impl<{}>(out, n, seed, offset, step_offset);\n", t));
   ctx.launch(kernel, blocks_for(n),
-             {Arg::of(ctx.result(0)), Arg::i64(n), Arg::i64(ctx.attrs().get_int("seed")), Arg::i64(ctx.attrs().get_int("offset"))});
+             {Arg::of(ctx.result(0)), Arg::i64(n), Arg::i64(ctx.attrs().get_int("seed")), Arg::i64(ctx.attrs().get_int("offset")),
+              ctx.has_operand(0) ? Arg::of(ctx.operand(0)) : Arg::none()});
 }
 
 void emit_AdamW(EmitContext& ctx) {

@@ -25,7 +25,10 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
   result.batch = B;
   result.seq_len = T;
   Builder b(graph);
-  Scope root(b, result.params, {.training = options.training, .dropout = c.dropout}, &result.dropout_inputs);
+  // Dropout masks and gating noise: one Philox stream keyed by the config's seed.
+  RandomStreams random;
+  random.seed = c.seed;
+  Scope root(b, result.params, {.training = options.training, .dropout = c.dropout}, &random);
   // GPT-2's scaled init of the residual projections: std / sqrt(2 * n_layer).
   const double proj_std = c.init_std / std::sqrt(2.0 * static_cast<double>(c.n_layer));
 
@@ -39,7 +42,7 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
   Tensor pos = T == c.block_size ? wpe : b.slice(wpe, {0, 0}, {T, D});
   Tensor x = b.add(tok, b.broadcast(pos, {B, T, D}));
   x = b.reshape(x, {rows, D});  // [BT, D]
-  x = root.dropout(x, "emb");
+  x = root.dropout(x);
 
   std::optional<Tensor> aux_total;
   std::vector<std::pair<std::int64_t, nn::MoeOutputs>> routing;
@@ -48,7 +51,7 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
     Tensor a = nn::causal_self_attention(h.child("attn"), nn::layer_norm(h.child("ln_1"), x),
                                          {.batch = B, .seq_len = T, .n_head = c.n_head, .bias = c.bias,
                                           .init_std = c.init_std, .proj_std = proj_std});
-    x = b.add(x, h.dropout(a, "attn"));
+    x = b.add(x, h.dropout(a));
     Tensor normed = nn::layer_norm(h.child("ln_2"), x);
     Tensor f;
     if (c.is_moe_layer(layer)) {
@@ -56,8 +59,7 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
           h.child("moe"), normed,
           {.num_experts = c.num_experts, .top_k = c.top_k, .d_expert = c.d_expert, .activation = c.activation,
            .score = c.router_score, .order = c.router_order, .normalize = c.normalize_topk,
-           .noisy_gating = c.noisy_gating,
-           .noise_seed = c.seed * 1000 + layer, .noise_offset = options.noise_offset, .selection_bias = c.selection_bias, .capacity_factor = c.capacity_factor,
+           .noisy_gating = c.noisy_gating, .selection_bias = c.selection_bias, .capacity_factor = c.capacity_factor,
            .aux_loss_coeff = c.aux_loss_coeff, .z_loss_coeff = c.z_loss_coeff, .entropy_coeff = c.entropy_coeff,
            .shared_expert = c.shared_expert, .bias = c.bias, .init_std = c.init_std, .proj_std = proj_std});
       f = moe.y;
@@ -69,8 +71,9 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
                   {.hidden = c.dense_hidden(), .activation = c.activation, .bias = c.bias, .init_std = c.init_std,
                    .proj_std = proj_std});
     }
-    x = b.add(x, h.dropout(f, "ffn"));
+    x = b.add(x, h.dropout(f));
   }
+  result.rng_positions_per_step = random.positions_per_step;
   x = nn::layer_norm(root.child("ln_f"), x);
   // Tied lm head: logits [BT, V] = x [BT, D] · wte.weight [V, D]ᵀ.
   Tensor wte = Tensor{&graph, graph.find_arg("wte.weight")};

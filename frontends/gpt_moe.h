@@ -9,8 +9,10 @@
 //
 // Graph arguments: input "idx" [B, T] i32, input "targets" [B, T] i32 (with
 // loss), the parameters (names in docs/checkpoints.md), state
-// "h.<i>.moe.router.selection_bias" when selection_bias is on, and dropout
-// masks "dropout.*" when training with dropout > 0.
+// "h.<i>.moe.router.selection_bias" when selection_bias is on, and
+// "rng_offset" [] i64 when training with dropout > 0 or noisy gating: the
+// step_offset of every mj.dropout and mj.random_normal (see RandomStreams in
+// nn.h; feed step · rng_positions_per_step).
 // Outputs: "logits" [B*T, V] (when asked), "loss", "lm_loss", "aux_loss" (with
 // loss; aux_loss only when some coefficient is > 0), and per MoE layer i
 // "experts.<i>" [B*T, K] i32 and "counts.<i>" [E] i32 (when asked).
@@ -28,17 +30,18 @@ namespace moejit {
 struct GptMoeGraphOptions {
   std::int64_t batch = 1;
   std::int64_t seq_len = 0;     // 0: block_size
-  bool training = false;        // dropout masks and noisy gating
+  bool training = false;        // dropout and noisy gating
   bool with_loss = true;        // a "targets" input and the loss outputs
   bool output_logits = false;   // output "logits" [B*T, V]
   bool output_routing = false;  // outputs "experts.<i>" and "counts.<i>" per MoE layer
-  std::int64_t noise_offset = 0;  // Philox offset of the gating noise (noisy_gating, training)
 };
 
 struct GptMoeGraph {
-  std::vector<ParamSpec> params;             // parameters and kept state, in creation order
-  std::vector<DropoutInput> dropout_inputs;  // masks to fill before each training run
-  std::vector<std::int64_t> moe_layers;      // block indices that are MoE
+  std::vector<ParamSpec> params;         // parameters and kept state, in creation order
+  std::vector<std::int64_t> moe_layers;  // block indices that are MoE
+  // Philox positions the random ops take per run; 0 when the graph has none
+  // (and no "rng_offset" input). Run s should get rng_offset = s · this.
+  std::int64_t rng_positions_per_step = 0;
   std::int64_t batch = 0, seq_len = 0;
 };
 

@@ -22,7 +22,9 @@ NoisyGateOutputs noisy_top_k_gate(Builder& b, Tensor x, Tensor w_router, std::op
       throw Error(fmt::format("noisy_top_k_gate: w_noise: expected {} (like w_router), found {}", w_router.type().str(),
                               w_noise->type().str()));
     Tensor noise_scale = b.softplus(b.matmul(x, *w_noise));
-    Tensor noise = b.random_normal(out.logits.shape(), options.seed, options.offset, out.logits.dtype());
+    Tensor step_offset = options.step_offset.value_or(Tensor{});
+    Tensor noise = b.random_normal(out.logits.shape(), options.seed, options.offset, out.logits.dtype(),
+                                   options.step_offset ? &step_offset : nullptr);
     out.gate_logits = b.add(out.logits, b.mul(noise, noise_scale));
   }
   Tensor bias_value;

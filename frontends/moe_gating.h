@@ -13,9 +13,11 @@
 // switch: when on, `bias` [E] goes to moe.gate, where it shifts which experts
 // are chosen but not their weights.
 //
-// The noise is Philox(seed, offset + element): the same numbers on every
-// backend. A training loop that wants fresh noise each step builds the step
-// with a new offset (or seed).
+// The noise is mj.random_normal: Philox(seed, offset + step_offset +
+// element), the same numbers on every backend. `step_offset` is a rank-0 i64
+// graph value read at run time, so a training loop gets fresh noise each
+// step by feeding a new value to ONE compiled graph (frontends/trainer.h
+// feeds its "rng_offset" input).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -27,9 +29,10 @@ namespace moejit {
 struct NoisyGateOptions {
   GateOptions gate{.top_k = 2, .score = "softmax", .order = "topk_then_softmax", .normalize = false};
   bool noisy = true;             // add randn * softplus(x · w_noise) to the logits
-  std::int64_t seed = 0;         // Philox stream of the noise
-  std::int64_t offset = 0;
+  std::int64_t seed = 0;         // Philox key of the noise
+  std::int64_t offset = 0;       // its base position, plus step_offset when given
   bool selection_bias = false;   // pass `bias` to moe.gate
+  std::optional<Tensor> step_offset;  // [] i64, random_normal's run-time step_offset operand
 };
 
 struct NoisyGateOutputs {

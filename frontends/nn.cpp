@@ -13,16 +13,12 @@
 
 namespace moejit {
 
-Scope::Scope(Builder& builder, std::vector<ParamSpec>& params, ScopeOptions options,
-             std::vector<DropoutInput>* dropout_inputs, std::string prefix)
-    : builder_(&builder),
-      params_(&params),
-      options_(options),
-      dropout_inputs_(dropout_inputs),
-      prefix_(std::move(prefix)) {}
+Scope::Scope(Builder& builder, std::vector<ParamSpec>& params, ScopeOptions options, RandomStreams* random,
+             std::string prefix)
+    : builder_(&builder), params_(&params), options_(options), random_(random), prefix_(std::move(prefix)) {}
 
 Scope Scope::child(std::string_view name) const {
-  return Scope(*builder_, *params_, options_, dropout_inputs_, prefix_ + std::string(name) + ".");
+  return Scope(*builder_, *params_, options_, random_, prefix_ + std::string(name) + ".");
 }
 
 std::string Scope::full_name(std::string_view name) const { return prefix_ + std::string(name); }
@@ -41,13 +37,18 @@ Tensor Scope::state(std::string_view name, Shape shape, ParamInit init) const {
   return t;
 }
 
-Tensor Scope::dropout(Tensor x, std::string_view name) const {
+RandomSite Scope::random_site(std::int64_t count) const {
+  MOEJIT_ASSERT(random_ != nullptr, "a training scope with random ops (dropout, noisy gating) needs RandomStreams");
+  if (!random_->rng_offset) random_->rng_offset = builder_->input("rng_offset", {}, DType::i64);
+  RandomSite site{random_->seed, random_->positions_per_step, *random_->rng_offset};
+  random_->positions_per_step += count;
+  return site;
+}
+
+Tensor Scope::dropout(Tensor x) const {
   if (!options_.training || options_.dropout <= 0.0) return x;
-  MOEJIT_ASSERT(dropout_inputs_ != nullptr, "a training scope with dropout needs a list of dropout inputs");
-  std::string full = "dropout." + full_name(name);
-  Tensor mask = builder_->input(full, x.shape());
-  dropout_inputs_->push_back({full, x.shape(), options_.dropout});
-  return builder_->mul(x, mask);
+  RandomSite site = random_site(x.type().numel());
+  return builder_->dropout(x, options_.dropout, site.seed, site.offset, &site.step_offset);
 }
 
 namespace nn {
@@ -137,13 +138,18 @@ MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& o) {
   if (o.noisy_gating) {
     Tensor w_router = router.param("weight", {E, d_model}, {ParamInit::Kind::normal, o.init_std}, false);
     Tensor w_noise = router.param("w_noise", {E, d_model}, {ParamInit::Kind::normal, o.init_std}, false);
-    NoisyGateOutputs g = noisy_top_k_gate(b, x, b.transpose(w_router, {1, 0}), b.transpose(w_noise, {1, 0}),
-                                          {.gate = gate,
-                                           .noisy = s.options().training,
-                                           .seed = o.noise_seed,
-                                           .offset = o.noise_offset,
-                                           .selection_bias = o.selection_bias},
-                                          bias);
+    NoisyGateOptions gating;
+    gating.gate = gate;
+    gating.noisy = s.options().training;
+    gating.selection_bias = o.selection_bias;
+    if (gating.noisy) {  // noise [T, E] from the scope's random stream
+      RandomSite site = s.random_site(x.dim(0) * E);
+      gating.seed = site.seed;
+      gating.offset = site.offset;
+      gating.step_offset = site.step_offset;
+    }
+    NoisyGateOutputs g =
+        noisy_top_k_gate(b, x, b.transpose(w_router, {1, 0}), b.transpose(w_noise, {1, 0}), gating, bias);
     logits = g.logits;
     weights = g.weights;
     experts = g.experts;

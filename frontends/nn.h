@@ -2,8 +2,8 @@
 // builder, each creating its parameters under a stable dotted name
 // ("h.0.attn.c_attn.weight"), so the names are also the checkpoint's tensor
 // names. A Scope carries the Builder, the name prefix, the list of parameters
-// created so far (with how to initialize each) and whether the graph is for
-// training (dropout, noisy gating).
+// created so far (with how to initialize each), whether the graph is for
+// training (dropout, noisy gating) and where its random ops draw from.
 //
 // Layout of linear weights: [out, in], as PyTorch and nanoGPT store them;
 // y = x · Wᵀ (matmul with transpose_b). Expert weights are [E, in, out], the
@@ -46,13 +46,24 @@ struct ParamSpec {
   ArgRole role = ArgRole::param;
 };
 
-// An input the trainer fills before each run: a dropout keep-mask (values 0
-// or 1 / (1 - p), drawn on the host so that every step gets fresh ones while
-// the graph is compiled once).
-struct DropoutInput {
-  std::string name;
-  Shape shape;
-  double p = 0.0;
+// Where the random ops of a training graph (dropout masks, gating noise)
+// draw from: one Philox stream keyed by `seed`. Each random op takes the next
+// `count` positions as its `offset` attribute, and every one adds the graph
+// input "rng_offset" [] i64 (its step_offset operand). Feeding rng_offset =
+// step · positions_per_step gives every step fresh numbers from ONE compiled
+// graph, and no two ops and no two steps share a Philox position.
+struct RandomStreams {
+  std::int64_t seed = 0;
+  std::int64_t positions_per_step = 0;  // positions taken by the ops so far
+  std::optional<Tensor> rng_offset;     // the graph input, made on first use
+};
+
+// One random op's share of the stream: pass seed, offset and &step_offset to
+// Builder::dropout / random_normal.
+struct RandomSite {
+  std::int64_t seed = 0;
+  std::int64_t offset = 0;
+  Tensor step_offset;  // the "rng_offset" input
 };
 
 struct ScopeOptions {
@@ -62,8 +73,10 @@ struct ScopeOptions {
 
 class Scope {
  public:
+  // `random` must outlive the scope; it is needed only by training scopes
+  // with dropout > 0 or noisy gating.
   Scope(Builder& builder, std::vector<ParamSpec>& params, ScopeOptions options = {},
-        std::vector<DropoutInput>* dropout_inputs = nullptr, std::string prefix = "");
+        RandomStreams* random = nullptr, std::string prefix = "");
 
   // A scope whose names are prefixed by "<prefix><name>.".
   Scope child(std::string_view name) const;
@@ -76,15 +89,18 @@ class Scope {
   Tensor param(std::string_view name, Shape shape, ParamInit init, bool weight_decay = true) const;
   // Creates kept, untrained state <prefix><name> and records its spec.
   Tensor state(std::string_view name, Shape shape, ParamInit init) const;
-  // x with dropout applied when training with p > 0 (else x): multiplies by
-  // a mask input named "dropout.<prefix><name>".
-  Tensor dropout(Tensor x, std::string_view name) const;
+  // Takes `count` positions of the random stream (and makes the
+  // "rng_offset" input on first use). Asserts that the scope has streams.
+  RandomSite random_site(std::int64_t count) const;
+  // x with mj.dropout applied when training with p > 0 (else x), on the
+  // scope's random stream.
+  Tensor dropout(Tensor x) const;
 
  private:
   Builder* builder_;
   std::vector<ParamSpec>* params_;
   ScopeOptions options_;
-  std::vector<DropoutInput>* dropout_inputs_;
+  RandomStreams* random_;
   std::string prefix_;
 };
 
@@ -131,8 +147,8 @@ struct MoeOptions {
   std::string score = "softmax";    // softmax | sigmoid
   std::string order = "softmax_then_topk";
   bool normalize = true;
-  bool noisy_gating = false;   // router.w_noise exists; the noise is added only when training
-  std::int64_t noise_seed = 0, noise_offset = 0;  // Philox stream of the noise
+  bool noisy_gating = false;   // router.w_noise exists; the noise is added only when training,
+                               // drawn from the scope's random stream
   bool selection_bias = false; // state router.selection_bias [E], shifts selection only
   double capacity_factor = 0.0;
   double aux_loss_coeff = 0.0, z_loss_coeff = 0.0, entropy_coeff = 0.0;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
 #include <numbers>
 
 #include "ir/error.h"
@@ -48,8 +49,8 @@ Batch BatchSampler::next() {
 
 GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
                              const std::map<std::string, HostTensor>& params)
-    : config_(config), backend_(&backend), dropout_rng_(static_cast<std::uint64_t>(config.seed) ^ 0xD509u) {
-  train_ = compile_train_graph(0);
+    : config_(config), backend_(&backend) {
+  train_ = compile_train_graph();
   check_parameters(params, specs_, "initial parameters");
 
   // ---- evaluation graph: forward and loss only ----
@@ -67,19 +68,15 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   }
 }
 
-// The training graph: forward, backward, clip, AdamW. Built once, or once per
-// step with noisy gating (the noise's Philox offset is an attribute).
-std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph(std::int64_t noise_offset) {
+// The training graph: forward, backward, clip, AdamW. Built and compiled once.
+std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph() {
   Graph train_graph("gpt_moe_train");
-  GptMoeGraph model = build_gpt_moe(train_graph, config_,
-                                    {.batch = config_.batch_size,
-                                     .training = true,
-                                     .with_loss = true,
-                                     .output_routing = config_.selection_bias,
-                                     .noise_offset = noise_offset});
+  GptMoeGraph model = build_gpt_moe(
+      train_graph, config_,
+      {.batch = config_.batch_size, .training = true, .with_loss = true, .output_routing = config_.selection_bias});
   specs_ = model.params;
-  dropout_inputs_ = model.dropout_inputs;
   moe_layers_ = model.moe_layers;
+  rng_positions_per_step_ = model.rng_positions_per_step;
   has_aux_loss_ = train_graph.find_output("aux_loss") != nullptr;
 
   std::vector<std::string> trained;
@@ -113,28 +110,20 @@ std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph(std::int64_t nois
 StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
   StepStats stats;
   stats.lr = learning_rate_at(config_, iter);
-  if (config_.noisy_gating && iter > 0) {
-    // Fresh gating noise: a new Philox offset per step; parameters, moments
-    // and state move over to the new executable.
-    const std::int64_t per_step = config_.batch_size * config_.block_size * config_.num_experts;
-    std::unique_ptr<Executable> next = compile_train_graph(iter * per_step);
-    for (const Arg& arg : next->graph().args())
-      if (arg.role != ArgRole::input) {
-        const std::string& name = next->graph().value(arg.value).name;
-        next->set(name, train_->get(name));
-      }
-    train_ = std::move(next);
-  }
   train_->set("idx", batch.idx);
   train_->set("targets", batch.targets);
   train_->set("lr", HostTensor::scalar(stats.lr));
   train_->set("step", HostTensor::scalar(static_cast<double>(iter + 1)));
-  for (const DropoutInput& d : dropout_inputs_) {
-    HostTensor mask({DType::f32, d.shape});
-    std::bernoulli_distribution keep(1.0 - d.p);
-    const float kept = static_cast<float>(1.0 / (1.0 - d.p));
-    for (float& m : mask.values<float>()) m = keep(dropout_rng_) ? kept : 0.0f;
-    train_->set(d.name, mask);
+  if (rng_positions_per_step_ > 0) {
+    // Step iter takes Philox positions [iter · per_step, (iter + 1) · per_step):
+    // fresh dropout masks and gating noise, never shared with another step.
+    if (iter < 0 || iter > std::numeric_limits<std::int64_t>::max() / rng_positions_per_step_)
+      throw Error(fmt::format("training step: expected 0 <= iter <= {} (Philox positions per step: {}), found {}",
+                              std::numeric_limits<std::int64_t>::max() / rng_positions_per_step_,
+                              rng_positions_per_step_, iter));
+    HostTensor rng_offset(TensorType{DType::i64, {}});
+    rng_offset.values<std::int64_t>()[0] = iter * rng_positions_per_step_;
+    train_->set("rng_offset", rng_offset);
   }
   train_->run();
   stats.loss = train_->get("loss").get(0);

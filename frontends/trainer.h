@@ -4,11 +4,12 @@
 //
 // The training graph is built ONCE: forward + append_backward + clip +
 // AdamW whose outputs update the parameters and moments in place; it is
-// compiled once, and each step only sets the batch, lr, step (and dropout
-// masks). The evaluation graph is built and compiled once too and gets the
-// current parameters before each estimate. (With noisy_gating the training
-// graph is rebuilt each step, because the noise's Philox offset is an op
-// attribute; parameters and moments carry over.)
+// compiled once, and each step only sets the batch, lr, step and, when it
+// has dropout or noisy gating, "rng_offset" = iter · (Philox positions per
+// step): mj.dropout and mj.random_normal add it to their offsets at run
+// time, so every step draws fresh masks and noise, the same on every backend
+// and reproducible from iter. The evaluation graph is built and compiled
+// once too and gets the current parameters before each estimate.
 //
 //   GptMoeTrainer trainer(config, *backend, init_parameters(specs, seed));
 //   BatchSampler train(tokens, config.batch_size, config.block_size, seed);
@@ -75,18 +76,17 @@ class GptMoeTrainer {
 
  private:
   void update_selection_bias();
-  std::unique_ptr<Executable> compile_train_graph(std::int64_t noise_offset);
+  std::unique_ptr<Executable> compile_train_graph();
 
   GptMoeConfig config_;
   Backend* backend_;
   std::vector<ParamSpec> specs_;
-  std::vector<DropoutInput> dropout_inputs_;
   std::vector<std::int64_t> moe_layers_;
   std::unique_ptr<Executable> train_;
   std::unique_ptr<Executable> eval_;
   bool has_aux_loss_ = false;
   bool has_grad_norm_ = false;
-  std::mt19937_64 dropout_rng_;
+  std::int64_t rng_positions_per_step_ = 0;  // 0: the graph has no random ops
 };
 
 }  // namespace moejit

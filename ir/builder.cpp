@@ -110,11 +110,16 @@ Tensor Builder::attention(Tensor q, Tensor k, Tensor v, double scale) {
   return op1(OpKind::Attention, {q, k, v}, {{"scale", scale}});
 }
 Tensor Builder::cross_entropy(Tensor logits, Tensor targets) { return op1(OpKind::CrossEntropy, {logits, targets}); }
-Tensor Builder::dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset) {
-  return op1(OpKind::Dropout, {x}, {{"p", p}, {"seed", seed}, {"offset", offset}});
+Tensor Builder::dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset, Tensor* step_offset) {
+  std::vector<Tensor> operands = {x};
+  if (step_offset) operands.push_back(*step_offset);
+  return op1(OpKind::Dropout, std::move(operands), {{"p", p}, {"seed", seed}, {"offset", offset}});
 }
-Tensor Builder::random_normal(Shape shape, std::int64_t seed, std::int64_t offset, DType dtype) {
-  return op1(OpKind::RandomNormal, {}, {{"dtype", dtype}, {"offset", offset}, {"seed", seed}, {"shape", std::move(shape)}});
+Tensor Builder::random_normal(Shape shape, std::int64_t seed, std::int64_t offset, DType dtype, Tensor* step_offset) {
+  std::vector<Tensor> operands;
+  if (step_offset) operands.push_back(*step_offset);
+  return op1(OpKind::RandomNormal, std::move(operands),
+             {{"dtype", dtype}, {"offset", offset}, {"seed", seed}, {"shape", std::move(shape)}});
 }
 std::array<Tensor, 3> Builder::adamw(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor lr, Tensor step,
                                      const AdamWOptions& o) {

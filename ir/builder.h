@@ -118,11 +118,19 @@ class Builder {
   // cross_entropy: logits [N, V] float, targets [N] i32 -> [], the mean over
   // rows of -log_softmax(logits)[n, targets[n]].
   Tensor cross_entropy(Tensor logits, Tensor targets);
-  // dropout: zero each element with probability p, scale the rest by 1/(1-p);
-  // the mask is Philox-4x32-10(seed, offset + element index), on every backend.
-  Tensor dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset = 0);
-  // random_normal: -> [shape] dtype, standard normal, Philox(seed, offset + index).
-  Tensor random_normal(Shape shape, std::int64_t seed, std::int64_t offset = 0, DType dtype = DType::f32);
+  // dropout: x [...] float, step_offset? [] i64 -> x's type. Zeros each element
+  //   with probability p and scales the rest by 1/(1-p); element i's mask bit
+  //   is Philox-4x32-10 at position base + i with key seed, on every backend,
+  //   where base = offset + step_offset (unsigned 64-bit, wrapping; just
+  //   `offset` without the operand). The operand is read at run time, so one
+  //   compiled graph draws a fresh mask per step when it is fed a new value;
+  //   it has no gradient.
+  Tensor dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset = 0, Tensor* step_offset = nullptr);
+  // random_normal: step_offset? [] i64 -> [shape] dtype, standard normal,
+  //   element i = Philox(seed, base + i), base = offset + step_offset as for
+  //   dropout (runtime/philox.h has the exact mapping).
+  Tensor random_normal(Shape shape, std::int64_t seed, std::int64_t offset = 0, DType dtype = DType::f32,
+                       Tensor* step_offset = nullptr);
   // adamw: param, grad, m, v [...] f32, lr [] f32, step [] f32 (1-based) ->
   //   (new param, new m, new v) with decoupled weight decay and bias correction.
   std::array<Tensor, 3> adamw(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor lr, Tensor step,

@@ -65,6 +65,15 @@ bool ok(InferCtx& ctx, TensorType t) {
   ctx.results.push_back(std::move(t));
   return true;
 }
+// The optional step_offset operand of the random ops (mj.dropout,
+// mj.random_normal), when present at index i: a rank-0 i64 tensor.
+bool expect_step_offset(InferCtx& ctx, int i) {
+  if (static_cast<int>(ctx.operands.size()) <= i) return true;
+  const auto& t = operand(ctx, i);
+  if (t.dtype == DType::i64 && t.rank() == 0) return true;
+  return ctx.fail(fmt::format("{}: expected a rank-0 i64 tensor (tensor<i64>, added to the attribute 'offset'), found {}",
+                              ctx.operand_label(i), t.str()));
+}
 }  // namespace
 
 bool infer_unary_float(InferCtx& ctx) {
@@ -74,6 +83,7 @@ bool infer_unary_float(InferCtx& ctx) {
   if (ctx.info.kind == OpKind::Dropout) {
     double p = ctx.attrs.get_float("p");
     if (!(p >= 0.0 && p < 1.0)) return ctx.fail(fmt::format("attribute 'p': expected 0 <= p < 1, found {}", p));
+    if (!expect_step_offset(ctx, 1)) return false;
   }
   return ok(ctx, operand(ctx, 0));
 }
@@ -109,6 +119,7 @@ bool infer_constant(InferCtx& ctx) {
 }
 
 bool infer_random_normal(InferCtx& ctx) {
+  if (!expect_step_offset(ctx, 0)) return false;
   const auto& shape = ctx.attrs.get_ints("shape");
   if (!expect_positive_dims(ctx, shape, "attribute 'shape'")) return false;
   DType dtype = ctx.attrs.get_dtype("dtype");

@@ -39,6 +39,7 @@ Graph make_all_ops_graph() {
   Tensor ids = b.input("ids", {tokens}, DType::i32);  // token ids, also the targets
   Tensor lr = b.input("lr", {});
   Tensor step = b.input("step", {});
+  Tensor rng_offset = b.input("rng_offset", {}, DType::i64);  // step_offset of the random ops
   Tensor table = b.param("embedding", {vocab, d_model});
   Tensor w = b.param("w", {d_model, d_model});
   Tensor gamma = b.param("gamma", {d_model});
@@ -90,6 +91,9 @@ Graph make_all_ops_graph() {
   Tensor logits = b.matmul(dense, w_vocab);  // [T, V]
   b.output(b.cross_entropy(logits, ids), "loss");
   Tensor noisy = b.add(b.dropout(dense, 0.1, 7), b.random_normal({tokens, d_model}, 3));
+  // The same ops with a run-time step_offset added to their offset attribute.
+  noisy = b.add(noisy, b.mul(b.dropout(dense, 0.5, 7, 40, &rng_offset),
+                             b.random_normal({tokens, d_model}, 3, 5, DType::f32, &rng_offset)));
 
   // ---- MoE layer, unfused ----
   Tensor router_logits = b.matmul(noisy, w_router);  // [T, E]

@@ -9,8 +9,8 @@
 // What counts as equal: kind, operands (after earlier merges), attributes
 // (structurally: AttrList keeps them sorted) and result types. Random ops
 // (mj.random_normal, mj.dropout) are merged too: they are counter-based
-// Philox functions of (seed, offset, element index), so equal attributes mean
-// equal bits. Not merged: mj.adamw, and any op one of whose results is an
+// Philox functions of (seed, offset, step_offset operand, element index), so
+// equal attributes and operands mean equal bits. Not merged: mj.adamw, and any op one of whose results is an
 // output that updates an argument (two state updates stay two updates, so
 // each output keeps a value of its own).
 //

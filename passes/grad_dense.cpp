@@ -326,8 +326,15 @@ GradResult rule_CrossEntropy(GradContext& ctx) {
   return {dlogits, std::nullopt};
 }
 
-GradResult rule_Dropout(GradContext& ctx) {  // the same mask and scale (same seed, offset, p)
-  return {ctx.b.op1(OpKind::Dropout, {result_grad(ctx)}, ctx.op.attrs)};
+// dx = dropout(dy) with the same mask and scale: same seed, offset, p and the
+// same step_offset operand; step_offset itself (an integer position) has no
+// gradient.
+GradResult rule_Dropout(GradContext& ctx) {
+  std::vector<Tensor> operands = {result_grad(ctx)};
+  if (ctx.operands.size() > 1) operands.push_back(ctx.operands[1]);
+  Tensor dx = ctx.b.op1(OpKind::Dropout, std::move(operands), ctx.op.attrs);
+  if (ctx.operands.size() > 1) return {dx, std::nullopt};
+  return {dx};
 }
 
 }  // namespace moejit::grad

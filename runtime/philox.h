@@ -7,9 +7,15 @@
 // of philox4x32_10 and philox_uniform24 into generated kernels and produce
 // the same bits as the CPU.
 //
-// How the ops map (seed, offset, element) to Philox:
+// How the ops map (seed, offset, step_offset, element) to Philox:
 //   key     = (seed & 0xffffffff, seed >> 32)
-//   n       = offset + element index (flat, row-major), a 64-bit position
+//   base    = offset + step_offset: the op's `offset` attribute plus its
+//             optional rank-0 i64 operand `step_offset` (0 when absent),
+//             both taken as unsigned 64-bit, the sum wrapping mod 2^64. The
+//             operand is read at run time, so one compiled graph draws fresh
+//             numbers each step when fed a new step_offset; step_offset k
+//             gives exactly the bits of offset + k with no operand.
+//   n       = base + element index (flat, row-major), a 64-bit position
 //   counter = (c0, c1, stream, 0) with (c0, c1) = the low and high words of
 //             a 64-bit block number and `stream` naming the op, so dropout
 //             and random_normal with equal seed and offset stay independent.
@@ -81,7 +87,7 @@ MOEJIT_PHILOX_FN Philox4x32Block philox_block(unsigned long long seed, unsigned 
 // The top 24 bits of a word: uniform(n) = philox_uniform24(...) * 2^-24.
 MOEJIT_PHILOX_FN unsigned int philox_uniform24(unsigned int word) { return word >> 8; }
 
-// Dropout's 24-bit uniform of position n (= offset + element index).
+// Dropout's 24-bit uniform of position n (= base + element index).
 MOEJIT_PHILOX_FN unsigned int dropout_uniform24(unsigned long long seed, unsigned long long n) {
   Philox4x32Block b = philox_block(seed, n / 4, kPhiloxStreamDropout);
   return philox_uniform24(b.word[n % 4]);

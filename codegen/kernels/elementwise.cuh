@@ -55,7 +55,8 @@ template <class T> __device__ void fill_impl(T* out, i64 n, double value) {
 }
 
 // ---- Philox (runtime/philox.h, pasted) ----
-// dropout: position n (= offset + element index) is kept iff
+// dropout: position n (= base + element index, base = offset + step_offset,
+// both kernel arguments of the generated chain) is kept iff
 // dropout_uniform24(seed, n) >= threshold24 = ceil(p 2^24); kept elements are
 // multiplied by scale = 1 / (1 - p) in the arithmetic type.
 template <class T> __device__ __forceinline__ T dropout_value(T x, unsigned long long seed, unsigned long long n,
@@ -74,8 +75,11 @@ __device__ __forceinline__ double philox_normal_dev(unsigned long long seed, uns
   double theta = 2.0 * 3.141592653589793 * u2;
   return n % 2 == 0 ? radius * cos(theta) : radius * sin(theta);
 }
-template <class T> __device__ void random_normal_impl(T* out, i64 n, unsigned long long seed, unsigned long long offset) {
-  MOEJIT_FOR_EACH(i, n) out[i] = from_double<T>(philox_normal_dev(seed, offset + (unsigned long long)i));
+// base = offset + *step_offset (a device scalar read at run time; null: offset alone).
+template <class T> __device__ void random_normal_impl(T* out, i64 n, unsigned long long seed, unsigned long long offset,
+                                                     const i64* step_offset) {
+  const unsigned long long base = offset + (step_offset ? (unsigned long long)*step_offset : 0ull);
+  MOEJIT_FOR_EACH(i, n) out[i] = from_double<T>(philox_normal_dev(seed, base + (unsigned long long)i));
 }
 
 // ---- AdamW (f32), decoupled weight decay, bias correction with the 1-based step ----

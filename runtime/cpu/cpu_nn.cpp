@@ -236,31 +236,45 @@ void kernel_CrossEntropyGrad(const KernelArgs& args) {
 
 // ---- random ----
 
-/// dropout: x [...] -> y [...]; element i is kept iff its Philox uniform at
-/// position offset + i is >= p (runtime/philox.h), and kept elements are
-/// scaled by 1 / (1 - p); the rest are 0.
+namespace {
+// The Philox base position of a random op: its `offset` attribute plus its
+// optional step_offset operand [] i64 (operand #step_index), as unsigned
+// 64-bit numbers whose sum wraps.
+unsigned long long philox_base(const KernelArgs& args, std::size_t step_index) {
+  auto base = static_cast<unsigned long long>(args.op.attrs.get_int("offset"));
+  if (args.inputs.size() > step_index)
+    base += static_cast<unsigned long long>(in<std::int64_t>(args, static_cast<int>(step_index))[0]);
+  return base;
+}
+}  // namespace
+
+/// dropout: x [...], step_offset? [] i64 -> y [...]; element i is kept iff its
+/// Philox uniform at position base + i is >= p, base = offset + step_offset
+/// (runtime/philox.h), and kept elements are scaled by 1 / (1 - p); the rest
+/// are 0.
 void kernel_Dropout(const KernelArgs& args) {
+  const unsigned long long base = philox_base(args, 1);
   for_float(args, [&](const KernelArgs& a, auto zero) {
     using T = decltype(zero);
     auto x = in<T>(a, 0);
     auto y = out<T>(a, 0);
     const double p = a.op.attrs.get_float("p");
     const auto seed = static_cast<unsigned long long>(a.op.attrs.get_int("seed"));
-    const auto offset = static_cast<unsigned long long>(a.op.attrs.get_int("offset"));
     const unsigned int threshold = dropout_threshold24(p);
     const T keep_scale = static_cast<T>(1.0 / (1.0 - p));
     for (std::size_t i = 0; i < x.size(); ++i)
-      y[i] = dropout_uniform24(seed, offset + i) >= threshold ? x[i] * keep_scale : T(0);
+      y[i] = dropout_uniform24(seed, base + i) >= threshold ? x[i] * keep_scale : T(0);
   });
 }
 
-/// random_normal: -> [shape] dtype, element i = philox_normal(seed, offset + i)
-/// (Box-Muller in double, runtime/philox.h), converted to the dtype once.
+/// random_normal: step_offset? [] i64 -> [shape] dtype, element i =
+/// philox_normal(seed, base + i), base = offset + step_offset (Box-Muller in
+/// double, runtime/philox.h), converted to the dtype once.
 void kernel_RandomNormal(const KernelArgs& args) {
   HostTensor& y = output(args, 0);
   const auto seed = static_cast<unsigned long long>(args.op.attrs.get_int("seed"));
-  const auto offset = static_cast<unsigned long long>(args.op.attrs.get_int("offset"));
-  for (std::int64_t i = 0; i < y.numel(); ++i) y.set(i, philox_normal(seed, offset + static_cast<unsigned long long>(i)));
+  const unsigned long long base = philox_base(args, 0);
+  for (std::int64_t i = 0; i < y.numel(); ++i) y.set(i, philox_normal(seed, base + static_cast<unsigned long long>(i)));
 }
 
 // ---- optimizer ----

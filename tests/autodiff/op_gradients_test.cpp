@@ -197,6 +197,15 @@ std::map<OpKind, std::vector<OpCase>> make_cases() {
   add(OpKind::Dropout, {"dropout p=0.3", [](Builder& b, Values&) {
                           probe_loss(b, b.dropout(b.input("x", {4, 6}, F), 0.3, 7, 2));
                         }});
+  // With a run-time step_offset: the backward must use the mask at offset +
+  // step_offset too (the step_offset operand itself has no gradient).
+  add(OpKind::Dropout, {"dropout p=0.5 with step_offset", [](Builder& b, Values& v) {
+                          Tensor step_offset = b.input("step_offset", {}, DType::i64);
+                          HostTensor value(TensorType{DType::i64, {}});
+                          value.values<std::int64_t>()[0] = 1'000'003;
+                          v["step_offset"] = value;
+                          probe_loss(b, b.dropout(b.input("x", {4, 6}, F), 0.5, 7, 2, &step_offset));
+                        }});
   return cases;
 }
 

@@ -20,7 +20,7 @@ double gelu_formula(double x) {
 
 }  // namespace
 
-TEST_CASE("cpu: unary float ops match their formulas", "[cpu][elementwise]") {
+TEST_CASE("unary float ops match their formulas", "[cpu][elementwise]") {
   struct Case {
     OpKind kind;
     std::function<double(double)> formula;
@@ -66,7 +66,7 @@ TEST_CASE("cpu: unary float ops match their formulas", "[cpu][elementwise]") {
   check_close(run_op1(OpKind::Softplus, {big}), {100.0, std::exp(-100.0)}, 1e-6);
 }
 
-TEST_CASE("cpu: binary ops on floats and integers", "[cpu][elementwise]") {
+TEST_CASE("binary ops on floats and integers", "[cpu][elementwise]") {
   struct Case {
     OpKind kind;
     std::function<double(double, double)> formula;
@@ -117,7 +117,7 @@ TEST_CASE("cpu: binary ops on floats and integers", "[cpu][elementwise]") {
   CHECK_THROWS_WITH(run_op1(OpKind::Div, {one, zero}), Catch::Contains("mj.div") && Catch::Contains("element 0"));
 }
 
-TEST_CASE("cpu: compare, where and constant", "[cpu][elementwise]") {
+TEST_CASE("compare, where and constant", "[cpu][elementwise]") {
   std::mt19937 rng(3);
   const std::vector<std::pair<std::string, std::function<bool(double, double)>>> predicates = {
       {"lt", std::less<double>()},     {"le", std::less_equal<double>()}, {"gt", std::greater<double>()},
@@ -149,7 +149,7 @@ TEST_CASE("cpu: compare, where and constant", "[cpu][elementwise]") {
   check_close(ci, {-3.0}, 0.0);
 }
 
-TEST_CASE("cpu: gelu_grad is the derivative of gelu", "[cpu][elementwise]") {
+TEST_CASE("gelu_grad is the derivative of gelu", "[cpu][elementwise]") {
   std::mt19937 rng(4);
   for (DType dtype : kFloatTypes) {
     HostTensor x = random_tensor(TensorType{dtype, {3, 7}}, rng, -4, 4);
@@ -197,7 +197,7 @@ std::vector<double> reduce_reference(const HostTensor& x, std::vector<std::int64
 
 }  // namespace
 
-TEST_CASE("cpu: sum, mean and max over axes, keepdims, negative axes", "[cpu][reduce]") {
+TEST_CASE("sum, mean and max over axes, keepdims, negative axes", "[cpu][reduce]") {
   std::mt19937 rng(5);
   const std::vector<std::pair<Shape, std::vector<std::vector<std::int64_t>>>> cases = {
       {{2, 3, 4}, {{}, {0}, {-1}, {1}, {0, 2}, {-3, -2}, {0, 1, 2}}},
@@ -230,7 +230,7 @@ TEST_CASE("cpu: sum, mean and max over axes, keepdims, negative axes", "[cpu][re
   }
 }
 
-TEST_CASE("cpu: softmax and log_softmax over the last axis", "[cpu][reduce]") {
+TEST_CASE("softmax and log_softmax over the last axis", "[cpu][reduce]") {
   std::mt19937 rng(6);
   for (DType dtype : kFloatTypes) {
     for (const Shape& shape : std::vector<Shape>{{3, 5}, {1}, {2, 1, 4}, {2, 3, 1}}) {

@@ -12,7 +12,7 @@
 using namespace moejit;
 using namespace moejit::cpu_test;
 
-TEST_CASE("cpu: graph to outputs in a few lines", "[cpu][executable]") {
+TEST_CASE("graph to outputs in a few lines", "[cpu][executable]") {
   // y = sum(gelu(x @ w), axis 1)
   Graph graph("mlp");
   Builder b(graph);
@@ -45,7 +45,7 @@ TEST_CASE("cpu: graph to outputs in a few lines", "[cpu][executable]") {
   CHECK(exe->get("w").get(3) == 2.0);  // arguments read back too
 }
 
-TEST_CASE("cpu: bad bindings and unbound arguments are errors that name them", "[cpu][executable]") {
+TEST_CASE("bad bindings and unbound arguments are errors that name them", "[cpu][executable]") {
   Graph graph("g");
   Builder b(graph);
   Tensor x = b.input("x", {2, 3});
@@ -75,7 +75,7 @@ TEST_CASE("cpu: bad bindings and unbound arguments are errors that name them", "
   CHECK_THROWS_AS(make_cpu_backend()->compile(bad), Error);
 }
 
-TEST_CASE("cpu: outputs may be arguments, intermediates, or repeated, and unused results are dropped", "[cpu][executable]") {
+TEST_CASE("outputs may be arguments, intermediates, or repeated, and unused results are dropped", "[cpu][executable]") {
   Graph graph("g");
   Builder b(graph);
   Tensor x = b.input("x", {3});
@@ -108,7 +108,7 @@ TEST_CASE("cpu: outputs may be arguments, intermediates, or repeated, and unused
   }
 }
 
-TEST_CASE("cpu: kernel errors name the op", "[cpu][executable]") {
+TEST_CASE("kernel errors name the op", "[cpu][executable]") {
   Graph graph("g");
   Builder b(graph);
   Tensor table = b.param("table", {4, 2});
@@ -234,7 +234,7 @@ bool moe_kernels_are_placeholders() {
 
 }  // namespace
 
-TEST_CASE("cpu: every op of the table has a CPU kernel that runs on sample inputs", "[cpu][completeness]") {
+TEST_CASE("every op of the table has a CPU kernel that runs on sample inputs", "[cpu][completeness]") {
   const bool placeholders = moe_kernels_are_placeholders();
   std::vector<std::string> not_implemented;
   int ran = 0;

@@ -74,7 +74,7 @@ std::vector<float> interesting_floats(std::mt19937& rng) {
 
 }  // namespace
 
-TEST_CASE("cpu: bf16 and f16 conversions round to nearest even", "[cpu][host_tensor]") {
+TEST_CASE("bf16 and f16 conversions round to nearest even", "[cpu][host_tensor]") {
   std::mt19937 rng(7);
   for (float f : interesting_floats(rng)) {
     INFO("value " << f);
@@ -99,7 +99,7 @@ TEST_CASE("cpu: bf16 and f16 conversions round to nearest even", "[cpu][host_ten
   CHECK(f16_to_float(float_to_f16(inf)) == inf);
 }
 
-TEST_CASE("cpu: HostTensor constructors, get/set and shape checks", "[cpu][host_tensor]") {
+TEST_CASE("HostTensor constructors, get/set and shape checks", "[cpu][host_tensor]") {
   HostTensor zeros(TensorType{DType::f32, {2, 3}});
   CHECK(zeros.numel() == 6);
   CHECK(zeros.bytes() == 24);
@@ -118,7 +118,7 @@ TEST_CASE("cpu: HostTensor constructors, get/set and shape checks", "[cpu][host_
   CHECK_THROWS_AS(HostTensor::from_doubles(TensorType{DType::f64, {3}}, d), Error);
 }
 
-TEST_CASE("cpu: cast between all dtypes", "[cpu][cast]") {
+TEST_CASE("cast between all dtypes", "[cpu][cast]") {
   const DType all[] = {DType::f32, DType::f64, DType::bf16, DType::f16, DType::i32, DType::i64, DType::i1};
   // Values every dtype holds exactly (i1: 0 and 1 only).
   std::vector<double> small = {0, 1, 3, -2, 7, 1, 0, -5};
@@ -157,7 +157,7 @@ TEST_CASE("cpu: cast between all dtypes", "[cpu][cast]") {
 
 // ---- Philox ----
 
-TEST_CASE("cpu: Philox4x32-10 matches Random123's known-answer vectors", "[cpu][philox]") {
+TEST_CASE("Philox4x32-10 matches Random123's known-answer vectors", "[cpu][philox]") {
   // Random123 tests/kat_vectors, "philox4x32 10" lines: counter, key -> output.
   struct Kat {
     unsigned int counter[4], key[2], expected[4];
@@ -175,7 +175,7 @@ TEST_CASE("cpu: Philox4x32-10 matches Random123's known-answer vectors", "[cpu][
   static_assert(philox4x32_10(0, 0, 0, 0, 0, 0).word[0] == 0x6627e8d5u);
 }
 
-TEST_CASE("cpu: dropout follows the documented Philox mapping and statistics", "[cpu][dropout]") {
+TEST_CASE("dropout follows the documented Philox mapping and statistics", "[cpu][dropout]") {
   const std::int64_t n = 8192;
   const double p = 0.3;
   const std::int64_t seed = 0x1234'5678'9abcLL;
@@ -215,7 +215,7 @@ TEST_CASE("cpu: dropout follows the documented Philox mapping and statistics", "
   check_close(run_op1(OpKind::Dropout, {x}, {{"p", 0.0}, {"seed", std::int64_t{1}}, {"offset", std::int64_t{0}}}), x, 0.0);
 }
 
-TEST_CASE("cpu: random_normal follows the documented Box-Muller mapping and statistics", "[cpu][random]") {
+TEST_CASE("random_normal follows the documented Box-Muller mapping and statistics", "[cpu][random]") {
   const std::int64_t seed = 42, offset = 3, n = 20000;
   auto normal = [&](std::int64_t off, DType dtype) {
     return run_op1(OpKind::RandomNormal, {},

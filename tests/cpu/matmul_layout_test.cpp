@@ -38,7 +38,7 @@ std::vector<double> naive_matmul(const HostTensor& a, const HostTensor& b, bool 
 
 }  // namespace
 
-TEST_CASE("cpu: matmul matches a naive triple loop", "[cpu][matmul]") {
+TEST_CASE("matmul matches a naive triple loop", "[cpu][matmul]") {
   std::mt19937 rng(11);
   struct Case {
     Shape batch;
@@ -80,7 +80,7 @@ TEST_CASE("cpu: matmul matches a naive triple loop", "[cpu][matmul]") {
   check_close(y, naive_matmul(a, b, false, false), 1.0 / 64);
 }
 
-TEST_CASE("cpu: reshape, transpose and broadcast", "[cpu][layout]") {
+TEST_CASE("reshape, transpose and broadcast", "[cpu][layout]") {
   std::mt19937 rng(12);
   for (DType dtype : {DType::f32, DType::f64, DType::i32, DType::i64, DType::bf16, DType::i1}) {
     HostTensor x = dtype == DType::i1 ? random_ints({2, 3, 4}, rng, 0, 2, dtype) : random_tensor(TensorType{dtype, {2, 3, 4}}, rng, -50, 50);
@@ -126,7 +126,7 @@ TEST_CASE("cpu: reshape, transpose and broadcast", "[cpu][layout]") {
   }
 }
 
-TEST_CASE("cpu: slice, pad and concat", "[cpu][layout]") {
+TEST_CASE("slice, pad and concat", "[cpu][layout]") {
   std::mt19937 rng(13);
   for (DType dtype : {DType::f32, DType::f64, DType::i32, DType::f16}) {
     HostTensor x = random_tensor(TensorType{dtype, {3, 4, 5}}, rng, -9, 9);
@@ -178,7 +178,7 @@ TEST_CASE("cpu: slice, pad and concat", "[cpu][layout]") {
   }
 }
 
-TEST_CASE("cpu: threaded kernels give the same bits on 1 and 2 threads", "[cpu][matmul][threads]") {
+TEST_CASE("threaded kernels give the same bits on 1 and 2 threads", "[cpu][matmul][threads]") {
   std::mt19937 rng(14);
   HostTensor a = random_tensor(TensorType{DType::f32, {2, 64, 96}}, rng), b = random_tensor(TensorType{DType::f32, {96, 80}}, rng);
   HostTensor q = random_tensor(TensorType{DType::f32, {2, 2, 9, 4}}, rng);

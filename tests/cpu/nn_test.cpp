@@ -76,7 +76,7 @@ std::vector<double> naive_attention(const HostTensor& q, const HostTensor& k, co
 
 }  // namespace
 
-TEST_CASE("cpu: layer_norm and rms_norm match their formulas", "[cpu][nn]") {
+TEST_CASE("layer_norm and rms_norm match their formulas", "[cpu][nn]") {
   std::mt19937 rng(21);
   for (DType dtype : kFloatTypes) {
     for (const Shape& shape : std::vector<Shape>{{4, 6}, {1, 1}, {2, 3, 5}, {7}}) {
@@ -100,7 +100,7 @@ TEST_CASE("cpu: layer_norm and rms_norm match their formulas", "[cpu][nn]") {
   }
 }
 
-TEST_CASE("cpu: layer_norm_grad and rms_norm_grad match finite differences (f64)", "[cpu][nn][grad]") {
+TEST_CASE("layer_norm_grad and rms_norm_grad match finite differences (f64)", "[cpu][nn][grad]") {
   std::mt19937 rng(22);
   for (const Shape& shape : std::vector<Shape>{{3, 5}, {2, 1, 4}, {1, 1}}) {
     const std::int64_t c = shape.back();
@@ -120,7 +120,7 @@ TEST_CASE("cpu: layer_norm_grad and rms_norm_grad match finite differences (f64)
   }
 }
 
-TEST_CASE("cpu: attention matches a naive causal attention", "[cpu][nn][attention]") {
+TEST_CASE("attention matches a naive causal attention", "[cpu][nn][attention]") {
   std::mt19937 rng(23);
   for (DType dtype : kFloatTypes) {
     for (const Shape& shape : std::vector<Shape>{{2, 3, 5, 4}, {1, 1, 1, 1}, {1, 2, 7, 3}}) {
@@ -139,7 +139,7 @@ TEST_CASE("cpu: attention matches a naive causal attention", "[cpu][nn][attentio
   CHECK(out.get(1) == Approx(v.get(1)));
 }
 
-TEST_CASE("cpu: attention_grad matches finite differences (f64)", "[cpu][nn][attention][grad]") {
+TEST_CASE("attention_grad matches finite differences (f64)", "[cpu][nn][attention][grad]") {
   std::mt19937 rng(24);
   for (const Shape& shape : std::vector<Shape>{{1, 2, 4, 3}, {2, 1, 3, 2}}) {
     for (double scale : {0.0, 0.9}) {
@@ -162,7 +162,7 @@ TEST_CASE("cpu: attention_grad matches finite differences (f64)", "[cpu][nn][att
   for (int i = 0; i < 3; ++i) check_close(g32[static_cast<std::size_t>(i)], g64[static_cast<std::size_t>(i)], 1e-5);
 }
 
-TEST_CASE("cpu: cross_entropy and its gradient", "[cpu][nn]") {
+TEST_CASE("cross_entropy and its gradient", "[cpu][nn]") {
   std::mt19937 rng(25);
   for (DType dtype : kFloatTypes) {
     for (auto [rows, vocab] : std::vector<std::pair<std::int64_t, std::int64_t>>{{4, 7}, {1, 1}, {3, 2}}) {
@@ -198,7 +198,7 @@ TEST_CASE("cpu: cross_entropy and its gradient", "[cpu][nn]") {
                     Catch::Contains("mj.cross_entropy") && Catch::Contains("targets[1]") && Catch::Contains("found 3"));
 }
 
-TEST_CASE("cpu: embedding gathers rows and embedding_grad scatter-adds", "[cpu][nn]") {
+TEST_CASE("embedding gathers rows and embedding_grad scatter-adds", "[cpu][nn]") {
   std::mt19937 rng(26);
   for (DType dtype : {DType::f32, DType::f64, DType::bf16}) {
     HostTensor table = random_tensor(TensorType{dtype, {5, 3}}, rng);
@@ -233,7 +233,7 @@ TEST_CASE("cpu: embedding gathers rows and embedding_grad scatter-adds", "[cpu][
                     Catch::Contains("mj.embedding_grad") && Catch::Contains("ids[0]") && Catch::Contains("found -1"));
 }
 
-TEST_CASE("cpu: adamw over 3 steps matches the torch.optim.AdamW formula", "[cpu][nn][adamw]") {
+TEST_CASE("adamw over 3 steps matches the torch.optim.AdamW formula", "[cpu][nn][adamw]") {
   const double lr = 0.01, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
   Graph graph("adamw_step");
   Builder b(graph);

@@ -74,7 +74,7 @@ std::string read_text(const fs::path& path) {
 
 }  // namespace
 
-TEST_CASE("cuda: every op of the all-ops graph compiles to PTX for compute_80 and compute_90a", "[cuda][nvrtc]") {
+TEST_CASE("every op of the all-ops graph compiles to PTX for compute_80 and compute_90a", "[cuda][nvrtc]") {
   Graph graph = make_all_ops_graph();
   // The sample uses every op of the table.
   std::set<OpKind> kinds;
@@ -84,7 +84,7 @@ TEST_CASE("cuda: every op of the all-ops graph compiles to PTX for compute_80 an
   check_compiles(fused(graph), "compute_90a");
 }
 
-TEST_CASE("cuda: every kernel of a GPT-MoE training step compiles to PTX", "[cuda][nvrtc]") {
+TEST_CASE("every kernel of a GPT-MoE training step compiles to PTX", "[cuda][nvrtc]") {
   Graph graph = cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2);
   bool has_adamw = false, has_attention_grad = false, has_wgrad = false;
   for (const auto& op : graph.ops()) {
@@ -100,14 +100,14 @@ TEST_CASE("cuda: every kernel of a GPT-MoE training step compiles to PTX", "[cud
   check_compiles(f, "compute_90a");
 }
 
-TEST_CASE("cuda: a GPT-MoE inference graph (dead aux losses in a fused group) compiles to PTX", "[cuda][nvrtc]") {
+TEST_CASE("a GPT-MoE inference graph (dead aux losses in a fused group) compiles to PTX", "[cuda][nvrtc]") {
   GptMoeConfig config = cuda_test::small_gpt_config();
   Graph graph("gpt_sample");
   build_gpt_moe(graph, config, {.batch = 1, .with_loss = false, .output_logits = true});
   check_compiles(fused(graph), "compute_90a");
 }
 
-TEST_CASE("cuda: generated source is deterministic and kernels are shared", "[cuda]") {
+TEST_CASE("generated source is deterministic and kernels are shared", "[cuda]") {
   Graph graph = fused(cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2));
   codegen::ModuleCode a = codegen::generate_module(graph);
   codegen::ModuleCode b = codegen::generate_module(graph);
@@ -121,7 +121,7 @@ TEST_CASE("cuda: generated source is deterministic and kernels are shared", "[cu
   CHECK(a.kernels.size() * 2 < launches);
 }
 
-TEST_CASE("cuda: the kernel library's Philox is runtime/philox.h verbatim", "[cuda]") {
+TEST_CASE("the kernel library's Philox is runtime/philox.h verbatim", "[cuda]") {
   std::string header = read_text(fs::path(MOEJIT_SOURCE_DIR) / "runtime" / "philox.h");
   REQUIRE(!header.empty());
   std::string device_part = header.substr(0, header.find("#if !defined(__CUDACC_RTC__)"));
@@ -131,7 +131,7 @@ TEST_CASE("cuda: the kernel library's Philox is runtime/philox.h verbatim", "[cu
   CHECK(device_part == codegen::philox_library_part());
 }
 
-TEST_CASE("cuda: an NVRTC error carries the log and the dumped source", "[cuda][nvrtc]") {
+TEST_CASE("an NVRTC error carries the log and the dumped source", "[cuda][nvrtc]") {
   std::string source = "extern \"C\" __global__ void broken() { this_is_not_defined(); }\n";
   try {
     cuda::compile_cuda({source, "broken_test", "compute_80", cuda::CompileOutput::ptx, false});
@@ -158,7 +158,7 @@ TEST_CASE("cache child (PTX)", "[.cache_child_ptx]") {
   CHECK(cuda_compile_stats().disk_hits == 1);
 }
 
-TEST_CASE("cuda: the disk cache serves a second process that compiles nothing", "[cuda][nvrtc]") {
+TEST_CASE("the disk cache serves a second process that compiles nothing", "[cuda][nvrtc]") {
   fs::path dir = fs::temp_directory_path() / fmt::format("moejit-cache-test-{}", ::getpid());
   fs::remove_all(dir);
   ::setenv("MOEJIT_CACHE_DIR", dir.c_str(), 1);
@@ -185,7 +185,7 @@ TEST_CASE("cuda: the disk cache serves a second process that compiles nothing", 
   fs::remove_all(dir);
 }
 
-TEST_CASE("cuda: without a GPU the backend says why", "[cuda]") {
+TEST_CASE("without a GPU the backend says why", "[cuda]") {
   std::string why;
   if (cuda_available(&why)) {
     CHECK(why.empty());

@@ -63,7 +63,7 @@ void check_plan(const Graph& graph, const std::vector<MemoryPlanStep>& steps, co
 
 }  // namespace
 
-TEST_CASE("cuda: memory plan: values alive together never share bytes (GPT-MoE training graph)", "[cuda][memory-plan]") {
+TEST_CASE("memory plan: values alive together never share bytes (GPT-MoE training graph)", "[cuda][memory-plan]") {
   Graph graph = cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2);
   std::vector<MemoryPlanStep> steps;
   for (const Op& op : graph.ops()) steps.push_back({op.operands, op.results, 0});
@@ -74,7 +74,7 @@ TEST_CASE("cuda: memory plan: values alive together never share bytes (GPT-MoE t
   for (const auto& arg : graph.args()) CHECK(plan.offsets[static_cast<std::size_t>(arg.value)] == -1);
 }
 
-TEST_CASE("cuda: memory plan: step scratch never overlaps live values", "[cuda][memory-plan]") {
+TEST_CASE("memory plan: step scratch never overlaps live values", "[cuda][memory-plan]") {
   Graph graph = make_all_ops_graph();
   std::vector<MemoryPlanStep> steps;
   std::int64_t scratch = 100;
@@ -89,7 +89,7 @@ TEST_CASE("cuda: memory plan: step scratch never overlaps live values", "[cuda][
   check_plan(graph, steps, plan);
 }
 
-TEST_CASE("cuda: fuse-elementwise: groups are single-use chains and the CPU computes the same", "[cuda][fuse-elementwise]") {
+TEST_CASE("fuse-elementwise: groups are single-use chains and the CPU computes the same", "[cuda][fuse-elementwise]") {
   Graph plain = make_all_ops_graph();
   Graph fused = plain;
   create_fuse_elementwise_pass({})->run(fused);

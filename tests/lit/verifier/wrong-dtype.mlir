@@ -23,3 +23,20 @@ func.func @exp(%ids: tensor<3xi32>) -> (tensor<3xi32>) {
   %0 = "mj.exp"(%ids) : (tensor<3xi32>) -> tensor<3xi32>
   return %0 : tensor<3xi32>
 }
+
+// -----
+
+// The step_offset of a random op is a rank-0 i64 tensor.
+// CHECK: wrong-dtype.mlir:[[@LINE+2]]:3: error: %0 = "mj.dropout": operand #1 (step_offset): expected a rank-0 i64 tensor (tensor<i64>, added to the attribute 'offset'), found tensor<i32>
+func.func @dropout_step_offset(%x: tensor<2x3xf32>, %step: tensor<i32>) -> (tensor<2x3xf32>) {
+  %0 = "mj.dropout"(%x, %step) {offset = 0 : i64, p = 0.5 : f64, seed = 1 : i64} : (tensor<2x3xf32>, tensor<i32>) -> tensor<2x3xf32>
+  return %0 : tensor<2x3xf32>
+}
+
+// -----
+
+// CHECK: wrong-dtype.mlir:[[@LINE+2]]:3: error: %0 = "mj.random_normal": operand #0 (step_offset): expected a rank-0 i64 tensor (tensor<i64>, added to the attribute 'offset'), found tensor<2xi64>
+func.func @normal_step_offset(%step: tensor<2xi64>) -> (tensor<4xf32>) {
+  %0 = "mj.random_normal"(%step) {dtype = f32, offset = 0 : i64, seed = 1 : i64, shape = [4]} : (tensor<2xi64>) -> tensor<4xf32>
+  return %0 : tensor<4xf32>
+}
