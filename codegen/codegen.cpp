@@ -12,6 +12,7 @@
 #include "codegen/cuda_codegen.h"
 #include "ir/error.h"
 #include "ir/printer.h"
+#include "passes/passes.h"
 #include "runtime/philox.h"
 
 namespace moejit::codegen {
@@ -47,18 +48,6 @@ const char* cuda_type(DType dtype) {
   return "void";
 }
 
-bool is_fusible_elementwise(OpKind kind) {
-  switch (kind) {
-    case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Sqrt: case OpKind::Rsqrt: case OpKind::Tanh:
-    case OpKind::Relu: case OpKind::Gelu: case OpKind::Silu: case OpKind::Sigmoid: case OpKind::Softplus:
-    case OpKind::Add: case OpKind::Sub: case OpKind::Mul: case OpKind::Div: case OpKind::Maximum: case OpKind::Minimum:
-    case OpKind::Compare: case OpKind::Where: case OpKind::Cast: case OpKind::Constant: case OpKind::GeluGrad:
-    case OpKind::Dropout:
-      return true;
-    default:
-      return false;
-  }
-}
 
 unsigned blocks_for(std::int64_t n, unsigned threads) {
   std::int64_t blocks = (n + threads - 1) / threads;

@@ -76,8 +76,8 @@ struct ModuleCode {
   std::vector<bool> materialized;  // per value: needs device storage
 };
 
-// The kernel library (codegen/kernels/*.cuh) as one string, and the pasted
-// copy of runtime/philox.h inside it.
+// The kernel library (codegen/kernels/*.cuh) as one string, and the
+// device part of runtime/philox.h inside it (embedded at build time).
 const std::string& kernel_library();
 const char* philox_library_part();
 
@@ -93,8 +93,6 @@ const char* cuda_type(DType dtype);
 
 // The attribute that groups elementwise ops into one fused kernel.
 inline constexpr const char* kFusionGroupAttr = "mj.fusion_group";
-// True for the ops an elementwise chain may contain.
-bool is_fusible_elementwise(OpKind kind);
 
 // ---- what an emitter sees ----
 class EmitContext {

@@ -1,12 +1,13 @@
 // The kernel library as one string: each codegen/kernels/*.cuh file is one
-// raw string literal, included here in dependency order.
+// raw string literal, included here in dependency order. Part 0 is the
+// device part of runtime/philox.h, embedded by CMake (generated/codegen/).
 #include "codegen/cuda_codegen.h"
 
 namespace moejit::codegen {
 
 namespace {
 const char kPhilox[] =
-#include "codegen/kernels/philox.cuh"
+#include "codegen/philox_source.inc"
     ;
 const char* const kParts[] = {
     kPhilox,

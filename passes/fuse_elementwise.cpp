@@ -26,9 +26,7 @@
 
 namespace moejit {
 
-namespace {
-
-bool elementwise(OpKind kind) {
+bool is_fusible_elementwise(OpKind kind) {
   switch (kind) {
     case OpKind::Neg: case OpKind::Exp: case OpKind::Log: case OpKind::Sqrt: case OpKind::Rsqrt: case OpKind::Tanh:
     case OpKind::Relu: case OpKind::Gelu: case OpKind::Silu: case OpKind::Sigmoid: case OpKind::Softplus:
@@ -40,6 +38,9 @@ bool elementwise(OpKind kind) {
       return false;
   }
 }
+
+namespace {
+
 
 constexpr const char* kGroupAttr = "mj.fusion_group";
 
@@ -60,11 +61,11 @@ class FuseElementwisePass final : public Pass {
     };
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
-      if (!elementwise(op.kind)) continue;
+      if (!is_fusible_elementwise(op.kind)) continue;
       const Shape& shape = graph.type(op.results[0]).shape;
       for (ValueId v : op.operands) {
         int p = producers[static_cast<std::size_t>(v)];
-        if (p < 0 || !elementwise(ops[static_cast<std::size_t>(p)].kind)) continue;
+        if (p < 0 || !is_fusible_elementwise(ops[static_cast<std::size_t>(p)].kind)) continue;
         if (uses[static_cast<std::size_t>(v)] != 1 || graph.type(v).shape != shape) continue;
         parent[static_cast<std::size_t>(find(p))] = find(static_cast<int>(i));
       }
@@ -72,11 +73,11 @@ class FuseElementwisePass final : public Pass {
     // Group sizes, then ids in the order of each group's last op.
     std::map<int, int> size;
     for (std::size_t i = 0; i < ops.size(); ++i)
-      if (elementwise(ops[i].kind)) ++size[find(static_cast<int>(i))];
+      if (is_fusible_elementwise(ops[i].kind)) ++size[find(static_cast<int>(i))];
     std::map<int, std::int64_t> id;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       ops[i].attrs.erase(kGroupAttr);
-      if (!elementwise(ops[i].kind) || size[find(static_cast<int>(i))] < 2) continue;
+      if (!is_fusible_elementwise(ops[i].kind) || size[find(static_cast<int>(i))] < 2) continue;
       ops[i].attrs.set(kGroupAttr, std::int64_t{0});  // placeholder until ids are known
     }
     // Number groups by their last op, in graph order.

@@ -185,6 +185,19 @@ void kernel_EmbeddingGrad(const KernelArgs& args) {
 
 // ---- cross entropy ----
 
+namespace {
+// log(sum_j exp(row[j])) of one row of logits, shifted by the row's max so
+// that large logits do not overflow; accumulated in double.
+template <typename T>
+double row_logsumexp(const T* row, std::int64_t n) {
+  double max = -std::numeric_limits<double>::infinity();
+  for (std::int64_t j = 0; j < n; ++j) max = std::max<double>(max, row[j]);
+  double sum = 0.0;
+  for (std::int64_t j = 0; j < n; ++j) sum += std::exp(row[j] - max);
+  return max + std::log(sum);
+}
+}  // namespace
+
 /// cross_entropy: logits [N, V], targets [N] i32 -> loss [], the mean over
 /// rows of logsumexp(logits[n]) - logits[n, targets[n]]. A target outside
 /// [0, V) is an error naming the row and the value.
@@ -198,11 +211,7 @@ void kernel_CrossEntropy(const KernelArgs& args) {
     for (std::int64_t n = 0; n < rows; ++n) {
       check_id("targets", n, targets[idx(n)], vocab);
       const T* row = logits.data() + n * vocab;
-      double max = -std::numeric_limits<double>::infinity();
-      for (std::int64_t j = 0; j < vocab; ++j) max = std::max<double>(max, row[j]);
-      double sum = 0.0;
-      for (std::int64_t j = 0; j < vocab; ++j) sum += std::exp(row[j] - max);
-      total += max + std::log(sum) - row[targets[idx(n)]];
+      total += row_logsumexp(row, vocab) - row[targets[idx(n)]];
     }
     out<T>(a, 0)[0] = static_cast<T>(total / static_cast<double>(rows));
   });
@@ -222,12 +231,9 @@ void kernel_CrossEntropyGrad(const KernelArgs& args) {
     for (std::int64_t n = 0; n < rows; ++n) {
       check_id("targets", n, targets[idx(n)], vocab);
       const T* row = logits.data() + n * vocab;
-      double max = -std::numeric_limits<double>::infinity();
-      for (std::int64_t j = 0; j < vocab; ++j) max = std::max<double>(max, row[j]);
-      double sum = 0.0;
-      for (std::int64_t j = 0; j < vocab; ++j) sum += std::exp(row[j] - max);
+      const double lse = row_logsumexp(row, vocab);
       for (std::int64_t j = 0; j < vocab; ++j) {
-        double p = std::exp(row[j] - max) / sum;
+        double p = std::exp(row[j] - lse);
         dlogits[idx(n * vocab + j)] = static_cast<T>((p - (j == targets[idx(n)] ? 1.0 : 0.0)) * scale);
       }
     }
