@@ -7,10 +7,8 @@
 
 #include "frontends/gpt_moe.h"
 #include "frontends/nn.h"
-#include "ir/builder.h"
+#include "frontends/trainer.h"
 #include "ir/error.h"
-#include "passes/autodiff.h"
-#include "passes/optim.h"
 
 namespace moejit::bench {
 
@@ -29,35 +27,7 @@ void apply_overrides(GptMoeConfig& config, const std::vector<std::string>& overr
   validate_config(config);
 }
 
-Graph build_gpt_train_graph(const GptMoeConfig& config) {
-  Graph graph("gpt_moe_train");
-  GptMoeGraph model = build_gpt_moe(graph, config, {.batch = config.batch_size, .training = true, .with_loss = true,
-                                                    .output_routing = config.selection_bias});
-  std::vector<std::string> trained;
-  for (const ParamSpec& s : model.params)
-    if (s.role == ArgRole::param) trained.push_back(s.name);
-  std::vector<ValueId> grad_ids = append_backward(graph, {.loss = "loss", .wrt = trained});
-  Builder b(graph);
-  std::vector<Tensor> grads = as_tensors(graph, grad_ids);
-  if (config.grad_clip > 0) {
-    ClippedGrads clipped = clip_grad_norm(b, grads, config.grad_clip);
-    grads = clipped.grads;
-    b.output(clipped.norm, "grad_norm");
-  }
-  std::vector<Tensor> decay_params, decay_grads, plain_params, plain_grads;
-  std::size_t g = 0;
-  for (const ParamSpec& s : model.params) {
-    if (s.role != ArgRole::param) continue;
-    Tensor p{&graph, graph.find_arg(s.name)};
-    (s.weight_decay ? decay_params : plain_params).push_back(p);
-    (s.weight_decay ? decay_grads : plain_grads).push_back(grads[g++]);
-  }
-  AdamWOptions adam{.beta1 = config.beta1, .beta2 = config.beta2, .eps = 1e-8, .weight_decay = config.weight_decay};
-  if (!decay_params.empty()) append_adamw(b, decay_params, decay_grads, adam);
-  adam.weight_decay = 0.0;
-  if (!plain_params.empty()) append_adamw(b, plain_params, plain_grads, adam);
-  return graph;
-}
+Graph build_gpt_train_graph(const GptMoeConfig& config) { return build_training_graph(config).graph; }
 
 std::map<std::string, HostTensor> gpt_train_args(const Graph& graph, const GptMoeConfig& config, std::uint64_t seed) {
   std::map<std::string, HostTensor> init = init_parameters(gpt_moe_param_specs(config), seed);

@@ -68,43 +68,48 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   }
 }
 
-// The training graph: forward, backward, clip, AdamW. Built and compiled once.
-std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph() {
-  Graph train_graph("gpt_moe_train");
-  GptMoeGraph model = build_gpt_moe(
-      train_graph, config_,
-      {.batch = config_.batch_size, .training = true, .with_loss = true, .output_routing = config_.selection_bias});
-  specs_ = model.params;
-  moe_layers_ = model.moe_layers;
-  rng_positions_per_step_ = model.rng_positions_per_step;
-  has_aux_loss_ = train_graph.find_output("aux_loss") != nullptr;
-
+TrainingGraph build_training_graph(const GptMoeConfig& config) {
+  TrainingGraph out;
+  Graph& graph = out.graph;
+  out.model = build_gpt_moe(graph, config,
+                            {.batch = config.batch_size, .training = true, .with_loss = true,
+                             .output_routing = config.selection_bias});
   std::vector<std::string> trained;
-  for (const ParamSpec& s : specs_)
+  for (const ParamSpec& s : out.model.params)
     if (s.role == ArgRole::param) trained.push_back(s.name);
-  std::vector<ValueId> grad_ids = append_backward(train_graph, {.loss = "loss", .wrt = trained});
-  Builder b(train_graph);
-  std::vector<Tensor> grads = as_tensors(train_graph, grad_ids);
-  if (config_.grad_clip > 0) {
-    ClippedGrads clipped = clip_grad_norm(b, grads, config_.grad_clip);
+  std::vector<ValueId> grad_ids = append_backward(graph, {.loss = "loss", .wrt = trained});
+  Builder b(graph);
+  std::vector<Tensor> grads = as_tensors(graph, grad_ids);
+  if (config.grad_clip > 0) {
+    ClippedGrads clipped = clip_grad_norm(b, grads, config.grad_clip);
     grads = clipped.grads;
     b.output(clipped.norm, "grad_norm");
-    has_grad_norm_ = true;
   }
   // Two AdamW groups, as nanoGPT: weight decay on matrices and embeddings only.
   std::vector<Tensor> decay_params, decay_grads, plain_params, plain_grads;
   std::size_t g = 0;
-  for (const ParamSpec& s : specs_) {
+  for (const ParamSpec& s : out.model.params) {
     if (s.role != ArgRole::param) continue;
-    Tensor p{&train_graph, train_graph.find_arg(s.name)};
+    Tensor p{&graph, graph.find_arg(s.name)};
     (s.weight_decay ? decay_params : plain_params).push_back(p);
     (s.weight_decay ? decay_grads : plain_grads).push_back(grads[g++]);
   }
-  AdamWOptions adam{.beta1 = config_.beta1, .beta2 = config_.beta2, .eps = 1e-8, .weight_decay = config_.weight_decay};
+  AdamWOptions adam{.beta1 = config.beta1, .beta2 = config.beta2, .eps = 1e-8, .weight_decay = config.weight_decay};
   if (!decay_params.empty()) append_adamw(b, decay_params, decay_grads, adam);
   adam.weight_decay = 0.0;
   if (!plain_params.empty()) append_adamw(b, plain_params, plain_grads, adam);
-  return backend_->compile(train_graph);
+  return out;
+}
+
+// The training graph, built and compiled once.
+std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph() {
+  TrainingGraph training = build_training_graph(config_);
+  specs_ = training.model.params;
+  moe_layers_ = training.model.moe_layers;
+  rng_positions_per_step_ = training.model.rng_positions_per_step;
+  has_aux_loss_ = training.graph.find_output("aux_loss") != nullptr;
+  has_grad_norm_ = training.graph.find_output("grad_norm") != nullptr;
+  return backend_->compile(training.graph);
 }
 
 StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {

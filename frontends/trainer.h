@@ -52,6 +52,18 @@ class BatchSampler {
   std::mt19937_64 rng_;
 };
 
+// The whole training step as one graph: the model's forward pass and loss,
+// append_backward, global-norm clipping (output "grad_norm" when
+// config.grad_clip > 0), and two AdamW groups (weight decay on matrices and
+// embeddings only, as nanoGPT) whose outputs update the parameters and
+// moments. Inputs: idx, targets, lr, step (and rng_offset when the model has
+// random ops).
+struct TrainingGraph {
+  Graph graph{"gpt_moe_train"};
+  GptMoeGraph model;
+};
+TrainingGraph build_training_graph(const GptMoeConfig& config);
+
 struct StepStats {
   double loss = 0, lm_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
 };
