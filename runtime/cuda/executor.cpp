@@ -48,6 +48,8 @@ class CudaExecutable final : public Executable {
     (void)d;
     create_fuse_elementwise_pass({})->run(graph_);
     code_ = codegen::generate_module(graph_);
+    if (debug_level() >= 3)
+      std::fprintf(stderr, "moejit cuda: generated source of @%s:\n%s\n", graph_.name().c_str(), code_.source.c_str());
     CudaDeviceInfo info = cuda_device_info();
     auto before = cuda_compile_stats();
     auto start = std::chrono::steady_clock::now();
