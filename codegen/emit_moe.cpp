@@ -34,12 +34,15 @@ void gate(EmitContext& ctx, ValueId logits, Arg bias, ValueId weights, ValueId e
   std::string kernel = ctx.define(fmt::format("gate_{}", t),
                                   fmt::format("const {0}* logits, const {0}* bias, {0}* weights, int* experts, i64 tokens, int E, int K, int softmax_score, int score_first, int normalize", t),
                                   fmt::format("  gate_impl<{}>(logits, bias, weights, experts, tokens, E, K, softmax_score, score_first, normalize);\n", t));
-  ctx.launch(kernel, blocks_for(tokens, 128),
+  ctx.launch(kernel, blocks_for(tokens * 32, 128),  // a warp per token
              {Arg::of(logits), std::move(bias), Arg::of(weights), Arg::of(experts), Arg::i64(tokens), Arg::i32(E), Arg::i32(top_k),
               Arg::i32(g.softmax_score), Arg::i32(g.score_first), Arg::i32(g.normalize)},
              128);
 }
 
+// dispatch as three launches (see codegen/kernels/moe.cuh): per-tile counts,
+// one scan, stable per-tile scatter. A tile is `tile` slots owned by one
+// warp; the tile grows with the slot count so there are at most ~1024 tiles.
 void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets, ValueId positions, ValueId counts) {
   const TensorType& et = ctx.graph().type(experts);
   std::int64_t tokens = et.dim(0), top_k = et.dim(1), E = ctx.attrs().get_int("num_experts");
@@ -48,12 +51,25 @@ void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets,
   std::int64_t block = ctx.attrs().get_int("block");
   std::int64_t rows = dispatch_rows(tokens, top_k, E, capacity_factor, block);
   std::int64_t capacity = dispatch_capacity(tokens, top_k, E, capacity_factor);
-  std::string kernel = ctx.define("dispatch", "const int* experts, int* slots, int* offsets, int* positions, int* counts, i64 num_slots, int E, i64 rows, i64 capacity, i64 block",
-                                  "  dispatch_impl(experts, slots, offsets, positions, counts, num_slots, E, rows, capacity, block);\n");
-  ctx.launch(kernel, 1,
-             {Arg::of(experts), Arg::of(slots), Arg::of(offsets), Arg::of(positions), Arg::of(counts), Arg::i64(tokens * top_k), Arg::i32(E),
-              Arg::i64(rows), Arg::i64(capacity), Arg::i64(block)},
-             1024);
+  std::int64_t num_slots = tokens * top_k;
+  std::int64_t tile = std::max<std::int64_t>(128, ((num_slots + 1023) / 1024 + 31) / 32 * 32);
+  std::int64_t tiles = std::max<std::int64_t>((num_slots + tile - 1) / tile, 1);
+  std::int64_t ranks = ctx.scratch(E * tiles * 4);  // [E, tiles] i32
+  unsigned warp_blocks = blocks_for(tiles * 32, 256);
+  std::string count = ctx.define("dispatch_count", "const int* experts, int* ranks, int* slots, i64 num_slots, int E, i64 rows, i64 tile, i64 tiles",
+                                 "  dispatch_count_impl(experts, ranks, slots, num_slots, E, rows, tile, tiles);\n");
+  ctx.launch(count, warp_blocks,
+             {Arg::of(experts), Arg::scratch(ranks), Arg::of(slots), Arg::i64(num_slots), Arg::i32(E), Arg::i64(rows), Arg::i64(tile), Arg::i64(tiles)});
+  std::string scan = ctx.define("dispatch_scan", "int* ranks, int* offsets, int* counts, int E, i64 tiles, i64 capacity, i64 block",
+                                "  dispatch_scan_impl(ranks, offsets, counts, E, tiles, capacity, block);\n");
+  ctx.launch(scan, 1,
+             {Arg::scratch(ranks), Arg::of(offsets), Arg::of(counts), Arg::i32(E), Arg::i64(tiles), Arg::i64(capacity), Arg::i64(block)}, 1024);
+  std::string scatter = ctx.define("dispatch_scatter",
+                                   "const int* experts, int* ranks, const int* offsets, int* slots, int* positions, i64 num_slots, int E, i64 capacity, i64 tile, i64 tiles",
+                                   "  dispatch_scatter_impl(experts, ranks, offsets, slots, positions, num_slots, E, capacity, tile, tiles);\n");
+  ctx.launch(scatter, warp_blocks,
+             {Arg::of(experts), Arg::scratch(ranks), Arg::of(offsets), Arg::of(slots), Arg::of(positions), Arg::i64(num_slots), Arg::i32(E),
+              Arg::i64(capacity), Arg::i64(tile), Arg::i64(tiles)});
 }
 
 void permute(EmitContext& ctx, ValueId x, ValueId slots, ValueId xs, std::int64_t top_k) {
@@ -139,7 +155,7 @@ void emit_GateGrad(EmitContext& ctx) {
   std::string kernel = ctx.define(fmt::format("gate_grad_{}", t),
                                   fmt::format("const {0}* logits, const int* experts, const {0}* dweights, {0}* dlogits, i64 tokens, int E, int K, int softmax_score, int score_first, int normalize", t),
                                   fmt::format("  gate_grad_impl<{}>(logits, experts, dweights, dlogits, tokens, E, K, softmax_score, score_first, normalize);\n", t));
-  ctx.launch(kernel, blocks_for(tokens, 128),
+  ctx.launch(kernel, blocks_for(tokens * 32, 128),  // a warp per token
              {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::i64(tokens), Arg::i32(E),
               Arg::i32(K), Arg::i32(g.softmax_score), Arg::i32(g.score_first), Arg::i32(g.normalize)},
              128);

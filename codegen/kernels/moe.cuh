@@ -3,6 +3,9 @@
 // expert, NaN ranks last), its backward, dispatch (histogram, prefix sum
 // with capacity and block padding, stable scatter in slot order), permute,
 // combine and the auxiliary losses. Index tensors are i32.
+// Routing is built for latency: the gate and its backward give each token a
+// warp, and dispatch is three multi-block launches (per-tile histograms,
+// one scan, a stable per-tile scatter) instead of one serial block.
 R"MOEJIT_CUDA(
 // a ranks before b: higher, and NaN ranks below every number.
 __device__ __forceinline__ bool ranks_before(float a, float b) { return a > b || (b != b && a == a); }
@@ -30,55 +33,91 @@ template <class T> __device__ __forceinline__ float gate_raw(const T* row, const
   return expf(x - top_max) / top_sum;
 }
 
-template <class T> __device__ __forceinline__ void row_max_sum(const T* row, int E, float& max, float& sum) {
-  max = lowest_value<float>();
-  for (int e = 0; e < E; ++e) max = MaxOp()(max, (float)ld(row[e]));
-  sum = 0.0f;
-  for (int e = 0; e < E; ++e) sum += expf(ld(row[e]) - max);
+// ---- gate: one warp per token ----
+// Lane l holds experts l, l + 32, ... of its token. The row max and softmax
+// sum are warp reductions (f32). Top-k is K rounds of a warp arg-best over
+// (key, expert) pairs, ordered by key (ranks_before) then by the lower
+// expert; round k keeps only the pairs that rank after round k-1's pick,
+// which excludes exactly the experts already taken (the order is strict).
+
+// (key a, expert ea) ranks before (key b, expert eb); an expert < 0 is "none".
+__device__ __forceinline__ bool pick_before(float a, int ea, float b, int eb) {
+  if (eb < 0) return ea >= 0;
+  if (ea < 0) return false;
+  return ranks_before(a, b) || (!ranks_before(b, a) && ea < eb);
 }
 
-// moe.gate: one thread per token. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K].
+template <class T> __device__ __forceinline__ void warp_row_max_sum(const T* row, int E, int lane, float& max, float& sum) {
+  max = lowest_value<float>();
+  for (int e = lane; e < E; e += 32) max = MaxOp()(max, (float)ld(row[e]));
+  max = warp_reduce(max, MaxOp());
+  sum = 0.0f;
+  for (int e = lane; e < E; e += 32) sum += expf(ld(row[e]) - max);
+  sum = warp_reduce(sum, SumOp());
+}
+
+// Grid-stride loop of whole warps over tokens: every lane of a warp has the same t.
+#define MOEJIT_FOR_EACH_WARP(t, n)                                                               \
+  for (i64 t = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; t < (n); t += ((i64)gridDim.x * blockDim.x) >> 5)
+
+// moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K].
 template <class T> __device__ void gate_impl(const T* logits, const T* bias, T* weights, int* experts, i64 tokens, int E, int K,
                                              int softmax_score, int score_first, int normalize) {
-  MOEJIT_FOR_EACH(t, tokens) {
+  int lane = threadIdx.x & 31;
+  MOEJIT_FOR_EACH_WARP(t, tokens) {
     const T* row = logits + t * E;
     int* chosen = experts + t * K;
     float max, sum;
-    row_max_sum(row, E, max, sum);
+    warp_row_max_sum(row, E, lane, max, sum);
+    float last_key = 0.0f;
+    int last = -1;  // the previous round's pick; none before round 0
     for (int k = 0; k < K; ++k) {
-      int best = -1;
       float best_key = 0.0f;
-      for (int e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int j = 0; j < k; ++j) taken |= chosen[j] == e;
-        if (taken) continue;
+      int best = -1;
+      for (int e = lane; e < E; e += 32) {
         float key = gate_key(row, bias, e, softmax_score, score_first, max, sum);
-        if (best < 0 || ranks_before(key, best_key)) {
+        if (last >= 0 && !pick_before(last_key, last, key, e)) continue;  // taken in an earlier round
+        if (pick_before(key, e, best_key, best)) {
           best = e;
           best_key = key;
         }
       }
-      chosen[k] = best;
+      for (int delta = 16; delta > 0; delta >>= 1) {
+        float other_key = __shfl_xor_sync(0xffffffffu, best_key, delta);
+        int other = __shfl_xor_sync(0xffffffffu, best, delta);
+        if (pick_before(other_key, other, best_key, best)) {
+          best = other;
+          best_key = other_key;
+        }
+      }
+      last = best;
+      last_key = best_key;
+      if (lane == 0) chosen[k] = best;
     }
-    float total = 0.0f;
-    for (int k = 0; k < K; ++k) total += gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
-    for (int k = 0; k < K; ++k) {
-      float w = gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
-      weights[t * K + k] = st<T>(normalize ? w / total : w);
+    __syncwarp();
+    if (lane == 0) {
+      float total = 0.0f;
+      for (int k = 0; k < K; ++k) total += gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
+      for (int k = 0; k < K; ++k) {
+        float w = gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
+        weights[t * K + k] = st<T>(normalize ? w / total : w);
+      }
     }
+    __syncwarp();
   }
 }
 
-// moe.gate_grad: one thread per token; the chosen experts are held fixed.
+// moe.gate_grad: one warp per token (lanes over experts); the chosen experts are held fixed.
 template <class T> __device__ void gate_grad_impl(const T* logits, const int* experts, const T* dweights, T* dlogits, i64 tokens,
                                                   int E, int K, int softmax_score, int score_first, int normalize) {
-  MOEJIT_FOR_EACH(t, tokens) {
+  int lane = threadIdx.x & 31;
+  MOEJIT_FOR_EACH_WARP(t, tokens) {
     const T* row = logits + t * E;
     const int* chosen = experts + t * K;
     const T* dw = dweights + t * K;
     T* dl = dlogits + t * E;
     float max, sum;
-    row_max_sum(row, E, max, sum);
+    warp_row_max_sum(row, E, lane, max, sum);
     // Through the renormalization w_k = r_k / S: draw_k = (dw_k - sum_j dw_j r_j / S) / S.
     float total = 0.0f, dot = 0.0f;
     for (int k = 0; k < K; ++k) {
@@ -89,7 +128,7 @@ template <class T> __device__ void gate_grad_impl(const T* logits, const int* ex
     dot /= total;
 #define MOEJIT_DRAW(k) (normalize ? (ld(dw[k]) - dot) / total : (float)ld(dw[k]))
     if (!softmax_score) {
-      for (int e = 0; e < E; ++e) {
+      for (int e = lane; e < E; e += 32) {
         float g = 0.0f;
         for (int k = 0; k < K; ++k)
           if (chosen[k] == e) {
@@ -101,7 +140,7 @@ template <class T> __device__ void gate_grad_impl(const T* logits, const int* ex
     } else if (score_first) {  // softmax over all E, then picked
       float pd = 0.0f;
       for (int k = 0; k < K; ++k) pd += expf(ld(row[chosen[k]]) - max) / sum * MOEJIT_DRAW(k);
-      for (int e = 0; e < E; ++e) {
+      for (int e = lane; e < E; e += 32) {
         float dprob = 0.0f;
         for (int k = 0; k < K; ++k)
           if (chosen[k] == e) dprob += MOEJIT_DRAW(k);
@@ -111,7 +150,7 @@ template <class T> __device__ void gate_grad_impl(const T* logits, const int* ex
     } else {  // softmax over the K chosen logits
       float rd = 0.0f;
       for (int k = 0; k < K; ++k) rd += gate_raw(row, chosen, k, K, 1, 0, max, sum) * MOEJIT_DRAW(k);
-      for (int e = 0; e < E; ++e) {
+      for (int e = lane; e < E; e += 32) {
         float g = 0.0f;
         for (int k = 0; k < K; ++k)
           if (chosen[k] == e) g += gate_raw(row, chosen, k, K, 1, 0, max, sum) * (MOEJIT_DRAW(k) - rd);
@@ -122,64 +161,104 @@ template <class T> __device__ void gate_grad_impl(const T* logits, const int* ex
   }
 }
 
-// moe.dispatch, one block (correct for any number of slots; E <= 4096):
-//   1. histogram of the expert ids (shared-memory counts),
-//   2. offsets: prefix sum of min(count, capacity) padded to `block`,
-//   3. slots = -1, positions = -1,
-//   4. stable scatter: the thread of expert e walks the slots in order
-//      (staged through shared memory in chunks) and keeps the first `capacity`.
-#define MOEJIT_DISPATCH_CHUNK 2048
-__device__ void dispatch_impl(const int* experts, int* slots, int* offsets, int* positions, int* counts, i64 num_slots, int E,
-                              i64 rows, i64 capacity, i64 block) {
-  __shared__ int count_of[4096];
-  __shared__ int offset_of[4097];
-  __shared__ int chunk[MOEJIT_DISPATCH_CHUNK];
-  for (int e = threadIdx.x; e < E; e += blockDim.x) count_of[e] = 0;
-  __syncthreads();
-  for (i64 s = threadIdx.x; s < num_slots; s += blockDim.x) {
-    int e = experts[s];
-    if (e >= 0 && e < E) atomicAdd(&count_of[e], 1);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    i64 offset = 0;
-    for (int e = 0; e < E; ++e) {
-      offset_of[e] = (int)offset;
-      i64 kept = count_of[e] < capacity ? count_of[e] : capacity;
-      offset += (kept + block - 1) / block * block;
+// ---- moe.dispatch: three launches over "tiles" ----
+// The S = T*K slots are cut into `tiles` contiguous tiles of `tile` slots
+// (a multiple of 32); one warp owns one tile. `ranks` [E, tiles] (scratch,
+// expert-major) holds per-tile counts, then each tile's first rank in its
+// expert's segment.
+//   1. dispatch_count: each warp counts its tile's slots per expert, 32 slots
+//      at a time (__match_any_sync groups the lanes of one expert, the
+//      lowest lane adds the group's size); every block also sets slots = -1.
+//   2. dispatch_scan (one block): per expert, an exclusive scan of its row
+//      of tile counts in tile order (a warp per expert) -> ranks, counts;
+//      then offsets = exclusive scan of min(count, capacity) padded to `block`.
+//   3. dispatch_scatter: each warp walks its tile in slot order again; a
+//      slot's rank = its tile's running rank + the lanes of its group before
+//      it. rank < capacity: row = offsets[e] + rank, slots[row] = s,
+//      positions[s] = row; otherwise positions[s] = -1 (dropped).
+// Ranks follow slot order (tiles in order, lanes in order within a step), so
+// the result is the CPU's sequential walk exactly. Expert ids outside [0, E)
+// are neither counted nor placed.
+__device__ __forceinline__ unsigned lanes_below(int lane) { return (1u << lane) - 1u; }
+
+__device__ void dispatch_count_impl(const int* experts, int* ranks, int* slots, i64 num_slots, int E, i64 rows, i64 tile, i64 tiles) {
+  MOEJIT_FOR_EACH(i, rows) slots[i] = -1;
+  int lane = threadIdx.x & 31;
+  MOEJIT_FOR_EACH_WARP(w, tiles) {
+    for (int e = lane; e < E; e += 32) ranks[(i64)e * tiles + w] = 0;
+    __syncwarp();
+    for (i64 base = w * tile; base < (w + 1) * tile && base < num_slots; base += 32) {
+      i64 s = base + lane;
+      int e = s < num_slots ? experts[s] : -1;
+      bool valid = e >= 0 && e < E;
+      unsigned group = __match_any_sync(0xffffffffu, valid ? e : -1);
+      if (valid && (group & lanes_below(lane)) == 0) ranks[(i64)e * tiles + w] += __popc(group);
+      __syncwarp();
     }
-    offset_of[E] = (int)offset;
+  }
+}
+
+__device__ void dispatch_scan_impl(int* ranks, int* offsets, int* counts, int E, i64 tiles, i64 capacity, i64 block) {
+  __shared__ int padded_of[4096];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int e = warp; e < E; e += warps) {
+    int* row = ranks + (i64)e * tiles;
+    int carry = 0;
+    for (i64 base = 0; base < tiles; base += 32) {
+      int v = base + lane < tiles ? row[base + lane] : 0, inclusive = v;
+      for (int delta = 1; delta < 32; delta <<= 1) {
+        int up = __shfl_up_sync(0xffffffffu, inclusive, delta);
+        if (lane >= delta) inclusive += up;
+      }
+      if (base + lane < tiles) row[base + lane] = carry + inclusive - v;
+      carry += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+    if (lane == 0) {
+      counts[e] = carry;
+      i64 kept = carry < capacity ? carry : capacity;
+      padded_of[e] = (int)((kept + block - 1) / block * block);
+    }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e <= E; e += blockDim.x) {
-    offsets[e] = offset_of[e];
-    if (e < E) counts[e] = count_of[e];
+  if (warp == 0) {
+    int carry = 0;
+    for (int base = 0; base < E; base += 32) {
+      int v = base + lane < E ? padded_of[base + lane] : 0, inclusive = v;
+      for (int delta = 1; delta < 32; delta <<= 1) {
+        int up = __shfl_up_sync(0xffffffffu, inclusive, delta);
+        if (lane >= delta) inclusive += up;
+      }
+      if (base + lane < E) offsets[base + lane] = carry + inclusive - v;
+      carry += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+    if (lane == 0) offsets[E] = carry;
   }
-  for (i64 i = threadIdx.x; i < rows; i += blockDim.x) slots[i] = -1;
-  for (i64 s = threadIdx.x; s < num_slots; s += blockDim.x) positions[s] = -1;
-  __syncthreads();
-  // Expert e's thread: filled = how many of its slots it has placed so far.
-  int filled[4];  // experts threadIdx.x + j * blockDim.x, j < 4 (E <= 4 * blockDim.x)
-  for (int j = 0; j < 4; ++j) filled[j] = 0;
-  for (i64 base = 0; base < num_slots; base += MOEJIT_DISPATCH_CHUNK) {
-    i64 size = num_slots - base < MOEJIT_DISPATCH_CHUNK ? num_slots - base : MOEJIT_DISPATCH_CHUNK;
-    for (i64 i = threadIdx.x; i < size; i += blockDim.x) chunk[i] = experts[base + i];
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      int e = threadIdx.x + j * blockDim.x;
-      if (e >= E) continue;
-      for (i64 i = 0; i < size; ++i) {
-        if (chunk[i] != e) continue;
-        if (filled[j] < capacity) {
-          int row = offset_of[e] + filled[j];
-          slots[row] = (int)(base + i);
-          positions[base + i] = row;
-        }
-        ++filled[j];
+}
+
+__device__ void dispatch_scatter_impl(const int* experts, int* ranks, const int* offsets, int* slots, int* positions, i64 num_slots,
+                                      int E, i64 capacity, i64 tile, i64 tiles) {
+  int lane = threadIdx.x & 31;
+  MOEJIT_FOR_EACH_WARP(w, tiles) {
+    for (i64 base = w * tile; base < (w + 1) * tile && base < num_slots; base += 32) {
+      i64 s = base + lane;
+      int e = s < num_slots ? experts[s] : -1;
+      bool valid = e >= 0 && e < E;
+      unsigned group = __match_any_sync(0xffffffffu, valid ? e : -1);
+      int leader = __ffs(group) - 1;
+      int first = valid && lane == leader ? ranks[(i64)e * tiles + w] : 0;
+      first = __shfl_sync(0xffffffffu, first, leader);
+      i64 rank = first + __popc(group & lanes_below(lane));
+      if (valid && lane == leader) ranks[(i64)e * tiles + w] = first + __popc(group);
+      __syncwarp();
+      if (s >= num_slots) continue;
+      if (valid && rank < capacity) {
+        int row = offsets[e] + (int)rank;
+        slots[row] = (int)s;
+        positions[s] = row;
+      } else {
+        positions[s] = -1;
       }
     }
-    __syncthreads();
   }
 }
 

@@ -1,7 +1,8 @@
 // CUDA tests that need a GPU: every op, a bf16 graph, a whole GPT-MoE
 // training step and CUDA-graph replay against the CPU backend (normalized
-// error under per-dtype tolerances; integer results exactly), dispatch at a
-// size that needs several chunks, and the kernel cache across processes.
+// error under per-dtype tolerances; integer results exactly), dispatch at
+// sizes that need many tiles (against the CPU and a sequential reference
+// here), and the kernel cache across processes.
 // Without a GPU each test prints "SKIPPED: no CUDA device (<why>)" (ctest
 // then reports it as skipped, see tests/cuda/CMakeLists.txt).
 #include <catch2/catch.hpp>
@@ -11,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <cmath>
+#include <functional>
 #include <random>
 #include <filesystem>
 
@@ -129,6 +132,104 @@ TEST_CASE("gpu: dispatch with thousands of slots and capacity and block padding 
   bool dropped = false;
   for (std::int64_t i = 0; i < want.at("positions").numel(); ++i) dropped |= want.at("positions").get(i) < 0;
   CHECK(dropped);
+}
+
+namespace {
+
+// One dispatch case for the many-tile test: expert ids given directly.
+struct DispatchCase {
+  std::string name;
+  std::int64_t tokens, top_k, experts;
+  double capacity_factor;
+  std::int64_t block;
+  std::function<std::int32_t(std::int64_t slot, std::mt19937& rng)> expert_of;
+};
+
+// Naive sequential reference of the dispatch outputs (written here, apart
+// from the CPU backend): counts, padded offsets, then slots in order.
+void check_dispatch_reference(const DispatchCase& c, const std::vector<std::int32_t>& ids, const Values& got) {
+  std::int64_t num_slots = c.tokens * c.top_k;
+  std::int64_t capacity = c.capacity_factor <= 0.0
+                              ? num_slots
+                              : std::min<std::int64_t>(num_slots, std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(
+                                                                      c.capacity_factor * static_cast<double>(num_slots) /
+                                                                      static_cast<double>(c.experts)))));
+  std::vector<std::int64_t> count(static_cast<std::size_t>(c.experts), 0), offset(static_cast<std::size_t>(c.experts + 1), 0);
+  for (std::int32_t e : ids) ++count[static_cast<std::size_t>(e)];
+  for (std::int64_t e = 0; e < c.experts; ++e) {
+    std::int64_t kept = std::min(count[static_cast<std::size_t>(e)], capacity);
+    offset[static_cast<std::size_t>(e + 1)] = offset[static_cast<std::size_t>(e)] + (kept + c.block - 1) / c.block * c.block;
+  }
+  const HostTensor& slots = got.at("slots");
+  const HostTensor& positions = got.at("positions");
+  for (std::int64_t e = 0; e < c.experts; ++e) {
+    REQUIRE(got.at("counts").get(e) == static_cast<double>(count[static_cast<std::size_t>(e)]));
+    REQUIRE(got.at("offsets").get(e + 1) == static_cast<double>(offset[static_cast<std::size_t>(e + 1)]));
+  }
+  std::vector<std::int64_t> filled(static_cast<std::size_t>(c.experts), 0);
+  std::vector<bool> used(static_cast<std::size_t>(slots.numel()), false);
+  for (std::int64_t s = 0; s < num_slots; ++s) {
+    auto e = static_cast<std::size_t>(ids[static_cast<std::size_t>(s)]);
+    std::int64_t want = filled[e] < capacity ? offset[e] + filled[e] : -1;
+    ++filled[e];
+    INFO("slot " << s << " expert " << e);
+    REQUIRE(positions.get(s) == static_cast<double>(want));
+    if (want >= 0) {
+      REQUIRE(slots.get(want) == static_cast<double>(s));
+      used[static_cast<std::size_t>(want)] = true;
+    }
+  }
+  for (std::int64_t i = 0; i < slots.numel(); ++i)
+    if (!used[static_cast<std::size_t>(i)]) REQUIRE(slots.get(i) == -1.0);  // padding and spare rows
+}
+
+}  // namespace
+
+TEST_CASE("gpu: dispatch over many tiles (16k tokens, empty and overfull experts) matches a sequential reference exactly", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  auto skewed = [](std::int64_t experts) {
+    return [experts](std::int64_t, std::mt19937& rng) {
+      // Half the slots to expert 0 (overflows capacity), the rest uniform.
+      std::uniform_int_distribution<std::int32_t> any(0, static_cast<std::int32_t>(experts - 1));
+      return rng() % 2 == 0 ? 0 : any(rng);
+    };
+  };
+  std::vector<DispatchCase> cases = {
+      {"T16384 K2 E64 capacity 1.0 block 8", 16384, 2, 64, 1.0, 8, skewed(64)},
+      {"T16384 K2 E64 dropless block 128", 16384, 2, 64, 0.0, 128, skewed(64)},
+      {"T16384 K2 E1 capacity 0.5 block 4", 16384, 2, 1, 0.5, 4, [](std::int64_t, std::mt19937&) { return 0; }},
+      {"T16384 K2 E1 dropless block 1", 16384, 2, 1, 0.0, 1, [](std::int64_t, std::mt19937&) { return 0; }},
+      {"T5000 K2 E64, experts 3 and 63 empty, capacity 1.25 block 16", 5000, 2, 64, 1.25, 16,
+       [](std::int64_t, std::mt19937& rng) {
+         std::uniform_int_distribution<std::int32_t> any(0, 61);
+         std::int32_t e = any(rng);
+         return e == 3 ? 62 : e;
+       }},
+      {"T9000 K3 E37, every slot to expert 36, capacity 2.0 block 5", 9000, 3, 37, 2.0, 5, [](std::int64_t, std::mt19937&) { return 36; }},
+      {"T40000 K8 E256 (tiles of more than 128 slots) capacity 1.0 block 32", 40000, 8, 256, 1.0, 32, skewed(256)},
+      {"T3 K1 E5 (one partial tile)", 3, 1, 5, 1.0, 2, [](std::int64_t s, std::mt19937&) { return static_cast<std::int32_t>(s % 2); }},
+  };
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  for (const DispatchCase& c : cases) {
+    INFO(c.name);
+    Graph graph("dispatch_tiles");
+    Builder b(graph);
+    Tensor chosen = b.input("experts", {c.tokens, c.top_k}, DType::i32);
+    auto [slots, offsets, positions, counts] =
+        b.moe_dispatch(chosen, {.num_experts = c.experts, .capacity_factor = c.capacity_factor, .block = c.block});
+    b.output(slots, "slots");
+    b.output(offsets, "offsets");
+    b.output(positions, "positions");
+    b.output(counts, "counts");
+    std::mt19937 rng(static_cast<std::uint32_t>(c.tokens * 31 + c.experts));
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(c.tokens * c.top_k));
+    for (std::size_t s = 0; s < ids.size(); ++s) ids[s] = c.expert_of(static_cast<std::int64_t>(s), rng);
+    Values args{{"experts", HostTensor::from_ints({c.tokens, c.top_k}, ids)}};
+    Values got = run_graph(*cuda, graph, args);
+    compare_all(graph, got, run_graph(*cpu, graph, args));
+    check_dispatch_reference(c, ids, got);
+  }
 }
 
 TEST_CASE("gpu: a GPT-MoE training step matches the CPU (loss and gradients and parameters after AdamW)", "[cuda][gpu]") {
