@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -209,6 +211,9 @@ GptMoeConfig config_from_json(std::string_view json_text, const GptMoeConfig& ba
           using T = std::remove_reference_t<decltype(config.*member)>;
           if constexpr (std::is_same_v<T, std::int64_t>) {
             if (!v.is_number_integer()) throw bad();
+            if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX))
+              throw Error(fmt::format("config: {}: expected an integer that fits in 64 bits, found {}", it.key(),
+                                      v.dump()));
             config.*member = v.get<std::int64_t>();
           } else if constexpr (std::is_same_v<T, double>) {
             if (!v.is_number()) throw bad();
@@ -259,10 +264,28 @@ void validate_config(const GptMoeConfig& c) {
   };
   if (c.vocab_size < 0 || c.vocab_size > 256)
     fail("vocab_size", "0 (from data) or 1..256 (byte-level)", std::to_string(c.vocab_size));
+  // Upper bounds keep every size product far from int64 overflow (a huge
+  // value gets this message, not a wrapped negative shape or bad_alloc later).
+  auto at_most = [&](std::string_view key, std::int64_t v, std::int64_t limit) {
+    if (v > limit) fail(key, fmt::format("at most {}", limit), std::to_string(v));
+  };
+  constexpr std::int64_t kMaxWidth = std::int64_t{1} << 20;
   positive("n_layer", c.n_layer);
   positive("n_head", c.n_head);
   positive("n_embd", c.n_embd);
   positive("block_size", c.block_size);
+  at_most("n_layer", c.n_layer, 4096);
+  at_most("n_embd", c.n_embd, kMaxWidth);
+  at_most("block_size", c.block_size, kMaxWidth);
+  at_most("ffn_hidden_size", c.ffn_hidden_size, kMaxWidth);
+  at_most("num_experts", c.num_experts, kMaxWidth);
+  at_most("d_expert", c.d_expert, kMaxWidth);
+  at_most("batch_size", c.batch_size, kMaxWidth);
+  // Token rows (batch_size * block_size * top_k) are indexed with i32.
+  if (c.batch_size > 0 && c.block_size > 0 && c.top_k > 0 && c.top_k <= kMaxWidth &&
+      c.batch_size * c.block_size * c.top_k > std::int64_t{INT32_MAX})
+    fail("batch_size", fmt::format("batch_size * block_size * top_k at most {}", INT32_MAX),
+         fmt::format("{} * {} * {}", c.batch_size, c.block_size, c.top_k));
   if (c.n_embd % c.n_head != 0)
     fail("n_embd", fmt::format("a multiple of n_head ({})", c.n_head), std::to_string(c.n_embd));
   if (c.ffn_hidden_size < 0) fail("ffn_hidden_size", "0 or a positive integer", std::to_string(c.ffn_hidden_size));

@@ -64,6 +64,11 @@ ExpertReport collect_expert_report(const GptMoeConfig& config, Backend& backend,
 
   const std::vector<std::int32_t> tokens = tokenizer.encode(text.text);
   const std::int64_t windows = std::min<std::int64_t>(static_cast<std::int64_t>(tokens.size()), max_tokens) / T;
+  if (windows == 0)
+    throw Error(fmt::format("expert report: expected at least block_size = {} tokens to route, found {} (held-out "
+                            "text of {} tokens, report_tokens {})",
+                            T, std::min<std::int64_t>(static_cast<std::int64_t>(tokens.size()), max_tokens),
+                            tokens.size(), max_tokens));
   HostTensor idx({DType::i32, {B, T}});
   for (std::int64_t first = 0; first < windows; first += B) {
     const std::int64_t used = std::min(B, windows - first);  // windows in this batch; the rest is padding

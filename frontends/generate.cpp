@@ -32,8 +32,15 @@ std::int32_t sample_token(const std::vector<float>& logits, const SampleOptions&
   if (!(options.temperature > 0))
     throw Error(fmt::format("sampling: temperature: expected a value > 0, found {}", options.temperature));
   const std::size_t V = logits.size();
+  if (V == 0) throw Error("sampling: expected at least one logit, found none");
+  for (std::size_t i = 0; i < V; ++i)
+    if (!std::isfinite(logits[i]))
+      throw Error(fmt::format("sampling: expected finite logits, found {} for token {}", logits[i], i));
+  // Scale the distance to the largest logit, so that a tiny temperature gives
+  // 0 and -large (greedy), never inf - inf = NaN weights.
+  const double max_logit = *std::max_element(logits.begin(), logits.end());
   std::vector<double> scaled(V);
-  for (std::size_t i = 0; i < V; ++i) scaled[i] = static_cast<double>(logits[i]) / options.temperature;
+  for (std::size_t i = 0; i < V; ++i) scaled[i] = (static_cast<double>(logits[i]) - max_logit) / options.temperature;
   if (options.top_k > 0 && static_cast<std::size_t>(options.top_k) < V) {
     std::vector<double> sorted = scaled;
     std::nth_element(sorted.begin(), sorted.begin() + (options.top_k - 1), sorted.end(), std::greater<>());

@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "frontends/gpt_moe.h"
 #include "frontends/safetensors.h"
 #include "ir/error.h"
@@ -44,6 +46,18 @@ GptMoeCheckpoint load_gpt_checkpoint(const std::string& path) {
     throw Error(fmt::format("{}: metadata: config vocab_size expected {} (the stored vocabulary), found {}", path,
                             out.tokenizer.vocab_size(), out.config.vocab_size));
   check_parameters(checkpoint.tensors, gpt_moe_param_specs(out.config), path);
+  // A NaN or infinite weight would make every sample and report silently
+  // meaningless: refuse it here, naming the tensor and the element.
+  for (const auto& [name, tensor] : checkpoint.tensors) {
+    if (!is_float(tensor.dtype())) continue;
+    for (std::int64_t i = 0; i < tensor.numel(); ++i) {
+      const double v = tensor.get(i);
+      if (!std::isfinite(v))
+        throw Error(fmt::format("{}: tensor {}: expected finite values, found {} at element {} (a diverged or "
+                                "corrupted checkpoint)",
+                                path, name, v, i));
+    }
+  }
   out.params = std::move(checkpoint.tensors);
   out.metadata = std::move(checkpoint.metadata);
   return out;

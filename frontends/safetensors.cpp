@@ -66,6 +66,9 @@ void save_safetensors(const std::string& path, const Checkpoint& checkpoint) {
   const std::uint64_t header_size = header_text.size();
 
   std::filesystem::path target(path);
+  std::error_code dir_ec;
+  if (std::filesystem::is_directory(target, dir_ec))
+    throw Error(fmt::format("safetensors: '{}': expected a file path to save to, found a directory", path));
   std::string tmp = fmt::format("{}.tmp.{}", path, static_cast<long>(::getpid()));
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
@@ -91,6 +94,9 @@ void save_safetensors(const std::string& path, const Checkpoint& checkpoint) {
 }
 
 Checkpoint load_safetensors(const std::string& path) {
+  std::error_code dir_ec;
+  if (std::filesystem::is_directory(path, dir_ec))
+    throw Error(fmt::format("{}: expected a checkpoint file, found a directory", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("{}: cannot open checkpoint", path));
   in.seekg(0, std::ios::end);

@@ -96,6 +96,8 @@ std::vector<ValueId> append_backward(Graph& graph, const AutodiffOptions& option
       throw Error(fmt::format("autodiff: wrt argument '{}' must be a float tensor, found {}", name, graph.type(v).str()));
     if (graph.find_output("grad." + name))
       throw Error(fmt::format("autodiff: the graph already has an output 'grad.{}'", name));
+    if (std::find(wrt.begin(), wrt.end(), v) != wrt.end())
+      throw Error(fmt::format("autodiff: wrt: expected each argument once, found '{}' twice", name));
     wrt.push_back(v);
   }
 
@@ -229,8 +231,11 @@ std::unique_ptr<Pass> create_autodiff_pass(const PassOptions& options) {
   for (const auto& [key, value] : options) {
     if (key == "loss")
       o.loss = value;
-    else if (key == "wrt")
+    else if (key == "wrt") {
       o.wrt = split_commas(value);
+      if (o.wrt.empty())
+        throw Error(fmt::format("pass 'autodiff': wrt: expected a comma list of argument names, found '{}'", value));
+    }
     else
       throw Error(fmt::format("pass 'autodiff': unknown option '{}' (expected loss= or wrt=)", key));
   }

@@ -35,6 +35,9 @@ std::string read_input(const std::string& path) {
     text << std::cin.rdbuf();
     return text.str();
   }
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw Error(fmt::format("input '{}': expected an IR file, found a directory", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("cannot open input file '{}'", path));
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -44,6 +47,19 @@ void write_output(const std::string& path, const std::string& text) {
   if (path == "-") {
     std::cout << text;
     std::cout.flush();
+    return;
+  }
+  std::error_code dir_ec;
+  if (std::filesystem::is_directory(path, dir_ec))
+    throw Error(fmt::format("output '{}': expected a file name, found a directory", path));
+  // A device or pipe (-o /dev/null, a FIFO) is written in place: renaming a
+  // temporary over it would replace the device node with a regular file.
+  const std::filesystem::file_status status = std::filesystem::status(path, dir_ec);
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    std::ofstream out(path, std::ios::binary);
+    out << text;
+    out.flush();
+    if (!out) throw Error(fmt::format("cannot write output file '{}'", path));
     return;
   }
   std::string temp = fmt::format("{}.tmp.{}", path, static_cast<long>(::getpid()));

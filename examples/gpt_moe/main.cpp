@@ -13,10 +13,13 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <filesystem>
 #include <map>
+#include <new>
 #include <random>
 
 #include "frontends/config.h"
@@ -49,6 +52,7 @@ struct TrainFlags {
   std::int64_t corpus_bytes = 300000;
   std::int64_t report_tokens = 8192;
   bool no_report = false;
+  bool prompt_given = false;  // --prompt was on the command line
   SamplingFlags sampling;
   std::map<std::string, std::string> overrides;  // config key -> text, filled by CLI11
 };
@@ -123,10 +127,19 @@ double unigram_entropy(const std::vector<std::int32_t>& tokens, std::int64_t voc
   return h;
 }
 
-void print_samples(GptMoeSampler& sampler, const CharTokenizer& tokenizer, const SamplingFlags& f) {
-  const std::string prompt = unescape(f.prompt);
+// The prompt's tokens: --prompt unescaped, non-empty, every byte in the vocabulary.
+std::vector<std::int32_t> encode_prompt(const CharTokenizer& tokenizer, const std::string& flag_text) {
+  const std::string prompt = unescape(flag_text);
   if (prompt.empty()) throw Error("--prompt: expected at least one character, found an empty prompt");
-  const std::vector<std::int32_t> prompt_tokens = tokenizer.encode(prompt);
+  try {
+    return tokenizer.encode(prompt);
+  } catch (const Error& err) {
+    throw Error(fmt::format("--prompt: {}", err.what()));
+  }
+}
+
+void print_samples(GptMoeSampler& sampler, const CharTokenizer& tokenizer, const SamplingFlags& f) {
+  const std::vector<std::int32_t> prompt_tokens = encode_prompt(tokenizer, f.prompt);
   std::mt19937_64 rng(static_cast<std::uint64_t>(f.seed));
   for (std::int64_t i = 0; i < f.num_samples; ++i) {
     std::vector<std::int32_t> tokens = sampler.generate(
@@ -171,10 +184,40 @@ int run_train(TrainFlags& flags) {
   const std::vector<std::int32_t> train_tokens(all_tokens.begin(), all_tokens.begin() + static_cast<std::ptrdiff_t>(split));
   const std::vector<std::int32_t> val_tokens(all_tokens.begin() + static_cast<std::ptrdiff_t>(split), all_tokens.end());
   const TaggedText held_out = split_tail(data, 0.1);
+  // Batches are checked against the data before anything is compiled.
+  auto batches = [&](const std::vector<std::int32_t>& tokens, const char* split, std::uint64_t seed) {
+    try {
+      return BatchSampler(tokens, config.batch_size, config.block_size, seed);
+    } catch (const Error& err) {
+      throw Error(fmt::format("data {}: the {} split: {}", flags.data.empty() ? "(built-in corpus)" : flags.data,
+                              split, err.what()));
+    }
+  };
+  BatchSampler train_batches = batches(train_tokens, "training (first 90%)", static_cast<std::uint64_t>(config.seed));
+  BatchSampler train_eval_batches =
+      batches(train_tokens, "training (first 90%)", static_cast<std::uint64_t>(config.seed) + 1);
+  BatchSampler val_batches = batches(val_tokens, "validation (last 10%)", static_cast<std::uint64_t>(config.seed) + 2);
+  // The samples after training start from --prompt: check it now, not after
+  // the run. The default "\n" falls back to the data's first character when
+  // the data has no newline.
+  if (flags.sampling.num_samples > 0) {
+    try {
+      encode_prompt(tokenizer, flags.sampling.prompt);
+    } catch (const Error&) {
+      if (flags.prompt_given) throw;
+      flags.sampling.prompt = data.text.substr(0, 1);
+    }
+  }
 
   std::string note;
   std::unique_ptr<Backend> backend = make_backend(flags.device, &note);
-  std::filesystem::create_directories(flags.out_dir);
+  {
+    std::error_code ec;
+    if (!flags.out_dir.empty()) std::filesystem::create_directories(flags.out_dir, ec);
+    if (flags.out_dir.empty() || !std::filesystem::is_directory(flags.out_dir))
+      throw Error(fmt::format("--out_dir: expected a directory that exists or can be created, found '{}'{}",
+                              flags.out_dir, ec ? " (" + ec.message() + ")" : ""));
+  }
 
   fmt::print("data: {} ({} bytes, {} distinct characters; train {} / val {} tokens)\n",
              flags.data.empty() ? "built-in corpus (arithmetic, code, prose)" : flags.data,
@@ -195,11 +238,6 @@ int run_train(TrainFlags& flags) {
   GptMoeTrainer trainer(config, *backend, init_parameters(specs, static_cast<std::uint64_t>(config.seed)));
   fmt::print("built and compiled the training and evaluation graphs in {:.2f}s\n\n",
              std::chrono::duration<double>(Clock::now() - start).count());
-
-  BatchSampler train_batches(train_tokens, config.batch_size, config.block_size, static_cast<std::uint64_t>(config.seed));
-  BatchSampler train_eval_batches(train_tokens, config.batch_size, config.block_size,
-                                  static_cast<std::uint64_t>(config.seed) + 1);
-  BatchSampler val_batches(val_tokens, config.batch_size, config.block_size, static_cast<std::uint64_t>(config.seed) + 2);
 
   const std::string ckpt_path = (std::filesystem::path(flags.out_dir) / "ckpt.safetensors").string();
   const std::string best_path = (std::filesystem::path(flags.out_dir) / "best.safetensors").string();
@@ -281,6 +319,19 @@ std::string meta_or(const GptMoeCheckpoint& ckpt, const std::string& key, const 
   return it == ckpt.metadata.end() ? fallback : it->second;
 }
 
+// An integer metadata entry in [0, max], or `fallback` when the checkpoint has none.
+std::int64_t meta_int_or(const GptMoeCheckpoint& ckpt, const std::string& path, const std::string& key,
+                         std::int64_t fallback, std::int64_t max = INT64_MAX) {
+  auto it = ckpt.metadata.find(key);
+  if (it == ckpt.metadata.end()) return fallback;
+  std::int64_t value = 0;
+  const std::string& text = it->second;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty() || value < 0 || value > max)
+    throw Error(fmt::format("{}: metadata '{}': expected an integer in [0, {}], found '{}'", path, key, max, text));
+  return value;
+}
+
 int run_sample(const SampleFlags& flags) {
   const std::string path = checkpoint_path(flags.ckpt, flags.out_dir);
   GptMoeCheckpoint ckpt = load_gpt_checkpoint(path);
@@ -304,8 +355,8 @@ int run_report(const ReportFlags& flags) {
     held_out = untagged_text(read_text_file(flags.data), std::filesystem::path(flags.data).filename().string());
   } else {
     const std::string data = meta_or(ckpt, "data", "builtin");
-    const std::int64_t seed = std::stoll(meta_or(ckpt, "corpus_seed", std::to_string(ckpt.config.seed)));
-    const std::int64_t bytes = std::stoll(meta_or(ckpt, "corpus_bytes", "300000"));
+    const std::int64_t seed = meta_int_or(ckpt, path, "corpus_seed", ckpt.config.seed);
+    const std::int64_t bytes = meta_int_or(ckpt, path, "corpus_bytes", 300000, 100000000);
     held_out = split_tail(load_data(data == "builtin" ? "" : data, bytes, seed), 0.1);
   }
   fmt::print("checkpoint {} (step {}, val loss {}); device: {}\n", path, meta_or(ckpt, "step", "?"),
@@ -383,12 +434,17 @@ int main(int argc, char** argv) {
     const int code = app.exit(err);
     return code == 0 ? 0 : 2;
   }
+  train.prompt_given = train_cmd->count("--prompt") > 0;
   try {
     if (train_cmd->parsed()) return run_train(train);
     if (sample_cmd->parsed()) return run_sample(sample);
     if (report_cmd->parsed()) return run_report(report);
   } catch (const moejit::Error& err) {
     fmt::print(stderr, "gpt_moe: error: {}\n", err.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "gpt_moe: error: out of memory: expected the model and data to fit in host memory, found an "
+                       "allocation that failed (try a smaller n_embd, n_layer, num_experts, d_expert or batch_size)\n");
     return 1;
   } catch (const std::exception& err) {
     fmt::print(stderr, "gpt_moe: error: {}\n", err.what());

@@ -108,6 +108,15 @@ TEST_CASE("append_backward rejects bad requests with named errors", "[autodiff][
     CHECK_THAT(error_of([&] { append_backward(g, {.wrt = {"table", "bogus"}}); }), Catch::Contains("'bogus'"));
     CHECK_THAT(error_of([&] { append_backward(g, {.wrt = {"ids"}}); }), Catch::Contains("'ids'") && Catch::Contains("float"));
   }
+  SECTION("wrt names an argument twice (a named error, not a graph with two grad.w outputs)") {
+    Graph g("t");
+    Builder b(g);
+    b.output(b.sum(b.param("w", {3}, F), {0}), "loss");
+    const std::size_t outputs_before = g.outputs().size();
+    CHECK_THAT(error_of([&] { append_backward(g, {.wrt = {"w", "w"}}); }),
+               Catch::Contains("'w' twice") && Catch::Contains("expected each argument once"));
+    CHECK(g.outputs().size() == outputs_before);
+  }
   SECTION("a NotDiff op with a float operand on the path") {
     Graph g("t");
     Builder b(g);
@@ -140,6 +149,9 @@ TEST_CASE("the autodiff pass is registered with loss= and wrt=", "[autodiff][pas
   CHECK(g.find_output("grad.w1"));
   CHECK(g.find_output("grad.w2"));
   CHECK(verify(g).empty());
+  // wrt= with no names is an error, not a silent "every param".
+  CHECK_THAT(error_of([] { create_pass("autodiff", {{"wrt", ","}}); }),
+             Catch::Contains("wrt: expected a comma list of argument names, found ','"));
 }
 
 TEST_CASE("clip_grad_norm matches a direct computation", "[autodiff][optim]") {

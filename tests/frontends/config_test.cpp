@@ -126,6 +126,25 @@ TEST_CASE("validate_config rejects inconsistent values", "[config]") {
         std::string::npos);
 }
 
+TEST_CASE("validate_config bounds sizes before their products overflow", "[config]") {
+  GptMoeConfig c;
+  c.n_embd = std::int64_t{1} << 62;  // n_embd * 3 would wrap to a negative shape
+  c.n_head = 1;
+  CHECK(error_of([&] { validate_config(c); }).find("n_embd: expected at most 1048576, found 4611686018427387904") !=
+        std::string::npos);
+  c = GptMoeConfig{};
+  c.block_size = std::int64_t{1} << 62;
+  CHECK(error_of([&] { validate_config(c); }).find("block_size: expected at most 1048576") != std::string::npos);
+  c = GptMoeConfig{};
+  c.batch_size = 1 << 20;
+  c.block_size = 1 << 12;
+  CHECK(error_of([&] { validate_config(c); }).find("batch_size * block_size * top_k at most 2147483647") !=
+        std::string::npos);
+  // An unsigned JSON integer beyond int64 is named as such, not wrapped to -1.
+  CHECK(error_of([] { config_from_json(R"({"n_embd": 18446744073709551615})"); })
+            .find("n_embd: expected an integer that fits in 64 bits, found 18446744073709551615") != std::string::npos);
+}
+
 TEST_CASE("set_config_value parses flag text strictly", "[config]") {
   GptMoeConfig c;
   set_config_value(c, "n_layer", "6");

@@ -14,6 +14,7 @@
 #include "frontends/gpt_moe.h"
 #include "frontends/nn.h"
 #include "frontends/trainer.h"
+#include "ir/error.h"
 #include "runtime/backend.h"
 
 using namespace moejit;
@@ -185,6 +186,21 @@ TEST_CASE("sample_token follows temperature and top-k", "[sample]") {
   CHECK(static_cast<double>(counts[1]) / counts[2] == Approx(std::exp(0.1)).epsilon(0.12));
 }
 
+TEST_CASE("sample_token: a tiny temperature is greedy; non-finite logits are an error", "[sample]") {
+  std::mt19937_64 rng(2);
+  // logit / 1e-300 overflows to inf; the largest logit must still win every time.
+  const std::vector<float> logits = {3.0f, 5.0f, 4.0f};
+  for (int i = 0; i < 20; ++i) CHECK(sample_token(logits, {.temperature = 1e-300}, rng) == 1);
+  const std::vector<float> with_nan = {0.0f, std::nanf(""), 1.0f};
+  std::string msg;
+  try {
+    sample_token(with_nan, {.temperature = 1.0}, rng);
+  } catch (const Error& err) {
+    msg = err.what();
+  }
+  CHECK(msg.find("expected finite logits, found nan for token 1") != std::string::npos);
+}
+
 TEST_CASE("the expert report counts every routed slot once", "[report]") {
   GptMoeConfig c;
   c.n_layer = 2;
@@ -201,6 +217,14 @@ TEST_CASE("the expert report counts every routed slot once", "[report]") {
   ExpertReport r = collect_expert_report(c, *backend, init_parameters(gpt_moe_param_specs(c), 5), tok, text, 1000);
   const std::int64_t tokens = 1000 / 16 * 16;
   CHECK(r.tokens == tokens);
+  // Too little held-out text for one window is an error, not a report of 0 tokens.
+  std::string short_msg;
+  try {
+    collect_expert_report(c, *backend, init_parameters(gpt_moe_param_specs(c), 5), tok, untagged_text("1+1", "text"), 1000);
+  } catch (const Error& err) {
+    short_msg = err.what();
+  }
+  CHECK(short_msg.find("expected at least block_size = 16 tokens to route, found 3") != std::string::npos);
   CHECK(std::accumulate(r.tokens_by_kind.begin(), r.tokens_by_kind.end(), std::int64_t{0}) == tokens);
   REQUIRE(r.layers.size() == 2);
   for (const ExpertLayerStats& s : r.layers) {

@@ -3,6 +3,9 @@
 // the errors for truncated, corrupted and mismatched files.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -176,6 +179,31 @@ TEST_CASE("truncated and corrupted checkpoint files give clear errors", "[safete
 
   CHECK(error_of([&] { load_safetensors((temp_dir("corrupt") / "missing.safetensors").string()); }).find("cannot open") !=
         std::string::npos);
+  // A directory given as the checkpoint says so (not "invalid JSON").
+  CHECK(error_of([&] { load_safetensors(temp_dir("corrupt").string()); })
+            .find("expected a checkpoint file, found a directory") != std::string::npos);
+}
+
+TEST_CASE("a failed save leaves the existing checkpoint intact", "[safetensors]") {
+  Checkpoint old_ck;
+  old_ck.tensors["w"] = HostTensor::from_floats({3}, std::vector<float>{1, 2, 3});
+  const fs::path path = temp_dir("failed_save") / "ckpt.safetensors";
+  save_safetensors(path.string(), old_ck);
+  const std::string old_bytes = read_bytes(path);
+  // Block the temporary file: a directory sits where save_safetensors writes.
+  const fs::path blocker = path.string() + ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  fs::create_directories(blocker);
+  Checkpoint new_ck;
+  new_ck.tensors["w"] = HostTensor::from_floats({2}, std::vector<float>{7, 8});
+  CHECK(!error_of([&] { save_safetensors(path.string(), new_ck); }).empty());
+  fs::remove_all(blocker);
+  CHECK(read_bytes(path) == old_bytes);
+  // Saving onto a directory fails too, and leaves no temporary behind.
+  const fs::path dir_target = temp_dir("failed_save") / "is_a_dir";
+  fs::create_directories(dir_target);
+  CHECK(error_of([&] { save_safetensors(dir_target.string(), new_ck); }).find("found a directory") != std::string::npos);
+  CHECK(fs::is_directory(dir_target));
+  CHECK(!fs::exists(dir_target.string() + ".tmp." + std::to_string(static_cast<long>(::getpid()))));
 }
 
 TEST_CASE("a GPT-MoE checkpoint rebuilds a model with identical logits", "[safetensors][gpt]") {
@@ -247,4 +275,12 @@ TEST_CASE("a checkpoint that does not match its config names the tensor", "[safe
   raw.metadata["vocab"] = "1,2,3";
   save_safetensors(path.string(), raw);
   CHECK(error_of([&] { load_gpt_checkpoint(path.string()); }).find("vocab_size") != std::string::npos);
+
+  // A NaN weight (a diverged or corrupted run) is refused, naming the tensor and element.
+  raw = load_safetensors(path.string());
+  raw.metadata["vocab"] = tokenizer.to_string();
+  raw.tensors["wpe.weight"].set(5, std::nan(""));
+  save_safetensors(path.string(), raw);
+  msg = error_of([&] { load_gpt_checkpoint(path.string()); });
+  CHECK(msg.find("tensor wpe.weight: expected finite values, found nan at element 5") != std::string::npos);
 }

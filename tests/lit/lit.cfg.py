@@ -2,7 +2,8 @@
 #
 # Run through ctest ("lit: IR tests"), which calls lit on the build tree's
 # tests/lit; the generated lit.site.cfg.py there sets the paths below and
-# loads this file. Substitutions: `moejit` is the built CLI; FileCheck and
+# loads this file. Substitutions: `moejit` is the built CLI (and `gpt_moe`
+# the example's, when built); FileCheck and
 # `not` come from LLVM 16's tools (Debian package llvm-16-tools).
 import os
 
@@ -10,7 +11,7 @@ import lit.formats
 
 config.name = "moejit"
 config.test_format = lit.formats.ShTest(execute_external=False)
-config.suffixes = [".mlir"]
+config.suffixes = [".mlir", ".test"]
 config.excludes = ["Inputs", "CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py.in", "run_lit.py"]
 config.test_source_root = os.path.dirname(__file__)
 config.test_exec_root = os.path.join(config.moejit_binary_dir, "tests", "lit")
@@ -28,6 +29,13 @@ for tool in ("FileCheck", "not"):
             f"(apt-get install llvm-16-tools)")
     tools[tool] = path
 tools["moejit"] = moejit
+
+# gpt_moe (examples/, MOEJIT_BUILD_EXAMPLES): its CLI tests say REQUIRES: gpt_moe
+# and show as UNSUPPORTED, never passed, in a build without the examples.
+gpt_moe = os.path.join(config.moejit_binary_dir, "bin", "gpt_moe")
+if os.path.exists(gpt_moe):
+    tools["gpt_moe"] = gpt_moe
+    config.available_features.add("gpt_moe")
 
 
 def as_command(word):
