@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "tiny_config.h"
 #include "frontends/expert_report.h"
 #include "frontends/generate.h"
 #include "frontends/gpt_moe.h"
@@ -246,20 +247,7 @@ TEST_CASE("the expert report counts every routed slot once", "[report]") {
 }
 
 TEST_CASE("every MoE option builds a training step that runs and lowers the loss", "[train]") {
-  GptMoeConfig base;
-  base.vocab_size = 12;
-  base.n_layer = 2;
-  base.n_embd = 16;
-  base.n_head = 2;
-  base.block_size = 8;
-  base.batch_size = 4;
-  base.num_experts = 4;
-  base.top_k = 2;
-  base.d_expert = 16;
-  base.learning_rate = 1e-2;
-  base.min_lr = 1e-3;
-  base.warmup_iters = 0;
-  base.max_iters = 12;
+  GptMoeConfig base = testing::tiny_training_config();
   base.entropy_coeff = 0.01;
   struct Variant {
     const char* name;

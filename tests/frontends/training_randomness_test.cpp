@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "tiny_config.h"
 #include "frontends/gpt_moe.h"
 #include "frontends/trainer.h"
 #include "runtime/backend.h"
@@ -36,23 +37,7 @@ class CountingBackend final : public Backend {
   std::unique_ptr<Backend> cpu_ = make_cpu_backend();
 };
 
-GptMoeConfig small_config() {
-  GptMoeConfig c;
-  c.vocab_size = 12;
-  c.n_layer = 2;
-  c.n_embd = 16;
-  c.n_head = 2;
-  c.block_size = 8;
-  c.batch_size = 4;
-  c.num_experts = 4;
-  c.top_k = 2;
-  c.d_expert = 16;
-  c.learning_rate = 1e-2;
-  c.min_lr = 1e-3;
-  c.warmup_iters = 0;
-  c.max_iters = 12;
-  return c;
-}
+GptMoeConfig small_config() { return testing::tiny_training_config(); }
 
 std::vector<std::int32_t> toy_tokens() {
   std::vector<std::int32_t> tokens(400);
