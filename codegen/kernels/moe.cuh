@@ -198,6 +198,20 @@ __device__ void dispatch_count_impl(const int* experts, int* ranks, int* slots, 
   }
 }
 
+// One 32-wide chunk of a running exclusive prefix sum, across a full warp:
+// returns *carry + (sum of v over the lanes below this one), and adds the
+// chunk's total to *carry (every lane keeps the same carry).
+__device__ int warp_exclusive_scan(int v, int lane, int* carry) {
+  int inclusive = v;
+  for (int delta = 1; delta < 32; delta <<= 1) {
+    int up = __shfl_up_sync(0xffffffffu, inclusive, delta);
+    if (lane >= delta) inclusive += up;
+  }
+  int before = *carry + inclusive - v;
+  *carry += __shfl_sync(0xffffffffu, inclusive, 31);
+  return before;
+}
+
 __device__ void dispatch_scan_impl(int* ranks, int* offsets, int* counts, int E, i64 tiles, i64 capacity, i64 block) {
   __shared__ int padded_of[4096];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -205,13 +219,9 @@ __device__ void dispatch_scan_impl(int* ranks, int* offsets, int* counts, int E,
     int* row = ranks + (i64)e * tiles;
     int carry = 0;
     for (i64 base = 0; base < tiles; base += 32) {
-      int v = base + lane < tiles ? row[base + lane] : 0, inclusive = v;
-      for (int delta = 1; delta < 32; delta <<= 1) {
-        int up = __shfl_up_sync(0xffffffffu, inclusive, delta);
-        if (lane >= delta) inclusive += up;
-      }
-      if (base + lane < tiles) row[base + lane] = carry + inclusive - v;
-      carry += __shfl_sync(0xffffffffu, inclusive, 31);
+      int v = base + lane < tiles ? row[base + lane] : 0;
+      int before = warp_exclusive_scan(v, lane, &carry);
+      if (base + lane < tiles) row[base + lane] = before;
     }
     if (lane == 0) {
       counts[e] = carry;
@@ -223,13 +233,9 @@ __device__ void dispatch_scan_impl(int* ranks, int* offsets, int* counts, int E,
   if (warp == 0) {
     int carry = 0;
     for (int base = 0; base < E; base += 32) {
-      int v = base + lane < E ? padded_of[base + lane] : 0, inclusive = v;
-      for (int delta = 1; delta < 32; delta <<= 1) {
-        int up = __shfl_up_sync(0xffffffffu, inclusive, delta);
-        if (lane >= delta) inclusive += up;
-      }
-      if (base + lane < E) offsets[base + lane] = carry + inclusive - v;
-      carry += __shfl_sync(0xffffffffu, inclusive, 31);
+      int v = base + lane < E ? padded_of[base + lane] : 0;
+      int before = warp_exclusive_scan(v, lane, &carry);
+      if (base + lane < E) offsets[base + lane] = before;
     }
     if (lane == 0) offsets[E] = carry;
   }
