@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "ir/file_io.h"
 #include "ir/error.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/driver.h"
@@ -268,18 +269,7 @@ void JsonReport::write(const std::string& path) const {
     for (const auto& r : records) list.push_back(to_json(r));
     root[name] = std::move(list);
   }
-  std::filesystem::path target(path);
-  std::filesystem::path temp = target;
-  temp += fmt::format(".tmp{}", ::getpid());
-  {
-    std::ofstream out(temp);
-    if (!out) throw Error(fmt::format("--json: cannot write '{}'", temp.string()));
-    out << root.dump(2) << "\n";
-    if (!out.flush()) throw Error(fmt::format("--json: writing '{}' failed", temp.string()));
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, target, ec);
-  if (ec) throw Error(fmt::format("--json: cannot rename '{}' to '{}': {}", temp.string(), path, ec.message()));
+  write_file_atomically(path, root.dump(2) + "\n", "--json");
 }
 
 std::string Table::str() const {

@@ -13,7 +13,7 @@
 #include "ir/error.h"
 #include "ir/printer.h"
 #include "passes/passes.h"
-#include "runtime/philox.h"
+#include "ir/philox.h"
 
 namespace moejit::codegen {
 

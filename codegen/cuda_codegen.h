@@ -77,7 +77,7 @@ struct ModuleCode {
 };
 
 // The kernel library (codegen/kernels/*.cuh) as one string, and the
-// device part of runtime/philox.h inside it (embedded at build time).
+// device part of ir/philox.h inside it (embedded at build time).
 const std::string& kernel_library();
 const char* philox_library_part();
 

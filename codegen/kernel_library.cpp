@@ -1,6 +1,6 @@
 // The kernel library as one string: each codegen/kernels/*.cuh file is one
 // raw string literal, included here in dependency order. Part 0 is the
-// device part of runtime/philox.h, embedded by CMake (generated/codegen/).
+// device part of ir/philox.h, embedded by CMake (generated/codegen/).
 #include "codegen/cuda_codegen.h"
 
 namespace moejit::codegen {

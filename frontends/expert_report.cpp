@@ -15,6 +15,7 @@
 #include "frontends/generate.h"
 #include "frontends/gpt_moe.h"
 #include "ir/error.h"
+#include "ir/file_io.h"
 
 namespace moejit {
 
@@ -228,24 +229,6 @@ std::string expert_report_svg(const ExpertReport& r) {
   return svg;
 }
 
-void write_text_file_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, static_cast<long>(::getpid()));
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("cannot open '{}' for writing", tmp));
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw Error(fmt::format("writing '{}' failed", tmp));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("cannot rename '{}' to '{}': {}", tmp, path, ec.message()));
-  }
-}
+void write_text_file_atomic(const std::string& path, const std::string& text) { write_file_atomically(path, text, "report"); }
 
 }  // namespace moejit

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "ir/error.h"
+#include "ir/file_io.h"
 
 namespace moejit {
 namespace {
@@ -65,32 +66,17 @@ void save_safetensors(const std::string& path, const Checkpoint& checkpoint) {
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // align the data to 8 bytes
   const std::uint64_t header_size = header_text.size();
 
-  std::filesystem::path target(path);
-  std::error_code dir_ec;
-  if (std::filesystem::is_directory(target, dir_ec))
-    throw Error(fmt::format("safetensors: '{}': expected a file path to save to, found a directory", path));
-  std::string tmp = fmt::format("{}.tmp.{}", path, static_cast<long>(::getpid()));
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("safetensors: cannot open '{}' for writing", tmp));
-    unsigned char len_bytes[8];
-    for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(header_size >> (8 * i));
-    out.write(reinterpret_cast<const char*>(len_bytes), 8);
-    out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
-    for (const auto& [name, tensor] : checkpoint.tensors)
-      out.write(reinterpret_cast<const char*>(tensor.raw()), static_cast<std::streamsize>(tensor.bytes()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      throw Error(fmt::format("safetensors: writing '{}' failed (disk full?)", tmp));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, target, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    throw Error(fmt::format("safetensors: cannot rename '{}' to '{}': {}", tmp, path, ec.message()));
-  }
+  write_file_atomically(
+      path,
+      [&](std::ostream& out) {
+        unsigned char len_bytes[8];
+        for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<unsigned char>(header_size >> (8 * i));
+        out.write(reinterpret_cast<const char*>(len_bytes), 8);
+        out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+        for (const auto& [name, tensor] : checkpoint.tensors)
+          out.write(reinterpret_cast<const char*>(tensor.raw()), static_cast<std::streamsize>(tensor.bytes()));
+      },
+      "safetensors");
 }
 
 Checkpoint load_safetensors(const std::string& path) {

@@ -9,7 +9,7 @@
 
 #include "ir/error.h"
 #include "passes/autodiff.h"
-#include "passes/optim.h"
+#include "frontends/optim.h"
 
 namespace moejit {
 

@@ -128,7 +128,7 @@ class Builder {
   Tensor dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset = 0, Tensor* step_offset = nullptr);
   // random_normal: step_offset? [] i64 -> [shape] dtype, standard normal,
   //   element i = Philox(seed, base + i), base = offset + step_offset as for
-  //   dropout (runtime/philox.h has the exact mapping).
+  //   dropout (ir/philox.h has the exact mapping).
   Tensor random_normal(Shape shape, std::int64_t seed, std::int64_t offset = 0, DType dtype = DType::f32,
                        Tensor* step_offset = nullptr);
   // adamw: param, grad, m, v [...] f32, lr [] f32, step [] f32 (1-based) ->

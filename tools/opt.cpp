@@ -21,6 +21,7 @@
 
 #include "codegen/cuda_codegen.h"
 #include "ir/error.h"
+#include "ir/file_io.h"
 #include "ir/graphviz.h"
 #include "ir/parser.h"
 #include "ir/printer.h"
@@ -49,36 +50,7 @@ void write_output(const std::string& path, const std::string& text) {
     std::cout.flush();
     return;
   }
-  std::error_code dir_ec;
-  if (std::filesystem::is_directory(path, dir_ec))
-    throw Error(fmt::format("output '{}': expected a file name, found a directory", path));
-  // A device or pipe (-o /dev/null, a FIFO) is written in place: renaming a
-  // temporary over it would replace the device node with a regular file.
-  const std::filesystem::file_status status = std::filesystem::status(path, dir_ec);
-  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) throw Error(fmt::format("cannot write output file '{}'", path));
-    return;
-  }
-  std::string temp = fmt::format("{}.tmp.{}", path, static_cast<long>(::getpid()));
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    if (!out) throw Error(fmt::format("cannot write output file '{}' (temporary '{}')", path, temp));
-    out << text;
-    out.close();
-    if (!out) {
-      std::filesystem::remove(temp);
-      throw Error(fmt::format("cannot write output file '{}'", path));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) {
-    std::filesystem::remove(temp);
-    throw Error(fmt::format("cannot rename '{}' to '{}': {}", temp, path, ec.message()));
-  }
+  write_file_atomically(path, text, "output");
 }
 
 namespace {

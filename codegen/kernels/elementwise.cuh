@@ -54,7 +54,7 @@ template <class T> __device__ void fill_impl(T* out, i64 n, double value) {
   MOEJIT_FOR_EACH(i, n) out[i] = v;
 }
 
-// ---- Philox (runtime/philox.h, embedded as part 0 of the library) ----
+// ---- Philox (ir/philox.h, embedded as part 0 of the library) ----
 // dropout: position n (= base + element index, base = offset + step_offset,
 // both kernel arguments of the generated chain) is kept iff
 // dropout_uniform24(seed, n) >= threshold24 = ceil(p 2^24); kept elements are

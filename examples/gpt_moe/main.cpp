@@ -24,7 +24,7 @@
 
 #include "frontends/config.h"
 #include "frontends/corpus.h"
-#include "frontends/device.h"
+#include "runtime/device.h"
 #include "frontends/expert_report.h"
 #include "frontends/generate.h"
 #include "frontends/gpt_checkpoint.h"

@@ -1,6 +1,6 @@
 // CPU kernels of the model-level ops and their backward helpers:
 // layer_norm / rms_norm (+ grads), embedding (+ grad), cross_entropy
-// (+ grad), dropout, random_normal (Philox, see runtime/philox.h) and adamw.
+// (+ grad), dropout, random_normal (Philox, see ir/philox.h) and adamw.
 //
 // Row statistics and sums over rows accumulate in double and are rounded once
 // to the element type; per-element formulas (dropout, adamw) compute in the
@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "runtime/cpu/cpu_util.h"
-#include "runtime/philox.h"
+#include "ir/philox.h"
 
 namespace moejit::cpu {
 namespace {
@@ -256,7 +256,7 @@ unsigned long long philox_base(const KernelArgs& args, std::size_t step_index) {
 
 /// dropout: x [...], step_offset? [] i64 -> y [...]; element i is kept iff its
 /// Philox uniform at position base + i is >= p, base = offset + step_offset
-/// (runtime/philox.h), and kept elements are scaled by 1 / (1 - p); the rest
+/// (ir/philox.h), and kept elements are scaled by 1 / (1 - p); the rest
 /// are 0.
 void kernel_Dropout(const KernelArgs& args) {
   const unsigned long long base = philox_base(args, 1);
@@ -275,7 +275,7 @@ void kernel_Dropout(const KernelArgs& args) {
 
 /// random_normal: step_offset? [] i64 -> [shape] dtype, element i =
 /// philox_normal(seed, base + i), base = offset + step_offset (Box-Muller in
-/// double, runtime/philox.h), converted to the dtype once.
+/// double, ir/philox.h), converted to the dtype once.
 void kernel_RandomNormal(const KernelArgs& args) {
   HostTensor& y = output(args, 0);
   const auto seed = static_cast<unsigned long long>(args.op.attrs.get_int("seed"));

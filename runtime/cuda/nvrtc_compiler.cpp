@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "ir/error.h"
+#include "ir/file_io.h"
 #include "runtime/cuda/cuda_backend.h"
 
 namespace moejit::cuda {
@@ -40,33 +41,18 @@ fs::path cache_dir() {
   return fs::path(home) / ".cache" / "moejit";
 }
 
-// Writes `data` to `path` through a temporary file in the same directory and
-// a rename, so readers see either nothing or the whole file.
 bool write_atomically(const fs::path& path, std::string_view data) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
-  std::random_device rd;
-  fs::path tmp = path;
-  tmp += fmt::format(".tmp.{}.{:x}", static_cast<long>(getpid()), rd());
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) return false;
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-    if (!out) return false;
+  try {
+    write_file_atomically(path.string(), data, "kernel cache file");
+    return true;
+  } catch (const Error&) {
+    return false;
   }
-  fs::rename(tmp, path, ec);
-  if (ec) fs::remove(tmp, ec);
-  return !ec;
 }
 
-bool read_file(const fs::path& path, std::string& data) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return false;
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  data = ss.str();
-  return static_cast<bool>(in) || in.eof();
-}
+bool read_file(const fs::path& path, std::string& data) { return read_whole_file(path.string(), &data); }
 
 // Writes the source where a person can read it; returns the path ("" if not written).
 std::string dump_source(const CompileRequest& req, std::uint64_t key, bool failed) {

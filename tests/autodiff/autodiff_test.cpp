@@ -1,5 +1,5 @@
 // append_backward's contract (outputs, accumulation, zero gradients, errors)
-// and the optimizer helpers of passes/optim.h against direct computations.
+// and the optimizer helpers of frontends/optim.h against direct computations.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -8,7 +8,7 @@
 #include "ir/error.h"
 #include "ir/verifier.h"
 #include "passes/autodiff.h"
-#include "passes/optim.h"
+#include "frontends/optim.h"
 #include "passes/pass.h"
 #include "runtime/backend.h"
 #include "runtime/gradcheck.h"

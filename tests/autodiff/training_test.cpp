@@ -8,7 +8,7 @@
 
 #include "ir/builder.h"
 #include "passes/autodiff.h"
-#include "passes/optim.h"
+#include "frontends/optim.h"
 #include "runtime/backend.h"
 #include "runtime/gradcheck.h"
 

@@ -6,7 +6,7 @@
 #include <numbers>
 
 #include "cpu_test_util.h"
-#include "runtime/philox.h"
+#include "ir/philox.h"
 
 using namespace moejit;
 using namespace moejit::cpu_test;

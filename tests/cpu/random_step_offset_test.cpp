@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "cpu_test_util.h"
-#include "runtime/philox.h"
+#include "ir/philox.h"
 
 using namespace moejit;
 using namespace moejit::cpu_test;

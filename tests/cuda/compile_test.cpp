@@ -1,7 +1,7 @@
 // CUDA tests that need no GPU: every kernel emitted for a GPT-MoE training
 // step and for the every-op sample graph compiles through NVRTC to PTX for
 // compute_80 and compute_90a; generated source is deterministic; the library
-// embeds runtime/philox.h; the disk cache serves a second process;
+// embeds ir/philox.h; the disk cache serves a second process;
 // without a GPU the backend says why.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -121,8 +121,8 @@ TEST_CASE("generated source is deterministic and kernels are shared", "[cuda]") 
   CHECK(a.kernels.size() * 2 < launches);
 }
 
-TEST_CASE("the kernel library embeds the device part of runtime/philox.h", "[cuda]") {
-  std::string header = read_text(fs::path(MOEJIT_SOURCE_DIR) / "runtime" / "philox.h");
+TEST_CASE("the kernel library embeds the device part of ir/philox.h", "[cuda]") {
+  std::string header = read_text(fs::path(MOEJIT_SOURCE_DIR) / "ir" / "philox.h");
   REQUIRE(!header.empty());
   std::string device_part = header.substr(0, header.find("#if !defined(__CUDACC_RTC__)"));
   auto pragma = device_part.find("#pragma once\n");

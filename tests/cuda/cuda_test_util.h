@@ -14,7 +14,7 @@
 #include "frontends/nn.h"
 #include "ir/graph.h"
 #include "passes/autodiff.h"
-#include "passes/optim.h"
+#include "frontends/optim.h"
 #include "runtime/host_tensor.h"
 
 namespace moejit::cuda_test {

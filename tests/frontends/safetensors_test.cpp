@@ -3,7 +3,10 @@
 // the errors for truncated, corrupted and mismatched files.
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cmath>
 #include <cstring>
@@ -190,13 +193,20 @@ TEST_CASE("a failed save leaves the existing checkpoint intact", "[safetensors]"
   const fs::path path = temp_dir("failed_save") / "ckpt.safetensors";
   save_safetensors(path.string(), old_ck);
   const std::string old_bytes = read_bytes(path);
-  // Block the temporary file: a directory sits where save_safetensors writes.
-  const fs::path blocker = path.string() + ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  fs::create_directories(blocker);
+  // A full disk, simulated by a file-size limit: writing the temporary file
+  // fails (EFBIG, with SIGXFSZ ignored) after 16 bytes.
   Checkpoint new_ck;
   new_ck.tensors["w"] = HostTensor::from_floats({2}, std::vector<float>{7, 8});
-  CHECK(!error_of([&] { save_safetensors(path.string(), new_ck); }).empty());
-  fs::remove_all(blocker);
+  struct rlimit saved{};
+  ::getrlimit(RLIMIT_FSIZE, &saved);
+  auto previous_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit tiny = saved;
+  tiny.rlim_cur = 16;
+  ::setrlimit(RLIMIT_FSIZE, &tiny);
+  const std::string message = error_of([&] { save_safetensors(path.string(), new_ck); });
+  ::setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, previous_handler);
+  CHECK(message.find("disk full") != std::string::npos);
   CHECK(read_bytes(path) == old_bytes);
   // Saving onto a directory fails too, and leaves no temporary behind.
   const fs::path dir_target = temp_dir("failed_save") / "is_a_dir";

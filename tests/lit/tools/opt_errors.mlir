@@ -31,7 +31,7 @@
 // BINARY: binary.mlir:1:1: error: expected 'func.func', found byte 0x7F
 // INDIR: moejit: error: input '{{.*}}': expected an IR file, found a directory
 // OUTDIR: moejit: error: output '{{.*}}': expected a file name, found a directory
-// NOPARENT: moejit: error: cannot write output file '{{.*}}out.mlir'
+// NOPARENT: moejit: error: output '{{.*}}out.mlir': cannot create the temporary file
 // NONSCALAR: autodiff: the loss 'h' must be a float scalar, found tensor<2x4xf32>
 // NOLOSS: autodiff: expected an output named 'nope' (the loss), found none
 // NOTARG: autodiff: wrt names 'h', which is not an argument of @mlp

@@ -1,5 +1,5 @@
 // Backend selection by name (see device.h).
-#include "frontends/device.h"
+#include "runtime/device.h"
 
 #include <fmt/format.h>
 

@@ -97,7 +97,7 @@ MOEJIT_PHILOX_FN unsigned int dropout_uniform24(unsigned long long seed, unsigne
 
 #if !defined(__CUDACC_RTC__)
 namespace moejit {
-// Host-only helpers built on the arithmetic above (runtime/philox.cpp).
+// Host-only helpers built on the arithmetic above (ir/philox.cpp).
 // ceil(p * 2^24): dropout keeps position n iff dropout_uniform24 >= this.
 unsigned int dropout_threshold24(double p);
 // Element n of mj.random_normal, as a double (round it to the dtype once).

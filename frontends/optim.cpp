@@ -1,5 +1,5 @@
 // Training helpers built from ops: global-norm clipping and AdamW (see optim.h).
-#include "passes/optim.h"
+#include "frontends/optim.h"
 
 #include <fmt/format.h>
 

@@ -1,5 +1,5 @@
-// Host-side helpers of the Philox streams described in runtime/philox.h.
-#include "runtime/philox.h"
+// Host-side helpers of the Philox streams described in ir/philox.h.
+#include "ir/philox.h"
 
 #include <cmath>
 #include <numbers>
