@@ -168,6 +168,7 @@ TrainingRunResult run_training(GptMoeTrainer& trainer, const CharTokenizer& toke
   const std::string ckpt_path = (fs::path(options.out_dir) / "ckpt.safetensors").string();
   const std::string best_path = (fs::path(options.out_dir) / "best.safetensors").string();
 
+  std::int64_t last_saved_step = -1;
   // A failed save is reported and survived: the previous file is intact
   // (write_file_atomically), and the next interval tries again.
   auto save = [&](const std::string& path) {
@@ -178,12 +179,12 @@ TrainingRunResult run_training(GptMoeTrainer& trainer, const CharTokenizer& toke
     meta["next_lr"] = exact(learning_rate_at(config, state.steps_done));
     try {
       save_gpt_checkpoint(path, config, tokenizer, trainer.parameters(), meta, trainer.optimizer_state());
+      if (path == ckpt_path) last_saved_step = state.steps_done;
       return true;
     } catch (const Error& err) {
       ++result.failed_saves;
-      fmt::print(stderr, "gpt_moe: warning: step {}: could not save {}: {}; the previous file is kept{}\n",
-                 state.steps_done, path, err.what(),
-                 state.steps_done < config.max_iters ? ", training goes on" : "");
+      fmt::print(stderr, "gpt_moe: warning: step {}: could not save {}: {}{}\n", state.steps_done, path, err.what(),
+                 state.steps_done < config.max_iters ? "; training goes on" : "");
       std::fflush(stderr);
       return false;
     }
@@ -191,9 +192,10 @@ TrainingRunResult run_training(GptMoeTrainer& trainer, const CharTokenizer& toke
   auto diverged = [&](const std::string& what) {
     result.end = RunEnd::diverged;
     result.message = fmt::format(
-        "training diverged at step {}: {}; nothing was saved over {} (step of the last good checkpoint in its "
-        "metadata). Try a lower learning_rate, a grad_clip > 0 or more warmup_iters",
-        state.steps_done, what, ckpt_path);
+        "training diverged at step {}: {}; nothing of this state was saved: {} and {} keep the last good one{}. "
+        "Try a lower learning_rate, a grad_clip > 0 or more warmup_iters",
+        state.steps_done, what, ckpt_path, best_path,
+        last_saved_step >= 0 ? fmt::format(" (ckpt: step {})", last_saved_step) : "");
     result.steps_done = state.steps_done;
   };
   auto estimate = [&](std::uint64_t seed, const std::vector<std::int32_t>& tokens) {
