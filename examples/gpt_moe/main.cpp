@@ -281,6 +281,10 @@ int run_train(TrainFlags& flags) {
   GptMoeConfig config;
   std::optional<GptMoeCheckpoint> resumed;
   const std::string resume_path = checkpoint_path(flags.resume_ckpt, flags.out_dir);
+  if (!flags.resume && !flags.resume_ckpt.empty()) {
+    fmt::print(stderr, "gpt_moe train: --ckpt: expected --resume with it (the checkpoint to continue), found none\n");
+    return 2;
+  }
   if (flags.resume) {
     resumed = load_checkpoint_file(resume_path);
     if (resumed->optimizer.empty())
@@ -392,7 +396,7 @@ int run_train(TrainFlags& flags) {
   std::fflush(stdout);
 
   const std::map<std::string, std::string> data_meta = {
-      {"data", resumed ? resumed->metadata.at("data")
+      {"data", resumed ? meta_or(*resumed, "data", "builtin")
                        : flags.data.empty() ? "builtin" : std::filesystem::absolute(flags.data).string()},
       {"corpus_seed", std::to_string(config.seed)},
       {"corpus_bytes", std::to_string(resumed ? static_cast<std::int64_t>(data.text.text.size()) : flags.corpus_bytes)},
