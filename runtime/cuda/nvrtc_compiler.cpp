@@ -185,7 +185,7 @@ int nvrtc_version() {
   return major * 1000 + minor * 10;
 }
 
-std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true"}; }
+std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true", "-default-device"}; }
 
 CompiledModule compile_module(const CompileRequest& req) {
   std::string key_text = req.source;

@@ -181,6 +181,25 @@ TEST_CASE("each kernel family header compiles on its own to PTX", "[cuda][nvrtc]
   }
 }
 
+TEST_CASE("the Hopper GEMM family instantiates through a name expression for compute_90a", "[cuda][nvrtc]") {
+  // What a launch of the sm90 family asks NVRTC for: the template
+  // instantiated by name, its lowered name an entry of the PTX, and one
+  // parameter (the argument struct with its two TMA descriptors).
+  cuda::CompileRequest request{"#include \"codegen/kernels/gemm_sm90.cuh\"\n", "sm90_probe", "compute_90a", cuda::CompileOutput::ptx, false};
+  const std::string kernel = "moejit::sm90::gemm_sm90_kernel<128, 128, 64, 4, true, false, moejit::sm90::StoreBf16>";
+  request.name_expressions = {kernel};
+  cuda::CompiledModule compiled;
+  try {
+    compiled = cuda::compile_module(request);
+  } catch (const Error& e) {
+    FAIL(e.what());
+  }
+  const std::string& lowered = compiled.lowered(kernel);
+  CHECK(compiled.binary.find(".entry " + lowered + "(") != std::string::npos);
+  CHECK(compiled.binary.find("wgmma.mma_async") != std::string::npos);
+  CHECK(compiled.binary.find(lowered + "_param_1") == std::string::npos);
+}
+
 TEST_CASE("a module includes only the families its launches use", "[cuda]") {
   Graph graph("only_softmax");
   Builder b(graph);
@@ -210,13 +229,19 @@ TEST_CASE("an NVRTC error carries the log and the dumped source", "[cuda][nvrtc]
 }
 
 namespace {
-const char* kCacheProbe = "extern \"C\" __global__ void cache_probe(float* x) { x[threadIdx.x] *= 2.0f; }\n";
+const char* kCacheProbe = "template <int N> __global__ void cache_probe(float* x) { x[threadIdx.x] *= N; }\n";
+cuda::CompileRequest cache_probe_request() {
+  cuda::CompileRequest request{kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true};
+  request.name_expressions = {"cache_probe<2>"};
+  return request;
 }
+}  // namespace
 
-// Run by the test below in a child process, with MOEJIT_ASSERT_CACHED=1.
+// Run by the test below in a child process, with MOEJIT_ASSERT_CACHED=1: the
+// binary and the lowered name come from the disk.
 TEST_CASE("cache child (PTX)", "[.cache_child_ptx]") {
-  std::string ptx = cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true});
-  CHECK(ptx.find("cache_probe") != std::string::npos);
+  cuda::CompiledModule module = cuda::compile_module(cache_probe_request());
+  CHECK(module.binary.find(".entry " + module.lowered("cache_probe<2>") + "(") != std::string::npos);
   CHECK(cuda_compile_stats().compiles == 0);
   CHECK(cuda_compile_stats().disk_hits == 1);
 }
@@ -226,10 +251,13 @@ TEST_CASE("the disk cache serves a second process that compiles nothing", "[cuda
   fs::remove_all(dir);
   ::setenv("MOEJIT_CACHE_DIR", dir.c_str(), 1);
   auto before = cuda_compile_stats();
-  std::string ptx = cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true});
+  cuda::CompiledModule first = cuda::compile_module(cache_probe_request());
   CHECK(cuda_compile_stats().compiles == before.compiles + 1);
+  CHECK(first.lowered("cache_probe<2>").find("cache_probe") != std::string::npos);
   // The same request again is a memory hit.
-  CHECK(cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true}) == ptx);
+  cuda::CompiledModule again = cuda::compile_module(cache_probe_request());
+  CHECK(again.binary == first.binary);
+  CHECK(again.lowered_names == first.lowered_names);
   CHECK(cuda_compile_stats().memory_hits == before.memory_hits + 1);
   std::size_t files = 0;
   for (const auto& entry : fs::directory_iterator(dir)) {
