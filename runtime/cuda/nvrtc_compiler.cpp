@@ -2,21 +2,20 @@
 #include "runtime/cuda/nvrtc_compiler.h"
 
 #include <fmt/format.h>
-#include <nvrtc.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
-#include <random>
-#include <sstream>
+#include <set>
 
+#include "ir/checked_file.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
 #include "runtime/cuda/cuda_backend.h"
+#include "runtime/cuda/nvrtc_loader.h"
 
 namespace moejit::cuda {
 
@@ -27,6 +26,13 @@ namespace {
 std::mutex g_mutex;
 std::map<std::uint64_t, std::string> g_memory_cache;
 CudaCompileStats g_stats;
+std::set<std::string> g_warned;  // the subjects warned about (under g_mutex)
+
+// Prints "moejit: warning: <text>" unless this process already warned about
+// `subject` (a cache entry's path, a cache directory).
+void warn_once(const std::string& subject, const std::string& text) {
+  if (g_warned.insert(subject).second) fmt::print(stderr, "moejit: warning: {}\n", text);
+}
 
 std::string env(const char* name) {
   const char* v = std::getenv(name);
@@ -45,14 +51,34 @@ bool write_atomically(const fs::path& path, std::string_view data) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
   try {
-    write_file_atomically(path.string(), data, "kernel cache file");
+    write_file_atomically(path.string(), data, "dumped source");
     return true;
   } catch (const Error&) {
     return false;
   }
 }
 
-bool read_file(const fs::path& path, std::string& data) { return read_whole_file(path.string(), &data); }
+// Stores a compiled module as a checked file (ir/checked_file.h). A cache
+// that cannot be written (no permission, a full disk) is not an error: the
+// module stays in the memory cache, and the directory is warned about once.
+// Called under g_mutex.
+void store_cache_entry(const fs::path& path, std::string_view binary, std::uint64_t identity) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  std::string why;
+  if (ec) {
+    why = fmt::format("cannot create it: {}", ec.message());
+  } else {
+    try {
+      write_checked_file(path.string(), binary, identity, "kernel cache entry");
+      return;
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  warn_once(path.parent_path().string(), fmt::format("the kernel cache directory {} cannot be written ({}); compiled modules are kept in memory only",
+                        path.parent_path().string(), why));
+}
 
 // Writes the source where a person can read it; returns the path ("" if not written).
 std::string dump_source(const CompileRequest& req, std::uint64_t key, bool failed) {
@@ -65,59 +91,54 @@ std::string dump_source(const CompileRequest& req, std::uint64_t key, bool faile
   return write_atomically(path, req.source) ? path.string() : std::string();
 }
 
-void nvrtc_check(nvrtcResult r, const char* call) {
-  if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, nvrtcGetErrorString(r)));
-}
-
 std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
+  const Nvrtc& n = nvrtc();
+  auto nvrtc_check = [&](nvrtcResult r, const char* call) {
+    if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, n.nvrtcGetErrorString(r)));
+  };
   nvrtcProgram program = nullptr;
   std::string file_name = (req.name.empty() ? std::string("module") : req.name) + ".cu";
-  nvrtc_check(nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), 0, nullptr, nullptr), "nvrtcCreateProgram");
+  nvrtc_check(n.nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), 0, nullptr, nullptr), "nvrtcCreateProgram");
+  // Destroyed on every way out, a throwing nvrtc_check included.
+  struct ProgramGuard {
+    const Nvrtc& n;
+    nvrtcProgram& program;
+    ~ProgramGuard() { n.nvrtcDestroyProgram(&program); }
+  } guard{n, program};
   std::vector<std::string> options = default_compile_options();
   options.push_back("--gpu-architecture=" + req.arch);
   std::vector<const char*> argv;
   for (const auto& o : options) argv.push_back(o.c_str());
-  nvrtcResult result = nvrtcCompileProgram(program, static_cast<int>(argv.size()), argv.data());
+  nvrtcResult result = n.nvrtcCompileProgram(program, static_cast<int>(argv.size()), argv.data());
   std::size_t log_size = 0;
-  nvrtcGetProgramLogSize(program, &log_size);
+  n.nvrtcGetProgramLogSize(program, &log_size);
   std::string log(log_size, '\0');
-  if (log_size > 0) nvrtcGetProgramLog(program, log.data());
+  if (log_size > 0) n.nvrtcGetProgramLog(program, log.data());
   while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
   if (result != NVRTC_SUCCESS) {
-    nvrtcDestroyProgram(&program);
     std::string path = dump_source(req, key, true);
     throw Error(fmt::format("NVRTC failed to compile {} for {}: {}\nsource: {}\nlog:\n{}", file_name, req.arch,
-                            nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
+                            n.nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
   }
   std::string binary;
   std::size_t size = 0;
   if (req.output == CompileOutput::ptx) {
-    nvrtc_check(nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
+    nvrtc_check(n.nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
     binary.resize(size);
-    nvrtc_check(nvrtcGetPTX(program, binary.data()), "nvrtcGetPTX");
+    nvrtc_check(n.nvrtcGetPTX(program, binary.data()), "nvrtcGetPTX");
   } else {
-    nvrtc_check(nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
+    nvrtc_check(n.nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
     binary.resize(size);
-    nvrtc_check(nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
+    nvrtc_check(n.nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
   }
-  nvrtcDestroyProgram(&program);
   return binary;
 }
 
 }  // namespace
 
-std::uint64_t fnv1a64(std::string_view data, std::uint64_t seed) {
-  std::uint64_t h = seed;
-  for (unsigned char c : data) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
 int nvrtc_version() {
   int major = 0, minor = 0;
-  nvrtcVersion(&major, &minor);
+  nvrtc().nvrtcVersion(&major, &minor);
   return major * 1000 + minor * 10;
 }
 
@@ -129,9 +150,12 @@ std::string compile_cuda(const CompileRequest& req) {
   key_text += fmt::format("\narch={}\noutput={}\nnvrtc={}", req.arch, req.output == CompileOutput::ptx ? "ptx" : "cubin",
                           nvrtc_version());
   std::uint64_t key = fnv1a64(key_text);
-  // A second, independent hash guards against the rare 64-bit collision.
-  std::uint64_t check = fnv1a64(key_text, 0x84222325cbf29ce4ull);
+  // The entry's identity: a second, independent hash of the key text. An
+  // entry whose identity differs belongs to another key (a rare 64-bit
+  // collision of file names, or a file copied under the wrong name).
+  std::uint64_t identity = fnv1a64(key_text, 0x84222325cbf29ce4ull);
   if (!env("MOEJIT_DUMP_DIR").empty()) dump_source(req, key, false);
+  const bool assert_cached = req.use_cache && env("MOEJIT_ASSERT_CACHED") == "1";
 
   fs::path disk_path;
   if (req.use_cache) {
@@ -143,17 +167,22 @@ std::string compile_cuda(const CompileRequest& req) {
     fs::path dir = cache_dir();
     if (!dir.empty()) {
       disk_path = dir / fmt::format("{:016x}.{}", key, req.output == CompileOutput::ptx ? "ptx" : "cubin");
-      std::string data;
-      std::string tag = fmt::format("moejit-kernel {:016x}\n", check);
-      if (read_file(disk_path, data) && data.compare(0, tag.size(), tag) == 0) {
-        data.erase(0, tag.size());
+      CheckedRead entry = read_checked_file(disk_path.string(), identity);
+      if (entry.ok()) {
         ++g_stats.disk_hits;
-        g_memory_cache[key] = data;
-        return data;
+        g_memory_cache[key] = entry.payload;
+        return std::move(entry.payload);
+      }
+      // Anything but a missing file is an entry that must not be used: it is
+      // compiled again and replaced (atomically) below.
+      if (entry.verdict != CheckedFileVerdict::missing) {
+        std::string damaged = fmt::format("kernel cache entry {} is damaged ({})", disk_path.string(), entry.problem);
+        if (assert_cached) throw Error(damaged + "; MOEJIT_ASSERT_CACHED=1 forbids recompiling it");
+        warn_once(disk_path.string(), damaged + "; recompiling");
       }
     }
   }
-  if (req.use_cache && env("MOEJIT_ASSERT_CACHED") == "1")
+  if (assert_cached)
     throw Error(fmt::format("MOEJIT_ASSERT_CACHED=1, but module '{}' for {} (key {:016x}) is not in the kernel cache {}",
                             req.name, req.arch, key, disk_path.empty() ? "(no cache directory)" : disk_path.parent_path().string()));
 
@@ -166,11 +195,7 @@ std::string compile_cuda(const CompileRequest& req) {
   g_stats.compile_seconds += seconds;
   if (req.use_cache) {
     g_memory_cache[key] = binary;
-    if (!disk_path.empty()) {
-      std::string data = fmt::format("moejit-kernel {:016x}\n", check) + binary;
-      if (!write_atomically(disk_path, data))
-        fmt::print(stderr, "moejit: warning: cannot write the kernel cache file {}\n", disk_path.string());
-    }
+    if (!disk_path.empty()) store_cache_entry(disk_path, binary, identity);
   }
   return binary;
 }
