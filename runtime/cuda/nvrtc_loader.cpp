@@ -21,7 +21,9 @@ struct Loaded {
 
 // Opens `name` and resolves every entry point; "" on success, else why not.
 std::string try_open(const std::string& name, Nvrtc& out) {
-  void* handle = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+  // RTLD_LAZY: binding all of libnvrtc's symbols at once (RTLD_NOW) costs tens of
+  // milliseconds, more than a warm start of the whole cache.
+  void* handle = dlopen(name.c_str(), RTLD_LAZY | RTLD_LOCAL);
   if (!handle) {
     const char* why = dlerror();
     return why ? why : "cannot be opened";
