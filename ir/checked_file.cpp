@@ -63,12 +63,15 @@ CheckedRead parse_checked_file(std::string_view bytes, std::uint64_t expected_id
   // was never a checked file.
   const std::size_t magic_part = std::min(bytes.size(), kMagic.size());
   if (bytes.substr(0, magic_part) != kMagic.substr(0, magic_part))
-    return verdict(V::not_checked_file, fmt::format("expected the header \"MJCHECK\", found {} bytes of something else", bytes.size()));
+    return verdict(V::not_checked_file,
+                   fmt::format("expected the header \"MJCHECK\", found {} bytes of something else", bytes.size()));
   if (bytes.size() < kCheckedFileHeaderBytes)
-    return verdict(V::truncated, fmt::format("expected a {}-byte header, found a {}-byte file", kCheckedFileHeaderBytes, bytes.size()));
+    return verdict(V::truncated, fmt::format("expected a {}-byte header, found a {}-byte file", kCheckedFileHeaderBytes,
+                                             bytes.size()));
   const auto version = static_cast<std::uint32_t>(get_le(bytes, 8, 4));
   if (version != kCheckedFileVersion)
-    return verdict(V::unknown_version, fmt::format("expected format version {}, found {}", kCheckedFileVersion, version));
+    return verdict(V::unknown_version,
+                   fmt::format("expected format version {}, found {}", kCheckedFileVersion, version));
   const std::uint64_t identity = get_le(bytes, 12, 8);
   const std::uint64_t length = get_le(bytes, 20, 8);
   const std::uint64_t checksum = get_le(bytes, 28, 8);
@@ -76,20 +79,23 @@ CheckedRead parse_checked_file(std::string_view bytes, std::uint64_t expected_id
   if (found_length < length)
     return verdict(V::truncated, fmt::format("expected {} payload bytes, found {}", length, found_length));
   if (identity != expected_identity)
-    return verdict(V::foreign, fmt::format("expected identity {:016x}, found {:016x}: the file of another entry", expected_identity, identity));
+    return verdict(V::foreign, fmt::format("expected identity {:016x}, found {:016x}: the file of another entry",
+                                           expected_identity, identity));
   if (found_length > length)
     return verdict(V::wrong_length, fmt::format("expected {} payload bytes, found {}", length, found_length));
   std::string_view payload = bytes.substr(kCheckedFileHeaderBytes);
   const std::uint64_t found_checksum = fnv1a64(payload);
   if (found_checksum != checksum)
-    return verdict(V::wrong_checksum, fmt::format("expected checksum {:016x}, found {:016x}", checksum, found_checksum));
+    return verdict(V::wrong_checksum,
+                   fmt::format("expected checksum {:016x}, found {:016x}", checksum, found_checksum));
   CheckedRead read;
   read.verdict = V::ok;
   read.payload = std::string(payload);
   return read;
 }
 
-void write_checked_file(const std::string& path, std::string_view payload, std::uint64_t identity, std::string_view what) {
+void write_checked_file(const std::string& path, std::string_view payload, std::uint64_t identity,
+                        std::string_view what) {
   write_file_atomically(path, make_checked_file(payload, identity), what);
 }
 

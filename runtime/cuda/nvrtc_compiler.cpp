@@ -76,8 +76,9 @@ void store_cache_entry(const fs::path& path, std::string_view binary, std::uint6
       why = e.what();
     }
   }
-  warn_once(path.parent_path().string(), fmt::format("the kernel cache directory {} cannot be written ({}); compiled modules are kept in memory only",
-                        path.parent_path().string(), why));
+  const std::string dir = path.parent_path().string();
+  warn_once(dir, fmt::format("the kernel cache directory {} cannot be written ({}); compiled modules are kept in memory only",
+                             dir, why));
 }
 
 // Writes the source where a person can read it; returns the path ("" if not written).

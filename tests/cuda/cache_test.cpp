@@ -8,11 +8,10 @@
 // directory and a full disk cost a warning, not the run. Eight processes
 // compiling one module into one empty directory all succeed and leave one
 // valid entry. NVRTC that cannot be loaded is a clear error, not a crash.
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
-
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -143,7 +142,8 @@ TEST_CASE("a damaged kernel cache entry is reported once, recompiled and replace
   };
   fs::path dir = fresh_dir("cache-damage");
   fs::path other_dir = dir / "other";
-  ChildResult b = run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=b", other_dir.string()), "[.cache_verify_child]");
+  ChildResult b =
+      run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=b", other_dir.string()), "[.cache_verify_child]");
   REQUIRE(b.exit_code == 0);
   REQUIRE(entries(other_dir).size() == 1);
   const std::string entry_b = read_bytes(entries(other_dir)[0]);
@@ -161,12 +161,18 @@ TEST_CASE("a damaged kernel cache entry is reported once, recompiled and replace
     const std::string good = read_bytes(entry);
     std::string bad = good;
     const std::string name = damage.name;
-    if (name == "a flipped byte in the middle") bad[bad.size() / 2] = static_cast<char>(bad[bad.size() / 2] ^ 0x10);
-    else if (name == "cut inside the payload") bad.resize(bad.size() - bad.size() / 3);
-    else if (name == "cut inside the header") bad.resize(20);
-    else if (name == "an empty file") bad.clear();
-    else if (name == "the entry of another key") bad = entry_b;
-    else bad += "junk";
+    if (name == "a flipped byte in the middle")
+      bad[bad.size() / 2] = static_cast<char>(bad[bad.size() / 2] ^ 0x10);
+    else if (name == "cut inside the payload")
+      bad.resize(bad.size() - bad.size() / 3);
+    else if (name == "cut inside the header")
+      bad.resize(20);
+    else if (name == "an empty file")
+      bad.clear();
+    else if (name == "the entry of another key")
+      bad = entry_b;
+    else
+      bad += "junk";
     REQUIRE(bad != good);
     write_bytes(entry, bad);
 
@@ -174,7 +180,8 @@ TEST_CASE("a damaged kernel cache entry is reported once, recompiled and replace
     ChildResult refused = run_child(env + " MOEJIT_ASSERT_CACHED=1", "[.cache_verify_child]");
     INFO(refused.output);
     CHECK(refused.exit_code != 0);
-    CHECK(count(refused.output, fmt::format("cache-child: error: kernel cache entry {} is damaged (", entry.string())) == 1);
+    CHECK(count(refused.output,
+                fmt::format("cache-child: error: kernel cache entry {} is damaged (", entry.string())) == 1);
     CHECK(count(refused.output, "MOEJIT_ASSERT_CACHED=1 forbids recompiling it") == 1);
     CHECK(read_bytes(entry) == bad);
 
@@ -182,7 +189,8 @@ TEST_CASE("a damaged kernel cache entry is reported once, recompiled and replace
     ChildResult recompiled = run_child(env, "[.cache_verify_child]");
     INFO(recompiled.output);
     CHECK(recompiled.exit_code == 0);
-    CHECK(count(recompiled.output, fmt::format("moejit: warning: kernel cache entry {} is damaged (", entry.string())) == 1);
+    CHECK(count(recompiled.output,
+                fmt::format("moejit: warning: kernel cache entry {} is damaged (", entry.string())) == 1);
     CHECK(count(recompiled.output, damage.detail) == 1);
     CHECK(count(recompiled.output, "; recompiling\n") == 1);
     CHECK(count(recompiled.output, "cache-child: compiles=1 disk_hits=0 equal_to_fresh=1") == 1);
@@ -222,10 +230,12 @@ TEST_CASE("a cache directory that cannot be created costs one warning, not the r
   // A regular file where a directory should be: fails for root as well (chmod would not).
   write_bytes(dir / "a_file", "not a directory");
   fs::path cache = dir / "a_file" / "cache";
-  ChildResult child = run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=ab", cache.string()), "[.cache_verify_child]");
+  ChildResult child =
+      run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=ab", cache.string()), "[.cache_verify_child]");
   INFO(child.output);
   CHECK(child.exit_code == 0);
-  CHECK(count(child.output, fmt::format("moejit: warning: the kernel cache directory {} cannot be written (", cache.string())) == 1);
+  CHECK(count(child.output,
+              fmt::format("moejit: warning: the kernel cache directory {} cannot be written (", cache.string())) == 1);
   CHECK(count(child.output, "compiled modules are kept in memory only") == 1);
   CHECK(count(child.output, "cache-child: compiles=2 disk_hits=0 equal_to_fresh=1") == 1);
   fs::remove_all(dir);
@@ -235,28 +245,33 @@ TEST_CASE("a full disk costs one warning, not the run, and leaves no temporary f
   fs::path cache = fresh_dir("cache-full");
   // `ulimit -f 0` makes every write to a regular file fail (EFBIG, as on a
   // full disk; SIGXFSZ is ignored so the write returns the error).
-  ChildResult child = run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=ab CUDA_CACHE_DISABLE=1", cache.string()),
-                                "[.cache_verify_child]", "trap '' XFSZ; ulimit -f 0;");
+  ChildResult child =
+      run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=ab CUDA_CACHE_DISABLE=1", cache.string()),
+                "[.cache_verify_child]", "trap '' XFSZ; ulimit -f 0;");
   INFO(child.output);
   CHECK(child.exit_code == 0);
-  CHECK(count(child.output, fmt::format("moejit: warning: the kernel cache directory {} cannot be written (", cache.string())) == 1);
+  CHECK(count(child.output,
+              fmt::format("moejit: warning: the kernel cache directory {} cannot be written (", cache.string())) == 1);
   CHECK(count(child.output, "disk full?") == 1);
   CHECK(count(child.output, "cache-child: compiles=2 disk_hits=0 equal_to_fresh=1") == 1);
   CHECK(entries(cache).empty());  // neither an entry nor a temporary
   fs::remove_all(cache);
 }
 
-TEST_CASE("8 processes compiling one module into one empty cache all succeed and leave one valid entry", "[cuda][nvrtc][cache]") {
+TEST_CASE("8 processes compiling one module into one empty cache all succeed and leave one valid entry",
+          "[cuda][nvrtc][cache]") {
   fs::path dir = fresh_dir("cache-8");
   fs::path cache = dir / "cache";
   fs::create_directories(cache);
-  auto start_at = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()) +
-                  std::chrono::milliseconds(1500);
+  auto start_at =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()) +
+      std::chrono::milliseconds(1500);
   std::string self = fs::read_symlink("/proc/self/exe").string();
   std::string script;
   for (int i = 0; i < 8; ++i)
     script += fmt::format(
-        "(MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=a MOEJIT_TEST_START_AT={} '{}' '[.cache_verify_child]' > '{}/out{}' 2>&1; "
+        "(MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=a MOEJIT_TEST_START_AT={} '{}' '[.cache_verify_child]' > '{}/out{}' "
+        "2>&1; "
         "echo $? > '{}/rc{}') & ",
         cache.string(), start_at.count(), self, dir.string(), i, dir.string(), i);
   script += "wait";
@@ -275,8 +290,9 @@ TEST_CASE("8 processes compiling one module into one empty cache all succeed and
   std::vector<fs::path> files = entries(cache);
   REQUIRE(files.size() == 1);  // one entry, no temporary
   CHECK(files[0].string().find(".tmp.") == std::string::npos);
-  ChildResult warm = run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=a MOEJIT_ASSERT_CACHED=1", cache.string()),
-                               "[.cache_verify_child]");
+  ChildResult warm =
+      run_child(fmt::format("MOEJIT_CACHE_DIR='{}' MOEJIT_TEST_MODULE=a MOEJIT_ASSERT_CACHED=1", cache.string()),
+                "[.cache_verify_child]");
   INFO(warm.output);
   CHECK(warm.exit_code == 0);
   CHECK(count(warm.output, "cache-child: compiles=0 disk_hits=1 equal_to_fresh=1") == 1);

@@ -3,11 +3,10 @@
 // bit. Child processes of this binary run the step (the memory cache would
 // serve a second compile in one process). Without a GPU the test prints
 // "SKIPPED: no CUDA device (<why>)".
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
-
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -84,7 +83,8 @@ TEST_CASE("gpu: cache damage child", "[.gpu_cache_child]") {
               static_cast<long long>(stats.disk_hits));
 }
 
-TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's results equal a clean run's", "[cuda][gpu][cache]") {
+TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's results equal a clean run's",
+          "[cuda][gpu][cache]") {
   std::string why;
   if (!cuda_available(&why)) {
     WARN("SKIPPED: no CUDA device (" << why << ")");
@@ -112,7 +112,8 @@ TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's
   for (const auto& path : cubins) {
     std::string bytes = read_bytes(path);
     bytes[bytes.size() / 2] = static_cast<char>(bytes[bytes.size() / 2] ^ 0x10);
-    std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    std::ofstream(path, std::ios::binary | std::ios::trunc)
+        .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
   ChildResult damaged = run_child(env("damaged", false));
   INFO(damaged.output);

@@ -1,14 +1,14 @@
 // ir/checked_file.h: FNV-1a against its published test values, a round
 // trip, and a verdict other than ok for every single-byte change, every
 // truncation, trailing bytes, another identity, another version.
-#include <catch2/catch.hpp>
-#include <fmt/format.h>
+#include "ir/checked_file.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <filesystem>
 
-#include "ir/checked_file.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
 
@@ -72,10 +72,12 @@ TEST_CASE("a cut, extended, empty, foreign or unknown checked file gets its verd
     INFO("cut to " << size << " bytes");
     CHECK(parse_checked_file(std::string_view(file).substr(0, size), 9).verdict == CheckedFileVerdict::truncated);
   }
-  CHECK(parse_checked_file(file.substr(0, 100), 9).problem == fmt::format("expected {} payload bytes, found {}", payload.size(), 100 - kCheckedFileHeaderBytes));
+  CHECK(parse_checked_file(file.substr(0, 100), 9).problem ==
+        fmt::format("expected {} payload bytes, found {}", payload.size(), 100 - kCheckedFileHeaderBytes));
   CHECK(parse_checked_file(file + "x", 9).verdict == CheckedFileVerdict::wrong_length);
   CHECK(parse_checked_file("", 9).verdict == CheckedFileVerdict::empty);
-  CHECK(parse_checked_file("hello world, not a checked file at all", 9).verdict == CheckedFileVerdict::not_checked_file);
+  CHECK(parse_checked_file("hello world, not a checked file at all", 9).verdict ==
+        CheckedFileVerdict::not_checked_file);
   CheckedRead foreign = parse_checked_file(file, 10);
   CHECK(foreign.verdict == CheckedFileVerdict::foreign);
   CHECK(foreign.problem.find("expected identity 000000000000000a, found 0000000000000009") == 0);
