@@ -11,6 +11,7 @@
 #include <mutex>
 #include <set>
 
+#include "codegen/cuda_codegen.h"
 #include "ir/checked_file.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
@@ -24,7 +25,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::mutex g_mutex;
-std::map<std::uint64_t, std::string> g_memory_cache;
+std::map<std::uint64_t, CompiledModule> g_memory_cache;
 CudaCompileStats g_stats;
 std::set<std::string> g_warned;  // the subjects warned about (under g_mutex)
 
@@ -58,11 +59,11 @@ bool write_atomically(const fs::path& path, std::string_view data) {
   }
 }
 
-// Stores a compiled module as a checked file (ir/checked_file.h). A cache
+// Stores a compiled module's payload (cache_entry_payload) as a checked file (ir/checked_file.h). A cache
 // that cannot be written (no permission, a full disk) is not an error: the
 // module stays in the memory cache, and the directory is warned about once.
 // Called under g_mutex.
-void store_cache_entry(const fs::path& path, std::string_view binary, std::uint64_t identity) {
+void store_cache_entry(const fs::path& path, std::string_view payload, std::uint64_t identity) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
   std::string why;
@@ -70,7 +71,7 @@ void store_cache_entry(const fs::path& path, std::string_view binary, std::uint6
     why = fmt::format("cannot create it: {}", ec.message());
   } else {
     try {
-      write_checked_file(path.string(), binary, identity, "kernel cache entry");
+      write_checked_file(path.string(), payload, identity, "kernel cache entry");
       return;
     } catch (const Error& e) {
       why = e.what();
@@ -92,20 +93,29 @@ std::string dump_source(const CompileRequest& req, std::uint64_t key, bool faile
   return write_atomically(path, req.source) ? path.string() : std::string();
 }
 
-std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
+CompiledModule run_nvrtc(const CompileRequest& req, std::uint64_t key) {
   const Nvrtc& n = nvrtc();
   auto nvrtc_check = [&](nvrtcResult r, const char* call) {
     if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, n.nvrtcGetErrorString(r)));
   };
   nvrtcProgram program = nullptr;
   std::string file_name = (req.name.empty() ? std::string("module") : req.name) + ".cu";
-  nvrtc_check(n.nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::vector<const char*> header_texts, header_names;
+  for (const auto& h : codegen::kernel_headers()) {
+    header_texts.push_back(h.text);
+    header_names.push_back(h.name);
+  }
+  nvrtc_check(n.nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(),
+                                   static_cast<int>(header_texts.size()), header_texts.data(), header_names.data()),
+              "nvrtcCreateProgram");
   // Destroyed on every way out, a throwing nvrtc_check included.
   struct ProgramGuard {
     const Nvrtc& n;
     nvrtcProgram& program;
     ~ProgramGuard() { n.nvrtcDestroyProgram(&program); }
   } guard{n, program};
+  for (const auto& expression : req.name_expressions)
+    nvrtc_check(n.nvrtcAddNameExpression(program, expression.c_str()), "nvrtcAddNameExpression");
   std::vector<std::string> options = default_compile_options();
   options.push_back("--gpu-architecture=" + req.arch);
   std::vector<const char*> argv;
@@ -121,7 +131,13 @@ std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
     throw Error(fmt::format("NVRTC failed to compile {} for {}: {}\nsource: {}\nlog:\n{}", file_name, req.arch,
                             n.nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
   }
-  std::string binary;
+  CompiledModule module;
+  for (const auto& expression : req.name_expressions) {
+    const char* lowered = nullptr;
+    nvrtc_check(n.nvrtcGetLoweredName(program, expression.c_str(), &lowered), "nvrtcGetLoweredName");
+    module.lowered_names.emplace_back(expression, lowered);
+  }
+  std::string& binary = module.binary;
   std::size_t size = 0;
   if (req.output == CompileOutput::ptx) {
     nvrtc_check(n.nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
@@ -132,10 +148,61 @@ std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
     binary.resize(size);
     nvrtc_check(n.nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
   }
-  return binary;
+  return module;
+}
+
+// A cache entry's payload (inside the checked file): a count line, the lowered
+// names (one "expression<TAB>lowered" line each), then the binary.
+std::string cache_entry_payload(const CompiledModule& module) {
+  std::string text = fmt::format("names {}\n", module.lowered_names.size());
+  for (const auto& [expression, lowered] : module.lowered_names) text += expression + "\t" + lowered + "\n";
+  return text + module.binary;
+}
+
+// Splits a verified payload back into names and binary; "" on success, else
+// what is wrong (the checksum held, so only a writer of another layout gets here).
+std::string parse_cache_entry_payload(const std::string& data, CompiledModule& module) {
+  const std::string tag = "names ";
+  if (data.compare(0, tag.size(), tag) != 0) return "expected a payload starting with 'names <count>'";
+  std::size_t at = tag.size();
+  std::size_t end = data.find('\n', at);
+  if (end == std::string::npos) return "expected a line 'names <count>', found no end of line";
+  std::size_t count = 0;
+  try {
+    count = std::stoul(data.substr(at, end - at));
+  } catch (...) {
+    return fmt::format("expected a name count, found '{}'", data.substr(at, end - at));
+  }
+  at = end + 1;
+  for (std::size_t i = 0; i < count; ++i) {
+    end = data.find('\n', at);
+    std::size_t tab = data.find('\t', at);
+    if (end == std::string::npos || tab == std::string::npos || tab > end)
+      return fmt::format("expected {} 'expression<TAB>lowered' lines, found {}", count, i);
+    module.lowered_names.emplace_back(data.substr(at, tab - at), data.substr(tab + 1, end - tab - 1));
+    at = end + 1;
+  }
+  module.binary = data.substr(at);
+  return {};
+}
+
+// One hash of every embedded header's name and text (they are fixed per build).
+std::uint64_t headers_hash() {
+  static const std::uint64_t hash = [] {
+    std::string all;
+    for (const auto& h : codegen::kernel_headers()) all += std::string(h.name) + "\n" + h.text + "\n";
+    return fnv1a64(all);
+  }();
+  return hash;
 }
 
 }  // namespace
+
+const std::string& CompiledModule::lowered(const std::string& expression) const {
+  for (const auto& [name, mangled] : lowered_names)
+    if (name == expression) return mangled;
+  throw Error(fmt::format("kernel '{}' was not compiled into this module (no lowered name)", expression));
+}
 
 int nvrtc_version() {
   int major = 0, minor = 0;
@@ -143,13 +210,14 @@ int nvrtc_version() {
   return major * 1000 + minor * 10;
 }
 
-std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true"}; }
+std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true", "-default-device"}; }
 
-std::string compile_cuda(const CompileRequest& req) {
+CompiledModule compile_module(const CompileRequest& req) {
   std::string key_text = req.source;
   for (const auto& o : default_compile_options()) key_text += "\n" + o;
-  key_text += fmt::format("\narch={}\noutput={}\nnvrtc={}", req.arch, req.output == CompileOutput::ptx ? "ptx" : "cubin",
-                          nvrtc_version());
+  for (const auto& e : req.name_expressions) key_text += "\nname=" + e;
+  key_text += fmt::format("\nheaders={:016x}\narch={}\noutput={}\nnvrtc={}\nformat=3", headers_hash(), req.arch,
+                          req.output == CompileOutput::ptx ? "ptx" : "cubin", nvrtc_version());
   std::uint64_t key = fnv1a64(key_text);
   // The entry's identity: a second, independent hash of the key text. An
   // entry whose identity differs belongs to another key (a rare 64-bit
@@ -169,15 +237,27 @@ std::string compile_cuda(const CompileRequest& req) {
     if (!dir.empty()) {
       disk_path = dir / fmt::format("{:016x}.{}", key, req.output == CompileOutput::ptx ? "ptx" : "cubin");
       CheckedRead entry = read_checked_file(disk_path.string(), identity);
+      std::string problem = entry.problem;
       if (entry.ok()) {
-        ++g_stats.disk_hits;
-        g_memory_cache[key] = entry.payload;
-        return std::move(entry.payload);
+        CompiledModule module;
+        problem = parse_cache_entry_payload(entry.payload, module);
+        if (problem.empty() && module.lowered_names.size() != req.name_expressions.size())
+          problem = fmt::format("expected {} lowered names, found {}", req.name_expressions.size(),
+                                module.lowered_names.size());
+        for (std::size_t i = 0; problem.empty() && i < module.lowered_names.size(); ++i)
+          if (module.lowered_names[i].first != req.name_expressions[i])
+            problem = fmt::format("expected the lowered name of '{}', found that of '{}'", req.name_expressions[i],
+                                  module.lowered_names[i].first);
+        if (problem.empty()) {
+          ++g_stats.disk_hits;
+          g_memory_cache[key] = module;
+          return module;
+        }
       }
       // Anything but a missing file is an entry that must not be used: it is
       // compiled again and replaced (atomically) below.
       if (entry.verdict != CheckedFileVerdict::missing) {
-        std::string damaged = fmt::format("kernel cache entry {} is damaged ({})", disk_path.string(), entry.problem);
+        std::string damaged = fmt::format("kernel cache entry {} is damaged ({})", disk_path.string(), problem);
         if (assert_cached) throw Error(damaged + "; MOEJIT_ASSERT_CACHED=1 forbids recompiling it");
         warn_once(disk_path.string(), damaged + "; recompiling");
       }
@@ -188,18 +268,20 @@ std::string compile_cuda(const CompileRequest& req) {
                             req.name, req.arch, key, disk_path.empty() ? "(no cache directory)" : disk_path.parent_path().string()));
 
   auto start = std::chrono::steady_clock::now();
-  std::string binary = run_nvrtc(req, key);
+  CompiledModule module = run_nvrtc(req, key);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   std::lock_guard lock(g_mutex);
   ++g_stats.compiles;
   g_stats.compile_seconds += seconds;
   if (req.use_cache) {
-    g_memory_cache[key] = binary;
-    if (!disk_path.empty()) store_cache_entry(disk_path, binary, identity);
+    g_memory_cache[key] = module;
+    if (!disk_path.empty()) store_cache_entry(disk_path, cache_entry_payload(module), identity);
   }
-  return binary;
+  return module;
 }
+
+std::string compile_cuda(const CompileRequest& req) { return compile_module(req).binary; }
 
 }  // namespace moejit::cuda
 

@@ -20,7 +20,7 @@ struct Nvrtc {
 #define MOEJIT_NVRTC_FUNCTIONS(X)                                                                        \
   X(nvrtcGetErrorString) X(nvrtcVersion) X(nvrtcCreateProgram) X(nvrtcDestroyProgram) X(nvrtcCompileProgram) \
   X(nvrtcGetProgramLogSize) X(nvrtcGetProgramLog) X(nvrtcGetPTXSize) X(nvrtcGetPTX) X(nvrtcGetCUBINSize)     \
-  X(nvrtcGetCUBIN)
+  X(nvrtcGetCUBIN) X(nvrtcAddNameExpression) X(nvrtcGetLoweredName)
 #define MOEJIT_NVRTC_MEMBER(fn) decltype(&::fn) fn = nullptr;
   MOEJIT_NVRTC_FUNCTIONS(MOEJIT_NVRTC_MEMBER)
 #undef MOEJIT_NVRTC_MEMBER

@@ -3,7 +3,7 @@
 // otherwise serve every second request), with their stdout and stderr read
 // back: a damaged entry (a flipped byte, cut inside the payload or inside the
 // header, empty, another key's file) is reported once, compiled again with a
-// result equal to a fresh compile, and replaced by a valid entry; with
+// result (binary and lowered names) equal to a fresh compile, and replaced by a valid entry; with
 // MOEJIT_ASSERT_CACHED=1 it is an error naming the file. An unwritable cache
 // directory and a full disk cost a warning, not the run. Eight processes
 // compiling one module into one empty directory all succeed and leave one
@@ -30,13 +30,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Two modules: "a" is the one whose entry gets damaged, "b" supplies a valid
-// entry of another key.
-const char* kModuleA = "extern \"C\" __global__ void cache_a(float* x) { x[threadIdx.x] += 1.0f; }\n";
+// Two modules: "a" is the one whose entry gets damaged (a template, so that
+// its entry holds a lowered name with the binary), "b" supplies a valid entry
+// of another key.
+const char* kModuleA = "template <int N> __global__ void cache_a(float* x) { x[threadIdx.x] += N; }\n";
 const char* kModuleB = "extern \"C\" __global__ void cache_b(float* x) { x[threadIdx.x] *= 3.0f; }\n";
 
 cuda::CompileRequest request_for(const std::string& module, bool use_cache) {
-  return {module == "b" ? kModuleB : kModuleA, "cache_" + module, "compute_80", cuda::CompileOutput::ptx, use_cache};
+  if (module == "b") return {kModuleB, "cache_b", "compute_80", cuda::CompileOutput::ptx, use_cache};
+  return {kModuleA, "cache_a", "compute_80", cuda::CompileOutput::ptx, use_cache, {"cache_a<1>"}};
 }
 
 struct ChildResult {
@@ -110,18 +112,23 @@ TEST_CASE("cache child (verify)", "[.cache_verify_child]") {
     std::this_thread::sleep_until(at);
   }
   std::string modules = module_env;
-  std::vector<std::string> cached;
+  std::vector<cuda::CompiledModule> cached;
   try {
-    for (char m : modules) cached.push_back(cuda::compile_cuda(request_for(std::string(1, m), true)));
+    for (char m : modules) cached.push_back(cuda::compile_module(request_for(std::string(1, m), true)));
   } catch (const Error& e) {
     // On one line (Catch2 would wrap it), for the parent to search.
     std::printf("%s error: %s\n", kChildSays, e.what());
-    FAIL("compile_cuda threw");
+    FAIL("compile_module threw");
   }
   CudaCompileStats stats = cuda_compile_stats();
   bool equal = true;
-  for (std::size_t i = 0; i < modules.size(); ++i)
-    equal &= cached[i] == cuda::compile_cuda(request_for(std::string(1, modules[i]), false));
+  for (std::size_t i = 0; i < modules.size(); ++i) {
+    cuda::CompiledModule fresh = cuda::compile_module(request_for(std::string(1, modules[i]), false));
+    equal &= cached[i].binary == fresh.binary && cached[i].lowered_names == fresh.lowered_names;
+    // Module a's lowered name, served from the cache, names its PTX entry.
+    if (modules[i] == 'a')
+      equal &= cached[i].binary.find(".entry " + cached[i].lowered("cache_a<1>") + "(") != std::string::npos;
+  }
   std::printf("%s compiles=%lld disk_hits=%lld equal_to_fresh=%d\n", kChildSays, static_cast<long long>(stats.compiles),
               static_cast<long long>(stats.disk_hits), equal ? 1 : 0);
   CHECK(equal);
