@@ -1,4 +1,5 @@
-// The CUDA backend's executor. compile(): verify, fuse elementwise chains,
+// The CUDA backend's executor. compile(): verify, run the backend's pipeline
+// (kCudaPipeline: the MoE fusions, expert tiling, elementwise fusion groups),
 // generate the module, compile it with NVRTC (cached), plan the arena, and
 // resolve every launch to a function and its argument bytes once (buffers
 // never move). run(): the launches on one stream, then the copies of
@@ -13,13 +14,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <map>
 
 #include "codegen/cuda_codegen.h"
 #include "ir/error.h"
 #include "ir/verifier.h"
 #include "passes/memory_plan.h"
-#include "passes/passes.h"
+#include "passes/pass_manager.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/cuda/nvrtc_compiler.h"
@@ -43,10 +45,10 @@ struct ResolvedLaunch {
 
 class CudaExecutable final : public Executable {
  public:
-  explicit CudaExecutable(const Graph& input) : graph_(input) {
+  CudaExecutable(const Graph& input, std::string_view pipeline) : graph_(input) {
     const auto& d = cuda::driver();
     (void)d;
-    create_fuse_elementwise_pass({})->run(graph_);
+    run_pipeline_passes(pipeline);
     code_ = codegen::generate_module(graph_);
     if (debug_level() >= 3)
       std::fprintf(stderr, "moejit cuda: generated source of @%s:\n%s\n", graph_.name().c_str(), code_.source.c_str());
@@ -153,6 +155,17 @@ class CudaExecutable final : public Executable {
   }
 
  private:
+  // The backend's pass pipeline (kCudaPipeline unless the backend was made
+  // with another, passes/pipelines.cpp): the graph is verified after every
+  // pass; MOEJIT_DEBUG=2 prints the IR after each pass and the passes'
+  // statistics.
+  void run_pipeline_passes(std::string_view pipeline) {
+    PassManager manager;
+    manager.add_pipeline(pipeline);
+    manager.run(graph_);
+    if (debug_level() >= 2) manager.print_statistics(std::cerr);
+  }
+
   static int debug_level() {
     const char* v = std::getenv("MOEJIT_DEBUG");
     return v ? std::atoi(v) : 0;
@@ -327,11 +340,15 @@ class CudaExecutable final : public Executable {
 
 class CudaBackend final : public Backend {
  public:
+  explicit CudaBackend(std::string pipeline) : pipeline_(std::move(pipeline)) {}
   std::string name() const override { return "cuda"; }
   std::unique_ptr<Executable> compile(const Graph& graph) override {
     verify_or_throw(graph);
-    return std::make_unique<CudaExecutable>(graph);
+    return std::make_unique<CudaExecutable>(graph, pipeline_);
   }
+
+ private:
+  std::string pipeline_;
 };
 
 CudaExecutable& as_cuda(Executable& exe, const char* what) {
@@ -342,9 +359,12 @@ CudaExecutable& as_cuda(Executable& exe, const char* what) {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend() {
+std::unique_ptr<Backend> make_cuda_backend() { return make_cuda_backend(std::string(kCudaPipeline)); }
+
+std::unique_ptr<Backend> make_cuda_backend(std::string pipeline) {
   cuda::driver();  // throws with the reason when there is no usable GPU
-  return std::make_unique<CudaBackend>();
+  PassManager{}.add_pipeline(pipeline);  // a bad pipeline fails here, not at the first compile
+  return std::make_unique<CudaBackend>(std::move(pipeline));
 }
 
 void cuda_capture_graph(Executable& exe) { as_cuda(exe, "cuda_capture_graph").capture(); }
