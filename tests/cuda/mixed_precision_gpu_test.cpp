@@ -3,19 +3,45 @@
 // bf16: MoE fusions, mixed-precision, backward, clipping, AdamW), with every
 // op result made an output, so each op's result is compared, not only the
 // loss. Floats within bf16 tolerance (normalized error), integers exactly.
-// Without a GPU: "SKIPPED: no CUDA device".
+// Without a GPU: "SKIPPED: no CUDA device"; the module of that step still
+// compiles to PTX here (NVRTC needs no GPU).
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 
+#include "codegen/cuda_codegen.h"
 #include "cuda/cuda_test_util.h"
+#include "ir/error.h"
+#include "passes/pass_manager.h"
+#include "runtime/cuda/nvrtc_compiler.h"
 #include "frontends/trainer.h"
 #include "ir/verifier.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/cuda_backend.h"
 
 using namespace moejit;
+
+TEST_CASE("the bf16 training module (gpt_moe train --dtype bf16 on the GPU) compiles to PTX", "[cuda][nvrtc][mixed_precision]") {
+  Graph graph = build_training_graph(cuda_test::small_gpt_config(), DType::bf16).graph;
+  run_pipeline(graph, kCudaPipeline);  // what the CUDA backend's compile() runs first
+  int bf16_values = 0;
+  for (const Op& op : graph.ops())
+    for (ValueId r : op.results) bf16_values += graph.type(r).dtype == DType::bf16;
+  CHECK(bf16_values > 20);
+  codegen::ModuleCode module = codegen::generate_module(graph);
+  REQUIRE(!module.kernels.empty());
+  std::string ptx;
+  try {
+    ptx = cuda::compile_cuda({module.source, graph.name(), "compute_90a", cuda::CompileOutput::ptx, false});
+  } catch (const Error& e) {
+    FAIL(e.what());
+  }
+  for (const auto& kernel : module.kernels) {
+    INFO(kernel.name);
+    CHECK(ptx.find(".entry " + kernel.name) != std::string::npos);
+  }
+}
 
 TEST_CASE("gpu: the bf16 training step matches the CPU bf16 step op by op", "[cuda][gpu][mixed_precision]") {
   MOEJIT_SKIP_WITHOUT_GPU();
