@@ -58,9 +58,9 @@ struct BenchCase {
 };
 
 // What the unfused cases compile with on the GPU: the CUDA backend's pipeline
-// without the MoE fusions (the backend's own cuda-pipeline would fuse the
-// route after autodiff).
-inline constexpr const char* kUnfusedCudaPipeline = "fuse-elementwise";
+// (cuda-pipeline) without the MoE fusions, which would fuse the route after
+// autodiff; the same tiles as the fused twin.
+inline constexpr const char* kUnfusedCudaPipeline = "moe-tiling{pad-dispatch=false},fuse-elementwise";
 
 BenchCase make_grouped_matmul_case(const MoeShape& shape, std::uint64_t seed);
 BenchCase make_route_case(const MoeShape& shape, bool fused, std::uint64_t seed);

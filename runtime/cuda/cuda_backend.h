@@ -28,8 +28,8 @@ bool cuda_available(std::string* why = nullptr);
 // cuda_available) when there is no usable GPU.
 std::unique_ptr<Backend> make_cuda_backend();
 // The same, running `pipeline` on every graph it compiles instead of
-// "cuda-pipeline" (kCudaPipeline, passes/pipelines.cpp); benches use
-// "fuse-elementwise" for an unfused MoE baseline. Throws moejit::Error for a
+// "cuda-pipeline" (kCudaPipeline, passes/pipelines.cpp); moe_bench drops
+// the MoE fusions from it for an unfused baseline. Throws moejit::Error for a
 // bad pipeline.
 std::unique_ptr<Backend> make_cuda_backend(std::string pipeline);
 
