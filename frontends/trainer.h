@@ -62,18 +62,31 @@ class BatchSampler {
 // embeddings only, as nanoGPT) whose outputs update the parameters and
 // moments. Inputs: idx, targets, lr, step (and rng_offset when the model has
 // random ops).
+//
+// Before autodiff the forward graph goes through forward_pipeline(precision):
+// the MoE fusions (so the backward is built from the fused ops' gradients)
+// and, for bf16, the mixed-precision pass (docs/mixed_precision.md).
 struct TrainingGraph {
   Graph graph{"gpt_moe_train"};
   GptMoeGraph model;
 };
-TrainingGraph build_training_graph(const GptMoeConfig& config);
+TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision = DType::f32);
+
+// The pass pipeline run on the model's forward graph (training and
+// evaluation) before anything else: "moe-fusions", plus
+// "mixed-precision{dtype=bf16}" when precision is bf16.
+std::string forward_pipeline(DType precision);
+// The config's dtype on this backend: f32 or bf16 as given; auto is bf16 on
+// the CUDA backend and f32 elsewhere.
+DType training_precision(const GptMoeConfig& config, const Backend& backend);
 
 // The forward-only graph of the loss estimates (batch_size sequences of
-// block_size, outputs "loss", "lm_loss"), compiled; and the mean lm_loss over
+// block_size, outputs "loss", "lm_loss", through forward_pipeline(precision)),
+// compiled; and the mean lm_loss over
 // `iters` batches of `sampler` on it, once its parameters are set. The
 // trainer's estimate_loss and `gpt_moe eval` share both, so they agree bit
 // for bit.
-std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend);
+std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision);
 double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters);
 
 struct StepStats {
@@ -103,6 +116,7 @@ class GptMoeTrainer {
   void set_optimizer_state(const std::map<std::string, HostTensor>& moments);
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const GptMoeConfig& config() const { return config_; }
+  DType precision() const { return precision_; }
   std::int64_t tokens_per_step() const { return config_.batch_size * config_.block_size; }
 
  private:
@@ -111,6 +125,7 @@ class GptMoeTrainer {
 
   GptMoeConfig config_;
   Backend* backend_;
+  DType precision_ = DType::f32;
   std::vector<ParamSpec> specs_;
   std::vector<std::int64_t> moe_layers_;
   std::unique_ptr<Executable> train_;

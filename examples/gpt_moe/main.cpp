@@ -371,6 +371,9 @@ int run_train(TrainFlags& flags) {
              unigram_entropy(tokens.train_tokens, tokenizer.vocab_size()),
              std::log(static_cast<double>(tokenizer.vocab_size())));
   fmt::print("device: {}\n", note);
+  fmt::print("precision: {}\n", training_precision(config, *backend) == DType::bf16
+                                     ? "bf16 mixed precision (bf16 matmuls, f32 weights, norms, router and losses)"
+                                     : "f32");
   fmt::print("{}", format_effective_config(config));
 
   const std::vector<ParamSpec> specs = gpt_moe_param_specs(config);
@@ -632,7 +635,7 @@ int run_eval(const EvalFlags& flags) {
   const RunData data = checkpoint_data(ckpt, path);
   const TrainingData tokens = data.tokens();
   BatchSampler val_batches(tokens.val_tokens, config.batch_size, config.block_size, val_estimate_seed(config));
-  std::unique_ptr<Executable> eval = compile_eval_graph(config, *backend);
+  std::unique_ptr<Executable> eval = compile_eval_graph(config, *backend, training_precision(config, *backend));
   for (const ParamSpec& s : gpt_moe_param_specs(config)) eval->set(s.name, ckpt.params.at(s.name));
   const double estimate = mean_lm_loss(*eval, val_batches, config.eval_iters);
   fmt::print("val loss (the training run's estimate: {} batches of {} x {}, seed {}): {}\n", config.eval_iters,

@@ -820,7 +820,7 @@ void kernel_GatherMatmul(const KernelArgs& args) {
 }
 
 // moe.matmul_combine: hs [N, F], w [E, F, D], offsets [E+1], weights [T, K], positions [T, K]
-//   -> [T, D] = combine(grouped_matmul(hs, w, offsets), weights, positions).
+//   -> out [T, D] = combine(ys, weights, positions), ys [N, D] = grouped_matmul(hs, w, offsets).
 void kernel_MatmulCombine(const KernelArgs& args) {
   const HostTensor& hs = in(args, 0);
   const HostTensor& w = in(args, 1);
@@ -829,8 +829,9 @@ void kernel_MatmulCombine(const KernelArgs& args) {
   Indices offsets = read_ints(in(args, 2)), positions = read_ints(in(args, 4));
   check_offsets(args, offsets, rows);
   check_positions(args, positions, top_k, rows);
-  // The expert outputs, rounded to their dtype as the unfused graph stores them.
-  HostTensor ys_t(TensorType{hs.dtype(), {rows, d}});
+  // The expert outputs (result 1), rounded to their dtype first, as the
+  // unfused graph stores them; then the combine reads them back.
+  HostTensor& ys_t = out(args, 1);
   if (hs.dtype() == DType::f64 || w.dtype() == DType::f64) {
     store(ys_t, grouped_matmul(doubles_of(hs), rows, f, doubles_of(w), d, false, offsets, args.threads));
   } else {
@@ -840,7 +841,7 @@ void kernel_MatmulCombine(const KernelArgs& args) {
     auto row = [&](std::int64_t i) { return hv.data() + i * f; };
     HostTensor ys32(TensorType{DType::f32, {rows, d}});
     store_floats(ys32, grouped_matmul_f32(row, rows, f, w32.values<float>(), d, false, offsets, args.threads));
-    ys_t = hs.dtype() == DType::f32 ? std::move(ys32) : ys32.cast(hs.dtype());
+    ys_t = ys_t.dtype() == DType::f32 ? std::move(ys32) : ys32.cast(ys_t.dtype());
   }
   store(out(args, 0), combine_rows(doubles_of(ys_t), d, doubles_of(in(args, 3)), positions, tokens, top_k));
 }

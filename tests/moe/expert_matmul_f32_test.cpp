@@ -78,7 +78,9 @@ struct ExpertMatmuls {
     AttrList gather_attrs;
     gather_attrs.set("top_k", std::int64_t{K});
     b.output(b.op1(OpKind::GatherMatmul, {xt, wt, st, ot, pt}, gather_attrs), "gathered");
-    b.output(b.op1(OpKind::MatmulCombine, {ht, wd, ot, wts, pt}), "combined");
+    auto matmul_combine = b.op(OpKind::MatmulCombine, {ht, wd, ot, wts, pt});
+    b.output(matmul_combine[0], "combined");
+    b.output(matmul_combine[1], "combined_rows");
     ::setenv("MOEJIT_CPU_THREADS", threads, 1);
     Values out = run_cpu(g, {{"x", doubles_tensor({T, D}, x, dtype)},
                              {"xs", doubles_tensor({N, D}, xs, dtype)},
@@ -109,7 +111,7 @@ TEST_CASE("the f32 expert matmuls agree with the f64 ones, whatever the thread c
   const Values one = m.run(DType::f32, "1");
   const Values two = m.run(DType::f32, "2");
   const Values three = m.run(DType::f32, "3");
-  for (const char* name : {"y", "y_t", "dw", "gathered", "combined"}) {
+  for (const char* name : {"y", "y_t", "dw", "gathered", "combined", "combined_rows"}) {
     INFO(name);
     REQUIRE(one.at(name).dtype() == DType::f32);
     // Sums of 40-200 products of unit normals, accumulated in f32.
