@@ -6,7 +6,7 @@
 // groups, output poisoned with NaN first), then speed at 4096^3, 8192^3 and
 // the example's shapes (CUDA events, 5 warm-ups, median of 30).
 //
-//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o gemm_sm90_probe \
+//   nvcc -O3 -std=c++17 -I. -gencode=arch=compute_90a,code=sm_90a -o gemm_sm90_probe \
 //        bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
 //   ./gemm_sm90_probe && python3 bench/torch_gemm.py   # torch.matmul in the same run
 //

@@ -130,6 +130,10 @@ Launch& EmitContext::launch_bytes(const char* family, std::string kernel, const 
   l.block[0] = static_cast<unsigned>(config.threads);
   l.cluster[0] = static_cast<unsigned>(config.cluster_m);
   l.cluster[1] = static_cast<unsigned>(config.cluster_n);
+  // A cluster launch needs a grid of whole clusters.
+  if (config.cluster_m < 1 || config.cluster_n < 1 || l.grid[0] % l.cluster[0] != 0 || l.grid[1] % l.cluster[1] != 0)
+    fail(fmt::format("launches {} with grid ({}, {}) and cluster {}x{}: the grid must be whole clusters", l.kernel, l.grid[0], l.grid[1],
+                     config.cluster_m, config.cluster_n));
   l.shared_bytes = shared_bytes;
   l.args.resize(size);
   std::memcpy(l.args.data(), args, size);

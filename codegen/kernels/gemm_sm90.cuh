@@ -42,7 +42,7 @@
 // copy engine rejects as an illegal instruction, seen on an H200).
 #pragma once
 
-#include "wgmma_ops.cuh"
+#include "codegen/kernels/wgmma_ops.cuh"  // the name NVRTC is given (codegen/kernel_headers.cpp)
 
 namespace moejit::sm90 {
 
