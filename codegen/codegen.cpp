@@ -423,6 +423,23 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
   return module;
 }
 
+std::string describe_kernel_configs(const ModuleCode& module, const std::string& prefix) {
+  std::map<std::pair<std::string, std::string>, int> launches;
+  std::vector<std::pair<std::string, std::string>> order;
+  for (const auto& step : module.steps)
+    for (const auto& l : step.launches) {
+      if (l.kind != Launch::Kind::kernel) continue;
+      auto key = std::make_pair(l.kernel, l.config.str());
+      if (launches[key]++ == 0) order.push_back(key);
+    }
+  std::string text;
+  for (const auto& key : order) {
+    int n = launches.at(key);
+    text += fmt::format("{}{}: {}, {} launch{}\n", prefix, key.first, key.second, n, n == 1 ? "" : "es");
+  }
+  return text;
+}
+
 std::string emit_cuda_source(const Graph& graph, const Target& target) { return generate_module(graph, target).source; }
 
 }  // namespace moejit::codegen

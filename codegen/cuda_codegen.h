@@ -121,6 +121,10 @@ const KernelHeader* find_kernel_header(std::string_view name);
 // experts, a tile attribute the family cannot take, ...).
 ModuleCode generate_module(const Graph& graph, const Target& target);
 
+// One line per distinct (instantiation, config) of the module, in first-use
+// order: "<prefix><kernel>: <config, source> , N launches" (MOEJIT_DEBUG=1).
+std::string describe_kernel_configs(const ModuleCode& module, const std::string& prefix);
+
 // The CUDA C++ of `graph`'s module (what `moejit opt --emit=cuda` prints).
 std::string emit_cuda_source(const Graph& graph, const Target& target);
 

@@ -86,7 +86,7 @@ class CudaExecutable final : public ExecutableBase {
       std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels, %zu launches, families:%s) for %s: %s in %.3f s\n", graph_.name().c_str(),
                    code_.kernels.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      print_kernel_configs();
+      std::fputs(codegen::describe_kernel_configs(code_, "moejit cuda:   ").c_str(), stderr);
     }
     MOEJIT_CU(cuModuleLoadData, &module_, compiled_.binary.data());
     MOEJIT_CU(cuStreamCreate, &stream_, CU_STREAM_NON_BLOCKING);
@@ -183,21 +183,6 @@ class CudaExecutable final : public ExecutableBase {
     std::string text;
     for (const auto& h : code_.headers) text += " " + h.substr(h.rfind('/') + 1);
     return text;
-  }
-
-  // MOEJIT_DEBUG=1: each kernel's TileConfig and where it came from, with its launch count.
-  void print_kernel_configs() const {
-    std::map<std::pair<std::string, std::string>, int> launches;
-    std::vector<std::pair<std::string, std::string>> order;
-    for (const auto& step : code_.steps)
-      for (const auto& l : step.launches) {
-        if (l.kind != Launch::Kind::kernel) continue;
-        auto key = std::make_pair(l.kernel, l.config.str());
-        if (launches[key]++ == 0) order.push_back(key);
-      }
-    for (const auto& key : order)
-      std::fprintf(stderr, "moejit cuda:   %s: %s, %d launch%s\n", key.first.c_str(), key.second.c_str(), launches.at(key),
-                   launches.at(key) == 1 ? "" : "es");
   }
 
   std::size_t launch_count() const {

@@ -200,6 +200,26 @@ TEST_CASE("the Hopper GEMM family instantiates through a name expression for com
   CHECK(compiled.binary.find(lowered + "_param_1") == std::string::npos);
 }
 
+TEST_CASE("MOEJIT_DEBUG's kernel lines give each instantiation's config and its source", "[cuda]") {
+  // A grouped matmul with moe-tiling's attributes next to a dense matmul on the heuristic.
+  Graph graph("configs");
+  Builder b(graph);
+  Tensor xs = b.input("xs", {32, 16});
+  Tensor w = b.input("w", {2, 16, 8});
+  Tensor offsets = b.input("offsets", {3}, DType::i32);
+  AttrList attrs;
+  attrs.set("transpose_w", false);
+  attrs.set("tile_m", std::int64_t{16});
+  attrs.set("tile_n", std::int64_t{8});
+  attrs.set("tile_k", std::int64_t{8});
+  b.output(b.op1(OpKind::GroupedMatmul, {xs, w, offsets}, attrs), "ys");
+  b.output(b.matmul(xs, b.input("v", {16, 4})), "zs");
+  codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+  CHECK(codegen::describe_kernel_configs(module, "> ") ==
+        "> mj::grouped_matmul_kernel<float, 16, 8, 8, 32>: tile 16x8x8 stages 1 threads 32 (attribute), 1 launch\n"
+        "> mj::matmul_kernel<float, 64, 64, 16, 256>: tile 64x64x16 stages 1 threads 256 (heuristic), 1 launch\n");
+}
+
 TEST_CASE("a module includes only the families its launches use", "[cuda]") {
   Graph graph("only_softmax");
   Builder b(graph);
