@@ -79,16 +79,20 @@ class CudaExecutable final : public ExecutableBase {
     auto start = std::chrono::steady_clock::now();
     cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true};
     request.name_expressions = code_.kernels;
-    compiled_ = cuda::compile_module(request);
+    compiled_ = cuda::compile_module_parts(request, cuda::compile_parts(code_.kernels.size()));
     if (debug_level() >= 1) {
       auto after = cuda_compile_stats();
       const char* how = after.compiles > before.compiles ? "compiled by NVRTC" : after.disk_hits > before.disk_hits ? "loaded from the disk cache" : "found in memory";
-      std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels, %zu launches, families:%s) for %s: %s in %.3f s\n", graph_.name().c_str(),
-                   code_.kernels.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
+      std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels in %zu parts, %zu launches, families:%s) for %s: %s in %.3f s\n",
+                   graph_.name().c_str(), code_.kernels.size(), compiled_.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       std::fputs(codegen::describe_kernel_configs(code_, "moejit cuda:   ").c_str(), stderr);
     }
-    MOEJIT_CU(cuModuleLoadData, &module_, compiled_.binary.data());
+    for (const auto& part : compiled_) {
+      CUmodule m = nullptr;
+      MOEJIT_CU(cuModuleLoadData, &m, part.binary.data());
+      modules_.push_back(m);
+    }
     MOEJIT_CU(cuStreamCreate, &stream_, CU_STREAM_NON_BLOCKING);
     MOEJIT_CU(cuEventCreate, &start_, CU_EVENT_DEFAULT);
     MOEJIT_CU(cuEventCreate, &stop_, CU_EVENT_DEFAULT);
@@ -123,7 +127,7 @@ class CudaExecutable final : public ExecutableBase {
     if (start_) d.cuEventDestroy(start_);
     if (stop_) d.cuEventDestroy(stop_);
     if (stream_) d.cuStreamDestroy(stream_);
-    if (module_) d.cuModuleUnload(module_);
+    for (CUmodule m : modules_) d.cuModuleUnload(m);
   }
 
   // ExecutableBase checks names, types and binding; these keep the tensors on the device.
@@ -243,8 +247,10 @@ class CudaExecutable final : public ExecutableBase {
     auto it = functions_.find(kernel);
     if (it == functions_.end()) {
       CUfunction f = nullptr;
-      const std::string& lowered = compiled_.lowered(kernel);
-      MOEJIT_CU(cuModuleGetFunction, &f, module_, lowered.c_str());
+      for (std::size_t p = 0; p < compiled_.size() && !f; ++p)
+        for (const auto& [expression, lowered] : compiled_[p].lowered_names)
+          if (expression == kernel) MOEJIT_CU(cuModuleGetFunction, &f, modules_[p], lowered.c_str());
+      if (!f) throw Error(fmt::format("kernel {} is in no compiled part of module @{}", kernel, graph_.name()));
       it = functions_.emplace(kernel, std::make_pair(f, 0u)).first;
     }
     if (shared_bytes > 48 * 1024 && shared_bytes > it->second.second) {
@@ -357,9 +363,9 @@ class CudaExecutable final : public ExecutableBase {
   const Graph& graph_;  // ExecutableBase's: the input after prepare_graph
   codegen::Target target_;
   codegen::ModuleCode code_;
-  cuda::CompiledModule compiled_;
+  std::vector<cuda::CompiledModule> compiled_;  // the module's parts (compile_module_parts)
   MemoryPlan plan_;
-  CUmodule module_ = nullptr;
+  std::vector<CUmodule> modules_;  // one per part
   CUstream stream_ = nullptr;
   CUevent start_ = nullptr, stop_ = nullptr;
   CUdeviceptr arena_ = 0;

@@ -15,6 +15,7 @@
 //   MOEJIT_DUMP_DIR=dir     every compiled source is also written there
 //   MOEJIT_ASSERT_CACHED=1  a compile that misses the cache is an error (tests
 //                           use it to show that a second process compiles nothing)
+//   MOEJIT_COMPILE_THREADS=n  compile a module in n parts on n threads (compile_parts)
 // A failed compile throws moejit::Error with the NVRTC log and the path of the
 // dumped source (MOEJIT_DUMP_DIR, else a temporary directory).
 #pragma once
@@ -44,6 +45,18 @@ struct CompiledModule {
 };
 
 CompiledModule compile_module(const CompileRequest& request);
+
+// Compiles `request` as `parts` NVRTC programs on as many threads: the same
+// source, each with every parts-th name expression (round robin in request
+// order), each compiled and cached on its own. NVRTC's time goes into
+// instantiating and optimizing kernels, so the wall time falls almost by
+// the number of parts. Returns the non-empty parts, in order; the first
+// error (with its NVRTC log) is rethrown after every thread has finished.
+std::vector<CompiledModule> compile_module_parts(const CompileRequest& request, int parts);
+// The parts a module of `kernels` instantiations is compiled in:
+// MOEJIT_COMPILE_THREADS when set (>= 1), else min(hardware threads, 8,
+// ceil(kernels / 4)), at least 1.
+int compile_parts(std::size_t kernels);
 // The binary alone (no name expressions needed).
 std::string compile_cuda(const CompileRequest& request);
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <filesystem>
 #include <fstream>
@@ -132,6 +133,40 @@ TEST_CASE("a GPT-MoE inference graph (dead aux losses in a fused group) compiles
   Graph graph("gpt_sample");
   build_gpt_moe(graph, config, {.batch = 1, .with_loss = false, .output_logits = true});
   check_compiles(fused(graph), "compute_90a");
+}
+
+TEST_CASE("a module compiled in parts on several threads holds every kernel exactly once", "[cuda][nvrtc]") {
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  Graph graph("gpt_sample");
+  build_gpt_moe(graph, config, {.batch = 1, .with_loss = false, .output_logits = true});
+  graph = fused(graph);
+  codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_80"));
+  cuda::CompileRequest request{module.source, graph.name(), "compute_80", cuda::CompileOutput::ptx, false};
+  request.name_expressions = module.kernels;
+  std::vector<cuda::CompiledModule> parts;
+  try {
+    parts = cuda::compile_module_parts(request, 3);
+  } catch (const Error& e) {
+    FAIL(e.what());
+  }
+  REQUIRE(parts.size() == 3);
+  std::map<std::string, int> found;
+  for (const auto& part : parts)
+    for (const auto& [expression, lowered] : part.lowered_names) {
+      CHECK(part.binary.find(".entry " + lowered + "(") != std::string::npos);
+      ++found[expression];
+    }
+  CHECK(found.size() == module.kernels.size());
+  for (const auto& k : module.kernels) CHECK(found[k] == 1);
+  // The knob: MOEJIT_COMPILE_THREADS wins; nonsense is an error naming it.
+  ::setenv("MOEJIT_COMPILE_THREADS", "5", 1);
+  CHECK(cuda::compile_parts(40) == 5);
+  ::setenv("MOEJIT_COMPILE_THREADS", "zero", 1);
+  CHECK_THROWS_WITH(cuda::compile_parts(40), Catch::Contains("MOEJIT_COMPILE_THREADS"));
+  ::unsetenv("MOEJIT_COMPILE_THREADS");
+  CHECK(cuda::compile_parts(1) == 1);
+  CHECK(cuda::compile_parts(40) >= 1);
+  CHECK(cuda::compile_parts(40) <= 8);
 }
 
 TEST_CASE("generated source is deterministic and kernels are shared", "[cuda]") {
