@@ -77,6 +77,11 @@ unsigned blocks_for(std::int64_t n, unsigned threads) {
 
 unsigned tiles(std::int64_t n, std::int64_t tile) { return static_cast<unsigned>(std::max<std::int64_t>((n + tile - 1) / tile, 1)); }
 
+unsigned persistent_grid(const Target& target, std::int64_t work, int blocks_per_sm) {
+  std::int64_t slots = static_cast<std::int64_t>(target.sm_count) * std::max(blocks_per_sm, 1);
+  return static_cast<unsigned>(std::clamp<std::int64_t>(work, 1, std::max<std::int64_t>(slots, 1)));
+}
+
 std::vector<std::int64_t> contiguous_strides(const Shape& shape) {
   std::vector<std::int64_t> strides(shape.size(), 1);
   for (int i = static_cast<int>(shape.size()) - 2; i >= 0; --i)

@@ -216,6 +216,9 @@ class EmitContext {
 unsigned blocks_for(std::int64_t n, unsigned threads = 256);
 // Tiles of `tile` covering n (at least 1).
 unsigned tiles(std::int64_t n, std::int64_t tile);
+// A persistent grid: `blocks_per_sm` blocks on each of the target's SMs,
+// never more than the `work` items the blocks walk (at least 1).
+unsigned persistent_grid(const Target& target, std::int64_t work, int blocks_per_sm = 1);
 
 // Row-major strides of a shape, and the kernels' Dims of (sizes, strides).
 std::vector<std::int64_t> contiguous_strides(const Shape& shape);

@@ -255,6 +255,23 @@ TEST_CASE("MOEJIT_DEBUG's kernel lines give each instantiation's config and its 
         "> mj::matmul_kernel<float, 64, 64, 16, 256>: tile 64x64x16 stages 1 threads 256 (heuristic), 1 launch\n");
 }
 
+TEST_CASE("named targets carry their architecture's numbers; a persistent grid fills the SMs", "[cuda]") {
+  codegen::Target hopper = codegen::Target::named("sm_90a");
+  CHECK(hopper.arch == "sm_90a");
+  CHECK(hopper.ptx_arch() == "compute_90a");
+  CHECK(hopper.sm() == 90);
+  CHECK(hopper.sm_count == 132);
+  CHECK(hopper.shared_memory_per_block_optin == 227 * 1024);
+  codegen::Target ampere = codegen::Target::named("compute_80");
+  CHECK(ampere.arch == "sm_80");
+  CHECK(ampere.sm_count == 108);
+  CHECK_THROWS_WITH(codegen::Target::named("hopper"), Catch::Contains("expected sm_XY or sm_XYa"));
+  CHECK(codegen::persistent_grid(hopper, 10'000) == 132);
+  CHECK(codegen::persistent_grid(hopper, 10'000, 2) == 264);
+  CHECK(codegen::persistent_grid(hopper, 7) == 7);
+  CHECK(codegen::persistent_grid(hopper, 0) == 1);
+}
+
 TEST_CASE("a module includes only the families its launches use", "[cuda]") {
   Graph graph("only_softmax");
   Builder b(graph);
