@@ -445,6 +445,17 @@ std::string describe_kernel_configs(const ModuleCode& module, const std::string&
   return text;
 }
 
+std::vector<int> compile_weights(const ModuleCode& module) {
+  std::map<std::string, int> weight;
+  for (const auto& step : module.steps)
+    for (const auto& l : step.launches)
+      if (l.kind == Launch::Kind::kernel)
+        weight[l.kernel] = l.family == "gemm_sm90" ? 8 : (l.family == "matmul" || l.family == "model") ? 3 : 1;
+  std::vector<int> weights;
+  for (const auto& k : module.kernels) weights.push_back(weight.at(k));
+  return weights;
+}
+
 std::string emit_cuda_source(const Graph& graph, const Target& target) { return generate_module(graph, target).source; }
 
 }  // namespace moejit::codegen

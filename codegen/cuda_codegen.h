@@ -125,6 +125,11 @@ ModuleCode generate_module(const Graph& graph, const Target& target);
 // order: "<prefix><kernel>: <config, source> , N launches" (MOEJIT_DEBUG=1).
 std::string describe_kernel_configs(const ModuleCode& module, const std::string& prefix);
 
+// The expected NVRTC cost of each of module.kernels, by family (for
+// cuda::compile_module_parts): the tensor-core GEMM 8, the SIMT tiles and
+// attention 3, the rest 1.
+std::vector<int> compile_weights(const ModuleCode& module);
+
 // The CUDA C++ of `graph`'s module (what `moejit opt --emit=cuda` prints).
 std::string emit_cuda_source(const Graph& graph, const Target& target);
 

@@ -79,7 +79,7 @@ class CudaExecutable final : public ExecutableBase {
     auto start = std::chrono::steady_clock::now();
     cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true};
     request.name_expressions = code_.kernels;
-    compiled_ = cuda::compile_module_parts(request, cuda::compile_parts(code_.kernels.size()));
+    compiled_ = cuda::compile_module_parts(request, cuda::compile_parts(code_.kernels.size()), codegen::compile_weights(code_));
     if (debug_level() >= 1) {
       auto after = cuda_compile_stats();
       const char* how = after.compiles > before.compiles ? "compiled by NVRTC" : after.disk_hits > before.disk_hits ? "loaded from the disk cache" : "found in memory";

@@ -252,13 +252,29 @@ int compile_parts(std::size_t kernels) {
   return std::max(1, std::min({hardware, 8, by_size}));
 }
 
-std::vector<CompiledModule> compile_module_parts(const CompileRequest& req, int parts) {
+std::vector<int> assign_parts(const std::vector<int>& weights, int parts) {
+  std::vector<std::size_t> order(weights.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return weights[a] > weights[b]; });
+  std::vector<long long> load(static_cast<std::size_t>(std::max(parts, 1)), 0);
+  std::vector<int> part(weights.size(), 0);
+  for (std::size_t i : order) {
+    auto lightest = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    part[i] = lightest;
+    load[static_cast<std::size_t>(lightest)] += std::max(weights[i], 1);
+  }
+  return part;
+}
+
+std::vector<CompiledModule> compile_module_parts(const CompileRequest& req, int parts, const std::vector<int>& weights) {
   parts = std::max(1, std::min<int>(parts, static_cast<int>(std::max<std::size_t>(req.name_expressions.size(), 1))));
   if (parts == 1) return {compile_module(req)};
+  MOEJIT_ASSERT(weights.empty() || weights.size() == req.name_expressions.size(), "one weight per name expression");
+  std::vector<int> part = assign_parts(weights.empty() ? std::vector<int>(req.name_expressions.size(), 1) : weights, parts);
   std::vector<CompileRequest> requests(static_cast<std::size_t>(parts), req);
   for (auto& r : requests) r.name_expressions.clear();
   for (std::size_t i = 0; i < req.name_expressions.size(); ++i)
-    requests[i % static_cast<std::size_t>(parts)].name_expressions.push_back(req.name_expressions[i]);
+    requests[static_cast<std::size_t>(part[i])].name_expressions.push_back(req.name_expressions[i]);
   std::vector<CompiledModule> modules(requests.size());
   std::vector<std::exception_ptr> errors(requests.size());
   std::vector<std::thread> threads;

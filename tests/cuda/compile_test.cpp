@@ -158,6 +158,9 @@ TEST_CASE("a module compiled in parts on several threads holds every kernel exac
     }
   CHECK(found.size() == module.kernels.size());
   for (const auto& k : module.kernels) CHECK(found[k] == 1);
+  // Heaviest first, each to the lightest part: [8, 1, 3, 1, 1, 3] over 2 parts.
+  CHECK(cuda::assign_parts({8, 1, 3, 1, 1, 3}, 2) == std::vector<int>{0, 1, 1, 1, 0, 1});
+  CHECK(cuda::assign_parts({1, 1, 1, 1}, 3) == std::vector<int>{0, 1, 2, 0});
   // The knob: MOEJIT_COMPILE_THREADS wins; nonsense is an error naming it.
   ::setenv("MOEJIT_COMPILE_THREADS", "5", 1);
   CHECK(cuda::compile_parts(40) == 5);
