@@ -109,7 +109,7 @@ fi
 
 if want layer; then
   echo "==== MoE layer, bf16: moejit (moe_layer_bench) and PyTorch (torch_moe_layer.py), same run"
-  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
+  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --check-tokens 256 --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
   LAYER_RC=${PIPESTATUS[0]}
   PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_moe_layer.py --iters 10 --json "$LOGS/torch_moe.json" 2>&1 \
     | tee "$LOGS/torch_moe.log"
