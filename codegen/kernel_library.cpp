@@ -24,6 +24,8 @@ const char* const kParts[] = {
 #include "codegen/kernels/model.cuh"
     ,
 #include "codegen/kernels/moe.cuh"
+    ,
+#include "codegen/kernels/moeut.cuh"
 };
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include "ir/error.h"
 #include "passes/autodiff.h"
 #include "frontends/optim.h"
+#include "frontends/rope.h"
 
 namespace moejit {
 
@@ -57,6 +58,8 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   Graph eval_graph("gpt_moe_eval");
   build_gpt_moe(eval_graph, config_, {.batch = config_.batch_size, .training = false, .with_loss = true});
   eval_ = backend.compile(eval_graph);
+  bind_rope_tables(*train_, {.theta = config_.rope_theta});  // graphs without RoPE are left alone
+  bind_rope_tables(*eval_, {.theta = config_.rope_theta});
 
   for (const ParamSpec& s : specs_) {
     train_->set(s.name, params.at(s.name));
