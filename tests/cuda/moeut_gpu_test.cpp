@@ -109,7 +109,7 @@ void compare_training_step(const GptMoeConfig& config) {
 
 }  // namespace
 
-TEST_CASE("gpu: expert_choice matches the CPU exactly (up to 8192 tokens, ties and NaN)", "[cuda][gpu]") {
+TEST_CASE("gpu: expert_choice matches the CPU exactly (up to 8192 tokens with ties and NaN)", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
@@ -142,7 +142,7 @@ TEST_CASE("gpu: expert_choice matches the CPU exactly (up to 8192 tokens, ties a
   }
 }
 
-TEST_CASE("gpu: a MoEUT training step (SwitchHead, shared layers, sigma-MoE, RoPE) matches the CPU", "[cuda][gpu]") {
+TEST_CASE("gpu: a MoEUT training step (SwitchHead and shared layers and sigma-MoE and RoPE) matches the CPU", "[cuda][gpu]") {
   MOEJIT_REQUIRE_GPU();
   compare_training_step(moeut_config());
 }

@@ -99,7 +99,7 @@ double max_abs_diff(const HostTensor& a, const HostTensor& b) {
 
 }  // namespace
 
-TEST_CASE("moeut: layer groups keep one tensor per group layer, in specs and checkpoints", "[moeut]") {
+TEST_CASE("moeut: layer groups keep one tensor per group layer in specs and checkpoints", "[moeut]") {
   GptMoeConfig c = tiny_moeut_config();
   std::vector<ParamSpec> shared = gpt_moe_param_specs(c);
   GptMoeConfig two = c;
@@ -348,9 +348,9 @@ TEST_CASE("moeut: a tiny MoEUT and an expert-choice model train (the loss falls)
   }
 }
 
-TEST_CASE("moeut: the example configs load, validate and have the intended sizes", "[moeut][config]") {
+TEST_CASE("moeut: the example configs load and validate with the intended sizes", "[moeut][config]") {
   const std::string dir = std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/";
-  for (const char* name : {"moeut_tiny.json", "moeut_44m.json", "expert_choice.json"}) {
+  for (const char* name : {"moeut_tiny.json", "dense_tiny.json", "moeut_44m.json", "expert_choice.json"}) {
     INFO(name);
     GptMoeConfig c = load_config_file(dir + name);
     c.vocab_size = 65;  // tiny Shakespeare
@@ -366,6 +366,15 @@ TEST_CASE("moeut: the example configs load, validate and have the intended sizes
   CHECK(big.top_k == 12);
   CHECK(big.att_n_experts == 8);
   CHECK(big.head_dim == 82);
+  // Per group layer: LNs 1,648; q, k 270,272; routers 26,368; value and
+  // output experts 2 x 1,081,088; sigma-MoE router 63,860 and experts
+  // 2 x 8,174,080. Two group layers, plus wte 26,780 and ln_f 824.
+  CHECK(count_parameters(gpt_moe_param_specs(big)) == 37'772'572);
+  // The dense baseline has the parameter count of moeut_tiny.
+  GptMoeConfig tiny = load_config_file(dir + "moeut_tiny.json"), dense = load_config_file(dir + "dense_tiny.json");
+  tiny.vocab_size = dense.vocab_size = 65;
+  CHECK(count_parameters(gpt_moe_param_specs(tiny)) == count_parameters(gpt_moe_param_specs(dense)));
+  CHECK(tiny.max_iters == dense.max_iters);
 }
 
 TEST_CASE("moeut: bad MoEUT and expert-choice keys are named with what was expected", "[moeut][config]") {

@@ -80,7 +80,7 @@ TEST_CASE("moe: expert_choice capacity is ceil(cf * T * k / E) clamped to 1..T",
   CHECK(expert_choice_capacity(10, 1, 1000, 0.01) == 1);  // at least 1
 }
 
-TEST_CASE("moe: expert_choice CPU kernel matches a float64 reference (random, ties, NaN)", "[moe]") {
+TEST_CASE("moe: expert_choice CPU kernel matches a float64 reference (random scores with ties and NaN)", "[moe]") {
   for (DType dtype : {DType::f32, DType::f64}) {
     for (auto [T, E, k, cf] : {std::tuple{37, 5, 2, 1.0}, std::tuple{16, 4, 1, 0.5}, std::tuple{9, 3, 3, 2.0}}) {
       HostTensor scores = random_tensor({dtype, {T, E}}, static_cast<std::uint64_t>(T * 10 + E), -1.0, 1.0);
@@ -94,7 +94,7 @@ TEST_CASE("moe: expert_choice CPU kernel matches a float64 reference (random, ti
   }
 }
 
-TEST_CASE("moe: expert_choice gives a token zero or several experts, segments in rank order", "[moe]") {
+TEST_CASE("moe: expert_choice gives a token zero or several experts with segments in rank order", "[moe]") {
   // 4 tokens, 2 experts, C = 2: token 0 is best for both experts, token 3
   // worst for both; tokens 1 and 2 tie at expert 1 (token 1 wins).
   HostTensor scores = doubles_tensor({4, 2}, {0.9, 0.8,  //
@@ -108,7 +108,7 @@ TEST_CASE("moe: expert_choice gives a token zero or several experts, segments in
   CHECK(ints_of(out.at("counts")) == Ints{2, 2});
 }
 
-TEST_CASE("moe: expert_choice rejects a bad capacity_factor, top_k or operand", "[moe]") {
+TEST_CASE("moe: expert_choice rejects a bad capacity_factor or top_k or operand", "[moe]") {
   Graph g("bad");
   Builder b(g);
   Tensor s = b.input("scores", {8, 4});
