@@ -156,20 +156,34 @@ TEST_CASE("the MoEUT and expert-choice training steps compile to PTX (no GPU nee
   for (const GptMoeConfig& config : {moeut_config(), expert_choice_config()}) {
     Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
     create_fuse_elementwise_pass({})->run(graph);
-    codegen::ModuleCode module = codegen::generate_module(graph);
+    codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("compute_90a"));
     std::size_t ops = 0;
     for (const auto& step : module.steps) ops += step.ops.size();
     CHECK(ops == graph.ops().size());
-    std::string ptx;
+    cuda::CompiledModule compiled;
     try {
-      ptx = cuda::compile_cuda({module.source, graph.name(), "compute_90a", cuda::CompileOutput::ptx, false});
+      cuda::CompileRequest request{module.source, graph.name(), "compute_90a", cuda::CompileOutput::ptx, false};
+      request.name_expressions = module.kernels;
+      compiled = cuda::compile_module(request);
     } catch (const Error& e) {
       FAIL(e.what());
     }
+    REQUIRE(compiled.lowered_names.size() == module.kernels.size());
+    bool expert_choice = false;
     for (const auto& k : module.kernels) {
-      INFO(k.name);
-      CHECK(ptx.find(".entry " + k.name) != std::string::npos);
+      INFO(k);
+      CHECK(compiled.binary.find(".entry " + compiled.lowered(k) + "(") != std::string::npos);
+      expert_choice |= k.find("expert_choice_kernel") != std::string::npos;
     }
-    if (config.router_type == "expert_choice") CHECK(ptx.find("expert_choice") != std::string::npos);
+    // The host's argument struct has the size of the kernel's parameter.
+    for (const auto& step : module.steps)
+      for (const auto& launch : step.launches) {
+        if (launch.kind != codegen::Launch::Kind::kernel || launch.kernel.find("expert_choice") == std::string::npos) continue;
+        const std::string param = compiled.lowered(launch.kernel) + "_param_0[";
+        auto at = compiled.binary.find(param);
+        REQUIRE(at != std::string::npos);
+        CHECK(std::stoul(compiled.binary.substr(at + param.size())) == launch.args.size());
+      }
+    CHECK(expert_choice == (config.router_type == "expert_choice"));
   }
 }
