@@ -9,6 +9,7 @@
 
 #include <limits>
 #include <random>
+#include <set>
 
 #include "codegen/cuda_codegen.h"
 #include "cuda/cuda_test_util.h"
@@ -186,4 +187,23 @@ TEST_CASE("the MoEUT and expert-choice training steps compile to PTX (no GPU nee
       }
     CHECK(expert_choice == (config.router_type == "expert_choice"));
   }
+}
+
+TEST_CASE("fuse-elementwise keeps every group within what one chain kernel takes", "[cuda]") {
+  // A 40-term sum of scalars (a global gradient norm over many parameters)
+  // and a chain of 12 dropouts: fused, each still has to become kernels.
+  Graph graph("limits");
+  Builder b(graph);
+  Tensor total = b.input("a0", {});
+  for (int i = 1; i < 40; ++i) total = b.add(total, b.input(fmt::format("a{}", i), {}));
+  b.output(b.sqrt(total), "norm");
+  Tensor x = b.input("x", {64});
+  for (int i = 0; i < 12; ++i) x = b.dropout(x, 0.1, 1, i * 64);
+  b.output(x, "dropped");
+  create_fuse_elementwise_pass({})->run(graph);
+  CHECK_NOTHROW(codegen::generate_module(graph, codegen::Target::named("compute_90a")));
+  std::set<std::int64_t> groups;
+  for (const auto& op : graph.ops())
+    if (op.attrs.has(codegen::kFusionGroupAttr)) groups.insert(op.attrs.get_int(codegen::kFusionGroupAttr));
+  CHECK(groups.size() >= 4);  // the sum needs 2 kernels, the dropouts 2
 }
