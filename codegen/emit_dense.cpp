@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_sm90_launch.h"
 #include "codegen/gemm_select.h"
 #include "codegen/kernels/elementwise.cuh"
 #include "codegen/kernels/layout.cuh"
@@ -206,6 +207,27 @@ void emit_Matmul(EmitContext& ctx) {
   GemmProblem problem{GemmProblem::Kind::matmul, at.dtype, a.M, a.N, a.K, batch, !ta, tb};
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
+  if (choice.family == GemmFamily::sm90) {
+    Sm90Gemm g;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.n = a.N;
+    g.k = a.K;
+    g.a_k_major = !ta;
+    g.b_k_major = tb;
+    const bool b_batched = bt.rank() > 2;
+    if (!ta && !b_batched) {
+      g.m = batch * a.M;  // one B for every batch: the batches are just more rows of A
+    } else {
+      g.m = a.M;
+      g.groups = batch;
+      g.a_batched = batch > 1;
+      g.b_batched = b_batched;
+    }
+    launch_sm90_gemm(ctx, c, g);
+    return;
+  }
   ctx.launch("matmul",
              instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
                                              threads_of(c)}),

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_sm90_launch.h"
 #include "codegen/gemm_select.h"
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/moe.cuh"
@@ -92,15 +93,32 @@ void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets,
               {&scatter.positions, B::of(positions)}});
 }
 
-void permute(EmitContext& ctx, ValueId x, ValueId slots, ValueId xs, std::int64_t top_k) {
-  const TensorType& out = ctx.graph().type(xs);
+// xs [rows, D] = x rows through slots (rows of zeros where a slot is < 0).
+void permute_into(EmitContext& ctx, ValueId x, ValueId slots, B xs, DType dtype, std::int64_t rows, std::int64_t D, std::int64_t top_k) {
   TileConfig config = TileConfig::fixed_threads(256);
   mj::PermuteArgs<void> a{};
-  a.rows = out.dim(0);
-  a.D = out.dim(1);
+  a.rows = rows;
+  a.D = D;
   a.top_k = static_cast<int>(top_k);
-  ctx.launch("moe", instantiation("permute_kernel", {template_type(out.dtype), threads_of(config)}), config, {blocks_for(a.rows * a.D)}, a,
-             {{&a.x, B::of(x)}, {&a.slots, B::of(slots)}, {&a.xs, B::of(xs)}});
+  ctx.launch("moe", instantiation("permute_kernel", {template_type(dtype), threads_of(config)}), config, {blocks_for(a.rows * a.D)}, a,
+             {{&a.x, B::of(x)}, {&a.slots, B::of(slots)}, {&a.xs, xs}});
+}
+
+void permute(EmitContext& ctx, ValueId x, ValueId slots, ValueId xs, std::int64_t top_k) {
+  const TensorType& out = ctx.graph().type(xs);
+  permute_into(ctx, x, slots, B::of(xs), out.dtype, out.dim(0), out.dim(1), top_k);
+}
+
+// Whether the offsets' segments cover every row (so a grouped matmul writes
+// all of its output): true when they come from a dropless, unpadded
+// dispatch (capacity_factor 0, block 1), whose segments end at T * K.
+bool segments_cover_rows(const Graph& graph, ValueId offsets) {
+  for (const Op& op : graph.ops()) {
+    if (op.kind != OpKind::Dispatch && op.kind != OpKind::Route) continue;
+    for (ValueId r : op.results)
+      if (r == offsets) return op.attrs.get_float("capacity_factor") == 0.0 && op.attrs.get_int("block") == 1;
+  }
+  return false;
 }
 
 // out[t] = sum_k w[t,k] ys[positions[t,k]] (w null: ones). ys [N, D] -> out [T, D].
@@ -127,9 +145,32 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   a.F = transpose_w ? wt.dim(1) : wt.dim(2);
   a.top_k = static_cast<int>(top_k);
   a.transpose_w = transpose_w ? 1 : 0;
-  GemmProblem problem{GemmProblem::Kind::grouped, wt.dtype, rows, a.F, a.D, E, true, transpose_w};
+  GemmProblem problem{GemmProblem::Kind::grouped, wt.dtype, rows, a.F, a.D, E, true, transpose_w, slots.kind != B::Kind::null};
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
+  if (choice.family == GemmFamily::sm90) {
+    if (!segments_cover_rows(ctx.graph(), offsets)) ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+    Sm90Gemm g;
+    g.mode = Sm90Gemm::Mode::grouped;
+    g.a = B::of(x);
+    if (slots.kind != B::Kind::null) {
+      // The copy engine reads contiguous rows: gather them into scratch first.
+      const std::int64_t xs = ctx.scratch(rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+      permute_into(ctx, x, slots.value, B::scratch(xs), wt.dtype, rows, a.D, top_k);
+      g.a = B::scratch(xs);
+    }
+    g.b = B::of(w);
+    g.c = out;
+    g.offsets = B::of(offsets);
+    g.m = rows;
+    g.n = a.F;
+    g.k = a.D;
+    g.groups = E;
+    g.a_k_major = true;
+    g.b_k_major = transpose_w;
+    launch_sm90_gemm(ctx, c, g);
+    return;
+  }
   ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
   ctx.launch("matmul",
              instantiation("grouped_matmul_kernel", {template_type(wt.dtype), std::to_string(c.tile_m), std::to_string(c.tile_n),
@@ -217,6 +258,20 @@ void emit_GroupedMatmulWgrad(EmitContext& ctx) {
   GemmProblem problem{GemmProblem::Kind::wgrad, ctx.in(0).dtype, a.D, a.F, ctx.in(0).dim(0), E, false, false};
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
+  if (choice.family == GemmFamily::sm90) {
+    Sm90Gemm g;
+    g.mode = Sm90Gemm::Mode::wgrad;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.offsets = B::of(ctx.operand(2));
+    g.m = a.D;
+    g.n = a.F;
+    g.k = ctx.in(0).dim(0);
+    g.groups = E;
+    launch_sm90_gemm(ctx, c, g);
+    return;
+  }
   ctx.launch("matmul",
              instantiation("grouped_wgrad_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
                                                     threads_of(c)}),
@@ -326,13 +381,13 @@ void emit_GatherMatmul(EmitContext& ctx) {
                  B::of(ctx.result(0)), ctx.out(0).dim(0), false);
 }
 
-// moe.matmul_combine: expert outputs into scratch [N, D], then combine.
+// moe.matmul_combine: expert outputs into its ys result [N, D] (kept for the
+// backward, which reads them instead of recomputing), then combine.
 void emit_MatmulCombine(EmitContext& ctx) {
   std::int64_t rows = ctx.in(0).dim(0), D = ctx.in(1).dim(2);
   DType dtype = ctx.in(0).dtype;
-  std::int64_t ys = ctx.scratch(rows * D * static_cast<std::int64_t>(dtype_size(dtype)));
-  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, B::scratch(ys), rows, false);
-  combine(ctx, B::scratch(ys), dtype, D, B::of(ctx.operand(3)), ctx.operand(4), ctx.result(0));
+  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, B::of(ctx.result(1)), rows, false);
+  combine(ctx, B::of(ctx.result(1)), dtype, D, B::of(ctx.operand(3)), ctx.operand(4), ctx.result(0));
 }
 
 }  // namespace moejit::codegen

@@ -22,6 +22,7 @@
 #include "frontends/trainer.h"
 #include "ir/error.h"
 #include "passes/autodiff.h"
+#include "passes/pass_manager.h"
 #include "runtime/backend.h"
 #include "runtime/gradcheck.h"
 #include "tiny_config.h"
@@ -401,4 +402,42 @@ TEST_CASE("moeut: bad MoEUT and expert-choice keys are named with what was expec
   ec.aux_loss_coeff = 0.01;
   CHECK(error_of([&] { validate_config(ec); }).find("config: aux_loss_coeff: expected 0 with router_type expert_choice") !=
         std::string::npos);
+}
+
+TEST_CASE("moeut: bf16 mixed precision keeps every router in f32 (SwitchHead and expert dropout and expert choice)", "[moeut]") {
+  for (bool expert_choice : {false, true}) {
+    GptMoeConfig c = tiny_moeut_config();
+    c.expert_dropout = 0.1;
+    if (expert_choice) {
+      c.router_type = "expert_choice";
+      c.capacity_factor = 1.0;
+    }
+    Graph graph("bf16");
+    build_gpt_moe(graph, c, {.batch = 2, .training = true});
+    run_pipeline(graph, forward_pipeline(DType::bf16));
+    const auto producers = graph.producers();
+    int routers = 0, bf16_matmuls = 0;
+    for (const Op& op : graph.ops()) {
+      if (op.kind == OpKind::GroupedMatmul || op.kind == OpKind::GatherMatmul)
+        bf16_matmuls += graph.type(op.results[0]).dtype == DType::bf16 ? 1 : 0;
+      if (op.kind != OpKind::Gate && op.kind != OpKind::ExpertChoice) continue;
+      // Walk back to the router matmul: every value on the way is f32.
+      ValueId v = op.operands[0];
+      while (true) {
+        INFO(op_name(op.kind) << " selection path value " << v);
+        CHECK(graph.type(v).dtype == DType::f32);
+        const int p = producers[static_cast<std::size_t>(v)];
+        REQUIRE(p >= 0);
+        const Op& from = graph.ops()[static_cast<std::size_t>(p)];
+        if (from.kind == OpKind::Matmul) {
+          for (ValueId operand : from.operands) CHECK(graph.type(operand).dtype == DType::f32);
+          ++routers;
+          break;
+        }
+        v = from.kind == OpKind::Where ? from.operands[1] : from.operands[0];
+      }
+    }
+    CHECK(routers == 4 + 2 * 2 * 2);  // 4 feed-forward layers, 2 distinct attention layers x (values, output) x 2 repeats
+    CHECK(bf16_matmuls > 0);          // the experts do run in bf16
+  }
 }

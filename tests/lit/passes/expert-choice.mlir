@@ -10,9 +10,9 @@
 // CHECK-NEXT:    %[[H:[0-9]+]] = "moe.gather_matmul"(%x, %w_up, %[[C]]#0, %[[C]]#1, %[[C]]#2) {top_k = 4 : i64}
 // CHECK-SAME:    -> tensor<24x8xf32>
 // CHECK-NEXT:    %[[A:[0-9]+]] = "mj.relu"(%[[H]])
-// CHECK-NEXT:    %[[Y:[0-9]+]] = "moe.matmul_combine"(%[[A]], %w_down, %[[C]]#1, %weights, %[[C]]#2)
-// CHECK-SAME:    -> tensor<8x4xf32>
-// CHECK-NEXT:    return %[[Y]]
+// CHECK-NEXT:    %[[Y:[0-9]+]]:2 = "moe.matmul_combine"(%[[A]], %w_down, %[[C]]#1, %weights, %[[C]]#2)
+// CHECK-SAME:    -> (tensor<8x4xf32>, tensor<24x4xf32>)
+// CHECK-NEXT:    return %[[Y]]#0
 func.func @expert_choice_ffn(%x: tensor<8x4xf32>, %scores: tensor<8x4xf32>, %weights: tensor<8x4xf32>, %w_up: tensor<4x4x8xf32> {mj.role = "param"}, %w_down: tensor<4x8x4xf32> {mj.role = "param"}) -> (tensor<8x4xf32> {mj.name = "y"}) {
   %0:4 = "moe.expert_choice"(%scores) {capacity_factor = 1.5 : f64, top_k = 2 : i64} : (tensor<8x4xf32>) -> (tensor<24xi32>, tensor<5xi32>, tensor<8x4xi32>, tensor<4xi32>)
   %1 = "moe.permute"(%x, %0#0) {top_k = 4 : i64} : (tensor<8x4xf32>, tensor<24xi32>) -> tensor<24x4xf32>
