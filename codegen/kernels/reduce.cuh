@@ -18,6 +18,23 @@ template <class T> struct ReduceArgs {
   i64 outputs, count;
 };
 
+// A reduction with few outputs over many elements, in two launches (one
+// block per output would leave the GPU idle and latency-bound): part 1
+// reduces chunk c of output o's `count` elements into partials[o * chunks +
+// c] (the accumulation type: f32, f64 or i64); part 2 reduces each output's
+// `chunks` partials in order, so the result is deterministic.
+template <class T> struct ReducePartsArgs {
+  const T* x;
+  void* partials;
+  Dims kept, reduced;
+  i64 outputs, count, chunk, chunks;
+};
+template <class T> struct ReduceFinishArgs {
+  const void* partials;
+  T* y;
+  i64 outputs, count, chunks;
+};
+
 // softmax / log_softmax over rows of length c.
 template <class T> struct SoftmaxArgs {
   const T* x;
@@ -78,6 +95,40 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
       A v = (A)ld(base[dims_offset(a.reduced, r)]);
       acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
     }
+    if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
+    else acc = block_reduce(acc, SumOp(), scratch);
+    if (threadIdx.x == 0) {
+      if (KIND == 1) acc = acc / (A)a.count;
+      a.y[o] = st<T>((typename acc_of<T>::type)acc);
+    }
+  }
+}
+
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_parts_kernel(const ReducePartsArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  __shared__ A scratch[33];
+  for (i64 w = blockIdx.x; w < a.outputs * a.chunks; w += gridDim.x) {
+    const i64 o = w / a.chunks, first = (w % a.chunks) * a.chunk;
+    const i64 last = first + a.chunk < a.count ? first + a.chunk : a.count;
+    const T* base = a.x + dims_offset(a.kept, o);
+    A acc = KIND == 2 ? lowest_value<A>() : A(0);
+    for (i64 r = first + threadIdx.x; r < last; r += blockDim.x) {
+      A v = (A)ld(base[dims_offset(a.reduced, r)]);
+      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
+    }
+    if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
+    else acc = block_reduce(acc, SumOp(), scratch);
+    if (threadIdx.x == 0) static_cast<A*>(a.partials)[w] = acc;
+  }
+}
+
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_finish_kernel(const ReduceFinishArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  __shared__ A scratch[33];
+  for (i64 o = blockIdx.x; o < a.outputs; o += gridDim.x) {
+    const A* parts = static_cast<const A*>(a.partials) + o * a.chunks;
+    A acc = KIND == 2 ? lowest_value<A>() : A(0);
+    for (i64 c = threadIdx.x; c < a.chunks; c += blockDim.x) acc = KIND == 2 ? MaxOp()(acc, parts[c]) : acc + parts[c];
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) {
