@@ -22,6 +22,8 @@
 #include "runtime/cuda/nvrtc_compiler.h"
 #include "runtime/gradcheck.h"
 #include "passes/passes.h"
+#include "passes/pass_manager.h"
+#include "frontends/trainer.h"
 
 using namespace moejit;
 
@@ -154,9 +156,13 @@ TEST_CASE("gpu: an expert-choice GPT-MoE training step matches the CPU", "[cuda]
 }
 
 TEST_CASE("the MoEUT and expert-choice training steps compile to PTX (no GPU needed)", "[cuda][nvrtc]") {
-  for (const GptMoeConfig& config : {moeut_config(), expert_choice_config()}) {
-    Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
-    create_fuse_elementwise_pass({})->run(graph);
+  // The trainer's own graphs (forward pipeline, backward, clipping, AdamW),
+  // in f32 and bf16, through the pipeline the CUDA backend runs.
+  for (auto [config, precision] : {std::pair{moeut_config(), DType::f32}, std::pair{moeut_config(), DType::bf16},
+                                   std::pair{expert_choice_config(), DType::f32}, std::pair{expert_choice_config(), DType::bf16}}) {
+    INFO(config.router_type << " " << dtype_name(precision));
+    Graph graph = std::move(build_training_graph(config, precision).graph);
+    run_pipeline(graph, "cuda-pipeline");
     codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("compute_90a"));
     std::size_t ops = 0;
     for (const auto& step : module.steps) ops += step.ops.size();
