@@ -61,11 +61,16 @@ template <class T> struct NormGradRowsArgs {
 };
 
 // Part 2: dgamma, dbeta (null for rms_norm).
+// Part 2, dgamma and dbeta: sums over rows, in two launches so that every
+// SM works: block b of part 2a sums rows [b * chunk, (b + 1) * chunk) of each
+// column into partials[(b * c + column) * 2 + {0, 1}]; part 2b adds each
+// column's `chunks` partials in order (deterministic).
 template <class T> struct NormGradParamsArgs {
   const T *x, *dy;
   const double* stats;
   T *dgamma, *dbeta;
-  i64 rows, c;
+  double* partials;
+  i64 rows, c, chunk, chunks;
 };
 
 // out = coeff * (sum of values[0..n)) / n.
@@ -227,18 +232,33 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
 }
 
 // Part 2 (one thread per column, rows in order): dgamma = sum dy xhat, dbeta = sum dy.
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_kernel(const NormGradParamsArgs<T> a) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_parts_kernel(const NormGradParamsArgs<T> a) {
   typedef typename acc_of<T>::type A;
   const i64 c = a.c;
-  MOEJIT_FOR_EACH(i, c) {
+  for (i64 w = blockIdx.x; w < a.chunks * ((c + THREADS - 1) / THREADS); w += gridDim.x) {
+    const i64 chunk = w % a.chunks, column = (w / a.chunks) * THREADS + threadIdx.x;
+    if (column >= c) continue;
+    const i64 first = chunk * a.chunk, last = first + a.chunk < a.rows ? first + a.chunk : a.rows;
     A sum_gamma = A(0), sum_beta = A(0);
-    for (i64 row = 0; row < a.rows; ++row) {
-      A d = ld(a.dy[row * c + i]);
-      sum_gamma += d * (ld(a.x[row * c + i]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
+    for (i64 row = first; row < last; ++row) {
+      A d = ld(a.dy[row * c + column]);
+      sum_gamma += d * (ld(a.x[row * c + column]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
       sum_beta += d;
     }
-    a.dgamma[i] = st<T>(sum_gamma);
-    if (a.dbeta) a.dbeta[i] = st<T>(sum_beta);
+    a.partials[(chunk * c + column) * 2] = (double)sum_gamma;
+    a.partials[(chunk * c + column) * 2 + 1] = (double)sum_beta;
+  }
+}
+
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_finish_kernel(const NormGradParamsArgs<T> a) {
+  MOEJIT_FOR_EACH(column, a.c) {
+    double sum_gamma = 0.0, sum_beta = 0.0;
+    for (i64 chunk = 0; chunk < a.chunks; ++chunk) {
+      sum_gamma += a.partials[(chunk * a.c + column) * 2];
+      sum_beta += a.partials[(chunk * a.c + column) * 2 + 1];
+    }
+    a.dgamma[column] = st<T>((typename acc_of<T>::type)sum_gamma);
+    if (a.dbeta) a.dbeta[column] = st<T>((typename acc_of<T>::type)sum_beta);
   }
 }
 

@@ -42,11 +42,7 @@ TEST_CASE("a reduction of few outputs over many elements is split into chunks", 
 }
 
 TEST_CASE("gpu: split reductions match the CPU backend", "[cuda][gpu]") {
-  std::string why;
-  if (!cuda_available(&why)) {
-    WARN("SKIPPED: no CUDA device (" << why << ")");
-    return;
-  }
+  MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
   struct Case {
