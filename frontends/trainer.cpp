@@ -14,6 +14,7 @@
 #include "passes/autodiff.h"
 #include "passes/pass_manager.h"
 #include "frontends/optim.h"
+#include "frontends/rope.h"
 
 namespace moejit {
 
@@ -73,6 +74,7 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   check_parameters(params, specs_, "initial parameters");
 
   eval_ = compile_eval_graph(config_, backend, precision_);
+  bind_rope_tables(*train_, {.theta = config_.rope_theta});  // graphs without RoPE are left alone
 
   for (const ParamSpec& s : specs_) {
     train_->set(s.name, params.at(s.name));
@@ -203,7 +205,9 @@ std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backe
   Graph eval_graph("gpt_moe_eval");
   build_gpt_moe(eval_graph, config, {.batch = config.batch_size, .training = false, .with_loss = true});
   run_pipeline(eval_graph, forward_pipeline(precision));
-  return backend.compile(eval_graph);
+  std::unique_ptr<Executable> eval = backend.compile(eval_graph);
+  bind_rope_tables(*eval, {.theta = config.rope_theta});  // graphs without RoPE are left alone
+  return eval;
 }
 
 double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters) {

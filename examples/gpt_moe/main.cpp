@@ -37,6 +37,7 @@
 #include "frontends/gpt_checkpoint.h"
 #include "frontends/gpt_moe.h"
 #include "frontends/tokenizer.h"
+#include "frontends/rope.h"
 #include "frontends/safetensors.h"
 #include "frontends/trainer.h"
 #include "frontends/training_run.h"
@@ -381,6 +382,16 @@ int run_train(TrainFlags& flags) {
              "{} parameters\n",
              config.n_layer, config.n_embd, config.n_head, config.block_size, config.num_experts, config.top_k,
              config.d_expert, config.num_moe_layers(), with_commas(count_parameters(specs)));
+  if (config.group_size > 0 || config.attention == "switchhead")
+    fmt::print("moeut: {} distinct layer(s) repeated to {}, attention {} ({} expert(s) per head, top-{}), layer norm {}, "
+               "positions {}\n",
+               config.distinct_layers(), config.n_layer, config.attention, config.att_n_experts, config.att_k,
+               config.layer_norm, config.position_embedding);
+  if (config.router_type == "expert_choice")
+    fmt::print(stderr,
+               "warning: router_type expert_choice chooses tokens over the whole batch, so a position's routing depends "
+               "on later positions: it fits encoders and non-causal uses; for causal language modeling it leaks the "
+               "future at training time and differs at generation (docs/moe.md)\n");
 
   const Clock::time_point start = Clock::now();
   TrainingState state;
@@ -499,6 +510,7 @@ SplitLoss window_losses(const GptMoeConfig& config, Backend& backend, const std:
   Graph graph("gpt_moe_logits");
   build_gpt_moe(graph, config, {.batch = B, .training = false, .with_loss = false, .output_logits = true});
   std::unique_ptr<Executable> exe = backend.compile(graph);
+  bind_rope_tables(*exe, {.theta = config.rope_theta});  // graphs without RoPE are left alone
   for (const ParamSpec& s : gpt_moe_param_specs(config)) exe->set(s.name, params.at(s.name));
   SplitLoss out;
   out.kind_total.assign(num_kinds, 0.0);
@@ -574,6 +586,7 @@ void write_dump(const EvalFlags& flags, const GptMoeCheckpoint& ckpt, const std:
                                     {.batch = 1, .seq_len = n, .training = false, .with_loss = false,
                                      .output_logits = true, .output_routing = true, .output_router = true});
   std::unique_ptr<Executable> exe = backend.compile(graph);
+  bind_rope_tables(*exe, {.theta = ckpt.config.rope_theta});
   for (const ParamSpec& s : model.params) exe->set(s.name, ckpt.params.at(s.name));
   exe->set("idx", HostTensor::from_ints({1, n}, ids));
   exe->run();
