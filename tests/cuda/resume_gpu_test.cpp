@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <random>
 
+#include "cuda/cuda_test_util.h"
 #include "frontends/gpt_checkpoint.h"
 #include "frontends/training_run.h"
 #include "runtime/backend.h"
@@ -20,25 +21,10 @@
 using namespace moejit;
 namespace fs = std::filesystem;
 
-namespace {
-
-double normalized_error(const HostTensor& a, const HostTensor& b) {
-  double diff = 0, norm = 0;
-  for (std::int64_t i = 0; i < a.numel(); ++i) {
-    diff += (a.get(i) - b.get(i)) * (a.get(i) - b.get(i));
-    norm += b.get(i) * b.get(i);
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
-}
-
-}  // namespace
+using cuda_test::normalized_error;
 
 TEST_CASE("GPU: N steps, then resuming to 2N, matches 2N uninterrupted steps", "[gpu][resume]") {
-  std::string why;
-  if (!cuda_available(&why)) {
-    WARN("SKIPPED: no CUDA device (" << why << ")");
-    return;
-  }
+  MOEJIT_SKIP_WITHOUT_GPU();
   GptMoeConfig config;
   config.vocab_size = 12;
   config.n_layer = 2;
@@ -63,6 +49,9 @@ TEST_CASE("GPU: N steps, then resuming to 2N, matches 2N uninterrupted steps", "
   auto backend = make_cuda_backend();
   const auto init = init_parameters(gpt_moe_param_specs(config), 11);
   const fs::path root = fs::temp_directory_path() / fmt::format("moejit-gpu-resume-{}", ::getpid());
+  // run_training writes into existing directories (gpt_moe train creates --out_dir before it).
+  fs::create_directories(root / "whole");
+  fs::create_directories(root / "split");
 
   GptMoeTrainer whole(config, *backend, init);
   REQUIRE(run_training(whole, tokenizer, data, {}, {.out_dir = (root / "whole").string(), .print = false}).end ==
