@@ -6,6 +6,8 @@
 //   gpt_moe train --data input.txt --max_iters 2000 --n_layer 4
 //   gpt_moe sample --out_dir out-gpt-moe --prompt "let x" --num_samples 3
 //   gpt_moe report --ckpt out-gpt-moe/ckpt.safetensors
+//   gpt_moe upcycle --ckpt dense.safetensors --out moe.safetensors   (hf_commands.h)
+//   gpt_moe train --init_from moe.safetensors --max_iters 200
 //
 // Every config key (frontends/config.h) is a train flag; --help lists them.
 // Exit codes: 0 ok, 1 runtime error (bad checkpoint, bad data, no GPU for
@@ -20,6 +22,7 @@
 #include <filesystem>
 #include <map>
 #include <new>
+#include <optional>
 #include <random>
 
 #include "frontends/config.h"
@@ -32,6 +35,7 @@
 #include "frontends/tokenizer.h"
 #include "frontends/trainer.h"
 #include "ir/error.h"
+#include "hf_commands.h"
 
 namespace {
 
@@ -49,6 +53,7 @@ struct SamplingFlags {
 
 struct TrainFlags {
   std::string config_file, data, out_dir = "out-gpt-moe", device = "auto";
+  std::string init_from;  // a checkpoint whose config and parameters the run starts from
   std::int64_t corpus_bytes = 300000;
   std::int64_t report_tokens = 8192;
   bool no_report = false;
@@ -163,6 +168,11 @@ void print_report(const GptMoeConfig& config, Backend& backend, const std::map<s
 int run_train(TrainFlags& flags) {
   // ---- config: defaults <- JSON file <- flags ----
   GptMoeConfig config;
+  std::optional<GptMoeCheckpoint> init;
+  if (!flags.init_from.empty()) {  // its config is the base the file and flags change
+    init = load_gpt_checkpoint(flags.init_from);
+    config = init->config;
+  }
   try {
     if (!flags.config_file.empty()) config = load_config_file(flags.config_file, config);
     for (const auto& [key, text] : flags.overrides) set_config_value(config, key, text);
@@ -174,12 +184,19 @@ int run_train(TrainFlags& flags) {
 
   // ---- data ----
   TaggedText data = load_data(flags.data, flags.corpus_bytes, config.seed);
-  const CharTokenizer tokenizer = CharTokenizer::from_text(data.text);
+  const CharTokenizer tokenizer = init ? init->tokenizer : CharTokenizer::from_text(data.text);
   if (config.vocab_size != 0 && config.vocab_size != tokenizer.vocab_size())
     throw Error(fmt::format("config: vocab_size: expected 0 or {} (distinct bytes of the data), found {}",
                             tokenizer.vocab_size(), config.vocab_size));
   config.vocab_size = tokenizer.vocab_size();
-  const std::vector<std::int32_t> all_tokens = tokenizer.encode(data.text);
+  std::vector<std::int32_t> all_tokens;
+  try {
+    all_tokens = tokenizer.encode(data.text);
+  } catch (const Error& err) {
+    if (!init) throw;
+    throw Error(fmt::format("--init_from {}: the data must use the checkpoint's vocabulary: {}", flags.init_from,
+                            err.what()));
+  }
   const std::size_t split = all_tokens.size() * 9 / 10;
   const std::vector<std::int32_t> train_tokens(all_tokens.begin(), all_tokens.begin() + static_cast<std::ptrdiff_t>(split));
   const std::vector<std::int32_t> val_tokens(all_tokens.begin() + static_cast<std::ptrdiff_t>(split), all_tokens.end());
@@ -235,7 +252,9 @@ int run_train(TrainFlags& flags) {
              config.d_expert, config.num_moe_layers(), with_commas(count_parameters(specs)));
 
   const Clock::time_point start = Clock::now();
-  GptMoeTrainer trainer(config, *backend, init_parameters(specs, static_cast<std::uint64_t>(config.seed)));
+  if (init) check_parameters(init->params, specs, flags.init_from + " (--init_from, with this run's config)");
+  GptMoeTrainer trainer(config, *backend,
+                        init ? init->params : init_parameters(specs, static_cast<std::uint64_t>(config.seed)));
   fmt::print("built and compiled the training and evaluation graphs in {:.2f}s\n\n",
              std::chrono::duration<double>(Clock::now() - start).count());
 
@@ -388,6 +407,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--report_tokens", train.report_tokens, "held-out tokens the expert report routes (default 8192)")
       ->check(CLI::PositiveNumber);
   train_cmd->add_flag("--no_report", train.no_report, "skip the expert report");
+  train_cmd->add_option("--init_from", train.init_from,
+                        "start from this checkpoint's parameters and config (e.g. from `gpt_moe upcycle`); "
+                        "the data must fit its vocabulary")
+      ->check(CLI::ExistingFile);
   add_sampling_flags(train_cmd, train.sampling);
   const GptMoeConfig defaults;
   for (const ConfigField& field : config_fields()) {
@@ -428,6 +451,9 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--report_tokens", report.report_tokens, "tokens to route (default 8192)")
       ->check(CLI::PositiveNumber);
 
+  gpt_moe_cli::HfCommands hf_commands;
+  gpt_moe_cli::add_hf_commands(app, hf_commands);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -439,6 +465,7 @@ int main(int argc, char** argv) {
     if (train_cmd->parsed()) return run_train(train);
     if (sample_cmd->parsed()) return run_sample(sample);
     if (report_cmd->parsed()) return run_report(report);
+    if (int code = gpt_moe_cli::run_hf_commands(hf_commands); code >= 0) return code;
   } catch (const moejit::Error& err) {
     fmt::print(stderr, "gpt_moe: error: {}\n", err.what());
     return 1;
