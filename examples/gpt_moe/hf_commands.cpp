@@ -55,11 +55,12 @@ int run_upcycle(const UpcycleFlags& f) {
                          .router_std = f.router_std, .noise_std = f.noise_std,
                          .seed = static_cast<std::uint64_t>(f.seed)};
   double err = 0;
-  std::int64_t experts = 0, layers = 0, top_k = 0, width = 0;
+  std::int64_t experts = 0, layers = 0, top_k = 0, width = 0, probe_tokens = 0;
   if (!f.ckpt.empty()) {
     GptMoeCheckpoint dense = load_gpt_checkpoint(f.ckpt);
     UpcycledGptMoe moe = upcycle_gpt_moe(dense.config, dense.params, options);
     HostTensor ids = probe_ids(std::min(f.check_tokens, dense.config.block_size), dense.config.vocab_size);
+    probe_tokens = ids.shape()[1];
     err = max_relative(gpt_logits(moe.config, moe.params, ids), gpt_logits(dense.config, dense.params, ids));
     std::map<std::string, std::string> meta = {{"upcycled_from", fs::absolute(f.ckpt).string()}};
     for (const char* key : {"data", "corpus_seed", "corpus_bytes"})
@@ -72,6 +73,7 @@ int run_upcycle(const UpcycleFlags& f) {
     UpcycledLlama moe = upcycle_llama(dense.config, dense.params, options);
     auto cpu = make_cpu_backend();
     HostTensor ids = probe_ids(std::min(f.check_tokens, dense.config.max_position_embeddings), dense.config.vocab_size);
+    probe_tokens = ids.shape()[1];
     err = max_relative(llama_logits(*cpu, moe.config, moe.params, ids),
                        llama_logits(*cpu, dense.config, dense.params, ids));
     save_llama_checkpoint(f.out, moe.config, moe.params, {{"upcycled_from", fs::absolute(f.hf).string()}});
@@ -80,7 +82,7 @@ int run_upcycle(const UpcycleFlags& f) {
   }
   fmt::print("upcycled {} MLPs into {} layers of {} experts (width {}), top-{}; noise_std {}\n", layers, layers,
              experts, width, top_k, f.noise_std);
-  fmt::print("max relative logit difference, MoE vs dense, on {} probe tokens: {:.3g}\n", f.check_tokens, err);
+  fmt::print("max relative logit difference, MoE vs dense, on {} probe tokens: {:.3g}\n", probe_tokens, err);
   fmt::print("saved {}\n", f.out);
   return 0;
 }
