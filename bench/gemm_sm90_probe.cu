@@ -1,0 +1,244 @@
+// The Hopper GEMM family (codegen/kernels/gemm_sm90.cuh) on its own, built
+// by nvcc, before and beside the NVRTC path: correctness of every layout
+// (K-/M-major A, K-/N-major B), the batched, grouped (varlen rows) and
+// weight-gradient (varlen K) modes and the epilogues against a naive f32
+// reference on random bf16 data (shapes that are multiples of no tile, empty
+// groups, output poisoned with NaN first), then speed at 4096^3, 8192^3 and
+// the example's shapes (CUDA events, 5 warm-ups, median of 30).
+//
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -o gemm_sm90_probe \
+//        bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
+//   ./gemm_sm90_probe && python3 bench/torch_gemm.py   # torch.matmul in the same run
+//
+// Exit code 1 if any check fails. Results: docs/perf.md.
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+#include <algorithm>
+#include <random>
+#include <cmath>
+#include <string>
+#include "../codegen/kernels/gemm_sm90.cuh"
+
+using namespace moejit::sm90;
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); exit(1);} } while (0)
+#define CU(x) do { CUresult e = (x); if (e != CUDA_SUCCESS) { const char* s; cuGetErrorString(e, &s); printf("CU %s at %s:%d\n", s, __FILE__, __LINE__); exit(1);} } while (0)
+
+static unsigned short f2bf(float f) { unsigned u; memcpy(&u, &f, 4); u += 0x7FFF + ((u >> 16) & 1); return u >> 16; }
+static float bf2f(unsigned short b) { unsigned u = (unsigned)b << 16; float f; memcpy(&f, &u, 4); return f; }
+
+// map over a [batch][outer][inner] bf16 array
+static TmaDescriptor make_map(void* ptr, long long inner, long long outer, long long batch, long long outer_stride, long long batch_stride, int box_outer) {
+  CUtensorMap m;
+  cuuint64_t dims[3] = {(cuuint64_t)inner, (cuuint64_t)outer, (cuuint64_t)batch};
+  cuuint64_t strides[2] = {(cuuint64_t)outer_stride * 2, (cuuint64_t)batch_stride * 2};
+  cuuint32_t box[3] = {64, (cuuint32_t)box_outer, 1};
+  cuuint32_t es[3] = {1, 1, 1};
+  CU(cuTensorMapEncodeTiled(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, ptr, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE));
+  TmaDescriptor d; memcpy(&d, &m, sizeof d); return d;
+}
+
+// reference: C[g][r][c] = sum_k A(g,r,k) B(g,k,c) with explicit strides
+__global__ void ref_gemm(const unsigned short* A, const unsigned short* B, float* C, int G, int M, int N, int K,
+                         long long a_sr, long long a_sk, long long a_sg, long long b_sk, long long b_sn, long long b_sg) {
+  long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (idx >= (long long)G * M * N) return;
+  int g = idx / ((long long)M * N); int r = (idx / N) % M; int c = idx % N;
+  float s = 0;
+  for (int k = 0; k < K; ++k) {
+    unsigned ua = (unsigned)A[g * a_sg + r * a_sr + k * a_sk] << 16, ub = (unsigned)B[g * b_sg + k * b_sk + c * b_sn] << 16;
+    s += __uint_as_float(ua) * __uint_as_float(ub);
+  }
+  C[idx] = s;
+}
+
+template <int BN, int STAGES, bool AK, bool BK_, class Epi>
+void launch(const GemmArgs& args, int sms, cudaStream_t st = 0) {
+  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi>;
+  long long smem = SmemLayout<128, BN, 64, STAGES>::bytes(args.groups);
+  CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  kern<<<sms, 384, smem, st>>>(args);
+}
+
+struct Problem { int G, M, N, K; bool ak, bk; bool grouped; };
+
+static std::mt19937 rng(1234);
+static std::vector<unsigned short> rand_bf(size_t n) { std::normal_distribution<float> d(0, 1); std::vector<unsigned short> v(n); for (auto& x : v) x = f2bf(d(rng)); return v; }
+
+template <int BN, int STAGES, bool AK, bool BK_>
+double check(int G, int M, int N, int K, bool grouped, int sms, bool gelu) {
+  // grouped: G groups with random row counts summing to M (some empty); A is [M, K] rows
+  std::vector<int> offs(G + 1, 0);
+  int total_rows = grouped ? M : M;  // grouped: M = total rows
+  if (grouped) {
+    std::uniform_int_distribution<int> u(0, 3);
+    std::vector<int> w(G); int sw = 0; for (auto& x : w) { x = u(rng); if (x == 3) x = 8; sw += x; }
+    if (sw == 0) { w[0] = 1; sw = 1; }
+    int acc = 0; for (int g = 0; g < G; ++g) { offs[g] = acc; acc += (int)((long long)M * w[g] / sw); } offs[G] = M;
+  }
+  int GA = grouped ? 1 : G;
+  long long a_elems = (long long)GA * total_rows * K, b_elems = (long long)G * K * N;
+  auto ha = rand_bf(a_elems), hb = rand_bf(b_elems);
+  unsigned short *da, *db; float *dc, *dref; int* doff;
+  CK(cudaMalloc(&da, a_elems * 2)); CK(cudaMalloc(&db, b_elems * 2));
+  long long c_elems = (long long)GA * total_rows * N;
+  CK(cudaMalloc(&dc, c_elems * 4)); CK(cudaMalloc(&dref, c_elems * 4)); CK(cudaMalloc(&doff, (G + 1) * 4));
+  unsigned short* dcb; unsigned short* daux; CK(cudaMalloc(&dcb, c_elems * 2)); CK(cudaMalloc(&daux, c_elems * 2));
+  CK(cudaMemcpy(da, ha.data(), a_elems * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_elems * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(doff, offs.data(), (G + 1) * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemset(dc, 0xFF, c_elems * 4)); CK(cudaMemset(dcb, 0xFF, c_elems * 2));
+  GemmArgs args{};
+  int rows = total_rows;
+  // A: K-major [GA][rows][K]; M-major [GA][K][rows]
+  if (AK) args.a = make_map(da, K, rows, GA, K, (long long)rows * K, 128);
+  else args.a = make_map(da, rows, K, GA, rows, (long long)rows * K, 64);
+  // B: K-major [G][N][K]; N-major [G][K][N]
+  if (BK_) args.b = make_map(db, K, N, G, K, (long long)N * K, BN);
+  else args.b = make_map(db, N, K, G, N, (long long)N * K, 64);
+  args.c = gelu ? (void*)dcb : (void*)dc; args.aux = daux;
+  args.group_offsets = grouped ? doff : nullptr;
+  args.m = rows; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = (long long)rows * N;
+  args.groups = G; args.a_batched = grouped ? 0 : 1; args.b_batched = 1;
+  if (gelu) launch<BN, STAGES, AK, BK_, StoreGeluBf16>(args, sms); else launch<BN, STAGES, AK, BK_, StoreF32>(args, sms);
+  CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+  // reference per group
+  if (!grouped) {
+    long long a_sr = AK ? K : 1, a_sk = AK ? 1 : rows, b_sk = BK_ ? 1 : N, b_sn = BK_ ? K : 1;
+    long long n = (long long)G * rows * N;
+    ref_gemm<<<(n + 255) / 256, 256>>>(da, db, dref, G, rows, N, K, a_sr, a_sk, (long long)rows * K, b_sk, b_sn, (long long)N * K);
+  } else {
+    for (int g = 0; g < G; ++g) {
+      int r = offs[g + 1] - offs[g]; if (!r) continue;
+      long long a_sr = AK ? K : 1, a_sk = AK ? 1 : rows;
+      const unsigned short* ab = da + (AK ? (long long)offs[g] * K : offs[g]);
+      long long n = (long long)r * N;
+      ref_gemm<<<(n + 255) / 256, 256>>>(ab, db + (long long)g * N * K, dref + (long long)offs[g] * N, 1, r, N, K, a_sr, a_sk, 0,
+                                         BK_ ? 1 : N, BK_ ? K : 1, 0);
+    }
+  }
+  CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+  std::vector<float> ref(c_elems), got(c_elems); std::vector<unsigned short> gotb(c_elems), auxb(c_elems);
+  CK(cudaMemcpy(ref.data(), dref, c_elems * 4, cudaMemcpyDeviceToHost));
+  if (gelu) { CK(cudaMemcpy(gotb.data(), dcb, c_elems * 2, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(auxb.data(), daux, c_elems * 2, cudaMemcpyDeviceToHost)); }
+  else CK(cudaMemcpy(got.data(), dc, c_elems * 4, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0; long long bad = 0;
+  for (long long i = 0; i < c_elems; ++i) {
+    float want = ref[i];
+    float g = gelu ? bf2f(gotb[i]) : got[i];
+    if (gelu) want = 0.5f * want * (1.f + tanhf(0.7978845608f * (want + 0.044715f * want * want * want)));
+    if (!(g == g)) { ++bad; continue; }
+    num += (double)(g - want) * (g - want); den += (double)want * want;
+  }
+  double err = std::sqrt(num / std::max(den, 1e-30));
+  printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K, grouped ? "grouped" : "batched",
+         AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, gelu ? "gelu" : "f32", err, bad);
+  cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(dref); cudaFree(doff); cudaFree(dcb); cudaFree(daux);
+  return (bad == 0 && err < 1e-2) ? err : -1;
+}
+
+
+// weight-gradient form: dw[g] = xs[seg g]^T dys[seg g] (varlen K)
+double check_wgrad(int G, int rows, int D, int F, int sms) {
+  std::vector<int> offs(G + 1, 0);
+  std::uniform_int_distribution<int> u(0, 3);
+  std::vector<int> w(G); int sw = 0; for (auto& x : w) { x = u(rng); if (x == 3) x = 8; sw += x; }
+  if (sw == 0) { w[0] = 1; sw = 1; }
+  int acc = 0; for (int g = 0; g < G; ++g) { offs[g] = acc; acc += (int)((long long)rows * w[g] / sw); } offs[G] = rows;
+  auto hx = rand_bf((size_t)rows * D), hy = rand_bf((size_t)rows * F);
+  unsigned short *dx, *dy; float *dw, *dref; int* doff;
+  long long c_e = (long long)G * D * F;
+  CK(cudaMalloc(&dx, (size_t)rows * D * 2)); CK(cudaMalloc(&dy, (size_t)rows * F * 2)); CK(cudaMalloc(&dw, c_e * 4)); CK(cudaMalloc(&dref, c_e * 4));
+  CK(cudaMalloc(&doff, (G + 1) * 4));
+  CK(cudaMemcpy(dx, hx.data(), (size_t)rows * D * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(dy, hy.data(), (size_t)rows * F * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(doff, offs.data(), (G + 1) * 4, cudaMemcpyHostToDevice)); CK(cudaMemset(dw, 0xFF, c_e * 4));
+  GemmArgs args{};
+  args.a = make_map(dx, D, rows, 1, D, (long long)rows * D, 64);
+  args.b = make_map(dy, F, rows, 1, F, (long long)rows * F, 64);
+  args.c = dw; args.group_offsets = doff; args.varlen_k = 1; args.m = D; args.n = F; args.k = 0; args.ldc = F; args.c_group_stride = (long long)D * F;
+  args.groups = G; args.a_batched = 0; args.b_batched = 0;
+  launch<128, 6, false, false, StoreF32>(args, sms);
+  CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+  CK(cudaMemset(dref, 0, c_e * 4));
+  for (int g = 0; g < G; ++g) {
+    int r = offs[g + 1] - offs[g]; if (!r) continue;
+    long long n = (long long)D * F;
+    ref_gemm<<<(n + 255) / 256, 256>>>(dx + (long long)offs[g] * D, dy + (long long)offs[g] * F, dref + (long long)g * D * F, 1, D, F, r, 1, D, 0, F, 1, 0);
+  }
+  CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+  std::vector<float> ref(c_e), got(c_e);
+  CK(cudaMemcpy(ref.data(), dref, c_e * 4, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(got.data(), dw, c_e * 4, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0; long long bad = 0;
+  for (long long i = 0; i < c_e; ++i) { if (!(got[i] == got[i])) { ++bad; continue; } num += (double)(got[i] - ref[i]) * (got[i] - ref[i]); den += (double)ref[i] * ref[i]; }
+  double err = std::sqrt(num / std::max(den, 1e-30));
+  int empty = 0; for (int g = 0; g < G; ++g) empty += offs[g + 1] == offs[g];
+  printf("check wgrad G%d rows%d D%d F%d (%d empty groups): rel err %.2e, unwritten/NaN %lld\n", G, rows, D, F, empty, err, bad);
+  cudaFree(dx); cudaFree(dy); cudaFree(dw); cudaFree(dref); cudaFree(doff);
+  return (bad == 0 && err < 1e-2) ? err : -1;
+}
+
+template <int BN, int STAGES, bool AK, bool BK_>
+void bench(int M, int N, int K, int sms) {
+  long long a_e = (long long)M * K, b_e = (long long)N * K, c_e = (long long)M * N;
+  auto ha = rand_bf(a_e), hb = rand_bf(b_e);
+  unsigned short *da, *db, *dc;
+  CK(cudaMalloc(&da, a_e * 2)); CK(cudaMalloc(&db, b_e * 2)); CK(cudaMalloc(&dc, c_e * 2));
+  CK(cudaMemcpy(da, ha.data(), a_e * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_e * 2, cudaMemcpyHostToDevice));
+  GemmArgs args{};
+  if (AK) args.a = make_map(da, K, M, 1, K, a_e, 128); else args.a = make_map(da, M, K, 1, M, a_e, 64);
+  if (BK_) args.b = make_map(db, K, N, 1, K, b_e, BN); else args.b = make_map(db, N, K, 1, N, b_e, 64);
+  args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = 1; args.a_batched = 1; args.b_batched = 1;
+  cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
+  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms);
+  CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
+  std::vector<float> ms;
+  for (int i = 0; i < 30; ++i) {
+    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
+    float t; cudaEventElapsedTime(&t, e0, e1); ms.push_back(t);
+  }
+  CK(cudaGetLastError());
+  std::sort(ms.begin(), ms.end());
+  double med = ms[ms.size() / 2];
+  printf("bench %dx%dx%d A%s B%s BN%d st%d: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, med, 2.0 * M * N * K / med / 1e9);
+  cudaFree(da); cudaFree(db); cudaFree(dc);
+}
+
+int main(int argc, char** argv) {
+  CU(cuInit(0));
+  int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  int fails = 0;
+  auto C = [&](double r) { if (r < 0) ++fails; };
+  C(check<256, 4, true, true>(1, 1000, 712, 520, false, sms, false));
+  C(check<256, 4, true, false>(1, 1000, 712, 520, false, sms, false));
+  C(check<256, 4, false, true>(1, 1000, 712, 520, false, sms, false));
+  C(check<256, 4, false, false>(1, 1000, 712, 520, false, sms, false));
+  C(check<128, 6, true, true>(3, 300, 200, 136, false, sms, false));
+  C(check<128, 6, true, false>(8, 5000, 384, 1536, true, sms, false));
+  C(check<256, 4, true, false>(8, 5000, 1536, 384, true, sms, true));
+  C(check<128, 6, true, false>(64, 4000, 384, 256, true, sms, false));
+  C(check<128, 6, false, false>(2, 1000, 384, 256, false, sms, false));
+  C(check<64, 8, true, true>(1, 4096, 4096, 4096, false, sms, false));
+  C(check_wgrad(8, 5000, 384, 1536, sms));
+  C(check_wgrad(16, 3001, 200, 136, sms));
+  printf("checks failed: %d\n", fails);
+  for (int rep = 0; rep < 2; ++rep) {
+    bench<256, 4, true, true>(4096, 4096, 4096, sms);
+    bench<256, 4, true, false>(4096, 4096, 4096, sms);
+    bench<256, 3, true, false>(4096, 4096, 4096, sms);
+    bench<128, 6, true, true>(4096, 4096, 4096, sms);
+    bench<128, 6, true, false>(4096, 4096, 4096, sms);
+    bench<256, 4, true, true>(8192, 8192, 8192, sms);
+    bench<256, 4, true, false>(8192, 8192, 8192, sms);
+    bench<256, 4, false, false>(8192, 8192, 8192, sms);
+    bench<128, 6, true, false>(8192, 8192, 8192, sms);
+  }
+  // the example-sized shapes (config B: 16384 tokens, D 384, F 1536)
+  bench<256, 4, true, false>(32768, 1536, 384, sms);
+  bench<128, 6, true, false>(32768, 1536, 384, sms);
+  bench<128, 6, true, false>(32768, 384, 1536, sms);
+  bench<256, 4, true, false>(16384, 1152, 384, sms);
+  return fails ? 1 : 0;
+}

@@ -1,0 +1,369 @@
+// Hopper (sm_90a) tensor-core GEMM family: C = epilogue(A * B), bf16
+// operands, f32 accumulation, for dense, batched and grouped (MoE expert)
+// matrix products.
+//
+// Design (one kernel template, every layout the forward and backward passes
+// need):
+//   - a persistent grid (one block per SM) walks the output tiles of every
+//     group in an L2-friendly order (8 row tiles x all column tiles);
+//   - warpgroup 0 is the producer: one thread issues TMA loads
+//     (cp.async.bulk.tensor, 128-byte swizzle) of A and B tiles into a ring
+//     of STAGES shared-memory stages, each guarded by two mbarriers: `full`
+//     (the copy engine counts the bytes in) and `empty` (both consumers are
+//     done reading);
+//   - warpgroups 1 and 2 are consumers: each owns 64 rows of the BM = 128
+//     row tile and issues wgmma m64nBNk16 from shared memory, with the
+//     previous stage released as soon as the MMAs reading it retire, so the
+//     tensor cores see a continuous stream; `setmaxnreg` moves registers from
+//     the producer to the consumers (BN/2 f32 accumulators each);
+//   - the epilogue is a functor applied to pairs of adjacent columns straight
+//     from the accumulator registers (bounds-checked, so any M and N work).
+// A is K-major ([rows, K], row-major) or M-major ([K, rows], i.e. a
+// transposed operand); B is K-major ([N, K]) or N-major ([K, N], the usual
+// row-major weight). The wgmma transpose bits read both from shared memory
+// as laid out by TMA, so no operand is ever transposed in memory.
+//
+// Groups: with `group_offsets` (grouped mode, moe.grouped_matmul) group g
+// owns the rows group_offsets[g] .. group_offsets[g+1]-1 of A and C and
+// multiplies them by B[g]; offsets are read on the device, so the launch
+// does not depend on the routing. With `varlen_k` as well (the weight
+// gradient, moe.grouped_matmul_wgrad) group g instead owns that range of
+// K: C[g] = A[:, range] * B[range, :], with A M-major and B N-major (both
+// are token-row-major activations); the K rows of a last partial tile that
+// belong to the next group are zeroed in shared memory before the MMAs read
+// them, and an empty group gives C[g] = 0. Without offsets (batched mode)
+// there are `groups` products of `m` rows each (groups = 1: a plain GEMM).
+//
+// Requirements (checked on the host by the emitter): bf16 operands, every
+// row stride a multiple of 8 elements and 16-byte aligned bases (TMA), BK
+// = 64 (one 128-byte swizzle row), BM = 128, BN in {64, 128, 256}; an
+// M-major A only in batched or varlen-K mode (its TMA boxes must start on
+// 64-row boundaries: a grouped segment may start on any row, which the
+// copy engine rejects as an illegal instruction, seen on an H200).
+#pragma once
+
+#include "wgmma_ops.cuh"
+
+namespace moejit::sm90 {
+
+// A CUtensorMap, opaque to the device code (the host encodes it with
+// cuTensorMapEncodeTiled); kernels use its address only.
+struct alignas(64) TmaDescriptor {
+  unsigned long long opaque[16];
+};
+
+// Everything a launch of the family needs, built once on the host.
+struct GemmArgs {
+  TmaDescriptor a;  // 3-D map {inner, outer, batch} of A, box {64, BM or BK, 1}
+  TmaDescriptor b;  // 3-D map of B, box {64, BN or BK, 1}
+  void* c;          // output, row-major with row stride ldc
+  void* aux;        // the epilogue's second output (pre-activation), or null
+  const int* group_offsets;  // grouped mode: groups + 1 row offsets; null: batched mode
+  long long m, n, k;         // rows per group (batched mode), columns, depth
+  long long ldc;             // elements between rows of c (and aux)
+  long long c_group_stride;  // batched mode: elements between the groups of c
+  int groups;                // number of groups (experts, or batch entries)
+  int varlen_k;              // with group_offsets: the groups split K, not the rows (weight gradients)
+  int a_batched;             // batched mode: A's third coordinate is the group (else 0)
+  int b_batched;             // B's third coordinate is the group (else 0: one shared B)
+};
+
+// ---- PTX wrappers ----
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  unsigned r;
+  asm volatile("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "waiting:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra waiting;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// One TMA tile load into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load_3d(unsigned dst, const TmaDescriptor* map, unsigned bar, int c0, int c1, int c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], [%2];" ::"r"(dst),
+      "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+template <int R> __device__ __forceinline__ void regs_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
+template <int R> __device__ __forceinline__ void regs_up() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
+
+// A shared-memory matrix descriptor for a 128-byte-swizzled operand.
+// K-major tiles: rows of 64 elements (128 bytes), 8-row groups 1024 bytes
+// apart (SBO); LBO is unused (the PTX ISA says to encode 1, i.e. 16 bytes).
+// MN-major tiles: 64-element chunks of M or N `lbo` bytes apart, each chunk
+// 8 K-rows per 1024 bytes (SBO).
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned lbo) {
+  unsigned long long d = 0;
+  d |= (unsigned long long)((addr & 0x3FFFF) >> 4);
+  d |= (unsigned long long)((lbo & 0x3FFFF) >> 4) << 16;
+  d |= (unsigned long long)(1024 >> 4) << 32;
+  d |= 1ull << 62;  // 128-byte swizzle
+  return d;
+}
+
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ unsigned short to_bf16(float v) { return (unsigned short)(pack_bf16x2(v, 0.0f) & 0xFFFFu); }
+
+// ---- epilogues: called for (row, col) and (row, col + 1); `pair` is false
+// when col + 1 is past the last column. `at` = row * ldc + col (+ group offset).
+struct StoreF32 {
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    float* c = static_cast<float*>(args.c) + at;
+    if (pair && ((at & 1) == 0)) {
+      *reinterpret_cast<float2*>(c) = make_float2(v0, v1);
+    } else {
+      c[0] = v0;
+      if (pair) c[1] = v1;
+    }
+  }
+};
+struct StoreBf16 {
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    unsigned short* c = static_cast<unsigned short*>(args.c) + at;
+    if (pair && ((at & 1) == 0)) {
+      *reinterpret_cast<unsigned*>(c) = pack_bf16x2(v0, v1);
+    } else {
+      c[0] = to_bf16(v0);
+      if (pair) c[1] = to_bf16(v1);
+    }
+  }
+};
+// c = gelu(acc) (tanh form, as mj.gelu), aux = acc (the pre-activation the
+// backward needs), both bf16: the up-projection and its activation in one pass.
+struct StoreGeluBf16 {
+  __device__ __forceinline__ static float gelu(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+  }
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    GemmArgs pre = args;
+    pre.c = args.aux;
+    StoreBf16::apply(pre, at, v0, v1, pair);
+    StoreBf16::apply(args, at, gelu(v0), gelu(v1), pair);
+  }
+};
+
+// ---- the tile walk shared by producer and consumers ----
+template <int BM, int BN> struct TileWalk {
+  static constexpr int kRasterRows = 8;  // row tiles per L2 panel
+  const GemmArgs& args;
+  const int* tile_prefix;  // grouped mode: first tile index of each group (groups + 1 entries, in shared memory)
+  long long tiles_n;
+
+  __device__ long long total() const {
+    if (args.group_offsets && !args.varlen_k) return tile_prefix[args.groups];
+    return (long long)args.groups * ((args.m + BM - 1) / BM) * tiles_n;
+  }
+  // Tile t -> group, first row (in A's and C's row space), row end, first
+  // column, and the group's K range [k_begin, k_begin + k_count).
+  __device__ void decode(long long t, int& group, long long& row0, long long& row_end, long long& col0, long long& k_begin,
+                         long long& k_count) const {
+    long long tiles_m, u;
+    k_begin = 0;
+    k_count = args.k;
+    if (args.group_offsets && !args.varlen_k) {
+      int lo = 0, hi = args.groups - 1;  // last group whose first tile <= t
+      while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (tile_prefix[mid] <= t) lo = mid;
+        else hi = mid - 1;
+      }
+      group = lo;
+      long long start = args.group_offsets[group], end = args.group_offsets[group + 1];
+      tiles_m = (end - start + BM - 1) / BM;
+      u = t - tile_prefix[group];
+      row0 = start;
+      row_end = end;
+    } else {
+      tiles_m = (args.m + BM - 1) / BM;
+      long long per_group = tiles_m * tiles_n;
+      group = (int)(t / per_group);
+      u = t % per_group;
+      row0 = 0;
+      row_end = args.m;
+      if (args.varlen_k) {
+        k_begin = args.group_offsets[group];
+        k_count = args.group_offsets[group + 1] - k_begin;
+      }
+    }
+    long long panel = u / (kRasterRows * tiles_n), first_m = panel * kRasterRows;
+    long long rows_in_panel = tiles_m - first_m < kRasterRows ? tiles_m - first_m : kRasterRows;
+    long long in_panel = u % (kRasterRows * tiles_n);
+    long long tile_m = first_m + in_panel % rows_in_panel, tile_n = in_panel / rows_in_panel;
+    row0 += tile_m * BM;
+    col0 = tile_n * BN;
+  }
+};
+
+template <int BM, int BN, int BK, int STAGES> struct SmemLayout {
+  static constexpr int kATile = BM * BK * 2, kBTile = BN * BK * 2;
+  static constexpr int kStage = kATile + kBTile;
+  static constexpr int kBarriers = STAGES * kStage;  // full[STAGES], empty[STAGES]
+  static constexpr int kPrefix = kBarriers + 16 * STAGES;
+  // bytes to request: the stages, barriers and tile prefix, plus 1024 for aligning the base
+  static constexpr long long bytes(int groups) { return 1024 + kPrefix + 4ll * (groups + 1); }
+};
+
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue>
+__global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
+  static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
+  using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = (unsigned char*)(((unsigned long long)smem_raw + 1023) & ~1023ull);
+  const unsigned base = smem_u32(smem);
+  const unsigned full_bar = base + Layout::kBarriers, empty_bar = full_bar + 8 * STAGES;
+  int* tile_prefix = reinterpret_cast<int*>(smem + Layout::kPrefix);
+  const int warpgroup = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full_bar + 8 * s, 1);
+      mbar_init(empty_bar + 8 * s, 2);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  const long long tiles_n = (args.n + BN - 1) / BN;
+  if (args.group_offsets && !args.varlen_k && threadIdx.x < 32) {
+    // tile_prefix[g] = sum over groups before g of row tiles * column tiles (a warp scan)
+    int lane = threadIdx.x, carry = 0;
+    for (int g0 = 0; g0 <= args.groups; g0 += 32) {
+      int g = g0 + lane, count = 0;
+      if (g < args.groups) count = (int)(((args.group_offsets[g + 1] - args.group_offsets[g]) + BM - 1) / BM * tiles_n);
+      int inclusive = count;
+      for (int d = 1; d < 32; d *= 2) {
+        int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+        if (lane >= d) inclusive += v;
+      }
+      if (g <= args.groups) tile_prefix[g] = carry + inclusive - count;
+      carry += __shfl_sync(0xffffffffu, inclusive, 31);
+    }
+  }
+  __syncthreads();
+  TileWalk<BM, BN> walk{args, tile_prefix, tiles_n};
+  const long long total = walk.total();
+
+  if (warpgroup == 0) {
+    regs_down<40>();
+    if (threadIdx.x == 0) {
+      int it = 0;
+      for (long long t = blockIdx.x; t < total; t += gridDim.x) {
+        int group;
+        long long row0, row_end, col0, k_begin, k_count;
+        walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
+        const int k_tiles = (int)((k_count + BK - 1) / BK);
+        const int a_z = args.group_offsets ? 0 : (args.a_batched ? group : 0);
+        const int b_z = args.b_batched && !args.varlen_k ? group : 0;
+        for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+          const int s = it % STAGES;
+          const unsigned parity = (it / STAGES) & 1;
+          mbar_wait(empty_bar + 8 * s, parity ^ 1);
+          const unsigned bar = full_bar + 8 * s;
+          mbar_expect_tx(bar, Layout::kStage);
+          const unsigned a_dst = base + s * Layout::kStage, b_dst = a_dst + Layout::kATile;
+          const int k0 = (int)(k_begin + kt * BK);
+          if (A_K_MAJOR) {
+            tma_load_3d(a_dst, &args.a, bar, k0, (int)row0, a_z);
+          } else {
+            for (int j = 0; j < BM / 64; ++j) tma_load_3d(a_dst + j * 64 * BK * 2, &args.a, bar, (int)row0 + 64 * j, k0, a_z);
+          }
+          if (B_K_MAJOR) {
+            tma_load_3d(b_dst, &args.b, bar, k0, (int)col0, b_z);
+          } else {
+            for (int j = 0; j < BN / 64; ++j) tma_load_3d(b_dst + j * 64 * BK * 2, &args.b, bar, (int)col0 + 64 * j, k0, b_z);
+          }
+        }
+      }
+    }
+  } else {
+    regs_up<232>();
+    const int consumer = warpgroup - 1;
+    const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
+    float acc[Mma::kAccumulators];
+    int it = 0;
+    for (long long t = blockIdx.x; t < total; t += gridDim.x) {
+      int group;
+      long long row0, row_end, col0, k_begin, k_count;
+      walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
+      const int k_tiles = (int)((k_count + BK - 1) / BK);
+      if (k_tiles == 0) {
+#pragma unroll
+        for (int i = 0; i < Mma::kAccumulators; ++i) acc[i] = 0.0f;
+      }
+      for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+        const int s = it % STAGES;
+        mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
+        const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
+        if constexpr (!A_K_MAJOR) {
+          // varlen K: K-rows of the last tile past the group's end belong to
+          // the next group; zero them in this consumer's A chunk (whole
+          // 128-byte rows, so the swizzle does not matter).
+          const int valid = (int)(k_count - (long long)kt * BK);
+          if (args.varlen_k && valid < BK) {
+            uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
+            for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+          }
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          // K-major: the next 16 elements are 32 bytes along the swizzled row;
+          // MN-major: 16 more K-rows of 128 bytes.
+          const unsigned a_addr = A_K_MAJOR ? a_tile + consumer * 64 * 128 + kk * 32 : a_tile + consumer * 64 * BK * 2 + kk * 2048;
+          const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
+          Mma::run(acc, smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
+                   (kt > 0 || kk > 0) ? 1 : 0);
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // the MMAs of the previous stage have retired: release it
+        if (kt > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
+      }
+      wgmma_wait<0>();
+      if (k_tiles > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
+
+      // Epilogue: thread (warp, lane) holds rows warp*16 + lane/4 (+8) and
+      // columns 8j + 2*(lane%4) (+1) of its consumer's 64 x BN block.
+      const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
+      const long long r_top = row0 + consumer * 64 + warp * 16 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const long long col = col0 + 8 * j + 2 * (lane % 4);
+        if (col >= args.n) continue;
+        const bool pair = col + 1 < args.n;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const long long row = r_top + 8 * h;
+          if (row < row_end) Epilogue::apply(args, c_base + row * args.ldc + col, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], pair);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace moejit::sm90
