@@ -158,12 +158,21 @@ BpeTokenizer BpeTokenizer::from_json(std::string_view text, const std::string& s
 
   if (!is_null_or(j, "normalizer")) throw fail("normalizer: expected null, found " + type_of(j["normalizer"]));
   json pre = j.value("pre_tokenizer", json());
-  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre["pretokenizers"].is_array() &&
-      pre["pretokenizers"].size() == 1)
-    pre = pre["pretokenizers"][0];
+  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre["pretokenizers"].is_array()) {
+    // [ByteLevel] or [Digits, ByteLevel] (StarCoder / SmolLM).
+    json seq = pre["pretokenizers"];
+    if (seq.size() == 2 && seq[0].is_object() && seq[0].value("type", "") == "Digits") {
+      t.digits_ = seq[0].value("individual_digits", false) ? DigitSplit::each : DigitSplit::runs;
+      seq.erase(seq.begin());
+    }
+    if (seq.size() != 1) throw fail("pre_tokenizer: expected [ByteLevel] or [Digits, ByteLevel], found " + pre.dump());
+    pre = seq[0];
+  }
   if (!pre.is_object() || pre.value("type", "") != "ByteLevel")
     throw fail("pre_tokenizer: expected ByteLevel, found " + type_of(pre));
   t.add_prefix_space_ = pre.value("add_prefix_space", false);
+  if (t.add_prefix_space_ && t.digits_ != DigitSplit::none)
+    throw fail("pre_tokenizer: expected add_prefix_space false after Digits (not implemented), found true");
   t.use_regex_ = pre.value("use_regex", true);
   if (!is_null_or(j, "decoder") && j["decoder"].value("type", "") != "ByteLevel")
     throw fail("decoder: expected ByteLevel or null, found " + type_of(j["decoder"]));
@@ -299,15 +308,32 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(std::string_view text) const
       append_utf8(word, alphabet.char_of_byte[static_cast<unsigned char>(text[b])]);
     words.push_back(std::move(word));
   };
+  // Pieces: the whole text, or (Digits) numbers split off, each digit alone
+  // or each run of digits; the regex then splits every piece on its own.
+  std::vector<std::pair<std::size_t, std::size_t>> pieces;
   const std::size_t n = u.cps.size();
-  if (!use_regex_) {
-    if (n > 0) emit(0, n);
-    return words;
-  }
   for (std::size_t i = 0; i < n;) {
-    std::size_t end = gpt2_match_end(u.cps, i, n);
-    emit(i, end);
+    std::size_t end = i + 1;
+    if (digits_ == DigitSplit::none) {
+      end = n;
+    } else if (!is_number(u.cps[i])) {
+      while (end < n && !is_number(u.cps[end])) ++end;
+    } else if (digits_ == DigitSplit::runs) {
+      while (end < n && is_number(u.cps[end])) ++end;
+    }
+    pieces.emplace_back(i, end);
     i = end;
+  }
+  for (auto [begin, end] : pieces) {
+    if (!use_regex_) {
+      emit(begin, end);
+      continue;
+    }
+    for (std::size_t i = begin; i < end;) {
+      std::size_t match_end = gpt2_match_end(u.cps, i, end);
+      emit(i, match_end);
+      i = match_end;
+    }
   }
   return words;
 }

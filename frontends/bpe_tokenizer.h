@@ -12,8 +12,9 @@
 //     character outside the byte alphabet contributes its UTF-8 as is) ->
 //     the bytes as UTF-8 with each invalid sequence replaced by U+FFFD.
 //
-// What tokenizer.json may hold: normalizer null; pre_tokenizer ByteLevel
-// (alone or as the only member of a Sequence); model BPE without dropout,
+// What tokenizer.json may hold: normalizer null; pre_tokenizer ByteLevel,
+// alone or in a Sequence after a Digits pre-tokenizer (numbers split off,
+// each digit alone with individual_digits; StarCoder / SmolLM); model BPE without dropout,
 // byte_fallback, subword prefix or word suffix (ignore_merges allowed);
 // decoder ByteLevel or null; post_processor null or ByteLevel; added tokens
 // without lstrip/rstrip/single_word. Anything else is an Error naming it.
@@ -59,6 +60,8 @@ class BpeTokenizer {
   std::map<std::pair<std::string, std::string>, std::int32_t> merge_rank_;
   std::vector<AddedToken> added_;  // longest content first
   std::unordered_map<std::int32_t, std::size_t> added_by_id_;
+  enum class DigitSplit { none, each, runs };  // a Digits pre-tokenizer before ByteLevel
+  DigitSplit digits_ = DigitSplit::none;
   bool add_prefix_space_ = false;
   bool use_regex_ = true;
   bool ignore_merges_ = false;

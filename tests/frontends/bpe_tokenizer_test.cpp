@@ -83,6 +83,20 @@ TEST_CASE("the GPT-2 split regex splits as its alternatives say", "[bpe]") {
   CHECK(words(t, "café 3²") == "[cafÃ©][Ġ3Â²]");     // é is a letter, ² a number (No)
 }
 
+TEST_CASE("a Digits pre-tokenizer before ByteLevel splits numbers off first", "[bpe]") {
+  for (bool individual : {true, false}) {
+    auto j = nlohmann::json::parse(tokenizer_json({}));
+    j["pre_tokenizer"] = {{"type", "Sequence"},
+                          {"pretokenizers",
+                           {{{"type", "Digits"}, {"individual_digits", individual}}, j["pre_tokenizer"]}}};
+    BpeTokenizer t = BpeTokenizer::from_json(j.dump());
+    // The space before a number stays in the piece before it.
+    CHECK(words(t, "abc 123x") == (individual ? "[abc][Ġ][1][2][3][x]" : "[abc][Ġ][123][x]"));
+    CHECK(words(t, "v2.0") == (individual ? "[v][2][.][0]" : "[v][2][.][0]"));
+    CHECK(t.decode(t.encode("x = 3.14159; y=42")) == "x = 3.14159; y=42");
+  }
+}
+
 TEST_CASE("BPE merges by rank, leftmost first, and added tokens are single ids", "[bpe]") {
   // e+l has the lower rank, so "hel" is h + el, not he + l.
   BpeTokenizer t = BpeTokenizer::from_json(tokenizer_json({{"e", "l"}, {"h", "e"}}));
