@@ -56,9 +56,9 @@ Tensor llama_attention(const Scope& s, Tensor x, const LlamaConfig& c, std::int6
   Tensor v = heads("v_proj", Hkv);
   if (Hkv != Hq) {  // repeat each kv head for its Hq/Hkv query heads: [B, Hkv, T, Dh] -> [B, Hq, T, Dh]
     const std::int64_t rep = Hq / Hkv;
-    auto repeat = [&](Tensor t) {
-      t = b.reshape(t, {B, Hkv, 1, T, Dh});
-      return b.reshape(b.broadcast(t, {B, Hkv, rep, T, Dh}), {B, Hq, T, Dh});
+    auto repeat = [&](Tensor t) {  // (rank 3 for the broadcast: every backend's layout ops handle it)
+      t = b.reshape(t, {B * Hkv, 1, T * Dh});
+      return b.reshape(b.broadcast(t, {B * Hkv, rep, T * Dh}), {B, Hq, T, Dh});
     };
     k = repeat(k);
     v = repeat(v);
