@@ -108,6 +108,7 @@ LlamaGraph build_llama(Graph& graph, const LlamaConfig& c, const LlamaGraphOptio
   if (options.with_loss) targets = b.input("targets", {B, T}, DType::i32);
   Tensor x = b.reshape(nn::embedding(model.child("embed_tokens"), idx, V, D, c.initializer_range), {B * T, D});
 
+  std::optional<Tensor> aux_total;
   for (std::int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
     Scope h = model.child(fmt::format("layers.{}", layer));
     x = b.add(x, llama_attention(h.child("self_attn"), rms_norm(h.child("input_layernorm"), x, c.rms_norm_eps), c,
@@ -116,13 +117,15 @@ LlamaGraph build_llama(Graph& graph, const LlamaConfig& c, const LlamaGraphOptio
     Tensor f;
     if (c.is_moe()) {
       // Mixtral: softmax over all experts, top-k, renormalized; no aux losses.
-      f = nn::moe_block(h.child("block_sparse_moe"), normed,
-                        {.num_experts = c.num_local_experts, .top_k = c.num_experts_per_tok,
-                         .d_expert = c.intermediate_size, .activation = "swiglu", .score = "softmax",
-                         .order = "softmax_then_topk", .normalize = true, .aux_loss_coeff = 0.0,
-                         .z_loss_coeff = 0.0, .entropy_coeff = 0.0, .init_std = c.initializer_range,
-                         .proj_std = c.initializer_range})
-              .y;
+      nn::MoeOutputs moe = nn::moe_block(
+          h.child("block_sparse_moe"), normed,
+          {.num_experts = c.num_local_experts, .top_k = c.num_experts_per_tok, .d_expert = c.intermediate_size,
+           .activation = "swiglu", .score = "softmax", .order = "softmax_then_topk", .normalize = true,
+           .aux_loss_coeff = options.with_loss ? options.aux_loss_coeff : 0.0, .z_loss_coeff = 0.0,
+           .entropy_coeff = 0.0, .init_std = c.initializer_range, .proj_std = c.initializer_range});
+      f = moe.y;
+      if (moe.aux_loss) aux_total = aux_total ? b.add(*aux_total, *moe.aux_loss) : *moe.aux_loss;
+      if (options.output_routing) b.output(moe.counts, fmt::format("counts.{}", layer));
     } else {
       f = llama_mlp(h.child("mlp"), normed, c);
     }
@@ -134,7 +137,14 @@ LlamaGraph build_llama(Graph& graph, const LlamaConfig& c, const LlamaGraphOptio
                     : root.param("lm_head.weight", {V, D}, {ParamInit::Kind::normal, c.initializer_range});
   Tensor logits = b.matmul(x, head, false, true);  // [BT, V]
   if (options.output_logits) b.output(logits, "logits");
-  if (options.with_loss) b.output(b.cross_entropy(logits, b.reshape(*targets, {B * T})), "loss");
+  if (options.with_loss) {
+    Tensor lm_loss = b.cross_entropy(logits, b.reshape(*targets, {B * T}));
+    b.output(aux_total ? b.add(lm_loss, *aux_total) : lm_loss, "loss");
+    if (aux_total) {
+      b.output(lm_loss, "lm_loss");
+      b.output(*aux_total, "aux_loss");
+    }
+  }
   return result;
 }
 

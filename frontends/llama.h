@@ -63,6 +63,11 @@ struct LlamaGraphOptions {
   std::int64_t seq_len = 0;  // required, <= max_position_embeddings
   bool with_loss = false;    // "targets" input, "loss" output
   bool output_logits = true; // "logits" [B*T, V]
+  // MoE only, with loss: the load-balancing loss (Switch / Mixtral's
+  // router_aux_loss_coef) of every layer added to "loss"; outputs "lm_loss"
+  // and "aux_loss" then too.
+  double aux_loss_coeff = 0.0;
+  bool output_routing = false;  // MoE: outputs "counts.<layer>" [E] i32, slots routed to each expert
 };
 
 struct LlamaGraph {

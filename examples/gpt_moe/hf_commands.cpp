@@ -5,13 +5,18 @@
 
 #include <filesystem>
 
+#include "frontends/bpe_tokenizer.h"
+#include "frontends/config.h"
+#include "frontends/corpus.h"
 #include "frontends/gpt_checkpoint.h"
 #include "frontends/gpt_moe.h"
 #include "frontends/hf_checkpoint.h"
+#include "frontends/hf_trainer.h"
 #include "frontends/safetensors.h"
 #include "frontends/upcycle.h"
 #include "ir/error.h"
 #include "runtime/backend.h"
+#include "runtime/device.h"
 
 namespace gpt_moe_cli {
 namespace {
@@ -110,6 +115,88 @@ int run_export(const ExportFlags& f) {
 }
 
 }  // namespace
+
+bool is_llama_checkpoint(const std::string& path) {
+  auto meta = load_safetensors(path).metadata;
+  auto format = meta.find("format");
+  return format != meta.end() && format->second == kLlamaCheckpointFormat;
+}
+
+int run_train_llama(const LlamaTrainFlags& f) {
+  // Training keys on top of the defaults; a model key would contradict the checkpoint.
+  GptMoeConfig training;
+  for (const auto& [key, text] : f.overrides) {
+    const ConfigField* field = find_config_field(key);
+    // block_size is the training sequence length here, aux_loss_coeff the routers' balancing loss.
+    if (field && field->group != "training" && key != "aux_loss_coeff" && key != "block_size")
+      throw Error(fmt::format("--{}: expected only training keys with a Llama-family --init_from (the model comes "
+                              "from {}), found a {} key",
+                              key, f.init_from, field->group));
+    set_config_value(training, key, text);
+  }
+  if (f.tokenizer.empty())
+    throw Error(fmt::format("--tokenizer: expected the model's tokenizer.json for the Llama-family checkpoint {}, "
+                            "found none",
+                            f.init_from));
+  HfModel model = load_llama_checkpoint(f.init_from);
+  BpeTokenizer tokenizer = BpeTokenizer::load(f.tokenizer);
+  if (tokenizer.vocab_size() > model.config.vocab_size)
+    throw Error(fmt::format("--tokenizer {}: expected at most the model's vocab_size {} ids, found {}", f.tokenizer,
+                            model.config.vocab_size, tokenizer.vocab_size()));
+  TaggedText data = f.data.empty() ? generate_corpus(static_cast<std::uint64_t>(training.seed),
+                                                     static_cast<std::size_t>(f.corpus_bytes))
+                                   : untagged_text(read_text_file(f.data), fs::path(f.data).filename().string());
+  const std::vector<std::int32_t> tokens = tokenizer.encode(data.text);
+  const std::size_t split = tokens.size() * 9 / 10;
+  const std::vector<std::int32_t> train_tokens(tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(split));
+  const std::vector<std::int32_t> val_tokens(tokens.begin() + static_cast<std::ptrdiff_t>(split), tokens.end());
+  const std::int64_t seq_len = std::min(training.block_size, model.config.max_position_embeddings);
+  const auto seed = static_cast<std::uint64_t>(training.seed);
+  BatchSampler train_batches(train_tokens, training.batch_size, seq_len, seed);
+  BatchSampler val_batches(val_tokens, training.batch_size, seq_len, seed + 2);
+
+  std::string note;
+  std::unique_ptr<Backend> backend = make_backend(f.device, &note);
+  std::error_code ec;
+  fs::create_directories(f.out_dir, ec);
+  if (!fs::is_directory(f.out_dir))
+    throw Error(fmt::format("--out_dir: expected a directory that exists or can be created, found '{}'", f.out_dir));
+  fmt::print("model: {} from {} ({} layers, hidden {}, {} experts top-{}); device: {}\n", model.config.architecture,
+             f.init_from, model.config.num_hidden_layers, model.config.hidden_size, model.config.num_local_experts,
+             model.config.num_experts_per_tok, note);
+  fmt::print("data: {} tokens of {} ({} train / {} val), tokenizer {}\n", tokens.size(),
+             f.data.empty() ? "the built-in corpus" : f.data, train_tokens.size(), val_tokens.size(), f.tokenizer);
+  LlamaTrainer trainer(model.config, *backend, model.params,
+                       {.batch = training.batch_size, .seq_len = seq_len, .aux_loss_coeff = training.aux_loss_coeff,
+                        .weight_decay = training.weight_decay, .beta1 = training.beta1, .beta2 = training.beta2,
+                        .grad_clip = training.grad_clip});
+  LlamaTrainer::Evaluation eval;
+  for (std::int64_t iter = 0; iter <= training.max_iters; ++iter) {
+    if (iter % training.eval_interval == 0 || iter == training.max_iters) {
+      eval = trainer.evaluate(val_batches, training.eval_iters);
+      fmt::print("step {:>5}: val loss {:.4f}\n", iter, eval.lm_loss);
+    }
+    if (iter == training.max_iters) break;
+    LlamaStepStats stats = trainer.step(train_batches.next(), iter, learning_rate_at(training, iter));
+    if ((iter + 1) % training.log_interval == 0)
+      fmt::print("step {:>5}/{} | loss {:.4f} (lm {:.4f}, aux {:.4f}) | grad norm {:.2f}\n", iter + 1,
+                 training.max_iters, stats.loss, stats.lm_loss, stats.aux_loss, stats.grad_norm);
+  }
+  const std::string path = (fs::path(f.out_dir) / "ckpt.safetensors").string();
+  save_llama_checkpoint(path, model.config, trainer.parameters(),
+                        {{"step", std::to_string(training.max_iters)}, {"val_loss", fmt::format("{:.4f}", eval.lm_loss)},
+                         {"init_from", fs::absolute(f.init_from).string()}});
+  for (std::size_t l = 0; l < eval.expert_slots.size(); ++l) {
+    std::int64_t total = 0;
+    for (std::int64_t n : eval.expert_slots[l]) total += n;
+    std::string loads;
+    for (std::int64_t n : eval.expert_slots[l])
+      loads += fmt::format(" {:.1f}%", 100.0 * static_cast<double>(n) / static_cast<double>(std::max<std::int64_t>(1, total)));
+    fmt::print("layer {} expert loads (share of {} validation slots):{}\n", l, total, loads);
+  }
+  fmt::print("saved {}\n", path);
+  return 0;
+}
 
 void add_hf_commands(CLI::App& app, HfCommands& c) {
   UpcycleFlags& u = c.upcycle_flags;

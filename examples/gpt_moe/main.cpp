@@ -54,6 +54,7 @@ struct SamplingFlags {
 struct TrainFlags {
   std::string config_file, data, out_dir = "out-gpt-moe", device = "auto";
   std::string init_from;  // a checkpoint whose config and parameters the run starts from
+  std::string tokenizer;  // tokenizer.json, for a Llama-family init_from
   std::int64_t corpus_bytes = 300000;
   std::int64_t report_tokens = 8192;
   bool no_report = false;
@@ -166,6 +167,10 @@ void print_report(const GptMoeConfig& config, Backend& backend, const std::map<s
 }
 
 int run_train(TrainFlags& flags) {
+  if (!flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from))
+    return gpt_moe_cli::run_train_llama({.init_from = flags.init_from, .tokenizer = flags.tokenizer,
+                                         .data = flags.data, .out_dir = flags.out_dir, .device = flags.device,
+                                         .corpus_bytes = flags.corpus_bytes, .overrides = flags.overrides});
   // ---- config: defaults <- JSON file <- flags ----
   GptMoeConfig config;
   std::optional<GptMoeCheckpoint> init;
@@ -410,6 +415,9 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--init_from", train.init_from,
                         "start from this checkpoint's parameters and config (e.g. from `gpt_moe upcycle`); "
                         "the data must fit its vocabulary")
+      ->check(CLI::ExistingFile);
+  train_cmd->add_option("--tokenizer", train.tokenizer,
+                        "Hugging Face tokenizer.json of a Llama-family --init_from checkpoint")
       ->check(CLI::ExistingFile);
   add_sampling_flags(train_cmd, train.sampling);
   const GptMoeConfig defaults;

@@ -8,6 +8,7 @@
 
 #include "frontends/gpt_moe.h"
 #include "frontends/hf_checkpoint.h"
+#include "frontends/hf_trainer.h"
 #include "frontends/trainer.h"
 #include "frontends/upcycle.h"
 #include "hf_reference.h"
@@ -170,4 +171,35 @@ TEST_CASE("upcycling refuses what it cannot copy exactly", "[upcycle]") {
   moe.moe_every = 1;
   CHECK(error_of([&] { upcycle_gpt_moe(moe, init_parameters(gpt_moe_param_specs(moe), 1), {}); })
             .find("expected a dense model") != std::string::npos);
+}
+
+TEST_CASE("an upcycled Llama trains: the loss falls and the expert copies separate", "[upcycle]") {
+  LlamaConfig dense;
+  dense.vocab_size = 20;
+  dense.hidden_size = 16;
+  dense.intermediate_size = 24;
+  dense.num_hidden_layers = 2;
+  dense.num_attention_heads = 4;
+  dense.num_key_value_heads = 2;
+  dense.max_position_embeddings = 16;
+  auto params = params_from_hf_tensors(dense, hf_test::random_hf_tensors(dense, 6), "test");
+  UpcycledLlama moe = upcycle_llama(dense, params, {.num_copies = 4, .top_k = 2, .router_std = 0.2});
+  for (std::int64_t e = 1; e < 4; ++e)
+    CHECK(expert_difference(moe.params.at("model.layers.0.block_sparse_moe.experts.w_up"), 0, e) == 0.0);
+  // A text with structure: "0 1 2 ... 9" counting, repeated.
+  std::vector<std::int32_t> tokens;
+  for (int i = 0; i < 600; ++i) tokens.push_back(i % 10 + (i / 10) % 2 * 10);
+  auto cpu = make_cpu_backend();
+  LlamaTrainer trainer(moe.config, *cpu, moe.params, {.batch = 4, .seq_len = 12});
+  BatchSampler batches(tokens, 4, 12, 3);
+  std::vector<double> losses;
+  for (std::int64_t iter = 0; iter < 30; ++iter) losses.push_back(trainer.step(batches.next(), iter, 1e-2).lm_loss);
+  INFO("first loss " << losses.front() << ", last " << losses.back());
+  CHECK(losses.back() < 0.5 * losses.front());
+  auto trained = trainer.parameters();
+  const HostTensor& w = trained.at("model.layers.1.block_sparse_moe.experts.w_down");
+  for (std::int64_t a = 0; a < 4; ++a)
+    for (std::int64_t b = a + 1; b < 4; ++b) CHECK(expert_difference(w, a, b) > 1e-6);
+  // The trained model still runs as a Mixtral.
+  CHECK(llama_logits(*cpu, moe.config, trained, random_ids(1, 8, 20, 1)).numel() == 8 * 20);
 }
