@@ -83,10 +83,12 @@ int run(const Flags& flags) {
     // What CudaExecutable does before loading the module, with PTX as the output.
     Graph fused = graph;
     create_fuse_elementwise_pass({})->run(fused);
-    codegen::ModuleCode code = codegen::generate_module(fused);
+    codegen::ModuleCode code = codegen::generate_module(fused, codegen::Target::named(flags.arch));
     kernels = code.kernels.size();
     for (const auto& step : code.steps) launches += step.launches.size();
-    std::string ptx = cuda::compile_cuda({code.source, fused.name(), flags.arch, cuda::CompileOutput::ptx, true});
+    cuda::CompileRequest request{code.source, fused.name(), flags.arch, cuda::CompileOutput::ptx, true};
+    request.name_expressions = code.kernels;
+    std::string ptx = cuda::compile_module(request).binary;
     if (ptx.find(".entry") == std::string::npos) throw Error("the compiled PTX has no kernel entry");
     target = flags.arch + " ptx";
   }

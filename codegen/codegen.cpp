@@ -1,7 +1,9 @@
 // Module generation: walks the graph in order, turns each op (or fused
 // elementwise group) into launches through its emitter, and assembles the
-// module source. Also the elementwise chain generator shared by every
-// elementwise op, fused or alone.
+// module source: the included families, the generated chain functors, and
+// one comment per launch naming its instantiation and launch shape. Also
+// the elementwise chain generator shared by every elementwise op, fused or
+// alone.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -10,10 +12,11 @@
 #include <set>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/kernels/elementwise.cuh"
 #include "ir/error.h"
+#include "ir/philox.h"
 #include "ir/printer.h"
 #include "passes/passes.h"
-#include "ir/philox.h"
 
 namespace moejit::codegen {
 
@@ -48,11 +51,31 @@ const char* cuda_type(DType dtype) {
   return "void";
 }
 
+std::string template_type(DType dtype) {
+  switch (dtype) {
+    case DType::f32:
+    case DType::f64:
+    case DType::i32: return cuda_type(dtype);
+    default: return std::string("mj::") + cuda_type(dtype);
+  }
+}
+
+std::string instantiation(std::string_view name, std::initializer_list<std::string> template_args) {
+  std::string text = fmt::format("mj::{}<", name);
+  bool first = true;
+  for (const auto& arg : template_args) {
+    text += (first ? "" : ", ") + arg;
+    first = false;
+  }
+  return text + ">";
+}
 
 unsigned blocks_for(std::int64_t n, unsigned threads) {
   std::int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(std::clamp<std::int64_t>(blocks, 1, 8192));
 }
+
+unsigned tiles(std::int64_t n, std::int64_t tile) { return static_cast<unsigned>(std::max<std::int64_t>((n + tile - 1) / tile, 1)); }
 
 std::vector<std::int64_t> contiguous_strides(const Shape& shape) {
   std::vector<std::int64_t> strides(shape.size(), 1);
@@ -61,63 +84,91 @@ std::vector<std::int64_t> contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-KernelArg dims_arg(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides) {
-  MOEJIT_ASSERT(sizes.size() == strides.size() && sizes.size() <= 8, "dims rank");
-  // struct Dims { int rank; i64 size[8]; i64 stride[8]; } : 4 bytes, 4 padding, 64, 64.
-  KernelArg arg;
-  arg.kind = KernelArg::Kind::bytes;
-  arg.bytes.resize(8 + 64 + 64);
-  std::int32_t rank = static_cast<std::int32_t>(sizes.size());
-  std::memcpy(arg.bytes.data(), &rank, 4);
-  std::int64_t size[8] = {1, 1, 1, 1, 1, 1, 1, 1}, stride[8] = {};
+mj::Dims make_dims(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides) {
+  MOEJIT_ASSERT(sizes.size() == strides.size() && sizes.size() <= MOEJIT_MAX_RANK, "dims rank");
+  mj::Dims d{};
+  d.rank = static_cast<int>(sizes.size());
+  for (int i = 0; i < MOEJIT_MAX_RANK; ++i) d.size[i] = 1;
   for (std::size_t i = 0; i < sizes.size(); ++i) {
-    size[i] = sizes[i];
-    stride[i] = strides[i];
+    d.size[i] = sizes[i];
+    d.stride[i] = strides[i];
   }
-  std::memcpy(arg.bytes.data() + 8, size, 64);
-  std::memcpy(arg.bytes.data() + 72, stride, 64);
-  return arg;
+  return d;
 }
 
 // ---- EmitContext ----
 
-EmitContext::EmitContext(const Graph& graph, int op_index, StepCode& step, std::vector<KernelDef>& kernels)
-    : graph_(graph), op_(graph.ops().at(static_cast<std::size_t>(op_index))), op_index_(op_index), step_(step), kernels_(kernels) {}
+EmitContext::EmitContext(const Graph& graph, const Target& target, int op_index, StepCode& step, GeneratedCode& generated)
+    : graph_(graph), target_(target), op_(graph.ops().at(static_cast<std::size_t>(op_index))), op_index_(op_index), step_(step),
+      generated_(generated) {}
 
-std::string EmitContext::define(const std::string& stem, const std::string& params, const std::string& body) {
-  std::string text = fmt::format("({}) {{\n{}}}\n", params, body);
-  std::string name = fmt::format("mj_{}_{:08x}", stem, static_cast<std::uint32_t>(fnv1a(stem + text)));
-  for (const auto& k : kernels_)
-    if (k.name == name) return name;
-  kernels_.push_back({name, fmt::format("extern \"C\" __global__ void __launch_bounds__(1024) {}{}", name, text)});
+std::string EmitContext::define_functor(const std::string& stem, const std::string& members) {
+  std::string name = fmt::format("{}_{:08x}", stem, static_cast<std::uint32_t>(fnv1a(stem + members)));
+  for (const auto& f : generated_.functors)
+    if (f.first == name) return name;
+  generated_.functors.emplace_back(name, fmt::format("struct {} {{\n{}}};\n", name, members));
   return name;
 }
 
-Launch& EmitContext::launch(const std::string& kernel, unsigned grid_x, std::vector<KernelArg> args, unsigned block_x,
-                            unsigned shared_bytes) {
+Launch& EmitContext::launch_bytes(const char* family, std::string kernel, const TileConfig& config, std::initializer_list<unsigned> grid,
+                                  const void* args, std::size_t size, const std::vector<Bind>& pointers, unsigned shared_bytes,
+                                  const std::vector<TensorMapBind>& tensor_maps) {
+  MOEJIT_ASSERT(grid.size() >= 1 && grid.size() <= 3, "grid has 1 to 3 dims");
+  if (config.threads < 1 || config.threads > 1024) fail(fmt::format("cannot launch {} threads per block (1..1024)", config.threads));
+  if (shared_bytes > 48 * 1024 && shared_bytes > target_.shared_memory_per_block_optin)
+    fail(fmt::format("needs {} bytes of dynamic shared memory for {}; the target {} allows at most {} per block", shared_bytes, kernel,
+                     target_.arch, target_.shared_memory_per_block_optin));
   Launch l;
-  l.kernel = kernel;
-  l.grid[0] = std::max(grid_x, 1u);
-  l.block[0] = block_x;
+  l.family = family;
+  l.kernel = std::move(kernel);
+  l.config = config;
+  std::size_t axis = 0;
+  for (unsigned g : grid) {
+    if (g > (axis == 0 ? 0x7fffffffu : 65535u)) fail(fmt::format("needs a grid of {} blocks along axis {}", g, axis));
+    l.grid[axis++] = std::max(g, 1u);
+  }
+  l.block[0] = static_cast<unsigned>(config.threads);
+  l.cluster[0] = static_cast<unsigned>(config.cluster_m);
+  l.cluster[1] = static_cast<unsigned>(config.cluster_n);
   l.shared_bytes = shared_bytes;
-  l.args = std::move(args);
+  l.args.resize(size);
+  std::memcpy(l.args.data(), args, size);
+  const auto* base = static_cast<const std::byte*>(args);
+  auto offset_of = [&](const void* field, std::size_t field_size) {
+    const auto* at = static_cast<const std::byte*>(field);
+    MOEJIT_ASSERT(at >= base && at + field_size <= base + size, "a bound field lies inside the argument struct");
+    return static_cast<std::uint32_t>(at - base);
+  };
+  for (const Bind& b : pointers) {
+    std::uint32_t at = offset_of(b.field, 8);
+    std::memset(l.args.data() + at, 0, 8);
+    l.pointers.push_back({at, b.buffer});
+  }
+  for (const TensorMapBind& m : tensor_maps) {
+    TensorMapField field = m.map;
+    field.offset = offset_of(m.field, sizeof(mj::TmaDescriptor));
+    MOEJIT_ASSERT(field.offset % 64 == 0, "a TmaDescriptor is 64-byte aligned");
+    l.tensor_maps.push_back(field);
+  }
+  generated_.families.insert(family);
   step_.launches.push_back(std::move(l));
   return step_.launches.back();
 }
 
-void EmitContext::zero(KernelArg target, std::int64_t bytes) {
+void EmitContext::zero(Buffer target, std::int64_t bytes) {
   Launch l;
   l.kind = Launch::Kind::zero;
   l.bytes = bytes;
-  l.args = {std::move(target)};
+  l.dst = target;
   step_.launches.push_back(std::move(l));
 }
 
-void EmitContext::copy(KernelArg source, KernelArg target, std::int64_t bytes) {
+void EmitContext::copy(Buffer source, Buffer target, std::int64_t bytes) {
   Launch l;
   l.kind = Launch::Kind::copy;
   l.bytes = bytes;
-  l.args = {std::move(source), std::move(target)};
+  l.src = source;
+  l.dst = target;
   step_.launches.push_back(std::move(l));
 }
 
@@ -135,7 +186,7 @@ void EmitContext::fail(const std::string& message) const {
 // ---- elementwise chains ----
 
 namespace {
-const char* unary_function(OpKind kind) {
+const char* elementwise_function(OpKind kind) {
   switch (kind) {
     case OpKind::Neg: return "ew_neg";
     case OpKind::Exp: return "ew_exp";
@@ -182,7 +233,7 @@ std::string elementwise_expr(const Graph& graph, const Op& op, const std::vector
     }
     default: break;
   }
-  const char* fn = unary_function(op.kind);
+  const char* fn = elementwise_function(op.kind);
   MOEJIT_ASSERT(fn, fmt::format("{} is not elementwise", op_name(op.kind)));
   std::string call = std::string(fn) + "(";
   for (std::size_t k = 0; k < args.size(); ++k) call += (k ? ", ld(" : "ld(") + args[k] + ")";
@@ -190,80 +241,120 @@ std::string elementwise_expr(const Graph& graph, const Op& op, const std::vector
 }
 }  // namespace
 
-void emit_elementwise_chain(const Graph& graph, const std::vector<int>& ops, const std::vector<bool>& stored, StepCode& step,
-                            std::vector<KernelDef>& kernels) {
-  MOEJIT_ASSERT(!ops.empty(), "empty chain");
+void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored) {
+  MOEJIT_ASSERT(!ops.empty() && ops.back() == ctx.op_index(), "the context is at the chain's last op");
+  const Graph& graph = ctx.graph();
   const Op& last = graph.ops()[static_cast<std::size_t>(ops.back())];
   const std::int64_t n = graph.type(last.results[0]).numel();
   std::map<ValueId, std::string> var;  // value -> local variable
   std::vector<ValueId> inputs, outputs;
-  std::string body, loads, computes, stores;
-  // Dropout's `offset` attributes travel as kernel arguments after n, so the
-  // source does not depend on them.
-  std::string offset_params;
-  std::vector<KernelArg> offset_args;
-  int next = 0;
+  std::string loads, computes, stores;
+  mj::ElementwiseArgs args{};
+  int dropouts = 0, next = 0;
   for (int index : ops) {
     const Op& op = graph.ops()[static_cast<std::size_t>(index)];
     MOEJIT_ASSERT(is_fusible_elementwise(op.kind), "chain op");
     if (graph.type(op.results[0]).numel() != n)
       throw Error(fmt::format("{}: fusion group mixes element counts ({} and {})", value_ref(graph, op.results[0]),
                               graph.type(op.results[0]).numel(), n));
-    std::vector<std::string> args;
+    std::vector<std::string> operands;
     for (ValueId v : op.operands) {
       if (!var.count(v)) {
+        if (inputs.size() == mj::kChainMaxInputs)
+          ctx.fail(fmt::format("fuses at most {} inputs into one elementwise kernel", mj::kChainMaxInputs));
         std::string name = fmt::format("v{}", next++);
         // Elementwise operands have the chain's shape; a one-element operand
         // in a longer chain is a scalar (dropout's step_offset), read at [0].
-        const char* index = graph.type(v).numel() == 1 ? "0" : "i";
-        loads += fmt::format("    {} {} = in{}[{}];\n", cuda_type(graph.type(v).dtype), name, inputs.size(), index);
+        const char* at = graph.type(v).numel() == 1 ? "0" : "i";
+        const char* type = cuda_type(graph.type(v).dtype);
+        loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[{3}];\n", type, name, inputs.size(), at);
         var[v] = name;
         inputs.push_back(v);
       }
-      args.push_back(var[v]);
+      operands.push_back(var[v]);
     }
     std::string philox_base;
     if (op.kind == OpKind::Dropout) {
       // base = offset (a kernel argument) + step_offset (read from its device scalar)
-      philox_base = fmt::format("offset{}", offset_args.size());
-      offset_params += fmt::format(", unsigned long long {}", philox_base);
-      offset_args.push_back(KernelArg::i64(op.attrs.get_int("offset")));
-      if (args.size() > 1) philox_base += fmt::format(" + (unsigned long long){}", args[1]);
+      if (dropouts == mj::kChainMaxDropouts) ctx.fail(fmt::format("fuses at most {} dropouts into one kernel", mj::kChainMaxDropouts));
+      args.dropout_offset[dropouts] = static_cast<unsigned long long>(op.attrs.get_int("offset"));
+      philox_base = fmt::format("a.dropout_offset[{}]", dropouts++);
+      if (operands.size() > 1) philox_base += fmt::format(" + (unsigned long long){}", operands[1]);
     }
     std::string name = fmt::format("v{}", next++);
     ValueId r = op.results[0];
-    computes += fmt::format("    {} {} = {};\n", cuda_type(graph.type(r).dtype), name,
-                            elementwise_expr(graph, op, args, philox_base));
+    computes += fmt::format("    const {} {} = {};\n", cuda_type(graph.type(r).dtype), name, elementwise_expr(graph, op, operands, philox_base));
     var[r] = name;
     if (stored[static_cast<std::size_t>(r)] || index == ops.back()) {
-      stores += fmt::format("    out{}[i] = {};\n", outputs.size(), name);
+      if (outputs.size() == mj::kChainMaxOutputs)
+        ctx.fail(fmt::format("stores at most {} values from one elementwise kernel", mj::kChainMaxOutputs));
+      stores += fmt::format("    static_cast<{}*>(a.out[{}])[i] = {};\n", cuda_type(graph.type(r).dtype), outputs.size(), name);
       outputs.push_back(r);
     }
   }
-  std::string params;
-  for (std::size_t k = 0; k < inputs.size(); ++k)
-    params += fmt::format("const {}* __restrict__ in{}, ", cuda_type(graph.type(inputs[k]).dtype), k);
-  for (std::size_t k = 0; k < outputs.size(); ++k)
-    params += fmt::format("{}* __restrict__ out{}, ", cuda_type(graph.type(outputs[k]).dtype), k);
-  params += "i64 n" + offset_params;
-  body = "  MOEJIT_FOR_EACH(i, n) {\n" + loads + computes + stores + "  }\n";
   std::string stem = ops.size() == 1 ? fmt::format("{}_{}", op_name(last.kind).substr(3), cuda_type(graph.type(last.results[0]).dtype))
                                      : fmt::format("fused{}", ops.size());
-  EmitContext ctx(graph, ops.back(), step, kernels);
-  std::string kernel = ctx.define(stem, params, body);
-  std::vector<KernelArg> args;
-  for (ValueId v : inputs) args.push_back(KernelArg::of(v));
-  for (ValueId v : outputs) args.push_back(KernelArg::of(v));
-  args.push_back(KernelArg::i64(n));
-  for (KernelArg& offset : offset_args) args.push_back(std::move(offset));
-  ctx.launch(kernel, blocks_for(n), std::move(args));
+  std::string functor = ctx.define_functor(
+      "chain_" + stem, "  static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {\n" + loads + computes + stores + "  }\n");
+  args.n = n;
+  std::vector<Bind> binds;
+  for (std::size_t k = 0; k < inputs.size(); ++k) binds.push_back({&args.in[k], Buffer::of(inputs[k])});
+  for (std::size_t k = 0; k < outputs.size(); ++k) binds.push_back({&args.out[k], Buffer::of(outputs[k])});
+  TileConfig config = TileConfig::fixed_threads(256);
+  ctx.launch("elementwise", instantiation("elementwise_kernel", {"mj::" + functor, std::to_string(config.threads)}), config,
+             {blocks_for(n)}, args, binds);
 }
 
 // ---- the module ----
 
-ModuleCode generate_module(const Graph& graph) {
+namespace {
+
+std::string dims3(const unsigned d[3]) { return fmt::format("({}, {}, {})", d[0], d[1], d[2]); }
+
+std::string step_label(const Graph& graph, const StepCode& step) {
+  const Op& op = graph.ops()[static_cast<std::size_t>(step.ops.back())];
+  std::string label = fmt::format("{} = \"{}\"", value_ref(graph, op.results.empty() ? kNoValue : op.results[0]), op_name(op.kind));
+  if (step.ops.size() > 1) label += fmt::format(" (fused group of {} ops)", step.ops.size());
+  return label;
+}
+
+std::string assemble_source(const Graph& graph, const ModuleCode& module, const GeneratedCode& generated) {
+  std::string s = fmt::format(
+      "// moejit CUDA module @{} for {} (generated by codegen/). The kernels are\n"
+      "// the templates of the included families; each launch below names its\n"
+      "// instantiation, which NVRTC instantiates through nvrtcAddNameExpression.\n",
+      graph.name(), module.target.arch);
+  for (const auto& header : module.headers) s += fmt::format("#include \"{}\"\n", header);
+  if (!generated.functors.empty()) {
+    s += "\nnamespace mj {\n";
+    for (const auto& [name, definition] : generated.functors) s += "\n" + definition;
+    s += "\n}  // namespace mj\n";
+  }
+  s += "\n// ---- launches ----\n";
+  for (std::size_t i = 0; i < module.steps.size(); ++i) {
+    const StepCode& step = module.steps[i];
+    s += fmt::format("// step {}: {}\n", i, step_label(graph, step));
+    for (const Launch& l : step.launches) {
+      switch (l.kind) {
+        case Launch::Kind::zero: s += fmt::format("//   memset 0, {} bytes\n", l.bytes); break;
+        case Launch::Kind::copy: s += fmt::format("//   copy {} bytes\n", l.bytes); break;
+        case Launch::Kind::kernel:
+          s += fmt::format("//   {}\n//     grid {} block {} smem {} cluster {}; {}\n", l.kernel, dims3(l.grid), dims3(l.block), l.shared_bytes,
+                           dims3(l.cluster), l.config.str());
+          break;
+      }
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+ModuleCode generate_module(const Graph& graph, const Target& target) {
   ModuleCode module;
   module.name = graph.name();
+  module.target = target;
+  GeneratedCode generated;
   const auto& ops = graph.ops();
   const int num_ops = static_cast<int>(ops.size());
   // Fusion groups: op indices per group id, in graph order.
@@ -300,13 +391,13 @@ ModuleCode generate_module(const Graph& graph) {
   for (int i = 0; i < num_ops; ++i) {
     std::int64_t g = group_of[static_cast<std::size_t>(i)];
     StepCode step;
+    EmitContext ctx(graph, target, i, step, generated);
     if (g >= 0 && groups[g].size() > 1) {
       if (groups[g].back() != i) continue;  // the group runs at its last op
       step.ops = groups[g];
-      emit_elementwise_chain(graph, step.ops, stored, step, module.kernels);
+      emit_elementwise_chain(ctx, step.ops, stored);
     } else {
       step.ops = {i};
-      EmitContext ctx(graph, i, step, module.kernels);
       switch (ops[static_cast<std::size_t>(i)].kind) {
 #define MOEJIT_OP(kind, ...) \
   case OpKind::kind:         \
@@ -319,12 +410,15 @@ ModuleCode generate_module(const Graph& graph) {
     module.steps.push_back(std::move(step));
   }
   module.materialized = stored;
-  module.source = kernel_library();
-  module.source += fmt::format("\n// ==== generated kernels of @{} ====\n", graph.name());
-  for (const auto& k : module.kernels) module.source += "\n" + k.source;
+  for (const auto& family : generated.families) module.headers.push_back(fmt::format("codegen/kernels/{}.cuh", family));
+  std::set<std::string> seen;
+  for (const auto& step : module.steps)
+    for (const auto& l : step.launches)
+      if (l.kind == Launch::Kind::kernel && seen.insert(l.kernel).second) module.kernels.push_back(l.kernel);
+  module.source = assemble_source(graph, module, generated);
   return module;
 }
 
-std::string emit_cuda_source(const Graph& graph) { return generate_module(graph).source; }
+std::string emit_cuda_source(const Graph& graph, const Target& target) { return generate_module(graph, target).source; }
 
 }  // namespace moejit::codegen

@@ -1,63 +1,91 @@
 // CUDA code generation: every op of ir/ops.def becomes one or more launches
-// of kernels instantiated from the kernel library (codegen/kernels/*.cuh).
+// of kernel templates from the kernel families (codegen/kernels/*.cuh).
 //
-// The generated layer is thin: each kernel is an `extern "C" __global__`
-// wrapper that calls one library template with the element types (and, for
-// fused elementwise chains, the chain's expression) filled in; sizes travel
-// as kernel arguments, so one kernel serves every op of its kind and dtype.
-// A kernel's name ends in a hash of its text, so equal kernels are emitted
-// once and names are stable from run to run. The module of a graph is the
-// library followed by its kernels, deterministic for a given graph.
+// A family is an ordinary CUDA header: argument structs declared once and
+// shared by this host code and NVRTC, and kernel templates over element
+// types, tile shape and functors, each taking its one argument struct
+// (`__global__ void softmax_kernel<T, LOG, THREADS>(const SoftmaxArgs<T>)`).
+// An emitter fills the struct on the host, names the device buffers of its
+// pointer fields (the executor patches them once buffers are allocated),
+// and names the instantiation; the generated layer is only that name (given
+// to NVRTC with nvrtcAddNameExpression) plus the functors of fused
+// elementwise chains. The module of a graph includes only the families its
+// launches use, and is deterministic for a given graph and target.
 //
 // Elementwise ops that the fuse-elementwise pass put in one group (the
-// attribute mj.fusion_group) become one kernel; a value used only inside its
+// attribute mj.fusion_group) become one chain; a value used only inside its
 // group is never stored (see passes/fuse_elementwise.cpp).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "codegen/kernels/common.cuh"
+#include "codegen/target.h"
+#include "codegen/tile_config.h"
 #include "ir/graph.h"
 
 namespace moejit::codegen {
 
-// One argument of a launch, resolved to bytes by the executor.
-struct KernelArg {
-  enum class Kind : std::uint8_t { value, scratch, null, i32, i64, f32, f64, bytes };
+// A device buffer a launch reads or writes: a value's storage, a byte offset
+// into the step's scratch, or nothing (a null pointer).
+struct Buffer {
+  enum class Kind : std::uint8_t { null, value, scratch };
   Kind kind = Kind::null;
-  ValueId value = kNoValue;  // value: its device buffer
-  std::int64_t number = 0;   // scratch: byte offset in the step's scratch; i32 / i64
-  double real = 0.0;         // f32 / f64
-  std::vector<std::byte> bytes;
+  ValueId value = kNoValue;
+  std::int64_t offset = 0;  // scratch: bytes from the step's scratch start
 
-  static KernelArg of(ValueId v) { return {Kind::value, v, 0, 0.0, {}}; }
-  static KernelArg scratch(std::int64_t byte_offset) { return {Kind::scratch, kNoValue, byte_offset, 0.0, {}}; }
-  static KernelArg none() { return {}; }
-  static KernelArg i32(std::int64_t v) { return {Kind::i32, kNoValue, v, 0.0, {}}; }
-  static KernelArg i64(std::int64_t v) { return {Kind::i64, kNoValue, v, 0.0, {}}; }
-  static KernelArg f32(double v) { return {Kind::f32, kNoValue, 0, v, {}}; }
-  static KernelArg f64(double v) { return {Kind::f64, kNoValue, 0, v, {}}; }
+  static Buffer of(ValueId v) { return {Kind::value, v, 0}; }
+  static Buffer scratch(std::int64_t byte_offset) { return {Kind::scratch, kNoValue, byte_offset}; }
+  static Buffer none() { return {}; }
+};
+
+// A pointer field of a launch's argument struct: 8 bytes at `offset` that
+// the executor sets to the buffer's device address.
+struct PointerField {
+  std::uint32_t offset = 0;
+  Buffer buffer;
+};
+
+// A TmaDescriptor field (codegen/kernels/common.cuh) that the executor
+// encodes with cuTensorMapEncodeTiled once the arena is allocated (before
+// any CUDA-graph capture). Dims and strides are in elements, innermost
+// first as the driver wants them; strides[0] is 1 and implicit.
+struct TensorMapField {
+  enum class Swizzle : std::uint8_t { none, b32, b64, b128 };
+  std::uint32_t offset = 0;
+  Buffer buffer;
+  DType dtype = DType::f32;
+  int rank = 2;                       // 1..5
+  std::int64_t dims[5] = {1, 1, 1, 1, 1};
+  std::int64_t strides[5] = {1, 1, 1, 1, 1};
+  std::uint32_t box[5] = {1, 1, 1, 1, 1};
+  Swizzle swizzle = Swizzle::b128;    // out-of-bounds elements always read as zero
 };
 
 struct Launch {
   enum class Kind : std::uint8_t {
-    kernel,  // kernel `kernel` with `args`
-    zero,    // args[0] (a value or scratch) := `bytes` zero bytes
-    copy,    // args[1] := args[0], `bytes` bytes (device to device)
+    kernel,  // `kernel` with `args`
+    zero,    // dst := `bytes` zero bytes
+    copy,    // dst := src, `bytes` bytes (device to device)
   };
   Kind kind = Kind::kernel;
-  std::string kernel;
+  std::string family;  // "matmul" for codegen/kernels/matmul.cuh
+  std::string kernel;  // the instantiation: "mj::softmax_kernel<float, 0, 256>"
+  TileConfig config;   // sets block, cluster and the template arguments
   unsigned grid[3] = {1, 1, 1};
   unsigned block[3] = {256, 1, 1};
+  unsigned cluster[3] = {1, 1, 1};
   unsigned shared_bytes = 0;  // dynamic shared memory
-  std::int64_t bytes = 0;     // zero / copy
-  std::vector<KernelArg> args;
-};
-
-struct KernelDef {
-  std::string name;
-  std::string source;
+  std::vector<std::byte> args;  // the family's argument struct, pointer fields zero
+  std::vector<PointerField> pointers;
+  std::vector<TensorMapField> tensor_maps;
+  std::int64_t bytes = 0;  // zero / copy
+  Buffer src, dst;         // zero / copy
 };
 
 // What one step of the schedule runs: one op, or one fused elementwise
@@ -69,88 +97,134 @@ struct StepCode {
 };
 
 struct ModuleCode {
-  std::string name;     // from the graph's name
-  std::string source;   // the kernel library, then every kernel of `kernels`
-  std::vector<KernelDef> kernels;
-  std::vector<StepCode> steps;    // in execution order
-  std::vector<bool> materialized;  // per value: needs device storage
+  std::string name;    // from the graph's name
+  Target target;
+  std::string source;  // the includes, generated functors, and one comment per launch
+  std::vector<std::string> headers;  // the families included ("codegen/kernels/matmul.cuh")
+  std::vector<std::string> kernels;  // every instantiation, once, in first-use order
+  std::vector<StepCode> steps;       // in execution order
+  std::vector<bool> materialized;    // per value: needs device storage
 };
 
-// The kernel library (codegen/kernels/*.cuh) as one string, and the
-// device part of ir/philox.h inside it (embedded at build time).
-const std::string& kernel_library();
-const char* philox_library_part();
+// One embedded header: its path in the source tree (the name NVRTC gets)
+// and its text. kernel_headers() holds ir/philox.h and every
+// codegen/kernels/*.cuh, embedded by CMake at configure time.
+struct KernelHeader {
+  const char* name;
+  const char* text;
+};
+const std::vector<KernelHeader>& kernel_headers();
+const KernelHeader* find_kernel_header(std::string_view name);
 
-// Generates the module of `graph` (throws moejit::Error for what the CUDA
-// backend cannot run, naming the op: rank > 8, too many experts, ...).
-ModuleCode generate_module(const Graph& graph);
+// Generates the module of `graph` for `target` (throws moejit::Error for
+// what the CUDA backend cannot run, naming the op: rank > 8, too many
+// experts, a tile attribute the family cannot take, ...).
+ModuleCode generate_module(const Graph& graph, const Target& target);
 
-// The CUDA C++ of every kernel of `graph` (what `moejit opt --emit=cuda` prints).
-std::string emit_cuda_source(const Graph& graph);
+// The CUDA C++ of `graph`'s module (what `moejit opt --emit=cuda` prints).
+std::string emit_cuda_source(const Graph& graph, const Target& target);
 
-// The C type of a dtype in generated code ("float", "bf16_t", "bool_t", ...).
+// The C type of a dtype inside generated code in namespace mj ("float",
+// "bf16_t", "bool_t", ...), and the same type spelled for a template
+// argument of a name expression ("float", "mj::bf16_t", "mj::bool_t").
 const char* cuda_type(DType dtype);
+std::string template_type(DType dtype);
+
+// "mj::<name><arg0, arg1, ...>": the spelling of an instantiation.
+std::string instantiation(std::string_view name, std::initializer_list<std::string> template_args);
 
 // The attribute that groups elementwise ops into one fused kernel.
 inline constexpr const char* kFusionGroupAttr = "mj.fusion_group";
 
+// A pointer field of an argument struct and the buffer it points to, for
+// EmitContext::launch: {&args.x, Buffer::of(v)}.
+struct Bind {
+  const void* field;
+  Buffer buffer;
+};
+struct TensorMapBind {
+  const void* field;
+  TensorMapField map;  // offset is filled in from `field`
+};
+
+// What emitters add to a module besides launches.
+struct GeneratedCode {
+  std::set<std::string> families;  // stems of the headers to include
+  std::vector<std::pair<std::string, std::string>> functors;  // (name, definition), in definition order
+};
+
 // ---- what an emitter sees ----
 class EmitContext {
  public:
-  EmitContext(const Graph& graph, int op_index, StepCode& step, std::vector<KernelDef>& kernels);
+  EmitContext(const Graph& graph, const Target& target, int op_index, StepCode& step, GeneratedCode& generated);
 
   const Graph& graph() const { return graph_; }
+  const Target& target() const { return target_; }
   const Op& op() const { return op_; }
   int op_index() const { return op_index_; }
   StepCode& step() { return step_; }
-  std::vector<KernelDef>& kernels() { return kernels_; }
   const AttrList& attrs() const { return op_.attrs; }
   ValueId operand(int i) const { return op_.operands.at(static_cast<std::size_t>(i)); }
   ValueId result(int i) const { return op_.results.at(static_cast<std::size_t>(i)); }
   bool has_operand(int i) const { return static_cast<int>(op_.operands.size()) > i; }
   const TensorType& in(int i) const { return graph_.type(operand(i)); }
   const TensorType& out(int i) const { return graph_.type(result(i)); }
-  // "T" of the kernel templates for operand i / result i.
-  const char* in_type(int i) const { return cuda_type(in(i).dtype); }
-  const char* out_type(int i) const { return cuda_type(out(i).dtype); }
+  // The template-argument spelling of operand i's / result i's element type.
+  std::string in_type(int i) const { return template_type(in(i).dtype); }
+  std::string out_type(int i) const { return template_type(out(i).dtype); }
 
-  // Defines `extern "C" __global__ void <name>(params) { body }` once and
-  // returns its name: mj_<stem>_<hash of the text>.
-  std::string define(const std::string& stem, const std::string& params, const std::string& body);
-  // Appends a kernel launch; grid is capped for grid-stride kernels by the caller.
-  Launch& launch(const std::string& kernel, unsigned grid_x, std::vector<KernelArg> args, unsigned block_x = 256,
-                 unsigned shared_bytes = 0);
-  void zero(KernelArg target, std::int64_t bytes);
-  void copy(KernelArg source, KernelArg target, std::int64_t bytes);
+  // Appends a launch of `kernel` (an instantiation of family `family`, the
+  // stem of codegen/kernels/<family>.cuh) with the argument struct `args`:
+  // its bytes are copied, and each Bind names a pointer field inside `args`
+  // and its buffer. The block is config.threads; cluster from the config;
+  // dynamic shared memory above 48 KiB must fit the target's opt-in.
+  template <class Args>
+  Launch& launch(const char* family, std::string kernel, const TileConfig& config, std::initializer_list<unsigned> grid,
+                 const Args& args, const std::vector<Bind>& pointers, unsigned shared_bytes = 0,
+                 const std::vector<TensorMapBind>& tensor_maps = {}) {
+    return launch_bytes(family, std::move(kernel), config, grid, &args, sizeof(Args), pointers, shared_bytes, tensor_maps);
+  }
+  // Defines `struct <name> { <members> };` in namespace mj of the module once
+  // and returns its name, <stem>_<hash of the text>: the functor template
+  // argument of a kernel (a fused chain).
+  std::string define_functor(const std::string& stem, const std::string& members);
+  void zero(Buffer target, std::int64_t bytes);
+  void copy(Buffer source, Buffer target, std::int64_t bytes);
   // Reserves `bytes` of step scratch (256-byte aligned); returns its offset.
   std::int64_t scratch(std::int64_t bytes);
   // Error "<op>: the CUDA backend ...".
   [[noreturn]] void fail(const std::string& message) const;
 
  private:
+  Launch& launch_bytes(const char* family, std::string kernel, const TileConfig& config, std::initializer_list<unsigned> grid,
+                       const void* args, std::size_t size, const std::vector<Bind>& pointers, unsigned shared_bytes,
+                       const std::vector<TensorMapBind>& tensor_maps);
+
   const Graph& graph_;
+  const Target& target_;
   const Op& op_;
   int op_index_;
   StepCode& step_;
-  std::vector<KernelDef>& kernels_;
+  GeneratedCode& generated_;
 };
 
-// Blocks for a grid-stride loop over n elements with 256 threads (at most 8192).
+// Blocks for a grid-stride loop over n elements (at most 8192).
 unsigned blocks_for(std::int64_t n, unsigned threads = 256);
+// Tiles of `tile` covering n (at least 1).
+unsigned tiles(std::int64_t n, std::int64_t tile);
 
-// The Dims struct of the kernel library (rank, size[8], stride[8]) as bytes.
-KernelArg dims_arg(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides);
-// Row-major strides of a shape.
+// Row-major strides of a shape, and the kernels' Dims of (sizes, strides).
 std::vector<std::int64_t> contiguous_strides(const Shape& shape);
+mj::Dims make_dims(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides);
+
+// The kernel of an elementwise chain (op indices in graph order; ctx is at
+// the last op); used by generate_module for groups and by the elementwise
+// emitters for one op. `stored`: per value, whether it is written.
+void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored);
 
 // Declares codegen::emit_<Kind> for every op. A missing emitter is a link error.
 #define MOEJIT_OP(kind, ...) void emit_##kind(EmitContext& ctx);
 #include "ir/ops.def"
 #undef MOEJIT_OP
-
-// The fused kernel of an elementwise chain (op indices in graph order); used
-// by generate_module for groups and by the elementwise emitters for one op.
-void emit_elementwise_chain(const Graph& graph, const std::vector<int>& ops, const std::vector<bool>& stored, StepCode& step,
-                            std::vector<KernelDef>& kernels);
 
 }  // namespace moejit::codegen

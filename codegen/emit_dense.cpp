@@ -1,24 +1,35 @@
 // Emitters of the dense ops (mj.*): elementwise (through the chain
 // generator), reductions and row-wise normalizations, matmul, layout,
-// attention, cross entropy, random numbers and AdamW. Each emitter turns
-// the op's shapes and attributes into launches of kernel library templates.
+// attention, cross entropy, random numbers and AdamW. Each emitter fills
+// its kernel family's argument struct from the op's shapes and attributes,
+// binds the struct's pointer fields to buffers, and names the
+// instantiation its TileConfig selects.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_sm90_launch.h"
+#include "codegen/gemm_select.h"
+#include "codegen/kernels/elementwise.cuh"
+#include "codegen/kernels/layout.cuh"
+#include "codegen/kernels/matmul.cuh"
+#include "codegen/kernels/model.cuh"
+#include "codegen/kernels/reduce.cuh"
 #include "ir/error.h"
 
 namespace moejit::codegen {
 
 namespace {
 
-using Arg = KernelArg;
+using B = Buffer;
+
+std::string threads_of(const TileConfig& c) { return std::to_string(c.threads); }
 
 void elementwise(EmitContext& ctx) {
   std::vector<bool> stored(static_cast<std::size_t>(ctx.graph().num_values()), true);
-  emit_elementwise_chain(ctx.graph(), {ctx.op_index()}, stored, ctx.step(), ctx.kernels());
+  emit_elementwise_chain(ctx, {ctx.op_index()}, stored);
 }
 
 std::int64_t product(const Shape& shape, std::size_t begin, std::size_t end) {
@@ -40,19 +51,22 @@ const char* copy_element(std::size_t bytes) {
   }
 }
 
+unsigned row_blocks(std::int64_t rows) { return static_cast<unsigned>(std::clamp<std::int64_t>(rows, 1, 65535)); }
+
 // One strided copy: region `sizes`, read through src strides at src_offset,
 // written through dst strides at dst_offset (elements).
 void strided_copy(EmitContext& ctx, ValueId src, ValueId dst, const Shape& sizes, const std::vector<std::int64_t>& src_strides,
                   const std::vector<std::int64_t>& dst_strides, std::int64_t src_offset, std::int64_t dst_offset) {
   if (sizes.size() > 8) ctx.fail(fmt::format("supports layout ops of rank <= 8, found rank {}", sizes.size()));
-  const char* e = copy_element(dtype_size(ctx.graph().type(src).dtype));
-  std::string kernel = ctx.define(fmt::format("copy{}", dtype_size(ctx.graph().type(src).dtype)),
-                                  fmt::format("const {0}* src, {0}* dst, Dims src_dims, Dims dst_dims, i64 src_offset, i64 dst_offset, i64 n", e),
-                                  fmt::format("  copy_impl<{}>(src, dst, src_dims, dst_dims, src_offset, dst_offset, n);\n", e));
-  std::int64_t n = product(sizes, 0, sizes.size());
-  ctx.launch(kernel, blocks_for(n),
-             {Arg::of(src), Arg::of(dst), dims_arg(sizes, src_strides), dims_arg(sizes, dst_strides), Arg::i64(src_offset),
-              Arg::i64(dst_offset), Arg::i64(n)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::CopyArgs<void> a{};
+  a.src_dims = make_dims(sizes, src_strides);
+  a.dst_dims = make_dims(sizes, dst_strides);
+  a.src_offset = src_offset;
+  a.dst_offset = dst_offset;
+  a.n = product(sizes, 0, sizes.size());
+  ctx.launch("layout", instantiation("copy_kernel", {copy_element(dtype_size(ctx.graph().type(src).dtype)), threads_of(config)}), config,
+             {blocks_for(a.n)}, a, {{&a.src, B::of(src)}, {&a.dst, B::of(dst)}});
 }
 
 // sum / mean / max over axes. kind: 0 sum, 1 mean, 2 max.
@@ -69,59 +83,69 @@ void reduction(EmitContext& ctx, int kind) {
     sizes.push_back(x.shape[static_cast<std::size_t>(i)]);
     st.push_back(strides[static_cast<std::size_t>(i)]);
   }
-  std::int64_t outputs = product(kept_sizes, 0, kept_sizes.size()), count = product(red_sizes, 0, red_sizes.size());
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("reduce{}_{}", kind, t),
-                                  fmt::format("const {0}* x, {0}* y, Dims kept, Dims reduced, i64 outputs, i64 count", t),
-                                  fmt::format("  reduce_impl<{}, {}>(x, y, kept, reduced, outputs, count);\n", t, kind));
-  ctx.launch(kernel, static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(outputs, 1), 65535)),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.result(0)), dims_arg(kept_sizes, kept_strides), dims_arg(red_sizes, red_strides),
-              Arg::i64(outputs), Arg::i64(count)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::ReduceArgs<void> a{};
+  a.kept = make_dims(kept_sizes, kept_strides);
+  a.reduced = make_dims(red_sizes, red_strides);
+  a.outputs = product(kept_sizes, 0, kept_sizes.size());
+  a.count = product(red_sizes, 0, red_sizes.size());
+  ctx.launch("reduce", instantiation("reduce_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
+             {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a,
+             {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
 }
-
-unsigned row_blocks(std::int64_t rows) { return static_cast<unsigned>(std::clamp<std::int64_t>(rows, 1, 65535)); }
 
 void softmax(EmitContext& ctx, int log) {
   const TensorType& x = ctx.in(0);
-  std::int64_t c = x.dim(-1), rows = x.numel() / c;
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("{}_{}", log ? "log_softmax" : "softmax", t), fmt::format("const {0}* x, {0}* y, i64 rows, i64 c", t),
-                                  fmt::format("  softmax_impl<{}, {}>(x, y, rows, c);\n", t, log));
-  ctx.launch(kernel, row_blocks(rows), {Arg::of(ctx.operand(0)), Arg::of(ctx.result(0)), Arg::i64(rows), Arg::i64(c)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::SoftmaxArgs<void> a{};
+  a.c = x.dim(-1);
+  a.rows = x.numel() / a.c;
+  ctx.launch("reduce", instantiation("softmax_kernel", {ctx.in_type(0), std::to_string(log), threads_of(config)}), config,
+             {row_blocks(a.rows)}, a, {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
 }
 
 void norm(EmitContext& ctx, bool layer) {
   const TensorType& x = ctx.in(0);
-  std::int64_t c = x.dim(-1), rows = x.numel() / c;
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("norm_{}", t), fmt::format("const {0}* x, const {0}* gamma, const {0}* beta, {0}* y, i64 rows, i64 c, double eps", t),
-                                  fmt::format("  norm_impl<{}>(x, gamma, beta, y, rows, c, eps);\n", t));
-  ctx.launch(kernel, row_blocks(rows),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), layer ? Arg::of(ctx.operand(2)) : Arg::none(), Arg::of(ctx.result(0)),
-              Arg::i64(rows), Arg::i64(c), Arg::f64(ctx.attrs().get_float("eps"))});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::NormArgs<void> a{};
+  a.c = x.dim(-1);
+  a.rows = x.numel() / a.c;
+  a.eps = ctx.attrs().get_float("eps");
+  ctx.launch("reduce", instantiation("norm_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a,
+             {{&a.x, B::of(ctx.operand(0))},
+              {&a.gamma, B::of(ctx.operand(1))},
+              {&a.beta, layer ? B::of(ctx.operand(2)) : B::none()},
+              {&a.y, B::of(ctx.result(0))}});
 }
 
 void norm_grad(EmitContext& ctx, bool layer) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
-  const char* t = ctx.in_type(0);
   std::int64_t stats = ctx.scratch(rows * 2 * 8);
-  std::string rows_kernel = ctx.define(
-      fmt::format("norm_grad_rows_{}", t), fmt::format("const {0}* x, const {0}* gamma, const {0}* dy, {0}* dx, double* stats, i64 rows, i64 c, double eps, int rms", t),
-      fmt::format("  norm_grad_rows_impl<{}>(x, gamma, dy, dx, stats, rows, c, eps, rms);\n", t));
-  ctx.launch(rows_kernel, row_blocks(rows),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::scratch(stats),
-              Arg::i64(rows), Arg::i64(c), Arg::f64(ctx.attrs().get_float("eps")), Arg::i32(layer ? 0 : 1)});
-  std::string params_kernel = ctx.define(
-      fmt::format("norm_grad_params_{}", t), fmt::format("const {0}* x, const {0}* dy, const double* stats, {0}* dgamma, {0}* dbeta, i64 rows, i64 c", t),
-      fmt::format("  norm_grad_params_impl<{}>(x, dy, stats, dgamma, dbeta, rows, c);\n", t));
-  ctx.launch(params_kernel, blocks_for(c, 128),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(2)), Arg::scratch(stats), Arg::of(ctx.result(1)),
-              layer ? Arg::of(ctx.result(2)) : Arg::none(), Arg::i64(rows), Arg::i64(c)},
-             128);
+  TileConfig row_config = TileConfig::fixed_threads(256);
+  mj::NormGradRowsArgs<void> r{};
+  r.rows = rows;
+  r.c = c;
+  r.eps = ctx.attrs().get_float("eps");
+  r.rms = layer ? 0 : 1;
+  ctx.launch("reduce", instantiation("norm_grad_rows_kernel", {ctx.in_type(0), threads_of(row_config)}), row_config, {row_blocks(rows)}, r,
+             {{&r.x, B::of(ctx.operand(0))},
+              {&r.gamma, B::of(ctx.operand(1))},
+              {&r.dy, B::of(ctx.operand(2))},
+              {&r.dx, B::of(ctx.result(0))},
+              {&r.stats, B::scratch(stats)}});
+  TileConfig column_config = TileConfig::fixed_threads(128);
+  mj::NormGradParamsArgs<void> p{};
+  p.rows = rows;
+  p.c = c;
+  ctx.launch("reduce", instantiation("norm_grad_params_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
+             {blocks_for(c, 128)}, p,
+             {{&p.x, B::of(ctx.operand(0))},
+              {&p.dy, B::of(ctx.operand(2))},
+              {&p.stats, B::scratch(stats)},
+              {&p.dgamma, B::of(ctx.result(1))},
+              {&p.dbeta, layer ? B::of(ctx.result(2)) : B::none()}});
 }
-
-unsigned tiles(std::int64_t n, std::int64_t tile) { return static_cast<unsigned>(std::max<std::int64_t>((n + tile - 1) / tile, 1)); }
 
 }  // namespace
 
@@ -165,48 +189,75 @@ void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false); }
 // a [..., M, K] (stored [..., K, M] with transpose_a), b [K, N] or [..., K, N]
 // (stored [.., N, K] with transpose_b) -> c [..., M, N].
 void emit_Matmul(EmitContext& ctx) {
-  const TensorType& a = ctx.in(0);
-  const TensorType& b = ctx.in(1);
+  const TensorType& at = ctx.in(0);
+  const TensorType& bt = ctx.in(1);
   bool ta = ctx.attrs().get_bool("transpose_a"), tb = ctx.attrs().get_bool("transpose_b");
-  std::int64_t M = ta ? a.dim(-1) : a.dim(-2), K = ta ? a.dim(-2) : a.dim(-1);
-  std::int64_t N = tb ? b.dim(-2) : b.dim(-1);
-  std::int64_t a_sm = ta ? 1 : a.dim(-1), a_sk = ta ? a.dim(-1) : 1;
-  std::int64_t b_sk = tb ? 1 : b.dim(-1), b_sn = tb ? b.dim(-1) : 1;
-  std::int64_t batch = product(a.shape, 0, a.shape.size() - 2);
+  std::int64_t batch = product(at.shape, 0, at.shape.size() - 2);
   if (batch > 65535) ctx.fail(fmt::format("supports matmul batches of at most 65535, found {}", batch));
-  std::int64_t a_batch = a.dim(-2) * a.dim(-1), b_batch = b.rank() == 2 ? 0 : b.dim(-2) * b.dim(-1);
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("matmul_{}", t),
-                                  fmt::format("const {0}* a, const {0}* b, {0}* c, i64 M, i64 N, i64 K, i64 a_sm, i64 a_sk, i64 b_sk, i64 b_sn, i64 a_batch, i64 b_batch", t),
-                                  fmt::format("  matmul_impl<{}>(a, b, c, M, N, K, a_sm, a_sk, b_sk, b_sn, a_batch, b_batch);\n", t));
-  Launch& l = ctx.launch(kernel, tiles(N, 64),
-                         {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.result(0)), Arg::i64(M), Arg::i64(N), Arg::i64(K),
-                          Arg::i64(a_sm), Arg::i64(a_sk), Arg::i64(b_sk), Arg::i64(b_sn), Arg::i64(a_batch), Arg::i64(b_batch)});
-  l.grid[1] = tiles(M, 64);
-  l.grid[2] = static_cast<unsigned>(batch);
+  mj::MatmulArgs<void> a{};
+  a.M = ta ? at.dim(-1) : at.dim(-2);
+  a.K = ta ? at.dim(-2) : at.dim(-1);
+  a.N = tb ? bt.dim(-2) : bt.dim(-1);
+  a.a_sm = ta ? 1 : at.dim(-1);
+  a.a_sk = ta ? at.dim(-1) : 1;
+  a.b_sk = tb ? 1 : bt.dim(-1);
+  a.b_sn = tb ? bt.dim(-1) : 1;
+  a.a_batch = at.dim(-2) * at.dim(-1);
+  a.b_batch = bt.rank() == 2 ? 0 : bt.dim(-2) * bt.dim(-1);
+  GemmProblem problem{GemmProblem::Kind::matmul, at.dtype, a.M, a.N, a.K, batch, !ta, tb};
+  GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
+  const TileConfig& c = choice.config;
+  if (choice.family == GemmFamily::sm90) {
+    Sm90Gemm g;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.n = a.N;
+    g.k = a.K;
+    g.a_k_major = !ta;
+    g.b_k_major = tb;
+    const bool b_batched = bt.rank() > 2;
+    if (!ta && !b_batched) {
+      g.m = batch * a.M;  // one B for every batch: the batches are just more rows of A
+    } else {
+      g.m = a.M;
+      g.groups = batch;
+      g.a_batched = batch > 1;
+      g.b_batched = b_batched;
+    }
+    launch_sm90_gemm(ctx, c, g);
+    return;
+  }
+  ctx.launch("matmul",
+             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
+                                             threads_of(c)}),
+             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), static_cast<unsigned>(batch)}, a,
+             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
 }
 
 // ---- embedding ----
 void emit_Embedding(EmitContext& ctx) {
-  const TensorType& table = ctx.in(0);
-  std::int64_t n = ctx.in(1).numel(), V = table.dim(0), D = table.dim(1);
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("embedding_{}", t), fmt::format("const {0}* table, const int* ids, {0}* out, i64 n, i64 V, i64 D", t),
-                                  fmt::format("  embedding_impl<{}>(table, ids, out, n, V, D);\n", t));
-  ctx.launch(kernel, blocks_for(n * D), {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.result(0)), Arg::i64(n), Arg::i64(V), Arg::i64(D)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::EmbeddingArgs<void> a{};
+  a.n = ctx.in(1).numel();
+  a.V = ctx.in(0).dim(0);
+  a.D = ctx.in(0).dim(1);
+  ctx.launch("layout", instantiation("embedding_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(a.n * a.D)}, a,
+             {{&a.table, B::of(ctx.operand(0))}, {&a.ids, B::of(ctx.operand(1))}, {&a.out, B::of(ctx.result(0))}});
 }
 
 void emit_EmbeddingGrad(EmitContext& ctx) {
-  std::int64_t n = ctx.in(0).numel(), V = ctx.out(0).dim(0), D = ctx.out(0).dim(1);
-  const char* t = ctx.out_type(0);
-  std::string kernel = ctx.define(fmt::format("embedding_grad_{}", t), fmt::format("const int* ids, const {0}* dy, {0}* dtable, i64 n, i64 V, i64 D", t),
-                                  fmt::format("  embedding_grad_impl<{}>(ids, dy, dtable, n, V, D);\n", t));
-  ctx.launch(kernel, blocks_for(V * D, 128), {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.result(0)), Arg::i64(n), Arg::i64(V), Arg::i64(D)},
-             128);
+  TileConfig config = TileConfig::fixed_threads(128);
+  mj::EmbeddingGradArgs<void> a{};
+  a.n = ctx.in(0).numel();
+  a.V = ctx.out(0).dim(0);
+  a.D = ctx.out(0).dim(1);
+  ctx.launch("layout", instantiation("embedding_grad_kernel", {ctx.out_type(0), threads_of(config)}), config, {blocks_for(a.V * a.D, 128)}, a,
+             {{&a.ids, B::of(ctx.operand(0))}, {&a.dy, B::of(ctx.operand(1))}, {&a.dtable, B::of(ctx.result(0))}});
 }
 
 // ---- layout ----
-void emit_Reshape(EmitContext& ctx) { ctx.copy(Arg::of(ctx.operand(0)), Arg::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes())); }
+void emit_Reshape(EmitContext& ctx) { ctx.copy(B::of(ctx.operand(0)), B::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes())); }
 
 void emit_Transpose(EmitContext& ctx) {
   const TensorType& x = ctx.in(0);
@@ -240,7 +291,7 @@ void emit_Pad(EmitContext& ctx) {
   const auto& low = ctx.attrs().get_ints("low");
   std::int64_t offset = 0;
   for (std::size_t i = 0; i < low.size(); ++i) offset += low[i] * os[i];
-  ctx.zero(Arg::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
+  ctx.zero(B::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
   strided_copy(ctx, ctx.operand(0), ctx.result(0), ctx.in(0).shape, contiguous_strides(ctx.in(0).shape), os, 0, offset);
 }
 
@@ -260,106 +311,123 @@ void emit_Concat(EmitContext& ctx) {
 
 // ---- model-level ----
 namespace {
-struct AttentionShape {
-  std::int64_t bh, tokens, head_dim;
-  float scale;
-};
-AttentionShape attention_shape(EmitContext& ctx) {
+template <class Args> void attention_sizes(EmitContext& ctx, Args& a) {
   const TensorType& q = ctx.in(0);
   double scale = ctx.attrs().get_float("scale");
   if (scale == 0.0) scale = 1.0 / std::sqrt(static_cast<double>(q.dim(3)));
-  return {q.dim(0) * q.dim(1), q.dim(2), q.dim(3), static_cast<float>(scale)};
+  a.BH = q.dim(0) * q.dim(1);
+  a.Tn = q.dim(2);
+  a.Dh = q.dim(3);
+  a.scale = static_cast<float>(scale);
 }
-unsigned attention_smem(EmitContext& ctx, const AttentionShape& s, int rows_of_t, int rows_of_d) {
+// Dynamic shared memory of an attention kernel: rows of T and of Dh values.
+unsigned attention_smem(EmitContext& ctx, std::int64_t tokens, std::int64_t head_dim, int rows_of_t, int rows_of_d) {
   std::int64_t elem = ctx.in(0).dtype == DType::f64 ? 8 : 4;
-  std::int64_t bytes = (rows_of_t * s.tokens + rows_of_d * s.head_dim) * elem;
-  if (bytes > 227 * 1024) ctx.fail(fmt::format("needs {} bytes of shared memory per row for T = {} (at most 227 KiB)", bytes, s.tokens));
+  std::int64_t bytes = (rows_of_t * tokens + rows_of_d * head_dim) * elem;
+  if (bytes > ctx.target().shared_memory_per_block_optin)
+    ctx.fail(fmt::format("needs {} bytes of shared memory per row for T = {} (at most {} KiB on {})", bytes, tokens,
+                         ctx.target().shared_memory_per_block_optin / 1024, ctx.target().arch));
   return static_cast<unsigned>(bytes);
 }
+unsigned attention_blocks(std::int64_t rows) { return static_cast<unsigned>(std::min<std::int64_t>(rows, 1 << 20)); }
 }  // namespace
 
 void emit_Attention(EmitContext& ctx) {
-  AttentionShape s = attention_shape(ctx);
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("attention_{}", t), fmt::format("const {0}* q, const {0}* k, const {0}* v, {0}* out, i64 BH, i64 T, i64 Dh, float scale", t),
-                                  fmt::format("  attention_impl<{}>(q, k, v, out, BH, T, Dh, scale);\n", t));
-  ctx.launch(kernel, static_cast<unsigned>(std::min<std::int64_t>(s.bh * s.tokens, 1 << 20)),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::i64(s.bh),
-              Arg::i64(s.tokens), Arg::i64(s.head_dim), Arg::f32(s.scale)},
-             128, attention_smem(ctx, s, 1, 1));
+  TileConfig config = TileConfig::fixed_threads(128);
+  mj::AttentionArgs<void> a{};
+  attention_sizes(ctx, a);
+  ctx.launch("model", instantiation("attention_kernel", {ctx.in_type(0), threads_of(config)}), config, {attention_blocks(a.BH * a.Tn)}, a,
+             {{&a.q, B::of(ctx.operand(0))}, {&a.k, B::of(ctx.operand(1))}, {&a.v, B::of(ctx.operand(2))}, {&a.out, B::of(ctx.result(0))}},
+             attention_smem(ctx, a.Tn, a.Dh, 1, 1));
 }
 
 void emit_AttentionGrad(EmitContext& ctx) {
-  AttentionShape s = attention_shape(ctx);
-  const char* t = ctx.in_type(0);
-  std::int64_t stats = ctx.scratch(s.bh * s.tokens * 2 * 8);
-  unsigned rows = static_cast<unsigned>(std::min<std::int64_t>(s.bh * s.tokens, 1 << 20));
-  std::string q_kernel = ctx.define(
-      fmt::format("attention_grad_q_{}", t),
-      fmt::format("const {0}* q, const {0}* k, const {0}* v, const {0}* dout, {0}* dq, double* stats, i64 BH, i64 T, i64 Dh, float scale", t),
-      fmt::format("  attention_grad_q_impl<{}>(q, k, v, dout, dq, stats, BH, T, Dh, scale);\n", t));
-  ctx.launch(q_kernel, rows,
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.operand(3)), Arg::of(ctx.result(0)),
-              Arg::scratch(stats), Arg::i64(s.bh), Arg::i64(s.tokens), Arg::i64(s.head_dim), Arg::f32(s.scale)},
-             128, attention_smem(ctx, s, 2, 2));
-  std::string kv_kernel = ctx.define(
-      fmt::format("attention_grad_kv_{}", t),
-      fmt::format("const {0}* q, const {0}* k, const {0}* v, const {0}* dout, const double* stats, {0}* dk, {0}* dv, i64 BH, i64 T, i64 Dh, float scale", t),
-      fmt::format("  attention_grad_kv_impl<{}>(q, k, v, dout, stats, dk, dv, BH, T, Dh, scale);\n", t));
-  ctx.launch(kv_kernel, rows,
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.operand(3)), Arg::scratch(stats),
-              Arg::of(ctx.result(1)), Arg::of(ctx.result(2)), Arg::i64(s.bh), Arg::i64(s.tokens), Arg::i64(s.head_dim), Arg::f32(s.scale)},
-             128, attention_smem(ctx, s, 2, 2));
+  TileConfig config = TileConfig::fixed_threads(128);
+  mj::AttentionGradQArgs<void> q{};
+  attention_sizes(ctx, q);
+  std::int64_t stats = ctx.scratch(q.BH * q.Tn * 2 * 8);
+  unsigned smem = attention_smem(ctx, q.Tn, q.Dh, 2, 2);
+  ctx.launch("model", instantiation("attention_grad_q_kernel", {ctx.in_type(0), threads_of(config)}), config, {attention_blocks(q.BH * q.Tn)}, q,
+             {{&q.q, B::of(ctx.operand(0))},
+              {&q.k, B::of(ctx.operand(1))},
+              {&q.v, B::of(ctx.operand(2))},
+              {&q.dout, B::of(ctx.operand(3))},
+              {&q.dq, B::of(ctx.result(0))},
+              {&q.stats, B::scratch(stats)}},
+             smem);
+  mj::AttentionGradKvArgs<void> kv{};
+  attention_sizes(ctx, kv);
+  ctx.launch("model", instantiation("attention_grad_kv_kernel", {ctx.in_type(0), threads_of(config)}), config,
+             {attention_blocks(kv.BH * kv.Tn)}, kv,
+             {{&kv.q, B::of(ctx.operand(0))},
+              {&kv.k, B::of(ctx.operand(1))},
+              {&kv.v, B::of(ctx.operand(2))},
+              {&kv.dout, B::of(ctx.operand(3))},
+              {&kv.stats, B::scratch(stats)},
+              {&kv.dk, B::of(ctx.result(1))},
+              {&kv.dv, B::of(ctx.result(2))}},
+             smem);
 }
 
 void emit_CrossEntropy(EmitContext& ctx) {
-  std::int64_t rows = ctx.in(0).dim(0), V = ctx.in(0).dim(1);
-  const char* t = ctx.in_type(0);
-  std::int64_t losses = ctx.scratch(rows * 8);
-  std::string rows_kernel = ctx.define(fmt::format("cross_entropy_rows_{}", t), fmt::format("const {0}* logits, const int* targets, double* row_loss, i64 rows, i64 V", t),
-                                       fmt::format("  cross_entropy_rows_impl<{}>(logits, targets, row_loss, rows, V);\n", t));
-  ctx.launch(rows_kernel, row_blocks(rows), {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::scratch(losses), Arg::i64(rows), Arg::i64(V)});
-  std::string mean_kernel = ctx.define(fmt::format("mean_of_values_{}", t), fmt::format("const double* values, i64 n, double coeff, {}* out", t),
-                                       fmt::format("  mean_of_values_impl<{}>(values, n, coeff, out);\n", t));
-  ctx.launch(mean_kernel, 1, {Arg::scratch(losses), Arg::i64(rows), Arg::f64(1.0), Arg::of(ctx.result(0))});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::CrossEntropyRowsArgs<void> r{};
+  r.rows = ctx.in(0).dim(0);
+  r.V = ctx.in(0).dim(1);
+  std::int64_t losses = ctx.scratch(r.rows * 8);
+  ctx.launch("model", instantiation("cross_entropy_rows_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(r.rows)}, r,
+             {{&r.logits, B::of(ctx.operand(0))}, {&r.targets, B::of(ctx.operand(1))}, {&r.row_loss, B::scratch(losses)}});
+  mj::MeanOfValuesArgs<void> m{};
+  m.n = r.rows;
+  m.coeff = 1.0;
+  ctx.launch("reduce", instantiation("mean_of_values_kernel", {ctx.in_type(0), threads_of(config)}), config, {1}, m,
+             {{&m.values, B::scratch(losses)}, {&m.out, B::of(ctx.result(0))}});
 }
 
 void emit_CrossEntropyGrad(EmitContext& ctx) {
-  std::int64_t rows = ctx.in(0).dim(0), V = ctx.in(0).dim(1);
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("cross_entropy_grad_{}", t),
-                                  fmt::format("const {0}* logits, const int* targets, const {0}* dloss, {0}* dlogits, i64 rows, i64 V", t),
-                                  fmt::format("  cross_entropy_grad_impl<{}>(logits, targets, dloss, dlogits, rows, V);\n", t));
-  ctx.launch(kernel, row_blocks(rows),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::i64(rows), Arg::i64(V)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::CrossEntropyGradArgs<void> a{};
+  a.rows = ctx.in(0).dim(0);
+  a.V = ctx.in(0).dim(1);
+  ctx.launch("model", instantiation("cross_entropy_grad_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a,
+             {{&a.logits, B::of(ctx.operand(0))},
+              {&a.targets, B::of(ctx.operand(1))},
+              {&a.dloss, B::of(ctx.operand(2))},
+              {&a.dlogits, B::of(ctx.result(0))}});
 }
 
 // Seed and offset are kernel arguments and step_offset a device scalar (null
 // when absent) read by the kernel, so one kernel serves every random_normal
 // of a dtype and a new step_offset needs no new source.
 void emit_RandomNormal(EmitContext& ctx) {
-  std::int64_t n = ctx.out(0).numel();
-  const char* t = ctx.out_type(0);
-  std::string kernel = ctx.define(fmt::format("random_normal_{}", t),
-                                  fmt::format("{}* out, i64 n, unsigned long long seed, unsigned long long offset, const i64* step_offset", t),
-                                  fmt::format("  random_normal_impl<{}>(out, n, seed, offset, step_offset);\n", t));
-  ctx.launch(kernel, blocks_for(n),
-             {Arg::of(ctx.result(0)), Arg::i64(n), Arg::i64(ctx.attrs().get_int("seed")), Arg::i64(ctx.attrs().get_int("offset")),
-              ctx.has_operand(0) ? Arg::of(ctx.operand(0)) : Arg::none()});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::RandomNormalArgs<void> a{};
+  a.n = ctx.out(0).numel();
+  a.seed = static_cast<unsigned long long>(ctx.attrs().get_int("seed"));
+  a.offset = static_cast<unsigned long long>(ctx.attrs().get_int("offset"));
+  ctx.launch("elementwise", instantiation("random_normal_kernel", {ctx.out_type(0), threads_of(config)}), config, {blocks_for(a.n)}, a,
+             {{&a.out, B::of(ctx.result(0))}, {&a.step_offset, ctx.has_operand(0) ? B::of(ctx.operand(0)) : B::none()}});
 }
 
 void emit_AdamW(EmitContext& ctx) {
-  std::int64_t n = ctx.in(0).numel();
-  std::string kernel = ctx.define(
-      "adamw_f32",
-      "const float* param, const float* grad, const float* m, const float* v, const float* lr, const float* step, float* new_param, "
-      "float* new_m, float* new_v, i64 n, double beta1, double beta2, float eps, float weight_decay",
-      "  adamw_impl(param, grad, m, v, lr, step, new_param, new_m, new_v, n, beta1, beta2, eps, weight_decay);\n");
-  const auto& a = ctx.attrs();
-  ctx.launch(kernel, blocks_for(n),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.operand(3)), Arg::of(ctx.operand(4)),
-              Arg::of(ctx.operand(5)), Arg::of(ctx.result(0)), Arg::of(ctx.result(1)), Arg::of(ctx.result(2)), Arg::i64(n),
-              Arg::f64(a.get_float("beta1")), Arg::f64(a.get_float("beta2")), Arg::f32(a.get_float("eps")), Arg::f32(a.get_float("weight_decay"))});
+  TileConfig config = TileConfig::fixed_threads(256);
+  const auto& attrs = ctx.attrs();
+  mj::AdamWArgs a{};
+  a.n = ctx.in(0).numel();
+  a.beta1 = attrs.get_float("beta1");
+  a.beta2 = attrs.get_float("beta2");
+  a.eps = static_cast<float>(attrs.get_float("eps"));
+  a.weight_decay = static_cast<float>(attrs.get_float("weight_decay"));
+  ctx.launch("elementwise", instantiation("adamw_kernel", {threads_of(config)}), config, {blocks_for(a.n)}, a,
+             {{&a.param, B::of(ctx.operand(0))},
+              {&a.grad, B::of(ctx.operand(1))},
+              {&a.m, B::of(ctx.operand(2))},
+              {&a.v, B::of(ctx.operand(3))},
+              {&a.lr, B::of(ctx.operand(4))},
+              {&a.step, B::of(ctx.operand(5))},
+              {&a.new_param, B::of(ctx.result(0))},
+              {&a.new_m, B::of(ctx.result(1))},
+              {&a.new_v, B::of(ctx.result(2))}});
 }
 
 }  // namespace moejit::codegen

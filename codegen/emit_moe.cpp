@@ -1,11 +1,18 @@
 // Emitters of the MoE ops (moe.*): routing, dispatch, the expert matmuls,
 // combine, the auxiliary losses, and the fused forms (route, gather_matmul,
-// matmul_combine), which run their parts back to back on the GPU.
+// matmul_combine), which run their parts back to back on the GPU. The
+// expert matmuls take their TileConfig from choose_gemm (gemm_select.cpp):
+// the op's tile_m/n/k when moe-tiling set them, else the heuristic.
 #include <fmt/format.h>
 
 #include <algorithm>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_sm90_launch.h"
+#include "codegen/gemm_select.h"
+#include "codegen/kernels/matmul.cuh"
+#include "codegen/kernels/moe.cuh"
+#include "codegen/kernels/reduce.cuh"
 #include "ir/error.h"
 #include "ir/moe_shapes.h"
 
@@ -13,31 +20,27 @@ namespace moejit::codegen {
 
 namespace {
 
-using Arg = KernelArg;
+using B = Buffer;
 
-unsigned tiles(std::int64_t n, std::int64_t tile) { return static_cast<unsigned>(std::max<std::int64_t>((n + tile - 1) / tile, 1)); }
+std::string threads_of(const TileConfig& c) { return std::to_string(c.threads); }
 
-struct GateFlags {
-  int softmax_score, score_first, normalize;
-};
-GateFlags gate_flags(const AttrList& attrs) {
-  return {attrs.get_string("score") == "softmax" ? 1 : 0, attrs.get_string("order") == "softmax_then_topk" ? 1 : 0,
-          attrs.get_bool("normalize") ? 1 : 0};
+void gate_flags(const AttrList& attrs, int& softmax_score, int& score_first, int& normalize) {
+  softmax_score = attrs.get_string("score") == "softmax" ? 1 : 0;
+  score_first = attrs.get_string("order") == "softmax_then_topk" ? 1 : 0;
+  normalize = attrs.get_bool("normalize") ? 1 : 0;
 }
 
-// gate over logits [T, E] (+ bias) into weights / experts.
-void gate(EmitContext& ctx, ValueId logits, Arg bias, ValueId weights, ValueId experts, std::int64_t top_k) {
+// gate over logits [T, E] (+ bias) into weights / experts; a warp per token.
+void gate(EmitContext& ctx, ValueId logits, B bias, ValueId weights, ValueId experts, std::int64_t top_k) {
   const TensorType& lt = ctx.graph().type(logits);
-  std::int64_t tokens = lt.dim(0), E = lt.dim(1);
-  const char* t = cuda_type(lt.dtype);
-  GateFlags g = gate_flags(ctx.attrs());
-  std::string kernel = ctx.define(fmt::format("gate_{}", t),
-                                  fmt::format("const {0}* logits, const {0}* bias, {0}* weights, int* experts, i64 tokens, int E, int K, int softmax_score, int score_first, int normalize", t),
-                                  fmt::format("  gate_impl<{}>(logits, bias, weights, experts, tokens, E, K, softmax_score, score_first, normalize);\n", t));
-  ctx.launch(kernel, blocks_for(tokens * 32, 128),  // a warp per token
-             {Arg::of(logits), std::move(bias), Arg::of(weights), Arg::of(experts), Arg::i64(tokens), Arg::i32(E), Arg::i32(top_k),
-              Arg::i32(g.softmax_score), Arg::i32(g.score_first), Arg::i32(g.normalize)},
-             128);
+  TileConfig config = TileConfig::fixed_threads(128);
+  mj::GateArgs<void> a{};
+  a.tokens = lt.dim(0);
+  a.E = static_cast<int>(lt.dim(1));
+  a.K = static_cast<int>(top_k);
+  gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
+  ctx.launch("moe", instantiation("gate_kernel", {template_type(lt.dtype), threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
+             {{&a.logits, B::of(logits)}, {&a.bias, bias}, {&a.weights, B::of(weights)}, {&a.experts, B::of(experts)}});
 }
 
 // dispatch as three launches (see codegen/kernels/moe.cuh): per-tile counts,
@@ -53,112 +56,183 @@ void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets,
   std::int64_t capacity = dispatch_capacity(tokens, top_k, E, capacity_factor);
   std::int64_t num_slots = tokens * top_k;
   std::int64_t tile = std::max<std::int64_t>(128, ((num_slots + 1023) / 1024 + 31) / 32 * 32);
-  std::int64_t tiles = std::max<std::int64_t>((num_slots + tile - 1) / tile, 1);
-  std::int64_t ranks = ctx.scratch(E * tiles * 4);  // [E, tiles] i32
-  unsigned warp_blocks = blocks_for(tiles * 32, 256);
-  std::string count = ctx.define("dispatch_count", "const int* experts, int* ranks, int* slots, i64 num_slots, int E, i64 rows, i64 tile, i64 tiles",
-                                 "  dispatch_count_impl(experts, ranks, slots, num_slots, E, rows, tile, tiles);\n");
-  ctx.launch(count, warp_blocks,
-             {Arg::of(experts), Arg::scratch(ranks), Arg::of(slots), Arg::i64(num_slots), Arg::i32(E), Arg::i64(rows), Arg::i64(tile), Arg::i64(tiles)});
-  std::string scan = ctx.define("dispatch_scan", "int* ranks, int* offsets, int* counts, int E, i64 tiles, i64 capacity, i64 block",
-                                "  dispatch_scan_impl(ranks, offsets, counts, E, tiles, capacity, block);\n");
-  ctx.launch(scan, 1,
-             {Arg::scratch(ranks), Arg::of(offsets), Arg::of(counts), Arg::i32(E), Arg::i64(tiles), Arg::i64(capacity), Arg::i64(block)}, 1024);
-  std::string scatter = ctx.define("dispatch_scatter",
-                                   "const int* experts, int* ranks, const int* offsets, int* slots, int* positions, i64 num_slots, int E, i64 capacity, i64 tile, i64 tiles",
-                                   "  dispatch_scatter_impl(experts, ranks, offsets, slots, positions, num_slots, E, capacity, tile, tiles);\n");
-  ctx.launch(scatter, warp_blocks,
-             {Arg::of(experts), Arg::scratch(ranks), Arg::of(offsets), Arg::of(slots), Arg::of(positions), Arg::i64(num_slots), Arg::i32(E),
-              Arg::i64(capacity), Arg::i64(tile), Arg::i64(tiles)});
+  std::int64_t num_tiles = std::max<std::int64_t>((num_slots + tile - 1) / tile, 1);
+  std::int64_t ranks = ctx.scratch(E * num_tiles * 4);  // [E, tiles] i32
+  TileConfig warps = TileConfig::fixed_threads(256);
+  unsigned warp_blocks = blocks_for(num_tiles * 32, 256);
+
+  mj::DispatchCountArgs count{};
+  count.num_slots = num_slots;
+  count.E = static_cast<int>(E);
+  count.rows = rows;
+  count.tile = tile;
+  count.tiles = num_tiles;
+  ctx.launch("moe", instantiation("dispatch_count_kernel", {threads_of(warps)}), warps, {warp_blocks}, count,
+             {{&count.experts, B::of(experts)}, {&count.ranks, B::scratch(ranks)}, {&count.slots, B::of(slots)}});
+
+  TileConfig one_block = TileConfig::fixed_threads(1024);
+  mj::DispatchScanArgs scan{};
+  scan.E = static_cast<int>(E);
+  scan.tiles = num_tiles;
+  scan.capacity = capacity;
+  scan.block = block;
+  ctx.launch("moe", instantiation("dispatch_scan_kernel", {threads_of(one_block)}), one_block, {1}, scan,
+             {{&scan.ranks, B::scratch(ranks)}, {&scan.offsets, B::of(offsets)}, {&scan.counts, B::of(counts)}});
+
+  mj::DispatchScatterArgs scatter{};
+  scatter.num_slots = num_slots;
+  scatter.E = static_cast<int>(E);
+  scatter.capacity = capacity;
+  scatter.tile = tile;
+  scatter.tiles = num_tiles;
+  ctx.launch("moe", instantiation("dispatch_scatter_kernel", {threads_of(warps)}), warps, {warp_blocks}, scatter,
+             {{&scatter.experts, B::of(experts)},
+              {&scatter.ranks, B::scratch(ranks)},
+              {&scatter.offsets, B::of(offsets)},
+              {&scatter.slots, B::of(slots)},
+              {&scatter.positions, B::of(positions)}});
+}
+
+// xs [rows, D] = x rows through slots (rows of zeros where a slot is < 0).
+void permute_into(EmitContext& ctx, ValueId x, ValueId slots, B xs, DType dtype, std::int64_t rows, std::int64_t D, std::int64_t top_k) {
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::PermuteArgs<void> a{};
+  a.rows = rows;
+  a.D = D;
+  a.top_k = static_cast<int>(top_k);
+  ctx.launch("moe", instantiation("permute_kernel", {template_type(dtype), threads_of(config)}), config, {blocks_for(a.rows * a.D)}, a,
+             {{&a.x, B::of(x)}, {&a.slots, B::of(slots)}, {&a.xs, xs}});
 }
 
 void permute(EmitContext& ctx, ValueId x, ValueId slots, ValueId xs, std::int64_t top_k) {
   const TensorType& out = ctx.graph().type(xs);
-  std::int64_t rows = out.dim(0), D = out.dim(1);
-  const char* t = cuda_type(out.dtype);
-  std::string kernel = ctx.define(fmt::format("permute_{}", t), fmt::format("const {0}* x, const int* slots, {0}* xs, i64 rows, i64 D, int top_k", t),
-                                  fmt::format("  permute_impl<{}>(x, slots, xs, rows, D, top_k);\n", t));
-  ctx.launch(kernel, blocks_for(rows * D), {Arg::of(x), Arg::of(slots), Arg::of(xs), Arg::i64(rows), Arg::i64(D), Arg::i32(top_k)});
+  permute_into(ctx, x, slots, B::of(xs), out.dtype, out.dim(0), out.dim(1), top_k);
+}
+
+// Whether the offsets' segments cover every row (so a grouped matmul writes
+// all of its output): true when they come from a dropless, unpadded
+// dispatch (capacity_factor 0, block 1), whose segments end at T * K.
+bool segments_cover_rows(const Graph& graph, ValueId offsets) {
+  for (const Op& op : graph.ops()) {
+    if (op.kind != OpKind::Dispatch && op.kind != OpKind::Route) continue;
+    for (ValueId r : op.results)
+      if (r == offsets) return op.attrs.get_float("capacity_factor") == 0.0 && op.attrs.get_int("block") == 1;
+  }
+  return false;
 }
 
 // out[t] = sum_k w[t,k] ys[positions[t,k]] (w null: ones). ys [N, D] -> out [T, D].
-void combine(EmitContext& ctx, Arg ys, DType dtype, std::int64_t D, Arg weights, ValueId positions, ValueId out) {
+void combine(EmitContext& ctx, B ys, DType dtype, std::int64_t D, B weights, ValueId positions, ValueId out) {
   const TensorType& pt = ctx.graph().type(positions);
-  std::int64_t tokens = pt.dim(0), K = pt.dim(1);
-  const char* t = cuda_type(dtype);
-  std::string kernel = ctx.define(fmt::format("combine_{}", t), fmt::format("const {0}* ys, const {0}* weights, const int* positions, {0}* out, i64 tokens, int K, i64 D", t),
-                                  fmt::format("  combine_impl<{}>(ys, weights, positions, out, tokens, K, D);\n", t));
-  ctx.launch(kernel, blocks_for(tokens * D), {std::move(ys), std::move(weights), Arg::of(positions), Arg::of(out), Arg::i64(tokens), Arg::i32(K), Arg::i64(D)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::CombineArgs<void> a{};
+  a.tokens = pt.dim(0);
+  a.K = static_cast<int>(pt.dim(1));
+  a.D = D;
+  ctx.launch("moe", instantiation("combine_kernel", {template_type(dtype), threads_of(config)}), config, {blocks_for(a.tokens * D)}, a,
+             {{&a.ys, ys}, {&a.weights, weights}, {&a.positions, B::of(positions)}, {&a.out, B::of(out)}});
 }
 
 // Grouped matmul of rows (optionally gathered through slots) into `out` [N, F],
 // zeroing rows outside every segment first.
-void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, Arg slots, std::int64_t top_k, Arg out, std::int64_t rows,
+void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B slots, std::int64_t top_k, B out, std::int64_t rows,
                     bool transpose_w) {
   const TensorType& wt = ctx.graph().type(w);
-  std::int64_t E = wt.dim(0), D = transpose_w ? wt.dim(2) : wt.dim(1), F = transpose_w ? wt.dim(1) : wt.dim(2);
+  std::int64_t E = wt.dim(0);
   if (E > 65535) ctx.fail(fmt::format("supports at most 65535 experts, found {}", E));
-  const char* t = cuda_type(wt.dtype);
-  ctx.zero(out, rows * F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
-  std::string kernel = ctx.define(fmt::format("grouped_matmul_{}", t),
-                                  fmt::format("const {0}* x, const {0}* w, const int* offsets, const int* slots, int top_k, {0}* out, i64 D, i64 F, int transpose_w", t),
-                                  fmt::format("  grouped_matmul_impl<{}>(x, w, offsets, slots, top_k, out, D, F, transpose_w);\n", t));
-  Launch& l = ctx.launch(kernel, tiles(F, 64),
-                         {Arg::of(x), Arg::of(w), Arg::of(offsets), std::move(slots), Arg::i32(top_k), std::move(out), Arg::i64(D), Arg::i64(F),
-                          Arg::i32(transpose_w ? 1 : 0)});
-  l.grid[1] = tiles(rows, 64);
-  l.grid[2] = static_cast<unsigned>(E);
+  mj::GroupedMatmulArgs<void> a{};
+  a.D = transpose_w ? wt.dim(2) : wt.dim(1);
+  a.F = transpose_w ? wt.dim(1) : wt.dim(2);
+  a.top_k = static_cast<int>(top_k);
+  a.transpose_w = transpose_w ? 1 : 0;
+  GemmProblem problem{GemmProblem::Kind::grouped, wt.dtype, rows, a.F, a.D, E, true, transpose_w, slots.kind != B::Kind::null};
+  GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
+  const TileConfig& c = choice.config;
+  if (choice.family == GemmFamily::sm90) {
+    if (!segments_cover_rows(ctx.graph(), offsets)) ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+    Sm90Gemm g;
+    g.mode = Sm90Gemm::Mode::grouped;
+    g.a = B::of(x);
+    if (slots.kind != B::Kind::null) {
+      // The copy engine reads contiguous rows: gather them into scratch first.
+      const std::int64_t xs = ctx.scratch(rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+      permute_into(ctx, x, slots.value, B::scratch(xs), wt.dtype, rows, a.D, top_k);
+      g.a = B::scratch(xs);
+    }
+    g.b = B::of(w);
+    g.c = out;
+    g.offsets = B::of(offsets);
+    g.m = rows;
+    g.n = a.F;
+    g.k = a.D;
+    g.groups = E;
+    g.a_k_major = true;
+    g.b_k_major = transpose_w;
+    launch_sm90_gemm(ctx, c, g);
+    return;
+  }
+  ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+  ctx.launch("matmul",
+             instantiation("grouped_matmul_kernel", {template_type(wt.dtype), std::to_string(c.tile_m), std::to_string(c.tile_n),
+                                                     std::to_string(c.tile_k), threads_of(c)}),
+             c, {tiles(a.F, c.tile_n), tiles(rows, c.tile_m), static_cast<unsigned>(E)}, a,
+             {{&a.x, B::of(x)}, {&a.w, B::of(w)}, {&a.offsets, B::of(offsets)}, {&a.slots, slots}, {&a.out, out}});
 }
 
 // Statistics for the auxiliary losses into scratch (2E doubles).
-std::int64_t expert_stats(EmitContext& ctx, ValueId probs, Arg experts, std::int64_t top_k) {
+std::int64_t expert_stats(EmitContext& ctx, ValueId probs, B experts, std::int64_t top_k) {
   const TensorType& pt = ctx.graph().type(probs);
-  std::int64_t tokens = pt.dim(0), E = pt.dim(1);
-  std::int64_t stats = ctx.scratch(2 * E * 8);
-  const char* t = cuda_type(pt.dtype);
-  std::string kernel = ctx.define(fmt::format("expert_stats_{}", t), fmt::format("const {}* probs, const int* experts, double* stats, i64 tokens, int E, int K", t),
-                                  fmt::format("  expert_stats_impl<{}>(probs, experts, stats, tokens, E, K);\n", t));
-  ctx.launch(kernel, 1, {Arg::of(probs), std::move(experts), Arg::scratch(stats), Arg::i64(tokens), Arg::i32(E), Arg::i32(top_k)});
+  std::int64_t stats = ctx.scratch(2 * pt.dim(1) * 8);
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::ExpertStatsArgs<void> a{};
+  a.tokens = pt.dim(0);
+  a.E = static_cast<int>(pt.dim(1));
+  a.K = static_cast<int>(top_k);
+  ctx.launch("moe", instantiation("expert_stats_kernel", {template_type(pt.dtype), threads_of(config)}), config, {1}, a,
+             {{&a.probs, B::of(probs)}, {&a.experts, experts}, {&a.stats, B::scratch(stats)}});
   return stats;
 }
 
 void expert_loss(EmitContext& ctx, std::int64_t stats, int kind) {
-  std::int64_t E = ctx.in(0).dim(1);
-  const char* t = ctx.out_type(0);
-  std::string kernel = ctx.define(fmt::format("expert_loss_{}", t), fmt::format("const double* stats, {}* out, int E, double coeff, int kind", t),
-                                  fmt::format("  expert_loss_impl<{}>(stats, out, E, coeff, kind);\n", t));
-  ctx.launch(kernel, 1, {Arg::scratch(stats), Arg::of(ctx.result(0)), Arg::i32(E), Arg::f64(ctx.attrs().get_float("coeff")), Arg::i32(kind)}, 32);
+  TileConfig config = TileConfig::fixed_threads(32);
+  mj::ExpertLossArgs<void> a{};
+  a.E = static_cast<int>(ctx.in(0).dim(1));
+  a.coeff = ctx.attrs().get_float("coeff");
+  a.kind = kind;
+  ctx.launch("moe", instantiation("expert_loss_kernel", {ctx.out_type(0), threads_of(config)}), config, {1}, a,
+             {{&a.stats, B::scratch(stats)}, {&a.out, B::of(ctx.result(0))}});
 }
 
 void expert_loss_grad(EmitContext& ctx, std::int64_t stats, ValueId dloss, int kind) {
-  std::int64_t tokens = ctx.in(0).dim(0), E = ctx.in(0).dim(1);
-  const char* t = ctx.out_type(0);
-  std::string kernel = ctx.define(fmt::format("expert_loss_grad_{}", t),
-                                  fmt::format("const double* stats, const {0}* dloss, {0}* dprobs, i64 tokens, int E, double coeff, int kind", t),
-                                  fmt::format("  expert_loss_grad_impl<{}>(stats, dloss, dprobs, tokens, E, coeff, kind);\n", t));
-  ctx.launch(kernel, blocks_for(tokens * E),
-             {Arg::scratch(stats), Arg::of(dloss), Arg::of(ctx.result(0)), Arg::i64(tokens), Arg::i32(E), Arg::f64(ctx.attrs().get_float("coeff")),
-              Arg::i32(kind)});
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::ExpertLossGradArgs<void> a{};
+  a.tokens = ctx.in(0).dim(0);
+  a.E = static_cast<int>(ctx.in(0).dim(1));
+  a.coeff = ctx.attrs().get_float("coeff");
+  a.kind = kind;
+  ctx.launch("moe", instantiation("expert_loss_grad_kernel", {ctx.out_type(0), threads_of(config)}), config, {blocks_for(a.tokens * a.E)}, a,
+             {{&a.stats, B::scratch(stats)}, {&a.dloss, B::of(dloss)}, {&a.dprobs, B::of(ctx.result(0))}});
 }
 
 }  // namespace
 
 // ---- routing ----
 void emit_Gate(EmitContext& ctx) {
-  gate(ctx, ctx.operand(0), ctx.has_operand(1) ? Arg::of(ctx.operand(1)) : Arg::none(), ctx.result(0), ctx.result(1), ctx.attrs().get_int("top_k"));
+  gate(ctx, ctx.operand(0), ctx.has_operand(1) ? B::of(ctx.operand(1)) : B::none(), ctx.result(0), ctx.result(1), ctx.attrs().get_int("top_k"));
 }
 
 void emit_GateGrad(EmitContext& ctx) {
-  std::int64_t tokens = ctx.in(0).dim(0), E = ctx.in(0).dim(1), K = ctx.in(1).dim(1);
-  const char* t = ctx.in_type(0);
-  GateFlags g = gate_flags(ctx.attrs());
-  std::string kernel = ctx.define(fmt::format("gate_grad_{}", t),
-                                  fmt::format("const {0}* logits, const int* experts, const {0}* dweights, {0}* dlogits, i64 tokens, int E, int K, int softmax_score, int score_first, int normalize", t),
-                                  fmt::format("  gate_grad_impl<{}>(logits, experts, dweights, dlogits, tokens, E, K, softmax_score, score_first, normalize);\n", t));
-  ctx.launch(kernel, blocks_for(tokens * 32, 128),  // a warp per token
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::i64(tokens), Arg::i32(E),
-              Arg::i32(K), Arg::i32(g.softmax_score), Arg::i32(g.score_first), Arg::i32(g.normalize)},
-             128);
+  TileConfig config = TileConfig::fixed_threads(128);
+  mj::GateGradArgs<void> a{};
+  a.tokens = ctx.in(0).dim(0);
+  a.E = static_cast<int>(ctx.in(0).dim(1));
+  a.K = static_cast<int>(ctx.in(1).dim(1));
+  gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
+  ctx.launch("moe", instantiation("gate_grad_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
+             {{&a.logits, B::of(ctx.operand(0))},
+              {&a.experts, B::of(ctx.operand(1))},
+              {&a.dweights, B::of(ctx.operand(2))},
+              {&a.dlogits, B::of(ctx.result(0))}});
 }
 
 void emit_Dispatch(EmitContext& ctx) { dispatch(ctx, ctx.operand(0), ctx.result(0), ctx.result(1), ctx.result(2), ctx.result(3)); }
@@ -166,110 +240,145 @@ void emit_Dispatch(EmitContext& ctx) { dispatch(ctx, ctx.operand(0), ctx.result(
 void emit_Permute(EmitContext& ctx) { permute(ctx, ctx.operand(0), ctx.operand(1), ctx.result(0), ctx.attrs().get_int("top_k")); }
 
 void emit_PermuteGrad(EmitContext& ctx) {
-  combine(ctx, Arg::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), Arg::none(), ctx.operand(1), ctx.result(0));
+  combine(ctx, B::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), B::none(), ctx.operand(1), ctx.result(0));
 }
 
 // ---- expert matmuls ----
 void emit_GroupedMatmul(EmitContext& ctx) {
-  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), Arg::none(), 1, Arg::of(ctx.result(0)), ctx.out(0).dim(0),
+  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, B::of(ctx.result(0)), ctx.out(0).dim(0),
                  ctx.attrs().get_bool("transpose_w"));
 }
 
 void emit_GroupedMatmulWgrad(EmitContext& ctx) {
-  std::int64_t D = ctx.in(0).dim(1), F = ctx.in(1).dim(1), E = ctx.out(0).dim(0);
+  std::int64_t E = ctx.out(0).dim(0);
   if (E > 65535) ctx.fail(fmt::format("supports at most 65535 experts, found {}", E));
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("grouped_wgrad_{}", t), fmt::format("const {0}* xs, const {0}* dys, const int* offsets, {0}* dw, i64 D, i64 F", t),
-                                  fmt::format("  grouped_wgrad_impl<{}>(xs, dys, offsets, dw, D, F);\n", t));
-  Launch& l = ctx.launch(kernel, tiles(F, 64),
-                         {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.result(0)), Arg::i64(D), Arg::i64(F)});
-  l.grid[1] = tiles(D, 64);
-  l.grid[2] = static_cast<unsigned>(E);
+  mj::GroupedWgradArgs<void> a{};
+  a.D = ctx.in(0).dim(1);
+  a.F = ctx.in(1).dim(1);
+  GemmProblem problem{GemmProblem::Kind::wgrad, ctx.in(0).dtype, a.D, a.F, ctx.in(0).dim(0), E, false, false};
+  GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
+  const TileConfig& c = choice.config;
+  if (choice.family == GemmFamily::sm90) {
+    Sm90Gemm g;
+    g.mode = Sm90Gemm::Mode::wgrad;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.offsets = B::of(ctx.operand(2));
+    g.m = a.D;
+    g.n = a.F;
+    g.k = ctx.in(0).dim(0);
+    g.groups = E;
+    launch_sm90_gemm(ctx, c, g);
+    return;
+  }
+  ctx.launch("matmul",
+             instantiation("grouped_wgrad_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
+                                                    threads_of(c)}),
+             c, {tiles(a.F, c.tile_n), tiles(a.D, c.tile_m), static_cast<unsigned>(E)}, a,
+             {{&a.xs, B::of(ctx.operand(0))}, {&a.dys, B::of(ctx.operand(1))}, {&a.offsets, B::of(ctx.operand(2))}, {&a.dw, B::of(ctx.result(0))}});
 }
 
 void emit_Combine(EmitContext& ctx) {
-  combine(ctx, Arg::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), Arg::of(ctx.operand(1)), ctx.operand(2), ctx.result(0));
+  combine(ctx, B::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), B::of(ctx.operand(1)), ctx.operand(2), ctx.result(0));
 }
 
 void emit_CombineGrad(EmitContext& ctx) {
-  std::int64_t rows = ctx.in(0).dim(0), D = ctx.in(0).dim(1), tokens = ctx.in(1).dim(0), K = ctx.in(1).dim(1);
-  const char* t = ctx.in_type(0);
-  ctx.zero(Arg::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
-  std::string rows_kernel = ctx.define(fmt::format("combine_grad_rows_{}", t),
-                                       fmt::format("const {0}* weights, const int* positions, const {0}* dout, {0}* dys, i64 tokens, int K, i64 D", t),
-                                       fmt::format("  combine_grad_rows_impl<{}>(weights, positions, dout, dys, tokens, K, D);\n", t));
-  ctx.launch(rows_kernel, blocks_for(tokens * K * D),
-             {Arg::of(ctx.operand(1)), Arg::of(ctx.operand(2)), Arg::of(ctx.operand(3)), Arg::of(ctx.result(0)), Arg::i64(tokens), Arg::i32(K),
-              Arg::i64(D)});
-  std::string weights_kernel = ctx.define(fmt::format("combine_grad_weights_{}", t),
-                                          fmt::format("const {0}* ys, const int* positions, const {0}* dout, {0}* dweights, i64 slots, int K, i64 D", t),
-                                          fmt::format("  combine_grad_weights_impl<{}>(ys, positions, dout, dweights, slots, K, D);\n", t));
-  ctx.launch(weights_kernel, static_cast<unsigned>(std::clamp<std::int64_t>(tokens * K, 1, 65535)),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(2)), Arg::of(ctx.operand(3)), Arg::of(ctx.result(1)), Arg::i64(tokens * K), Arg::i32(K),
-              Arg::i64(D)},
-             128);
-  (void)rows;
+  std::int64_t D = ctx.in(0).dim(1), tokens = ctx.in(1).dim(0), K = ctx.in(1).dim(1);
+  ctx.zero(B::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::CombineGradRowsArgs<void> r{};
+  r.tokens = tokens;
+  r.K = static_cast<int>(K);
+  r.D = D;
+  ctx.launch("moe", instantiation("combine_grad_rows_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(tokens * K * D)}, r,
+             {{&r.weights, B::of(ctx.operand(1))},
+              {&r.positions, B::of(ctx.operand(2))},
+              {&r.dout, B::of(ctx.operand(3))},
+              {&r.dys, B::of(ctx.result(0))}});
+  TileConfig block_config = TileConfig::fixed_threads(128);
+  mj::CombineGradWeightsArgs<void> w{};
+  w.slots = tokens * K;
+  w.K = static_cast<int>(K);
+  w.D = D;
+  ctx.launch("moe", instantiation("combine_grad_weights_kernel", {ctx.in_type(0), threads_of(block_config)}), block_config,
+             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens * K, 1, 65535))}, w,
+             {{&w.ys, B::of(ctx.operand(0))},
+              {&w.positions, B::of(ctx.operand(2))},
+              {&w.dout, B::of(ctx.operand(3))},
+              {&w.dweights, B::of(ctx.result(1))}});
 }
 
 // ---- auxiliary losses ----
 void emit_LoadBalanceLoss(EmitContext& ctx) {
-  expert_loss(ctx, expert_stats(ctx, ctx.operand(0), Arg::of(ctx.operand(1)), ctx.in(1).dim(1)), 0);
+  expert_loss(ctx, expert_stats(ctx, ctx.operand(0), B::of(ctx.operand(1)), ctx.in(1).dim(1)), 0);
 }
 void emit_LoadBalanceLossGrad(EmitContext& ctx) {
-  expert_loss_grad(ctx, expert_stats(ctx, ctx.operand(0), Arg::of(ctx.operand(1)), ctx.in(1).dim(1)), ctx.operand(2), 0);
+  expert_loss_grad(ctx, expert_stats(ctx, ctx.operand(0), B::of(ctx.operand(1)), ctx.in(1).dim(1)), ctx.operand(2), 0);
 }
-void emit_EntropyReg(EmitContext& ctx) { expert_loss(ctx, expert_stats(ctx, ctx.operand(0), Arg::none(), 1), 1); }
-void emit_EntropyRegGrad(EmitContext& ctx) {
-  expert_loss_grad(ctx, expert_stats(ctx, ctx.operand(0), Arg::none(), 1), ctx.operand(1), 1);
-}
+void emit_EntropyReg(EmitContext& ctx) { expert_loss(ctx, expert_stats(ctx, ctx.operand(0), B::none(), 1), 1); }
+void emit_EntropyRegGrad(EmitContext& ctx) { expert_loss_grad(ctx, expert_stats(ctx, ctx.operand(0), B::none(), 1), ctx.operand(1), 1); }
 
 void emit_ZLoss(EmitContext& ctx) {
-  std::int64_t tokens = ctx.in(0).dim(0), E = ctx.in(0).dim(1);
-  const char* t = ctx.in_type(0);
+  std::int64_t tokens = ctx.in(0).dim(0);
   std::int64_t values = ctx.scratch(tokens * 8);
-  std::string rows_kernel = ctx.define(fmt::format("z_loss_rows_{}", t), fmt::format("const {}* logits, double* row_values, i64 tokens, i64 E", t),
-                                       fmt::format("  z_loss_rows_impl<{}>(logits, row_values, tokens, E);\n", t));
-  ctx.launch(rows_kernel, static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535)),
-             {Arg::of(ctx.operand(0)), Arg::scratch(values), Arg::i64(tokens), Arg::i64(E)}, 64);
-  std::string mean_kernel = ctx.define(fmt::format("mean_of_values_{}", t), fmt::format("const double* values, i64 n, double coeff, {}* out", t),
-                                       fmt::format("  mean_of_values_impl<{}>(values, n, coeff, out);\n", t));
-  ctx.launch(mean_kernel, 1, {Arg::scratch(values), Arg::i64(tokens), Arg::f64(ctx.attrs().get_float("coeff")), Arg::of(ctx.result(0))});
+  TileConfig config = TileConfig::fixed_threads(64);
+  mj::ZLossRowsArgs<void> r{};
+  r.tokens = tokens;
+  r.E = ctx.in(0).dim(1);
+  ctx.launch("moe", instantiation("z_loss_rows_kernel", {ctx.in_type(0), threads_of(config)}), config,
+             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535))}, r,
+             {{&r.logits, B::of(ctx.operand(0))}, {&r.row_values, B::scratch(values)}});
+  TileConfig mean_config = TileConfig::fixed_threads(256);
+  mj::MeanOfValuesArgs<void> m{};
+  m.n = tokens;
+  m.coeff = ctx.attrs().get_float("coeff");
+  ctx.launch("reduce", instantiation("mean_of_values_kernel", {ctx.in_type(0), threads_of(mean_config)}), mean_config, {1}, m,
+             {{&m.values, B::scratch(values)}, {&m.out, B::of(ctx.result(0))}});
 }
 
 void emit_ZLossGrad(EmitContext& ctx) {
-  std::int64_t tokens = ctx.in(0).dim(0), E = ctx.in(0).dim(1);
-  const char* t = ctx.in_type(0);
-  std::string kernel = ctx.define(fmt::format("z_loss_grad_{}", t), fmt::format("const {0}* logits, const {0}* dloss, {0}* dlogits, i64 tokens, i64 E, double coeff", t),
-                                  fmt::format("  z_loss_grad_impl<{}>(logits, dloss, dlogits, tokens, E, coeff);\n", t));
-  ctx.launch(kernel, static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535)),
-             {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.result(0)), Arg::i64(tokens), Arg::i64(E),
-              Arg::f64(ctx.attrs().get_float("coeff"))},
-             64);
+  std::int64_t tokens = ctx.in(0).dim(0);
+  TileConfig config = TileConfig::fixed_threads(64);
+  mj::ZLossGradArgs<void> a{};
+  a.tokens = tokens;
+  a.E = ctx.in(0).dim(1);
+  a.coeff = ctx.attrs().get_float("coeff");
+  ctx.launch("moe", instantiation("z_loss_grad_kernel", {ctx.in_type(0), threads_of(config)}), config,
+             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535))}, a,
+             {{&a.logits, B::of(ctx.operand(0))}, {&a.dloss, B::of(ctx.operand(1))}, {&a.dlogits, B::of(ctx.result(0))}});
 }
 
 // ---- fused forms ----
 // moe.route: logits = x w_router; gate; dispatch; permute (results in the op's order).
 void emit_Route(EmitContext& ctx) {
   const TensorType& x = ctx.in(0);
-  std::int64_t tokens = x.dim(0), D = x.dim(1), E = ctx.in(1).dim(1);
-  const char* t = ctx.in_type(0);
-  std::string mm = ctx.define(fmt::format("matmul_{}", t),
-                              fmt::format("const {0}* a, const {0}* b, {0}* c, i64 M, i64 N, i64 K, i64 a_sm, i64 a_sk, i64 b_sk, i64 b_sn, i64 a_batch, i64 b_batch", t),
-                              fmt::format("  matmul_impl<{}>(a, b, c, M, N, K, a_sm, a_sk, b_sk, b_sn, a_batch, b_batch);\n", t));
-  Launch& l = ctx.launch(mm, tiles(E, 64),
-                         {Arg::of(ctx.operand(0)), Arg::of(ctx.operand(1)), Arg::of(ctx.result(0)), Arg::i64(tokens), Arg::i64(E), Arg::i64(D),
-                          Arg::i64(D), Arg::i64(1), Arg::i64(E), Arg::i64(1), Arg::i64(0), Arg::i64(0)});
-  l.grid[1] = tiles(tokens, 64);
+  mj::MatmulArgs<void> a{};
+  a.M = x.dim(0);
+  a.K = x.dim(1);
+  a.N = ctx.in(1).dim(1);
+  a.a_sm = a.K;
+  a.a_sk = 1;
+  a.b_sk = a.N;
+  a.b_sn = 1;
+  GemmProblem problem{GemmProblem::Kind::matmul, x.dtype, a.M, a.N, a.K, 1, true, false};
+  GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
+  const TileConfig& c = choice.config;
+  ctx.launch("matmul",
+             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
+                                             threads_of(c)}),
+             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), 1}, a,
+             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
   std::int64_t top_k = ctx.attrs().get_int("top_k");
-  gate(ctx, ctx.result(0), ctx.has_operand(2) ? Arg::of(ctx.operand(2)) : Arg::none(), ctx.result(1), ctx.result(2), top_k);
+  gate(ctx, ctx.result(0), ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none(), ctx.result(1), ctx.result(2), top_k);
   dispatch(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6));
   permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
 }
 
 // moe.gather_matmul: grouped matmul whose rows are read through slots.
 void emit_GatherMatmul(EmitContext& ctx) {
-  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(3), Arg::of(ctx.operand(2)), ctx.attrs().get_int("top_k"),
-                 Arg::of(ctx.result(0)), ctx.out(0).dim(0), false);
+  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(3), B::of(ctx.operand(2)), ctx.attrs().get_int("top_k"),
+                 B::of(ctx.result(0)), ctx.out(0).dim(0), false);
 }
 
 // moe.matmul_combine: expert outputs into scratch [N, D], then combine.
@@ -277,8 +386,8 @@ void emit_MatmulCombine(EmitContext& ctx) {
   std::int64_t rows = ctx.in(0).dim(0), D = ctx.in(1).dim(2);
   DType dtype = ctx.in(0).dtype;
   std::int64_t ys = ctx.scratch(rows * D * static_cast<std::int64_t>(dtype_size(dtype)));
-  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), Arg::none(), 1, Arg::scratch(ys), rows, false);
-  combine(ctx, Arg::scratch(ys), dtype, D, Arg::of(ctx.operand(3)), ctx.operand(4), ctx.result(0));
+  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, B::scratch(ys), rows, false);
+  combine(ctx, B::scratch(ys), dtype, D, B::of(ctx.operand(3)), ctx.operand(4), ctx.result(0));
 }
 
 }  // namespace moejit::codegen

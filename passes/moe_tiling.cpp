@@ -19,6 +19,12 @@
 //            tensor-core M; 128: the largest useful with one warpgroup);
 //   tile_n = next_pow2(f) clamped to [16, 128];
 //   tile_k = next_pow2(d) clamped to [16, 64].
+// 16-bit expert weights (bf16, f16) get tensor-core shapes instead, what
+// the sm90 GEMM family runs (codegen/gemm_select.cpp): tile_m = 128,
+// tile_k = 64, tile_n = 64 for f <= 64, else 256 or 128, whichever pads f
+// less (256 on a tie). That family handles segments that start anywhere, so
+// graphs with 16-bit expert matmuls keep their dispatch unpadded (padding
+// would only add rows, and zeroing of the rows past the last segment).
 //
 // Dispatch block (option pad-dispatch, default true): a moe.dispatch or
 // moe.route with block = 1 gets block = its tile_m when the row layout does
@@ -141,6 +147,16 @@ Graph rebuild_with_block(const Graph& graph, int op_index, std::int64_t block) {
   return out;
 }
 
+bool is_expert_matmul(OpKind kind) {
+  return kind == OpKind::GroupedMatmul || kind == OpKind::GatherMatmul || kind == OpKind::MatmulCombine;
+}
+
+bool has_16bit_expert_matmuls(const Graph& graph) {
+  for (const Op& op : graph.ops())
+    if (is_expert_matmul(op.kind) && dtype_size(graph.type(op.operands[1]).dtype) == 2) return true;
+  return false;
+}
+
 class MoeTilingPass final : public Pass {
  public:
   explicit MoeTilingPass(bool pad_dispatch) : pad_dispatch_(pad_dispatch) {}
@@ -148,7 +164,7 @@ class MoeTilingPass final : public Pass {
 
   void run(Graph& graph) override {
     reset_statistics();
-    if (pad_dispatch_) pad_dispatches(graph);
+    if (pad_dispatch_ && !has_16bit_expert_matmuls(graph)) pad_dispatches(graph);
     tile_matmuls(graph);
   }
 
@@ -208,6 +224,14 @@ class MoeTilingPass final : public Pass {
           rows_per_expert = sizes->kept_rows_per_expert();
           block = sizes->block;
         }
+      if (dtype_size(w->dtype) == 2) {
+        auto padded = [&](std::int64_t tile) { return (f + tile - 1) / tile * tile; };
+        op.attrs.set("tile_m", std::int64_t{128});
+        op.attrs.set("tile_n", std::int64_t{f <= 64 ? 64 : padded(256) <= padded(128) ? 256 : 128});
+        op.attrs.set("tile_k", std::int64_t{64});
+        ++tiled;
+        continue;
+      }
       op.attrs.set("tile_m", block > 1 ? block : heuristic_tile_m(rows_per_expert));
       op.attrs.set("tile_n", next_pow2_clamped(f, 16, 128));
       op.attrs.set("tile_k", next_pow2_clamped(d, 16, 64));

@@ -9,8 +9,10 @@
 //   - applying `updates` outputs after a run: the output's tensor becomes the
 //     argument's new value (moved, not copied). Such an output reads as the
 //     argument's current value afterwards.
-// A device backend can use arg_version() to upload only the arguments that
-// changed since its last run.
+// A backend that keeps tensors elsewhere (the CUDA backend: on the device)
+// overrides the storage hooks instead of execute(): store_arg (set),
+// load_arg / load_output (get), run_bound (run, after the checks). The
+// checks and their messages stay here, the same for every backend.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -34,8 +36,19 @@ class ExecutableBase : public Executable {
  protected:
   // Runs the graph once. `args` has one bound tensor per graph().args()
   // entry, in that order; the result has one tensor per graph().outputs()
-  // entry, each of the output's type.
-  virtual std::vector<HostTensor> execute(std::span<const HostTensor* const> args) = 0;
+  // entry, each of the output's type. (Called by the default run_bound.)
+  virtual std::vector<HostTensor> execute(std::span<const HostTensor* const> args);
+
+  // Storage hooks, called after the checks. The defaults keep host tensors.
+  //   store_arg: `value` (of the argument's type) becomes argument `index`.
+  //   load_arg: argument `index`'s current value (bound; updated by runs).
+  //   load_output: output `index`'s value after the last run (not one that
+  //     updates an argument: that reads as load_arg of its argument).
+  //   run_bound: one run, every argument bound.
+  virtual void store_arg(int index, const HostTensor& value);
+  virtual HostTensor load_arg(int index) const;
+  virtual HostTensor load_output(int index) const;
+  virtual void run_bound();
 
   // Index into graph().args() of the argument called `name`, or -1.
   int arg_index(std::string_view name) const;
@@ -44,7 +57,8 @@ class ExecutableBase : public Executable {
 
  private:
   Graph graph_;
-  std::vector<std::optional<HostTensor>> args_;  // one per graph_.args()
+  std::vector<std::optional<HostTensor>> args_;  // one per graph_.args() (default storage)
+  std::vector<bool> bound_;
   std::vector<std::uint64_t> versions_;
   std::vector<HostTensor> outputs_;  // one per graph_.outputs(), after a run
   std::vector<int> updated_arg_;     // per output: the argument it updates, or -1

@@ -1,5 +1,5 @@
 // `moejit opt FILE|- --passes=a,b [--print-ir-after-all] [--pass-statistics]
-//  [--emit=ir|dot|cuda] [--split-input-file] [--no-verify-each] [-o OUT]`
+//  [--emit=ir|dot|cuda] [--arch=sm_90a] [--split-input-file] [--no-verify-each] [-o OUT]`
 //
 // Parses IR text, runs a pass pipeline on it and prints the result, as
 // mlir-opt does. --print-ir-after-all and --pass-statistics write to stderr.
@@ -7,7 +7,9 @@
 // and each piece is a separate graph (diagnostics keep the line numbers of
 // the whole file); outputs are joined with `// -----` lines, and a piece that
 // fails prints its error and does not stop the others (exit code 1 at the
-// end; an -o file is then not written).
+// end; an -o file is then not written). --emit=cuda prints the CUDA
+// backend's module for the target named by --arch (default sm_90a, with
+// H100-like numbers; no GPU is needed).
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -60,6 +62,7 @@ struct OptOptions {
   std::string output = "-";
   std::string passes;
   std::string emit = "ir";
+  std::string arch = "sm_90a";
   bool print_ir_after_all = false;
   bool pass_statistics = false;
   bool split_input_file = false;
@@ -100,13 +103,14 @@ std::string process(const std::string& text, const OptOptions& o) {
   manager.add_pipeline(o.passes);
   manager.run(graph);
   if (o.pass_statistics) manager.print_statistics(std::cerr);
-  if (o.emit == "cuda") return codegen::emit_cuda_source(graph);  // the CUDA backend's module
+  if (o.emit == "cuda") return codegen::emit_cuda_source(graph, codegen::Target::named(o.arch));  // the CUDA backend's module
   return o.emit == "dot" ? graph_to_dot(graph) : print_graph(graph);
 }
 
 int run_opt(const OptOptions& o) {
-  // A bad pipeline is reported once, before reading any input.
+  // A bad pipeline or architecture is reported once, before reading any input.
   PassManager{}.add_pipeline(o.passes);
+  codegen::Target::named(o.arch);
   std::string text = read_input(o.input);
   std::vector<std::string> pieces = o.split_input_file ? split_input(text) : std::vector<std::string>{text};
   std::string output;
@@ -141,6 +145,7 @@ void register_opt_command(CLI::App& app, Command& selected) {
   opt->add_flag("--print-ir-after-all", options->print_ir_after_all, "Print the IR after every pass to stderr");
   opt->add_flag("--pass-statistics", options->pass_statistics, "Print each pass's counters to stderr");
   opt->add_option("--emit", options->emit, "Output format")->check(CLI::IsMember({"ir", "dot", "cuda"}));
+  opt->add_option("--arch", options->arch, "GPU architecture of --emit=cuda (sm_80, sm_90a, ...; default sm_90a)");
   opt->add_flag("--split-input-file", options->split_input_file,
                 "Treat each piece between '// -----' lines as a separate graph");
   opt->add_flag("--verify-each,!--no-verify-each", options->verify_each,

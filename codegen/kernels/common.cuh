@@ -1,15 +1,53 @@
-// Kernel library, part 1: element types, conversions, block reductions.
+// Kernel library, the common part: element types and conversions, block
+// reductions, and the structs that host C++ and NVRTC share (Dims,
+// TmaDescriptor).
 //
-// Each codegen/kernels/*.cuh file is CUDA C++ wrapped in one raw string
-// literal, so the library embeds it with a plain #include (see
-// codegen/kernel_library.cpp) and NVRTC compiles it as the prelude of every
-// generated module. No CUDA headers are used: bf16 and f16 are 16-bit
-// storage types converted here exactly as runtime/host_tensor.cpp does
-// (round to nearest even), so the GPU and the CPU round the same way.
-R"MOEJIT_CUDA(
+// Every codegen/kernels/*.cuh is an ordinary header. CMake embeds each one's
+// text in the library (codegen/kernel_headers.cpp) and NVRTC receives them as
+// named headers under their source-tree paths, so `#include
+// "codegen/kernels/common.cuh"` names the same file for the host compiler
+// and for NVRTC. The host compiler sees only the argument structs: device
+// code sits inside `#if MOEJIT_DEVICE_CODE`. Everything is in namespace mj.
+//
+// No CUDA headers are used: bf16 and f16 are 16-bit storage types converted
+// here exactly as runtime/host_tensor.cpp does (round to nearest even), so
+// the GPU and the CPU round the same way.
+#pragma once
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define MOEJIT_DEVICE_CODE 1
+#else
+#define MOEJIT_DEVICE_CODE 0
+#endif
+
+namespace mj {
+
+typedef long long i64;
+
+// Up to 8 dims of index arithmetic, passed to kernels by value.
+#define MOEJIT_MAX_RANK 8
+struct Dims {
+  int rank;
+  i64 size[MOEJIT_MAX_RANK];
+  i64 stride[MOEJIT_MAX_RANK];  // of the tensor read or written through these dims
+};
+
+// A CUtensorMap (the 128-byte TMA descriptor that cuTensorMapEncodeTiled
+// writes), declared here so that NVRTC needs no cuda.h. A family's argument
+// struct holds it by value (pass the struct as `const __grid_constant__`);
+// the executor encodes it once the arena is allocated, from the
+// TensorMapField the emitter attached to the launch (codegen/cuda_codegen.h).
+struct alignas(64) TmaDescriptor {
+  unsigned long long opaque[16];
+};
+
+}  // namespace mj
+
+#if MOEJIT_DEVICE_CODE
+namespace mj {
+
 // ---- element types ----
 typedef unsigned char bool_t;  // i1: one byte per element
-typedef long long i64;
 struct bf16_t { unsigned short bits; };
 struct f16_t { unsigned short bits; };
 
@@ -133,13 +171,6 @@ template <class A, class Op> __device__ A block_reduce(A v, Op op, A* scratch) {
 #define MOEJIT_FOR_EACH(i, n) \
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
-// Up to 8 dims of index arithmetic, passed to kernels by value.
-#define MOEJIT_MAX_RANK 8
-struct Dims {
-  int rank;
-  i64 size[MOEJIT_MAX_RANK];
-  i64 stride[MOEJIT_MAX_RANK];  // of the tensor read or written through these dims
-};
 // The offset of the flat (row-major over size) index i under `stride`.
 __device__ __forceinline__ i64 dims_offset(const Dims& d, i64 i) {
   i64 offset = 0;
@@ -150,4 +181,5 @@ __device__ __forceinline__ i64 dims_offset(const Dims& d, i64 i) {
   }
   return offset;
 }
-)MOEJIT_CUDA"
+}  // namespace mj
+#endif  // MOEJIT_DEVICE_CODE

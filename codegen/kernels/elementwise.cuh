@@ -1,10 +1,56 @@
-// Kernel library, part 2: the elementwise ops as device functions on the
-// arithmetic type (the generated layer strings them into one loop, one
-// kernel per fused chain), and the generators: constant fill, Philox
-// dropout and random normal, AdamW.
+// Kernel family "elementwise": the elementwise ops as device functions on
+// the arithmetic type, the kernel every fused chain instantiates, and the
+// generators (Philox dropout, random normal) and AdamW.
 //
-// The formulas are those of runtime/cpu/cpu_elementwise.cpp.
-R"MOEJIT_CUDA(
+// A chain (one op, or a group of fuse-elementwise) is a functor the
+// generated layer writes: `struct chain_<hash> { static void apply(const
+// ElementwiseArgs&, i64 i); }` loads element i of its inputs, computes every
+// op in registers (rounding each value to its dtype, as the unfused ops do)
+// and stores the values read outside the chain. elementwise_kernel<Chain,
+// THREADS> runs it over a grid-stride loop. The formulas are those of
+// runtime/cpu/cpu_elementwise.cpp.
+#pragma once
+#include "codegen/kernels/common.cuh"
+#include "ir/philox.h"
+
+namespace mj {
+
+// Limits of one chain (the emitter checks them, naming the op).
+constexpr int kChainMaxInputs = 24;
+constexpr int kChainMaxOutputs = 8;
+constexpr int kChainMaxDropouts = 8;
+
+struct ElementwiseArgs {
+  const void* in[kChainMaxInputs];
+  void* out[kChainMaxOutputs];
+  i64 n;
+  // The `offset` attribute of each dropout of the chain, in chain order: a
+  // kernel argument, so the source does not depend on it.
+  unsigned long long dropout_offset[kChainMaxDropouts];
+};
+
+// mj.random_normal: out [n]; base = offset + *step_offset (null: offset alone).
+template <class T> struct RandomNormalArgs {
+  T* out;
+  i64 n;
+  unsigned long long seed, offset;
+  const i64* step_offset;
+};
+
+// mj.adamw (f32); lr and step are device scalars.
+struct AdamWArgs {
+  const float *param, *grad, *m, *v, *lr, *step;
+  float *new_param, *new_m, *new_v;
+  i64 n;
+  double beta1, beta2;
+  float eps, weight_decay;
+};
+
+}  // namespace mj
+
+#if MOEJIT_DEVICE_CODE
+namespace mj {
+
 // ---- unary (float arithmetic types) ----
 template <class A> __device__ __forceinline__ A ew_neg(A x) { return -x; }
 template <class A> __device__ __forceinline__ A ew_exp(A x) { return m_exp(x); }
@@ -48,17 +94,10 @@ template <> __device__ __forceinline__ i64 ew_div<i64>(i64 a, i64 b) {
 template <class A> __device__ __forceinline__ A ew_maximum(A a, A b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }
 template <class A> __device__ __forceinline__ A ew_minimum(A a, A b) { return (a != a || b != b) ? a + b : (a < b ? a : b); }
 
-// ---- constant ----
-template <class T> __device__ void fill_impl(T* out, i64 n, double value) {
-  T v = from_double<T>(value);
-  MOEJIT_FOR_EACH(i, n) out[i] = v;
-}
-
-// ---- Philox (ir/philox.h, embedded as part 0 of the library) ----
-// dropout: position n (= base + element index, base = offset + step_offset,
-// both kernel arguments of the generated chain) is kept iff
-// dropout_uniform24(seed, n) >= threshold24 = ceil(p 2^24); kept elements are
-// multiplied by scale = 1 / (1 - p) in the arithmetic type.
+// ---- Philox (ir/philox.h) ----
+// dropout: position n (= base + element index, base = offset + step_offset)
+// is kept iff dropout_uniform24(seed, n) >= threshold24 = ceil(p 2^24); kept
+// elements are multiplied by scale = 1 / (1 - p) in the arithmetic type.
 template <class T> __device__ __forceinline__ T dropout_value(T x, unsigned long long seed, unsigned long long n,
                                                             unsigned threshold24, double scale) {
   typedef typename acc_of<T>::type A;
@@ -75,32 +114,39 @@ __device__ __forceinline__ double philox_normal_dev(unsigned long long seed, uns
   double theta = 2.0 * 3.141592653589793 * u2;
   return n % 2 == 0 ? radius * cos(theta) : radius * sin(theta);
 }
-// base = offset + *step_offset (a device scalar read at run time; null: offset alone).
-template <class T> __device__ void random_normal_impl(T* out, i64 n, unsigned long long seed, unsigned long long offset,
-                                                     const i64* step_offset) {
-  const unsigned long long base = offset + (step_offset ? (unsigned long long)*step_offset : 0ull);
-  MOEJIT_FOR_EACH(i, n) out[i] = from_double<T>(philox_normal_dev(seed, base + (unsigned long long)i));
+
+// ---- kernels ----
+// __grid_constant__: Chain::apply takes the arguments by reference without a
+// local copy of the struct.
+template <class Chain, int THREADS>
+__global__ void __launch_bounds__(THREADS) elementwise_kernel(const __grid_constant__ ElementwiseArgs a) {
+  MOEJIT_FOR_EACH(i, a.n) Chain::apply(a, i);
 }
 
-// ---- AdamW (f32), decoupled weight decay, bias correction with the 1-based step ----
-__device__ void adamw_impl(const float* param, const float* grad, const float* m, const float* v, const float* lr_ptr,
-                           const float* step_ptr, float* new_param, float* new_m, float* new_v, i64 n, double beta1,
-                           double beta2, float eps, float weight_decay) {
-  float lr = *lr_ptr;
-  double step = *step_ptr;
-  float correction1 = (float)(1.0 - pow(beta1, step));
-  float correction2 = (float)(1.0 - pow(beta2, step));
-  float b1 = (float)beta1, b2 = (float)beta2;
-  MOEJIT_FOR_EACH(i, n) {
-    float g = grad[i];
-    float m1 = b1 * m[i] + (1.0f - b1) * g;
-    float v1 = b2 * v[i] + (1.0f - b2) * g * g;
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) random_normal_kernel(const RandomNormalArgs<T> a) {
+  const unsigned long long base = a.offset + (a.step_offset ? (unsigned long long)*a.step_offset : 0ull);
+  MOEJIT_FOR_EACH(i, a.n) a.out[i] = from_double<T>(philox_normal_dev(a.seed, base + (unsigned long long)i));
+}
+
+// AdamW, decoupled weight decay, bias correction with the 1-based step.
+template <int THREADS> __global__ void __launch_bounds__(THREADS) adamw_kernel(const AdamWArgs a) {
+  float lr = *a.lr;
+  double step = *a.step;
+  float correction1 = (float)(1.0 - pow(a.beta1, step));
+  float correction2 = (float)(1.0 - pow(a.beta2, step));
+  float b1 = (float)a.beta1, b2 = (float)a.beta2;
+  MOEJIT_FOR_EACH(i, a.n) {
+    float g = a.grad[i];
+    float m1 = b1 * a.m[i] + (1.0f - b1) * g;
+    float v1 = b2 * a.v[i] + (1.0f - b2) * g * g;
     float m_hat = m1 / correction1;
     float v_hat = v1 / correction2;
-    float p = param[i];
-    new_param[i] = p - lr * (m_hat / (sqrtf(v_hat) + eps) + weight_decay * p);
-    new_m[i] = m1;
-    new_v[i] = v1;
+    float p = a.param[i];
+    a.new_param[i] = p - lr * (m_hat / (sqrtf(v_hat) + a.eps) + a.weight_decay * p);
+    a.new_m[i] = m1;
+    a.new_v[i] = v1;
   }
 }
-)MOEJIT_CUDA"
+
+}  // namespace mj
+#endif  // MOEJIT_DEVICE_CODE

@@ -40,22 +40,23 @@
 // M-major A only in batched or varlen-K mode (its TMA boxes must start on
 // 64-row boundaries: a grouped segment may start on any row, which the
 // copy engine rejects as an illegal instruction, seen on an H200).
+//
+// The host compiler sees GemmArgs and SmemLayout (the emitter fills one and
+// sizes shared memory with the other, codegen/gemm_select.cpp); the device
+// code sits inside `#if MOEJIT_DEVICE_CODE` (codegen/kernels/common.cuh).
 #pragma once
 
-#include "wgmma_ops.cuh"
+#include "codegen/kernels/common.cuh"
 
 namespace moejit::sm90 {
 
-// A CUtensorMap, opaque to the device code (the host encodes it with
-// cuTensorMapEncodeTiled); kernels use its address only.
-struct alignas(64) TmaDescriptor {
-  unsigned long long opaque[16];
-};
+using TmaDescriptor = mj::TmaDescriptor;  // a CUtensorMap the executor encodes
 
 // Everything a launch of the family needs, built once on the host.
 struct GemmArgs {
   TmaDescriptor a;  // 3-D map {inner, outer, batch} of A, box {64, BM or BK, 1}
   TmaDescriptor b;  // 3-D map of B, box {64, BN or BK, 1}
+  TmaDescriptor c_map;  // epilogues that store through TMA: 3-D map {N, rows, groups} of c, bf16, box {64, 64, 1}
   void* c;          // output, row-major with row stride ldc
   void* aux;        // the epilogue's second output (pre-activation), or null
   const int* group_offsets;  // grouped mode: groups + 1 row offsets; null: batched mode
@@ -67,6 +68,33 @@ struct GemmArgs {
   int a_batched;             // batched mode: A's third coordinate is the group (else 0)
   int b_batched;             // B's third coordinate is the group (else 0: one shared B)
 };
+
+// Shared memory of one block: the stages, the C staging boxes, the
+// barriers and (grouped mode) the first tile of each group.
+template <int BM, int BN, int BK, int STAGES> struct SmemLayout;
+// The dynamic shared memory a launch asks for (what SmemLayout<...>::bytes says).
+constexpr long long smem_bytes(int bm, int bn, int bk, int stages, long long groups) {
+  return 1024 + stages * (bm + bn) * bk * 2ll + 2 * (bn >= 128 ? 2 : 1) * 8192ll + 16ll * stages + 4 * (groups + 1);
+}
+template <int BM, int BN, int BK, int STAGES> struct SmemLayout {
+  static constexpr int kATile = BM * BK * 2, kBTile = BN * BK * 2;
+  static constexpr int kStage = kATile + kBTile;
+  // TMA-store epilogues stage up to two 64 x 64 bf16 boxes per consumer.
+  static constexpr int kCBoxes = BN >= 128 ? 2 : 1;
+  static constexpr int kCStage = STAGES * kStage;
+  static constexpr int kBarriers = kCStage + 2 * kCBoxes * 8192;  // full[STAGES], empty[STAGES]
+  static constexpr int kPrefix = kBarriers + 16 * STAGES;
+  // bytes to request: the stages, barriers and tile prefix, plus 1024 for aligning the base
+  static constexpr long long bytes(long long groups) { return 1024 + kPrefix + 4ll * (groups + 1); }
+  static_assert(bytes(7) == smem_bytes(BM, BN, BK, STAGES, 7), "one formula for the host and the kernel");
+};
+
+}  // namespace moejit::sm90
+
+#if MOEJIT_DEVICE_CODE
+#include "codegen/kernels/wgmma_ops.cuh"
+
+namespace moejit::sm90 {
 
 // ---- PTX wrappers ----
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -101,6 +129,16 @@ __device__ __forceinline__ void tma_load_3d(unsigned dst, const TmaDescriptor* m
       "l"(map), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
       : "memory");
 }
+// One TMA tile store from shared memory (bulk group of the issuing thread).
+__device__ __forceinline__ void tma_store_3d(const TmaDescriptor* map, unsigned src, int c0, int c1, int c2) {
+  asm volatile("cp.async.bulk.tensor.3d.global.shared::cta.bulk_group [%0, {%2, %3, %4}], [%1];" ::"l"(map), "r"(src), "r"(c0),
+               "r"(c1), "r"(c2)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Waits until the issuing thread's stores have read their shared memory.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
@@ -130,7 +168,12 @@ __device__ __forceinline__ unsigned short to_bf16(float v) { return (unsigned sh
 
 // ---- epilogues: called for (row, col) and (row, col + 1); `pair` is false
 // when col + 1 is past the last column. `at` = row * ldc + col (+ group offset).
+// kTmaStore: the epilogue is a plain bf16 store of C that the kernel may
+// route through shared memory and the copy engine (full 64-row blocks), so
+// the output is written in whole 128-byte lines; the functor is then used
+// only for the rows of a group's last, partial tile.
 struct StoreF32 {
+  static constexpr bool kTmaStore = false;
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
     float* c = static_cast<float*>(args.c) + at;
     if (pair && ((at & 1) == 0)) {
@@ -142,6 +185,7 @@ struct StoreF32 {
   }
 };
 struct StoreBf16 {
+  static constexpr bool kTmaStore = true;
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
     unsigned short* c = static_cast<unsigned short*>(args.c) + at;
     if (pair && ((at & 1) == 0)) {
@@ -152,9 +196,18 @@ struct StoreBf16 {
     }
   }
 };
+// The same store from registers only, for outputs the copy engine cannot
+// address (a row stride that is no multiple of 8 elements).
+struct StoreBf16Direct {
+  static constexpr bool kTmaStore = false;
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    StoreBf16::apply(args, at, v0, v1, pair);
+  }
+};
 // c = gelu(acc) (tanh form, as mj.gelu), aux = acc (the pre-activation the
 // backward needs), both bf16: the up-projection and its activation in one pass.
 struct StoreGeluBf16 {
+  static constexpr bool kTmaStore = false;
   __device__ __forceinline__ static float gelu(float x) {
     const float k = 0.7978845608028654f;  // sqrt(2 / pi)
     return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
@@ -219,14 +272,6 @@ template <int BM, int BN> struct TileWalk {
   }
 };
 
-template <int BM, int BN, int BK, int STAGES> struct SmemLayout {
-  static constexpr int kATile = BM * BK * 2, kBTile = BN * BK * 2;
-  static constexpr int kStage = kATile + kBTile;
-  static constexpr int kBarriers = STAGES * kStage;  // full[STAGES], empty[STAGES]
-  static constexpr int kPrefix = kBarriers + 16 * STAGES;
-  // bytes to request: the stages, barriers and tile prefix, plus 1024 for aligning the base
-  static constexpr long long bytes(int groups) { return 1024 + kPrefix + 4ll * (groups + 1); }
-};
 
 template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue>
 __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
@@ -349,21 +394,58 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
 
       // Epilogue: thread (warp, lane) holds rows warp*16 + lane/4 (+8) and
       // columns 8j + 2*(lane%4) (+1) of its consumer's 64 x BN block.
-      const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
-      const long long r_top = row0 + consumer * 64 + warp * 16 + lane / 4;
+      const long long my_row0 = row0 + consumer * 64;
+      if (Epilogue::kTmaStore && my_row0 + 64 <= row_end) {
+        // Whole 64-row block: bf16 into 128-byte-swizzled 64 x 64 boxes in
+        // shared memory (16-byte chunk c of row r at chunk c ^ (r % 8): the
+        // 8 rows a warp writes at once hit 8 different bank groups), then one
+        // TMA store per box; the copy engine clips columns past N.
+        constexpr int kBoxes = Layout::kCBoxes, kPasses = BN / 64 / kBoxes;
+        const unsigned stage_c = base + Layout::kCStage + consumer * kBoxes * 8192;
+        const int c_z = args.group_offsets && !args.varlen_k ? 0 : group;
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const long long col = col0 + 8 * j + 2 * (lane % 4);
-        if (col >= args.n) continue;
-        const bool pair = col + 1 < args.n;
+        for (int pass = 0; pass < kPasses; ++pass) {
+          if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
+          asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const long long row = r_top + 8 * h;
-          if (row < row_end) Epilogue::apply(args, c_base + row * args.ldc + col, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], pair);
+          for (int jj = 0; jj < kBoxes * 8; ++jj) {
+            const int j = pass * kBoxes * 8 + jj, box = jj / 8, chunk = jj % 8;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = warp * 16 + lane / 4 + 8 * h;
+              const unsigned at = stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16) + (lane % 4) * 4;
+              asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1])) : "memory");
+            }
+          }
+          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+          asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+          if (thread == 0) {
+            for (int box = 0; box < kBoxes; ++box) {
+              const long long col = col0 + (pass * kBoxes + box) * 64;
+              if (col < args.n) tma_store_3d(&args.c_map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+            }
+            bulk_commit();
+          }
+        }
+      } else {
+        const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
+        const long long r_top = my_row0 + warp * 16 + lane / 4;
+#pragma unroll
+        for (int j = 0; j < BN / 8; ++j) {
+          const long long col = col0 + 8 * j + 2 * (lane % 4);
+          if (col >= args.n) continue;
+          const bool pair = col + 1 < args.n;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const long long row = r_top + 8 * h;
+            if (row < row_end) Epilogue::apply(args, c_base + row * args.ldc + col, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], pair);
+          }
         }
       }
     }
+    if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();  // stores done before the block's shared memory goes away
   }
 }
 
 }  // namespace moejit::sm90
+#endif  // MOEJIT_DEVICE_CODE

@@ -1,4 +1,4 @@
-// Kernel library, part 7: the MoE ops, following runtime/cpu/cpu_moe.cpp
+// Kernel family "moe": the MoE ops, following runtime/cpu/cpu_moe.cpp
 // (the specification) rule for rule: gate (top-k by score, ties to the lower
 // expert, NaN ranks last), its backward, dispatch (histogram, prefix sum
 // with capacity and block padding, stable scatter in slot order), permute,
@@ -6,7 +6,161 @@
 // Routing is built for latency: the gate and its backward give each token a
 // warp, and dispatch is three multi-block launches (per-tile histograms,
 // one scan, a stable per-tile scatter) instead of one serial block.
-R"MOEJIT_CUDA(
+// The argument structs (host and device) come first; each kernel's comment
+// below says what it computes.
+#pragma once
+#include "codegen/kernels/common.cuh"
+#include "codegen/kernels/reduce.cuh"
+
+namespace mj {
+
+template <class T> struct GateArgs {
+  const T* logits;
+  const T* bias;
+  T* weights;
+  int* experts;
+  i64 tokens;
+  int E;
+  int K;
+  int softmax_score;
+  int score_first;
+  int normalize;
+};
+
+template <class T> struct GateGradArgs {
+  const T* logits;
+  const int* experts;
+  const T* dweights;
+  T* dlogits;
+  i64 tokens;
+  int E;
+  int K;
+  int softmax_score;
+  int score_first;
+  int normalize;
+};
+
+struct DispatchCountArgs {
+  const int* experts;
+  int* ranks;
+  int* slots;
+  i64 num_slots;
+  int E;
+  i64 rows;
+  i64 tile;
+  i64 tiles;
+};
+
+struct DispatchScanArgs {
+  int* ranks;
+  int* offsets;
+  int* counts;
+  int E;
+  i64 tiles;
+  i64 capacity;
+  i64 block;
+};
+
+struct DispatchScatterArgs {
+  const int* experts;
+  int* ranks;
+  const int* offsets;
+  int* slots;
+  int* positions;
+  i64 num_slots;
+  int E;
+  i64 capacity;
+  i64 tile;
+  i64 tiles;
+};
+
+template <class T> struct PermuteArgs {
+  const T* x;
+  const int* slots;
+  T* xs;
+  i64 rows;
+  i64 D;
+  int top_k;
+};
+
+template <class T> struct CombineArgs {
+  const T* ys;
+  const T* weights;
+  const int* positions;
+  T* out;
+  i64 tokens;
+  int K;
+  i64 D;
+};
+
+template <class T> struct CombineGradRowsArgs {
+  const T* weights;
+  const int* positions;
+  const T* dout;
+  T* dys;
+  i64 tokens;
+  int K;
+  i64 D;
+};
+
+template <class T> struct CombineGradWeightsArgs {
+  const T* ys;
+  const int* positions;
+  const T* dout;
+  T* dweights;
+  i64 slots;
+  int K;
+  i64 D;
+};
+
+template <class T> struct ExpertStatsArgs {
+  const T* probs;
+  const int* experts;
+  double* stats;
+  i64 tokens;
+  int E;
+  int K;
+};
+
+template <class T> struct ExpertLossArgs {
+  const double* stats;
+  T* out;
+  int E;
+  double coeff;
+  int kind;
+};
+
+template <class T> struct ExpertLossGradArgs {
+  const double* stats;
+  const T* dloss;
+  T* dprobs;
+  i64 tokens;
+  int E;
+  double coeff;
+  int kind;
+};
+
+template <class T> struct ZLossRowsArgs {
+  const T* logits;
+  double* row_values;
+  i64 tokens;
+  i64 E;
+};
+
+template <class T> struct ZLossGradArgs {
+  const T* logits;
+  const T* dloss;
+  T* dlogits;
+  i64 tokens;
+  i64 E;
+  double coeff;
+};
+
+}  // namespace mj
+
+#if MOEJIT_DEVICE_CODE
+namespace mj {
+
 // a ranks before b: higher, and NaN ranks below every number.
 __device__ __forceinline__ bool ranks_before(float a, float b) { return a > b || (b != b && a == a); }
 __device__ __forceinline__ float gate_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -61,21 +215,20 @@ template <class T> __device__ __forceinline__ void warp_row_max_sum(const T* row
   for (i64 t = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; t < (n); t += ((i64)gridDim.x * blockDim.x) >> 5)
 
 // moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K].
-template <class T> __device__ void gate_impl(const T* logits, const T* bias, T* weights, int* experts, i64 tokens, int E, int K,
-                                             int softmax_score, int score_first, int normalize) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
   int lane = threadIdx.x & 31;
-  MOEJIT_FOR_EACH_WARP(t, tokens) {
-    const T* row = logits + t * E;
-    int* chosen = experts + t * K;
+  MOEJIT_FOR_EACH_WARP(t, a.tokens) {
+    const T* row = a.logits + t * a.E;
+    int* chosen = a.experts + t * a.K;
     float max, sum;
-    warp_row_max_sum(row, E, lane, max, sum);
+    warp_row_max_sum(row, a.E, lane, max, sum);
     float last_key = 0.0f;
     int last = -1;  // the previous round's pick; none before round 0
-    for (int k = 0; k < K; ++k) {
+    for (int k = 0; k < a.K; ++k) {
       float best_key = 0.0f;
       int best = -1;
-      for (int e = lane; e < E; e += 32) {
-        float key = gate_key(row, bias, e, softmax_score, score_first, max, sum);
+      for (int e = lane; e < a.E; e += 32) {
+        float key = gate_key(row, a.bias, e, a.softmax_score, a.score_first, max, sum);
         if (last >= 0 && !pick_before(last_key, last, key, e)) continue;  // taken in an earlier round
         if (pick_before(key, e, best_key, best)) {
           best = e;
@@ -97,10 +250,10 @@ template <class T> __device__ void gate_impl(const T* logits, const T* bias, T* 
     __syncwarp();
     if (lane == 0) {
       float total = 0.0f;
-      for (int k = 0; k < K; ++k) total += gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
-      for (int k = 0; k < K; ++k) {
-        float w = gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
-        weights[t * K + k] = st<T>(normalize ? w / total : w);
+      for (int k = 0; k < a.K; ++k) total += gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
+      for (int k = 0; k < a.K; ++k) {
+        float w = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
+        a.weights[t * a.K + k] = st<T>(a.normalize ? w / total : w);
       }
     }
     __syncwarp();
@@ -108,52 +261,51 @@ template <class T> __device__ void gate_impl(const T* logits, const T* bias, T* 
 }
 
 // moe.gate_grad: one warp per token (lanes over experts); the chosen experts are held fixed.
-template <class T> __device__ void gate_grad_impl(const T* logits, const int* experts, const T* dweights, T* dlogits, i64 tokens,
-                                                  int E, int K, int softmax_score, int score_first, int normalize) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_grad_kernel(const GateGradArgs<T> a) {
   int lane = threadIdx.x & 31;
-  MOEJIT_FOR_EACH_WARP(t, tokens) {
-    const T* row = logits + t * E;
-    const int* chosen = experts + t * K;
-    const T* dw = dweights + t * K;
-    T* dl = dlogits + t * E;
+  MOEJIT_FOR_EACH_WARP(t, a.tokens) {
+    const T* row = a.logits + t * a.E;
+    const int* chosen = a.experts + t * a.K;
+    const T* dw = a.dweights + t * a.K;
+    T* dl = a.dlogits + t * a.E;
     float max, sum;
-    warp_row_max_sum(row, E, lane, max, sum);
+    warp_row_max_sum(row, a.E, lane, max, sum);
     // Through the renormalization w_k = r_k / S: draw_k = (dw_k - sum_j dw_j r_j / S) / S.
     float total = 0.0f, dot = 0.0f;
-    for (int k = 0; k < K; ++k) {
-      float r = gate_raw(row, chosen, k, K, softmax_score, score_first, max, sum);
+    for (int k = 0; k < a.K; ++k) {
+      float r = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
       total += r;
       dot += ld(dw[k]) * r;
     }
     dot /= total;
-#define MOEJIT_DRAW(k) (normalize ? (ld(dw[k]) - dot) / total : (float)ld(dw[k]))
-    if (!softmax_score) {
-      for (int e = lane; e < E; e += 32) {
+#define MOEJIT_DRAW(k) (a.normalize ? (ld(dw[k]) - dot) / total : (float)ld(dw[k]))
+    if (!a.softmax_score) {
+      for (int e = lane; e < a.E; e += 32) {
         float g = 0.0f;
-        for (int k = 0; k < K; ++k)
+        for (int k = 0; k < a.K; ++k)
           if (chosen[k] == e) {
             float s = gate_sigmoid(ld(row[e]));
             g += MOEJIT_DRAW(k) * s * (1.0f - s);
           }
         dl[e] = st<T>(g);
       }
-    } else if (score_first) {  // softmax over all E, then picked
+    } else if (a.score_first) {  // softmax over all E, then picked
       float pd = 0.0f;
-      for (int k = 0; k < K; ++k) pd += expf(ld(row[chosen[k]]) - max) / sum * MOEJIT_DRAW(k);
-      for (int e = lane; e < E; e += 32) {
+      for (int k = 0; k < a.K; ++k) pd += expf(ld(row[chosen[k]]) - max) / sum * MOEJIT_DRAW(k);
+      for (int e = lane; e < a.E; e += 32) {
         float dprob = 0.0f;
-        for (int k = 0; k < K; ++k)
+        for (int k = 0; k < a.K; ++k)
           if (chosen[k] == e) dprob += MOEJIT_DRAW(k);
         float prob = expf(ld(row[e]) - max) / sum;
         dl[e] = st<T>(prob * (dprob - pd));
       }
     } else {  // softmax over the K chosen logits
       float rd = 0.0f;
-      for (int k = 0; k < K; ++k) rd += gate_raw(row, chosen, k, K, 1, 0, max, sum) * MOEJIT_DRAW(k);
-      for (int e = lane; e < E; e += 32) {
+      for (int k = 0; k < a.K; ++k) rd += gate_raw(row, chosen, k, a.K, 1, 0, max, sum) * MOEJIT_DRAW(k);
+      for (int e = lane; e < a.E; e += 32) {
         float g = 0.0f;
-        for (int k = 0; k < K; ++k)
-          if (chosen[k] == e) g += gate_raw(row, chosen, k, K, 1, 0, max, sum) * (MOEJIT_DRAW(k) - rd);
+        for (int k = 0; k < a.K; ++k)
+          if (chosen[k] == e) g += gate_raw(row, chosen, k, a.K, 1, 0, max, sum) * (MOEJIT_DRAW(k) - rd);
         dl[e] = st<T>(g);
       }
     }
@@ -181,18 +333,18 @@ template <class T> __device__ void gate_grad_impl(const T* logits, const int* ex
 // are neither counted nor placed.
 __device__ __forceinline__ unsigned lanes_below(int lane) { return (1u << lane) - 1u; }
 
-__device__ void dispatch_count_impl(const int* experts, int* ranks, int* slots, i64 num_slots, int E, i64 rows, i64 tile, i64 tiles) {
-  MOEJIT_FOR_EACH(i, rows) slots[i] = -1;
+template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_count_kernel(const DispatchCountArgs a) {
+  MOEJIT_FOR_EACH(i, a.rows) a.slots[i] = -1;
   int lane = threadIdx.x & 31;
-  MOEJIT_FOR_EACH_WARP(w, tiles) {
-    for (int e = lane; e < E; e += 32) ranks[(i64)e * tiles + w] = 0;
+  MOEJIT_FOR_EACH_WARP(w, a.tiles) {
+    for (int e = lane; e < a.E; e += 32) a.ranks[(i64)e * a.tiles + w] = 0;
     __syncwarp();
-    for (i64 base = w * tile; base < (w + 1) * tile && base < num_slots; base += 32) {
+    for (i64 base = w * a.tile; base < (w + 1) * a.tile && base < a.num_slots; base += 32) {
       i64 s = base + lane;
-      int e = s < num_slots ? experts[s] : -1;
-      bool valid = e >= 0 && e < E;
+      int e = s < a.num_slots ? a.experts[s] : -1;
+      bool valid = e >= 0 && e < a.E;
       unsigned group = __match_any_sync(0xffffffffu, valid ? e : -1);
-      if (valid && (group & lanes_below(lane)) == 0) ranks[(i64)e * tiles + w] += __popc(group);
+      if (valid && (group & lanes_below(lane)) == 0) a.ranks[(i64)e * a.tiles + w] += __popc(group);
       __syncwarp();
     }
   }
@@ -212,172 +364,170 @@ __device__ int warp_exclusive_scan(int v, int lane, int* carry) {
   return before;
 }
 
-__device__ void dispatch_scan_impl(int* ranks, int* offsets, int* counts, int E, i64 tiles, i64 capacity, i64 block) {
+template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scan_kernel(const DispatchScanArgs a) {
   __shared__ int padded_of[4096];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  for (int e = warp; e < E; e += warps) {
-    int* row = ranks + (i64)e * tiles;
+  for (int e = warp; e < a.E; e += warps) {
+    int* row = a.ranks + (i64)e * a.tiles;
     int carry = 0;
-    for (i64 base = 0; base < tiles; base += 32) {
-      int v = base + lane < tiles ? row[base + lane] : 0;
+    for (i64 base = 0; base < a.tiles; base += 32) {
+      int v = base + lane < a.tiles ? row[base + lane] : 0;
       int before = warp_exclusive_scan(v, lane, &carry);
-      if (base + lane < tiles) row[base + lane] = before;
+      if (base + lane < a.tiles) row[base + lane] = before;
     }
     if (lane == 0) {
-      counts[e] = carry;
-      i64 kept = carry < capacity ? carry : capacity;
-      padded_of[e] = (int)((kept + block - 1) / block * block);
+      a.counts[e] = carry;
+      i64 kept = carry < a.capacity ? carry : a.capacity;
+      padded_of[e] = (int)((kept + a.block - 1) / a.block * a.block);
     }
   }
   __syncthreads();
   if (warp == 0) {
     int carry = 0;
-    for (int base = 0; base < E; base += 32) {
-      int v = base + lane < E ? padded_of[base + lane] : 0;
+    for (int base = 0; base < a.E; base += 32) {
+      int v = base + lane < a.E ? padded_of[base + lane] : 0;
       int before = warp_exclusive_scan(v, lane, &carry);
-      if (base + lane < E) offsets[base + lane] = before;
+      if (base + lane < a.E) a.offsets[base + lane] = before;
     }
-    if (lane == 0) offsets[E] = carry;
+    if (lane == 0) a.offsets[a.E] = carry;
   }
 }
 
-__device__ void dispatch_scatter_impl(const int* experts, int* ranks, const int* offsets, int* slots, int* positions, i64 num_slots,
-                                      int E, i64 capacity, i64 tile, i64 tiles) {
+template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scatter_kernel(const DispatchScatterArgs a) {
   int lane = threadIdx.x & 31;
-  MOEJIT_FOR_EACH_WARP(w, tiles) {
-    for (i64 base = w * tile; base < (w + 1) * tile && base < num_slots; base += 32) {
+  MOEJIT_FOR_EACH_WARP(w, a.tiles) {
+    for (i64 base = w * a.tile; base < (w + 1) * a.tile && base < a.num_slots; base += 32) {
       i64 s = base + lane;
-      int e = s < num_slots ? experts[s] : -1;
-      bool valid = e >= 0 && e < E;
+      int e = s < a.num_slots ? a.experts[s] : -1;
+      bool valid = e >= 0 && e < a.E;
       unsigned group = __match_any_sync(0xffffffffu, valid ? e : -1);
       int leader = __ffs(group) - 1;
-      int first = valid && lane == leader ? ranks[(i64)e * tiles + w] : 0;
+      int first = valid && lane == leader ? a.ranks[(i64)e * a.tiles + w] : 0;
       first = __shfl_sync(0xffffffffu, first, leader);
       i64 rank = first + __popc(group & lanes_below(lane));
-      if (valid && lane == leader) ranks[(i64)e * tiles + w] = first + __popc(group);
+      if (valid && lane == leader) a.ranks[(i64)e * a.tiles + w] = first + __popc(group);
       __syncwarp();
-      if (s >= num_slots) continue;
-      if (valid && rank < capacity) {
-        int row = offsets[e] + (int)rank;
-        slots[row] = (int)s;
-        positions[s] = row;
+      if (s >= a.num_slots) continue;
+      if (valid && rank < a.capacity) {
+        int row = a.offsets[e] + (int)rank;
+        a.slots[row] = (int)s;
+        a.positions[s] = row;
       } else {
-        positions[s] = -1;
+        a.positions[s] = -1;
       }
     }
   }
 }
 
 // moe.permute: xs[i] = x[slots[i] / top_k], zero where slots[i] < 0. x [T, D] -> xs [N, D].
-template <class T> __device__ void permute_impl(const T* x, const int* slots, T* xs, i64 rows, i64 D, int top_k) {
-  MOEJIT_FOR_EACH(i, rows * D) {
-    int s = slots[i / D];
-    xs[i] = s >= 0 ? x[(i64)(s / top_k) * D + i % D] : st<T>(typename acc_of<T>::type(0));
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) permute_kernel(const PermuteArgs<T> a) {
+  MOEJIT_FOR_EACH(i, a.rows * a.D) {
+    int s = a.slots[i / a.D];
+    a.xs[i] = s >= 0 ? a.x[(i64)(s / a.top_k) * a.D + i % a.D] : st<T>(typename acc_of<T>::type(0));
   }
 }
 
 // moe.combine (weights given) and moe.permute_grad (weights null = all ones):
 // out[t] = sum_k w[t,k] ys[positions[t,k]], dropped slots add nothing. -> [T, D].
-template <class T> __device__ void combine_impl(const T* ys, const T* weights, const int* positions, T* out, i64 tokens, int K, i64 D) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_kernel(const CombineArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  MOEJIT_FOR_EACH(i, tokens * D) {
-    i64 t = i / D, d = i % D;
+  MOEJIT_FOR_EACH(i, a.tokens * a.D) {
+    i64 t = i / a.D, d = i % a.D;
     A acc = A(0);
-    for (int k = 0; k < K; ++k) {
-      int row = positions[t * K + k];
+    for (int k = 0; k < a.K; ++k) {
+      int row = a.positions[t * a.K + k];
       if (row < 0) continue;
-      A w = weights ? ld(weights[t * K + k]) : A(1);
-      acc += w * ld(ys[(i64)row * D + d]);
+      A w = a.weights ? ld(a.weights[t * a.K + k]) : A(1);
+      acc += w * ld(a.ys[(i64)row * a.D + d]);
     }
-    out[i] = st<T>(acc);
+    a.out[i] = st<T>(acc);
   }
 }
 
 // moe.combine_grad: dys[positions[t,k]] = weights[t,k] dout[t] (dys zeroed
 // before; each row belongs to at most one slot), and one block per slot:
 // dweights[t,k] = dout[t] . ys[positions[t,k]] (0 when dropped).
-template <class T> __device__ void combine_grad_rows_impl(const T* weights, const int* positions, const T* dout, T* dys, i64 tokens,
-                                                          int K, i64 D) {
-  MOEJIT_FOR_EACH(i, tokens * K * D) {
-    i64 slot = i / D, d = i % D;
-    int row = positions[slot];
-    if (row >= 0) dys[(i64)row * D + d] = st<T>(ld(weights[slot]) * ld(dout[(slot / K) * D + d]));
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_grad_rows_kernel(const CombineGradRowsArgs<T> a) {
+  MOEJIT_FOR_EACH(i, a.tokens * a.K * a.D) {
+    i64 slot = i / a.D, d = i % a.D;
+    int row = a.positions[slot];
+    if (row >= 0) a.dys[(i64)row * a.D + d] = st<T>(ld(a.weights[slot]) * ld(a.dout[(slot / a.K) * a.D + d]));
   }
 }
-template <class T> __device__ void combine_grad_weights_impl(const T* ys, const int* positions, const T* dout, T* dweights, i64 slots,
-                                                             int K, i64 D) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_grad_weights_kernel(const CombineGradWeightsArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  for (i64 slot = blockIdx.x; slot < slots; slot += gridDim.x) {
-    int row = positions[slot];
+  for (i64 slot = blockIdx.x; slot < a.slots; slot += gridDim.x) {
+    int row = a.positions[slot];
     A acc = A(0);
     if (row >= 0)
-      for (i64 d = threadIdx.x; d < D; d += blockDim.x) acc += ld(dout[(slot / K) * D + d]) * ld(ys[(i64)row * D + d]);
+      for (i64 d = threadIdx.x; d < a.D; d += blockDim.x) acc += ld(a.dout[(slot / a.K) * a.D + d]) * ld(a.ys[(i64)row * a.D + d]);
     acc = block_reduce(acc, SumOp(), scratch);
-    if (threadIdx.x == 0) dweights[slot] = st<T>(acc);
+    if (threadIdx.x == 0) a.dweights[slot] = st<T>(acc);
   }
 }
 
 // Per-expert statistics for the auxiliary losses (one block, thread per expert,
 // tokens summed in order): stats[e] = share of the T*K slots routed to e
 // (when experts != null), stats[E + e] = mean over tokens of probs[:, e].
-template <class T> __device__ void expert_stats_impl(const T* probs, const int* experts, double* stats, i64 tokens, int E, int K) {
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) expert_stats_kernel(const ExpertStatsArgs<T> a) {
+  for (int e = threadIdx.x; e < a.E; e += blockDim.x) {
     double mean = 0.0;
-    for (i64 t = 0; t < tokens; ++t) mean += (double)ld(probs[t * E + e]);
-    stats[E + e] = mean / (double)tokens;
-    if (experts) {
+    for (i64 t = 0; t < a.tokens; ++t) mean += (double)ld(a.probs[t * a.E + e]);
+    a.stats[a.E + e] = mean / (double)a.tokens;
+    if (a.experts) {
       i64 count = 0;
-      for (i64 s = 0; s < tokens * K; ++s) count += experts[s] == e;
-      stats[e] = (double)count / (double)(tokens * K);
+      for (i64 s = 0; s < a.tokens * a.K; ++s) count += a.experts[s] == e;
+      a.stats[e] = (double)count / (double)(a.tokens * a.K);
     }
   }
 }
 
 // moe.load_balance_loss (kind 0): coeff * E * sum_e f_e P_e;
 // moe.entropy_reg (kind 1): coeff * sum_e p_e log max(p_e, 1e-20). One thread.
-template <class T> __device__ void expert_loss_impl(const double* stats, T* out, int E, double coeff, int kind) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) expert_loss_kernel(const ExpertLossArgs<T> a) {
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
   double sum = 0.0;
-  for (int e = 0; e < E; ++e) {
-    double p = stats[E + e];
-    sum += kind == 0 ? stats[e] * p : p * log(p > 1e-20 ? p : 1e-20);
+  for (int e = 0; e < a.E; ++e) {
+    double p = a.stats[a.E + e];
+    sum += a.kind == 0 ? a.stats[e] * p : p * log(p > 1e-20 ? p : 1e-20);
   }
-  out[0] = from_double<T>(kind == 0 ? coeff * (double)E * sum : coeff * sum);
+  a.out[0] = from_double<T>(a.kind == 0 ? a.coeff * (double)a.E * sum : a.coeff * sum);
 }
 
 // Their gradients: dprobs[t, e] = dloss * coeff * E * f_e / T (kind 0), or
 // dloss * coeff * (log max(p_e, 1e-20) + 1) / T (kind 1).
-template <class T> __device__ void expert_loss_grad_impl(const double* stats, const T* dloss, T* dprobs, i64 tokens, int E,
-                                                         double coeff, int kind) {
-  double scale = (double)ld(dloss[0]) * coeff / (double)tokens;
-  MOEJIT_FOR_EACH(i, tokens * E) {
-    int e = (int)(i % E);
-    double p = stats[E + e];
-    double g = kind == 0 ? scale * (double)E * stats[e] : scale * (log(p > 1e-20 ? p : 1e-20) + 1.0);
-    dprobs[i] = from_double<T>(g);
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) expert_loss_grad_kernel(const ExpertLossGradArgs<T> a) {
+  double scale = (double)ld(a.dloss[0]) * a.coeff / (double)a.tokens;
+  MOEJIT_FOR_EACH(i, a.tokens * a.E) {
+    int e = (int)(i % a.E);
+    double p = a.stats[a.E + e];
+    double g = a.kind == 0 ? scale * (double)a.E * a.stats[e] : scale * (log(p > 1e-20 ? p : 1e-20) + 1.0);
+    a.dprobs[i] = from_double<T>(g);
   }
 }
 
 // moe.z_loss, pass 1: row_values[t] = logsumexp(logits[t])^2 (then mean_of_values).
-template <class T> __device__ void z_loss_rows_impl(const T* logits, double* row_values, i64 tokens, i64 E) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) z_loss_rows_kernel(const ZLossRowsArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  for (i64 t = blockIdx.x; t < tokens; t += gridDim.x) {
-    A lse = row_logsumexp<T, A>(logits + t * E, E, scratch);
-    if (threadIdx.x == 0) row_values[t] = (double)lse * (double)lse;
+  for (i64 t = blockIdx.x; t < a.tokens; t += gridDim.x) {
+    A lse = row_logsumexp<T, A>(a.logits + t * a.E, a.E, scratch);
+    if (threadIdx.x == 0) a.row_values[t] = (double)lse * (double)lse;
   }
 }
 
 // moe.z_loss_grad: dlogits[t, e] = dloss * coeff * 2 * lse_t * softmax(logits[t])_e / T.
-template <class T> __device__ void z_loss_grad_impl(const T* logits, const T* dloss, T* dlogits, i64 tokens, i64 E, double coeff) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) z_loss_grad_kernel(const ZLossGradArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  A scale = A((double)ld(dloss[0]) * coeff * 2.0 / (double)tokens);
-  for (i64 t = blockIdx.x; t < tokens; t += gridDim.x) {
-    const T* row = logits + t * E;
-    A lse = row_logsumexp<T, A>(row, E, scratch);
-    for (i64 e = threadIdx.x; e < E; e += blockDim.x) dlogits[t * E + e] = st<T>(scale * lse * m_exp(ld(row[e]) - lse));
+  A scale = A((double)ld(a.dloss[0]) * a.coeff * 2.0 / (double)a.tokens);
+  for (i64 t = blockIdx.x; t < a.tokens; t += gridDim.x) {
+    const T* row = a.logits + t * a.E;
+    A lse = row_logsumexp<T, A>(row, a.E, scratch);
+    for (i64 e = threadIdx.x; e < a.E; e += blockDim.x) a.dlogits[t * a.E + e] = st<T>(scale * lse * m_exp(ld(row[e]) - lse));
   }
 }
-)MOEJIT_CUDA"
+
+}  // namespace mj
+#endif  // MOEJIT_DEVICE_CODE

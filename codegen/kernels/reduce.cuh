@@ -1,53 +1,109 @@
-// Kernel library, part 3: reductions over axes, and the row-wise ops over
-// the last axis (softmax, log_softmax, layer_norm, rms_norm and their
-// backward). One block per output element or row, 256 threads, a fixed
-// reduction tree, so results do not depend on timing. Float math accumulates
-// in f32 (f64 for f64 tensors); integer sums wrap.
-R"MOEJIT_CUDA(
-#define MOEJIT_ROW_THREADS 256
+// Kernel family "reduce": reductions over axes, the row-wise ops over the
+// last axis (softmax, log_softmax, layer_norm, rms_norm and their backward),
+// and the "mean of per-row values" finisher of the scalar losses. One block
+// per output element or row, a fixed reduction tree, so results do not
+// depend on timing. Float math accumulates in f32 (f64 for f64 tensors);
+// integer sums wrap.
+#pragma once
+#include "codegen/kernels/common.cuh"
+
+namespace mj {
+
+// y[o] = reduce over the reduced dims of x. `kept` walks the outputs (sizes
+// of the kept dims, x's strides), `reduced` walks one output's inputs.
+template <class T> struct ReduceArgs {
+  const T* x;
+  T* y;
+  Dims kept, reduced;
+  i64 outputs, count;
+};
+
+// softmax / log_softmax over rows of length c.
+template <class T> struct SoftmaxArgs {
+  const T* x;
+  T* y;
+  i64 rows, c;
+};
+
+// layer_norm (beta != null) or rms_norm (beta == null) over rows of length c.
+template <class T> struct NormArgs {
+  const T *x, *gamma, *beta;
+  T* y;
+  i64 rows, c;
+  double eps;
+};
+
+// Their backward, part 1: dx, and each row's (mean, rstd) into stats [rows, 2].
+template <class T> struct NormGradRowsArgs {
+  const T *x, *gamma, *dy;
+  T* dx;
+  double* stats;
+  i64 rows, c;
+  double eps;
+  int rms;
+};
+
+// Part 2: dgamma, dbeta (null for rms_norm).
+template <class T> struct NormGradParamsArgs {
+  const T *x, *dy;
+  const double* stats;
+  T *dgamma, *dbeta;
+  i64 rows, c;
+};
+
+// out = coeff * (sum of values[0..n)) / n.
+template <class T> struct MeanOfValuesArgs {
+  const double* values;
+  T* out;
+  i64 n;
+  double coeff;
+};
+
+}  // namespace mj
+
+#if MOEJIT_DEVICE_CODE
+namespace mj {
 
 template <class T> struct reduce_acc { typedef typename acc_of<T>::type type; };
 template <> struct reduce_acc<int> { typedef i64 type; };
 
-// y[o] = reduce over the reduced dims of x. `kept` walks the outputs (sizes
-// of the kept dims, x's strides), `reduced` walks one output's inputs.
-// kind: 0 sum, 1 mean, 2 max.
-template <class T, int kind> __device__ void reduce_impl(const T* x, T* y, Dims kept, Dims reduced, i64 outputs, i64 count) {
+// KIND: 0 sum, 1 mean, 2 max.
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_kernel(const ReduceArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];
-  for (i64 o = blockIdx.x; o < outputs; o += gridDim.x) {
-    const T* base = x + dims_offset(kept, o);
-    A acc = kind == 2 ? lowest_value<A>() : A(0);
-    for (i64 r = threadIdx.x; r < count; r += blockDim.x) {
-      A v = (A)ld(base[dims_offset(reduced, r)]);
-      acc = kind == 2 ? MaxOp()(acc, v) : acc + v;
+  for (i64 o = blockIdx.x; o < a.outputs; o += gridDim.x) {
+    const T* base = a.x + dims_offset(a.kept, o);
+    A acc = KIND == 2 ? lowest_value<A>() : A(0);
+    for (i64 r = threadIdx.x; r < a.count; r += blockDim.x) {
+      A v = (A)ld(base[dims_offset(a.reduced, r)]);
+      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
     }
-    if (kind == 2) acc = block_reduce(acc, MaxOp(), scratch);
+    if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) {
-      if (kind == 1) acc = acc / (A)count;
-      y[o] = st<T>((typename acc_of<T>::type)acc);
+      if (KIND == 1) acc = acc / (A)a.count;
+      a.y[o] = st<T>((typename acc_of<T>::type)acc);
     }
   }
 }
 
-// softmax (log = 0) or log_softmax (log = 1) over rows of length c.
-template <class T, int log_softmax> __device__ void softmax_impl(const T* x, T* y, i64 rows, i64 c) {
+// softmax (LOG = 0) or log_softmax (LOG = 1).
+template <class T, int LOG, int THREADS> __global__ void __launch_bounds__(THREADS) softmax_kernel(const SoftmaxArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* xr = x + row * c;
-    T* yr = y + row * c;
+  for (i64 row = blockIdx.x; row < a.rows; row += gridDim.x) {
+    const T* xr = a.x + row * a.c;
+    T* yr = a.y + row * a.c;
     A max = lowest_value<A>();
-    for (i64 i = threadIdx.x; i < c; i += blockDim.x) max = MaxOp()(max, ld(xr[i]));
+    for (i64 i = threadIdx.x; i < a.c; i += blockDim.x) max = MaxOp()(max, ld(xr[i]));
     max = block_reduce(max, MaxOp(), scratch);
     A sum = A(0);
-    for (i64 i = threadIdx.x; i < c; i += blockDim.x) sum += m_exp(ld(xr[i]) - max);
+    for (i64 i = threadIdx.x; i < a.c; i += blockDim.x) sum += m_exp(ld(xr[i]) - max);
     sum = block_reduce(sum, SumOp(), scratch);
     A log_sum = m_log(sum);
-    for (i64 i = threadIdx.x; i < c; i += blockDim.x) {
+    for (i64 i = threadIdx.x; i < a.c; i += blockDim.x) {
       A shifted = ld(xr[i]) - max;
-      yr[i] = st<T>(log_softmax ? shifted - log_sum : m_exp(shifted) / sum);
+      yr[i] = st<T>(LOG ? shifted - log_sum : m_exp(shifted) / sum);
     }
   }
 }
@@ -70,18 +126,18 @@ template <class T, class A> __device__ void row_moments(const T* xr, i64 c, A ep
   rstd = A(1) / m_sqrt(var + eps);
 }
 
-// layer_norm (beta != null) or rms_norm (beta == null): y = (x - mean) * rstd * gamma (+ beta).
-template <class T> __device__ void norm_impl(const T* x, const T* gamma, const T* beta, T* y, i64 rows, i64 c, double eps) {
+// y = (x - mean) * rstd * gamma (+ beta).
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_kernel(const NormArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* xr = x + row * c;
+  for (i64 row = blockIdx.x; row < a.rows; row += gridDim.x) {
+    const T* xr = a.x + row * a.c;
     A mean, rstd;
-    row_moments(xr, c, A(eps), beta == nullptr, scratch, mean, rstd);
-    for (i64 i = threadIdx.x; i < c; i += blockDim.x) {
-      A v = (ld(xr[i]) - mean) * rstd * ld(gamma[i]);
-      if (beta) v += ld(beta[i]);
-      y[row * c + i] = st<T>(v);
+    row_moments(xr, a.c, A(a.eps), a.beta == nullptr, scratch, mean, rstd);
+    for (i64 i = threadIdx.x; i < a.c; i += blockDim.x) {
+      A v = (ld(xr[i]) - mean) * rstd * ld(a.gamma[i]);
+      if (a.beta) v += ld(a.beta[i]);
+      a.y[row * a.c + i] = st<T>(v);
     }
   }
 }
@@ -90,49 +146,70 @@ template <class T> __device__ void norm_impl(const T* x, const T* gamma, const T
 //   layer_norm: xhat = (x - mean) rstd, g = dy gamma,
 //               dx = rstd (g - mean(g) - xhat mean(g xhat))
 //   rms_norm:   xhat = x rstd,          dx = rstd (g - xhat mean(g xhat))
-// and the row's mean and rstd into stats[2 * row] for part 2.
-template <class T> __device__ void norm_grad_rows_impl(const T* x, const T* gamma, const T* dy, T* dx, double* stats, i64 rows,
-                                                       i64 c, double eps, int rms) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_rows_kernel(const NormGradRowsArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-    const T* xr = x + row * c;
-    const T* dyr = dy + row * c;
+  const i64 c = a.c;
+  for (i64 row = blockIdx.x; row < a.rows; row += gridDim.x) {
+    const T* xr = a.x + row * c;
+    const T* dyr = a.dy + row * c;
     A mean, rstd;
-    row_moments(xr, c, A(eps), rms != 0, scratch, mean, rstd);
+    row_moments(xr, c, A(a.eps), a.rms != 0, scratch, mean, rstd);
     A sum_g = A(0), sum_gx = A(0);
     for (i64 i = threadIdx.x; i < c; i += blockDim.x) {
-      A g = ld(dyr[i]) * ld(gamma[i]);
+      A g = ld(dyr[i]) * ld(a.gamma[i]);
       sum_g += g;
       sum_gx += g * (ld(xr[i]) - mean) * rstd;
     }
-    A mean_g = rms ? A(0) : block_reduce(sum_g, SumOp(), scratch) / A(c);
+    A mean_g = a.rms ? A(0) : block_reduce(sum_g, SumOp(), scratch) / A(c);
     A mean_gx = block_reduce(sum_gx, SumOp(), scratch) / A(c);
     for (i64 i = threadIdx.x; i < c; i += blockDim.x) {
       A xhat = (ld(xr[i]) - mean) * rstd;
-      A g = ld(dyr[i]) * ld(gamma[i]);
-      dx[row * c + i] = st<T>(rstd * (g - mean_g - xhat * mean_gx));
+      A g = ld(dyr[i]) * ld(a.gamma[i]);
+      a.dx[row * c + i] = st<T>(rstd * (g - mean_g - xhat * mean_gx));
     }
     if (threadIdx.x == 0) {
-      stats[2 * row] = (double)mean;
-      stats[2 * row + 1] = (double)rstd;
+      a.stats[2 * row] = (double)mean;
+      a.stats[2 * row + 1] = (double)rstd;
     }
   }
 }
 
 // Part 2 (one thread per column, rows in order): dgamma = sum dy xhat, dbeta = sum dy.
-template <class T> __device__ void norm_grad_params_impl(const T* x, const T* dy, const double* stats, T* dgamma, T* dbeta,
-                                                         i64 rows, i64 c) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_kernel(const NormGradParamsArgs<T> a) {
   typedef typename acc_of<T>::type A;
+  const i64 c = a.c;
   MOEJIT_FOR_EACH(i, c) {
     A sum_gamma = A(0), sum_beta = A(0);
-    for (i64 row = 0; row < rows; ++row) {
-      A d = ld(dy[row * c + i]);
-      sum_gamma += d * (ld(x[row * c + i]) - A(stats[2 * row])) * A(stats[2 * row + 1]);
+    for (i64 row = 0; row < a.rows; ++row) {
+      A d = ld(a.dy[row * c + i]);
+      sum_gamma += d * (ld(a.x[row * c + i]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
       sum_beta += d;
     }
-    dgamma[i] = st<T>(sum_gamma);
-    if (dbeta) dbeta[i] = st<T>(sum_beta);
+    a.dgamma[i] = st<T>(sum_gamma);
+    if (a.dbeta) a.dbeta[i] = st<T>(sum_beta);
   }
 }
-)MOEJIT_CUDA"
+
+// The logsumexp of a row (block-wide; every thread gets it).
+template <class T, class A> __device__ A row_logsumexp(const T* xr, i64 c, A* scratch) {
+  A max = lowest_value<A>();
+  for (i64 i = threadIdx.x; i < c; i += blockDim.x) max = MaxOp()(max, ld(xr[i]));
+  max = block_reduce(max, MaxOp(), scratch);
+  A sum = A(0);
+  for (i64 i = threadIdx.x; i < c; i += blockDim.x) sum += m_exp(ld(xr[i]) - max);
+  sum = block_reduce(sum, SumOp(), scratch);
+  return max + m_log(sum);
+}
+
+// One block, summed in a fixed order.
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) mean_of_values_kernel(const MeanOfValuesArgs<T> a) {
+  __shared__ double scratch[33];
+  double sum = 0.0;
+  for (i64 i = threadIdx.x; i < a.n; i += blockDim.x) sum += a.values[i];
+  sum = block_reduce(sum, SumOp(), scratch);
+  if (threadIdx.x == 0) a.out[0] = from_double<T>(a.coeff * sum / (double)a.n);
+}
+
+}  // namespace mj
+#endif  // MOEJIT_DEVICE_CODE

@@ -8,6 +8,7 @@
 // TRANS_A / TRANS_B select M-major A / N-major B (PTX imm-trans-a/-b);
 // both are K-major when 0. Needs sm_90a.
 #pragma once
+// Device code only: included by gemm_sm90.cuh inside #if MOEJIT_DEVICE_CODE.
 
 namespace moejit::sm90 {
 

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 
+#include "codegen/target.h"
 #include "runtime/backend.h"
 
 namespace moejit {
@@ -34,9 +35,14 @@ struct CudaDeviceInfo {
   int cc_major = 0, cc_minor = 0;
   std::int64_t shared_memory_per_block_optin = 0;  // bytes
   std::int64_t total_memory = 0;                   // bytes
+  std::int64_t l2_bytes = 0;
   std::string arch() const;                        // "sm_90a" on Hopper, else "sm_XY"
 };
 CudaDeviceInfo cuda_device_info();
+
+// What codegen generates for on device 0 (its architecture, SM count,
+// shared memory opt-in, L2 size). Throws moejit::Error without a GPU.
+codegen::Target cuda_device_target();
 
 // Process-wide counters of the kernel cache (NVRTC compiles, memory and
 // disk hits, seconds spent compiling).

@@ -136,11 +136,25 @@ CudaDeviceInfo cuda_device_info() {
   info.cc_major = attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR);
   info.cc_minor = attribute(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR);
   info.shared_memory_per_block_optin = attribute(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN);
+  info.l2_bytes = attribute(CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE);
   size_t total = 0;
   MOEJIT_CU(cuDeviceTotalMem, &total, dev);
   info.total_memory = static_cast<std::int64_t>(total);
   (void)d;
   return info;
+}
+
+codegen::Target cuda_device_target() {
+  CudaDeviceInfo info = cuda_device_info();
+  codegen::Target t;
+  t.arch = info.arch();
+  t.cc_major = info.cc_major;
+  t.cc_minor = info.cc_minor;
+  t.sm_count = info.sm_count;
+  t.shared_memory_per_block_optin = info.shared_memory_per_block_optin;
+  t.l2_bytes = info.l2_bytes;
+  t.device_name = info.name;
+  return t;
 }
 
 }  // namespace moejit

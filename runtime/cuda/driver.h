@@ -22,7 +22,7 @@ struct Driver {
   X(cuMemcpyDtoDAsync) X(cuMemsetD8Async) X(cuStreamCreate) X(cuStreamDestroy) X(cuStreamSynchronize)          \
   X(cuStreamBeginCapture) X(cuStreamEndCapture) X(cuGraphInstantiate) X(cuGraphLaunch) X(cuGraphDestroy)       \
   X(cuGraphExecDestroy) X(cuEventCreate) X(cuEventDestroy) X(cuEventRecord) X(cuEventSynchronize)              \
-  X(cuEventElapsedTime)
+  X(cuEventElapsedTime) X(cuLaunchKernelEx) X(cuTensorMapEncodeTiled)
 #define MOEJIT_CU_MEMBER(fn) decltype(&::fn) fn = nullptr;
   MOEJIT_CU_FUNCTIONS(MOEJIT_CU_MEMBER)
 #undef MOEJIT_CU_MEMBER

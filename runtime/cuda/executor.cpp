@@ -1,7 +1,9 @@
 // The CUDA backend's executor. compile(): verify, fuse elementwise chains,
-// generate the module, compile it with NVRTC (cached), plan the arena, and
-// resolve every launch to a function and its argument bytes once (buffers
-// never move). run(): the launches on one stream, then the copies of
+// generate the module for the device's Target, compile it with NVRTC
+// (cached, kernels found by their lowered names), plan the arena, and
+// resolve every launch once (buffers never move): copy its argument struct,
+// patch the pointer fields with device addresses, encode its TMA
+// descriptors, and look up the function. run(): the launches on one stream, then the copies of
 // updated arguments (AdamW's parameters and moments) into their buffers; or
 // one replay of the captured CUDA graph.
 //
@@ -22,51 +24,92 @@
 #include "passes/passes.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/executable.h"
 #include "runtime/cuda/nvrtc_compiler.h"
 
 namespace moejit {
 
 namespace {
 
-using codegen::KernelArg;
+using codegen::Buffer;
 using codegen::Launch;
 
 struct ResolvedLaunch {
   Launch::Kind kind = Launch::Kind::kernel;
   CUfunction function = nullptr;
-  unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1}, shared_bytes = 0;
-  std::vector<std::byte> storage;  // argument bytes, 8-byte slots (structs in place)
-  std::vector<void*> params;       // pointers into storage
+  unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1}, cluster[3] = {1, 1, 1}, shared_bytes = 0;
+  // The argument struct, 64-byte aligned (TMA descriptors inside must be).
+  std::vector<mj::TmaDescriptor> storage;
+  void* params[1] = {nullptr};  // the kernel's one parameter: the struct
   CUdeviceptr dst = 0, src = 0;
   std::int64_t bytes = 0;
 };
 
-class CudaExecutable final : public Executable {
+CUtensorMapDataType tensor_map_dtype(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+    case DType::f64: return CU_TENSOR_MAP_DATA_TYPE_FLOAT64;
+    case DType::bf16: return CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    case DType::f16: return CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    case DType::i32: return CU_TENSOR_MAP_DATA_TYPE_INT32;
+    case DType::i64: return CU_TENSOR_MAP_DATA_TYPE_INT64;
+    case DType::i1: return CU_TENSOR_MAP_DATA_TYPE_UINT8;
+  }
+  return CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+}
+
+CUtensorMapSwizzle tensor_map_swizzle(codegen::TensorMapField::Swizzle s) {
+  switch (s) {
+    case codegen::TensorMapField::Swizzle::none: return CU_TENSOR_MAP_SWIZZLE_NONE;
+    case codegen::TensorMapField::Swizzle::b32: return CU_TENSOR_MAP_SWIZZLE_32B;
+    case codegen::TensorMapField::Swizzle::b64: return CU_TENSOR_MAP_SWIZZLE_64B;
+    case codegen::TensorMapField::Swizzle::b128: return CU_TENSOR_MAP_SWIZZLE_128B;
+  }
+  return CU_TENSOR_MAP_SWIZZLE_NONE;
+}
+
+class CudaExecutable final : public ExecutableBase {
  public:
-  explicit CudaExecutable(const Graph& input) : graph_(input) {
-    const auto& d = cuda::driver();
-    (void)d;
-    create_fuse_elementwise_pass({})->run(graph_);
-    code_ = codegen::generate_module(graph_);
+  explicit CudaExecutable(const Graph& input) : ExecutableBase(prepared(input)), graph_(ExecutableBase::graph()) {
+    target_ = cuda_device_target();
+    code_ = codegen::generate_module(graph_, target_);
     if (debug_level() >= 3)
       std::fprintf(stderr, "moejit cuda: generated source of @%s:\n%s\n", graph_.name().c_str(), code_.source.c_str());
-    CudaDeviceInfo info = cuda_device_info();
     auto before = cuda_compile_stats();
     auto start = std::chrono::steady_clock::now();
-    std::string cubin = cuda::compile_cuda({code_.source, graph_.name(), info.arch(), cuda::CompileOutput::cubin, true});
+    cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true};
+    request.name_expressions = code_.kernels;
+    compiled_ = cuda::compile_module(request);
     if (debug_level() >= 1) {
       auto after = cuda_compile_stats();
       const char* how = after.compiles > before.compiles ? "compiled by NVRTC" : after.disk_hits > before.disk_hits ? "loaded from the disk cache" : "found in memory";
-      std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels, %zu launches) for %s: %s in %.3f s\n", graph_.name().c_str(),
-                   code_.kernels.size(), launch_count(), info.arch().c_str(), how,
+      std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels, %zu launches, families:%s) for %s: %s in %.3f s\n", graph_.name().c_str(),
+                   code_.kernels.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      print_kernel_configs();
     }
-    MOEJIT_CU(cuModuleLoadData, &module_, cubin.data());
+    MOEJIT_CU(cuModuleLoadData, &module_, compiled_.binary.data());
     MOEJIT_CU(cuStreamCreate, &stream_, CU_STREAM_NON_BLOCKING);
     MOEJIT_CU(cuEventCreate, &start_, CU_EVENT_DEFAULT);
     MOEJIT_CU(cuEventCreate, &stop_, CU_EVENT_DEFAULT);
     allocate();
     resolve();
+  }
+
+  // The passes the backend runs before generating code.
+  static void prepare_graph(Graph& graph) { create_fuse_elementwise_pass({})->run(graph); }
+  static Graph prepared(const Graph& input) {
+    cuda::driver();  // throws with the reason when there is no usable GPU
+    Graph graph = input;
+    prepare_graph(graph);
+    return graph;
+  }
+
+  HostTensor download(ValueId value) const {
+    HostTensor result(graph_.type(value));
+    MOEJIT_CU(cuStreamSynchronize, stream_);
+    MOEJIT_CU(cuMemcpyDtoH, result.raw(), value_ptr_[static_cast<std::size_t>(value)], result.bytes());
+    return result;
   }
 
   ~CudaExecutable() override {
@@ -83,40 +126,19 @@ class CudaExecutable final : public Executable {
     if (module_) d.cuModuleUnload(module_);
   }
 
-  const Graph& graph() const override { return graph_; }
-
-  void set(std::string_view name, const HostTensor& value) override {
-    int index = arg_index(name);
-    if (index < 0) throw Error(fmt::format("set: graph @{} has no argument named '{}'", graph_.name(), name));
-    const TensorType& want = graph_.type(graph_.args()[static_cast<std::size_t>(index)].value);
-    if (value.type() != want)
-      throw Error(fmt::format("set: argument '{}' expects {}, found {}", name, want.str(), value.type().str()));
+  // ExecutableBase checks names, types and binding; these keep the tensors on the device.
+  void store_arg(int index, const HostTensor& value) override {
     MOEJIT_CU(cuStreamSynchronize, stream_);
     MOEJIT_CU(cuMemcpyHtoD, arg_buffers_[static_cast<std::size_t>(index)], value.raw(), value.bytes());
-    bound_[static_cast<std::size_t>(index)] = true;
+    uploaded_[static_cast<std::size_t>(index)] = true;
   }
 
-  HostTensor get(std::string_view name) const override {
-    ValueId value = kNoValue;
-    if (const Output* out = graph_.find_output(name)) {
-      if (!has_run_) throw Error(fmt::format("get: output '{}' of @{} is read before the first run()", name, graph_.name()));
-      value = out->value;
-      if (!out->updates.empty()) value = graph_.find_arg(out->updates);
-    } else {
-      value = graph_.find_arg(name);
-      if (value == kNoValue) throw Error(fmt::format("get: graph @{} has no output or argument named '{}'", graph_.name(), name));
-    }
-    HostTensor result(graph_.type(value));
-    MOEJIT_CU(cuStreamSynchronize, stream_);
-    MOEJIT_CU(cuMemcpyDtoH, result.raw(), value_ptr_[static_cast<std::size_t>(value)], result.bytes());
-    return result;
-  }
+  HostTensor load_arg(int index) const override { return download(graph_.args()[static_cast<std::size_t>(index)].value); }
 
-  void run() override {
-    for (std::size_t i = 0; i < bound_.size(); ++i)
-      if (!bound_[i])
-        throw Error(fmt::format("run: argument '{}' of @{} is not bound (call set() first)", graph_.value(graph_.args()[i].value).name,
-                                graph_.name()));
+  HostTensor load_output(int index) const override { return download(graph_.outputs()[static_cast<std::size_t>(index)].value); }
+
+  // Asynchronous: the next get() (or last_run_ms) waits.
+  void run_bound() override {
     MOEJIT_CU(cuEventRecord, start_, stream_);
     if (graph_exec_) {
       MOEJIT_CU(cuGraphLaunch, graph_exec_, stream_);
@@ -124,12 +146,11 @@ class CudaExecutable final : public Executable {
       issue();
     }
     MOEJIT_CU(cuEventRecord, stop_, stream_);
-    has_run_ = true;
   }
 
   void capture() {
-    for (std::size_t i = 0; i < bound_.size(); ++i)
-      if (!bound_[i]) throw Error("cuda_capture_graph: bind every argument before capturing (the first run checks them)");
+    for (std::size_t i = 0; i < uploaded_.size(); ++i)
+      if (!uploaded_[i]) throw Error("cuda_capture_graph: bind every argument before capturing (the first run checks them)");
     if (graph_exec_) return;
     MOEJIT_CU(cuStreamSynchronize, stream_);
     MOEJIT_CU(cuStreamBeginCapture, stream_, CU_STREAM_CAPTURE_MODE_RELAXED);
@@ -158,23 +179,38 @@ class CudaExecutable final : public Executable {
     return v ? std::atoi(v) : 0;
   }
 
+  std::string families() const {
+    std::string text;
+    for (const auto& h : code_.headers) text += " " + h.substr(h.rfind('/') + 1);
+    return text;
+  }
+
+  // MOEJIT_DEBUG=1: each kernel's TileConfig and where it came from, with its launch count.
+  void print_kernel_configs() const {
+    std::map<std::pair<std::string, std::string>, int> launches;
+    std::vector<std::pair<std::string, std::string>> order;
+    for (const auto& step : code_.steps)
+      for (const auto& l : step.launches) {
+        if (l.kind != Launch::Kind::kernel) continue;
+        auto key = std::make_pair(l.kernel, l.config.str());
+        if (launches[key]++ == 0) order.push_back(key);
+      }
+    for (const auto& key : order)
+      std::fprintf(stderr, "moejit cuda:   %s: %s, %d launch%s\n", key.first.c_str(), key.second.c_str(), launches.at(key),
+                   launches.at(key) == 1 ? "" : "es");
+  }
+
   std::size_t launch_count() const {
     std::size_t n = 0;
     for (const auto& step : code_.steps) n += step.launches.size();
     return n;
   }
 
-  int arg_index(std::string_view name) const {
-    for (std::size_t i = 0; i < graph_.args().size(); ++i)
-      if (graph_.value(graph_.args()[i].value).name == name) return static_cast<int>(i);
-    return -1;
-  }
-
   void allocate() {
     const auto& args = graph_.args();
     value_ptr_.assign(static_cast<std::size_t>(graph_.num_values()), 0);
     arg_buffers_.assign(args.size(), 0);
-    bound_.assign(args.size(), false);
+    uploaded_.assign(args.size(), false);
     for (std::size_t i = 0; i < args.size(); ++i) {
       std::size_t bytes = std::max<std::size_t>(graph_.type(args[i].value).bytes(), 1);
       MOEJIT_CU(cuMemAlloc, &arg_buffers_[i], bytes);
@@ -203,31 +239,57 @@ class CudaExecutable final : public Executable {
         value_ptr_[static_cast<std::size_t>(v)] = arena_ + static_cast<CUdeviceptr>(plan_.offsets[static_cast<std::size_t>(v)]);
   }
 
-  CUdeviceptr pointer(const KernelArg& arg, std::size_t step) const {
-    if (arg.kind == KernelArg::Kind::value) {
-      CUdeviceptr p = value_ptr_[static_cast<std::size_t>(arg.value)];
-      MOEJIT_ASSERT(p != 0, fmt::format("value {} has no device buffer", arg.value));
+  CUdeviceptr pointer(const Buffer& buffer, std::size_t step) const {
+    if (buffer.kind == Buffer::Kind::value) {
+      CUdeviceptr p = value_ptr_[static_cast<std::size_t>(buffer.value)];
+      MOEJIT_ASSERT(p != 0, fmt::format("value {} has no device buffer", buffer.value));
       return p;
     }
-    if (arg.kind == KernelArg::Kind::scratch) {
+    if (buffer.kind == Buffer::Kind::scratch) {
       MOEJIT_ASSERT(plan_.scratch_offsets[step] >= 0, "scratch without a plan");
-      return arena_ + static_cast<CUdeviceptr>(plan_.scratch_offsets[step] + arg.number);
+      return arena_ + static_cast<CUdeviceptr>(plan_.scratch_offsets[step] + buffer.offset);
     }
     return 0;
   }
 
-  CUfunction function(const std::string& name, unsigned shared_bytes) {
-    auto it = functions_.find(name);
+  // The function of instantiation `kernel`, with its dynamic shared memory
+  // limit raised to `shared_bytes` when that is above the default 48 KiB.
+  CUfunction function(const std::string& kernel, unsigned shared_bytes) {
+    auto it = functions_.find(kernel);
     if (it == functions_.end()) {
       CUfunction f = nullptr;
-      MOEJIT_CU(cuModuleGetFunction, &f, module_, name.c_str());
-      it = functions_.emplace(name, std::make_pair(f, 0u)).first;
+      const std::string& lowered = compiled_.lowered(kernel);
+      MOEJIT_CU(cuModuleGetFunction, &f, module_, lowered.c_str());
+      it = functions_.emplace(kernel, std::make_pair(f, 0u)).first;
     }
     if (shared_bytes > 48 * 1024 && shared_bytes > it->second.second) {
+      if (shared_bytes > target_.shared_memory_per_block_optin)
+        throw Error(fmt::format("kernel {} needs {} bytes of dynamic shared memory; {} allows at most {} per block", kernel, shared_bytes,
+                                target_.device_name, target_.shared_memory_per_block_optin));
       MOEJIT_CU(cuFuncSetAttribute, it->second.first, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, static_cast<int>(shared_bytes));
       it->second.second = shared_bytes;
     }
     return it->second.first;
+  }
+
+  // Encodes one TMA descriptor of a launch into its argument bytes.
+  void encode_tensor_map(const codegen::TensorMapField& m, std::size_t step, std::byte* args) const {
+    CUtensorMap map;  // 64-byte aligned by its declaration in cuda.h
+    cuuint64_t dims[5], strides[4];
+    cuuint32_t box[5], element_strides[5];
+    const std::size_t element = dtype_size(m.dtype);
+    for (int i = 0; i < m.rank; ++i) {
+      dims[i] = static_cast<cuuint64_t>(m.dims[i]);
+      box[i] = m.box[i];
+      element_strides[i] = 1;
+      if (i > 0) strides[i - 1] = static_cast<cuuint64_t>(m.strides[i]) * element;  // bytes, dims 1.. only
+    }
+    CUdeviceptr base = pointer(m.buffer, step);
+    MOEJIT_CU(cuTensorMapEncodeTiled, &map, tensor_map_dtype(m.dtype), static_cast<cuuint32_t>(m.rank), reinterpret_cast<void*>(base), dims,
+              strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, tensor_map_swizzle(m.swizzle), CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    static_assert(sizeof(CUtensorMap) == sizeof(mj::TmaDescriptor), "TmaDescriptor mirrors CUtensorMap");
+    std::memcpy(args + m.offset, &map, sizeof map);
   }
 
   void resolve() {
@@ -237,50 +299,30 @@ class CudaExecutable final : public Executable {
         r.kind = l.kind;
         r.bytes = l.bytes;
         if (l.kind == Launch::Kind::zero) {
-          r.dst = pointer(l.args[0], s);
+          r.dst = pointer(l.dst, s);
         } else if (l.kind == Launch::Kind::copy) {
-          r.src = pointer(l.args[0], s);
-          r.dst = pointer(l.args[1], s);
+          r.src = pointer(l.src, s);
+          r.dst = pointer(l.dst, s);
         } else {
           r.function = function(l.kernel, l.shared_bytes);
           std::copy(l.grid, l.grid + 3, r.grid);
           std::copy(l.block, l.block + 3, r.block);
+          std::copy(l.cluster, l.cluster + 3, r.cluster);
           r.shared_bytes = l.shared_bytes;
-          std::vector<std::size_t> offsets;
-          for (const KernelArg& a : l.args) {
-            std::size_t at = r.storage.size();
-            offsets.push_back(at);
-            std::size_t size = a.kind == KernelArg::Kind::bytes ? (a.bytes.size() + 7) / 8 * 8 : 8;
-            r.storage.resize(at + size);
-            std::byte* p = r.storage.data() + at;
-            switch (a.kind) {
-              case KernelArg::Kind::value:
-              case KernelArg::Kind::scratch:
-              case KernelArg::Kind::null: {
-                CUdeviceptr ptr = pointer(a, s);
-                std::memcpy(p, &ptr, sizeof ptr);
-                break;
-              }
-              case KernelArg::Kind::i32: {
-                auto v = static_cast<std::int32_t>(a.number);
-                std::memcpy(p, &v, 4);
-                break;
-              }
-              case KernelArg::Kind::i64: std::memcpy(p, &a.number, 8); break;
-              case KernelArg::Kind::f32: {
-                auto v = static_cast<float>(a.real);
-                std::memcpy(p, &v, 4);
-                break;
-              }
-              case KernelArg::Kind::f64: std::memcpy(p, &a.real, 8); break;
-              case KernelArg::Kind::bytes: std::memcpy(p, a.bytes.data(), a.bytes.size()); break;
-            }
+          r.storage.resize((l.args.size() + sizeof(mj::TmaDescriptor) - 1) / sizeof(mj::TmaDescriptor) + 1);
+          auto* bytes = reinterpret_cast<std::byte*>(r.storage.data());
+          std::memcpy(bytes, l.args.data(), l.args.size());
+          for (const auto& field : l.pointers) {
+            CUdeviceptr ptr = pointer(field.buffer, s);
+            std::memcpy(bytes + field.offset, &ptr, sizeof ptr);
           }
-          for (std::size_t at : offsets) r.params.push_back(r.storage.data() + at);
+          for (const auto& map : l.tensor_maps) encode_tensor_map(map, s, bytes);
         }
         launches_.push_back(std::move(r));
       }
     }
+    // Pointers into storage are taken after the vector stops moving.
+    for (auto& r : launches_) r.params[0] = r.storage.data();
     for (const auto& out : graph_.outputs()) {
       if (out.updates.empty()) continue;
       ValueId target = graph_.find_arg(out.updates);
@@ -295,34 +337,54 @@ class CudaExecutable final : public Executable {
     }
   }
 
+  void launch_kernel(const ResolvedLaunch& r) {
+    CUlaunchAttribute cluster_attribute{};
+    CUlaunchConfig config{};
+    config.gridDimX = r.grid[0];
+    config.gridDimY = r.grid[1];
+    config.gridDimZ = r.grid[2];
+    config.blockDimX = r.block[0];
+    config.blockDimY = r.block[1];
+    config.blockDimZ = r.block[2];
+    config.sharedMemBytes = r.shared_bytes;
+    config.hStream = stream_;
+    if (r.cluster[0] * r.cluster[1] * r.cluster[2] > 1) {
+      cluster_attribute.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+      cluster_attribute.value.clusterDim.x = r.cluster[0];
+      cluster_attribute.value.clusterDim.y = r.cluster[1];
+      cluster_attribute.value.clusterDim.z = r.cluster[2];
+      config.attrs = &cluster_attribute;
+      config.numAttrs = 1;
+    }
+    MOEJIT_CU(cuLaunchKernelEx, &config, r.function, const_cast<void**>(r.params), nullptr);
+  }
+
   void issue() {
     for (auto& r : launches_) {
       switch (r.kind) {
         case Launch::Kind::zero: MOEJIT_CU(cuMemsetD8Async, r.dst, 0, static_cast<std::size_t>(r.bytes), stream_); break;
         case Launch::Kind::copy: MOEJIT_CU(cuMemcpyDtoDAsync, r.dst, r.src, static_cast<std::size_t>(r.bytes), stream_); break;
-        case Launch::Kind::kernel:
-          MOEJIT_CU(cuLaunchKernel, r.function, r.grid[0], r.grid[1], r.grid[2], r.block[0], r.block[1], r.block[2], r.shared_bytes,
-                    stream_, r.params.data(), nullptr);
-          break;
+        case Launch::Kind::kernel: launch_kernel(r); break;
       }
     }
   }
 
-  Graph graph_;
+  const Graph& graph_;  // ExecutableBase's: the input after prepare_graph
+  codegen::Target target_;
   codegen::ModuleCode code_;
+  cuda::CompiledModule compiled_;
   MemoryPlan plan_;
   CUmodule module_ = nullptr;
   CUstream stream_ = nullptr;
   CUevent start_ = nullptr, stop_ = nullptr;
   CUdeviceptr arena_ = 0;
   std::vector<CUdeviceptr> arg_buffers_;
-  std::vector<bool> bound_;
+  std::vector<bool> uploaded_;
   std::vector<CUdeviceptr> value_ptr_;
   std::map<std::string, std::pair<CUfunction, unsigned>> functions_;
   std::vector<ResolvedLaunch> launches_;
   CUgraph cuda_graph_ = nullptr;
   CUgraphExec graph_exec_ = nullptr;
-  bool has_run_ = false;
 };
 
 class CudaBackend final : public Backend {

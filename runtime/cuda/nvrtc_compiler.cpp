@@ -14,6 +14,7 @@
 #include <random>
 #include <sstream>
 
+#include "codegen/cuda_codegen.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -25,7 +26,7 @@ namespace fs = std::filesystem;
 namespace {
 
 std::mutex g_mutex;
-std::map<std::uint64_t, std::string> g_memory_cache;
+std::map<std::uint64_t, CompiledModule> g_memory_cache;
 CudaCompileStats g_stats;
 
 std::string env(const char* name) {
@@ -69,10 +70,19 @@ void nvrtc_check(nvrtcResult r, const char* call) {
   if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, nvrtcGetErrorString(r)));
 }
 
-std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
+CompiledModule run_nvrtc(const CompileRequest& req, std::uint64_t key) {
   nvrtcProgram program = nullptr;
   std::string file_name = (req.name.empty() ? std::string("module") : req.name) + ".cu";
-  nvrtc_check(nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), 0, nullptr, nullptr), "nvrtcCreateProgram");
+  std::vector<const char*> header_texts, header_names;
+  for (const auto& h : codegen::kernel_headers()) {
+    header_texts.push_back(h.text);
+    header_names.push_back(h.name);
+  }
+  nvrtc_check(nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), static_cast<int>(header_texts.size()),
+                                 header_texts.data(), header_names.data()),
+              "nvrtcCreateProgram");
+  for (const auto& expression : req.name_expressions)
+    nvrtc_check(nvrtcAddNameExpression(program, expression.c_str()), "nvrtcAddNameExpression");
   std::vector<std::string> options = default_compile_options();
   options.push_back("--gpu-architecture=" + req.arch);
   std::vector<const char*> argv;
@@ -89,7 +99,13 @@ std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
     throw Error(fmt::format("NVRTC failed to compile {} for {}: {}\nsource: {}\nlog:\n{}", file_name, req.arch,
                             nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
   }
-  std::string binary;
+  CompiledModule module;
+  for (const auto& expression : req.name_expressions) {
+    const char* lowered = nullptr;
+    nvrtc_check(nvrtcGetLoweredName(program, expression.c_str(), &lowered), "nvrtcGetLoweredName");
+    module.lowered_names.emplace_back(expression, lowered);
+  }
+  std::string& binary = module.binary;
   std::size_t size = 0;
   if (req.output == CompileOutput::ptx) {
     nvrtc_check(nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
@@ -101,10 +117,58 @@ std::string run_nvrtc(const CompileRequest& req, std::uint64_t key) {
     nvrtc_check(nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
   }
   nvrtcDestroyProgram(&program);
-  return binary;
+  return module;
+}
+
+// The cache file: a tag line with the check hash, the lowered names (one
+// "expression<TAB>lowered" line each, after a count line), then the binary.
+std::string cache_file_text(std::uint64_t check, const CompiledModule& module) {
+  std::string text = fmt::format("moejit-kernel {:016x}\nnames {}\n", check, module.lowered_names.size());
+  for (const auto& [expression, lowered] : module.lowered_names) text += expression + "\t" + lowered + "\n";
+  return text + module.binary;
+}
+
+bool parse_cache_file(const std::string& data, std::uint64_t check, CompiledModule& module) {
+  std::string tag = fmt::format("moejit-kernel {:016x}\nnames ", check);
+  if (data.compare(0, tag.size(), tag) != 0) return false;
+  std::size_t at = tag.size();
+  std::size_t end = data.find('\n', at);
+  if (end == std::string::npos) return false;
+  std::size_t count = 0;
+  try {
+    count = std::stoul(data.substr(at, end - at));
+  } catch (...) {
+    return false;
+  }
+  at = end + 1;
+  for (std::size_t i = 0; i < count; ++i) {
+    end = data.find('\n', at);
+    std::size_t tab = data.find('\t', at);
+    if (end == std::string::npos || tab == std::string::npos || tab > end) return false;
+    module.lowered_names.emplace_back(data.substr(at, tab - at), data.substr(tab + 1, end - tab - 1));
+    at = end + 1;
+  }
+  module.binary = data.substr(at);
+  return true;
+}
+
+// One hash of every embedded header's name and text (they are fixed per build).
+std::uint64_t headers_hash() {
+  static const std::uint64_t hash = [] {
+    std::string all;
+    for (const auto& h : codegen::kernel_headers()) all += std::string(h.name) + "\n" + h.text + "\n";
+    return fnv1a64(all);
+  }();
+  return hash;
 }
 
 }  // namespace
+
+const std::string& CompiledModule::lowered(const std::string& expression) const {
+  for (const auto& [name, mangled] : lowered_names)
+    if (name == expression) return mangled;
+  throw Error(fmt::format("kernel '{}' was not compiled into this module (no lowered name)", expression));
+}
 
 std::uint64_t fnv1a64(std::string_view data, std::uint64_t seed) {
   std::uint64_t h = seed;
@@ -121,13 +185,14 @@ int nvrtc_version() {
   return major * 1000 + minor * 10;
 }
 
-std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true"}; }
+std::vector<std::string> default_compile_options() { return {"--std=c++17", "-lineinfo", "--fmad=true", "-default-device"}; }
 
-std::string compile_cuda(const CompileRequest& req) {
+CompiledModule compile_module(const CompileRequest& req) {
   std::string key_text = req.source;
   for (const auto& o : default_compile_options()) key_text += "\n" + o;
-  key_text += fmt::format("\narch={}\noutput={}\nnvrtc={}", req.arch, req.output == CompileOutput::ptx ? "ptx" : "cubin",
-                          nvrtc_version());
+  for (const auto& e : req.name_expressions) key_text += "\nname=" + e;
+  key_text += fmt::format("\nheaders={:016x}\narch={}\noutput={}\nnvrtc={}\nformat=2", headers_hash(), req.arch,
+                          req.output == CompileOutput::ptx ? "ptx" : "cubin", nvrtc_version());
   std::uint64_t key = fnv1a64(key_text);
   // A second, independent hash guards against the rare 64-bit collision.
   std::uint64_t check = fnv1a64(key_text, 0x84222325cbf29ce4ull);
@@ -144,12 +209,11 @@ std::string compile_cuda(const CompileRequest& req) {
     if (!dir.empty()) {
       disk_path = dir / fmt::format("{:016x}.{}", key, req.output == CompileOutput::ptx ? "ptx" : "cubin");
       std::string data;
-      std::string tag = fmt::format("moejit-kernel {:016x}\n", check);
-      if (read_file(disk_path, data) && data.compare(0, tag.size(), tag) == 0) {
-        data.erase(0, tag.size());
+      CompiledModule module;
+      if (read_file(disk_path, data) && parse_cache_file(data, check, module)) {
         ++g_stats.disk_hits;
-        g_memory_cache[key] = data;
-        return data;
+        g_memory_cache[key] = module;
+        return module;
       }
     }
   }
@@ -158,22 +222,21 @@ std::string compile_cuda(const CompileRequest& req) {
                             req.name, req.arch, key, disk_path.empty() ? "(no cache directory)" : disk_path.parent_path().string()));
 
   auto start = std::chrono::steady_clock::now();
-  std::string binary = run_nvrtc(req, key);
+  CompiledModule module = run_nvrtc(req, key);
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   std::lock_guard lock(g_mutex);
   ++g_stats.compiles;
   g_stats.compile_seconds += seconds;
   if (req.use_cache) {
-    g_memory_cache[key] = binary;
-    if (!disk_path.empty()) {
-      std::string data = fmt::format("moejit-kernel {:016x}\n", check) + binary;
-      if (!write_atomically(disk_path, data))
-        fmt::print(stderr, "moejit: warning: cannot write the kernel cache file {}\n", disk_path.string());
-    }
+    g_memory_cache[key] = module;
+    if (!disk_path.empty() && !write_atomically(disk_path, cache_file_text(check, module)))
+      fmt::print(stderr, "moejit: warning: cannot write the kernel cache file {}\n", disk_path.string());
   }
-  return binary;
+  return module;
 }
+
+std::string compile_cuda(const CompileRequest& req) { return compile_module(req).binary; }
 
 }  // namespace moejit::cuda
 

@@ -1,7 +1,13 @@
 // NVRTC compilation of generated CUDA C++ with a kernel cache.
 //
-// A compile is keyed by a 64-bit FNV-1a hash of (source, options, target
-// architecture, output kind, NVRTC version). The cache has two levels: a map
+// Every compile gets the embedded kernel headers (codegen::kernel_headers():
+// codegen/kernels/*.cuh and ir/philox.h) as named headers, and lowers the
+// requested name expressions (kernel template instantiations) with
+// nvrtcAddNameExpression / nvrtcGetLoweredName; the lowered names are stored
+// with the binary, so a cache hit needs no NVRTC at all.
+//
+// A compile is keyed by a 64-bit FNV-1a hash of (source, headers, name
+// expressions, options, target architecture, output kind, NVRTC version). The cache has two levels: a map
 // in memory, and files under $MOEJIT_CACHE_DIR (default ~/.cache/moejit),
 // each written to a temporary name and renamed, so a reader never sees half a
 // file. Knobs:
@@ -27,9 +33,18 @@ struct CompileRequest {
   std::string arch;  // "sm_90a", "sm_80" (cubin) or "compute_90a" (ptx)
   CompileOutput output = CompileOutput::cubin;
   bool use_cache = true;  // false: always run NVRTC (CI compile tests)
+  std::vector<std::string> name_expressions;  // "mj::softmax_kernel<float, 0, 256>", ...
 };
 
-// Returns the PTX text or the CUBIN bytes.
+struct CompiledModule {
+  std::string binary;  // PTX text or CUBIN bytes
+  std::vector<std::pair<std::string, std::string>> lowered_names;  // (name expression, mangled name), in request order
+  // The mangled name of `expression`; throws moejit::Error if it was not requested.
+  const std::string& lowered(const std::string& expression) const;
+};
+
+CompiledModule compile_module(const CompileRequest& request);
+// The binary alone (no name expressions needed).
 std::string compile_cuda(const CompileRequest& request);
 
 // NVRTC's version as major*1000 + minor*10 (13000 for 13.0).

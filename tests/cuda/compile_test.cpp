@@ -1,8 +1,10 @@
-// CUDA tests that need no GPU: every kernel emitted for a GPT-MoE training
-// step and for the every-op sample graph compiles through NVRTC to PTX for
-// compute_80 and compute_90a; generated source is deterministic; the library
-// embeds ir/philox.h; the disk cache serves a second process;
-// without a GPU the backend says why.
+// CUDA tests that need no GPU: each kernel family header compiles on its
+// own; every kernel emitted for a GPT-MoE training step and for the every-op
+// sample graph compiles through NVRTC to PTX for compute_80 and compute_90a
+// (each instantiation an entry of the PTX under its lowered name); a module
+// includes only the families it uses; generated source is deterministic; the
+// headers embed ir/philox.h; the disk cache serves a second process, lowered
+// names included; without a GPU the backend says why.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -17,6 +19,7 @@
 #include "codegen/cuda_codegen.h"
 #include "cuda/cuda_test_util.h"
 #include "ir/error.h"
+#include "ir/builder.h"
 #include "ir/sample_graphs.h"
 #include "passes/passes.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -33,29 +36,53 @@ Graph fused(Graph graph) {
 }
 
 // Compiles the module of `graph` to PTX for `arch` with no cache, and checks
-// that every generated kernel is an entry of the PTX.
+// that every instantiation is an entry of the PTX under its lowered name.
 void check_compiles(const Graph& graph, const std::string& arch) {
-  codegen::ModuleCode module = codegen::generate_module(graph);
+  codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named(arch));
   REQUIRE(!module.kernels.empty());
-  std::string ptx;
+  cuda::CompiledModule compiled;
   try {
-    ptx = cuda::compile_cuda({module.source, graph.name(), arch, cuda::CompileOutput::ptx, false});
+    cuda::CompileRequest request{module.source, graph.name(), arch, cuda::CompileOutput::ptx, false};
+    request.name_expressions = module.kernels;
+    compiled = cuda::compile_module(request);
   } catch (const Error& e) {
     FAIL(e.what());
   }
+  const std::string& ptx = compiled.binary;
   REQUIRE(ptx.find(".target sm_" + arch.substr(std::string("compute_").size())) != std::string::npos);
+  REQUIRE(compiled.lowered_names.size() == module.kernels.size());
   for (const auto& k : module.kernels) {
-    INFO(k.name);
-    CHECK(ptx.find(".entry " + k.name) != std::string::npos);
+    INFO(k);
+    CHECK(ptx.find(".entry " + compiled.lowered(k) + "(") != std::string::npos);
   }
-  // Every value a launch reads or writes has storage (an argument, or stored).
+  // The host's argument struct has the size of the kernel's one parameter in
+  // the PTX (".param .align A .b8 <entry>_param_0[SIZE]"): host C++ and NVRTC
+  // lay the shared struct out alike.
   for (const auto& step : module.steps)
-    for (const auto& launch : step.launches)
-      for (const auto& arg : launch.args)
-        if (arg.kind == codegen::KernelArg::Kind::value) {
-          INFO("op " << step.ops.back() << " value " << arg.value);
-          CHECK((module.materialized[static_cast<std::size_t>(arg.value)] || graph.arg_of(arg.value) != nullptr));
+    for (const auto& launch : step.launches) {
+      if (launch.kind != codegen::Launch::Kind::kernel) continue;
+      INFO(launch.kernel);
+      const std::string param = compiled.lowered(launch.kernel) + "_param_0[";
+      auto at = ptx.find(param);
+      REQUIRE(at != std::string::npos);
+      CHECK(std::stoul(ptx.substr(at + param.size())) == launch.args.size());
+      CHECK(ptx.find(compiled.lowered(launch.kernel) + "_param_1") == std::string::npos);
+    }
+  // Every value a launch reads or writes has storage (an argument, or stored),
+  // and every pointer field lies inside its argument struct.
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches) {
+      std::vector<codegen::Buffer> buffers = {launch.src, launch.dst};
+      for (const auto& field : launch.pointers) {
+        CHECK(field.offset + 8 <= launch.args.size());
+        buffers.push_back(field.buffer);
+      }
+      for (const auto& buffer : buffers)
+        if (buffer.kind == codegen::Buffer::Kind::value) {
+          INFO("op " << step.ops.back() << " value " << buffer.value);
+          CHECK((module.materialized[static_cast<std::size_t>(buffer.value)] || graph.arg_of(buffer.value) != nullptr));
         }
+    }
   // Every op of the graph ran through some launch.
   std::size_t ops = 0;
   for (const auto& step : module.steps) {
@@ -109,26 +136,81 @@ TEST_CASE("a GPT-MoE inference graph (dead aux losses in a fused group) compiles
 
 TEST_CASE("generated source is deterministic and kernels are shared", "[cuda]") {
   Graph graph = fused(cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2));
-  codegen::ModuleCode a = codegen::generate_module(graph);
-  codegen::ModuleCode b = codegen::generate_module(graph);
+  const codegen::Target target = codegen::Target::named("sm_90a");
+  codegen::ModuleCode a = codegen::generate_module(graph, target);
+  codegen::ModuleCode b = codegen::generate_module(graph, target);
   CHECK(a.source == b.source);
-  CHECK(a.source == codegen::emit_cuda_source(graph));
+  CHECK(a.source == codegen::emit_cuda_source(graph, target));
   std::set<std::string> names;
-  for (const auto& k : a.kernels) CHECK(names.insert(k.name).second);
+  for (const auto& k : a.kernels) CHECK(names.insert(k).second);
   std::size_t launches = 0;
   for (const auto& s : a.steps) launches += s.launches.size();
   // One kernel serves every op of its kind and dtype: far fewer kernels than launches.
   CHECK(a.kernels.size() * 2 < launches);
 }
 
-TEST_CASE("the kernel library embeds the device part of ir/philox.h", "[cuda]") {
-  std::string header = read_text(fs::path(MOEJIT_SOURCE_DIR) / "ir" / "philox.h");
-  REQUIRE(!header.empty());
-  std::string device_part = header.substr(0, header.find("#if !defined(__CUDACC_RTC__)"));
-  auto pragma = device_part.find("#pragma once\n");
-  REQUIRE(pragma != std::string::npos);
-  device_part.erase(pragma, std::string("#pragma once\n").size());
-  CHECK(device_part == codegen::philox_library_part());
+TEST_CASE("the embedded headers are ir/philox.h and every kernel family, byte for byte", "[cuda]") {
+  std::set<std::string> families;
+  for (const auto& entry : fs::directory_iterator(fs::path(MOEJIT_SOURCE_DIR) / "codegen" / "kernels"))
+    if (entry.path().extension() == ".cuh") families.insert("codegen/kernels/" + entry.path().filename().string());
+  REQUIRE(families.size() >= 6);
+  std::set<std::string> embedded;
+  for (const auto& h : codegen::kernel_headers()) {
+    INFO(h.name);
+    CHECK(std::string(h.text) == read_text(fs::path(MOEJIT_SOURCE_DIR) / h.name));
+    embedded.insert(h.name);
+  }
+  families.insert("ir/philox.h");
+  CHECK(embedded == families);
+  CHECK(codegen::find_kernel_header("ir/philox.h") != nullptr);
+  CHECK(codegen::find_kernel_header("codegen/kernels/nope.cuh") == nullptr);
+}
+
+TEST_CASE("each kernel family header compiles on its own to PTX", "[cuda][nvrtc]") {
+  for (const auto& h : codegen::kernel_headers()) {
+    for (const char* arch : {"compute_80", "compute_90a"}) {
+      INFO(h.name << " for " << arch);
+      std::string source = fmt::format("#include \"{}\"\n", h.name);
+      try {
+        std::string ptx = cuda::compile_cuda({source, "header_alone", arch, cuda::CompileOutput::ptx, false});
+        CHECK(ptx.find(".version") != std::string::npos);
+      } catch (const Error& e) {
+        FAIL(e.what());
+      }
+    }
+  }
+}
+
+TEST_CASE("the Hopper GEMM family instantiates through a name expression for compute_90a", "[cuda][nvrtc]") {
+  // What a launch of the sm90 family asks NVRTC for: the template
+  // instantiated by name, its lowered name an entry of the PTX, and one
+  // parameter (the argument struct with its two TMA descriptors).
+  cuda::CompileRequest request{"#include \"codegen/kernels/gemm_sm90.cuh\"\n", "sm90_probe", "compute_90a", cuda::CompileOutput::ptx, false};
+  const std::string kernel = "moejit::sm90::gemm_sm90_kernel<128, 128, 64, 4, true, false, moejit::sm90::StoreBf16>";
+  request.name_expressions = {kernel};
+  cuda::CompiledModule compiled;
+  try {
+    compiled = cuda::compile_module(request);
+  } catch (const Error& e) {
+    FAIL(e.what());
+  }
+  const std::string& lowered = compiled.lowered(kernel);
+  CHECK(compiled.binary.find(".entry " + lowered + "(") != std::string::npos);
+  CHECK(compiled.binary.find("wgmma.mma_async") != std::string::npos);
+  CHECK(compiled.binary.find(lowered + "_param_1") == std::string::npos);
+}
+
+TEST_CASE("a module includes only the families its launches use", "[cuda]") {
+  Graph graph("only_softmax");
+  Builder b(graph);
+  b.output(b.softmax(b.input("x", {4, 8})), "y");
+  codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+  CHECK(module.headers == std::vector<std::string>{"codegen/kernels/reduce.cuh"});
+  CHECK(module.source.find("#include \"codegen/kernels/reduce.cuh\"") != std::string::npos);
+  CHECK(module.source.find("matmul.cuh") == std::string::npos);
+  CHECK(module.source.find("moe.cuh") == std::string::npos);
+  REQUIRE(module.kernels.size() == 1);
+  CHECK(module.kernels[0] == "mj::softmax_kernel<float, 0, 256>");
 }
 
 TEST_CASE("an NVRTC error carries the log and the dumped source", "[cuda][nvrtc]") {
@@ -147,13 +229,19 @@ TEST_CASE("an NVRTC error carries the log and the dumped source", "[cuda][nvrtc]
 }
 
 namespace {
-const char* kCacheProbe = "extern \"C\" __global__ void cache_probe(float* x) { x[threadIdx.x] *= 2.0f; }\n";
+const char* kCacheProbe = "template <int N> __global__ void cache_probe(float* x) { x[threadIdx.x] *= N; }\n";
+cuda::CompileRequest cache_probe_request() {
+  cuda::CompileRequest request{kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true};
+  request.name_expressions = {"cache_probe<2>"};
+  return request;
 }
+}  // namespace
 
-// Run by the test below in a child process, with MOEJIT_ASSERT_CACHED=1.
+// Run by the test below in a child process, with MOEJIT_ASSERT_CACHED=1: the
+// binary and the lowered name come from the disk.
 TEST_CASE("cache child (PTX)", "[.cache_child_ptx]") {
-  std::string ptx = cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true});
-  CHECK(ptx.find("cache_probe") != std::string::npos);
+  cuda::CompiledModule module = cuda::compile_module(cache_probe_request());
+  CHECK(module.binary.find(".entry " + module.lowered("cache_probe<2>") + "(") != std::string::npos);
   CHECK(cuda_compile_stats().compiles == 0);
   CHECK(cuda_compile_stats().disk_hits == 1);
 }
@@ -163,10 +251,13 @@ TEST_CASE("the disk cache serves a second process that compiles nothing", "[cuda
   fs::remove_all(dir);
   ::setenv("MOEJIT_CACHE_DIR", dir.c_str(), 1);
   auto before = cuda_compile_stats();
-  std::string ptx = cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true});
+  cuda::CompiledModule first = cuda::compile_module(cache_probe_request());
   CHECK(cuda_compile_stats().compiles == before.compiles + 1);
+  CHECK(first.lowered("cache_probe<2>").find("cache_probe") != std::string::npos);
   // The same request again is a memory hit.
-  CHECK(cuda::compile_cuda({kCacheProbe, "cache_probe", "compute_80", cuda::CompileOutput::ptx, true}) == ptx);
+  cuda::CompiledModule again = cuda::compile_module(cache_probe_request());
+  CHECK(again.binary == first.binary);
+  CHECK(again.lowered_names == first.lowered_names);
   CHECK(cuda_compile_stats().memory_hits == before.memory_hits + 1);
   std::size_t files = 0;
   for (const auto& entry : fs::directory_iterator(dir)) {

@@ -2,16 +2,19 @@
 // RUN: moejit opt %s --split-input-file --passes=fuse-elementwise --pass-statistics 2>&1 >/dev/null | FileCheck %s --check-prefix=STATS
 // RUN: moejit opt %s --split-input-file --passes=fuse-elementwise --emit=cuda | FileCheck %s --check-prefix=CUDA
 
-// The CUDA module of @chain: one kernel computes the three ops and stores
-// only the last value.
-// CUDA-LABEL: generated kernels of @chain
-// CUDA:       __global__ void {{.*}}mj_fused3_{{[0-9a-f]+}}(const float* __restrict__ in0, const float* __restrict__ in1, float* __restrict__ out0, i64 n)
-// CUDA:         float v1 = st<float>(ew_exp(ld(v0)));
-// CUDA-NEXT:    float v3 = st<float>(ew_mul(ld(v1), ld(v2)));
-// CUDA-NEXT:    float v4 = st<float>(ew_relu(ld(v3)));
-// CUDA-NEXT:    out0[i] = v4;
-// CUDA-NOT:     out1
-// CUDA-LABEL: generated kernels of @breaks
+// The CUDA module of @chain: one functor computes the three ops and stores
+// only the last value; one launch instantiates the elementwise kernel with it.
+// CUDA-LABEL: CUDA module @chain
+// CUDA:       #include "codegen/kernels/elementwise.cuh"
+// CUDA:       struct [[CHAIN:chain_fused3_[0-9a-f]+]] {
+// CUDA:         const float v0 = static_cast<const float*>(a.in[0])[i];
+// CUDA:         const float v1 = st<float>(ew_exp(ld(v0)));
+// CUDA-NEXT:    const float v3 = st<float>(ew_mul(ld(v1), ld(v2)));
+// CUDA-NEXT:    const float v4 = st<float>(ew_relu(ld(v3)));
+// CUDA-NEXT:    static_cast<float*>(a.out[0])[i] = v4;
+// CUDA-NOT:     a.out[1]
+// CUDA:       mj::elementwise_kernel<mj::[[CHAIN]], 256>
+// CUDA-LABEL: CUDA module @breaks
 
 // A chain of single-use elementwise ops becomes one group; the ops stay.
 // CHECK-LABEL: func.func @chain(

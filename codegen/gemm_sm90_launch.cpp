@@ -1,0 +1,79 @@
+// The sm90 GEMM family's launches (see gemm_sm90_launch.h). Tensor maps are
+// 3-D {inner, outer, group}, innermost first, with 128-byte swizzle and
+// zero fill past the bounds; the boxes are what the kernel's producer and
+// TMA-store epilogue expect (codegen/kernels/gemm_sm90.cuh).
+#include "codegen/gemm_sm90_launch.h"
+
+#include <fmt/format.h>
+
+#include "codegen/kernels/gemm_sm90.cuh"
+
+namespace moejit::codegen {
+
+namespace {
+
+TensorMapField map_3d(Buffer buffer, std::int64_t inner, std::int64_t outer, std::int64_t groups, std::int64_t outer_stride,
+                      std::int64_t group_stride, std::uint32_t box_outer) {
+  TensorMapField m;
+  m.buffer = buffer;
+  m.dtype = DType::bf16;
+  m.rank = 3;
+  m.dims[0] = inner;
+  m.dims[1] = outer;
+  m.dims[2] = groups;
+  m.strides[1] = outer_stride;
+  m.strides[2] = group_stride;
+  m.box[0] = 64;
+  m.box[1] = box_outer;
+  m.box[2] = 1;
+  m.swizzle = TensorMapField::Swizzle::b128;
+  return m;
+}
+
+}  // namespace
+
+void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm& g) {
+  using Mode = Sm90Gemm::Mode;
+  sm90::GemmArgs args{};
+  args.m = g.m;
+  args.n = g.n;
+  args.k = g.k;
+  args.groups = static_cast<int>(g.groups);
+  args.varlen_k = g.mode == Mode::wgrad ? 1 : 0;
+  args.a_batched = g.a_batched ? 1 : 0;
+  args.b_batched = g.mode == Mode::grouped || (g.mode == Mode::batched && g.b_batched) ? 1 : 0;
+  args.ldc = g.n;
+  const std::int64_t tile_n = config.tile_n;
+  // Rows of A and C, and how many group slices each tensor map spans.
+  std::int64_t a_rows = g.m, a_groups = g.a_batched ? g.groups : 1, c_rows = g.m, c_groups = g.groups;
+  if (g.mode == Mode::grouped) c_groups = 1;
+  if (g.mode == Mode::wgrad) a_rows = g.m;  // A is [k rows, m]: inner m
+  args.c_group_stride = g.mode == Mode::grouped ? 0 : c_rows * g.n;
+
+  TensorMapField a_map, b_map;
+  if (g.mode == Mode::wgrad) {
+    a_map = map_3d(g.a, g.m, g.k, 1, g.m, g.m * g.k, 64);  // xs [rows, m], M-major
+    b_map = map_3d(g.b, g.n, g.k, 1, g.n, g.n * g.k, 64);  // dys [rows, n], N-major
+  } else {
+    a_map = g.a_k_major ? map_3d(g.a, g.k, a_rows, a_groups, g.k, a_rows * g.k, 128)
+                        : map_3d(g.a, a_rows, g.k, a_groups, a_rows, a_rows * g.k, 64);
+    const std::int64_t b_groups = args.b_batched ? g.groups : 1;
+    b_map = g.b_k_major ? map_3d(g.b, g.k, g.n, b_groups, g.k, g.n * g.k, static_cast<std::uint32_t>(tile_n))
+                        : map_3d(g.b, g.n, g.k, b_groups, g.n, g.n * g.k, 64);
+  }
+  const bool tma_store = g.n % 8 == 0;
+  TensorMapField c_map = map_3d(g.c, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64);
+  const char* epilogue = tma_store ? "moejit::sm90::StoreBf16" : "moejit::sm90::StoreBf16Direct";
+  const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
+  const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
+  std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}>", tile_n, config.stages,
+                                   a_k_major ? "true" : "false", b_k_major ? "true" : "false", epilogue);
+  const auto smem = static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, g.groups));
+  std::vector<Bind> pointers = {{&args.c, g.c}};
+  if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
+  std::vector<TensorMapBind> maps = {{&args.a, a_map}, {&args.b, b_map}};
+  if (tma_store) maps.push_back({&args.c_map, c_map});
+  ctx.launch("gemm_sm90", kernel, config, {static_cast<unsigned>(ctx.target().sm_count)}, args, pointers, smem, maps);
+}
+
+}  // namespace moejit::codegen

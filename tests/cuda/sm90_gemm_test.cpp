@@ -1,0 +1,181 @@
+// The Hopper tensor-core GEMM family (codegen/kernels/gemm_sm90.cuh) in the
+// product path: which products codegen gives it (CI, no GPU), and on a GPU
+// every layout and mode against the CPU backend on random bf16 data --
+// mj.matmul with either operand transposed, batched with a shared or a
+// batched B; moe.grouped_matmul with empty experts, one expert taking every
+// row, one expert, rows past the last segment, row counts that are a
+// multiple of no tile, and its backward (the transposed-weight product and
+// moe.grouped_matmul_wgrad, whose groups split K); moe.gather_matmul.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <random>
+
+#include "codegen/cuda_codegen.h"
+#include "codegen/target.h"
+#include "cuda/cuda_test_util.h"
+#include "ir/builder.h"
+#include "passes/autodiff.h"
+#include "runtime/backend.h"
+#include "runtime/cuda/cuda_backend.h"
+
+using namespace moejit;
+
+namespace {
+
+using Values = std::map<std::string, HostTensor>;
+
+bool uses_sm90(const Graph& graph, const codegen::Target& target) {
+  codegen::ModuleCode module = codegen::generate_module(graph, target);
+  for (const auto& k : module.kernels)
+    if (k.find("gemm_sm90_kernel") != std::string::npos) return true;
+  return false;
+}
+
+Graph matmul_graph(std::int64_t batch, std::int64_t m, std::int64_t n, std::int64_t k, bool ta, bool tb, bool b_batched,
+                   DType dtype = DType::bf16) {
+  Graph g("sm90_matmul");
+  Builder b(g);
+  Shape a_shape = ta ? Shape{k, m} : Shape{m, k};
+  Shape b_shape = tb ? Shape{n, k} : Shape{k, n};
+  if (batch > 1) {
+    a_shape.insert(a_shape.begin(), batch);
+    if (b_batched) b_shape.insert(b_shape.begin(), batch);
+  }
+  Tensor a = b.input("a", a_shape, dtype), w = b.param("b", b_shape, dtype);
+  b.output(b.matmul(a, w, ta, tb), "c");
+  return g;
+}
+
+// ys = grouped_matmul(xs, w, offsets); loss = mean(f32(ys) * target), with
+// the gradients of xs and w (the transposed-weight product and the wgrad).
+Graph grouped_graph(std::int64_t rows, std::int64_t d, std::int64_t f, std::int64_t experts, bool transpose_w) {
+  Graph g("sm90_grouped");
+  Builder b(g);
+  Tensor xs = b.input("xs", {rows, d}, DType::bf16);
+  Tensor w = b.param("w", transpose_w ? Shape{experts, f, d} : Shape{experts, d, f}, DType::bf16);
+  Tensor offsets = b.input("offsets", {experts + 1}, DType::i32);
+  Tensor target = b.input("target", {rows, f});
+  Tensor ys = b.moe_grouped_matmul(xs, w, offsets, transpose_w);
+  b.output(ys, "ys");
+  b.output(b.mean(b.mul(b.cast(ys, DType::f32), target), {0, 1}), "loss");
+  append_backward(g, {.loss = "loss", .wrt = {"xs", "w"}});
+  return g;
+}
+
+Values random_values(const Graph& graph, std::uint64_t seed) { return cuda_test::random_args(graph, seed, 1, 1.0); }
+
+HostTensor offsets_of(const std::vector<std::int32_t>& offsets) {
+  return HostTensor::from_ints({static_cast<std::int64_t>(offsets.size())}, offsets);
+}
+
+Values run(Backend& backend, const Graph& graph, const Values& args) {
+  auto exe = backend.compile(graph);
+  for (const auto& [name, value] : args) exe->set(name, value);
+  exe->run();
+  Values out;
+  for (const auto& o : graph.outputs()) out.emplace(o.name, exe->get(o.name));
+  return out;
+}
+
+void compare(const Values& gpu, const Values& cpu) {
+  for (const auto& [name, want] : cpu) {
+    double err = cuda_test::normalized_error(gpu.at(name), want);
+    // The f32 loss of a bf16 product inherits bf16 rounding.
+    double tol = cuda_test::tolerance(want.dtype() == DType::f32 ? DType::bf16 : want.dtype());
+    INFO(fmt::format("{} {}: normalized error {:.3g} (tolerance {:.3g})", name, want.type().str(), err, tol));
+    CHECK(err <= tol);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("codegen gives bf16 products on sm_90a to the sm90 family, and the rest to the SIMT family", "[cuda]") {
+  const auto hopper = codegen::Target::named("sm_90a");
+  CHECK(uses_sm90(matmul_graph(1, 300, 200, 136, false, false, false), hopper));
+  CHECK(uses_sm90(matmul_graph(1, 304, 200, 136, true, true, false), hopper));
+  CHECK_FALSE(uses_sm90(matmul_graph(1, 300, 200, 136, true, true, false), hopper));  // A^T rows of 600 bytes: no TMA
+  CHECK(uses_sm90(matmul_graph(4, 64, 128, 64, false, false, true), hopper));
+  CHECK(uses_sm90(grouped_graph(1000, 384, 512, 8, false), hopper));
+  CHECK_FALSE(uses_sm90(matmul_graph(1, 300, 200, 136, false, false, false, DType::f32), hopper));  // f32: SIMT
+  CHECK_FALSE(uses_sm90(matmul_graph(1, 300, 65, 136, false, false, false), hopper));   // B rows of 130 bytes: no TMA
+  CHECK_FALSE(uses_sm90(matmul_graph(1, 300, 200, 136, false, false, false), codegen::Target::named("sm_90")));  // no wgmma
+  CHECK_FALSE(uses_sm90(matmul_graph(1, 300, 200, 136, false, false, false), codegen::Target::named("sm_80")));
+  // And the SIMT family still compiles a bf16 grouped matmul whose tile
+  // attributes are tensor-core shapes (moe-tiling writes those for 16-bit).
+  Graph tiled = grouped_graph(1000, 384, 512, 8, false);
+  for (auto& op : tiled.mutable_ops())
+    if (op.kind == OpKind::GroupedMatmul) {
+      op.attrs.set("tile_m", std::int64_t{128});
+      op.attrs.set("tile_n", std::int64_t{256});
+      op.attrs.set("tile_k", std::int64_t{64});
+    }
+  CHECK(uses_sm90(tiled, hopper));
+  CHECK_NOTHROW(codegen::generate_module(tiled, codegen::Target::named("sm_80")));
+}
+
+#define MOEJIT_REQUIRE_GPU()                            \
+  do {                                                  \
+    std::string why_;                                   \
+    if (!cuda_available(&why_)) {                       \
+      WARN("SKIPPED: no CUDA device (" << why_ << ")"); \
+      return;                                           \
+    }                                                   \
+  } while (0)
+
+TEST_CASE("gpu: sm90 mj.matmul in every layout matches the CPU backend", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  const auto target = cuda_device_target();
+  struct Case {
+    std::int64_t batch, m, n, k;
+    bool ta, tb, b_batched;
+  };
+  const Case cases[] = {{1, 300, 200, 136, false, false, false}, {1, 1000, 712, 520, false, true, false},
+                        {1, 1000, 712, 520, true, false, false}, {1, 256, 256, 1024, true, true, false},
+                        {3, 200, 136, 72, false, false, false},  {3, 200, 136, 72, false, false, true},
+                        {2, 136, 200, 64, true, false, true},    {1, 4096, 1536, 384, false, false, false}};
+  std::uint64_t seed = 11;
+  for (const Case& c : cases) {
+    INFO(fmt::format("batch {} m {} n {} k {} transpose_a {} transpose_b {} batched b {}", c.batch, c.m, c.n, c.k, c.ta, c.tb, c.b_batched));
+    Graph g = matmul_graph(c.batch, c.m, c.n, c.k, c.ta, c.tb, c.b_batched);
+    if (target.sm() == 90) CHECK(uses_sm90(g, target));
+    Values args = random_values(g, seed++);
+    compare(run(*cuda, g, args), run(*cpu, g, args));
+  }
+}
+
+TEST_CASE("gpu: sm90 grouped matmul and its backward match the CPU backend, empty and full experts included", "[cuda][gpu]") {
+  MOEJIT_REQUIRE_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  const auto target = cuda_device_target();
+  struct Case {
+    std::int64_t rows, d, f;
+    std::vector<std::int32_t> offsets;
+    bool transpose_w;
+  };
+  const Case cases[] = {
+      {1000, 384, 512, {0, 0, 300, 301, 301, 700, 1000, 1000, 1000}, false},  // empty experts, one of 1 row
+      {1000, 384, 512, {0, 0, 1000, 1000, 1000}, true},                       // one expert takes every row
+      {777, 136, 200, {0, 777}, false},                                       // one expert
+      {1000, 384, 512, {0, 100, 200, 995}, false},                            // rows past the last segment stay zero
+      {3001, 256, 1536, {0, 128, 384, 1500, 1501, 2900, 3001}, true},
+  };
+  std::uint64_t seed = 21;
+  for (const Case& c : cases) {
+    const auto experts = static_cast<std::int64_t>(c.offsets.size()) - 1;
+    INFO(fmt::format("rows {} d {} f {} experts {} transpose_w {}", c.rows, c.d, c.f, experts, c.transpose_w));
+    Graph g = grouped_graph(c.rows, c.d, c.f, experts, c.transpose_w);
+    if (target.sm() == 90) CHECK(uses_sm90(g, target));
+    Values args = random_values(g, seed++);
+    args.insert_or_assign("offsets", offsets_of(c.offsets));
+    Values got = run(*cuda, g, args), want = run(*cpu, g, args);
+    compare(got, want);
+    // Rows past the last segment are exactly zero on both.
+    const HostTensor& ys = got.at("ys");
+    for (std::int64_t r = c.offsets.back(); r < c.rows; ++r)
+      for (std::int64_t j = 0; j < c.f; j += 37) REQUIRE(ys.get(r * c.f + j) == 0.0);
+  }
+}
