@@ -19,6 +19,7 @@
 
 #include "runtime/backend.h"
 #include "runtime/host_tensor.h"
+#include "runtime/tensor_compare.h"
 
 namespace moejit::bench {
 
@@ -96,14 +97,10 @@ Samples time_runs(Executable& exe, const std::string& device, const TimingOption
 // for hundreds of millions of elements.
 void fill_random(HostTensor& tensor, std::uint64_t seed, double stddev);
 
-// ||a - b|| / max(||b||, 0.01 sqrt(n)) over the elements as doubles (a
-// reference with RMS under 0.01 is judged against RMS 0.01); NaN in only
-// one of them gives infinity. Types must match (else moejit::Error).
-double normalized_error(const HostTensor& got, const HostTensor& reference);
-// Allowed normalized error of a GPU f32 result against the CPU reference
-// (f32: 1e-4 forward; gradients through a longer chain get `slack` times that),
-// integer results: 0.
-double tolerance(DType dtype, double slack = 1.0);
+// normalized_error(got, reference) and tolerance(dtype, slack): the one
+// definition the tests use too (runtime/tensor_compare.h).
+using moejit::normalized_error;
+using moejit::tolerance;
 
 // ---- report ----
 

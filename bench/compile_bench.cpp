@@ -8,7 +8,7 @@
 // (CUDA_CACHE_DISABLE=1 turns off NVRTC 12.9+'s own cache in the driver's
 // compute cache, so that "cold" means compiled.) Times, on the host clock:
 // building the graph (forward, append_backward, clipping, AdamW), then
-// backend->compile() (fuse-elementwise, codegen, NVRTC or the cache, module
+// backend->compile() (the cuda-pipeline passes, codegen, NVRTC or the cache, module
 // load, memory plan, launch resolution); and reports the kernel cache's
 // counters. --expect cold requires at least one NVRTC compile, --expect warm
 // none and a disk hit (exit 1 otherwise).
@@ -28,7 +28,7 @@
 #include "bench/gpt_step.h"
 #include "codegen/cuda_codegen.h"
 #include "ir/error.h"
-#include "passes/passes.h"
+#include "passes/pass_manager.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/nvrtc_compiler.h"
 
@@ -82,7 +82,7 @@ int run(const Flags& flags) {
   } else {
     // What CudaExecutable does before loading the module, with PTX as the output.
     Graph fused = graph;
-    create_fuse_elementwise_pass({})->run(fused);
+    run_pipeline(fused, kCudaPipeline);
     codegen::ModuleCode code = codegen::generate_module(fused, codegen::Target::named(flags.arch));
     kernels = code.kernels.size();
     for (const auto& step : code.steps) launches += step.launches.size();

@@ -162,6 +162,8 @@ int run(const Flags& flags) {
   }
 
   std::unique_ptr<Backend> backend = cuda ? make_cuda_backend() : make_cpu_backend();
+  // The unfused cases skip the MoE fusions the CUDA backend's own pipeline runs.
+  std::unique_ptr<Backend> unfused_backend = cuda ? make_cuda_backend(kUnfusedCudaPipeline) : make_cpu_backend();
   std::unique_ptr<Backend> reference = make_cpu_backend();
   std::optional<L2Flusher> flusher;
   if (cuda && !flags.no_l2_flush) flusher.emplace();
@@ -249,7 +251,7 @@ int run(const Flags& flags) {
     row.dims = dims;
     row.floor = c.floor;
     auto start = std::chrono::steady_clock::now();
-    auto exe = backend->compile(c.graph);
+    auto exe = (c.unfused ? unfused_backend : backend)->compile(c.graph);
     row.compile_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     row.ops = exe->graph().ops().size();
     for (const auto& [name, value] : c.args) exe->set(name, value);

@@ -96,6 +96,7 @@ BenchCase make_grouped_matmul_case(const MoeShape& s, std::uint64_t seed) {
 BenchCase make_route_case(const MoeShape& s, bool fused, std::uint64_t seed) {
   BenchCase c;
   c.name = fused ? "route (fused)" : "route";
+  c.unfused = !fused;
   c.graph = Graph("bench_route");
   Builder b(c.graph);
   Tensor x = b.input("x", {s.tokens, s.d_model});
@@ -125,6 +126,7 @@ BenchCase make_route_case(const MoeShape& s, bool fused, std::uint64_t seed) {
 BenchCase make_layer_case(const MoeShape& s, bool fused, std::uint64_t seed) {
   BenchCase c;
   c.name = fused ? "layer fwd+bwd (fused)" : "layer fwd+bwd";
+  c.unfused = !fused;
   c.graph = Graph("bench_moe_layer");
   Builder b(c.graph);
   const std::int64_t T = s.tokens, D = s.d_model, F = s.d_expert, E = s.experts;
@@ -146,7 +148,7 @@ BenchCase make_layer_case(const MoeShape& s, bool fused, std::uint64_t seed) {
   b.output(loss, "loss");
   b.output(aux, "aux_loss");
   if (fused) {
-    run_pipeline(c.graph, "fuse-router-permute,fuse-expert-gather-scatter");
+    run_pipeline(c.graph, "moe-fusions");
     int fused_ops = 0;
     for (const auto& op : c.graph.ops())
       fused_ops += op.kind == OpKind::Route || op.kind == OpKind::GatherMatmul || op.kind == OpKind::MatmulCombine;

@@ -53,7 +53,14 @@ struct BenchCase {
   std::map<std::string, HostTensor> args;
   Floor floor;
   double slack = 1.0;  // tolerance multiplier against the CPU reference (longer chains)
+  // Compile with kUnfusedCudaPipeline (no MoE fusions): the unfused twin of a fused case.
+  bool unfused = false;
 };
+
+// What the unfused cases compile with on the GPU: the CUDA backend's pipeline
+// (cuda-pipeline) without the MoE fusions, which would fuse the route after
+// autodiff; the same tiles as the fused twin.
+inline constexpr const char* kUnfusedCudaPipeline = "moe-tiling{pad-dispatch=false},fuse-elementwise";
 
 BenchCase make_grouped_matmul_case(const MoeShape& shape, std::uint64_t seed);
 BenchCase make_route_case(const MoeShape& shape, bool fused, std::uint64_t seed);

@@ -381,13 +381,13 @@ void emit_GatherMatmul(EmitContext& ctx) {
                  B::of(ctx.result(0)), ctx.out(0).dim(0), false);
 }
 
-// moe.matmul_combine: expert outputs into scratch [N, D], then combine.
+// moe.matmul_combine: expert outputs into its ys result [N, D] (kept for the
+// backward, which reads them instead of recomputing), then combine.
 void emit_MatmulCombine(EmitContext& ctx) {
   std::int64_t rows = ctx.in(0).dim(0), D = ctx.in(1).dim(2);
   DType dtype = ctx.in(0).dtype;
-  std::int64_t ys = ctx.scratch(rows * D * static_cast<std::int64_t>(dtype_size(dtype)));
-  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, B::scratch(ys), rows, false);
-  combine(ctx, B::scratch(ys), dtype, D, B::of(ctx.operand(3)), ctx.operand(4), ctx.result(0));
+  grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, B::of(ctx.result(1)), rows, false);
+  combine(ctx, B::of(ctx.result(1)), dtype, D, B::of(ctx.operand(3)), ctx.operand(4), ctx.result(0));
 }
 
 }  // namespace moejit::codegen

@@ -73,6 +73,9 @@ const std::vector<FieldEntry>& entries() {
       {{"log_interval", "training", K::Int, "steps between progress lines", {}}, &C::log_interval},
       {{"seed", "training", K::Int, "seed of initialization, batches and sampling", {}}, &C::seed},
       {{"init_std", "training", K::Float, "standard deviation of the weight initialization", {}}, &C::init_std},
+      {{"dtype", "training", K::String, "training precision: bf16 mixed precision or f32; auto = bf16 on the GPU, f32 on the CPU",
+        {"auto", "f32", "bf16"}},
+       &C::dtype},
   };
   return table;
 }

@@ -59,6 +59,10 @@ struct GptMoeConfig {
   std::int64_t log_interval = 25;
   std::int64_t seed = 1337;
   double init_std = 0.02;
+  // Training precision: bf16 mixed precision (the mixed-precision pass:
+  // matmuls in bf16, f32 master weights, moments, losses and router) or f32;
+  // auto: bf16 on the GPU, f32 on the CPU (training_precision in trainer.h).
+  std::string dtype = "auto";
 
   std::int64_t dense_hidden() const { return ffn_hidden_size > 0 ? ffn_hidden_size : 4 * n_embd; }
   std::int64_t decay_iters() const { return lr_decay_iters > 0 ? lr_decay_iters : max_iters; }

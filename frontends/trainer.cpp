@@ -9,6 +9,7 @@
 
 #include "ir/error.h"
 #include "passes/autodiff.h"
+#include "passes/pass_manager.h"
 #include "frontends/optim.h"
 
 namespace moejit {
@@ -49,13 +50,14 @@ Batch BatchSampler::next() {
 
 GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
                              const std::map<std::string, HostTensor>& params)
-    : config_(config), backend_(&backend) {
+    : config_(config), backend_(&backend), precision_(training_precision(config, backend)) {
   train_ = compile_train_graph();
   check_parameters(params, specs_, "initial parameters");
 
-  // ---- evaluation graph: forward and loss only ----
+  // ---- evaluation graph: forward and loss only, in the training precision ----
   Graph eval_graph("gpt_moe_eval");
   build_gpt_moe(eval_graph, config_, {.batch = config_.batch_size, .training = false, .with_loss = true});
+  run_pipeline(eval_graph, forward_pipeline(precision_));
   eval_ = backend.compile(eval_graph);
 
   for (const ParamSpec& s : specs_) {
@@ -68,12 +70,25 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   }
 }
 
-TrainingGraph build_training_graph(const GptMoeConfig& config) {
+std::string forward_pipeline(DType precision) {
+  MOEJIT_ASSERT(precision == DType::f32 || precision == DType::bf16, "forward_pipeline: precision is f32 or bf16");
+  return precision == DType::bf16 ? "moe-fusions,mixed-precision{dtype=bf16}" : "moe-fusions";
+}
+
+DType training_precision(const GptMoeConfig& config, const Backend& backend) {
+  if (config.dtype == "f32") return DType::f32;
+  if (config.dtype == "bf16") return DType::bf16;
+  if (config.dtype == "auto") return backend.name() == "cuda" ? DType::bf16 : DType::f32;
+  throw Error(fmt::format("config: dtype: expected one of auto | f32 | bf16, found '{}'", config.dtype));
+}
+
+TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision) {
   TrainingGraph out;
   Graph& graph = out.graph;
   out.model = build_gpt_moe(graph, config,
                             {.batch = config.batch_size, .training = true, .with_loss = true,
                              .output_routing = config.selection_bias});
+  run_pipeline(graph, forward_pipeline(precision));
   std::vector<std::string> trained;
   for (const ParamSpec& s : out.model.params)
     if (s.role == ArgRole::param) trained.push_back(s.name);
@@ -103,7 +118,7 @@ TrainingGraph build_training_graph(const GptMoeConfig& config) {
 
 // The training graph, built and compiled once.
 std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph() {
-  TrainingGraph training = build_training_graph(config_);
+  TrainingGraph training = build_training_graph(config_, precision_);
   specs_ = training.model.params;
   moe_layers_ = training.model.moe_layers;
   rng_positions_per_step_ = training.model.rng_positions_per_step;

@@ -58,11 +58,23 @@ class BatchSampler {
 // embeddings only, as nanoGPT) whose outputs update the parameters and
 // moments. Inputs: idx, targets, lr, step (and rng_offset when the model has
 // random ops).
+//
+// Before autodiff the forward graph goes through forward_pipeline(precision):
+// the MoE fusions (so the backward is built from the fused ops' gradients)
+// and, for bf16, the mixed-precision pass (docs/mixed_precision.md).
 struct TrainingGraph {
   Graph graph{"gpt_moe_train"};
   GptMoeGraph model;
 };
-TrainingGraph build_training_graph(const GptMoeConfig& config);
+TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision = DType::f32);
+
+// The pass pipeline run on the model's forward graph (training and
+// evaluation) before anything else: "moe-fusions", plus
+// "mixed-precision{dtype=bf16}" when precision is bf16.
+std::string forward_pipeline(DType precision);
+// The config's dtype on this backend: f32 or bf16 as given; auto is bf16 on
+// the CUDA backend and f32 elsewhere.
+DType training_precision(const GptMoeConfig& config, const Backend& backend);
 
 struct StepStats {
   double loss = 0, lm_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
@@ -84,6 +96,7 @@ class GptMoeTrainer {
   std::map<std::string, HostTensor> parameters() const;
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const GptMoeConfig& config() const { return config_; }
+  DType precision() const { return precision_; }
   std::int64_t tokens_per_step() const { return config_.batch_size * config_.block_size; }
 
  private:
@@ -92,6 +105,7 @@ class GptMoeTrainer {
 
   GptMoeConfig config_;
   Backend* backend_;
+  DType precision_ = DType::f32;
   std::vector<ParamSpec> specs_;
   std::vector<std::int64_t> moe_layers_;
   std::unique_ptr<Executable> train_;

@@ -249,14 +249,15 @@ bool infer_gather_matmul(InferCtx& ctx) {
 }
 
 bool infer_matmul_combine(InferCtx& ctx) {
-  // hs [N, F], w [E, F, D], offsets [E+1], weights [T, K], positions [T, K] -> [T, D]
+  // hs [N, F], w [E, F, D], offsets [E+1], weights [T, K], positions [T, K]
+  //   -> out [T, D], ys [N, D] (the expert outputs before the combine, kept for the backward)
   if (!expect_rank(ctx, 0, 2) || !expect_float(ctx, 0) || !expect_rank(ctx, 1, 3) || !check_tiles(ctx)) return false;
   const auto& hs = operand(ctx, 0);
   const auto& w = operand(ctx, 1);
   if (w.dtype != hs.dtype || w.dim(1) != hs.dim(1))
     return ctx.fail(fmt::format("{}: expected [E, {}, D] of {}, found {}", ctx.operand_label(1), hs.dim(1), dtype_name(hs.dtype), w.str()));
   if (!expect_offsets(ctx, 2, w.dim(0)) || !check_weights_positions(ctx, 3, 4)) return false;
-  ctx.results = {TensorType{hs.dtype, {operand(ctx, 3).dim(0), w.dim(2)}}};
+  ctx.results = {TensorType{hs.dtype, {operand(ctx, 3).dim(0), w.dim(2)}}, TensorType{hs.dtype, {hs.dim(0), w.dim(2)}}};
   return true;
 }
 

@@ -118,7 +118,7 @@ Graph make_all_ops_graph() {
                      {"score", std::string("softmax")}, {"top_k", top_k}});
   // route: logits, weights, experts, slots, offsets, positions, counts, xs
   Tensor gathered = b.op1(OpKind::GatherMatmul, {noisy, w_up, route[3], route[4], route[5]}, {{"top_k", top_k}});  // [N, F]
-  b.output(b.op1(OpKind::MatmulCombine, {b.gelu(gathered), w_down, route[4], route[1], route[5]}), "fused_moe_out");
+  b.output(b.op(OpKind::MatmulCombine, {b.gelu(gathered), w_down, route[4], route[1], route[5]})[0], "fused_moe_out");
 
   // ---- backward helpers ----
   Tensor dy = b.full_like(x, 0.5);  // [T, D]

@@ -4,8 +4,12 @@
 //   xs = moe.permute(x, slots)                        -> y = moe.gather_matmul(
 //   y  = moe.grouped_matmul(xs, w, offsets)                  x, w, slots, offsets, positions)
 //
-//   ys  = moe.grouped_matmul(hs, w, offsets)          -> out = moe.matmul_combine(
+//   ys  = moe.grouped_matmul(hs, w, offsets)          -> out, ys' = moe.matmul_combine(
 //   out = moe.combine(ys, weights, positions)                hs, w, offsets, weights, positions)
+//
+// (ys' is the same expert outputs: the backward reads them for the gate
+// weights' gradient instead of recomputing a grouped matmul; a forward-only
+// graph leaves it unused.)
 //
 // Why: the permuted copy xs [N, D] and the expert outputs ys [N, D] are the
 // two largest activations of a MoE layer that nothing else needs; the fused
@@ -21,7 +25,8 @@
 // reads disappears. This is what makes the pass safe after autodiff too:
 // there the backward reads xs (weight gradient) and ys (combine_grad), so
 // those pairs are left alone. Before autodiff, the fused ops' gradient rules
-// recompute what they need (passes/grad_moe.cpp). gather_matmul takes the
+// read what they need (passes/grad_moe.cpp): matmul_combine's ys result, and
+// for gather_matmul one row gather of x (the gather the unfused forward did). gather_matmul takes the
 // `positions` that belong to `slots` (the moe.dispatch or moe.route result
 // next to them) for its backward; permutes of slots from anywhere else are
 // skipped. Tile attributes of the grouped matmul are kept.
@@ -69,7 +74,8 @@ void rewrite_pair(Graph& graph, int earlier, int later, OpKind kind, std::vector
   for (auto v : operands) operand_types.push_back(graph.type(v));
   std::string error;
   auto types = infer_op(kind, operand_types, attrs, &error);
-  MOEJIT_ASSERT(types && types->size() == 1 && (*types)[0] == graph.type(replaced),
+  // Result #0 is the pair's result (matmul_combine adds its ys, for the backward).
+  MOEJIT_ASSERT(types && !types->empty() && (*types)[0] == graph.type(replaced),
                 "fuse-expert-gather-scatter: fused op does not reproduce the pair's result: " + error);
   ValueId fused = graph.add_op(kind, std::move(operands), std::move(attrs), *types)[0];
   graph.replace_uses(replaced, fused);

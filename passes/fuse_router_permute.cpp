@@ -20,7 +20,12 @@
 // the prefix sum of offsets and the row gather are one kernel launch instead
 // of four, with no round trip of logits and experts through memory.
 //
-// When: the matmul has no transposes and rank-2 operands; the gate's experts
+// The router may also be stored [E, D] and multiplied transposed (nn::linear's
+// layout: mj.matmul(x, w) {transpose_b = true}, as nn::moe_block builds it):
+// then an mj.transpose of the weight ([E, D] -> [D, E], a tiny copy) feeds
+// moe.route, and its gradient transposes the router gradient back.
+//
+// When: the matmul has rank-2 operands and no transpose of x; the gate's experts
 // feed a moe.dispatch whose num_experts is the router width; the dispatch's
 // slots feed a moe.permute of the matmul's own x with the gate's top_k. The
 // first dispatch of the experts and the first such permute (if any) are taken. The
@@ -36,7 +41,7 @@
 // logits may sit between the matmul and the permute). Repeat until no chain
 // matches.
 //
-// Statistics: routes-formed, skipped-no-router-matmul, skipped-transposed-router,
+// Statistics: routes-formed, routers-transposed, skipped-no-router-matmul, skipped-transposed-router,
 // skipped-no-dispatch, skipped-bias-depends-on-chain.
 #include <fmt/format.h>
 
@@ -153,12 +158,12 @@ class FuseRouterPermutePass final : public Pass {
     }
     const Op& matmul = ops[static_cast<std::size_t>(matmul_index)];
     ValueId x = matmul.operands[0], w_router = matmul.operands[1];
-    if (matmul.attrs.get_bool("transpose_a") || matmul.attrs.get_bool("transpose_b") || graph.type(x).rank() != 2 ||
-        graph.type(w_router).rank() != 2) {
+    if (matmul.attrs.get_bool("transpose_a") || graph.type(x).rank() != 2 || graph.type(w_router).rank() != 2) {
       skip("skipped-transposed-router");
       return false;
     }
-    std::int64_t num_experts = graph.type(w_router).dim(1), top_k = gate.attrs.get_int("top_k");
+    const bool router_transposed = matmul.attrs.get_bool("transpose_b");  // w_router stored [E, D]
+    std::int64_t num_experts = graph.type(w_router).dim(router_transposed ? 0 : 1), top_k = gate.attrs.get_int("top_k");
     int dispatch_index = first_user(graph, gate.results[1], OpKind::Dispatch, 0, gate_index);
     if (dispatch_index < 0 || ops[static_cast<std::size_t>(dispatch_index)].attrs.get_int("num_experts") != num_experts) {
       skip("skipped-no-dispatch");
@@ -175,7 +180,7 @@ class FuseRouterPermutePass final : public Pass {
     }
     std::vector<int> chain = {matmul_index, gate_index, dispatch_index};
     if (permute_index >= 0) chain.push_back(permute_index);
-    std::vector<ValueId> operands = {x, w_router};
+    std::vector<ValueId> operands = {x, w_router};  // w_router becomes the transpose's result below
     if (gate.operands.size() > 1) {
       if (depends_on(graph, gate.operands[1], chain)) {
         skip("skipped-bias-depends-on-chain");
@@ -194,6 +199,15 @@ class FuseRouterPermutePass final : public Pass {
     std::vector<ValueId> old_values = {matmul.results[0],   gate.results[0],     gate.results[1],     dispatch.results[0],
                                        dispatch.results[1], dispatch.results[2], dispatch.results[3]};
     if (permute_index >= 0) old_values.push_back(ops[static_cast<std::size_t>(permute_index)].results[0]);
+    std::vector<Op> new_ops;  // inserted where the matmul was, in this order
+    if (router_transposed) {
+      const TensorType& stored = graph.type(w_router);
+      AttrList perm{{"perm", std::vector<std::int64_t>{1, 0}}};
+      operands[1] = graph.add_op(OpKind::Transpose, {w_router}, perm, {TensorType{stored.dtype, {stored.dim(1), stored.dim(0)}}})[0];
+      new_ops.push_back(std::move(graph.mutable_ops().back()));
+      graph.mutable_ops().pop_back();
+      count("routers-transposed");
+    }
     std::vector<TensorType> operand_types;
     for (auto v : operands) operand_types.push_back(graph.type(v));
     std::string error;
@@ -205,11 +219,11 @@ class FuseRouterPermutePass final : public Pass {
     std::vector<ValueId> fused = graph.add_op(OpKind::Route, operands, attrs, *types);
     for (std::size_t r = 0; r < old_values.size(); ++r) graph.replace_uses(old_values[r], fused[r]);
     auto& mops = graph.mutable_ops();
-    Op route = std::move(mops.back());
+    new_ops.push_back(std::move(mops.back()));
     mops.pop_back();
     std::sort(chain.begin(), chain.end());
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) mops.erase(mops.begin() + *it);
-    mops.insert(mops.begin() + chain.front(), std::move(route));
+    mops.insert(mops.begin() + chain.front(), std::make_move_iterator(new_ops.begin()), std::make_move_iterator(new_ops.end()));
     sort_topologically(graph);
     return true;
   }

@@ -11,10 +11,13 @@
 //
 // The fused ops (moe.route, moe.gather_matmul, moe.matmul_combine) expand to
 // the same backward ops as their unfused pieces, so a fused graph and an
-// unfused one have the same gradients. moe.matmul_combine recomputes its
-// expert outputs ys (one grouped matmul) because combine_grad needs them for
-// the weights' gradient; moe.gather_matmul re-gathers its rows for the
-// weight gradient.
+// unfused one have the same gradients, and the fused backward does no more
+// work than the unfused one: moe.matmul_combine's backward reads the expert
+// outputs ys from the op's second result (the unfused graph stores them the
+// same way) instead of recomputing a grouped matmul; moe.gather_matmul's
+// backward gathers its rows once for the weight gradient, the gather (one
+// read of x, one write of xs) that the unfused forward did and the fused
+// forward skipped.
 #include <fmt/format.h>
 
 #include "ir/error.h"
@@ -147,15 +150,16 @@ GradResult rule_GatherMatmul(GradContext& ctx) {
   return {dx, dw, std::nullopt, std::nullopt, std::nullopt};
 }
 
-// moe.matmul_combine = combine(grouped_matmul(hs, w, offsets), weights, positions):
-//   ys = grouped_matmul(hs, w, offsets)           (recomputed)
-//   (dys, dweights) = combine_grad(ys, weights, positions, dout)
+// moe.matmul_combine: out = combine(ys, weights, positions), ys = grouped_matmul(hs, w, offsets)
+// (its second result, saved by the forward):
+//   (dys, dweights) = combine_grad(ys, weights, positions, dout)  (+ the gradient of ys, when used)
 //   dhs = grouped_matmul(dys, w, offsets, transpose_w), dw = grouped_matmul_wgrad(hs, dys, offsets)
 GradResult rule_MatmulCombine(GradContext& ctx) {
   auto& b = ctx.b;
   Tensor hs = ctx.operands[0], w = ctx.operands[1], offsets = ctx.operands[2], weights = ctx.operands[3], positions = ctx.operands[4];
-  Tensor ys = grouped_matmul(b, hs, w, offsets, false);
-  auto r = b.op(OpKind::CombineGrad, {ys, weights, positions, result_grad(ctx)});
+  Tensor ys = ctx.results[1];
+  auto r = b.op(OpKind::CombineGrad, {ys, weights, positions, result_grad(ctx, 0)});
+  if (ctx.result_grads[1]) r[0] = b.add(r[0], *ctx.result_grads[1]);
   Tensor dhs = grouped_matmul(b, r[0], w, offsets, true);
   Tensor dw = wgrad(b, hs, r[0], offsets);
   return {dhs, dw, std::nullopt, r[1], std::nullopt};

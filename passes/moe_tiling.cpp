@@ -30,8 +30,8 @@
 // moe.route with block = 1 gets block = its tile_m when the row layout does
 // not escape the graph: no output may be, or be computed from, the slots,
 // offsets, positions or any [N, ...] row tensor except through ops that undo
-// the layout (combine, permute_grad, grouped_matmul_wgrad, matmul_combine,
-// combine_grad's dweights). Padding changes N, so the graph is rebuilt with
+// the layout (combine, permute_grad, grouped_matmul_wgrad, matmul_combine's
+// combined out, combine_grad's dweights). Padding changes N, so the graph is rebuilt with
 // every type re-inferred; outputs keep their types and values. A dispatch
 // whose block the user set (> 1) is never changed.
 //
@@ -104,8 +104,10 @@ bool layout_reaches_outputs(const Graph& graph, int op_index) {
       case OpKind::Combine:
       case OpKind::PermuteGrad:
       case OpKind::GroupedMatmulWgrad:
-      case OpKind::MatmulCombine:
         break;  // these undo the layout
+      case OpKind::MatmulCombine:
+        layout[idx(op.results[1])] = true;  // ys is in row layout, the combined out is not
+        break;
       case OpKind::CombineGrad:
         layout[idx(op.results[0])] = true;  // dys is in row layout, dweights is not
         break;

@@ -56,6 +56,20 @@ const std::vector<PassRegistration>& registered_passes();
 std::unique_ptr<Pass> create_pass(std::string_view name, const PassOptions& options = {});
 const PassRegistration* find_pass(std::string_view name);
 
+// A named pipeline: a name that stands for a pipeline text wherever a pass
+// name may be written ("cuda-pipeline", "moe-fusions,cse"). The backends run
+// theirs through the PassManager by name, so `moejit opt --passes=NAME` and
+// the tests run exactly what the product runs (passes/pipelines.cpp).
+struct NamedPipeline {
+  std::string name;
+  std::string description;
+  std::string pipeline;  // pipeline text; may name other pipelines
+};
+const std::vector<NamedPipeline>& named_pipelines();
+// The pipeline the CUDA backend runs on every graph it compiles.
+inline constexpr std::string_view kCudaPipeline = "cuda-pipeline";
+const NamedPipeline* find_named_pipeline(std::string_view name);
+
 // Helpers for create functions: a comma list ("w1,w2" -> {"w1", "w2"}), an
 // integer and a bool ("true"/"false"/"1"/"0"); each throws moejit::Error
 // naming the pass and the option when the text is malformed.

@@ -181,16 +181,31 @@ void PassManager::add(std::unique_ptr<Pass> pass) {
   passes_.push_back(std::move(pass));
 }
 
+namespace {
+// Creates the passes of `pipeline`, expanding named pipelines in place
+// (`depth` stops a pipeline that names itself).
+void create_passes(std::string_view pipeline, int depth, std::vector<std::unique_ptr<Pass>>& created) {
+  for (const auto& entry : parse_pipeline(pipeline)) {
+    if (const NamedPipeline* named = find_named_pipeline(entry.name)) {
+      if (!entry.options.empty())
+        throw Error(fmt::format("pipeline '{}' takes no options, found {}", entry.name, pipeline_str({entry})));
+      MOEJIT_ASSERT(depth < 8, fmt::format("named pipeline '{}' expands into itself", entry.name));
+      create_passes(named->pipeline, depth + 1, created);
+      continue;
+    }
+    created.push_back(create_pass(entry.name, entry.options));
+  }
+}
+}  // namespace
+
 void PassManager::add_pipeline(std::string_view pipeline) {
   // Create every pass first, so a bad name late in the pipeline fails before
   // anything is added.
   std::vector<std::unique_ptr<Pass>> created;
-  for (const auto& entry : parse_pipeline(pipeline)) {
-    try {
-      created.push_back(create_pass(entry.name, entry.options));
-    } catch (const Error& e) {
-      throw Error(fmt::format("pass pipeline '{}': {}", pipeline, e.what()));
-    }
+  try {
+    create_passes(pipeline, 0, created);
+  } catch (const Error& e) {
+    throw Error(fmt::format("pass pipeline '{}': {}", pipeline, e.what()));
   }
   for (auto& pass : created) passes_.push_back(std::move(pass));
 }

@@ -21,6 +21,8 @@ std::unique_ptr<Pass> create_fuse_elementwise_pass(const PassOptions& options);
 // True for the ops an elementwise chain may contain (the CUDA codegen fuses
 // exactly these).
 bool is_fusible_elementwise(OpKind kind);
+// mixed-precision{dtype=bf16}: bf16 autocast of the matmuls (passes/mixed_precision.cpp).
+std::unique_ptr<Pass> create_mixed_precision_pass(const PassOptions& options);
 // memory-plan{print=true|false}: reports the arena plan (passes/memory_plan.h).
 std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);
 

@@ -28,6 +28,8 @@ const std::vector<PassRegistration>& registered_passes() {
        create_moe_tiling_pass, {"pad-dispatch"}},
       {"fuse-elementwise", "mark chains of single-use elementwise ops as one fused kernel (attribute mj.fusion_group)",
        create_fuse_elementwise_pass},
+      {"mixed-precision", "bf16 autocast (PyTorch AMP): matmuls and attention in bf16, the rest and the router in f32; before autodiff (options: dtype=bf16)",
+       create_mixed_precision_pass, {"dtype"}},
       {"memory-plan", "plan every intermediate value into one arena; report its size (options: print=true|false)",
        create_memory_plan_pass, {"print"}},
   };

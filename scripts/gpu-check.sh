@@ -2,8 +2,9 @@
 # GPU check of the CUDA backend, run ON a GPU machine from the repository root
 # with a bundle built elsewhere (scripts/gpu-check.sh --bundle makes it here):
 #   BUNDLE/moejit_cuda_tests, BUNDLE/gpt_moe, the benchmarks BUNDLE/moe_bench,
-#   BUNDLE/step_bench, BUNDLE/compile_bench (optimized, stripped) and
-#   BUNDLE/tinyshakespeare.txt.
+#   BUNDLE/moe_layer_bench, BUNDLE/step_bench, BUNDLE/compile_bench (optimized,
+#   stripped), BUNDLE/gemm_sm90_probe (nvcc, when nvcc is here) and
+#   BUNDLE/tinyshakespeare.txt; the PyTorch peers are bench/*.py of the tree.
 # Steps: nvidia-smi; the GPU tests; the benchmarks (bench/, docs/perf.md):
 # compile_bench cold then warm (two processes on one fresh MOEJIT_CACHE_DIR),
 # step_bench (the example's training step, eager vs CUDA-graph replay),
@@ -23,18 +24,28 @@ if [[ "${1:-}" == "--bundle" ]]; then
   dir=${2:-build-gpu-bundle}
   build=${GPU_BUILD_DIR:-build-gpu}  # any optimized build (Release, or RelWithDebInfo: stripped below)
   [[ -f "$build/CMakeCache.txt" ]] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench step_bench compile_bench
+  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench compile_bench
   rm -rf "$dir" && mkdir -p "$dir"
-  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,step_bench,compile_bench} "$dir"/
-  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,step_bench,compile_bench}
+  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,compile_bench} "$dir"/
+  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,compile_bench}
+  if [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/gemm_sm90_probe \
+      bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
+  fi
   cp ../shared/data/tinyshakespeare.txt "$dir"/
   du -sh "$dir"
   exit 0
 fi
 
 BUNDLE=$(realpath "${1:-build-gpu-bundle}")
-LOGS=${OUT:-/tmp/gpu-check}
-mkdir -p "$LOGS"
+# Logs go to a folder of their own, packed into $OUT/gpu-check-logs.tgz at the
+# end (the device tool returns at most 8 files from $OUT).
+LOGS=/tmp/gpu-check-logs
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+# GPU_CHECK_ONLY: a comma list of the sections to run (default all):
+# tests, compile, step, moe, gemm, layer, train.
+ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,train}
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 # NVRTC 12.9+ keeps its own compile cache in the driver's compute cache
 # (~/.nv/ComputeCache); off here, so "cold" means NVRTC really compiles and
@@ -46,40 +57,65 @@ echo "==== nvidia-smi"
 nvidia-smi || echo "nvidia-smi failed"
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 
-echo "==== GPU tests"
-"$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
-TESTS_RC=${PIPESTATUS[0]}
-TESTS_LINE=$(grep -E "^(All tests passed|test cases:)" "$LOGS/gpu-tests.log" | tail -1)
+TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-; LAYER_RC=-; CUDA_RC=-; CPU_RC=-; WARM_RC=-
+if want tests; then
+  echo "==== GPU tests"
+  "$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
+  TESTS_RC=${PIPESTATUS[0]}
+  TESTS_LINE=$(grep -E "^(All tests passed|test cases:)" "$LOGS/gpu-tests.log" | tail -1)
+fi
 
 # Each benchmark has a time limit, so one that hangs cannot eat the others' time.
 BENCH_LIMIT=${GPU_CHECK_BENCH_LIMIT:-300}
-
-echo "==== compile_bench: the example's training module, cold then warm (fresh MOEJIT_CACHE_DIR)"
 CACHE=$(mktemp -d)
-timeout "$BENCH_LIMIT" "$BUNDLE"/compile_bench --cache-dir "$CACHE" --expect cold --json "$LOGS/compile-cold.json" \
-  > "$LOGS/compile-cold.log" 2>&1
-COLD_RC=$?
-MOEJIT_ASSERT_CACHED=1 timeout "$BENCH_LIMIT" "$BUNDLE"/compile_bench --cache-dir "$CACHE" --expect warm \
-  --json "$LOGS/compile-warm.json" > "$LOGS/compile-warm.log" 2>&1
-WARM_CACHE_RC=$?
-cat "$LOGS/compile-cold.log" "$LOGS/compile-warm.log"
-COLD=$(grep -h "^compile-bench:" "$LOGS/compile-cold.log")
-WARM=$(grep -h "^compile-bench:" "$LOGS/compile-warm.log")
 
-echo "==== step_bench: the example's training step, eager vs CUDA-graph replay"
-# The same cache: the step's module is the one compile_bench just compiled.
-MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/step_bench --json "$LOGS/step.json" 2>&1 | tee "$LOGS/step.log"
-STEP_RC=${PIPESTATUS[0]}
-STEP=$(grep -h "^step-bench:" "$LOGS/step.log")
+if want compile; then
+  echo "==== compile_bench: the example's training module, cold then warm (fresh MOEJIT_CACHE_DIR)"
+  timeout "$BENCH_LIMIT" "$BUNDLE"/compile_bench --cache-dir "$CACHE" --expect cold --json "$LOGS/compile-cold.json" \
+    > "$LOGS/compile-cold.log" 2>&1
+  COLD_RC=$?
+  MOEJIT_ASSERT_CACHED=1 timeout "$BENCH_LIMIT" "$BUNDLE"/compile_bench --cache-dir "$CACHE" --expect warm \
+    --json "$LOGS/compile-warm.json" > "$LOGS/compile-warm.log" 2>&1
+  WARM_CACHE_RC=$?
+  cat "$LOGS/compile-cold.log" "$LOGS/compile-warm.log"
+  COLD=$(grep -h "^compile-bench:" "$LOGS/compile-cold.log")
+  WARM=$(grep -h "^compile-bench:" "$LOGS/compile-warm.log")
+fi
 
-echo "==== moe_bench: grouped matmul, routing, MoE layer fwd+bwd against their floors"
-timeout "$BENCH_LIMIT" "$BUNDLE"/moe_bench --json "$LOGS/moe.json" 2>&1 | tee "$LOGS/moe.log"
-MOE_RC=${PIPESTATUS[0]}
+if want step; then
+  echo "==== step_bench: the example's training step, eager vs CUDA-graph replay"
+  # The same cache: the step's module is the one compile_bench just compiled.
+  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/step_bench --json "$LOGS/step.json" 2>&1 | tee "$LOGS/step.log"
+  STEP_RC=${PIPESTATUS[0]}
+  STEP=$(grep -h "^step-bench:" "$LOGS/step.log")
+fi
 
-echo "==== training: $ITERS steps on tinyshakespeare, cuda then cpu"
-TRAIN=("$BUNDLE/gpt_moe" train --data "$BUNDLE/tinyshakespeare.txt" --eval_interval 100 --eval_iters 20 --no_report
-       --num_samples 1 --max_new_tokens 200)
-EX_CACHE=$(mktemp -d)
+if want moe; then
+  echo "==== moe_bench: grouped matmul, routing, MoE layer fwd+bwd against their floors"
+  timeout "$BENCH_LIMIT" "$BUNDLE"/moe_bench --json "$LOGS/moe.json" 2>&1 | tee "$LOGS/moe.log"
+  MOE_RC=${PIPESTATUS[0]}
+fi
+
+if want gemm; then
+  echo "==== dense bf16 GEMM: the sm90 family (gemm_sm90_probe) and torch.matmul, same run"
+  if [[ -x "$BUNDLE"/gemm_sm90_probe ]]; then
+    timeout "$BENCH_LIMIT" "$BUNDLE"/gemm_sm90_probe 2>&1 | tee "$LOGS/gemm.log"
+    GEMM_RC=${PIPESTATUS[0]}
+  else
+    echo "gemm_sm90_probe: not in the bundle (no nvcc where it was made)" | tee "$LOGS/gemm.log"
+  fi
+  timeout "$BENCH_LIMIT" python3 bench/torch_gemm.py 2>&1 | tee -a "$LOGS/gemm.log"
+fi
+
+if want layer; then
+  echo "==== MoE layer, bf16: moejit (moe_layer_bench) and PyTorch (torch_moe_layer.py), same run"
+  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
+  LAYER_RC=${PIPESTATUS[0]}
+  PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_moe_layer.py --iters 10 --json "$LOGS/torch_moe.json" 2>&1 \
+    | tee "$LOGS/torch_moe.log"
+  python3 bench/compare_moe_layer.py "$LOGS/moe_layer.json" "$LOGS/torch_moe.json" 2>&1 | tee "$LOGS/layer-compare.log"
+fi
+
 timed() {  # timed LOG command...: runs it, appends "wall <seconds> s" to LOG
   local log=$1; shift
   local t0; t0=$(date +%s.%N)
@@ -87,20 +123,26 @@ timed() {  # timed LOG command...: runs it, appends "wall <seconds> s" to LOG
   echo "wall $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s" >> "$log"
   return $rc
 }
-# Cold kernel cache (a fresh MOEJIT_CACHE_DIR): every module is compiled.
-MOEJIT_CACHE_DIR=$EX_CACHE MOEJIT_DEBUG=1 timed "$LOGS/train-cuda.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cuda \
-  --out_dir "$LOGS/out-cuda"
-CUDA_RC=$?
-cat "$LOGS/train-cuda.log"
-# The same run again with a warm cache: every module must come from disk.
-MOEJIT_CACHE_DIR=$EX_CACHE MOEJIT_ASSERT_CACHED=1 MOEJIT_DEBUG=1 timed "$LOGS/train-cuda-warm.log" "${TRAIN[@]}" \
-  --max_iters "$ITERS" --device cuda --out_dir "$LOGS/out-cuda-warm"
-WARM_RC=$?
-grep -E "moejit cuda|compiled the training|final train loss|^wall" "$LOGS/train-cuda-warm.log"
-timed "$LOGS/train-cpu.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cpu --out_dir "$LOGS/out-cpu"
-CPU_RC=$?
-cat "$LOGS/train-cpu.log"
-rm -f "$LOGS"/out-*/*.safetensors  # large; the logs hold the numbers
+if want train; then
+  echo "==== training: $ITERS steps on tinyshakespeare, cuda then cpu"
+  TRAIN=("$BUNDLE/gpt_moe" train --data "$BUNDLE/tinyshakespeare.txt" --eval_interval 100 --eval_iters 20 --no_report
+         --num_samples 1 --max_new_tokens 200)
+  EX_CACHE=$(mktemp -d)
+  # Cold kernel cache (a fresh MOEJIT_CACHE_DIR): every module is compiled.
+  MOEJIT_CACHE_DIR=$EX_CACHE MOEJIT_DEBUG=1 timed "$LOGS/train-cuda.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cuda \
+    --out_dir "$LOGS/out-cuda"
+  CUDA_RC=$?
+  cat "$LOGS/train-cuda.log"
+  # The same run again with a warm cache: every module must come from disk.
+  MOEJIT_CACHE_DIR=$EX_CACHE MOEJIT_ASSERT_CACHED=1 MOEJIT_DEBUG=1 timed "$LOGS/train-cuda-warm.log" "${TRAIN[@]}" \
+    --max_iters "$ITERS" --device cuda --out_dir "$LOGS/out-cuda-warm"
+  WARM_RC=$?
+  grep -E "moejit cuda|compiled the training|final train loss|^wall" "$LOGS/train-cuda-warm.log"
+  timed "$LOGS/train-cpu.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cpu --out_dir "$LOGS/out-cpu"
+  CPU_RC=$?
+  cat "$LOGS/train-cpu.log"
+  rm -f "$LOGS"/out-*/*.safetensors  # large; the logs hold the numbers
+fi
 
 final() { grep -oE "val loss [0-9.]+" "$1" | tail -1 | awk '{print $3}'; }
 walltime() { grep -oE "^wall [0-9.]+ s" "$1" | tail -1 | awk '{print $2}'; }
@@ -136,9 +178,18 @@ for case, (_, r) in largest.items():
     print("%-26s | %s: %.3f ms, %.0f GFLOP/s, %.0f GB/s, %s" % (case[:26], r["shape"], r["median_ms"], r["gflop_per_s"],
           r["gb_per_s"], floor))
 PY
+if want gemm; then
+  grep -hE "^(bench|torch) " "$LOGS/gemm.log" | grep -E "4096x4096x4096|8192x8192x8192" | sed 's/^/gemm                       | /'
+  grep -h "^checks failed" "$LOGS/gemm.log" | sed 's/^/gemm                       | /'
+fi
+if want layer; then
+  sed 's/^/moe layer                  | /' "$LOGS/layer-compare.log" 2>/dev/null
+  printf "%-26s | exit %s (moe_layer_bench)\n" "moe layer" "$LAYER_RC"
+fi
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda" "${VAL_CUDA:-?}" "$(walltime "$LOGS/train-cuda.log")" "$(tokps "$LOGS/train-cuda.log")" "$CUDA_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cpu" "${VAL_CPU:-?}" "$(walltime "$LOGS/train-cpu.log")" "$(tokps "$LOGS/train-cpu.log")" "$CPU_RC"
 printf "%-26s | %s\n" "|val cuda - val cpu|" "$DIFF"
 printf "%-26s | %s\n" "example modules, cold" "$(grep -oE "@gpt_moe_[a-z]+ .*: compiled by NVRTC in [0-9.]+ s" "$LOGS/train-cuda.log" | sed -E 's/ \(.*\) for sm_[0-9a-z]+: compiled by NVRTC in/:/' | tr '\n' ' ')"
 printf "%-26s | %s\n" "example modules, warm" "$(grep -oE "@gpt_moe_[a-z]+ .*: loaded from the disk cache in [0-9.]+ s" "$LOGS/train-cuda-warm.log" | sed -E 's/ \(.*\) for sm_[0-9a-z]+: loaded from the disk cache in/:/' | tr '\n' ' ')"
 printf "%-26s | val loss %s, wall %s s, exit %s (MOEJIT_ASSERT_CACHED=1)\n" "train $ITERS cuda, warm" "$(final "$LOGS/train-cuda-warm.log")" "$(walltime "$LOGS/train-cuda-warm.log")" "$WARM_RC"
+tar czf "${OUT:-/tmp}/gpu-check-logs.tgz" -C "$LOGS" . 2>/dev/null

@@ -43,6 +43,9 @@ int run_passes() {
     std::string options = keys.empty() ? "" : fmt::format("{{{}}}", fmt::join(keys, " "));
     fmt::print("{:<28} {}\n", pass.name + options, pass.description);
   }
+  fmt::print("\nnamed pipelines (usable wherever a pass name is):\n");
+  for (const auto& pipeline : named_pipelines())
+    fmt::print("{:<28} {}: {}\n", pipeline.name, pipeline.description, pipeline.pipeline);
   return 0;
 }
 

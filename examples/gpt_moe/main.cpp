@@ -249,6 +249,9 @@ int run_train(TrainFlags& flags) {
   fmt::print("unigram entropy of the training text: {:.3f} nats (a model that ignores context), uniform: {:.3f}\n",
              unigram_entropy(train_tokens, tokenizer.vocab_size()), std::log(static_cast<double>(tokenizer.vocab_size())));
   fmt::print("device: {}\n", note);
+  fmt::print("precision: {}\n", training_precision(config, *backend) == DType::bf16
+                                     ? "bf16 mixed precision (bf16 matmuls, f32 weights, norms, router and losses)"
+                                     : "f32");
 
   const std::vector<ParamSpec> specs = gpt_moe_param_specs(config);
   fmt::print("model: {} layers, n_embd {}, {} heads, block {}, {} experts top-{} (d_expert {}) in {} MoE layer(s); "

@@ -647,7 +647,7 @@ void kernel_GatherMatmul(const KernelArgs& args) {
 }
 
 // moe.matmul_combine: hs [N, F], w [E, F, D], offsets [E+1], weights [T, K], positions [T, K]
-//   -> [T, D] = combine(grouped_matmul(hs, w, offsets), weights, positions).
+//   -> out [T, D] = combine(ys, weights, positions), ys [N, D] = grouped_matmul(hs, w, offsets).
 void kernel_MatmulCombine(const KernelArgs& args) {
   const HostTensor& hs = in(args, 0);
   const HostTensor& w = in(args, 1);
@@ -657,10 +657,9 @@ void kernel_MatmulCombine(const KernelArgs& args) {
   check_offsets(args, offsets, rows);
   check_positions(args, positions, top_k, rows);
   Doubles ys = grouped_matmul(hs.to_doubles(), rows, f, w.to_doubles(), d, false, offsets, args.threads);
-  // Round the expert outputs to their dtype, as the unfused graph stores them.
-  HostTensor ys_t(TensorType{hs.dtype(), {rows, d}});
-  store(ys_t, ys);
-  store(out(args, 0), combine_rows(ys_t.to_doubles(), d, in(args, 3).to_doubles(), positions, tokens, top_k));
+  // Round the expert outputs to their dtype first, as the unfused graph stores them.
+  store(out(args, 1), ys);
+  store(out(args, 0), combine_rows(out(args, 1).to_doubles(), d, in(args, 3).to_doubles(), positions, tokens, top_k));
 }
 
 }  // namespace moejit::cpu

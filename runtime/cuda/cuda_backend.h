@@ -27,6 +27,11 @@ bool cuda_available(std::string* why = nullptr);
 // The CUDA backend on device 0. Throws moejit::Error (with the reason of
 // cuda_available) when there is no usable GPU.
 std::unique_ptr<Backend> make_cuda_backend();
+// The same, running `pipeline` on every graph it compiles instead of
+// "cuda-pipeline" (kCudaPipeline, passes/pipelines.cpp); moe_bench drops
+// the MoE fusions from it for an unfused baseline. Throws moejit::Error for a
+// bad pipeline.
+std::unique_ptr<Backend> make_cuda_backend(std::string pipeline);
 
 // Properties of device 0 (throws moejit::Error without a GPU).
 struct CudaDeviceInfo {

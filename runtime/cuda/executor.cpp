@@ -1,4 +1,5 @@
-// The CUDA backend's executor. compile(): verify, fuse elementwise chains,
+// The CUDA backend's executor. compile(): verify, run the backend's pipeline
+// (kCudaPipeline: the MoE fusions, expert tiling, elementwise fusion groups),
 // generate the module for the device's Target, compile it with NVRTC
 // (cached, kernels found by their lowered names), plan the arena, and
 // resolve every launch once (buffers never move): copy its argument struct,
@@ -15,13 +16,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iostream>
 #include <map>
 
 #include "codegen/cuda_codegen.h"
 #include "ir/error.h"
 #include "ir/verifier.h"
 #include "passes/memory_plan.h"
-#include "passes/passes.h"
+#include "passes/pass_manager.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/driver.h"
 #include "runtime/executable.h"
@@ -70,7 +72,8 @@ CUtensorMapSwizzle tensor_map_swizzle(codegen::TensorMapField::Swizzle s) {
 
 class CudaExecutable final : public ExecutableBase {
  public:
-  explicit CudaExecutable(const Graph& input) : ExecutableBase(prepared(input)), graph_(ExecutableBase::graph()) {
+  CudaExecutable(const Graph& input, std::string_view pipeline)
+      : ExecutableBase(prepared(input, pipeline)), graph_(ExecutableBase::graph()) {
     target_ = cuda_device_target();
     code_ = codegen::generate_module(graph_, target_);
     if (debug_level() >= 3)
@@ -96,12 +99,21 @@ class CudaExecutable final : public ExecutableBase {
     resolve();
   }
 
-  // The passes the backend runs before generating code.
-  static void prepare_graph(Graph& graph) { create_fuse_elementwise_pass({})->run(graph); }
-  static Graph prepared(const Graph& input) {
+  // The passes the backend runs before generating code: its pipeline
+  // (kCudaPipeline unless the backend was made with another,
+  // passes/pipelines.cpp) through the PassManager, which verifies the graph
+  // after every pass; MOEJIT_DEBUG=2 prints the IR after each pass and the
+  // passes' statistics.
+  static void prepare_graph(Graph& graph, std::string_view pipeline) {
+    PassManager manager;
+    manager.add_pipeline(pipeline);
+    manager.run(graph);
+    if (debug_level() >= 2) manager.print_statistics(std::cerr);
+  }
+  static Graph prepared(const Graph& input, std::string_view pipeline) {
     cuda::driver();  // throws with the reason when there is no usable GPU
     Graph graph = input;
-    prepare_graph(graph);
+    prepare_graph(graph, pipeline);
     return graph;
   }
 
@@ -389,11 +401,15 @@ class CudaExecutable final : public ExecutableBase {
 
 class CudaBackend final : public Backend {
  public:
+  explicit CudaBackend(std::string pipeline) : pipeline_(std::move(pipeline)) {}
   std::string name() const override { return "cuda"; }
   std::unique_ptr<Executable> compile(const Graph& graph) override {
     verify_or_throw(graph);
-    return std::make_unique<CudaExecutable>(graph);
+    return std::make_unique<CudaExecutable>(graph, pipeline_);
   }
+
+ private:
+  std::string pipeline_;
 };
 
 CudaExecutable& as_cuda(Executable& exe, const char* what) {
@@ -404,9 +420,12 @@ CudaExecutable& as_cuda(Executable& exe, const char* what) {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend() {
+std::unique_ptr<Backend> make_cuda_backend() { return make_cuda_backend(std::string(kCudaPipeline)); }
+
+std::unique_ptr<Backend> make_cuda_backend(std::string pipeline) {
   cuda::driver();  // throws with the reason when there is no usable GPU
-  return std::make_unique<CudaBackend>();
+  PassManager{}.add_pipeline(pipeline);  // a bad pipeline fails here, not at the first compile
+  return std::make_unique<CudaBackend>(std::move(pipeline));
 }
 
 void cuda_capture_graph(Executable& exe) { as_cuda(exe, "cuda_capture_graph").capture(); }

@@ -1,6 +1,6 @@
 // Helpers of the CUDA tests: a small GPT-MoE training graph (forward,
 // backward, clipping, AdamW), random argument values, and the normalized
-// error ||a - b|| / ||b|| used to compare the GPU with the CPU reference.
+// error and tolerances used to compare the GPU with the CPU reference.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -15,7 +15,20 @@
 #include "ir/graph.h"
 #include "passes/autodiff.h"
 #include "frontends/optim.h"
+#include "runtime/cuda/cuda_backend.h"
 #include "runtime/host_tensor.h"
+#include "runtime/tensor_compare.h"
+
+// At the top of a [gpu] test: without a usable GPU, prints "SKIPPED: no CUDA
+// device (<why>)" (ctest reports the test as skipped) and returns.
+#define MOEJIT_SKIP_WITHOUT_GPU()                                   \
+  do {                                                              \
+    std::string why_no_gpu_;                                        \
+    if (!::moejit::cuda_available(&why_no_gpu_)) {                  \
+      WARN("SKIPPED: no CUDA device (" << why_no_gpu_ << ")");      \
+      return;                                                       \
+    }                                                               \
+  } while (0)
 
 namespace moejit::cuda_test {
 
@@ -80,31 +93,9 @@ inline std::map<std::string, HostTensor> random_args(const Graph& graph, std::ui
   return values;
 }
 
-// ||a - b|| / max(||b||, 0.01 sqrt(n)) over every element (as doubles): the
-// relative error, except that a reference whose RMS is under 0.01 (a
-// gradient that nearly cancels) is judged against RMS 0.01. NaN must match.
-inline double normalized_error(const HostTensor& a, const HostTensor& b) {
-  double diff = 0.0, norm = 0.0;
-  for (std::int64_t i = 0; i < b.numel(); ++i) {
-    double x = a.get(i), y = b.get(i);
-    if (std::isnan(x) != std::isnan(y)) return INFINITY;
-    if (std::isnan(x)) continue;
-    diff += (x - y) * (x - y);
-    norm += y * y;
-  }
-  double floor = 1e-4 * static_cast<double>(b.numel());  // (0.01 sqrt(n))^2
-  return std::sqrt(diff / std::max(norm, floor));
-}
-
-// Tolerances for GPU vs CPU, by dtype (integers must match exactly).
-inline double tolerance(DType dtype) {
-  switch (dtype) {
-    case DType::f32: return 1e-4;
-    case DType::f64: return 1e-10;
-    case DType::bf16: return 2e-2;
-    case DType::f16: return 5e-3;
-    default: return 0.0;
-  }
-}
+// The normalized error and the per-dtype tolerances: one definition for the
+// tests and the benches (runtime/tensor_compare.h).
+using moejit::normalized_error;
+using moejit::tolerance;
 
 }  // namespace moejit::cuda_test

@@ -252,10 +252,22 @@ TEST_CASE("gradients of the fused ops route, gather_matmul, matmul_combine by fi
     Tensor weights = b.input("weights", {t_count, k_count}, F64);
     auto disp = b.moe_dispatch(experts, {.num_experts = e_count, .capacity_factor = 1.0, .block = 2});
     Tensor h = b.op1(OpKind::GatherMatmul, {x, w_up, disp[0], disp[1], disp[2]}, {{"top_k", k_count}});
-    Tensor y = b.op1(OpKind::MatmulCombine, {b.tanh(h), w_down, disp[1], weights, disp[2]});
+    Tensor y = b.op(OpKind::MatmulCombine, {b.tanh(h), w_down, disp[1], weights, disp[2]})[0];
     probe_loss(b, y);
     Routing r;
     require_gradients(g, {{"experts", ints_tensor({t_count, k_count}, r.experts)}}, {"x", "w_up", "w_down", "weights"});
+  }
+  {
+    // A loss that also reads matmul_combine's saved expert outputs ys (result #1).
+    Graph g("combine_and_ys");
+    Builder b(g);
+    Tensor hs = b.input("hs", {t_count * k_count, f}, F64), experts = b.input("experts", {t_count, k_count}, DType::i32);
+    Tensor w_down = b.param("w_down", {e_count, f, d}, F64), weights = b.input("weights", {t_count, k_count}, F64);
+    auto disp = b.moe_dispatch(experts, {.num_experts = e_count});
+    auto mc = b.op(OpKind::MatmulCombine, {b.tanh(hs), w_down, disp[1], weights, disp[2]});
+    b.output(b.add(probe_loss(b, mc[0], "p0", "l0"), probe_loss(b, mc[1], "p1", "l1")), "loss");
+    Routing r;
+    require_gradients(g, {{"experts", ints_tensor({t_count, k_count}, r.experts)}}, {"hs", "w_down", "weights"});
   }
 }
 

@@ -87,27 +87,42 @@ TEST_CASE("fuse-router-permute keeps every intermediate that is an output, and a
   check_same_outputs(before, s.g);
 }
 
-TEST_CASE("fuse-router-permute leaves a transposed router alone and fuses a chain without permute", "[moe][passes]") {
-  Graph g("no_permute");
+TEST_CASE("fuse-router-permute fuses a router stored [E, D] (nn::linear's layout), skips a transposed x", "[moe][passes]") {
+  Graph g("router_layouts");
   Builder b(g);
   Tensor x = b.input("x", {6, 4}, DType::f64), w = b.param("w", {3, 4}, DType::f64);
-  auto gate = b.moe_gate(b.matmul(x, w, false, true), {.top_k = 1});  // transposed router
+  auto gate = b.moe_gate(b.matmul(x, w, false, true), {.top_k = 2});  // w [E, D], as nn::moe_block builds it
   auto d = b.moe_dispatch(gate[1], {.num_experts = 3});
-  b.output(b.moe_permute(x, d[0], 1), "xs");
-  Tensor x2 = b.input("x2", {6, 4}, DType::f64), w2 = b.param("w2", {4, 3}, DType::f64);
-  auto gate2 = b.moe_gate(b.matmul(x2, w2), {.top_k = 1});
+  b.output(b.moe_permute(x, d[0], 2), "xs");
+  b.output(gate[0], "weights");
+  Tensor xt = b.input("xt", {4, 6}, DType::f64), w2 = b.param("w2", {4, 3}, DType::f64);
+  auto gate2 = b.moe_gate(b.matmul(xt, w2, true, false), {.top_k = 1});  // x stored [D, T]: not the pattern
   b.output(b.moe_dispatch(gate2[1], {.num_experts = 3})[3], "counts");  // no permute
+  Graph before = g;
   auto pass = create_fuse_router_permute_pass({});
   pass->run(g);
-  CHECK(count_kind(g, OpKind::Route) == 1);  // the second chain
-  CHECK(count_kind(g, OpKind::Gate) == 1);   // the first
+  CHECK(count_kind(g, OpKind::Route) == 1);      // the first chain
+  CHECK(count_kind(g, OpKind::Transpose) == 1);  // of its router weight
+  CHECK(count_kind(g, OpKind::Gate) == 1);       // the second
   auto stat = [&](const std::string& name) {
     for (const auto& [k, n] : pass->statistics())
       if (k == name) return n;
     return std::int64_t{0};
   };
   CHECK(stat("skipped-transposed-router") == 1);
+  CHECK(stat("routers-transposed") == 1);
   CHECK(stat("routes-formed") == 1);
+  verify_or_throw(g);
+  auto f = [](Shape sh) { return TensorType{DType::f64, std::move(sh)}; };
+  Values v = {{"x", random_tensor(f({6, 4}), 1)},
+              {"w", random_tensor(f({3, 4}), 2)},
+              {"xt", random_tensor(f({4, 6}), 3)},
+              {"w2", random_tensor(f({4, 3}), 4)}};
+  Values want = run_cpu(before, v), got = run_cpu(g, v);
+  for (const auto& [name, value] : want) {
+    INFO("output " << name);
+    CHECK(max_rel_diff(got.at(name).to_doubles(), value.to_doubles()) < 1e-13);
+  }
 }
 
 TEST_CASE("fuse-expert-gather-scatter only fuses values nobody else reads", "[moe][passes]") {

@@ -2,16 +2,17 @@
 
 // permute -> grouped_matmul becomes gather_matmul (reading x through the
 // slots, with the dispatch's positions for its backward); grouped_matmul ->
-// combine becomes matmul_combine. Tile attributes carry over.
+// combine becomes matmul_combine, whose second result keeps the expert
+// outputs for a backward. Tile attributes carry over.
 // CHECK-LABEL: func.func @expert_ffn(
 // CHECK-NEXT:    %[[G:[0-9]+]]:2 = "moe.gate"(%logits)
 // CHECK-NEXT:    %[[D:[0-9]+]]:4 = "moe.dispatch"(%[[G]]#1)
 // CHECK-NEXT:    %[[H:[0-9]+]] = "moe.gather_matmul"(%x, %w_up, %[[D]]#0, %[[D]]#1, %[[D]]#2) {tile_k = 16 : i64, tile_m = 16 : i64, tile_n = 16 : i64, top_k = 2 : i64}
 // CHECK-SAME:    -> tensor<16x8xf32>
 // CHECK-NEXT:    %[[A:[0-9]+]] = "mj.gelu"(%[[H]])
-// CHECK-NEXT:    %[[Y:[0-9]+]] = "moe.matmul_combine"(%[[A]], %w_down, %[[D]]#1, %[[G]]#0, %[[D]]#2)
-// CHECK-SAME:    -> tensor<8x4xf32>
-// CHECK-NEXT:    return %[[Y]]
+// CHECK-NEXT:    %[[Y:[0-9]+]]:2 = "moe.matmul_combine"(%[[A]], %w_down, %[[D]]#1, %[[G]]#0, %[[D]]#2)
+// CHECK-SAME:    -> (tensor<8x4xf32>, tensor<16x4xf32>)
+// CHECK-NEXT:    return %[[Y]]#0
 func.func @expert_ffn(%x: tensor<8x4xf32>, %logits: tensor<8x4xf32>, %w_up: tensor<4x4x8xf32> {mj.role = "param"}, %w_down: tensor<4x8x4xf32> {mj.role = "param"}) -> (tensor<8x4xf32> {mj.name = "y"}) {
   %0:2 = "moe.gate"(%logits) {normalize = true, order = "softmax_then_topk", score = "softmax", top_k = 2 : i64} : (tensor<8x4xf32>) -> (tensor<8x2xf32>, tensor<8x2xi32>)
   %1:4 = "moe.dispatch"(%0#1) {block = 1 : i64, capacity_factor = 0.0 : f64, num_experts = 4 : i64} : (tensor<8x2xi32>) -> (tensor<16xi32>, tensor<5xi32>, tensor<8x2xi32>, tensor<4xi32>)

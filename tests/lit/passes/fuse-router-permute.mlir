@@ -40,17 +40,17 @@ func.func @outputs_and_late_bias(%x: tensor<8x4xf32>, %w_router: tensor<4x4xf32>
 
 // -----
 
-// A transposed router is not the pattern: nothing changes.
+// A router stored [E, D] and multiplied transposed (nn::linear's layout)
+// fuses too: an mj.transpose of the weight feeds moe.route.
 // CHECK-LABEL: func.func @transposed_router(
-// CHECK-NEXT:    "mj.matmul"(%x, %w) {transpose_a = false, transpose_b = true}
-// CHECK-NEXT:    "moe.gate"
-// CHECK-NEXT:    "moe.dispatch"
-// CHECK-NEXT:    "moe.permute"
-// CHECK-NOT:     "moe.route"
-func.func @transposed_router(%x: tensor<8x4xf32>, %w: tensor<4x4xf32> {mj.role = "param"}) -> (tensor<8x4xf32> {mj.name = "xs"}) {
-  %0 = "mj.matmul"(%x, %w) {transpose_a = false, transpose_b = true} : (tensor<8x4xf32>, tensor<4x4xf32>) -> tensor<8x4xf32>
-  %1:2 = "moe.gate"(%0) {normalize = false, order = "softmax_then_topk", score = "softmax", top_k = 1 : i64} : (tensor<8x4xf32>) -> (tensor<8x1xf32>, tensor<8x1xi32>)
-  %2:4 = "moe.dispatch"(%1#1) {block = 1 : i64, capacity_factor = 0.0 : f64, num_experts = 4 : i64} : (tensor<8x1xi32>) -> (tensor<8xi32>, tensor<5xi32>, tensor<8x1xi32>, tensor<4xi32>)
+// CHECK-NEXT:    %[[T:[0-9]+]] = "mj.transpose"(%w) {perm = [1, 0]} : (tensor<3x4xf32>) -> tensor<4x3xf32>
+// CHECK-NEXT:    %[[R:[0-9]+]]:8 = "moe.route"(%x, %[[T]])
+// CHECK-NEXT:    return %[[R]]#7
+// CHECK-NOT:     "mj.matmul"
+func.func @transposed_router(%x: tensor<8x4xf32>, %w: tensor<3x4xf32> {mj.role = "param"}) -> (tensor<8x4xf32> {mj.name = "xs"}) {
+  %0 = "mj.matmul"(%x, %w) {transpose_a = false, transpose_b = true} : (tensor<8x4xf32>, tensor<3x4xf32>) -> tensor<8x3xf32>
+  %1:2 = "moe.gate"(%0) {normalize = false, order = "softmax_then_topk", score = "softmax", top_k = 1 : i64} : (tensor<8x3xf32>) -> (tensor<8x1xf32>, tensor<8x1xi32>)
+  %2:4 = "moe.dispatch"(%1#1) {block = 1 : i64, capacity_factor = 0.0 : f64, num_experts = 3 : i64} : (tensor<8x1xi32>) -> (tensor<8xi32>, tensor<4xi32>, tensor<8x1xi32>, tensor<3xi32>)
   %3 = "moe.permute"(%x, %2#0) {top_k = 1 : i64} : (tensor<8x4xf32>, tensor<8xi32>) -> tensor<8x4xf32>
   return %3 : tensor<8x4xf32>
 }

@@ -52,6 +52,6 @@ func.func @layout_is_output(%x: tensor<8x4xf32>, %experts: tensor<8x2xi32>, %w_u
 func.func @user_block(%x: tensor<64x96xf32>, %w_router: tensor<96x2xf32> {mj.role = "param"}, %w_up: tensor<2x96x256xf32> {mj.role = "param"}, %w_down: tensor<2x256x96xf32> {mj.role = "param"}) -> (tensor<64x96xf32> {mj.name = "y"}) {
   %0:8 = "moe.route"(%x, %w_router) {block = 32 : i64, capacity_factor = 0.0 : f64, normalize = false, num_experts = 2 : i64, order = "softmax_then_topk", score = "softmax", top_k = 1 : i64} : (tensor<64x96xf32>, tensor<96x2xf32>) -> (tensor<64x2xf32>, tensor<64x1xf32>, tensor<64x1xi32>, tensor<128xi32>, tensor<3xi32>, tensor<64x1xi32>, tensor<2xi32>, tensor<128x96xf32>)
   %1 = "moe.gather_matmul"(%x, %w_up, %0#3, %0#4, %0#5) {top_k = 1 : i64} : (tensor<64x96xf32>, tensor<2x96x256xf32>, tensor<128xi32>, tensor<3xi32>, tensor<64x1xi32>) -> tensor<128x256xf32>
-  %2 = "moe.matmul_combine"(%1, %w_down, %0#4, %0#1, %0#5) {tile_k = 8 : i64, tile_m = 8 : i64, tile_n = 8 : i64} : (tensor<128x256xf32>, tensor<2x256x96xf32>, tensor<3xi32>, tensor<64x1xf32>, tensor<64x1xi32>) -> tensor<64x96xf32>
-  return %2 : tensor<64x96xf32>
+  %2:2 = "moe.matmul_combine"(%1, %w_down, %0#4, %0#1, %0#5) {tile_k = 8 : i64, tile_m = 8 : i64, tile_n = 8 : i64} : (tensor<128x256xf32>, tensor<2x256x96xf32>, tensor<3xi32>, tensor<64x1xf32>, tensor<64x1xi32>) -> (tensor<64x96xf32>, tensor<128x96xf32>)
+  return %2#0 : tensor<64x96xf32>
 }

@@ -1,0 +1,179 @@
+// moe_layer_bench: one MoE layer in bf16 through moejit's CUDA backend, forward
+// and forward+backward, for the shapes of bench/torch_moe_layer.py (its
+// PyTorch peers run in the same device call: scripts/gpu-check.sh prints both
+// side by side).
+//
+//   moe_layer_bench [--shapes "T,D,F,E,K;..."] [--runs 20] [--json FILE]
+//
+// The layer: logits = f32(x w_router); softmax top-k with renormalized
+// weights (moe.gate); dropless dispatch; h = gelu(grouped_matmul(permute(x),
+// w_up)); ys = grouped_matmul(h, w_down); y = combine(ys, weights);
+// loss = mean(f32(y) * target) + 0.01 load-balance loss. x, weights and
+// activations bf16 (f32 accumulation in every matmul), router logits, gate
+// and losses f32: what the mixed-precision policy makes of the f32 layer.
+// Backward: append_backward with respect to x, w_router, w_up and w_down.
+//
+// Method (/work/.library/device/METHOD.md): the same graph at a small token
+// count is first checked against the CPU backend (every output and gradient,
+// bf16 tolerance), then each shape is timed on random data (never zeros):
+// `--warmup` runs, then `--runs` runs each bracketed by the executor's CUDA
+// events after an L2 flush; the median is reported. FLOPs: the two expert
+// matmuls only (SonicMoE's convention: forward 4 T K D F, forward+backward
+// 12 T K D F; the router is not counted), as in the PyTorch script.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+
+#include "bench/bench_util.h"
+#include "bench/moe_cases.h"
+#include "ir/builder.h"
+#include "ir/error.h"
+#include "passes/autodiff.h"
+#include "runtime/backend.h"
+#include "runtime/cuda/cuda_backend.h"
+
+namespace {
+
+using namespace moejit;
+using namespace moejit::bench;
+using Values = std::map<std::string, HostTensor>;
+
+const char* kDefaultShapes = "16384,384,1536,8,2;16384,768,3072,8,2;8192,4096,14336,8,2;24576,1536,256,128,8";
+
+Graph layer_graph(const MoeShape& s, bool backward) {
+  Graph g(backward ? "moe_layer_fwd_bwd" : "moe_layer_fwd");
+  Builder b(g);
+  const std::int64_t T = s.tokens, D = s.d_model, F = s.d_expert, E = s.experts;
+  Tensor x = b.input("x", {T, D}, DType::bf16);
+  Tensor target = b.input("target", {T, D});
+  Tensor w_router = b.param("w_router", {D, E}, DType::bf16);
+  Tensor w_up = b.param("w_up", {E, D, F}, DType::bf16);
+  Tensor w_down = b.param("w_down", {E, F, D}, DType::bf16);
+  Tensor logits = b.cast(b.matmul(x, w_router), DType::f32);
+  auto [weights, experts] = b.moe_gate(logits, {.top_k = s.top_k, .normalize = true});
+  auto [slots, offsets, positions, counts] = b.moe_dispatch(experts, {.num_experts = E});
+  (void)counts;
+  Tensor xs = b.moe_permute(x, slots, s.top_k);
+  Tensor h = b.gelu(b.moe_grouped_matmul(xs, w_up, offsets));
+  Tensor ys = b.moe_grouped_matmul(h, w_down, offsets);
+  Tensor y = b.moe_combine(ys, b.cast(weights, DType::bf16), positions);
+  Tensor aux = b.moe_load_balance_loss(b.softmax(logits), experts, 0.01);
+  Tensor loss = b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux);
+  b.output(y, "y");
+  b.output(loss, "loss");
+  if (backward) append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
+  return g;
+}
+
+Values layer_args(const Graph& g, const MoeShape& s, std::uint64_t seed) {
+  Values args;
+  auto arg = [&](const char* name, double stddev) {
+    HostTensor t(g.type(g.find_arg(name)));
+    fill_random(t, seed++, stddev);
+    args.emplace(name, std::move(t));
+  };
+  arg("x", 1.0);
+  arg("target", 1.0);
+  arg("w_router", 1.0 / std::sqrt(static_cast<double>(s.d_model)));
+  arg("w_up", 1.0 / std::sqrt(static_cast<double>(s.d_model)));
+  arg("w_down", 1.0 / std::sqrt(static_cast<double>(s.d_expert)));
+  return args;
+}
+
+Values outputs_of(Executable& exe, const Graph& g, const Values& args) {
+  for (const auto& [name, value] : args) exe.set(name, value);
+  exe.run();
+  Values out;
+  for (const auto& o : g.outputs()) out.emplace(o.name, exe.get(o.name));
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string shapes_text = kDefaultShapes, json;
+  std::int64_t check_tokens = 512;
+  int warmup = 3, runs = 20;
+  CLI::App app{"moe_layer_bench: a bf16 MoE layer, forward and forward+backward, on the CUDA backend"};
+  app.add_option("--shapes", shapes_text, "T,D,F,E,K separated by ';'");
+  app.add_option("--warmup", warmup);
+  app.add_option("--runs", runs);
+  app.add_option("--json", json, "write every number here");
+  app.add_option("--check-tokens", check_tokens, "tokens of the graph checked against the CPU before timing");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    std::string why;
+    if (!cuda_available(&why)) {
+      fmt::print(stderr, "moe_layer_bench: needs a GPU: {}\n", why);
+      return 2;
+    }
+    auto cuda = make_cuda_backend();
+    auto cpu = make_cpu_backend();
+    JsonReport report("moe_layer_bench");
+    report.meta("device", device_description("cuda"));
+    L2Flusher flusher;
+    Table table({"shape", "pass", "median ms", "TFLOP/s", "check"});
+    bool all_passed = true;
+    std::uint64_t seed = 1;
+    std::vector<MoeShape> shapes;
+    for (std::size_t at = 0; at < shapes_text.size();) {
+      std::size_t end = shapes_text.find(';', at);
+      if (end == std::string::npos) end = shapes_text.size();
+      shapes.push_back(parse_moe_shape(shapes_text.substr(at, end - at)));
+      at = end + 1;
+    }
+    for (const MoeShape& shape : shapes) {
+      for (bool backward : {false, true}) {
+        // Correctness first, at few tokens (the CPU is the reference).
+        MoeShape small = shape;
+        small.tokens = check_tokens;
+        Graph check_graph = layer_graph(small, backward);
+        Values check_args = layer_args(check_graph, small, seed);
+        auto gpu_small = cuda->compile(check_graph);
+        auto cpu_small = cpu->compile(check_graph);
+        Values got = outputs_of(*gpu_small, check_graph, check_args), want = outputs_of(*cpu_small, check_graph, check_args);
+        double worst = 0.0;
+        std::string worst_name;
+        for (const auto& [name, ref] : want) {
+          double err = normalized_error(got.at(name), ref);
+          if (err > worst) worst = err, worst_name = name;
+        }
+        const bool passed = worst <= 3e-2;  // bf16 operands and activations through two matmuls and a GELU
+        all_passed &= passed;
+        std::string check = fmt::format("{} {:.2g} ({})", passed ? "ok" : "FAILED", worst, worst_name);
+        if (!passed) {
+          table.row({shape.label(), backward ? "fwd+bwd" : "fwd", "-", "-", check});
+          continue;
+        }
+        Graph graph = layer_graph(shape, backward);
+        auto exe = cuda->compile(graph);
+        for (const auto& [name, value] : layer_args(graph, shape, seed + 100)) exe->set(name, value);
+        TimingOptions timing;
+        timing.warmup = warmup;
+        timing.runs = runs;
+        timing.flush = &flusher;
+        Samples samples = time_runs(*exe, "cuda", timing);
+        const double flops = (backward ? 12.0 : 4.0) * static_cast<double>(shape.tokens * shape.top_k) *
+                             static_cast<double>(shape.d_model) * static_cast<double>(shape.d_expert);
+        const double ms = samples.median();
+        table.row({shape.label(), backward ? "fwd+bwd" : "fwd", fmt::format("{:.3f}", ms), fmt::format("{:.1f}", flops / ms / 1e9), check});
+        report.add("results", {{"shape", shape.label()},
+                               {"pass", std::string(backward ? "fwd+bwd" : "fwd")},
+                               {"median_ms", ms},
+                               {"tflops", flops / ms / 1e9},
+                               {"check_error", worst},
+                               {"launches_ops", static_cast<std::int64_t>(exe->graph().ops().size())}});
+        ++seed;
+      }
+      if (!json.empty()) report.write(json);
+    }
+    fmt::print("device: {}\n{}", device_description("cuda"), table.str());
+    if (!json.empty()) report.write(json);
+    return all_passed ? 0 : 1;
+  } catch (const Error& e) {
+    fmt::print(stderr, "moe_layer_bench: error: {}\n", e.what());
+    return 2;
+  }
+}

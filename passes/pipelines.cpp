@@ -1,0 +1,39 @@
+// The named pipelines (see NamedPipeline in passes/pass.h): what each backend
+// and the training frontend run, written once as pipeline text.
+//
+//   moe-fusions    the MoE fusions, on a forward graph before autodiff (the
+//                  trainer runs them on the GPT-MoE forward graph, so the
+//                  backward is built from the fused ops' gradient rules);
+//                  after autodiff they still fuse what is left to fuse
+//                  (fuse-expert-gather-scatter skips pairs whose
+//                  intermediates the backward reads).
+//   cuda-pipeline  what the CUDA backend runs on every graph it compiles
+//                  (runtime/cuda/executor.cpp): the MoE fusions, tile choice
+//                  of the expert matmuls (without padding the dispatch: a
+//                  compile must not change a graph's routed shapes), and the
+//                  elementwise fusion groups codegen emits as one kernel.
+//
+// The CPU backend runs no pipeline: it is the reference interpreter and runs
+// a graph exactly as given (tests compare fused and unfused graphs on it).
+#include "ir/error.h"
+#include "passes/pass.h"
+
+namespace moejit {
+
+const std::vector<NamedPipeline>& named_pipelines() {
+  static const std::vector<NamedPipeline> pipelines = {
+      {"moe-fusions", "the MoE fusions: moe.route, moe.gather_matmul, moe.matmul_combine",
+       "fuse-router-permute,fuse-expert-gather-scatter"},
+      {"cuda-pipeline", "what the CUDA backend runs on every graph it compiles",
+       "moe-fusions,moe-tiling{pad-dispatch=false},fuse-elementwise"},
+  };
+  return pipelines;
+}
+
+const NamedPipeline* find_named_pipeline(std::string_view name) {
+  for (const auto& pipeline : named_pipelines())
+    if (pipeline.name == name) return &pipeline;
+  return nullptr;
+}
+
+}  // namespace moejit
