@@ -2,22 +2,21 @@
 #include "runtime/cuda/nvrtc_compiler.h"
 
 #include <fmt/format.h>
-#include <nvrtc.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
-#include <random>
-#include <sstream>
+#include <set>
 
 #include "codegen/cuda_codegen.h"
+#include "ir/checked_file.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
 #include "runtime/cuda/cuda_backend.h"
+#include "runtime/cuda/nvrtc_loader.h"
 
 namespace moejit::cuda {
 
@@ -28,6 +27,13 @@ namespace {
 std::mutex g_mutex;
 std::map<std::uint64_t, CompiledModule> g_memory_cache;
 CudaCompileStats g_stats;
+std::set<std::string> g_warned;  // the subjects warned about (under g_mutex)
+
+// Prints "moejit: warning: <text>" unless this process already warned about
+// `subject` (a cache entry's path, a cache directory).
+void warn_once(const std::string& subject, const std::string& text) {
+  if (g_warned.insert(subject).second) fmt::print(stderr, "moejit: warning: {}\n", text);
+}
 
 std::string env(const char* name) {
   const char* v = std::getenv(name);
@@ -46,14 +52,35 @@ bool write_atomically(const fs::path& path, std::string_view data) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
   try {
-    write_file_atomically(path.string(), data, "kernel cache file");
+    write_file_atomically(path.string(), data, "dumped source");
     return true;
   } catch (const Error&) {
     return false;
   }
 }
 
-bool read_file(const fs::path& path, std::string& data) { return read_whole_file(path.string(), &data); }
+// Stores a compiled module's payload (cache_entry_payload) as a checked file (ir/checked_file.h). A cache
+// that cannot be written (no permission, a full disk) is not an error: the
+// module stays in the memory cache, and the directory is warned about once.
+// Called under g_mutex.
+void store_cache_entry(const fs::path& path, std::string_view payload, std::uint64_t identity) {
+  std::error_code ec;
+  fs::create_directories(path.parent_path(), ec);
+  std::string why;
+  if (ec) {
+    why = fmt::format("cannot create it: {}", ec.message());
+  } else {
+    try {
+      write_checked_file(path.string(), payload, identity, "kernel cache entry");
+      return;
+    } catch (const Error& e) {
+      why = e.what();
+    }
+  }
+  const std::string dir = path.parent_path().string();
+  warn_once(dir, fmt::format("the kernel cache directory {} cannot be written ({}); compiled modules are kept in memory only",
+                             dir, why));
+}
 
 // Writes the source where a person can read it; returns the path ("" if not written).
 std::string dump_source(const CompileRequest& req, std::uint64_t key, bool failed) {
@@ -66,11 +93,11 @@ std::string dump_source(const CompileRequest& req, std::uint64_t key, bool faile
   return write_atomically(path, req.source) ? path.string() : std::string();
 }
 
-void nvrtc_check(nvrtcResult r, const char* call) {
-  if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, nvrtcGetErrorString(r)));
-}
-
 CompiledModule run_nvrtc(const CompileRequest& req, std::uint64_t key) {
+  const Nvrtc& n = nvrtc();
+  auto nvrtc_check = [&](nvrtcResult r, const char* call) {
+    if (r != NVRTC_SUCCESS) throw Error(fmt::format("NVRTC call {} failed: {}", call, n.nvrtcGetErrorString(r)));
+  };
   nvrtcProgram program = nullptr;
   std::string file_name = (req.name.empty() ? std::string("module") : req.name) + ".cu";
   std::vector<const char*> header_texts, header_names;
@@ -78,78 +105,85 @@ CompiledModule run_nvrtc(const CompileRequest& req, std::uint64_t key) {
     header_texts.push_back(h.text);
     header_names.push_back(h.name);
   }
-  nvrtc_check(nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(), static_cast<int>(header_texts.size()),
-                                 header_texts.data(), header_names.data()),
+  nvrtc_check(n.nvrtcCreateProgram(&program, req.source.c_str(), file_name.c_str(),
+                                   static_cast<int>(header_texts.size()), header_texts.data(), header_names.data()),
               "nvrtcCreateProgram");
+  // Destroyed on every way out, a throwing nvrtc_check included.
+  struct ProgramGuard {
+    const Nvrtc& n;
+    nvrtcProgram& program;
+    ~ProgramGuard() { n.nvrtcDestroyProgram(&program); }
+  } guard{n, program};
   for (const auto& expression : req.name_expressions)
-    nvrtc_check(nvrtcAddNameExpression(program, expression.c_str()), "nvrtcAddNameExpression");
+    nvrtc_check(n.nvrtcAddNameExpression(program, expression.c_str()), "nvrtcAddNameExpression");
   std::vector<std::string> options = default_compile_options();
   options.push_back("--gpu-architecture=" + req.arch);
   std::vector<const char*> argv;
   for (const auto& o : options) argv.push_back(o.c_str());
-  nvrtcResult result = nvrtcCompileProgram(program, static_cast<int>(argv.size()), argv.data());
+  nvrtcResult result = n.nvrtcCompileProgram(program, static_cast<int>(argv.size()), argv.data());
   std::size_t log_size = 0;
-  nvrtcGetProgramLogSize(program, &log_size);
+  n.nvrtcGetProgramLogSize(program, &log_size);
   std::string log(log_size, '\0');
-  if (log_size > 0) nvrtcGetProgramLog(program, log.data());
+  if (log_size > 0) n.nvrtcGetProgramLog(program, log.data());
   while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
   if (result != NVRTC_SUCCESS) {
-    nvrtcDestroyProgram(&program);
     std::string path = dump_source(req, key, true);
     throw Error(fmt::format("NVRTC failed to compile {} for {}: {}\nsource: {}\nlog:\n{}", file_name, req.arch,
-                            nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
+                            n.nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
   }
   CompiledModule module;
   for (const auto& expression : req.name_expressions) {
     const char* lowered = nullptr;
-    nvrtc_check(nvrtcGetLoweredName(program, expression.c_str(), &lowered), "nvrtcGetLoweredName");
+    nvrtc_check(n.nvrtcGetLoweredName(program, expression.c_str(), &lowered), "nvrtcGetLoweredName");
     module.lowered_names.emplace_back(expression, lowered);
   }
   std::string& binary = module.binary;
   std::size_t size = 0;
   if (req.output == CompileOutput::ptx) {
-    nvrtc_check(nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
+    nvrtc_check(n.nvrtcGetPTXSize(program, &size), "nvrtcGetPTXSize");
     binary.resize(size);
-    nvrtc_check(nvrtcGetPTX(program, binary.data()), "nvrtcGetPTX");
+    nvrtc_check(n.nvrtcGetPTX(program, binary.data()), "nvrtcGetPTX");
   } else {
-    nvrtc_check(nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
+    nvrtc_check(n.nvrtcGetCUBINSize(program, &size), "nvrtcGetCUBINSize");
     binary.resize(size);
-    nvrtc_check(nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
+    nvrtc_check(n.nvrtcGetCUBIN(program, binary.data()), "nvrtcGetCUBIN");
   }
-  nvrtcDestroyProgram(&program);
   return module;
 }
 
-// The cache file: a tag line with the check hash, the lowered names (one
-// "expression<TAB>lowered" line each, after a count line), then the binary.
-std::string cache_file_text(std::uint64_t check, const CompiledModule& module) {
-  std::string text = fmt::format("moejit-kernel {:016x}\nnames {}\n", check, module.lowered_names.size());
+// A cache entry's payload (inside the checked file): a count line, the lowered
+// names (one "expression<TAB>lowered" line each), then the binary.
+std::string cache_entry_payload(const CompiledModule& module) {
+  std::string text = fmt::format("names {}\n", module.lowered_names.size());
   for (const auto& [expression, lowered] : module.lowered_names) text += expression + "\t" + lowered + "\n";
   return text + module.binary;
 }
 
-bool parse_cache_file(const std::string& data, std::uint64_t check, CompiledModule& module) {
-  std::string tag = fmt::format("moejit-kernel {:016x}\nnames ", check);
-  if (data.compare(0, tag.size(), tag) != 0) return false;
+// Splits a verified payload back into names and binary; "" on success, else
+// what is wrong (the checksum held, so only a writer of another layout gets here).
+std::string parse_cache_entry_payload(const std::string& data, CompiledModule& module) {
+  const std::string tag = "names ";
+  if (data.compare(0, tag.size(), tag) != 0) return "expected a payload starting with 'names <count>'";
   std::size_t at = tag.size();
   std::size_t end = data.find('\n', at);
-  if (end == std::string::npos) return false;
+  if (end == std::string::npos) return "expected a line 'names <count>', found no end of line";
   std::size_t count = 0;
   try {
     count = std::stoul(data.substr(at, end - at));
   } catch (...) {
-    return false;
+    return fmt::format("expected a name count, found '{}'", data.substr(at, end - at));
   }
   at = end + 1;
   for (std::size_t i = 0; i < count; ++i) {
     end = data.find('\n', at);
     std::size_t tab = data.find('\t', at);
-    if (end == std::string::npos || tab == std::string::npos || tab > end) return false;
+    if (end == std::string::npos || tab == std::string::npos || tab > end)
+      return fmt::format("expected {} 'expression<TAB>lowered' lines, found {}", count, i);
     module.lowered_names.emplace_back(data.substr(at, tab - at), data.substr(tab + 1, end - tab - 1));
     at = end + 1;
   }
   module.binary = data.substr(at);
-  return true;
+  return {};
 }
 
 // One hash of every embedded header's name and text (they are fixed per build).
@@ -170,18 +204,9 @@ const std::string& CompiledModule::lowered(const std::string& expression) const 
   throw Error(fmt::format("kernel '{}' was not compiled into this module (no lowered name)", expression));
 }
 
-std::uint64_t fnv1a64(std::string_view data, std::uint64_t seed) {
-  std::uint64_t h = seed;
-  for (unsigned char c : data) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  return h;
-}
-
 int nvrtc_version() {
   int major = 0, minor = 0;
-  nvrtcVersion(&major, &minor);
+  nvrtc().nvrtcVersion(&major, &minor);
   return major * 1000 + minor * 10;
 }
 
@@ -191,12 +216,15 @@ CompiledModule compile_module(const CompileRequest& req) {
   std::string key_text = req.source;
   for (const auto& o : default_compile_options()) key_text += "\n" + o;
   for (const auto& e : req.name_expressions) key_text += "\nname=" + e;
-  key_text += fmt::format("\nheaders={:016x}\narch={}\noutput={}\nnvrtc={}\nformat=2", headers_hash(), req.arch,
+  key_text += fmt::format("\nheaders={:016x}\narch={}\noutput={}\nnvrtc={}\nformat=3", headers_hash(), req.arch,
                           req.output == CompileOutput::ptx ? "ptx" : "cubin", nvrtc_version());
   std::uint64_t key = fnv1a64(key_text);
-  // A second, independent hash guards against the rare 64-bit collision.
-  std::uint64_t check = fnv1a64(key_text, 0x84222325cbf29ce4ull);
+  // The entry's identity: a second, independent hash of the key text. An
+  // entry whose identity differs belongs to another key (a rare 64-bit
+  // collision of file names, or a file copied under the wrong name).
+  std::uint64_t identity = fnv1a64(key_text, 0x84222325cbf29ce4ull);
   if (!env("MOEJIT_DUMP_DIR").empty()) dump_source(req, key, false);
+  const bool assert_cached = req.use_cache && env("MOEJIT_ASSERT_CACHED") == "1";
 
   fs::path disk_path;
   if (req.use_cache) {
@@ -208,16 +236,34 @@ CompiledModule compile_module(const CompileRequest& req) {
     fs::path dir = cache_dir();
     if (!dir.empty()) {
       disk_path = dir / fmt::format("{:016x}.{}", key, req.output == CompileOutput::ptx ? "ptx" : "cubin");
-      std::string data;
-      CompiledModule module;
-      if (read_file(disk_path, data) && parse_cache_file(data, check, module)) {
-        ++g_stats.disk_hits;
-        g_memory_cache[key] = module;
-        return module;
+      CheckedRead entry = read_checked_file(disk_path.string(), identity);
+      std::string problem = entry.problem;
+      if (entry.ok()) {
+        CompiledModule module;
+        problem = parse_cache_entry_payload(entry.payload, module);
+        if (problem.empty() && module.lowered_names.size() != req.name_expressions.size())
+          problem = fmt::format("expected {} lowered names, found {}", req.name_expressions.size(),
+                                module.lowered_names.size());
+        for (std::size_t i = 0; problem.empty() && i < module.lowered_names.size(); ++i)
+          if (module.lowered_names[i].first != req.name_expressions[i])
+            problem = fmt::format("expected the lowered name of '{}', found that of '{}'", req.name_expressions[i],
+                                  module.lowered_names[i].first);
+        if (problem.empty()) {
+          ++g_stats.disk_hits;
+          g_memory_cache[key] = module;
+          return module;
+        }
+      }
+      // Anything but a missing file is an entry that must not be used: it is
+      // compiled again and replaced (atomically) below.
+      if (entry.verdict != CheckedFileVerdict::missing) {
+        std::string damaged = fmt::format("kernel cache entry {} is damaged ({})", disk_path.string(), problem);
+        if (assert_cached) throw Error(damaged + "; MOEJIT_ASSERT_CACHED=1 forbids recompiling it");
+        warn_once(disk_path.string(), damaged + "; recompiling");
       }
     }
   }
-  if (req.use_cache && env("MOEJIT_ASSERT_CACHED") == "1")
+  if (assert_cached)
     throw Error(fmt::format("MOEJIT_ASSERT_CACHED=1, but module '{}' for {} (key {:016x}) is not in the kernel cache {}",
                             req.name, req.arch, key, disk_path.empty() ? "(no cache directory)" : disk_path.parent_path().string()));
 
@@ -230,8 +276,7 @@ CompiledModule compile_module(const CompileRequest& req) {
   g_stats.compile_seconds += seconds;
   if (req.use_cache) {
     g_memory_cache[key] = module;
-    if (!disk_path.empty() && !write_atomically(disk_path, cache_file_text(check, module)))
-      fmt::print(stderr, "moejit: warning: cannot write the kernel cache file {}\n", disk_path.string());
+    if (!disk_path.empty()) store_cache_entry(disk_path, cache_entry_payload(module), identity);
   }
   return module;
 }

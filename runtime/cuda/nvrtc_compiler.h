@@ -7,16 +7,26 @@
 // with the binary, so a cache hit needs no NVRTC at all.
 //
 // A compile is keyed by a 64-bit FNV-1a hash of (source, headers, name
-// expressions, options, target architecture, output kind, NVRTC version). The cache has two levels: a map
-// in memory, and files under $MOEJIT_CACHE_DIR (default ~/.cache/moejit),
-// each written to a temporary name and renamed, so a reader never sees half a
-// file. Knobs:
+// expressions, options, target architecture, output kind, NVRTC version). The
+// cache has two levels: a map in memory, and files under $MOEJIT_CACHE_DIR
+// (default ~/.cache/moejit). Each file is a checked file (ir/checked_file.h:
+// identity, length and checksum of the payload, which is the lowered names
+// followed by the binary), written to a temporary name and renamed, so a
+// reader never sees half a file; it is verified before use. A damaged,
+// truncated, empty or foreign entry is reported once ("moejit: warning:
+// kernel cache entry <path> is damaged (<what>); recompiling"), compiled
+// again and replaced. A cache directory that cannot be written (or a full
+// disk) costs one warning; the modules stay in the memory cache.
+// Knobs:
 //   MOEJIT_CACHE_DIR=dir    where compiled modules are kept
 //   MOEJIT_DUMP_DIR=dir     every compiled source is also written there
-//   MOEJIT_ASSERT_CACHED=1  a compile that misses the cache is an error (tests
-//                           use it to show that a second process compiles nothing)
+//   MOEJIT_ASSERT_CACHED=1  a compile that misses the cache, or finds its entry
+//                           damaged, is an error naming the file (tests use it
+//                           to show that a second process compiles nothing)
+//   MOEJIT_NVRTC_LIBRARY=path  the NVRTC library to open (nvrtc_loader.h)
 // A failed compile throws moejit::Error with the NVRTC log and the path of the
-// dumped source (MOEJIT_DUMP_DIR, else a temporary directory).
+// dumped source (MOEJIT_DUMP_DIR, else a temporary directory); without NVRTC,
+// a compile throws moejit::Error "NVRTC could not be loaded (tried ...)".
 #pragma once
 #include <cstdint>
 #include <string>
@@ -47,9 +57,17 @@ CompiledModule compile_module(const CompileRequest& request);
 // The binary alone (no name expressions needed).
 std::string compile_cuda(const CompileRequest& request);
 
-// NVRTC's version as major*1000 + minor*10 (13000 for 13.0).
+// NVRTC's version as major*1000 + minor*10 (13000 for 13.0); throws
+// moejit::Error when NVRTC cannot be loaded.
 int nvrtc_version();
-std::uint64_t fnv1a64(std::string_view data, std::uint64_t seed = 0xcbf29ce484222325ull);
+// The NVRTC libraries tried, in order (nvrtc_loader.h): $MOEJIT_NVRTC_LIBRARY
+// alone when set, else libnvrtc.so.13, .so.12, .so, then each under
+// /usr/local/cuda/lib64/.
+std::vector<std::string> nvrtc_library_candidates();
+// Whether NVRTC can be loaded (it is loaded on first use); *why says why not,
+// the same text a compile would throw.
+bool nvrtc_available(std::string* why = nullptr);
+
 // The options every compile passes to NVRTC besides the architecture.
 std::vector<std::string> default_compile_options();
 
