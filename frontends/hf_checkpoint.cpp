@@ -308,6 +308,9 @@ std::map<std::string, HostTensor> hf_tensors_from_params(const LlamaConfig& c,
   std::map<std::string, HostTensor> out;
   for (const auto& [name, t] : params)
     if (!is_expert_param(name)) out[name] = t;
+  // Tied: the lm head written out as well, a copy of the embedding, so a
+  // reader that does not tie (or ties the other way) still gets the head.
+  if (c.tie_word_embeddings) out["lm_head.weight"] = params.at("model.embed_tokens.weight");
   for (std::int64_t layer = 0; c.is_moe() && layer < c.num_hidden_layers; ++layer) {
     const std::string hf = fmt::format("model.layers.{}.block_sparse_moe.", layer);
     out[hf + "gate.weight"] = params.at(hf + "router.weight");

@@ -53,7 +53,8 @@ HfModel load_hf_model(const std::string& dir, const HfLoadOptions& options = {})
 std::map<std::string, HostTensor> params_from_hf_tensors(const LlamaConfig& config,
                                                         std::map<std::string, HostTensor> tensors,
                                                         const std::string& source, const HfLoadOptions& options = {});
-// moejit parameters -> Hugging Face tensors (per-expert layout for MoE).
+// moejit parameters -> Hugging Face tensors (per-expert layout for MoE; with
+// tied embeddings lm_head.weight too, a copy of model.embed_tokens.weight).
 std::map<std::string, HostTensor> hf_tensors_from_params(const LlamaConfig& config,
                                                         const std::map<std::string, HostTensor>& params);
 

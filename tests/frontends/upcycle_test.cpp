@@ -143,6 +143,9 @@ TEST_CASE("an upcycled Llama computes the dense logits and exports as a Mixtral"
     export_mixtral(dir.string(), moe.config, moe.params);
     HfModel back = load_hf_model(dir.string());
     CHECK(max_relative(llama_logits(*cpu, back.config, back.params, ids), want) < 1e-5);
+    // Tied, and the head written out too (for readers that do not tie).
+    Checkpoint file = load_safetensors((dir / "model.safetensors").string());
+    CHECK(file.tensors.at("lm_head.weight").to_doubles() == params.at("model.embed_tokens.weight").to_doubles());
   }
 }
 
