@@ -134,6 +134,7 @@ int run_train_llama(const LlamaTrainFlags& f) {
                               key, f.init_from, field->group));
     set_config_value(training, key, text);
   }
+  validate_config(training);  // ranges: batch_size, eval_interval, ... (the model keys are the defaults)
   if (f.tokenizer.empty())
     throw Error(fmt::format("--tokenizer: expected the model's tokenizer.json for the Llama-family checkpoint {}, "
                             "found none",
