@@ -88,8 +88,8 @@ int run(const Flags& flags) {
     for (const auto& step : code.steps) launches += step.launches.size();
     cuda::CompileRequest request{code.source, fused.name(), flags.arch, cuda::CompileOutput::ptx, true};
     request.name_expressions = code.kernels;
-    std::string ptx = cuda::compile_module(request).binary;
-    if (ptx.find(".entry") == std::string::npos) throw Error("the compiled PTX has no kernel entry");
+    for (const auto& part : cuda::compile_module_parts(request, cuda::compile_parts(code.kernels.size()), codegen::compile_weights(code)))
+      if (part.binary.find(".entry") == std::string::npos) throw Error("a compiled PTX part has no kernel entry");
     target = flags.arch + " ptx";
   }
   const double compile_s = seconds_since(start);

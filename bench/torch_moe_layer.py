@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch peers of bench/moe_layer: one MoE layer (router matmul,
+"""The PyTorch peers of bench/moe_layer_bench: one MoE layer (router matmul,
 softmax top-k with renormalized weights, GELU experts, weighted combine),
 forward and forward+backward, in bf16, timed with CUDA events after warm-up
 on random data (median of --iters runs), for the shapes of issue 10:

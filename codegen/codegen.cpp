@@ -77,6 +77,11 @@ unsigned blocks_for(std::int64_t n, unsigned threads) {
 
 unsigned tiles(std::int64_t n, std::int64_t tile) { return static_cast<unsigned>(std::max<std::int64_t>((n + tile - 1) / tile, 1)); }
 
+unsigned persistent_grid(const Target& target, std::int64_t work, int blocks_per_sm) {
+  std::int64_t slots = static_cast<std::int64_t>(target.sm_count) * std::max(blocks_per_sm, 1);
+  return static_cast<unsigned>(std::clamp<std::int64_t>(work, 1, std::max<std::int64_t>(slots, 1)));
+}
+
 std::vector<std::int64_t> contiguous_strides(const Shape& shape) {
   std::vector<std::int64_t> strides(shape.size(), 1);
   for (int i = static_cast<int>(shape.size()) - 2; i >= 0; --i)
@@ -130,6 +135,10 @@ Launch& EmitContext::launch_bytes(const char* family, std::string kernel, const 
   l.block[0] = static_cast<unsigned>(config.threads);
   l.cluster[0] = static_cast<unsigned>(config.cluster_m);
   l.cluster[1] = static_cast<unsigned>(config.cluster_n);
+  // A cluster launch needs a grid of whole clusters.
+  if (config.cluster_m < 1 || config.cluster_n < 1 || l.grid[0] % l.cluster[0] != 0 || l.grid[1] % l.cluster[1] != 0)
+    fail(fmt::format("launches {} with grid ({}, {}) and cluster {}x{}: the grid must be whole clusters", l.kernel, l.grid[0], l.grid[1],
+                     config.cluster_m, config.cluster_n));
   l.shared_bytes = shared_bytes;
   l.args.resize(size);
   std::memcpy(l.args.data(), args, size);
@@ -417,6 +426,34 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
       if (l.kind == Launch::Kind::kernel && seen.insert(l.kernel).second) module.kernels.push_back(l.kernel);
   module.source = assemble_source(graph, module, generated);
   return module;
+}
+
+std::string describe_kernel_configs(const ModuleCode& module, const std::string& prefix) {
+  std::map<std::pair<std::string, std::string>, int> launches;
+  std::vector<std::pair<std::string, std::string>> order;
+  for (const auto& step : module.steps)
+    for (const auto& l : step.launches) {
+      if (l.kind != Launch::Kind::kernel) continue;
+      auto key = std::make_pair(l.kernel, l.config.str());
+      if (launches[key]++ == 0) order.push_back(key);
+    }
+  std::string text;
+  for (const auto& key : order) {
+    int n = launches.at(key);
+    text += fmt::format("{}{}: {}, {} launch{}\n", prefix, key.first, key.second, n, n == 1 ? "" : "es");
+  }
+  return text;
+}
+
+std::vector<int> compile_weights(const ModuleCode& module) {
+  std::map<std::string, int> weight;
+  for (const auto& step : module.steps)
+    for (const auto& l : step.launches)
+      if (l.kind == Launch::Kind::kernel)
+        weight[l.kernel] = l.family == "gemm_sm90" ? 8 : (l.family == "matmul" || l.family == "model") ? 3 : 1;
+  std::vector<int> weights;
+  for (const auto& k : module.kernels) weights.push_back(weight.at(k));
+  return weights;
 }
 
 std::string emit_cuda_source(const Graph& graph, const Target& target) { return generate_module(graph, target).source; }

@@ -121,6 +121,15 @@ const KernelHeader* find_kernel_header(std::string_view name);
 // experts, a tile attribute the family cannot take, ...).
 ModuleCode generate_module(const Graph& graph, const Target& target);
 
+// One line per distinct (instantiation, config) of the module, in first-use
+// order: "<prefix><kernel>: <config, source> , N launches" (MOEJIT_DEBUG=1).
+std::string describe_kernel_configs(const ModuleCode& module, const std::string& prefix);
+
+// The expected NVRTC cost of each of module.kernels, by family (for
+// cuda::compile_module_parts): the tensor-core GEMM 8, the SIMT tiles and
+// attention 3, the rest 1.
+std::vector<int> compile_weights(const ModuleCode& module);
+
 // The CUDA C++ of `graph`'s module (what `moejit opt --emit=cuda` prints).
 std::string emit_cuda_source(const Graph& graph, const Target& target);
 
@@ -212,6 +221,9 @@ class EmitContext {
 unsigned blocks_for(std::int64_t n, unsigned threads = 256);
 // Tiles of `tile` covering n (at least 1).
 unsigned tiles(std::int64_t n, std::int64_t tile);
+// A persistent grid: `blocks_per_sm` blocks on each of the target's SMs,
+// never more than the `work` items the blocks walk (at least 1).
+unsigned persistent_grid(const Target& target, std::int64_t work, int blocks_per_sm = 1);
 
 // Row-major strides of a shape, and the kernels' Dims of (sizes, strides).
 std::vector<std::int64_t> contiguous_strides(const Shape& shape);

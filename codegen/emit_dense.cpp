@@ -70,6 +70,19 @@ void strided_copy(EmitContext& ctx, ValueId src, ValueId dst, const Shape& sizes
 }
 
 // sum / mean / max over axes. kind: 0 sum, 1 mean, 2 max.
+// Merges neighbouring dims that are contiguous with each other (stride of
+// the outer = size * stride of the inner): fewer divisions per element.
+void collapse_contiguous(std::vector<std::int64_t>& sizes, std::vector<std::int64_t>& strides) {
+  for (std::size_t i = sizes.size(); i-- > 1;) {
+    if (strides[i - 1] == sizes[i] * strides[i]) {
+      sizes[i - 1] *= sizes[i];
+      strides[i - 1] = strides[i];
+      sizes.erase(sizes.begin() + static_cast<std::ptrdiff_t>(i));
+      strides.erase(strides.begin() + static_cast<std::ptrdiff_t>(i));
+    }
+  }
+}
+
 void reduction(EmitContext& ctx, int kind) {
   const TensorType& x = ctx.in(0);
   check_rank(ctx, x);
@@ -83,12 +96,40 @@ void reduction(EmitContext& ctx, int kind) {
     sizes.push_back(x.shape[static_cast<std::size_t>(i)]);
     st.push_back(strides[static_cast<std::size_t>(i)]);
   }
+  collapse_contiguous(kept_sizes, kept_strides);
+  collapse_contiguous(red_sizes, red_strides);
   TileConfig config = TileConfig::fixed_threads(256);
+  const std::int64_t outputs = product(kept_sizes, 0, kept_sizes.size()), count = product(red_sizes, 0, red_sizes.size());
+  // Few outputs over many elements: split each output's elements into
+  // chunks of at least 16K, about four blocks per SM in all.
+  const std::int64_t blocks_wanted = 4 * static_cast<std::int64_t>(ctx.target().sm_count);
+  const std::int64_t chunks = outputs < blocks_wanted ? std::clamp<std::int64_t>(count / 16384, 1, blocks_wanted / std::max<std::int64_t>(outputs, 1)) : 1;
+  if (chunks > 1) {
+    mj::ReducePartsArgs<void> p{};
+    p.kept = make_dims(kept_sizes, kept_strides);
+    p.reduced = make_dims(red_sizes, red_strides);
+    p.outputs = outputs;
+    p.count = count;
+    p.chunks = chunks;
+    p.chunk = (count + chunks - 1) / chunks;
+    const std::int64_t partials = ctx.scratch(outputs * chunks * 8);  // f32, f64 or i64 each
+    ctx.launch("reduce", instantiation("reduce_parts_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
+               {static_cast<unsigned>(std::min<std::int64_t>(outputs * chunks, 65535))}, p,
+               {{&p.x, B::of(ctx.operand(0))}, {&p.partials, B::scratch(partials)}});
+    mj::ReduceFinishArgs<void> f{};
+    f.outputs = outputs;
+    f.count = count;
+    f.chunks = chunks;
+    ctx.launch("reduce", instantiation("reduce_finish_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
+               {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(outputs, 1), 65535))}, f,
+               {{&f.partials, B::scratch(partials)}, {&f.y, B::of(ctx.result(0))}});
+    return;
+  }
   mj::ReduceArgs<void> a{};
   a.kept = make_dims(kept_sizes, kept_strides);
   a.reduced = make_dims(red_sizes, red_strides);
-  a.outputs = product(kept_sizes, 0, kept_sizes.size());
-  a.count = product(red_sizes, 0, red_sizes.size());
+  a.outputs = outputs;
+  a.count = count;
   ctx.launch("reduce", instantiation("reduce_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
              {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a,
              {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
@@ -138,13 +179,19 @@ void norm_grad(EmitContext& ctx, bool layer) {
   mj::NormGradParamsArgs<void> p{};
   p.rows = rows;
   p.c = c;
-  ctx.launch("reduce", instantiation("norm_grad_params_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
-             {blocks_for(c, 128)}, p,
-             {{&p.x, B::of(ctx.operand(0))},
-              {&p.dy, B::of(ctx.operand(2))},
-              {&p.stats, B::scratch(stats)},
-              {&p.dgamma, B::of(ctx.result(1))},
-              {&p.dbeta, layer ? B::of(ctx.result(2)) : B::none()}});
+  // Chunks of 64 rows (more when the partials would pass 16 MiB); part 2b
+  // then sums rows / 64 partials per column, which coalesce across columns.
+  p.chunk = std::max<std::int64_t>(64, (rows * c * 16 + (16 << 20) - 1) / (16 << 20));
+  p.chunks = std::max<std::int64_t>((rows + p.chunk - 1) / p.chunk, 1);
+  const std::int64_t partials = ctx.scratch(p.chunks * c * 2 * 8);
+  const std::vector<Bind> pointers = {{&p.x, B::of(ctx.operand(0))},       {&p.dy, B::of(ctx.operand(2))},
+                                      {&p.stats, B::scratch(stats)},       {&p.dgamma, B::of(ctx.result(1))},
+                                      {&p.dbeta, layer ? B::of(ctx.result(2)) : B::none()}, {&p.partials, B::scratch(partials)}};
+  const std::int64_t column_blocks = (c + column_config.threads - 1) / column_config.threads;
+  ctx.launch("reduce", instantiation("norm_grad_params_parts_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
+             {static_cast<unsigned>(std::min<std::int64_t>(p.chunks * column_blocks, 65535))}, p, pointers);
+  ctx.launch("reduce", instantiation("norm_grad_params_finish_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
+             {blocks_for(c, column_config.threads)}, p, pointers);
 }
 
 }  // namespace

@@ -188,8 +188,16 @@ std::int64_t expert_stats(EmitContext& ctx, ValueId probs, B experts, std::int64
   a.tokens = pt.dim(0);
   a.E = static_cast<int>(pt.dim(1));
   a.K = static_cast<int>(top_k);
-  ctx.launch("moe", instantiation("expert_stats_kernel", {template_type(pt.dtype), threads_of(config)}), config, {1}, a,
-             {{&a.probs, B::of(probs)}, {&a.experts, experts}, {&a.stats, B::scratch(stats)}});
+  // Chunks of 16 tokens, so each thread's loop over its chunk stays short,
+  // or more where the partials would pass 16 MiB (many experts).
+  a.chunk = std::max<std::int64_t>(16, (a.tokens * a.E * 16 + (16 << 20) - 1) / (16 << 20));
+  a.chunks = std::max<std::int64_t>((a.tokens + a.chunk - 1) / a.chunk, 1);
+  const std::int64_t partials = ctx.scratch(a.chunks * a.E * 2 * 8);
+  const std::vector<Bind> pointers = {{&a.probs, B::of(probs)}, {&a.experts, experts}, {&a.stats, B::scratch(stats)}, {&a.partials, B::scratch(partials)}};
+  ctx.launch("moe", instantiation("expert_stats_parts_kernel", {template_type(pt.dtype), threads_of(config)}), config,
+             {static_cast<unsigned>(std::min<std::int64_t>(a.chunks, 65535))}, a, pointers);
+  ctx.launch("moe", instantiation("expert_stats_finish_kernel", {template_type(pt.dtype), threads_of(config)}), config,
+             {static_cast<unsigned>(std::min<std::int64_t>(a.E, 65535))}, a, pointers);
   return stats;
 }
 

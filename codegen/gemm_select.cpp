@@ -2,10 +2,12 @@
 //
 // SIMT family (codegen/kernels/matmul.cuh), constraints of its thread grid:
 // tile_m and tile_n powers of two in [8, 128], tile_k a power of two in
-// [4, 64], threads = clamp(tile_m * tile_n / 16, 32, 256) (16 outputs per
-// thread at most), and the two staged slices, tile_k x (tile + 1) values of
-// the arithmetic type each, within 48 KiB of static shared memory (tile_k
-// is halved until they fit; the config's note says so).
+// [4, 64], at most 64 x 64 outputs per block (a larger tile halves its
+// larger side: 16 outputs per thread, the registers and the blocks per
+// expert of the 64 x 64 tile), threads = clamp(tile_m * tile_n / 16, 32,
+// 256), and the two staged slices, tile_k x (tile + 1) values of the
+// arithmetic type each, within 48 KiB of static shared memory (tile_k is
+// halved until they fit). The config's note says what was adjusted.
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
 //   heuristic: 64 x 64 x 16, 256 threads.
 //   For 16-bit operands moe-tiling writes tensor-core shapes (tile_m 128,
@@ -43,6 +45,8 @@ bool power_of_two_in(std::int64_t v, std::int64_t lo, std::int64_t hi) { return 
                           op_name(op.kind), message));
 }
 
+void add_note(TileConfig& c, const std::string& note) { c.note += (c.note.empty() ? "" : "; ") + note; }
+
 TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& problem) {
   TileConfig c;
   const AttrValue* m = op.attrs.find("tile_m");
@@ -51,7 +55,7 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
     c.tile_n = static_cast<int>(op.attrs.get_int("tile_n"));
     c.tile_k = static_cast<int>(op.attrs.get_int("tile_k"));
     if (dtype_size(problem.dtype) == 2 && (c.tile_m > 128 || c.tile_n > 128 || c.tile_k > 64)) {
-      c.note = fmt::format("tensor-core tile {}x{}x{} clamped for the SIMT family", c.tile_m, c.tile_n, c.tile_k);
+      add_note(c, fmt::format("tensor-core tile {}x{}x{} clamped for the SIMT family", c.tile_m, c.tile_n, c.tile_k));
       c.tile_m = std::min(c.tile_m, 128);
       c.tile_n = std::min(c.tile_n, 128);
       c.tile_k = std::min(c.tile_k, 64);
@@ -68,11 +72,18 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
     c.tile_k = 16;
     c.source = TileConfig::Source::heuristic;
   }
+  // At most 64 x 64 outputs per block (16 per thread at 256 threads): a
+  // larger tile (sized for tensor cores) halves its larger side, so the
+  // registers per thread and the blocks per expert stay those of 64 x 64.
+  const int requested_m = c.tile_m, requested_n = c.tile_n;
+  while (c.tile_m * c.tile_n > 64 * 64) (c.tile_n > c.tile_m ? c.tile_n : c.tile_m) /= 2;
+  if (c.tile_m != requested_m || c.tile_n != requested_n)
+    add_note(c, fmt::format("tile {}x{} -> {}x{}: at most 16 outputs per thread", requested_m, requested_n, c.tile_m, c.tile_n));
   c.threads = std::clamp(c.tile_m * c.tile_n / 16, 32, 256);
   const int acc_bytes = problem.dtype == DType::f64 ? 8 : 4;
   const int requested_k = c.tile_k;
   while (c.tile_k > 4 && c.tile_k * (c.tile_m + 1 + c.tile_n + 1) * acc_bytes > 48 * 1024) c.tile_k /= 2;
-  if (c.tile_k != requested_k) c.note = fmt::format("tile_k {} -> {} to fit 48 KiB of shared memory", requested_k, c.tile_k);
+  if (c.tile_k != requested_k) add_note(c, fmt::format("tile_k {} -> {} to fit 48 KiB of shared memory", requested_k, c.tile_k));
   return c;
 }
 

@@ -43,7 +43,7 @@ const std::vector<FieldEntry>& entries() {
       {{"top_k", "moe", K::Int, "experts chosen per token", {}}, &C::top_k},
       {{"moe_every", "moe", K::Int, "every n-th block is MoE (1 = all, 0 = none)", {}}, &C::moe_every},
       {{"d_expert", "moe", K::Int, "hidden width of one expert (Megatron moe_ffn_hidden_size)", {}}, &C::d_expert},
-      {{"activation", "moe", K::String, "feed-forward activation", {"gelu", "swiglu"}}, &C::activation},
+      {{"activation", "moe", K::String, "feed-forward activation", {"gelu", "relu", "swiglu"}}, &C::activation},
       {{"router_score", "moe", K::String, "router score function", {"softmax", "sigmoid"}}, &C::router_score},
       {{"router_order", "moe", K::String, "score then top-k, or top-k then softmax (Mixtral)",
         {"softmax_then_topk", "topk_then_softmax"}},
@@ -57,6 +57,26 @@ const std::vector<FieldEntry>& entries() {
       {{"aux_loss_coeff", "moe", K::Float, "load-balancing loss coefficient", {}}, &C::aux_loss_coeff},
       {{"z_loss_coeff", "moe", K::Float, "router z-loss coefficient", {}}, &C::z_loss_coeff},
       {{"entropy_coeff", "moe", K::Float, "router entropy regularizer coefficient", {}}, &C::entropy_coeff},
+      {{"router_type", "moe", K::String, "token choice (top-k experts per token) or expert choice (top-C tokens per expert)",
+        {"token_choice", "expert_choice"}},
+       &C::router_type},
+      {{"expert_dropout", "moe", K::Float, "sigma-MoE expert dropout: (token, expert) pairs left out of the selection while training", {}},
+       &C::expert_dropout},
+      {{"group_size", "moeut", K::Int, "distinct layers G; layer i shares the weights of layer i % G; 0 = n_layer", {}},
+       &C::group_size},
+      {{"attention", "moeut", K::String, "dense attention, or SwitchHead (per-head MoE value/output projections)",
+        {"dense", "switchhead"}},
+       &C::attention},
+      {{"att_n_experts", "moeut", K::Int, "SwitchHead experts per head (1 = RoPE attention with an output gate)", {}},
+       &C::att_n_experts},
+      {{"att_k", "moeut", K::Int, "SwitchHead experts per head and token", {}}, &C::att_k},
+      {{"head_dim", "moeut", K::Int, "SwitchHead head width; 0 = n_embd / n_head", {}}, &C::head_dim},
+      {{"layer_norm", "moeut", K::String, "pre-LN, or MoEUT's peri-LN (routers, q, k read LN(x); values, experts read x)",
+        {"pre", "peri"}},
+       &C::layer_norm},
+      {{"position_embedding", "moeut", K::String, "learned positions (wpe) or rotary q/k", {"learned", "rope"}},
+       &C::position_embedding},
+      {{"rope_theta", "moeut", K::Float, "RoPE base", {}}, &C::rope_theta},
       {{"batch_size", "training", K::Int, "sequences per batch", {}}, &C::batch_size},
       {{"learning_rate", "training", K::Float, "peak learning rate", {}}, &C::learning_rate},
       {{"min_lr", "training", K::Float, "learning rate at the end of the cosine decay", {}}, &C::min_lr},
@@ -255,6 +275,57 @@ std::string config_to_json(const GptMoeConfig& config, int indent) {
   return doc.dump(indent);
 }
 
+namespace {
+
+// The keys of expert choice, sigma-MoE, layer groups, SwitchHead and RoPE.
+void validate_moeut_keys(const GptMoeConfig& c) {
+  auto fail = [](std::string_view key, std::string expected, std::string found) {
+    throw Error(fmt::format("config: {}: expected {}, found {}", key, expected, found));
+  };
+  constexpr std::int64_t kMaxWidth = std::int64_t{1} << 20;
+  check_choice(*find_config_field("router_type"), c.router_type);
+  check_choice(*find_config_field("attention"), c.attention);
+  check_choice(*find_config_field("layer_norm"), c.layer_norm);
+  check_choice(*find_config_field("position_embedding"), c.position_embedding);
+  if (!(c.expert_dropout >= 0 && c.expert_dropout < 1))
+    fail("expert_dropout", "a probability in [0, 1)", format_double(c.expert_dropout));
+  if (c.router_type == "expert_choice") {
+    if (!(c.capacity_factor > 0) || !std::isfinite(c.capacity_factor))
+      fail("capacity_factor", "a finite value > 0 with router_type expert_choice (each expert takes "
+           "ceil(capacity_factor * tokens * top_k / num_experts) tokens)", format_double(c.capacity_factor));
+    if (c.aux_loss_coeff > 0)
+      fail("aux_loss_coeff", "0 with router_type expert_choice (balanced by construction)", format_double(c.aux_loss_coeff));
+    if (c.noisy_gating) fail("noisy_gating", "false with router_type expert_choice", "true");
+    if (c.selection_bias) fail("selection_bias", "false with router_type expert_choice", "true");
+  }
+  if (c.group_size < 0 || c.group_size > c.n_layer || (c.group_size > 0 && c.n_layer % c.group_size != 0))
+    fail("group_size", fmt::format("0 (no sharing) or a divisor of n_layer ({})", c.n_layer), std::to_string(c.group_size));
+  if (c.group_size > 0 && c.group_size < c.n_layer) {
+    if (c.selection_bias)
+      fail("selection_bias", "false with shared layers (group_size < n_layer): the bias is per layer", "true");
+    if (c.moe_every > 1 && c.group_size % c.moe_every != 0)
+      fail("moe_every", fmt::format("a divisor of group_size ({}) so repeats of a layer agree on MoE", c.group_size),
+           std::to_string(c.moe_every));
+  }
+  if (c.att_n_experts < 1 || c.att_n_experts > kMaxWidth)
+    fail("att_n_experts", fmt::format("1..{}", kMaxWidth), std::to_string(c.att_n_experts));
+  if (c.att_k < 1 || c.att_k > c.att_n_experts)
+    fail("att_k", fmt::format("1..att_n_experts ({})", c.att_n_experts), std::to_string(c.att_k));
+  if (c.head_dim < 0 || c.head_dim > kMaxWidth)
+    fail("head_dim", fmt::format("0 (n_embd / n_head) or 1..{}", kMaxWidth), std::to_string(c.head_dim));
+  if (c.head_dim > 0 && c.attention != "switchhead")
+    fail("head_dim", "0 unless attention is switchhead (dense heads are n_embd / n_head wide)", std::to_string(c.head_dim));
+  const std::int64_t head_dim = c.head_dim > 0 ? c.head_dim : c.n_embd / c.n_head;
+  if (c.position_embedding == "rope" && head_dim % 2 != 0)
+    fail(c.head_dim > 0 ? "head_dim" : "n_embd", "an even head width for rope", std::to_string(head_dim));
+  if (c.attention == "switchhead" && c.position_embedding != "rope")
+    fail("position_embedding", "rope with attention switchhead (SwitchHead puts RoPE on q and k)",
+         "'" + c.position_embedding + "'");
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) fail("rope_theta", "a finite value > 0", format_double(c.rope_theta));
+}
+
+}  // namespace
+
 void validate_config(const GptMoeConfig& c) {
   auto fail = [](std::string_view key, std::string expected, std::string found) {
     throw Error(fmt::format("config: {}: expected {}, found {}", key, expected, found));
@@ -329,6 +400,7 @@ void validate_config(const GptMoeConfig& c) {
   check_choice(*find_config_field("router_order"), c.router_order);
   if (c.router_order == "topk_then_softmax" && c.router_score != "softmax")
     fail("router_order", "softmax_then_topk when router_score is sigmoid", "'topk_then_softmax'");
+  validate_moeut_keys(c);
 }
 
 }  // namespace moejit

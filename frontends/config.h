@@ -42,6 +42,17 @@ struct GptMoeConfig {
   double aux_loss_coeff = 0.01;  // Switch load-balancing loss
   double z_loss_coeff = 0.001;  // router z-loss
   double entropy_coeff = 0.0;  // MoEUT-style entropy regularizer
+  std::string router_type = "token_choice";  // | expert_choice (each expert takes its top-C tokens)
+  double expert_dropout = 0.0;  // sigma-MoE: drop (token, expert) pairs from the selection while training
+  // ---- MoEUT: shared layers, SwitchHead attention, peri-LayerNorm, RoPE ----
+  std::int64_t group_size = 0;  // G: n_layer layers repeat G distinct ones (layer i is group layer i % G); 0: n_layer
+  std::string attention = "dense";  // | switchhead (value/output projections are per-head MoEs)
+  std::int64_t att_n_experts = 1;  // SwitchHead experts per head (1: RoPE attention with an output gate)
+  std::int64_t att_k = 1;  // SwitchHead experts per head and token
+  std::int64_t head_dim = 0;  // SwitchHead head width; 0: n_embd / n_head
+  std::string layer_norm = "pre";  // | peri (MoEUT: only routers, q and k read LN(x))
+  std::string position_embedding = "learned";  // | rope (rotary q/k, no wpe)
+  double rope_theta = 10000.0;
   // ---- training ----
   std::int64_t batch_size = 8;
   double learning_rate = 2e-3;
@@ -68,6 +79,9 @@ struct GptMoeConfig {
   std::int64_t decay_iters() const { return lr_decay_iters > 0 ? lr_decay_iters : max_iters; }
   // Whether block `layer` (0-based) has a MoE feed-forward.
   bool is_moe_layer(std::int64_t layer) const { return moe_every > 0 && (layer + 1) % moe_every == 0; }
+  // Distinct layers (G) and the group layer whose weights block `layer` uses.
+  std::int64_t distinct_layers() const { return group_size > 0 ? group_size : n_layer; }
+  std::int64_t group_layer(std::int64_t layer) const { return layer % distinct_layers(); }
   std::int64_t num_moe_layers() const;
 };
 

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "frontends/generate.h"
+#include "frontends/rope.h"
 #include "frontends/gpt_moe.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
@@ -46,19 +47,23 @@ ExpertReport collect_expert_report(const GptMoeConfig& config, Backend& backend,
   report.tokens_by_kind.assign(text.kind_names.size(), 0);
   report.num_experts = c.num_experts;
   report.top_k = c.top_k;
+  report.expert_choice = c.router_type == "expert_choice";
 
   Graph graph("gpt_moe_routing");
   GptMoeGraph model = build_gpt_moe(graph, c, {.batch = B, .with_loss = false, .output_routing = true});
   check_parameters(params, model.params, "report parameters");
   std::unique_ptr<Executable> exe = backend.compile(graph);
   for (const ParamSpec& s : model.params) exe->set(s.name, params.at(s.name));
-  for (std::int64_t layer : model.moe_layers) {
+  bind_rope_tables(*exe, {.theta = c.rope_theta});
+  for (const RoutingTable& table : model.routing_tables) {
     ExpertLayerStats stats;
-    stats.layer = layer;
-    stats.slots_per_expert.assign(static_cast<std::size_t>(c.num_experts), 0);
-    stats.slots_by_kind.assign(static_cast<std::size_t>(c.num_experts),
+    stats.layer = table.layer;
+    stats.name = table.name;
+    stats.experts_per_head = table.rows_per_token > 1 ? table.num_experts / table.rows_per_token : 0;
+    stats.slots_per_expert.assign(static_cast<std::size_t>(table.num_experts), 0);
+    stats.slots_by_kind.assign(static_cast<std::size_t>(table.num_experts),
                                std::vector<std::int64_t>(text.kind_names.size(), 0));
-    stats.slots_by_byte.assign(static_cast<std::size_t>(c.num_experts), std::array<std::int64_t, 256>{});
+    stats.slots_by_byte.assign(static_cast<std::size_t>(table.num_experts), std::array<std::int64_t, 256>{});
     report.layers.push_back(std::move(stats));
   }
   if (report.layers.empty()) return report;
@@ -87,22 +92,26 @@ ExpertReport collect_expert_report(const GptMoeConfig& config, Backend& backend,
       report.tokens_by_kind[kind] += 1;
       report.tokens_by_byte[byte] += 1;
     }
-    for (ExpertLayerStats& stats : report.layers) {
-      HostTensor experts = exe->get(fmt::format("experts.{}", stats.layer));  // [B*T, K] i32
-      std::span<const std::int32_t> chosen = std::as_const(experts).values<std::int32_t>();
-      for (std::int64_t row = 0; row < used * T; ++row) {
-        const std::size_t pos = static_cast<std::size_t>(first * T + row);
-        const unsigned char byte = static_cast<unsigned char>(text.text[pos]);
-        const std::size_t kind = text.kinds[pos];
-        for (std::int64_t k = 0; k < c.top_k; ++k) {
-          const std::int32_t e = chosen[static_cast<std::size_t>(row * c.top_k + k)];
-          MOEJIT_ASSERT(e >= 0 && e < c.num_experts, "expert id out of range in the routing output");
-          const std::size_t ei = static_cast<std::size_t>(e);
-          stats.slots_per_expert[ei] += 1;
-          stats.slots_by_kind[ei][kind] += 1;
-          stats.slots_by_byte[ei][byte] += 1;
+    for (std::size_t i = 0; i < report.layers.size(); ++i) {
+      ExpertLayerStats& stats = report.layers[i];
+      const RoutingTable& table = model.routing_tables[i];
+      HostTensor routed = exe->get(table.output);  // [B*T*rows_per_token, K] ids, or [B*T, E] positions
+      std::span<const std::int32_t> values = std::as_const(routed).values<std::int32_t>();
+      const std::int64_t columns = routed.type().dim(1);
+      auto count = [&](std::int64_t token_row, std::int64_t e) {
+        MOEJIT_ASSERT(e >= 0 && e < table.num_experts, "expert id out of range in the routing output");
+        const std::size_t pos = static_cast<std::size_t>(first * T + token_row);
+        const std::size_t ei = static_cast<std::size_t>(e);
+        stats.slots_per_expert[ei] += 1;
+        stats.slots_by_kind[ei][text.kinds[pos]] += 1;
+        stats.slots_by_byte[ei][static_cast<unsigned char>(text.text[pos])] += 1;
+      };
+      for (std::int64_t row = 0; row < used * T * table.rows_per_token; ++row)
+        for (std::int64_t k = 0; k < columns; ++k) {
+          const std::int32_t v = values[static_cast<std::size_t>(row * columns + k)];
+          if (!table.expert_mask) count(row / table.rows_per_token, v);
+          else if (v >= 0) count(row, k);  // expert k took this token
         }
-      }
     }
   }
   return report;
@@ -134,6 +143,13 @@ std::vector<std::pair<unsigned char, double>> top_characters(const ExpertReport&
   return chars;
 }
 
+// "e", or "h.e" for expert e of head h in a SwitchHead table.
+std::string expert_label(const ExpertLayerStats& s, std::size_t e) {
+  if (s.experts_per_head <= 0) return std::to_string(e);
+  const std::size_t per_head = static_cast<std::size_t>(s.experts_per_head);
+  return fmt::format("{}.{}", e / per_head, e % per_head);
+}
+
 std::string xml_escape(std::string_view s) {
   std::string out;
   for (char ch : s) {
@@ -151,17 +167,22 @@ std::string xml_escape(std::string_view s) {
 }  // namespace
 
 std::string format_expert_report(const ExpertReport& r) {
-  std::string out = fmt::format("Expert report: {} held-out tokens, {} experts, top-{}, {} MoE layer(s)\n", r.tokens,
-                                r.num_experts, r.top_k, r.layers.size());
+  std::size_t attention_tables = 0;
+  for (const ExpertLayerStats& s : r.layers) attention_tables += s.experts_per_head > 0 ? 1 : 0;
+  std::string out = fmt::format("Expert report: {} held-out tokens, {} experts, {}, {} MoE layer(s){}\n", r.tokens,
+                                r.num_experts, r.expert_choice ? "expert choice" : fmt::format("top-{}", r.top_k),
+                                r.layers.size() - attention_tables,
+                                attention_tables ? fmt::format(", {} SwitchHead table(s)", attention_tables) : "");
   if (r.layers.empty()) return out + "  (no MoE layers)\n";
   out += "  tokens by kind:";
   for (std::size_t k = 0; k < r.kind_names.size(); ++k)
     out += fmt::format(" {} {}", r.kind_names[k], r.tokens_by_kind[k]);
-  out += fmt::format("\n  a kind's column is the share of its routed slots per expert (uniform = {:.0f}%);\n",
+  out += fmt::format("\n  a kind's column is the share of its routed slots per expert (uniform = {:.0f}% in the "
+                     "feed-forward layers);\n",
                      100.0 / static_cast<double>(r.num_experts));
   out += "  top characters: those with the largest share of their occurrences routed to the expert\n";
   for (const ExpertLayerStats& s : r.layers) {
-    out += fmt::format("\nlayer {}: load imbalance (max/mean slots) {:.2f}\n", s.layer, s.imbalance());
+    out += fmt::format("\n{}: load imbalance (max/mean slots) {:.2f}\n", s.name, s.imbalance());
     std::string header = fmt::format("  {:>6} {:>8} {:>6} |", "expert", "slots", "load");
     for (const std::string& kind : r.kind_names) header += fmt::format(" {:>10}", kind.substr(0, 10));
     header += " | top characters\n";
@@ -170,7 +191,7 @@ std::string format_expert_report(const ExpertReport& r) {
     for (std::int64_t n : s.slots_per_expert) total += n;
     for (std::size_t e = 0; e < s.slots_per_expert.size(); ++e) {
       const double load = total ? 100.0 * static_cast<double>(s.slots_per_expert[e]) / static_cast<double>(total) : 0;
-      std::string line = fmt::format("  {:>6} {:>8} {:>5.1f}% |", e, s.slots_per_expert[e], load);
+      std::string line = fmt::format("  {:>6} {:>8} {:>5.1f}% |", expert_label(s, e), s.slots_per_expert[e], load);
       for (std::size_t k = 0; k < r.kind_names.size(); ++k) line += fmt::format(" {:>9.1f}%", 100.0 * s.kind_share(e, k));
       line += " |";
       for (const auto& [byte, share] : top_characters(r, s, e, 8))
@@ -184,13 +205,14 @@ std::string format_expert_report(const ExpertReport& r) {
 std::string expert_report_svg(const ExpertReport& r) {
   const int cell_w = 70, cell_h = 28, label_w = 110, title_h = 40, header_h = 36, gap = 30;
   const int kinds = static_cast<int>(r.kind_names.size());
-  const int experts = static_cast<int>(r.num_experts);
+  int experts = 1;
+  for (const ExpertLayerStats& s : r.layers) experts = std::max(experts, static_cast<int>(s.slots_per_expert.size()));
   const int panel_h = header_h + kinds * cell_h + 22;
   const int width = std::max(label_w + experts * cell_w + 20, 540);
   // Colour scale: white at 0 to dark blue at the largest share in the report.
   double max_share = 1e-9;
   for (const ExpertLayerStats& s : r.layers)
-    for (int e = 0; e < experts; ++e)
+    for (int e = 0; e < static_cast<int>(s.slots_per_expert.size()); ++e)
       for (int k = 0; k < kinds; ++k)
         max_share = std::max(max_share, s.kind_share(static_cast<std::size_t>(e), static_cast<std::size_t>(k)));
   const int height = title_h + static_cast<int>(r.layers.size()) * (panel_h + gap) + 10;
@@ -202,16 +224,17 @@ std::string expert_report_svg(const ExpertReport& r) {
       width, height, r.top_k, r.tokens, 100.0 / static_cast<double>(std::max<std::int64_t>(1, r.num_experts)));
   int y0 = title_h;
   for (const ExpertLayerStats& s : r.layers) {
-    svg += fmt::format("<text x=\"10\" y=\"{}\" font-weight=\"bold\">layer {} (imbalance {:.2f})</text>\n",
-                       y0 + 14, s.layer, s.imbalance());
-    for (int e = 0; e < experts; ++e)
+    const int layer_experts = static_cast<int>(s.slots_per_expert.size());
+    svg += fmt::format("<text x=\"10\" y=\"{}\" font-weight=\"bold\">{} (imbalance {:.2f})</text>\n",
+                       y0 + 14, xml_escape(s.name), s.imbalance());
+    for (int e = 0; e < layer_experts; ++e)
       svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">expert {}</text>\n",
-                         label_w + e * cell_w + cell_w / 2, y0 + header_h - 4, e);
+                         label_w + e * cell_w + cell_w / 2, y0 + header_h - 4, expert_label(s, static_cast<std::size_t>(e)));
     for (int k = 0; k < kinds; ++k) {
       const int y = y0 + header_h + 4 + k * cell_h;
       svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n", label_w - 8, y + cell_h / 2 + 4,
                          xml_escape(r.kind_names[static_cast<std::size_t>(k)]));
-      for (int e = 0; e < experts; ++e) {
+      for (int e = 0; e < layer_experts; ++e) {
         const double share = s.kind_share(static_cast<std::size_t>(e), static_cast<std::size_t>(k));
         const double intensity = std::clamp(share / max_share, 0.0, 1.0);
         const int shade = static_cast<int>(255.0 * (1.0 - intensity));

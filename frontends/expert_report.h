@@ -1,7 +1,9 @@
 // What each expert learned: run a trained GPT-MoE over held-out tagged text,
-// read the routing decisions (the "experts.<layer>" outputs, [tokens, K]),
-// and count, per MoE layer and expert, the routed slots by kind of text and
-// by character of the input token.
+// read the routing decisions (the model's routing tables: "experts.<layer>"
+// [tokens, K], or [tokens, E] positions for expert choice, and SwitchHead's
+// "att_v_experts.<layer>" / "att_o_experts.<layer>" [tokens * heads, K]),
+// and count, per table and expert, the routed slots by kind of text and by
+// character of the input token.
 //
 //   ExpertReport r = collect_expert_report(config, *backend, params, tokenizer, held_out, 8192);
 //   fmt::print("{}", format_expert_report(r, tokenizer));
@@ -22,6 +24,8 @@ namespace moejit {
 
 struct ExpertLayerStats {
   std::int64_t layer = 0;
+  std::string name;                  // "layer 0", "layer 0 attention output", ...
+  std::int64_t experts_per_head = 0;  // SwitchHead tables: expert id h*E + e prints as h.e; 0 otherwise
   std::vector<std::int64_t> slots_per_expert;               // [E]
   std::vector<std::vector<std::int64_t>> slots_by_kind;     // [E][kinds]
   std::vector<std::array<std::int64_t, 256>> slots_by_byte; // [E][byte of the input token]
@@ -37,6 +41,7 @@ struct ExpertReport {
   std::vector<std::int64_t> tokens_by_kind;      // [kinds]
   std::array<std::int64_t, 256> tokens_by_byte{};
   std::int64_t tokens = 0, num_experts = 0, top_k = 0;
+  bool expert_choice = false;  // the feed-forward layers route by expert choice
   std::vector<ExpertLayerStats> layers;
 };
 

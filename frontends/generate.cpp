@@ -7,13 +7,15 @@
 #include <cmath>
 
 #include "frontends/gpt_moe.h"
+#include "frontends/rope.h"
 #include "ir/error.h"
 
 namespace moejit {
 
 GptMoeConfig inference_config(const GptMoeConfig& config) {
   GptMoeConfig c = config;
-  c.capacity_factor = 0.0;
+  // Expert choice has no dropless form: its capacity is the routing itself.
+  if (c.router_type != "expert_choice") c.capacity_factor = 0.0;
   c.dropout = 0.0;
   return c;
 }
@@ -25,6 +27,7 @@ GptMoeSampler::GptMoeSampler(const GptMoeConfig& config, Backend& backend,
   GptMoeGraph model = build_gpt_moe(graph, config_, {.batch = 1, .with_loss = false, .output_logits = true});
   check_parameters(params, model.params, "sampler parameters");
   exe_ = backend.compile(graph);
+  bind_rope_tables(*exe_, {.theta = config_.rope_theta});
   for (const ParamSpec& s : model.params) exe_->set(s.name, params.at(s.name));
 }
 

@@ -21,7 +21,8 @@
 
 namespace moejit {
 
-// The config an inference graph uses: dropless routing, no dropout (noise is
+// The config an inference graph uses: dropless routing (token choice; expert
+// choice keeps its capacity, which is its routing), no dropout (noise is
 // off anyway in a graph that is not for training).
 GptMoeConfig inference_config(const GptMoeConfig& config);
 

@@ -36,36 +36,67 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
   std::optional<Tensor> targets;
   if (options.with_loss) targets = b.input("targets", {B, T}, DType::i32);
 
-  // Embeddings: tok [B, T, D] + pos [T, D] broadcast over the batch.
+  // Embeddings: tok [B, T, D] (+ learned positions pos [T, D] broadcast
+  // over the batch; with rope the positions enter at q and k instead).
   Tensor tok = nn::embedding(root.child("wte"), idx, V, D, c.init_std);
-  Tensor wpe = root.param("wpe.weight", {c.block_size, D}, {ParamInit::Kind::normal, c.init_std});
-  Tensor pos = T == c.block_size ? wpe : b.slice(wpe, {0, 0}, {T, D});
-  Tensor x = b.add(tok, b.broadcast(pos, {B, T, D}));
+  Tensor x = tok;
+  const bool rope = c.position_embedding == "rope";
+  if (!rope) {
+    Tensor wpe = root.param("wpe.weight", {c.block_size, D}, {ParamInit::Kind::normal, c.init_std});
+    Tensor pos = T == c.block_size ? wpe : b.slice(wpe, {0, 0}, {T, D});
+    x = b.add(tok, b.broadcast(pos, {B, T, D}));
+  }
   x = b.reshape(x, {rows, D});  // [BT, D]
   x = root.dropout(x);
 
+  // Layer groups (MoEUT): block `layer` is built under the name of its group
+  // layer h.<layer % G>; repeats (layer >= G) reuse those parameters, so the
+  // checkpoint holds one tensor per group layer and autodiff sums the
+  // gradients of the repeats.
+  Scope shared_root(b, result.params,
+                    {.training = options.training, .dropout = c.dropout, .share_params = true}, &random);
+  const bool peri = c.layer_norm == "peri";
   std::optional<Tensor> aux_total;
   std::vector<std::pair<std::int64_t, nn::MoeOutputs>> routing;
+  std::vector<std::pair<std::int64_t, nn::SwitchHeadOutputs>> att_routing;
   for (std::int64_t layer = 0; layer < c.n_layer; ++layer) {
-    Scope h = root.child(fmt::format("h.{}", layer));
-    Tensor a = nn::causal_self_attention(h.child("attn"), nn::layer_norm(h.child("ln_1"), x),
-                                         {.batch = B, .seq_len = T, .n_head = c.n_head, .bias = c.bias,
-                                          .init_std = c.init_std, .proj_std = proj_std});
+    const std::int64_t group_layer = c.group_layer(layer);
+    Scope h = (layer == group_layer ? root : shared_root).child(fmt::format("h.{}", group_layer));
+    Tensor ln_1 = nn::layer_norm(h.child("ln_1"), x);
+    Tensor a;
+    if (c.attention == "switchhead") {
+      // peri-LN: q, k and the routers read LN(x), the values read x.
+      nn::SwitchHeadOutputs sh = nn::switchhead_attention(
+          h.child("attn"), peri ? x : ln_1, ln_1,
+          {.batch = B, .seq_len = T, .n_head = c.n_head, .head_dim = c.head_dim, .num_experts = c.att_n_experts,
+           .top_k = c.att_k, .rope = rope, .init_std = c.init_std, .proj_std = proj_std});
+      a = sh.y;
+      att_routing.emplace_back(layer, sh);
+    } else {
+      a = nn::causal_self_attention(h.child("attn"), ln_1,
+                                    {.batch = B, .seq_len = T, .n_head = c.n_head, .bias = c.bias,
+                                     .init_std = c.init_std, .proj_std = proj_std, .rope = rope});
+    }
     x = b.add(x, h.dropout(a));
     Tensor normed = nn::layer_norm(h.child("ln_2"), x);
     Tensor f;
     if (c.is_moe_layer(layer)) {
+      // peri-LN: the router reads LN(x), the experts read x.
       nn::MoeOutputs moe = nn::moe_block(
-          h.child("moe"), normed,
+          h.child("moe"), peri ? x : normed,
           {.num_experts = c.num_experts, .top_k = c.top_k, .d_expert = c.d_expert, .activation = c.activation,
            .score = c.router_score, .order = c.router_order, .normalize = c.normalize_topk,
            .noisy_gating = c.noisy_gating, .selection_bias = c.selection_bias, .capacity_factor = c.capacity_factor,
            .aux_loss_coeff = c.aux_loss_coeff, .z_loss_coeff = c.z_loss_coeff, .entropy_coeff = c.entropy_coeff,
-           .shared_expert = c.shared_expert, .bias = c.bias, .init_std = c.init_std, .proj_std = proj_std});
+           .shared_expert = c.shared_expert, .bias = c.bias, .init_std = c.init_std, .proj_std = proj_std,
+           .router_type = c.router_type, .expert_dropout = c.expert_dropout},
+          normed);
       f = moe.y;
       if (moe.aux_loss) aux_total = aux_total ? b.add(*aux_total, *moe.aux_loss) : *moe.aux_loss;
       result.moe_layers.push_back(layer);
       routing.emplace_back(layer, moe);
+      result.routing_tables.push_back({fmt::format("layer {}", layer), fmt::format("experts.{}", layer), layer,
+                                       c.num_experts, 1, c.router_type == "expert_choice"});
     } else {
       f = nn::mlp(h.child("mlp"), normed,
                   {.hidden = c.dense_hidden(), .activation = c.activation, .bias = c.bias, .init_std = c.init_std,
@@ -92,6 +123,20 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
       b.output(moe.experts, fmt::format("experts.{}", layer));
       b.output(moe.counts, fmt::format("counts.{}", layer));
     }
+    for (auto& [layer, sh] : att_routing) {
+      if (sh.value_experts) b.output(*sh.value_experts, fmt::format("att_v_experts.{}", layer));
+      b.output(sh.output_experts, fmt::format("att_o_experts.{}", layer));
+    }
+  }
+  // SwitchHead routing tables: rows (token, head), ids h*E + e. After the
+  // feed-forward tables, each layer's value then output table.
+  for (auto& [layer, sh] : att_routing) {
+    const std::int64_t experts = c.n_head * c.att_n_experts;
+    if (sh.value_experts)
+      result.routing_tables.push_back({fmt::format("layer {} attention values", layer),
+                                       fmt::format("att_v_experts.{}", layer), layer, experts, c.n_head, false});
+    result.routing_tables.push_back({fmt::format("layer {} attention output", layer),
+                                     fmt::format("att_o_experts.{}", layer), layer, experts, c.n_head, false});
   }
   return result;
 }

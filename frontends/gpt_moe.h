@@ -1,6 +1,8 @@
 // GPT-MoE: a nanoGPT-shaped decoder whose feed-forward layers are mixtures of
 // experts (every moe_every-th block), built as one moejit graph from a
-// GptMoeConfig.
+// GptMoeConfig. The MoEUT variant (docs/gpt_moe.md) adds shared layer groups
+// (group_size), SwitchHead attention, peri-LayerNorm and RoPE; the MoE block
+// can route by expert choice.
 //
 //   idx [B, T] i32 -> wte(idx) + wpe[0:T] -> dropout
 //     -> n_layer x { x += attn(ln_1(x)); x += ffn(ln_2(x)) }   (pre-LN)
@@ -15,7 +17,11 @@
 // nn.h; feed step · rng_positions_per_step).
 // Outputs: "logits" [B*T, V] (when asked), "loss", "lm_loss", "aux_loss" (with
 // loss; aux_loss only when some coefficient is > 0), and per MoE layer i
-// "experts.<i>" [B*T, K] i32 and "counts.<i>" [E] i32 (when asked).
+// "experts.<i>" [B*T, K] i32 and "counts.<i>" [E] i32 (when asked; expert
+// choice: experts.<i> is positions [B*T, E]), and per SwitchHead layer
+// "att_v_experts.<i>" (att_n_experts > 1) and "att_o_experts.<i>"
+// [B*T*H, att_k] i32. With position_embedding rope the graph has the inputs
+// "rope.cos" and "rope.sin" (frontends/rope.h: bind_rope_tables).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -36,9 +42,24 @@ struct GptMoeGraphOptions {
   bool output_routing = false;  // outputs "experts.<i>" and "counts.<i>" per MoE layer
 };
 
+// One routing decision of the model that the expert report counts: the
+// graph output `output` (when output_routing) holds, per routed row, either
+// the chosen expert ids [rows, K] (token choice, SwitchHead) or, for expert
+// choice, positions [rows, E] with >= 0 where expert e took the row. Rows
+// are tokens (rows_per_token 1) or (token, head) pairs (SwitchHead).
+struct RoutingTable {
+  std::string name;    // "layer 0", "layer 0 attention values", "layer 0 attention output"
+  std::string output;  // "experts.0", "att_v_experts.0", "att_o_experts.0"
+  std::int64_t layer = 0;
+  std::int64_t num_experts = 0;  // SwitchHead: n_head * att_n_experts (id h*E + e)
+  std::int64_t rows_per_token = 1;
+  bool expert_mask = false;  // positions [rows, E] instead of ids [rows, K]
+};
+
 struct GptMoeGraph {
   std::vector<ParamSpec> params;         // parameters and kept state, in creation order
   std::vector<std::int64_t> moe_layers;  // block indices that are MoE
+  std::vector<RoutingTable> routing_tables;  // feed-forward MoE layers, then SwitchHead layers
   // Philox positions the random ops take per run; 0 when the graph has none
   // (and no "rng_offset" input). Run s should get rng_offset = s · this.
   std::int64_t rng_positions_per_step = 0;

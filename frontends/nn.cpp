@@ -1,5 +1,6 @@
 // nn-level builders (see nn.h): linear, embedding, layer norm, causal
-// self-attention, MLP and the MoE block, plus parameter initialization.
+// self-attention, MLP, the MoE block (token or expert choice, sigma-MoE
+// options) and SwitchHead attention, plus parameter initialization.
 #include "frontends/nn.h"
 
 #include <fmt/format.h>
@@ -9,6 +10,7 @@
 #include <random>
 
 #include "frontends/moe_gating.h"
+#include "frontends/rope.h"
 #include "ir/error.h"
 
 namespace moejit {
@@ -25,6 +27,17 @@ std::string Scope::full_name(std::string_view name) const { return prefix_ + std
 
 Tensor Scope::param(std::string_view name, Shape shape, ParamInit init, bool weight_decay) const {
   std::string full = full_name(name);
+  auto existing = std::find_if(params_->begin(), params_->end(), [&](const ParamSpec& p) { return p.name == full; });
+  if (existing != params_->end()) {
+    if (!options_.share_params)
+      throw Error(fmt::format("nn: parameter {}: expected a new name, found one created before (only a scope with "
+                              "share_params reuses parameters)",
+                              full));
+    if (existing->type.shape != shape || existing->role != ArgRole::param)
+      throw Error(fmt::format("nn: shared parameter {}: expected {} as created before, found a use as {}", full,
+                              shape_str(existing->type.shape), shape_str(shape)));
+    return Tensor{&builder_->graph(), builder_->graph().find_arg(full)};
+  }
   Tensor t = builder_->param(full, shape);
   params_->push_back({full, TensorType{DType::f32, std::move(shape)}, init, weight_decay, ArgRole::param});
   return t;
@@ -97,6 +110,10 @@ Tensor causal_self_attention(const Scope& s, Tensor x, const AttentionOptions& o
     return b.transpose(t, {0, 2, 1, 3});                                         // [B, H, T, Dh]
   };
   Tensor q = heads(0), k = heads(1), v = heads(2);
+  if (o.rope) {
+    q = apply_rope(b, q);
+    k = apply_rope(b, k);
+  }
   Tensor out = b.attention(q, k, v);                  // [B, H, T, Dh]
   out = b.transpose(out, {0, 2, 1, 3});               // [B, T, H, Dh]
   out = b.reshape(out, {rows, d_model});              // [BT, D]
@@ -119,14 +136,58 @@ Tensor mlp(const Scope& s, Tensor x, const MlpOptions& o) {
   return linear(s.child("c_proj"), hidden, d_model, {.bias = o.bias, .init_std = o.proj_std});
 }
 
-MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& o) {
+namespace {
+
+// The experts' hidden activation of one routed row block.
+Tensor expert_activation(const Scope& s, Tensor xs, Tensor hidden, Tensor offsets, const MoeOptions& o) {
+  Builder& b = s.b();
+  const std::int64_t E = o.num_experts, d_model = xs.dim(1), F = o.d_expert;
+  if (o.activation == "gelu") return b.gelu(hidden);
+  if (o.activation == "relu") return b.relu(hidden);
+  if (o.activation == "swiglu") {
+    Tensor w_gate = s.child("experts").param("w_gate", {E, d_model, F}, {ParamInit::Kind::normal, o.init_std});
+    return b.mul(b.silu(b.moe_grouped_matmul(xs, w_gate, offsets)), hidden);
+  }
+  throw Error(fmt::format("nn::moe_block {}: expected activation gelu, relu or swiglu, found '{}'", s.full_name(""),
+                          o.activation));
+}
+
+// sigma-MoE expert dropout: `selection` [T, E] with each entry replaced by
+// -1e9 with probability p (while training), from the scope's random stream.
+Tensor drop_experts(const Scope& s, Tensor selection, double p) {
+  Builder& b = s.b();
+  if (!s.options().training || p <= 0.0) return selection;
+  const Shape shape = selection.shape();
+  RandomSite site = s.random_site(selection.type().numel());
+  // mj.dropout of ones is 0 (dropped) or 1/(1-p) (kept): a Philox mask.
+  Tensor mask = b.dropout(b.constant(1.0, shape, selection.dtype()), p, site.seed, site.offset, &site.step_offset);
+  Tensor keep = b.compare(mask, b.constant(0.0, shape, selection.dtype()), "gt");
+  return b.where(keep, selection, b.constant(-1e9, shape, selection.dtype()));
+}
+
+}  // namespace
+
+MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& o, std::optional<Tensor> router_input) {
   Builder& b = s.b();
   if (x.rank() != 2)
     throw Error(fmt::format("nn::moe_block {}: expected x [T, D], found {}", s.full_name(""), x.type().str()));
+  if (router_input && router_input->shape() != x.shape())
+    throw Error(fmt::format("nn::moe_block {}: expected router_input shaped like x {}, found {}", s.full_name(""),
+                            x.type().str(), router_input->type().str()));
   if (o.top_k < 1 || o.top_k > o.num_experts)
     throw Error(fmt::format("nn::moe_block {}: expected 1 <= top_k <= num_experts ({}), found top_k {}",
                             s.full_name(""), o.num_experts, o.top_k));
+  const bool expert_choice = o.router_type == "expert_choice";
+  if (!expert_choice && o.router_type != "token_choice")
+    throw Error(fmt::format("nn::moe_block {}: expected router_type token_choice or expert_choice, found '{}'",
+                            s.full_name(""), o.router_type));
+  if (expert_choice && (o.noisy_gating || o.selection_bias || o.aux_loss_coeff > 0 || !(o.capacity_factor > 0)))
+    throw Error(fmt::format("nn::moe_block {}: expert_choice expected capacity_factor > 0 and no noisy gating, "
+                            "selection bias or load-balance loss (balanced by construction), found capacity_factor {}, "
+                            "noisy_gating {}, selection_bias {}, aux_loss_coeff {}",
+                            s.full_name(""), o.capacity_factor, o.noisy_gating, o.selection_bias, o.aux_loss_coeff));
   const std::int64_t d_model = x.dim(1), E = o.num_experts, F = o.d_expert;
+  const Tensor router_x = router_input ? *router_input : x;
 
   // Router: logits [T, E], router.weight [E, D] (and router.w_noise [E, D]
   // when noisy gating is configured; the noise itself only while training).
@@ -134,7 +195,9 @@ MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& o) {
   std::optional<Tensor> bias;
   if (o.selection_bias) bias = router.state("selection_bias", {E}, {ParamInit::Kind::zeros});
   GateOptions gate{.top_k = o.top_k, .score = o.score, .order = o.order, .normalize = o.normalize};
-  Tensor logits, weights, experts;
+  Tensor logits, weights, experts, slots, offsets, positions, counts;
+  std::optional<Tensor> chosen_positions;
+  std::int64_t slot_stride = o.top_k;  // slot id = t * slot_stride + column
   if (o.noisy_gating) {
     Tensor w_router = router.param("weight", {E, d_model}, {ParamInit::Kind::normal, o.init_std}, false);
     Tensor w_noise = router.param("w_noise", {E, d_model}, {ParamInit::Kind::normal, o.init_std}, false);
@@ -148,34 +211,48 @@ MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& o) {
       gating.offset = site.offset;
       gating.step_offset = site.step_offset;
     }
-    NoisyGateOutputs g =
-        noisy_top_k_gate(b, x, b.transpose(w_router, {1, 0}), b.transpose(w_noise, {1, 0}), gating, bias);
+    NoisyGateOutputs g = noisy_top_k_gate(b, router_x, b.transpose(w_router, {1, 0}), b.transpose(w_noise, {1, 0}),
+                                          gating, bias);
     logits = g.logits;
     weights = g.weights;
     experts = g.experts;
-  } else {
-    logits = linear(router, x, E, {.bias = false, .init_std = o.init_std, .weight_decay = false});
-    auto gated = b.moe_gate(logits, gate, bias ? &*bias : nullptr);  // [T, K] f32, [T, K] i32
+  } else if (!expert_choice) {
+    logits = linear(router, router_x, E, {.bias = false, .init_std = o.init_std, .weight_decay = false});
+    Tensor selection = drop_experts(s, logits, o.expert_dropout);
+    auto gated = b.moe_gate(selection, gate, bias ? &*bias : nullptr);  // [T, K] f32, [T, K] i32
     weights = gated[0];
     experts = gated[1];
+  } else {
+    // Expert choice: each expert takes its C best tokens by score [T, E];
+    // the weight of (t, e) is its score where taken, else 0.
+    logits = linear(router, router_x, E, {.bias = false, .init_std = o.init_std, .weight_decay = false});
+    Tensor scores = o.score == "sigmoid" ? b.sigmoid(logits) : b.softmax(logits);
+    Tensor selection = drop_experts(s, scores, o.expert_dropout);
+    auto chosen = b.op(OpKind::ExpertChoice, {selection},
+                       {{"capacity_factor", o.capacity_factor}, {"top_k", o.top_k}});  // slots, offsets, positions, counts
+    slots = chosen[0];
+    offsets = chosen[1];
+    positions = chosen[2];
+    counts = chosen[3];
+    Tensor taken = b.compare(positions, b.constant(0.0, positions.shape(), DType::i32), "ge");
+    weights = b.where(taken, scores, b.full_like(scores, 0.0));  // [T, E]
+    experts = positions;
+    chosen_positions = positions;
+    slot_stride = E;
   }
-  auto [slots, offsets, positions, counts] =
-      b.moe_dispatch(experts, {.num_experts = E, .capacity_factor = o.capacity_factor, .block = 1});
-  Tensor xs = b.moe_permute(x, slots, o.top_k);  // [N, D]
+  if (!expert_choice) {
+    auto dispatched = b.moe_dispatch(experts, {.num_experts = E, .capacity_factor = o.capacity_factor, .block = 1});
+    slots = dispatched[0];
+    offsets = dispatched[1];
+    positions = dispatched[2];
+    counts = dispatched[3];
+  }
+  Tensor xs = b.moe_permute(x, slots, slot_stride);  // [N, D]
 
   // Experts: [N, D] -> [N, F] -> [N, D], each row through its own expert.
   Scope ex = s.child("experts");
   Tensor w_up = ex.param("w_up", {E, d_model, F}, {ParamInit::Kind::normal, o.init_std});
-  Tensor hidden = b.moe_grouped_matmul(xs, w_up, offsets);
-  if (o.activation == "gelu") {
-    hidden = b.gelu(hidden);
-  } else if (o.activation == "swiglu") {
-    Tensor w_gate = ex.param("w_gate", {E, d_model, F}, {ParamInit::Kind::normal, o.init_std});
-    hidden = b.mul(b.silu(b.moe_grouped_matmul(xs, w_gate, offsets)), hidden);
-  } else {
-    throw Error(fmt::format("nn::moe_block {}: expected activation gelu or swiglu, found '{}'", s.full_name(""),
-                            o.activation));
-  }
+  Tensor hidden = expert_activation(s, xs, b.moe_grouped_matmul(xs, w_up, offsets), offsets, o);
   Tensor w_down = ex.param("w_down", {E, F, d_model}, {ParamInit::Kind::normal, o.proj_std});
   Tensor ys = b.moe_grouped_matmul(hidden, w_down, offsets);  // [N, D]
   Tensor y = b.moe_combine(ys, weights, positions);          // [T, D]
@@ -195,7 +272,90 @@ MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& o) {
     if (o.entropy_coeff > 0) add_loss(b.moe_entropy_reg(probs, o.entropy_coeff));
   }
   if (o.z_loss_coeff > 0) add_loss(b.moe_z_loss(logits, o.z_loss_coeff));
-  return {y, aux, logits, experts, counts};
+  return {y, aux, logits, experts, counts, chosen_positions};
+}
+
+namespace {
+
+// Adds h*E to column block h of local expert ids [R*H, K] (rows (r, h)), so
+// the H heads' experts are one id range 0..H*E-1 for moe.dispatch.
+Tensor global_expert_ids(Builder& b, Tensor local, std::int64_t heads, std::int64_t experts_per_head) {
+  if (heads == 1) return local;
+  const std::int64_t rows = local.dim(0) / heads, k = local.dim(1);
+  std::vector<Tensor> offsets;
+  for (std::int64_t h = 0; h < heads; ++h)
+    offsets.push_back(b.constant(static_cast<double>(h * experts_per_head), {rows, 1, k}, DType::i32));
+  Tensor offset = b.reshape(b.concat(offsets, 1), {rows * heads, k});  // [R*H, K]
+  return b.add(local, offset);
+}
+
+struct HeadRouting {
+  Tensor weights, experts, slots, offsets, positions;
+};
+
+// Per (row, head) top-k of a sigmoid router over the head's E experts.
+HeadRouting route_heads(const Scope& s, Tensor router_input, std::int64_t heads, std::int64_t experts,
+                        std::int64_t top_k, double init_std) {
+  Builder& b = s.b();
+  const std::int64_t rows = router_input.dim(0);
+  Tensor logits = linear(s, router_input, heads * experts, {.bias = false, .init_std = init_std, .weight_decay = false});
+  logits = b.reshape(logits, {rows * heads, experts});  // row (r, h)
+  auto gated = b.moe_gate(logits, {.top_k = top_k, .score = "sigmoid", .order = "softmax_then_topk", .normalize = false});
+  Tensor ids = global_expert_ids(b, gated[1], heads, experts);
+  auto d = b.moe_dispatch(ids, {.num_experts = heads * experts, .capacity_factor = 0.0, .block = 1});
+  return {gated[0], ids, d[0], d[1], d[2]};
+}
+
+}  // namespace
+
+SwitchHeadOutputs switchhead_attention(const Scope& s, Tensor x, Tensor qk_input, const SwitchHeadOptions& o) {
+  Builder& b = s.b();
+  const std::int64_t rows = x.dim(0), d_model = x.dim(1), H = o.n_head, E = o.num_experts, K = o.top_k;
+  const std::int64_t Dh = o.head_dim > 0 ? o.head_dim : d_model / std::max<std::int64_t>(H, 1);
+  auto fail = [&](const std::string& what) {
+    throw Error(fmt::format("nn::switchhead_attention {}: {}", s.full_name(""), what));
+  };
+  if (x.rank() != 2 || qk_input.shape() != x.shape())
+    fail(fmt::format("expected x and qk_input of one shape [B*T, D], found {} and {}", x.type().str(),
+                     qk_input.type().str()));
+  if (rows != o.batch * o.seq_len)
+    fail(fmt::format("expected batch*seq_len = {} rows, found {}", o.batch * o.seq_len, x.type().str()));
+  if (H < 1 || Dh < 1 || E < 1 || K < 1 || K > E)
+    fail(fmt::format("expected n_head >= 1, head_dim >= 1 and 1 <= top_k <= num_experts, found n_head {}, head_dim {}, "
+                     "num_experts {}, top_k {}",
+                     H, Dh, E, K));
+  auto heads = [&](Tensor t) {  // [B*T, H*Dh] -> [B, H, T, Dh]
+    return b.transpose(b.reshape(t, {o.batch, o.seq_len, H, Dh}), {0, 2, 1, 3});
+  };
+  Tensor q = heads(linear(s.child("q"), qk_input, H * Dh, {.init_std = o.init_std}));
+  Tensor k = heads(linear(s.child("k"), qk_input, H * Dh, {.init_std = o.init_std}));
+  if (o.rope) {
+    q = apply_rope(b, q);
+    k = apply_rope(b, k);
+  }
+  // x repeated per head: row (t, h) of [B*T*H, D] is x[t].
+  Tensor x_rows = b.reshape(b.broadcast(b.reshape(x, {rows, 1, d_model}), {rows, H, d_model}), {rows * H, d_model});
+
+  SwitchHeadOutputs result;
+  Tensor v;  // [B*T, H*Dh]
+  if (E == 1) {
+    v = linear(s.child("v"), x, H * Dh, {.init_std = o.init_std});
+  } else {
+    HeadRouting r = route_heads(s.child("sel_v"), qk_input, H, E, K, o.init_std);
+    Tensor w_v = s.child("v").param("experts", {H * E, d_model, Dh}, {ParamInit::Kind::normal, o.init_std});
+    Tensor vs = b.moe_grouped_matmul(b.moe_permute(x_rows, r.slots, K), w_v, r.offsets);  // [N, Dh]
+    v = b.reshape(b.moe_combine(vs, r.weights, r.positions), {rows, H * Dh});            // [B*T*H, Dh]
+    result.value_experts = r.experts;
+  }
+  Tensor att = b.attention(q, k, heads(v));                                   // [B, H, T, Dh]
+  att = b.reshape(b.transpose(att, {0, 2, 1, 3}), {rows * H, Dh});            // row (t, h)
+  HeadRouting r = route_heads(s.child("sel_o"), qk_input, H, E, K, o.init_std);
+  Tensor w_o = s.child("o").param("experts", {H * E, Dh, d_model}, {ParamInit::Kind::normal, o.proj_std});
+  Tensor ys = b.moe_grouped_matmul(b.moe_permute(att, r.slots, K), w_o, r.offsets);  // [N, D]
+  Tensor per_head = b.moe_combine(ys, r.weights, r.positions);                        // [B*T*H, D]
+  result.y = b.sum(b.reshape(per_head, {rows, H, d_model}), {1});                     // [B*T, D]
+  result.output_experts = r.experts;
+  return result;
 }
 
 }  // namespace nn

@@ -69,6 +69,12 @@ struct RandomSite {
 struct ScopeOptions {
   bool training = false;  // dropout and noisy gating only when training
   double dropout = 0.0;
+  // Layer groups (MoEUT): a scope that shares parameters returns the
+  // existing graph parameter when one of the same name was already created
+  // (its shape must match), so a layer built twice under one prefix has ONE
+  // tensor per weight and autodiff sums the gradients of its uses. Without
+  // it, creating a name twice is an error.
+  bool share_params = false;
 };
 
 class Scope {
@@ -86,6 +92,7 @@ class Scope {
   std::string full_name(std::string_view name) const;
 
   // Creates graph parameter <prefix><name> and records its spec.
+  // With share_params, an existing parameter of that name is returned instead.
   Tensor param(std::string_view name, Shape shape, ParamInit init, bool weight_decay = true) const;
   // Creates kept, untrained state <prefix><name> and records its spec.
   Tensor state(std::string_view name, Shape shape, ParamInit init) const;
@@ -124,6 +131,7 @@ struct AttentionOptions {
   std::int64_t batch = 1, seq_len = 1, n_head = 1;
   bool bias = false;
   double init_std = 0.02, proj_std = 0.02;  // proj_std: the output projection c_proj
+  bool rope = false;  // rotary embeddings on q and k (frontends/rope.h)
 };
 // causal self-attention: x [B*T, D] -> [B*T, D].
 //   c_attn: [3D, D] projects to q, k, v; each reshaped to heads [B, H, T, D/H];
@@ -155,6 +163,16 @@ struct MoeOptions {
   bool shared_expert = false;  // an MLP of width d_expert added to every token
   bool bias = false;           // biases of the shared expert's linears
   double init_std = 0.02, proj_std = 0.02;
+  // "token_choice": each token picks top_k experts (moe.gate + moe.dispatch).
+  // "expert_choice": each expert takes its C = ceil(capacity_factor*T*top_k/E)
+  // best tokens by score (moe.expert_choice; capacity_factor > 0; no
+  // load-balance loss, noisy gating or selection bias: balanced by
+  // construction). docs/moe.md.
+  std::string router_type = "token_choice";
+  // sigma-MoE expert dropout (MoEUT): while training, each (token, expert)
+  // pair is removed from the selection with this probability (its selection
+  // logit becomes -1e9); the weights of the chosen experts are unchanged.
+  double expert_dropout = 0.0;
 };
 
 struct MoeOutputs {
@@ -163,6 +181,9 @@ struct MoeOutputs {
   Tensor router_logits;           // [T, E]
   Tensor experts;                 // [T, K] i32, chosen experts in descending score order
   Tensor counts;                  // [E] i32, slots routed to each expert (before drops)
+  // expert_choice only: positions [T, E] i32, >= 0 where expert e took token
+  // t (then `experts` is the same tensor).
+  std::optional<Tensor> chosen_positions;
 };
 // MoE feed-forward: x [T, D] -> y [T, D].
 //   router.weight [E, D] -> logits [T, E] (noisy when asked, through
@@ -170,7 +191,39 @@ struct MoeOutputs {
 //   moe.dispatch -> moe.permute -> experts.w_up [E, D, F] (and experts.w_gate
 //   for swiglu) -> activation -> experts.w_down [E, F, D] -> moe.combine
 //   (+ shared expert MLP "shared").
-MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& options);
+//   router_input [T, D] (optional): what the router reads, when it is not x
+//   (MoEUT's peri-LayerNorm: the router reads LN(x), the experts read x).
+//   activation also takes "relu" (sigma-MoE's experts: relu(x W1[e]) W2[e]).
+MoeOutputs moe_block(const Scope& s, Tensor x, const MoeOptions& options,
+                     std::optional<Tensor> router_input = std::nullopt);
+
+struct SwitchHeadOptions {
+  std::int64_t batch = 1, seq_len = 1, n_head = 1;
+  std::int64_t head_dim = 0;     // Dh; 0: d_model / n_head
+  std::int64_t num_experts = 1;  // E, experts per head (MoEUT's att_n_experts)
+  std::int64_t top_k = 1;        // experts per head and token (att_k)
+  bool rope = true;              // rotary embeddings on q and k
+  double init_std = 0.02, proj_std = 0.02;
+};
+struct SwitchHeadOutputs {
+  Tensor y;                              // [B*T, D]
+  std::optional<Tensor> value_experts;   // [B*T*H, K] i32 ids h*E + e (E > 1 only)
+  Tensor output_experts;                 // [B*T*H, K] i32 ids h*E + e
+};
+// SwitchHead attention (Csordas et al. 2023): x [B*T, D] (what the values
+// read), qk_input [B*T, D] (what queries, keys and both routers read; x
+// itself under pre-LN) -> [B*T, D].
+//   q = qk_input q.weightᵀ, k likewise ([H*Dh, D] each), heads [B, H, T, Dh],
+//   RoPE on q and k; per head h a sigmoid router (sel_v.weight, sel_o.weight
+//   [H*E, D]) picks the top_k of its E experts (no renormalization):
+//     v[t,h]   = sum_k s_v[t,h,k] * x[t] · v.experts[h*E + e_k]      ([H*E, D, Dh])
+//     att      = causal attention(q, k, v)                          [B, H, T, Dh]
+//     y[t]     = sum_h sum_k s_o[t,h,k] * att[t,h] · o.experts[h*E + e_k]  ([H*E, Dh, D])
+//   Each (token, head) row is one routed row of moe.gate / moe.dispatch over
+//   the H*E experts of the layer. E = 1: the value is a plain projection
+//   (v.weight [H*Dh, D]) and the output projection is gated by
+//   sigmoid(qk_input · sel_o) per head: RoPE attention with a learned output gate.
+SwitchHeadOutputs switchhead_attention(const Scope& s, Tensor x, Tensor qk_input, const SwitchHeadOptions& options);
 
 }  // namespace nn
 

@@ -11,6 +11,7 @@
 #include "passes/autodiff.h"
 #include "passes/pass_manager.h"
 #include "frontends/optim.h"
+#include "frontends/rope.h"
 
 namespace moejit {
 
@@ -59,6 +60,8 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   build_gpt_moe(eval_graph, config_, {.batch = config_.batch_size, .training = false, .with_loss = true});
   run_pipeline(eval_graph, forward_pipeline(precision_));
   eval_ = backend.compile(eval_graph);
+  bind_rope_tables(*train_, {.theta = config_.rope_theta});  // graphs without RoPE are left alone
+  bind_rope_tables(*eval_, {.theta = config_.rope_theta});
 
   for (const ParamSpec& s : specs_) {
     train_->set(s.name, params.at(s.name));

@@ -110,6 +110,9 @@ Graph make_all_ops_graph() {
   b.output(b.moe_load_balance_loss(probs, experts, 0.01), "load_balance_loss");
   b.output(b.moe_z_loss(router_logits, 0.001), "z_loss");
   b.output(b.moe_entropy_reg(probs, 0.01), "entropy_reg");
+  // Expert-choice routing: each expert takes its top-C tokens by probability.
+  auto chosen = b.op(OpKind::ExpertChoice, {probs}, {{"capacity_factor", 1.0}, {"top_k", top_k}});
+  b.output(b.moe_permute(noisy, chosen[0], num_experts), "expert_choice_rows");
 
   // ---- MoE layer, fused forms ----
   auto route = b.op(OpKind::Route, {noisy, w_router, router_bias},

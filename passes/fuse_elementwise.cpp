@@ -15,11 +15,21 @@
 // shapes agree. Groups are unions (union-find), so a tree of single-use
 // producers fuses into its root. Groups of one op get no attribute, and
 // stale attributes from an earlier run are removed.
+//
+// A group stays within what one generated kernel takes (the CUDA chain's
+// argument struct, codegen/kernels/elementwise.cuh): at most
+// kMaxGroupInputs distinct values read from outside, kMaxGroupOutputs
+// values that may be stored (counted from above: every member's result not
+// consumed inside the group), kMaxGroupDropouts dropouts. A join that would
+// pass a limit is not made (the producer's group stays a group of its own),
+// so a long sum of scalars (a global gradient norm over many parameters)
+// becomes several kernels instead of one the backend cannot build.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <map>
 #include <numeric>
+#include <set>
 
 #include "ir/error.h"
 #include "passes/passes.h"
@@ -44,6 +54,24 @@ namespace {
 
 constexpr const char* kGroupAttr = "mj.fusion_group";
 
+// Must match kChainMaxInputs / kChainMaxOutputs / kChainMaxDropouts of
+// codegen/kernels/elementwise.cuh (tests/cuda/moeut_gpu_test.cpp checks).
+constexpr std::size_t kMaxGroupInputs = 24;
+constexpr int kMaxGroupOutputs = 8;
+constexpr int kMaxGroupDropouts = 8;
+
+// What a group needs from one kernel, for the join limits above.
+struct GroupNeeds {
+  std::set<ValueId> operands, produced;
+  int outputs = 0, dropouts = 0;
+
+  std::size_t inputs() const {
+    std::size_t n = 0;
+    for (ValueId v : operands) n += produced.count(v) ? 0 : 1;
+    return n;
+  }
+};
+
 class FuseElementwisePass final : public Pass {
  public:
   std::string_view name() const override { return "fuse-elementwise"; }
@@ -59,15 +87,36 @@ class FuseElementwisePass final : public Pass {
       while (parent[static_cast<std::size_t>(i)] != i) i = parent[static_cast<std::size_t>(i)] = parent[static_cast<std::size_t>(parent[static_cast<std::size_t>(i)])];
       return i;
     };
+    std::map<int, GroupNeeds> needs;  // by root
+    std::int64_t limited = 0;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
       if (!is_fusible_elementwise(op.kind)) continue;
       const Shape& shape = graph.type(op.results[0]).shape;
+      GroupNeeds& own = needs[static_cast<int>(i)];
+      own.operands.insert(op.operands.begin(), op.operands.end());
+      own.produced.insert(op.results[0]);
+      own.outputs = 1;
+      own.dropouts = op.kind == OpKind::Dropout ? 1 : 0;
       for (ValueId v : op.operands) {
         int p = producers[static_cast<std::size_t>(v)];
         if (p < 0 || !is_fusible_elementwise(ops[static_cast<std::size_t>(p)].kind)) continue;
         if (uses[static_cast<std::size_t>(v)] != 1 || graph.type(v).shape != shape) continue;
-        parent[static_cast<std::size_t>(find(p))] = find(static_cast<int>(i));
+        const int from = find(p), into = find(static_cast<int>(i));
+        if (from == into) continue;
+        GroupNeeds merged = needs[into];
+        const GroupNeeds& other = needs[from];
+        merged.operands.insert(other.operands.begin(), other.operands.end());
+        merged.produced.insert(other.produced.begin(), other.produced.end());
+        merged.outputs += other.outputs - 1;  // v is now consumed inside
+        merged.dropouts += other.dropouts;
+        if (merged.inputs() > kMaxGroupInputs || merged.outputs > kMaxGroupOutputs || merged.dropouts > kMaxGroupDropouts) {
+          ++limited;
+          continue;
+        }
+        parent[static_cast<std::size_t>(from)] = into;
+        needs[into] = std::move(merged);
+        needs.erase(from);
       }
     }
     // Group sizes, then ids in the order of each group's last op.
@@ -103,6 +152,7 @@ class FuseElementwisePass final : public Pass {
       }
     count("groups", static_cast<std::int64_t>(last_op.size()));
     count("ops-fused", fused);
+    count("joins-over-kernel-limits", limited);
   }
 };
 

@@ -27,7 +27,7 @@
 // those pairs are left alone. Before autodiff, the fused ops' gradient rules
 // read what they need (passes/grad_moe.cpp): matmul_combine's ys result, and
 // for gather_matmul one row gather of x (the gather the unfused forward did). gather_matmul takes the
-// `positions` that belong to `slots` (the moe.dispatch or moe.route result
+// `positions` that belong to `slots` (the moe.dispatch, moe.expert_choice or moe.route result
 // next to them) for its backward; permutes of slots from anywhere else are
 // skipped. Tile attributes of the grouped matmul are kept.
 //
@@ -57,6 +57,7 @@ ValueId positions_of(const Graph& graph, const std::vector<int>& producer, Value
   if (p < 0) return kNoValue;
   const Op& op = graph.ops()[static_cast<std::size_t>(p)];
   if (op.kind == OpKind::Dispatch && op.results[0] == slots) return op.results[2];
+  if (op.kind == OpKind::ExpertChoice && op.results[0] == slots) return op.results[2];  // same result layout
   if (op.kind == OpKind::Route && op.results[3] == slots) return op.results[5];
   return kNoValue;
 }

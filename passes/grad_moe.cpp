@@ -52,10 +52,11 @@ Tensor positions_of(GradContext& ctx, Tensor slots) {
   const Graph& graph = ctx.b.graph();
   for (const Op& op : graph.ops()) {
     if (op.kind == OpKind::Dispatch && op.results[0] == slots.id) return Tensor{slots.graph, op.results[2]};
+    if (op.kind == OpKind::ExpertChoice && op.results[0] == slots.id) return Tensor{slots.graph, op.results[2]};
     if (op.kind == OpKind::Route && op.results[3] == slots.id) return Tensor{slots.graph, op.results[5]};
   }
   throw Error(fmt::format("autodiff: the gradient of \"moe.permute\" w.r.t. x gathers through the positions made with its slots, "
-                          "so slots must be a result of \"moe.dispatch\" or \"moe.route\"; found {} ({})",
+                          "so slots must be a result of \"moe.dispatch\", \"moe.expert_choice\" or \"moe.route\"; found {} ({})",
                           value_ref(graph, slots.id), graph.arg_of(slots.id) ? "an argument" : "another op's result"));
 }
 

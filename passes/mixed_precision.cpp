@@ -87,9 +87,25 @@ class MixedPrecisionPass final : public Pass {
       rep_[idx(arg.value)] = out.add_arg(graph.value(arg.value).name, graph.type(arg.value), arg.role);
 
     // Which results feed a router gate (kept f32: router logits and gate in f32).
+    // The selection may reach the gate (or moe.expert_choice) through ops
+    // that only reshape, mask or score the logits (SwitchHead's per-head
+    // reshape, expert dropout's where, expert choice's softmax/sigmoid);
+    // the matmul behind them is a router too.
     std::vector<bool> feeds_gate(rep_.size(), false);
-    for (const Op& op : graph.ops())
-      if (op.kind == OpKind::Gate) feeds_gate[idx(op.operands[0])] = true;
+    const auto producers = graph.producers();
+    for (const Op& op : graph.ops()) {
+      if (op.kind != OpKind::Gate && op.kind != OpKind::ExpertChoice) continue;
+      ValueId v = op.operands[0];
+      while (true) {
+        feeds_gate[idx(v)] = true;
+        const int p = producers[idx(v)];
+        if (p < 0) break;
+        const Op& from = graph.ops()[static_cast<std::size_t>(p)];
+        if (from.kind == OpKind::Reshape || from.kind == OpKind::Softmax || from.kind == OpKind::Sigmoid) v = from.operands[0];
+        else if (from.kind == OpKind::Where) v = from.operands[1];
+        else break;
+      }
+    }
 
     for (const Op& op : graph.ops()) {
       bool lowerable = all_float_operands_are(op, DType::f32);

@@ -5,14 +5,14 @@
 #   BUNDLE/moe_layer_bench, BUNDLE/step_bench, BUNDLE/compile_bench (optimized,
 #   stripped), BUNDLE/gemm_sm90_probe (nvcc, when nvcc is here) and
 #   BUNDLE/tinyshakespeare.txt; the PyTorch peers are bench/*.py of the tree.
-# Steps: nvidia-smi; the GPU tests; the benchmarks (bench/, docs/perf.md):
-# compile_bench cold then warm (two processes on one fresh MOEJIT_CACHE_DIR),
-# step_bench (the example's training step, eager vs CUDA-graph replay),
-# moe_bench (grouped matmul, routing, MoE layer fwd+bwd against their
-# floors); 200 training steps of the GPT-MoE example on tinyshakespeare with
-# --device cuda, again with a warm cache, and with --device cpu; then a
-# summary table, printed last. Logs and the benchmarks' JSON go to $OUT (or
-# /tmp/gpu-check). Device wall time: about 3-4 minutes on an H100.
+# Sections (GPU_CHECK_ONLY picks some): nvidia-smi; the GPU tests
+# ("tests"); the benchmarks (bench/, docs/perf.md): compile_bench cold then
+# warm ("compile"), step_bench ("step"), moe_bench ("moe"), the sm90 GEMM
+# probe beside torch.matmul ("gemm"), the bf16 MoE layer beside its PyTorch
+# peers ("layer"); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
+# example on tinyshakespeare on the GPU in bf16 and in f32, a short warm-cache
+# run ("train"), and on the CPU ("train-cpu"); then a summary table, printed
+# last. Logs and the benchmarks' JSON are packed into $OUT/gpu-check-logs.tgz.
 #
 #   scripts/gpu-check.sh --bundle [DIR]   # here: build and pack (default build-gpu-bundle)
 #   scripts/gpu-check.sh [DIR]            # there: run the checks
@@ -43,8 +43,8 @@ BUNDLE=$(realpath "${1:-build-gpu-bundle}")
 LOGS=/tmp/gpu-check-logs
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 # GPU_CHECK_ONLY: a comma list of the sections to run (default all):
-# tests, compile, step, moe, gemm, layer, train.
-ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,train}
+# tests, compile, step, moe, gemm, layer, train, train-cpu.
+ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,train,train-cpu}
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 # NVRTC 12.9+ keeps its own compile cache in the driver's compute cache
@@ -57,7 +57,7 @@ echo "==== nvidia-smi"
 nvidia-smi || echo "nvidia-smi failed"
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 
-TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-; LAYER_RC=-; CUDA_RC=-; CPU_RC=-; WARM_RC=-
+F32_RC=-; TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-; LAYER_RC=-; CUDA_RC=-; CPU_RC=-; WARM_RC=-
 if want tests; then
   echo "==== GPU tests"
   "$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
@@ -109,7 +109,7 @@ fi
 
 if want layer; then
   echo "==== MoE layer, bf16: moejit (moe_layer_bench) and PyTorch (torch_moe_layer.py), same run"
-  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
+  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --check-tokens 256 --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
   LAYER_RC=${PIPESTATUS[0]}
   PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_moe_layer.py --iters 10 --json "$LOGS/torch_moe.json" 2>&1 \
     | tee "$LOGS/torch_moe.log"
@@ -124,7 +124,7 @@ timed() {  # timed LOG command...: runs it, appends "wall <seconds> s" to LOG
   return $rc
 }
 if want train; then
-  echo "==== training: $ITERS steps on tinyshakespeare, cuda then cpu"
+  echo "==== training: $ITERS steps on tinyshakespeare on the GPU in bf16 (the default there) and in f32"
   TRAIN=("$BUNDLE/gpt_moe" train --data "$BUNDLE/tinyshakespeare.txt" --eval_interval 100 --eval_iters 20 --no_report
          --num_samples 1 --max_new_tokens 200)
   EX_CACHE=$(mktemp -d)
@@ -133,22 +133,30 @@ if want train; then
     --out_dir "$LOGS/out-cuda"
   CUDA_RC=$?
   cat "$LOGS/train-cuda.log"
-  # The same run again with a warm cache: every module must come from disk.
+  # A short run again with a warm cache: every module must come from disk.
   MOEJIT_CACHE_DIR=$EX_CACHE MOEJIT_ASSERT_CACHED=1 MOEJIT_DEBUG=1 timed "$LOGS/train-cuda-warm.log" "${TRAIN[@]}" \
-    --max_iters "$ITERS" --device cuda --out_dir "$LOGS/out-cuda-warm"
+    --max_iters 20 --device cuda --out_dir "$LOGS/out-cuda-warm"
   WARM_RC=$?
   grep -E "moejit cuda|compiled the training|final train loss|^wall" "$LOGS/train-cuda-warm.log"
-  timed "$LOGS/train-cpu.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cpu --out_dir "$LOGS/out-cpu"
-  CPU_RC=$?
-  cat "$LOGS/train-cpu.log"
+  MOEJIT_CACHE_DIR=$EX_CACHE timed "$LOGS/train-cuda-f32.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cuda --dtype f32 \
+    --out_dir "$LOGS/out-cuda-f32"
+  F32_RC=$?
+  grep -E "precision|final train loss|val loss|tok/s|^wall" "$LOGS/train-cuda-f32.log" | tail -4
+  if want train-cpu; then
+    timed "$LOGS/train-cpu.log" "${TRAIN[@]}" --max_iters "$ITERS" --device cpu --out_dir "$LOGS/out-cpu"
+    CPU_RC=$?
+    cat "$LOGS/train-cpu.log"
+  fi
   rm -f "$LOGS"/out-*/*.safetensors  # large; the logs hold the numbers
 fi
 
 final() { grep -oE "val loss [0-9.]+" "$1" | tail -1 | awk '{print $3}'; }
 walltime() { grep -oE "^wall [0-9.]+ s" "$1" | tail -1 | awk '{print $2}'; }
 tokps() { grep -oE "[0-9,]+ tok/s" "$1" | tail -1; }
-VAL_CUDA=$(final "$LOGS/train-cuda.log"); VAL_CPU=$(final "$LOGS/train-cpu.log")
+VAL_CUDA=$(final "$LOGS/train-cuda.log" 2>/dev/null); VAL_CPU=$(final "$LOGS/train-cpu.log" 2>/dev/null)
+VAL_F32=$(final "$LOGS/train-cuda-f32.log" 2>/dev/null)
 DIFF=$(awk -v a="${VAL_CUDA:-nan}" -v b="${VAL_CPU:-nan}" 'BEGIN { d = a - b; if (d < 0) d = -d; printf "%.4f", d }')
+DIFF32=$(awk -v a="${VAL_CUDA:-nan}" -v b="${VAL_F32:-nan}" 'BEGIN { d = a - b; if (d < 0) d = -d; printf "%.4f", d }')
 
 echo
 echo "==== gpu-check summary"
@@ -188,8 +196,10 @@ if want layer; then
 fi
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda" "${VAL_CUDA:-?}" "$(walltime "$LOGS/train-cuda.log")" "$(tokps "$LOGS/train-cuda.log")" "$CUDA_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cpu" "${VAL_CPU:-?}" "$(walltime "$LOGS/train-cpu.log")" "$(tokps "$LOGS/train-cpu.log")" "$CPU_RC"
+printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda f32" "${VAL_F32:-?}" "$(walltime "$LOGS/train-cuda-f32.log" 2>/dev/null)" "$(tokps "$LOGS/train-cuda-f32.log" 2>/dev/null)" "${F32_RC:--}"
+printf "%-26s | %s\n" "|val bf16 - val f32| cuda" "$DIFF32"
 printf "%-26s | %s\n" "|val cuda - val cpu|" "$DIFF"
 printf "%-26s | %s\n" "example modules, cold" "$(grep -oE "@gpt_moe_[a-z]+ .*: compiled by NVRTC in [0-9.]+ s" "$LOGS/train-cuda.log" | sed -E 's/ \(.*\) for sm_[0-9a-z]+: compiled by NVRTC in/:/' | tr '\n' ' ')"
 printf "%-26s | %s\n" "example modules, warm" "$(grep -oE "@gpt_moe_[a-z]+ .*: loaded from the disk cache in [0-9.]+ s" "$LOGS/train-cuda-warm.log" | sed -E 's/ \(.*\) for sm_[0-9a-z]+: loaded from the disk cache in/:/' | tr '\n' ' ')"
-printf "%-26s | val loss %s, wall %s s, exit %s (MOEJIT_ASSERT_CACHED=1)\n" "train $ITERS cuda, warm" "$(final "$LOGS/train-cuda-warm.log")" "$(walltime "$LOGS/train-cuda-warm.log")" "$WARM_RC"
+printf "%-26s | val loss %s, wall %s s, exit %s (MOEJIT_ASSERT_CACHED=1)\n" "train 20 cuda, warm" "$(final "$LOGS/train-cuda-warm.log")" "$(walltime "$LOGS/train-cuda-warm.log")" "$WARM_RC"
 tar czf "${OUT:-/tmp}/gpu-check-logs.tgz" -C "$LOGS" . 2>/dev/null

@@ -113,11 +113,16 @@ template <class T> struct CombineGradWeightsArgs {
   i64 D;
 };
 
+// The statistics in two launches, deterministic: part 1 (one block per
+// chunk of `chunk` tokens) writes each expert's sum of probs and count of
+// slots over the chunk to partials[(c * E + e) * 2 + {0, 1}]; part 2 (one
+// block per expert) adds the chunks' partials in a fixed order.
 template <class T> struct ExpertStatsArgs {
   const T* probs;
   const int* experts;
   double* stats;
-  i64 tokens;
+  double* partials;
+  i64 tokens, chunk, chunks;
   int E;
   int K;
 };
@@ -470,16 +475,37 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combi
 // Per-expert statistics for the auxiliary losses (one block, thread per expert,
 // tokens summed in order): stats[e] = share of the T*K slots routed to e
 // (when experts != null), stats[E + e] = mean over tokens of probs[:, e].
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) expert_stats_kernel(const ExpertStatsArgs<T> a) {
-  for (int e = threadIdx.x; e < a.E; e += blockDim.x) {
-    double mean = 0.0;
-    for (i64 t = 0; t < a.tokens; ++t) mean += (double)ld(a.probs[t * a.E + e]);
-    a.stats[a.E + e] = mean / (double)a.tokens;
-    if (a.experts) {
-      i64 count = 0;
-      for (i64 s = 0; s < a.tokens * a.K; ++s) count += a.experts[s] == e;
-      a.stats[e] = (double)count / (double)(a.tokens * a.K);
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) expert_stats_parts_kernel(const ExpertStatsArgs<T> a) {
+  for (i64 c = blockIdx.x; c < a.chunks; c += gridDim.x) {
+    const i64 first = c * a.chunk, last = first + a.chunk < a.tokens ? first + a.chunk : a.tokens;
+    for (int e = threadIdx.x; e < a.E; e += blockDim.x) {
+      double sum = 0.0;
+      for (i64 t = first; t < last; ++t) sum += (double)ld(a.probs[t * a.E + e]);
+      double count = 0.0;
+      if (a.experts)
+        for (i64 s = first * a.K; s < last * a.K; ++s) count += a.experts[s] == e ? 1.0 : 0.0;
+      a.partials[(c * a.E + e) * 2] = sum;
+      a.partials[(c * a.E + e) * 2 + 1] = count;
     }
+  }
+}
+
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) expert_stats_finish_kernel(const ExpertStatsArgs<T> a) {
+  __shared__ double scratch[33];
+  for (int e = blockIdx.x; e < a.E; e += gridDim.x) {
+    double sum = 0.0, count = 0.0;
+    for (i64 c = threadIdx.x; c < a.chunks; c += blockDim.x) {
+      sum += a.partials[(c * a.E + e) * 2];
+      count += a.partials[(c * a.E + e) * 2 + 1];
+    }
+    sum = block_reduce(sum, SumOp(), scratch);
+    __syncthreads();
+    count = block_reduce(count, SumOp(), scratch);
+    if (threadIdx.x == 0) {
+      a.stats[a.E + e] = sum / (double)a.tokens;
+      if (a.experts) a.stats[e] = count / (double)(a.tokens * a.K);
+    }
+    __syncthreads();
   }
 }
 

@@ -18,6 +18,23 @@ template <class T> struct ReduceArgs {
   i64 outputs, count;
 };
 
+// A reduction with few outputs over many elements, in two launches (one
+// block per output would leave the GPU idle and latency-bound): part 1
+// reduces chunk c of output o's `count` elements into partials[o * chunks +
+// c] (the accumulation type: f32, f64 or i64); part 2 reduces each output's
+// `chunks` partials in order, so the result is deterministic.
+template <class T> struct ReducePartsArgs {
+  const T* x;
+  void* partials;
+  Dims kept, reduced;
+  i64 outputs, count, chunk, chunks;
+};
+template <class T> struct ReduceFinishArgs {
+  const void* partials;
+  T* y;
+  i64 outputs, count, chunks;
+};
+
 // softmax / log_softmax over rows of length c.
 template <class T> struct SoftmaxArgs {
   const T* x;
@@ -44,11 +61,16 @@ template <class T> struct NormGradRowsArgs {
 };
 
 // Part 2: dgamma, dbeta (null for rms_norm).
+// Part 2, dgamma and dbeta: sums over rows, in two launches so that every
+// SM works: block b of part 2a sums rows [b * chunk, (b + 1) * chunk) of each
+// column into partials[(b * c + column) * 2 + {0, 1}]; part 2b adds each
+// column's `chunks` partials in order (deterministic).
 template <class T> struct NormGradParamsArgs {
   const T *x, *dy;
   const double* stats;
   T *dgamma, *dbeta;
-  i64 rows, c;
+  double* partials;
+  i64 rows, c, chunk, chunks;
 };
 
 // out = coeff * (sum of values[0..n)) / n.
@@ -78,6 +100,40 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
       A v = (A)ld(base[dims_offset(a.reduced, r)]);
       acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
     }
+    if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
+    else acc = block_reduce(acc, SumOp(), scratch);
+    if (threadIdx.x == 0) {
+      if (KIND == 1) acc = acc / (A)a.count;
+      a.y[o] = st<T>((typename acc_of<T>::type)acc);
+    }
+  }
+}
+
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_parts_kernel(const ReducePartsArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  __shared__ A scratch[33];
+  for (i64 w = blockIdx.x; w < a.outputs * a.chunks; w += gridDim.x) {
+    const i64 o = w / a.chunks, first = (w % a.chunks) * a.chunk;
+    const i64 last = first + a.chunk < a.count ? first + a.chunk : a.count;
+    const T* base = a.x + dims_offset(a.kept, o);
+    A acc = KIND == 2 ? lowest_value<A>() : A(0);
+    for (i64 r = first + threadIdx.x; r < last; r += blockDim.x) {
+      A v = (A)ld(base[dims_offset(a.reduced, r)]);
+      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
+    }
+    if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
+    else acc = block_reduce(acc, SumOp(), scratch);
+    if (threadIdx.x == 0) static_cast<A*>(a.partials)[w] = acc;
+  }
+}
+
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_finish_kernel(const ReduceFinishArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  __shared__ A scratch[33];
+  for (i64 o = blockIdx.x; o < a.outputs; o += gridDim.x) {
+    const A* parts = static_cast<const A*>(a.partials) + o * a.chunks;
+    A acc = KIND == 2 ? lowest_value<A>() : A(0);
+    for (i64 c = threadIdx.x; c < a.chunks; c += blockDim.x) acc = KIND == 2 ? MaxOp()(acc, parts[c]) : acc + parts[c];
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) {
@@ -176,18 +232,33 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
 }
 
 // Part 2 (one thread per column, rows in order): dgamma = sum dy xhat, dbeta = sum dy.
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_kernel(const NormGradParamsArgs<T> a) {
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_parts_kernel(const NormGradParamsArgs<T> a) {
   typedef typename acc_of<T>::type A;
   const i64 c = a.c;
-  MOEJIT_FOR_EACH(i, c) {
+  for (i64 w = blockIdx.x; w < a.chunks * ((c + THREADS - 1) / THREADS); w += gridDim.x) {
+    const i64 chunk = w % a.chunks, column = (w / a.chunks) * THREADS + threadIdx.x;
+    if (column >= c) continue;
+    const i64 first = chunk * a.chunk, last = first + a.chunk < a.rows ? first + a.chunk : a.rows;
     A sum_gamma = A(0), sum_beta = A(0);
-    for (i64 row = 0; row < a.rows; ++row) {
-      A d = ld(a.dy[row * c + i]);
-      sum_gamma += d * (ld(a.x[row * c + i]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
+    for (i64 row = first; row < last; ++row) {
+      A d = ld(a.dy[row * c + column]);
+      sum_gamma += d * (ld(a.x[row * c + column]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
       sum_beta += d;
     }
-    a.dgamma[i] = st<T>(sum_gamma);
-    if (a.dbeta) a.dbeta[i] = st<T>(sum_beta);
+    a.partials[(chunk * c + column) * 2] = (double)sum_gamma;
+    a.partials[(chunk * c + column) * 2 + 1] = (double)sum_beta;
+  }
+}
+
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_finish_kernel(const NormGradParamsArgs<T> a) {
+  MOEJIT_FOR_EACH(column, a.c) {
+    double sum_gamma = 0.0, sum_beta = 0.0;
+    for (i64 chunk = 0; chunk < a.chunks; ++chunk) {
+      sum_gamma += a.partials[(chunk * a.c + column) * 2];
+      sum_beta += a.partials[(chunk * a.c + column) * 2 + 1];
+    }
+    a.dgamma[column] = st<T>((typename acc_of<T>::type)sum_gamma);
+    if (a.dbeta) a.dbeta[column] = st<T>((typename acc_of<T>::type)sum_beta);
   }
 }
 

@@ -258,6 +258,16 @@ int run_train(TrainFlags& flags) {
              "{} parameters\n",
              config.n_layer, config.n_embd, config.n_head, config.block_size, config.num_experts, config.top_k,
              config.d_expert, config.num_moe_layers(), with_commas(count_parameters(specs)));
+  if (config.group_size > 0 || config.attention == "switchhead")
+    fmt::print("moeut: {} distinct layer(s) repeated to {}, attention {} ({} expert(s) per head, top-{}), layer norm {}, "
+               "positions {}\n",
+               config.distinct_layers(), config.n_layer, config.attention, config.att_n_experts, config.att_k,
+               config.layer_norm, config.position_embedding);
+  if (config.router_type == "expert_choice")
+    fmt::print(stderr,
+               "warning: router_type expert_choice chooses tokens over the whole batch, so a position's routing depends "
+               "on later positions: it fits encoders and non-causal uses; for causal language modeling it leaks the "
+               "future at training time and differs at generation (docs/moe.md)\n");
 
   const Clock::time_point start = Clock::now();
   if (init) check_parameters(init->params, specs, flags.init_from + " (--init_from, with this run's config)");

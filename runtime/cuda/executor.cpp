@@ -82,16 +82,20 @@ class CudaExecutable final : public ExecutableBase {
     auto start = std::chrono::steady_clock::now();
     cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true};
     request.name_expressions = code_.kernels;
-    compiled_ = cuda::compile_module(request);
+    compiled_ = cuda::compile_module_parts(request, cuda::compile_parts(code_.kernels.size()), codegen::compile_weights(code_));
     if (debug_level() >= 1) {
       auto after = cuda_compile_stats();
       const char* how = after.compiles > before.compiles ? "compiled by NVRTC" : after.disk_hits > before.disk_hits ? "loaded from the disk cache" : "found in memory";
-      std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels, %zu launches, families:%s) for %s: %s in %.3f s\n", graph_.name().c_str(),
-                   code_.kernels.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
+      std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels in %zu parts, %zu launches, families:%s) for %s: %s in %.3f s\n",
+                   graph_.name().c_str(), code_.kernels.size(), compiled_.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-      print_kernel_configs();
+      std::fputs(codegen::describe_kernel_configs(code_, "moejit cuda:   ").c_str(), stderr);
     }
-    MOEJIT_CU(cuModuleLoadData, &module_, compiled_.binary.data());
+    for (const auto& part : compiled_) {
+      CUmodule m = nullptr;
+      MOEJIT_CU(cuModuleLoadData, &m, part.binary.data());
+      modules_.push_back(m);
+    }
     MOEJIT_CU(cuStreamCreate, &stream_, CU_STREAM_NON_BLOCKING);
     MOEJIT_CU(cuEventCreate, &start_, CU_EVENT_DEFAULT);
     MOEJIT_CU(cuEventCreate, &stop_, CU_EVENT_DEFAULT);
@@ -135,7 +139,7 @@ class CudaExecutable final : public ExecutableBase {
     if (start_) d.cuEventDestroy(start_);
     if (stop_) d.cuEventDestroy(stop_);
     if (stream_) d.cuStreamDestroy(stream_);
-    if (module_) d.cuModuleUnload(module_);
+    for (CUmodule m : modules_) d.cuModuleUnload(m);
   }
 
   // ExecutableBase checks names, types and binding; these keep the tensors on the device.
@@ -197,21 +201,6 @@ class CudaExecutable final : public ExecutableBase {
     return text;
   }
 
-  // MOEJIT_DEBUG=1: each kernel's TileConfig and where it came from, with its launch count.
-  void print_kernel_configs() const {
-    std::map<std::pair<std::string, std::string>, int> launches;
-    std::vector<std::pair<std::string, std::string>> order;
-    for (const auto& step : code_.steps)
-      for (const auto& l : step.launches) {
-        if (l.kind != Launch::Kind::kernel) continue;
-        auto key = std::make_pair(l.kernel, l.config.str());
-        if (launches[key]++ == 0) order.push_back(key);
-      }
-    for (const auto& key : order)
-      std::fprintf(stderr, "moejit cuda:   %s: %s, %d launch%s\n", key.first.c_str(), key.second.c_str(), launches.at(key),
-                   launches.at(key) == 1 ? "" : "es");
-  }
-
   std::size_t launch_count() const {
     std::size_t n = 0;
     for (const auto& step : code_.steps) n += step.launches.size();
@@ -270,8 +259,10 @@ class CudaExecutable final : public ExecutableBase {
     auto it = functions_.find(kernel);
     if (it == functions_.end()) {
       CUfunction f = nullptr;
-      const std::string& lowered = compiled_.lowered(kernel);
-      MOEJIT_CU(cuModuleGetFunction, &f, module_, lowered.c_str());
+      for (std::size_t p = 0; p < compiled_.size() && !f; ++p)
+        for (const auto& [expression, lowered] : compiled_[p].lowered_names)
+          if (expression == kernel) MOEJIT_CU(cuModuleGetFunction, &f, modules_[p], lowered.c_str());
+      if (!f) throw Error(fmt::format("kernel {} is in no compiled part of module @{}", kernel, graph_.name()));
       it = functions_.emplace(kernel, std::make_pair(f, 0u)).first;
     }
     if (shared_bytes > 48 * 1024 && shared_bytes > it->second.second) {
@@ -384,9 +375,9 @@ class CudaExecutable final : public ExecutableBase {
   const Graph& graph_;  // ExecutableBase's: the input after prepare_graph
   codegen::Target target_;
   codegen::ModuleCode code_;
-  cuda::CompiledModule compiled_;
+  std::vector<cuda::CompiledModule> compiled_;  // the module's parts (compile_module_parts)
   MemoryPlan plan_;
-  CUmodule module_ = nullptr;
+  std::vector<CUmodule> modules_;  // one per part
   CUstream stream_ = nullptr;
   CUevent start_ = nullptr, stop_ = nullptr;
   CUdeviceptr arena_ = 0;

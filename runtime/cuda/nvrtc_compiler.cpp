@@ -4,12 +4,14 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "codegen/cuda_codegen.h"
 #include "ir/checked_file.h"
@@ -282,6 +284,58 @@ CompiledModule compile_module(const CompileRequest& req) {
 }
 
 std::string compile_cuda(const CompileRequest& req) { return compile_module(req).binary; }
+
+int compile_parts(std::size_t kernels) {
+  std::string forced = env("MOEJIT_COMPILE_THREADS");
+  if (!forced.empty()) {
+    int n = std::atoi(forced.c_str());
+    if (n < 1) throw Error(fmt::format("MOEJIT_COMPILE_THREADS must be a number >= 1, found '{}'", forced));
+    return n;
+  }
+  int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int by_size = static_cast<int>((kernels + 3) / 4);
+  return std::max(1, std::min({hardware, 8, by_size}));
+}
+
+std::vector<int> assign_parts(const std::vector<int>& weights, int parts) {
+  std::vector<std::size_t> order(weights.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return weights[a] > weights[b]; });
+  std::vector<long long> load(static_cast<std::size_t>(std::max(parts, 1)), 0);
+  std::vector<int> part(weights.size(), 0);
+  for (std::size_t i : order) {
+    auto lightest = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    part[i] = lightest;
+    load[static_cast<std::size_t>(lightest)] += std::max(weights[i], 1);
+  }
+  return part;
+}
+
+std::vector<CompiledModule> compile_module_parts(const CompileRequest& req, int parts, const std::vector<int>& weights) {
+  parts = std::max(1, std::min<int>(parts, static_cast<int>(std::max<std::size_t>(req.name_expressions.size(), 1))));
+  if (parts == 1) return {compile_module(req)};
+  MOEJIT_ASSERT(weights.empty() || weights.size() == req.name_expressions.size(), "one weight per name expression");
+  std::vector<int> part = assign_parts(weights.empty() ? std::vector<int>(req.name_expressions.size(), 1) : weights, parts);
+  std::vector<CompileRequest> requests(static_cast<std::size_t>(parts), req);
+  for (auto& r : requests) r.name_expressions.clear();
+  for (std::size_t i = 0; i < req.name_expressions.size(); ++i)
+    requests[static_cast<std::size_t>(part[i])].name_expressions.push_back(req.name_expressions[i]);
+  std::vector<CompiledModule> modules(requests.size());
+  std::vector<std::exception_ptr> errors(requests.size());
+  std::vector<std::thread> threads;
+  for (std::size_t p = 0; p < requests.size(); ++p)
+    threads.emplace_back([&, p] {
+      try {
+        modules[p] = compile_module(requests[p]);
+      } catch (...) {
+        errors[p] = std::current_exception();
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+  return modules;
+}
 
 }  // namespace moejit::cuda
 

@@ -24,6 +24,7 @@
 //                           damaged, is an error naming the file (tests use it
 //                           to show that a second process compiles nothing)
 //   MOEJIT_NVRTC_LIBRARY=path  the NVRTC library to open (nvrtc_loader.h)
+//   MOEJIT_COMPILE_THREADS=n  compile a module in n parts on n threads (compile_parts)
 // A failed compile throws moejit::Error with the NVRTC log and the path of the
 // dumped source (MOEJIT_DUMP_DIR, else a temporary directory); without NVRTC,
 // a compile throws moejit::Error "NVRTC could not be loaded (tried ...)".
@@ -54,6 +55,22 @@ struct CompiledModule {
 };
 
 CompiledModule compile_module(const CompileRequest& request);
+
+// Compiles `request` as `parts` NVRTC programs on as many threads: the same
+// source, each with a share of the name expressions (balanced by weight),
+// each compiled and cached on its own. NVRTC's time goes into
+// instantiating and optimizing kernels, so the wall time falls almost by
+// the number of parts. Returns the non-empty parts, in order; the first
+// error (with its NVRTC log) is rethrown after every thread has finished.
+// `weights` (one per name expression, or empty: all 1) is each kernel's
+// expected cost: the heaviest go first, each to the lightest part so far.
+std::vector<CompiledModule> compile_module_parts(const CompileRequest& request, int parts, const std::vector<int>& weights = {});
+// The part of each of `weights.size()` kernels (that greedy rule; deterministic).
+std::vector<int> assign_parts(const std::vector<int>& weights, int parts);
+// The parts a module of `kernels` instantiations is compiled in:
+// MOEJIT_COMPILE_THREADS when set (>= 1), else min(hardware threads, 8,
+// ceil(kernels / 4)), at least 1.
+int compile_parts(std::size_t kernels);
 // The binary alone (no name expressions needed).
 std::string compile_cuda(const CompileRequest& request);
 

@@ -220,6 +220,7 @@ std::optional<Sample> sample_for(OpKind kind) {
     }
     case OpKind::GatherMatmul:
       return Sample{{floats({4, 5}), floats({3, 5, 6}), slots(), offsets(), positions()}, {{"top_k", std::int64_t{2}}}};
+    case OpKind::ExpertChoice: return Sample{{floats({4, 3})}, {{"capacity_factor", 1.0}, {"top_k", std::int64_t{2}}}};
     case OpKind::MatmulCombine: return Sample{{floats({8, 6}), floats({3, 6, 5}), offsets(), floats({4, 2}), positions()}, {}};
     default: return std::nullopt;  // a new op: the test asks for a sample
   }

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 #include <set>
 #include <filesystem>
 #include <fstream>
@@ -134,6 +135,43 @@ TEST_CASE("a GPT-MoE inference graph (dead aux losses in a fused group) compiles
   check_compiles(fused(graph), "compute_90a");
 }
 
+TEST_CASE("a module compiled in parts on several threads holds every kernel exactly once", "[cuda][nvrtc]") {
+  GptMoeConfig config = cuda_test::small_gpt_config();
+  Graph graph("gpt_sample");
+  build_gpt_moe(graph, config, {.batch = 1, .with_loss = false, .output_logits = true});
+  graph = fused(graph);
+  codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_80"));
+  cuda::CompileRequest request{module.source, graph.name(), "compute_80", cuda::CompileOutput::ptx, false};
+  request.name_expressions = module.kernels;
+  std::vector<cuda::CompiledModule> parts;
+  try {
+    parts = cuda::compile_module_parts(request, 3);
+  } catch (const Error& e) {
+    FAIL(e.what());
+  }
+  REQUIRE(parts.size() == 3);
+  std::map<std::string, int> found;
+  for (const auto& part : parts)
+    for (const auto& [expression, lowered] : part.lowered_names) {
+      CHECK(part.binary.find(".entry " + lowered + "(") != std::string::npos);
+      ++found[expression];
+    }
+  CHECK(found.size() == module.kernels.size());
+  for (const auto& k : module.kernels) CHECK(found[k] == 1);
+  // Heaviest first, each to the lightest part: [8, 1, 3, 1, 1, 3] over 2 parts.
+  CHECK(cuda::assign_parts({8, 1, 3, 1, 1, 3}, 2) == std::vector<int>{0, 1, 1, 1, 0, 1});
+  CHECK(cuda::assign_parts({1, 1, 1, 1}, 3) == std::vector<int>{0, 1, 2, 0});
+  // The knob: MOEJIT_COMPILE_THREADS wins; nonsense is an error naming it.
+  ::setenv("MOEJIT_COMPILE_THREADS", "5", 1);
+  CHECK(cuda::compile_parts(40) == 5);
+  ::setenv("MOEJIT_COMPILE_THREADS", "zero", 1);
+  CHECK_THROWS_WITH(cuda::compile_parts(40), Catch::Contains("MOEJIT_COMPILE_THREADS"));
+  ::unsetenv("MOEJIT_COMPILE_THREADS");
+  CHECK(cuda::compile_parts(1) == 1);
+  CHECK(cuda::compile_parts(40) >= 1);
+  CHECK(cuda::compile_parts(40) <= 8);
+}
+
 TEST_CASE("generated source is deterministic and kernels are shared", "[cuda]") {
   Graph graph = fused(cuda_test::make_gpt_training_graph(cuda_test::small_gpt_config(), 2));
   const codegen::Target target = codegen::Target::named("sm_90a");
@@ -198,6 +236,43 @@ TEST_CASE("the Hopper GEMM family instantiates through a name expression for com
   CHECK(compiled.binary.find(".entry " + lowered + "(") != std::string::npos);
   CHECK(compiled.binary.find("wgmma.mma_async") != std::string::npos);
   CHECK(compiled.binary.find(lowered + "_param_1") == std::string::npos);
+}
+
+TEST_CASE("MOEJIT_DEBUG's kernel lines give each instantiation's config and its source", "[cuda]") {
+  // A grouped matmul with moe-tiling's attributes next to a dense matmul on the heuristic.
+  Graph graph("configs");
+  Builder b(graph);
+  Tensor xs = b.input("xs", {32, 16});
+  Tensor w = b.input("w", {2, 16, 8});
+  Tensor offsets = b.input("offsets", {3}, DType::i32);
+  AttrList attrs;
+  attrs.set("transpose_w", false);
+  attrs.set("tile_m", std::int64_t{16});
+  attrs.set("tile_n", std::int64_t{8});
+  attrs.set("tile_k", std::int64_t{8});
+  b.output(b.op1(OpKind::GroupedMatmul, {xs, w, offsets}, attrs), "ys");
+  b.output(b.matmul(xs, b.input("v", {16, 4})), "zs");
+  codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+  CHECK(codegen::describe_kernel_configs(module, "> ") ==
+        "> mj::grouped_matmul_kernel<float, 16, 8, 8, 32>: tile 16x8x8 stages 1 threads 32 (attribute), 1 launch\n"
+        "> mj::matmul_kernel<float, 64, 64, 16, 256>: tile 64x64x16 stages 1 threads 256 (heuristic), 1 launch\n");
+}
+
+TEST_CASE("named targets carry their architecture's numbers; a persistent grid fills the SMs", "[cuda]") {
+  codegen::Target hopper = codegen::Target::named("sm_90a");
+  CHECK(hopper.arch == "sm_90a");
+  CHECK(hopper.ptx_arch() == "compute_90a");
+  CHECK(hopper.sm() == 90);
+  CHECK(hopper.sm_count == 132);
+  CHECK(hopper.shared_memory_per_block_optin == 227 * 1024);
+  codegen::Target ampere = codegen::Target::named("compute_80");
+  CHECK(ampere.arch == "sm_80");
+  CHECK(ampere.sm_count == 108);
+  CHECK_THROWS_WITH(codegen::Target::named("hopper"), Catch::Contains("expected sm_XY or sm_XYa"));
+  CHECK(codegen::persistent_grid(hopper, 10'000) == 132);
+  CHECK(codegen::persistent_grid(hopper, 10'000, 2) == 264);
+  CHECK(codegen::persistent_grid(hopper, 7) == 7);
+  CHECK(codegen::persistent_grid(hopper, 0) == 1);
 }
 
 TEST_CASE("a module includes only the families its launches use", "[cuda]") {

@@ -85,11 +85,7 @@ TEST_CASE("gpu: cache damage child", "[.gpu_cache_child]") {
 
 TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's results equal a clean run's",
           "[cuda][gpu][cache]") {
-  std::string why;
-  if (!cuda_available(&why)) {
-    WARN("SKIPPED: no CUDA device (" << why << ")");
-    return;
-  }
+  MOEJIT_SKIP_WITHOUT_GPU();
   fs::path dir = fs::temp_directory_path() / fmt::format("moejit-gpu-cache-damage-{}", ::getpid());
   fs::remove_all(dir);
   fs::create_directories(dir);

@@ -29,15 +29,6 @@
 using namespace moejit;
 namespace fs = std::filesystem;
 
-#define MOEJIT_REQUIRE_GPU()                                     \
-  do {                                                           \
-    std::string why_;                                            \
-    if (!cuda_available(&why_)) {                                \
-      WARN("SKIPPED: no CUDA device (" << why_ << ")");          \
-      return;                                                    \
-    }                                                            \
-  } while (0)
-
 namespace {
 
 using Values = std::map<std::string, HostTensor>;
@@ -72,7 +63,7 @@ void compare_all(const Graph& graph, const Values& gpu, const Values& cpu, doubl
 }  // namespace
 
 TEST_CASE("gpu: every op (forward and backward helpers) matches the CPU backend", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
   Graph graph = make_all_ops_graph();
@@ -84,7 +75,7 @@ TEST_CASE("gpu: every op (forward and backward helpers) matches the CPU backend"
 }
 
 TEST_CASE("gpu: bf16 ops match the CPU backend within bf16 tolerance", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   Graph graph("bf16_ops");
   Builder b(graph);
   const std::int64_t tokens = 24, width = 40, heads = 2;
@@ -108,7 +99,7 @@ TEST_CASE("gpu: bf16 ops match the CPU backend within bf16 tolerance", "[cuda][g
 }
 
 TEST_CASE("gpu: dispatch with thousands of slots and capacity and block padding matches the CPU exactly", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   Graph graph("dispatch");
   Builder b(graph);
   const std::int64_t tokens = 3000, experts = 8;
@@ -186,7 +177,7 @@ void check_dispatch_reference(const DispatchCase& c, const std::vector<std::int3
 }  // namespace
 
 TEST_CASE("gpu: dispatch over many tiles (16k tokens, empty and overfull experts) matches a sequential reference exactly", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   auto skewed = [](std::int64_t experts) {
     return [experts](std::int64_t, std::mt19937& rng) {
       // Half the slots to expert 0 (overflows capacity), the rest uniform.
@@ -233,7 +224,7 @@ TEST_CASE("gpu: dispatch over many tiles (16k tokens, empty and overfull experts
 }
 
 TEST_CASE("gpu: a GPT-MoE training step matches the CPU (loss and gradients and parameters after AdamW)", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   GptMoeConfig config = cuda_test::small_gpt_config();
   Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
   Values args = cuda_test::random_args(graph, 5, config.vocab_size);
@@ -276,7 +267,7 @@ TEST_CASE("gpu: a GPT-MoE training step matches the CPU (loss and gradients and 
 }
 
 TEST_CASE("gpu: replaying a captured CUDA graph gives the eager results bit for bit", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   GptMoeConfig config = cuda_test::small_gpt_config();
   Graph graph = cuda_test::make_gpt_training_graph(config, config.batch_size);
   Values args = cuda_test::random_args(graph, 21, config.vocab_size);
@@ -325,7 +316,7 @@ TEST_CASE("gpu: cache child", "[.cache_child_gpu]") {
 }
 
 TEST_CASE("gpu: a second process finds every kernel in the disk cache and compiles nothing", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   fs::path dir = fs::temp_directory_path() / fmt::format("moejit-gpu-cache-{}", ::getpid());
   fs::remove_all(dir);
   std::string self = fs::read_symlink("/proc/self/exe").string();

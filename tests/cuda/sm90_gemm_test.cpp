@@ -114,17 +114,8 @@ TEST_CASE("codegen gives bf16 products on sm_90a to the sm90 family, and the res
   CHECK_NOTHROW(codegen::generate_module(tiled, codegen::Target::named("sm_80")));
 }
 
-#define MOEJIT_REQUIRE_GPU()                            \
-  do {                                                  \
-    std::string why_;                                   \
-    if (!cuda_available(&why_)) {                       \
-      WARN("SKIPPED: no CUDA device (" << why_ << ")"); \
-      return;                                           \
-    }                                                   \
-  } while (0)
-
 TEST_CASE("gpu: sm90 mj.matmul in every layout matches the CPU backend", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
   const auto target = cuda_device_target();
@@ -147,7 +138,7 @@ TEST_CASE("gpu: sm90 mj.matmul in every layout matches the CPU backend", "[cuda]
 }
 
 TEST_CASE("gpu: sm90 grouped matmul and its backward match the CPU backend, empty and full experts included", "[cuda][gpu]") {
-  MOEJIT_REQUIRE_GPU();
+  MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
   const auto target = cuda_device_target();

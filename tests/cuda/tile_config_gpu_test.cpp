@@ -45,11 +45,7 @@ Graph grouped_graph(const TileCase& t, std::int64_t D, std::int64_t F, const std
 }  // namespace
 
 TEST_CASE("gpu: expert matmuls at every tile shape match the CPU", "[cuda][gpu]") {
-  std::string why;
-  if (!cuda_available(&why)) {
-    WARN("SKIPPED: no CUDA device (" << why << ")");
-    return;
-  }
+  MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
   // Segments: uneven, one empty, one longer than the largest tile.

@@ -18,12 +18,12 @@ func.func @tiles_16(%xs: tensor<256x64xf32>, %w: tensor<4x64x128xf32>, %offsets:
 
 // -----
 
-// The same op with 64 x 128 x 32: other template arguments, a smaller grid.
-// CHECK-LABEL: CUDA module @tiles_64x128
-// CHECK:         mj::grouped_matmul_kernel<float, 64, 128, 32, 256>
-// CHECK-NEXT:      grid (1, 4, 4) block (256, 1, 1) smem 0 cluster (1, 1, 1); tile 64x128x32 stages 1 threads 256 (attribute)
-func.func @tiles_64x128(%xs: tensor<256x64xf32>, %w: tensor<4x64x128xf32>, %offsets: tensor<5xi32>) -> (tensor<256x128xf32> {mj.name = "ys"}) {
-  %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {tile_k = 32 : i64, tile_m = 64 : i64, tile_n = 128 : i64, transpose_w = false} : (tensor<256x64xf32>, tensor<4x64x128xf32>, tensor<5xi32>) -> tensor<256x128xf32>
+// The same op with 32 x 128 x 32: other template arguments, another grid.
+// CHECK-LABEL: CUDA module @tiles_32x128
+// CHECK:         mj::grouped_matmul_kernel<float, 32, 128, 32, 256>
+// CHECK-NEXT:      grid (1, 8, 4) block (256, 1, 1) smem 0 cluster (1, 1, 1); tile 32x128x32 stages 1 threads 256 (attribute)
+func.func @tiles_32x128(%xs: tensor<256x64xf32>, %w: tensor<4x64x128xf32>, %offsets: tensor<5xi32>) -> (tensor<256x128xf32> {mj.name = "ys"}) {
+  %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {tile_k = 32 : i64, tile_m = 32 : i64, tile_n = 128 : i64, transpose_w = false} : (tensor<256x64xf32>, tensor<4x64x128xf32>, tensor<5xi32>) -> tensor<256x128xf32>
   return %0 : tensor<256x128xf32>
 }
 
@@ -40,13 +40,23 @@ func.func @heuristic(%xs: tensor<256x64xf32>, %w: tensor<4x64x128xf32>, %offsets
 
 // -----
 
-// A tile whose staged slices would pass 48 KiB of shared memory keeps
-// tile_m and tile_n and halves tile_k, and says so.
+// The SIMT family keeps at most 64 x 64 outputs per block (16 per thread):
+// a tensor-core-sized tile halves its larger side, and says so.
 // CHECK-LABEL: CUDA module @big_tile
-// CHECK:         mj::grouped_matmul_kernel<float, 128, 128, 32, 256>
-// CHECK-NEXT:      grid (1, 2, 4) {{.*}}; tile 128x128x32 stages 1 threads 256 (attribute) [tile_k 64 -> 32 to fit 48 KiB of shared memory]
+// CHECK:         mj::grouped_matmul_kernel<float, 64, 64, 64, 256>
+// CHECK-NEXT:      grid (2, 4, 4) {{.*}}; tile 64x64x64 stages 1 threads 256 (attribute) [tile 128x128 -> 64x64: at most 16 outputs per thread]
 func.func @big_tile(%xs: tensor<256x64xf32>, %w: tensor<4x64x128xf32>, %offsets: tensor<5xi32>) -> (tensor<256x128xf32> {mj.name = "ys"}) {
   %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {tile_k = 64 : i64, tile_m = 128 : i64, tile_n = 128 : i64, transpose_w = false} : (tensor<256x64xf32>, tensor<4x64x128xf32>, tensor<5xi32>) -> tensor<256x128xf32>
   return %0 : tensor<256x128xf32>
 }
 
+// -----
+
+// Staged slices that would pass 48 KiB of shared memory (f64) halve tile_k.
+// CHECK-LABEL: CUDA module @f64_tile
+// CHECK:         mj::grouped_matmul_kernel<double, 64, 64, 32, 256>
+// CHECK-NEXT:      grid (2, 4, 4) {{.*}}; tile 64x64x32 stages 1 threads 256 (attribute) [tile_k 64 -> 32 to fit 48 KiB of shared memory]
+func.func @f64_tile(%xs: tensor<256x64xf64>, %w: tensor<4x64x128xf64>, %offsets: tensor<5xi32>) -> (tensor<256x128xf64> {mj.name = "ys"}) {
+  %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {tile_k = 64 : i64, tile_m = 64 : i64, tile_n = 64 : i64, transpose_w = false} : (tensor<256x64xf64>, tensor<4x64x128xf64>, tensor<5xi32>) -> tensor<256x128xf64>
+  return %0 : tensor<256x128xf64>
+}
