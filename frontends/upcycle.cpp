@@ -95,6 +95,10 @@ UpcycledGptMoe upcycle_gpt_moe(const GptMoeConfig& dense, const std::map<std::st
   if (dense.bias)
     throw Error("upcycle: bias: expected false (experts have no biases, so an MLP with biases cannot be copied "
                 "exactly), found true");
+  if (dense.layer_norm != "pre")
+    throw Error(fmt::format("upcycle: layer_norm: expected pre (with peri-LN the experts would read x where the "
+                            "dense MLP reads LN(x)), found {}",
+                            dense.layer_norm));
   check_parameters(params, gpt_moe_param_specs(dense), "upcycle: the dense model");
   const std::int64_t H = dense.dense_hidden();
   validate_upcycle(o, H);
@@ -112,11 +116,12 @@ UpcycledGptMoe upcycle_gpt_moe(const GptMoeConfig& dense, const std::map<std::st
   c.selection_bias = false;
   c.shared_expert = false;
   c.capacity_factor = 0.0;
+  c.router_type = "token_choice";  // each token's own top-k: the copies' weights sum to 1 per token
   validate_config(c);
   std::mt19937_64 rng(o.seed);
   for (const auto& [name, t] : params)
     if (name.find(".mlp.") == std::string::npos) result.params[name] = t;
-  for (std::int64_t layer = 0; layer < dense.n_layer; ++layer) {
+  for (std::int64_t layer = 0; layer < dense.distinct_layers(); ++layer) {  // shared layers (group_size) once
     const std::string mlp = fmt::format("h.{}.mlp.", layer), moe = fmt::format("h.{}.moe.", layer);
     const HostTensor* gate = dense.activation == "swiglu" ? &need(params, mlp + "c_gate.weight") : nullptr;
     ExpertWeights x = split_mlp(need(params, mlp + "c_fc.weight"), gate, need(params, mlp + "c_proj.weight"), o, rng);

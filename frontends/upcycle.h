@@ -45,8 +45,9 @@ struct UpcycledGptMoe {
   GptMoeConfig config;
   std::map<std::string, HostTensor> params;
 };
-// A GPT-MoE without MoE layers (moe_every 0) -> every layer MoE. The dense
-// model must have no linear biases (experts have none).
+// A GPT-MoE without MoE layers (moe_every 0) -> every layer MoE, token-choice
+// routing. The dense model must have no linear biases (experts have none) and
+// pre-LN (peri-LN experts read another input than the dense MLP).
 UpcycledGptMoe upcycle_gpt_moe(const GptMoeConfig& dense, const std::map<std::string, HostTensor>& params,
                                const UpcycleOptions& options);
 

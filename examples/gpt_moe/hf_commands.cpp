@@ -38,6 +38,7 @@ HostTensor gpt_logits(const GptMoeConfig& c, const std::map<std::string, HostTen
                                      .output_logits = true});
   auto exe = make_cpu_backend()->compile(graph);
   for (const ParamSpec& s : model.params) exe->set(s.name, params.at(s.name));
+  bind_rope_tables(*exe, {.theta = c.rope_theta});  // position_embedding rope; else nothing to bind
   exe->set("idx", idx);
   exe->run();
   return exe->get("logits");

@@ -36,6 +36,7 @@ HostTensor gpt_logits(const GptMoeConfig& c, const std::map<std::string, HostTen
                                      .with_loss = false, .output_logits = true});
   auto exe = make_cpu_backend()->compile(graph);
   for (const ParamSpec& s : model.params) exe->set(s.name, params.at(s.name));
+  bind_rope_tables(*exe, {.theta = c.rope_theta});  // position_embedding rope; else nothing to bind
   exe->set("idx", idx);
   exe->run();
   return exe->get("logits");
@@ -84,6 +85,21 @@ TEST_CASE("an upcycled GPT-MoE computes the dense model's logits", "[upcycle]") 
       CHECK(err < 1e-5);
     }
   }
+}
+
+TEST_CASE("upcycling a model with shared layers (group_size) and RoPE keeps its logits", "[upcycle]") {
+  GptMoeConfig dense = dense_config("swiglu");
+  dense.n_layer = 4;
+  dense.group_size = 2;  // layers 2, 3 repeat layers 0, 1
+  dense.position_embedding = "rope";
+  auto params = init_parameters(gpt_moe_param_specs(dense), 8);
+  UpcycledGptMoe moe = upcycle_gpt_moe(dense, params, {.num_copies = 3, .top_k = 2, .granularity = 2, .seed = 2});
+  CHECK(moe.params.count("h.1.moe.experts.w_up") == 1);
+  CHECK(moe.params.count("h.2.moe.experts.w_up") == 0);
+  HostTensor idx = random_ids(2, dense.block_size, dense.vocab_size, 4);
+  double err = max_relative(gpt_logits(moe.config, moe.params, idx), gpt_logits(dense, params, idx));
+  INFO("max relative logit difference " << err);
+  CHECK(err < 1e-5);
 }
 
 TEST_CASE("noise makes the copies differ at once, training separates them anyway", "[upcycle]") {
@@ -170,6 +186,10 @@ TEST_CASE("upcycling refuses what it cannot copy exactly", "[upcycle]") {
   CHECK(error_of([&] {
           upcycle_gpt_moe(with_bias, init_parameters(gpt_moe_param_specs(with_bias), 1), {});
         }).find("bias: expected false") != std::string::npos);
+  GptMoeConfig peri = dense;
+  peri.layer_norm = "peri";
+  CHECK(error_of([&] { upcycle_gpt_moe(peri, init_parameters(gpt_moe_param_specs(peri), 1), {}); })
+            .find("layer_norm: expected pre") != std::string::npos);
   GptMoeConfig moe = dense;
   moe.moe_every = 1;
   CHECK(error_of([&] { upcycle_gpt_moe(moe, init_parameters(gpt_moe_param_specs(moe), 1), {}); })
