@@ -91,6 +91,9 @@ const std::vector<FieldEntry>& entries() {
       {{"eval_interval", "training", K::Int, "steps between train/val loss estimates", {}}, &C::eval_interval},
       {{"eval_iters", "training", K::Int, "batches per loss estimate", {}}, &C::eval_iters},
       {{"log_interval", "training", K::Int, "steps between progress lines", {}}, &C::log_interval},
+      {{"checkpoint_interval", "training", K::Int,
+        "steps between saves of ckpt.safetensors (resumable); 0 = only at the end (and on SIGINT/SIGTERM)", {}},
+       &C::checkpoint_interval},
       {{"seed", "training", K::Int, "seed of initialization, batches and sampling", {}}, &C::seed},
       {{"init_std", "training", K::Float, "standard deviation of the weight initialization", {}}, &C::init_std},
       {{"dtype", "training", K::String, "training precision: bf16 mixed precision or f32; auto = bf16 on the GPU, f32 on the CPU",
@@ -393,6 +396,8 @@ void validate_config(const GptMoeConfig& c) {
   positive("eval_interval", c.eval_interval);
   positive("eval_iters", c.eval_iters);
   positive("log_interval", c.log_interval);
+  if (c.checkpoint_interval < 0)
+    fail("checkpoint_interval", "an integer >= 0", std::to_string(c.checkpoint_interval));
   if (c.seed < 0) fail("seed", "an integer >= 0", std::to_string(c.seed));
   if (!(c.init_std > 0)) fail("init_std", "a value > 0", format_double(c.init_std));
   check_choice(*find_config_field("activation"), c.activation);

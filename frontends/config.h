@@ -68,6 +68,7 @@ struct GptMoeConfig {
   std::int64_t eval_interval = 100;
   std::int64_t eval_iters = 10;
   std::int64_t log_interval = 25;
+  std::int64_t checkpoint_interval = 100;  // steps between ckpt.safetensors saves; 0: only at the end
   std::int64_t seed = 1337;
   double init_std = 0.02;
   // Training precision: bf16 mixed precision (the mixed-precision pass:

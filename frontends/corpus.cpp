@@ -1,6 +1,10 @@
 // The built-in corpus generator (see corpus.h). Uses its own splitmix64
 // generator, not <random>'s distributions, so the text is the same with
-// every standard library.
+// every standard library; and every random draw is its own statement (never
+// two in one expression, whose evaluation order C++ leaves to the compiler),
+// so it is the same with every compiler. The draws are in the order GCC
+// evaluated the former one-expression forms (right to left), which keeps the
+// corpus, and the example's losses, what they were.
 #include "frontends/corpus.h"
 
 #include <fmt/format.h>
@@ -53,10 +57,17 @@ constexpr std::array kVariables = {"x", "y", "n", "i", "acc", "total"};
 std::string code_expr(Rng& rng) {
   if (rng.chance(40)) return std::to_string(rng.below(10));
   static constexpr std::array ops = {"+", "-", "*"};
-  return fmt::format("{} {} {}", rng.pick(kVariables), rng.pick(ops), rng.below(10));
+  const int constant = rng.below(10);
+  const char* op = rng.pick(ops);
+  const char* variable = rng.pick(kVariables);
+  return fmt::format("{} {} {}", variable, op, constant);
 }
 
-std::string code_assign(Rng& rng) { return fmt::format("{} = {};", rng.pick(kVariables), code_expr(rng)); }
+std::string code_assign(Rng& rng) {
+  const std::string value = code_expr(rng);
+  const char* variable = rng.pick(kVariables);
+  return fmt::format("{} = {};", variable, value);
+}
 
 std::string code_line(Rng& rng) {
   static constexpr std::array compares = {">", "<", "==", "!="};
@@ -64,14 +75,23 @@ std::string code_line(Rng& rng) {
   switch (rng.below(5)) {
     case 0: return fmt::format("let {} = {};", v, rng.below(20));
     case 1: return fmt::format("let {} = {}; while {} > 0 {{ {} = {} - 1; }}", v, rng.below(10), v, v, v);
-    case 2:
-      return fmt::format("if {} {} {} {{ print {}; }} else {{ {} }}", v, rng.pick(compares), rng.below(10), v,
-                         code_assign(rng));
+    case 2: {
+      const std::string otherwise = code_assign(rng);
+      const int limit = rng.below(10);
+      const char* compare = rng.pick(compares);
+      return fmt::format("if {} {} {} {{ print {}; }} else {{ {} }}", v, compare, limit, v, otherwise);
+    }
     case 3: {
       static constexpr std::array names = {"add", "sum", "step", "next", "scale"};
-      return fmt::format("fn {}(a, b) {{ return a {} b; }}", rng.pick(names), rng.chance(50) ? "+" : "*");
+      const char* op = rng.chance(50) ? "+" : "*";
+      const char* name = rng.pick(names);
+      return fmt::format("fn {}(a, b) {{ return a {} b; }}", name, op);
     }
-    default: return fmt::format("for {} in 0..{} {{ {} }}", v, rng.below(10) + 1, code_assign(rng));
+    default: {
+      const std::string body = code_assign(rng);
+      const int count = rng.below(10) + 1;
+      return fmt::format("for {} in 0..{} {{ {} }}", v, count, body);
+    }
   }
 }
 
@@ -89,12 +109,18 @@ std::string noun_phrase(Rng& rng) {
   return np + " " + rng.pick(kNouns);
 }
 
+// " <word> <noun phrase>", the noun phrase drawn first.
+std::string word_then_noun_phrase(Rng& rng, const auto& words) {
+  const std::string np = noun_phrase(rng);
+  return std::string(" ") + rng.pick(words) + " " + np;
+}
+
 std::string prose_line(Rng& rng) {
   std::string s = noun_phrase(rng);
   if (rng.chance(30)) s += std::string(" ") + rng.pick(kAdverbs);
-  s += std::string(" ") + rng.pick(kVerbs) + " " + noun_phrase(rng);
-  if (rng.chance(50)) s += std::string(" ") + rng.pick(kPrepositions) + " " + noun_phrase(rng);
-  if (rng.chance(25)) s += std::string(" and ") + rng.pick(kVerbs) + " " + noun_phrase(rng);
+  s += word_then_noun_phrase(rng, kVerbs);
+  if (rng.chance(50)) s += word_then_noun_phrase(rng, kPrepositions);
+  if (rng.chance(25)) s += " and" + word_then_noun_phrase(rng, kVerbs);
   s[0] = static_cast<char>(s[0] - 'a' + 'A');
   return s + ".";
 }

@@ -118,6 +118,12 @@ GptMoeGraph build_gpt_moe(Graph& graph, const GptMoeConfig& c, const GptMoeGraph
     b.output(lm_loss, "lm_loss");
     if (aux_total) b.output(*aux_total, "aux_loss");
   }
+  if (options.output_router) {
+    for (auto& [layer, moe] : routing) {
+      b.output(moe.router_logits, fmt::format("router_logits.{}", layer));
+      if (moe.aux_loss) b.output(*moe.aux_loss, fmt::format("aux_loss.{}", layer));
+    }
+  }
   if (options.output_routing) {
     for (auto& [layer, moe] : routing) {
       b.output(moe.experts, fmt::format("experts.{}", layer));

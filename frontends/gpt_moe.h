@@ -40,6 +40,9 @@ struct GptMoeGraphOptions {
   bool with_loss = true;        // a "targets" input and the loss outputs
   bool output_logits = false;   // output "logits" [B*T, V]
   bool output_routing = false;  // outputs "experts.<i>" and "counts.<i>" per MoE layer
+  // outputs "router_logits.<i>" [B*T, E] and "aux_loss.<i>" [] (when the layer
+  // has one) per MoE layer (gpt_moe eval --dump)
+  bool output_router = false;
 };
 
 // One routing decision of the model that the expert report counts: the

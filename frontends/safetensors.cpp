@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <optional>
 #include <bit>
 #include <cstdio>
 #include <cstring>
@@ -43,15 +45,61 @@ std::optional<DType> parse_file_dtype(const std::string& name) {
   return std::nullopt;
 }
 
+constexpr const char* kTensorCrcKey = "tensor_crc32";
+constexpr const char* kMetadataCrcKey = "metadata_crc32";
+
+std::string hex32(std::uint32_t value) { return fmt::format("{:08x}", value); }
+
+// CRC-32 of every metadata entry but metadata_crc32 itself, in key order.
+std::uint32_t metadata_crc(const std::map<std::string, std::string>& metadata) {
+  std::uint32_t crc = 0;
+  for (const auto& [key, value] : metadata) {
+    if (key == kMetadataCrcKey) continue;
+    crc = crc32(key.data(), key.size(), crc);
+    crc = crc32("", 1, crc);
+    crc = crc32(value.data(), value.size(), crc);
+    crc = crc32("", 1, crc);
+  }
+  return crc;
+}
+
+// bytes of a tensor of `shape` and `dtype`, or nullopt when it does not fit in 64 bits.
+std::optional<std::uint64_t> checked_bytes(const Shape& shape, DType dtype) {
+  std::uint64_t bytes = dtype_size(dtype);
+  for (std::int64_t d : shape)
+    if (__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(d), &bytes)) return std::nullopt;
+  return bytes;
+}
+
 }  // namespace
 
+std::uint32_t crc32(const void* data, std::size_t size, std::uint32_t crc) {
+  static const auto table = [] {
+    std::array<std::uint32_t, 256> t{};
+    for (std::uint32_t i = 0; i < 256; ++i) {
+      std::uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  crc = ~crc;
+  for (std::size_t i = 0; i < size; ++i) crc = table[(crc ^ bytes[i]) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
 void save_safetensors(const std::string& path, const Checkpoint& checkpoint) {
+  std::map<std::string, std::string> metadata = checkpoint.metadata;
+  nlohmann::ordered_json tensor_crcs = nlohmann::ordered_json::object();
+  for (const auto& [name, tensor] : checkpoint.tensors) tensor_crcs[name] = hex32(crc32(tensor.raw(), tensor.bytes()));
+  metadata[kTensorCrcKey] = tensor_crcs.dump();
+  metadata.erase(kMetadataCrcKey);
+  metadata[kMetadataCrcKey] = hex32(metadata_crc(metadata));
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!checkpoint.metadata.empty()) {
-    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
-    for (const auto& [key, value] : checkpoint.metadata) meta[key] = value;
-    header["__metadata__"] = meta;
-  }
+  nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : metadata) meta[key] = value;
+  header["__metadata__"] = meta;
   std::uint64_t offset = 0;
   for (const auto& [name, tensor] : checkpoint.tensors) {  // std::map: sorted by name
     if (name == "__metadata__") throw Error("safetensors: '__metadata__' cannot name a tensor");
@@ -78,6 +126,50 @@ void save_safetensors(const std::string& path, const Checkpoint& checkpoint) {
       },
       "safetensors");
 }
+
+namespace {
+
+// Checks the checksum entries (see safetensors.h) and removes them from the
+// metadata; sets checkpoint.note when the file has none.
+void verify_checksums(const std::string& path, Checkpoint& checkpoint) {
+  auto& metadata = checkpoint.metadata;
+  auto tensor_it = metadata.find(kTensorCrcKey), meta_it = metadata.find(kMetadataCrcKey);
+  if (tensor_it == metadata.end() && meta_it == metadata.end()) {
+    checkpoint.note = "no checksums in the metadata (not written by moejit): the data was not verified";
+    return;
+  }
+  auto fail = [&](const std::string& what) { return Error(fmt::format("{}: corrupted file: {}", path, what)); };
+  if (tensor_it == metadata.end() || meta_it == metadata.end())
+    throw fail(fmt::format("expected both '{}' and '{}' in the metadata, found only '{}'", kTensorCrcKey,
+                           kMetadataCrcKey, tensor_it == metadata.end() ? kMetadataCrcKey : kTensorCrcKey));
+  const std::string found_meta = hex32(metadata_crc(metadata));
+  if (found_meta != meta_it->second)
+    throw fail(fmt::format("the metadata's CRC-32 is {}, the file says {} (metadata entries were changed)", found_meta,
+                           meta_it->second));
+  nlohmann::json crcs;
+  try {
+    crcs = nlohmann::json::parse(tensor_it->second);
+  } catch (const nlohmann::json::exception&) {
+    throw fail(fmt::format("'{}': expected a JSON object of tensor names to CRC-32s, found '{}'", kTensorCrcKey,
+                           tensor_it->second));
+  }
+  if (!crcs.is_object() || crcs.size() != checkpoint.tensors.size())
+    throw fail(fmt::format("'{}': expected a CRC-32 for each of the {} tensors, found {}", kTensorCrcKey,
+                           checkpoint.tensors.size(), crcs.is_object() ? crcs.size() : 0));
+  for (const auto& [name, tensor] : checkpoint.tensors) {
+    if (!crcs.contains(name) || !crcs[name].is_string())
+      throw fail(fmt::format("'{}': expected a CRC-32 string for tensor {}, found none", kTensorCrcKey, name));
+    const std::string found = hex32(crc32(tensor.raw(), tensor.bytes()));
+    if (found != crcs[name].get<std::string>())
+      throw fail(fmt::format("tensor {}: its data's CRC-32 is {}, the metadata says {} (the tensor's bytes were "
+                             "changed)",
+                             name, found, crcs[name].get<std::string>()));
+  }
+  metadata.erase(kTensorCrcKey);
+  metadata.erase(kMetadataCrcKey);
+}
+
+}  // namespace
 
 Checkpoint load_safetensors(const std::string& path) {
   std::error_code dir_ec;
@@ -150,10 +242,17 @@ Checkpoint load_safetensors(const std::string& path) {
         !offsets[1].is_number_unsigned())
       throw bad("expected data_offsets [begin, end], found " + offsets.dump());
     std::uint64_t begin = offsets[0].get<std::uint64_t>(), end = offsets[1].get<std::uint64_t>();
-    TensorType type{*dtype, shape};
-    if (end < begin || end - begin != type.bytes())
-      throw bad(fmt::format("expected {} bytes for shape {} {}, found data_offsets [{}, {}]", type.bytes(),
+    const std::optional<std::uint64_t> bytes = checked_bytes(shape, *dtype);
+    if (!bytes)
+      throw bad(fmt::format("shape {} {} has more bytes than fit in 64 bits, found data_offsets [{}, {}]",
                             shape_str(shape), entry["dtype"].get<std::string>(), begin, end));
+    if (end < begin || end - begin != *bytes)
+      throw bad(fmt::format("expected {} bytes for shape {} {}, found data_offsets [{}, {}]", *bytes,
+                            shape_str(shape), entry["dtype"].get<std::string>(), begin, end));
+    if (*bytes > data_size)
+      throw fail(fmt::format("truncated: tensor {} needs {} bytes, the file holds {} data bytes", name, *bytes,
+                             data_size));
+    TensorType type{*dtype, shape};
     if (end > data_size)
       throw fail(fmt::format("truncated: tensor {} ends at byte {} of the data, the file holds {} data bytes", name, end,
                              data_size));
@@ -175,6 +274,7 @@ Checkpoint load_safetensors(const std::string& path) {
   }
   if (expected_begin != data_size)
     throw fail(fmt::format("corrupted file: expected {} data bytes after the header, found {}", expected_begin, data_size));
+  verify_checksums(path, checkpoint);
   return checkpoint;
 }
 

@@ -6,6 +6,9 @@
 #include <cmath>
 #include <limits>
 #include <numbers>
+#include <numeric>
+#include <optional>
+#include <sstream>
 
 #include "ir/error.h"
 #include "passes/autodiff.h"
@@ -35,6 +38,21 @@ BatchSampler::BatchSampler(const std::vector<std::int32_t>& tokens, std::int64_t
                             tokens.size()));
 }
 
+std::string BatchSampler::state() const {
+  std::ostringstream out;
+  out << rng_;
+  return out.str();
+}
+
+void BatchSampler::set_state(const std::string& text) {
+  std::istringstream in(text);
+  std::mt19937_64 rng;
+  in >> rng;
+  if (!in) throw Error(fmt::format("batch sampler state: expected 313 integers (std::mt19937_64's state), found '{}'",
+                                   text.substr(0, 40) + (text.size() > 40 ? "..." : "")));
+  rng_ = rng;
+}
+
 Batch BatchSampler::next() {
   Batch batch{HostTensor({DType::i32, {batch_, seq_len_}}), HostTensor({DType::i32, {batch_, seq_len_}})};
   std::span<std::int32_t> x = batch.idx.values<std::int32_t>(), y = batch.targets.values<std::int32_t>();
@@ -55,13 +73,8 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
   train_ = compile_train_graph();
   check_parameters(params, specs_, "initial parameters");
 
-  // ---- evaluation graph: forward and loss only, in the training precision ----
-  Graph eval_graph("gpt_moe_eval");
-  build_gpt_moe(eval_graph, config_, {.batch = config_.batch_size, .training = false, .with_loss = true});
-  run_pipeline(eval_graph, forward_pipeline(precision_));
-  eval_ = backend.compile(eval_graph);
+  eval_ = compile_eval_graph(config_, backend, precision_);
   bind_rope_tables(*train_, {.theta = config_.rope_theta});  // graphs without RoPE are left alone
-  bind_rope_tables(*eval_, {.theta = config_.rope_theta});
 
   for (const ParamSpec& s : specs_) {
     train_->set(s.name, params.at(s.name));
@@ -102,6 +115,16 @@ TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision) 
     ClippedGrads clipped = clip_grad_norm(b, grads, config.grad_clip);
     grads = clipped.grads;
     b.output(clipped.norm, "grad_norm");
+  } else {
+    // No clipping, but the norm is still worth printing: sqrt(sum_g sum(g^2)).
+    std::optional<Tensor> total;
+    for (const Tensor& g : grads) {
+      std::vector<std::int64_t> all(static_cast<std::size_t>(g.rank()));
+      std::iota(all.begin(), all.end(), 0);
+      Tensor squares = b.sum(b.mul(g, g), all, false);
+      total = total ? b.add(*total, squares) : squares;
+    }
+    if (total) b.output(b.sqrt(*total), "grad_norm");
   }
   // Two AdamW groups, as nanoGPT: weight decay on matrices and embeddings only.
   std::vector<Tensor> decay_params, decay_grads, plain_params, plain_grads;
@@ -153,9 +176,7 @@ StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
   stats.lm_loss = train_->get("lm_loss").get(0);
   if (has_aux_loss_) stats.aux_loss = train_->get("aux_loss").get(0);
   if (has_grad_norm_) stats.grad_norm = train_->get("grad_norm").get(0);
-  if (!std::isfinite(stats.loss))
-    throw Error(fmt::format("training diverged at step {}: loss is {} (try a lower learning_rate)", iter, stats.loss));
-  if (config_.selection_bias) update_selection_bias();
+  if (config_.selection_bias && std::isfinite(stats.loss)) update_selection_bias();
   return stats;
 }
 
@@ -179,17 +200,66 @@ void GptMoeTrainer::update_selection_bias() {
   }
 }
 
-double GptMoeTrainer::estimate_loss(BatchSampler& sampler, std::int64_t iters) {
-  for (const ParamSpec& s : specs_) eval_->set(s.name, train_->get(s.name));
+std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision) {
+  // Forward and loss only, in the training precision.
+  Graph eval_graph("gpt_moe_eval");
+  build_gpt_moe(eval_graph, config, {.batch = config.batch_size, .training = false, .with_loss = true});
+  run_pipeline(eval_graph, forward_pipeline(precision));
+  std::unique_ptr<Executable> eval = backend.compile(eval_graph);
+  bind_rope_tables(*eval, {.theta = config.rope_theta});  // graphs without RoPE are left alone
+  return eval;
+}
+
+double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters) {
   double total = 0;
   for (std::int64_t i = 0; i < iters; ++i) {
     Batch batch = sampler.next();
-    eval_->set("idx", batch.idx);
-    eval_->set("targets", batch.targets);
-    eval_->run();
-    total += eval_->get("lm_loss").get(0);
+    eval.set("idx", batch.idx);
+    eval.set("targets", batch.targets);
+    eval.run();
+    total += eval.get("lm_loss").get(0);
   }
   return total / static_cast<double>(iters);
+}
+
+double GptMoeTrainer::estimate_loss(BatchSampler& sampler, std::int64_t iters) {
+  for (const ParamSpec& s : specs_) eval_->set(s.name, train_->get(s.name));
+  return mean_lm_loss(*eval_, sampler, iters);
+}
+
+void GptMoeTrainer::set_parameters(const std::map<std::string, HostTensor>& params) {
+  check_parameters(params, specs_, "parameters");
+  for (const ParamSpec& s : specs_) train_->set(s.name, params.at(s.name));
+}
+
+std::map<std::string, HostTensor> GptMoeTrainer::optimizer_state() const {
+  std::map<std::string, HostTensor> moments;
+  for (const ParamSpec& s : specs_) {
+    if (s.role != ArgRole::param) continue;
+    moments.emplace("m." + s.name, train_->get("m." + s.name));
+    moments.emplace("v." + s.name, train_->get("v." + s.name));
+  }
+  return moments;
+}
+
+void GptMoeTrainer::set_optimizer_state(const std::map<std::string, HostTensor>& moments) {
+  std::size_t expected = 0;
+  for (const ParamSpec& s : specs_) {
+    if (s.role != ArgRole::param) continue;
+    for (const char* prefix : {"m.", "v."}) {
+      const std::string name = prefix + s.name;
+      auto it = moments.find(name);
+      if (it == moments.end())
+        throw Error(fmt::format("optimizer state: expected AdamW moment {}, found none", name));
+      if (it->second.type() != s.type)
+        throw Error(fmt::format("optimizer state: {}: expected {}, found {}", name, s.type.str(),
+                                it->second.type().str()));
+      ++expected;
+    }
+  }
+  if (moments.size() != expected)
+    throw Error(fmt::format("optimizer state: expected {} AdamW moments, found {}", expected, moments.size()));
+  for (const auto& [name, value] : moments) train_->set(name, value);
 }
 
 std::map<std::string, HostTensor> GptMoeTrainer::parameters() const {

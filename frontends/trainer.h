@@ -45,6 +45,10 @@ class BatchSampler {
  public:
   BatchSampler(const std::vector<std::int32_t>& tokens, std::int64_t batch, std::int64_t seq_len, std::uint64_t seed);
   Batch next();
+  // The generator's whole state as text (std::mt19937_64's stream form), and
+  // back: a resumed run draws the same batches an uninterrupted one would.
+  std::string state() const;
+  void set_state(const std::string& text);  // moejit::Error on malformed text
 
  private:
   const std::vector<std::int32_t>* tokens_;
@@ -53,8 +57,8 @@ class BatchSampler {
 };
 
 // The whole training step as one graph: the model's forward pass and loss,
-// append_backward, global-norm clipping (output "grad_norm" when
-// config.grad_clip > 0), and two AdamW groups (weight decay on matrices and
+// append_backward, the global gradient norm (output "grad_norm", before
+// clipping) and global-norm clipping when config.grad_clip > 0, and two AdamW groups (weight decay on matrices and
 // embeddings only, as nanoGPT) whose outputs update the parameters and
 // moments. Inputs: idx, targets, lr, step (and rng_offset when the model has
 // random ops).
@@ -76,6 +80,15 @@ std::string forward_pipeline(DType precision);
 // the CUDA backend and f32 elsewhere.
 DType training_precision(const GptMoeConfig& config, const Backend& backend);
 
+// The forward-only graph of the loss estimates (batch_size sequences of
+// block_size, outputs "loss", "lm_loss", through forward_pipeline(precision)),
+// compiled; and the mean lm_loss over
+// `iters` batches of `sampler` on it, once its parameters are set. The
+// trainer's estimate_loss and `gpt_moe eval` share both, so they agree bit
+// for bit.
+std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision);
+double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters);
+
 struct StepStats {
   double loss = 0, lm_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
 };
@@ -87,13 +100,20 @@ class GptMoeTrainer {
   GptMoeTrainer(const GptMoeConfig& config, Backend& backend, const std::map<std::string, HostTensor>& params);
 
   // One optimizer step at iteration `iter` (0-based): lr from the schedule,
-  // AdamW step iter + 1.
+  // AdamW step iter + 1. A non-finite loss is returned, not thrown: the
+  // caller decides (the training loop stops without saving).
   StepStats step(const Batch& batch, std::int64_t iter);
   // Mean cross-entropy over `iters` batches, on the forward-only graph.
   double estimate_loss(BatchSampler& sampler, std::int64_t iters);
 
   // Current values of every spec (parameters and state).
   std::map<std::string, HostTensor> parameters() const;
+  // Replaces every spec's value (checked like the constructor's).
+  void set_parameters(const std::map<std::string, HostTensor>& params);
+  // The AdamW moments, "m.<name>" and "v.<name>" per trained parameter, and
+  // back (every one of them, checked by name and type).
+  std::map<std::string, HostTensor> optimizer_state() const;
+  void set_optimizer_state(const std::map<std::string, HostTensor>& moments);
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const GptMoeConfig& config() const { return config_; }
   DType precision() const { return precision_; }

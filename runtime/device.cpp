@@ -1,10 +1,14 @@
-// Backend selection by name (see device.h).
+// Backend selection by name (see device.h). A build without the CUDA
+// backend (MOEJIT_WITH_CUDA=0, CMake option MOEJIT_WITH_CUDA=OFF) has only
+// the CPU: "cuda" is an error saying so and "auto" picks the CPU.
 #include "runtime/device.h"
 
 #include <fmt/format.h>
 
 #include "ir/error.h"
+#if MOEJIT_WITH_CUDA
 #include "runtime/cuda/cuda_backend.h"
+#endif
 
 namespace moejit {
 
@@ -18,6 +22,7 @@ std::unique_ptr<Backend> make_backend(std::string_view device, std::string* note
   }
   if (device != "cuda" && device != "auto")
     throw Error(fmt::format("--device: expected auto, cpu or cuda, found '{}'", device));
+#if MOEJIT_WITH_CUDA
   std::string why;
   if (!cuda_available(&why)) {
     if (device == "cuda") throw Error(fmt::format("--device cuda: the CUDA backend is not available: {}", why));
@@ -26,6 +31,13 @@ std::unique_ptr<Backend> make_backend(std::string_view device, std::string* note
   }
   say(fmt::format("{}: CUDA on {}", device, cuda_device_info().name));
   return make_cuda_backend();
+#else
+  if (device == "cuda")
+    throw Error("--device cuda: this build has no CUDA backend (configured with -DMOEJIT_WITH_CUDA=OFF; rebuild with "
+                "the CUDA Toolkit installed)");
+  say("auto: this build has no CUDA backend, using the CPU");
+  return make_cpu_backend();
+#endif
 }
 
 }  // namespace moejit

@@ -21,7 +21,9 @@
 #include <sstream>
 #include <unistd.h>
 
+#if MOEJIT_WITH_CUDA
 #include "codegen/cuda_codegen.h"
+#endif
 #include "ir/error.h"
 #include "ir/file_io.h"
 #include "ir/graphviz.h"
@@ -103,14 +105,21 @@ std::string process(const std::string& text, const OptOptions& o) {
   manager.add_pipeline(o.passes);
   manager.run(graph);
   if (o.pass_statistics) manager.print_statistics(std::cerr);
+#if MOEJIT_WITH_CUDA
   if (o.emit == "cuda") return codegen::emit_cuda_source(graph, codegen::Target::named(o.arch));  // the CUDA backend's module
+#else
+  if (o.emit == "cuda")
+    throw Error("--emit=cuda: this build has no CUDA backend (configured with -DMOEJIT_WITH_CUDA=OFF)");
+#endif
   return o.emit == "dot" ? graph_to_dot(graph) : print_graph(graph);
 }
 
 int run_opt(const OptOptions& o) {
   // A bad pipeline or architecture is reported once, before reading any input.
   PassManager{}.add_pipeline(o.passes);
+#if MOEJIT_WITH_CUDA
   codegen::Target::named(o.arch);
+#endif
   std::string text = read_input(o.input);
   std::vector<std::string> pieces = o.split_input_file ? split_input(text) : std::vector<std::string>{text};
   std::string output;

@@ -4,9 +4,16 @@
 // file is the same rules as loops.
 //
 // Sizes: tokens T, experts E, top-k K, width D (model) or F (expert), routed
-// rows N (a static upper bound, ir/moe_shapes.h). Float math runs in double
-// whatever the tensor dtype (f32, f64, bf16, f16); results are rounded to
-// their dtype once, when stored. Index tensors are i32.
+// rows N (a static upper bound, ir/moe_shapes.h). Routing, combine and the
+// losses run in double whatever the tensor dtype (f32, f64, bf16, f16);
+// results are rounded to their dtype once, when stored. The expert matmuls
+// (grouped_matmul, its wgrad, and the fused gather_matmul / matmul_combine)
+// hold most of the FLOPs: in f32 (and bf16/f16, through f32 copies) they run
+// in f32 with f32 accumulation, laid out like the dense matmul
+// (cpu_matmul.cpp: contiguous rows, four k steps per pass) and split over
+// threads by rows, in a fixed order per element so the result does not
+// depend on the thread count; in f64 (gradient checks) they stay in double.
+// Index tensors are i32.
 //
 // Integer inputs come from data (expert ids, slots, positions, offsets), so a
 // kernel checks them and throws moejit::Error naming the op and the element
@@ -21,6 +28,7 @@
 #include "ir/moe_shapes.h"
 #include "ir/verifier.h"
 #include "runtime/cpu/cpu_kernels.h"
+#include "runtime/cpu/cpu_util.h"
 
 namespace moejit::cpu {
 namespace {
@@ -50,7 +58,27 @@ Indices read_ints(const HostTensor& t) {
   auto v = t.values<Index>();
   return Indices(v.begin(), v.end());
 }
-void store(HostTensor& t, const Doubles& values) { t = HostTensor::from_doubles(t.type(), values); }
+// HostTensor::to_doubles / from_doubles, with straight loops for f32 and f64
+// (the generic ones check every element's index against the shape).
+Doubles doubles_of(const HostTensor& t) {
+  if (t.dtype() == DType::f32) {
+    auto v = t.values<float>();
+    return Doubles(v.begin(), v.end());
+  }
+  if (t.dtype() == DType::f64) {
+    auto v = t.values<double>();
+    return Doubles(v.begin(), v.end());
+  }
+  return t.to_doubles();
+}
+void store(HostTensor& t, const Doubles& values) {
+  if (t.dtype() == DType::f32 && t.bytes() == values.size() * sizeof(float)) {
+    auto dst = t.values<float>();
+    for (std::size_t i = 0; i < values.size(); ++i) dst[i] = static_cast<float>(values[i]);
+    return;
+  }
+  t = HostTensor::from_doubles(t.type(), values);
+}
 void store_ints(HostTensor& t, const Indices& values) {
   auto dst = t.values<Index>();
   MOEJIT_ASSERT(dst.size() == values.size(), "index result size");
@@ -59,19 +87,11 @@ void store_ints(HostTensor& t, const Indices& values) {
 std::int64_t dim(const HostTensor& t, int axis) { return t.type().dim(axis); }
 
 // Runs fn(begin, end) over [0, n) on up to `threads` threads when the work is
-// large enough to pay for them. fn must not throw (inputs are checked first).
+// large enough to pay for them (cpu_util.h's parallel_for). fn must not throw
+// (inputs are checked first).
 template <typename Fn>
-void parallel_for(int threads, std::int64_t n, std::int64_t work_per_item, Fn fn) {
-  std::int64_t workers = std::min<std::int64_t>(std::max(threads, 1), n);
-  if (workers <= 1 || n * work_per_item < (1 << 16)) {
-    fn(std::int64_t{0}, n);
-    return;
-  }
-  std::vector<std::thread> pool;
-  std::int64_t chunk = (n + workers - 1) / workers;
-  for (std::int64_t begin = 0; begin < n; begin += chunk)
-    pool.emplace_back([=] { fn(begin, std::min(n, begin + chunk)); });
-  for (auto& thread : pool) thread.join();
+void parallel_rows(int threads, std::int64_t n, std::int64_t work_per_item, Fn fn) {
+  cpu::parallel_for(n, threads, std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(work_per_item, 1)), fn);
 }
 
 // ---- checks of index data ----
@@ -262,7 +282,7 @@ Doubles grouped_matmul(const Doubles& xs, std::int64_t rows, std::int64_t d, con
                        const Indices& offsets, int threads) {
   Doubles ys(static_cast<std::size_t>(rows * f), 0.0);
   Indices expert_of = row_experts(offsets, rows);
-  parallel_for(threads, rows, d * f, [&](std::int64_t begin, std::int64_t end) {
+  parallel_rows(threads, rows, d * f, [&](std::int64_t begin, std::int64_t end) {
     for (std::int64_t i = begin; i < end; ++i) {
       Index e = expert_of[static_cast<std::size_t>(i)];
       if (e < 0) continue;
@@ -295,7 +315,7 @@ Doubles grouped_matmul_wgrad(const Doubles& xs, std::int64_t d, const Doubles& d
   std::int64_t num_experts = static_cast<std::int64_t>(offsets.size()) - 1;
   Doubles dw(static_cast<std::size_t>(num_experts * d * f), 0.0);
   std::int64_t rows_total = offsets.back() - offsets.front();
-  parallel_for(threads, num_experts, rows_total * d * f / std::max<std::int64_t>(num_experts, 1),
+  parallel_rows(threads, num_experts, rows_total * d * f / std::max<std::int64_t>(num_experts, 1),
                [&](std::int64_t begin, std::int64_t end) {
                  for (std::int64_t e = begin; e < end; ++e) {
                    double* dwe = dw.data() + e * d * f;
@@ -311,6 +331,133 @@ Doubles grouped_matmul_wgrad(const Doubles& xs, std::int64_t d, const Doubles& d
                  }
                });
   return dw;
+}
+
+// ---- the expert matmuls in f32 ----
+
+// c[0..n) += a0 * b0[0..n) + ... + a3 * b3[0..n): four k steps per pass over
+// the c row, a fixed-width inner loop the compiler vectorizes (as in
+// cpu_matmul.cpp).
+void add_scaled_rows4(float* __restrict c, const float* __restrict b0, const float* __restrict b1,
+                      const float* __restrict b2, const float* __restrict b3, float a0, float a1, float a2, float a3,
+                      std::int64_t n) {
+  constexpr int kWidth = 16;
+  std::int64_t j = 0;
+  for (; j + kWidth <= n; j += kWidth)
+    for (int u = 0; u < kWidth; ++u) c[j + u] += a0 * b0[j + u] + a1 * b1[j + u] + a2 * b2[j + u] + a3 * b3[j + u];
+  for (; j < n; ++j) c[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
+}
+
+void add_scaled_row(float* __restrict c, const float* __restrict b, float a, std::int64_t n) {
+  for (std::int64_t j = 0; j < n; ++j) c[j] += a * b[j];
+}
+
+// y[0..f) = x[0..d) · w where w is [d, f] row-major.
+void vector_matrix(const float* x, const float* w, std::int64_t d, std::int64_t f, float* y) {
+  std::fill(y, y + f, 0.0f);
+  std::int64_t k = 0;
+  for (; k + 4 <= d; k += 4)
+    add_scaled_rows4(y, w + k * f, w + (k + 1) * f, w + (k + 2) * f, w + (k + 3) * f, x[k], x[k + 1], x[k + 2],
+                     x[k + 3], f);
+  for (; k < d; ++k) add_scaled_row(y, w + k * f, x[k], f);
+}
+
+// The same for four rows of one expert: each k block of w (four rows, in
+// L1) serves all four before the next is loaded. Every row is computed in
+// exactly vector_matrix's order, so grouping never changes a result.
+void vector_matrix4(const float* const x[4], const float* w, std::int64_t d, std::int64_t f, float* const y[4]) {
+  for (int r = 0; r < 4; ++r) std::fill(y[r], y[r] + f, 0.0f);
+  std::int64_t k = 0;
+  for (; k + 4 <= d; k += 4)
+    for (int r = 0; r < 4; ++r)
+      add_scaled_rows4(y[r], w + k * f, w + (k + 1) * f, w + (k + 2) * f, w + (k + 3) * f, x[r][k], x[r][k + 1],
+                       x[r][k + 2], x[r][k + 3], f);
+  for (; k < d; ++k)
+    for (int r = 0; r < 4; ++r) add_scaled_row(y[r], w + k * f, x[r][k], f);
+}
+
+// The grouped matmul of row_source(i) (a pointer to row i of xs [N, D], or
+// nullptr for a zero row) with w [E, D, F] (transpose_w: [E, F, D], copied
+// to [E, D, F] first) -> ys [N, F], zero outside every segment.
+template <typename RowSource>
+std::vector<float> grouped_matmul_f32(RowSource row_source, std::int64_t rows, std::int64_t d, std::span<const float> w,
+                                      std::int64_t f, bool transpose_w, const Indices& offsets, int threads) {
+  const std::int64_t num_experts = static_cast<std::int64_t>(offsets.size()) - 1;
+  std::vector<float> w_copy;
+  const float* w_rows = w.data();  // [E, D, F]
+  if (transpose_w) {
+    w_copy.resize(w.size());
+    for (std::int64_t e = 0; e < num_experts; ++e)
+      for (std::int64_t j = 0; j < f; ++j)
+        for (std::int64_t k = 0; k < d; ++k) w_copy[idx((e * d + k) * f + j)] = w[idx((e * f + j) * d + k)];
+    w_rows = w_copy.data();
+  }
+  std::vector<float> ys(idx(rows * f), 0.0f);
+  const Indices expert_of = row_experts(offsets, rows);
+  cpu::parallel_for(rows, threads, std::max<std::int64_t>(1, (1 << 15) / std::max<std::int64_t>(d * f, 1)),
+                    [&](std::int64_t begin, std::int64_t end) {
+                      for (std::int64_t i = begin; i < end;) {
+                        const Index e = expert_of[idx(i)];
+                        const float* x_row = e < 0 ? nullptr : row_source(i);
+                        if (x_row == nullptr) {
+                          ++i;
+                          continue;
+                        }
+                        const float* w_e = w_rows + e * d * f;
+                        if (i + 4 <= end && expert_of[idx(i + 3)] == e) {  // segments are contiguous
+                          const float* x4[4] = {x_row, row_source(i + 1), row_source(i + 2), row_source(i + 3)};
+                          if (x4[1] && x4[2] && x4[3]) {
+                            float* const y4[4] = {ys.data() + i * f, ys.data() + (i + 1) * f, ys.data() + (i + 2) * f,
+                                                  ys.data() + (i + 3) * f};
+                            vector_matrix4(x4, w_e, d, f, y4);
+                            i += 4;
+                            continue;
+                          }
+                        }
+                        vector_matrix(x_row, w_e, d, f, ys.data() + i * f);
+                        ++i;
+                      }
+                    });
+  return ys;
+}
+
+// dw [E, D, F]: dw[e] = sum over rows i of segment e (ascending) of xs[i]^T dys[i],
+// in f32, four rows i per pass over a dw row (a quarter of its loads and
+// stores). Tasks are (expert, block of 16 rows of dw[e]), so every element
+// is summed in the same order whatever the thread count.
+std::vector<float> grouped_matmul_wgrad_f32(std::span<const float> xs, std::int64_t d, std::span<const float> dys,
+                                            std::int64_t f, const Indices& offsets, int threads) {
+  const std::int64_t num_experts = static_cast<std::int64_t>(offsets.size()) - 1;
+  constexpr std::int64_t kBlock = 16;
+  const std::int64_t blocks = (d + kBlock - 1) / kBlock;
+  std::vector<float> dw(idx(num_experts * d * f), 0.0f);
+  const std::int64_t rows_total = offsets.back() - offsets.front();
+  const std::int64_t work_per_task = std::max<std::int64_t>(1, rows_total / std::max<std::int64_t>(num_experts, 1)) * kBlock * f;
+  cpu::parallel_for(num_experts * blocks, threads, std::max<std::int64_t>(1, (1 << 15) / work_per_task),
+                    [&](std::int64_t begin, std::int64_t end) {
+                      for (std::int64_t task = begin; task < end; ++task) {
+                        const std::int64_t e = task / blocks, k0 = (task % blocks) * kBlock;
+                        const std::int64_t k1 = std::min(d, k0 + kBlock);
+                        float* dwe = dw.data() + e * d * f;
+                        const std::int64_t first = offsets[idx(e)], last = offsets[idx(e + 1)];
+                        auto x_at = [&](std::int64_t i, std::int64_t k) { return xs[idx(i * d + k)]; };
+                        auto dy_row = [&](std::int64_t i) { return dys.data() + i * f; };
+                        std::int64_t i = first;
+                        for (; i + 4 <= last; i += 4)
+                          for (std::int64_t k = k0; k < k1; ++k)
+                            add_scaled_rows4(dwe + k * f, dy_row(i), dy_row(i + 1), dy_row(i + 2), dy_row(i + 3),
+                                             x_at(i, k), x_at(i + 1, k), x_at(i + 2, k), x_at(i + 3, k), f);
+                        for (; i < last; ++i)
+                          for (std::int64_t k = k0; k < k1; ++k) add_scaled_row(dwe + k * f, dy_row(i), x_at(i, k), f);
+                      }
+                    });
+  return dw;
+}
+
+void store_floats(HostTensor& t, std::vector<float> values) {
+  auto dst = t.values<float>();
+  MOEJIT_ASSERT(dst.size() == values.size(), "f32 result size");
+  std::copy(values.begin(), values.end(), dst.begin());
 }
 
 // out[t] = sum_k weights[t,k] * ys[positions[t,k]], skipping -1. ys [N, D] -> [T, D].
@@ -351,10 +498,10 @@ void kernel_Gate(const KernelArgs& args) {
   const HostTensor& logits = in(args, 0);
   std::int64_t tokens = dim(logits, 0), num_experts = dim(logits, 1);
   GateAttrs g = gate_attrs(args.op.attrs, args.op.attrs.get_int("top_k"));
-  Doubles bias = has_in(args, 1) ? in(args, 1).to_doubles() : Doubles{};
+  Doubles bias = has_in(args, 1) ? doubles_of(in(args, 1)) : Doubles{};
   Doubles weights;
   Indices experts;
-  gate_forward(g, logits.to_doubles(), tokens, num_experts, bias, weights, experts);
+  gate_forward(g, doubles_of(logits), tokens, num_experts, bias, weights, experts);
   store(out(args, 0), weights);
   store_ints(out(args, 1), experts);
 }
@@ -365,7 +512,7 @@ void kernel_GateGrad(const KernelArgs& args) {
   const HostTensor& logits_t = in(args, 0);
   std::int64_t tokens = dim(logits_t, 0), num_experts = dim(logits_t, 1), top_k = dim(in(args, 1), 1);
   GateAttrs g = gate_attrs(args.op.attrs, top_k);
-  Doubles logits = logits_t.to_doubles(), dweights = in(args, 2).to_doubles();
+  Doubles logits = doubles_of(logits_t), dweights = doubles_of(in(args, 2));
   Indices experts = read_ints(in(args, 1));
   check_expert_ids(args, experts, top_k, num_experts, "experts");
   Doubles dlogits(logits.size(), 0.0), probs, dprobs(static_cast<std::size_t>(num_experts));
@@ -425,7 +572,7 @@ void kernel_Permute(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 0), 0), width = dim(in(args, 0), 1), top_k = args.op.attrs.get_int("top_k");
   Indices slots = read_ints(in(args, 1));
   check_slots(args, slots, tokens * top_k);
-  store(out(args, 0), permute_rows(in(args, 0).to_doubles(), width, slots, top_k));
+  store(out(args, 0), permute_rows(doubles_of(in(args, 0)), width, slots, top_k));
 }
 
 // moe.permute_grad: dxs [N, D], positions [T, K] -> dx [T, D];
@@ -436,7 +583,7 @@ void kernel_PermuteGrad(const KernelArgs& args) {
   Indices positions = read_ints(in(args, 1));
   check_positions(args, positions, top_k, rows);
   Doubles ones(positions.size(), 1.0);
-  store(out(args, 0), combine_rows(in(args, 0).to_doubles(), width, ones, positions, tokens, top_k));
+  store(out(args, 0), combine_rows(doubles_of(in(args, 0)), width, ones, positions, tokens, top_k));
 }
 
 // ---- expert matmuls ----
@@ -449,7 +596,15 @@ void kernel_GroupedMatmul(const KernelArgs& args) {
   std::int64_t rows = dim(xs, 0), d = dim(xs, 1), f = transpose_w ? dim(w, 1) : dim(w, 2);
   Indices offsets = read_ints(in(args, 2));
   check_offsets(args, offsets, rows);
-  store(out(args, 0), grouped_matmul(xs.to_doubles(), rows, d, w.to_doubles(), f, transpose_w, offsets, args.threads));
+  if (xs.dtype() == DType::f64 || w.dtype() == DType::f64) {
+    store(out(args, 0), grouped_matmul(doubles_of(xs), rows, d, doubles_of(w), f, transpose_w, offsets, args.threads));
+    return;
+  }
+  for_float(args, [&](const KernelArgs& a, auto) {
+    std::span<const float> x = cpu::in<float>(a, 0);
+    auto row = [&](std::int64_t i) { return x.data() + i * d; };
+    store_floats(output(a, 0), grouped_matmul_f32(row, rows, d, cpu::in<float>(a, 1), f, transpose_w, offsets, a.threads));
+  });
 }
 
 // moe.grouped_matmul_wgrad: xs [N, D], dys [N, F], offsets [E+1] -> [E, D, F].
@@ -457,7 +612,13 @@ void kernel_GroupedMatmulWgrad(const KernelArgs& args) {
   std::int64_t rows = dim(in(args, 0), 0), d = dim(in(args, 0), 1), f = dim(in(args, 1), 1);
   Indices offsets = read_ints(in(args, 2));
   check_offsets(args, offsets, rows);
-  store(out(args, 0), grouped_matmul_wgrad(in(args, 0).to_doubles(), d, in(args, 1).to_doubles(), f, offsets, args.threads));
+  if (in(args, 0).dtype() == DType::f64 || in(args, 1).dtype() == DType::f64) {
+    store(out(args, 0), grouped_matmul_wgrad(doubles_of(in(args, 0)), d, doubles_of(in(args, 1)), f, offsets, args.threads));
+    return;
+  }
+  for_float(args, [&](const KernelArgs& a, auto) {
+    store_floats(output(a, 0), grouped_matmul_wgrad_f32(cpu::in<float>(a, 0), d, cpu::in<float>(a, 1), f, offsets, a.threads));
+  });
 }
 
 // moe.combine: ys [N, D], weights [T, K], positions [T, K] -> [T, D].
@@ -466,7 +627,7 @@ void kernel_Combine(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 1), 0), top_k = dim(in(args, 1), 1);
   Indices positions = read_ints(in(args, 2));
   check_positions(args, positions, top_k, rows);
-  store(out(args, 0), combine_rows(in(args, 0).to_doubles(), width, in(args, 1).to_doubles(), positions, tokens, top_k));
+  store(out(args, 0), combine_rows(doubles_of(in(args, 0)), width, doubles_of(in(args, 1)), positions, tokens, top_k));
 }
 
 // moe.combine_grad: ys [N, D], weights [T, K], positions [T, K], dout [T, D]
@@ -477,7 +638,7 @@ void kernel_CombineGrad(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 1), 0), top_k = dim(in(args, 1), 1);
   Indices positions = read_ints(in(args, 2));
   check_positions(args, positions, top_k, rows);
-  Doubles ys = in(args, 0).to_doubles(), weights = in(args, 1).to_doubles(), dout = in(args, 3).to_doubles();
+  Doubles ys = doubles_of(in(args, 0)), weights = doubles_of(in(args, 1)), dout = doubles_of(in(args, 3));
   Doubles dys(ys.size(), 0.0), dweights(weights.size(), 0.0);
   for (std::int64_t t = 0; t < tokens; ++t)
     for (std::int64_t k = 0; k < top_k; ++k) {
@@ -538,7 +699,7 @@ double safe_log(double p) { return std::log(std::max(p, kEntropyFloor)); }
 void kernel_LoadBalanceLoss(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 0), 0), num_experts = dim(in(args, 0), 1);
   Doubles share = routed_share(args, in(args, 1), num_experts);
-  Doubles mean_prob = column_means(in(args, 0).to_doubles(), tokens, num_experts);
+  Doubles mean_prob = column_means(doubles_of(in(args, 0)), tokens, num_experts);
   double loss = 0.0;
   for (std::int64_t e = 0; e < num_experts; ++e) loss += share[static_cast<std::size_t>(e)] * mean_prob[static_cast<std::size_t>(e)];
   store(out(args, 0), {args.op.attrs.get_float("coeff") * static_cast<double>(num_experts) * loss});
@@ -558,7 +719,7 @@ void kernel_LoadBalanceLossGrad(const KernelArgs& args) {
 // moe.z_loss: logits [T, E] -> coeff * mean_t logsumexp(logits[t])^2.
 void kernel_ZLoss(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 0), 0), num_experts = dim(in(args, 0), 1);
-  Doubles logits = in(args, 0).to_doubles();
+  Doubles logits = doubles_of(in(args, 0));
   double sum = 0.0;
   for (std::int64_t t = 0; t < tokens; ++t) {
     double lse = logsumexp(logits.data() + t * num_experts, num_experts);
@@ -570,7 +731,7 @@ void kernel_ZLoss(const KernelArgs& args) {
 // moe.z_loss_grad: dlogits[t, e] = dloss * coeff * 2 * lse_t * softmax(logits[t])_e / T.
 void kernel_ZLossGrad(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 0), 0), num_experts = dim(in(args, 0), 1);
-  Doubles logits = in(args, 0).to_doubles();
+  Doubles logits = doubles_of(in(args, 0));
   double scale = scalar_of(in(args, 1)) * args.op.attrs.get_float("coeff") * 2.0 / static_cast<double>(tokens);
   Doubles dlogits(logits.size());
   for (std::int64_t t = 0; t < tokens; ++t) {
@@ -585,7 +746,7 @@ void kernel_ZLossGrad(const KernelArgs& args) {
 // moe.entropy_reg: probs [T, E] -> coeff * sum_e p_e log p_e, p = mean over tokens of probs.
 void kernel_EntropyReg(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 0), 0), num_experts = dim(in(args, 0), 1);
-  Doubles mean_prob = column_means(in(args, 0).to_doubles(), tokens, num_experts);
+  Doubles mean_prob = column_means(doubles_of(in(args, 0)), tokens, num_experts);
   double sum = 0.0;
   for (double p : mean_prob) sum += p * safe_log(p);
   store(out(args, 0), {args.op.attrs.get_float("coeff") * sum});
@@ -594,7 +755,7 @@ void kernel_EntropyReg(const KernelArgs& args) {
 // moe.entropy_reg_grad: dprobs[t, e] = dloss * coeff * (log p_e + 1) / T.
 void kernel_EntropyRegGrad(const KernelArgs& args) {
   std::int64_t tokens = dim(in(args, 0), 0), num_experts = dim(in(args, 0), 1);
-  Doubles mean_prob = column_means(in(args, 0).to_doubles(), tokens, num_experts);
+  Doubles mean_prob = column_means(doubles_of(in(args, 0)), tokens, num_experts);
   double scale = scalar_of(in(args, 1)) * args.op.attrs.get_float("coeff") / static_cast<double>(tokens);
   Doubles dprobs(static_cast<std::size_t>(tokens * num_experts));
   for (std::int64_t t = 0; t < tokens; ++t)
@@ -612,12 +773,12 @@ void kernel_Route(const KernelArgs& args) {
   const auto& attrs = args.op.attrs;
   const HostTensor& x_t = in(args, 0);
   std::int64_t tokens = dim(x_t, 0), d = dim(x_t, 1), num_experts = dim(in(args, 1), 1), top_k = attrs.get_int("top_k");
-  Doubles x = x_t.to_doubles();
-  Doubles logits = dense_matmul(x, tokens, d, in(args, 1).to_doubles(), num_experts);
+  Doubles x = doubles_of(x_t);
+  Doubles logits = dense_matmul(x, tokens, d, doubles_of(in(args, 1)), num_experts);
   // Round the logits to their dtype first, as the unfused graph stores them.
   store(out(args, 0), logits);
-  logits = out(args, 0).to_doubles();
-  Doubles bias = has_in(args, 2) ? in(args, 2).to_doubles() : Doubles{};
+  logits = doubles_of(out(args, 0));
+  Doubles bias = has_in(args, 2) ? doubles_of(in(args, 2)) : Doubles{};
   Doubles weights;
   Indices experts;
   gate_forward(gate_attrs(attrs, top_k), logits, tokens, num_experts, bias, weights, experts);
@@ -642,8 +803,20 @@ void kernel_GatherMatmul(const KernelArgs& args) {
   std::int64_t rows = static_cast<std::int64_t>(slots.size());
   check_slots(args, slots, tokens * top_k);
   check_offsets(args, offsets, rows);
-  Doubles xs = permute_rows(x.to_doubles(), d, slots, top_k);
-  store(out(args, 0), grouped_matmul(xs, rows, d, w.to_doubles(), f, false, offsets, args.threads));
+  if (x.dtype() == DType::f64 || w.dtype() == DType::f64) {
+    Doubles xs = permute_rows(doubles_of(x), d, slots, top_k);
+    store(out(args, 0), grouped_matmul(xs, rows, d, doubles_of(w), f, false, offsets, args.threads));
+    return;
+  }
+  for_float(args, [&](const KernelArgs& a, auto) {
+    std::span<const float> xv = cpu::in<float>(a, 0);
+    // Row i of permute(x, slots) is x[slots[i] / K], read in place.
+    auto row = [&](std::int64_t i) -> const float* {
+      const Index slot = slots[idx(i)];
+      return slot < 0 ? nullptr : xv.data() + (slot / top_k) * d;
+    };
+    store_floats(output(a, 0), grouped_matmul_f32(row, rows, d, cpu::in<float>(a, 1), f, false, offsets, a.threads));
+  });
 }
 
 // moe.matmul_combine: hs [N, F], w [E, F, D], offsets [E+1], weights [T, K], positions [T, K]
@@ -656,10 +829,21 @@ void kernel_MatmulCombine(const KernelArgs& args) {
   Indices offsets = read_ints(in(args, 2)), positions = read_ints(in(args, 4));
   check_offsets(args, offsets, rows);
   check_positions(args, positions, top_k, rows);
-  Doubles ys = grouped_matmul(hs.to_doubles(), rows, f, w.to_doubles(), d, false, offsets, args.threads);
-  // Round the expert outputs to their dtype first, as the unfused graph stores them.
-  store(out(args, 1), ys);
-  store(out(args, 0), combine_rows(out(args, 1).to_doubles(), d, in(args, 3).to_doubles(), positions, tokens, top_k));
+  // The expert outputs (result 1), rounded to their dtype first, as the
+  // unfused graph stores them; then the combine reads them back.
+  HostTensor& ys_t = out(args, 1);
+  if (hs.dtype() == DType::f64 || w.dtype() == DType::f64) {
+    store(ys_t, grouped_matmul(doubles_of(hs), rows, f, doubles_of(w), d, false, offsets, args.threads));
+  } else {
+    const HostTensor hs32 = hs.dtype() == DType::f32 ? hs : hs.cast(DType::f32);
+    const HostTensor w32 = w.dtype() == DType::f32 ? w : w.cast(DType::f32);
+    std::span<const float> hv = hs32.values<float>();
+    auto row = [&](std::int64_t i) { return hv.data() + i * f; };
+    HostTensor ys32(TensorType{DType::f32, {rows, d}});
+    store_floats(ys32, grouped_matmul_f32(row, rows, f, w32.values<float>(), d, false, offsets, args.threads));
+    ys_t = ys_t.dtype() == DType::f32 ? std::move(ys32) : ys32.cast(ys_t.dtype());
+  }
+  store(out(args, 0), combine_rows(doubles_of(ys_t), d, doubles_of(in(args, 3)), positions, tokens, top_k));
 }
 
 }  // namespace moejit::cpu

@@ -294,3 +294,108 @@ TEST_CASE("a checkpoint that does not match its config names the tensor", "[safe
   msg = error_of([&] { load_gpt_checkpoint(path.string()); });
   CHECK(msg.find("tensor wpe.weight: expected finite values, found nan at element 5") != std::string::npos);
 }
+
+namespace {
+
+// The file's header JSON and where the data starts.
+std::pair<std::string, std::size_t> header_of(const std::string& bytes) {
+  std::uint64_t header_len = 0;
+  for (int i = 0; i < 8; ++i) header_len |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  return {bytes.substr(8, header_len), 8 + header_len};
+}
+
+// A safetensors file with this header text (padded to 8 bytes) and data.
+std::string file_with_header(std::string header, const std::string& data) {
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  return out + header + data;
+}
+
+}  // namespace
+
+TEST_CASE("checksums: flipped data bytes and changed metadata are caught, naming what changed", "[safetensors]") {
+  Checkpoint ck;
+  ck.tensors["a"] = HostTensor::from_floats({4}, std::vector<float>{1, 2, 3, 4});
+  ck.tensors["b"] = HostTensor::from_floats({2}, std::vector<float>{5, 6});
+  ck.metadata["config"] = "{\"n_head\":2,\"top_k\":2}";
+  const fs::path dir = temp_dir("checksum");
+  const fs::path good = dir / "good.safetensors", bad = dir / "bad.safetensors";
+  save_safetensors(good.string(), ck);
+  const std::string bytes = read_bytes(good);
+  CHECK(load_safetensors(good.string()).note.empty());
+  // The checksums are zlib's crc32, so other tools can check them.
+  CHECK(crc32("123456789", 9) == 0xCBF43926u);
+  auto [header, data_start] = header_of(bytes);
+  nlohmann::json parsed = nlohmann::json::parse(header);
+  CHECK(parsed["__metadata__"].contains("tensor_crc32"));
+  CHECK(parsed["__metadata__"].contains("metadata_crc32"));
+
+  // One flipped bit in tensor b's data (after a's 16 bytes).
+  std::string flipped = bytes;
+  flipped[data_start + 16 + 1] ^= 0x01;
+  write_bytes(bad, flipped);
+  std::string msg = error_of([&] { load_safetensors(bad.string()); });
+  CHECK_THAT(msg, Catch::Contains("bad.safetensors: corrupted file: tensor b: its data's CRC-32 is"));
+
+  // Metadata that lies about the model (n_head 2 -> 4), same length, well-formed.
+  std::string lying = bytes;
+  const std::size_t at = lying.find("\\\"n_head\\\":2");
+  REQUIRE(at != std::string::npos);
+  lying[at + std::strlen("\\\"n_head\\\":")] = '4';
+  write_bytes(bad, lying);
+  msg = error_of([&] { load_safetensors(bad.string()); });
+  CHECK_THAT(msg, Catch::Contains("bad.safetensors: corrupted file: the metadata's CRC-32 is") &&
+                      Catch::Contains("metadata entries were changed"));
+
+  // A checksum table that lost an entry.
+  std::string dropped = bytes;
+  const std::size_t crc_at = dropped.find("\\\"a\\\":");
+  REQUIRE(crc_at != std::string::npos);
+  dropped.replace(crc_at, 5, "\\\"z\\\":");
+  write_bytes(bad, dropped);
+  CHECK_THAT(error_of([&] { load_safetensors(bad.string()); }), Catch::Contains("corrupted file"));
+
+  // A file without checksums (another tool's) loads, with a note.
+  write_bytes(bad, file_with_header(R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')));
+  Checkpoint plain = load_safetensors(bad.string());
+  CHECK(plain.tensors.at("w").numel() == 2);
+  CHECK_THAT(plain.note, Catch::Contains("not verified"));
+}
+
+TEST_CASE("shapes whose byte size overflows 64 bits are reported, not wrapped", "[safetensors]") {
+  const fs::path bad = temp_dir("overflow") / "overflow.safetensors";
+  write_bytes(bad, file_with_header(R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})",
+                                    ""));
+  std::string msg = error_of([&] { load_safetensors(bad.string()); });
+  CHECK_THAT(msg, Catch::Contains("tensor w: shape [1099511627776, 1099511627776] F32 has more bytes than fit in 64 bits"));
+  CHECK_THAT(msg, !Catch::Contains("expected 0 bytes"));
+  // Large but representable: the file is too short for it, and nothing is allocated.
+  write_bytes(bad, file_with_header(R"({"w":{"dtype":"F32","shape":[1048576,1048576],"data_offsets":[0,4398046511104]}})",
+                                    ""));
+  CHECK_THAT(error_of([&] { load_safetensors(bad.string()); }), Catch::Contains("truncated: tensor w needs 4398046511104 bytes"));
+}
+
+TEST_CASE("a resumable GPT-MoE checkpoint keeps the AdamW moments, all or none", "[safetensors][gpt]") {
+  const GptMoeConfig config = tiny_config();
+  const auto specs = gpt_moe_param_specs(config);
+  std::map<std::string, HostTensor> params = init_parameters(specs, 1), moments;
+  for (const ParamSpec& s : specs)
+    if (s.role == ArgRole::param) {
+      moments.emplace("m." + s.name, init_parameters({s}, 2).at(s.name));
+      moments.emplace("v." + s.name, init_parameters({s}, 3).at(s.name));
+    }
+  const CharTokenizer tokenizer = CharTokenizer::from_text("abcdefghij\n");
+  const fs::path path = temp_dir("moments") / "ckpt.safetensors";
+  save_gpt_checkpoint(path.string(), config, tokenizer, params, {}, moments);
+  GptMoeCheckpoint loaded = load_gpt_checkpoint(path.string());
+  REQUIRE(loaded.optimizer.size() == moments.size());
+  for (const auto& [name, t] : moments) CHECK(std::memcmp(loaded.optimizer.at(name).raw(), t.raw(), t.bytes()) == 0);
+  CHECK(loaded.params.size() == params.size());
+
+  // Half the moments: a named error.
+  std::map<std::string, HostTensor> half = moments;
+  half.erase(half.begin());
+  save_gpt_checkpoint(path.string(), config, tokenizer, params, {}, half);
+  CHECK_THAT(error_of([&] { load_gpt_checkpoint(path.string()); }), Catch::Contains("expected tensor adamw."));
+}

@@ -38,6 +38,12 @@ if os.path.exists(gpt_moe):
     config.available_features.add("gpt_moe")
 
 
+# The CUDA backend (codegen/, --emit=cuda): tests that need it say
+# REQUIRES: cuda-backend and show as UNSUPPORTED in a MOEJIT_WITH_CUDA=OFF build.
+if getattr(config, "moejit_with_cuda", True):
+    config.available_features.add("cuda-backend")
+
+
 def as_command(word):
     """A regex for `word` as a whole token (not part of a path, flag or name)."""
     return r"(?<![\w/.=-])" + word + r"(?![\w/.=-])"

@@ -1,6 +1,6 @@
 // RUN: moejit opt %s --split-input-file --passes=fuse-elementwise | FileCheck %s
 // RUN: moejit opt %s --split-input-file --passes=fuse-elementwise --pass-statistics 2>&1 >/dev/null | FileCheck %s --check-prefix=STATS
-// RUN: moejit opt %s --split-input-file --passes=fuse-elementwise --emit=cuda | FileCheck %s --check-prefix=CUDA
+// RUN: %if cuda-backend %{ moejit opt %s --split-input-file --passes=fuse-elementwise --emit=cuda | FileCheck %s --check-prefix=CUDA %}
 
 // The CUDA module of @chain: one functor computes the three ops and stores
 // only the last value; one launch instantiates the elementwise kernel with it.
