@@ -90,32 +90,6 @@ if want step; then
   STEP=$(grep -h "^step-bench:" "$LOGS/step.log")
 fi
 
-if want moe; then
-  echo "==== moe_bench: grouped matmul, routing, MoE layer fwd+bwd against their floors"
-  timeout "$BENCH_LIMIT" "$BUNDLE"/moe_bench --json "$LOGS/moe.json" 2>&1 | tee "$LOGS/moe.log"
-  MOE_RC=${PIPESTATUS[0]}
-fi
-
-if want gemm; then
-  echo "==== dense bf16 GEMM: the sm90 family (gemm_sm90_probe) and torch.matmul, same run"
-  if [[ -x "$BUNDLE"/gemm_sm90_probe ]]; then
-    timeout "$BENCH_LIMIT" "$BUNDLE"/gemm_sm90_probe 2>&1 | tee "$LOGS/gemm.log"
-    GEMM_RC=${PIPESTATUS[0]}
-  else
-    echo "gemm_sm90_probe: not in the bundle (no nvcc where it was made)" | tee "$LOGS/gemm.log"
-  fi
-  timeout "$BENCH_LIMIT" python3 bench/torch_gemm.py 2>&1 | tee -a "$LOGS/gemm.log"
-fi
-
-if want layer; then
-  echo "==== MoE layer, bf16: moejit (moe_layer_bench) and PyTorch (torch_moe_layer.py), same run"
-  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --check-tokens 256 --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
-  LAYER_RC=${PIPESTATUS[0]}
-  PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_moe_layer.py --iters 10 --json "$LOGS/torch_moe.json" 2>&1 \
-    | tee "$LOGS/torch_moe.log"
-  python3 bench/compare_moe_layer.py "$LOGS/moe_layer.json" "$LOGS/torch_moe.json" 2>&1 | tee "$LOGS/layer-compare.log"
-fi
-
 timed() {  # timed LOG command...: runs it, appends "wall <seconds> s" to LOG
   local log=$1; shift
   local t0; t0=$(date +%s.%N)
@@ -148,6 +122,34 @@ if want train; then
     cat "$LOGS/train-cpu.log"
   fi
   rm -f "$LOGS"/out-*/*.safetensors  # large; the logs hold the numbers
+fi
+
+if want moe; then
+  echo "==== moe_bench: grouped matmul, routing, MoE layer fwd+bwd against their floors"
+  timeout "$BENCH_LIMIT" "$BUNDLE"/moe_bench ${GPU_CHECK_MOE_ARGS:-} --json "$LOGS/moe.json" 2>&1 | tee "$LOGS/moe.log"
+  MOE_RC=${PIPESTATUS[0]}
+fi
+
+if want gemm; then
+  echo "==== dense bf16 GEMM: the sm90 family (gemm_sm90_probe) and torch.matmul, same run"
+  if [[ -x "$BUNDLE"/gemm_sm90_probe ]]; then
+    timeout "$BENCH_LIMIT" "$BUNDLE"/gemm_sm90_probe 2>&1 | tee "$LOGS/gemm.log"
+    GEMM_RC=${PIPESTATUS[0]}
+  else
+    echo "gemm_sm90_probe: not in the bundle (no nvcc where it was made)" | tee "$LOGS/gemm.log"
+  fi
+  timeout "$BENCH_LIMIT" python3 bench/torch_gemm.py 2>&1 | tee -a "$LOGS/gemm.log"
+fi
+
+if want layer; then
+  echo "==== MoE layer, bf16: moejit (moe_layer_bench) and PyTorch (torch_moe_layer.py), same run"
+  LAYER_SHAPES=${GPU_CHECK_LAYER_SHAPES:-"16384,384,1536,8,2;16384,768,3072,8,2;8192,4096,14336,8,2;24576,1536,256,128,8"}
+  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moe_layer_bench --check-tokens 256 --shapes "$LAYER_SHAPES" \
+    --json "$LOGS/moe_layer.json" 2>&1 | tee "$LOGS/moe_layer.log"
+  LAYER_RC=${PIPESTATUS[0]}
+  PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_moe_layer.py --iters 10 --shapes "$LAYER_SHAPES" --json "$LOGS/torch_moe.json" 2>&1 \
+    | tee "$LOGS/torch_moe.log"
+  python3 bench/compare_moe_layer.py "$LOGS/moe_layer.json" "$LOGS/torch_moe.json" 2>&1 | tee "$LOGS/layer-compare.log"
 fi
 
 final() { grep -oE "val loss [0-9.]+" "$1" | tail -1 | awk '{print $3}'; }
