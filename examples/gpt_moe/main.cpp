@@ -9,6 +9,8 @@
 //   gpt_moe train --resume                # continue out-gpt-moe/ckpt.safetensors
 //   gpt_moe eval                          # val loss of the checkpoint, per kind of text
 //   gpt_moe eval --dump d.safetensors --text "let x"   # logits and router outputs
+//   gpt_moe upcycle --ckpt dense.safetensors --out moe.safetensors   (hf_commands.h)
+//   gpt_moe train --init_from moe.safetensors --max_iters 200
 //
 // Every config key (frontends/config.h) is a train flag; --help lists them.
 // Exit codes: 0 ok, 1 runtime error (bad checkpoint, bad data, no GPU for
@@ -42,6 +44,7 @@
 #include "frontends/trainer.h"
 #include "frontends/training_run.h"
 #include "ir/error.h"
+#include "hf_commands.h"
 
 namespace {
 
@@ -66,6 +69,8 @@ struct TrainFlags {
   bool corpus_bytes_given = false;
   bool resume = false;        // continue <out_dir>/ckpt.safetensors (or --ckpt)
   std::string resume_ckpt;
+  std::string init_from;  // a checkpoint whose config and parameters a new run starts from
+  std::string tokenizer;  // tokenizer.json, for a Llama-family init_from
   SamplingFlags sampling;
   std::map<std::string, std::string> overrides;  // config key -> text, filled by CLI11
 };
@@ -278,8 +283,22 @@ RunData checkpoint_data(const GptMoeCheckpoint& ckpt, const std::string& path) {
 int run_train(TrainFlags& flags) {
   // SIGINT/SIGTERM from here on save a checkpoint at the next step boundary.
   install_stop_signal_handlers();
+  if (!flags.init_from.empty() && flags.resume) {
+    fmt::print(stderr, "gpt_moe train: --init_from: expected no --resume with it (a new run from a checkpoint's "
+                       "parameters, or the same run continued), found both\n");
+    return 2;
+  }
+  if (!flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from))
+    return gpt_moe_cli::run_train_llama({.init_from = flags.init_from, .tokenizer = flags.tokenizer,
+                                         .data = flags.data, .out_dir = flags.out_dir, .device = flags.device,
+                                         .corpus_bytes = flags.corpus_bytes, .overrides = flags.overrides});
   // ---- config: defaults <- JSON file <- flags (or the checkpoint's, on --resume) ----
   GptMoeConfig config;
+  std::optional<GptMoeCheckpoint> init;  // --init_from: its config is the base the file and flags change
+  if (!flags.init_from.empty()) {
+    init = load_checkpoint_file(flags.init_from);
+    config = init->config;
+  }
   std::optional<GptMoeCheckpoint> resumed;
   const std::string resume_path = checkpoint_path(flags.resume_ckpt, flags.out_dir);
   if (!flags.resume && !flags.resume_ckpt.empty()) {
@@ -328,6 +347,15 @@ int run_train(TrainFlags& flags) {
       throw Error(fmt::format("--resume: {}: the data's vocabulary differs from the checkpoint's", resume_path));
   } else {
     data = load_run_data(flags.data, flags.corpus_bytes, config.seed);
+  }
+  if (init && data.tokenizer.bytes() != init->tokenizer.bytes()) {  // the checkpoint's vocabulary, not the data's
+    data.tokenizer = init->tokenizer;
+    try {
+      data.all_tokens = data.tokenizer.encode(data.text.text);
+    } catch (const Error& err) {
+      throw Error(fmt::format("--init_from {}: the data must use the checkpoint's vocabulary: {}", flags.init_from,
+                              err.what()));
+    }
   }
   const CharTokenizer& tokenizer = data.tokenizer;
   if (config.vocab_size != 0 && config.vocab_size != tokenizer.vocab_size())
@@ -400,6 +428,9 @@ int run_train(TrainFlags& flags) {
     state = training_state_from_metadata(resume_path, resumed->metadata);
     trainer = std::make_unique<GptMoeTrainer>(config, *backend, resumed->params);
     trainer->set_optimizer_state(resumed->optimizer);
+  } else if (init) {
+    check_parameters(init->params, specs, flags.init_from + " (--init_from, with this run's config)");
+    trainer = std::make_unique<GptMoeTrainer>(config, *backend, init->params);
   } else {
     trainer = std::make_unique<GptMoeTrainer>(config, *backend, init_parameters(specs, static_cast<std::uint64_t>(config.seed)));
   }
@@ -693,6 +724,13 @@ int main(int argc, char** argv) {
                       "checkpoint_interval may be given");
   train_cmd->add_option("--ckpt", train.resume_ckpt, "with --resume: the checkpoint to continue (default "
                                                     "<out_dir>/ckpt.safetensors)");
+  train_cmd->add_option("--init_from", train.init_from,
+                        "start a new run from this checkpoint's parameters and config (e.g. from `gpt_moe "
+                        "upcycle`); the data must fit its vocabulary")
+      ->check(CLI::ExistingFile);
+  train_cmd->add_option("--tokenizer", train.tokenizer,
+                        "Hugging Face tokenizer.json of a Llama-family --init_from checkpoint")
+      ->check(CLI::ExistingFile);
   add_sampling_flags(train_cmd, train.sampling);
   const GptMoeConfig defaults;
   for (const ConfigField& field : config_fields()) {
@@ -748,6 +786,9 @@ int main(int argc, char** argv) {
   report_cmd->add_option("--report_tokens", report.report_tokens, "tokens to route (default 8192)")
       ->check(CLI::PositiveNumber);
 
+  gpt_moe_cli::HfCommands hf_commands;
+  gpt_moe_cli::add_hf_commands(app, hf_commands);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -761,6 +802,7 @@ int main(int argc, char** argv) {
     if (sample_cmd->parsed()) return run_sample(sample);
     if (report_cmd->parsed()) return run_report(report);
     if (eval_cmd->parsed()) return run_eval(eval);
+    if (int code = gpt_moe_cli::run_hf_commands(hf_commands); code >= 0) return code;
   } catch (const moejit::Error& err) {
     fmt::print(stderr, "gpt_moe: error: {}\n", err.what());
     return 1;
