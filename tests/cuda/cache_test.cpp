@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cuda/child_process.h"
 #include "ir/error.h"
 #include "ir/file_io.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -30,6 +31,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
+using namespace moejit::cuda_test;
+
 // Two modules: "a" is the one whose entry gets damaged (a template, so that
 // its entry holds a lowered name with the binary), "b" supplies a valid entry
 // of another key.
@@ -39,40 +42,6 @@ const char* kModuleB = "extern \"C\" __global__ void cache_b(float* x) { x[threa
 cuda::CompileRequest request_for(const std::string& module, bool use_cache) {
   if (module == "b") return {kModuleB, "cache_b", "compute_80", cuda::CompileOutput::ptx, use_cache};
   return {kModuleA, "cache_a", "compute_80", cuda::CompileOutput::ptx, use_cache, {"cache_a<1>"}};
-}
-
-struct ChildResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs this test binary's `tag` with the environment assignments `env`
-// ("A=1 B=2"), through /bin/sh so that `prefix` (e.g. "ulimit -f 0;") can
-// set limits first.
-ChildResult run_child(const std::string& env, const std::string& tag, const std::string& prefix = "") {
-  std::string self = fs::read_symlink("/proc/self/exe").string();
-  std::string command = fmt::format("{} {} '{}' '{}' 2>&1", prefix, env, self, tag);
-  ChildResult result;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  std::size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
-  int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return result;
-}
-
-std::size_t count(const std::string& text, const std::string& what) {
-  std::size_t found = 0;
-  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++found;
-  return found;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::string data;
-  REQUIRE(read_whole_file(path.string(), &data));
-  return data;
 }
 
 void write_bytes(const fs::path& path, const std::string& data) {

@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cuda/child_process.h"
 #include "cuda/cuda_test_util.h"
 #include "ir/file_io.h"
 #include "runtime/backend.h"
@@ -20,40 +21,7 @@
 using namespace moejit;
 namespace fs = std::filesystem;
 
-namespace {
-
-struct ChildResult {
-  int exit_code = -1;
-  std::string output;
-};
-
-ChildResult run_child(const std::string& env) {
-  std::string self = fs::read_symlink("/proc/self/exe").string();
-  std::string command = fmt::format("{} '{}' '[.gpu_cache_child]' 2>&1", env, self);
-  ChildResult result;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  std::size_t n;
-  while ((n = std::fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.output.append(buffer, n);
-  int status = ::pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return result;
-}
-
-std::size_t count(const std::string& text, const std::string& what) {
-  std::size_t found = 0;
-  for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + what.size())) ++found;
-  return found;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::string data;
-  REQUIRE(read_whole_file(path.string(), &data));
-  return data;
-}
-
-}  // namespace
+using namespace moejit::cuda_test;
 
 // Run in child processes: one GPT-MoE training step on the GPU with fixed
 // inputs; every output and argument after the step is written, by name and
@@ -95,7 +63,7 @@ TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's
                        (dir / result).string(), assert_cached ? 1 : 0);
   };
 
-  ChildResult clean = run_child(env("clean", false));
+  ChildResult clean = run_child(env("clean", false), "[.gpu_cache_child]");
   INFO(clean.output);
   REQUIRE(clean.exit_code == 0);
   CHECK(count(clean.output, "warning") == 0);
@@ -111,7 +79,7 @@ TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's
     std::ofstream(path, std::ios::binary | std::ios::trunc)
         .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
-  ChildResult damaged = run_child(env("damaged", false));
+  ChildResult damaged = run_child(env("damaged", false), "[.gpu_cache_child]");
   INFO(damaged.output);
   CHECK(damaged.exit_code == 0);
   CHECK(count(damaged.output, "is damaged (expected checksum ") == cubins.size());
@@ -119,7 +87,7 @@ TEST_CASE("gpu: a damaged CUBIN in the kernel cache is recompiled and the step's
   CHECK(read_bytes(dir / "damaged") == read_bytes(dir / "clean"));
 
   // Replaced: a process that may not compile runs from the cache, same results.
-  ChildResult warm = run_child(env("warm", true));
+  ChildResult warm = run_child(env("warm", true), "[.gpu_cache_child]");
   INFO(warm.output);
   CHECK(warm.exit_code == 0);
   CHECK(count(warm.output, "gpu-cache-child: compiles=0 ") == 1);
