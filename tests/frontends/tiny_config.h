@@ -24,4 +24,20 @@ inline GptMoeConfig tiny_training_config() {
   return c;
 }
 
+// A smaller one for tests that only build and compare graphs (no training
+// loop): 11 symbols, batch 2, experts of 24.
+inline GptMoeConfig tiny_graph_config() {
+  GptMoeConfig c;
+  c.vocab_size = 11;
+  c.n_layer = 2;
+  c.n_head = 2;
+  c.n_embd = 16;
+  c.block_size = 8;
+  c.num_experts = 4;
+  c.top_k = 2;
+  c.d_expert = 24;
+  c.batch_size = 2;
+  return c;
+}
+
 }  // namespace moejit::testing

@@ -5,6 +5,7 @@
 // than the unfused graph while computing the same loss and gradients.
 #include <catch2/catch.hpp>
 
+#include "frontends/tiny_config.h"
 #include "frontends/gpt_moe.h"
 #include "frontends/nn.h"
 #include "frontends/trainer.h"
@@ -53,19 +54,7 @@ std::int64_t expert_matmul_macs(const Graph& g) {
   return macs;
 }
 
-GptMoeConfig tiny_config() {
-  GptMoeConfig c;
-  c.vocab_size = 11;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 16;
-  c.block_size = 8;
-  c.num_experts = 4;
-  c.top_k = 2;
-  c.d_expert = 24;
-  c.batch_size = 2;
-  return c;
-}
+GptMoeConfig tiny_config() { return testing::tiny_graph_config(); }
 
 // Forward graph of `config` with the loss, then (optionally) the MoE fusions, then the backward.
 Graph forward_and_backward(const GptMoeConfig& config, bool fused) {

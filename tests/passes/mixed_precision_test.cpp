@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstring>
 
+#include "frontends/tiny_config.h"
 #include "frontends/gpt_moe.h"
 #include "frontends/nn.h"
 #include "frontends/trainer.h"
@@ -24,19 +25,7 @@ namespace {
 
 using Values = std::map<std::string, HostTensor>;
 
-GptMoeConfig tiny_config() {
-  GptMoeConfig c;
-  c.vocab_size = 11;
-  c.n_layer = 2;
-  c.n_head = 2;
-  c.n_embd = 16;
-  c.block_size = 8;
-  c.num_experts = 4;
-  c.top_k = 2;
-  c.d_expert = 24;
-  c.batch_size = 2;
-  return c;
-}
+GptMoeConfig tiny_config() { return testing::tiny_graph_config(); }
 
 Values run_cpu(const Graph& graph, const Values& args) {
   auto backend = make_cpu_backend();
