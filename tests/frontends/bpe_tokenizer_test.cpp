@@ -155,7 +155,7 @@ TEST_CASE("encode and decode equal the tokenizers library on the generated fixtu
   const fs::path dir = fs::path(MOEJIT_SOURCE_DIR) / "tests" / "fixtures" / "hf" / "generated" / "tokenizer";
   if (!fs::exists(dir / "expected.json")) {
     std::puts("SKIPPED: no tokenizers fixture in tests/fixtures/hf/generated/tokenizer (run "
-              "tests/fixtures/hf/make_fixtures.py on a machine with tokenizers, see NOTES-hf.md)");
+              "tests/fixtures/hf/make_fixtures.py on a machine with tokenizers, see docs/huggingface.md)");
     return;
   }
   BpeTokenizer t = BpeTokenizer::load((dir / "tokenizer.json").string());

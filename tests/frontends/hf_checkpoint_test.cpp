@@ -236,7 +236,7 @@ TEST_CASE("moejit's logits equal transformers' on the generated Llama and Mixtra
   const fs::path root = fs::path(MOEJIT_SOURCE_DIR) / "tests" / "fixtures" / "hf" / "generated";
   if (!fs::exists(root / "llama_gqa_untied" / "expected_logits.safetensors")) {
     std::puts("SKIPPED: no transformers fixtures in tests/fixtures/hf/generated (run "
-              "tests/fixtures/hf/make_fixtures.py on a machine with transformers, see NOTES-hf.md)");
+              "tests/fixtures/hf/make_fixtures.py on a machine with transformers, see docs/huggingface.md)");
     return;
   }
   auto cpu = make_cpu_backend();
