@@ -79,4 +79,16 @@ std::vector<std::int32_t> GptMoeSampler::generate(const std::vector<std::int32_t
   return tokens;
 }
 
+HostTensor gpt_moe_logits(const GptMoeConfig& config, const std::map<std::string, HostTensor>& params, const HostTensor& idx) {
+  Graph graph("logits");
+  GptMoeGraph model = build_gpt_moe(
+      graph, config, {.batch = idx.shape()[0], .seq_len = idx.shape()[1], .training = false, .with_loss = false, .output_logits = true});
+  auto exe = make_cpu_backend()->compile(graph);
+  for (const ParamSpec& s : model.params) exe->set(s.name, params.at(s.name));
+  bind_rope_tables(*exe, {.theta = config.rope_theta});  // position_embedding rope; else nothing to bind
+  exe->set("idx", idx);
+  exe->run();
+  return exe->get("logits");
+}
+
 }  // namespace moejit

@@ -26,6 +26,10 @@ namespace moejit {
 // off anyway in a graph that is not for training).
 GptMoeConfig inference_config(const GptMoeConfig& config);
 
+// The logits [B, T, vocab_size] of `idx` [B, T] (i32) under `params`, from
+// the inference graph (no loss, no dropout) on the CPU backend.
+HostTensor gpt_moe_logits(const GptMoeConfig& config, const std::map<std::string, HostTensor>& params, const HostTensor& idx);
+
 struct SampleOptions {
   std::int64_t max_new_tokens = 200;
   double temperature = 0.8;  // > 0; 1 = the model's distribution

@@ -35,4 +35,13 @@ double tolerance(DType dtype, double slack) {
   }
 }
 
+double max_relative_difference(const HostTensor& got, const HostTensor& reference) {
+  double diff = 0.0, scale = 0.0;
+  for (std::int64_t i = 0; i < reference.numel(); ++i) {
+    diff = std::max(diff, std::abs(got.get(i) - reference.get(i)));
+    scale = std::max(scale, std::abs(reference.get(i)));
+  }
+  return scale > 0.0 ? diff / scale : diff;
+}
+
 }  // namespace moejit

@@ -18,4 +18,9 @@ double normalized_error(const HostTensor& got, const HostTensor& reference);
 // the end of a longer chain (gradients, a whole step) get `slack` times that.
 double tolerance(DType dtype, double slack = 1.0);
 
+// max |got - reference| / max |reference| over the elements (the measure the
+// Hugging Face comparisons report: "max relative logit difference");
+// max |got - reference| when the reference is all zeros.
+double max_relative_difference(const HostTensor& got, const HostTensor& reference);
+
 }  // namespace moejit

@@ -5,6 +5,8 @@
 
 #include <filesystem>
 
+#include "runtime/tensor_compare.h"
+#include "frontends/generate.h"
 #include "frontends/bpe_tokenizer.h"
 #include "frontends/config.h"
 #include "frontends/corpus.h"
@@ -31,28 +33,6 @@ HostTensor probe_ids(std::int64_t tokens, std::int64_t vocab) {
   return HostTensor::from_ints({1, tokens}, ids);
 }
 
-HostTensor gpt_logits(const GptMoeConfig& c, const std::map<std::string, HostTensor>& params, const HostTensor& idx) {
-  Graph graph("logits");
-  GptMoeGraph model = build_gpt_moe(graph, c,
-                                    {.batch = 1, .seq_len = idx.shape()[1], .training = false, .with_loss = false,
-                                     .output_logits = true});
-  auto exe = make_cpu_backend()->compile(graph);
-  for (const ParamSpec& s : model.params) exe->set(s.name, params.at(s.name));
-  bind_rope_tables(*exe, {.theta = c.rope_theta});  // position_embedding rope; else nothing to bind
-  exe->set("idx", idx);
-  exe->run();
-  return exe->get("logits");
-}
-
-double max_relative(const HostTensor& a, const HostTensor& b) {
-  double diff = 0, scale = 0;
-  for (std::int64_t i = 0; i < b.numel(); ++i) {
-    diff = std::max(diff, std::abs(a.get(i) - b.get(i)));
-    scale = std::max(scale, std::abs(b.get(i)));
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
 int run_upcycle(const UpcycleFlags& f) {
   if (f.ckpt.empty() == f.hf.empty())
     throw Error("upcycle: expected exactly one of --ckpt (a dense gpt_moe checkpoint) and --hf (a Hugging Face "
@@ -67,7 +47,7 @@ int run_upcycle(const UpcycleFlags& f) {
     UpcycledGptMoe moe = upcycle_gpt_moe(dense.config, dense.params, options);
     HostTensor ids = probe_ids(std::min(f.check_tokens, dense.config.block_size), dense.config.vocab_size);
     probe_tokens = ids.shape()[1];
-    err = max_relative(gpt_logits(moe.config, moe.params, ids), gpt_logits(dense.config, dense.params, ids));
+    err = max_relative_difference(gpt_moe_logits(moe.config, moe.params, ids), gpt_moe_logits(dense.config, dense.params, ids));
     std::map<std::string, std::string> meta = {{"upcycled_from", fs::absolute(f.ckpt).string()}};
     for (const char* key : {"data", "corpus_seed", "corpus_bytes"})
       if (dense.metadata.count(key)) meta[key] = dense.metadata.at(key);
@@ -80,7 +60,7 @@ int run_upcycle(const UpcycleFlags& f) {
     auto cpu = make_cpu_backend();
     HostTensor ids = probe_ids(std::min(f.check_tokens, dense.config.max_position_embeddings), dense.config.vocab_size);
     probe_tokens = ids.shape()[1];
-    err = max_relative(llama_logits(*cpu, moe.config, moe.params, ids),
+    err = max_relative_difference(llama_logits(*cpu, moe.config, moe.params, ids),
                        llama_logits(*cpu, dense.config, dense.params, ids));
     save_llama_checkpoint(f.out, moe.config, moe.params, {{"upcycled_from", fs::absolute(f.hf).string()}});
     experts = moe.config.num_local_experts, layers = moe.config.num_hidden_layers;

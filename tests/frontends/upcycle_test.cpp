@@ -6,6 +6,8 @@
 
 #include <random>
 
+#include "runtime/tensor_compare.h"
+#include "frontends/generate.h"
 #include "frontends/gpt_moe.h"
 #include "frontends/hf_checkpoint.h"
 #include "frontends/hf_trainer.h"
@@ -27,28 +29,6 @@ GptMoeConfig dense_config(const std::string& activation) {
   c.activation = activation;
   c.init_std = 0.2;  // logits far from uniform, so a wrong expert shows
   return c;
-}
-
-HostTensor gpt_logits(const GptMoeConfig& c, const std::map<std::string, HostTensor>& params, const HostTensor& idx) {
-  Graph graph("logits");
-  GptMoeGraph model = build_gpt_moe(graph, c,
-                                    {.batch = idx.shape()[0], .seq_len = idx.shape()[1], .training = false,
-                                     .with_loss = false, .output_logits = true});
-  auto exe = make_cpu_backend()->compile(graph);
-  for (const ParamSpec& s : model.params) exe->set(s.name, params.at(s.name));
-  bind_rope_tables(*exe, {.theta = c.rope_theta});  // position_embedding rope; else nothing to bind
-  exe->set("idx", idx);
-  exe->run();
-  return exe->get("logits");
-}
-
-double max_relative(const HostTensor& a, const HostTensor& b) {
-  double diff = 0, scale = 0;
-  for (std::int64_t i = 0; i < b.numel(); ++i) {
-    diff = std::max(diff, std::abs(a.get(i) - b.get(i)));
-    scale = std::max(scale, std::abs(b.get(i)));
-  }
-  return diff / scale;
 }
 
 HostTensor random_ids(std::int64_t B, std::int64_t T, std::int64_t vocab, unsigned seed) {
@@ -80,7 +60,7 @@ TEST_CASE("an upcycled GPT-MoE computes the dense model's logits", "[upcycle]") 
       CHECK(moe.config.d_expert == 32 / granularity);
       CHECK(moe.config.num_moe_layers() == dense.n_layer);
       HostTensor idx = random_ids(2, dense.block_size, dense.vocab_size, 9);
-      double err = max_relative(gpt_logits(moe.config, moe.params, idx), gpt_logits(dense, params, idx));
+      double err = max_relative_difference(gpt_moe_logits(moe.config, moe.params, idx), gpt_moe_logits(dense, params, idx));
       INFO(activation << " granularity " << granularity << ": max relative logit difference " << err);
       CHECK(err < 1e-5);
     }
@@ -97,7 +77,7 @@ TEST_CASE("upcycling a model with shared layers (group_size) and RoPE keeps its 
   CHECK(moe.params.count("h.1.moe.experts.w_up") == 1);
   CHECK(moe.params.count("h.2.moe.experts.w_up") == 0);
   HostTensor idx = random_ids(2, dense.block_size, dense.vocab_size, 4);
-  double err = max_relative(gpt_logits(moe.config, moe.params, idx), gpt_logits(dense, params, idx));
+  double err = max_relative_difference(gpt_moe_logits(moe.config, moe.params, idx), gpt_moe_logits(dense, params, idx));
   INFO("max relative logit difference " << err);
   CHECK(err < 1e-5);
 }
@@ -108,7 +88,7 @@ TEST_CASE("noise makes the copies differ at once, training separates them anyway
   UpcycledGptMoe noisy = upcycle_gpt_moe(dense, params, {.num_copies = 4, .top_k = 2, .noise_std = 0.05, .seed = 5});
   CHECK(expert_difference(noisy.params.at("h.0.moe.experts.w_up"), 0, 1) > 1e-3);
   HostTensor idx = random_ids(2, dense.block_size, dense.vocab_size, 9);
-  double err = max_relative(gpt_logits(noisy.config, noisy.params, idx), gpt_logits(dense, params, idx));
+  double err = max_relative_difference(gpt_moe_logits(noisy.config, noisy.params, idx), gpt_moe_logits(dense, params, idx));
   CHECK(err > 1e-5);  // not the dense model any more ...
   CHECK(err < 0.2);   // ... but close to it
 
@@ -152,13 +132,13 @@ TEST_CASE("an upcycled Llama computes the dense logits and exports as a Mixtral"
     UpcycledLlama moe = upcycle_llama(dense, params, {.num_copies = 3, .top_k = 2, .granularity = granularity});
     CHECK(moe.config.architecture == "MixtralForCausalLM");
     CHECK(moe.config.num_local_experts == 3 * granularity);
-    double err = max_relative(llama_logits(*cpu, moe.config, moe.params, ids), want);
+    double err = max_relative_difference(llama_logits(*cpu, moe.config, moe.params, ids), want);
     INFO("granularity " << granularity << ": " << err);
     CHECK(err < 1e-5);
     hf_test::fs::path dir = hf_test::temp_dir(fmt::format("upcycle_export_{}", granularity));
     export_mixtral(dir.string(), moe.config, moe.params);
     HfModel back = load_hf_model(dir.string());
-    CHECK(max_relative(llama_logits(*cpu, back.config, back.params, ids), want) < 1e-5);
+    CHECK(max_relative_difference(llama_logits(*cpu, back.config, back.params, ids), want) < 1e-5);
     // Tied, and the head written out too (for readers that do not tie).
     Checkpoint file = load_safetensors((dir / "model.safetensors").string());
     CHECK(file.tensors.at("lm_head.weight").to_doubles() == params.at("model.embed_tokens.weight").to_doubles());
