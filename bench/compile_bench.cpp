@@ -86,7 +86,7 @@ int run(const Flags& flags) {
     codegen::ModuleCode code = codegen::generate_module(fused, codegen::Target::named(flags.arch));
     kernels = code.kernels.size();
     for (const auto& step : code.steps) launches += step.launches.size();
-    cuda::CompileRequest request{code.source, fused.name(), flags.arch, cuda::CompileOutput::ptx, true};
+    cuda::CompileRequest request{code.source, fused.name(), flags.arch, cuda::CompileOutput::ptx, true, {}};
     request.name_expressions = code.kernels;
     for (const auto& part : cuda::compile_module_parts(request, cuda::compile_parts(code.kernels.size()), codegen::compile_weights(code)))
       if (part.binary.find(".entry") == std::string::npos) throw Error("a compiled PTX part has no kernel entry");

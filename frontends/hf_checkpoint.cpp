@@ -410,7 +410,7 @@ void save_llama_checkpoint(const std::string& path, const LlamaConfig& config,
                            const std::map<std::string, HostTensor>& params,
                            const std::map<std::string, std::string>& extra_metadata) {
   check_parameters(params, llama_param_specs(config), path);
-  Checkpoint checkpoint{params, extra_metadata};
+  Checkpoint checkpoint{params, extra_metadata, {}};
   checkpoint.metadata["format"] = kLlamaCheckpointFormat;
   LlamaConfig stored = config;
   stored.architecture = config.is_moe() ? "MixtralForCausalLM" : "LlamaForCausalLM";

@@ -80,7 +80,7 @@ class CudaExecutable final : public ExecutableBase {
       std::fprintf(stderr, "moejit cuda: generated source of @%s:\n%s\n", graph_.name().c_str(), code_.source.c_str());
     auto before = cuda_compile_stats();
     auto start = std::chrono::steady_clock::now();
-    cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true};
+    cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true, {}};
     request.name_expressions = code_.kernels;
     compiled_ = cuda::compile_module_parts(request, cuda::compile_parts(code_.kernels.size()), codegen::compile_weights(code_));
     if (debug_level() >= 1) {
