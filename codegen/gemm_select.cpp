@@ -9,7 +9,10 @@
 // arithmetic type each, within 48 KiB of static shared memory (tile_k is
 // halved until they fit). The config's note says what was adjusted.
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
-//   heuristic: 64 x 64 x 16, 256 threads.
+//   heuristic: 64 x 64 x 16, 256 threads;
+//   tuned: where the op has no tile attributes, the tuning database's
+//          tile_m/n/k for family "matmul_simt" (codegen/tuning_db.h) when
+//          they pass the attribute path's checks, else the heuristic with a note.
 //   For 16-bit operands moe-tiling writes tensor-core shapes (tile_m 128,
 //   tile_k 64, tile_n up to 256); where the SIMT family serves such an op
 //   (no sm_90a), tile_n and tile_m are clamped to 128 and tile_k to 64, with
@@ -23,14 +26,19 @@
 //              is 64, 128 or 256 (other attributes: the SIMT family);
 //   heuristic: tile_n 256 or 128, whichever pads N less (256 on a tie: it
 //              reuses A twice as much);
-//   stages: as many as fit (at most 6), after the C staging boxes.
+//   stages: as many as fit (at most 6), after the C staging boxes;
+//   tuned: instead of the heuristic (not of attributes), the database's
+//          tile_n and stages for family "gemm_sm90" when tile_n is 64, 128 or
+//          256 and the stages (2 to 6) fit, else the heuristic with a note.
 #include "codegen/gemm_select.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 
 #include "codegen/kernels/gemm_sm90.cuh"
+#include "codegen/tuning_db.h"
 #include "ir/error.h"
 #include "ir/printer.h"
 
@@ -47,9 +55,46 @@ bool power_of_two_in(std::int64_t v, std::int64_t lo, std::int64_t hi) { return 
 
 void add_note(TileConfig& c, const std::string& note) { c.note += (c.note.empty() ? "" : "; ") + note; }
 
-TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& problem) {
+bool simt_tile_valid(int tile_m, int tile_n, int tile_k) {
+  return power_of_two_in(tile_m, 8, 128) && power_of_two_in(tile_n, 8, 128) && power_of_two_in(tile_k, 4, 64);
+}
+
+const char* kind_name(GemmProblem::Kind kind) {
+  switch (kind) {
+    case GemmProblem::Kind::matmul: return "matmul";
+    case GemmProblem::Kind::grouped: return "grouped";
+    case GemmProblem::Kind::wgrad: return "wgrad";
+  }
+  return "?";
+}
+
+// The tuning database's entry for the problem in `family`, if the target has
+// a database and it holds one (exact bucket, else the nearest).
+std::optional<TunedLookup> tuned_entry(const char* family, const GemmProblem& problem, const Target& target) {
+  const TuningDb* db = tuning_db_for(target);
+  if (!db) return std::nullopt;
+  return lookup_tuned(*db, {family, std::string(dtype_name(problem.dtype)), kind_name(problem.kind), bucket_log2(problem.m),
+                            bucket_log2(problem.n), bucket_log2(problem.k)});
+}
+
+std::string bucket_note(const TunedLookup& t) {
+  return t.exact ? std::string()
+                 : fmt::format("nearest tuned bucket m 2^{} n 2^{} k 2^{}", t.bucket.m_log2, t.bucket.n_log2, t.bucket.k_log2);
+}
+
+// An entry sets only the fields it names; the others keep their defaults.
+void apply_tuned(TileConfig& c, const TunedFields& f) {
+  if (f.tile_m) c.tile_m = f.tile_m;
+  if (f.tile_n) c.tile_n = f.tile_n;
+  if (f.tile_k) c.tile_k = f.tile_k;
+  if (f.stages) c.stages = f.stages;
+}
+
+TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   TileConfig c;
   const AttrValue* m = op.attrs.find("tile_m");
+  std::optional<TunedLookup> tuned;
+  if (!(m && problem.kind == GemmProblem::Kind::grouped)) tuned = tuned_entry("matmul_simt", problem, target);
   if (m && problem.kind == GemmProblem::Kind::grouped) {
     c.tile_m = static_cast<int>(op.attrs.get_int("tile_m"));
     c.tile_n = static_cast<int>(op.attrs.get_int("tile_n"));
@@ -60,7 +105,7 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
       c.tile_n = std::min(c.tile_n, 128);
       c.tile_k = std::min(c.tile_k, 64);
     }
-    if (!power_of_two_in(c.tile_m, 8, 128) || !power_of_two_in(c.tile_n, 8, 128) || !power_of_two_in(c.tile_k, 4, 64))
+    if (!simt_tile_valid(c.tile_m, c.tile_n, c.tile_k))
       fail(graph, op,
            fmt::format("(SIMT matmul) takes tile_m and tile_n powers of two in [8, 128] and tile_k a power of two in [4, 64], "
                        "found tile_m = {}, tile_n = {}, tile_k = {}",
@@ -71,6 +116,23 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
     c.tile_n = 64;
     c.tile_k = 16;
     c.source = TileConfig::Source::heuristic;
+    if (tuned) {
+      // The SIMT kernel has one stage and derives its threads: the entry sets the tile.
+      TileConfig t = c;
+      apply_tuned(t, tuned->fields);
+      if (simt_tile_valid(t.tile_m, t.tile_n, t.tile_k) && t.stages == 1 && tuned->fields.threads == 0 &&
+          tuned->fields.split_k == 0) {
+        c.tile_m = t.tile_m;
+        c.tile_n = t.tile_n;
+        c.tile_k = t.tile_k;
+        c.source = TileConfig::Source::tuned;
+        if (!tuned->exact) add_note(c, bucket_note(*tuned));
+      } else {
+        add_note(c, fmt::format("tuned tile {}x{}x{} stages {} ignored: the SIMT family takes tile_m and tile_n powers of two "
+                                "in [8, 128], tile_k in [4, 64], one stage",
+                                t.tile_m, t.tile_n, t.tile_k, t.stages));
+      }
+    }
   }
   // At most 64 x 64 outputs per block (16 per thread at 256 threads): a
   // larger tile (sized for tensor cores) halves its larger side, so the
@@ -122,8 +184,31 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
     c.source = TileConfig::Source::heuristic;
   }
   const std::int64_t groups = problem.kind == GemmProblem::Kind::matmul ? 1 : problem.batch;
+  const auto fits = [&](int tile_n, int stages) {
+    return sm90::smem_bytes(c.tile_m, tile_n, c.tile_k, stages, groups) <= target.shared_memory_per_block_optin;
+  };
   c.stages = 6;
-  while (c.stages > 2 && sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups) > target.shared_memory_per_block_optin) --c.stages;
+  while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
+  if (c.source == TileConfig::Source::heuristic) {
+    if (std::optional<TunedLookup> tuned = tuned_entry("gemm_sm90", problem, target)) {
+      // The entry may set tile_n and stages; tile_m, tile_k and the threads are the family's.
+      TileConfig t = c;
+      apply_tuned(t, tuned->fields);
+      const bool valid = t.tile_m == 128 && t.tile_k == 64 && (t.tile_n == 64 || t.tile_n == 128 || t.tile_n == 256) &&
+                         t.stages >= 2 && t.stages <= 6 && fits(t.tile_n, t.stages) && tuned->fields.threads == 0 &&
+                         tuned->fields.split_k == 0;
+      if (valid) {
+        c.tile_n = t.tile_n;
+        c.stages = t.stages;
+        c.source = TileConfig::Source::tuned;
+        if (!tuned->exact) add_note(c, bucket_note(*tuned));
+      } else {
+        add_note(c, fmt::format("tuned tile {}x{}x{} stages {} ignored: the sm90 family takes tile 128 x (64, 128 or 256) x 64, "
+                                "2 to 6 stages within {} bytes of shared memory",
+                                t.tile_m, t.tile_n, t.tile_k, t.stages, target.shared_memory_per_block_optin));
+      }
+    }
+  }
   if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups) > target.shared_memory_per_block_optin)
     fail(graph, op, fmt::format("(sm90 GEMM) needs {} bytes of shared memory for {} groups; the target {} allows {}",
                                 sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups), groups, target.arch,
@@ -143,7 +228,7 @@ GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& prob
     choice.config = sm90_config(graph, op, problem, target);
   } else {
     choice.family = GemmFamily::simt;
-    choice.config = simt_config(graph, op, problem);
+    choice.config = simt_config(graph, op, problem, target);
   }
   return choice;
 }

@@ -1,0 +1,86 @@
+// The per-GPU tuning database: measured-best TileConfig fields per kernel
+// family, dtype, problem kind and shape bucket, read by choose_gemm
+// (codegen/gemm_select.cpp). The file is a checked file (ir/checked_file.h)
+// whose identity is a hash of the device name and architecture, holding a
+// JSON payload:
+//   {"schema": 1, "device": "NVIDIA H200", "arch": "sm_90a",
+//    "entries": [{"family": "gemm_sm90", "dtype": "bf16", "kind": "matmul",
+//                 "m_log2": 10, "n_log2": 12, "k_log2": 10,
+//                 "config": {"tile_n": 128, "stages": 4}}]}
+// A bucket is the power of two at or above each of m, n, k. Where the file
+// is found, and what happens to a bad one: docs/cuda.md ("Tuning database").
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "codegen/target.h"
+
+namespace moejit::codegen {
+
+inline constexpr int kTuningDbSchema = 1;
+
+struct TuningKey {
+  std::string family;  // "gemm_sm90", "matmul_simt"
+  std::string dtype;   // dtype_name: "bf16", "f32", ...
+  std::string kind;    // "matmul", "grouped", "wgrad"
+  int m_log2 = 0, n_log2 = 0, k_log2 = 0;
+  bool operator==(const TuningKey&) const = default;
+};
+
+// The TileConfig fields an entry sets; 0 = not set (the family's default).
+struct TunedFields {
+  int tile_m = 0, tile_n = 0, tile_k = 0, stages = 0, threads = 0, split_k = 0;
+};
+
+struct TuningEntry {
+  TuningKey key;
+  TunedFields fields;
+};
+
+struct TuningDb {
+  std::string device;  // Target::device_name it was tuned on
+  std::string arch;    // Target::arch
+  std::vector<TuningEntry> entries;
+};
+
+struct TunedLookup {
+  TunedFields fields;
+  bool exact = false;  // else the nearest bucket of the same family, dtype and kind
+  TuningKey bucket;    // the entry's key
+};
+
+// ceil(log2(max(v, 1))): the bucket exponent of a dimension.
+int bucket_log2(std::int64_t v);
+// The exact bucket's entry, else the one nearest (least sum of exponent
+// distances; the first in the file on a tie) of the same family, dtype and
+// kind, else nullopt.
+std::optional<TunedLookup> lookup_tuned(const TuningDb& db, const TuningKey& key);
+
+// "NVIDIA_H200.sm_90a.json": the device name with every character other
+// than [A-Za-z0-9_-] replaced by '_', then the architecture.
+std::string tuning_db_file_name(const Target& target);
+// The checked-file identity of a database for the target's device and arch.
+std::uint64_t tuning_db_identity(const std::string& device, const std::string& arch);
+
+// The JSON payload, and the whole file written atomically (throws
+// moejit::Error naming the path when it cannot be written).
+std::string tuning_db_payload(const TuningDb& db);
+void write_tuning_db(const std::string& path, const TuningDb& db);
+
+// Parses a file's bytes for the target: nullopt and `problem` set
+// ("schema version 0, expected 1") when it cannot be used. Never throws.
+std::optional<TuningDb> parse_tuning_db(const std::string& bytes, const Target& target, std::string& problem);
+
+// The path used for the target: MOEJIT_TUNING_DB when set, else the shipped
+// tuning/<tuning_db_file_name> of the source tree or of the install prefix
+// (share/moejit/tuning) where such a file exists, else empty (no database).
+std::string tuning_db_path(const Target& target);
+
+// The database for the target, read once per path and process; nullptr when
+// there is none or it is unusable (then reported once on stderr:
+// "moejit: warning: tuning database <path> <problem>: ignored"). Thread-safe.
+const TuningDb* tuning_db_for(const Target& target);
+
+}  // namespace moejit::codegen

@@ -1,0 +1,272 @@
+// The tuning database's reading side (codegen/tuning_db.h), CI, no GPU:
+// bucket lookup, a valid entry changing the instantiated template arguments
+// of generate_module for the sm_90a named target (and the config's source
+// becoming "tuned"), an entry the family's checks refuse being ignored with a
+// note, and every kind of bad file (corrupted, truncated, foreign GPU, stale
+// schema or checked-file version, not a checked file, missing) reported once
+// on stderr and leaving the generated source byte-identical to no database.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "codegen/cuda_codegen.h"
+#include "codegen/target.h"
+#include "codegen/tuning_db.h"
+#include "ir/builder.h"
+#include "ir/checked_file.h"
+#include "ir/file_io.h"
+
+using namespace moejit;
+using codegen::TuningDb;
+using codegen::TuningEntry;
+
+namespace {
+
+// MOEJIT_TUNING_DB = `path` for the scope (unset when empty), then restored.
+class ScopedTuningDb {
+ public:
+  explicit ScopedTuningDb(const std::string& path) {
+    if (const char* old = std::getenv("MOEJIT_TUNING_DB")) old_ = old;
+    if (path.empty())
+      unsetenv("MOEJIT_TUNING_DB");
+    else
+      setenv("MOEJIT_TUNING_DB", path.c_str(), 1);
+  }
+  ~ScopedTuningDb() {
+    if (old_)
+      setenv("MOEJIT_TUNING_DB", old_->c_str(), 1);
+    else
+      unsetenv("MOEJIT_TUNING_DB");
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+// Captures std::cerr for the scope.
+class CaptureStderr {
+ public:
+  CaptureStderr() : old_(std::cerr.rdbuf(text_.rdbuf())) {}
+  ~CaptureStderr() { std::cerr.rdbuf(old_); }
+  std::string text() const { return text_.str(); }
+
+ private:
+  std::ostringstream text_;
+  std::streambuf* old_;
+};
+
+// A fresh path per call: the database is read once per path and process.
+std::string fresh_path(const std::string& what) {
+  static int counter = 0;
+  auto dir = std::filesystem::temp_directory_path() / fmt::format("moejit_tuning_db_test_{}", getpid());
+  std::filesystem::create_directories(dir);
+  return (dir / fmt::format("{}_{}.json", what, counter++)).string();
+}
+
+std::size_t count(const std::string& text, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+
+// c[304, 200] = a[304, 136] b[136, 200] in `dtype`: bucket m 2^9, n 2^8, k 2^8.
+Graph matmul_graph(DType dtype) {
+  Graph g("tuned_matmul");
+  Builder b(g);
+  Tensor a = b.input("a", {304, 136}, dtype), w = b.param("b", {136, 200}, dtype);
+  b.output(b.matmul(a, w), "c");
+  return g;
+}
+
+TuningEntry entry(std::string family, std::string dtype, int m, int n, int k, codegen::TunedFields fields) {
+  return TuningEntry{{std::move(family), std::move(dtype), "matmul", m, n, k}, fields};
+}
+
+TuningDb db_for(const codegen::Target& target, std::vector<TuningEntry> entries) {
+  return TuningDb{target.device_name, target.arch, std::move(entries)};
+}
+
+const codegen::Target hopper = codegen::Target::named("sm_90a");
+
+std::string first_kernel(const Graph& graph) { return codegen::generate_module(graph, hopper).kernels.at(0); }
+
+}  // namespace
+
+TEST_CASE("tuning database: buckets, exact and nearest lookup", "[cuda][tuning]") {
+  CHECK(codegen::bucket_log2(0) == 0);
+  CHECK(codegen::bucket_log2(1) == 0);
+  CHECK(codegen::bucket_log2(300) == 9);
+  CHECK(codegen::bucket_log2(256) == 8);
+  CHECK(codegen::bucket_log2(257) == 9);
+  TuningDb db = db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 128}),
+                                entry("gemm_sm90", "bf16", 12, 12, 12, {.tile_n = 64}),
+                                entry("gemm_sm90", "f16", 9, 8, 8, {.tile_n = 256})});
+  auto exact = codegen::lookup_tuned(db, {"gemm_sm90", "bf16", "matmul", 9, 8, 8});
+  REQUIRE(exact);
+  CHECK(exact->exact);
+  CHECK(exact->fields.tile_n == 128);
+  auto near = codegen::lookup_tuned(db, {"gemm_sm90", "bf16", "matmul", 11, 12, 13});
+  REQUIRE(near);
+  CHECK_FALSE(near->exact);
+  CHECK(near->fields.tile_n == 64);
+  CHECK_FALSE(codegen::lookup_tuned(db, {"gemm_sm90", "bf16", "grouped", 9, 8, 8}));  // another kind
+  CHECK_FALSE(codegen::lookup_tuned(db, {"matmul_simt", "bf16", "matmul", 9, 8, 8}));
+  CHECK(codegen::tuning_db_file_name(hopper) == "H100-like__named_target_.sm_90a.json");
+  // A database survives its own round trip.
+  std::string problem;
+  auto back = codegen::parse_tuning_db(make_checked_file(codegen::tuning_db_payload(db),
+                                                         codegen::tuning_db_identity(hopper.device_name, hopper.arch)),
+                                       hopper, problem);
+  REQUIRE(back);
+  CHECK(codegen::tuning_db_payload(*back) == codegen::tuning_db_payload(db));
+}
+
+TEST_CASE("tuning database: without MOEJIT_TUNING_DB the named targets find no shipped database", "[cuda][tuning]") {
+  ScopedTuningDb none("");
+  CHECK(codegen::tuning_db_path(hopper).empty());
+  CHECK(codegen::tuning_db_for(hopper) == nullptr);
+}
+
+TEST_CASE("tuning database: a valid sm90 entry sets tile_n and stages of the instantiation", "[cuda][tuning]") {
+  const Graph graph = matmul_graph(DType::bf16);
+  std::string heuristic_kernel, heuristic_source;
+  {
+    ScopedTuningDb none("");
+    heuristic_kernel = first_kernel(graph);
+    heuristic_source = codegen::emit_cuda_source(graph, hopper);
+  }
+  CHECK(heuristic_kernel.find("gemm_sm90_kernel<128, 256, 64, 4,") != std::string::npos);
+
+  SECTION("exact bucket") {
+    std::string path = fresh_path("exact");
+    codegen::write_tuning_db(path, db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 128, .stages = 3})}));
+    ScopedTuningDb db(path);
+    CaptureStderr err;
+    codegen::ModuleCode module = codegen::generate_module(graph, hopper);
+    CHECK(module.kernels.at(0).find("gemm_sm90_kernel<128, 128, 64, 3,") != std::string::npos);
+    // What MOEJIT_DEBUG=1 prints for the module.
+    std::string configs = codegen::describe_kernel_configs(module, "");
+    CHECK(configs.find("tile 128x128x64 stages 3 threads 384 consumers 2 (tuned)") != std::string::npos);
+    CHECK(err.text().empty());
+  }
+  SECTION("nearest bucket, with a note") {
+    std::string path = fresh_path("nearest");
+    codegen::write_tuning_db(path, db_for(hopper, {entry("gemm_sm90", "bf16", 13, 8, 8, {.tile_n = 64}),
+                                                   entry("gemm_sm90", "bf16", 10, 9, 8, {.tile_n = 128, .stages = 5})}));
+    ScopedTuningDb db(path);
+    codegen::ModuleCode module = codegen::generate_module(graph, hopper);
+    CHECK(module.kernels.at(0).find("gemm_sm90_kernel<128, 128, 64, 5,") != std::string::npos);
+    CHECK(codegen::describe_kernel_configs(module, "").find("(tuned) [nearest tuned bucket m 2^10 n 2^9 k 2^8]") !=
+          std::string::npos);
+  }
+  SECTION("an entry the family's checks refuse is ignored with a note") {
+    std::string path = fresh_path("invalid");
+    codegen::write_tuning_db(path, db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 96, .stages = 3})}));
+    ScopedTuningDb db(path);
+    codegen::ModuleCode module = codegen::generate_module(graph, hopper);
+    CHECK(module.kernels.at(0) == heuristic_kernel);
+    std::string configs = codegen::describe_kernel_configs(module, "");
+    CHECK(configs.find("(heuristic) [tuned tile 128x96x64 stages 3 ignored") != std::string::npos);
+  }
+  SECTION("stages that do not fit the shared memory are refused") {
+    std::string path = fresh_path("toodeep");
+    codegen::write_tuning_db(path, db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 256, .stages = 6})}));
+    ScopedTuningDb db(path);
+    CHECK(first_kernel(graph) == heuristic_kernel);
+  }
+  SECTION("entries of other families, dtypes or kinds change nothing") {
+    std::string path = fresh_path("unrelated");
+    codegen::write_tuning_db(path, db_for(hopper, {entry("gemm_sm90", "f16", 9, 8, 8, {.tile_n = 64}),
+                                                   entry("matmul_simt", "f32", 9, 8, 8, {.tile_m = 32})}));
+    ScopedTuningDb db(path);
+    CHECK(codegen::emit_cuda_source(graph, hopper) == heuristic_source);
+  }
+}
+
+TEST_CASE("tuning database: a valid SIMT entry sets the tile of matmul_kernel", "[cuda][tuning]") {
+  const Graph graph = matmul_graph(DType::f32);
+  std::string path = fresh_path("simt");
+  codegen::write_tuning_db(path, db_for(hopper, {entry("matmul_simt", "f32", 9, 8, 8, {.tile_m = 32, .tile_n = 32, .tile_k = 8})}));
+  {
+    ScopedTuningDb none("");
+    CHECK(first_kernel(graph) == "mj::matmul_kernel<float, 64, 64, 16, 256>");
+  }
+  ScopedTuningDb db(path);
+  codegen::ModuleCode module = codegen::generate_module(graph, hopper);
+  CHECK(module.kernels.at(0) == "mj::matmul_kernel<float, 32, 32, 8, 64>");
+  CHECK(codegen::describe_kernel_configs(module, "").find("tile 32x32x8 stages 1 threads 64 (tuned)") != std::string::npos);
+}
+
+TEST_CASE("tuning database: a bad file is reported once and ignored; the source does not change", "[cuda][tuning]") {
+  const Graph graph = matmul_graph(DType::bf16);
+  std::string reference;
+  {
+    ScopedTuningDb none("");
+    reference = codegen::emit_cuda_source(graph, hopper);
+  }
+  // A database that would change the kernel, were it read.
+  const TuningDb good = db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 128, .stages = 3})});
+  const std::string good_bytes =
+      make_checked_file(codegen::tuning_db_payload(good), codegen::tuning_db_identity(hopper.device_name, hopper.arch));
+
+  struct BadFile {
+    std::string name, bytes, says;
+  };
+  std::string corrupted = good_bytes;
+  corrupted[corrupted.size() / 2 + kCheckedFileHeaderBytes / 2] ^= 0x20;
+  std::string old_format = good_bytes;
+  old_format[8] = 0;  // checked-file version 0
+  TuningDb foreign = good;
+  foreign.device = "NVIDIA A100-SXM4-80GB";
+  foreign.arch = "sm_80";
+  std::string stale_payload = codegen::tuning_db_payload(good);
+  stale_payload.replace(stale_payload.find("\"schema\": 1"), 11, "\"schema\": 0");
+  const auto identity = codegen::tuning_db_identity(hopper.device_name, hopper.arch);
+  std::string same_identity_other_device_payload = codegen::tuning_db_payload(foreign);
+  const std::vector<BadFile> bad = {
+      {"corrupted", corrupted, "is corrupted"},
+      {"truncated", good_bytes.substr(0, good_bytes.size() - 10), "is truncated"},
+      {"header_only", good_bytes.substr(0, 20), "is truncated"},
+      {"empty", "", "is empty"},
+      {"plain_json", codegen::tuning_db_payload(good), "is not a moejit checked file"},
+      {"foreign", make_checked_file(codegen::tuning_db_payload(foreign),
+                                    codegen::tuning_db_identity(foreign.device, foreign.arch)),
+       "was tuned on \"NVIDIA A100-SXM4-80GB\" sm_80, this is \"H100-like (named target)\" sm_90a"},
+      {"foreign_payload", make_checked_file(same_identity_other_device_payload, identity),
+       "was tuned on \"NVIDIA A100-SXM4-80GB\" sm_80"},
+      {"stale_schema", make_checked_file(stale_payload, identity), "has schema version 0, expected 1"},
+      {"stale_checked_version", old_format, "has another checked-file version"},
+      {"not_json", make_checked_file("{\"schema\": 1, \"entries\": [", identity), "holds no JSON object"},
+      {"bad_entry",
+       make_checked_file(
+           "{\"schema\": 1, \"device\": \"H100-like (named target)\", \"arch\": \"sm_90a\", \"entries\": [{\"family\": 3}]}",
+           identity),
+       "entry 0: expected a string \"family\""},
+  };
+  for (const auto& b : bad) {
+    INFO(b.name);
+    std::string path = fresh_path(b.name);
+    write_file_atomically(path, b.bytes);
+    ScopedTuningDb db(path);
+    CaptureStderr err;
+    CHECK(codegen::emit_cuda_source(graph, hopper) == reference);
+    CHECK(codegen::emit_cuda_source(graph, hopper) == reference);  // and again: no second warning
+    INFO(err.text());
+    CHECK(count(err.text(), "moejit: warning: tuning database " + path + " ") == 1);
+    CHECK(err.text().find(b.says) != std::string::npos);
+    CHECK(err.text().find(": ignored\n") != std::string::npos);
+  }
+  SECTION("a missing file named by MOEJIT_TUNING_DB") {
+    std::string path = fresh_path("missing");
+    ScopedTuningDb db(path);
+    CaptureStderr err;
+    CHECK(codegen::emit_cuda_source(graph, hopper) == reference);
+    CHECK(count(err.text(), "tuning database " + path + " does not exist: ignored") == 1);
+  }
+}
