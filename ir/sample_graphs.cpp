@@ -114,6 +114,15 @@ Graph make_all_ops_graph() {
   auto chosen = b.op(OpKind::ExpertChoice, {probs}, {{"capacity_factor", 1.0}, {"top_k", top_k}});
   b.output(b.moe_permute(noisy, chosen[0], num_experts), "expert_choice_rows");
 
+  // ---- communication, one rank (the identity) ----
+  const AttrList one_rank{{"world_size", std::int64_t{1}}};
+  b.output(b.op1(OpKind::AllReduce, {dense}, one_rank), "all_reduced");
+  Tensor gathered_rows = b.op1(OpKind::AllGather, {dense}, one_rank);  // [T, D]
+  b.output(b.op1(OpKind::ReduceScatter, {gathered_rows}, one_rank), "reduce_scattered");
+  // The rows routed to expert 0 all go to rank 0: a count within xs's rows.
+  auto exchanged = b.op(OpKind::AllToAll, {xs, b.slice(counts, {0}, {1})}, one_rank);  // [N, D], [1]
+  b.output(exchanged[0], "all_to_all_rows");
+
   // ---- MoE layer, fused forms ----
   auto route = b.op(OpKind::Route, {noisy, w_router, router_bias},
                     {{"block", std::int64_t{1}}, {"capacity_factor", 1.25}, {"normalize", true},

@@ -147,6 +147,19 @@ std::map<OpKind, std::vector<OpCase>> make_cases() {
                             v["ids"] = ints({2, 3}, {4, 0, 2, 2, 4, 1});
                             probe_loss(b, b.embedding(table, ids));
                           }});
+  // ---- communication, one rank: the identity, and so its gradient ----
+  const AttrList one_rank{{"world_size", std::int64_t{1}}};
+  add(OpKind::AllReduce, {"all_reduce world_size 1", [=](Builder& b, Values&) {
+                            probe_loss(b, b.op1(OpKind::AllReduce, {b.input("x", {3, 4}, F)}, one_rank));
+                          }});
+  add(OpKind::AllGather, {"all_gather world_size 1 (backward: reduce_scatter)", [=](Builder& b, Values&) {
+                            probe_loss(b, b.op1(OpKind::AllGather, {b.input("x", {3, 4}, F)}, one_rank));
+                          }});
+  add(OpKind::AllToAll, {"all_to_all world_size 1 (backward: the reverse all_to_all)", [=](Builder& b, Values& v) {
+                           Tensor counts = b.input("send_counts", {1}, DType::i32);
+                           v["send_counts"] = ints({1}, {2});
+                           probe_loss(b, b.op(OpKind::AllToAll, {b.input("x", {3, 4}, F), counts}, one_rank)[0]);
+                         }});
   add(OpKind::Reshape, {"reshape [2, 6] -> [3, 4]", [](Builder& b, Values&) {
                           probe_loss(b, b.reshape(b.input("x", {2, 6}, F), {3, 4}));
                         }});

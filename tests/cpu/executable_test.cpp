@@ -121,6 +121,37 @@ TEST_CASE("kernel errors name the op", "[cpu][executable]") {
   CHECK_THROWS_WITH(exe->run(), Catch::Contains("\"mj.embedding\"") && Catch::Contains("ids[1]") && Catch::Contains("found 7"));
 }
 
+// On the CPU backend (one rank) the collectives are the identity; a graph
+// built for several ranks is refused, naming the op, and bad counts are
+// caught as a real exchange would catch them.
+TEST_CASE("comm ops are the identity on one rank and refuse several", "[cpu][executable][comm]") {
+  std::vector<std::int32_t> row_values = {1, 2, 3, 4, 5, 6};
+  auto run_all_to_all = [&](std::int64_t world_size, std::vector<std::int32_t> counts) {
+    Graph graph("a2a");
+    Builder b(graph);
+    Tensor x = b.input("x", {3, 2});
+    Tensor send = b.input("send", {world_size}, DType::i32);
+    auto r = b.op(OpKind::AllToAll, {x, send}, {{"world_size", world_size}});
+    b.output(b.op1(OpKind::AllReduce, {b.op1(OpKind::AllGather, {r[0]}, {{"world_size", world_size}})},
+                   {{"world_size", world_size}}),
+             "y");
+    b.output(r[1], "recv");
+    auto exe = make_cpu_backend()->compile(graph);
+    exe->set("x", HostTensor::from_ints({3, 2}, row_values).cast(DType::f32));
+    exe->set("send", HostTensor::from_ints({world_size}, counts));
+    exe->run();
+    return std::pair{exe->get("y"), exe->get("recv")};
+  };
+  auto [y, recv] = run_all_to_all(1, {2});
+  CHECK(y.to_doubles() == std::vector<double>{1, 2, 3, 4, 5, 6});
+  CHECK(recv.to_doubles() == std::vector<double>{2});
+  CHECK_THROWS_WITH(run_all_to_all(1, {4}), Catch::Contains("\"comm.all_to_all\"") && Catch::Contains("at most 3") &&
+                                                Catch::Contains("found 4"));
+  CHECK_THROWS_WITH(run_all_to_all(1, {-1}), Catch::Contains("\"comm.all_to_all\"") && Catch::Contains("found -1"));
+  CHECK_THROWS_WITH(run_all_to_all(2, {1, 1}), Catch::Contains("\"comm.all_to_all\"") && Catch::Contains("world_size 2") &&
+                                                   Catch::Contains("single rank"));
+}
+
 // ---- completeness: every op runs on sample inputs ----
 
 namespace {
@@ -222,6 +253,10 @@ std::optional<Sample> sample_for(OpKind kind) {
       return Sample{{floats({4, 5}), floats({3, 5, 6}), slots(), offsets(), positions()}, {{"top_k", std::int64_t{2}}}};
     case OpKind::ExpertChoice: return Sample{{floats({4, 3})}, {{"capacity_factor", 1.0}, {"top_k", std::int64_t{2}}}};
     case OpKind::MatmulCombine: return Sample{{floats({8, 6}), floats({3, 6, 5}), offsets(), floats({4, 2}), positions()}, {}};
+    // ---- communication, one rank ----
+    case OpKind::AllReduce: case OpKind::AllGather: case OpKind::ReduceScatter:
+      return Sample{{floats({2, 3})}, {{"world_size", std::int64_t{1}}}};
+    case OpKind::AllToAll: return Sample{{floats({4, 3}), ints({1}, {3})}, {{"world_size", std::int64_t{1}}}};
     default: return std::nullopt;  // a new op: the test asks for a sample
   }
 }

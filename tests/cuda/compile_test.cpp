@@ -135,6 +135,34 @@ TEST_CASE("a GPT-MoE inference graph (dead aux losses in a fused group) compiles
   check_compiles(fused(graph), "compute_90a");
 }
 
+// The comm ops need no kernel on one rank: each is device copies (x to y,
+// and all_to_all's counts); for several ranks codegen refuses, naming the op.
+TEST_CASE("comm ops emit device copies on one rank and refuse several ranks", "[cuda][comm]") {
+  auto build = [](std::int64_t world_size) {
+    Graph graph("comm");
+    Builder b(graph);
+    const AttrList world{{"world_size", world_size}};
+    Tensor x = b.input("x", {8, 4});
+    Tensor counts = b.input("counts", {world_size}, DType::i32);
+    Tensor gathered = b.op1(OpKind::AllGather, {b.op1(OpKind::AllReduce, {x}, world)}, world);
+    auto exchanged = b.op(OpKind::AllToAll, {gathered, counts}, world);
+    b.output(b.op1(OpKind::ReduceScatter, {exchanged[0]}, world), "y");
+    b.output(exchanged[1], "recv_counts");
+    return graph;
+  };
+  codegen::ModuleCode module = codegen::generate_module(build(1), codegen::Target::named("sm_90a"));
+  int copies = 0;
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches) {
+      CHECK(launch.kind == codegen::Launch::Kind::copy);
+      if (launch.kind == codegen::Launch::Kind::copy) ++copies;
+    }
+  CHECK(copies == 5);  // all_reduce, all_gather, all_to_all (rows and counts), reduce_scatter
+  CHECK(module.kernels.empty());
+  CHECK_THROWS_WITH(codegen::generate_module(build(2), codegen::Target::named("sm_90a")),
+                    Catch::Contains("\"comm.all_reduce\"") && Catch::Contains("world_size 2") && Catch::Contains("NCCL"));
+}
+
 TEST_CASE("a module compiled in parts on several threads holds every kernel exactly once", "[cuda][nvrtc]") {
   GptMoeConfig config = cuda_test::small_gpt_config();
   Graph graph("gpt_sample");

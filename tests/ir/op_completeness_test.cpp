@@ -19,7 +19,7 @@ bool valid_op_name(std::string_view name) {
   auto dot = name.find('.');
   if (dot == std::string_view::npos) return false;
   std::string_view dialect = name.substr(0, dot), rest = name.substr(dot + 1);
-  if (dialect != "mj" && dialect != "moe") return false;
+  if (dialect != "mj" && dialect != "moe" && dialect != "comm") return false;
   if (rest.empty()) return false;
   for (char c : rest)
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
