@@ -167,15 +167,22 @@ bool sm90_fits(const GemmProblem& p, const Target& target) {
   return false;
 }
 
+// The tile shapes the sm90 family instantiates: 128 x (64, 128 or 256) x 64.
+bool sm90_tile(std::int64_t m, std::int64_t n, std::int64_t k) { return m == 128 && k == 64 && (n == 64 || n == 128 || n == 256); }
+
+// Whether the op carries tile attributes, and they are an sm90 shape.
+bool has_tile_attributes(const Op& op) { return op.attrs.find("tile_m") != nullptr; }
+bool sm90_tile_attributes(const Op& op) {
+  return has_tile_attributes(op) && sm90_tile(op.attrs.get_int("tile_m"), op.attrs.get_int("tile_n"), op.attrs.get_int("tile_k"));
+}
+
 TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   TileConfig c;
   c.tile_m = 128;
   c.tile_k = 64;
   c.threads = 384;
   c.consumers = 2;
-  const AttrValue* m = op.attrs.find("tile_m");
-  if (m && op.attrs.get_int("tile_m") == 128 && op.attrs.get_int("tile_k") == 64 &&
-      (op.attrs.get_int("tile_n") == 64 || op.attrs.get_int("tile_n") == 128 || op.attrs.get_int("tile_n") == 256)) {
+  if (sm90_tile_attributes(op)) {
     c.tile_n = static_cast<int>(op.attrs.get_int("tile_n"));
     c.source = TileConfig::Source::attribute;
   } else {
@@ -194,8 +201,7 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
       // The entry may set tile_n and stages; tile_m, tile_k and the threads are the family's.
       TileConfig t = c;
       apply_tuned(t, tuned->fields);
-      const bool valid = t.tile_m == 128 && t.tile_k == 64 && (t.tile_n == 64 || t.tile_n == 128 || t.tile_n == 256) &&
-                         t.stages >= 2 && t.stages <= 6 && fits(t.tile_n, t.stages) && tuned->fields.threads == 0 &&
+      const bool valid = sm90_tile(t.tile_m, t.tile_n, t.tile_k) && t.stages >= 2 && t.stages <= 6 && fits(t.tile_n, t.stages) && tuned->fields.threads == 0 &&
                          tuned->fields.split_k == 0;
       if (valid) {
         c.tile_n = t.tile_n;
@@ -220,9 +226,8 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   GemmChoice choice;
-  const AttrValue* m = op.attrs.find("tile_m");
-  const bool simt_attributes = m && problem.kind == GemmProblem::Kind::grouped &&
-                               !(op.attrs.get_int("tile_m") == 128 && op.attrs.get_int("tile_k") == 64 && op.attrs.get_int("tile_n") >= 64);
+  // Tile attributes of another shape ask for the SIMT family (which checks them).
+  const bool simt_attributes = problem.kind == GemmProblem::Kind::grouped && has_tile_attributes(op) && !sm90_tile_attributes(op);
   if (sm90_fits(problem, target) && !simt_attributes) {
     choice.family = GemmFamily::sm90;
     choice.config = sm90_config(graph, op, problem, target);
