@@ -10,6 +10,7 @@
 
 #include <algorithm>
 
+#include "cuda/ptx_check.h"
 #include "codegen/cuda_codegen.h"
 #include "cuda/cuda_test_util.h"
 #include "ir/error.h"
@@ -30,20 +31,7 @@ TEST_CASE("the bf16 training module (gpt_moe train --dtype bf16 on the GPU) comp
     for (ValueId r : op.results) bf16_values += graph.type(r).dtype == DType::bf16;
   CHECK(bf16_values > 20);
   codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("compute_90a"));
-  REQUIRE(!module.kernels.empty());
-  cuda::CompiledModule compiled;
-  try {
-    cuda::CompileRequest request{module.source, graph.name(), "compute_90a", cuda::CompileOutput::ptx, false};
-    request.name_expressions = module.kernels;
-    compiled = cuda::compile_module(request);
-  } catch (const Error& e) {
-    FAIL(e.what());
-  }
-  REQUIRE(compiled.lowered_names.size() == module.kernels.size());
-  for (const auto& kernel : module.kernels) {
-    INFO(kernel);
-    CHECK(compiled.binary.find(".entry " + compiled.lowered(kernel) + "(") != std::string::npos);
-  }
+  cuda_test::compile_to_ptx(module, graph.name(), "compute_90a");
 }
 
 TEST_CASE("gpu: the bf16 training step matches the CPU bf16 step op by op", "[cuda][gpu][mixed_precision]") {

@@ -11,6 +11,7 @@
 #include <random>
 #include <set>
 
+#include "cuda/ptx_check.h"
 #include "codegen/cuda_codegen.h"
 #include "cuda/cuda_test_util.h"
 #include "ir/error.h"
@@ -167,19 +168,9 @@ TEST_CASE("the MoEUT and expert-choice training steps compile to PTX (no GPU nee
     std::size_t ops = 0;
     for (const auto& step : module.steps) ops += step.ops.size();
     CHECK(ops == graph.ops().size());
-    cuda::CompiledModule compiled;
-    try {
-      cuda::CompileRequest request{module.source, graph.name(), "compute_90a", cuda::CompileOutput::ptx, false};
-      request.name_expressions = module.kernels;
-      compiled = cuda::compile_module(request);
-    } catch (const Error& e) {
-      FAIL(e.what());
-    }
-    REQUIRE(compiled.lowered_names.size() == module.kernels.size());
+    cuda::CompiledModule compiled = cuda_test::compile_to_ptx(module, graph.name(), "compute_90a");
     bool expert_choice = false;
     for (const auto& k : module.kernels) {
-      INFO(k);
-      CHECK(compiled.binary.find(".entry " + compiled.lowered(k) + "(") != std::string::npos);
       expert_choice |= k.find("expert_choice_kernel") != std::string::npos;
     }
     // The host's argument struct has the size of the kernel's parameter.
