@@ -24,11 +24,15 @@ GptMoeConfig example_config();
 // validates; throws moejit::Error naming a bad key or value.
 void apply_overrides(GptMoeConfig& config, const std::vector<std::string>& overrides);
 
-Graph build_gpt_train_graph(const GptMoeConfig& config);
+// The trainer's graph in `precision` (f32, or bf16 as the trainer runs on
+// the GPU by default: training_precision in frontends/trainer.h).
+Graph build_gpt_train_graph(const GptMoeConfig& config, DType precision = DType::f32);
 
 // Every argument of `graph`: parameters from init_parameters(seed), moments
 // "m.*"/"v.*" zero, "idx"/"targets" uniform in [0, vocab_size), "lr" 1e-3,
-// "step" 1, "rng_offset" (dropout or noisy gating) 0. Throws moejit::Error naming an argument it has no value for.
+// "step" 1, "rng_offset" (dropout or noisy gating) 0, "rope.cos"/"rope.sin"
+// zeros (bind_rope_tables, frontends/rope.h, fills them once compiled).
+// Throws moejit::Error naming an argument it has no value for.
 std::map<std::string, HostTensor> gpt_train_args(const Graph& graph, const GptMoeConfig& config, std::uint64_t seed);
 
 }  // namespace moejit::bench

@@ -4,14 +4,17 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <numbers>
 #include <numeric>
 #include <optional>
 #include <sstream>
+#include <string_view>
 
 #include "ir/error.h"
 #include "passes/autodiff.h"
+#include "runtime/device.h"
 #include "passes/pass_manager.h"
 #include "frontends/optim.h"
 #include "frontends/rope.h"
@@ -67,9 +70,20 @@ Batch BatchSampler::next() {
   return batch;
 }
 
+namespace {
+// MOEJIT_CUDA_GRAPH=0 (debug knob): run the training step eagerly on the GPU.
+bool cuda_graph_disabled_by_env() {
+  const char* value = std::getenv("MOEJIT_CUDA_GRAPH");
+  return value != nullptr && std::string_view(value) == "0";
+}
+}  // namespace
+
 GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
-                             const std::map<std::string, HostTensor>& params)
-    : config_(config), backend_(&backend), precision_(training_precision(config, backend)) {
+                             const std::map<std::string, HostTensor>& params, const TrainerOptions& options)
+    : config_(config),
+      backend_(&backend),
+      precision_(training_precision(config, backend)),
+      use_cuda_graph_(options.cuda_graph && backend.name() == "cuda" && !cuda_graph_disabled_by_env()) {
   train_ = compile_train_graph();
   check_parameters(params, specs_, "initial parameters");
 
@@ -170,6 +184,13 @@ StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
     HostTensor rng_offset(TensorType{DType::i64, {}});
     rng_offset.values<std::int64_t>()[0] = iter * rng_positions_per_step_;
     train_->set("rng_offset", rng_offset);
+  }
+  // The first step has bound every input, so the step can be captured now;
+  // later steps' set() calls above write into the same device buffers the
+  // graph reads.
+  if (use_cuda_graph_ && !captured_) {
+    capture_cuda_graph(*train_);
+    captured_ = true;
   }
   train_->run();
   stats.loss = train_->get("loss").get(0);

@@ -11,6 +11,14 @@
 // and reproducible from iter. The evaluation graph is built and compiled
 // once too and gets the current parameters before each estimate.
 //
+// On the CUDA backend the whole step (forward, backward, clipping, AdamW and
+// the copies of the updated parameters and moments) is captured as one CUDA
+// graph at the first step, once every input is bound, and each step then
+// copies its batch, lr, step and rng_offset into the bound device buffers
+// and replays that graph: one launch instead of hundreds. Replay equals
+// eager bit for bit (tests/cuda/trainer_graph_gpu_test.cpp).
+// TrainerOptions::cuda_graph = false, or MOEJIT_CUDA_GRAPH=0, runs eagerly.
+//
 //   GptMoeTrainer trainer(config, *backend, init_parameters(specs, seed));
 //   BatchSampler train(tokens, config.batch_size, config.block_size, seed);
 //   for (iter...) { auto batch = train.next(); trainer.step(batch, iter); }
@@ -93,11 +101,18 @@ struct StepStats {
   double loss = 0, lm_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
 };
 
+struct TrainerOptions {
+  // CUDA backend: replay one captured CUDA graph per step (see the top of
+  // this file); ignored on other backends. MOEJIT_CUDA_GRAPH=0 turns it off.
+  bool cuda_graph = true;
+};
+
 class GptMoeTrainer {
  public:
   // `params` holds a value for every spec of the config's model (parameters
   // and state); checked by name, dtype and shape.
-  GptMoeTrainer(const GptMoeConfig& config, Backend& backend, const std::map<std::string, HostTensor>& params);
+  GptMoeTrainer(const GptMoeConfig& config, Backend& backend, const std::map<std::string, HostTensor>& params,
+                const TrainerOptions& options = {});
 
   // One optimizer step at iteration `iter` (0-based): lr from the schedule,
   // AdamW step iter + 1. A non-finite loss is returned, not thrown: the
@@ -118,6 +133,9 @@ class GptMoeTrainer {
   const GptMoeConfig& config() const { return config_; }
   DType precision() const { return precision_; }
   std::int64_t tokens_per_step() const { return config_.batch_size * config_.block_size; }
+  // Whether steps replay a captured CUDA graph (CUDA backend, cuda_graph on).
+  bool replays_cuda_graph() const { return use_cuda_graph_; }
+  bool captured() const { return captured_; }
 
  private:
   void update_selection_bias();
@@ -133,6 +151,8 @@ class GptMoeTrainer {
   bool has_aux_loss_ = false;
   bool has_grad_norm_ = false;
   std::int64_t rng_positions_per_step_ = 0;  // 0: the graph has no random ops
+  bool use_cuda_graph_ = false;
+  bool captured_ = false;  // the step's CUDA graph exists (captured at the first step)
 };
 
 }  // namespace moejit

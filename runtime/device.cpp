@@ -40,4 +40,13 @@ std::unique_ptr<Backend> make_backend(std::string_view device, std::string* note
 #endif
 }
 
+void capture_cuda_graph(Executable& exe) {
+#if MOEJIT_WITH_CUDA
+  cuda_capture_graph(exe);
+#else
+  (void)exe;
+  throw Error("capture_cuda_graph: this build has no CUDA backend (configured with -DMOEJIT_WITH_CUDA=OFF)");
+#endif
+}
+
 }  // namespace moejit

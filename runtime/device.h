@@ -16,4 +16,11 @@ namespace moejit {
 // ("auto: no usable GPU (libcuda.so.1: ...), using the CPU").
 std::unique_ptr<Backend> make_backend(std::string_view device, std::string* note = nullptr);
 
+// Captures `exe`'s whole run() as one CUDA graph that later runs replay
+// (cuda_capture_graph, runtime/cuda/cuda_backend.h), for code that must also
+// build without the CUDA backend (the trainer). Every argument must be bound.
+// Throws moejit::Error when `exe` is not the CUDA backend's or this build has
+// no CUDA backend.
+void capture_cuda_graph(Executable& exe);
+
 }  // namespace moejit

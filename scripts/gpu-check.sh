@@ -2,14 +2,16 @@
 # GPU check of the CUDA backend, run ON a GPU machine from the repository root
 # with a bundle built elsewhere (scripts/gpu-check.sh --bundle makes it here):
 #   BUNDLE/moejit_cuda_tests, BUNDLE/gpt_moe, the benchmarks BUNDLE/moe_bench,
-#   BUNDLE/moe_layer_bench, BUNDLE/step_bench, BUNDLE/compile_bench (optimized,
+#   BUNDLE/moe_layer_bench, BUNDLE/step_bench, BUNDLE/train_step, BUNDLE/compile_bench (optimized,
 #   stripped), BUNDLE/gemm_sm90_probe (nvcc, when nvcc is here) and
 #   BUNDLE/tinyshakespeare.txt; the PyTorch peers are bench/*.py of the tree.
 # Sections (GPU_CHECK_ONLY picks some): nvidia-smi; the GPU tests
 # ("tests"); the benchmarks (bench/, docs/perf.md): compile_bench cold then
 # warm ("compile"), step_bench ("step"), moe_bench ("moe"), the sm90 GEMM
 # probe beside torch.matmul ("gemm"), the bf16 MoE layer beside its PyTorch
-# peers ("layer"); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
+# peers ("layer"), the whole training step (train_step) beside its PyTorch
+# peers (torch_train_step.py) for config B and the example's default
+# ("trainstep"); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
 # example on tinyshakespeare on the GPU in bf16 and in f32, a short warm-cache
 # run ("train"), and on the CPU ("train-cpu"); then a summary table, printed
 # last. Logs and the benchmarks' JSON are packed into $OUT/gpu-check-logs.tgz.
@@ -24,10 +26,10 @@ if [[ "${1:-}" == "--bundle" ]]; then
   dir=${2:-build-gpu-bundle}
   build=${GPU_BUILD_DIR:-build-gpu}  # any optimized build (Release, or RelWithDebInfo: stripped below)
   [[ -f "$build/CMakeCache.txt" ]] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench compile_bench
+  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench train_step compile_bench
   rm -rf "$dir" && mkdir -p "$dir"
-  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,compile_bench} "$dir"/
-  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,compile_bench}
+  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench} "$dir"/
+  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench}
   if [[ -x /usr/local/cuda/bin/nvcc ]]; then
     /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/gemm_sm90_probe \
       bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
@@ -43,8 +45,8 @@ BUNDLE=$(realpath "${1:-build-gpu-bundle}")
 LOGS=/tmp/gpu-check-logs
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 # GPU_CHECK_ONLY: a comma list of the sections to run (default all):
-# tests, compile, step, moe, gemm, layer, train, train-cpu.
-ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,train,train-cpu}
+# tests, compile, step, moe, gemm, layer, trainstep, train, train-cpu.
+ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,trainstep,train,train-cpu}
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 # NVRTC 12.9+ keeps its own compile cache in the driver's compute cache
@@ -58,6 +60,9 @@ nvidia-smi || echo "nvidia-smi failed"
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 
 F32_RC=-; TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-; LAYER_RC=-; CUDA_RC=-; CPU_RC=-; WARM_RC=-
+# What the summary prints for a section that did not run (set -u).
+TESTS_LINE=; COLD=; WARM=; STEP=
+TRAINSTEP_CONFIGS=${GPU_CHECK_TRAINSTEP_CONFIGS:-"config_b default"}
 if want tests; then
   echo "==== GPU tests"
   "$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
@@ -152,6 +157,24 @@ if want layer; then
   python3 bench/compare_moe_layer.py "$LOGS/moe_layer.json" "$LOGS/torch_moe.json" 2>&1 | tee "$LOGS/layer-compare.log"
 fi
 
+if want trainstep; then
+  echo "==== the training step: moejit (train_step) and PyTorch (torch_train_step.py), same run"
+  for cfg in $TRAINSTEP_CONFIGS; do
+    # "default": the example's default model; else examples/gpt_moe/configs/<cfg>.json
+    path=default
+    [[ $cfg == default ]] || path=examples/gpt_moe/configs/$cfg.json
+    MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/train_step --config "$path" --json "$LOGS/train_step-$cfg.json" 2>&1 \
+      | tee "$LOGS/train_step-$cfg.log"
+    moejit_rc=${PIPESTATUS[0]}
+    PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_train_step.py --config "$path" \
+      --json "$LOGS/torch_train_step-$cfg.json" 2>&1 | tee "$LOGS/torch_train_step-$cfg.log"
+    torch_rc=${PIPESTATUS[0]}
+    python3 bench/compare_train_step.py "$LOGS/train_step-$cfg.json" "$LOGS/torch_train_step-$cfg.json" 2>&1 \
+      | tee "$LOGS/train_step-compare-$cfg.log"
+    echo "exit train_step $moejit_rc, torch_train_step.py $torch_rc" >> "$LOGS/train_step-compare-$cfg.log"
+  done
+fi
+
 final() { grep -oE "val loss [0-9.]+" "$1" | tail -1 | awk '{print $3}'; }
 walltime() { grep -oE "^wall [0-9.]+ s" "$1" | tail -1 | awk '{print $2}'; }
 tokps() { grep -oE "[0-9,]+ tok/s" "$1" | tail -1; }
@@ -195,6 +218,13 @@ fi
 if want layer; then
   sed 's/^/moe layer                  | /' "$LOGS/layer-compare.log" 2>/dev/null
   printf "%-26s | exit %s (moe_layer_bench)\n" "moe layer" "$LAYER_RC"
+fi
+if want trainstep; then
+  for cfg in $TRAINSTEP_CONFIGS; do
+    line=$(grep -h "^train-step-ratio:" "$LOGS/train_step-compare-$cfg.log" 2>/dev/null | sed 's/^train-step-ratio: //')
+    printf "%-26s | %s; %s\n" "trainstep $cfg" "${line:-no ratio (see $LOGS/train_step-$cfg.log)}" \
+      "$(tail -1 "$LOGS/train_step-compare-$cfg.log" 2>/dev/null)"
+  done
 fi
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda" "${VAL_CUDA:-?}" "$(walltime "$LOGS/train-cuda.log")" "$(tokps "$LOGS/train-cuda.log")" "$CUDA_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cpu" "${VAL_CPU:-?}" "$(walltime "$LOGS/train-cpu.log")" "$(tokps "$LOGS/train-cpu.log")" "$CPU_RC"

@@ -378,6 +378,26 @@ TEST_CASE("moeut: the example configs load and validate with the intended sizes"
   CHECK(tiny.max_iters == dense.max_iters);
 }
 
+TEST_CASE("config B of issue 11 (bench/train_step's default) loads with its sizes", "[config]") {
+  GptMoeConfig c = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
+  c.vocab_size = 65;  // tiny Shakespeare
+  CHECK_NOTHROW(validate_config(c));
+  CHECK(c.n_layer == 6);
+  CHECK(c.n_head == 6);
+  CHECK(c.n_embd == 384);
+  CHECK(c.block_size == 256);
+  CHECK(c.batch_size == 64);
+  CHECK(c.num_experts == 8);
+  CHECK(c.top_k == 2);
+  CHECK(c.d_expert == 1536);
+  CHECK(c.dropout == 0.0);
+  CHECK(c.moe_every == 1);  // every block is MoE
+  // Per layer: layer norms 2 x 768, attention 4 x 384^2 = 589,824, router
+  // 8 x 384 = 3,072, experts 2 x 8 x 384 x 1536 = 9,437,184 (10,031,616);
+  // six layers, plus wte 24,960, wpe 98,304 and ln_f 768.
+  CHECK(count_parameters(gpt_moe_param_specs(c)) == 60'313'728);
+}
+
 TEST_CASE("moeut: bad MoEUT and expert-choice keys are named with what was expected", "[moeut][config]") {
   GptMoeConfig c = tiny_moeut_config();
   auto with = [&](const char* key, const char* value) {
