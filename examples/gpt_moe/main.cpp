@@ -436,6 +436,9 @@ int run_train(TrainFlags& flags) {
   }
   fmt::print("built and compiled the training and evaluation graphs in {:.2f}s\n",
              std::chrono::duration<double>(Clock::now() - start).count());
+  if (trainer->replays_cuda_graph())
+    fmt::print("training step: one CUDA graph, captured at the first step and replayed every step (MOEJIT_CUDA_GRAPH=0: "
+               "eager launches)\n");
   if (resumed) fmt::print("resuming {} at step {} of {}\n", resume_path, state.steps_done, config.max_iters);
   fmt::print("\n");
   std::fflush(stdout);
