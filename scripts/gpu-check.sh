@@ -61,8 +61,6 @@ DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev
 
 STEP=; COLD=; WARM=; TESTS_LINE=
 F32_RC=-; TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-; LAYER_RC=-; CUDA_RC=-; CPU_RC=-; WARM_RC=-
-# What the summary prints for a section that did not run (set -u).
-TESTS_LINE=; COLD=; WARM=; STEP=
 TRAINSTEP_CONFIGS=${GPU_CHECK_TRAINSTEP_CONFIGS:-"config_b default"}
 if want tests; then
   echo "==== GPU tests"
