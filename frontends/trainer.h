@@ -17,7 +17,8 @@
 // copies its batch, lr, step and rng_offset into the bound device buffers
 // and replays that graph: one launch instead of hundreds. Replay equals
 // eager bit for bit (tests/cuda/trainer_graph_gpu_test.cpp).
-// TrainerOptions::cuda_graph = false, or MOEJIT_CUDA_GRAPH=0, runs eagerly.
+// TrainerOptions::cuda_graph = false, MOEJIT_CUDA_GRAPH=0 or MOEJIT_PROFILE=1
+// (so that every launch is timed) run it eagerly.
 //
 //   GptMoeTrainer trainer(config, *backend, init_parameters(specs, seed));
 //   BatchSampler train(tokens, config.batch_size, config.block_size, seed);
