@@ -17,6 +17,7 @@
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/model.cuh"
 #include "codegen/kernels/reduce.cuh"
+#include "codegen/simt_matmul.h"
 #include "ir/error.h"
 
 namespace moejit::codegen {
@@ -275,11 +276,7 @@ void emit_Matmul(EmitContext& ctx) {
     launch_sm90_gemm(ctx, c, g);
     return;
   }
-  ctx.launch("matmul",
-             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
-                                             threads_of(c)}),
-             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), static_cast<unsigned>(batch)}, a,
-             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
+  launch_simt_matmul(ctx, c, a, batch, at.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
 }
 
 // ---- embedding ----

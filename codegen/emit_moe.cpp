@@ -13,6 +13,7 @@
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/moe.cuh"
 #include "codegen/kernels/reduce.cuh"
+#include "codegen/simt_matmul.h"
 #include "ir/error.h"
 #include "ir/moe_shapes.h"
 
@@ -480,12 +481,7 @@ void emit_Route(EmitContext& ctx) {
   a.b_sn = 1;
   GemmProblem problem{GemmProblem::Kind::matmul, x.dtype, a.M, a.N, a.K, 1, true, false};
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
-  const TileConfig& c = choice.config;
-  ctx.launch("matmul",
-             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
-                                             threads_of(c)}),
-             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), 1}, a,
-             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
+  launch_simt_matmul(ctx, choice.config, a, 1, x.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
   std::int64_t top_k = ctx.attrs().get_int("top_k");
   gate(ctx, ctx.result(0), ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none(), ctx.result(1), ctx.result(2), top_k);
   dispatch(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6));
