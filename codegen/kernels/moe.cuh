@@ -508,7 +508,9 @@ template <int N> __device__ __forceinline__ void shared_row(const float* p, floa
 }
 
 template <class T, int EP, int TN, int TM, int THREADS> __global__ void __launch_bounds__(THREADS) route_kernel(const RouteArgs<T> a) {
-  constexpr int BK = 32;
+  // Few experts leave the kernel bound by reading x: deeper slices keep more
+  // of it in flight per thread.
+  constexpr int BK = EP <= 32 ? 64 : 32;
   constexpr int TE = EP / TN, TR = THREADS / TE, BM = TR * TM;
   constexpr int XS = BM + 4;  // row stride of the staged x slice [BK][XS] (keeps rows 16-byte aligned)
   constexpr int LS = EP + 1;  // row stride of the logits tile [BM][LS]
