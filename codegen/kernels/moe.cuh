@@ -6,6 +6,8 @@
 // Routing is built for latency: the gate and its backward give each token a
 // warp, and dispatch is three multi-block launches (per-tile histograms,
 // one scan, a stable per-tile scatter) instead of one serial block.
+// moe.route fuses the router product, the gate and the per-tile histograms
+// into one kernel (route_kernel), then runs dispatch's scan and scatter.
 // The argument structs (host and device) come first; each kernel's comment
 // below says what it computes.
 #pragma once
