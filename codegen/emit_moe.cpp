@@ -481,7 +481,20 @@ void emit_Route(EmitContext& ctx) {
   a.b_sn = 1;
   GemmProblem problem{GemmProblem::Kind::matmul, x.dtype, a.M, a.N, a.K, 1, true, false};
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
-  launch_simt_matmul(ctx, choice.config, a, 1, x.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
+  if (choice.family == GemmFamily::sm90) {  // bf16 on sm_90a
+    Sm90Gemm g;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.m = a.M;
+    g.n = a.N;
+    g.k = a.K;
+    g.a_k_major = true;
+    g.b_k_major = false;
+    launch_sm90_gemm(ctx, choice.config, g);
+  } else {
+    launch_simt_matmul(ctx, choice.config, a, 1, x.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
+  }
   std::int64_t top_k = ctx.attrs().get_int("top_k");
   gate(ctx, ctx.result(0), ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none(), ctx.result(1), ctx.result(2), top_k);
   dispatch(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6));
