@@ -402,16 +402,6 @@ void emit_ZLossGrad(EmitContext& ctx) {
 // ---- fused forms ----
 namespace {
 
-// Whether an op or a graph output reads v.
-bool value_is_read(const Graph& graph, ValueId v) {
-  for (const Output& out : graph.outputs())
-    if (out.value == v) return true;
-  for (const Op& op : graph.ops())
-    for (ValueId operand : op.operands)
-      if (operand == v) return true;
-  return false;
-}
-
 // The fused router's thread grid for E experts (route_kernel in
 // codegen/kernels/moe.cuh): EP = E rounded up to a power of two from 8, TN
 // experts and 4 tokens per thread. Blocks hold 64 tokens (32 at EP 256, so
@@ -471,7 +461,7 @@ void fused_route(EmitContext& ctx) {
   dispatch_finish(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6), tiling);
   // xs is often unread (moe.gather_matmul reads x through the slots): then
   // it is not materialized (docs/moe.md allows it), saving a T*K*D copy.
-  if (value_is_read(ctx.graph(), ctx.result(7))) permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
+  if (ctx.used(ctx.result(7))) permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
 }
 
 }  // namespace
