@@ -40,7 +40,8 @@ void gate(EmitContext& ctx, ValueId logits, B bias, ValueId weights, ValueId exp
   a.E = static_cast<int>(lt.dim(1));
   a.K = static_cast<int>(top_k);
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
-  ctx.launch("moe", instantiation("gate_kernel", {template_type(lt.dtype), threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
+  const std::string keys = std::to_string(a.E <= 256 ? (a.E + 31) / 32 : 0);  // keys per lane in registers (0: recomputed)
+  ctx.launch("moe", instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
              {{&a.logits, B::of(logits)}, {&a.bias, bias}, {&a.weights, B::of(weights)}, {&a.experts, B::of(experts)}});
 }
 

@@ -236,49 +236,88 @@ template <class T> __device__ __forceinline__ void warp_row_max_sum(const T* row
 #define MOEJIT_FOR_EACH_WARP(t, n)                                                               \
   for (i64 t = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; t < (n); t += ((i64)gridDim.x * blockDim.x) >> 5)
 
-// moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K].
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
-  int lane = threadIdx.x & 31;
-  MOEJIT_FOR_EACH_WARP(t, a.tokens) {
-    const T* row = a.logits + t * a.E;
-    int* chosen = a.experts + t * a.K;
-    float max, sum;
-    warp_row_max_sum(row, a.E, lane, max, sum);
-    float last_key = 0.0f;
-    int last = -1;  // the previous round's pick; none before round 0
-    for (int k = 0; k < a.K; ++k) {
-      float best_key = 0.0f;
-      int best = -1;
-      for (int e = lane; e < a.E; e += 32) {
-        float key = gate_key(row, a.bias, e, a.softmax_score, a.score_first, max, sum);
-        if (last >= 0 && !pick_before(last_key, last, key, e)) continue;  // taken in an earlier round
-        if (pick_before(key, e, best_key, best)) {
-          best = e;
-          best_key = key;
-        }
-      }
-      for (int delta = 16; delta > 0; delta >>= 1) {
-        float other_key = __shfl_xor_sync(0xffffffffu, best_key, delta);
-        int other = __shfl_xor_sync(0xffffffffu, best, delta);
-        if (pick_before(other_key, other, best_key, best)) {
-          best = other;
-          best_key = other_key;
-        }
-      }
-      last = best;
-      last_key = best_key;
-      if (lane == 0) chosen[k] = best;
+// Gates one token with a whole warp (every lane passes the same row, the
+// token's E logits): experts chosen[0..K) in rank order and their weights;
+// with `hist` (shared memory) each pick adds 1 to its expert's count.
+// KEYS > 0: the keys are computed once into KEYS registers per lane
+// (E <= 32 * KEYS); KEYS = 0: any E, each round recomputes them. The picks
+// do not depend on KEYS. The weights are computed by lanes over the K picks
+// (the softmax-over-the-chosen statistics and the normalizing sum are warp
+// reductions).
+template <int KEYS, class R, class T>
+__device__ __forceinline__ void gate_token(const R* row, const T* bias, int E, int K, int softmax_score, int score_first, int normalize,
+                                           int* chosen, T* weights, int* hist) {
+  const int lane = threadIdx.x & 31;
+  float max, sum;
+  warp_row_max_sum(row, E, lane, max, sum);
+  float keys[KEYS > 0 ? KEYS : 1];
+  if constexpr (KEYS > 0) {
+#pragma unroll
+    for (int j = 0; j < KEYS; ++j) {
+      int e = lane + 32 * j;
+      keys[j] = e < E ? gate_key(row, bias, e, softmax_score, score_first, max, sum) : 0.0f;
     }
-    __syncwarp();
+  }
+  float last_key = 0.0f;
+  int last = -1;  // the previous round's pick; none before round 0
+  for (int k = 0; k < K; ++k) {
+    float best_key = 0.0f;
+    int best = -1;
+    auto consider = [&](float key, int e) {
+      if (last >= 0 && !pick_before(last_key, last, key, e)) return;  // taken in an earlier round
+      if (pick_before(key, e, best_key, best)) {
+        best = e;
+        best_key = key;
+      }
+    };
+    if constexpr (KEYS > 0) {
+#pragma unroll
+      for (int j = 0; j < KEYS; ++j)
+        if (lane + 32 * j < E) consider(keys[j], lane + 32 * j);
+    } else {
+      for (int e = lane; e < E; e += 32) consider(gate_key(row, bias, e, softmax_score, score_first, max, sum), e);
+    }
+    for (int delta = 16; delta > 0; delta >>= 1) {
+      float other_key = __shfl_xor_sync(0xffffffffu, best_key, delta);
+      int other = __shfl_xor_sync(0xffffffffu, best, delta);
+      if (pick_before(other_key, other, best_key, best)) {
+        best = other;
+        best_key = other_key;
+      }
+    }
+    last = best;
+    last_key = best_key;
     if (lane == 0) {
-      float total = 0.0f;
-      for (int k = 0; k < a.K; ++k) total += gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-      for (int k = 0; k < a.K; ++k) {
-        float w = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-        a.weights[t * a.K + k] = st<T>(a.normalize ? w / total : w);
-      }
+      chosen[k] = best;
+      if (hist && best >= 0) atomicAdd(&hist[best], 1);
     }
-    __syncwarp();
+  }
+  __syncwarp();  // chosen[] is read by every lane below
+  float top_max = lowest_value<float>(), top_sum = 0.0f;
+  if (softmax_score && !score_first) {  // softmax over the K chosen logits
+    for (int k = lane; k < K; k += 32) top_max = MaxOp()(top_max, (float)ld(row[chosen[k]]));
+    top_max = warp_reduce(top_max, MaxOp());
+    for (int k = lane; k < K; k += 32) top_sum += expf(ld(row[chosen[k]]) - top_max);
+    top_sum = warp_reduce(top_sum, SumOp());
+  }
+  auto raw = [&](int k) {
+    float x = ld(row[chosen[k]]);
+    if (!softmax_score) return gate_sigmoid(x);
+    return score_first ? expf(x - max) / sum : expf(x - top_max) / top_sum;
+  };
+  float total = 0.0f;
+  for (int k = lane; k < K; k += 32) total += raw(k);
+  total = warp_reduce(total, SumOp());
+  for (int k = lane; k < K; k += 32) weights[k] = st<T>(normalize ? raw(k) / total : raw(k));
+  __syncwarp();
+}
+
+// moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K];
+// KEYS as gate_token's (the emitter passes ceil(E / 32) up to 256 experts).
+template <class T, int KEYS, int THREADS> __global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
+  MOEJIT_FOR_EACH_WARP(t, a.tokens) {
+    gate_token<KEYS>(a.logits + t * a.E, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K,
+                     a.weights + t * a.K, (int*)nullptr);
   }
 }
 
@@ -465,10 +504,9 @@ template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scatt
 //      experts, read from shared memory as float4 / float2 vectors.
 //   2. The logits, rounded to T, go to shared memory (the tile [BM, EP+1]
 //      reuses the staging buffer) and out to global memory, coalesced.
-//   3. Gate: a warp per token as gate_kernel (the same lanes, reductions,
-//      keys and tie rule, so equal logits give equal choices), the keys held
-//      in registers across the K rounds; each pick adds 1 to the block's
-//      shared histogram.
+//   3. Gate: a warp per token, gate_token as gate_kernel runs it (equal
+//      logits give equal choices), the keys held in registers across the K
+//      rounds; each pick adds 1 to the block's shared histogram.
 //   4. ranks[e, b] = the block's count of expert e; every block also sets a
 //      stretch of slots to -1, as dispatch_count does.
 // dispatch_scan and dispatch_scatter finish the dispatch from `ranks`.
@@ -605,58 +643,10 @@ template <class T, int EP, int TN, int TM, int THREADS> __global__ void __launch
   const int valid = a.tokens - m0 < BM ? (int)(a.tokens - m0) : BM;
   for (int i = tid; i < valid * a.E; i += THREADS) a.logits[m0 * a.E + i] = st<T>(ls[(i / a.E) * LS + i % a.E]);
 
-  const int lane = tid & 31;
   for (int r = tid >> 5; r < valid; r += THREADS / 32) {
-    const float* row = ls + r * LS;
     const i64 t = m0 + r;
-    int* chosen = a.experts + t * a.K;
-    float max, sum;
-    warp_row_max_sum(row, a.E, lane, max, sum);
-    float keys[KPL];
-#pragma unroll
-    for (int j = 0; j < KPL; ++j) {
-      int e = lane + 32 * j;
-      keys[j] = e < a.E ? gate_key(row, a.bias, e, a.softmax_score, a.score_first, max, sum) : 0.0f;
-    }
-    float last_key = 0.0f;
-    int last = -1;  // the previous round's pick; none before round 0
-    for (int k = 0; k < a.K; ++k) {
-      float best_key = 0.0f;
-      int best = -1;
-#pragma unroll
-      for (int j = 0; j < KPL; ++j) {
-        int e = lane + 32 * j;
-        if (e >= a.E) continue;
-        if (last >= 0 && !pick_before(last_key, last, keys[j], e)) continue;  // taken in an earlier round
-        if (pick_before(keys[j], e, best_key, best)) {
-          best = e;
-          best_key = keys[j];
-        }
-      }
-      for (int delta = 16; delta > 0; delta >>= 1) {
-        float other_key = __shfl_xor_sync(0xffffffffu, best_key, delta);
-        int other = __shfl_xor_sync(0xffffffffu, best, delta);
-        if (pick_before(other_key, other, best_key, best)) {
-          best = other;
-          best_key = other_key;
-        }
-      }
-      last = best;
-      last_key = best_key;
-      if (lane == 0) {
-        chosen[k] = best;
-        if (best >= 0) atomicAdd(&hist[best], 1);
-      }
-    }
-    if (lane == 0) {
-      float total = 0.0f;
-      for (int k = 0; k < a.K; ++k) total += gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-      for (int k = 0; k < a.K; ++k) {
-        float w = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-        a.weights[t * a.K + k] = st<T>(a.normalize ? w / total : w);
-      }
-    }
-    __syncwarp();
+    gate_token<KPL>(ls + r * LS, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K, a.weights + t * a.K,
+                    hist);
   }
   __syncthreads();
   for (int e = tid; e < a.E; e += THREADS) a.ranks[(i64)e * a.tiles + blockIdx.x] = hist[e];
