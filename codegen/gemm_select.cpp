@@ -13,8 +13,8 @@
 // (codegen/simt_matmul.cpp) then writes f32 partials and adds them in a
 // fixed order, so the result is deterministic.
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
-//   heuristic: 64 x 64 x 16, 256 threads; for mj.matmul with N <= 32,
-//          128 x N (N rounded up to a power of two from 8);
+//   heuristic: 64 x 64 x 16, 256 threads; for mj.matmul with N <= 32
+//          that splits K, 128 x N (N rounded up to a power of two from 8);
 //   tuned: where the op has no tile attributes, the tuning database's
 //          tile_m/n/k for family "matmul_simt" (codegen/tuning_db.h) when
 //          they pass the attribute path's checks, else the heuristic with a note.
@@ -156,11 +156,14 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
       }
     }
   }
-  // A narrow product (N <= 32: a router's E columns) on the heuristic tile:
-  // a 128-row tile just N wide (rounded up to a power of two from 8), not a
-  // 64-wide one that is mostly padding. Every output still sums its K terms
-  // in order, so the tile shape does not change the result.
-  if (problem.kind == GemmProblem::Kind::matmul && c.source == TileConfig::Source::heuristic && problem.n <= 32) {
+  // A narrow product (N <= 32: a router's E columns) on the heuristic tile,
+  // when it splits K: a 128-row tile just N wide (rounded up to a power of
+  // two from 8), not a 64-wide one that is mostly padding. Every output
+  // still sums its K terms in order, so the tile shape does not change the
+  // result.
+  const bool narrow = problem.kind == GemmProblem::Kind::matmul && c.source == TileConfig::Source::heuristic && problem.n <= 32;
+  const std::string before_narrow = c.note;
+  if (narrow) {
     c.tile_n = 8;
     while (c.tile_n < problem.n) c.tile_n *= 2;
     c.tile_m = 128;
@@ -179,6 +182,15 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
   while (c.tile_k > 4 && c.tile_k * (c.tile_m + 1 + c.tile_n + 1) * acc_bytes > 48 * 1024) c.tile_k /= 2;
   if (c.tile_k != requested_k) add_note(c, fmt::format("tile_k {} -> {} to fit 48 KiB of shared memory", requested_k, c.tile_k));
   if (problem.kind == GemmProblem::Kind::matmul) c.split_k = static_cast<int>(simt_split_k(c, problem, target));
+  // The narrow tile has half the blocks of 64 x 64 (a quarter of the
+  // threads): it pays only where split-K makes the blocks (measured on the
+  // H200: an unsplit T4096 x 8 x 512 router product ran slower with it).
+  if (narrow && c.split_k == 1) {
+    c.tile_m = 64;
+    c.tile_n = 64;
+    c.threads = 256;
+    c.note = before_narrow;
+  }
   if (c.split_k > 1) add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
   return c;
 }

@@ -375,8 +375,8 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_
 //      at a time (__match_any_sync groups the lanes of one expert, the
 //      lowest lane adds the group's size); every block also sets slots = -1.
 //   2. dispatch_scan (one block): per expert, an exclusive scan of its row
-//      of tile counts in tile order (a warp per expert, 8 tiles per lane
-//      per pass) -> ranks, counts;
+//      of tile counts in tile order (a warp per expert, 8 chunks of 32
+//      tiles loaded per pass) -> ranks, counts;
 //      then offsets = exclusive scan of min(count, capacity) padded to `block`.
 //   3. dispatch_scatter: each warp walks its tile in slot order again; a
 //      slot's rank = its tile's running rank + the lanes of its group before
@@ -421,24 +421,21 @@ __device__ int warp_exclusive_scan(int v, int lane, int* carry) {
 template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scan_kernel(const DispatchScanArgs a) {
   __shared__ int padded_of[4096];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  // A lane takes R consecutive tiles per pass, their loads issued together:
-  // one memory latency per 32 * R tiles instead of per 32.
+  // R chunks of 32 tiles per pass, their (coalesced) loads issued together:
+  // one memory latency per 32 * R tiles instead of per 32; the R scans
+  // then run from registers.
   constexpr int R = 8;
   for (int e = warp; e < a.E; e += warps) {
     int* row = a.ranks + (i64)e * a.tiles;
     int carry = 0;
     for (i64 base = 0; base < a.tiles; base += 32 * R) {
-      const i64 first = base + (i64)lane * R;
-      int v[R], local = 0;
+      int v[R];
 #pragma unroll
-      for (int r = 0; r < R; ++r) v[r] = first + r < a.tiles ? row[first + r] : 0;
-#pragma unroll
-      for (int r = 0; r < R; ++r) local += v[r];
-      int before = warp_exclusive_scan(local, lane, &carry);
+      for (int r = 0; r < R; ++r) v[r] = base + r * 32 + lane < a.tiles ? row[base + r * 32 + lane] : 0;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        if (first + r < a.tiles) row[first + r] = before;
-        before += v[r];
+        int before = warp_exclusive_scan(v[r], lane, &carry);
+        if (base + r * 32 + lane < a.tiles) row[base + r * 32 + lane] = before;
       }
     }
     if (lane == 0) {

@@ -46,8 +46,8 @@
 // CHECK-EMPTY:
 // CHECK-NEXT: // ---- launches ----
 // CHECK-NEXT: // step 0: %0 = "mj.matmul"
-// CHECK-NEXT: //   mj::matmul_kernel<float, 128, 32, 16, 256>
-// CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); tile 128x32x16 stages 1 threads 256 (heuristic) [narrow N 32: tile 128x32]
+// CHECK-NEXT: //   mj::matmul_kernel<float, 64, 64, 16, 256>
+// CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); tile 64x64x16 stages 1 threads 256 (heuristic)
 // CHECK-NEXT: // step 1: %2 = "mj.gelu" (fused group of 2 ops)
 // CHECK-NEXT: //   mj::elementwise_kernel<mj::chain_fused2_b01adf89, 256>
 // CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
