@@ -397,8 +397,30 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
     for (const auto& [id, members] : groups)
       for (ValueId r : ops[static_cast<std::size_t>(members.back())].results) stored[static_cast<std::size_t>(r)] = true;
   }
+  // Op groups (codegen/op_groups.cpp), found with the step of each op.
+  std::vector<int> step_of_op(ops.size());
+  for (int i = 0; i < num_ops; ++i) {
+    const std::int64_t g = group_of[static_cast<std::size_t>(i)];
+    step_of_op[static_cast<std::size_t>(i)] = g >= 0 && groups[g].size() > 1 ? groups[g].back() : i;
+  }
+  const std::vector<OpGroup> op_groups = find_op_groups(graph, step_of_op);
+  std::vector<int> op_group_of(ops.size(), -1);
+  for (std::size_t k = 0; k < op_groups.size(); ++k) {
+    for (int m : op_groups[k].ops) op_group_of[static_cast<std::size_t>(m)] = static_cast<int>(k);
+    for (ValueId v : op_groups[k].internal) stored[static_cast<std::size_t>(v)] = false;
+  }
   for (int i = 0; i < num_ops; ++i) {
     std::int64_t g = group_of[static_cast<std::size_t>(i)];
+    if (const int k = op_group_of[static_cast<std::size_t>(i)]; k >= 0) {
+      const OpGroup& group = op_groups[static_cast<std::size_t>(k)];
+      if (group.position != i) continue;  // the group runs at its first op
+      StepCode step;
+      step.ops = group.ops;
+      EmitContext ctx(graph, target, group.ops.back(), step, generated);
+      emit_op_group(ctx, group);
+      module.steps.push_back(std::move(step));
+      continue;
+    }
     StepCode step;
     EmitContext ctx(graph, target, i, step, generated);
     if (g >= 0 && groups[g].size() > 1) {

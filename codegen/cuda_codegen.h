@@ -234,6 +234,31 @@ mj::Dims make_dims(const std::vector<std::int64_t>& sizes, const std::vector<std
 // emitters for one op. `stored`: per value, whether it is written.
 void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored);
 
+// A residual add fused into the norm it feeds (codegen/emit_dense.cpp):
+// whether `add`'s result is `norm_op`'s x and one kernel can do both (equal
+// shapes, float, rows of at most 1024), and the emitter of that kernel (ctx
+// at the norm; it writes the add's result and the norm's).
+bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add);
+void emit_add_norm(EmitContext& ctx, const Op& add);
+
+// Ops of different kinds emitted as one step (codegen/op_groups.cpp says
+// which and when): a residual add with the norm it feeds, the squares of
+// the global gradient norm, every AdamW of a step. The group runs at
+// `position` (its first member); `internal` values are read only inside
+// it and never stored.
+struct OpGroup {
+  enum class Kind : std::uint8_t { add_norm, sum_squares, adamw };
+  Kind kind;
+  int position = 0;
+  std::vector<int> ops;  // graph order
+  std::vector<ValueId> internal;
+};
+// step_of_op: per op, the op index at which its step runs (its own index,
+// or the last op of its fused elementwise group).
+std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op);
+// ctx is at the group's last op.
+void emit_op_group(EmitContext& ctx, const OpGroup& group);
+
 // Declares codegen::emit_<Kind> for every op. A missing emitter is a link error.
 #define MOEJIT_OP(kind, ...) void emit_##kind(EmitContext& ctx);
 #include "ir/ops.def"

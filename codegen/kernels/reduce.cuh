@@ -1,8 +1,8 @@
 // Kernel family "reduce": reductions over axes, the row-wise ops over the
 // last axis (softmax, log_softmax, layer_norm, rms_norm and their backward),
 // and the "mean of per-row values" finisher of the scalar losses. One block
-// per output element or row, a fixed reduction tree, so results do not
-// depend on timing. Float math accumulates in f32 (f64 for f64 tensors);
+// per output element or row (one warp per row for norms of rows up to 1024),
+// a fixed reduction tree, so results do not depend on timing. Float math accumulates in f32 (f64 for f64 tensors);
 // integer sums wrap.
 #pragma once
 #include "codegen/kernels/common.cuh"
@@ -43,9 +43,14 @@ template <class T> struct SoftmaxArgs {
 };
 
 // layer_norm (beta != null) or rms_norm (beta == null) over rows of length c.
+// With `residual` (the warp kernel only), the norm reads x + residual,
+// rounded to T as mj.add rounds it, and also writes that sum to `sum`: an
+// mj.add feeding the norm, fused (the residual stream still needs the sum).
 template <class T> struct NormArgs {
   const T *x, *gamma, *beta;
   T* y;
+  const T* residual;
+  T* sum;
   i64 rows, c;
   double eps;
 };
@@ -194,6 +199,93 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
       A v = (ld(xr[i]) - mean) * rstd * ld(a.gamma[i]);
       if (a.beta) v += ld(a.beta[i]);
       a.y[row * a.c + i] = st<T>(v);
+    }
+  }
+}
+
+// The warp shape of norm_kernel for rows of c <= 32 PER_LANE: one warp per
+// row, the row in registers (lane l holds columns l + 32 j), statistics
+// with shuffles (the same two passes over the values as row_moments).
+template <class A, int PER_LANE>
+__device__ __forceinline__ void warp_row_moments(const A (&x)[PER_LANE], i64 c, int lane, A eps, bool rms, A& mean, A& rstd) {
+  mean = A(0);
+  if (!rms) {
+    A sum = A(0);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j)
+      if (lane + 32 * j < c) sum += x[j];
+    mean = warp_reduce(sum, SumOp()) / A(c);
+  }
+  A sq = A(0);
+#pragma unroll
+  for (int j = 0; j < PER_LANE; ++j)
+    if (lane + 32 * j < c) sq += (x[j] - mean) * (x[j] - mean);
+  rstd = A(1) / m_sqrt(warp_reduce(sq, SumOp()) / A(c) + eps);
+}
+
+template <class T, int PER_LANE, int THREADS> __global__ void __launch_bounds__(THREADS) norm_warp_kernel(const NormArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      x[j] = A(0);
+      if (column >= a.c) continue;
+      if (a.residual) {
+        const T sum = st<T>(ld(a.x[row * a.c + column]) + ld(a.residual[row * a.c + column]));
+        a.sum[row * a.c + column] = sum;
+        x[j] = ld(sum);
+      } else {
+        x[j] = ld(a.x[row * a.c + column]);
+      }
+    }
+    A mean, rstd;
+    warp_row_moments(x, a.c, lane, A(a.eps), a.beta == nullptr, mean, rstd);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column >= a.c) continue;
+      A v = (x[j] - mean) * rstd * ld(a.gamma[column]);
+      if (a.beta) v += ld(a.beta[column]);
+      a.y[row * a.c + column] = st<T>(v);
+    }
+  }
+}
+
+// The warp shape of norm_grad_rows_kernel (c <= 32 PER_LANE).
+template <class T, int PER_LANE, int THREADS>
+__global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const NormGradRowsArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const int lane = threadIdx.x & 31;
+  const i64 c = a.c;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[PER_LANE], g[PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      x[j] = column < c ? ld(a.x[row * c + column]) : A(0);
+      g[j] = column < c ? ld(a.dy[row * c + column]) * ld(a.gamma[column]) : A(0);
+    }
+    A mean, rstd;
+    warp_row_moments(x, c, lane, A(a.eps), a.rms != 0, mean, rstd);
+    A sum_g = A(0), sum_gx = A(0);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      sum_g += g[j];  // zero past the row's end
+      sum_gx += lane + 32 * j < c ? g[j] * (x[j] - mean) * rstd : A(0);
+    }
+    const A mean_g = a.rms ? A(0) : warp_reduce(sum_g, SumOp()) / A(c);
+    const A mean_gx = warp_reduce(sum_gx, SumOp()) / A(c);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column < c) a.dx[row * c + column] = st<T>(rstd * (g[j] - mean_g - (x[j] - mean) * rstd * mean_gx));
+    }
+    if (lane == 0) {
+      a.stats[2 * row] = (double)mean;
+      a.stats[2 * row + 1] = (double)rstd;
     }
   }
 }
