@@ -135,19 +135,9 @@ void reduction(EmitContext& ctx, int kind) {
              {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
 }
 
-void softmax(EmitContext& ctx, int log) {
-  const TensorType& x = ctx.in(0);
-  TileConfig config = TileConfig::fixed_threads(256);
-  mj::SoftmaxArgs<void> a{};
-  a.c = x.dim(-1);
-  a.rows = x.numel() / a.c;
-  ctx.launch("reduce", instantiation("softmax_kernel", {ctx.in_type(0), std::to_string(log), threads_of(config)}), config,
-             {row_blocks(a.rows)}, a, {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
-}
-
 // The lanes' share of a row of c values in the warp kernels (a power of
 // two, at most 32), or 0 when c is over 1024 and a block takes each row.
-int norm_per_lane(std::int64_t c) {
+int warp_row_per_lane(std::int64_t c) {
   if (c > 1024) return 0;
   int per_lane = 1;
   while (32 * per_lane < c) per_lane *= 2;
@@ -156,6 +146,22 @@ int norm_per_lane(std::int64_t c) {
 
 // Blocks of 256 threads, one warp per row.
 unsigned warp_row_blocks(std::int64_t rows) { return static_cast<unsigned>(std::clamp<std::int64_t>((rows + 7) / 8, 1, 1 << 20)); }
+
+void softmax(EmitContext& ctx, int log) {
+  const TensorType& x = ctx.in(0);
+  TileConfig config = TileConfig::fixed_threads(256);
+  mj::SoftmaxArgs<void> a{};
+  a.c = x.dim(-1);
+  a.rows = x.numel() / a.c;
+  const std::vector<Bind> pointers = {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}};
+  if (const int per_lane = warp_row_per_lane(a.c)) {
+    ctx.launch("reduce", instantiation("softmax_warp_kernel", {ctx.in_type(0), std::to_string(log), std::to_string(per_lane), threads_of(config)}),
+               config, {warp_row_blocks(a.rows)}, a, pointers);
+    return;
+  }
+  ctx.launch("reduce", instantiation("softmax_kernel", {ctx.in_type(0), std::to_string(log), threads_of(config)}), config,
+             {row_blocks(a.rows)}, a, pointers);
+}
 
 // layer_norm / rms_norm; `add` (or null): the mj.add whose result is x,
 // computed in the same kernel (norm_takes_residual must hold).
@@ -175,7 +181,7 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
     pointers.push_back({&a.residual, B::of(add->operands[1])});
     pointers.push_back({&a.sum, B::of(add->results[0])});
   }
-  if (const int per_lane = norm_per_lane(a.c)) {
+  if (const int per_lane = warp_row_per_lane(a.c)) {
     ctx.launch("reduce", instantiation("norm_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(config)}), config,
                {warp_row_blocks(a.rows)}, a, pointers);
     return;
@@ -199,7 +205,7 @@ void norm_grad(EmitContext& ctx, bool layer) {
                                           {&r.dy, B::of(ctx.operand(2))},
                                           {&r.dx, B::of(ctx.result(0))},
                                           {&r.stats, B::scratch(stats)}};
-  if (const int per_lane = norm_per_lane(c))
+  if (const int per_lane = warp_row_per_lane(c))
     ctx.launch("reduce", instantiation("norm_grad_rows_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(row_config)}),
                row_config, {warp_row_blocks(rows)}, r, row_pointers);
   else
@@ -264,7 +270,7 @@ bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add) {
   if (norm_op.kind != OpKind::LayerNorm && norm_op.kind != OpKind::RmsNorm) return false;
   if (add.kind != OpKind::Add || add.results.size() != 1 || norm_op.operands[0] != add.results[0]) return false;
   const TensorType& x = graph.type(add.results[0]);
-  if (!is_float(x.dtype) || x.rank() < 1 || norm_per_lane(x.dim(-1)) == 0) return false;
+  if (!is_float(x.dtype) || x.rank() < 1 || warp_row_per_lane(x.dim(-1)) == 0) return false;
   return graph.type(add.operands[0]) == x && graph.type(add.operands[1]) == x;
 }
 
@@ -487,11 +493,9 @@ namespace {
 std::string cross_entropy_kernel(EmitContext& ctx, const char* stem, std::int64_t rows, std::int64_t V, TileConfig& config,
                                  unsigned& grid) {
   const std::string type = ctx.in_type(0);
-  if (V <= 1024) {
-    int per_lane = 1;
-    while (32 * per_lane < V) per_lane *= 2;
+  if (const int per_lane = warp_row_per_lane(V)) {
     config = TileConfig::fixed_threads(256);
-    grid = static_cast<unsigned>(std::clamp<std::int64_t>((rows + 7) / 8, 1, 1 << 20));
+    grid = warp_row_blocks(rows);
     return instantiation(fmt::format("{}_warp_kernel", stem), {type, std::to_string(per_lane), threads_of(config)});
   }
   config = TileConfig::fixed_threads(V >= 16384 ? 1024 : 256);

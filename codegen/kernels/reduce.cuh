@@ -169,6 +169,35 @@ template <class T, int LOG, int THREADS> __global__ void __launch_bounds__(THREA
   }
 }
 
+// The warp shape of softmax_kernel for rows of c <= 32 PER_LANE (the
+// router's rows of num_experts values): one warp per row, in registers.
+template <class T, int LOG, int PER_LANE, int THREADS> __global__ void __launch_bounds__(THREADS) softmax_warp_kernel(const SoftmaxArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[PER_LANE];
+    A max = lowest_value<A>();
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      x[j] = column < a.c ? ld(a.x[row * a.c + column]) : lowest_value<A>();
+      max = MaxOp()(max, x[j]);
+    }
+    max = warp_reduce(max, MaxOp());
+    A sum = A(0);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j)
+      if (lane + 32 * j < a.c) sum += m_exp(x[j] - max);
+    sum = warp_reduce(sum, SumOp());
+    const A log_sum = m_log(sum);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column < a.c) a.y[row * a.c + column] = st<T>(LOG ? x[j] - max - log_sum : m_exp(x[j] - max) / sum);
+    }
+  }
+}
+
 // The mean and 1/sqrt(var + eps) of row `xr` (layer_norm), or only
 // 1/sqrt(mean(x^2) + eps) (rms_norm, mean = 0).
 template <class T, class A> __device__ void row_moments(const T* xr, i64 c, A eps, bool rms, A* scratch, A& mean, A& rstd) {
