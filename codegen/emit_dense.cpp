@@ -130,6 +130,11 @@ void reduction(EmitContext& ctx, int kind) {
   a.reduced = make_dims(red_sizes, red_strides);
   a.outputs = outputs;
   a.count = count;
+  if (count <= 64 && outputs >= 256) {  // a block per output would leave most of its threads idle
+    ctx.launch("reduce", instantiation("reduce_thread_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
+               {blocks_for(outputs)}, a, {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
+    return;
+  }
   ctx.launch("reduce", instantiation("reduce_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
              {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a,
              {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});

@@ -114,6 +114,24 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
   }
 }
 
+// Many outputs of a few elements each (a sum over the batch, over top_k):
+// one thread per output walks its elements in order; neighbouring threads
+// read neighbouring outputs, so the loads coalesce when the kept dims are
+// the inner ones.
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_thread_kernel(const ReduceArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  MOEJIT_FOR_EACH(o, a.outputs) {
+    const T* base = a.x + dims_offset(a.kept, o);
+    A acc = KIND == 2 ? lowest_value<A>() : A(0);
+    for (i64 r = 0; r < a.count; ++r) {
+      A v = (A)ld(base[dims_offset(a.reduced, r)]);
+      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
+    }
+    if (KIND == 1) acc = acc / (A)a.count;
+    a.y[o] = st<T>((typename acc_of<T>::type)acc);
+  }
+}
+
 template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_parts_kernel(const ReducePartsArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];

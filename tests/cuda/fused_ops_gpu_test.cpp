@@ -4,7 +4,7 @@
 // layer/rms norm and their backward in the warp and block shapes and with a
 // fused residual add, and the op groups of the optimizer step (sums of
 // squares and AdamW over more than one table of 32 tensors, the clip's
-// scaling absorbed). CI checks which kernels codegen picks; on a GPU each
+// scaling absorbed), and reductions of a few elements per output. CI checks which kernels codegen picks; on a GPU each
 // graph matches the CPU backend.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -129,6 +129,20 @@ Graph optimizer_graph(int params, double max_norm) {
   return g;
 }
 
+// Sums over a few elements per output (the batch of a position
+// embedding's gradient, top_k), and a mean and a max of the same shape.
+Graph short_reductions_graph() {
+  Graph g("short_reductions");
+  Builder b(g);
+  Tensor x = b.input("x", {8, 64, 65});
+  Tensor k = b.input("k", {777, 2}, DType::bf16);
+  b.output(b.sum(x, {0}), "batch_sum");
+  b.output(b.mean(x, {0, 2}), "mean");  // 65 * 8 per output: a block each
+  b.output(b.max(k, {1}), "top_max");
+  b.output(b.sum(k, {1}), "top_sum");
+  return g;
+}
+
 }  // namespace
 
 TEST_CASE("codegen picks the warp and block shapes of the norms and the loss, and groups the optimizer step", "[cuda]") {
@@ -143,6 +157,10 @@ TEST_CASE("codegen picks the warp and block shapes of the norms and the loss, an
 
   CHECK(kernel_counts(cross_entropy_graph(16, 65, DType::f32))["cross_entropy_grad_warp_kernel"] == 1);
   CHECK(kernel_counts(cross_entropy_graph(4, 32000, DType::bf16))["cross_entropy_rows_block_kernel"] == 1);
+
+  auto reductions = kernel_counts(short_reductions_graph());
+  CHECK(reductions["reduce_thread_kernel"] == 3);
+  CHECK(reductions["reduce_kernel"] == 1);
 
   auto optimizer = kernel_counts(optimizer_graph(40, 1.0));
   CHECK(optimizer["adamw_kernel"] == 0);
@@ -217,6 +235,15 @@ TEST_CASE("gpu: layer and rms norm, their backward and the fused residual add ma
     Values args = cuda_test::random_args(g, seed++, 1);
     compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(c.dtype));
   }
+}
+
+TEST_CASE("gpu: reductions of a few elements per output (a thread each) match the CPU", "[cuda][gpu]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  Graph g = short_reductions_graph();
+  Values args = cuda_test::random_args(g, 51, 1);
+  compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(DType::bf16));
 }
 
 TEST_CASE("gpu: the grouped optimizer step (global norm, clip, AdamW over 40 tensors) matches the CPU", "[cuda][gpu]") {
