@@ -232,7 +232,7 @@ void norm_grad(EmitContext& ctx, bool layer) {
   ctx.launch("reduce", instantiation("norm_grad_params_parts_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
              {static_cast<unsigned>(std::min<std::int64_t>(p.chunks * column_blocks, 65535))}, p, pointers);
   ctx.launch("reduce", instantiation("norm_grad_params_finish_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
-             {blocks_for(c, column_config.threads)}, p, pointers);
+             {static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20))}, p, pointers);  // a warp per column
 }
 
 }  // namespace

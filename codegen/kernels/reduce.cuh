@@ -389,15 +389,22 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
   }
 }
 
+// Part 2b: one warp per column; lane l adds chunks l, l + 32, ... in order,
+// then a fixed shuffle tree (deterministic).
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_finish_kernel(const NormGradParamsArgs<T> a) {
-  MOEJIT_FOR_EACH(column, a.c) {
+  const int lane = threadIdx.x & 31;
+  for (i64 column = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; column < a.c; column += (i64)gridDim.x * THREADS / 32) {
     double sum_gamma = 0.0, sum_beta = 0.0;
-    for (i64 chunk = 0; chunk < a.chunks; ++chunk) {
+    for (i64 chunk = lane; chunk < a.chunks; chunk += 32) {
       sum_gamma += a.partials[(chunk * a.c + column) * 2];
       sum_beta += a.partials[(chunk * a.c + column) * 2 + 1];
     }
-    a.dgamma[column] = st<T>((typename acc_of<T>::type)sum_gamma);
-    if (a.dbeta) a.dbeta[column] = st<T>((typename acc_of<T>::type)sum_beta);
+    sum_gamma = warp_reduce(sum_gamma, SumOp());
+    sum_beta = warp_reduce(sum_beta, SumOp());
+    if (lane == 0) {
+      a.dgamma[column] = st<T>((typename acc_of<T>::type)sum_gamma);
+      if (a.dbeta) a.dbeta[column] = st<T>((typename acc_of<T>::type)sum_beta);
+    }
   }
 }
 
