@@ -417,6 +417,10 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
   for (std::size_t k = 0; k < op_groups.size(); ++k) {
     for (int m : op_groups[k].ops) op_group_of[static_cast<std::size_t>(m)] = static_cast<int>(k);
     for (ValueId v : op_groups[k].internal) stored[static_cast<std::size_t>(v)] = false;
+    for (const auto& [result, argument] : op_groups[k].in_place) {
+      stored[static_cast<std::size_t>(result)] = false;
+      module.in_place.push_back({result, argument});
+    }
   }
   for (int i = 0; i < num_ops; ++i) {
     std::int64_t g = group_of[static_cast<std::size_t>(i)];

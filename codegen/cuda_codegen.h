@@ -22,6 +22,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "codegen/kernels/common.cuh"
@@ -104,6 +105,10 @@ struct ModuleCode {
   std::vector<std::string> kernels;  // every instantiation, once, in first-use order
   std::vector<StepCode> steps;       // in execution order
   std::vector<bool> materialized;    // per value: needs device storage
+  // (result, argument): the result is written into the argument's buffer
+  // and the output that updates the argument needs no copy (AdamW's new
+  // parameters and moments, codegen/op_groups.cpp). Not materialized.
+  std::vector<std::pair<ValueId, ValueId>> in_place;
 };
 
 // One embedded header: its path in the source tree (the name NVRTC gets)
@@ -255,6 +260,7 @@ struct OpGroup {
   int position = 0;
   std::vector<int> ops;  // graph order
   std::vector<ValueId> internal;
+  std::vector<std::pair<ValueId, ValueId>> in_place;  // see ModuleCode::in_place
 };
 // step_of_op: per op, the op index at which its step runs (its own index,
 // or the last op of its fused elementwise group).

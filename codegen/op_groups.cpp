@@ -13,7 +13,10 @@
 //                an mj.broadcast of a one-element value (or one-element
 //                itself) read only by this mul, and the mul read only by
 //                this adamw (the clip's scaling), is absorbed: the kernel
-//                reads g and s. Runs at the first member.
+//                reads g and s. Runs at the first member. A new
+//                parameter or moment whose only use is the output updating
+//                its argument is written into the argument's buffer (no
+//                update copy), when nothing later reads the argument.
 //
 // A group runs at its first member, so it is formed only when every value
 // its members read from outside the group is ready before that point (an
@@ -41,6 +44,9 @@ namespace {
 
 using B = Buffer;
 
+// What a graph output counts in GroupFinder's use counts: never "one use".
+constexpr int kOutputUse = 1 << 20;
+
 class GroupFinder {
  public:
   GroupFinder(const Graph& graph, const std::vector<int>& step_of_op) : graph_(graph), ops_(graph.ops()), step_of_op_(step_of_op) {
@@ -50,7 +56,7 @@ class GroupFinder {
       for (ValueId r : ops_[i].results) producer_[static_cast<std::size_t>(r)] = static_cast<int>(i);
       for (ValueId v : ops_[i].operands) ++uses_[static_cast<std::size_t>(v)];
     }
-    for (const auto& out : graph.outputs()) uses_[static_cast<std::size_t>(out.value)] += 1000000;  // never internal
+    for (const auto& out : graph.outputs()) uses_[static_cast<std::size_t>(out.value)] += kOutputUse;  // never internal
     taken_.assign(ops_.size(), false);
   }
 
@@ -173,8 +179,34 @@ class GroupFinder {
       }
       if (!inputs_ready(g.ops, *std::min_element(g.ops.begin(), g.ops.end()))) continue;
       take(g);
+      for (int a : adamws) add_in_place(g, a);
       groups.push_back(std::move(g));
     }
+  }
+
+  // AdamW's (param, m, v) -> (param', m', v') in place, where the result's
+  // only use is the output that updates that argument and no step from the
+  // group's position on reads the argument besides this adamw.
+  void add_in_place(OpGroup& g, int adamw) {
+    const Op& a = op(adamw);
+    const int operand_of_result[3] = {0, 2, 3};
+    for (int k = 0; k < 3; ++k) {
+      const ValueId result = a.results[static_cast<std::size_t>(k)], argument = a.operands[static_cast<std::size_t>(operand_of_result[k])];
+      if (graph_.arg_of(argument) == nullptr || uses(result) != kOutputUse || update_of(result) != graph_.value(argument).name) continue;
+      bool read_later = false;
+      for (int i = 0; i < static_cast<int>(ops_.size()) && !read_later; ++i) {
+        if (i == adamw || step_of_op_[static_cast<std::size_t>(i)] < g.position) continue;
+        for (ValueId v : op(i).operands) read_later = read_later || v == argument;
+      }
+      if (!read_later) g.in_place.push_back({result, argument});
+    }
+  }
+
+  // The argument name that output value `v` updates ("" if none).
+  std::string update_of(ValueId v) const {
+    for (const auto& out : graph_.outputs())
+      if (out.value == v) return out.updates;
+    return "";
   }
 
   const Graph& graph_;

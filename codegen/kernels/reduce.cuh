@@ -94,17 +94,34 @@ namespace mj {
 template <class T> struct reduce_acc { typedef typename acc_of<T>::type type; };
 template <> struct reduce_acc<int> { typedef i64 type; };
 
+// dims_offset without the divisions when the dims collapsed to one (the
+// emitter merges contiguous dims, so a reduction over the last axes or over
+// everything has rank 1 here).
+__device__ __forceinline__ i64 reduce_offset(const Dims& d, i64 i) { return d.rank == 1 ? i * d.stride[0] : dims_offset(d, i); }
+
+template <int KIND, class A> __device__ __forceinline__ A reduce_combine(A acc, A v) { return KIND == 2 ? MaxOp()(acc, v) : acc + v; }
+
+// acc combined with elements first, first + step, ... < last of one output
+// (`base` at the output); a plain strided loop when the reduced dims are one.
+template <int KIND, class A, class T>
+__device__ __forceinline__ A reduce_elements(const T* base, const Dims& reduced, i64 first, i64 last, i64 step, A acc) {
+  if (reduced.rank == 1) {
+    const i64 stride = reduced.stride[0];
+#pragma unroll 4
+    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(base[r * stride]));
+  } else {
+    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(base[dims_offset(reduced, r)]));
+  }
+  return acc;
+}
+
 // KIND: 0 sum, 1 mean, 2 max.
 template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_kernel(const ReduceArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];
   for (i64 o = blockIdx.x; o < a.outputs; o += gridDim.x) {
-    const T* base = a.x + dims_offset(a.kept, o);
-    A acc = KIND == 2 ? lowest_value<A>() : A(0);
-    for (i64 r = threadIdx.x; r < a.count; r += blockDim.x) {
-      A v = (A)ld(base[dims_offset(a.reduced, r)]);
-      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
-    }
+    const T* base = a.x + reduce_offset(a.kept, o);
+    A acc = reduce_elements<KIND>(base, a.reduced, threadIdx.x, a.count, blockDim.x, KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) {
@@ -121,12 +138,8 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
 template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_thread_kernel(const ReduceArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   MOEJIT_FOR_EACH(o, a.outputs) {
-    const T* base = a.x + dims_offset(a.kept, o);
-    A acc = KIND == 2 ? lowest_value<A>() : A(0);
-    for (i64 r = 0; r < a.count; ++r) {
-      A v = (A)ld(base[dims_offset(a.reduced, r)]);
-      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
-    }
+    const T* base = a.x + reduce_offset(a.kept, o);
+    A acc = reduce_elements<KIND>(base, a.reduced, 0, a.count, 1, KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 1) acc = acc / (A)a.count;
     a.y[o] = st<T>((typename acc_of<T>::type)acc);
   }
@@ -138,12 +151,8 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
   for (i64 w = blockIdx.x; w < a.outputs * a.chunks; w += gridDim.x) {
     const i64 o = w / a.chunks, first = (w % a.chunks) * a.chunk;
     const i64 last = first + a.chunk < a.count ? first + a.chunk : a.count;
-    const T* base = a.x + dims_offset(a.kept, o);
-    A acc = KIND == 2 ? lowest_value<A>() : A(0);
-    for (i64 r = first + threadIdx.x; r < last; r += blockDim.x) {
-      A v = (A)ld(base[dims_offset(a.reduced, r)]);
-      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
-    }
+    const T* base = a.x + reduce_offset(a.kept, o);
+    A acc = reduce_elements<KIND>(base, a.reduced, first + threadIdx.x, last, blockDim.x, KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) static_cast<A*>(a.partials)[w] = acc;

@@ -314,6 +314,9 @@ class CudaExecutable final : public ExecutableBase {
     for (int v = 0; v < graph_.num_values(); ++v)
       if (plan_.offsets[static_cast<std::size_t>(v)] >= 0)
         value_ptr_[static_cast<std::size_t>(v)] = arena_ + static_cast<CUdeviceptr>(plan_.offsets[static_cast<std::size_t>(v)]);
+    // Results written in place (AdamW's updates) live in their argument's buffer.
+    for (const auto& [result, argument] : code_.in_place)
+      value_ptr_[static_cast<std::size_t>(result)] = value_ptr_[static_cast<std::size_t>(argument)];
   }
 
   CUdeviceptr pointer(const Buffer& buffer, std::size_t step) const {
@@ -421,7 +424,8 @@ class CudaExecutable final : public ExecutableBase {
       if (out.updates.empty()) continue;
       ValueId target = graph_.find_arg(out.updates);
       MOEJIT_ASSERT(target != kNoValue, "update of a missing argument");
-      if (target == out.value) continue;
+      if (target == out.value || value_ptr_[static_cast<std::size_t>(out.value)] == value_ptr_[static_cast<std::size_t>(target)])
+        continue;  // already there (written in place)
       ResolvedLaunch r;
       r.kind = Launch::Kind::copy;
       r.label = "(parameter update)  copy";

@@ -168,6 +168,16 @@ TEST_CASE("codegen picks the warp and block shapes of the norms and the loss, an
   CHECK(optimizer["multi_sum_squares_parts_kernel"] == 2);
   CHECK(optimizer["copy_kernel"] == 0);  // the clip's broadcasts are absorbed into AdamW
 
+  // Every new parameter and moment is written into its argument's buffer.
+  Graph optimizer_step = optimizer_graph(40, 1.0);
+  run_pipeline(optimizer_step, kCudaPipeline);
+  codegen::ModuleCode module = codegen::generate_module(optimizer_step, codegen::Target::named("sm_90a"));
+  CHECK(module.in_place.size() == 3 * 40);
+  for (const auto& [result, argument] : module.in_place) {
+    CHECK_FALSE(module.materialized[static_cast<std::size_t>(result)]);
+    CHECK(optimizer_step.arg_of(argument) != nullptr);
+  }
+
   // MOEJIT_OP_GROUPS=0: every op its own step again.
   setenv("MOEJIT_OP_GROUPS", "0", 1);
   auto ungrouped = kernel_counts(optimizer_graph(40, 1.0));
