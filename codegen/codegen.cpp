@@ -366,6 +366,23 @@ std::string assemble_source(const Graph& graph, const ModuleCode& module, const 
   return s;
 }
 
+// An mj.reshape is a view of its operand when the operand has its own
+// bytes in the arena (stored, or a view itself: then of that view's source)
+// and the result is no graph output (outputs are read after the run, when
+// the source may be gone). Arguments are never viewed: AdamW may write one
+// in place. Returns the source, or kNoValue.
+ValueId reshape_view_source(const Graph& graph, const Op& op, const std::vector<bool>& stored,
+                            const std::vector<std::pair<ValueId, ValueId>>& aliases) {
+  if (op.kind != OpKind::Reshape) return kNoValue;
+  for (const auto& out : graph.outputs())
+    if (out.value == op.results[0]) return kNoValue;
+  ValueId source = op.operands[0];
+  for (const auto& [result, of] : aliases)
+    if (result == source) source = of;
+  if (graph.arg_of(source) != nullptr || !stored[static_cast<std::size_t>(source)]) return kNoValue;
+  return source;
+}
+
 }  // namespace
 
 ModuleCode generate_module(const Graph& graph, const Target& target) {
@@ -436,6 +453,13 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
     }
     StepCode step;
     EmitContext ctx(graph, target, i, step, generated);
+    if (const ValueId source = reshape_view_source(graph, ops[static_cast<std::size_t>(i)], stored, module.aliases); source != kNoValue) {
+      step.ops = {i};  // a view: no launch
+      stored[static_cast<std::size_t>(ops[static_cast<std::size_t>(i)].results[0])] = false;
+      module.aliases.push_back({ops[static_cast<std::size_t>(i)].results[0], source});
+      module.steps.push_back(std::move(step));
+      continue;
+    }
     if (g >= 0 && groups[g].size() > 1) {
       if (groups[g].back() != i) continue;  // the group runs at its last op
       step.ops = groups[g];

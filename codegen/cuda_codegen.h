@@ -109,6 +109,10 @@ struct ModuleCode {
   // and the output that updates the argument needs no copy (AdamW's new
   // parameters and moments, codegen/op_groups.cpp). Not materialized.
   std::vector<std::pair<ValueId, ValueId>> in_place;
+  // (result, source): an mj.reshape whose result is a view of its operand's
+  // bytes (no launch; the source, itself never an alias, stays alive while
+  // the result is read). In graph order. Not materialized.
+  std::vector<std::pair<ValueId, ValueId>> aliases;
 };
 
 // One embedded header: its path in the source tree (the name NVRTC gets)
