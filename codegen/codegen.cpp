@@ -1,9 +1,10 @@
 // Module generation: walks the graph in order, turns each op (or fused
-// elementwise group) into launches through its emitter, and assembles the
-// module source: the included families, the generated chain functors, and
-// one comment per launch naming its instantiation and launch shape. Also
-// the elementwise chain generator shared by every elementwise op, fused or
-// alone.
+// elementwise group, or op group of codegen/op_groups.cpp) into launches
+// through its emitter (an mj.reshape of a stored value becomes a view of
+// its bytes, no launch), and assembles the module source: the included
+// families, the generated chain functors, and one comment per launch naming
+// its instantiation and launch shape. Also the elementwise chain generator
+// shared by every elementwise op, fused or alone.
 #include <fmt/format.h>
 
 #include <algorithm>
