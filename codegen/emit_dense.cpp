@@ -220,15 +220,17 @@ void norm_grad(EmitContext& ctx, bool layer) {
   mj::NormGradParamsArgs<void> p{};
   p.rows = rows;
   p.c = c;
-  // Chunks of 64 rows (more when the partials would pass 16 MiB); part 2b
-  // then sums rows / 64 partials per column, which coalesce across columns.
-  p.chunk = std::max<std::int64_t>(64, (rows * c * 16 + (16 << 20) - 1) / (16 << 20));
+  // About four blocks of part 2a per SM: chunks of at least 8 rows (more
+  // when the partials would pass 16 MiB); part 2b then sums each column's
+  // chunk partials with a warp.
+  const std::int64_t column_blocks = (c + column_config.threads - 1) / column_config.threads;
+  const std::int64_t chunks_wanted = std::max<std::int64_t>(4 * ctx.target().sm_count / column_blocks, 1);
+  p.chunk = std::max({std::int64_t{8}, (rows + chunks_wanted - 1) / chunks_wanted, (rows * c * 16 + (16 << 20) - 1) / (16 << 20)});
   p.chunks = std::max<std::int64_t>((rows + p.chunk - 1) / p.chunk, 1);
   const std::int64_t partials = ctx.scratch(p.chunks * c * 2 * 8);
   const std::vector<Bind> pointers = {{&p.x, B::of(ctx.operand(0))},       {&p.dy, B::of(ctx.operand(2))},
                                       {&p.stats, B::scratch(stats)},       {&p.dgamma, B::of(ctx.result(1))},
                                       {&p.dbeta, layer ? B::of(ctx.result(2)) : B::none()}, {&p.partials, B::scratch(partials)}};
-  const std::int64_t column_blocks = (c + column_config.threads - 1) / column_config.threads;
   ctx.launch("reduce", instantiation("norm_grad_params_parts_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
              {static_cast<unsigned>(std::min<std::int64_t>(p.chunks * column_blocks, 65535))}, p, pointers);
   ctx.launch("reduce", instantiation("norm_grad_params_finish_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,

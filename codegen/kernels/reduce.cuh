@@ -388,6 +388,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
     if (column >= c) continue;
     const i64 first = chunk * a.chunk, last = first + a.chunk < a.rows ? first + a.chunk : a.rows;
     A sum_gamma = A(0), sum_beta = A(0);
+#pragma unroll 4
     for (i64 row = first; row < last; ++row) {
       A d = ld(a.dy[row * c + column]);
       sum_gamma += d * (ld(a.x[row * c + column]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
