@@ -345,7 +345,7 @@ void emit_Embedding(EmitContext& ctx) {
   a.n = ctx.in(1).numel();
   a.V = ctx.in(0).dim(0);
   a.D = ctx.in(0).dim(1);
-  ctx.launch("layout", instantiation("embedding_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(a.n * a.D)}, a,
+  ctx.launch("layout", instantiation("embedding_kernel", {ctx.in_type(0), threads_of(config)}), config, {warp_row_blocks(a.n)}, a,
              {{&a.table, B::of(ctx.operand(0))}, {&a.ids, B::of(ctx.operand(1))}, {&a.out, B::of(ctx.result(0))}});
 }
 

@@ -63,12 +63,15 @@ template <class E, int THREADS> __global__ void __launch_bounds__(THREADS) copy_
   MOEJIT_FOR_EACH(i, a.n) a.dst[a.dst_offset + dims_offset(a.dst_dims, i)] = a.src[a.src_offset + dims_offset(a.src_dims, i)];
 }
 
+// One warp per token row: the id is read once, the lanes copy the columns.
 // An id outside 0..V-1 gives a row of zeros (the CPU backend reports it as an error).
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_kernel(const EmbeddingArgs<T> a) {
-  MOEJIT_FOR_EACH(i, a.n * a.D) {
-    i64 row = i / a.D, col = i % a.D;
-    int id = a.ids[row];
-    a.out[i] = (id >= 0 && id < a.V) ? a.table[(i64)id * a.D + col] : st<T>(typename acc_of<T>::type(0));
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.n; row += (i64)gridDim.x * THREADS / 32) {
+    const int id = a.ids[row];
+    const bool valid = id >= 0 && id < a.V;
+    for (i64 col = lane; col < a.D; col += 32)
+      a.out[row * a.D + col] = valid ? a.table[(i64)id * a.D + col] : st<T>(typename acc_of<T>::type(0));
   }
 }
 
