@@ -473,7 +473,7 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
       if (group.position != i) continue;  // the group runs at its first op
       StepCode step;
       step.ops = group.ops;
-      EmitContext ctx(graph, target, group.ops.back(), step, generated);
+      EmitContext ctx(graph, target, group.anchor, step, generated);
       emit_op_group(ctx, group);
       module.steps.push_back(std::move(step));
       continue;

@@ -252,16 +252,23 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
 // at the norm; it writes the add's result and the norm's).
 bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add);
 void emit_add_norm(EmitContext& ctx, const Op& add);
+// The backward's add of a norm's dx and another gradient, fused into the
+// norm backward's row kernel (equal shapes, float, rows of at most 1024;
+// ctx at the norm backward; it writes the add's result instead of dx).
+bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add);
+void emit_norm_grad_add(EmitContext& ctx, const Op& add);
 
 // Ops of different kinds emitted as one step (codegen/op_groups.cpp says
-// which and when): a residual add with the norm it feeds, the squares of
+// which and when): a residual add with the norm it feeds, a norm
+// backward with the gradient add after it, the squares of
 // the global gradient norm, every AdamW of a step. The group runs at
 // `position` (its first member); `internal` values are read only inside
 // it and never stored.
 struct OpGroup {
-  enum class Kind : std::uint8_t { add_norm, sum_squares, adamw };
+  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw };
   Kind kind;
   int position = 0;
+  int anchor = 0;  // the op whose EmitContext emits the group
   std::vector<int> ops;  // graph order
   std::vector<ValueId> internal;
   std::vector<std::pair<ValueId, ValueId>> in_place;  // see ModuleCode::in_place
@@ -269,7 +276,7 @@ struct OpGroup {
 // step_of_op: per op, the op index at which its step runs (its own index,
 // or the last op of its fused elementwise group).
 std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op);
-// ctx is at the group's last op.
+// ctx is at the group's anchor.
 void emit_op_group(EmitContext& ctx, const OpGroup& group);
 
 // Declares codegen::emit_<Kind> for every op. A missing emitter is a link error.

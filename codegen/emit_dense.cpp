@@ -195,7 +195,9 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
   ctx.launch("reduce", instantiation("norm_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a, pointers);
 }
 
-void norm_grad(EmitContext& ctx, bool layer) {
+// layer_norm_grad / rms_norm_grad; `add` (or null): the mj.add of dx and
+// another gradient, computed in the row kernel (norm_grad_takes_addend).
+void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
   std::int64_t stats = ctx.scratch(rows * 2 * 8);
@@ -205,11 +207,16 @@ void norm_grad(EmitContext& ctx, bool layer) {
   r.c = c;
   r.eps = ctx.attrs().get_float("eps");
   r.rms = layer ? 0 : 1;
-  const std::vector<Bind> row_pointers = {{&r.x, B::of(ctx.operand(0))},
-                                          {&r.gamma, B::of(ctx.operand(1))},
-                                          {&r.dy, B::of(ctx.operand(2))},
-                                          {&r.dx, B::of(ctx.result(0))},
-                                          {&r.stats, B::scratch(stats)}};
+  std::vector<Bind> row_pointers = {{&r.x, B::of(ctx.operand(0))},
+                                    {&r.gamma, B::of(ctx.operand(1))},
+                                    {&r.dy, B::of(ctx.operand(2))},
+                                    {&r.dx, B::of(ctx.result(0))},
+                                    {&r.stats, B::scratch(stats)}};
+  if (add) {
+    row_pointers[3] = {&r.dx, B::of(add->results[0])};
+    row_pointers.push_back({&r.dx_addend, B::of(add->operands[add->operands[0] == ctx.result(0) ? 1 : 0])});
+  }
+  MOEJIT_ASSERT(!add || warp_row_per_lane(c) > 0, "a fused gradient add needs the warp kernel");
   if (const int per_lane = warp_row_per_lane(c))
     ctx.launch("reduce", instantiation("norm_grad_rows_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(row_config)}),
                row_config, {warp_row_blocks(rows)}, r, row_pointers);
@@ -281,12 +288,27 @@ bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add) {
   return graph.type(add.operands[0]) == x && graph.type(add.operands[1]) == x;
 }
 
+bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add) {
+  if (norm_grad_op.kind != OpKind::LayerNormGrad && norm_grad_op.kind != OpKind::RmsNormGrad) return false;
+  if (add.kind != OpKind::Add || add.results.size() != 1) return false;
+  const ValueId dx = norm_grad_op.results[0];
+  if ((add.operands[0] == dx) == (add.operands[1] == dx)) return false;  // dx exactly once
+  const TensorType& t = graph.type(dx);
+  if (!is_float(t.dtype) || t.rank() < 1 || warp_row_per_lane(t.dim(-1)) == 0) return false;
+  return graph.type(add.operands[0]) == t && graph.type(add.operands[1]) == t;
+}
+
+void emit_norm_grad_add(EmitContext& ctx, const Op& add) {
+  MOEJIT_ASSERT(norm_grad_takes_addend(ctx.graph(), ctx.op(), add), "emit_norm_grad_add: dx feeds the add");
+  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, &add);
+}
+
 void emit_add_norm(EmitContext& ctx, const Op& add) {
   MOEJIT_ASSERT(norm_takes_residual(ctx.graph(), ctx.op(), add), "emit_add_norm: the add feeds the norm");
   norm(ctx, ctx.op().kind == OpKind::LayerNorm, &add);
 }
-void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true); }
-void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false); }
+void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true, nullptr); }
+void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false, nullptr); }
 
 // ---- matmul ----
 // a [..., M, K] (stored [..., K, M] with transpose_a), b [K, N] or [..., K, N]

@@ -4,6 +4,11 @@
 //   add_norm     an mj.add whose result is the x of an mj.layer_norm or
 //                mj.rms_norm: one kernel writes the sum and the norm (the
 //                residual stream still reads the sum). Runs at the add.
+//   norm_grad_add  an mj.add of the dx of an mj.layer_norm_grad or
+//                mj.rms_norm_grad (read only by that add) and another
+//                gradient (the residual stream's, in the backward): the row
+//                kernel writes the sum, dx is never stored. Runs at the norm
+//                backward.
 //   sum_squares  every mj.sum over all elements of an mj.mul(g, g) read only
 //                by that sum (the squares of clip_grad_norm,
 //                frontends/optim.cpp): two launches per 32 tensors. Runs at
@@ -63,6 +68,7 @@ class GroupFinder {
   std::vector<OpGroup> find() {
     std::vector<OpGroup> groups;
     find_add_norms(groups);
+    find_norm_grad_adds(groups);
     find_sum_squares(groups);
     find_adamws(groups);
     std::sort(groups.begin(), groups.end(), [](const OpGroup& a, const OpGroup& b) { return a.position < b.position; });
@@ -93,6 +99,7 @@ class GroupFinder {
   void take(OpGroup& g) {
     std::sort(g.ops.begin(), g.ops.end());
     g.position = g.ops.front();
+    if (g.kind != OpGroup::Kind::norm_grad_add) g.anchor = g.ops.back();
     for (int m : g.ops) taken_[static_cast<std::size_t>(m)] = true;
   }
 
@@ -102,10 +109,26 @@ class GroupFinder {
       if (norm.kind != OpKind::LayerNorm && norm.kind != OpKind::RmsNorm) continue;
       const int add = producer(norm.operands[0]);
       if (!alone(add) || !alone(i) || !norm_takes_residual(graph_, norm, op(add))) continue;
-      OpGroup g{OpGroup::Kind::add_norm, add, {add, i}, {}};
+      OpGroup g{OpGroup::Kind::add_norm, add, 0, {add, i}, {}, {}};
       if (!inputs_ready(g.ops, add)) continue;
       take(g);
       groups.push_back(std::move(g));
+    }
+  }
+
+  void find_norm_grad_adds(std::vector<OpGroup>& groups) {
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& add = op(i);
+      if (add.kind != OpKind::Add || !alone(i)) continue;
+      for (ValueId v : add.operands) {
+        const int ng = producer(v);
+        if (!alone(ng) || uses(v) != 1 || !norm_grad_takes_addend(graph_, op(ng), add)) continue;
+        OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, i}, {v}, {}};
+        if (!inputs_ready(g.ops, ng)) continue;
+        take(g);
+        groups.push_back(std::move(g));
+        break;
+      }
     }
   }
 
@@ -121,7 +144,7 @@ class GroupFinder {
       by_dtype[dtype].push_back({mul, i});
     }
     for (auto& [dtype, pairs] : by_dtype) {
-      OpGroup g{OpGroup::Kind::sum_squares, 0, {}, {}};
+      OpGroup g{OpGroup::Kind::sum_squares, 0, 0, {}, {}, {}};
       for (auto [mul, sum] : pairs) {
         g.ops.push_back(mul);
         g.ops.push_back(sum);
@@ -164,7 +187,7 @@ class GroupFinder {
     }
     for (auto& [key, adamws] : by_key) {
       if (adamws.size() < 2) continue;
-      OpGroup g{OpGroup::Kind::adamw, 0, {}, {}};
+      OpGroup g{OpGroup::Kind::adamw, 0, 0, {}, {}, {}};
       for (int a : adamws) {
         g.ops.push_back(a);
         const int mul = absorbable_scale(a);
@@ -320,6 +343,7 @@ std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& 
 void emit_op_group(EmitContext& ctx, const OpGroup& group) {
   switch (group.kind) {
     case OpGroup::Kind::add_norm: emit_add_norm(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.front())]); break;
+    case OpGroup::Kind::norm_grad_add: emit_norm_grad_add(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.back())]); break;
     case OpGroup::Kind::sum_squares: emit_sum_squares(ctx, group); break;
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
   }

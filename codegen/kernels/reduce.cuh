@@ -56,16 +56,19 @@ template <class T> struct NormArgs {
 };
 
 // Their backward, part 1: dx, and each row's (mean, rstd) into stats [rows, 2].
+// With `dx_addend` (the warp kernel only), dx is written as dx + dx_addend
+// (dx rounded to T first, then the sum, as mj.add would): the backward's
+// residual-gradient add fused.
 template <class T> struct NormGradRowsArgs {
   const T *x, *gamma, *dy;
   T* dx;
   double* stats;
+  const T* dx_addend;
   i64 rows, c;
   double eps;
   int rms;
 };
 
-// Part 2: dgamma, dbeta (null for rms_norm).
 // Part 2, dgamma and dbeta: sums over rows, in two launches so that every
 // SM works: block b of part 2a sums rows [b * chunk, (b + 1) * chunk) of each
 // column into partials[(b * c + column) * 2 + {0, 1}]; part 2b adds each
@@ -337,7 +340,9 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
 #pragma unroll
     for (int j = 0; j < PER_LANE; ++j) {
       const i64 column = lane + 32 * j;
-      if (column < c) a.dx[row * c + column] = st<T>(rstd * (g[j] - mean_g - (x[j] - mean) * rstd * mean_gx));
+      if (column >= c) continue;
+      const T dx = st<T>(rstd * (g[j] - mean_g - (x[j] - mean) * rstd * mean_gx));
+      a.dx[row * c + column] = a.dx_addend ? st<T>(ld(dx) + ld(a.dx_addend[row * c + column])) : dx;
     }
     if (lane == 0) {
       a.stats[2 * row] = (double)mean;

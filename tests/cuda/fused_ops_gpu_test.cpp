@@ -1,8 +1,8 @@
 // The fused norms, loss and optimizer kernels at the sizes the all-ops
 // graph does not reach: embedding_grad's counting sort (many chunks, skewed
 // ids, twice bit for bit), cross entropy in its warp and block shapes,
-// layer/rms norm and their backward in the warp and block shapes and with a
-// fused residual add, and the op groups of the optimizer step (sums of
+// layer/rms norm and their backward in the warp and block shapes and with
+// a fused residual add (forward) and gradient add (backward), and the op groups of the optimizer step (sums of
 // squares and AdamW over more than one table of 32 tensors, the clip's
 // scaling absorbed), and reductions of a few elements per output. CI checks which kernels codegen picks; on a GPU each
 // graph matches the CPU backend.
@@ -88,8 +88,9 @@ Graph cross_entropy_graph(std::int64_t rows, std::int64_t V, DType dtype) {
   return g;
 }
 
-// h = a + r feeds layer_norm and rms_norm (h is also an output, as the
-// residual stream is), and the backward of both.
+// h = a + r feeds layer_norm (h is also an output, as the residual stream
+// is), rms_norm of a, and the backward of both, rms_norm_grad's dx added to
+// r (fused into its row kernel).
 Graph norm_graph(std::int64_t rows, std::int64_t c, DType dtype) {
   Graph g("norms");
   Builder b(g);
@@ -107,7 +108,7 @@ Graph norm_graph(std::int64_t rows, std::int64_t c, DType dtype) {
   b.output(lg[1], "dgamma");
   b.output(lg[2], "dbeta");
   auto rg = b.op(OpKind::RmsNormGrad, {a, gamma, dy}, {{"eps", 1e-5}});
-  b.output(rg[0], "rms_dx");
+  b.output(b.add(r, rg[0]), "rms_dx_plus_r");  // the backward's residual-gradient add
   b.output(rg[1], "rms_dgamma");
   return g;
 }
@@ -152,7 +153,7 @@ TEST_CASE("codegen picks the warp and block shapes of the norms and the loss, an
   CHECK(norms["norm_grad_rows_warp_kernel"] == 2);
   auto wide = kernel_counts(norm_graph(8, 1500, DType::f32));
   CHECK(wide["norm_kernel"] == 2);
-  CHECK(wide["elementwise_kernel"] == 1);  // rows over 1024: the add stays its own kernel
+  CHECK(wide["elementwise_kernel"] == 2);  // rows over 1024: both adds stay kernels of their own
   CHECK(wide["norm_grad_rows_kernel"] == 2);
 
   CHECK(kernel_counts(cross_entropy_graph(16, 65, DType::f32))["cross_entropy_grad_warp_kernel"] == 1);
