@@ -8,8 +8,13 @@
 // 256), and the two staged slices, tile_k x (tile + 1) values of the
 // arithmetic type each, within 48 KiB of static shared memory (tile_k is
 // halved until they fit). The config's note says what was adjusted.
+// split_k (mj.matmul only, any source): with fewer output tiles than SMs and
+// K >= 1024, K is cut into split_k slices (simt_split_k below); the emitter
+// (codegen/simt_matmul.cpp) then writes f32 partials and adds them in a
+// fixed order, so the result is deterministic.
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
-//   heuristic: 64 x 64 x 16, 256 threads;
+//   heuristic: 64 x 64 x 16, 256 threads; for mj.matmul with N <= 32
+//          that splits K, 128 x N (N rounded up to a power of two from 8);
 //   tuned: where the op has no tile attributes, the tuning database's
 //          tile_m/n/k for family "matmul_simt" (codegen/tuning_db.h) when
 //          they pass the attribute path's checks, else the heuristic with a note.
@@ -90,6 +95,23 @@ void apply_tuned(TileConfig& c, const TunedFields& f) {
   if (f.stages) c.stages = f.stages;
 }
 
+std::int64_t output_tiles(const TileConfig& c, const GemmProblem& p) {
+  return (p.m + c.tile_m - 1) / c.tile_m * ((p.n + c.tile_n - 1) / c.tile_n) * std::max<std::int64_t>(p.batch, 1);
+}
+
+// Split-K for a SIMT matmul with fewer output tiles than SMs and a long K
+// (a router's weight gradient x^T dlogits: D x E outputs over K = T tokens):
+// enough K slices of at least 256 for about two blocks per SM, at most 64,
+// the f32 partials within 256 MiB. 1: no split.
+std::int64_t simt_split_k(const TileConfig& c, const GemmProblem& p, const Target& target) {
+  const std::int64_t tiles = output_tiles(c, p), batch = std::max<std::int64_t>(p.batch, 1);
+  if (tiles >= target.sm_count || p.k < 1024) return 1;
+  const std::int64_t acc_bytes = p.dtype == DType::f64 ? 8 : 4;
+  std::int64_t split = std::min<std::int64_t>({(2 * target.sm_count + tiles - 1) / tiles, p.k / 256, 64, 65535 / batch});
+  while (split > 1 && split * batch * p.m * p.n * acc_bytes > (256ll << 20)) split /= 2;
+  return std::max<std::int64_t>(split, 1);
+}
+
 TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   TileConfig c;
   const AttrValue* m = op.attrs.find("tile_m");
@@ -134,6 +156,19 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
       }
     }
   }
+  // A narrow product (N <= 32: a router's E columns) on the heuristic tile,
+  // when it splits K: a 128-row tile just N wide (rounded up to a power of
+  // two from 8), not a 64-wide one that is mostly padding. Every output
+  // still sums its K terms in order, so the tile shape does not change the
+  // result.
+  const bool narrow = problem.kind == GemmProblem::Kind::matmul && c.source == TileConfig::Source::heuristic && problem.n <= 32;
+  const std::string before_narrow = c.note;
+  if (narrow) {
+    c.tile_n = 8;
+    while (c.tile_n < problem.n) c.tile_n *= 2;
+    c.tile_m = 128;
+    add_note(c, fmt::format("narrow N {}: tile {}x{}", problem.n, c.tile_m, c.tile_n));
+  }
   // At most 64 x 64 outputs per block (16 per thread at 256 threads): a
   // larger tile (sized for tensor cores) halves its larger side, so the
   // registers per thread and the blocks per expert stay those of 64 x 64.
@@ -146,6 +181,17 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
   const int requested_k = c.tile_k;
   while (c.tile_k > 4 && c.tile_k * (c.tile_m + 1 + c.tile_n + 1) * acc_bytes > 48 * 1024) c.tile_k /= 2;
   if (c.tile_k != requested_k) add_note(c, fmt::format("tile_k {} -> {} to fit 48 KiB of shared memory", requested_k, c.tile_k));
+  if (problem.kind == GemmProblem::Kind::matmul) c.split_k = static_cast<int>(simt_split_k(c, problem, target));
+  // The narrow tile has half the blocks of 64 x 64 (a quarter of the
+  // threads): it pays only where split-K makes the blocks (measured on the
+  // H200: an unsplit T4096 x 8 x 512 router product ran slower with it).
+  if (narrow && c.split_k == 1) {
+    c.tile_m = 64;
+    c.tile_n = 64;
+    c.threads = 256;
+    c.note = before_narrow;
+  }
+  if (c.split_k > 1) add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
   return c;
 }
 
