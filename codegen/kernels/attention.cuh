@@ -516,26 +516,30 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     const i64 key_lo = n0 + warp * 16 + g, m0 = (i64)i * BM;
     const bool edge = i == tile || m0 + BM > Tn;
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt) {
+      const float2 lse_pair = *(const float2*)(lse_t + mt * 8 + 2 * t);  // columns 2t, 2t + 1
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = mt * 8 + 2 * t + (e & 1);
-        float p = exp2f(st[mt][e] * scale_log2 - lse_t[c]);
+        float p = exp2f(st[mt][e] * scale_log2 - ((e & 1) ? lse_pair.y : lse_pair.x));
         if (edge) {
           i64 query = m0 + c, key = key_lo + (e >> 1) * 8;
           if (key > query || query >= Tn) p = 0.f;
         }
         st[mt][e] = p;
       }
+    }
     mma_regs_times_tile<T, DP>(dv, st, dot);
     // dP^T = V dout^T, then dS^T = P^T (dP^T - delta).
     float dpt[MT][4];
     zero<MT>(dpt);
     mma_rows_times_tile_t<T, DP>(dpt, vs, warp * 16, dot);
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt) {
+      const float2 delta_pair = *(const float2*)(delta_t + mt * 8 + 2 * t);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) st[mt][e] *= dpt[mt][e] - delta_t[mt * 8 + 2 * t + (e & 1)];
+      for (int e = 0; e < 4; ++e) st[mt][e] *= dpt[mt][e] - ((e & 1) ? delta_pair.y : delta_pair.x);
+    }
     mma_regs_times_tile<T, DP>(dk, st, qt);
     __syncthreads();
   }
