@@ -102,6 +102,10 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) {
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
 }
+// 4 bytes global -> shared, asynchronously; src_bytes 0 writes zeros.
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
@@ -396,23 +400,38 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   load_tile<BN, DP>(ks, k, 0, Tn, Dh);
   load_tile<BN, DP>(vs, v, 0, Tn, Dh);
   cp_async_commit();
-  // delta[t] = dout_t . out_t of the warp's 16 rows (f32 sums of the stored values).
-  for (int r = 0; r < 16; ++r) {
-    const i64 row = m0 + warp * 16 + r;
+  // delta[t] = dout_t . out_t (f32 sums of the stored values) and lse in
+  // base-2 units for the block's 64 rows: two threads a row, each summing
+  // half of the row's 16-byte chunks (independent loads, one shuffle).
+  {
+    const int r = threadIdx.x >> 1, half = threadIdx.x & 1;
+    const i64 row = m0 + r;
     float sum = 0.f;
     if (row < Tn) {
       const unsigned short* od = (const unsigned short*)(a.out + base + row * Dh);
       const unsigned short* dd = (const unsigned short*)(a.dout + base + row * Dh);
-      for (i64 d = lane; d < Dh; d += 32) sum += Mma<T>::to_float(od[d]) * Mma<T>::to_float(dd[d]);
+      if ((Dh & 7) == 0) {
+#pragma unroll 4
+        for (i64 c = half * 8; c < Dh; c += 16) {
+          const uint4 o4 = *(const uint4*)(od + c), d4 = *(const uint4*)(dd + c);
+          const unsigned ow[4] = {o4.x, o4.y, o4.z, o4.w}, dw[4] = {d4.x, d4.y, d4.z, d4.w};
+#pragma unroll
+          for (int w = 0; w < 4; ++w)
+            sum += Mma<T>::to_float((unsigned short)(ow[w] & 0xFFFFu)) * Mma<T>::to_float((unsigned short)(dw[w] & 0xFFFFu)) +
+                   Mma<T>::to_float((unsigned short)(ow[w] >> 16)) * Mma<T>::to_float((unsigned short)(dw[w] >> 16));
+        }
+      } else {
+        for (i64 d = half; d < Dh; d += 2) sum += Mma<T>::to_float(od[d]) * Mma<T>::to_float(dd[d]);
+      }
     }
-    sum = warp_reduce(sum, SumOp());
-    if (lane == 0) {
-      delta_s[warp * 16 + r] = sum;
-      lse_s[warp * 16 + r] = row < Tn ? a.lse[bh * Tn + row] * 1.4426950408889634f : 0.f;
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (half == 0) {
+      delta_s[r] = sum;
+      lse_s[r] = row < Tn ? a.lse[bh * Tn + row] * 1.4426950408889634f : 0.f;
       if (row < Tn) a.delta[bh * Tn + row] = sum;
     }
   }
-  __syncwarp();
+  __syncthreads();
   const float lse_row[2] = {lse_s[warp * 16 + g], lse_s[warp * 16 + g + 8]};
   const float delta_row[2] = {delta_s[warp * 16 + g], delta_s[warp * 16 + g + 8]};
 
@@ -469,26 +488,27 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   unsigned short* vs = ks + BN * LD;
   unsigned short* qs = vs + BN * LD;    // [2][BM][LD]
   unsigned short* dos = qs + 2 * BM * LD;  // [2][BM][LD]
-  float* lse_s = (float*)(dos + 2 * BM * LD);  // [2][BM], base-2 units
+  float* lse_s = (float*)(dos + 2 * BM * LD);  // [2][BM]
   float* delta_s = lse_s + 2 * BM;             // [2][BM]
   const float scale_log2 = a.scale * 1.4426950408889634f;
   const int q_tiles = (int)((Tn + BM - 1) / BM);
 
-  // lse and delta of query tile i into buffer b (plain loads; the copies of
-  // the same tile are waited for by the same barrier).
+  // lse (natural units) and delta of query tile i into buffer b: cp.async
+  // into the group of the tile's Q and dout copies (zeros beyond T).
+  static_assert(FlashTile::kThreads == 2 * BM, "one thread per statistic");
   auto load_stats = [&](int i, int b) {
-    for (int r = threadIdx.x; r < BM; r += FlashTile::kThreads) {
-      i64 row = (i64)i * BM + r;
-      lse_s[b * BM + r] = row < Tn ? a.lse[bh * Tn + row] * 1.4426950408889634f : 0.f;
-      delta_s[b * BM + r] = row < Tn ? a.delta[bh * Tn + row] : 0.f;
-    }
+    const int r = threadIdx.x % BM;
+    const i64 row = (i64)i * BM + r;
+    const float* src = (threadIdx.x < BM ? a.lse : a.delta) + bh * Tn;
+    float* dst = (threadIdx.x < BM ? lse_s : delta_s) + b * BM + r;
+    cp_async4(smem_addr(dst), row < Tn ? (const void*)(src + row) : (const void*)src, row < Tn ? 4 : 0);
   };
   load_tile<BN, DP>(ks, a.k + base, n0, Tn, Dh);
   load_tile<BN, DP>(vs, a.v + base, n0, Tn, Dh);
   load_tile<BM, DP>(qs, q, (i64)tile * BM, Tn, Dh);
   load_tile<BM, DP>(dos, dout, (i64)tile * BM, Tn, Dh);
-  cp_async_commit();
   load_stats(tile, 0);
+  cp_async_commit();
 
   float dk[DT][4], dv[DT][4];
   zero<DT>(dk);
@@ -498,8 +518,8 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     if (i + 1 < q_tiles) {
       load_tile<BM, DP>(qs + (buf ^ 1) * BM * LD, q, (i64)(i + 1) * BM, Tn, Dh);
       load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i64)(i + 1) * BM, Tn, Dh);
-      cp_async_commit();
       load_stats(i + 1, buf ^ 1);
+      cp_async_commit();
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
@@ -521,7 +541,7 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = mt * 8 + 2 * t + (e & 1);
-        float p = exp2f(st[mt][e] * scale_log2 - ((e & 1) ? lse_pair.y : lse_pair.x));
+        float p = exp2f(st[mt][e] * scale_log2 - ((e & 1) ? lse_pair.y : lse_pair.x) * 1.4426950408889634f);
         if (edge) {
           i64 query = m0 + c, key = key_lo + (e >> 1) * 8;
           if (key > query || query >= Tn) p = 0.f;
