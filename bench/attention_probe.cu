@@ -61,17 +61,31 @@ struct DeviceBuffers {
 };
 
 template <int DP> void set_smem_limits() {
-  CK(cudaFuncSetAttribute(mj::flash_attention_fwd_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, FlashTile::fwd_smem(DP)));
+  CK(cudaFuncSetAttribute(mj::flash_attention_fwd_kernel<bf16_t, DP, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                          FlashTile::fwd_smem(DP, 1)));
+  if constexpr (DP <= 64)
+    CK(cudaFuncSetAttribute(mj::flash_attention_fwd_kernel<bf16_t, DP, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            FlashTile::fwd_smem(DP, 2)));
   CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                           FlashTile::bwd_dq_smem(DP)));
   CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                           FlashTile::bwd_dkdv_smem(DP)));
 }
 
-template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, float scale) {
+// The forward with MF 16-row fragments per warp; mf 0 means the family's
+// choice (FlashTile::fwd_fragments), what the library launches.
+template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffers& b, float scale) {
   mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale};
-  dim3 grid((p.T + FlashTile::kRows - 1) / FlashTile::kRows, p.B * p.H);
-  mj::flash_attention_fwd_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP)>>>(a);
+  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  mj::flash_attention_fwd_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP, MF)>>>(a);
+}
+static int forced_fragments = 0;
+template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, float scale) {
+  const int mf = forced_fragments ? forced_fragments : FlashTile::fwd_fragments(DP);
+  if constexpr (DP <= 64) {  // two fragments of wider heads would not fit the registers
+    if (mf == 2) return launch_fwd_mf<DP, 2>(p, b, scale);
+  }
+  launch_fwd_mf<DP, 1>(p, b, scale);
 }
 template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, float scale) {
   dim3 grid((p.T + FlashTile::kRows - 1) / FlashTile::kRows, p.B * p.H);
@@ -249,6 +263,14 @@ void bench(const Problem& p) {
   float fwd = time(false), both = time(true);
   printf("moejit flash B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", p.B, p.H, p.T, p.D, fwd,
          p.fwd_flops() / fwd * 1e-6, both, 3.5 * p.fwd_flops() / both * 1e-6);
+  // The forward's two tile shapes side by side (which one the family picks: FlashTile::fwd_fragments).
+  for (int mf : {1, 2}) {
+    if (mf == 2 && p.D > 64) continue;
+    forced_fragments = mf;
+    float t = time(false);
+    printf("    forward with %d-row warps (%d-query blocks): %8.1f us %6.1f TFLOP/s\n", 16 * mf, 64 * mf, t, p.fwd_flops() / t * 1e-6);
+  }
+  forced_fragments = 0;
   CK(cudaEventDestroy(e0));
   CK(cudaEventDestroy(e1));
   release(b);
@@ -263,6 +285,12 @@ int main() {
   const Problem checks[] = {{1, 2, 1, 64},  {1, 2, 77, 32},  {2, 1, 130, 64}, {1, 1, 200, 128}, {1, 2, 64, 48},
                             {1, 1, 33, 20}, {1, 1, 300, 96}, {2, 2, 256, 64}, {1, 1, 1100, 64}};
   for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
+  for (int mf : {1, 2}) {  // each forward tile shape, whatever the family picks
+    forced_fragments = mf;
+    ok = check({1, 2, 77, 32}, 99u) && ok;
+    ok = check({1, 1, 300, 64}, 98u) && ok;
+  }
+  forced_fragments = 0;
   const Problem speed[] = {{64, 6, 256, 64}, {16, 6, 1024, 64}, {16, 6, 1024, 128}, {2, 6, 4096, 64}};
   for (const Problem& p : speed) bench(p);
   printf(ok ? "all checks passed\n" : "SOME CHECKS FAILED\n");

@@ -390,7 +390,8 @@ bool use_flash_attention(EmitContext& ctx) {
   if (q.dtype != DType::bf16 && q.dtype != DType::f16) return false;
   if (q.dim(3) > 128 || ctx.target().sm() < 80) return false;
   const int dp = mj::FlashTile::padded_dim(q.dim(3));
-  const int most = std::max({mj::FlashTile::fwd_smem(dp), mj::FlashTile::bwd_dq_smem(dp), mj::FlashTile::bwd_dkdv_smem(dp)});
+  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp)), mj::FlashTile::bwd_dq_smem(dp),
+                             mj::FlashTile::bwd_dkdv_smem(dp)});
   return most <= ctx.target().shared_memory_per_block_optin;
 }
 TileConfig flash_config(std::int64_t head_dim) {
@@ -407,18 +408,20 @@ void emit_Attention(EmitContext& ctx) {
   if (use_flash_attention(ctx)) {
     mj::FlashAttentionFwdArgs<void> a{};
     attention_sizes(ctx, a);
-    const TileConfig config = flash_config(a.Dh);
-    const int dp = config.tile_k;
-    const unsigned grid_x = static_cast<unsigned>((a.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
+    TileConfig config = flash_config(a.Dh);
+    const int dp = config.tile_k, fragments = mj::FlashTile::fwd_fragments(dp);
+    config.tile_m = mj::FlashTile::kRows * fragments;
+    const unsigned grid_x = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
     if (a.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", a.BH));
-    ctx.launch("attention", instantiation("flash_attention_fwd_kernel", {ctx.in_type(0), std::to_string(dp)}), config,
+    ctx.launch("attention", instantiation("flash_attention_fwd_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
+               config,
                {grid_x, static_cast<unsigned>(a.BH)}, a,
                {{&a.q, B::of(ctx.operand(0))},
                 {&a.k, B::of(ctx.operand(1))},
                 {&a.v, B::of(ctx.operand(2))},
                 {&a.out, B::of(ctx.result(0))},
                 {&a.lse, B::of(ctx.result(1))}},
-               static_cast<unsigned>(mj::FlashTile::fwd_smem(dp)));
+               static_cast<unsigned>(mj::FlashTile::fwd_smem(dp, fragments)));
     return;
   }
   TileConfig config = TileConfig::fixed_threads(128);

@@ -21,7 +21,7 @@
 //   - softmax in base 2: scores are scaled by scale * log2(e) once.
 //
 // Kernels:
-//   flash_attention_fwd_kernel: one block per (64-query tile, batch*head),
+//   flash_attention_fwd_kernel: one block per (64- or 128-query tile, batch*head),
 //     the heaviest tiles (last queries) first; walks key tiles 0..diagonal
 //     with the online softmax; writes out and lse[t] = ln sum_s
 //     exp(scale q_t . k_s) (f32).
@@ -79,7 +79,11 @@ struct FlashTile {
   static constexpr int padded_dim(long long head_dim) { return head_dim <= 32 ? 32 : head_dim <= 64 ? 64 : head_dim <= 96 ? 96 : 128; }
   // Dynamic shared memory of each kernel for a padded head dim.
   static constexpr int row_bytes(int dp) { return (dp + 8) * 2; }
-  static constexpr int fwd_smem(int dp) { return (kRows + 4 * kCols) * row_bytes(dp); }
+  static constexpr int fwd_smem(int dp, int mf) { return (kRows * mf + 4 * kCols) * row_bytes(dp); }
+  // Row fragments per warp of the forward (queries per block / 64): 2 for
+  // head dims <= 64 (K/V operands read once for twice the MMAs), 1 above
+  // (the accumulators of two fragments would not fit the registers).
+  static constexpr int fwd_fragments(int dp) { return dp <= 64 ? 2 : 1; }
   static constexpr int bwd_dq_smem(int dp) { return (2 * kRows + 4 * kCols) * row_bytes(dp) + 2 * kRows * 4; }
   static constexpr int bwd_dkdv_smem(int dp) { return (2 * kRows + 4 * kCols) * row_bytes(dp) + 4 * kCols * 4; }
 };
@@ -270,13 +274,17 @@ __device__ __forceinline__ void store_rows(T* dst, const float (*acc)[4], float 
 }  // namespace flash
 
 // ---- forward ----
-template <class T, int DP> __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAttentionFwdArgs<T> a) {
+// MF: 16-row fragments per warp (a block covers 64 * MF queries); MF = 2
+// reads each K/V operand from shared memory once for twice the MMAs.
+template <class T, int DP, int MF>
+__global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAttentionFwdArgs<T> a) {
   using namespace flash;
-  constexpr int BM = FlashTile::kRows, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
+  constexpr int BM = FlashTile::kRows * MF, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
   const i64 Tn = a.Tn, Dh = a.Dh;
   const int tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
   const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp_row = warp * 16 * MF;  // the warp's first row in the tile
   const T* q = a.q + bh * Tn * Dh;
   const T* k = a.k + bh * Tn * Dh;
   const T* v = a.v + bh * Tn * Dh;
@@ -290,11 +298,17 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   load_tile<BN, DP>(vs, v, 0, Tn, Dh);
   cp_async_commit();
 
-  float o[DT][4];
-  zero<DT>(o);
-  unsigned qf[DP / 16][4];
-  float row_max[2] = {-__int_as_float(0x7f800000), -__int_as_float(0x7f800000)}, row_sum[2] = {0.f, 0.f};
-  const int n_tiles = tile + 1;  // BM == BN: key tiles 0..tile hold every key <= the tile's last query
+  float o[MF][DT][4];
+  unsigned qf[MF][DP / 16][4];
+  float row_max[MF][2], row_sum[MF][2];
+#pragma unroll
+  for (int f = 0; f < MF; ++f) {
+    zero<DT>(o[f]);
+    row_max[f][0] = row_max[f][1] = -__int_as_float(0x7f800000);
+    row_sum[f][0] = row_sum[f][1] = 0.f;
+  }
+  // Key tiles 0 .. the last one holding a key <= the tile's last query.
+  const int n_tiles = (int)((m0 + BM - 1) / BN) + 1;
   for (int j = 0; j < n_tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < n_tiles) {
@@ -308,72 +322,112 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     __syncthreads();
     if (j == 0) {
 #pragma unroll
-      for (int kk = 0; kk < DP / 16; ++kk) load_a<LD>(qf[kk], qs, warp * 16, kk * 16);
+      for (int f = 0; f < MF; ++f)
+#pragma unroll
+        for (int kk = 0; kk < DP / 16; ++kk) load_a<LD>(qf[f][kk], qs, warp_row + f * 16, kk * 16);
     }
     const unsigned short* kt = ks + buf * BN * LD;
-    float s[NT][4];
-    zero<NT>(s);
+    float s[MF][NT][4];
+#pragma unroll
+    for (int f = 0; f < MF; ++f) zero<NT>(s[f]);
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk) {
 #pragma unroll
       for (int np = 0; np < NT / 2; ++np) {
         unsigned b[4];
         load_b_nk<LD>(b, kt, np * 16, kk * 16);
-        Mma<T>::run(s[2 * np], qf[kk], b);
-        Mma<T>::run(s[2 * np + 1], qf[kk], b + 2);
-      }
-    }
-    // Scale into base-2 units; mask keys after the query on the diagonal tile.
-    const i64 row_lo = m0 + warp * 16 + g;
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[nt][e] *= scale_log2;
-        if (j == tile) {
-          i64 col = (i64)j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
-          if (col > row) s[nt][e] = -__int_as_float(0x7f800000);
+        for (int f = 0; f < MF; ++f) {
+          Mma<T>::run(s[f][2 * np], qf[f][kk], b);
+          Mma<T>::run(s[f][2 * np + 1], qf[f][kk], b + 2);
         }
       }
-    // Online softmax (each thread holds two rows: g and g + 8).
+    }
+    // Keys after the query exist only in tiles reaching past the block's first row.
+    const bool diagonal = (i64)(j + 1) * BN > m0;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = row_max[h];
+    for (int f = 0; f < MF; ++f) {
+      const i64 row_lo = m0 + warp_row + f * 16 + g;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float alpha = exp2f(row_max[h] - mx);
-      row_max[h] = mx;
-      float sum = 0.f;
+      for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        s[nt][2 * h] = exp2f(s[nt][2 * h] - mx);
-        s[nt][2 * h + 1] = exp2f(s[nt][2 * h + 1] - mx);
-        sum += s[nt][2 * h] + s[nt][2 * h + 1];
-      }
-      row_sum[h] = row_sum[h] * alpha + sum;
+        for (int e = 0; e < 4; ++e) {
+          s[f][nt][e] *= scale_log2;
+          if (diagonal) {
+            i64 col = (i64)j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
+            if (col > row) s[f][nt][e] = -__int_as_float(0x7f800000);
+          }
+        }
+      // Online softmax (each thread holds two rows of the fragment: g and g + 8).
 #pragma unroll
-      for (int dt = 0; dt < DT; ++dt) {
-        o[dt][2 * h] *= alpha;
-        o[dt][2 * h + 1] *= alpha;
+      for (int h = 0; h < 2; ++h) {
+        float mx = row_max[f][h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[f][nt][2 * h], s[f][nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        // A row whose keys in this tile are all masked keeps max -inf only
+        // if it had none before either: impossible, key 0 precedes every
+        // query, and tile 0 comes first. So mx is finite here.
+        const float alpha = exp2f(row_max[f][h] - mx);
+        row_max[f][h] = mx;
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          s[f][nt][2 * h] = exp2f(s[f][nt][2 * h] - mx);
+          s[f][nt][2 * h + 1] = exp2f(s[f][nt][2 * h + 1] - mx);
+          sum += s[f][nt][2 * h] + s[f][nt][2 * h + 1];
+        }
+        row_sum[f][h] = row_sum[f][h] * alpha + sum;
+#pragma unroll
+        for (int dt = 0; dt < DT; ++dt) {
+          o[f][dt][2 * h] *= alpha;
+          o[f][dt][2 * h + 1] *= alpha;
+        }
       }
     }
-    mma_regs_times_tile<T, DP>(o, s, vs + buf * BN * LD);
+    // O += P V: each V operand read once for the MF fragments.
+    const unsigned short* vt = vs + buf * BN * LD;
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      unsigned pa[MF][4];
+#pragma unroll
+      for (int f = 0; f < MF; ++f) {
+        pa[f][0] = Mma<T>::pack(s[f][2 * kk][0], s[f][2 * kk][1]);
+        pa[f][1] = Mma<T>::pack(s[f][2 * kk][2], s[f][2 * kk][3]);
+        pa[f][2] = Mma<T>::pack(s[f][2 * kk + 1][0], s[f][2 * kk + 1][1]);
+        pa[f][3] = Mma<T>::pack(s[f][2 * kk + 1][2], s[f][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < DP / 16; ++dp) {
+        unsigned b[4];
+        load_b_kn<LD>(b, vt, kk * 16, dp * 16);
+#pragma unroll
+        for (int f = 0; f < MF; ++f) {
+          Mma<T>::run(o[f][2 * dp], pa[f], b);
+          Mma<T>::run(o[f][2 * dp + 1], pa[f], b + 2);
+        }
+      }
+    }
     __syncthreads();  // the next iteration's copies overwrite this buffer
   }
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
-    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+  for (int f = 0; f < MF; ++f) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      row_sum[f][h] += __shfl_xor_sync(0xffffffffu, row_sum[f][h], 1);
+      row_sum[f][h] += __shfl_xor_sync(0xffffffffu, row_sum[f][h], 2);
+    }
+    const i64 row_lo = m0 + warp_row + f * 16 + g;
+    if (t == 0) {
+      // lse in natural-log units of the scaled scores: (max + log2 sum) * ln 2.
+      if (row_lo < Tn) a.lse[bh * Tn + row_lo] = (row_max[f][0] + log2f(row_sum[f][0])) * 0.6931471805599453f;
+      if (row_lo + 8 < Tn) a.lse[bh * Tn + row_lo + 8] = (row_max[f][1] + log2f(row_sum[f][1])) * 0.6931471805599453f;
+    }
+    // The warp's own Q rows are no longer read: stage the store through them.
+    store_rows<T, DP>(a.out + bh * Tn * Dh, o[f], 1.f / row_sum[f][0], 1.f / row_sum[f][1], qs + (warp_row + f * 16) * LD,
+                      m0 + warp_row + f * 16, Tn, Dh);
   }
-  const i64 row_lo = m0 + warp * 16 + g;
-  if (t == 0) {
-    // lse in natural-log units of the scaled scores: (max + log2 sum) * ln 2.
-    if (row_lo < Tn) a.lse[bh * Tn + row_lo] = (row_max[0] + log2f(row_sum[0])) * 0.6931471805599453f;
-    if (row_lo + 8 < Tn) a.lse[bh * Tn + row_lo + 8] = (row_max[1] + log2f(row_sum[1])) * 0.6931471805599453f;
-  }
-  store_rows<T, DP>(a.out + bh * Tn * Dh, o, 1.f / row_sum[0], 1.f / row_sum[1], qs + warp * 16 * LD, m0 + warp * 16, Tn, Dh);
 }
 
 // ---- backward: dq (and delta) ----
