@@ -66,8 +66,11 @@ template <int DP> void set_smem_limits() {
   if constexpr (DP <= 64)
     CK(cudaFuncSetAttribute(mj::flash_attention_fwd_kernel<bf16_t, DP, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             FlashTile::fwd_smem(DP, 2)));
-  CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                          FlashTile::bwd_dq_smem(DP)));
+  CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                          FlashTile::bwd_dq_smem(DP, 1)));
+  if constexpr (DP <= 64)
+    CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            FlashTile::bwd_dq_smem(DP, 2)));
   CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                           FlashTile::bwd_dkdv_smem(DP)));
 }
@@ -87,10 +90,23 @@ template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, floa
   }
   launch_fwd_mf<DP, 1>(p, b, scale);
 }
+static int forced_dq_fragments = 0;
+template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& b, float scale) {
+  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q, b.k, b.v, b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale};
+  mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
+}
 template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, float scale) {
   dim3 grid((p.T + FlashTile::kRows - 1) / FlashTile::kRows, p.B * p.H);
-  mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q, b.k, b.v, b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale};
-  mj::flash_attention_bwd_dq_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP)>>>(qa);
+  const int mf = forced_dq_fragments ? forced_dq_fragments : FlashTile::dq_fragments(DP);
+  bool launched = false;
+  if constexpr (DP <= 64) {
+    if (mf == 2) {
+      launch_dq<DP, 2>(p, b, scale);
+      launched = true;
+    }
+  }
+  if (!launched) launch_dq<DP, 1>(p, b, scale);
   mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale};
   mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP)>>>(ka);
 }
@@ -271,6 +287,14 @@ void bench(const Problem& p) {
     printf("    forward with %d-row warps (%d-query blocks): %8.1f us %6.1f TFLOP/s\n", 16 * mf, 64 * mf, t, p.fwd_flops() / t * 1e-6);
   }
   forced_fragments = 0;
+  if (p.D <= 64) {
+    for (int mf : {1, 2}) {
+      forced_dq_fragments = mf;
+      float t = time(true);
+      printf("    fwd+bwd with %d-row warps in the dq kernel: %8.1f us %6.1f TFLOP/s\n", 16 * mf, t, 3.5 * p.fwd_flops() / t * 1e-6);
+    }
+    forced_dq_fragments = 0;
+  }
   CK(cudaEventDestroy(e0));
   CK(cudaEventDestroy(e1));
   release(b);
@@ -285,12 +309,14 @@ int main() {
   const Problem checks[] = {{1, 2, 1, 64},  {1, 2, 77, 32},  {2, 1, 130, 64}, {1, 1, 200, 128}, {1, 2, 64, 48},
                             {1, 1, 33, 20}, {1, 1, 300, 96}, {2, 2, 256, 64}, {1, 1, 1100, 64}};
   for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
-  for (int mf : {1, 2}) {  // each forward tile shape, whatever the family picks
+  for (int mf : {1, 2}) {  // each forward and dq tile shape, whatever the family picks
     forced_fragments = mf;
+    forced_dq_fragments = mf;
     ok = check({1, 2, 77, 32}, 99u) && ok;
     ok = check({1, 1, 300, 64}, 98u) && ok;
   }
   forced_fragments = 0;
+  forced_dq_fragments = 0;
   const Problem speed[] = {{64, 6, 256, 64}, {16, 6, 1024, 64}, {16, 6, 1024, 128}, {2, 6, 4096, 64}};
   for (const Problem& p : speed) bench(p);
   printf(ok ? "all checks passed\n" : "SOME CHECKS FAILED\n");

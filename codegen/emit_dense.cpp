@@ -390,7 +390,8 @@ bool use_flash_attention(EmitContext& ctx) {
   if (q.dtype != DType::bf16 && q.dtype != DType::f16) return false;
   if (q.dim(3) > 128 || ctx.target().sm() < 80) return false;
   const int dp = mj::FlashTile::padded_dim(q.dim(3));
-  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp)), mj::FlashTile::bwd_dq_smem(dp),
+  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp)),
+                             mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
                              mj::FlashTile::bwd_dkdv_smem(dp)});
   return most <= ctx.target().shared_memory_per_block_optin;
 }
@@ -444,12 +445,15 @@ void emit_AttentionGrad(EmitContext& ctx) {
     mj::FlashAttentionBwdDqArgs<void> q{};
     attention_sizes(ctx, q);
     const TileConfig config = flash_config(q.Dh);
-    const int dp = config.tile_k;
+    const int dp = config.tile_k, fragments = mj::FlashTile::dq_fragments(dp);
+    TileConfig dq_config = config;
+    dq_config.tile_m = mj::FlashTile::kRows * fragments;
     const unsigned grid_x = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
+    const unsigned dq_grid_x = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);
     if (q.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", q.BH));
     const std::int64_t delta = ctx.scratch(q.BH * q.Tn * 4);
-    ctx.launch("attention", instantiation("flash_attention_bwd_dq_kernel", {ctx.in_type(0), std::to_string(dp)}), config,
-               {grid_x, static_cast<unsigned>(q.BH)}, q,
+    ctx.launch("attention", instantiation("flash_attention_bwd_dq_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
+               dq_config, {dq_grid_x, static_cast<unsigned>(q.BH)}, q,
                {{&q.q, B::of(ctx.operand(0))},
                 {&q.k, B::of(ctx.operand(1))},
                 {&q.v, B::of(ctx.operand(2))},
@@ -458,7 +462,7 @@ void emit_AttentionGrad(EmitContext& ctx) {
                 {&q.dout, B::of(ctx.operand(5))},
                 {&q.delta, B::scratch(delta)},
                 {&q.dq, B::of(ctx.result(0))}},
-               static_cast<unsigned>(mj::FlashTile::bwd_dq_smem(dp)));
+               static_cast<unsigned>(mj::FlashTile::bwd_dq_smem(dp, fragments)));
     mj::FlashAttentionBwdDkdvArgs<void> kv{};
     attention_sizes(ctx, kv);
     ctx.launch("attention", instantiation("flash_attention_bwd_dkdv_kernel", {ctx.in_type(0), std::to_string(dp)}), config,

@@ -84,7 +84,10 @@ struct FlashTile {
   // head dims <= 64 (K/V operands read once for twice the MMAs), 1 above
   // (the accumulators of two fragments would not fit the registers).
   static constexpr int fwd_fragments(int dp) { return dp <= 64 ? 2 : 1; }
-  static constexpr int bwd_dq_smem(int dp) { return (2 * kRows + 4 * kCols) * row_bytes(dp) + 2 * kRows * 4; }
+  // The same for the dq kernel (its S, dP and dq accumulators make two
+  // fragments tight even at head dim 64: 255 registers).
+  static constexpr int dq_fragments(int dp) { return dp <= 32 ? 2 : 1; }
+  static constexpr int bwd_dq_smem(int dp, int mf) { return (2 * kRows * mf + 4 * kCols) * row_bytes(dp) + 2 * kRows * mf * 4; }
   static constexpr int bwd_dkdv_smem(int dp) { return (2 * kRows + 4 * kCols) * row_bytes(dp) + 4 * kCols * 4; }
 };
 
@@ -198,41 +201,57 @@ template <int LD> __device__ __forceinline__ void load_b_kn(unsigned* b, const u
   ldmatrix_x4_trans(b, smem_addr(tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8));
 }
 
-// acc[NT][4] (+)= A (16 rows of `a_tile` at row a_row, all DP columns) * B^T
-// where B^T is the [64][DP] tile `b_tile` stored [n][k]: a 16 x 64 product
-// over k = 0..DP-1.
-template <class T, int DP>
-__device__ __forceinline__ void mma_rows_times_tile_t(float (*acc)[4], const unsigned short* a_tile, int a_row, const unsigned short* b_tile) {
+// acc[f][NT][4] (+)= A_f B^T for the warp's MF fragments: A_f the 16 rows
+// a_row + 16 f of `a_tile` (all DP columns), B^T the [64][DP] tile `b_tile`
+// stored [n][k]: MF 16 x 64 products over k = 0..DP-1, each B operand read
+// from shared memory once.
+template <class T, int DP, int MF>
+__device__ __forceinline__ void mma_rows_times_tile_t(float (*acc)[FlashTile::kCols / 8][4], const unsigned short* a_tile, int a_row,
+                                                      const unsigned short* b_tile) {
   constexpr int LD = DP + 8;
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk) {
-    unsigned a[4];
-    load_a<LD>(a, a_tile, a_row, kk * 16);
+    unsigned a[MF][4];
+#pragma unroll
+    for (int f = 0; f < MF; ++f) load_a<LD>(a[f], a_tile, a_row + 16 * f, kk * 16);
 #pragma unroll
     for (int np = 0; np < FlashTile::kCols / 16; ++np) {
       unsigned b[4];
       load_b_nk<LD>(b, b_tile, np * 16, kk * 16);
-      Mma<T>::run(acc[2 * np], a, b);
-      Mma<T>::run(acc[2 * np + 1], a, b + 2);
+#pragma unroll
+      for (int f = 0; f < MF; ++f) {
+        Mma<T>::run(acc[f][2 * np], a[f], b);
+        Mma<T>::run(acc[f][2 * np + 1], a[f], b + 2);
+      }
     }
   }
 }
 
-// acc[DP/8][4] += P (16 x 64, the f32 tile `p` as A operands) * B, B the
-// [64][DP] tile `b_tile` stored [k][n].
-template <class T, int DP>
-__device__ __forceinline__ void mma_regs_times_tile(float (*acc)[4], const float (*p)[4], const unsigned short* b_tile) {
+// acc[f][DP/8][4] += P_f B for the warp's MF fragments: P_f (16 x 64, the
+// f32 tile p[f] as A operands), B the [64][DP] tile `b_tile` stored [k][n].
+template <class T, int DP, int MF>
+__device__ __forceinline__ void mma_regs_times_tile(float (*acc)[DP / 8][4], const float (*p)[FlashTile::kCols / 8][4],
+                                                    const unsigned short* b_tile) {
   constexpr int LD = DP + 8;
 #pragma unroll
   for (int kk = 0; kk < FlashTile::kCols / 16; ++kk) {
-    unsigned a[4] = {Mma<T>::pack(p[2 * kk][0], p[2 * kk][1]), Mma<T>::pack(p[2 * kk][2], p[2 * kk][3]),
-                     Mma<T>::pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), Mma<T>::pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    unsigned a[MF][4];
+#pragma unroll
+    for (int f = 0; f < MF; ++f) {
+      a[f][0] = Mma<T>::pack(p[f][2 * kk][0], p[f][2 * kk][1]);
+      a[f][1] = Mma<T>::pack(p[f][2 * kk][2], p[f][2 * kk][3]);
+      a[f][2] = Mma<T>::pack(p[f][2 * kk + 1][0], p[f][2 * kk + 1][1]);
+      a[f][3] = Mma<T>::pack(p[f][2 * kk + 1][2], p[f][2 * kk + 1][3]);
+    }
 #pragma unroll
     for (int dp = 0; dp < DP / 16; ++dp) {
       unsigned b[4];
       load_b_kn<LD>(b, b_tile, kk * 16, dp * 16);
-      Mma<T>::run(acc[2 * dp], a, b);
-      Mma<T>::run(acc[2 * dp + 1], a, b + 2);
+#pragma unroll
+      for (int f = 0; f < MF; ++f) {
+        Mma<T>::run(acc[f][2 * dp], a[f], b);
+        Mma<T>::run(acc[f][2 * dp + 1], a[f], b + 2);
+      }
     }
   }
 }
@@ -431,13 +450,16 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
 }
 
 // ---- backward: dq (and delta) ----
-template <class T, int DP> __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const FlashAttentionBwdDqArgs<T> a) {
+// MF as in the forward: 16-row fragments per warp, 64 * MF queries a block.
+template <class T, int DP, int MF>
+__global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const FlashAttentionBwdDqArgs<T> a) {
   using namespace flash;
-  constexpr int BM = FlashTile::kRows, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
+  constexpr int BM = FlashTile::kRows * MF, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
   const i64 Tn = a.Tn, Dh = a.Dh;
   const int tile = gridDim.x - 1 - blockIdx.x;
   const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int warp_row = warp * 16 * MF;
   const i64 base = bh * Tn * Dh;
   const T* k = a.k + base;
   const T* v = a.v + base;
@@ -455,10 +477,11 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   load_tile<BN, DP>(vs, v, 0, Tn, Dh);
   cp_async_commit();
   // delta[t] = dout_t . out_t (f32 sums of the stored values) and lse in
-  // base-2 units for the block's 64 rows: two threads a row, each summing
-  // half of the row's 16-byte chunks (independent loads, one shuffle).
+  // base-2 units for the block's rows: THREADS / BM threads a row, each
+  // summing its share of the row's 16-byte chunks (independent loads).
   {
-    const int r = threadIdx.x >> 1, half = threadIdx.x & 1;
+    constexpr int TPR = FlashTile::kThreads / BM;  // threads per row: 2 or 1
+    const int r = threadIdx.x / TPR, part = threadIdx.x % TPR;
     const i64 row = m0 + r;
     float sum = 0.f;
     if (row < Tn) {
@@ -466,7 +489,7 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
       const unsigned short* dd = (const unsigned short*)(a.dout + base + row * Dh);
       if ((Dh & 7) == 0) {
 #pragma unroll 4
-        for (i64 c = half * 8; c < Dh; c += 16) {
+        for (i64 c = part * 8; c < Dh; c += 8 * TPR) {
           const uint4 o4 = *(const uint4*)(od + c), d4 = *(const uint4*)(dd + c);
           const unsigned ow[4] = {o4.x, o4.y, o4.z, o4.w}, dw[4] = {d4.x, d4.y, d4.z, d4.w};
 #pragma unroll
@@ -475,23 +498,30 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
                    Mma<T>::to_float((unsigned short)(ow[w] >> 16)) * Mma<T>::to_float((unsigned short)(dw[w] >> 16));
         }
       } else {
-        for (i64 d = half; d < Dh; d += 2) sum += Mma<T>::to_float(od[d]) * Mma<T>::to_float(dd[d]);
+        for (i64 d = part; d < Dh; d += TPR) sum += Mma<T>::to_float(od[d]) * Mma<T>::to_float(dd[d]);
       }
     }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    if (half == 0) {
+    if (TPR == 2) sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    if (part == 0) {
       delta_s[r] = sum;
       lse_s[r] = row < Tn ? a.lse[bh * Tn + row] * 1.4426950408889634f : 0.f;
       if (row < Tn) a.delta[bh * Tn + row] = sum;
     }
   }
   __syncthreads();
-  const float lse_row[2] = {lse_s[warp * 16 + g], lse_s[warp * 16 + g + 8]};
-  const float delta_row[2] = {delta_s[warp * 16 + g], delta_s[warp * 16 + g + 8]};
+  float lse_row[MF][2], delta_row[MF][2];
+#pragma unroll
+  for (int f = 0; f < MF; ++f)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      lse_row[f][h] = lse_s[warp_row + 16 * f + 8 * h + g];
+      delta_row[f][h] = delta_s[warp_row + 16 * f + 8 * h + g];
+    }
 
-  float dq[DT][4];
-  zero<DT>(dq);
-  const int n_tiles = tile + 1;
+  float dq[MF][DT][4];
+#pragma unroll
+  for (int f = 0; f < MF; ++f) zero<DT>(dq[f]);
+  const int n_tiles = (int)((m0 + BM - 1) / BN) + 1;
   for (int j = 0; j < n_tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < n_tiles) {
@@ -504,27 +534,36 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     }
     __syncthreads();
     const unsigned short* kt = ks + buf * BN * LD;
-    float s[NT][4], dp[NT][4];
-    zero<NT>(s);
-    mma_rows_times_tile_t<T, DP>(s, qs, warp * 16, kt);
-    zero<NT>(dp);
-    mma_rows_times_tile_t<T, DP>(dp, dos, warp * 16, vs + buf * BN * LD);
-    const i64 row_lo = m0 + warp * 16 + g;
+    float s[MF][NT][4], dp[MF][NT][4];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int f = 0; f < MF; ++f) {
+      zero<NT>(s[f]);
+      zero<NT>(dp[f]);
+    }
+    mma_rows_times_tile_t<T, DP, MF>(s, qs, warp_row, kt);
+    mma_rows_times_tile_t<T, DP, MF>(dp, dos, warp_row, vs + buf * BN * LD);
+    const bool diagonal = (i64)(j + 1) * BN > m0;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float p = exp2f(s[nt][e] * scale_log2 - lse_row[e >> 1]);
-        if (j == tile) {
-          i64 col = (i64)j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
-          if (col > row) p = 0.f;
+    for (int f = 0; f < MF; ++f) {
+      const i64 row_lo = m0 + warp_row + 16 * f + g;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float p = exp2f(s[f][nt][e] * scale_log2 - lse_row[f][e >> 1]);
+          if (diagonal) {
+            i64 col = (i64)j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
+            if (col > row) p = 0.f;
+          }
+          s[f][nt][e] = p * (dp[f][nt][e] - delta_row[f][e >> 1]);  // dS
         }
-        s[nt][e] = p * (dp[nt][e] - delta_row[e >> 1]);  // dS
-      }
-    mma_regs_times_tile<T, DP>(dq, s, kt);
+    }
+    mma_regs_times_tile<T, DP, MF>(dq, s, kt);
     __syncthreads();
   }
-  store_rows<T, DP>(a.dq + base, dq, a.scale, a.scale, qs + warp * 16 * LD, m0 + warp * 16, Tn, Dh);
+#pragma unroll
+  for (int f = 0; f < MF; ++f)
+    store_rows<T, DP>(a.dq + base, dq[f], a.scale, a.scale, qs + (warp_row + 16 * f) * LD, m0 + warp_row + 16 * f, Tn, Dh);
 }
 
 // ---- backward: dk, dv ----
@@ -586,7 +625,7 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     // S^T = K Q^T: rows = the warp's 16 keys, columns = the 64 queries.
     float st[MT][4];
     zero<MT>(st);
-    mma_rows_times_tile_t<T, DP>(st, ks, warp * 16, qt);
+    mma_rows_times_tile_t<T, DP, 1>(&st, ks, warp * 16, qt);
     const i64 key_lo = n0 + warp * 16 + g, m0 = (i64)i * BM;
     const bool edge = i == tile || m0 + BM > Tn;
 #pragma unroll
@@ -603,18 +642,18 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
         st[mt][e] = p;
       }
     }
-    mma_regs_times_tile<T, DP>(dv, st, dot);
+    mma_regs_times_tile<T, DP, 1>(&dv, &st, dot);
     // dP^T = V dout^T, then dS^T = P^T (dP^T - delta).
     float dpt[MT][4];
     zero<MT>(dpt);
-    mma_rows_times_tile_t<T, DP>(dpt, vs, warp * 16, dot);
+    mma_rows_times_tile_t<T, DP, 1>(&dpt, vs, warp * 16, dot);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const float2 delta_pair = *(const float2*)(delta_t + mt * 8 + 2 * t);
 #pragma unroll
       for (int e = 0; e < 4; ++e) st[mt][e] *= dpt[mt][e] - ((e & 1) ? delta_pair.y : delta_pair.x);
     }
-    mma_regs_times_tile<T, DP>(dk, st, qt);
+    mma_regs_times_tile<T, DP, 1>(&dk, &st, qt);
     __syncthreads();
   }
   // K's and V's tiles are no longer read: stage the stores through them.

@@ -55,10 +55,10 @@ std::vector<std::string> kernel_names(const codegen::ModuleCode& module) {
 TEST_CASE("bf16/f16 attention emits the flash kernels, f32 the row kernels", "[cuda][attention]") {
   const auto target = codegen::Target::named("sm_90a");
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::bf16, 2, 3, 100, 64), target)) ==
-        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>", "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64>",
+        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>", "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 1>",
                                  "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64>"});
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::f16, 1, 1, 5, 40), target)) ==
-        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::f16_t, 64, 2>", "mj::flash_attention_bwd_dq_kernel<mj::f16_t, 64>",
+        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::f16_t, 64, 2>", "mj::flash_attention_bwd_dq_kernel<mj::f16_t, 64, 1>",
                                  "mj::flash_attention_bwd_dkdv_kernel<mj::f16_t, 64>"});
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::f32, 1, 2, 9, 64), target)) ==
         std::vector<std::string>{"mj::attention_kernel<float, 128>", "mj::attention_grad_q_kernel<float, 128>",
