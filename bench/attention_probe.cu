@@ -84,7 +84,7 @@ template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffe
 }
 static int forced_fragments = 0;
 template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, float scale) {
-  const int mf = forced_fragments ? forced_fragments : FlashTile::fwd_fragments(DP);
+  const int mf = forced_fragments ? forced_fragments : FlashTile::fwd_fragments(DP, p.T);
   if constexpr (DP <= 64) {  // two fragments of wider heads would not fit the registers
     if (mf == 2) return launch_fwd_mf<DP, 2>(p, b, scale);
   }
@@ -177,7 +177,9 @@ void reference(const float* q, const float* k, const float* v, const float* dout
   }
 }
 
-// max |got - want| / max |want| over one tensor (NaN counts as failure).
+// max |got - want| / max(max |want|, 0.01) over one tensor (NaN counts as
+// failure). The floor: at T = 1 softmax has one element and dq = dk = 0
+// exactly, where the kernels leave f32 rounding residue (~1e-7).
 struct Error {
   double worst = 0, scale = 0;
   bool nan = false;
@@ -186,7 +188,7 @@ struct Error {
     worst = std::max(worst, std::fabs(got - want));
     scale = std::max(scale, std::fabs(want));
   }
-  double rel() const { return nan ? INFINITY : worst / std::max(scale, 1e-30); }
+  double rel() const { return nan ? INFINITY : worst / std::max(scale, 1e-2); }
 };
 
 bool check(const Problem& p, unsigned seed) {
@@ -238,7 +240,7 @@ bool check(const Problem& p, unsigned seed) {
   // bf16 outputs: one rounding (2^-9 relative) plus f32 sums of bf16 products.
   const double tol = 2e-2;
   bool ok = eo.rel() < tol && el.rel() < 1e-4 && edq.rel() < tol && edk.rel() < tol && edv.rel() < tol;
-  printf("check B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max |ref|) %s\n", p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
+  printf("check B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max(max |ref|, 0.01)) %s\n", p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
          edq.rel(), edk.rel(), edv.rel(), ok ? "ok" : "FAILED");
   return ok;
 }

@@ -390,7 +390,7 @@ bool use_flash_attention(EmitContext& ctx) {
   if (q.dtype != DType::bf16 && q.dtype != DType::f16) return false;
   if (q.dim(3) > 128 || ctx.target().sm() < 80) return false;
   const int dp = mj::FlashTile::padded_dim(q.dim(3));
-  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp)),
+  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, q.dim(2))),
                              mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
                              mj::FlashTile::bwd_dkdv_smem(dp)});
   return most <= ctx.target().shared_memory_per_block_optin;
@@ -410,7 +410,7 @@ void emit_Attention(EmitContext& ctx) {
     mj::FlashAttentionFwdArgs<void> a{};
     attention_sizes(ctx, a);
     TileConfig config = flash_config(a.Dh);
-    const int dp = config.tile_k, fragments = mj::FlashTile::fwd_fragments(dp);
+    const int dp = config.tile_k, fragments = mj::FlashTile::fwd_fragments(dp, a.Tn);
     config.tile_m = mj::FlashTile::kRows * fragments;
     const unsigned grid_x = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
     if (a.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", a.BH));

@@ -81,12 +81,14 @@ struct FlashTile {
   static constexpr int row_bytes(int dp) { return (dp + 8) * 2; }
   static constexpr int fwd_smem(int dp, int mf) { return (kRows * mf + 4 * kCols) * row_bytes(dp); }
   // Row fragments per warp of the forward (queries per block / 64): 2 for
-  // head dims <= 64 (K/V operands read once for twice the MMAs), 1 above
-  // (the accumulators of two fragments would not fit the registers).
-  static constexpr int fwd_fragments(int dp) { return dp <= 64 ? 2 : 1; }
-  // The same for the dq kernel (its S, dP and dq accumulators make two
-  // fragments tight even at head dim 64: 255 registers).
-  static constexpr int dq_fragments(int dp) { return dp <= 32 ? 2 : 1; }
+  // head dims <= 64 and T >= 512 (K/V operands read once for twice the
+  // MMAs), else 1: wider heads would not fit the registers, and short
+  // sequences need the blocks (H200, D64: T256 44.0 us with 1 vs 48.2 with
+  // 2; T1024 112.3 vs 107.0; T4096 234.6 vs 211.0; docs/perf.md).
+  static constexpr int fwd_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 512 ? 2 : 1; }
+  // The dq kernel takes MF too, but 2 measured no better (T256 173.9 vs
+  // 165.5 us fwd+bwd, T1024 equal, T4096 0.8% faster): 1.
+  static constexpr int dq_fragments(int) { return 1; }
   static constexpr int bwd_dq_smem(int dp, int mf) { return (2 * kRows * mf + 4 * kCols) * row_bytes(dp) + 2 * kRows * mf * 4; }
   static constexpr int bwd_dkdv_smem(int dp) { return (2 * kRows + 4 * kCols) * row_bytes(dp) + 4 * kCols * 4; }
 };

@@ -55,10 +55,10 @@ std::vector<std::string> kernel_names(const codegen::ModuleCode& module) {
 TEST_CASE("bf16/f16 attention emits the flash kernels, f32 the row kernels", "[cuda][attention]") {
   const auto target = codegen::Target::named("sm_90a");
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::bf16, 2, 3, 100, 64), target)) ==
-        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>", "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 1>",
+        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 1>", "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 1>",
                                  "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64>"});
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::f16, 1, 1, 5, 40), target)) ==
-        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::f16_t, 64, 2>", "mj::flash_attention_bwd_dq_kernel<mj::f16_t, 64, 1>",
+        std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::f16_t, 64, 1>", "mj::flash_attention_bwd_dq_kernel<mj::f16_t, 64, 1>",
                                  "mj::flash_attention_bwd_dkdv_kernel<mj::f16_t, 64>"});
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::f32, 1, 2, 9, 64), target)) ==
         std::vector<std::string>{"mj::attention_kernel<float, 128>", "mj::attention_grad_q_kernel<float, 128>",
@@ -66,7 +66,12 @@ TEST_CASE("bf16/f16 attention emits the flash kernels, f32 the row kernels", "[c
   // Heads wider than 128 keep the row kernels in bf16 too.
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::bf16, 1, 1, 9, 160), target))[0] ==
         "mj::attention_kernel<mj::bf16_t, 128>");
-  // The launch: one block per 64 query rows (128 for head dims <= 64) and (batch, head), 128 threads.
+  // From T = 512 on, heads up to 64 wide take 128-query forward blocks (two 16-row fragments a warp).
+  codegen::ModuleCode long_module = codegen::generate_module(attention_graph(DType::bf16, 1, 2, 600, 64), target);
+  CHECK(kernel_names(long_module)[0] == "mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>");
+  CHECK(long_module.steps.front().launches.front().grid[0] == 5);
+  CHECK(long_module.steps.front().launches.front().shared_bytes == static_cast<unsigned>(mj::FlashTile::fwd_smem(64, 2)));
+  // The launch: one block per 64 query rows and (batch, head), 128 threads.
   codegen::ModuleCode module = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 128), target);
   const codegen::Launch& fwd = module.steps.front().launches.front();
   CHECK(fwd.grid[0] == 3);
