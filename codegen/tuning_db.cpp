@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
@@ -202,7 +203,49 @@ std::string tuning_db_path(const Target& target) {
   return "";
 }
 
+namespace {
+// The override of this thread (ScopedTuningDbOverride), when `active`.
+struct ThreadOverride {
+  bool active = false;
+  const TuningDb* db = nullptr;
+};
+thread_local ThreadOverride g_override;
+}  // namespace
+
+ScopedTuningDbOverride::ScopedTuningDbOverride(const TuningDb* db)
+    : had_previous_(g_override.active), previous_(g_override.db) {
+  g_override = {true, db};
+}
+
+ScopedTuningDbOverride::~ScopedTuningDbOverride() { g_override = {had_previous_, previous_}; }
+
+std::optional<TuningDb> read_tuning_db(const std::string& path, const Target& target, std::string& problem) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    problem = "does not exist";
+    return std::nullopt;
+  }
+  bool read_ok = false;
+  std::string bytes = read_bytes(path, read_ok);
+  if (!read_ok) {
+    problem = "cannot be read";
+    return std::nullopt;
+  }
+  return parse_tuning_db(bytes, target, problem);
+}
+
+void merge_tuning_entries(TuningDb& db, const std::vector<TuningEntry>& entries) {
+  for (const auto& e : entries) {
+    auto same = std::find_if(db.entries.begin(), db.entries.end(), [&](const TuningEntry& d) { return d.key == e.key; });
+    if (same != db.entries.end())
+      same->fields = e.fields;
+    else
+      db.entries.push_back(e);
+  }
+}
+
 const TuningDb* tuning_db_for(const Target& target) {
+  if (g_override.active) return g_override.db;
   const std::string path = tuning_db_path(target);
   if (path.empty()) return nullptr;
   static std::mutex mutex;
@@ -213,18 +256,7 @@ const TuningDb* tuning_db_for(const Target& target) {
   auto it = loaded.find(key);
   if (it == loaded.end()) {
     std::string problem;
-    std::optional<TuningDb> db;
-    bool read_ok = false;
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) {
-      problem = "does not exist";
-    } else {
-      std::string bytes = read_bytes(path, read_ok);
-      if (!read_ok)
-        problem = "cannot be read";
-      else
-        db = parse_tuning_db(bytes, target, problem);
-    }
+    std::optional<TuningDb> db = read_tuning_db(path, target, problem);
     if (!db) std::cerr << "moejit: warning: tuning database " << path << " " << problem << ": ignored\n";
     it = loaded.emplace(key, std::move(db)).first;
   }
