@@ -12,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -246,9 +247,21 @@ void merge_tuning_entries(TuningDb& db, const std::vector<TuningEntry>& entries)
 
 const TuningDb* tuning_db_for(const Target& target) {
   if (g_override.active) return g_override.db;
-  const std::string path = tuning_db_path(target);
-  if (path.empty()) return nullptr;
   static std::mutex mutex;
+  const std::string path = tuning_db_path(target);
+  const char* debug = std::getenv("MOEJIT_DEBUG");
+  const bool say = debug && std::atoi(debug) >= 1;
+  if (path.empty()) {
+    if (say) {  // once per target and process
+      static std::set<std::string> told;
+      std::lock_guard<std::mutex> lock(mutex);
+      if (told.insert(target.device_name + '\n' + target.arch).second)
+        std::cerr << "moejit: no tuning database for \"" << target.device_name << "\" " << target.arch << " (MOEJIT_TUNING_DB unset; no "
+                  << tuning_db_file_name(target) << " in " << MOEJIT_SHIPPED_TUNING_DIR << " or " << MOEJIT_INSTALLED_TUNING_DIR
+                  << "): every tile is the heuristic's\n";
+    }
+    return nullptr;
+  }
   // One load per (path, device, arch); a failed load is kept as nullopt so it is reported once.
   static std::map<std::string, std::optional<TuningDb>> loaded;
   std::lock_guard<std::mutex> lock(mutex);
@@ -258,6 +271,7 @@ const TuningDb* tuning_db_for(const Target& target) {
     std::string problem;
     std::optional<TuningDb> db = read_tuning_db(path, target, problem);
     if (!db) std::cerr << "moejit: warning: tuning database " << path << " " << problem << ": ignored\n";
+    else if (say) std::cerr << "moejit: tuning database " << path << ": " << db->entries.size() << " entries\n";
     it = loaded.emplace(key, std::move(db)).first;
   }
   return it->second ? &*it->second : nullptr;
