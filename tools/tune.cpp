@@ -1,11 +1,12 @@
-// `moejit tune (--config model.json | graph.mlir) [--out FILE] [--budget-s S]
+// `moejit tune (--config model.json | graph.mlir) [--moe-layer "T,D,F,E,K;..."] [--out FILE] [--budget-s S]
 //  [--runs N] [--threads N] [--list [--arch sm_90a]]`
 //
 // Tunes the tile configs of every tunable kernel of a model on the present
 // GPU and writes the winners to its tuning database (docs/tuning.md):
 //  1. the graph: the GPT-MoE training step of a config (as `gpt_moe train`
 //     builds it: forward, backward, AdamW, in the config's precision; bf16
-//     for dtype auto), or an IR file; then the CUDA backend's pipeline;
+//     for dtype auto), or an IR file, and/or bench/moe_layer_bench's layer
+//     at each --moe-layer shape; then the CUDA backend's pipeline;
 //  2. its distinct problems (collect_tuning_problems, codegen/tuning_space.h:
 //     the GemmProblem each emitter makes), largest first;
 //  3. per problem, the family's candidates, the heuristic's choice first
@@ -37,8 +38,10 @@
 
 #include "frontends/config.h"
 #include "frontends/trainer.h"
+#include "ir/builder.h"
 #include "ir/error.h"
 #include "ir/parser.h"
+#include "passes/autodiff.h"
 #include "passes/pass_manager.h"
 #include "tools/commands.h"
 #if MOEJIT_WITH_CUDA
@@ -56,6 +59,7 @@ namespace {
 struct TuneOptions {
   std::string input;   // IR file
   std::string config;  // gpt_moe JSON
+  std::string moe_layers;  // "T,D,F,E,K;...": bench/moe_layer_bench's layer at each shape
   std::int64_t vocab_size = 65;  // for a config without one (tinyshakespeare's 65 bytes)
   std::string out;
   double budget_s = 280.0;
@@ -65,7 +69,68 @@ struct TuneOptions {
   std::string arch = "sm_90a";  // --list without a GPU
 };
 
-// The graph to tune, as the CUDA backend sees it (after its pipeline).
+Graph graph_to_tune(const TuneOptions& o);
+
+// The MoE layer of bench/moe_layer_bench.cpp, forward and backward, for one
+// "T,D,F,E,K" shape: bf16 x [T, D] routed (router logits in f32, softmax
+// top-K, dropless dispatch) to E experts (w_up [E, D, F], GELU, w_down
+// [E, F, D]), combined, loss = mean(f32(y) * target) + a load-balance loss,
+// gradients with respect to x, w_router, w_up and w_down.
+Graph moe_layer_graph(const std::string& shape) {
+  std::vector<std::int64_t> v;
+  std::size_t at = 0;
+  while (at <= shape.size()) {
+    std::size_t comma = std::min(shape.find(',', at), shape.size());
+    try {
+      std::size_t used = 0;
+      v.push_back(std::stoll(shape.substr(at, comma - at), &used));
+      if (used != comma - at) v.back() = 0;
+    } catch (const std::exception&) {
+      v.push_back(0);
+    }
+    at = comma + 1;
+  }
+  if (v.size() != 5 || std::any_of(v.begin(), v.end(), [](std::int64_t x) { return x < 1; }) || v[4] > v[3])
+    throw Error(fmt::format("tune: --moe-layer '{}': expected T,D,F,E,K (positive integers, K <= E)", shape));
+  const std::int64_t T = v[0], D = v[1], F = v[2], E = v[3], K = v[4];
+  Graph g(fmt::format("moe_layer_T{}_D{}_F{}_E{}_K{}", T, D, F, E, K));
+  Builder b(g);
+  Tensor x = b.input("x", {T, D}, DType::bf16);
+  Tensor target = b.input("target", {T, D});
+  Tensor w_router = b.param("w_router", {D, E}, DType::bf16);
+  Tensor w_up = b.param("w_up", {E, D, F}, DType::bf16);
+  Tensor w_down = b.param("w_down", {E, F, D}, DType::bf16);
+  Tensor logits = b.cast(b.matmul(x, w_router), DType::f32);
+  auto [weights, experts] = b.moe_gate(logits, {.top_k = K, .normalize = true});
+  auto [slots, offsets, positions, counts] = b.moe_dispatch(experts, {.num_experts = E});
+  (void)counts;
+  Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, K), w_up, offsets));
+  Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), b.cast(weights, DType::bf16), positions);
+  Tensor aux = b.moe_load_balance_loss(b.softmax(logits), experts, 0.01);
+  b.output(y, "y");
+  b.output(b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux), "loss");
+  append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
+  return g;
+}
+
+// The graphs to tune, as the CUDA backend sees them (after its pipeline).
+std::vector<Graph> graphs_to_tune(const TuneOptions& o) {
+  std::vector<Graph> graphs;
+  for (std::size_t at = 0; at < o.moe_layers.size();) {
+    std::size_t end = std::min(o.moe_layers.find(';', at), o.moe_layers.size());
+    graphs.push_back(moe_layer_graph(o.moe_layers.substr(at, end - at)));
+    at = end + 1;
+  }
+  if (!o.config.empty() || !o.input.empty()) graphs.push_back(graph_to_tune(o));
+  for (Graph& graph : graphs) {
+    PassManager manager;
+    manager.add_pipeline(kCudaPipeline);
+    manager.run(graph);
+  }
+  return graphs;
+}
+
+// The graph of --config or of the IR file.
 Graph graph_to_tune(const TuneOptions& o) {
   Graph graph("empty");
   if (!o.config.empty()) {
@@ -79,9 +144,6 @@ Graph graph_to_tune(const TuneOptions& o) {
   } else {
     graph = parse_graph(read_input(o.input), o.input);
   }
-  PassManager manager;
-  manager.add_pipeline(kCudaPipeline);
-  manager.run(graph);
   return graph;
 }
 
@@ -94,12 +156,29 @@ std::string duration_str(double s) {
   return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
 }
 
+// The distinct problems of every graph to tune, largest first; and the graphs' names.
+std::vector<TuningProblem> problems_to_tune(const TuneOptions& o, const codegen::Target& target, std::string& names) {
+  std::vector<TuningProblem> all;
+  for (const Graph& graph : graphs_to_tune(o)) {
+    names += (names.empty() ? "@" : ", @") + graph.name();
+    for (auto& p : codegen::collect_tuning_problems(graph, target)) {
+      auto same = std::find_if(all.begin(), all.end(), [&](const TuningProblem& q) { return q.family == p.family && q.label() == p.label(); });
+      if (same != all.end())
+        same->uses += p.uses;
+      else
+        all.push_back(std::move(p));
+    }
+  }
+  std::stable_sort(all.begin(), all.end(), [](const TuningProblem& a, const TuningProblem& b) { return a.flops > b.flops; });
+  return all;
+}
+
 int run_list(const TuneOptions& o) {
   const codegen::Target target = codegen::Target::named(o.arch);
-  const Graph graph = graph_to_tune(o);
-  const auto problems = codegen::collect_tuning_problems(graph, target);
+  std::string names;
+  const auto problems = problems_to_tune(o, target, names);
   std::size_t total = 0;
-  fmt::print("{} distinct problems of @{} for {} ({}):\n", problems.size(), graph.name(), target.arch, target.device_name);
+  fmt::print("{} distinct problems of {} for {} ({}):\n", problems.size(), names, target.arch, target.device_name);
   for (const auto& p : problems) {
     const auto candidates = codegen::find_tunable_family(p.family)->candidates(p, target);
     total += candidates.size();
@@ -199,8 +278,8 @@ int run_tune(const TuneOptions& o) {
   std::unique_ptr<Backend> backend = make_cuda_backend();  // throws with the reason without a GPU
   const codegen::Target target = cuda_device_target();
   const std::string out = o.out.empty() ? (std::filesystem::path("tuning") / codegen::tuning_db_file_name(target)).string() : o.out;
-  const Graph graph = graph_to_tune(o);
-  const std::vector<TuningProblem> problems = codegen::collect_tuning_problems(graph, target);
+  std::string names;
+  const std::vector<TuningProblem> problems = problems_to_tune(o, target, names);
   std::vector<std::vector<TunedFields>> spaces;
   std::size_t total = 0;
   for (const auto& p : problems) {
@@ -208,8 +287,8 @@ int run_tune(const TuneOptions& o) {
     total += spaces.back().size();
   }
   const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 16u));
-  fmt::print("moejit tune: {} ({}), @{}: {} distinct problems, {} candidates, {} compile threads, {} timed runs each\n",
-             target.device_name, target.arch, graph.name(), problems.size(), total, threads, o.runs);
+  fmt::print("moejit tune: {} ({}), {}: {} distinct problems, {} candidates, {} compile threads, {} timed runs each\n",
+             target.device_name, target.arch, names, problems.size(), total, threads, o.runs);
   std::fflush(stdout);
 
   L2Flush l2(*backend);
@@ -357,6 +436,8 @@ void register_tune_command(CLI::App& app, Command& selected) {
   CLI::App* tune = app.add_subcommand("tune", "Tune the tile configs of a model's kernels on this GPU; write its tuning database");
   tune->add_option("input", o->input, "IR file to tune (or --config)");
   tune->add_option("--config", o->config, "GPT-MoE config JSON (as gpt_moe train --config): tune its training step");
+  tune->add_option("--moe-layer", o->moe_layers,
+                   "MoE layer shapes \"T,D,F,E,K;...\" (bench/moe_layer_bench's layer, forward and backward), with or without a graph");
   tune->add_option("--vocab-size", o->vocab_size, "Vocabulary of a --config without vocab_size (default 65)");
   tune->add_option("-o,--out", o->out, "Database to write (default tuning/<device>.<arch>.json); existing entries are kept");
   tune->add_option("--budget-s", o->budget_s, "Start no new problem after this many seconds (default 280)");
@@ -366,9 +447,9 @@ void register_tune_command(CLI::App& app, Command& selected) {
   tune->add_option("--arch", o->arch, "Target of --list (default sm_90a)");
   tune->callback([o, &selected] {
     selected = [o] {
-      if (o->input.empty() == o->config.empty())
-        throw Error("tune: expected one IR file or one --config, found " +
-                    std::string(o->input.empty() ? "neither" : "both"));
+      if (!o->input.empty() && !o->config.empty()) throw Error("tune: expected one IR file or one --config, found both");
+      if (o->input.empty() && o->config.empty() && o->moe_layers.empty())
+        throw Error("tune: expected an IR file, a --config or --moe-layer shapes, found none");
       return run_tune(*o);
     };
   });

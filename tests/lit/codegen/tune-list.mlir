@@ -17,7 +17,7 @@
 // Without sm_90a every product is SIMT's.
 // SM80: 3 distinct problems of @tune_list for sm_80
 // SM80-NEXT: matmul_simt bf16 grouped m 1024 n 192 k 128 x4 uses 2
-// NEITHER: moejit: error: tune: expected one IR file or one --config, found neither
+// NEITHER: moejit: error: tune: expected an IR file, a --config or --moe-layer shapes, found none
 // BOTH: moejit: error: tune: expected one IR file or one --config, found both
 func.func @tune_list(%xs: tensor<1024x128xbf16>, %w: tensor<4x128x192xbf16> {mj.role = "param"}, %offsets: tensor<5xi32>, %a: tensor<128x512xbf16>, %r: tensor<96x80xf32>, %wr: tensor<80x48xf32> {mj.role = "param"}) -> (tensor<1024x192xbf16> {mj.name = "y1"}, tensor<1024x192xbf16> {mj.name = "y2"}, tensor<128x192xbf16> {mj.name = "y3"}, tensor<96x48xf32> {mj.name = "y4"}) {
   %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {transpose_w = false} : (tensor<1024x128xbf16>, tensor<4x128x192xbf16>, tensor<5xi32>) -> tensor<1024x192xbf16>
