@@ -247,8 +247,15 @@ const char* gemm_kind_name(GemmProblem::Kind kind) {
 const char* gemm_family_name(GemmFamily family) { return family == GemmFamily::sm90 ? "gemm_sm90" : "matmul_simt"; }
 
 TuningKey gemm_tuning_key(const char* family, const GemmProblem& problem) {
-  return {family, std::string(dtype_name(problem.dtype)), gemm_kind_name(problem.kind), bucket_log2(problem.m), bucket_log2(problem.n),
-          bucket_log2(problem.k)};
+  // The layout is part of the kind: a transposed operand changes which config is fastest.
+  std::string kind = gemm_kind_name(problem.kind);
+  if (problem.kind == GemmProblem::Kind::matmul) {
+    if (!problem.a_k_major) kind += "_at";
+    if (problem.b_k_major) kind += "_bt";
+  } else if (problem.kind == GemmProblem::Kind::grouped && problem.b_k_major) {
+    kind += "_wt";
+  }
+  return {family, std::string(dtype_name(problem.dtype)), kind, bucket_log2(problem.m), bucket_log2(problem.n), bucket_log2(problem.k)};
 }
 
 std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op) {

@@ -48,7 +48,9 @@ std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op);
 const char* gemm_kind_name(GemmProblem::Kind kind);
 // "matmul_simt", "gemm_sm90": the family as the tuning database names it.
 const char* gemm_family_name(GemmFamily family);
-// The database key of the problem in `family`: its dtype, kind and the buckets of m, n, k.
+// The database key of the problem in `family`: its dtype, its kind with the
+// layout ("matmul", "matmul_at", "matmul_bt", "matmul_at_bt"; "grouped",
+// "grouped_wt" for transpose_w; "wgrad") and the buckets of m, n, k.
 TuningKey gemm_tuning_key(const char* family, const GemmProblem& problem);
 
 // The attribute moe-tiling sets beside the tile attributes it chose itself

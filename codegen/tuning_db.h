@@ -24,7 +24,7 @@ inline constexpr int kTuningDbSchema = 1;
 struct TuningKey {
   std::string family;  // "gemm_sm90", "matmul_simt"
   std::string dtype;   // dtype_name: "bf16", "f32", ...
-  std::string kind;    // "matmul", "grouped", "wgrad"
+  std::string kind;    // "matmul", "matmul_at", "matmul_bt", "matmul_at_bt", "grouped", "grouped_wt", "wgrad" (gemm_tuning_key)
   int m_log2 = 0, n_log2 = 0, k_log2 = 0;
   bool operator==(const TuningKey&) const = default;
 };

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include "codegen/cuda_codegen.h"
@@ -346,10 +347,13 @@ TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems deri
   validate_config(config);
   const Graph graph = after_cuda_pipeline(build_training_graph(config, DType::bf16).graph);
   std::map<std::string, int> got;
+  std::set<std::string> keys;
   for (const auto& p : codegen::collect_tuning_problems(graph, hopper)) {
     INFO(p.family << " " << p.label());
     CHECK(got.emplace(p.family + " " + p.label(), p.uses).second);  // distinct
     CHECK(p.key == codegen::gemm_tuning_key(p.family.c_str(), p.gemm));
+    // and each has its own database entry: the layout is in the kind
+    CHECK(keys.insert(fmt::format("{} {} {} {} {} {}", p.key.family, p.key.dtype, p.key.kind, p.key.m_log2, p.key.n_log2, p.key.k_log2)).second);
   }
   const std::map<std::string, int> expected = {
       // experts, per layer: up (gather_matmul) and down (matmul_combine), their
