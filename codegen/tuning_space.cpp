@@ -6,10 +6,12 @@
 //   offset per group) fits the target's shared memory opt-in. The entry sets
 //   tile_n and stages.
 // matmul_simt (codegen/kernels/matmul.cuh): tile_m and tile_n in {16, 32, 64,
-//   128} with at most 64 x 64 outputs per block and at least 256 (smaller
-//   tiles waste the block), tile_k 16 or 32, with the two staged slices
-//   within 48 KiB of static shared memory (gemm_select.cpp's rules). The
-//   entry sets tile_m, tile_n, tile_k; the threads follow from the tile.
+//   128} (8 too along a dimension of at most 8; none above the dimension's
+//   next power of two) with at most 64 x 64 outputs per block and at least
+//   256 (smaller tiles waste the block), tile_k 16 or 32 (for k < 32: 16,
+//   or 8 and 16 for k <= 8), with the two staged slices within 48 KiB of
+//   static shared memory (gemm_select.cpp's rules). The entry sets tile_m,
+//   tile_n, tile_k; the threads follow from the tile.
 #include "codegen/tuning_space.h"
 
 #include <fmt/format.h>
@@ -76,12 +78,25 @@ std::vector<TunedFields> sm90_candidates(const TuningProblem& p, const Target& t
   return heuristic_first(p, space);
 }
 
+// The SIMT tile sizes worth trying along a dimension of `d`: 16 to 128, none
+// above the dimension's next power of two (it would only add idle
+// threads), and 8 too for a dimension of at most 8 (a router's experts).
+std::vector<int> simt_sizes(std::int64_t d) {
+  std::int64_t pow2 = 1;
+  while (pow2 < d) pow2 *= 2;
+  std::vector<int> sizes;
+  for (int s : {8, 16, 32, 64, 128})
+    if ((s >= 16 || d <= 8) && s <= std::max<std::int64_t>(16, pow2)) sizes.push_back(s);
+  return sizes;
+}
+
 std::vector<TunedFields> simt_candidates(const TuningProblem& p, const Target&) {
   const int acc_bytes = p.gemm.dtype == DType::f64 ? 8 : 4;
+  const std::vector<int> ks = p.gemm.k >= 32 ? std::vector<int>{16, 32} : simt_sizes(p.gemm.k);
   std::vector<TunedFields> space;
-  for (int tile_m : {16, 32, 64, 128})
-    for (int tile_n : {16, 32, 64, 128})
-      for (int tile_k : {16, 32}) {
+  for (int tile_m : simt_sizes(p.gemm.m))
+    for (int tile_n : simt_sizes(p.gemm.n))
+      for (int tile_k : ks) {
         if (tile_m * tile_n > 64 * 64 || tile_m * tile_n < 256) continue;  // larger: halved to 64 x 64 anyway
         if (tile_k * (tile_m + 1 + tile_n + 1) * acc_bytes > 48 * 1024) continue;  // static shared memory
         space.push_back({.tile_m = tile_m, .tile_n = tile_n, .tile_k = tile_k});
@@ -165,7 +180,7 @@ const std::vector<TunableFamily>& tunable_families() {
   static const std::vector<TunableFamily> families = {
       {"gemm_sm90", "tile 128 x {64, 128, 256} x 64, stages 4-6 within the shared memory opt-in", sm90_problem, sm90_candidates,
        gemm_problem_graph},
-      {"matmul_simt", "tile_m, tile_n in {16..128} (256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", simt_problem,
+      {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", simt_problem,
        simt_candidates, gemm_problem_graph},
   };
   return families;

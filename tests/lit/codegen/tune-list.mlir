@@ -12,8 +12,8 @@
 // CHECK: 3 distinct problems of @tune_list for sm_90a
 // CHECK-NEXT: gemm_sm90 bf16 grouped m 1024 n 192 k 128 x4 uses 2 heuristic tile_n 256 stages 4 7 candidates
 // CHECK-NEXT: gemm_sm90 bf16 matmul m 128 n 192 k 512 uses 1 heuristic tile_n 256 stages 4 7 candidates
-// CHECK-NEXT: matmul_simt f32 matmul m 96 n 48 k 80 uses 1 heuristic tile 64x64x16 26 candidates
-// CHECK-NEXT: 40 candidates in all
+// CHECK-NEXT: matmul_simt f32 matmul m 96 n 48 k 80 uses 1 heuristic tile 64x64x16 22 candidates
+// CHECK-NEXT: 36 candidates in all
 // Without sm_90a every product is SIMT's.
 // SM80: 3 distinct problems of @tune_list for sm_80
 // SM80-NEXT: matmul_simt bf16 grouped m 1024 n 192 k 128 x4 uses 2
