@@ -194,7 +194,7 @@ std::optional<TuningDb> parse_tuning_db(const std::string& bytes, const Target& 
 }
 
 std::string tuning_db_path(const Target& target) {
-  if (const char* env = std::getenv("MOEJIT_TUNING_DB"); env && *env) return env;
+  if (const char* env = std::getenv("MOEJIT_TUNING_DB"); env && *env) return std::string(env) == "none" ? "" : env;
   const std::string name = tuning_db_file_name(target);
   std::error_code ec;
   for (const char* dir : {MOEJIT_SHIPPED_TUNING_DIR, MOEJIT_INSTALLED_TUNING_DIR}) {
@@ -255,10 +255,14 @@ const TuningDb* tuning_db_for(const Target& target) {
     if (say) {  // once per target and process
       static std::set<std::string> told;
       std::lock_guard<std::mutex> lock(mutex);
-      if (told.insert(target.device_name + '\n' + target.arch).second)
-        std::cerr << "moejit: no tuning database for \"" << target.device_name << "\" " << target.arch << " (MOEJIT_TUNING_DB unset; no "
-                  << tuning_db_file_name(target) << " in " << MOEJIT_SHIPPED_TUNING_DIR << " or " << MOEJIT_INSTALLED_TUNING_DIR
+      if (told.insert(target.device_name + '\n' + target.arch).second) {
+        const char* env = std::getenv("MOEJIT_TUNING_DB");
+        std::cerr << "moejit: no tuning database for \"" << target.device_name << "\" " << target.arch << " ("
+                  << (env && *env ? std::string("MOEJIT_TUNING_DB=none")
+                                  : "no " + tuning_db_file_name(target) + " in " + MOEJIT_SHIPPED_TUNING_DIR + " or " +
+                                        MOEJIT_INSTALLED_TUNING_DIR)
                   << "): every tile is the heuristic's\n";
+      }
     }
     return nullptr;
   }

@@ -154,6 +154,12 @@ TEST_CASE("tuning database: without MOEJIT_TUNING_DB the named targets find no s
   ScopedTuningDb none("");
   CHECK(codegen::tuning_db_path(hopper).empty());
   CHECK(codegen::tuning_db_for(hopper) == nullptr);
+  // MOEJIT_TUNING_DB=none: no database, whatever is shipped, and nothing to warn about.
+  ScopedTuningDb off("none");
+  CaptureStderr err;
+  CHECK(codegen::tuning_db_path(hopper).empty());
+  CHECK(codegen::tuning_db_for(hopper) == nullptr);
+  CHECK(err.text().empty());
 }
 
 TEST_CASE("tuning database: a valid sm90 entry sets tile_n and stages of the instantiation", "[cuda][tuning]") {
