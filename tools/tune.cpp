@@ -34,6 +34,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <set>
 #include <thread>
 
 #include "frontends/config.h"
@@ -245,30 +246,64 @@ struct Candidate {
   double median_ms = 0.0;
 };
 
-// Compiles one candidate: the heuristic without a database, the others under
-// a database of their one entry, after checking that the family takes it.
+// The database a candidate compiles under: none for the heuristic (whatever
+// file is installed), else one holding just the candidate's entry.
+struct CandidateDb {
+  codegen::TuningDb db;
+  const codegen::TuningDb* use;
+  CandidateDb(const TuningProblem& p, const Candidate& c, const codegen::Target& target)
+      : db{target.device_name, target.arch, {{p.key, c.fields}}}, use(c.heuristic ? nullptr : &db) {}
+};
+
+// Generates the candidate's module (what the executor will compile) and
+// checks that the family takes the candidate; returns the module's source
+// and kernels (equal texts compile once: the kernel cache's key), or sets
+// c.failure.
+std::string prepare_candidate(const TuningProblem& p, const Graph& graph, const codegen::Target& target, Candidate& c) {
+  try {
+    CandidateDb db(p, c, target);
+    codegen::ScopedTuningDbOverride only(db.use);
+    Graph prepared = graph;
+    PassManager manager;
+    manager.add_pipeline(kCudaPipeline);
+    manager.run(prepared);
+    const codegen::ModuleCode module = codegen::generate_module(prepared, target);
+    for (const auto& step : module.steps)
+      for (const auto& launch : step.launches)
+        if (!c.heuristic && launch.kind == codegen::Launch::Kind::kernel && launch.config.tile_m > 0 &&
+            launch.config.source != codegen::TileConfig::Source::tuned) {
+          c.failure = fmt::format("refused by the family's checks ({})", launch.config.str());
+          return "";
+        }
+    std::string key = module.source;
+    for (const auto& k : module.kernels) key += "\n" + k;
+    return key;
+  } catch (const std::exception& e) {
+    c.failure = fmt::format("does not compile: {}", e.what());
+    return "";
+  }
+}
+
 void compile_candidate(Backend& backend, const TuningProblem& p, const Graph& graph, const codegen::Target& target, Candidate& c) {
   try {
-    codegen::TuningDb db{target.device_name, target.arch, {{p.key, c.fields}}};
-    codegen::ScopedTuningDbOverride only(c.heuristic ? nullptr : &db);
-    if (!c.heuristic) {
-      Graph prepared = graph;
-      PassManager manager;
-      manager.add_pipeline(kCudaPipeline);
-      manager.run(prepared);
-      const codegen::ModuleCode module = codegen::generate_module(prepared, target);
-      for (const auto& step : module.steps)
-        for (const auto& launch : step.launches)
-          if (launch.kind == codegen::Launch::Kind::kernel && launch.config.tile_m > 0 &&
-              launch.config.source != codegen::TileConfig::Source::tuned) {
-            c.failure = fmt::format("refused by the family's checks ({})", launch.config.str());
-            return;
-          }
-    }
+    CandidateDb db(p, c, target);
+    codegen::ScopedTuningDbOverride only(db.use);
     c.exe = backend.compile(graph);
   } catch (const std::exception& e) {
     c.failure = fmt::format("does not compile: {}", e.what());
   }
+}
+
+// Runs job(i) for every i < n on `threads` threads.
+template <class Job>
+void parallel_for(std::size_t n, int threads, const Job& job) {
+  std::atomic<std::size_t> next{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&] {
+      for (std::size_t i = next++; i < n; i = next++) job(i);
+    });
+  for (auto& t : pool) t.join();
 }
 
 int run_tune(const TuneOptions& o) {
@@ -317,14 +352,22 @@ int run_tune(const TuneOptions& o) {
       }
       ++next_problem;
     }
-    std::atomic<std::size_t> next_job{0};
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&] {
-        for (std::size_t i = next_job++; i < wave.size(); i = next_job++)
-          compile_candidate(*backend, problems[wave[i].problem], graphs[wave[i].problem - first], target, wave[i]);
+    // Candidates whose modules are equal (the same kernels of problems of
+    // one layout) compile once: the first of each in parallel, then the
+    // others, which find it in the kernel cache.
+    std::vector<std::string> keys(wave.size());
+    parallel_for(wave.size(), threads, [&](std::size_t i) {
+      keys[i] = prepare_candidate(problems[wave[i].problem], graphs[wave[i].problem - first], target, wave[i]);
+    });
+    std::vector<std::size_t> leaders, followers;
+    std::set<std::string> seen;
+    for (std::size_t i = 0; i < wave.size(); ++i)
+      if (wave[i].failure.empty()) (seen.insert(keys[i]).second ? leaders : followers).push_back(i);
+    for (const auto* group : {&leaders, &followers})
+      parallel_for(group->size(), threads, [&](std::size_t j) {
+        Candidate& c = wave[(*group)[j]];
+        compile_candidate(*backend, problems[c.problem], graphs[c.problem - first], target, c);
       });
-    for (auto& t : pool) t.join();
 
     // Time the wave, one problem at a time, the heuristic first.
     for (std::size_t pi = first; pi < next_problem; ++pi) {
