@@ -67,6 +67,13 @@ TEST_CASE("moejit tune: tunes a tiny graph end to end; results agree with and wi
   MOEJIT_SKIP_WITHOUT_GPU();
   const auto dir = std::filesystem::temp_directory_path() / fmt::format("moejit_tune_gpu_test_{}", getpid());
   std::filesystem::create_directories(dir);
+  struct RemoveAtExit {  // also when a REQUIRE ends the test
+    std::filesystem::path path;
+    ~RemoveAtExit() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  } remove_dir{dir};
   const Graph graph = tiny_graph();
   write_file_atomically((dir / "tiny.mlir").string(), print_graph(graph));
   const std::string db_path = (dir / "db.json").string();
@@ -109,6 +116,4 @@ TEST_CASE("moejit tune: tunes a tiny graph end to end; results agree with and wi
     INFO(name);
     CHECK(normalized_error(with_db.at(name), without.at(name)) <= tolerance(with_db.at(name).dtype()));
   }
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
