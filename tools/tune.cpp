@@ -76,7 +76,7 @@ Graph graph_to_tune(const TuneOptions& o);
 // "T,D,F,E,K" shape: bf16 x [T, D] routed (router logits in f32, softmax
 // top-K, dropless dispatch) to E experts (w_up [E, D, F], GELU, w_down
 // [E, F, D]), combined, loss = mean(f32(y) * target) + a load-balance loss,
-// gradients with respect to x, w_router, w_up and w_down.
+// the MoE fusions, then gradients with respect to x, w_router, w_up, w_down.
 Graph moe_layer_graph(const std::string& shape) {
   std::vector<std::int64_t> v;
   std::size_t at = 0;
@@ -110,6 +110,7 @@ Graph moe_layer_graph(const std::string& shape) {
   Tensor aux = b.moe_load_balance_loss(b.softmax(logits), experts, 0.01);
   b.output(y, "y");
   b.output(b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux), "loss");
+  run_pipeline(g, "moe-fusions");  // before autodiff, as the bench and the trainer do
   append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
   return g;
 }
