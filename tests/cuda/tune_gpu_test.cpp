@@ -63,7 +63,7 @@ std::map<std::string, HostTensor> run_on_gpu(const Graph& g, const codegen::Tuni
 
 }  // namespace
 
-TEST_CASE("moejit tune: tunes a tiny graph end to end; results agree with and without its database", "[cuda][gpu][tuning]") {
+TEST_CASE("moejit tune: tunes a tiny graph end to end and results agree with and without its database", "[cuda][gpu][tuning]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   const auto dir = std::filesystem::temp_directory_path() / fmt::format("moejit_tune_gpu_test_{}", getpid());
   std::filesystem::create_directories(dir);

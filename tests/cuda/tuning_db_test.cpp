@@ -232,7 +232,7 @@ TEST_CASE("tuning database: a valid SIMT entry sets the tile of matmul_kernel", 
   CHECK(codegen::describe_kernel_configs(module, "").find("tile 32x32x8 stages 1 threads 64 (tuned)") != std::string::npos);
 }
 
-TEST_CASE("tuning database: a bad file is reported once and ignored; the source does not change", "[cuda][tuning]") {
+TEST_CASE("tuning database: a bad file is reported once and ignored and the source does not change", "[cuda][tuning]") {
   const Graph graph = matmul_graph(DType::bf16);
   std::string reference;
   {
@@ -430,7 +430,7 @@ TEST_CASE("tune: candidates fit the target and every one is taken by its family"
         codegen::find_tunable_family("gemm_sm90")->candidates(p, hopper).size());
 }
 
-TEST_CASE("tune: an entry replaces moe-tiling's tiles; a user's tile attributes win", "[cuda][tuning]") {
+TEST_CASE("tune: an entry replaces moe-tiling's tiles but a user's tile attributes win", "[cuda][tuning]") {
   const TuningDb db = db_for(hopper, {{{"gemm_sm90", "bf16", "grouped", 9, 8, 7}, {.tile_n = 128, .stages = 5}}});
   {
     codegen::ScopedTuningDbOverride none(nullptr);
@@ -452,7 +452,7 @@ TEST_CASE("tune: an entry replaces moe-tiling's tiles; a user's tile attributes 
   CHECK(user[0].tile_n == 64);
 }
 
-TEST_CASE("tune: the writer round-trips through the reader; merging replaces same keys", "[cuda][tuning]") {
+TEST_CASE("tune: the writer round-trips through the reader and merging replaces same keys", "[cuda][tuning]") {
   TuningDb db = db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 128, .stages = 5}),
                                 entry("matmul_simt", "f32", 14, 3, 9, {.tile_m = 32, .tile_n = 16, .tile_k = 32})});
   const std::string path = fresh_path("roundtrip");
