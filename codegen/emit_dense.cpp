@@ -330,7 +330,7 @@ void emit_Matmul(EmitContext& ctx) {
   a.b_sn = tb ? bt.dim(-1) : 1;
   a.a_batch = at.dim(-2) * at.dim(-1);
   a.b_batch = bt.rank() == 2 ? 0 : bt.dim(-2) * bt.dim(-1);
-  GemmProblem problem{GemmProblem::Kind::matmul, at.dtype, a.M, a.N, a.K, batch, !ta, tb};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   if (choice.family == GemmFamily::sm90) {
