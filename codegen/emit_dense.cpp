@@ -18,6 +18,7 @@
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/model.cuh"
 #include "codegen/kernels/reduce.cuh"
+#include "codegen/simt_matmul.h"
 #include "ir/error.h"
 
 namespace moejit::codegen {
@@ -330,7 +331,7 @@ void emit_Matmul(EmitContext& ctx) {
   a.b_sn = tb ? bt.dim(-1) : 1;
   a.a_batch = at.dim(-2) * at.dim(-1);
   a.b_batch = bt.rank() == 2 ? 0 : bt.dim(-2) * bt.dim(-1);
-  GemmProblem problem{GemmProblem::Kind::matmul, at.dtype, a.M, a.N, a.K, batch, !ta, tb};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   if (choice.family == GemmFamily::sm90) {
@@ -354,11 +355,7 @@ void emit_Matmul(EmitContext& ctx) {
     launch_sm90_gemm(ctx, c, g);
     return;
   }
-  ctx.launch("matmul",
-             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
-                                             threads_of(c)}),
-             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), static_cast<unsigned>(batch)}, a,
-             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
+  launch_simt_matmul(ctx, c, a, batch, at.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
 }
 
 // ---- embedding ----
