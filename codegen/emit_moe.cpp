@@ -186,7 +186,8 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   a.F = transpose_w ? wt.dim(1) : wt.dim(2);
   a.top_k = static_cast<int>(top_k);
   a.transpose_w = transpose_w ? 1 : 0;
-  GemmProblem problem{GemmProblem::Kind::grouped, wt.dtype, rows, a.F, a.D, E, true, transpose_w, slots.kind != B::Kind::null};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
+  MOEJIT_ASSERT(problem.m == rows && problem.n == a.F && problem.k == a.D, "grouped_matmul: gemm_problem_of disagrees with the emitter");
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   // Gathered rows (moe.gather_matmul) are first copied into scratch, as the
@@ -313,7 +314,7 @@ void emit_GroupedMatmulWgrad(EmitContext& ctx) {
   mj::GroupedWgradArgs<void> a{};
   a.D = ctx.in(0).dim(1);
   a.F = ctx.in(1).dim(1);
-  GemmProblem problem{GemmProblem::Kind::wgrad, ctx.in(0).dtype, a.D, a.F, ctx.in(0).dim(0), E, false, false};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   if (choice.family == GemmFamily::sm90) {
@@ -485,7 +486,7 @@ void emit_Route(EmitContext& ctx) {
   a.a_sk = 1;
   a.b_sk = a.N;
   a.b_sn = 1;
-  GemmProblem problem{GemmProblem::Kind::matmul, x.dtype, a.M, a.N, a.K, 1, true, false};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   if (choice.family == GemmFamily::sm90) {  // bf16 on sm_90a
     Sm90Gemm g;
