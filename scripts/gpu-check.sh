@@ -3,7 +3,8 @@
 # with a bundle built elsewhere (scripts/gpu-check.sh --bundle makes it here):
 #   BUNDLE/moejit_cuda_tests, BUNDLE/gpt_moe, the benchmarks BUNDLE/moe_bench,
 #   BUNDLE/moe_layer_bench, BUNDLE/step_bench, BUNDLE/train_step, BUNDLE/compile_bench (optimized,
-#   stripped), BUNDLE/gemm_sm90_probe (nvcc, when nvcc is here) and
+#   stripped), BUNDLE/moejit (the tuner), BUNDLE/gemm_sm90_probe and
+#   BUNDLE/attention_probe (nvcc, when nvcc is here) and
 #   BUNDLE/tinyshakespeare.txt; the PyTorch peers are bench/*.py of the tree.
 # Sections (GPU_CHECK_ONLY picks some): nvidia-smi; the GPU tests
 # ("tests"); the benchmarks (bench/, docs/perf.md): compile_bench cold then
@@ -11,7 +12,8 @@
 # probe beside torch.matmul ("gemm"), the bf16 MoE layer beside its PyTorch
 # peers ("layer"), the whole training step (train_step) beside its PyTorch
 # peers (torch_train_step.py) for config B and the example's default
-# ("trainstep"); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
+# ("trainstep"), flash attention beside PyTorch's SDPA ("attention"),
+# `moejit tune` of config B into $LOGS/tuned.json ("tune"); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
 # example on tinyshakespeare on the GPU in bf16 and in f32, a short warm-cache
 # run ("train"), and on the CPU ("train-cpu"); then a summary table, printed
 # last. Logs and the benchmarks' JSON are packed into $OUT/gpu-check-logs.tgz.
@@ -26,13 +28,14 @@ if [[ "${1:-}" == "--bundle" ]]; then
   dir=${2:-build-gpu-bundle}
   build=${GPU_BUILD_DIR:-build-gpu}  # any optimized build (Release, or RelWithDebInfo: stripped below)
   [[ -f "$build/CMakeCache.txt" ]] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench train_step compile_bench
+  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench train_step compile_bench moejit-cli
   rm -rf "$dir" && mkdir -p "$dir"
-  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench} "$dir"/
-  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench}
+  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench,moejit} "$dir"/
+  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench,moejit}
   if [[ -x /usr/local/cuda/bin/nvcc ]]; then
     /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/gemm_sm90_probe \
       bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
+    /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/attention_probe bench/attention_probe.cu
   fi
   cp ../shared/data/tinyshakespeare.txt "$dir"/
   du -sh "$dir"
@@ -42,11 +45,12 @@ fi
 BUNDLE=$(realpath "${1:-build-gpu-bundle}")
 # Logs go to a folder of their own, packed into $OUT/gpu-check-logs.tgz at the
 # end (the device tool returns at most 8 files from $OUT).
-LOGS=/tmp/gpu-check-logs
+# GPU_CHECK_LOGS: another folder, so that two instances can run at once.
+LOGS=${GPU_CHECK_LOGS:-/tmp/gpu-check-logs}
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 # GPU_CHECK_ONLY: a comma list of the sections to run (default all):
-# tests, compile, step, moe, gemm, layer, trainstep, train, train-cpu.
-ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,trainstep,train,train-cpu}
+# tests, compile, step, moe, gemm, layer, trainstep, attention, tune, train, train-cpu.
+ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,trainstep,attention,tune,train,train-cpu}
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 # NVRTC 12.9+ keeps its own compile cache in the driver's compute cache
@@ -162,16 +166,35 @@ if want trainstep; then
     # "default": the example's default model; else examples/gpt_moe/configs/<cfg>.json
     path=default
     [[ $cfg == default ]] || path=examples/gpt_moe/configs/$cfg.json
-    MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/train_step --config "$path" --json "$LOGS/train_step-$cfg.json" 2>&1 \
+    MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/train_step --config "$path" ${GPU_CHECK_TRAINSTEP_ARGS:-} --json "$LOGS/train_step-$cfg.json" 2>&1 \
       | tee "$LOGS/train_step-$cfg.log"
     moejit_rc=${PIPESTATUS[0]}
-    PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_train_step.py --config "$path" \
+    PYTHONUNBUFFERED=1 timeout "$BENCH_LIMIT" python3 bench/torch_train_step.py --config "$path" ${GPU_CHECK_TORCH_TRAIN_ARGS:-} \
       --json "$LOGS/torch_train_step-$cfg.json" 2>&1 | tee "$LOGS/torch_train_step-$cfg.log"
     torch_rc=${PIPESTATUS[0]}
     python3 bench/compare_train_step.py "$LOGS/train_step-$cfg.json" "$LOGS/torch_train_step-$cfg.json" 2>&1 \
       | tee "$LOGS/train_step-compare-$cfg.log"
     echo "exit train_step $moejit_rc, torch_train_step.py $torch_rc" >> "$LOGS/train_step-compare-$cfg.log"
   done
+fi
+
+ATTN_RC=-; TUNE_RC=-
+if want attention; then
+  echo "==== flash attention (attention_probe) and PyTorch's SDPA flash backend (torch_attention.py), same run"
+  if [[ -x "$BUNDLE"/attention_probe ]]; then
+    timeout "$BENCH_LIMIT" "$BUNDLE"/attention_probe 2>&1 | tee "$LOGS/attention.log"
+    ATTN_RC=${PIPESTATUS[0]}
+  else
+    echo "attention_probe: not in the bundle (no nvcc where it was made)" | tee "$LOGS/attention.log"
+  fi
+  timeout "$BENCH_LIMIT" python3 bench/torch_attention.py 2>&1 | tee -a "$LOGS/attention.log"
+fi
+
+if want tune; then
+  echo "==== moejit tune: config B's problems on this GPU (GPU_CHECK_TUNE_ARGS: more options)"
+  MOEJIT_CACHE_DIR=$CACHE timeout "$BENCH_LIMIT" "$BUNDLE"/moejit tune --config examples/gpt_moe/configs/config_b.json \
+    --out "$LOGS/tuned.json" ${GPU_CHECK_TUNE_ARGS:-} 2>&1 | tee "$LOGS/tune.log"
+  TUNE_RC=${PIPESTATUS[0]}
 fi
 
 final() { grep -oE "val loss [0-9.]+" "$1" | tail -1 | awk '{print $3}'; }
@@ -225,6 +248,14 @@ if want trainstep; then
       "$(tail -1 "$LOGS/train_step-compare-$cfg.log" 2>/dev/null)"
   done
 fi
+if want attention; then
+  grep -hE "^(moejit flash|torch sdpa flash)" "$LOGS/attention.log" | sed 's/^/attention                  | /'
+  printf "%-26s | exit %s (attention_probe)\n" "attention" "$ATTN_RC"
+fi
+if want tune; then
+  grep -hE "^wrote " "$LOGS/tune.log" | sed 's/^/tune                       | /'
+  printf "%-26s | exit %s (moejit tune)\n" "tune" "$TUNE_RC"
+fi
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda" "${VAL_CUDA:-?}" "$(walltime "$LOGS/train-cuda.log")" "$(tokps "$LOGS/train-cuda.log")" "$CUDA_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cpu" "${VAL_CPU:-?}" "$(walltime "$LOGS/train-cpu.log")" "$(tokps "$LOGS/train-cpu.log")" "$CPU_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda f32" "${VAL_F32:-?}" "$(walltime "$LOGS/train-cuda-f32.log" 2>/dev/null)" "$(tokps "$LOGS/train-cuda-f32.log" 2>/dev/null)" "${F32_RC:--}"
@@ -233,4 +264,4 @@ printf "%-26s | %s\n" "|val cuda - val cpu|" "$DIFF"
 printf "%-26s | %s\n" "example modules, cold" "$(grep -oE "@gpt_moe_[a-z]+ .*: compiled by NVRTC in [0-9.]+ s" "$LOGS/train-cuda.log" | sed -E 's/ \(.*\) for sm_[0-9a-z]+: compiled by NVRTC in/:/' | tr '\n' ' ')"
 printf "%-26s | %s\n" "example modules, warm" "$(grep -oE "@gpt_moe_[a-z]+ .*: loaded from the disk cache in [0-9.]+ s" "$LOGS/train-cuda-warm.log" | sed -E 's/ \(.*\) for sm_[0-9a-z]+: loaded from the disk cache in/:/' | tr '\n' ' ')"
 printf "%-26s | val loss %s, wall %s s, exit %s (MOEJIT_ASSERT_CACHED=1)\n" "train 20 cuda, warm" "$(final "$LOGS/train-cuda-warm.log")" "$(walltime "$LOGS/train-cuda-warm.log")" "$WARM_RC"
-tar czf "${OUT:-/tmp}/gpu-check-logs.tgz" -C "$LOGS" . 2>/dev/null
+tar czf "${OUT:-/tmp}/$(basename "$LOGS").tgz" -C "$LOGS" . 2>/dev/null
