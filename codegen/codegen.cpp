@@ -187,6 +187,15 @@ std::int64_t EmitContext::scratch(std::int64_t bytes) {
   return offset;
 }
 
+bool EmitContext::used(ValueId value) const {
+  for (const Op& op : graph_.ops())
+    for (ValueId v : op.operands)
+      if (v == value) return true;
+  for (const auto& out : graph_.outputs())
+    if (out.value == value) return true;
+  return false;
+}
+
 void EmitContext::fail(const std::string& message) const {
   throw Error(fmt::format("{} = \"{}\": the CUDA backend {}", value_ref(graph_, op_.results.empty() ? kNoValue : op_.results[0]),
                           op_name(op_.kind), message));

@@ -181,6 +181,9 @@ class EmitContext {
   // The template-argument spelling of operand i's / result i's element type.
   std::string in_type(int i) const { return template_type(in(i).dtype); }
   std::string out_type(int i) const { return template_type(out(i).dtype); }
+  // Whether any op or graph output reads `value` (an unused result of a
+  // multi-result op need not be computed).
+  bool used(ValueId value) const;
 
   // Appends a launch of `kernel` (an instantiation of family `family`, the
   // stem of codegen/kernels/<family>.cuh) with the argument struct `args`:

@@ -134,6 +134,17 @@ void combine(EmitContext& ctx, B ys, DType dtype, std::int64_t D, B weights, Val
              {{&a.ys, ys}, {&a.weights, weights}, {&a.positions, B::of(positions)}, {&a.out, B::of(out)}});
 }
 
+// The xs result of the moe.route whose slots are `slots` and whose rows are
+// x (same top_k), when something reads it (so emit_Route writes it); else
+// kNoValue.
+ValueId routed_rows(const EmitContext& ctx, ValueId x, const B& slots, std::int64_t top_k) {
+  if (slots.kind != B::Kind::value) return kNoValue;
+  for (const Op& op : ctx.graph().ops())
+    if (op.kind == OpKind::Route && op.results[3] == slots.value)
+      return op.operands[0] == x && op.attrs.get_int("top_k") == top_k && ctx.used(op.results[7]) ? op.results[7] : kNoValue;
+  return kNoValue;
+}
+
 // Grouped matmul of rows (optionally gathered through slots) into `out` [N, F],
 // zeroing rows outside every segment first.
 void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B slots, std::int64_t top_k, B out, std::int64_t rows,
@@ -153,15 +164,19 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   // unfused graph's moe.permute does: the copy engine (sm90) needs contiguous
   // rows, and the SIMT tile reading each element through slots was slower
   // than the copy (the fused layer ran 4.5% behind the unfused one on an H200).
-  // The sm80 family reads gathered rows straight from x (cp.async takes any
-  // 16-byte-aligned address, and it loads unaligned rows element by element).
+  // When the route that made the slots also writes xs (its result #7: the
+  // backward reads it), that copy is read instead of making a second one.
+  const ValueId routed_xs = routed_rows(ctx, x, slots, top_k);
+  // Otherwise the sm80 family reads gathered rows straight from x (cp.async
+  // takes any 16-byte-aligned address, and it loads unaligned rows element by
+  // element): no copy.
   if (choice.family == GemmFamily::sm80) {
     if (!segments_cover_rows(ctx.graph(), offsets)) ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
     Sm80Gemm g;
     g.mode = Sm80Gemm::Mode::grouped;
     g.dtype = wt.dtype;
-    g.a = B::of(x);
-    g.slots = slots;
+    g.a = routed_xs != kNoValue ? B::of(routed_xs) : B::of(x);
+    g.slots = routed_xs != kNoValue ? B::none() : slots;
     g.top_k = top_k;
     g.b = B::of(w);
     g.c = out;
@@ -175,7 +190,9 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     return;
   }
   B rows_of_x = B::of(x);
-  if (slots.kind != B::Kind::null) {
+  if (routed_xs != kNoValue) {
+    rows_of_x = B::of(routed_xs);
+  } else if (slots.kind != B::Kind::null) {
     const std::int64_t xs = ctx.scratch(rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
     permute_into(ctx, x, slots.value, B::scratch(xs), wt.dtype, rows, a.D, top_k);
     rows_of_x = B::scratch(xs);
@@ -422,7 +439,10 @@ void emit_Route(EmitContext& ctx) {
   std::int64_t top_k = ctx.attrs().get_int("top_k");
   gate(ctx, ctx.result(0), ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none(), ctx.result(1), ctx.result(2), top_k);
   dispatch(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6));
-  permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
+  // xs (#7) is written only when read: moe.gather_matmul gathers its own
+  // rows, and its backward's weight gradient reads xs (fuse-router-permute
+  // points that gather at #7).
+  if (ctx.used(ctx.result(7))) permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
 }
 
 // moe.gather_matmul: grouped matmul whose rows are read through slots.

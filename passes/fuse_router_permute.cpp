@@ -41,7 +41,12 @@
 // logits may sit between the matmul and the permute). Repeat until no chain
 // matches.
 //
-// Statistics: routes-formed, routers-transposed, skipped-no-router-matmul, skipped-transposed-router,
+// A moe.permute of a route's own x through the route's slots (the
+// backward of moe.gather_matmul makes one to feed the weight gradient) is
+// the route's xs: it is replaced by that result and erased, so a training
+// graph gathers the rows once, in the forward, as the unfused graph does.
+//
+// Statistics: routes-formed, permutes-reused, routers-transposed, skipped-no-router-matmul, skipped-transposed-router,
 // skipped-no-dispatch, skipped-bias-depends-on-chain.
 #include <fmt/format.h>
 
@@ -134,6 +139,7 @@ class FuseRouterPermutePass final : public Pass {
       }
     }
     count("routes-formed", formed);
+    count("permutes-reused", reuse_route_permutes(graph));
     std::map<std::string, std::int64_t> skipped;
     for (const auto& [gate, reason] : skip_reason_) ++skipped[reason];
     for (const auto& [reason, n] : skipped) count(reason, n);
@@ -145,6 +151,29 @@ class FuseRouterPermutePass final : public Pass {
   ValueId current_gate_ = kNoValue;
 
   void skip(const std::string& reason) { skip_reason_[current_gate_] = reason; }
+
+  // Replaces every moe.permute(x, route#3) {top_k} of a moe.route(x, ...)
+  // with the same top_k by the route's xs (#7). The route precedes the
+  // permute (it defines the slots), so the order stays valid.
+  static std::int64_t reuse_route_permutes(Graph& graph) {
+    std::vector<int> producer = graph.producers();
+    std::vector<int> erased;
+    auto& ops = graph.mutable_ops();
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      const Op& p = ops[i];
+      if (p.kind != OpKind::Permute) continue;
+      int r = producer[idx(p.operands[1])];
+      if (r < 0) continue;
+      const Op& route = ops[static_cast<std::size_t>(r)];
+      if (route.kind != OpKind::Route || route.results[3] != p.operands[1] || route.operands[0] != p.operands[0] ||
+          route.attrs.get_int("top_k") != p.attrs.get_int("top_k"))
+        continue;
+      graph.replace_uses(p.results[0], route.results[7]);
+      erased.push_back(static_cast<int>(i));
+    }
+    for (auto it = erased.rbegin(); it != erased.rend(); ++it) ops.erase(ops.begin() + *it);
+    return static_cast<std::int64_t>(erased.size());
+  }
 
   bool try_fuse(Graph& graph, int gate_index) {
     const auto& ops = graph.ops();

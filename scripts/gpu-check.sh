@@ -57,6 +57,7 @@ echo "==== nvidia-smi"
 nvidia-smi || echo "nvidia-smi failed"
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 
+STEP=; COLD=; WARM=; TESTS_LINE=
 F32_RC=-; TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-; LAYER_RC=-; CUDA_RC=-; CPU_RC=-; WARM_RC=-
 if want tests; then
   echo "==== GPU tests"

@@ -68,4 +68,9 @@ void cuda_capture_graph(Executable& exe);
 // Milliseconds of the last run() measured with CUDA events (waits for it).
 double cuda_last_run_ms(Executable& exe);
 
+// With MOEJIT_PROFILE=1 set when `exe` was compiled: a table of GPU time per
+// op kind and kernel (median over the runs so far; events after every
+// launch). The executable also prints it to stderr when destroyed.
+std::string cuda_profile_report(Executable& exe);
+
 }  // namespace moejit

@@ -10,8 +10,15 @@
 //
 // Device memory: one buffer per argument (kept across runs) and one arena
 // for every intermediate value and per-step scratch (passes/memory_plan.h).
+//
+// MOEJIT_PROFILE=1 (read when an executable is built): a CUDA event after
+// every launch, each run's per-launch times collected before the next run,
+// and a table per op kind and kernel printed to stderr when the executable
+// is destroyed (cuda_profile_report gives the same text). Profiling syncs
+// the host after every run; the times are the GPU's.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +45,7 @@ using codegen::Launch;
 
 struct ResolvedLaunch {
   Launch::Kind kind = Launch::Kind::kernel;
+  std::string label;  // profile row: "moe.gather_matmul  mj::permute_kernel"
   CUfunction function = nullptr;
   unsigned grid[3] = {1, 1, 1}, block[3] = {1, 1, 1}, cluster[3] = {1, 1, 1}, shared_bytes = 0;
   // The argument struct, 64-byte aligned (TMA descriptors inside must be).
@@ -105,6 +113,13 @@ class CudaExecutable final : public ExecutableBase {
     MOEJIT_CU(cuEventCreate, &stop_, CU_EVENT_DEFAULT);
     allocate();
     resolve();
+    const char* profile = std::getenv("MOEJIT_PROFILE");
+    profiling_ = profile && *profile && std::string(profile) != "0";
+    if (profiling_) {
+      profile_events_.resize(launches_.size() + 1);
+      for (auto& e : profile_events_) MOEJIT_CU(cuEventCreate, &e, CU_EVENT_DEFAULT);
+      profile_ms_.resize(launches_.size());
+    }
   }
 
   // The passes the backend runs before generating code: its pipeline
@@ -135,6 +150,16 @@ class CudaExecutable final : public ExecutableBase {
   ~CudaExecutable() override {
     const auto& d = cuda::driver();
     if (stream_) d.cuStreamSynchronize(stream_);
+    if (profiling_) {
+      try {
+        collect_profile();
+        if (profile_runs_ > 0) std::fputs(profile_report().c_str(), stderr);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "moejit cuda: profile of @%s lost: %s\n", graph_.name().c_str(), e.what());
+      }
+      for (CUevent e : profile_events_)
+        if (e) d.cuEventDestroy(e);
+    }
     if (graph_exec_) d.cuGraphExecDestroy(graph_exec_);
     if (cuda_graph_) d.cuGraphDestroy(cuda_graph_);
     for (CUdeviceptr p : arg_buffers_)
@@ -159,6 +184,7 @@ class CudaExecutable final : public ExecutableBase {
 
   // Asynchronous: the next get() (or last_run_ms) waits.
   void run_bound() override {
+    if (profiling_) collect_profile();
     MOEJIT_CU(cuEventRecord, start_, stream_);
     if (graph_exec_) {
       MOEJIT_CU(cuGraphLaunch, graph_exec_, stream_);
@@ -175,7 +201,7 @@ class CudaExecutable final : public ExecutableBase {
     MOEJIT_CU(cuStreamSynchronize, stream_);
     MOEJIT_CU(cuStreamBeginCapture, stream_, CU_STREAM_CAPTURE_MODE_RELAXED);
     try {
-      issue();
+      issue(true);
     } catch (...) {
       CUgraph broken = nullptr;
       cuda::driver().cuStreamEndCapture(stream_, &broken);
@@ -193,7 +219,57 @@ class CudaExecutable final : public ExecutableBase {
     return ms;
   }
 
+  // Per op kind and kernel: launches per run, the median over profiled runs
+  // of their summed time, and the share of the run.
+  std::string profile_report() {
+    collect_profile();
+    if (!profiling_) return "moejit cuda: profiling is off (set MOEJIT_PROFILE=1 before building the executable)\n";
+    struct Row {
+      int launches = 0;
+      std::vector<double> per_run;
+    };
+    std::map<std::string, Row> rows;
+    std::vector<double> totals(static_cast<std::size_t>(profile_runs_), 0.0);
+    for (std::size_t i = 0; i < launches_.size(); ++i) {
+      Row& row = rows[launches_[i].label];
+      row.launches += 1;
+      row.per_run.resize(static_cast<std::size_t>(profile_runs_), 0.0);
+      for (int r = 0; r < profile_runs_; ++r) {
+        row.per_run[static_cast<std::size_t>(r)] += profile_ms_[i][static_cast<std::size_t>(r)];
+        totals[static_cast<std::size_t>(r)] += profile_ms_[i][static_cast<std::size_t>(r)];
+      }
+    }
+    auto median = [](std::vector<double> v) {
+      if (v.empty()) return 0.0;
+      std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+      return v[v.size() / 2];
+    };
+    std::vector<std::pair<double, std::string>> sorted;
+    for (auto& [label, row] : rows) sorted.emplace_back(median(row.per_run), label);
+    std::sort(sorted.begin(), sorted.end(), std::greater<>());
+    const double total = median(totals);
+    std::string text = fmt::format("moejit cuda: profile of @{}: {} launches, median of {} runs {:.1f} us (GPU time between launches, events)\n",
+                                   graph_.name(), launches_.size(), profile_runs_, total * 1000.0);
+    text += fmt::format("  {:>10} {:>6} {:>8}  {}\n", "us/run", "%", "launches", "op kind / kernel");
+    for (const auto& [ms, label] : sorted)
+      text += fmt::format("  {:>10.1f} {:>6.1f} {:>8}  {}\n", ms * 1000.0, total > 0 ? 100.0 * ms / total : 0.0, rows[label].launches, label);
+    return text;
+  }
+
  private:
+  // Reads the per-launch times of the last run (waits for it).
+  void collect_profile() {
+    if (!profiling_ || !profile_pending_) return;
+    profile_pending_ = false;
+    MOEJIT_CU(cuEventSynchronize, profile_events_.back());
+    for (std::size_t i = 0; i < launches_.size(); ++i) {
+      float ms = 0.0f;
+      MOEJIT_CU(cuEventElapsedTime, &ms, profile_events_[i], profile_events_[i + 1]);
+      profile_ms_[i].push_back(ms);
+    }
+    ++profile_runs_;
+  }
+
   static int debug_level() {
     const char* v = std::getenv("MOEJIT_DEBUG");
     return v ? std::atoi(v) : 0;
@@ -299,12 +375,27 @@ class CudaExecutable final : public ExecutableBase {
     std::memcpy(args + m.offset, &map, sizeof map);
   }
 
+  // "moe.gather_matmul  gemm_sm90_kernel<128, 256, ...>": the step's op
+  // kinds and the kernel's name without its namespace.
+  std::string profile_label(const codegen::StepCode& step, const Launch& l) const {
+    std::string ops;
+    for (int index : step.ops) {
+      std::string name(op_name(graph_.ops()[static_cast<std::size_t>(index)].kind));
+      if (ops.find(name) == std::string::npos) ops += (ops.empty() ? "" : "+") + name;
+    }
+    std::string what = l.kind == Launch::Kind::zero ? "memset" : l.kind == Launch::Kind::copy ? "copy" : l.kernel;
+    std::size_t colon = what.rfind("::", what.find('<'));
+    if (colon != std::string::npos) what = what.substr(colon + 2);
+    return ops + "  " + what;
+  }
+
   void resolve() {
     for (std::size_t s = 0; s < code_.steps.size(); ++s) {
       for (const Launch& l : code_.steps[s].launches) {
         ResolvedLaunch r;
         r.kind = l.kind;
         r.bytes = l.bytes;
+        r.label = profile_label(code_.steps[s], l);
         if (l.kind == Launch::Kind::zero) {
           r.dst = pointer(l.dst, s);
         } else if (l.kind == Launch::Kind::copy) {
@@ -337,6 +428,7 @@ class CudaExecutable final : public ExecutableBase {
       if (target == out.value) continue;
       ResolvedLaunch r;
       r.kind = Launch::Kind::copy;
+      r.label = "(parameter update)  copy";
       r.src = value_ptr_[static_cast<std::size_t>(out.value)];
       r.dst = value_ptr_[static_cast<std::size_t>(target)];
       r.bytes = static_cast<std::int64_t>(graph_.type(target).bytes());
@@ -366,14 +458,20 @@ class CudaExecutable final : public ExecutableBase {
     MOEJIT_CU(cuLaunchKernelEx, &config, r.function, const_cast<void**>(r.params), nullptr);
   }
 
-  void issue() {
-    for (auto& r : launches_) {
+  // Profile events are left out of a captured graph: replays are not profiled.
+  void issue(bool capturing = false) {
+    const bool timed = profiling_ && !capturing;
+    if (timed) MOEJIT_CU(cuEventRecord, profile_events_[0], stream_);
+    for (std::size_t i = 0; i < launches_.size(); ++i) {
+      const ResolvedLaunch& r = launches_[i];
       switch (r.kind) {
         case Launch::Kind::zero: MOEJIT_CU(cuMemsetD8Async, r.dst, 0, static_cast<std::size_t>(r.bytes), stream_); break;
         case Launch::Kind::copy: MOEJIT_CU(cuMemcpyDtoDAsync, r.dst, r.src, static_cast<std::size_t>(r.bytes), stream_); break;
         case Launch::Kind::kernel: launch_kernel(r); break;
       }
+      if (timed) MOEJIT_CU(cuEventRecord, profile_events_[i + 1], stream_);
     }
+    profile_pending_ = timed;
   }
 
   const Graph& graph_;  // ExecutableBase's: the input after prepare_graph
@@ -392,6 +490,10 @@ class CudaExecutable final : public ExecutableBase {
   std::vector<ResolvedLaunch> launches_;
   CUgraph cuda_graph_ = nullptr;
   CUgraphExec graph_exec_ = nullptr;
+  bool profiling_ = false, profile_pending_ = false;
+  std::vector<CUevent> profile_events_;           // before the first launch, then after each
+  std::vector<std::vector<double>> profile_ms_;  // per launch, per profiled run
+  int profile_runs_ = 0;
 };
 
 class CudaBackend final : public Backend {
@@ -426,5 +528,7 @@ std::unique_ptr<Backend> make_cuda_backend(std::string pipeline) {
 void cuda_capture_graph(Executable& exe) { as_cuda(exe, "cuda_capture_graph").capture(); }
 
 double cuda_last_run_ms(Executable& exe) { return as_cuda(exe, "cuda_last_run_ms").last_run_ms(); }
+
+std::string cuda_profile_report(Executable& exe) { return as_cuda(exe, "cuda_profile_report").profile_report(); }
 
 }  // namespace moejit

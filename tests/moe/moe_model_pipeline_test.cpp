@@ -86,7 +86,12 @@ TEST_CASE("after the CUDA pipeline the example's training graph (default config)
   CHECK(count_kind(graph, OpKind::Gate) == 0);
   CHECK(count_kind(graph, OpKind::Dispatch) == 0);
   CHECK(count_kind(graph, OpKind::Combine) == 0);
+  // The rows are gathered once per layer, by the route (its xs, #7), which
+  // the weight gradient of moe.gather_matmul reads: no second permute.
+  CHECK(count_kind(graph, OpKind::Permute) == 0);
   for (const Op& op : graph.ops()) {
+    if (op.kind == OpKind::GroupedMatmulWgrad && producer_of(graph, op.operands[0])->kind == OpKind::Route)
+      CHECK(producer_of(graph, op.operands[0])->results[7] == op.operands[0]);
     // The only grouped matmuls are the backward's (dy · wᵀ: rule_GatherMatmul and rule_MatmulCombine).
     if (op.kind == OpKind::GroupedMatmul) CHECK(op.attrs.get_bool("transpose_w"));
     // combine_grad reads the expert outputs the fused forward saved (result #1), not a recomputed matmul.

@@ -54,3 +54,20 @@ func.func @transposed_router(%x: tensor<8x4xf32>, %w: tensor<3x4xf32> {mj.role =
   %3 = "moe.permute"(%x, %2#0) {top_k = 1 : i64} : (tensor<8x4xf32>, tensor<8xi32>) -> tensor<8x4xf32>
   return %3 : tensor<8x4xf32>
 }
+
+// -----
+
+// A permute of the route's own x through its slots (what moe.gather_matmul's
+// gradient rule makes for the weight gradient) is the route's xs: it is
+// reused, so the rows are gathered once. A permute of another tensor, or with
+// another top_k, stays.
+// CHECK-LABEL: func.func @permute_of_route_reused(
+// CHECK-NEXT:    %[[R:[0-9]+]]:8 = "moe.route"(%x, %w_router)
+// CHECK-NEXT:    %[[O:[0-9]+]] = "moe.permute"(%y, %[[R]]#3) {top_k = 2 : i64}
+// CHECK-NEXT:    return %[[R]]#7, %[[O]] :
+func.func @permute_of_route_reused(%x: tensor<8x4xf32>, %y: tensor<8x4xf32>, %w_router: tensor<4x4xf32> {mj.role = "param"}) -> (tensor<16x4xf32> {mj.name = "xs"}, tensor<16x4xf32> {mj.name = "ys"}) {
+  %r:8 = "moe.route"(%x, %w_router) {block = 1 : i64, capacity_factor = 0.0 : f64, normalize = true, num_experts = 4 : i64, order = "softmax_then_topk", score = "softmax", top_k = 2 : i64} : (tensor<8x4xf32>, tensor<4x4xf32>) -> (tensor<8x4xf32>, tensor<8x2xf32>, tensor<8x2xi32>, tensor<16xi32>, tensor<5xi32>, tensor<8x2xi32>, tensor<4xi32>, tensor<16x4xf32>)
+  %0 = "moe.permute"(%x, %r#3) {top_k = 2 : i64} : (tensor<8x4xf32>, tensor<16xi32>) -> tensor<16x4xf32>
+  %1 = "moe.permute"(%y, %r#3) {top_k = 2 : i64} : (tensor<8x4xf32>, tensor<16xi32>) -> tensor<16x4xf32>
+  return %0, %1 : tensor<16x4xf32>, tensor<16x4xf32>
+}
