@@ -20,7 +20,8 @@
 //   - a persistent grid walks the output tiles of every group (a grid
 //     stride), in panels of 8 row tiles x all column tiles for L2 reuse;
 //   - the epilogue is a functor applied to pairs of adjacent columns straight
-//     from the accumulators (bounds-checked: any M and N).
+//     from the accumulators (bounds-checked: any M and N): an f32 store, a
+//     16-bit store, or GELU with the pre-activation kept.
 // A is K-major ([rows, K]) or M-major ([K, rows]); B is K-major ([N, K]) or
 // N-major ([K, N], the usual row-major weight).
 //
@@ -66,6 +67,7 @@ struct GemmArgs {
   const void* a;
   const void* b;
   void* c;                   // output, row-major with row stride ldc
+  void* aux;                 // StoreGelu16: the pre-activation, like c (null: not stored)
   const int* group_offsets;  // grouped / wgrad mode: groups + 1 offsets; null: batched mode
   const int* a_rows;         // grouped mode: A's rows through these slots (moe.gather_matmul), or null
   long long m, n, k;         // batched: rows per group; grouped: all rows; wgrad: k = all rows
@@ -203,6 +205,23 @@ template <class T> struct Store16 {
       c[0] = (unsigned short)(packed & 0xFFFFu);
       if (pair) c[1] = (unsigned short)(packed >> 16);
     }
+  }
+};
+
+// c = gelu(acc) (the tanh form of mj.gelu), aux = acc when aux is set (the
+// pre-activation a backward reads): an up-projection and its activation in one pass.
+template <class T> struct StoreGelu16 {
+  __device__ __forceinline__ static float gelu(float x) {
+    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+  }
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    if (args.aux) {
+      GemmArgs pre = args;
+      pre.c = args.aux;
+      Store16<T>::apply(pre, at, v0, v1, pair);
+    }
+    Store16<T>::apply(args, at, gelu(v0), gelu(v1), pair);
   }
 };
 
