@@ -11,7 +11,11 @@
 // loss = mean(f32(y) * target) + 0.01 load-balance loss. x, weights and
 // activations bf16 (f32 accumulation in every matmul), router logits, gate
 // and losses f32: what the mixed-precision policy makes of the f32 layer.
-// Backward: append_backward with respect to x, w_router, w_up and w_down.
+// Backward: the MoE fusions ("moe-fusions") first, as the trainer runs them
+// before autodiff (so the backward is the fused ops' gradients), then
+// append_backward with respect to x, w_router, w_up and w_down. (Fused after
+// autodiff instead, the backend's pipeline would leave the chain unfused: the
+// backward reads its intermediates.)
 //
 // Method (/work/.library/device/METHOD.md): the same graph at a small token
 // count is first checked against the CPU backend (every output and gradient,
@@ -31,6 +35,7 @@
 #include "ir/builder.h"
 #include "ir/error.h"
 #include "passes/autodiff.h"
+#include "passes/pass_manager.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/cuda_backend.h"
 
@@ -63,7 +68,10 @@ Graph layer_graph(const MoeShape& s, bool backward) {
   Tensor loss = b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux);
   b.output(y, "y");
   b.output(loss, "loss");
-  if (backward) append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
+  if (backward) {
+    run_pipeline(g, "moe-fusions");
+    append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
+  }
   return g;
 }
 

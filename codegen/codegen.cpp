@@ -266,7 +266,10 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
   const std::int64_t n = graph.type(last.results[0]).numel();
   std::map<ValueId, std::string> var;  // value -> local variable
   std::vector<ValueId> inputs, outputs;
-  std::string loads, computes, stores;
+  // apply(a, i): one element. apply8(a, i0): elements i0 .. i0+7, each
+  // operand loaded and each result stored as a Pack of 8 around the same
+  // computation (pack_* below); packed(a): every packed pointer 16-byte aligned.
+  std::string loads, computes, stores, pack_loads, pack_reads, pack_decls, pack_writes, pack_stores, aligned = "0ull";
   mj::ElementwiseArgs args{};
   int dropouts = 0, next = 0;
   for (int index : ops) {
@@ -286,6 +289,14 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
         const char* at = graph.type(v).numel() == 1 ? "0" : "i";
         const char* type = cuda_type(graph.type(v).dtype);
         loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[{3}];\n", type, name, inputs.size(), at);
+        if (graph.type(v).numel() == 1) {
+          pack_loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[0];\n", type, name, inputs.size());
+        } else {
+          pack_loads += fmt::format("    const Pack<{0}, 8> p{1} = *reinterpret_cast<const Pack<{0}, 8>*>(static_cast<const {0}*>(a.in[{2}]) + i0);\n",
+                                    type, name, inputs.size());
+          pack_reads += fmt::format("      const {0} {1} = p{1}.v[j];\n", type, name);
+          aligned += fmt::format(" | (unsigned long long)a.in[{}]", inputs.size());
+        }
         var[v] = name;
         inputs.push_back(v);
       }
@@ -307,13 +318,28 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
       if (outputs.size() == mj::kChainMaxOutputs)
         ctx.fail(fmt::format("stores at most {} values from one elementwise kernel", mj::kChainMaxOutputs));
       stores += fmt::format("    static_cast<{}*>(a.out[{}])[i] = {};\n", cuda_type(graph.type(r).dtype), outputs.size(), name);
+      pack_decls += fmt::format("    Pack<{}, 8> q{};\n", cuda_type(graph.type(r).dtype), name);
+      pack_writes += fmt::format("      q{0}.v[j] = {0};\n", name);
+      pack_stores += fmt::format("    *reinterpret_cast<Pack<{0}, 8>*>(static_cast<{0}*>(a.out[{1}]) + i0) = q{2};\n",
+                                 cuda_type(graph.type(r).dtype), outputs.size(), name);
+      aligned += fmt::format(" | (unsigned long long)a.out[{}]", outputs.size());
       outputs.push_back(r);
     }
   }
   std::string stem = ops.size() == 1 ? fmt::format("{}_{}", op_name(last.kind).substr(3), cuda_type(graph.type(last.results[0]).dtype))
                                      : fmt::format("fused{}", ops.size());
+  std::string indented;  // the computation inside apply8's loop over j
+  for (std::size_t at = 0; at < computes.size();) {
+    std::size_t end = computes.find('\n', at);
+    indented += "  " + computes.substr(at, end - at + 1);
+    at = end + 1;
+  }
   std::string functor = ctx.define_functor(
-      "chain_" + stem, "  static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {\n" + loads + computes + stores + "  }\n");
+      "chain_" + stem, "  static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {\n" + loads + computes + stores +
+                           "  }\n  static __device__ __forceinline__ bool packed(const ElementwiseArgs& a) {\n    return ((" + aligned +
+                           ") & 15ull) == 0;\n  }\n  static __device__ __forceinline__ void apply8(const ElementwiseArgs& a, i64 i0) {\n" +
+                           pack_loads + pack_decls + "#pragma unroll\n    for (int j = 0; j < 8; ++j) {\n      const i64 i = i0 + j;\n      (void)i;\n" +
+                           pack_reads + indented + pack_writes + "    }\n" + pack_stores + "  }\n");
   args.n = n;
   std::vector<Bind> binds;
   for (std::size_t k = 0; k < inputs.size(); ++k) binds.push_back({&args.in[k], Buffer::of(inputs[k])});

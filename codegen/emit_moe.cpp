@@ -94,6 +94,12 @@ void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets,
               {&scatter.positions, B::of(positions)}});
 }
 
+// Blocks of `config.threads` for the warp-per-row kernels over `rows` rows.
+unsigned warp_row_blocks(std::int64_t rows, const TileConfig& config) {
+  const std::int64_t warps_per_block = std::max(config.threads / 32, 1);
+  return static_cast<unsigned>(std::clamp<std::int64_t>((rows + warps_per_block - 1) / warps_per_block, 1, 65535));
+}
+
 // xs [rows, D] = x rows through slots (rows of zeros where a slot is < 0).
 void permute_into(EmitContext& ctx, ValueId x, ValueId slots, B xs, DType dtype, std::int64_t rows, std::int64_t D, std::int64_t top_k) {
   TileConfig config = TileConfig::fixed_threads(256);
@@ -101,7 +107,7 @@ void permute_into(EmitContext& ctx, ValueId x, ValueId slots, B xs, DType dtype,
   a.rows = rows;
   a.D = D;
   a.top_k = static_cast<int>(top_k);
-  ctx.launch("moe", instantiation("permute_kernel", {template_type(dtype), threads_of(config)}), config, {blocks_for(a.rows * a.D)}, a,
+  ctx.launch("moe", instantiation("permute_kernel", {template_type(dtype), threads_of(config)}), config, {warp_row_blocks(a.rows, config)}, a,
              {{&a.x, B::of(x)}, {&a.slots, B::of(slots)}, {&a.xs, xs}});
 }
 
@@ -110,14 +116,15 @@ void permute(EmitContext& ctx, ValueId x, ValueId slots, ValueId xs, std::int64_
   permute_into(ctx, x, slots, B::of(xs), out.dtype, out.dim(0), out.dim(1), top_k);
 }
 
-// Whether the offsets' segments cover every row (so a grouped matmul writes
-// all of its output): true when they come from a dropless, unpadded
-// dispatch (capacity_factor 0, block 1), whose segments end at T * K.
-bool segments_cover_rows(const Graph& graph, ValueId offsets) {
+// Whether the routed rows are exactly the T * K slots: `routing` (offsets
+// or positions) comes from a dropless, unpadded dispatch (capacity_factor 0,
+// block 1), whose segments cover every row and whose positions name each row
+// once (so a grouped matmul or combine_grad writes all of its output).
+bool segments_cover_rows(const Graph& graph, ValueId routing) {
   for (const Op& op : graph.ops()) {
     if (op.kind != OpKind::Dispatch && op.kind != OpKind::Route) continue;
     for (ValueId r : op.results)
-      if (r == offsets) return op.attrs.get_float("capacity_factor") == 0.0 && op.attrs.get_int("block") == 1;
+      if (r == routing) return op.attrs.get_float("capacity_factor") == 0.0 && op.attrs.get_int("block") == 1;
   }
   return false;
 }
@@ -130,7 +137,7 @@ void combine(EmitContext& ctx, B ys, DType dtype, std::int64_t D, B weights, Val
   a.tokens = pt.dim(0);
   a.K = static_cast<int>(pt.dim(1));
   a.D = D;
-  ctx.launch("moe", instantiation("combine_kernel", {template_type(dtype), threads_of(config)}), config, {blocks_for(a.tokens * D)}, a,
+  ctx.launch("moe", instantiation("combine_kernel", {template_type(dtype), threads_of(config)}), config, {warp_row_blocks(a.tokens, config)}, a,
              {{&a.ys, ys}, {&a.weights, weights}, {&a.positions, B::of(positions)}, {&a.out, B::of(out)}});
 }
 
@@ -352,28 +359,21 @@ void emit_Combine(EmitContext& ctx) {
 
 void emit_CombineGrad(EmitContext& ctx) {
   std::int64_t D = ctx.in(0).dim(1), tokens = ctx.in(1).dim(0), K = ctx.in(1).dim(1);
-  ctx.zero(B::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
+  // Rows of dys that no slot names (padding, capacity) stay zero; a dropless
+  // unpadded dispatch names every row once.
+  if (!segments_cover_rows(ctx.graph(), ctx.operand(2))) ctx.zero(B::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
   TileConfig config = TileConfig::fixed_threads(256);
-  mj::CombineGradRowsArgs<void> r{};
-  r.tokens = tokens;
-  r.K = static_cast<int>(K);
-  r.D = D;
-  ctx.launch("moe", instantiation("combine_grad_rows_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(tokens * K * D)}, r,
-             {{&r.weights, B::of(ctx.operand(1))},
-              {&r.positions, B::of(ctx.operand(2))},
-              {&r.dout, B::of(ctx.operand(3))},
-              {&r.dys, B::of(ctx.result(0))}});
-  TileConfig block_config = TileConfig::fixed_threads(128);
-  mj::CombineGradWeightsArgs<void> w{};
-  w.slots = tokens * K;
-  w.K = static_cast<int>(K);
-  w.D = D;
-  ctx.launch("moe", instantiation("combine_grad_weights_kernel", {ctx.in_type(0), threads_of(block_config)}), block_config,
-             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens * K, 1, 65535))}, w,
-             {{&w.ys, B::of(ctx.operand(0))},
-              {&w.positions, B::of(ctx.operand(2))},
-              {&w.dout, B::of(ctx.operand(3))},
-              {&w.dweights, B::of(ctx.result(1))}});
+  mj::CombineGradArgs<void> a{};
+  a.slots = tokens * K;
+  a.K = static_cast<int>(K);
+  a.D = D;
+  ctx.launch("moe", instantiation("combine_grad_kernel", {ctx.in_type(0), threads_of(config)}), config, {warp_row_blocks(a.slots, config)}, a,
+             {{&a.ys, B::of(ctx.operand(0))},
+              {&a.weights, B::of(ctx.operand(1))},
+              {&a.positions, B::of(ctx.operand(2))},
+              {&a.dout, B::of(ctx.operand(3))},
+              {&a.dys, B::of(ctx.result(0))},
+              {&a.dweights, B::of(ctx.result(1))}});
 }
 
 // ---- auxiliary losses ----

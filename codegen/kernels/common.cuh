@@ -167,6 +167,29 @@ template <class A, class Op> __device__ A block_reduce(A v, Op op, A* scratch) {
   return scratch[32];
 }
 
+// N elements of T moved as one load or store (16 bytes at most per
+// instruction: a Pack of 8 floats is two). Its alignment is its size capped
+// at 16 bytes, so the pointer of a Pack access must be aligned to that.
+template <class T, int N> struct alignas(sizeof(T) * N >= 16 ? 16 : sizeof(T) * N) Pack {
+  T v[N];
+};
+// Elements of T in 16 bytes.
+template <class T> struct pack16 {
+  static constexpr int n = 16 / (int)sizeof(T);
+};
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15ull) == 0; }
+
+// Each warp of the grid walks rows r = warp, warp + warps, ...: `lane` and
+// `warp` / `warps` of the calling thread (grid-stride over warps).
+struct WarpRows {
+  int lane;
+  i64 warp, warps;
+  __device__ __forceinline__ WarpRows()
+      : lane((int)(threadIdx.x & 31)),
+        warp(((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5),
+        warps(((i64)gridDim.x * blockDim.x) >> 5) {}
+};
+
 // Grid-stride loop over [0, n).
 #define MOEJIT_FOR_EACH(i, n) \
   for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)

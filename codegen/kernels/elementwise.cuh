@@ -6,8 +6,10 @@
 // generated layer writes: `struct chain_<hash> { static void apply(const
 // ElementwiseArgs&, i64 i); }` loads element i of its inputs, computes every
 // op in registers (rounding each value to its dtype, as the unfused ops do)
-// and stores the values read outside the chain. elementwise_kernel<Chain,
-// THREADS> runs it over a grid-stride loop. The formulas are those of
+// and stores the values read outside the chain; `apply8(a, i)` does the same
+// for elements i .. i+7 with packed loads and stores, and `packed(a)` says
+// whether every pointer allows them. elementwise_kernel<Chain, THREADS> runs
+// them over a grid-stride loop. The formulas are those of
 // runtime/cpu/cpu_elementwise.cpp.
 #pragma once
 #include "codegen/kernels/common.cuh"
@@ -118,9 +120,16 @@ __device__ __forceinline__ double philox_normal_dev(unsigned long long seed, uns
 // ---- kernels ----
 // __grid_constant__: Chain::apply takes the arguments by reference without a
 // local copy of the struct.
+// Eight elements per step (Chain::apply8: every operand and result moved as
+// a Pack of 8) when n is a multiple of 8 and every pointer is 16-byte
+// aligned, else one element per step; both compute the same values.
 template <class Chain, int THREADS>
 __global__ void __launch_bounds__(THREADS) elementwise_kernel(const __grid_constant__ ElementwiseArgs a) {
-  MOEJIT_FOR_EACH(i, a.n) Chain::apply(a, i);
+  if (a.n % 8 == 0 && Chain::packed(a)) {
+    MOEJIT_FOR_EACH(p, a.n / 8) Chain::apply8(a, p * 8);
+  } else {
+    MOEJIT_FOR_EACH(i, a.n) Chain::apply(a, i);
+  }
 }
 
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) random_normal_kernel(const RandomNormalArgs<T> a) {

@@ -38,8 +38,30 @@ template <class T> struct EmbeddingGradArgs {
 #if MOEJIT_DEVICE_CODE
 namespace mj {
 
+// When the innermost dimension has 32 elements or more, each warp copies
+// whole runs of it (WarpRows: the offsets of a run's start computed once,
+// then a stride per element; 16-byte packs where both sides are contiguous
+// and aligned); else one thread per element, each offset from its index.
 template <class E, int THREADS> __global__ void __launch_bounds__(THREADS) copy_kernel(const CopyArgs<E> a) {
-  MOEJIT_FOR_EACH(i, a.n) a.dst[a.dst_offset + dims_offset(a.dst_dims, i)] = a.src[a.src_offset + dims_offset(a.src_dims, i)];
+  const int rank = a.dst_dims.rank;
+  const i64 inner = rank > 0 ? a.dst_dims.size[rank - 1] : 1;
+  if (rank == 0 || inner < 32) {
+    MOEJIT_FOR_EACH(i, a.n) a.dst[a.dst_offset + dims_offset(a.dst_dims, i)] = a.src[a.src_offset + dims_offset(a.src_dims, i)];
+    return;
+  }
+  constexpr int V = pack16<E>::n;
+  typedef Pack<E, V> P;
+  const i64 src_step = a.src_dims.stride[rank - 1], dst_step = a.dst_dims.stride[rank - 1];
+  const WarpRows w;
+  for (i64 run = w.warp; run < a.n / inner; run += w.warps) {
+    const E* src = a.src + a.src_offset + dims_offset(a.src_dims, run * inner);
+    E* dst = a.dst + a.dst_offset + dims_offset(a.dst_dims, run * inner);
+    if (src_step == 1 && dst_step == 1 && inner % V == 0 && aligned16(src) && aligned16(dst)) {
+      for (i64 p = w.lane; p < inner / V; p += 32) reinterpret_cast<P*>(dst)[p] = reinterpret_cast<const P*>(src)[p];
+    } else {
+      for (i64 j = w.lane; j < inner; j += 32) dst[j * dst_step] = src[j * src_step];
+    }
+  }
 }
 
 // An id outside 0..V-1 gives a row of zeros (the CPU backend reports it as an error).

@@ -93,20 +93,12 @@ template <class T> struct CombineArgs {
   i64 D;
 };
 
-template <class T> struct CombineGradRowsArgs {
+template <class T> struct CombineGradArgs {
+  const T* ys;
   const T* weights;
   const int* positions;
   const T* dout;
   T* dys;
-  i64 tokens;
-  int K;
-  i64 D;
-};
-
-template <class T> struct CombineGradWeightsArgs {
-  const T* ys;
-  const int* positions;
-  const T* dout;
   T* dweights;
   i64 slots;
   int K;
@@ -424,51 +416,114 @@ template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scatt
   }
 }
 
+// The row kernels below (permute, combine, combine_grad) give each row a
+// warp (WarpRows): lane l moves the row's 16-byte packs l, l + 32, ... when
+// the row length D is a multiple of a pack and the pointers are aligned,
+// else its elements l, l + 32, ...; both orders compute the same values.
+
 // moe.permute: xs[i] = x[slots[i] / top_k], zero where slots[i] < 0. x [T, D] -> xs [N, D].
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) permute_kernel(const PermuteArgs<T> a) {
-  MOEJIT_FOR_EACH(i, a.rows * a.D) {
-    int s = a.slots[i / a.D];
-    a.xs[i] = s >= 0 ? a.x[(i64)(s / a.top_k) * a.D + i % a.D] : st<T>(typename acc_of<T>::type(0));
+  constexpr int V = pack16<T>::n;
+  typedef Pack<T, V> P;
+  const WarpRows w;
+  const bool packed = a.D % V == 0 && aligned16(a.x) && aligned16(a.xs);
+  for (i64 r = w.warp; r < a.rows; r += w.warps) {
+    const int s = a.slots[r];
+    const T* src = s >= 0 ? a.x + (i64)(s / a.top_k) * a.D : nullptr;
+    T* dst = a.xs + r * a.D;
+    if (packed) {
+      P zero;
+#pragma unroll
+      for (int j = 0; j < V; ++j) zero.v[j] = st<T>(typename acc_of<T>::type(0));
+      for (i64 p = w.lane; p < a.D / V; p += 32) reinterpret_cast<P*>(dst)[p] = src ? reinterpret_cast<const P*>(src)[p] : zero;
+    } else {
+      for (i64 d = w.lane; d < a.D; d += 32) dst[d] = src ? src[d] : st<T>(typename acc_of<T>::type(0));
+    }
   }
 }
 
 // moe.combine (weights given) and moe.permute_grad (weights null = all ones):
-// out[t] = sum_k w[t,k] ys[positions[t,k]], dropped slots add nothing. -> [T, D].
+// out[t] = sum_k w[t,k] ys[positions[t,k]] in the order k = 0..K-1, dropped
+// slots add nothing. -> [T, D].
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_kernel(const CombineArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  MOEJIT_FOR_EACH(i, a.tokens * a.D) {
-    i64 t = i / a.D, d = i % a.D;
-    A acc = A(0);
-    for (int k = 0; k < a.K; ++k) {
-      int row = a.positions[t * a.K + k];
-      if (row < 0) continue;
-      A w = a.weights ? ld(a.weights[t * a.K + k]) : A(1);
-      acc += w * ld(a.ys[(i64)row * a.D + d]);
+  constexpr int V = pack16<T>::n;
+  typedef Pack<T, V> P;
+  const WarpRows w;
+  const bool packed = a.D % V == 0 && aligned16(a.ys) && aligned16(a.out);
+  for (i64 t = w.warp; t < a.tokens; t += w.warps) {
+    T* out = a.out + t * a.D;
+    if (packed) {
+      for (i64 p = w.lane; p < a.D / V; p += 32) {
+        A acc[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] = A(0);
+        for (int k = 0; k < a.K; ++k) {
+          const int row = a.positions[t * a.K + k];
+          if (row < 0) continue;
+          const A weight = a.weights ? ld(a.weights[t * a.K + k]) : A(1);
+          const P y = reinterpret_cast<const P*>(a.ys + (i64)row * a.D)[p];
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc[j] += weight * ld(y.v[j]);
+        }
+        P o;
+#pragma unroll
+        for (int j = 0; j < V; ++j) o.v[j] = st<T>(acc[j]);
+        reinterpret_cast<P*>(out)[p] = o;
+      }
+    } else {
+      for (i64 d = w.lane; d < a.D; d += 32) {
+        A acc = A(0);
+        for (int k = 0; k < a.K; ++k) {
+          const int row = a.positions[t * a.K + k];
+          if (row < 0) continue;
+          const A weight = a.weights ? ld(a.weights[t * a.K + k]) : A(1);
+          acc += weight * ld(a.ys[(i64)row * a.D + d]);
+        }
+        out[d] = st<T>(acc);
+      }
     }
-    a.out[i] = st<T>(acc);
   }
 }
 
-// moe.combine_grad: dys[positions[t,k]] = weights[t,k] dout[t] (dys zeroed
-// before; each row belongs to at most one slot), and one block per slot:
-// dweights[t,k] = dout[t] . ys[positions[t,k]] (0 when dropped).
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_grad_rows_kernel(const CombineGradRowsArgs<T> a) {
-  MOEJIT_FOR_EACH(i, a.tokens * a.K * a.D) {
-    i64 slot = i / a.D, d = i % a.D;
-    int row = a.positions[slot];
-    if (row >= 0) a.dys[(i64)row * a.D + d] = st<T>(ld(a.weights[slot]) * ld(a.dout[(slot / a.K) * a.D + d]));
-  }
-}
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_grad_weights_kernel(const CombineGradWeightsArgs<T> a) {
+// moe.combine_grad, one warp per slot s = (t, k) with row = positions[s]:
+// dys[row] = weights[s] dout[t], and dweights[s] = dout[t] . ys[row] (each
+// lane sums its elements in order, then a fixed butterfly over the lanes;
+// 0 when the slot was dropped). Rows no slot names are zeroed before.
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_grad_kernel(const CombineGradArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  __shared__ A scratch[33];
-  for (i64 slot = blockIdx.x; slot < a.slots; slot += gridDim.x) {
-    int row = a.positions[slot];
-    A acc = A(0);
-    if (row >= 0)
-      for (i64 d = threadIdx.x; d < a.D; d += blockDim.x) acc += ld(a.dout[(slot / a.K) * a.D + d]) * ld(a.ys[(i64)row * a.D + d]);
-    acc = block_reduce(acc, SumOp(), scratch);
-    if (threadIdx.x == 0) a.dweights[slot] = st<T>(acc);
+  constexpr int V = pack16<T>::n;
+  typedef Pack<T, V> P;
+  const WarpRows w;
+  const bool packed = a.D % V == 0 && aligned16(a.ys) && aligned16(a.dout) && aligned16(a.dys);
+  for (i64 s = w.warp; s < a.slots; s += w.warps) {
+    const int row = a.positions[s];
+    A dot = A(0);
+    if (row >= 0) {
+      const A weight = ld(a.weights[s]);
+      const T* dout = a.dout + (s / a.K) * a.D;
+      const T* ys = a.ys + (i64)row * a.D;
+      T* dys = a.dys + (i64)row * a.D;
+      if (packed) {
+        for (i64 p = w.lane; p < a.D / V; p += 32) {
+          const P g = reinterpret_cast<const P*>(dout)[p], y = reinterpret_cast<const P*>(ys)[p];
+          P dy;
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            dy.v[j] = st<T>(weight * ld(g.v[j]));
+            dot += ld(g.v[j]) * ld(y.v[j]);
+          }
+          reinterpret_cast<P*>(dys)[p] = dy;
+        }
+      } else {
+        for (i64 d = w.lane; d < a.D; d += 32) {
+          dys[d] = st<T>(weight * ld(dout[d]));
+          dot += ld(dout[d]) * ld(ys[d]);
+        }
+      }
+    }
+    dot = warp_reduce(dot, SumOp());
+    if (w.lane == 0) a.dweights[s] = st<T>(dot);
   }
 }
 

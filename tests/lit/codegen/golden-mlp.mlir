@@ -13,14 +13,33 @@
 // CHECK-EMPTY:
 // CHECK-NEXT: namespace mj {
 // CHECK-EMPTY:
-// CHECK-NEXT: struct chain_fused2_9a8b7791 {
-// CHECK-NEXT:    static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {
-// CHECK-NEXT:      const float v0 = static_cast<const float*>(a.in[0])[i];
-// CHECK-NEXT:      const float v1 = static_cast<const float*>(a.in[1])[i];
-// CHECK-NEXT:      const float v2 = st<float>(ew_add(ld(v0), ld(v1)));
-// CHECK-NEXT:      const float v3 = st<float>(ew_gelu(ld(v2)));
-// CHECK-NEXT:      static_cast<float*>(a.out[0])[i] = v3;
-// CHECK-NEXT:    }
+// CHECK-NEXT: struct chain_fused2_b01adf89 {
+// CHECK-NEXT:   static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {
+// CHECK-NEXT:     const float v0 = static_cast<const float*>(a.in[0])[i];
+// CHECK-NEXT:     const float v1 = static_cast<const float*>(a.in[1])[i];
+// CHECK-NEXT:     const float v2 = st<float>(ew_add(ld(v0), ld(v1)));
+// CHECK-NEXT:     const float v3 = st<float>(ew_gelu(ld(v2)));
+// CHECK-NEXT:     static_cast<float*>(a.out[0])[i] = v3;
+// CHECK-NEXT:   }
+// CHECK-NEXT:   static __device__ __forceinline__ bool packed(const ElementwiseArgs& a) {
+// CHECK-NEXT:     return ((0ull | (unsigned long long)a.in[0] | (unsigned long long)a.in[1] | (unsigned long long)a.out[0]) & 15ull) == 0;
+// CHECK-NEXT:   }
+// CHECK-NEXT:   static __device__ __forceinline__ void apply8(const ElementwiseArgs& a, i64 i0) {
+// CHECK-NEXT:     const Pack<float, 8> pv0 = *reinterpret_cast<const Pack<float, 8>*>(static_cast<const float*>(a.in[0]) + i0);
+// CHECK-NEXT:     const Pack<float, 8> pv1 = *reinterpret_cast<const Pack<float, 8>*>(static_cast<const float*>(a.in[1]) + i0);
+// CHECK-NEXT:     Pack<float, 8> qv3;
+// CHECK-NEXT: #pragma unroll
+// CHECK-NEXT:     for (int j = 0; j < 8; ++j) {
+// CHECK-NEXT:       const i64 i = i0 + j;
+// CHECK-NEXT:       (void)i;
+// CHECK-NEXT:       const float v0 = pv0.v[j];
+// CHECK-NEXT:       const float v1 = pv1.v[j];
+// CHECK-NEXT:       const float v2 = st<float>(ew_add(ld(v0), ld(v1)));
+// CHECK-NEXT:       const float v3 = st<float>(ew_gelu(ld(v2)));
+// CHECK-NEXT:       qv3.v[j] = v3;
+// CHECK-NEXT:     }
+// CHECK-NEXT:     *reinterpret_cast<Pack<float, 8>*>(static_cast<float*>(a.out[0]) + i0) = qv3;
+// CHECK-NEXT:   }
 // CHECK-NEXT: };
 // CHECK-EMPTY:
 // CHECK-NEXT: }  // namespace mj
@@ -30,7 +49,7 @@
 // CHECK-NEXT: //   mj::matmul_kernel<float, 64, 64, 16, 256>
 // CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); tile 64x64x16 stages 1 threads 256 (heuristic)
 // CHECK-NEXT: // step 1: %2 = "mj.gelu" (fused group of 2 ops)
-// CHECK-NEXT: //   mj::elementwise_kernel<mj::chain_fused2_9a8b7791, 256>
+// CHECK-NEXT: //   mj::elementwise_kernel<mj::chain_fused2_b01adf89, 256>
 // CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
 // CHECK-NEXT: // step 2: %3 = "mj.layer_norm"
 // CHECK-NEXT: //   mj::norm_kernel<float, 256>

@@ -23,7 +23,7 @@
 // CHECK-NEXT: //   mj::dispatch_scatter_kernel<256>
 // CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
 // CHECK-NEXT: //   mj::permute_kernel<float, 256>
-// CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
+// CHECK-NEXT: //     grid (2, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
 // CHECK-NEXT: // step 1: %1 = "moe.grouped_matmul"
 // CHECK-NEXT: //   memset 0, 512 bytes
 // CHECK-NEXT: //   mj::grouped_matmul_kernel<float, 16, 16, 16, 32>
