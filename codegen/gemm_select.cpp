@@ -40,7 +40,8 @@
 // sm_90 where the sm90 family does not take the product (f16, a plain sm_90
 // target, rows TMA cannot address), any row alignment (rows that are no
 // 16-byte multiple are loaded element by element), except moe.route (its
-// emitter runs the router product on the SIMT tile): a 128 x 128 x 32 tile,
+// emitter runs the router product on the SIMT tile) and products of N <= 16
+// (SIMT's narrow tile and split K): a 128 x 128 x 32 tile,
 // 128 threads (4 warps of 64 x 64), two blocks per SM over a persistent grid.
 //   attribute: tensor-core tile attributes (moe-tiling's 128 x n x 64) run
 //              as 128 x 128 x 32 with a note; others ask for SIMT, as on sm90;
@@ -296,6 +297,10 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
 bool sm80_fits(const Op& op, const GemmProblem& p, const Target& target) {
   if (target.sm() < 80 || target.sm() > 90 || (p.dtype != DType::bf16 && p.dtype != DType::f16) || op.kind == OpKind::Route) return false;
   if (p.m <= 0 || p.n <= 0 || p.k < 0 || p.m >= (1ll << 31) || p.n >= (1ll << 31) || p.k >= (1ll << 31)) return false;
+  // Skinny products (N of a few experts: the router's and its weight
+  // gradient) waste most of a 128-column tile; the SIMT family's narrow
+  // tile and split K serve them.
+  if (p.n <= 16) return false;
   const bool grouped = p.kind == GemmProblem::Kind::grouped;
   return sm80::smem_bytes(128, 128, 32, 2, p.batch, grouped) <= target.shared_memory_per_block_optin;
 }
