@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_sm80_launch.h"
 #include "codegen/gemm_sm90_launch.h"
 #include "codegen/gemm_select.h"
 #include "codegen/kernels/attention.cuh"
@@ -353,6 +354,27 @@ void emit_Matmul(EmitContext& ctx) {
       g.b_batched = b_batched;
     }
     launch_sm90_gemm(ctx, c, g);
+    return;
+  }
+  if (choice.family == GemmFamily::sm80) {
+    Sm80Gemm g;
+    g.dtype = at.dtype;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.n = a.N;
+    g.k = a.K;
+    g.a_k_major = !ta;
+    g.b_k_major = tb;
+    g.b_batched = bt.rank() > 2;
+    g.m = a.M;
+    g.groups = batch;
+    g.a_batched = true;
+    if (!ta && !g.b_batched) {
+      g.m = batch * a.M;  // one B for every batch: the batches are just more rows of A
+      g.groups = 1;
+    }
+    launch_sm80_gemm(ctx, c, g);
     return;
   }
   launch_simt_matmul(ctx, c, a, batch, at.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));

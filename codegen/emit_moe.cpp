@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_sm80_launch.h"
 #include "codegen/gemm_sm90_launch.h"
 #include "codegen/gemm_select.h"
 #include "codegen/kernels/matmul.cuh"
@@ -196,9 +197,32 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   // than the copy (the fused layer ran 4.5% behind the unfused one on an H200).
   // When the route that made the slots also writes xs (its result #7: the
   // backward reads it), that copy is read instead of making a second one.
+  const ValueId routed_xs = routed_rows(ctx, x, slots, top_k);
+  // Otherwise the sm80 family reads gathered rows straight from x (cp.async
+  // takes any 16-byte-aligned address, and it loads unaligned rows element by
+  // element): no copy.
+  if (choice.family == GemmFamily::sm80) {
+    if (!segments_cover_rows(ctx.graph(), offsets)) ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+    Sm80Gemm g;
+    g.mode = Sm80Gemm::Mode::grouped;
+    g.dtype = wt.dtype;
+    g.a = routed_xs != kNoValue ? B::of(routed_xs) : B::of(x);
+    g.slots = routed_xs != kNoValue ? B::none() : slots;
+    g.top_k = top_k;
+    g.b = B::of(w);
+    g.c = out;
+    g.offsets = B::of(offsets);
+    g.m = rows;
+    g.n = a.F;
+    g.k = a.D;
+    g.groups = E;
+    g.b_k_major = transpose_w;
+    launch_sm80_gemm(ctx, c, g);
+    return;
+  }
   B rows_of_x = B::of(x);
-  if (ValueId xs = routed_rows(ctx, x, slots, top_k); xs != kNoValue) {
-    rows_of_x = B::of(xs);
+  if (routed_xs != kNoValue) {
+    rows_of_x = B::of(routed_xs);
   } else if (slots.kind != B::Kind::null) {
     const std::int64_t xs = ctx.scratch(rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
     permute_into(ctx, x, slots.value, B::scratch(xs), wt.dtype, rows, a.D, top_k);
@@ -329,6 +353,21 @@ void emit_GroupedMatmulWgrad(EmitContext& ctx) {
     g.k = ctx.in(0).dim(0);
     g.groups = E;
     launch_sm90_gemm(ctx, c, g);
+    return;
+  }
+  if (choice.family == GemmFamily::sm80) {
+    Sm80Gemm g;
+    g.mode = Sm80Gemm::Mode::wgrad;
+    g.dtype = ctx.in(0).dtype;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.offsets = B::of(ctx.operand(2));
+    g.m = a.D;
+    g.n = a.F;
+    g.k = ctx.in(0).dim(0);
+    g.groups = E;
+    launch_sm80_gemm(ctx, c, g);
     return;
   }
   ctx.launch("matmul",

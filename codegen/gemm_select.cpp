@@ -35,6 +35,18 @@
 //   tuned: instead of the heuristic (not of attributes), the database's
 //          tile_n and stages for family "gemm_sm90" when tile_n is 64, 128 or
 //          256 and the stages (2 to 6) fit, else the heuristic with a note.
+//
+// sm80 family (codegen/kernels/gemm_sm80.cuh), for bf16 and f16 on sm_80 ..
+// sm_90 where the sm90 family does not take the product (f16, a plain sm_90
+// target, rows TMA cannot address), any row alignment (rows that are no
+// 16-byte multiple are loaded element by element), except moe.route (its
+// emitter runs the router product on the SIMT tile) and products of N <= 16
+// (SIMT's narrow tile and split K): a 128 x 128 x 32 tile,
+// 128 threads (4 warps of 64 x 64), two blocks per SM over a persistent grid.
+//   attribute: tensor-core tile attributes (moe-tiling's 128 x n x 64) run
+//              as 128 x 128 x 32 with a note; others ask for SIMT, as on sm90;
+//   heuristic: 4 stages, fewer (down to 2) where the target's shared memory
+//              is smaller (48 KiB of a generic named target: 3).
 #include "codegen/gemm_select.h"
 
 #include <fmt/format.h>
@@ -43,6 +55,7 @@
 #include <optional>
 #include <variant>
 
+#include "codegen/kernels/gemm_sm80.cuh"
 #include "codegen/kernels/gemm_sm90.cuh"
 #include "codegen/tuning_db.h"
 #include "ir/error.h"
@@ -279,6 +292,38 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
   return c;
 }
 
+// Whether the sm80 family can run the problem (mma.sync runs on sm_80 and
+// later; sm_90 takes it where the sm90 family does not).
+bool sm80_fits(const Op& op, const GemmProblem& p, const Target& target) {
+  if (target.sm() < 80 || target.sm() > 90 || (p.dtype != DType::bf16 && p.dtype != DType::f16) || op.kind == OpKind::Route) return false;
+  if (p.m <= 0 || p.n <= 0 || p.k < 0 || p.m >= (1ll << 31) || p.n >= (1ll << 31) || p.k >= (1ll << 31)) return false;
+  // Skinny products (N of a few experts: the router's and its weight
+  // gradient) waste most of a 128-column tile; the SIMT family's narrow
+  // tile and split K serve them.
+  if (p.n <= 16) return false;
+  const bool grouped = p.kind == GemmProblem::Kind::grouped;
+  return sm80::smem_bytes(128, 128, 32, 2, p.batch, grouped) <= target.shared_memory_per_block_optin;
+}
+
+TileConfig sm80_config(const Op& op, const GemmProblem& problem, const Target& target) {
+  TileConfig c;
+  c.tile_m = 128;
+  c.tile_n = 128;
+  c.tile_k = 32;
+  c.threads = sm80::threads_for(c.tile_m, c.tile_n);
+  c.source = TileConfig::Source::heuristic;
+  if (problem.kind == GemmProblem::Kind::grouped && sm90_tile_attributes(op)) {
+    c.source = TileConfig::Source::attribute;
+    add_note(c, fmt::format("tensor-core tile {}x{}x{} as 128x128x32 for the sm80 family", op.attrs.get_int("tile_m"),
+                            op.attrs.get_int("tile_n"), op.attrs.get_int("tile_k")));
+  }
+  const bool grouped = problem.kind == GemmProblem::Kind::grouped;
+  c.stages = 4;
+  while (c.stages > 2 && sm80::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, problem.batch, grouped) > target.shared_memory_per_block_optin)
+    --c.stages;
+  return c;
+}
+
 }  // namespace
 
 const char* gemm_kind_name(GemmProblem::Kind kind) {
@@ -343,6 +388,9 @@ GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& prob
   if (sm90_fits(problem, target) && !simt_attributes) {
     choice.family = GemmFamily::sm90;
     choice.config = sm90_config(graph, op, problem, target);
+  } else if (sm80_fits(op, problem, target) && !simt_attributes) {
+    choice.family = GemmFamily::sm80;
+    choice.config = sm80_config(op, problem, target);
   } else {
     choice.family = GemmFamily::simt;
     choice.config = simt_config(graph, op, problem, target);

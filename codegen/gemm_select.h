@@ -3,8 +3,10 @@
 // op's tile attributes and the target). Today there is one family, the SIMT
 // tile of codegen/kernels/matmul.cuh, for every dtype and target, and the
 // Hopper tensor-core family of codegen/kernels/gemm_sm90.cuh (wgmma, TMA)
-// for bf16 products on sm_90a whose rows the copy engine can address; SIMT
-// stays the fallback for f32/f64, for other targets and other layouts.
+// for bf16 products on sm_90a whose rows the copy engine can address, the
+// Ampere family of codegen/kernels/gemm_sm80.cuh (mma.sync, cp.async) for the
+// other bf16 / f16 products on sm_80 .. sm_90; SIMT stays the fallback for
+// f32/f64, for older targets and for moe.route's skinny router product.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -20,6 +22,7 @@ namespace moejit::codegen {
 enum class GemmFamily {
   simt,  // codegen/kernels/matmul.cuh: matmul_kernel, grouped_matmul_kernel, grouped_wgrad_kernel
   sm90,  // codegen/kernels/gemm_sm90.cuh: gemm_sm90_kernel (tile_m 128, tile_k 64, tile_n 64/128/256)
+  sm80,  // codegen/kernels/gemm_sm80.cuh: gemm_sm80_kernel (tile 128 x 128 x 32, 2 to 4 stages)
 };
 
 struct GemmProblem {
@@ -33,8 +36,8 @@ struct GemmProblem {
   std::int64_t m = 0, n = 0, k = 0;  // grouped: m = all rows (every expert's segment together)
   std::int64_t batch = 1;            // matmul batches, or experts
   bool a_k_major = true, b_k_major = false;  // whether K is the contiguous axis of A / of B
-  bool gathered = false;                     // grouped: A's rows are read through slots (the SIMT kernel gathers;
-                                             // the sm90 family needs them permuted into a contiguous copy first)
+  bool gathered = false;                     // grouped: A's rows are read through slots (the sm80 family gathers in
+                                             // its loads; SIMT and sm90 get them permuted into a contiguous copy first)
 };
 
 // The problem the op's emitter hands to choose_gemm: mj.matmul, moe.route's

@@ -33,6 +33,12 @@ Target Target::named(const std::string& arch) {
     t.shared_memory_per_block_optin = 163 * 1024;
     t.l2_bytes = 40 * 1024 * 1024;
     t.device_name = "A100-like (named target)";
+  } else if (t.cc_major == 8) {
+    // GA10x / AD10x (sm_86, sm_89: RTX 30/40, A10, L40): 99 KiB per block.
+    t.sm_count = 80;
+    t.shared_memory_per_block_optin = 99 * 1024;
+    t.l2_bytes = 6 * 1024 * 1024;
+    t.device_name = "GA10x/AD10x-like (named target)";
   } else {
     t.sm_count = 80;
     t.shared_memory_per_block_optin = 48 * 1024;

@@ -25,7 +25,8 @@ struct Target {
 
   // The target named by `arch` ("sm_80", "sm_90a", "sm_90", "compute_90a",
   // ...) with the numbers of a typical part: sm_90* an H100 SXM, sm_80 an
-  // A100, others a conservative 48 KiB opt-in and 80 SMs. Throws
+  // A100, other sm_8x 99 KiB of shared memory (GA10x, AD10x), others a
+  // conservative 48 KiB opt-in and 80 SMs. Throws
   // moejit::Error for a name that is not sm_XY[a] / compute_XY[a].
   static Target named(const std::string& arch);
 };

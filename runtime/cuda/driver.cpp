@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <mutex>
 
 #include "ir/error.h"
@@ -154,6 +155,20 @@ codegen::Target cuda_device_target() {
   t.shared_memory_per_block_optin = info.shared_memory_per_block_optin;
   t.l2_bytes = info.l2_bytes;
   t.device_name = info.name;
+  // MOEJIT_ARCH=sm_80: generate for an older architecture than the device's
+  // (its kernel families, its PTX, which the driver JIT-compiles); the sizes
+  // stay the device's, since the code runs here.
+  if (const char* forced = std::getenv("MOEJIT_ARCH"); forced && *forced) {
+    const codegen::Target named = codegen::Target::named(forced);  // throws for a name that is no architecture
+    const bool arch_specific = named.arch.back() == 'a';
+    if (named.sm() > t.sm() || (arch_specific && named.arch != t.arch))
+      throw Error(fmt::format("MOEJIT_ARCH={} cannot run on the device ({}, {}): expected an architecture no newer than the device's, "
+                              "and an 'a' architecture only on its own device",
+                              forced, info.name, t.arch));
+    t.arch = named.arch;
+    t.cc_major = named.cc_major;
+    t.cc_minor = named.cc_minor;
+  }
   return t;
 }
 

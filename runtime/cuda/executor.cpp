@@ -88,14 +88,18 @@ class CudaExecutable final : public ExecutableBase {
       std::fprintf(stderr, "moejit cuda: generated source of @%s:\n%s\n", graph_.name().c_str(), code_.source.c_str());
     auto before = cuda_compile_stats();
     auto start = std::chrono::steady_clock::now();
-    cuda::CompileRequest request{code_.source, graph_.name(), target_.arch, cuda::CompileOutput::cubin, true, {}};
+    // A target older than the device (MOEJIT_ARCH) is compiled to its PTX,
+    // which cuModuleLoadData JIT-compiles for the device.
+    const bool jit = target_.arch != cuda_device_info().arch();
+    cuda::CompileRequest request{code_.source, graph_.name(), jit ? target_.ptx_arch() : target_.arch,
+                                 jit ? cuda::CompileOutput::ptx : cuda::CompileOutput::cubin, true, {}};
     request.name_expressions = code_.kernels;
     compiled_ = cuda::compile_module_parts(request, cuda::compile_parts(code_.kernels.size()), codegen::compile_weights(code_));
     if (debug_level() >= 1) {
       auto after = cuda_compile_stats();
       const char* how = after.compiles > before.compiles ? "compiled by NVRTC" : after.disk_hits > before.disk_hits ? "loaded from the disk cache" : "found in memory";
       std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels in %zu parts, %zu launches, families:%s) for %s: %s in %.3f s\n",
-                   graph_.name().c_str(), code_.kernels.size(), compiled_.size(), launch_count(), families().c_str(), target_.arch.c_str(), how,
+                   graph_.name().c_str(), code_.kernels.size(), compiled_.size(), launch_count(), families().c_str(), request.arch.c_str(), how,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       std::fputs(codegen::describe_kernel_configs(code_, "moejit cuda:   ").c_str(), stderr);
     }

@@ -337,7 +337,7 @@ Graph grouped_graph(bool user_tiles) {
 
 }  // namespace
 
-TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems derived by hand", "[cuda][tuning]") {
+TEST_CASE("tune: config B's training step has the 16 distinct GEMM problems derived by hand", "[cuda][tuning]") {
   // Config B: T = 64 x 256 = 16384 tokens, K = 2 (32768 routed rows), D 384,
   // F 1536, E 8, 6 layers, 6 heads (qkv 1152), vocabulary 65, bf16.
   GptMoeConfig config;
@@ -377,10 +377,9 @@ TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems deri
       {"gemm_sm90 bf16 matmul m 16384 n 384 k 384 (A B^T)", 6},
       {"gemm_sm90 bf16 matmul m 16384 n 384 k 384", 6},
       {"gemm_sm90 bf16 matmul m 384 n 384 k 16384 (A^T B)", 6},
-      // the LM head (65 columns); its gradients have rows of 65 bf16, which the copy engine cannot address: SIMT
+      // the LM head (65 columns); its gradients have rows of 65 bf16, which the copy engine cannot address:
+      // the sm80 family serves them (not tuned, so not listed)
       {"gemm_sm90 bf16 matmul m 16384 n 65 k 384 (A B^T)", 1},
-      {"matmul_simt bf16 matmul m 16384 n 384 k 65", 1},
-      {"matmul_simt bf16 matmul m 65 n 384 k 16384 (A^T B)", 1},
       // the router, in f32 (mixed precision keeps it), and its gradients
       {"matmul_simt f32 matmul m 16384 n 8 k 384", 6},
       {"matmul_simt f32 matmul m 16384 n 384 k 8 (A B^T)", 6},

@@ -1,0 +1,56 @@
+// The sm80 GEMM family's launches (see gemm_sm80_launch.h): the argument
+// struct of codegen/kernels/gemm_sm80.cuh, the instantiation (layouts, and
+// whether every stored row of A and B starts on 16 bytes, which lets
+// cp.async copy them), and a persistent grid of two blocks per SM.
+#include "codegen/gemm_sm80_launch.h"
+
+#include <fmt/format.h>
+
+#include "codegen/kernels/gemm_sm80.cuh"
+
+namespace moejit::codegen {
+
+void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm& g) {
+  using Mode = Sm80Gemm::Mode;
+  sm80::GemmArgs args{};
+  args.m = g.m;
+  args.n = g.n;
+  args.k = g.k;
+  args.groups = static_cast<int>(g.groups);
+  args.varlen_k = g.mode == Mode::wgrad ? 1 : 0;
+  args.a_row_div = static_cast<int>(g.top_k);
+  args.ldc = g.n;
+  const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
+  const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
+  // The stored operands: A K-major [rows, K] or M-major [K, rows]; B K-major [N, K] or N-major [K, N].
+  args.lda = a_k_major ? g.k : g.m;
+  args.ldb = b_k_major ? g.k : g.n;
+  if (g.mode == Mode::batched) {
+    args.a_group_stride = g.a_batched ? g.m * g.k : 0;
+    args.b_group_stride = g.b_batched ? g.n * g.k : 0;
+    args.c_group_stride = g.m * g.n;
+  } else if (g.mode == Mode::grouped) {
+    args.b_group_stride = g.n * g.k;
+  } else {
+    args.c_group_stride = g.m * g.n;
+  }
+  // Arena buffers start on 256 bytes, so rows start on 16 bytes when the row strides are multiples of 8 elements.
+  const bool vec16 = args.lda % 8 == 0 && args.ldb % 8 == 0;
+  const int bm = config.tile_m, bn = config.tile_n, bk = config.tile_k;
+  const std::string kernel =
+      fmt::format("moejit::sm80::gemm_sm80_kernel<{}, {}, {}, {}, {}, {}, {}, {}, moejit::sm80::Store16<{}>>", template_type(g.dtype), bm, bn,
+                  bk, config.stages, a_k_major, b_k_major, vec16, template_type(g.dtype));
+  const bool grouped = g.mode == Mode::grouped;
+  const auto smem = static_cast<unsigned>(sm80::smem_bytes(bm, bn, bk, config.stages, g.groups, grouped));
+  // Tiles the walk can have: exact for batched and wgrad; for grouped rows
+  // at most one partial row tile per group beyond the full ones.
+  const std::int64_t tiles_n = (g.n + bn - 1) / bn;
+  const std::int64_t tiles = grouped ? ((g.m + bm - 1) / bm + g.groups) * tiles_n : g.groups * ((g.m + bm - 1) / bm) * tiles_n;
+  const unsigned grid = persistent_grid(ctx.target(), tiles, 2);  // 255 registers x 128 threads: two blocks per SM
+  std::vector<Bind> pointers = {{&args.a, g.a}, {&args.b, g.b}, {&args.c, g.c}};
+  if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
+  if (grouped && g.slots.kind != Buffer::Kind::null) pointers.push_back({&args.a_rows, g.slots});
+  ctx.launch("gemm_sm80", kernel, config, {grid}, args, pointers, smem);
+}
+
+}  // namespace moejit::codegen

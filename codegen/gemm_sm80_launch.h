@@ -1,0 +1,34 @@
+// Launches of the sm_80 tensor-core GEMM family (codegen/kernels/gemm_sm80.cuh),
+// shared by the dense and the MoE emitters: one description of the product
+// (which buffers, which mode, which layouts) becomes the argument struct and
+// the instantiation named by the TileConfig. The same modes as the Hopper
+// family (gemm_sm90_launch.h), plus rows of A gathered through slots and
+// f16 operands.
+#pragma once
+#include <cstdint>
+
+#include "codegen/cuda_codegen.h"
+
+namespace moejit::codegen {
+
+struct Sm80Gemm {
+  enum class Mode {
+    batched,  // `groups` products of m x n x k (groups = 1: one GEMM)
+    grouped,  // rows of A and C split by `offsets` into groups (experts), B[g] per group
+    wgrad,    // K split by `offsets`: C[g] = A[:, seg g] B[seg g, :] (A M-major, B N-major)
+  };
+  Mode mode = Mode::batched;
+  DType dtype = DType::bf16;  // operands and result: bf16 or f16
+  Buffer a, b, c, offsets;
+  Buffer slots;                // grouped mode: A's row i is row slots[i] / top_k of `a` (none: row i)
+  std::int64_t top_k = 1;
+  std::int64_t m = 0, n = 0, k = 0;  // batched: per group; grouped: m = all rows; wgrad: k = all rows
+  std::int64_t groups = 1;
+  bool a_k_major = true, b_k_major = false;
+  bool a_batched = false, b_batched = false;  // batched mode: A / B differ per group (else shared)
+};
+
+// Appends the launch (`config` from choose_gemm).
+void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm& gemm);
+
+}  // namespace moejit::codegen
