@@ -68,7 +68,7 @@ F32_RC=-; TESTS_RC=-; COLD_RC=-; WARM_CACHE_RC=-; STEP_RC=-; MOE_RC=-; GEMM_RC=-
 TRAINSTEP_CONFIGS=${GPU_CHECK_TRAINSTEP_CONFIGS:-"config_b default"}
 if want tests; then
   echo "==== GPU tests"
-  "$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
+  timeout "${GPU_CHECK_TESTS_LIMIT:-900}" "$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
   TESTS_RC=${PIPESTATUS[0]}
   TESTS_LINE=$(grep -E "^(All tests passed|test cases:)" "$LOGS/gpu-tests.log" | tail -1)
 fi
