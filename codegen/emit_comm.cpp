@@ -6,12 +6,13 @@
 //     reductions, x's dtype;
 //   all_to_all: NCCL sends fixed sizes known on the host and the per-peer
 //     counts live on the device, so the rows go through per-peer blocks of a
-//     static capacity C = x's rows (enough whatever the routing):
+//     static capacity C = min(x's rows, y's rows) (no rank sends more than it
+//     has, nor receives more than y holds: enough whatever the routing):
 //     a2a_pack_kernel (x's packed rows -> [N, C, D] blocks, counts copied),
 //     one exchange (block p and count p to rank p, by ncclSend/ncclRecv in
 //     a group), a2a_unpack_kernel (received blocks -> y's packed rows,
-//     recv_counts). Each rank sends N*C rows: N times a balanced exchange's
-//     bytes (docs/scale.md: a per-peer capacity factor would cut it).
+//     recv_counts). Each rank sends N*C rows, N times what a balanced
+//     exchange needs (docs/scale.md: a per-peer capacity factor would cut it).
 #include <fmt/format.h>
 
 #include "codegen/cuda_codegen.h"
@@ -79,14 +80,23 @@ void emit_ReduceScatter(EmitContext& ctx) {
 
 void emit_AllToAll(EmitContext& ctx) {
   const std::int64_t N = world_size_of(ctx);
+  const TensorType& x = ctx.in(0);
+  const std::int64_t rows = x.dim(0), D = x.numel() / std::max<std::int64_t>(1, rows), recv_rows = ctx.out(0).dim(0);
+  const std::int64_t row_bytes = D * static_cast<std::int64_t>(dtype_size(x.dtype));
   if (N == 1) {
-    copy_operand_to_result(ctx, 0, 0);
+    if (recv_rows == rows) {
+      copy_operand_to_result(ctx, 0, 0);
+    } else {  // the rows sent (at most min(rows, recv_rows)) come back whole; y's rows past x's are zero
+      const std::int64_t kept = std::min(rows, recv_rows);
+      ctx.zero(B::of(ctx.result(0)), static_cast<std::int64_t>(ctx.out(0).bytes()));
+      ctx.copy(B::of(ctx.operand(0)), B::of(ctx.result(0)), kept * row_bytes);
+    }
     copy_operand_to_result(ctx, 1, 1);
     return;
   }
-  const TensorType& x = ctx.in(0);
-  const std::int64_t C = x.dim(0), D = x.numel() / std::max<std::int64_t>(1, C);
-  const std::int64_t block_bytes = C * D * static_cast<std::int64_t>(dtype_size(x.dtype));
+  // No peer sends more rows than it has (x's) nor receives more than y's.
+  const std::int64_t C = std::min(rows, recv_rows);
+  const std::int64_t block_bytes = C * row_bytes;
   const std::int64_t send_blocks = ctx.scratch(N * block_bytes), recv_blocks = ctx.scratch(N * block_bytes);
   const std::int64_t send_counts = ctx.scratch(N * 4), recv_counts = ctx.scratch(N * 4);
   TileConfig config = TileConfig::fixed_threads(256);
@@ -116,11 +126,11 @@ void emit_AllToAll(EmitContext& ctx) {
 
   mj::A2aUnpackArgs<void> unpack{};
   unpack.capacity = C;
-  unpack.rows = C;
+  unpack.rows = recv_rows;
   unpack.D = D;
   unpack.world = static_cast<int>(N);
   ctx.launch("comm", instantiation("a2a_unpack_kernel", {template_type(x.dtype), threads_of(config)}), config,
-             {warp_blocks(C, config)}, unpack,
+             {warp_blocks(recv_rows, config)}, unpack,
              {{&unpack.blocks, B::scratch(recv_blocks)}, {&unpack.counts_in, B::scratch(recv_counts)},
               {&unpack.y, B::of(ctx.result(0))}, {&unpack.recv_counts, B::of(ctx.result(1))}});
 }

@@ -30,6 +30,20 @@ std::string describe_status(int status) {
 
 bool failed(int status) { return !WIFEXITED(status) || WEXITSTATUS(status) != 0; }
 
+// The r-th of the launcher's CUDA_VISIBLE_DEVICES ("2,3" -> rank 1 gets "3"), or r.
+std::string visible_device(int rank) {
+  const char* list = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (!list || !*list) return std::to_string(rank);
+  std::string devices = list;
+  std::size_t start = 0;
+  for (int i = 0; i < rank; ++i) {
+    start = devices.find(',', start);
+    if (start == std::string::npos) return "none";  // fewer devices than ranks: this rank sees no GPU and says so
+    ++start;
+  }
+  return devices.substr(start, devices.find(',', start) - start);
+}
+
 [[noreturn]] void exec_rank(const LaunchOptions& options, int rank, pid_t launcher) {
   // Die with the launcher: a rank must not outlive the process that watches it.
   prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -40,6 +54,7 @@ bool failed(int status) { return !WIFEXITED(status) || WEXITSTATUS(status) != 0;
   setenv("WORLD_SIZE", std::to_string(options.nproc).c_str(), 1);
   setenv("LOCAL_WORLD_SIZE", std::to_string(options.nproc).c_str(), 1);
   for (const auto& [name, value] : options.environment) setenv(name.c_str(), value.c_str(), 1);
+  if (options.gpu_per_rank) setenv("CUDA_VISIBLE_DEVICES", visible_device(rank).c_str(), 1);
   std::vector<char*> argv;
   for (const std::string& arg : options.command) argv.push_back(const_cast<char*>(arg.c_str()));
   argv.push_back(nullptr);

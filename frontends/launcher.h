@@ -20,6 +20,9 @@ struct LaunchOptions {
   std::vector<std::string> command;  // program (searched in PATH) and its arguments
   // Extra variables for every rank (MOEJIT_NCCL_ID_FILE, ...).
   std::vector<std::pair<std::string, std::string>> environment;
+  // Give rank r its own GPU: CUDA_VISIBLE_DEVICES = the r-th entry of the
+  // launcher's CUDA_VISIBLE_DEVICES list, or r when it is unset.
+  bool gpu_per_rank = false;
   // How long a rank stopped with SIGTERM has before SIGKILL.
   std::chrono::milliseconds grace{5000};
 };

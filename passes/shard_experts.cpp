@@ -13,11 +13,11 @@
 //   recv_expert_counts [N, El] = all_to_all(per_rank, ones [N])
 //                                                row s: what rank s sends to each local expert
 //   offsets' [E+1] = 0, prefix sums of recv_expert_counts read as [N*El]
-//   xs [C, D] -> pad to [N*C, D] -> recv_xs, recv_rows = all_to_all(.., send_counts)
+//   recv_xs [N*C, D], recv_rows [N] = all_to_all(xs [C, D], send_counts) {recv_rows = N*C}
 //   every expert op between moe.permute and moe.combine reads recv_xs and
 //   offsets'; an expert weight [E, ...] becomes the parameter [El, ...], read
 //   through w' = concat(w, ..., w) (N times) [E, ...]
-//   ys' [N*C, D] -> back = all_to_all(ys', recv_rows) -> back[0:C] -> moe.combine
+//   ys' [N*C, D] -> all_to_all(ys', recv_rows) {recv_rows = C} [C, D] -> moe.combine
 //
 // Why the received rows need no reordering: rank s sends its rows for rank
 // r's experts grouped by expert, so the rows received are grouped by
@@ -143,6 +143,7 @@ void ShardExpertsPass::run(Graph& graph) {
     return d >= 0 ? &dispatches.at(d) : nullptr;
   };
   const AttrList world{{"world_size", N}};
+  auto with_recv_rows = [&](std::int64_t rows) { return AttrList{{"recv_rows", rows}, {"world_size", N}}; };
 
   for (std::size_t i = 0; i < ops.size(); ++i) {
     const Op& op = ops[i];
@@ -159,8 +160,7 @@ void ShardExpertsPass::run(Graph& graph) {
         if (!sd->permuted)
           throw Error("shard-experts: expected the dispatch's rows gathered by moe.permute before moe.combine");
         // The expert outputs go back to the ranks the rows came from, in the order they were sent.
-        Tensor back = b.op(OpKind::AllToAll, {operands[0], sd->recv_rows}, world)[0];
-        operands[0] = b.slice(back, {0, 0}, {sd->capacity, back.dim(1)});
+        operands[0] = b.op(OpKind::AllToAll, {operands[0], sd->recv_rows}, with_recv_rows(sd->capacity))[0];
       }
     }
 
@@ -192,9 +192,7 @@ void ShardExpertsPass::run(Graph& graph) {
     } else if (op.kind == OpKind::Permute) {
       if (ShardedDispatch* sd = dispatch_of(op.operands[1])) {
         if (sd->permuted) throw Error("shard-experts: expected one moe.permute per moe.dispatch, found a second");
-        Tensor xs = results[0];
-        Tensor padded = b.pad(xs, {0, 0}, {(N - 1) * sd->capacity, 0});
-        std::vector<Tensor> exchanged = b.op(OpKind::AllToAll, {padded, sd->send_counts}, world);
+        std::vector<Tensor> exchanged = b.op(OpKind::AllToAll, {results[0], sd->send_counts}, with_recv_rows(N * sd->capacity));
         sd->recv_rows = exchanged[1];
         sd->permuted = true;
         map[idx(op.results[0])] = exchanged[0];

@@ -65,7 +65,8 @@ void kernel_ReduceScatter(const KernelArgs& args) {
   copy_operand_to_result(args, 0, 0);
 }
 
-/// all_to_all through the communicator, or on one rank: every row goes to rank 0, itself: y = x,
+/// all_to_all through the communicator, or on one rank: every row goes to rank 0, itself: y = x
+/// (with recv_rows: x's first sum(send_counts) rows, zeros after),
 /// recv_counts = send_counts. The counts are checked as a real exchange
 /// would: none negative, their sum within x's rows.
 void kernel_AllToAll(const KernelArgs& args) {
@@ -78,6 +79,7 @@ void kernel_AllToAll(const KernelArgs& args) {
   }
   if (total > rows)
     fail(args, fmt::format("send_counts: expected a sum of at most {} (the rows of x), found {}", rows, total));
+  const std::int64_t recv_rows = output(args, 0).shape().empty() ? 0 : output(args, 0).shape()[0];
   if (comm) {
     try {
       comm->all_to_all(input(args, 0), in<std::int32_t>(args, 1), output(args, 0), out<std::int32_t>(args, 1));
@@ -86,7 +88,16 @@ void kernel_AllToAll(const KernelArgs& args) {
     }
     return;
   }
-  copy_operand_to_result(args, 0, 0);
+  if (recv_rows == rows) {
+    copy_operand_to_result(args, 0, 0);
+  } else {  // recv_rows: every row sent comes back to this one rank, the rest of y is zero
+    if (total > recv_rows)
+      fail(args, fmt::format("send_counts: expected a sum of at most {} (recv_rows, the rows of y), found {}", recv_rows, total));
+    HostTensor& y = output(args, 0);
+    const std::size_t row_bytes = rows > 0 ? input(args, 0).bytes() / static_cast<std::size_t>(rows) : 0;
+    std::memset(y.raw(), 0, y.bytes());
+    if (total > 0) std::memcpy(y.raw(), input(args, 0).raw(), static_cast<std::size_t>(total) * row_bytes);
+  }
   copy_operand_to_result(args, 1, 1);
 }
 

@@ -100,3 +100,26 @@ TEST_CASE("launcher: a command that cannot run fails its rank with exit status 1
                     Catch::Contains("expected nproc >= 1, found 0"));
   CHECK_THROWS_WITH(launch_local_ranks(LaunchOptions{.nproc = 2}), Catch::Contains("expected a command"));
 }
+
+TEST_CASE("launcher: gpu_per_rank gives rank r the r-th visible device", "[scale][launcher]") {
+  fs::path dir = fresh_dir("gpus");
+  const char* saved = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string saved_value = saved ? saved : "";
+  auto run = [&](const char* visible) {
+    if (visible) ::setenv("CUDA_VISIBLE_DEVICES", visible, 1);
+    else ::unsetenv("CUDA_VISIBLE_DEVICES");
+    LaunchOptions options;
+    options.nproc = 3;
+    options.command = {"/bin/sh", "-c", "echo \"$CUDA_VISIBLE_DEVICES\" > \"$OUT_DIR/rank$RANK\""};
+    options.environment = {{"OUT_DIR", dir.string()}};
+    options.gpu_per_rank = true;
+    REQUIRE(launch_local_ranks(options).exit_code == 0);
+    return read_text(dir / "rank0") + read_text(dir / "rank1") + read_text(dir / "rank2");
+  };
+  CHECK(run(nullptr) == "0\n1\n2\n");
+  CHECK(run("4,5,7") == "4\n5\n7\n");
+  CHECK(run("4,5") == "4\n5\nnone\n");
+  if (saved) ::setenv("CUDA_VISIBLE_DEVICES", saved_value.c_str(), 1);
+  else ::unsetenv("CUDA_VISIBLE_DEVICES");
+  fs::remove_all(dir);
+}

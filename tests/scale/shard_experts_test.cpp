@@ -23,6 +23,7 @@
 #include "passes/pass_manager.h"
 #include "runtime/backend.h"
 #include "runtime/communicator.h"
+#include "examples/shard_check/shard_model.h"
 
 using namespace moejit;
 
@@ -170,70 +171,14 @@ void run_ranks(int size, Body body) {
     if (f) std::rethrow_exception(f);
 }
 
-// ---- the model ----
+// ---- the model (examples/shard_check/shard_model.h) ----
 
-constexpr std::int64_t kTokens = 12, kDModel = 6, kExpertHidden = 5, kVocab = 7, kTopK = 2;
-
-// A one-layer MoE language-model head: x [T, D] -> dense -> MoE (top-2 of E
-// experts, dropless, gelu) added back -> logits [T, V] -> cross entropy plus
-// the load-balance loss. Dense params: w_in, w_router, w_out; experts: w_up,
-// w_down [E, ...]. Outputs: loss, and the experts chosen (to check that
-// rows really cross ranks).
-Graph build_model(std::int64_t experts) {
-  Graph graph("moe_model");
-  Builder b(graph);
-  Tensor x = b.input("x", {kTokens, kDModel});
-  Tensor targets = b.input("targets", {kTokens}, DType::i32);
-  Tensor w_in = b.param("w_in", {kDModel, kDModel});
-  Tensor w_router = b.param("w_router", {kDModel, experts});
-  Tensor w_up = b.param("w_up", {experts, kDModel, kExpertHidden});
-  Tensor w_down = b.param("w_down", {experts, kExpertHidden, kDModel});
-  Tensor w_out = b.param("w_out", {kDModel, kVocab});
-  Tensor h = b.tanh(b.matmul(x, w_in));
-  Tensor logits = b.matmul(h, w_router);
-  auto [weights, chosen] = b.moe_gate(logits, {.top_k = kTopK, .normalize = true});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts});
-  Tensor xs = b.moe_permute(h, slots, kTopK);
-  Tensor hidden = b.gelu(b.moe_grouped_matmul(xs, w_up, offsets));
-  Tensor ys = b.moe_grouped_matmul(hidden, w_down, offsets);
-  Tensor z = b.add(h, b.moe_combine(ys, weights, positions));
-  Tensor loss = b.add(b.cross_entropy(b.matmul(z, w_out), targets),
-                      b.moe_load_balance_loss(b.softmax(logits), chosen, 0.01));
-  b.output(loss, "loss");
-  b.output(chosen, "experts");
-  return graph;
-}
-
-const std::vector<std::string> kParams = {"w_in", "w_router", "w_up", "w_down", "w_out"};
-bool is_expert(const std::string& name) { return name == "w_up" || name == "w_down"; }
-
-struct Batch {
-  HostTensor x, targets;
-};
-
-HostTensor random_tensor(TensorType type, std::mt19937& rng, double scale) {
-  std::normal_distribution<double> dist(0.0, scale);
-  std::vector<double> values(static_cast<std::size_t>(type.numel()));
-  for (auto& v : values) v = dist(rng);
-  return HostTensor::from_doubles(std::move(type), values);
-}
-
-// Rows first .. first + n - 1 of a [E, ...] tensor.
-HostTensor rows(const HostTensor& t, std::int64_t first, std::int64_t n) {
-  Shape shape = t.shape();
-  const std::size_t row_bytes = t.bytes() / static_cast<std::size_t>(shape[0]);
-  shape[0] = n;
-  HostTensor out(TensorType{t.dtype(), shape});
-  std::memcpy(out.raw(), t.raw() + static_cast<std::size_t>(first) * row_bytes, static_cast<std::size_t>(n) * row_bytes);
-  return out;
-}
+namespace sm = shard_model;
 
 void check_close(const HostTensor& got, const HostTensor& want, const std::string& what) {
   INFO(what << ": got " << got.type().str() << ", want " << want.type().str());
   REQUIRE(got.shape() == want.shape());
-  double worst = 0.0;
-  for (std::int64_t i = 0; i < want.numel(); ++i)
-    worst = std::max(worst, std::abs(got.get(i) - want.get(i)) / (1e-6 + std::abs(want.get(i))));
+  const double worst = sm::worst_relative_difference(got, want);
   INFO("worst relative difference " << worst);
   CHECK(worst < 1e-4);
 }
@@ -241,70 +186,34 @@ void check_close(const HostTensor& got, const HostTensor& want, const std::strin
 // The sharded model on `world_size` ranks against the unsharded one, one
 // batch per rank.
 void check_sharded_equals_unsharded(std::int64_t experts, int world_size) {
-  std::mt19937 rng(1234 + static_cast<unsigned>(experts * 10 + world_size));
-  Graph model = build_model(experts);
-  std::map<std::string, HostTensor> params;
-  for (const std::string& name : kParams)
-    params.emplace(name, random_tensor(model.type(model.find_arg(name)), rng, name == "w_router" ? 1.0 : 0.5));
-  std::vector<Batch> batches;
-  std::uniform_int_distribution<int> token(0, static_cast<int>(kVocab) - 1);
-  for (int r = 0; r < world_size; ++r) {
-    std::vector<std::int32_t> ids(kTokens);
-    for (auto& id : ids) id = token(rng);
-    batches.push_back({random_tensor(TensorType{DType::f32, {kTokens, kDModel}}, rng, 1.0),
-                       HostTensor::from_ints({kTokens}, ids)});
-  }
-
-  // The reference: the unsharded training graph on each batch; the global
-  // loss and gradients are the means over batches.
-  Graph reference = model;
-  run_pipeline(reference, "autodiff{loss=loss}");
-  auto reference_exe = make_cpu_backend()->compile(reference);
-  for (auto& [name, value] : params) reference_exe->set(name, value);
-  double mean_loss = 0.0;
-  std::map<std::string, std::vector<double>> mean_grad;
-  std::int64_t rows_to_other_ranks = 0;
-  const std::int64_t local = experts / world_size;
-  for (int r = 0; r < world_size; ++r) {
-    reference_exe->set("x", batches[static_cast<std::size_t>(r)].x);
-    reference_exe->set("targets", batches[static_cast<std::size_t>(r)].targets);
-    reference_exe->run();
-    mean_loss += reference_exe->get("loss").get(0) / world_size;
-    for (const std::string& name : kParams) {
-      HostTensor g = reference_exe->get("grad." + name);
-      auto& sum = mean_grad[name];
-      sum.resize(static_cast<std::size_t>(g.numel()), 0.0);
-      for (std::int64_t i = 0; i < g.numel(); ++i) sum[static_cast<std::size_t>(i)] += g.get(i) / world_size;
-    }
-    HostTensor chosen = reference_exe->get("experts");
-    for (std::int64_t i = 0; i < chosen.numel(); ++i)
-      rows_to_other_ranks += static_cast<std::int64_t>(chosen.get(i)) / local != r;
-  }
-  INFO("rows routed to another rank's experts: " << rows_to_other_ranks);
-  REQUIRE(rows_to_other_ranks > 0);  // else the exchange would prove nothing
+  sm::Sizes sizes;
+  sizes.experts = experts;
+  const sm::Problem problem = sm::make_problem(sizes, world_size, 1234 + static_cast<unsigned>(experts * 10 + world_size));
+  auto cpu = make_cpu_backend();
+  const sm::Reference reference = sm::compute_reference(problem, *cpu);
+  INFO("rows routed to another rank's experts: " << reference.rows_to_other_ranks);
+  REQUIRE(reference.rows_to_other_ranks > 0);  // else the exchange would prove nothing
 
   std::vector<double> losses(static_cast<std::size_t>(world_size));
   std::vector<std::map<std::string, HostTensor>> grads(static_cast<std::size_t>(world_size));
   run_ranks(world_size, [&](int r) {
-    Graph sharded = model;
-    run_pipeline(sharded, fmt::format("shard-experts{{rank={} world_size={}}},autodiff{{loss=loss}},all-reduce-grads{{world_size={}}}",
-                                      r, world_size, world_size));
+    Graph sharded = problem.model;
+    run_pipeline(sharded, sm::sharded_pipeline(r, world_size));
     auto exe = make_cpu_backend()->compile(sharded);
-    for (auto& [name, value] : params) exe->set(name, is_expert(name) ? rows(value, r * local, local) : value);
-    exe->set("x", batches[static_cast<std::size_t>(r)].x);
-    exe->set("targets", batches[static_cast<std::size_t>(r)].targets);
+    sm::bind_rank(*exe, problem, r);
     exe->run();
     losses[static_cast<std::size_t>(r)] = exe->get("loss").get(0);
-    for (const std::string& name : kParams) grads[static_cast<std::size_t>(r)].emplace(name, exe->get("grad." + name));
+    for (const std::string& name : sm::param_names()) grads[static_cast<std::size_t>(r)].emplace(name, exe->get("grad." + name));
   });
 
+  const std::int64_t local = experts / world_size;
   for (int r = 0; r < world_size; ++r) {
     INFO("rank " << r << " of " << world_size << ", " << experts << " experts");
-    CHECK(losses[static_cast<std::size_t>(r)] == Approx(mean_loss).epsilon(1e-5));
-    for (const std::string& name : kParams) {
-      HostTensor want = HostTensor::from_doubles(model.type(model.find_arg(name)), mean_grad[name]);
-      if (is_expert(name)) want = rows(want, r * local, local);
-      check_close(grads[static_cast<std::size_t>(r)].at(name), want, "grad." + name);
+    CHECK(losses[static_cast<std::size_t>(r)] == Approx(reference.loss).epsilon(1e-5));
+    for (const std::string& name : sm::param_names()) {
+      const HostTensor& full = reference.grads.at(name);
+      check_close(grads[static_cast<std::size_t>(r)].at(name), sm::is_expert(name) ? sm::rows(full, r * local, local) : full,
+                  "grad." + name);
     }
   }
 }
@@ -324,7 +233,7 @@ TEST_CASE("shard-experts: N ranks of the sharded model compute the unsharded mod
 }
 
 TEST_CASE("shard-experts and all-reduce-grads: at world_size 1 the graph is unchanged", "[scale]") {
-  Graph model = build_model(4);
+  Graph model = sm::build(sm::Sizes{});
   Graph sharded = model;
   run_pipeline(sharded, "shard-experts{rank=0 world_size=1}");
   CHECK(print_graph(sharded) == print_graph(model));
@@ -336,18 +245,19 @@ TEST_CASE("shard-experts and all-reduce-grads: at world_size 1 the graph is unch
 }
 
 TEST_CASE("shard-experts: the training graph holds the exchanges and the dense all-reduces", "[scale]") {
-  Graph graph = build_model(4);
+  Graph graph = sm::build(sm::Sizes{});
   run_pipeline(graph, "shard-experts{rank=1 world_size=2},autodiff{loss=loss},all-reduce-grads{world_size=2}");
   // forward: counts, rows out, rows back; backward: the reverse of the two row exchanges
   CHECK(count_ops(graph, OpKind::AllToAll) == 5);
   // w_in, w_router, w_out and the loss
   CHECK(count_ops(graph, OpKind::AllReduce) == 4);
-  CHECK(graph.type(graph.find_arg("w_up")).shape == Shape{2, kDModel, kExpertHidden});
-  CHECK(graph.type(graph.find_arg("w_in")).shape == Shape{kDModel, kDModel});
+  const sm::Sizes sizes;
+  CHECK(graph.type(graph.find_arg("w_up")).shape == Shape{2, sizes.d_model, sizes.hidden});
+  CHECK(graph.type(graph.find_arg("w_in")).shape == Shape{sizes.d_model, sizes.d_model});
 }
 
 TEST_CASE("shard-experts: bad input is refused with a message", "[scale]") {
-  Graph model = build_model(4);
+  Graph model = sm::build(sm::Sizes{});
   Graph g1 = model;
   CHECK_THROWS_WITH(run_pipeline(g1, "shard-experts{rank=0 world_size=3}"),
                     Catch::Contains("expected num_experts a multiple of world_size 3, found 4 experts"));
@@ -409,4 +319,28 @@ TEST_CASE("cpu comm kernels: without a communicator world_size > 1 is refused; w
   CHECK(values(got[0].at("received")) == std::vector<double>{1, 1});
   CHECK(values(got[1].at("exchanged")) == std::vector<double>{3, 4, 5, 0, 0, 0});  // rows past those received are zero
   CHECK(values(got[1].at("received")) == std::vector<double>{1, 0});
+}
+
+TEST_CASE("cpu all_to_all with recv_rows: on one rank the rows sent come back, zeros after; too many are refused",
+          "[scale]") {
+  Graph graph("recv_rows");
+  Builder b(graph);
+  Tensor x = b.input("x", {3, 2});
+  Tensor counts = b.input("counts", {1}, DType::i32);
+  auto wide = b.op(OpKind::AllToAll, {x, counts}, {{"recv_rows", std::int64_t{5}}, {"world_size", std::int64_t{1}}});
+  auto narrow = b.op(OpKind::AllToAll, {x, counts}, {{"recv_rows", std::int64_t{2}}, {"world_size", std::int64_t{1}}});
+  b.output(wide[0], "wide");
+  b.output(narrow[0], "narrow");
+  auto exe = make_cpu_backend()->compile(graph);
+  exe->set("x", HostTensor::from_doubles(TensorType{DType::f32, {3, 2}}, std::vector<double>{1, 2, 3, 4, 5, 6}));
+  exe->set("counts", HostTensor::from_ints({1}, std::vector<std::int32_t>{2}));
+  exe->run();
+  HostTensor got = exe->get("wide");
+  std::vector<double> values;
+  for (std::int64_t i = 0; i < got.numel(); ++i) values.push_back(got.get(i));
+  CHECK(values == std::vector<double>{1, 2, 3, 4, 0, 0, 0, 0, 0, 0});
+  HostTensor narrow_got = exe->get("narrow");
+  CHECK(narrow_got.get(3) == 4.0);
+  exe->set("counts", HostTensor::from_ints({1}, std::vector<std::int32_t>{3}));
+  CHECK_THROWS_WITH(exe->run(), Catch::Contains("expected a sum of at most 2 (recv_rows, the rows of y), found 3"));
 }

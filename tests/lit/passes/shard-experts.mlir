@@ -5,8 +5,9 @@
 // Each rank keeps E/N experts: w_up/w_down become [E/N, ...], read through N
 // copies; the per-expert counts are exchanged first (as f32 rows [N, E/N]),
 // their prefix sums are the offsets of the received rows, the rows go out
-// padded to N*C, the expert outputs come back by the reverse exchange and
-// rows 0..C-1 feed moe.combine. The graph text is the same for every rank.
+// into N*C rows (recv_rows: what a rank may receive), the expert outputs come
+// back by the reverse exchange into C rows and feed moe.combine. The graph
+// text is the same for every rank.
 
 // N2-LABEL: func.func @moe(
 // N2-SAME: %w_up: tensor<2x4x8xf32> {mj.role = "param"}, %w_down: tensor<2x8x4xf32> {mj.role = "param"}
@@ -18,25 +19,22 @@
 // N2: "comm.all_to_all"(%[[PR]], %{{[0-9]+}}) {world_size = 2 : i64} : (tensor<2x2xf32>, tensor<2xi32>) -> (tensor<2x2xf32>, tensor<2xi32>)
 // N2: %[[OFF:[0-9]+]] = "mj.cast"(%{{[0-9]+}}) {dtype = i32} : (tensor<5xf32>) -> tensor<5xi32>
 // N2: %[[XS:[0-9]+]] = "moe.permute"
-// N2: %[[PAD:[0-9]+]] = "mj.pad"(%[[XS]]) {high = [16, 0], low = [0, 0]} : (tensor<16x4xf32>) -> tensor<32x4xf32>
-// N2: %[[RX:[0-9]+]]:2 = "comm.all_to_all"(%[[PAD]], %[[SEND]]) {world_size = 2 : i64} : (tensor<32x4xf32>, tensor<2xi32>) -> (tensor<32x4xf32>, tensor<2xi32>)
+// N2: %[[RX:[0-9]+]]:2 = "comm.all_to_all"(%[[XS]], %[[SEND]]) {recv_rows = 32 : i64, world_size = 2 : i64} : (tensor<16x4xf32>, tensor<2xi32>) -> (tensor<32x4xf32>, tensor<2xi32>)
 // N2: %[[WUP:[0-9]+]] = "mj.concat"(%w_up, %w_up) {axis = 0 : i64} : (tensor<2x4x8xf32>, tensor<2x4x8xf32>) -> tensor<4x4x8xf32>
 // N2: "moe.grouped_matmul"(%[[RX]]#0, %[[WUP]], %[[OFF]]) {transpose_w = false} : (tensor<32x4xf32>, tensor<4x4x8xf32>, tensor<5xi32>) -> tensor<32x8xf32>
 // N2: %[[WDN:[0-9]+]] = "mj.concat"(%w_down, %w_down) {axis = 0 : i64}
 // N2: %[[YS:[0-9]+]] = "moe.grouped_matmul"(%{{[0-9]+}}, %[[WDN]], %[[OFF]])
-// N2: %[[BACK:[0-9]+]]:2 = "comm.all_to_all"(%[[YS]], %[[RX]]#1) {world_size = 2 : i64} : (tensor<32x4xf32>, tensor<2xi32>) -> (tensor<32x4xf32>, tensor<2xi32>)
-// N2: %[[OWN:[0-9]+]] = "mj.slice"(%[[BACK]]#0) {limit = [16, 4], start = [0, 0]} : (tensor<32x4xf32>) -> tensor<16x4xf32>
-// N2: "moe.combine"(%[[OWN]], %{{[0-9]+}}#0, %[[D]]#2)
+// N2: %[[BACK:[0-9]+]]:2 = "comm.all_to_all"(%[[YS]], %[[RX]]#1) {recv_rows = 16 : i64, world_size = 2 : i64} : (tensor<32x4xf32>, tensor<2xi32>) -> (tensor<16x4xf32>, tensor<2xi32>)
+// N2: "moe.combine"(%[[BACK]]#0, %{{[0-9]+}}#0, %[[D]]#2)
 
 // N4-LABEL: func.func @moe(
 // N4-SAME: %w_up: tensor<1x4x8xf32> {mj.role = "param"}, %w_down: tensor<1x8x4xf32> {mj.role = "param"}
 // N4: "mj.reshape"(%{{[0-9]+}}) {shape = [4, 1]} : (tensor<4xf32>) -> tensor<4x1xf32>
 // N4: "comm.all_to_all"(%{{[0-9]+}}, %{{[0-9]+}}) {world_size = 4 : i64} : (tensor<4x1xf32>, tensor<4xi32>) -> (tensor<4x1xf32>, tensor<4xi32>)
-// N4: "mj.pad"(%{{[0-9]+}}) {high = [48, 0], low = [0, 0]} : (tensor<16x4xf32>) -> tensor<64x4xf32>
-// N4: "comm.all_to_all"(%{{[0-9]+}}, %{{[0-9]+}}) {world_size = 4 : i64} : (tensor<64x4xf32>, tensor<4xi32>) -> (tensor<64x4xf32>, tensor<4xi32>)
+// N4: "comm.all_to_all"(%{{[0-9]+}}, %{{[0-9]+}}) {recv_rows = 64 : i64, world_size = 4 : i64} : (tensor<16x4xf32>, tensor<4xi32>) -> (tensor<64x4xf32>, tensor<4xi32>)
 // N4: "mj.concat"(%w_up, %w_up, %w_up, %w_up) {axis = 0 : i64} : (tensor<1x4x8xf32>, tensor<1x4x8xf32>, tensor<1x4x8xf32>, tensor<1x4x8xf32>) -> tensor<4x4x8xf32>
-// N4: "comm.all_to_all"(%{{[0-9]+}}, %{{[0-9]+}}#1) {world_size = 4 : i64} : (tensor<64x4xf32>, tensor<4xi32>) -> (tensor<64x4xf32>, tensor<4xi32>)
-// N4: "mj.slice"(%{{[0-9]+}}#0) {limit = [16, 4], start = [0, 0]} : (tensor<64x4xf32>) -> tensor<16x4xf32>
+// N4: %[[BACK4:[0-9]+]]:2 = "comm.all_to_all"(%{{[0-9]+}}, %{{[0-9]+}}#1) {recv_rows = 16 : i64, world_size = 4 : i64} : (tensor<64x4xf32>, tensor<4xi32>) -> (tensor<16x4xf32>, tensor<4xi32>)
+// N4: "moe.combine"(%[[BACK4]]#0
 
 // At world_size 1 nothing changes.
 // N1-LABEL: func.func @moe(
