@@ -15,6 +15,9 @@
 //     exchange needs (docs/scale.md: a per-peer capacity factor would cut it).
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <string_view>
+
 #include "codegen/cuda_codegen.h"
 #include "codegen/kernels/comm.cuh"
 
@@ -25,6 +28,14 @@ namespace {
 using B = Buffer;
 
 std::int64_t world_size_of(const EmitContext& ctx) { return ctx.op().attrs.get_int("world_size"); }
+
+// Whether the op goes through NCCL: world_size > 1, or MOEJIT_COMM_NCCL_SINGLE_RANK=1
+// (a one-rank communicator: how one GPU tests the NCCL path, tests/cuda/nccl_gpu_test.cpp).
+bool through_nccl(const EmitContext& ctx) {
+  if (world_size_of(ctx) > 1) return true;
+  const char* forced = std::getenv("MOEJIT_COMM_NCCL_SINGLE_RANK");
+  return forced && std::string_view(forced) == "1";
+}
 
 void copy_operand_to_result(EmitContext& ctx, int operand, int result) {
   ctx.copy(B::of(ctx.operand(operand)), B::of(ctx.result(result)), static_cast<std::int64_t>(ctx.out(result).bytes()));
@@ -64,17 +75,17 @@ const char* collective_name(Launch::Collective collective) {
 }
 
 void emit_AllReduce(EmitContext& ctx) {
-  if (world_size_of(ctx) == 1) return copy_operand_to_result(ctx, 0, 0);
+  if (!through_nccl(ctx)) return copy_operand_to_result(ctx, 0, 0);
   collective(ctx, Launch::Collective::all_reduce, ctx.in(0).numel());
 }
 
 void emit_AllGather(EmitContext& ctx) {
-  if (world_size_of(ctx) == 1) return copy_operand_to_result(ctx, 0, 0);
+  if (!through_nccl(ctx)) return copy_operand_to_result(ctx, 0, 0);
   collective(ctx, Launch::Collective::all_gather, ctx.in(0).numel());
 }
 
 void emit_ReduceScatter(EmitContext& ctx) {
-  if (world_size_of(ctx) == 1) return copy_operand_to_result(ctx, 0, 0);
+  if (!through_nccl(ctx)) return copy_operand_to_result(ctx, 0, 0);
   collective(ctx, Launch::Collective::reduce_scatter, ctx.out(0).numel());
 }
 
@@ -83,7 +94,7 @@ void emit_AllToAll(EmitContext& ctx) {
   const TensorType& x = ctx.in(0);
   const std::int64_t rows = x.dim(0), D = x.numel() / std::max<std::int64_t>(1, rows), recv_rows = ctx.out(0).dim(0);
   const std::int64_t row_bytes = D * static_cast<std::int64_t>(dtype_size(x.dtype));
-  if (N == 1) {
+  if (!through_nccl(ctx)) {
     if (recv_rows == rows) {
       copy_operand_to_result(ctx, 0, 0);
     } else {  // the rows sent (at most min(rows, recv_rows)) come back whole; y's rows past x's are zero
