@@ -403,6 +403,7 @@ class CudaExecutable final : public ExecutableBase {
           r.src = pointer(l.src, s);
           r.dst = pointer(l.dst, s);
         } else if (l.kind == Launch::Kind::collective) {
+          cuda::prepare_collectives(l.world_size);
           r.collective = {l.collective, l.dtype, l.count, l.bytes, l.world_size, pointer(l.src, s), pointer(l.dst, s),
                           pointer(l.src_counts, s), pointer(l.dst_counts, s)};
         } else {

@@ -148,16 +148,18 @@ class Communicator {
   std::thread watchdog_;
 };
 
-}  // namespace
-
-void run_collective(const CollectiveCall& call, CUstream stream) {
+Communicator& process_communicator(int world_size) {
   static std::mutex mutex;
   static Communicator* communicator = nullptr;  // one per process, never destroyed (the watchdog reads it)
-  {
-    std::lock_guard lock(mutex);
-    if (!communicator) communicator = new Communicator(call.world_size);
-  }
-  communicator->run(call, stream);
+  std::lock_guard lock(mutex);
+  if (!communicator) communicator = new Communicator(world_size);
+  return *communicator;
 }
+
+}  // namespace
+
+void prepare_collectives(int world_size) { process_communicator(world_size); }
+
+void run_collective(const CollectiveCall& call, CUstream stream) { process_communicator(call.world_size).run(call, stream); }
 
 }  // namespace moejit::cuda

@@ -34,6 +34,11 @@ struct CollectiveCall {
   CUdeviceptr src = 0, dst = 0, src_counts = 0, dst_counts = 0;
 };
 
+// Creates the process's communicator now if it does not exist (the executor
+// calls it while preparing its launches: ncclCommInitRank must not run inside
+// a CUDA-graph capture). Throws like run_collective.
+void prepare_collectives(int world_size);
+
 // Issues `call` on `stream` through the process's communicator (created on
 // first use, see above). Throws moejit::Error naming what is missing (NCCL,
 // RANK/WORLD_SIZE, the id file) or what NCCL said.
