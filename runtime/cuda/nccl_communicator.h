@@ -6,7 +6,9 @@
 //   MOEJIT_NCCL_ID_FILE           where rank 0 writes NCCL's unique id and the
 //                                  others read it (`gpt_moe train --nproc N`
 //                                  puts it in the output directory; a shared
-//                                  file system works across hosts)
+//                                  file system works across hosts); a fresh
+//                                  path per launch: a stale id from an earlier
+//                                  run would be read by the other ranks
 //   MOEJIT_NCCL_TIMEOUT           seconds to wait for the id file (default 120)
 // The GPU is the context's device: give each process its own with
 // CUDA_VISIBLE_DEVICES (the local launcher sets it to LOCAL_RANK).
