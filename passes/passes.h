@@ -25,7 +25,7 @@ bool is_fusible_elementwise(OpKind kind);
 std::unique_ptr<Pass> create_mixed_precision_pass(const PassOptions& options);
 // shard-experts{rank=r world_size=N}: expert parallelism (passes/shard_experts.cpp).
 std::unique_ptr<Pass> create_shard_experts_pass(const PassOptions& options);
-// all-reduce-grads{world_size=N}: data-parallel gradients (passes/all_reduce_grads.cpp).
+// all-reduce-grads{world_size=N bucket_mib=25}: data-parallel gradients (passes/all_reduce_grads.cpp).
 std::unique_ptr<Pass> create_all_reduce_grads_pass(const PassOptions& options);
 // memory-plan{print=true|false}: reports the arena plan (passes/memory_plan.h).
 std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);

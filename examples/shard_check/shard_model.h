@@ -63,9 +63,10 @@ inline const std::vector<std::string>& param_names() {
 inline bool is_expert(const std::string& name) { return name == "w_up" || name == "w_down"; }
 
 // The pipeline that makes rank r's training graph from the model.
-inline std::string sharded_pipeline(int rank, int world_size) {
-  return fmt::format("shard-experts{{rank={} world_size={}}},autodiff{{loss=loss}},all-reduce-grads{{world_size={}}}", rank,
-                     world_size, world_size);
+inline std::string sharded_pipeline(int rank, int world_size, int bucket_mib = 25) {
+  return fmt::format(
+      "shard-experts{{rank={} world_size={}}},autodiff{{loss=loss}},all-reduce-grads{{world_size={} bucket_mib={}}}", rank,
+      world_size, world_size, bucket_mib);
 }
 
 struct Batch {

@@ -28,7 +28,7 @@ HostTensor random_ids(std::int64_t batch, std::int64_t block, std::int64_t vocab
   return HostTensor::from_ints({batch, block}, ids);
 }
 
-void check_gpt_sharded(int world_size) {
+void check_gpt_sharded(int world_size, int bucket_mib = 25) {
   GptMoeConfig config = testing::tiny_graph_config();
   config.num_experts = 4;
   Graph model("gpt");
@@ -66,7 +66,7 @@ void check_gpt_sharded(int world_size) {
   std::vector<int> sharded_weights(static_cast<std::size_t>(world_size), 0);
   run_ranks(world_size, [&](int r) {
     Graph sharded = model;
-    run_pipeline(sharded, shard_model::sharded_pipeline(r, world_size));
+    run_pipeline(sharded, shard_model::sharded_pipeline(r, world_size, bucket_mib));
     auto exe = make_cpu_backend()->compile(sharded);
     for (const auto& [name, value] : params) {
       const Shape& local = sharded.type(sharded.find_arg(name)).shape;
@@ -107,4 +107,5 @@ void check_gpt_sharded(int world_size) {
 TEST_CASE("shard-experts on the GPT-MoE model: 2 and 4 CPU ranks equal the unsharded model", "[scale][gpt]") {
   SECTION("2 ranks") { check_gpt_sharded(2); }
   SECTION("4 ranks") { check_gpt_sharded(4); }
+  SECTION("2 ranks, one all_reduce per gradient (bucket_mib 0)") { check_gpt_sharded(2, 0); }
 }

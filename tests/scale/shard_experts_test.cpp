@@ -109,8 +109,11 @@ TEST_CASE("shard-experts: the training graph holds the exchanges and the dense a
   run_pipeline(graph, "shard-experts{rank=1 world_size=2},autodiff{loss=loss},all-reduce-grads{world_size=2}");
   // forward: counts, rows out, rows back; backward: the reverse of the two row exchanges
   CHECK(count_ops(graph, OpKind::AllToAll) == 5);
-  // w_in, w_router, w_out and the loss
-  CHECK(count_ops(graph, OpKind::AllReduce) == 4);
+  // w_in, w_router and w_out in one bucket, and the loss
+  CHECK(count_ops(graph, OpKind::AllReduce) == 2);
+  Graph unbucketed = sm::build(sm::Sizes{});
+  run_pipeline(unbucketed, "shard-experts{rank=1 world_size=2},autodiff{loss=loss},all-reduce-grads{world_size=2 bucket_mib=0}");
+  CHECK(count_ops(unbucketed, OpKind::AllReduce) == 4);  // one per dense gradient, and the loss
   const sm::Sizes sizes;
   CHECK(graph.type(graph.find_arg("w_up")).shape == Shape{2, sizes.d_model, sizes.hidden});
   CHECK(graph.type(graph.find_arg("w_in")).shape == Shape{sizes.d_model, sizes.d_model});
