@@ -1,9 +1,10 @@
 // Module generation: walks the graph in order, turns each op (or fused
-// elementwise group) into launches through its emitter, and assembles the
-// module source: the included families, the generated chain functors, and
-// one comment per launch naming its instantiation and launch shape. Also
-// the elementwise chain generator shared by every elementwise op, fused or
-// alone.
+// elementwise group, or op group of codegen/op_groups.cpp) into launches
+// through its emitter (an mj.reshape of a stored value becomes a view of
+// its bytes, no launch), and assembles the module source: the included
+// families, the generated chain functors, and one comment per launch naming
+// its instantiation and launch shape. Also the elementwise chain generator
+// shared by every elementwise op, fused or alone.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -396,6 +397,23 @@ std::string assemble_source(const Graph& graph, const ModuleCode& module, const 
   return s;
 }
 
+// An mj.reshape is a view of its operand when the operand has its own
+// bytes in the arena (stored, or a view itself: then of that view's source)
+// and the result is no graph output (outputs are read after the run, when
+// the source may be gone). Arguments are never viewed: AdamW may write one
+// in place. Returns the source, or kNoValue.
+ValueId reshape_view_source(const Graph& graph, const Op& op, const std::vector<bool>& stored,
+                            const std::vector<std::pair<ValueId, ValueId>>& aliases) {
+  if (op.kind != OpKind::Reshape) return kNoValue;
+  for (const auto& out : graph.outputs())
+    if (out.value == op.results[0]) return kNoValue;
+  ValueId source = op.operands[0];
+  for (const auto& [result, of] : aliases)
+    if (result == source) source = of;
+  if (graph.arg_of(source) != nullptr || !stored[static_cast<std::size_t>(source)]) return kNoValue;
+  return source;
+}
+
 }  // namespace
 
 ModuleCode generate_module(const Graph& graph, const Target& target) {
@@ -436,10 +454,43 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
     for (const auto& [id, members] : groups)
       for (ValueId r : ops[static_cast<std::size_t>(members.back())].results) stored[static_cast<std::size_t>(r)] = true;
   }
+  // Op groups (codegen/op_groups.cpp), found with the step of each op.
+  std::vector<int> step_of_op(ops.size());
+  for (int i = 0; i < num_ops; ++i) {
+    const std::int64_t g = group_of[static_cast<std::size_t>(i)];
+    step_of_op[static_cast<std::size_t>(i)] = g >= 0 && groups[g].size() > 1 ? groups[g].back() : i;
+  }
+  const std::vector<OpGroup> op_groups = find_op_groups(graph, step_of_op);
+  std::vector<int> op_group_of(ops.size(), -1);
+  for (std::size_t k = 0; k < op_groups.size(); ++k) {
+    for (int m : op_groups[k].ops) op_group_of[static_cast<std::size_t>(m)] = static_cast<int>(k);
+    for (ValueId v : op_groups[k].internal) stored[static_cast<std::size_t>(v)] = false;
+    for (const auto& [result, argument] : op_groups[k].in_place) {
+      stored[static_cast<std::size_t>(result)] = false;
+      module.in_place.push_back({result, argument});
+    }
+  }
   for (int i = 0; i < num_ops; ++i) {
     std::int64_t g = group_of[static_cast<std::size_t>(i)];
+    if (const int k = op_group_of[static_cast<std::size_t>(i)]; k >= 0) {
+      const OpGroup& group = op_groups[static_cast<std::size_t>(k)];
+      if (group.position != i) continue;  // the group runs at its first op
+      StepCode step;
+      step.ops = group.ops;
+      EmitContext ctx(graph, target, group.anchor, step, generated);
+      emit_op_group(ctx, group);
+      module.steps.push_back(std::move(step));
+      continue;
+    }
     StepCode step;
     EmitContext ctx(graph, target, i, step, generated);
+    if (const ValueId source = reshape_view_source(graph, ops[static_cast<std::size_t>(i)], stored, module.aliases); source != kNoValue) {
+      step.ops = {i};  // a view: no launch
+      stored[static_cast<std::size_t>(ops[static_cast<std::size_t>(i)].results[0])] = false;
+      module.aliases.push_back({ops[static_cast<std::size_t>(i)].results[0], source});
+      module.steps.push_back(std::move(step));
+      continue;
+    }
     if (g >= 0 && groups[g].size() > 1) {
       if (groups[g].back() != i) continue;  // the group runs at its last op
       step.ops = groups[g];

@@ -22,6 +22,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "codegen/kernels/common.cuh"
@@ -118,6 +119,14 @@ struct ModuleCode {
   std::vector<std::string> kernels;  // every instantiation, once, in first-use order
   std::vector<StepCode> steps;       // in execution order
   std::vector<bool> materialized;    // per value: needs device storage
+  // (result, argument): the result is written into the argument's buffer
+  // and the output that updates the argument needs no copy (AdamW's new
+  // parameters and moments, codegen/op_groups.cpp). Not materialized.
+  std::vector<std::pair<ValueId, ValueId>> in_place;
+  // (result, source): an mj.reshape whose result is a view of its operand's
+  // bytes (no launch; the source, itself never an alias, stays alive while
+  // the result is read). In graph order. Not materialized.
+  std::vector<std::pair<ValueId, ValueId>> aliases;
 };
 
 // One embedded header: its path in the source tree (the name NVRTC gets)
@@ -250,6 +259,39 @@ mj::Dims make_dims(const std::vector<std::int64_t>& sizes, const std::vector<std
 // the last op); used by generate_module for groups and by the elementwise
 // emitters for one op. `stored`: per value, whether it is written.
 void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored);
+
+// A residual add fused into the norm it feeds (codegen/emit_dense.cpp):
+// whether `add`'s result is `norm_op`'s x and one kernel can do both (equal
+// shapes, float, rows of at most 1024), and the emitter of that kernel (ctx
+// at the norm; it writes the add's result and the norm's).
+bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add);
+void emit_add_norm(EmitContext& ctx, const Op& add);
+// The backward's add of a norm's dx and another gradient, fused into the
+// norm backward's row kernel (equal shapes, float, rows of at most 1024;
+// ctx at the norm backward; it writes the add's result instead of dx).
+bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add);
+void emit_norm_grad_add(EmitContext& ctx, const Op& add);
+
+// Ops of different kinds emitted as one step (codegen/op_groups.cpp says
+// which and when): a residual add with the norm it feeds, a norm
+// backward with the gradient add after it, the squares of
+// the global gradient norm, every AdamW of a step. The group runs at
+// `position` (its first member); `internal` values are read only inside
+// it and never stored.
+struct OpGroup {
+  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw };
+  Kind kind;
+  int position = 0;
+  int anchor = 0;  // the op whose EmitContext emits the group
+  std::vector<int> ops;  // graph order
+  std::vector<ValueId> internal;
+  std::vector<std::pair<ValueId, ValueId>> in_place;  // see ModuleCode::in_place
+};
+// step_of_op: per op, the op index at which its step runs (its own index,
+// or the last op of its fused elementwise group).
+std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op);
+// ctx is at the group's anchor.
+void emit_op_group(EmitContext& ctx, const OpGroup& group);
 
 // Declares codegen::emit_<Kind> for every op. A missing emitter is a link error.
 #define MOEJIT_OP(kind, ...) void emit_##kind(EmitContext& ctx);

@@ -130,10 +130,27 @@ void reduction(EmitContext& ctx, int kind) {
   a.reduced = make_dims(red_sizes, red_strides);
   a.outputs = outputs;
   a.count = count;
+  if (count <= 64 && outputs >= 256) {  // a block per output would leave most of its threads idle
+    ctx.launch("reduce", instantiation("reduce_thread_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
+               {blocks_for(outputs)}, a, {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
+    return;
+  }
   ctx.launch("reduce", instantiation("reduce_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
              {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a,
              {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
 }
+
+// The lanes' share of a row of c values in the warp kernels (a power of
+// two, at most 32), or 0 when c is over 1024 and a block takes each row.
+int warp_row_per_lane(std::int64_t c) {
+  if (c > 1024) return 0;
+  int per_lane = 1;
+  while (32 * per_lane < c) per_lane *= 2;
+  return per_lane;
+}
+
+// Blocks of 256 threads, one warp per row.
+unsigned warp_row_blocks(std::int64_t rows) { return static_cast<unsigned>(std::clamp<std::int64_t>((rows + 7) / 8, 1, 1 << 20)); }
 
 void softmax(EmitContext& ctx, int log) {
   const TensorType& x = ctx.in(0);
@@ -141,25 +158,46 @@ void softmax(EmitContext& ctx, int log) {
   mj::SoftmaxArgs<void> a{};
   a.c = x.dim(-1);
   a.rows = x.numel() / a.c;
+  const std::vector<Bind> pointers = {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}};
+  if (const int per_lane = warp_row_per_lane(a.c)) {
+    ctx.launch("reduce", instantiation("softmax_warp_kernel", {ctx.in_type(0), std::to_string(log), std::to_string(per_lane), threads_of(config)}),
+               config, {warp_row_blocks(a.rows)}, a, pointers);
+    return;
+  }
   ctx.launch("reduce", instantiation("softmax_kernel", {ctx.in_type(0), std::to_string(log), threads_of(config)}), config,
-             {row_blocks(a.rows)}, a, {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
+             {row_blocks(a.rows)}, a, pointers);
 }
 
-void norm(EmitContext& ctx, bool layer) {
+// layer_norm / rms_norm; `add` (or null): the mj.add whose result is x,
+// computed in the same kernel (norm_takes_residual must hold).
+void norm(EmitContext& ctx, bool layer, const Op* add) {
   const TensorType& x = ctx.in(0);
   TileConfig config = TileConfig::fixed_threads(256);
   mj::NormArgs<void> a{};
   a.c = x.dim(-1);
   a.rows = x.numel() / a.c;
   a.eps = ctx.attrs().get_float("eps");
-  ctx.launch("reduce", instantiation("norm_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a,
-             {{&a.x, B::of(ctx.operand(0))},
-              {&a.gamma, B::of(ctx.operand(1))},
-              {&a.beta, layer ? B::of(ctx.operand(2)) : B::none()},
-              {&a.y, B::of(ctx.result(0))}});
+  std::vector<Bind> pointers = {{&a.x, B::of(ctx.operand(0))},
+                                {&a.gamma, B::of(ctx.operand(1))},
+                                {&a.beta, layer ? B::of(ctx.operand(2)) : B::none()},
+                                {&a.y, B::of(ctx.result(0))}};
+  if (add) {
+    pointers[0] = {&a.x, B::of(add->operands[0])};
+    pointers.push_back({&a.residual, B::of(add->operands[1])});
+    pointers.push_back({&a.sum, B::of(add->results[0])});
+  }
+  if (const int per_lane = warp_row_per_lane(a.c)) {
+    ctx.launch("reduce", instantiation("norm_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(config)}), config,
+               {warp_row_blocks(a.rows)}, a, pointers);
+    return;
+  }
+  MOEJIT_ASSERT(!add, "a fused residual add needs the warp kernel");
+  ctx.launch("reduce", instantiation("norm_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a, pointers);
 }
 
-void norm_grad(EmitContext& ctx, bool layer) {
+// layer_norm_grad / rms_norm_grad; `add` (or null): the mj.add of dx and
+// another gradient, computed in the row kernel (norm_grad_takes_addend).
+void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
   std::int64_t stats = ctx.scratch(rows * 2 * 8);
@@ -169,29 +207,41 @@ void norm_grad(EmitContext& ctx, bool layer) {
   r.c = c;
   r.eps = ctx.attrs().get_float("eps");
   r.rms = layer ? 0 : 1;
-  ctx.launch("reduce", instantiation("norm_grad_rows_kernel", {ctx.in_type(0), threads_of(row_config)}), row_config, {row_blocks(rows)}, r,
-             {{&r.x, B::of(ctx.operand(0))},
-              {&r.gamma, B::of(ctx.operand(1))},
-              {&r.dy, B::of(ctx.operand(2))},
-              {&r.dx, B::of(ctx.result(0))},
-              {&r.stats, B::scratch(stats)}});
+  std::vector<Bind> row_pointers = {{&r.x, B::of(ctx.operand(0))},
+                                    {&r.gamma, B::of(ctx.operand(1))},
+                                    {&r.dy, B::of(ctx.operand(2))},
+                                    {&r.dx, B::of(ctx.result(0))},
+                                    {&r.stats, B::scratch(stats)}};
+  if (add) {
+    row_pointers[3] = {&r.dx, B::of(add->results[0])};
+    row_pointers.push_back({&r.dx_addend, B::of(add->operands[add->operands[0] == ctx.result(0) ? 1 : 0])});
+  }
+  MOEJIT_ASSERT(!add || warp_row_per_lane(c) > 0, "a fused gradient add needs the warp kernel");
+  if (const int per_lane = warp_row_per_lane(c))
+    ctx.launch("reduce", instantiation("norm_grad_rows_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(row_config)}),
+               row_config, {warp_row_blocks(rows)}, r, row_pointers);
+  else
+    ctx.launch("reduce", instantiation("norm_grad_rows_kernel", {ctx.in_type(0), threads_of(row_config)}), row_config, {row_blocks(rows)},
+               r, row_pointers);
   TileConfig column_config = TileConfig::fixed_threads(128);
   mj::NormGradParamsArgs<void> p{};
   p.rows = rows;
   p.c = c;
-  // Chunks of 64 rows (more when the partials would pass 16 MiB); part 2b
-  // then sums rows / 64 partials per column, which coalesce across columns.
-  p.chunk = std::max<std::int64_t>(64, (rows * c * 16 + (16 << 20) - 1) / (16 << 20));
+  // About four blocks of part 2a per SM: chunks of at least 8 rows (more
+  // when the partials would pass 16 MiB); part 2b then sums each column's
+  // chunk partials with a warp.
+  const std::int64_t column_blocks = (c + column_config.threads - 1) / column_config.threads;
+  const std::int64_t chunks_wanted = std::max<std::int64_t>(4 * ctx.target().sm_count / column_blocks, 1);
+  p.chunk = std::max({std::int64_t{8}, (rows + chunks_wanted - 1) / chunks_wanted, (rows * c * 16 + (16 << 20) - 1) / (16 << 20)});
   p.chunks = std::max<std::int64_t>((rows + p.chunk - 1) / p.chunk, 1);
   const std::int64_t partials = ctx.scratch(p.chunks * c * 2 * 8);
   const std::vector<Bind> pointers = {{&p.x, B::of(ctx.operand(0))},       {&p.dy, B::of(ctx.operand(2))},
                                       {&p.stats, B::scratch(stats)},       {&p.dgamma, B::of(ctx.result(1))},
                                       {&p.dbeta, layer ? B::of(ctx.result(2)) : B::none()}, {&p.partials, B::scratch(partials)}};
-  const std::int64_t column_blocks = (c + column_config.threads - 1) / column_config.threads;
   ctx.launch("reduce", instantiation("norm_grad_params_parts_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
              {static_cast<unsigned>(std::min<std::int64_t>(p.chunks * column_blocks, 65535))}, p, pointers);
   ctx.launch("reduce", instantiation("norm_grad_params_finish_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
-             {blocks_for(c, column_config.threads)}, p, pointers);
+             {static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20))}, p, pointers);  // a warp per column
 }
 
 }  // namespace
@@ -227,10 +277,38 @@ void emit_Mean(EmitContext& ctx) { reduction(ctx, 1); }
 void emit_Max(EmitContext& ctx) { reduction(ctx, 2); }
 void emit_Softmax(EmitContext& ctx) { softmax(ctx, 0); }
 void emit_LogSoftmax(EmitContext& ctx) { softmax(ctx, 1); }
-void emit_LayerNorm(EmitContext& ctx) { norm(ctx, true); }
-void emit_RmsNorm(EmitContext& ctx) { norm(ctx, false); }
-void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true); }
-void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false); }
+void emit_LayerNorm(EmitContext& ctx) { norm(ctx, true, nullptr); }
+void emit_RmsNorm(EmitContext& ctx) { norm(ctx, false, nullptr); }
+
+bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add) {
+  if (norm_op.kind != OpKind::LayerNorm && norm_op.kind != OpKind::RmsNorm) return false;
+  if (add.kind != OpKind::Add || add.results.size() != 1 || norm_op.operands[0] != add.results[0]) return false;
+  const TensorType& x = graph.type(add.results[0]);
+  if (!is_float(x.dtype) || x.rank() < 1 || warp_row_per_lane(x.dim(-1)) == 0) return false;
+  return graph.type(add.operands[0]) == x && graph.type(add.operands[1]) == x;
+}
+
+bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add) {
+  if (norm_grad_op.kind != OpKind::LayerNormGrad && norm_grad_op.kind != OpKind::RmsNormGrad) return false;
+  if (add.kind != OpKind::Add || add.results.size() != 1) return false;
+  const ValueId dx = norm_grad_op.results[0];
+  if ((add.operands[0] == dx) == (add.operands[1] == dx)) return false;  // dx exactly once
+  const TensorType& t = graph.type(dx);
+  if (!is_float(t.dtype) || t.rank() < 1 || warp_row_per_lane(t.dim(-1)) == 0) return false;
+  return graph.type(add.operands[0]) == t && graph.type(add.operands[1]) == t;
+}
+
+void emit_norm_grad_add(EmitContext& ctx, const Op& add) {
+  MOEJIT_ASSERT(norm_grad_takes_addend(ctx.graph(), ctx.op(), add), "emit_norm_grad_add: dx feeds the add");
+  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, &add);
+}
+
+void emit_add_norm(EmitContext& ctx, const Op& add) {
+  MOEJIT_ASSERT(norm_takes_residual(ctx.graph(), ctx.op(), add), "emit_add_norm: the add feeds the norm");
+  norm(ctx, ctx.op().kind == OpKind::LayerNorm, &add);
+}
+void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true, nullptr); }
+void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false, nullptr); }
 
 // ---- matmul ----
 // a [..., M, K] (stored [..., K, M] with transpose_a), b [K, N] or [..., K, N]
@@ -289,18 +367,39 @@ void emit_Embedding(EmitContext& ctx) {
   a.n = ctx.in(1).numel();
   a.V = ctx.in(0).dim(0);
   a.D = ctx.in(0).dim(1);
-  ctx.launch("layout", instantiation("embedding_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(a.n * a.D)}, a,
+  ctx.launch("layout", instantiation("embedding_kernel", {ctx.in_type(0), threads_of(config)}), config, {warp_row_blocks(a.n)}, a,
              {{&a.table, B::of(ctx.operand(0))}, {&a.ids, B::of(ctx.operand(1))}, {&a.out, B::of(ctx.result(0))}});
 }
 
+// The counting sort of codegen/kernels/layout.cuh: a memset and four launches.
 void emit_EmbeddingGrad(EmitContext& ctx) {
-  TileConfig config = TileConfig::fixed_threads(128);
+  TileConfig config = TileConfig::fixed_threads(mj::kEmbeddingChunk);
   mj::EmbeddingGradArgs<void> a{};
   a.n = ctx.in(0).numel();
   a.V = ctx.out(0).dim(0);
   a.D = ctx.out(0).dim(1);
-  ctx.launch("layout", instantiation("embedding_grad_kernel", {ctx.out_type(0), threads_of(config)}), config, {blocks_for(a.V * a.D, 128)}, a,
-             {{&a.ids, B::of(ctx.operand(0))}, {&a.dy, B::of(ctx.operand(1))}, {&a.dtable, B::of(ctx.result(0))}});
+  a.chunks = std::max<std::int64_t>((a.n + mj::kEmbeddingChunk - 1) / mj::kEmbeddingChunk, 1);
+  if (a.n > 0x7fffffff || a.V * a.chunks >= 0x7fffffff)
+    ctx.fail(fmt::format("sorts at most 2^31 tokens and ids x chunks, found {} tokens and {} ids", a.n, a.V));
+  const std::int64_t counts_bytes = (a.V * a.chunks + 1) * 4;
+  const std::int64_t rank = ctx.scratch(std::max<std::int64_t>(a.n, 1) * 4), counts = ctx.scratch(counts_bytes),
+                     order = ctx.scratch(std::max<std::int64_t>(a.n, 1) * 4);
+  const std::vector<Bind> pointers = {{&a.ids, B::of(ctx.operand(0))},   {&a.dy, B::of(ctx.operand(1))},
+                                      {&a.dtable, B::of(ctx.result(0))}, {&a.rank, B::scratch(rank)},
+                                      {&a.chunk_counts, B::scratch(counts)}, {&a.order, B::scratch(order)}};
+  const std::string type = ctx.out_type(0);
+  ctx.zero(B::scratch(counts), counts_bytes);
+  const unsigned chunk_blocks = static_cast<unsigned>(std::min<std::int64_t>(a.chunks, 1 << 20));
+  ctx.launch("layout", instantiation("embedding_grad_count_kernel", {type, threads_of(config)}), config, {chunk_blocks}, a, pointers);
+  TileConfig scan_config = TileConfig::fixed_threads(1024);
+  ctx.launch("layout", instantiation("embedding_grad_scan_kernel", {type, threads_of(scan_config)}), scan_config, {1}, a, pointers);
+  ctx.launch("layout", instantiation("embedding_grad_place_kernel", {type, threads_of(config)}), config,
+             {blocks_for(a.n, mj::kEmbeddingChunk)}, a, pointers);
+  const std::int64_t column_blocks = (a.D + 32 * mj::kEmbeddingColumnsPerLane - 1) / (32 * mj::kEmbeddingColumnsPerLane);
+  const std::int64_t warps_per_block = config.threads / 32;
+  const std::int64_t sum_blocks = (a.V * column_blocks + warps_per_block - 1) / warps_per_block;
+  ctx.launch("layout", instantiation("embedding_grad_sum_kernel", {type, threads_of(config)}), config,
+             {static_cast<unsigned>(std::clamp<std::int64_t>(sum_blocks, 1, 1 << 20))}, a, pointers);
 }
 
 // ---- layout ----
@@ -416,27 +515,50 @@ void emit_AttentionGrad(EmitContext& ctx) {
              smem);
 }
 
+namespace {
+// Cross entropy's kernel shape for rows of V logits: one warp per row with
+// the row in registers (PER_LANE values per lane) when V <= 1024, else one
+// block per row. Returns the instantiation and sets config and grid.
+std::string cross_entropy_kernel(EmitContext& ctx, const char* stem, std::int64_t rows, std::int64_t V, TileConfig& config,
+                                 unsigned& grid) {
+  const std::string type = ctx.in_type(0);
+  if (const int per_lane = warp_row_per_lane(V)) {
+    config = TileConfig::fixed_threads(256);
+    grid = warp_row_blocks(rows);
+    return instantiation(fmt::format("{}_warp_kernel", stem), {type, std::to_string(per_lane), threads_of(config)});
+  }
+  config = TileConfig::fixed_threads(V >= 16384 ? 1024 : 256);
+  grid = static_cast<unsigned>(std::clamp<std::int64_t>(rows, 1, 1 << 20));
+  return instantiation(fmt::format("{}_block_kernel", stem), {type, threads_of(config)});
+}
+}  // namespace
+
 void emit_CrossEntropy(EmitContext& ctx) {
-  TileConfig config = TileConfig::fixed_threads(256);
   mj::CrossEntropyRowsArgs<void> r{};
   r.rows = ctx.in(0).dim(0);
   r.V = ctx.in(0).dim(1);
   std::int64_t losses = ctx.scratch(r.rows * 8);
-  ctx.launch("model", instantiation("cross_entropy_rows_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(r.rows)}, r,
+  TileConfig config;
+  unsigned grid = 1;
+  std::string kernel = cross_entropy_kernel(ctx, "cross_entropy_rows", r.rows, r.V, config, grid);
+  ctx.launch("model", kernel, config, {grid}, r,
              {{&r.logits, B::of(ctx.operand(0))}, {&r.targets, B::of(ctx.operand(1))}, {&r.row_loss, B::scratch(losses)}});
+  TileConfig mean_config = TileConfig::fixed_threads(256);
   mj::MeanOfValuesArgs<void> m{};
   m.n = r.rows;
   m.coeff = 1.0;
-  ctx.launch("reduce", instantiation("mean_of_values_kernel", {ctx.in_type(0), threads_of(config)}), config, {1}, m,
+  ctx.launch("reduce", instantiation("mean_of_values_kernel", {ctx.in_type(0), threads_of(mean_config)}), mean_config, {1}, m,
              {{&m.values, B::scratch(losses)}, {&m.out, B::of(ctx.result(0))}});
 }
 
 void emit_CrossEntropyGrad(EmitContext& ctx) {
-  TileConfig config = TileConfig::fixed_threads(256);
   mj::CrossEntropyGradArgs<void> a{};
   a.rows = ctx.in(0).dim(0);
   a.V = ctx.in(0).dim(1);
-  ctx.launch("model", instantiation("cross_entropy_grad_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a,
+  TileConfig config;
+  unsigned grid = 1;
+  std::string kernel = cross_entropy_kernel(ctx, "cross_entropy_grad", a.rows, a.V, config, grid);
+  ctx.launch("model", kernel, config, {grid}, a,
              {{&a.logits, B::of(ctx.operand(0))},
               {&a.targets, B::of(ctx.operand(1))},
               {&a.dloss, B::of(ctx.operand(2))},

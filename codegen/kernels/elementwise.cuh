@@ -1,6 +1,8 @@
 // Kernel family "elementwise": the elementwise ops as device functions on
 // the arithmetic type, the kernel every fused chain instantiates, and the
-// generators (Philox dropout, random normal) and AdamW.
+// generators (Philox dropout, random normal), AdamW, and the multi-tensor
+// kernels of the optimizer step (every AdamW of a step, the squares of the
+// global gradient norm) that codegen/op_groups.cpp groups.
 //
 // A chain (one op, or a group of fuse-elementwise) is a functor the
 // generated layer writes: `struct chain_<hash> { static void apply(const
@@ -46,6 +48,46 @@ struct AdamWArgs {
   i64 n;
   double beta1, beta2;
   float eps, weight_decay;
+};
+
+// ---- multi-tensor kernels (one launch for many tensors) ----
+// A launch walks a table of up to kMultiTensorMax tensors, cut into chunks
+// of kMultiTensorChunk elements; chunk_begin[k] is the first chunk of tensor
+// k (chunk_begin[tensors] the total), and block b takes chunks b, b + grid,
+// ... . The table is part of the argument struct (under 4 KiB).
+constexpr int kMultiTensorMax = 32;
+constexpr int kMultiTensorChunk = 2048;
+
+// Every mj.adamw of a step that shares lr, step and the attributes. With
+// grad_scale (a one-element f32, or null), the gradient is
+// grad * grad_scale[0] rounded to f32: the clip's mj.mul of
+// frontends/optim.cpp, fused.
+struct AdamWTensor {
+  const float *param, *grad, *grad_scale, *m, *v;
+  float *new_param, *new_m, *new_v;
+  i64 n;
+};
+struct MultiAdamWArgs {
+  const float *lr, *step;
+  double beta1, beta2;
+  float eps, weight_decay;
+  int tensors;
+  i64 chunk_begin[kMultiTensorMax + 1];
+  AdamWTensor t[kMultiTensorMax];
+};
+
+// sum(x * x) over all of each tensor's elements (the square rounded to T,
+// as mj.mul rounds it), for the global gradient norm. Part 1: one block per
+// chunk writes the chunk's sum (a fixed tree, in double) to partials[chunk];
+// part 2: one block per tensor adds its chunks' partials (a fixed tree) and
+// writes out[k]. Deterministic.
+template <class T> struct MultiSumSquaresArgs {
+  int tensors;
+  i64 chunk_begin[kMultiTensorMax + 1];
+  const T* x[kMultiTensorMax];
+  T* out[kMultiTensorMax];
+  i64 n[kMultiTensorMax];
+  double* partials;
 };
 
 }  // namespace mj
@@ -154,6 +196,68 @@ template <int THREADS> __global__ void __launch_bounds__(THREADS) adamw_kernel(c
     a.new_param[i] = p - lr * (m_hat / (sqrtf(v_hat) + a.eps) + a.weight_decay * p);
     a.new_m[i] = m1;
     a.new_v[i] = v1;
+  }
+}
+
+// The tensor of chunk `chunk` (the table is short: a linear walk).
+__device__ __forceinline__ int multi_tensor_of(const i64* chunk_begin, int tensors, i64 chunk) {
+  int k = 0;
+  while (k + 1 < tensors && chunk >= chunk_begin[k + 1]) ++k;
+  return k;
+}
+
+template <int THREADS> __global__ void __launch_bounds__(THREADS) multi_adamw_kernel(const __grid_constant__ MultiAdamWArgs a) {
+  const float lr = *a.lr;
+  const double step = *a.step;
+  const float correction1 = (float)(1.0 - pow(a.beta1, step));
+  const float correction2 = (float)(1.0 - pow(a.beta2, step));
+  const float b1 = (float)a.beta1, b2 = (float)a.beta2;
+  for (i64 chunk = blockIdx.x; chunk < a.chunk_begin[a.tensors]; chunk += gridDim.x) {
+    const int k = multi_tensor_of(a.chunk_begin, a.tensors, chunk);
+    const AdamWTensor& t = a.t[k];
+    const float scale = t.grad_scale ? *t.grad_scale : 1.0f;
+    const i64 first = (chunk - a.chunk_begin[k]) * kMultiTensorChunk;
+    const i64 last = first + kMultiTensorChunk < t.n ? first + kMultiTensorChunk : t.n;
+    for (i64 i = first + threadIdx.x; i < last; i += THREADS) {
+      const float g = t.grad_scale ? t.grad[i] * scale : t.grad[i];
+      // The formulas of adamw_kernel.
+      const float m1 = b1 * t.m[i] + (1.0f - b1) * g;
+      const float v1 = b2 * t.v[i] + (1.0f - b2) * g * g;
+      const float m_hat = m1 / correction1;
+      const float v_hat = v1 / correction2;
+      const float p = t.param[i];
+      t.new_param[i] = p - lr * (m_hat / (sqrtf(v_hat) + a.eps) + a.weight_decay * p);
+      t.new_m[i] = m1;
+      t.new_v[i] = v1;
+    }
+  }
+}
+
+template <class T, int THREADS>
+__global__ void __launch_bounds__(THREADS) multi_sum_squares_parts_kernel(const __grid_constant__ MultiSumSquaresArgs<T> a) {
+  __shared__ double scratch[33];
+  for (i64 chunk = blockIdx.x; chunk < a.chunk_begin[a.tensors]; chunk += gridDim.x) {
+    const int k = multi_tensor_of(a.chunk_begin, a.tensors, chunk);
+    const i64 first = (chunk - a.chunk_begin[k]) * kMultiTensorChunk;
+    const i64 last = first + kMultiTensorChunk < a.n[k] ? first + kMultiTensorChunk : a.n[k];
+    double sum = 0.0;
+    for (i64 i = first + threadIdx.x; i < last; i += THREADS) {
+      const typename acc_of<T>::type x = ld(a.x[k][i]);
+      sum += (double)ld(st<T>(x * x));
+    }
+    sum = block_reduce(sum, SumOp(), scratch);
+    if (threadIdx.x == 0) a.partials[chunk] = sum;
+  }
+}
+
+template <class T, int THREADS>
+__global__ void __launch_bounds__(THREADS) multi_sum_squares_finish_kernel(const __grid_constant__ MultiSumSquaresArgs<T> a) {
+  __shared__ double scratch[33];
+  for (int k = blockIdx.x; k < a.tensors; k += gridDim.x) {
+    double sum = 0.0;
+    for (i64 c = a.chunk_begin[k] + threadIdx.x; c < a.chunk_begin[k + 1]; c += THREADS) sum += a.partials[c];
+    sum = block_reduce(sum, SumOp(), scratch);
+    if (threadIdx.x == 0) a.out[k][0] = st<T>((typename acc_of<T>::type)sum);
   }
 }
 

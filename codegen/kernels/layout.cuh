@@ -1,7 +1,8 @@
 // Kernel family "layout": data movement. One strided copy serves reshape,
 // transpose, broadcast (stride 0), slice, pad (into a zeroed output) and
-// concat (one copy per input); embedding gathers rows, and its backward sums
-// them per id in a fixed order (no atomics, so it is deterministic).
+// concat (one copy per input); embedding gathers rows, and its backward sorts
+// the tokens by id (a counting sort) and sums each id's rows in token order
+// (no float atomics, so it is deterministic).
 #pragma once
 #include "codegen/kernels/common.cuh"
 
@@ -25,12 +26,32 @@ template <class T> struct EmbeddingArgs {
   i64 n, V, D;
 };
 
-// mj.embedding_grad: ids [n], dy [n, D] -> dtable [V, D].
+// mj.embedding_grad: ids [n], dy [n, D] -> dtable [V, D], in four launches
+// (after a memset of chunk_counts) that sort the token positions by id, a
+// deterministic counting sort, then sum each id's rows in token order:
+//   1. count:  block b takes tokens [b * kEmbeddingChunk, ...): each token's
+//              rank among the earlier tokens of its chunk with the same id
+//              (rank[n]), and chunk_counts[id * chunks + b] = how many
+//              tokens of the chunk have that id;
+//   2. scan:   chunk_counts becomes its exclusive prefix sum in (id, chunk)
+//              order, so entry (id, b) is where chunk b's tokens of id
+//              start in the sorted order and entry (id, 0) where id's
+//              segment starts; entry V * chunks is the number of valid ids;
+//   3. place:  order[start(id, b) + rank] = token;
+//   4. sum:    one warp per (id, block of kEmbeddingColumnsPerWarp columns)
+//              adds the rows order[segment of id] in that order.
+// Integer counts make 1-3 exact; 4 has a fixed order, so two runs agree bit
+// for bit. An id outside 0..V-1 is skipped (the CPU backend reports it).
+constexpr int kEmbeddingChunk = 256;             // tokens per block of passes 1 and 3
+constexpr int kEmbeddingColumnsPerLane = 8;      // pass 4: columns lane + 32 j, j < 8
 template <class T> struct EmbeddingGradArgs {
   const int* ids;
   const T* dy;
   T* dtable;
-  i64 n, V, D;
+  int* rank;          // [n]
+  int* chunk_counts;  // [V * chunks + 1], zeroed before pass 1
+  int* order;         // [n]
+  i64 n, V, D, chunks;
 };
 
 }  // namespace mj
@@ -64,24 +85,103 @@ template <class E, int THREADS> __global__ void __launch_bounds__(THREADS) copy_
   }
 }
 
+// One warp per token row: the id is read once, the lanes copy the columns.
 // An id outside 0..V-1 gives a row of zeros (the CPU backend reports it as an error).
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_kernel(const EmbeddingArgs<T> a) {
-  MOEJIT_FOR_EACH(i, a.n * a.D) {
-    i64 row = i / a.D, col = i % a.D;
-    int id = a.ids[row];
-    a.out[i] = (id >= 0 && id < a.V) ? a.table[(i64)id * a.D + col] : st<T>(typename acc_of<T>::type(0));
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.n; row += (i64)gridDim.x * THREADS / 32) {
+    const int id = a.ids[row];
+    const bool valid = id >= 0 && id < a.V;
+    for (i64 col = lane; col < a.D; col += 32)
+      a.out[row * a.D + col] = valid ? a.table[(i64)id * a.D + col] : st<T>(typename acc_of<T>::type(0));
   }
 }
 
-// One thread per (v, column) sums the rows with id v in order.
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_grad_kernel(const EmbeddingGradArgs<T> a) {
+__device__ __forceinline__ bool embedding_id_valid(int id, i64 V) { return id >= 0 && id < V; }
+
+// Pass 1 (one block of kEmbeddingChunk threads per chunk of tokens).
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_grad_count_kernel(const EmbeddingGradArgs<T> a) {
+  __shared__ int chunk_ids[kEmbeddingChunk];
+  for (i64 chunk = blockIdx.x; chunk < a.chunks; chunk += gridDim.x) {
+    const i64 first = chunk * kEmbeddingChunk;
+    const int count = (int)(a.n - first < kEmbeddingChunk ? a.n - first : kEmbeddingChunk);
+    __syncthreads();  // the previous chunk's ids are read no more
+    for (int t = threadIdx.x; t < kEmbeddingChunk; t += THREADS) chunk_ids[t] = t < count ? a.ids[first + t] : -1;
+    __syncthreads();
+    for (int t = threadIdx.x; t < count; t += THREADS) {
+      const int id = chunk_ids[t];
+      if (!embedding_id_valid(id, a.V)) continue;
+      int before = 0, same = 0;
+      for (int u = 0; u < count; ++u) {
+        const bool match = chunk_ids[u] == id;
+        before += match && u < t;
+        same += match;
+      }
+      a.rank[first + t] = before;
+      if (before == 0) a.chunk_counts[(i64)id * a.chunks + chunk] = same;
+    }
+  }
+}
+
+// Pass 2 (one block): exclusive prefix sum of chunk_counts[0 .. V * chunks], in place.
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_grad_scan_kernel(const EmbeddingGradArgs<T> a) {
+  __shared__ i64 scratch[33];
+  __shared__ i64 carry;
+  const i64 total = a.V * a.chunks + 1;
+  if (threadIdx.x == 0) carry = 0;
+  for (i64 base = 0; base < total; base += THREADS) {
+    const i64 i = base + threadIdx.x;
+    const i64 value = i < total ? (i64)a.chunk_counts[i] : 0;
+    // Inclusive scan inside the warp, then over the warps' totals.
+    i64 inclusive = value;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int delta = 1; delta < 32; delta <<= 1) {
+      const i64 up = __shfl_up_sync(0xffffffffu, inclusive, delta);
+      if (lane >= delta) inclusive += up;
+    }
+    __syncthreads();  // carry and scratch of the previous tile are read
+    if (lane == 31) scratch[warp] = inclusive;
+    __syncthreads();
+    i64 warp_offset = carry;
+    for (int w = 0; w < warp; ++w) warp_offset += scratch[w];
+    if (i < total) a.chunk_counts[i] = (int)(warp_offset + inclusive - value);
+    __syncthreads();
+    if (threadIdx.x == THREADS - 1) carry = warp_offset + inclusive;
+  }
+}
+
+// Pass 3 (as pass 1).
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_grad_place_kernel(const EmbeddingGradArgs<T> a) {
+  MOEJIT_FOR_EACH(token, a.n) {
+    const int id = a.ids[token];
+    if (!embedding_id_valid(id, a.V)) continue;
+    const i64 chunk = token / kEmbeddingChunk;
+    a.order[a.chunk_counts[(i64)id * a.chunks + chunk] + a.rank[token]] = (int)token;
+  }
+}
+
+// Pass 4: warp w of the grid takes id w / column_blocks and the columns
+// [(w % column_blocks) * 256, + 256) (lane + 32 j); rows in sorted order.
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_grad_sum_kernel(const EmbeddingGradArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  MOEJIT_FOR_EACH(i, a.V * a.D) {
-    i64 v = i / a.D, col = i % a.D;
-    A sum = A(0);
-    for (i64 r = 0; r < a.n; ++r)
-      if (a.ids[r] == v) sum += ld(a.dy[r * a.D + col]);
-    a.dtable[i] = st<T>(sum);
+  constexpr int kColumns = 32 * kEmbeddingColumnsPerLane;
+  const i64 column_blocks = (a.D + kColumns - 1) / kColumns;
+  const int lane = threadIdx.x & 31;
+  for (i64 w = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; w < a.V * column_blocks; w += (i64)gridDim.x * THREADS / 32) {
+    const i64 id = w / column_blocks, column0 = (w % column_blocks) * kColumns + lane;
+    const i64 begin = a.chunk_counts[id * a.chunks], end = a.chunk_counts[(id + 1) * a.chunks];
+    A sum[kEmbeddingColumnsPerLane];
+#pragma unroll
+    for (int j = 0; j < kEmbeddingColumnsPerLane; ++j) sum[j] = A(0);
+    for (i64 s = begin; s < end; ++s) {
+      const T* row = a.dy + (i64)a.order[s] * a.D;
+#pragma unroll
+      for (int j = 0; j < kEmbeddingColumnsPerLane; ++j)
+        if (column0 + 32 * j < a.D) sum[j] += ld(row[column0 + 32 * j]);
+    }
+#pragma unroll
+    for (int j = 0; j < kEmbeddingColumnsPerLane; ++j)
+      if (column0 + 32 * j < a.D) a.dtable[id * a.D + column0 + 32 * j] = st<T>(sum[j]);
   }
 }
 

@@ -1,7 +1,7 @@
 // Kernel family "model": causal attention (forward, and a backward in two
 // passes: per query row for dq, per key row for dk and dv), cross entropy
-// and its gradient. One block per row; scores live in dynamic shared memory
-// (T values per row), so T is bounded by shared memory.
+// and its gradient. Attention: one block per row; scores live in dynamic
+// shared memory (T values per row), so T is bounded by shared memory.
 #pragma once
 #include "codegen/kernels/common.cuh"
 #include "codegen/kernels/reduce.cuh"
@@ -195,32 +195,134 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
   }
 }
 
-// NaN for a target outside 0..V-1 (the CPU backend reports it as an error).
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) cross_entropy_rows_kernel(const CrossEntropyRowsArgs<T> a) {
+// ---- cross entropy ----
+// Two shapes of the same computation, chosen by the emitter from V:
+//   *_warp_kernel<T, PER_LANE>: one warp per row, V <= 32 PER_LANE; the row
+//     is read once into registers (lane l holds columns l + 32 j), reduced
+//     with shuffles, and the gradient is written from the registers;
+//   *_block_kernel: one block per row for large V (32k-128k): one pass
+//     with an online max and sum (the sum rescaled when the max grows) for
+//     the logsumexp; the gradient then reads the row a second time.
+// Statistics in the arithmetic type (f32 for bf16/f16/f32). A target
+// outside 0..V-1 gives a NaN loss (the CPU backend reports it as an error).
+
+__device__ __forceinline__ double cross_entropy_nan() { return __longlong_as_double(0x7ff8000000000000ll); }
+
+// The running (max, sum of exp(x - max)) of a stream of values.
+template <class A> struct OnlineLse {
+  A max, sum;
+  __device__ __forceinline__ void add(A x) {
+    if (x > max) {
+      sum = sum * m_exp(max - x) + A(1);  // exp(-inf) = 0 for the first value
+      max = x;
+    } else if (x != lowest_value<A>()) {  // -inf adds nothing (and -inf - -inf would be NaN)
+      sum += m_exp(x - max);  // NaN x makes the sum NaN, as the CPU's
+    }
+  }
+  __device__ __forceinline__ void merge(A other_max, A other_sum) {
+    if (other_max > max) {
+      sum = sum * m_exp(max - other_max) + other_sum;
+      max = other_max;
+    } else if (other_sum != A(0) || other_max != other_max) {
+      sum += other_sum * m_exp(other_max - max);
+    }
+  }
+};
+
+template <class T, int PER_LANE, class A>
+__device__ __forceinline__ A warp_row_logsumexp(const T* xr, i64 V, int lane, A (&x)[PER_LANE]) {
+  A max = lowest_value<A>();
+#pragma unroll
+  for (int j = 0; j < PER_LANE; ++j) {
+    const i64 column = lane + 32 * j;
+    x[j] = column < V ? ld(xr[column]) : lowest_value<A>();
+    max = MaxOp()(max, x[j]);
+  }
+  max = warp_reduce(max, MaxOp());
+  A sum = A(0);
+#pragma unroll
+  for (int j = 0; j < PER_LANE; ++j)
+    if (lane + 32 * j < V) sum += m_exp(x[j] - max);
+  sum = warp_reduce(sum, SumOp());
+  return max + m_log(sum);
+}
+
+template <class T, class A> __device__ A block_row_logsumexp(const T* xr, i64 V, A* scratch) {
+  OnlineLse<A> acc{lowest_value<A>(), A(0)};
+  for (i64 i = threadIdx.x; i < V; i += blockDim.x) acc.add(ld(xr[i]));
+  for (int delta = 16; delta > 0; delta >>= 1) {
+    const A other_max = __shfl_xor_sync(0xffffffffu, acc.max, delta);
+    const A other_sum = __shfl_xor_sync(0xffffffffu, acc.sum, delta);
+    acc.merge(other_max, other_sum);
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  __syncthreads();  // scratch may still be read by the previous row
+  if (lane == 0) {
+    scratch[2 * warp] = acc.max;
+    scratch[2 * warp + 1] = acc.sum;
+  }
+  __syncthreads();
+  OnlineLse<A> total{scratch[0], scratch[1]};
+  for (int w = 1; w < warps; ++w) total.merge(scratch[2 * w], scratch[2 * w + 1]);
+  return total.max + m_log(total.sum);
+}
+
+template <class T, int PER_LANE, int THREADS>
+__global__ void __launch_bounds__(THREADS) cross_entropy_rows_warp_kernel(const CrossEntropyRowsArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  __shared__ A scratch[33];
-  for (i64 row = blockIdx.x; row < a.rows; row += gridDim.x) {
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
     const T* xr = a.logits + row * a.V;
-    A lse = row_logsumexp<T, A>(xr, a.V, scratch);
-    if (threadIdx.x == 0) {
-      int target = a.targets[row];
-      a.row_loss[row] = (target >= 0 && target < a.V) ? (double)(lse - ld(xr[target])) : __longlong_as_double(0x7ff8000000000000ll);
+    A x[PER_LANE];
+    const A lse = warp_row_logsumexp<T, PER_LANE, A>(xr, a.V, lane, x);
+    if (lane == 0) {
+      const int target = a.targets[row];
+      a.row_loss[row] = (target >= 0 && target < a.V) ? (double)(lse - ld(xr[target])) : cross_entropy_nan();
     }
   }
 }
 
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) cross_entropy_grad_kernel(const CrossEntropyGradArgs<T> a) {
+template <class T, int PER_LANE, int THREADS>
+__global__ void __launch_bounds__(THREADS) cross_entropy_grad_warp_kernel(const CrossEntropyGradArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  __shared__ A scratch[33];
-  A scale = ld(a.dloss[0]) / A(a.rows);
+  const A scale = ld(a.dloss[0]) / A(a.rows);
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    const T* xr = a.logits + row * a.V;
+    A x[PER_LANE];
+    const A lse = warp_row_logsumexp<T, PER_LANE, A>(xr, a.V, lane, x);
+    const int target = a.targets[row];
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column < a.V) a.dlogits[row * a.V + column] = st<T>((m_exp(x[j] - lse) - (column == target ? A(1) : A(0))) * scale);
+    }
+  }
+}
+
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) cross_entropy_rows_block_kernel(const CrossEntropyRowsArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  __shared__ A scratch[64];
   for (i64 row = blockIdx.x; row < a.rows; row += gridDim.x) {
     const T* xr = a.logits + row * a.V;
-    A lse = row_logsumexp<T, A>(xr, a.V, scratch);
-    int target = a.targets[row];
-    for (i64 i = threadIdx.x; i < a.V; i += blockDim.x) {
-      A prob = m_exp(ld(xr[i]) - lse);
-      a.dlogits[row * a.V + i] = st<T>((prob - (i == target ? A(1) : A(0))) * scale);
+    const A lse = block_row_logsumexp<T, A>(xr, a.V, scratch);
+    if (threadIdx.x == 0) {
+      const int target = a.targets[row];
+      a.row_loss[row] = (target >= 0 && target < a.V) ? (double)(lse - ld(xr[target])) : cross_entropy_nan();
     }
+  }
+}
+
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) cross_entropy_grad_block_kernel(const CrossEntropyGradArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  __shared__ A scratch[64];
+  const A scale = ld(a.dloss[0]) / A(a.rows);
+  for (i64 row = blockIdx.x; row < a.rows; row += gridDim.x) {
+    const T* xr = a.logits + row * a.V;
+    const A lse = block_row_logsumexp<T, A>(xr, a.V, scratch);
+    const int target = a.targets[row];
+    for (i64 i = threadIdx.x; i < a.V; i += blockDim.x)
+      a.dlogits[row * a.V + i] = st<T>((m_exp(ld(xr[i]) - lse) - (i == target ? A(1) : A(0))) * scale);
   }
 }
 

@@ -1,8 +1,8 @@
 // Kernel family "reduce": reductions over axes, the row-wise ops over the
 // last axis (softmax, log_softmax, layer_norm, rms_norm and their backward),
 // and the "mean of per-row values" finisher of the scalar losses. One block
-// per output element or row, a fixed reduction tree, so results do not
-// depend on timing. Float math accumulates in f32 (f64 for f64 tensors);
+// per output element or row (one warp per row for norms of rows up to 1024),
+// a fixed reduction tree, so results do not depend on timing. Float math accumulates in f32 (f64 for f64 tensors);
 // integer sums wrap.
 #pragma once
 #include "codegen/kernels/common.cuh"
@@ -43,24 +43,32 @@ template <class T> struct SoftmaxArgs {
 };
 
 // layer_norm (beta != null) or rms_norm (beta == null) over rows of length c.
+// With `residual` (the warp kernel only), the norm reads x + residual,
+// rounded to T as mj.add rounds it, and also writes that sum to `sum`: an
+// mj.add feeding the norm, fused (the residual stream still needs the sum).
 template <class T> struct NormArgs {
   const T *x, *gamma, *beta;
   T* y;
+  const T* residual;
+  T* sum;
   i64 rows, c;
   double eps;
 };
 
 // Their backward, part 1: dx, and each row's (mean, rstd) into stats [rows, 2].
+// With `dx_addend` (the warp kernel only), dx is written as dx + dx_addend
+// (dx rounded to T first, then the sum, as mj.add would): the backward's
+// residual-gradient add fused.
 template <class T> struct NormGradRowsArgs {
   const T *x, *gamma, *dy;
   T* dx;
   double* stats;
+  const T* dx_addend;
   i64 rows, c;
   double eps;
   int rms;
 };
 
-// Part 2: dgamma, dbeta (null for rms_norm).
 // Part 2, dgamma and dbeta: sums over rows, in two launches so that every
 // SM works: block b of part 2a sums rows [b * chunk, (b + 1) * chunk) of each
 // column into partials[(b * c + column) * 2 + {0, 1}]; part 2b adds each
@@ -89,17 +97,34 @@ namespace mj {
 template <class T> struct reduce_acc { typedef typename acc_of<T>::type type; };
 template <> struct reduce_acc<int> { typedef i64 type; };
 
+// dims_offset without the divisions when the dims collapsed to one (the
+// emitter merges contiguous dims, so a reduction over the last axes or over
+// everything has rank 1 here).
+__device__ __forceinline__ i64 reduce_offset(const Dims& d, i64 i) { return d.rank == 1 ? i * d.stride[0] : dims_offset(d, i); }
+
+template <int KIND, class A> __device__ __forceinline__ A reduce_combine(A acc, A v) { return KIND == 2 ? MaxOp()(acc, v) : acc + v; }
+
+// acc combined with elements first, first + step, ... < last of one output
+// (`base` at the output); a plain strided loop when the reduced dims are one.
+template <int KIND, class A, class T>
+__device__ __forceinline__ A reduce_elements(const T* base, const Dims& reduced, i64 first, i64 last, i64 step, A acc) {
+  if (reduced.rank == 1) {
+    const i64 stride = reduced.stride[0];
+#pragma unroll 4
+    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(base[r * stride]));
+  } else {
+    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(base[dims_offset(reduced, r)]));
+  }
+  return acc;
+}
+
 // KIND: 0 sum, 1 mean, 2 max.
 template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_kernel(const ReduceArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];
   for (i64 o = blockIdx.x; o < a.outputs; o += gridDim.x) {
-    const T* base = a.x + dims_offset(a.kept, o);
-    A acc = KIND == 2 ? lowest_value<A>() : A(0);
-    for (i64 r = threadIdx.x; r < a.count; r += blockDim.x) {
-      A v = (A)ld(base[dims_offset(a.reduced, r)]);
-      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
-    }
+    const T* base = a.x + reduce_offset(a.kept, o);
+    A acc = reduce_elements<KIND>(base, a.reduced, threadIdx.x, a.count, blockDim.x, KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) {
@@ -109,18 +134,28 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
   }
 }
 
+// Many outputs of a few elements each (a sum over the batch, over top_k):
+// one thread per output walks its elements in order; neighbouring threads
+// read neighbouring outputs, so the loads coalesce when the kept dims are
+// the inner ones.
+template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_thread_kernel(const ReduceArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  MOEJIT_FOR_EACH(o, a.outputs) {
+    const T* base = a.x + reduce_offset(a.kept, o);
+    A acc = reduce_elements<KIND>(base, a.reduced, 0, a.count, 1, KIND == 2 ? lowest_value<A>() : A(0));
+    if (KIND == 1) acc = acc / (A)a.count;
+    a.y[o] = st<T>((typename acc_of<T>::type)acc);
+  }
+}
+
 template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_parts_kernel(const ReducePartsArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];
   for (i64 w = blockIdx.x; w < a.outputs * a.chunks; w += gridDim.x) {
     const i64 o = w / a.chunks, first = (w % a.chunks) * a.chunk;
     const i64 last = first + a.chunk < a.count ? first + a.chunk : a.count;
-    const T* base = a.x + dims_offset(a.kept, o);
-    A acc = KIND == 2 ? lowest_value<A>() : A(0);
-    for (i64 r = first + threadIdx.x; r < last; r += blockDim.x) {
-      A v = (A)ld(base[dims_offset(a.reduced, r)]);
-      acc = KIND == 2 ? MaxOp()(acc, v) : acc + v;
-    }
+    const T* base = a.x + reduce_offset(a.kept, o);
+    A acc = reduce_elements<KIND>(base, a.reduced, first + threadIdx.x, last, blockDim.x, KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) static_cast<A*>(a.partials)[w] = acc;
@@ -164,6 +199,35 @@ template <class T, int LOG, int THREADS> __global__ void __launch_bounds__(THREA
   }
 }
 
+// The warp shape of softmax_kernel for rows of c <= 32 PER_LANE (the
+// router's rows of num_experts values): one warp per row, in registers.
+template <class T, int LOG, int PER_LANE, int THREADS> __global__ void __launch_bounds__(THREADS) softmax_warp_kernel(const SoftmaxArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[PER_LANE];
+    A max = lowest_value<A>();
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      x[j] = column < a.c ? ld(a.x[row * a.c + column]) : lowest_value<A>();
+      max = MaxOp()(max, x[j]);
+    }
+    max = warp_reduce(max, MaxOp());
+    A sum = A(0);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j)
+      if (lane + 32 * j < a.c) sum += m_exp(x[j] - max);
+    sum = warp_reduce(sum, SumOp());
+    const A log_sum = m_log(sum);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column < a.c) a.y[row * a.c + column] = st<T>(LOG ? x[j] - max - log_sum : m_exp(x[j] - max) / sum);
+    }
+  }
+}
+
 // The mean and 1/sqrt(var + eps) of row `xr` (layer_norm), or only
 // 1/sqrt(mean(x^2) + eps) (rms_norm, mean = 0).
 template <class T, class A> __device__ void row_moments(const T* xr, i64 c, A eps, bool rms, A* scratch, A& mean, A& rstd) {
@@ -194,6 +258,95 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
       A v = (ld(xr[i]) - mean) * rstd * ld(a.gamma[i]);
       if (a.beta) v += ld(a.beta[i]);
       a.y[row * a.c + i] = st<T>(v);
+    }
+  }
+}
+
+// The warp shape of norm_kernel for rows of c <= 32 PER_LANE: one warp per
+// row, the row in registers (lane l holds columns l + 32 j), statistics
+// with shuffles (the same two passes over the values as row_moments).
+template <class A, int PER_LANE>
+__device__ __forceinline__ void warp_row_moments(const A (&x)[PER_LANE], i64 c, int lane, A eps, bool rms, A& mean, A& rstd) {
+  mean = A(0);
+  if (!rms) {
+    A sum = A(0);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j)
+      if (lane + 32 * j < c) sum += x[j];
+    mean = warp_reduce(sum, SumOp()) / A(c);
+  }
+  A sq = A(0);
+#pragma unroll
+  for (int j = 0; j < PER_LANE; ++j)
+    if (lane + 32 * j < c) sq += (x[j] - mean) * (x[j] - mean);
+  rstd = A(1) / m_sqrt(warp_reduce(sq, SumOp()) / A(c) + eps);
+}
+
+template <class T, int PER_LANE, int THREADS> __global__ void __launch_bounds__(THREADS) norm_warp_kernel(const NormArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const int lane = threadIdx.x & 31;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      x[j] = A(0);
+      if (column >= a.c) continue;
+      if (a.residual) {
+        const T sum = st<T>(ld(a.x[row * a.c + column]) + ld(a.residual[row * a.c + column]));
+        a.sum[row * a.c + column] = sum;
+        x[j] = ld(sum);
+      } else {
+        x[j] = ld(a.x[row * a.c + column]);
+      }
+    }
+    A mean, rstd;
+    warp_row_moments(x, a.c, lane, A(a.eps), a.beta == nullptr, mean, rstd);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column >= a.c) continue;
+      A v = (x[j] - mean) * rstd * ld(a.gamma[column]);
+      if (a.beta) v += ld(a.beta[column]);
+      a.y[row * a.c + column] = st<T>(v);
+    }
+  }
+}
+
+// The warp shape of norm_grad_rows_kernel (c <= 32 PER_LANE).
+template <class T, int PER_LANE, int THREADS>
+__global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const NormGradRowsArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const int lane = threadIdx.x & 31;
+  const i64 c = a.c;
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[PER_LANE], g[PER_LANE];
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      x[j] = column < c ? ld(a.x[row * c + column]) : A(0);
+      g[j] = column < c ? ld(a.dy[row * c + column]) * ld(a.gamma[column]) : A(0);
+    }
+    A mean, rstd;
+    warp_row_moments(x, c, lane, A(a.eps), a.rms != 0, mean, rstd);
+    A sum_g = A(0), sum_gx = A(0);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      sum_g += g[j];  // zero past the row's end
+      sum_gx += lane + 32 * j < c ? g[j] * (x[j] - mean) * rstd : A(0);
+    }
+    const A mean_g = a.rms ? A(0) : warp_reduce(sum_g, SumOp()) / A(c);
+    const A mean_gx = warp_reduce(sum_gx, SumOp()) / A(c);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; ++j) {
+      const i64 column = lane + 32 * j;
+      if (column >= c) continue;
+      const T dx = st<T>(rstd * (g[j] - mean_g - (x[j] - mean) * rstd * mean_gx));
+      a.dx[row * c + column] = a.dx_addend ? st<T>(ld(dx) + ld(a.dx_addend[row * c + column])) : dx;
+    }
+    if (lane == 0) {
+      a.stats[2 * row] = (double)mean;
+      a.stats[2 * row + 1] = (double)rstd;
     }
   }
 }
@@ -240,6 +393,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
     if (column >= c) continue;
     const i64 first = chunk * a.chunk, last = first + a.chunk < a.rows ? first + a.chunk : a.rows;
     A sum_gamma = A(0), sum_beta = A(0);
+#pragma unroll 4
     for (i64 row = first; row < last; ++row) {
       A d = ld(a.dy[row * c + column]);
       sum_gamma += d * (ld(a.x[row * c + column]) - A(a.stats[2 * row])) * A(a.stats[2 * row + 1]);
@@ -250,15 +404,22 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
   }
 }
 
+// Part 2b: one warp per column; lane l adds chunks l, l + 32, ... in order,
+// then a fixed shuffle tree (deterministic).
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_grad_params_finish_kernel(const NormGradParamsArgs<T> a) {
-  MOEJIT_FOR_EACH(column, a.c) {
+  const int lane = threadIdx.x & 31;
+  for (i64 column = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; column < a.c; column += (i64)gridDim.x * THREADS / 32) {
     double sum_gamma = 0.0, sum_beta = 0.0;
-    for (i64 chunk = 0; chunk < a.chunks; ++chunk) {
+    for (i64 chunk = lane; chunk < a.chunks; chunk += 32) {
       sum_gamma += a.partials[(chunk * a.c + column) * 2];
       sum_beta += a.partials[(chunk * a.c + column) * 2 + 1];
     }
-    a.dgamma[column] = st<T>((typename acc_of<T>::type)sum_gamma);
-    if (a.dbeta) a.dbeta[column] = st<T>((typename acc_of<T>::type)sum_beta);
+    sum_gamma = warp_reduce(sum_gamma, SumOp());
+    sum_beta = warp_reduce(sum_beta, SumOp());
+    if (lane == 0) {
+      a.dgamma[column] = st<T>((typename acc_of<T>::type)sum_gamma);
+      if (a.dbeta) a.dbeta[column] = st<T>((typename acc_of<T>::type)sum_beta);
+    }
   }
 }
 

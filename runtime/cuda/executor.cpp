@@ -295,6 +295,9 @@ class CudaExecutable final : public ExecutableBase {
       MOEJIT_CU(cuMemAlloc, &arg_buffers_[i], bytes);
       value_ptr_[static_cast<std::size_t>(args[i].value)] = arg_buffers_[i];
     }
+    std::vector<ValueId> view_source(static_cast<std::size_t>(graph_.num_values()));
+    for (int v = 0; v < graph_.num_values(); ++v) view_source[static_cast<std::size_t>(v)] = v;
+    for (const auto& [result, source] : code_.aliases) view_source[static_cast<std::size_t>(result)] = source;
     std::vector<MemoryPlanStep> steps;
     for (const auto& step : code_.steps) {
       MemoryPlanStep s;
@@ -302,7 +305,7 @@ class CudaExecutable final : public ExecutableBase {
       for (int index : step.ops) {
         const Op& op = graph_.ops()[static_cast<std::size_t>(index)];
         for (ValueId v : op.operands)
-          if (graph_.arg_of(v) == nullptr) s.uses.push_back(v);
+          if (graph_.arg_of(v) == nullptr) s.uses.push_back(view_source[static_cast<std::size_t>(v)]);  // a view keeps its source alive
         for (ValueId v : op.results)
           if (code_.materialized[static_cast<std::size_t>(v)]) s.defines.push_back(v);
       }
@@ -316,6 +319,11 @@ class CudaExecutable final : public ExecutableBase {
     for (int v = 0; v < graph_.num_values(); ++v)
       if (plan_.offsets[static_cast<std::size_t>(v)] >= 0)
         value_ptr_[static_cast<std::size_t>(v)] = arena_ + static_cast<CUdeviceptr>(plan_.offsets[static_cast<std::size_t>(v)]);
+    for (const auto& [result, source] : code_.aliases)
+      value_ptr_[static_cast<std::size_t>(result)] = value_ptr_[static_cast<std::size_t>(source)];
+    // Results written in place (AdamW's updates) live in their argument's buffer.
+    for (const auto& [result, argument] : code_.in_place)
+      value_ptr_[static_cast<std::size_t>(result)] = value_ptr_[static_cast<std::size_t>(argument)];
   }
 
   CUdeviceptr pointer(const Buffer& buffer, std::size_t step) const {
@@ -430,7 +438,8 @@ class CudaExecutable final : public ExecutableBase {
       if (out.updates.empty()) continue;
       ValueId target = graph_.find_arg(out.updates);
       MOEJIT_ASSERT(target != kNoValue, "update of a missing argument");
-      if (target == out.value) continue;
+      if (target == out.value || value_ptr_[static_cast<std::size_t>(out.value)] == value_ptr_[static_cast<std::size_t>(target)])
+        continue;  // already there (written in place)
       ResolvedLaunch r;
       r.kind = Launch::Kind::copy;
       r.label = "(parameter update)  copy";

@@ -1,0 +1,352 @@
+// Op groups: ops of different kinds that codegen emits as one step, found
+// on the graph as the CUDA pipeline leaves it (after fuse-elementwise).
+//
+//   add_norm     an mj.add whose result is the x of an mj.layer_norm or
+//                mj.rms_norm: one kernel writes the sum and the norm (the
+//                residual stream still reads the sum). Runs at the add.
+//   norm_grad_add  an mj.add of the dx of an mj.layer_norm_grad or
+//                mj.rms_norm_grad (read only by that add) and another
+//                gradient (the residual stream's, in the backward): the row
+//                kernel writes the sum, dx is never stored. Runs at the norm
+//                backward.
+//   sum_squares  every mj.sum over all elements of an mj.mul(g, g) read only
+//                by that sum (the squares of clip_grad_norm,
+//                frontends/optim.cpp): two launches per 32 tensors. Runs at
+//                the first member; the squares are never stored.
+//   adamw        every mj.adamw sharing lr, step and the attributes: one
+//                launch per 32 tensors. A gradient that is mj.mul(g, s), s
+//                an mj.broadcast of a one-element value (or one-element
+//                itself) read only by this mul, and the mul read only by
+//                this adamw (the clip's scaling), is absorbed: the kernel
+//                reads g and s. Runs at the first member. A new
+//                parameter or moment whose only use is the output updating
+//                its argument is written into the argument's buffer (no
+//                update copy), when nothing later reads the argument.
+//
+// A group runs at its first member, so it is formed only when every value
+// its members read from outside the group is ready before that point (an
+// argument, or computed by an earlier step); moving work earlier never
+// breaks a consumer. Algorithm: one walk over the ops per kind, the
+// readiness of each value from the step that computes it (a fused
+// elementwise group computes at its last op).
+//
+// MOEJIT_OP_GROUPS=0 turns the grouping off (every op its own step, as
+// before): the unfused run to compare with.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <tuple>
+
+#include "codegen/cuda_codegen.h"
+#include "codegen/kernels/elementwise.cuh"
+#include "ir/error.h"
+
+namespace moejit::codegen {
+
+namespace {
+
+using B = Buffer;
+
+// What a graph output counts in GroupFinder's use counts: never "one use".
+constexpr int kOutputUse = 1 << 20;
+
+class GroupFinder {
+ public:
+  GroupFinder(const Graph& graph, const std::vector<int>& step_of_op) : graph_(graph), ops_(graph.ops()), step_of_op_(step_of_op) {
+    producer_.assign(static_cast<std::size_t>(graph.num_values()), -1);
+    uses_.assign(static_cast<std::size_t>(graph.num_values()), 0);
+    for (std::size_t i = 0; i < ops_.size(); ++i) {
+      for (ValueId r : ops_[i].results) producer_[static_cast<std::size_t>(r)] = static_cast<int>(i);
+      for (ValueId v : ops_[i].operands) ++uses_[static_cast<std::size_t>(v)];
+    }
+    for (const auto& out : graph.outputs()) uses_[static_cast<std::size_t>(out.value)] += kOutputUse;  // never internal
+    taken_.assign(ops_.size(), false);
+  }
+
+  std::vector<OpGroup> find() {
+    std::vector<OpGroup> groups;
+    find_add_norms(groups);
+    find_norm_grad_adds(groups);
+    find_sum_squares(groups);
+    find_adamws(groups);
+    std::sort(groups.begin(), groups.end(), [](const OpGroup& a, const OpGroup& b) { return a.position < b.position; });
+    return groups;
+  }
+
+ private:
+  const Op& op(int i) const { return ops_[static_cast<std::size_t>(i)]; }
+  int producer(ValueId v) const { return producer_[static_cast<std::size_t>(v)]; }
+  int uses(ValueId v) const { return uses_[static_cast<std::size_t>(v)]; }
+  // An op that is its own step (not in a multi-op elementwise group, not taken).
+  bool alone(int i) const { return i >= 0 && step_of_op_[static_cast<std::size_t>(i)] == i && !taken_[static_cast<std::size_t>(i)]; }
+  // The step at which v is computed (-1: an argument).
+  int ready(ValueId v) const {
+    int p = producer(v);
+    return p < 0 ? -1 : step_of_op_[static_cast<std::size_t>(p)];
+  }
+  // Every value read by `members` from outside them is ready before `position`.
+  bool inputs_ready(const std::vector<int>& members, int position) const {
+    for (int m : members)
+      for (ValueId v : op(m).operands) {
+        const int p = producer(v);
+        if (std::find(members.begin(), members.end(), p) != members.end()) continue;
+        if (ready(v) >= position) return false;
+      }
+    return true;
+  }
+  void take(OpGroup& g) {
+    std::sort(g.ops.begin(), g.ops.end());
+    g.position = g.ops.front();
+    if (g.kind != OpGroup::Kind::norm_grad_add) g.anchor = g.ops.back();
+    for (int m : g.ops) taken_[static_cast<std::size_t>(m)] = true;
+  }
+
+  void find_add_norms(std::vector<OpGroup>& groups) {
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& norm = op(i);
+      if (norm.kind != OpKind::LayerNorm && norm.kind != OpKind::RmsNorm) continue;
+      const int add = producer(norm.operands[0]);
+      if (!alone(add) || !alone(i) || !norm_takes_residual(graph_, norm, op(add))) continue;
+      OpGroup g{OpGroup::Kind::add_norm, add, 0, {add, i}, {}, {}};
+      if (!inputs_ready(g.ops, add)) continue;
+      take(g);
+      groups.push_back(std::move(g));
+    }
+  }
+
+  void find_norm_grad_adds(std::vector<OpGroup>& groups) {
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& add = op(i);
+      if (add.kind != OpKind::Add || !alone(i)) continue;
+      for (ValueId v : add.operands) {
+        const int ng = producer(v);
+        if (!alone(ng) || uses(v) != 1 || !norm_grad_takes_addend(graph_, op(ng), add)) continue;
+        OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, i}, {v}, {}};
+        if (!inputs_ready(g.ops, ng)) continue;
+        take(g);
+        groups.push_back(std::move(g));
+        break;
+      }
+    }
+  }
+
+  void find_sum_squares(std::vector<OpGroup>& groups) {
+    std::map<DType, std::vector<std::pair<int, int>>> by_dtype;  // (mul, sum)
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& sum = op(i);
+      if (sum.kind != OpKind::Sum || graph_.type(sum.results[0]).numel() != 1 || !alone(i)) continue;
+      const int mul = producer(sum.operands[0]);
+      if (!alone(mul) || op(mul).kind != OpKind::Mul || op(mul).operands[0] != op(mul).operands[1]) continue;
+      const DType dtype = graph_.type(sum.operands[0]).dtype;
+      if (!is_float(dtype) || uses(sum.operands[0]) != 1) continue;
+      by_dtype[dtype].push_back({mul, i});
+    }
+    for (auto& [dtype, pairs] : by_dtype) {
+      OpGroup g{OpGroup::Kind::sum_squares, 0, 0, {}, {}, {}};
+      for (auto [mul, sum] : pairs) {
+        g.ops.push_back(mul);
+        g.ops.push_back(sum);
+        g.internal.push_back(op(mul).results[0]);
+      }
+      // Ready at the first member? Otherwise drop the pairs whose gradient
+      // comes later, one at a time from the end (they stay ops of their own).
+      while (!g.ops.empty() && !inputs_ready(g.ops, *std::min_element(g.ops.begin(), g.ops.end()))) {
+        g.ops.resize(g.ops.size() - 2);
+        g.internal.pop_back();
+      }
+      if (g.ops.size() < 4) continue;  // one pair: the plain ops are as good
+      take(g);
+      groups.push_back(std::move(g));
+    }
+  }
+
+  // The g and s of an absorbable clip mul(g, s) feeding adamw `a` (-1: none).
+  int absorbable_scale(int adamw) const {
+    const ValueId grad = op(adamw).operands[1];
+    const int mul = producer(grad);
+    if (!alone(mul) || op(mul).kind != OpKind::Mul || uses(grad) != 1) return -1;
+    const ValueId s = op(mul).operands[1];
+    if (graph_.type(op(mul).operands[0]) != graph_.type(grad) || graph_.type(s).dtype != DType::f32) return -1;
+    if (graph_.type(s).numel() == 1) return mul;
+    const int broadcast = producer(s);
+    if (!alone(broadcast) || op(broadcast).kind != OpKind::Broadcast || uses(s) != 1) return -1;
+    return graph_.type(op(broadcast).operands[0]).numel() == 1 ? mul : -1;
+  }
+
+  void find_adamws(std::vector<OpGroup>& groups) {
+    using Key = std::tuple<ValueId, ValueId, double, double, double, double>;
+    std::map<Key, std::vector<int>> by_key;
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& a = op(i);
+      if (a.kind != OpKind::AdamW || !alone(i)) continue;
+      by_key[{a.operands[4], a.operands[5], a.attrs.get_float("beta1"), a.attrs.get_float("beta2"), a.attrs.get_float("eps"),
+              a.attrs.get_float("weight_decay")}]
+          .push_back(i);
+    }
+    for (auto& [key, adamws] : by_key) {
+      if (adamws.size() < 2) continue;
+      OpGroup g{OpGroup::Kind::adamw, 0, 0, {}, {}, {}};
+      for (int a : adamws) {
+        g.ops.push_back(a);
+        const int mul = absorbable_scale(a);
+        if (mul < 0) continue;
+        g.ops.push_back(mul);
+        g.internal.push_back(op(mul).results[0]);
+        const int broadcast = producer(op(mul).operands[1]);
+        if (broadcast >= 0 && op(broadcast).kind == OpKind::Broadcast) {
+          g.ops.push_back(broadcast);
+          g.internal.push_back(op(broadcast).results[0]);
+        }
+      }
+      if (!inputs_ready(g.ops, *std::min_element(g.ops.begin(), g.ops.end()))) continue;
+      take(g);
+      for (int a : adamws) add_in_place(g, a);
+      groups.push_back(std::move(g));
+    }
+  }
+
+  // AdamW's (param, m, v) -> (param', m', v') in place, where the result's
+  // only use is the output that updates that argument and no step from the
+  // group's position on reads the argument besides this adamw.
+  void add_in_place(OpGroup& g, int adamw) {
+    const Op& a = op(adamw);
+    const int operand_of_result[3] = {0, 2, 3};
+    for (int k = 0; k < 3; ++k) {
+      const ValueId result = a.results[static_cast<std::size_t>(k)], argument = a.operands[static_cast<std::size_t>(operand_of_result[k])];
+      if (graph_.arg_of(argument) == nullptr || uses(result) != kOutputUse || update_of(result) != graph_.value(argument).name) continue;
+      bool read_later = false;
+      for (int i = 0; i < static_cast<int>(ops_.size()) && !read_later; ++i) {
+        if (i == adamw || step_of_op_[static_cast<std::size_t>(i)] < g.position) continue;
+        for (ValueId v : op(i).operands) read_later = read_later || v == argument;
+      }
+      if (!read_later) g.in_place.push_back({result, argument});
+    }
+  }
+
+  // The argument name that output value `v` updates ("" if none).
+  std::string update_of(ValueId v) const {
+    for (const auto& out : graph_.outputs())
+      if (out.value == v) return out.updates;
+    return "";
+  }
+
+  const Graph& graph_;
+  const std::vector<Op>& ops_;
+  const std::vector<int>& step_of_op_;
+  std::vector<int> producer_, uses_;
+  std::vector<bool> taken_;
+};
+
+// Chunks of each table entry: chunk_begin[k] for k = 0..tensors.
+template <std::size_t N> void set_chunk_begin(mj::i64 (&chunk_begin)[N], const std::vector<std::int64_t>& sizes) {
+  chunk_begin[0] = 0;
+  for (std::size_t k = 0; k < sizes.size(); ++k)
+    chunk_begin[k + 1] = chunk_begin[k] + (sizes[k] + mj::kMultiTensorChunk - 1) / mj::kMultiTensorChunk;
+}
+
+unsigned multi_tensor_grid(const Target& target, std::int64_t chunks) { return persistent_grid(target, chunks, 8); }
+
+void emit_sum_squares(EmitContext& ctx, const OpGroup& group) {
+  const Graph& graph = ctx.graph();
+  std::map<ValueId, ValueId> square_of;  // mul(g, g) result -> g
+  for (int i : group.ops)
+    if (const Op& op = graph.ops()[static_cast<std::size_t>(i)]; op.kind == OpKind::Mul) square_of[op.results[0]] = op.operands[0];
+  std::vector<std::pair<ValueId, ValueId>> pairs;  // (g, sum result), in graph order
+  for (int i : group.ops)
+    if (const Op& op = graph.ops()[static_cast<std::size_t>(i)]; op.kind == OpKind::Sum) pairs.push_back({square_of.at(op.operands[0]), op.results[0]});
+  const std::string type = template_type(graph.type(pairs[0].first).dtype);
+  TileConfig config = TileConfig::fixed_threads(256);
+  for (std::size_t first = 0; first < pairs.size(); first += mj::kMultiTensorMax) {
+    const std::size_t count = std::min<std::size_t>(mj::kMultiTensorMax, pairs.size() - first);
+    mj::MultiSumSquaresArgs<void> a{};
+    a.tensors = static_cast<int>(count);
+    std::vector<std::int64_t> sizes;
+    std::vector<Bind> pointers;
+    for (std::size_t k = 0; k < count; ++k) {
+      const auto [g, out] = pairs[first + k];
+      a.n[k] = graph.type(g).numel();
+      sizes.push_back(a.n[k]);
+      pointers.push_back({&a.x[k], B::of(g)});
+      pointers.push_back({&a.out[k], B::of(out)});
+    }
+    set_chunk_begin(a.chunk_begin, sizes);
+    const std::int64_t chunks = a.chunk_begin[count];
+    pointers.push_back({&a.partials, B::scratch(ctx.scratch(std::max<std::int64_t>(chunks, 1) * 8))});
+    ctx.launch("elementwise", instantiation("multi_sum_squares_parts_kernel", {type, std::to_string(config.threads)}), config,
+               {multi_tensor_grid(ctx.target(), chunks)}, a, pointers);
+    ctx.launch("elementwise", instantiation("multi_sum_squares_finish_kernel", {type, std::to_string(config.threads)}), config,
+               {static_cast<unsigned>(count)}, a, pointers);
+  }
+}
+
+void emit_adamws(EmitContext& ctx, const OpGroup& group) {
+  const Graph& graph = ctx.graph();
+  const auto& ops = graph.ops();
+  auto in_group = [&](ValueId v) {
+    for (int m : group.ops)
+      if (ops[static_cast<std::size_t>(m)].results[0] == v) return m;
+    return -1;
+  };
+  std::vector<int> adamws;
+  for (int i : group.ops)
+    if (ops[static_cast<std::size_t>(i)].kind == OpKind::AdamW) adamws.push_back(i);
+  const Op& head = ops[static_cast<std::size_t>(adamws.front())];
+  TileConfig config = TileConfig::fixed_threads(256);
+  for (std::size_t first = 0; first < adamws.size(); first += mj::kMultiTensorMax) {
+    const std::size_t count = std::min<std::size_t>(mj::kMultiTensorMax, adamws.size() - first);
+    mj::MultiAdamWArgs a{};
+    a.beta1 = head.attrs.get_float("beta1");
+    a.beta2 = head.attrs.get_float("beta2");
+    a.eps = static_cast<float>(head.attrs.get_float("eps"));
+    a.weight_decay = static_cast<float>(head.attrs.get_float("weight_decay"));
+    a.tensors = static_cast<int>(count);
+    std::vector<Bind> pointers = {{&a.lr, B::of(head.operands[4])}, {&a.step, B::of(head.operands[5])}};
+    std::vector<std::int64_t> sizes;
+    for (std::size_t k = 0; k < count; ++k) {
+      const Op& op = ops[static_cast<std::size_t>(adamws[first + k])];
+      mj::AdamWTensor& t = a.t[k];
+      t.n = graph.type(op.operands[0]).numel();
+      sizes.push_back(t.n);
+      ValueId grad = op.operands[1];
+      Buffer scale = B::none();
+      if (const int mul = in_group(grad); mul >= 0) {  // the absorbed clip mul(g, s)
+        const Op& m = ops[static_cast<std::size_t>(mul)];
+        grad = m.operands[0];
+        ValueId s = m.operands[1];
+        if (const int broadcast = in_group(s); broadcast >= 0) s = ops[static_cast<std::size_t>(broadcast)].operands[0];
+        scale = B::of(s);
+      }
+      pointers.insert(pointers.end(), {{&t.param, B::of(op.operands[0])},
+                                       {&t.grad, B::of(grad)},
+                                       {&t.grad_scale, scale},
+                                       {&t.m, B::of(op.operands[2])},
+                                       {&t.v, B::of(op.operands[3])},
+                                       {&t.new_param, B::of(op.results[0])},
+                                       {&t.new_m, B::of(op.results[1])},
+                                       {&t.new_v, B::of(op.results[2])}});
+    }
+    set_chunk_begin(a.chunk_begin, sizes);
+    ctx.launch("elementwise", instantiation("multi_adamw_kernel", {std::to_string(config.threads)}), config,
+               {multi_tensor_grid(ctx.target(), a.chunk_begin[count])}, a, pointers);
+  }
+}
+
+}  // namespace
+
+std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op) {
+  if (const char* env = std::getenv("MOEJIT_OP_GROUPS"); env && std::string(env) == "0") return {};
+  return GroupFinder(graph, step_of_op).find();
+}
+
+void emit_op_group(EmitContext& ctx, const OpGroup& group) {
+  switch (group.kind) {
+    case OpGroup::Kind::add_norm: emit_add_norm(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.front())]); break;
+    case OpGroup::Kind::norm_grad_add: emit_norm_grad_add(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.back())]); break;
+    case OpGroup::Kind::sum_squares: emit_sum_squares(ctx, group); break;
+    case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
+  }
+}
+
+}  // namespace moejit::codegen
