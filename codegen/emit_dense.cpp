@@ -12,11 +12,13 @@
 #include "codegen/cuda_codegen.h"
 #include "codegen/gemm_sm90_launch.h"
 #include "codegen/gemm_select.h"
+#include "codegen/kernels/attention.cuh"
 #include "codegen/kernels/elementwise.cuh"
 #include "codegen/kernels/layout.cuh"
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/model.cuh"
 #include "codegen/kernels/reduce.cuh"
+#include "codegen/simt_matmul.h"
 #include "ir/error.h"
 
 namespace moejit::codegen {
@@ -329,7 +331,7 @@ void emit_Matmul(EmitContext& ctx) {
   a.b_sn = tb ? bt.dim(-1) : 1;
   a.a_batch = at.dim(-2) * at.dim(-1);
   a.b_batch = bt.rank() == 2 ? 0 : bt.dim(-2) * bt.dim(-1);
-  GemmProblem problem{GemmProblem::Kind::matmul, at.dtype, a.M, a.N, a.K, batch, !ta, tb};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   if (choice.family == GemmFamily::sm90) {
@@ -353,11 +355,7 @@ void emit_Matmul(EmitContext& ctx) {
     launch_sm90_gemm(ctx, c, g);
     return;
   }
-  ctx.launch("matmul",
-             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
-                                             threads_of(c)}),
-             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), static_cast<unsigned>(batch)}, a,
-             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
+  launch_simt_matmul(ctx, c, a, batch, at.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
 }
 
 // ---- embedding ----
@@ -478,16 +476,104 @@ unsigned attention_smem(EmitContext& ctx, std::int64_t tokens, std::int64_t head
 unsigned attention_blocks(std::int64_t rows) { return static_cast<unsigned>(std::min<std::int64_t>(rows, 1 << 20)); }
 }  // namespace
 
+// bf16/f16 attention with Dh <= 128 on sm_80+ runs the flash family
+// (codegen/kernels/attention.cuh: tensor cores, K/V tiles, no T x T
+// scores); f32/f64, larger heads and older targets run the row kernels of
+// the model family (scores of one row in shared memory).
+namespace {
+bool use_flash_attention(EmitContext& ctx) {
+  const TensorType& q = ctx.in(0);
+  if (q.dtype != DType::bf16 && q.dtype != DType::f16) return false;
+  if (q.dim(3) > 128 || ctx.target().sm() < 80) return false;
+  const int dp = mj::FlashTile::padded_dim(q.dim(3));
+  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, q.dim(2))),
+                             mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
+                             mj::FlashTile::bwd_dkdv_smem(dp)});
+  return most <= ctx.target().shared_memory_per_block_optin;
+}
+TileConfig flash_config(std::int64_t head_dim) {
+  TileConfig config = TileConfig::fixed_threads(mj::FlashTile::kThreads);
+  config.tile_m = mj::FlashTile::kRows;
+  config.tile_n = mj::FlashTile::kCols;
+  config.tile_k = mj::FlashTile::padded_dim(head_dim);
+  config.stages = 2;  // K/V (or Q/dout) tiles double-buffered with cp.async
+  return config;
+}
+}  // namespace
+
 void emit_Attention(EmitContext& ctx) {
+  if (use_flash_attention(ctx)) {
+    mj::FlashAttentionFwdArgs<void> a{};
+    attention_sizes(ctx, a);
+    TileConfig config = flash_config(a.Dh);
+    const int dp = config.tile_k, fragments = mj::FlashTile::fwd_fragments(dp, a.Tn);
+    config.tile_m = mj::FlashTile::kRows * fragments;
+    const unsigned grid_x = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
+    if (a.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", a.BH));
+    ctx.launch("attention", instantiation("flash_attention_fwd_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
+               config,
+               {grid_x, static_cast<unsigned>(a.BH)}, a,
+               {{&a.q, B::of(ctx.operand(0))},
+                {&a.k, B::of(ctx.operand(1))},
+                {&a.v, B::of(ctx.operand(2))},
+                {&a.out, B::of(ctx.result(0))},
+                {&a.lse, B::of(ctx.result(1))}},
+               static_cast<unsigned>(mj::FlashTile::fwd_smem(dp, fragments)));
+    return;
+  }
   TileConfig config = TileConfig::fixed_threads(128);
   mj::AttentionArgs<void> a{};
   attention_sizes(ctx, a);
   ctx.launch("model", instantiation("attention_kernel", {ctx.in_type(0), threads_of(config)}), config, {attention_blocks(a.BH * a.Tn)}, a,
-             {{&a.q, B::of(ctx.operand(0))}, {&a.k, B::of(ctx.operand(1))}, {&a.v, B::of(ctx.operand(2))}, {&a.out, B::of(ctx.result(0))}},
+             {{&a.q, B::of(ctx.operand(0))},
+              {&a.k, B::of(ctx.operand(1))},
+              {&a.v, B::of(ctx.operand(2))},
+              {&a.out, B::of(ctx.result(0))},
+              {&a.lse, B::of(ctx.result(1))}},
              attention_smem(ctx, a.Tn, a.Dh, 1, 1));
 }
 
+// Operands: q, k, v, out, lse, dout. The flash path reads out and lse (two
+// kernels: dq with delta = dout . out into scratch, then dk and dv); the row
+// kernels recompute the statistics from q, k, v, dout.
 void emit_AttentionGrad(EmitContext& ctx) {
+  if (use_flash_attention(ctx)) {
+    mj::FlashAttentionBwdDqArgs<void> q{};
+    attention_sizes(ctx, q);
+    const TileConfig config = flash_config(q.Dh);
+    const int dp = config.tile_k, fragments = mj::FlashTile::dq_fragments(dp);
+    TileConfig dq_config = config;
+    dq_config.tile_m = mj::FlashTile::kRows * fragments;
+    const unsigned grid_x = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
+    const unsigned dq_grid_x = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);
+    if (q.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", q.BH));
+    const std::int64_t delta = ctx.scratch(q.BH * q.Tn * 4);
+    ctx.launch("attention", instantiation("flash_attention_bwd_dq_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
+               dq_config, {dq_grid_x, static_cast<unsigned>(q.BH)}, q,
+               {{&q.q, B::of(ctx.operand(0))},
+                {&q.k, B::of(ctx.operand(1))},
+                {&q.v, B::of(ctx.operand(2))},
+                {&q.out, B::of(ctx.operand(3))},
+                {&q.lse, B::of(ctx.operand(4))},
+                {&q.dout, B::of(ctx.operand(5))},
+                {&q.delta, B::scratch(delta)},
+                {&q.dq, B::of(ctx.result(0))}},
+               static_cast<unsigned>(mj::FlashTile::bwd_dq_smem(dp, fragments)));
+    mj::FlashAttentionBwdDkdvArgs<void> kv{};
+    attention_sizes(ctx, kv);
+    ctx.launch("attention", instantiation("flash_attention_bwd_dkdv_kernel", {ctx.in_type(0), std::to_string(dp)}), config,
+               {grid_x, static_cast<unsigned>(kv.BH)}, kv,
+               {{&kv.q, B::of(ctx.operand(0))},
+                {&kv.k, B::of(ctx.operand(1))},
+                {&kv.v, B::of(ctx.operand(2))},
+                {&kv.dout, B::of(ctx.operand(5))},
+                {&kv.lse, B::of(ctx.operand(4))},
+                {&kv.delta, B::scratch(delta)},
+                {&kv.dk, B::of(ctx.result(1))},
+                {&kv.dv, B::of(ctx.result(2))}},
+               static_cast<unsigned>(mj::FlashTile::bwd_dkdv_smem(dp)));
+    return;
+  }
   TileConfig config = TileConfig::fixed_threads(128);
   mj::AttentionGradQArgs<void> q{};
   attention_sizes(ctx, q);
@@ -497,7 +583,7 @@ void emit_AttentionGrad(EmitContext& ctx) {
              {{&q.q, B::of(ctx.operand(0))},
               {&q.k, B::of(ctx.operand(1))},
               {&q.v, B::of(ctx.operand(2))},
-              {&q.dout, B::of(ctx.operand(3))},
+              {&q.dout, B::of(ctx.operand(5))},
               {&q.dq, B::of(ctx.result(0))},
               {&q.stats, B::scratch(stats)}},
              smem);
@@ -508,7 +594,7 @@ void emit_AttentionGrad(EmitContext& ctx) {
              {{&kv.q, B::of(ctx.operand(0))},
               {&kv.k, B::of(ctx.operand(1))},
               {&kv.v, B::of(ctx.operand(2))},
-              {&kv.dout, B::of(ctx.operand(3))},
+              {&kv.dout, B::of(ctx.operand(5))},
               {&kv.stats, B::scratch(stats)},
               {&kv.dk, B::of(ctx.result(1))},
               {&kv.dv, B::of(ctx.result(2))}},

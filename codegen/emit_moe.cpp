@@ -13,6 +13,7 @@
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/moe.cuh"
 #include "codegen/kernels/reduce.cuh"
+#include "codegen/simt_matmul.h"
 #include "ir/error.h"
 #include "ir/moe_shapes.h"
 
@@ -39,9 +40,21 @@ void gate(EmitContext& ctx, ValueId logits, B bias, ValueId weights, ValueId exp
   a.E = static_cast<int>(lt.dim(1));
   a.K = static_cast<int>(top_k);
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
-  ctx.launch("moe", instantiation("gate_kernel", {template_type(lt.dtype), threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
+  const std::string keys = std::to_string(a.E <= 256 ? (a.E + 31) / 32 : 0);  // keys per lane in registers (0: recomputed)
+  ctx.launch("moe", instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
              {{&a.logits, B::of(logits)}, {&a.bias, bias}, {&a.weights, B::of(weights)}, {&a.experts, B::of(experts)}});
 }
+
+// The slots of dispatch cut into tiles of `tile` slots (a multiple of 32),
+// one warp each; ranks: scratch [E, tiles] i32 of per-tile expert counts.
+struct DispatchTiles {
+  std::int64_t tile = 0, tiles = 0, ranks = 0;
+};
+
+// The scan and the stable per-tile scatter, once `ranks` holds each tile's
+// counts (from dispatch_count_kernel or route_kernel).
+void dispatch_finish(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets, ValueId positions, ValueId counts,
+                     const DispatchTiles& tiling);
 
 // dispatch as three launches (see codegen/kernels/moe.cuh): per-tile counts,
 // one scan, stable per-tile scatter. A tile is `tile` slots owned by one
@@ -50,25 +63,35 @@ void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets,
   const TensorType& et = ctx.graph().type(experts);
   std::int64_t tokens = et.dim(0), top_k = et.dim(1), E = ctx.attrs().get_int("num_experts");
   if (E > 4096) ctx.fail(fmt::format("dispatches to at most 4096 experts, found {}", E));
-  double capacity_factor = ctx.attrs().get_float("capacity_factor");
-  std::int64_t block = ctx.attrs().get_int("block");
-  std::int64_t rows = dispatch_rows(tokens, top_k, E, capacity_factor, block);
-  std::int64_t capacity = dispatch_capacity(tokens, top_k, E, capacity_factor);
+  std::int64_t rows = dispatch_rows(tokens, top_k, E, ctx.attrs().get_float("capacity_factor"), ctx.attrs().get_int("block"));
   std::int64_t num_slots = tokens * top_k;
-  std::int64_t tile = std::max<std::int64_t>(128, ((num_slots + 1023) / 1024 + 31) / 32 * 32);
-  std::int64_t num_tiles = std::max<std::int64_t>((num_slots + tile - 1) / tile, 1);
-  std::int64_t ranks = ctx.scratch(E * num_tiles * 4);  // [E, tiles] i32
+  DispatchTiles tiling;
+  tiling.tile = std::max<std::int64_t>(128, ((num_slots + 1023) / 1024 + 31) / 32 * 32);
+  tiling.tiles = std::max<std::int64_t>((num_slots + tiling.tile - 1) / tiling.tile, 1);
+  tiling.ranks = ctx.scratch(E * tiling.tiles * 4);
   TileConfig warps = TileConfig::fixed_threads(256);
-  unsigned warp_blocks = blocks_for(num_tiles * 32, 256);
-
   mj::DispatchCountArgs count{};
   count.num_slots = num_slots;
   count.E = static_cast<int>(E);
   count.rows = rows;
-  count.tile = tile;
-  count.tiles = num_tiles;
-  ctx.launch("moe", instantiation("dispatch_count_kernel", {threads_of(warps)}), warps, {warp_blocks}, count,
-             {{&count.experts, B::of(experts)}, {&count.ranks, B::scratch(ranks)}, {&count.slots, B::of(slots)}});
+  count.tile = tiling.tile;
+  count.tiles = tiling.tiles;
+  ctx.launch("moe", instantiation("dispatch_count_kernel", {threads_of(warps)}), warps, {blocks_for(tiling.tiles * 32, 256)}, count,
+             {{&count.experts, B::of(experts)}, {&count.ranks, B::scratch(tiling.ranks)}, {&count.slots, B::of(slots)}});
+  dispatch_finish(ctx, experts, slots, offsets, positions, counts, tiling);
+}
+
+void dispatch_finish(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets, ValueId positions, ValueId counts,
+                     const DispatchTiles& tiling) {
+  const TensorType& et = ctx.graph().type(experts);
+  std::int64_t tokens = et.dim(0), top_k = et.dim(1), E = ctx.attrs().get_int("num_experts");
+  double capacity_factor = ctx.attrs().get_float("capacity_factor");
+  std::int64_t block = ctx.attrs().get_int("block");
+  std::int64_t capacity = dispatch_capacity(tokens, top_k, E, capacity_factor);
+  std::int64_t num_slots = tokens * top_k;
+  std::int64_t tile = tiling.tile, num_tiles = tiling.tiles, ranks = tiling.ranks;
+  TileConfig warps = TileConfig::fixed_threads(256);
+  unsigned warp_blocks = blocks_for(num_tiles * 32, 256);
 
   TileConfig one_block = TileConfig::fixed_threads(1024);
   mj::DispatchScanArgs scan{};
@@ -163,7 +186,8 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   a.F = transpose_w ? wt.dim(1) : wt.dim(2);
   a.top_k = static_cast<int>(top_k);
   a.transpose_w = transpose_w ? 1 : 0;
-  GemmProblem problem{GemmProblem::Kind::grouped, wt.dtype, rows, a.F, a.D, E, true, transpose_w, slots.kind != B::Kind::null};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
+  MOEJIT_ASSERT(problem.m == rows && problem.n == a.F && problem.k == a.D, "grouped_matmul: gemm_problem_of disagrees with the emitter");
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   // Gathered rows (moe.gather_matmul) are first copied into scratch, as the
@@ -290,7 +314,7 @@ void emit_GroupedMatmulWgrad(EmitContext& ctx) {
   mj::GroupedWgradArgs<void> a{};
   a.D = ctx.in(0).dim(1);
   a.F = ctx.in(1).dim(1);
-  GemmProblem problem{GemmProblem::Kind::wgrad, ctx.in(0).dtype, a.D, a.F, ctx.in(0).dim(0), E, false, false};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
   if (choice.family == GemmFamily::sm90) {
@@ -378,9 +402,82 @@ void emit_ZLossGrad(EmitContext& ctx) {
 }
 
 // ---- fused forms ----
-// moe.route: logits = x w_router; gate; dispatch; permute (results in the op's order).
+namespace {
+
+// The fused router's thread grid for E experts (route_kernel in
+// codegen/kernels/moe.cuh): EP = E rounded up to a power of two from 8, TN
+// experts and 4 tokens per thread. Blocks hold 64 tokens (32 at EP 256, so
+// the [BM, EP+1] f32 logits tile stays within 48 KiB of shared memory).
+struct RouteShape {
+  int ep = 0, tn = 0, tm = 4, threads = 0;
+  int block_tokens() const { return threads / (ep / tn) * tm; }
+};
+
+RouteShape route_shape(std::int64_t E) {
+  RouteShape r;
+  r.ep = 8;
+  while (r.ep < E) r.ep *= 2;
+  switch (r.ep) {
+    case 8: r.tn = 1, r.threads = 128; break;
+    case 16: r.tn = 2, r.threads = 128; break;
+    case 32: r.tn = 4, r.threads = 128; break;
+    case 64: r.tn = 4, r.threads = 256; break;
+    case 128: r.tn = 8, r.threads = 256; break;
+    default: r.tn = 8, r.threads = 256; break;  // 256
+  }
+  return r;
+}
+
+// moe.route with E <= 256 on f32 / bf16 / f16: route_kernel (logits, gate,
+// per-block expert counts), then dispatch's scan and scatter, then permute.
+// Four launches, no host synchronization.
+void fused_route(EmitContext& ctx) {
+  const TensorType& x = ctx.in(0);
+  const std::int64_t tokens = x.dim(0), E = ctx.in(1).dim(1), top_k = ctx.attrs().get_int("top_k");
+  const RouteShape shape = route_shape(E);
+  DispatchTiles tiling;
+  tiling.tile = shape.block_tokens() * top_k;
+  tiling.tiles = std::max<std::int64_t>((tokens + shape.block_tokens() - 1) / shape.block_tokens(), 1);
+  tiling.ranks = ctx.scratch(E * tiling.tiles * 4);
+  mj::RouteArgs<void> a{};
+  a.tokens = tokens;
+  a.D = x.dim(1);
+  a.rows = ctx.out(3).dim(0);
+  a.tiles = tiling.tiles;
+  a.E = static_cast<int>(E);
+  a.K = static_cast<int>(top_k);
+  gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
+  TileConfig config = TileConfig::fixed_threads(shape.threads);
+  ctx.launch("moe",
+             instantiation("route_kernel", {ctx.in_type(0), std::to_string(shape.ep), std::to_string(shape.tn), std::to_string(shape.tm),
+                                            threads_of(config)}),
+             config, {static_cast<unsigned>(tiling.tiles)}, a,
+             {{&a.x, B::of(ctx.operand(0))},
+              {&a.w, B::of(ctx.operand(1))},
+              {&a.bias, ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none()},
+              {&a.logits, B::of(ctx.result(0))},
+              {&a.weights, B::of(ctx.result(1))},
+              {&a.experts, B::of(ctx.result(2))},
+              {&a.ranks, B::scratch(tiling.ranks)},
+              {&a.slots, B::of(ctx.result(3))}});
+  dispatch_finish(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6), tiling);
+  // xs is often unread (moe.gather_matmul reads x through the slots): then
+  // it is not materialized (docs/moe.md allows it), saving a T*K*D copy.
+  if (ctx.used(ctx.result(7))) permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
+}
+
+}  // namespace
+
+// moe.route: logits = x w_router; gate; dispatch; permute (results in the op's
+// order). Fused (fused_route) up to 256 experts in f32 / bf16 / f16; else the
+// router product through the SIMT matmul, then the unfused kernels.
 void emit_Route(EmitContext& ctx) {
   const TensorType& x = ctx.in(0);
+  if (ctx.in(1).dim(1) <= 256 && x.dtype != DType::f64 && ctx.in(1).dtype == x.dtype &&
+      (!ctx.has_operand(2) || ctx.in(2).dtype == x.dtype)) {
+    fused_route(ctx);
+    return;
+  }
   mj::MatmulArgs<void> a{};
   a.M = x.dim(0);
   a.K = x.dim(1);
@@ -389,14 +486,22 @@ void emit_Route(EmitContext& ctx) {
   a.a_sk = 1;
   a.b_sk = a.N;
   a.b_sn = 1;
-  GemmProblem problem{GemmProblem::Kind::matmul, x.dtype, a.M, a.N, a.K, 1, true, false};
+  const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
-  const TileConfig& c = choice.config;
-  ctx.launch("matmul",
-             instantiation("matmul_kernel", {ctx.in_type(0), std::to_string(c.tile_m), std::to_string(c.tile_n), std::to_string(c.tile_k),
-                                             threads_of(c)}),
-             c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), 1}, a,
-             {{&a.a, B::of(ctx.operand(0))}, {&a.b, B::of(ctx.operand(1))}, {&a.c, B::of(ctx.result(0))}});
+  if (choice.family == GemmFamily::sm90) {  // bf16 on sm_90a
+    Sm90Gemm g;
+    g.a = B::of(ctx.operand(0));
+    g.b = B::of(ctx.operand(1));
+    g.c = B::of(ctx.result(0));
+    g.m = a.M;
+    g.n = a.N;
+    g.k = a.K;
+    g.a_k_major = true;
+    g.b_k_major = false;
+    launch_sm90_gemm(ctx, choice.config, g);
+  } else {
+    launch_simt_matmul(ctx, choice.config, a, 1, x.dtype, B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.result(0)));
+  }
   std::int64_t top_k = ctx.attrs().get_int("top_k");
   gate(ctx, ctx.result(0), ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none(), ctx.result(1), ctx.result(2), top_k);
   dispatch(ctx, ctx.result(2), ctx.result(3), ctx.result(4), ctx.result(5), ctx.result(6));

@@ -8,8 +8,13 @@
 // 256), and the two staged slices, tile_k x (tile + 1) values of the
 // arithmetic type each, within 48 KiB of static shared memory (tile_k is
 // halved until they fit). The config's note says what was adjusted.
+// split_k (mj.matmul only, any source): with fewer output tiles than SMs and
+// K >= 1024, K is cut into split_k slices (simt_split_k below); the emitter
+// (codegen/simt_matmul.cpp) then writes f32 partials and adds them in a
+// fixed order, so the result is deterministic.
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
-//   heuristic: 64 x 64 x 16, 256 threads;
+//   heuristic: 64 x 64 x 16, 256 threads; for mj.matmul with N <= 32
+//          that splits K, 128 x N (N rounded up to a power of two from 8);
 //   tuned: where the op has no tile attributes, the tuning database's
 //          tile_m/n/k for family "matmul_simt" (codegen/tuning_db.h) when
 //          they pass the attribute path's checks, else the heuristic with a note.
@@ -36,6 +41,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <variant>
 
 #include "codegen/kernels/gemm_sm90.cuh"
 #include "codegen/tuning_db.h"
@@ -59,27 +65,24 @@ bool simt_tile_valid(int tile_m, int tile_n, int tile_k) {
   return power_of_two_in(tile_m, 8, 128) && power_of_two_in(tile_n, 8, 128) && power_of_two_in(tile_k, 4, 64);
 }
 
-const char* kind_name(GemmProblem::Kind kind) {
-  switch (kind) {
-    case GemmProblem::Kind::matmul: return "matmul";
-    case GemmProblem::Kind::grouped: return "grouped";
-    case GemmProblem::Kind::wgrad: return "wgrad";
-  }
-  return "?";
-}
-
 // The tuning database's entry for the problem in `family`, if the target has
 // a database and it holds one (exact bucket, else the nearest).
 std::optional<TunedLookup> tuned_entry(const char* family, const GemmProblem& problem, const Target& target) {
   const TuningDb* db = tuning_db_for(target);
   if (!db) return std::nullopt;
-  return lookup_tuned(*db, {family, std::string(dtype_name(problem.dtype)), kind_name(problem.kind), bucket_log2(problem.m),
-                            bucket_log2(problem.n), bucket_log2(problem.k)});
+  return lookup_tuned(*db, gemm_tuning_key(family, problem));
 }
 
 std::string bucket_note(const TunedLookup& t) {
-  return t.exact ? std::string()
+  return t.exact ? "database, exact bucket"
                  : fmt::format("nearest tuned bucket m 2^{} n 2^{} k 2^{}", t.bucket.m_log2, t.bucket.n_log2, t.bucket.k_log2);
+}
+
+// Whether the op's tile attributes are moe-tiling's heuristic (which a
+// database entry replaces) rather than a user's choice (which wins).
+bool tiled_by_heuristic(const Op& op) {
+  const AttrValue* by = op.attrs.find(kTiledByAttr);
+  return by && std::holds_alternative<std::string>(*by) && std::get<std::string>(*by) == "moe-tiling";
 }
 
 // An entry sets only the fields it names; the others keep their defaults.
@@ -90,12 +93,39 @@ void apply_tuned(TileConfig& c, const TunedFields& f) {
   if (f.stages) c.stages = f.stages;
 }
 
+std::int64_t output_tiles(const TileConfig& c, const GemmProblem& p) {
+  return (p.m + c.tile_m - 1) / c.tile_m * ((p.n + c.tile_n - 1) / c.tile_n) * std::max<std::int64_t>(p.batch, 1);
+}
+
+// Split-K for a SIMT matmul with fewer output tiles than SMs and a long K
+// (a router's weight gradient x^T dlogits: D x E outputs over K = T tokens):
+// enough K slices of at least 256 for about two blocks per SM, at most 64,
+// the f32 partials within 256 MiB. 1: no split.
+std::int64_t simt_split_k(const TileConfig& c, const GemmProblem& p, const Target& target) {
+  const std::int64_t tiles = output_tiles(c, p), batch = std::max<std::int64_t>(p.batch, 1);
+  if (tiles >= target.sm_count || p.k < 1024) return 1;
+  const std::int64_t acc_bytes = p.dtype == DType::f64 ? 8 : 4;
+  std::int64_t split = std::min<std::int64_t>({(2 * target.sm_count + tiles - 1) / tiles, p.k / 256, 64, 65535 / batch});
+  while (split > 1 && split * batch * p.m * p.n * acc_bytes > (256ll << 20)) split /= 2;
+  return std::max<std::int64_t>(split, 1);
+}
+
 TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   TileConfig c;
   const AttrValue* m = op.attrs.find("tile_m");
+  bool use_attributes = m && problem.kind == GemmProblem::Kind::grouped;
   std::optional<TunedLookup> tuned;
-  if (!(m && problem.kind == GemmProblem::Kind::grouped)) tuned = tuned_entry("matmul_simt", problem, target);
-  if (m && problem.kind == GemmProblem::Kind::grouped) {
+  if (!use_attributes || tiled_by_heuristic(op)) tuned = tuned_entry("matmul_simt", problem, target);
+  if (use_attributes && tuned && tiled_by_heuristic(op)) {
+    // moe-tiling's tile is a heuristic: a valid database entry replaces it (below).
+    TileConfig t;
+    t.tile_m = t.tile_n = t.tile_k = 0;
+    apply_tuned(t, tuned->fields);
+    if (simt_tile_valid(t.tile_m, t.tile_n, t.tile_k) && t.stages == 1 && tuned->fields.threads == 0 && tuned->fields.split_k == 0)
+      use_attributes = false;
+  }
+  if (!use_attributes) m = nullptr;
+  if (use_attributes) {
     c.tile_m = static_cast<int>(op.attrs.get_int("tile_m"));
     c.tile_n = static_cast<int>(op.attrs.get_int("tile_n"));
     c.tile_k = static_cast<int>(op.attrs.get_int("tile_k"));
@@ -126,13 +156,26 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
         c.tile_n = t.tile_n;
         c.tile_k = t.tile_k;
         c.source = TileConfig::Source::tuned;
-        if (!tuned->exact) add_note(c, bucket_note(*tuned));
+        add_note(c, bucket_note(*tuned));
       } else {
         add_note(c, fmt::format("tuned tile {}x{}x{} stages {} ignored: the SIMT family takes tile_m and tile_n powers of two "
                                 "in [8, 128], tile_k in [4, 64], one stage",
                                 t.tile_m, t.tile_n, t.tile_k, t.stages));
       }
     }
+  }
+  // A narrow product (N <= 32: a router's E columns) on the heuristic tile,
+  // when it splits K: a 128-row tile just N wide (rounded up to a power of
+  // two from 8), not a 64-wide one that is mostly padding. Every output
+  // still sums its K terms in order, so the tile shape does not change the
+  // result.
+  const bool narrow = problem.kind == GemmProblem::Kind::matmul && c.source == TileConfig::Source::heuristic && problem.n <= 32;
+  const std::string before_narrow = c.note;
+  if (narrow) {
+    c.tile_n = 8;
+    while (c.tile_n < problem.n) c.tile_n *= 2;
+    c.tile_m = 128;
+    add_note(c, fmt::format("narrow N {}: tile {}x{}", problem.n, c.tile_m, c.tile_n));
   }
   // At most 64 x 64 outputs per block (16 per thread at 256 threads): a
   // larger tile (sized for tensor cores) halves its larger side, so the
@@ -146,6 +189,17 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
   const int requested_k = c.tile_k;
   while (c.tile_k > 4 && c.tile_k * (c.tile_m + 1 + c.tile_n + 1) * acc_bytes > 48 * 1024) c.tile_k /= 2;
   if (c.tile_k != requested_k) add_note(c, fmt::format("tile_k {} -> {} to fit 48 KiB of shared memory", requested_k, c.tile_k));
+  if (problem.kind == GemmProblem::Kind::matmul) c.split_k = static_cast<int>(simt_split_k(c, problem, target));
+  // The narrow tile has half the blocks of 64 x 64 (a quarter of the
+  // threads): it pays only where split-K makes the blocks (measured on the
+  // H200: an unsplit T4096 x 8 x 512 router product ran slower with it).
+  if (narrow && c.split_k == 1) {
+    c.tile_m = 64;
+    c.tile_n = 64;
+    c.threads = 256;
+    c.note = before_narrow;
+  }
+  if (c.split_k > 1) add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
   return c;
 }
 
@@ -185,6 +239,7 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
   if (sm90_tile_attributes(op)) {
     c.tile_n = static_cast<int>(op.attrs.get_int("tile_n"));
     c.source = TileConfig::Source::attribute;
+    if (tiled_by_heuristic(op)) add_note(c, "moe-tiling's heuristic");
   } else {
     auto padded = [&](std::int64_t bn) { return (problem.n + bn - 1) / bn * bn; };
     c.tile_n = problem.n <= 64 ? 64 : padded(256) <= padded(128) ? 256 : 128;
@@ -196,7 +251,8 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
   };
   c.stages = 6;
   while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
-  if (c.source == TileConfig::Source::heuristic) {
+  // moe-tiling's tiles are a heuristic too: the database replaces them (a user's attributes win).
+  if (c.source == TileConfig::Source::heuristic || tiled_by_heuristic(op)) {
     if (std::optional<TunedLookup> tuned = tuned_entry("gemm_sm90", problem, target)) {
       // The entry may set tile_n and stages; tile_m, tile_k and the threads are the family's.
       TileConfig t = c;
@@ -207,7 +263,8 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
         c.tile_n = t.tile_n;
         c.stages = t.stages;
         c.source = TileConfig::Source::tuned;
-        if (!tuned->exact) add_note(c, bucket_note(*tuned));
+        c.note.clear();
+        add_note(c, bucket_note(*tuned));
       } else {
         add_note(c, fmt::format("tuned tile {}x{}x{} stages {} ignored: the sm90 family takes tile 128 x (64, 128 or 256) x 64, "
                                 "2 to 6 stages within {} bytes of shared memory",
@@ -223,6 +280,61 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
 }
 
 }  // namespace
+
+const char* gemm_kind_name(GemmProblem::Kind kind) {
+  switch (kind) {
+    case GemmProblem::Kind::matmul: return "matmul";
+    case GemmProblem::Kind::grouped: return "grouped";
+    case GemmProblem::Kind::wgrad: return "wgrad";
+  }
+  return "?";
+}
+
+const char* gemm_family_name(GemmFamily family) { return family == GemmFamily::sm90 ? "gemm_sm90" : "matmul_simt"; }
+
+TuningKey gemm_tuning_key(const char* family, const GemmProblem& problem) {
+  // The layout is part of the kind: a transposed operand changes which config is fastest.
+  std::string kind = gemm_kind_name(problem.kind);
+  if (problem.kind == GemmProblem::Kind::matmul) {
+    if (!problem.a_k_major) kind += "_at";
+    if (problem.b_k_major) kind += "_bt";
+  } else if (problem.kind == GemmProblem::Kind::grouped && problem.b_k_major) {
+    kind += "_wt";
+  }
+  return {family, std::string(dtype_name(problem.dtype)), kind, bucket_log2(problem.m), bucket_log2(problem.n), bucket_log2(problem.k)};
+}
+
+std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op) {
+  auto in = [&](std::size_t i) -> const TensorType& { return graph.type(op.operands[i]); };
+  using Kind = GemmProblem::Kind;
+  switch (op.kind) {
+    case OpKind::Matmul: {  // a [..., M, K] (or [..., K, M]), b [K, N] (or [N, K]) or [..., K, N]
+      const TensorType& a = in(0);
+      const TensorType& b = in(1);
+      const bool ta = op.attrs.get_bool("transpose_a"), tb = op.attrs.get_bool("transpose_b");
+      std::int64_t batch = 1;
+      for (std::size_t i = 0; i + 2 < a.shape.size(); ++i) batch *= a.shape[i];
+      return GemmProblem{Kind::matmul, a.dtype, ta ? a.dim(-1) : a.dim(-2), tb ? b.dim(-2) : b.dim(-1), ta ? a.dim(-2) : a.dim(-1),
+                         batch, !ta, tb};
+    }
+    case OpKind::Route:  // the router product x [T, D] w_router [D, E]
+      return GemmProblem{Kind::matmul, in(0).dtype, in(0).dim(0), in(1).dim(1), in(0).dim(1), 1, true, false};
+    case OpKind::GroupedMatmul:
+    case OpKind::GatherMatmul:
+    case OpKind::MatmulCombine: {  // rows [N, D] x w [E, D, F] (or [E, F, D] with transpose_w)
+      const TensorType& w = in(1);
+      const bool transpose_w = op.kind == OpKind::GroupedMatmul && op.attrs.get_bool("transpose_w");
+      const std::int64_t rows = op.kind == OpKind::MatmulCombine ? in(0).dim(0) : graph.type(op.results[0]).dim(0);
+      return GemmProblem{Kind::grouped, w.dtype, rows, transpose_w ? w.dim(1) : w.dim(2), transpose_w ? w.dim(2) : w.dim(1), w.dim(0),
+                         true, transpose_w, op.kind == OpKind::GatherMatmul};
+    }
+    case OpKind::GroupedMatmulWgrad:  // xs [N, D], dys [N, F] -> dw [E, D, F]
+      return GemmProblem{Kind::wgrad, in(0).dtype, in(0).dim(1), in(1).dim(1), in(0).dim(0), graph.type(op.results[0]).dim(0), false,
+                         false};
+    default:
+      return std::nullopt;
+  }
+}
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   GemmChoice choice;

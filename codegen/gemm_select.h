@@ -7,10 +7,12 @@
 // stays the fallback for f32/f64, for other targets and other layouts.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "codegen/target.h"
 #include "codegen/tile_config.h"
+#include "codegen/tuning_db.h"
 #include "ir/graph.h"
 
 namespace moejit::codegen {
@@ -34,6 +36,28 @@ struct GemmProblem {
   bool gathered = false;                     // grouped: A's rows are read through slots (the SIMT kernel gathers;
                                              // the sm90 family needs them permuted into a contiguous copy first)
 };
+
+// The problem the op's emitter hands to choose_gemm: mj.matmul, moe.route's
+// router product, moe.grouped_matmul, moe.gather_matmul, moe.matmul_combine
+// and moe.grouped_matmul_wgrad; nullopt for every other op. The emitters and
+// `moejit tune` (codegen/tuning_space.h) both call it, so what is tuned is
+// exactly what codegen chooses a tile for.
+std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op);
+
+// "matmul", "grouped", "wgrad": the problem kind as the tuning database names it.
+const char* gemm_kind_name(GemmProblem::Kind kind);
+// "matmul_simt", "gemm_sm90": the family as the tuning database names it.
+const char* gemm_family_name(GemmFamily family);
+// The database key of the problem in `family`: its dtype, its kind with the
+// layout ("matmul", "matmul_at", "matmul_bt", "matmul_at_bt"; "grouped",
+// "grouped_wt" for transpose_w; "wgrad") and the buckets of m, n, k.
+TuningKey gemm_tuning_key(const char* family, const GemmProblem& problem);
+
+// The attribute moe-tiling sets beside the tile attributes it chose itself
+// ("mj.tiled_by" = "moe-tiling"): such tiles are a heuristic, so a tuning
+// database entry for the problem replaces them; tile attributes without it
+// (written by a user) win over the database.
+inline constexpr const char* kTiledByAttr = "mj.tiled_by";
 
 struct GemmChoice {
   GemmFamily family = GemmFamily::simt;

@@ -21,7 +21,7 @@ struct TileConfig {
   int stages = 1;                           // shared-memory pipeline depth
   int threads = 256;                        // per block; the kernel's __launch_bounds__
   int cluster_m = 1, cluster_n = 1;         // thread-block cluster (cuLaunchKernelEx)
-  int split_k = 1;
+  int split_k = 1;                          // K slices into f32 partials + an in-order finish (SIMT mj.matmul: codegen/simt_matmul.cpp)
   // Family-specific: consumer warpgroups of a warp-specialized GEMM (sm90).
   int consumers = 0;
   Source source = Source::fixed;

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <filesystem>
@@ -11,6 +12,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -192,7 +194,7 @@ std::optional<TuningDb> parse_tuning_db(const std::string& bytes, const Target& 
 }
 
 std::string tuning_db_path(const Target& target) {
-  if (const char* env = std::getenv("MOEJIT_TUNING_DB"); env && *env) return env;
+  if (const char* env = std::getenv("MOEJIT_TUNING_DB"); env && *env) return std::string(env) == "none" ? "" : env;
   const std::string name = tuning_db_file_name(target);
   std::error_code ec;
   for (const char* dir : {MOEJIT_SHIPPED_TUNING_DIR, MOEJIT_INSTALLED_TUNING_DIR}) {
@@ -202,10 +204,68 @@ std::string tuning_db_path(const Target& target) {
   return "";
 }
 
+namespace {
+// The override of this thread (ScopedTuningDbOverride), when `active`.
+struct ThreadOverride {
+  bool active = false;
+  const TuningDb* db = nullptr;
+};
+thread_local ThreadOverride g_override;
+}  // namespace
+
+ScopedTuningDbOverride::ScopedTuningDbOverride(const TuningDb* db)
+    : had_previous_(g_override.active), previous_(g_override.db) {
+  g_override = {true, db};
+}
+
+ScopedTuningDbOverride::~ScopedTuningDbOverride() { g_override = {had_previous_, previous_}; }
+
+std::optional<TuningDb> read_tuning_db(const std::string& path, const Target& target, std::string& problem) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) {
+    problem = "does not exist";
+    return std::nullopt;
+  }
+  bool read_ok = false;
+  std::string bytes = read_bytes(path, read_ok);
+  if (!read_ok) {
+    problem = "cannot be read";
+    return std::nullopt;
+  }
+  return parse_tuning_db(bytes, target, problem);
+}
+
+void merge_tuning_entries(TuningDb& db, const std::vector<TuningEntry>& entries) {
+  for (const auto& e : entries) {
+    auto same = std::find_if(db.entries.begin(), db.entries.end(), [&](const TuningEntry& d) { return d.key == e.key; });
+    if (same != db.entries.end())
+      same->fields = e.fields;
+    else
+      db.entries.push_back(e);
+  }
+}
+
 const TuningDb* tuning_db_for(const Target& target) {
-  const std::string path = tuning_db_path(target);
-  if (path.empty()) return nullptr;
+  if (g_override.active) return g_override.db;
   static std::mutex mutex;
+  const std::string path = tuning_db_path(target);
+  const char* debug = std::getenv("MOEJIT_DEBUG");
+  const bool say = debug && std::atoi(debug) >= 1;
+  if (path.empty()) {
+    if (say) {  // once per target and process
+      static std::set<std::string> told;
+      std::lock_guard<std::mutex> lock(mutex);
+      if (told.insert(target.device_name + '\n' + target.arch).second) {
+        const char* env = std::getenv("MOEJIT_TUNING_DB");
+        std::cerr << "moejit: no tuning database for \"" << target.device_name << "\" " << target.arch << " ("
+                  << (env && *env ? std::string("MOEJIT_TUNING_DB=none")
+                                  : "no " + tuning_db_file_name(target) + " in " + MOEJIT_SHIPPED_TUNING_DIR + " or " +
+                                        MOEJIT_INSTALLED_TUNING_DIR)
+                  << "): every tile is the heuristic's\n";
+      }
+    }
+    return nullptr;
+  }
   // One load per (path, device, arch); a failed load is kept as nullopt so it is reported once.
   static std::map<std::string, std::optional<TuningDb>> loaded;
   std::lock_guard<std::mutex> lock(mutex);
@@ -213,19 +273,9 @@ const TuningDb* tuning_db_for(const Target& target) {
   auto it = loaded.find(key);
   if (it == loaded.end()) {
     std::string problem;
-    std::optional<TuningDb> db;
-    bool read_ok = false;
-    std::error_code ec;
-    if (!std::filesystem::exists(path, ec)) {
-      problem = "does not exist";
-    } else {
-      std::string bytes = read_bytes(path, read_ok);
-      if (!read_ok)
-        problem = "cannot be read";
-      else
-        db = parse_tuning_db(bytes, target, problem);
-    }
+    std::optional<TuningDb> db = read_tuning_db(path, target, problem);
     if (!db) std::cerr << "moejit: warning: tuning database " << path << " " << problem << ": ignored\n";
+    else if (say) std::cerr << "moejit: tuning database " << path << ": " << db->entries.size() << " entries\n";
     it = loaded.emplace(key, std::move(db)).first;
   }
   return it->second ? &*it->second : nullptr;

@@ -24,7 +24,7 @@ inline constexpr int kTuningDbSchema = 1;
 struct TuningKey {
   std::string family;  // "gemm_sm90", "matmul_simt"
   std::string dtype;   // dtype_name: "bf16", "f32", ...
-  std::string kind;    // "matmul", "grouped", "wgrad"
+  std::string kind;    // "matmul", "matmul_at", "matmul_bt", "matmul_at_bt", "grouped", "grouped_wt", "wgrad" (gemm_tuning_key)
   int m_log2 = 0, n_log2 = 0, k_log2 = 0;
   bool operator==(const TuningKey&) const = default;
 };
@@ -32,6 +32,7 @@ struct TuningKey {
 // The TileConfig fields an entry sets; 0 = not set (the family's default).
 struct TunedFields {
   int tile_m = 0, tile_n = 0, tile_k = 0, stages = 0, threads = 0, split_k = 0;
+  bool operator==(const TunedFields&) const = default;
 };
 
 struct TuningEntry {
@@ -77,6 +78,28 @@ std::optional<TuningDb> parse_tuning_db(const std::string& bytes, const Target& 
 // tuning/<tuning_db_file_name> of the source tree or of the install prefix
 // (share/moejit/tuning) where such a file exists, else empty (no database).
 std::string tuning_db_path(const Target& target);
+
+// Reads and parses the file at `path` for the target (nullopt with `problem`
+// set: "does not exist", "is corrupted (...)", ...). Never throws.
+std::optional<TuningDb> read_tuning_db(const std::string& path, const Target& target, std::string& problem);
+
+// Adds `entries` to `db`, each replacing an entry of the same key.
+void merge_tuning_entries(TuningDb& db, const std::vector<TuningEntry>& entries);
+
+// While one lives, tuning_db_for on this thread returns `db` (nullptr: no
+// database) instead of reading any file: `moejit tune` compiles each
+// candidate with a database holding just that candidate, on its own thread.
+class ScopedTuningDbOverride {
+ public:
+  explicit ScopedTuningDbOverride(const TuningDb* db);
+  ~ScopedTuningDbOverride();
+  ScopedTuningDbOverride(const ScopedTuningDbOverride&) = delete;
+  ScopedTuningDbOverride& operator=(const ScopedTuningDbOverride&) = delete;
+
+ private:
+  bool had_previous_;
+  const TuningDb* previous_;
+};
 
 // The database for the target, read once per path and process; nullptr when
 // there is none or it is unusable (then reported once on stderr:

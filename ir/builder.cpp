@@ -107,7 +107,7 @@ Tensor Builder::concat(std::vector<Tensor> inputs, std::int64_t axis) {
 }
 
 Tensor Builder::attention(Tensor q, Tensor k, Tensor v, double scale) {
-  return op1(OpKind::Attention, {q, k, v}, {{"scale", scale}});
+  return op(OpKind::Attention, {q, k, v}, {{"scale", scale}})[0];  // result 1 (lse) feeds only the backward
 }
 Tensor Builder::cross_entropy(Tensor logits, Tensor targets) { return op1(OpKind::CrossEntropy, {logits, targets}); }
 Tensor Builder::dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset, Tensor* step_offset) {

@@ -114,6 +114,8 @@ class Builder {
   // ---- model-level ops ----
   // attention: q, k, v [B, H, T, Dh] -> [B, H, T, Dh], causal:
   //   out[t] = softmax_{s<=t}(q[t]·k[s] * scale) · v[s]. scale 0 means 1/sqrt(Dh).
+  // Returns out; the op's second result, lse [B, H, T] (the row log-sum-exp,
+  // f32), is what its gradient reads.
   Tensor attention(Tensor q, Tensor k, Tensor v, double scale = 0.0);
   // cross_entropy: logits [N, V] float, targets [N] i32 -> [], the mean over
   // rows of -log_softmax(logits)[n, targets[n]].

@@ -332,16 +332,29 @@ bool infer_concat(InferCtx& ctx) {
   return ok(ctx, out);
 }
 
+// The log-sum-exp statistics of attention over q [B, H, T, Dh]: [B, H, T],
+// f64 for f64 q, else f32 (a bf16/f16 attention keeps f32 statistics).
+static TensorType attention_lse_type(const TensorType& q) {
+  return TensorType{q.dtype == DType::f64 ? DType::f64 : DType::f32, {q.dim(0), q.dim(1), q.dim(2)}};
+}
+
 bool infer_attention(InferCtx& ctx) {
+  // q, k, v [B, H, T, Dh] -> out [B, H, T, Dh], lse [B, H, T]
   if (!expect_rank(ctx, 0, 4) || !expect_float(ctx, 0) || !expect_same_type(ctx, 0, 1) || !expect_same_type(ctx, 0, 2))
     return false;
-  return ok(ctx, operand(ctx, 0));
+  ctx.results = {operand(ctx, 0), attention_lse_type(operand(ctx, 0))};
+  return true;
 }
 
 bool infer_attention_grad(InferCtx& ctx) {
+  // q, k, v, out [B, H, T, Dh], lse [B, H, T], dout [B, H, T, Dh] -> dq, dk, dv
   if (!expect_rank(ctx, 0, 4) || !expect_float(ctx, 0)) return false;
-  for (int i = 1; i < 4; ++i)
+  for (int i : {1, 2, 3, 5})
     if (!expect_same_type(ctx, 0, i)) return false;
+  const TensorType lse = attention_lse_type(operand(ctx, 0));
+  if (operand(ctx, 4) != lse)
+    return ctx.fail(fmt::format("{}: expected {} (the log-sum-exp result of mj.attention), found {}", ctx.operand_label(4), lse.str(),
+                                operand(ctx, 4).str()));
   ctx.results = {operand(ctx, 0), operand(ctx, 0), operand(ctx, 0)};
   return true;
 }

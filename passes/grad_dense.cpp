@@ -316,8 +316,16 @@ GradResult rule_Concat(GradContext& ctx) {  // one slice of dy per input
 
 // ---- model-level ops ----
 
+// The backward reads the forward's out and lse (FlashAttention-2's
+// scheme: P = exp(scale q k - lse), delta = dout . out), so it never
+// recomputes the row statistics. lse is a statistic for the backward, not a
+// value to differentiate.
 GradResult rule_Attention(GradContext& ctx) {
-  auto r = ctx.b.op(OpKind::AttentionGrad, {ctx.operands[0], ctx.operands[1], ctx.operands[2], result_grad(ctx)}, ctx.op.attrs);
+  if (ctx.result_grads[1])
+    throw Error("autodiff: mj.attention: its result #1 (lse) is used by a differentiated value; the gradient through the "
+                "log-sum-exp is not implemented (only mj.attention_grad may read it)");
+  auto r = ctx.b.op(OpKind::AttentionGrad,
+                    {ctx.operands[0], ctx.operands[1], ctx.operands[2], ctx.results[0], ctx.results[1], result_grad(ctx)}, ctx.op.attrs);
   return {r[0], r[1], r[2]};
 }
 

@@ -7,8 +7,12 @@
 // every M tile belongs to exactly one expert and the kernel needs no
 // per-row expert lookup or masking between segments. The tile sizes
 // themselves trade wasted work on small segments against reuse on large
-// ones. A per-GPU tuning database will replace the heuristic later; until
-// then this is the analytic fallback.
+// ones. The tiles written here are the analytic heuristic; the op is marked
+// {mj.tiled_by = "moe-tiling"} so that the CUDA backend's GEMM choice
+// (codegen/gemm_select.cpp) knows them for a heuristic and takes the per-GPU
+// tuning database's entry for the problem instead where there is one (the
+// exact bucket, else the nearest; `moejit tune` writes it, docs/tuning.md).
+// Tile attributes without the mark (a user's) win over the database.
 //
 // Heuristic (rows per expert m, reduction width d, output width f):
 //   m      = kept rows / E: the dispatch's rows without padding
@@ -55,6 +59,9 @@ namespace moejit {
 namespace {
 
 std::size_t idx(ValueId v) { return static_cast<std::size_t>(v); }
+
+// The mark of tiles chosen here (codegen/gemm_select.h: kTiledByAttr).
+constexpr const char* kTiledBy = "mj.tiled_by";
 
 std::int64_t next_pow2_clamped(std::int64_t v, std::int64_t lo, std::int64_t hi) {
   std::int64_t p = 1;
@@ -231,12 +238,14 @@ class MoeTilingPass final : public Pass {
         op.attrs.set("tile_m", std::int64_t{128});
         op.attrs.set("tile_n", std::int64_t{f <= 64 ? 64 : padded(256) <= padded(128) ? 256 : 128});
         op.attrs.set("tile_k", std::int64_t{64});
+        op.attrs.set(kTiledBy, std::string("moe-tiling"));
         ++tiled;
         continue;
       }
       op.attrs.set("tile_m", block > 1 ? block : heuristic_tile_m(rows_per_expert));
       op.attrs.set("tile_n", next_pow2_clamped(f, 16, 128));
       op.attrs.set("tile_k", next_pow2_clamped(d, 16, 64));
+      op.attrs.set(kTiledBy, std::string("moe-tiling"));
       ++tiled;
     }
     count("matmuls-tiled", tiled);

@@ -19,6 +19,7 @@ using Command = std::function<int()>;
 void register_opt_command(CLI::App& app, Command& selected);
 void register_ops_command(CLI::App& app, Command& selected);
 void register_passes_command(CLI::App& app, Command& selected);
+void register_tune_command(CLI::App& app, Command& selected);
 
 // Helpers shared by commands: read a file ("-" is stdin), and write a file
 // through a temporary name and a rename ("-" is stdout). Both throw

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   register_opt_command(app, selected);
   register_ops_command(app, selected);
   register_passes_command(app, selected);
+  register_tune_command(app, selected);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

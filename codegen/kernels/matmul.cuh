@@ -26,6 +26,18 @@ template <class T> struct MatmulArgs {
   i64 M, N, K, a_sm, a_sk, b_sk, b_sn, a_batch, b_batch;
 };
 
+// mj.matmul split over K (few output tiles, long K): part z*split + s of
+// batch z multiplies the K slice [s*chunk, (s+1)*chunk) into partials (the
+// arithmetic type) [batch, split, M, N]; the finish kernel adds each
+// output's `split` partials in order (deterministic) into c.
+template <class T> struct MatmulSplitArgs {
+  const T *a, *b;
+  T* c;
+  void* partials;
+  i64 M, N, K, a_sm, a_sk, b_sk, b_sn, a_batch, b_batch;
+  i64 batch, split, chunk;
+};
+
 // moe.grouped_matmul / moe.gather_matmul: expert e multiplies the rows
 // offsets[e] .. offsets[e+1]-1 by w[e] ([D, F], or [F, D] when transpose_w).
 // With slots (gather), row i reads x[slots[i] / top_k] (zeros where < 0).
@@ -53,9 +65,13 @@ namespace mj {
 // C(m, n) = sum_k A(m, k) B(k, n) for the tile (m0, n0), with
 //   A(m, k) = a[row(m) * a_sm + k * a_sk], row(m) = m, or, with a_rows,
 //             a_rows[m] / a_row_div (a row of zeros where a_rows[m] < 0);
-//   B(k, n) = b[k * b_sk + n * b_sn];   C(m, n) at c[m * c_sm + n].
-template <class T, int BM, int BN, int BK, int THREADS>
-__device__ void gemm_tile(const T* a, i64 a_sm, i64 a_sk, const int* a_rows, int a_row_div, const T* b, i64 b_sk, i64 b_sn, T* c,
+//   B(k, n) = b[k * b_sk + n * b_sn];   C(m, n) at c[m * c_sm + n], stored
+//   as C (T, or the arithmetic type for split-K partials).
+// A_ALONG_K / B_ALONG_N: neighbouring threads stage neighbouring k (of A)
+// and n (of B); false swaps the order, so a transposed operand (K not its
+// contiguous axis) is still read in contiguous runs.
+template <class T, int BM, int BN, int BK, int THREADS, class C = T, bool A_ALONG_K = true, bool B_ALONG_N = true>
+__device__ void gemm_tile(const T* a, i64 a_sm, i64 a_sk, const int* a_rows, int a_row_div, const T* b, i64 b_sk, i64 b_sn, C* c,
                           i64 c_sm, i64 M, i64 N, i64 K, i64 m0, i64 n0) {
   typedef typename acc_of<T>::type A;
   constexpr int TX = BN < 16 ? BN : 16;
@@ -73,7 +89,7 @@ __device__ void gemm_tile(const T* a, i64 a_sm, i64 a_sk, const int* a_rows, int
   for (i64 k0 = 0; k0 < K; k0 += BK) {
 #pragma unroll
     for (int e = tid; e < BM * BK; e += THREADS) {
-      int mm = e / BK, kk = e % BK;
+      int mm = A_ALONG_K ? e / BK : e % BM, kk = A_ALONG_K ? e % BK : e / BM;
       i64 m = m0 + mm, k = k0 + kk;
       A v = A(0);
       if (m < M && k < K) {
@@ -84,7 +100,7 @@ __device__ void gemm_tile(const T* a, i64 a_sm, i64 a_sk, const int* a_rows, int
     }
 #pragma unroll
     for (int e = tid; e < BK * BN; e += THREADS) {
-      int kk = e / BN, nn = e % BN;
+      int kk = B_ALONG_N ? e / BN : e % BK, nn = B_ALONG_N ? e % BN : e / BK;
       i64 k = k0 + kk, n = n0 + nn;
       Bs[kk][nn] = (k < K && n < N) ? ld(b[k * b_sk + n * b_sn]) : A(0);
     }
@@ -108,7 +124,7 @@ __device__ void gemm_tile(const T* a, i64 a_sm, i64 a_sk, const int* a_rows, int
 #pragma unroll
     for (int j = 0; j < RN; ++j) {
       i64 m = m0 + ty + TY * i, n = n0 + tx + TX * j;
-      if (m < M && n < N) c[m * c_sm + n] = st<T>(acc[i][j]);
+      if (m < M && n < N) c[m * c_sm + n] = st<C>(acc[i][j]);
     }
 }
 
@@ -118,6 +134,37 @@ __global__ void __launch_bounds__(THREADS) matmul_kernel(const MatmulArgs<T> a) 
   i64 z = blockIdx.z;
   gemm_tile<T, BM, BN, BK, THREADS>(a.a + z * a.a_batch, a.a_sm, a.a_sk, nullptr, 1, a.b + z * a.b_batch, a.b_sk, a.b_sn,
                                     a.c + z * a.M * a.N, a.N, a.M, a.N, a.K, (i64)blockIdx.y * BM, (i64)blockIdx.x * BN);
+}
+
+// Grid: x over N tiles, y over M tiles, z over batch * split (batch-major).
+template <class T, int BM, int BN, int BK, int THREADS>
+__global__ void __launch_bounds__(THREADS) matmul_split_k_kernel(const MatmulSplitArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const i64 z = blockIdx.z / a.split, s = blockIdx.z % a.split;
+  const i64 k0 = s * a.chunk, k1 = k0 + a.chunk < a.K ? k0 + a.chunk : a.K;
+  A* part = static_cast<A*>(a.partials) + (i64)blockIdx.z * a.M * a.N;
+  const T* a0 = a.a + z * a.a_batch + k0 * a.a_sk;
+  const T* b0 = a.b + z * a.b_batch + k0 * a.b_sk;
+  const i64 m0 = (i64)blockIdx.y * BM, n0 = (i64)blockIdx.x * BN;
+  // A transposed (a router's x^T): stage it along M, where x is contiguous.
+  if (a.a_sk == 1)
+    gemm_tile<T, BM, BN, BK, THREADS, A, true, true>(a0, a.a_sm, a.a_sk, nullptr, 1, b0, a.b_sk, a.b_sn, part, a.N, a.M, a.N, k1 - k0, m0, n0);
+  else
+    gemm_tile<T, BM, BN, BK, THREADS, A, false, true>(a0, a.a_sm, a.a_sk, nullptr, 1, b0, a.b_sk, a.b_sn, part, a.N, a.M, a.N, k1 - k0, m0, n0);
+}
+
+// c[z, m, n] = sum over s = 0 .. split-1, in order, of partials[z, s, m, n].
+template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) matmul_split_k_finish_kernel(const MatmulSplitArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const A* parts = static_cast<const A*>(a.partials);
+  const i64 mn = a.M * a.N;
+  MOEJIT_FOR_EACH(i, a.batch * mn) {
+    const i64 z = i / mn, o = i % mn;
+    const A* p = parts + z * a.split * mn + o;
+    A acc = A(0);
+    for (i64 s = 0; s < a.split; ++s) acc += p[s * mn];
+    a.c[i] = st<T>(acc);
+  }
 }
 
 // Grid: x over F tiles, y over row tiles of the whole [N, F] output, z = expert.

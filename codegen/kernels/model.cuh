@@ -8,10 +8,14 @@
 
 namespace mj {
 
-// mj.attention: q, k, v, out [BH, T, Dh]; out[t] = softmax_{s<=t}(q_t . k_s * scale) v.
+// mj.attention (f32/f64, and bf16/f16 where the flash family of
+// attention.cuh does not serve): q, k, v, out [BH, T, Dh];
+// out[t] = softmax_{s<=t}(q_t . k_s * scale) v; lse [BH, T] of the
+// arithmetic type (f32, or f64 for f64).
 template <class T> struct AttentionArgs {
   const T *q, *k, *v;
   T* out;
+  void* lse;
   i64 BH, Tn, Dh;
   float scale;
 };
@@ -91,6 +95,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
       for (i64 s = 0; s <= t; ++s) acc += scores[s] * ld(vb[s * Dh + d]);
       a.out[row * Dh + d] = st<T>(acc / sum);
     }
+    if (threadIdx.x == 0) ((A*)a.lse)[row] = max + m_log(sum);
     __syncthreads();
   }
 }

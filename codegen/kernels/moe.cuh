@@ -6,6 +6,8 @@
 // Routing is built for latency: the gate and its backward give each token a
 // warp, and dispatch is three multi-block launches (per-tile histograms,
 // one scan, a stable per-tile scatter) instead of one serial block.
+// moe.route fuses the router product, the gate and the per-tile histograms
+// into one kernel (route_kernel), then runs dispatch's scan and scatter.
 // The argument structs (host and device) come first; each kernel's comment
 // below says what it computes.
 #pragma once
@@ -38,6 +40,21 @@ template <class T> struct GateGradArgs {
   int softmax_score;
   int score_first;
   int normalize;
+};
+
+// moe.route's fused router (route_kernel below): logits, gate and the
+// per-tile expert counts of dispatch in one launch.
+template <class T> struct RouteArgs {
+  const T* x;     // [tokens, D]
+  const T* w;     // [D, E]
+  const T* bias;  // [E] or null
+  T* logits;      // [tokens, E]
+  T* weights;     // [tokens, K]
+  int* experts;   // [tokens, K]
+  int* ranks;     // [E, tiles]: the count of each block's slots per expert
+  int* slots;     // [rows]: all set to -1 (the scatter fills the kept rows)
+  i64 tokens, D, rows, tiles;
+  int E, K, softmax_score, score_first, normalize;
 };
 
 struct DispatchCountArgs {
@@ -163,8 +180,8 @@ __device__ __forceinline__ bool ranks_before(float a, float b) { return a > b ||
 __device__ __forceinline__ float gate_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // The selection key of expert e: the score (score first) or the logit, plus the bias.
-template <class T> __device__ __forceinline__ float gate_key(const T* row, const T* bias, int e, int softmax_score, int score_first,
-                                                           float max, float sum) {
+template <class R, class T> __device__ __forceinline__ float gate_key(const R* row, const T* bias, int e, int softmax_score, int score_first,
+                                                                    float max, float sum) {
   float x = ld(row[e]);
   float key = !score_first ? x : (softmax_score ? expf(x - max) / sum : gate_sigmoid(x));
   if (bias) key += ld(bias[e]);
@@ -211,49 +228,88 @@ template <class T> __device__ __forceinline__ void warp_row_max_sum(const T* row
 #define MOEJIT_FOR_EACH_WARP(t, n)                                                               \
   for (i64 t = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; t < (n); t += ((i64)gridDim.x * blockDim.x) >> 5)
 
-// moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K].
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
-  int lane = threadIdx.x & 31;
-  MOEJIT_FOR_EACH_WARP(t, a.tokens) {
-    const T* row = a.logits + t * a.E;
-    int* chosen = a.experts + t * a.K;
-    float max, sum;
-    warp_row_max_sum(row, a.E, lane, max, sum);
-    float last_key = 0.0f;
-    int last = -1;  // the previous round's pick; none before round 0
-    for (int k = 0; k < a.K; ++k) {
-      float best_key = 0.0f;
-      int best = -1;
-      for (int e = lane; e < a.E; e += 32) {
-        float key = gate_key(row, a.bias, e, a.softmax_score, a.score_first, max, sum);
-        if (last >= 0 && !pick_before(last_key, last, key, e)) continue;  // taken in an earlier round
-        if (pick_before(key, e, best_key, best)) {
-          best = e;
-          best_key = key;
-        }
-      }
-      for (int delta = 16; delta > 0; delta >>= 1) {
-        float other_key = __shfl_xor_sync(0xffffffffu, best_key, delta);
-        int other = __shfl_xor_sync(0xffffffffu, best, delta);
-        if (pick_before(other_key, other, best_key, best)) {
-          best = other;
-          best_key = other_key;
-        }
-      }
-      last = best;
-      last_key = best_key;
-      if (lane == 0) chosen[k] = best;
+// Gates one token with a whole warp (every lane passes the same row, the
+// token's E logits): experts chosen[0..K) in rank order and their weights;
+// with `hist` (shared memory) each pick adds 1 to its expert's count.
+// KEYS > 0: the keys are computed once into KEYS registers per lane
+// (E <= 32 * KEYS); KEYS = 0: any E, each round recomputes them. The picks
+// do not depend on KEYS. The weights are computed by lanes over the K picks
+// (the softmax-over-the-chosen statistics and the normalizing sum are warp
+// reductions).
+template <int KEYS, class R, class T>
+__device__ __forceinline__ void gate_token(const R* row, const T* bias, int E, int K, int softmax_score, int score_first, int normalize,
+                                           int* chosen, T* weights, int* hist) {
+  const int lane = threadIdx.x & 31;
+  float max, sum;
+  warp_row_max_sum(row, E, lane, max, sum);
+  float keys[KEYS > 0 ? KEYS : 1];
+  if constexpr (KEYS > 0) {
+#pragma unroll
+    for (int j = 0; j < KEYS; ++j) {
+      int e = lane + 32 * j;
+      keys[j] = e < E ? gate_key(row, bias, e, softmax_score, score_first, max, sum) : 0.0f;
     }
-    __syncwarp();
+  }
+  float last_key = 0.0f;
+  int last = -1;  // the previous round's pick; none before round 0
+  for (int k = 0; k < K; ++k) {
+    float best_key = 0.0f;
+    int best = -1;
+    auto consider = [&](float key, int e) {
+      if (last >= 0 && !pick_before(last_key, last, key, e)) return;  // taken in an earlier round
+      if (pick_before(key, e, best_key, best)) {
+        best = e;
+        best_key = key;
+      }
+    };
+    if constexpr (KEYS > 0) {
+#pragma unroll
+      for (int j = 0; j < KEYS; ++j)
+        if (lane + 32 * j < E) consider(keys[j], lane + 32 * j);
+    } else {
+      for (int e = lane; e < E; e += 32) consider(gate_key(row, bias, e, softmax_score, score_first, max, sum), e);
+    }
+    for (int delta = 16; delta > 0; delta >>= 1) {
+      float other_key = __shfl_xor_sync(0xffffffffu, best_key, delta);
+      int other = __shfl_xor_sync(0xffffffffu, best, delta);
+      if (pick_before(other_key, other, best_key, best)) {
+        best = other;
+        best_key = other_key;
+      }
+    }
+    last = best;
+    last_key = best_key;
     if (lane == 0) {
-      float total = 0.0f;
-      for (int k = 0; k < a.K; ++k) total += gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-      for (int k = 0; k < a.K; ++k) {
-        float w = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-        a.weights[t * a.K + k] = st<T>(a.normalize ? w / total : w);
-      }
+      chosen[k] = best;
+      if (hist && best >= 0) atomicAdd(&hist[best], 1);
     }
-    __syncwarp();
+  }
+  __syncwarp();  // chosen[] is read by every lane below
+  float top_max = lowest_value<float>(), top_sum = 0.0f;
+  if (softmax_score && !score_first) {  // softmax over the K chosen logits
+    for (int k = lane; k < K; k += 32) top_max = MaxOp()(top_max, (float)ld(row[chosen[k]]));
+    top_max = warp_reduce(top_max, MaxOp());
+    for (int k = lane; k < K; k += 32) top_sum += expf(ld(row[chosen[k]]) - top_max);
+    top_sum = warp_reduce(top_sum, SumOp());
+  }
+  auto raw = [&](int k) {
+    float x = ld(row[chosen[k]]);
+    if (!softmax_score) return gate_sigmoid(x);
+    return score_first ? expf(x - max) / sum : expf(x - top_max) / top_sum;
+  };
+  float total = 0.0f;
+  for (int k = lane; k < K; k += 32) total += raw(k);
+  total = warp_reduce(total, SumOp());
+  for (int k = lane; k < K; k += 32) weights[k] = st<T>(normalize ? raw(k) / total : raw(k));
+  __syncwarp();
+}
+
+// moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K];
+// KEYS as gate_token's (the emitter passes ceil(E / 32) up to 256 experts).
+template <class T, int KEYS, int THREADS> __global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
+  MOEJIT_FOR_EACH_WARP(t, a.tokens) {
+    gate_token<KEYS>(a.logits + t * a.E, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K,
+                     a.weights + t * a.K, (int*)nullptr);
   }
 }
 
@@ -319,7 +375,8 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_
 //      at a time (__match_any_sync groups the lanes of one expert, the
 //      lowest lane adds the group's size); every block also sets slots = -1.
 //   2. dispatch_scan (one block): per expert, an exclusive scan of its row
-//      of tile counts in tile order (a warp per expert) -> ranks, counts;
+//      of tile counts in tile order (a warp per expert, 8 chunks of 32
+//      tiles loaded per pass) -> ranks, counts;
 //      then offsets = exclusive scan of min(count, capacity) padded to `block`.
 //   3. dispatch_scatter: each warp walks its tile in slot order again; a
 //      slot's rank = its tile's running rank + the lanes of its group before
@@ -364,13 +421,22 @@ __device__ int warp_exclusive_scan(int v, int lane, int* carry) {
 template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scan_kernel(const DispatchScanArgs a) {
   __shared__ int padded_of[4096];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  // R chunks of 32 tiles per pass, their (coalesced) loads issued together:
+  // one memory latency per 32 * R tiles instead of per 32; the R scans
+  // then run from registers.
+  constexpr int R = 8;
   for (int e = warp; e < a.E; e += warps) {
     int* row = a.ranks + (i64)e * a.tiles;
     int carry = 0;
-    for (i64 base = 0; base < a.tiles; base += 32) {
-      int v = base + lane < a.tiles ? row[base + lane] : 0;
-      int before = warp_exclusive_scan(v, lane, &carry);
-      if (base + lane < a.tiles) row[base + lane] = before;
+    for (i64 base = 0; base < a.tiles; base += 32 * R) {
+      int v[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) v[r] = base + r * 32 + lane < a.tiles ? row[base + r * 32 + lane] : 0;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        int before = warp_exclusive_scan(v[r], lane, &carry);
+        if (base + r * 32 + lane < a.tiles) row[base + r * 32 + lane] = before;
+      }
     }
     if (lane == 0) {
       a.counts[e] = carry;
@@ -414,6 +480,165 @@ template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scatt
       }
     }
   }
+}
+
+// ---- moe.route: the fused router, one launch ----
+// Block b owns the BM tokens m0 = b*BM .. m0+BM-1 (its slots are dispatch
+// tile b, so tile = BM*K and `ranks` is laid out as dispatch_count's):
+//   1. logits = x[m0.., :] W_r, f32 accumulation. The block steps through D
+//      in slices of BK: each slice of x (BM x BK, read once from memory, the
+//      next slice fetched into registers while this one is multiplied) and
+//      of W_r (BK x EP, from L2) is staged in shared memory as f32. A TR x TE
+//      grid of threads each owns TM consecutive tokens x TN consecutive
+//      experts, read from shared memory as float4 / float2 vectors.
+//   2. The logits, rounded to T, go to shared memory (the tile [BM, EP+1]
+//      reuses the staging buffer) and out to global memory, coalesced.
+//   3. Gate: a warp per token, gate_token as gate_kernel runs it (equal
+//      logits give equal choices), the keys held in registers across the K
+//      rounds; each pick adds 1 to the block's shared histogram.
+//   4. ranks[e, b] = the block's count of expert e; every block also sets a
+//      stretch of slots to -1, as dispatch_count does.
+// dispatch_scan and dispatch_scatter finish the dispatch from `ranks`.
+// EP = E rounded up to 8..256; experts e >= E are zero columns never read.
+template <class T> __device__ __forceinline__ void load4_raw(const T* p, float4& v);
+template <> __device__ __forceinline__ void load4_raw<float>(const float* p, float4& v) { v = *reinterpret_cast<const float4*>(p); }
+template <class T> __device__ __forceinline__ void load4_half(const T* p, float4& v) {
+  uint2 raw = *reinterpret_cast<const uint2*>(p);
+  T h[4];
+  h[0].bits = (unsigned short)(raw.x & 0xffffu);
+  h[1].bits = (unsigned short)(raw.x >> 16);
+  h[2].bits = (unsigned short)(raw.y & 0xffffu);
+  h[3].bits = (unsigned short)(raw.y >> 16);
+  v = make_float4(ld(h[0]), ld(h[1]), ld(h[2]), ld(h[3]));
+}
+template <> __device__ __forceinline__ void load4_raw<bf16_t>(const bf16_t* p, float4& v) { load4_half(p, v); }
+template <> __device__ __forceinline__ void load4_raw<f16_t>(const f16_t* p, float4& v) { load4_half(p, v); }
+
+// p[k .. k+3] as f32, zeros at and past `end`; `vec`: one aligned vector load.
+template <class T> __device__ __forceinline__ float4 route_load4(const T* p, i64 k, i64 end, bool vec) {
+  float4 v;
+  if (vec && k + 4 <= end) {
+    load4_raw(p + k, v);
+    return v;
+  }
+  v.x = k < end ? (float)ld(p[k]) : 0.0f;
+  v.y = k + 1 < end ? (float)ld(p[k + 1]) : 0.0f;
+  v.z = k + 2 < end ? (float)ld(p[k + 2]) : 0.0f;
+  v.w = k + 3 < end ? (float)ld(p[k + 3]) : 0.0f;
+  return v;
+}
+
+// N consecutive floats of shared memory (16-byte aligned for N % 4 == 0, 8 for N == 2).
+template <int N> __device__ __forceinline__ void shared_row(const float* p, float (&v)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; i += 4) {
+      float4 q = *reinterpret_cast<const float4*>(p + i);
+      v[i] = q.x;
+      v[i + 1] = q.y;
+      v[i + 2] = q.z;
+      v[i + 3] = q.w;
+    }
+  } else if constexpr (N == 2) {
+    float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x;
+    v[1] = q.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = p[i];
+  }
+}
+
+template <class T, int EP, int TN, int TM, int THREADS> __global__ void __launch_bounds__(THREADS) route_kernel(const RouteArgs<T> a) {
+  // Few experts leave the kernel bound by reading x: deeper slices keep more
+  // of it in flight per thread.
+  constexpr int BK = EP <= 32 ? 64 : 32;
+  constexpr int TE = EP / TN, TR = THREADS / TE, BM = TR * TM;
+  constexpr int XS = BM + 4;  // row stride of the staged x slice [BK][XS] (keeps rows 16-byte aligned)
+  constexpr int LS = EP + 1;  // row stride of the logits tile [BM][LS]
+  constexpr int STAGE = BK * XS + BK * EP, TILE = BM * LS;
+  constexpr int FLOATS = STAGE > TILE ? STAGE : TILE;
+  constexpr int XLOADS = BM * BK / 4 / THREADS;  // float4 groups of x per thread and slice
+  constexpr int WLOADS = BK * EP / THREADS;
+  constexpr int KPL = (EP + 31) / 32;  // experts per lane in the gate
+  static_assert(TM == 4 && EP % TN == 0 && THREADS % TE == 0 && BM % 32 == 0, "route tile does not fit its thread grid");
+  static_assert(BM * BK % (4 * THREADS) == 0 && BK * EP % THREADS == 0, "route slices do not split evenly over the threads");
+  __shared__ __align__(16) float smem[FLOATS];
+  __shared__ int hist[EP];
+  float* xs = smem;            // [BK][XS]: x slice, token-major columns
+  float* ws = smem + BK * XS;  // [BK][EP]
+  float* ls = smem;            // [BM][LS] after the product
+  const int tid = threadIdx.x, te = tid % TE, tr = tid / TE;
+  MOEJIT_FOR_EACH(i, a.rows) a.slots[i] = -1;
+  for (int e = tid; e < EP; e += THREADS) hist[e] = 0;
+  const i64 m0 = (i64)blockIdx.x * BM;
+  const bool vec = a.D % 4 == 0 && ((unsigned long long)a.x % (4 * sizeof(T))) == 0;
+
+  float4 xr[XLOADS];
+  float wr[WLOADS];
+#define MOEJIT_ROUTE_FETCH(k0)                                                                        \
+  do {                                                                                                \
+    _Pragma("unroll") for (int i = 0; i < XLOADS; ++i) {                                              \
+      int g = tid + THREADS * i, mm = g / (BK / 4), kq = g % (BK / 4);                                \
+      i64 m = m0 + mm;                                                                                \
+      xr[i] = m < a.tokens ? route_load4(a.x + m * a.D, (k0) + kq * 4, a.D, vec) : make_float4(0.f, 0.f, 0.f, 0.f); \
+    }                                                                                                 \
+    _Pragma("unroll") for (int i = 0; i < WLOADS; ++i) {                                              \
+      int g = tid + THREADS * i, kk = g / EP, e = g % EP;                                             \
+      i64 k = (k0) + kk;                                                                              \
+      wr[i] = k < a.D && e < a.E ? (float)ld(a.w[k * a.E + e]) : 0.0f;                                \
+    }                                                                                                 \
+  } while (0)
+
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+  MOEJIT_ROUTE_FETCH(0);
+  for (i64 k0 = 0; k0 < a.D; k0 += BK) {
+#pragma unroll
+    for (int i = 0; i < XLOADS; ++i) {
+      int g = tid + THREADS * i, mm = g / (BK / 4), kq = g % (BK / 4);
+      xs[(kq * 4 + 0) * XS + mm] = xr[i].x;
+      xs[(kq * 4 + 1) * XS + mm] = xr[i].y;
+      xs[(kq * 4 + 2) * XS + mm] = xr[i].z;
+      xs[(kq * 4 + 3) * XS + mm] = xr[i].w;
+    }
+#pragma unroll
+    for (int i = 0; i < WLOADS; ++i) ws[tid + THREADS * i] = wr[i];
+    __syncthreads();
+    if (k0 + BK < a.D) MOEJIT_ROUTE_FETCH(k0 + BK);
+#pragma unroll 8
+    for (int kk = 0; kk < BK; ++kk) {
+      float xv[TM], wv[TN];
+      shared_row<TM>(xs + kk * XS + tr * TM, xv);
+      shared_row<TN>(ws + kk * EP + te * TN, wv);
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] += xv[i] * wv[j];
+    }
+    __syncthreads();
+  }
+#undef MOEJIT_ROUTE_FETCH
+
+  // The logits tile, rounded to T as the stored logits are (the gate reads those).
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) ls[(tr * TM + i) * LS + te * TN + j] = (float)ld(st<T>(acc[i][j]));
+  __syncthreads();
+  const int valid = a.tokens - m0 < BM ? (int)(a.tokens - m0) : BM;
+  for (int i = tid; i < valid * a.E; i += THREADS) a.logits[m0 * a.E + i] = st<T>(ls[(i / a.E) * LS + i % a.E]);
+
+  for (int r = tid >> 5; r < valid; r += THREADS / 32) {
+    const i64 t = m0 + r;
+    gate_token<KPL>(ls + r * LS, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K, a.weights + t * a.K,
+                    hist);
+  }
+  __syncthreads();
+  for (int e = tid; e < a.E; e += THREADS) a.ranks[(i64)e * a.tiles + blockIdx.x] = hist[e];
 }
 
 // The row kernels below (permute, combine, combine_grad) give each row a

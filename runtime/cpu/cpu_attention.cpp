@@ -1,10 +1,12 @@
 // CPU kernels of mj.attention (causal scaled dot-product attention) and its
-// backward, mj.attention_grad, which recomputes the probabilities instead of
-// storing them.
+// backward, mj.attention_grad, which recomputes the probabilities from the
+// forward's log-sum-exp instead of storing them.
 //
-// Shapes: q, k, v, out [B, H, T, Dh]. For one (batch, head), with S = scale:
+// Shapes: q, k, v, out [B, H, T, Dh], lse [B, H, T]. For one (batch, head),
+// with S = scale:
 //   scores[t, s] = S * q[t] . k[s]               for s <= t (causal)
-//   P[t, s]      = softmax over s <= t of scores[t, :]
+//   lse[t]       = log sum_{s <= t} exp(scores[t, s])
+//   P[t, s]      = exp(scores[t, s] - lse[t])    (softmax over s <= t)
 //   out[t]       = sum_{s <= t} P[t, s] v[s]
 // Dot products, softmax sums and gradient sums accumulate in double and are
 // rounded once to the element type. (batch, head) pairs are split over
@@ -23,35 +25,23 @@ double attention_scale(const KernelArgs& args, std::int64_t head_dim) {
   return scale == 0.0 ? 1.0 / std::sqrt(static_cast<double>(head_dim)) : scale;
 }
 
-// P[t, s] for s <= t of one (batch, head): q, k [T, Dh] -> probs [T, T]
-// row-major (entries above the diagonal are 0).
+// scores[t, s] for s <= t of one (batch, head): q, k [T, Dh] -> scores
+// [T, T] row-major (entries above the diagonal are not written).
 template <typename T>
-void causal_probabilities(const T* q, const T* k, std::int64_t tokens, std::int64_t head_dim, double scale,
-                          std::vector<double>& probs) {
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    double* row = probs.data() + t * tokens;
-    double max = -std::numeric_limits<double>::infinity();
+void causal_scores(const T* q, const T* k, std::int64_t tokens, std::int64_t head_dim, double scale, std::vector<double>& scores) {
+  for (std::int64_t t = 0; t < tokens; ++t)
     for (std::int64_t s = 0; s <= t; ++s) {
       double dot = 0.0;
       for (std::int64_t d = 0; d < head_dim; ++d)
         dot += static_cast<double>(q[t * head_dim + d]) * static_cast<double>(k[s * head_dim + d]);
-      row[s] = dot * scale;
-      max = std::max(max, row[s]);
+      scores[idx(t * tokens + s)] = dot * scale;
     }
-    double sum = 0.0;
-    for (std::int64_t s = 0; s <= t; ++s) {
-      row[s] = std::exp(row[s] - max);
-      sum += row[s];
-    }
-    for (std::int64_t s = 0; s <= t; ++s) row[s] /= sum;
-    for (std::int64_t s = t + 1; s < tokens; ++s) row[s] = 0.0;
-  }
 }
 
 }  // namespace
 
-/// attention: q, k, v [B, H, T, Dh] -> out [B, H, T, Dh], causal softmax
-/// attention with scale (0 means 1/sqrt(Dh)).
+/// attention: q, k, v [B, H, T, Dh] -> out [B, H, T, Dh], lse [B, H, T];
+/// causal softmax attention with scale (0 means 1/sqrt(Dh)).
 void kernel_Attention(const KernelArgs& args) {
   for_float(args, [&](const KernelArgs& a, auto zero) {
     using T = decltype(zero);
@@ -60,27 +50,39 @@ void kernel_Attention(const KernelArgs& args) {
     const double scale = attention_scale(a, head_dim);
     auto q = in<T>(a, 0), k = in<T>(a, 1), v = in<T>(a, 2);
     auto o = out<T>(a, 0);
+    auto lse = out<T>(a, 1);  // f32 for f32/bf16/f16 attention, f64 for f64: the arithmetic type T
     parallel_for(heads, a.threads, 1, [&](std::int64_t begin, std::int64_t end) {
-      std::vector<double> probs(idx(tokens * tokens));
+      std::vector<double> scores(idx(tokens * tokens));
       std::vector<double> acc(idx(head_dim));
       for (std::int64_t bh = begin; bh < end; ++bh) {
-        const std::int64_t base = bh * tokens * head_dim;  // start of (batch, head) in every tensor
-        causal_probabilities(q.data() + base, k.data() + base, tokens, head_dim, scale, probs);
+        const std::int64_t base = bh * tokens * head_dim;  // start of (batch, head) in every [B, H, T, Dh] tensor
+        causal_scores(q.data() + base, k.data() + base, tokens, head_dim, scale, scores);
         for (std::int64_t t = 0; t < tokens; ++t) {
+          const double* row = scores.data() + t * tokens;
+          double max = -std::numeric_limits<double>::infinity();
+          for (std::int64_t s = 0; s <= t; ++s) max = std::max(max, row[s]);
+          double sum = 0.0;
+          for (std::int64_t s = 0; s <= t; ++s) sum += std::exp(row[s] - max);
+          const double row_lse = max + std::log(sum);
           std::fill(acc.begin(), acc.end(), 0.0);
-          for (std::int64_t s = 0; s <= t; ++s)
-            for (std::int64_t d = 0; d < head_dim; ++d) acc[idx(d)] += probs[idx(t * tokens + s)] * v[idx(base + s * head_dim + d)];
+          for (std::int64_t s = 0; s <= t; ++s) {
+            const double p = std::exp(row[s] - row_lse);
+            for (std::int64_t d = 0; d < head_dim; ++d) acc[idx(d)] += p * v[idx(base + s * head_dim + d)];
+          }
           for (std::int64_t d = 0; d < head_dim; ++d) o[idx(base + t * head_dim + d)] = static_cast<T>(acc[idx(d)]);
+          lse[idx(bh * tokens + t)] = static_cast<T>(row_lse);
         }
       }
     });
   });
 }
 
-/// attention_grad: q, k, v, dout [B, H, T, Dh] -> dq, dk, dv [B, H, T, Dh].
-/// With P recomputed and dP[t, s] = dout[t] . v[s]:
+/// attention_grad: q, k, v, out, lse, dout -> dq, dk, dv [B, H, T, Dh], from
+/// the forward's out and lse (FlashAttention-2's backward):
+///   P[t, s]  = exp(S * q[t] . k[s] - lse[t])   for s <= t
+///   dP[t, s] = dout[t] . v[s],   delta[t] = dout[t] . out[t]  (= sum_s P[t, s] dP[t, s])
+///   dS[t, s] = P[t, s] (dP[t, s] - delta[t])
 ///   dv[s] = sum_{t >= s} P[t, s] dout[t]
-///   dS[t, s] = P[t, s] (dP[t, s] - sum_{s'} P[t, s'] dP[t, s'])
 ///   dq[t] = S * sum_s dS[t, s] k[s],   dk[s] = S * sum_t dS[t, s] q[t]
 void kernel_AttentionGrad(const KernelArgs& args) {
   for_float(args, [&](const KernelArgs& a, auto zero) {
@@ -88,35 +90,34 @@ void kernel_AttentionGrad(const KernelArgs& args) {
     const TensorType& type = input(a, 0).type();
     const std::int64_t heads = type.dim(0) * type.dim(1), tokens = type.dim(2), head_dim = type.dim(3);
     const double scale = attention_scale(a, head_dim);
-    auto q = in<T>(a, 0), k = in<T>(a, 1), v = in<T>(a, 2), dout = in<T>(a, 3);
+    auto q = in<T>(a, 0), k = in<T>(a, 1), v = in<T>(a, 2), o = in<T>(a, 3), lse = in<T>(a, 4), dout = in<T>(a, 5);
     auto dq = out<T>(a, 0), dk = out<T>(a, 1), dv = out<T>(a, 2);
     parallel_for(heads, a.threads, 1, [&](std::int64_t begin, std::int64_t end) {
       const auto n = idx(tokens * head_dim);
-      std::vector<double> probs(idx(tokens * tokens)), dscores(idx(tokens * tokens));
+      std::vector<double> scores(idx(tokens * tokens));
       std::vector<double> dq_acc(n), dk_acc(n), dv_acc(n);
       for (std::int64_t bh = begin; bh < end; ++bh) {
         const std::int64_t base = bh * tokens * head_dim;
         const T* qb = q.data() + base;
         const T* kb = k.data() + base;
         const T* vb = v.data() + base;
+        const T* ob = o.data() + base;
         const T* dob = dout.data() + base;
-        causal_probabilities(qb, kb, tokens, head_dim, scale, probs);
+        causal_scores(qb, kb, tokens, head_dim, scale, scores);
         std::fill(dq_acc.begin(), dq_acc.end(), 0.0);
         std::fill(dk_acc.begin(), dk_acc.end(), 0.0);
         std::fill(dv_acc.begin(), dv_acc.end(), 0.0);
         for (std::int64_t t = 0; t < tokens; ++t) {
-          // dP[t, s] into dscores, and the row sum of P * dP.
-          double row_dot = 0.0;
+          const double row_lse = static_cast<double>(lse[idx(bh * tokens + t)]);
+          double delta = 0.0;
+          for (std::int64_t d = 0; d < head_dim; ++d)
+            delta += static_cast<double>(dob[t * head_dim + d]) * static_cast<double>(ob[t * head_dim + d]);
           for (std::int64_t s = 0; s <= t; ++s) {
             double dp = 0.0;
             for (std::int64_t d = 0; d < head_dim; ++d)
               dp += static_cast<double>(dob[t * head_dim + d]) * static_cast<double>(vb[s * head_dim + d]);
-            dscores[idx(t * tokens + s)] = dp;
-            row_dot += probs[idx(t * tokens + s)] * dp;
-          }
-          for (std::int64_t s = 0; s <= t; ++s) {
-            const double p = probs[idx(t * tokens + s)];
-            const double ds = p * (dscores[idx(t * tokens + s)] - row_dot) * scale;
+            const double p = std::exp(scores[idx(t * tokens + s)] - row_lse);
+            const double ds = p * (dp - delta) * scale;
             for (std::int64_t d = 0; d < head_dim; ++d) {
               dv_acc[idx(s * head_dim + d)] += p * static_cast<double>(dob[t * head_dim + d]);
               dq_acc[idx(t * head_dim + d)] += ds * static_cast<double>(kb[s * head_dim + d]);

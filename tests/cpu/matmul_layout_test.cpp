@@ -186,7 +186,8 @@ TEST_CASE("threaded kernels give the same bits on 1 and 2 threads", "[cpu][matmu
     setenv("MOEJIT_CPU_THREADS", threads, 1);
     std::vector<HostTensor> results = {run_op1(OpKind::Matmul, {a, b}, {{"transpose_a", false}, {"transpose_b", false}}),
                                        run_op1(OpKind::Attention, {q, q, q}, {{"scale", 0.0}})};
-    for (const HostTensor& g : run_op(OpKind::AttentionGrad, {q, q, q, q}, {{"scale", 0.0}})) results.push_back(g);
+    auto fwd = run_op(OpKind::Attention, {q, q, q}, {{"scale", 0.0}});
+    for (const HostTensor& g : run_op(OpKind::AttentionGrad, {q, q, q, fwd[0], fwd[1], q}, {{"scale", 0.0}})) results.push_back(g);
     unsetenv("MOEJIT_CPU_THREADS");
     return results;
   };

@@ -19,7 +19,7 @@ std::vector<double> numeric_grad(OpKind kind, std::vector<HostTensor> operands, 
   std::vector<Tensor> inputs;
   for (std::size_t i = 0; i < operands.size(); ++i)
     inputs.push_back(b.input("x" + std::to_string(i), operands[i].shape(), operands[i].dtype()));
-  b.output(b.op1(kind, inputs, attrs), "y");
+  b.output(b.op(kind, inputs, attrs)[0], "y");  // result 0 (attention: out, not lse)
   auto exe = make_cpu_backend()->compile(graph);
   for (std::size_t i = 0; i < operands.size(); ++i) exe->set("x" + std::to_string(i), operands[i]);
   auto loss = [&]() {
@@ -48,7 +48,9 @@ std::vector<double> numeric_grad(OpKind kind, std::vector<HostTensor> operands, 
 }
 
 // Naive causal attention of q, k, v [B, H, T, Dh], straight from the definition.
-std::vector<double> naive_attention(const HostTensor& q, const HostTensor& k, const HostTensor& v, double scale) {
+// out [B, H, T, Dh] and, in *lse (when given), the row log-sum-exp [B, H, T].
+std::vector<double> naive_attention(const HostTensor& q, const HostTensor& k, const HostTensor& v, double scale,
+                                    std::vector<double>* lse = nullptr) {
   const Shape& s = q.shape();
   const std::int64_t bh = s[0] * s[1], t_len = s[2], dh = s[3];
   if (scale == 0) scale = 1.0 / std::sqrt(static_cast<double>(dh));
@@ -64,6 +66,7 @@ std::vector<double> naive_attention(const HostTensor& q, const HostTensor& k, co
         weights.push_back(std::exp(score * scale));
         total += weights.back();
       }
+      if (lse) lse->push_back(std::log(total));
       for (std::int64_t d = 0; d < dh; ++d) {
         double o = 0;
         for (std::int64_t u = 0; u <= t; ++u) o += weights[static_cast<std::size_t>(u)] / total * at(v, u, d);
@@ -127,8 +130,14 @@ TEST_CASE("attention matches a naive causal attention", "[cpu][nn][attention]") 
       for (double scale : {0.0, 0.7}) {
         HostTensor q = random_tensor(TensorType{dtype, shape}, rng), k = random_tensor(TensorType{dtype, shape}, rng),
                    v = random_tensor(TensorType{dtype, shape}, rng);
-        check_close(run_op1(OpKind::Attention, {q, k, v}, {{"scale", scale}}), naive_attention(q, k, v, scale),
-                    tolerance(dtype) * 10, "attention");
+        std::vector<double> lse;
+        std::vector<double> want = naive_attention(q, k, v, scale, &lse);
+        auto got = run_op(OpKind::Attention, {q, k, v}, {{"scale", scale}});
+        REQUIRE(got.size() == 2);
+        check_close(got[0], want, tolerance(dtype) * 10, "attention");
+        CHECK(got[1].dtype() == dtype);
+        CHECK(got[1].shape() == Shape{shape[0], shape[1], shape[2]});
+        check_close(got[1], lse, tolerance(dtype) * 10, "attention lse");
       }
     }
   }
@@ -147,7 +156,8 @@ TEST_CASE("attention_grad matches finite differences (f64)", "[cpu][nn][attentio
       for (int i = 0; i < 3; ++i) qkv.push_back(random_tensor(TensorType{DType::f64, shape}, rng));
       HostTensor dout = random_tensor(TensorType{DType::f64, shape}, rng);
       AttrList attrs{{"scale", scale}};
-      auto grads = run_op(OpKind::AttentionGrad, {qkv[0], qkv[1], qkv[2], dout}, attrs);
+      auto fwd = run_op(OpKind::Attention, qkv, attrs);
+      auto grads = run_op(OpKind::AttentionGrad, {qkv[0], qkv[1], qkv[2], fwd[0], fwd[1], dout}, attrs);
       REQUIRE(grads.size() == 3);
       const char* names[] = {"dq", "dk", "dv"};
       for (int i = 0; i < 3; ++i)
@@ -156,9 +166,11 @@ TEST_CASE("attention_grad matches finite differences (f64)", "[cpu][nn][attentio
   }
   // f32 agrees with f64.
   HostTensor q = random_tensor(TensorType{DType::f64, {1, 1, 4, 2}}, rng), dout = random_tensor(TensorType{DType::f64, {1, 1, 4, 2}}, rng);
-  auto g64 = run_op(OpKind::AttentionGrad, {q, q, q, dout}, {{"scale", 0.0}});
-  auto g32 = run_op(OpKind::AttentionGrad, {q.cast(DType::f32), q.cast(DType::f32), q.cast(DType::f32), dout.cast(DType::f32)},
-                    {{"scale", 0.0}});
+  auto f64 = run_op(OpKind::Attention, {q, q, q}, {{"scale", 0.0}});
+  auto g64 = run_op(OpKind::AttentionGrad, {q, q, q, f64[0], f64[1], dout}, {{"scale", 0.0}});
+  const HostTensor q32 = q.cast(DType::f32);
+  auto f32 = run_op(OpKind::Attention, {q32, q32, q32}, {{"scale", 0.0}});
+  auto g32 = run_op(OpKind::AttentionGrad, {q32, q32, q32, f32[0], f32[1], dout.cast(DType::f32)}, {{"scale", 0.0}});
   for (int i = 0; i < 3; ++i) check_close(g32[static_cast<std::size_t>(i)], g64[static_cast<std::size_t>(i)], 1e-5);
 }
 

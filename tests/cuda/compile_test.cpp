@@ -298,7 +298,7 @@ TEST_CASE("MOEJIT_DEBUG's kernel lines give each instantiation's config and its 
   attrs.set("tile_n", std::int64_t{8});
   attrs.set("tile_k", std::int64_t{8});
   b.output(b.op1(OpKind::GroupedMatmul, {xs, w, offsets}, attrs), "ys");
-  b.output(b.matmul(xs, b.input("v", {16, 4})), "zs");
+  b.output(b.matmul(xs, b.input("v", {16, 64})), "zs");  // N 64: not the narrow-N tile
   codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
   CHECK(codegen::describe_kernel_configs(module, "> ") ==
         "> mj::grouped_matmul_kernel<float, 16, 8, 8, 32>: tile 16x8x8 stages 1 threads 32 (attribute), 1 launch\n"

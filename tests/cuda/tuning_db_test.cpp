@@ -1,4 +1,8 @@
-// The tuning database's reading side (codegen/tuning_db.h), CI, no GPU:
+// The tuning database (codegen/tuning_db.h) and the tuning spaces
+// (codegen/tuning_space.h), CI, no GPU: problem collection from config B,
+// candidates within the target's limits and accepted by the families,
+// moe-tiling's tiles replaced by an entry while a user's win, the writer
+// round trip and merge; then the reading side:
 // bucket lookup, a valid entry changing the instantiated template arguments
 // of generate_module for the sm_90a named target (and the config's source
 // becoming "tuned"), an entry the family's checks refuse being ignored with a
@@ -13,18 +17,25 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 
 #include "codegen/cuda_codegen.h"
 #include "codegen/target.h"
 #include "codegen/tuning_db.h"
+#include "codegen/tuning_space.h"
+#include "codegen/kernels/gemm_sm90.cuh"
+#include "frontends/config.h"
+#include "frontends/trainer.h"
 #include "ir/builder.h"
+#include "passes/pass_manager.h"
 #include "ir/checked_file.h"
 #include "ir/file_io.h"
 
 using namespace moejit;
 using codegen::TuningDb;
 using codegen::TuningEntry;
+using codegen::TunedFields;
 
 namespace {
 
@@ -61,12 +72,24 @@ class CaptureStderr {
   std::streambuf* old_;
 };
 
+// The directory of this process's database files, removed at exit.
+const std::filesystem::path& test_dir() {
+  struct Dir {
+    std::filesystem::path path = std::filesystem::temp_directory_path() / fmt::format("moejit_tuning_db_test_{}", getpid());
+    ~Dir() {
+      std::error_code ec;
+      std::filesystem::remove_all(path, ec);
+    }
+  };
+  static const Dir dir;
+  return dir.path;
+}
+
 // A fresh path per call: the database is read once per path and process.
 std::string fresh_path(const std::string& what) {
   static int counter = 0;
-  auto dir = std::filesystem::temp_directory_path() / fmt::format("moejit_tuning_db_test_{}", getpid());
-  std::filesystem::create_directories(dir);
-  return (dir / fmt::format("{}_{}.json", what, counter++)).string();
+  std::filesystem::create_directories(test_dir());
+  return (test_dir() / fmt::format("{}_{}.json", what, counter++)).string();
 }
 
 std::size_t count(const std::string& text, const std::string& needle) {
@@ -131,6 +154,12 @@ TEST_CASE("tuning database: without MOEJIT_TUNING_DB the named targets find no s
   ScopedTuningDb none("");
   CHECK(codegen::tuning_db_path(hopper).empty());
   CHECK(codegen::tuning_db_for(hopper) == nullptr);
+  // MOEJIT_TUNING_DB=none: no database, whatever is shipped, and nothing to warn about.
+  ScopedTuningDb off("none");
+  CaptureStderr err;
+  CHECK(codegen::tuning_db_path(hopper).empty());
+  CHECK(codegen::tuning_db_for(hopper) == nullptr);
+  CHECK(err.text().empty());
 }
 
 TEST_CASE("tuning database: a valid sm90 entry sets tile_n and stages of the instantiation", "[cuda][tuning]") {
@@ -203,7 +232,7 @@ TEST_CASE("tuning database: a valid SIMT entry sets the tile of matmul_kernel", 
   CHECK(codegen::describe_kernel_configs(module, "").find("tile 32x32x8 stages 1 threads 64 (tuned)") != std::string::npos);
 }
 
-TEST_CASE("tuning database: a bad file is reported once and ignored; the source does not change", "[cuda][tuning]") {
+TEST_CASE("tuning database: a bad file is reported once and ignored and the source does not change", "[cuda][tuning]") {
   const Graph graph = matmul_graph(DType::bf16);
   std::string reference;
   {
@@ -269,4 +298,179 @@ TEST_CASE("tuning database: a bad file is reported once and ignored; the source 
     CHECK(codegen::emit_cuda_source(graph, hopper) == reference);
     CHECK(count(err.text(), "tuning database " + path + " does not exist: ignored") == 1);
   }
+}
+
+namespace {
+
+Graph after_cuda_pipeline(Graph graph) {
+  PassManager manager;
+  manager.add_pipeline(kCudaPipeline);
+  manager.run(graph);
+  return graph;
+}
+
+// The GEMM launches' configs of the graph's module (after the CUDA pipeline) on `target`.
+std::vector<codegen::TileConfig> gemm_configs(const Graph& graph, const codegen::Target& target) {
+  std::vector<codegen::TileConfig> configs;
+  for (const auto& step : codegen::generate_module(after_cuda_pipeline(graph), target).steps)
+    for (const auto& launch : step.launches)
+      if (launch.kind == codegen::Launch::Kind::kernel && launch.config.tile_m > 0) configs.push_back(launch.config);
+  return configs;
+}
+
+// xs [512, 128] x w [4, 128, 256] in bf16 through offsets: bucket m 2^9, n 2^8, k 2^7.
+Graph grouped_graph(bool user_tiles) {
+  Graph g("tuned_grouped");
+  Builder b(g);
+  Tensor xs = b.input("xs", {512, 128}, DType::bf16), w = b.param("w", {4, 128, 256}, DType::bf16);
+  Tensor offsets = b.input("offsets", {5}, DType::i32);
+  Tensor y = b.moe_grouped_matmul(xs, w, offsets);
+  if (user_tiles) {
+    Op& op = g.mutable_ops().back();
+    op.attrs.set("tile_m", std::int64_t{128});
+    op.attrs.set("tile_n", std::int64_t{64});
+    op.attrs.set("tile_k", std::int64_t{64});
+  }
+  b.output(y, "y");
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems derived by hand", "[cuda][tuning]") {
+  // Config B: T = 64 x 256 = 16384 tokens, K = 2 (32768 routed rows), D 384,
+  // F 1536, E 8, 6 layers, 6 heads (qkv 1152), vocabulary 65, bf16.
+  GptMoeConfig config;
+  config.vocab_size = 65;
+  config.n_layer = 6;
+  config.n_head = 6;
+  config.n_embd = 384;
+  config.block_size = 256;
+  config.batch_size = 64;
+  config.num_experts = 8;
+  config.top_k = 2;
+  config.d_expert = 1536;
+  validate_config(config);
+  const Graph graph = after_cuda_pipeline(build_training_graph(config, DType::bf16).graph);
+  std::map<std::string, int> got;
+  std::set<std::string> keys;
+  for (const auto& p : codegen::collect_tuning_problems(graph, hopper)) {
+    INFO(p.family << " " << p.label());
+    CHECK(got.emplace(p.family + " " + p.label(), p.uses).second);  // distinct
+    CHECK(p.key == codegen::gemm_tuning_key(p.family.c_str(), p.gemm));
+    // and each has its own database entry: the layout is in the kind
+    CHECK(keys.insert(fmt::format("{} {} {} {} {} {}", p.key.family, p.key.dtype, p.key.kind, p.key.m_log2, p.key.n_log2, p.key.k_log2)).second);
+  }
+  const std::map<std::string, int> expected = {
+      // experts, per layer: up (gather_matmul) and down (matmul_combine), their
+      // input gradients (W^T) and weight gradients
+      {"gemm_sm90 bf16 grouped m 32768 n 1536 k 384 x8", 6},
+      {"gemm_sm90 bf16 grouped m 32768 n 384 k 1536 x8", 6},
+      {"gemm_sm90 bf16 grouped m 32768 n 1536 k 384 x8 (W^T)", 6},
+      {"gemm_sm90 bf16 grouped m 32768 n 384 k 1536 x8 (W^T)", 6},
+      {"gemm_sm90 bf16 wgrad m 1536 n 384 k 32768 x8", 6},
+      {"gemm_sm90 bf16 wgrad m 384 n 1536 k 32768 x8", 6},
+      // attention: qkv and the output projection (nn::linear's [out, in] weights), data and weight gradients
+      {"gemm_sm90 bf16 matmul m 16384 n 1152 k 384 (A B^T)", 6},
+      {"gemm_sm90 bf16 matmul m 16384 n 384 k 1152", 6},
+      {"gemm_sm90 bf16 matmul m 1152 n 384 k 16384 (A^T B)", 6},
+      {"gemm_sm90 bf16 matmul m 16384 n 384 k 384 (A B^T)", 6},
+      {"gemm_sm90 bf16 matmul m 16384 n 384 k 384", 6},
+      {"gemm_sm90 bf16 matmul m 384 n 384 k 16384 (A^T B)", 6},
+      // the LM head (65 columns); its gradients have rows of 65 bf16, which the copy engine cannot address: SIMT
+      {"gemm_sm90 bf16 matmul m 16384 n 65 k 384 (A B^T)", 1},
+      {"matmul_simt bf16 matmul m 16384 n 384 k 65", 1},
+      {"matmul_simt bf16 matmul m 65 n 384 k 16384 (A^T B)", 1},
+      // the router, in f32 (mixed precision keeps it), and its gradients
+      {"matmul_simt f32 matmul m 16384 n 8 k 384", 6},
+      {"matmul_simt f32 matmul m 16384 n 384 k 8 (A B^T)", 6},
+      {"matmul_simt f32 matmul m 384 n 8 k 16384 (A^T B)", 6},
+  };
+  CHECK(got == expected);
+}
+
+TEST_CASE("tune: candidates fit the target and every one is taken by its family", "[cuda][tuning]") {
+  codegen::Target small = hopper;
+  small.shared_memory_per_block_optin = 160 * 1024;  // fewer stages fit
+  for (const codegen::Target& target : {hopper, small}) {
+    for (bool bf16 : {true, false}) {
+      const Graph graph = bf16 ? grouped_graph(false) : matmul_graph(DType::f32);
+      const auto problems = codegen::collect_tuning_problems(after_cuda_pipeline(graph), target);
+      REQUIRE(problems.size() == 1);
+      const codegen::TuningProblem& p = problems[0];
+      CHECK(p.family == (bf16 ? "gemm_sm90" : "matmul_simt"));
+      const auto candidates = codegen::find_tunable_family(p.family)->candidates(p, target);
+      REQUIRE(candidates.size() >= 2);
+      CHECK(candidates[0] == p.heuristic);
+      for (std::size_t i = 0; i < candidates.size(); ++i) {
+        const TunedFields& f = candidates[i];
+        INFO(codegen::fields_str(f));
+        for (std::size_t j = 0; j < i; ++j) CHECK_FALSE(candidates[j] == f);  // no duplicates
+        if (bf16) {
+          CHECK(moejit::sm90::smem_bytes(128, f.tile_n, 64, f.stages, 4) <= target.shared_memory_per_block_optin);
+        } else {
+          CHECK(f.tile_m * f.tile_n <= 64 * 64);
+          CHECK(f.tile_k * (f.tile_m + f.tile_n + 2) * 4 <= 48 * 1024);
+        }
+        // Under a database of this one entry, the family uses it as it is.
+        TuningDb db = db_for(target, {{p.key, f}});
+        codegen::ScopedTuningDbOverride only(&db);
+        const auto configs = gemm_configs(graph, target);
+        REQUIRE(configs.size() == 1);
+        CHECK(configs[0].source == codegen::TileConfig::Source::tuned);
+        CHECK(configs[0].tile_n == f.tile_n);
+        if (bf16) CHECK(configs[0].stages == f.stages);
+        else CHECK((configs[0].tile_m == f.tile_m && configs[0].tile_k == f.tile_k));
+      }
+    }
+  }
+  // The 160 KiB target drops the deepest 128- and 256-wide pipelines.
+  const auto p = codegen::collect_tuning_problems(after_cuda_pipeline(grouped_graph(false)), small).at(0);
+  CHECK(codegen::find_tunable_family("gemm_sm90")->candidates(p, small).size() <
+        codegen::find_tunable_family("gemm_sm90")->candidates(p, hopper).size());
+}
+
+TEST_CASE("tune: an entry replaces moe-tiling's tiles but a user's tile attributes win", "[cuda][tuning]") {
+  const TuningDb db = db_for(hopper, {{{"gemm_sm90", "bf16", "grouped", 9, 8, 7}, {.tile_n = 128, .stages = 5}}});
+  {
+    codegen::ScopedTuningDbOverride none(nullptr);
+    const auto heuristic = gemm_configs(grouped_graph(false), hopper);
+    REQUIRE(heuristic.size() == 1);
+    CHECK(heuristic[0].tile_n == 256);  // moe-tiling's choice for f = 256
+    CHECK(heuristic[0].note.find("moe-tiling's heuristic") != std::string::npos);
+  }
+  codegen::ScopedTuningDbOverride tuned(&db);
+  const auto configs = gemm_configs(grouped_graph(false), hopper);
+  REQUIRE(configs.size() == 1);
+  CHECK(configs[0].source == codegen::TileConfig::Source::tuned);
+  CHECK(configs[0].tile_n == 128);
+  CHECK(configs[0].stages == 5);
+  CHECK(configs[0].str().find("database, exact bucket") != std::string::npos);
+  const auto user = gemm_configs(grouped_graph(true), hopper);
+  REQUIRE(user.size() == 1);
+  CHECK(user[0].source == codegen::TileConfig::Source::attribute);
+  CHECK(user[0].tile_n == 64);
+}
+
+TEST_CASE("tune: the writer round-trips through the reader and merging replaces same keys", "[cuda][tuning]") {
+  TuningDb db = db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 128, .stages = 5}),
+                                entry("matmul_simt", "f32", 14, 3, 9, {.tile_m = 32, .tile_n = 16, .tile_k = 32})});
+  const std::string path = fresh_path("roundtrip");
+  codegen::write_tuning_db(path, db);
+  std::string problem;
+  auto back = codegen::read_tuning_db(path, hopper, problem);
+  INFO(problem);
+  REQUIRE(back);
+  CHECK(back->device == hopper.device_name);
+  CHECK(back->arch == hopper.arch);
+  REQUIRE(back->entries.size() == 2);
+  CHECK(back->entries[1].key == db.entries[1].key);
+  CHECK(back->entries[1].fields == db.entries[1].fields);
+  codegen::merge_tuning_entries(*back, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 64, .stages = 6}),
+                                        entry("gemm_sm90", "bf16", 10, 8, 8, {.tile_n = 256, .stages = 4})});
+  REQUIRE(back->entries.size() == 3);
+  CHECK(back->entries[0].fields == TunedFields{.tile_n = 64, .stages = 6});
+  CHECK(back->entries[2].key.m_log2 == 10);
+  CHECK_FALSE(codegen::read_tuning_db(fresh_path("absent"), hopper, problem));
+  CHECK(problem == "does not exist");
 }

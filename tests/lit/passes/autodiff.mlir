@@ -56,3 +56,21 @@ func.func @reuse(%x: tensor<3xf32>, %w: tensor<3xf32> {mj.role = "param"}) -> (t
   %3 = "mj.sum"(%2) {axes = [0], keepdims = false} : (tensor<3xf32>) -> tensor<f32>
   return %3 : tensor<f32>
 }
+
+// -----
+
+// The attention backward reads the forward's out (%0#0) and lse (%0#1)
+// instead of recomputing the row statistics; w is both k and v, so its
+// gradient is dk + dv.
+
+// CHECK-LABEL: func.func @attention(
+// CHECK: %0:2 = "mj.attention"(%x, %w, %w) {scale = 0.0{{.*}}} : {{.*}} -> (tensor<1x2x5x4xf32>, tensor<1x2x5xf32>)
+// CHECK: %[[G:[0-9]+]]:3 = "mj.attention_grad"(%x, %w, %w, %0#0, %0#1, %{{[0-9]+}})
+// CHECK: %[[DW:[0-9]+]] = "mj.add"(%[[G]]#1, %[[G]]#2)
+// CHECK: return %{{[0-9]+}}, %[[DW]] : tensor<f32>, tensor<1x2x5x4xf32>
+
+func.func @attention(%x: tensor<1x2x5x4xf32>, %w: tensor<1x2x5x4xf32> {mj.role = "param"}) -> (tensor<f32> {mj.name = "loss"}) {
+  %0:2 = "mj.attention"(%x, %w, %w) {scale = 0.0} : (tensor<1x2x5x4xf32>, tensor<1x2x5x4xf32>, tensor<1x2x5x4xf32>) -> (tensor<1x2x5x4xf32>, tensor<1x2x5xf32>)
+  %1 = "mj.sum"(%0#0) {axes = [0, 1, 2, 3], keepdims = false} : (tensor<1x2x5x4xf32>) -> tensor<f32>
+  return %1 : tensor<f32>
+}

@@ -8,9 +8,9 @@
 // CHECK-LABEL: func.func @moe_ffn(
 // CHECK-NEXT:    %[[T:[0-9]+]] = "mj.transpose"(%w_router)
 // CHECK-NEXT:    %[[R:[0-9]+]]:8 = "moe.route"(%x, %[[T]])
-// CHECK-NEXT:    %[[H:[0-9]+]] = "moe.gather_matmul"(%x, %w_up, %[[R]]#3, %[[R]]#4, %[[R]]#5) {tile_k = {{[0-9]+}} : i64, tile_m = {{[0-9]+}} : i64, tile_n = {{[0-9]+}} : i64, top_k = 2 : i64}
+// CHECK-NEXT:    %[[H:[0-9]+]] = "moe.gather_matmul"(%x, %w_up, %[[R]]#3, %[[R]]#4, %[[R]]#5) {mj.tiled_by = "moe-tiling", tile_k = {{[0-9]+}} : i64, tile_m = {{[0-9]+}} : i64, tile_n = {{[0-9]+}} : i64, top_k = 2 : i64}
 // CHECK-NEXT:    %[[A:[0-9]+]] = "mj.gelu"(%[[H]])
-// CHECK-NEXT:    %[[Y:[0-9]+]]:2 = "moe.matmul_combine"(%[[A]], %w_down, %[[R]]#4, %[[R]]#1, %[[R]]#5) {tile_k
+// CHECK-NEXT:    %[[Y:[0-9]+]]:2 = "moe.matmul_combine"(%[[A]], %w_down, %[[R]]#4, %[[R]]#1, %[[R]]#5) {mj.tiled_by = "moe-tiling", tile_k
 // CHECK-NEXT:    return %[[Y]]#0
 
 // DUMP: // -----// IR Dump After fuse-router-permute //----- //

@@ -1,0 +1,326 @@
+// The flash attention family (codegen/kernels/attention.cuh) on its own,
+// built by nvcc, before and beside the NVRTC path: forward (out, lse) and
+// backward (dq, dk, dv) against a double-precision CPU reference on random
+// bf16 data (T a multiple of no tile, T = 1, head dims 32/48/64/128 and one
+// that is not a multiple of 8, outputs poisoned with NaN first), then speed
+// (CUDA events, 5 warm-ups, median of 20) of the forward and of
+// forward + backward at the model's shapes.
+//
+//   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o attention_probe bench/attention_probe.cu
+//   ./attention_probe && python3 bench/torch_attention.py   # SDPA (flash) in the same run
+//
+// FLOPs (causal): forward 2 * 2 * B * H * T^2 * D / 2, backward 2.5 x the
+// forward. Exit code 1 if any check fails. Results: docs/perf.md.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "codegen/kernels/attention.cuh"
+
+#define CK(x)                                                                             \
+  do {                                                                                    \
+    cudaError_t e = (x);                                                                  \
+    if (e != cudaSuccess) {                                                               \
+      printf("CUDA %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__);            \
+      exit(1);                                                                            \
+    }                                                                                     \
+  } while (0)
+
+using mj::bf16_t;
+using mj::FlashTile;
+
+static unsigned short f2bf(float f) {
+  unsigned u;
+  memcpy(&u, &f, 4);
+  u += 0x7FFF + ((u >> 16) & 1);
+  return (unsigned short)(u >> 16);
+}
+static float bf2f(unsigned short b) {
+  unsigned u = (unsigned)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+struct Problem {
+  int B, H, T, D;
+  long long elems() const { return (long long)B * H * T * D; }
+  long long rows() const { return (long long)B * H * T; }
+  double fwd_flops() const { return 2.0 * 2.0 * B * H * (double)T * T * D / 2.0; }
+};
+
+struct DeviceBuffers {
+  bf16_t *q, *k, *v, *out, *dout, *dq, *dk, *dv;
+  float *lse, *delta;
+};
+
+template <int DP> void set_smem_limits() {
+  CK(cudaFuncSetAttribute(mj::flash_attention_fwd_kernel<bf16_t, DP, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                          FlashTile::fwd_smem(DP, 1)));
+  if constexpr (DP <= 64)
+    CK(cudaFuncSetAttribute(mj::flash_attention_fwd_kernel<bf16_t, DP, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            FlashTile::fwd_smem(DP, 2)));
+  CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                          FlashTile::bwd_dq_smem(DP, 1)));
+  if constexpr (DP <= 64)
+    CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            FlashTile::bwd_dq_smem(DP, 2)));
+  CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                          FlashTile::bwd_dkdv_smem(DP)));
+}
+
+// The forward with MF 16-row fragments per warp; mf 0 means the family's
+// choice (FlashTile::fwd_fragments), what the library launches.
+template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffers& b, float scale) {
+  mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale};
+  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  mj::flash_attention_fwd_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP, MF)>>>(a);
+}
+static int forced_fragments = 0;
+template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, float scale) {
+  const int mf = forced_fragments ? forced_fragments : FlashTile::fwd_fragments(DP, p.T);
+  if constexpr (DP <= 64) {  // two fragments of wider heads would not fit the registers
+    if (mf == 2) return launch_fwd_mf<DP, 2>(p, b, scale);
+  }
+  launch_fwd_mf<DP, 1>(p, b, scale);
+}
+static int forced_dq_fragments = 0;
+template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& b, float scale) {
+  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q, b.k, b.v, b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale};
+  mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
+}
+template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, float scale) {
+  dim3 grid((p.T + FlashTile::kRows - 1) / FlashTile::kRows, p.B * p.H);
+  const int mf = forced_dq_fragments ? forced_dq_fragments : FlashTile::dq_fragments(DP);
+  bool launched = false;
+  if constexpr (DP <= 64) {
+    if (mf == 2) {
+      launch_dq<DP, 2>(p, b, scale);
+      launched = true;
+    }
+  }
+  if (!launched) launch_dq<DP, 1>(p, b, scale);
+  mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale};
+  mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP)>>>(ka);
+}
+void launch(const Problem& p, const DeviceBuffers& b, float scale, bool backward) {
+  switch (FlashTile::padded_dim(p.D)) {
+    case 32: backward ? launch_bwd<32>(p, b, scale) : launch_fwd<32>(p, b, scale); break;
+    case 64: backward ? launch_bwd<64>(p, b, scale) : launch_fwd<64>(p, b, scale); break;
+    case 96: backward ? launch_bwd<96>(p, b, scale) : launch_fwd<96>(p, b, scale); break;
+    default: backward ? launch_bwd<128>(p, b, scale) : launch_fwd<128>(p, b, scale); break;
+  }
+  CK(cudaGetLastError());
+}
+
+DeviceBuffers alloc(const Problem& p) {
+  DeviceBuffers b;
+  size_t bytes = p.elems() * 2;
+  bf16_t** tensors[] = {&b.q, &b.k, &b.v, &b.out, &b.dout, &b.dq, &b.dk, &b.dv};
+  for (bf16_t** t : tensors) {
+    CK(cudaMalloc((void**)t, bytes));
+    CK(cudaMemset(*t, 0xFF, bytes));  // NaN: an element no kernel writes shows
+  }
+  CK(cudaMalloc((void**)&b.lse, p.rows() * 4));
+  CK(cudaMalloc((void**)&b.delta, p.rows() * 4));
+  CK(cudaMemset(b.lse, 0xFF, p.rows() * 4));
+  return b;
+}
+void release(DeviceBuffers& b) {
+  void* all[] = {b.q, b.k, b.v, b.out, b.dout, b.dq, b.dk, b.dv, b.lse, b.delta};
+  for (void* x : all) CK(cudaFree(x));
+}
+
+// Reference of one (batch, head) in double from the bf16 inputs: out, lse,
+// then the gradients from the rounded out (as the kernels see it).
+void reference(const float* q, const float* k, const float* v, const float* dout, int T, int D, double scale, std::vector<double>& out,
+               std::vector<double>& lse, std::vector<double>& dq, std::vector<double>& dk, std::vector<double>& dv) {
+  out.assign((size_t)T * D, 0.0);
+  lse.assign(T, 0.0);
+  dq.assign((size_t)T * D, 0.0);
+  dk.assign((size_t)T * D, 0.0);
+  dv.assign((size_t)T * D, 0.0);
+  std::vector<double> p(T), dp(T);
+  for (int t = 0; t < T; ++t) {
+    double mx = -1e300;
+    for (int s = 0; s <= t; ++s) {
+      double dot = 0;
+      for (int d = 0; d < D; ++d) dot += (double)q[t * D + d] * k[s * D + d];
+      p[s] = dot * scale;
+      mx = std::max(mx, p[s]);
+    }
+    double sum = 0;
+    for (int s = 0; s <= t; ++s) sum += std::exp(p[s] - mx);
+    lse[t] = mx + std::log(sum);
+    for (int s = 0; s <= t; ++s) p[s] = std::exp(p[s] - lse[t]);
+    for (int s = 0; s <= t; ++s)
+      for (int d = 0; d < D; ++d) out[(size_t)t * D + d] += p[s] * v[s * D + d];
+    double delta = 0;
+    for (int d = 0; d < D; ++d) delta += (double)bf2f(f2bf((float)out[(size_t)t * D + d])) * dout[t * D + d];
+    for (int s = 0; s <= t; ++s) {
+      double x = 0;
+      for (int d = 0; d < D; ++d) x += (double)dout[t * D + d] * v[s * D + d];
+      double ds = p[s] * (x - delta) * scale;
+      for (int d = 0; d < D; ++d) {
+        dv[(size_t)s * D + d] += p[s] * dout[t * D + d];
+        dq[(size_t)t * D + d] += ds * k[s * D + d];
+        dk[(size_t)s * D + d] += ds * q[t * D + d];
+      }
+    }
+  }
+}
+
+// max |got - want| / max(max |want|, 0.01) over one tensor (NaN counts as
+// failure). The floor: at T = 1 softmax has one element and dq = dk = 0
+// exactly, where the kernels leave f32 rounding residue (~1e-7).
+struct Error {
+  double worst = 0, scale = 0;
+  bool nan = false;
+  void add(double got, double want) {
+    if (!(got == got)) nan = true;
+    worst = std::max(worst, std::fabs(got - want));
+    scale = std::max(scale, std::fabs(want));
+  }
+  double rel() const { return nan ? INFINITY : worst / std::max(scale, 1e-2); }
+};
+
+bool check(const Problem& p, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const long long n = p.elems();
+  std::vector<unsigned short> hq(n), hk(n), hv(n), hdo(n);
+  for (auto* t : {&hq, &hk, &hv, &hdo})
+    for (auto& x : *t) x = f2bf(normal(rng));
+  DeviceBuffers b = alloc(p);
+  CK(cudaMemcpy(b.q, hq.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.k, hk.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.v, hv.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.dout, hdo.data(), n * 2, cudaMemcpyHostToDevice));
+  const double scale = 1.0 / std::sqrt((double)p.D);
+  launch(p, b, (float)scale, false);
+  launch(p, b, (float)scale, true);
+  CK(cudaDeviceSynchronize());
+  std::vector<unsigned short> gout(n), gdq(n), gdk(n), gdv(n);
+  std::vector<float> glse(p.rows());
+  CK(cudaMemcpy(gout.data(), b.out, n * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(gdq.data(), b.dq, n * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(gdk.data(), b.dk, n * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(gdv.data(), b.dv, n * 2, cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(glse.data(), b.lse, p.rows() * 4, cudaMemcpyDeviceToHost));
+  release(b);
+
+  Error eo, el, edq, edk, edv;
+  const int T = p.T, D = p.D;
+  std::vector<float> fq(T * D), fk(T * D), fv(T * D), fdo(T * D);
+  std::vector<double> out, lse, dq, dk, dv;
+  for (int bh = 0; bh < p.B * p.H; ++bh) {
+    const long long base = (long long)bh * T * D;
+    for (int i = 0; i < T * D; ++i) {
+      fq[i] = bf2f(hq[base + i]);
+      fk[i] = bf2f(hk[base + i]);
+      fv[i] = bf2f(hv[base + i]);
+      fdo[i] = bf2f(hdo[base + i]);
+    }
+    reference(fq.data(), fk.data(), fv.data(), fdo.data(), T, D, scale, out, lse, dq, dk, dv);
+    for (int i = 0; i < T * D; ++i) {
+      eo.add(bf2f(gout[base + i]), out[i]);
+      edq.add(bf2f(gdq[base + i]), dq[i]);
+      edk.add(bf2f(gdk[base + i]), dk[i]);
+      edv.add(bf2f(gdv[base + i]), dv[i]);
+    }
+    for (int t = 0; t < T; ++t) el.add(glse[(long long)bh * T + t], lse[t]);
+  }
+  // bf16 outputs: one rounding (2^-9 relative) plus f32 sums of bf16 products.
+  const double tol = 2e-2;
+  bool ok = eo.rel() < tol && el.rel() < 1e-4 && edq.rel() < tol && edk.rel() < tol && edv.rel() < tol;
+  printf("check B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max(max |ref|, 0.01)) %s\n", p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
+         edq.rel(), edk.rel(), edv.rel(), ok ? "ok" : "FAILED");
+  return ok;
+}
+
+float median(std::vector<float> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void bench(const Problem& p) {
+  DeviceBuffers b = alloc(p);
+  const long long n = p.elems();
+  std::vector<unsigned short> h(n);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (bf16_t* t : {b.q, b.k, b.v, b.dout}) {
+    for (auto& x : h) x = f2bf(normal(rng));
+    CK(cudaMemcpy(t, h.data(), n * 2, cudaMemcpyHostToDevice));
+  }
+  const float scale = 1.f / std::sqrt((float)p.D);
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  auto time = [&](bool backward) {
+    std::vector<float> ms;
+    for (int i = 0; i < 25; ++i) {
+      CK(cudaEventRecord(e0));
+      launch(p, b, scale, false);
+      if (backward) launch(p, b, scale, true);
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float t;
+      CK(cudaEventElapsedTime(&t, e0, e1));
+      if (i >= 5) ms.push_back(t);
+    }
+    return median(ms) * 1e3f;  // us
+  };
+  float fwd = time(false), both = time(true);
+  printf("moejit flash B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", p.B, p.H, p.T, p.D, fwd,
+         p.fwd_flops() / fwd * 1e-6, both, 3.5 * p.fwd_flops() / both * 1e-6);
+  // The forward's two tile shapes side by side (which one the family picks: FlashTile::fwd_fragments).
+  for (int mf : {1, 2}) {
+    if (mf == 2 && p.D > 64) continue;
+    forced_fragments = mf;
+    float t = time(false);
+    printf("    forward with %d-row warps (%d-query blocks): %8.1f us %6.1f TFLOP/s\n", 16 * mf, 64 * mf, t, p.fwd_flops() / t * 1e-6);
+  }
+  forced_fragments = 0;
+  if (p.D <= 64) {
+    for (int mf : {1, 2}) {
+      forced_dq_fragments = mf;
+      float t = time(true);
+      printf("    fwd+bwd with %d-row warps in the dq kernel: %8.1f us %6.1f TFLOP/s\n", 16 * mf, t, 3.5 * p.fwd_flops() / t * 1e-6);
+    }
+    forced_dq_fragments = 0;
+  }
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  release(b);
+}
+
+int main() {
+  set_smem_limits<32>();
+  set_smem_limits<64>();
+  set_smem_limits<96>();
+  set_smem_limits<128>();
+  bool ok = true;
+  const Problem checks[] = {{1, 2, 1, 64},  {1, 2, 77, 32},  {2, 1, 130, 64}, {1, 1, 200, 128}, {1, 2, 64, 48},
+                            {1, 1, 33, 20}, {1, 1, 300, 96}, {2, 2, 256, 64}, {1, 1, 1100, 64}};
+  for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
+  for (int mf : {1, 2}) {  // each forward and dq tile shape, whatever the family picks
+    forced_fragments = mf;
+    forced_dq_fragments = mf;
+    ok = check({1, 2, 77, 32}, 99u) && ok;
+    ok = check({1, 1, 300, 64}, 98u) && ok;
+  }
+  forced_fragments = 0;
+  forced_dq_fragments = 0;
+  const Problem speed[] = {{64, 6, 256, 64}, {16, 6, 1024, 64}, {16, 6, 1024, 128}, {2, 6, 4096, 64}};
+  for (const Problem& p : speed) bench(p);
+  printf(ok ? "all checks passed\n" : "SOME CHECKS FAILED\n");
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,214 @@
+// The tunable kernel families and their spaces (see tuning_space.h).
+//
+// gemm_sm90 (codegen/kernels/gemm_sm90.cuh): tile 128 x tile_n x 64 with
+//   tile_n 64, 128 or 256 and 4 to 6 pipeline stages, where
+//   sm90::smem_bytes (the stages, the C staging boxes, the barriers and one
+//   offset per group) fits the target's shared memory opt-in. The entry sets
+//   tile_n and stages.
+// matmul_simt (codegen/kernels/matmul.cuh): tile_m and tile_n in {16, 32, 64,
+//   128} (8 too along a dimension of at most 8; none above the dimension's
+//   next power of two) with at most 64 x 64 outputs per block and at least
+//   256 (smaller tiles waste the block), tile_k 16 or 32 (for k < 32: 16,
+//   or 8 and 16 for k <= 8), with the two staged slices within 48 KiB of
+//   static shared memory (gemm_select.cpp's rules). The entry sets tile_m,
+//   tile_n, tile_k; the threads follow from the tile.
+#include "codegen/tuning_space.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+#include "codegen/kernels/gemm_sm90.cuh"
+#include "ir/builder.h"
+#include "ir/error.h"
+#include "ir/op_table.h"
+
+namespace moejit::codegen {
+
+namespace {
+
+// The fields of a chosen config that the family's entries set.
+TunedFields sm90_fields(const TileConfig& c) { return TunedFields{.tile_n = c.tile_n, .stages = c.stages}; }
+TunedFields simt_fields(const TileConfig& c) { return TunedFields{.tile_m = c.tile_m, .tile_n = c.tile_n, .tile_k = c.tile_k}; }
+
+// The GEMM problem of `op` when choose_gemm (without a database) picks `family` for it.
+std::optional<TuningProblem> gemm_problem_in(GemmFamily family, const Graph& graph, const Op& op, const Target& target) {
+  std::optional<GemmProblem> gemm = gemm_problem_of(graph, op);
+  if (!gemm) return std::nullopt;
+  GemmChoice choice;
+  {
+    ScopedTuningDbOverride no_database(nullptr);
+    choice = choose_gemm(graph, op, *gemm, target);
+  }
+  if (choice.family != family) return std::nullopt;
+  TuningProblem p;
+  p.family = gemm_family_name(family);
+  p.key = gemm_tuning_key(gemm_family_name(family), *gemm);
+  p.gemm = *gemm;
+  p.heuristic = family == GemmFamily::sm90 ? sm90_fields(choice.config) : simt_fields(choice.config);
+  p.flops = 2.0 * static_cast<double>(gemm->m) * static_cast<double>(gemm->n) * static_cast<double>(gemm->k) *
+            static_cast<double>(gemm->kind == GemmProblem::Kind::matmul ? gemm->batch : 1);
+  p.uses = 1;
+  return p;
+}
+
+std::optional<TuningProblem> sm90_problem(const Graph& graph, const Op& op, const Target& target) {
+  return gemm_problem_in(GemmFamily::sm90, graph, op, target);
+}
+std::optional<TuningProblem> simt_problem(const Graph& graph, const Op& op, const Target& target) {
+  return gemm_problem_in(GemmFamily::simt, graph, op, target);
+}
+
+// The heuristic's fields first, then the rest of the space without it.
+std::vector<TunedFields> heuristic_first(const TuningProblem& p, const std::vector<TunedFields>& space) {
+  std::vector<TunedFields> out = {p.heuristic};
+  for (const auto& f : space)
+    if (!(f == p.heuristic)) out.push_back(f);
+  return out;
+}
+
+std::vector<TunedFields> sm90_candidates(const TuningProblem& p, const Target& target) {
+  const std::int64_t groups = p.gemm.kind == GemmProblem::Kind::matmul ? 1 : p.gemm.batch;
+  std::vector<TunedFields> space;
+  for (int tile_n : {64, 128, 256})
+    for (int stages : {4, 5, 6})
+      if (sm90::smem_bytes(128, tile_n, 64, stages, groups) <= target.shared_memory_per_block_optin)
+        space.push_back({.tile_n = tile_n, .stages = stages});
+  return heuristic_first(p, space);
+}
+
+// The SIMT tile sizes worth trying along a dimension of `d`: 16 to 128, none
+// above the dimension's next power of two (it would only add idle
+// threads), and 8 too for a dimension of at most 8 (a router's experts).
+std::vector<int> simt_sizes(std::int64_t d) {
+  std::int64_t pow2 = 1;
+  while (pow2 < d) pow2 *= 2;
+  std::vector<int> sizes;
+  for (int s : {8, 16, 32, 64, 128})
+    if ((s >= 16 || d <= 8) && s <= std::max<std::int64_t>(16, pow2)) sizes.push_back(s);
+  return sizes;
+}
+
+std::vector<TunedFields> simt_candidates(const TuningProblem& p, const Target&) {
+  const int acc_bytes = p.gemm.dtype == DType::f64 ? 8 : 4;
+  const std::vector<int> ks = p.gemm.k >= 32 ? std::vector<int>{16, 32} : simt_sizes(p.gemm.k);
+  std::vector<TunedFields> space;
+  for (int tile_m : simt_sizes(p.gemm.m))
+    for (int tile_n : simt_sizes(p.gemm.n))
+      for (int tile_k : ks) {
+        if (tile_m * tile_n > 64 * 64 || tile_m * tile_n < 256) continue;  // larger: halved to 64 x 64 anyway
+        if (tile_k * (tile_m + 1 + tile_n + 1) * acc_bytes > 48 * 1024) continue;  // static shared memory
+        space.push_back({.tile_m = tile_m, .tile_n = tile_n, .tile_k = tile_k});
+      }
+  return heuristic_first(p, space);
+}
+
+// One op `kind` of `operands` (names and types) with `attrs`, its result the output "out".
+Graph one_op_graph(OpKind kind, const std::vector<std::pair<std::string, TensorType>>& operands, AttrList attrs) {
+  Graph g("moejit_tune");
+  std::vector<ValueId> ids;
+  std::vector<TensorType> types;
+  for (const auto& [name, type] : operands) {
+    ids.push_back(g.add_arg(name, type, name == "w" || name == "b" ? ArgRole::param : ArgRole::input));
+    types.push_back(type);
+  }
+  std::string error;
+  auto results = infer_op(kind, types, attrs, &error);
+  if (!results) throw Error(fmt::format("moejit tune: the one-op graph of \"{}\" is invalid: {}", op_name(kind), error));
+  auto out = g.add_op(kind, std::move(ids), std::move(attrs), std::move(*results));
+  g.add_output(out.at(0), "out");
+  return g;
+}
+
+// The problem's op alone: mj.matmul, moe.grouped_matmul (a gathered problem
+// runs the same GEMM after its copy) or moe.grouped_matmul_wgrad.
+Graph gemm_problem_graph(const TuningProblem& p) {
+  const GemmProblem& g = p.gemm;
+  const DType t = g.dtype;
+  AttrList attrs;
+  switch (g.kind) {
+    case GemmProblem::Kind::matmul: {
+      Shape a = g.a_k_major ? Shape{g.m, g.k} : Shape{g.k, g.m};
+      if (g.batch > 1) a.insert(a.begin(), g.batch);
+      attrs.set("transpose_a", !g.a_k_major);
+      attrs.set("transpose_b", g.b_k_major);
+      return one_op_graph(OpKind::Matmul, {{"a", TensorType{t, a}}, {"b", TensorType{t, g.b_k_major ? Shape{g.n, g.k} : Shape{g.k, g.n}}}},
+                          std::move(attrs));
+    }
+    case GemmProblem::Kind::grouped:
+      attrs.set("transpose_w", g.b_k_major);
+      return one_op_graph(OpKind::GroupedMatmul,
+                          {{"xs", TensorType{t, {g.m, g.k}}},
+                           {"w", TensorType{t, g.b_k_major ? Shape{g.batch, g.n, g.k} : Shape{g.batch, g.k, g.n}}},
+                           {"offsets", TensorType{DType::i32, {g.batch + 1}}}},
+                          std::move(attrs));
+    case GemmProblem::Kind::wgrad:
+      return one_op_graph(OpKind::GroupedMatmulWgrad,
+                          {{"xs", TensorType{t, {g.k, g.m}}}, {"dys", TensorType{t, {g.k, g.n}}}, {"offsets", TensorType{DType::i32, {g.batch + 1}}}},
+                          std::move(attrs));
+  }
+  throw Error("moejit tune: unknown GEMM problem kind");
+}
+
+}  // namespace
+
+std::string TuningProblem::label() const {
+  const GemmProblem& g = gemm;
+  std::string text = fmt::format("{} {} m {} n {} k {}", dtype_name(g.dtype), gemm_kind_name(g.kind), g.m, g.n, g.k);
+  if (g.kind == GemmProblem::Kind::matmul) {
+    if (g.batch > 1) text += fmt::format(" batch {}", g.batch);
+    if (!g.a_k_major || g.b_k_major) text += fmt::format(" ({}{})", g.a_k_major ? "A" : "A^T", g.b_k_major ? " B^T" : " B");
+  } else {
+    text += fmt::format(" x{}", g.batch);
+    if (g.b_k_major) text += " (W^T)";
+  }
+  return text;
+}
+
+std::string fields_str(const TunedFields& f) {
+  std::vector<std::string> parts;
+  if (f.tile_m || f.tile_k) parts.push_back(fmt::format("tile {}x{}x{}", f.tile_m, f.tile_n, f.tile_k));
+  else if (f.tile_n) parts.push_back(fmt::format("tile_n {}", f.tile_n));
+  if (f.stages) parts.push_back(fmt::format("stages {}", f.stages));
+  if (f.threads) parts.push_back(fmt::format("threads {}", f.threads));
+  if (f.split_k) parts.push_back(fmt::format("split_k {}", f.split_k));
+  return parts.empty() ? "(family default)" : fmt::format("{}", fmt::join(parts, " "));
+}
+
+const std::vector<TunableFamily>& tunable_families() {
+  static const std::vector<TunableFamily> families = {
+      {"gemm_sm90", "tile 128 x {64, 128, 256} x 64, stages 4-6 within the shared memory opt-in", sm90_problem, sm90_candidates,
+       gemm_problem_graph},
+      {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", simt_problem,
+       simt_candidates, gemm_problem_graph},
+  };
+  return families;
+}
+
+const TunableFamily* find_tunable_family(std::string_view name) {
+  for (const auto& f : tunable_families())
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+std::vector<TuningProblem> collect_tuning_problems(const Graph& graph, const Target& target) {
+  std::vector<TuningProblem> problems;
+  std::map<std::string, std::size_t> index;  // family + label -> problems[i]
+  for (const Op& op : graph.ops())
+    for (const auto& family : tunable_families()) {
+      std::optional<TuningProblem> p = family.problem_of(graph, op, target);
+      if (!p) continue;
+      const std::string id = p->family + " " + p->label();
+      if (auto it = index.find(id); it != index.end()) {
+        ++problems[it->second].uses;
+      } else {
+        index.emplace(id, problems.size());
+        problems.push_back(std::move(*p));
+      }
+    }
+  std::stable_sort(problems.begin(), problems.end(), [](const TuningProblem& a, const TuningProblem& b) { return a.flops > b.flops; });
+  return problems;
+}
+
+}  // namespace moejit::codegen

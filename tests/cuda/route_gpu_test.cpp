@@ -1,0 +1,208 @@
+// The fused router on the GPU (route_kernel + dispatch scan/scatter +
+// permute, codegen/emit_moe.cpp fused_route) against the CPU backend's
+// moe.route: odd token counts, E in {1, 8, 64, 128, 256} (and a few that are
+// no power of two), K in {1, 2, 8, E}, softmax and sigmoid scores, both
+// orders, with and without a bias, capacity and block padding on and off.
+//
+// The inputs are dyadic (x in {-1, -1/2, 0, 1/2, 1}, w_router and bias
+// multiples of 1/8 in [-1/2, 1/2]): every product and partial sum of the
+// router is exact in f32, so the GPU's f32 logits equal the CPU's
+// double-accumulated ones bit for bit, and the routing (experts, slots,
+// offsets, positions, counts) must then be exactly the CPU's. The small value
+// set also makes many exact ties among the experts, which exercises the tie
+// rule (the lower expert first). The weights are compared within f32
+// tolerance. Without a GPU each test prints SKIPPED.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <random>
+
+#include "codegen/cuda_codegen.h"
+#include "cuda/cuda_test_util.h"
+#include "cuda/ptx_check.h"
+#include "ir/builder.h"
+#include "passes/pass_manager.h"
+#include "runtime/backend.h"
+#include "runtime/cuda/cuda_backend.h"
+
+using namespace moejit;
+
+namespace {
+
+using Values = std::map<std::string, HostTensor>;
+
+struct RouteCase {
+  std::int64_t tokens, width, experts, top_k;
+  std::string score = "softmax", order = "softmax_then_topk";
+  bool normalize = true, bias = false;
+  double capacity_factor = 0.0;
+  std::int64_t block = 1;
+  DType dtype = DType::f32;
+
+  std::string str() const {
+    return fmt::format("T{} D{} E{} K{} {} {}{}{} capacity {} block {} {}", tokens, width, experts, top_k, score, order,
+                       normalize ? " normalized" : "", bias ? " bias" : "", capacity_factor, block, dtype_name(dtype));
+  }
+};
+
+// The routing chain, fused into one moe.route, with every result an output
+// (or, with keep_xs false, every result but xs, which nothing reads).
+Graph make_route_graph(const RouteCase& c, bool keep_xs = true) {
+  Graph graph("route");
+  Builder b(graph);
+  Tensor x = b.input("x", {c.tokens, c.width}, c.dtype);
+  Tensor w = b.param("w_router", {c.width, c.experts}, c.dtype);
+  Tensor bias_value;
+  if (c.bias) bias_value = b.param("bias", {c.experts}, c.dtype);
+  Tensor logits = b.matmul(x, w);
+  auto [weights, experts] = b.moe_gate(logits, {.top_k = c.top_k, .score = c.score, .order = c.order, .normalize = c.normalize},
+                                       c.bias ? &bias_value : nullptr);
+  auto [slots, offsets, positions, counts] =
+      b.moe_dispatch(experts, {.num_experts = c.experts, .capacity_factor = c.capacity_factor, .block = c.block});
+  if (keep_xs) b.output(b.moe_permute(x, slots, c.top_k), "xs");
+  b.output(logits, "logits");
+  b.output(weights, "weights");
+  b.output(experts, "experts");
+  b.output(slots, "slots");
+  b.output(offsets, "offsets");
+  b.output(positions, "positions");
+  b.output(counts, "counts");
+  run_pipeline(graph, "fuse-router-permute");
+  int routes = 0;
+  for (const Op& op : graph.ops()) routes += op.kind == OpKind::Route;
+  REQUIRE(routes == 1);
+  return graph;
+}
+
+// Dyadic arguments (see the file comment).
+Values dyadic_args(const Graph& graph, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Values args;
+  for (const auto& arg : graph.args()) {
+    const auto& info = graph.value(arg.value);
+    HostTensor t(info.type);
+    for (std::int64_t i = 0; i < t.numel(); ++i) {
+      double v = info.name == "x" ? static_cast<double>(std::uniform_int_distribution<int>(-2, 2)(rng)) / 2.0
+                                  : static_cast<double>(std::uniform_int_distribution<int>(-4, 4)(rng)) / 8.0;
+      t.set(i, v);
+    }
+    args.emplace(info.name, std::move(t));
+  }
+  return args;
+}
+
+Values run_graph(Backend& backend, const Graph& graph, const Values& args) {
+  auto exe = backend.compile(graph);
+  for (const auto& [name, value] : args) exe->set(name, value);
+  exe->run();
+  Values result;
+  for (const auto& out : graph.outputs()) result.emplace(out.name, exe->get(out.name));
+  return result;
+}
+
+// The first element where got and want differ, or -1.
+std::int64_t first_difference(const HostTensor& got, const HostTensor& want) {
+  for (std::int64_t i = 0; i < want.numel(); ++i)
+    if (got.get(i) != want.get(i)) return i;
+  return -1;
+}
+
+void check_route(Backend& cpu, Backend& cuda, const RouteCase& c, std::uint64_t seed) {
+  INFO(c.str());
+  Graph graph = make_route_graph(c);
+  Values args = dyadic_args(graph, seed);
+  Values want = run_graph(cpu, graph, args);
+  Values got = run_graph(cuda, graph, args);
+  for (const char* name : {"logits", "experts", "slots", "offsets", "positions", "counts", "xs"}) {
+    if (!want.count(name)) continue;
+    const HostTensor& g = got.at(name);
+    const HostTensor& w = want.at(name);
+    REQUIRE(g.type() == w.type());
+    std::int64_t at = first_difference(g, w);
+    INFO(fmt::format("{}: first difference at element {} (gpu {}, cpu {})", name, at, at >= 0 ? g.get(at) : 0.0,
+                     at >= 0 ? w.get(at) : 0.0));
+    CHECK(at == -1);
+  }
+  double err = cuda_test::normalized_error(got.at("weights"), want.at("weights"));
+  INFO(fmt::format("weights: normalized error {:.3g}", err));
+  CHECK(err <= cuda_test::tolerance(c.dtype));
+}
+
+std::string kernels_of(const codegen::ModuleCode& module) {
+  std::string all;
+  for (const auto& k : module.kernels) all += k + "\n";
+  return all;
+}
+
+}  // namespace
+
+TEST_CASE("moe.route emits the fused router up to 256 experts, and permutes only a read xs", "[cuda][nvrtc][route]") {
+  const codegen::Target hopper = codegen::Target::named("sm_90a");
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    INFO(dtype_name(dtype));
+    RouteCase c{.tokens = 100, .width = 64, .experts = 256, .top_k = 8, .bias = true, .dtype = dtype};
+    codegen::ModuleCode with_xs = codegen::generate_module(make_route_graph(c), hopper);
+    std::string kernels = kernels_of(with_xs);
+    INFO(kernels);
+    CHECK(kernels.find("route_kernel") != std::string::npos);
+    CHECK(kernels.find("permute_kernel") != std::string::npos);
+    CHECK(kernels.find("gate_kernel") == std::string::npos);
+    CHECK(kernels.find("dispatch_count_kernel") == std::string::npos);
+    cuda_test::compile_to_ptx(with_xs, "route", "compute_90a");
+    std::string without_xs = kernels_of(codegen::generate_module(make_route_graph(c, false), hopper));
+    CHECK(without_xs.find("route_kernel") != std::string::npos);
+    CHECK(without_xs.find("permute_kernel") == std::string::npos);
+    // More experts: the router product, then the unfused gate and dispatch
+    // (bf16 through the sm90 GEMM family on sm_90a).
+    c.experts = 320;
+    codegen::ModuleCode wide = codegen::generate_module(make_route_graph(c), hopper);
+    std::string wide_kernels = kernels_of(wide);
+    INFO(wide_kernels);
+    CHECK(wide_kernels.find("route_kernel") == std::string::npos);
+    CHECK(wide_kernels.find("gate_kernel") != std::string::npos);
+    CHECK(wide_kernels.find("dispatch_count_kernel") != std::string::npos);
+    cuda_test::compile_to_ptx(wide, "wide_route", "compute_90a");
+  }
+}
+
+TEST_CASE("gpu: the fused router matches the CPU's moe.route exactly in its integer results", "[cuda][gpu][route]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  // Each (E, K) pair once, the other options cycling so that every option
+  // meets several expert counts; widths that are (and are not) a multiple
+  // of the kernel's 4-element vector loads and 32-wide slices.
+  std::vector<std::pair<std::int64_t, std::int64_t>> experts_and_k = {
+      {1, 1}, {8, 1}, {8, 2}, {8, 8}, {64, 1}, {64, 2}, {64, 8}, {64, 64}, {128, 1}, {128, 2}, {128, 8}, {128, 128},
+      {256, 1}, {256, 2}, {256, 8}, {256, 256}, {5, 2}, {37, 3}, {200, 8}};
+  const std::int64_t widths[] = {40, 37, 96, 130};
+  int n = 0;
+  for (const auto& [E, K] : experts_and_k) {
+    RouteCase c{.tokens = 257 + 2 * n, .width = widths[n % 4], .experts = E, .top_k = K};
+    c.score = n % 2 == 0 ? "softmax" : "sigmoid";
+    c.order = n % 3 == 2 ? "topk_then_softmax" : "softmax_then_topk";
+    c.normalize = n % 5 != 4;
+    c.bias = n % 4 >= 2;
+    if (n % 3 == 1) {
+      c.capacity_factor = 1.25;
+      c.block = 4;
+    }
+    check_route(*cpu, *cuda, c, 100 + static_cast<std::uint64_t>(n));
+    ++n;
+  }
+}
+
+TEST_CASE("gpu: the fused router over many blocks, with capacity drops and in bf16, matches the CPU", "[cuda][gpu][route]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  check_route(*cpu, *cuda, {.tokens = 20001, .width = 64, .experts = 64, .top_k = 2, .capacity_factor = 1.0, .block = 8}, 7);
+  check_route(*cpu, *cuda, {.tokens = 16385, .width = 128, .experts = 8, .top_k = 2}, 8);
+  check_route(*cpu, *cuda, {.tokens = 9999, .width = 48, .experts = 256, .top_k = 8, .score = "sigmoid", .bias = true,
+                            .capacity_factor = 0.5, .block = 16},
+              9);
+  check_route(*cpu, *cuda, {.tokens = 4097, .width = 64, .experts = 64, .top_k = 2, .dtype = DType::bf16}, 10);
+  check_route(*cpu, *cuda, {.tokens = 1001, .width = 33, .experts = 16, .top_k = 4, .order = "topk_then_softmax", .bias = true,
+                            .capacity_factor = 2.0, .block = 2, .dtype = DType::bf16},
+              11);
+}
