@@ -383,6 +383,10 @@ std::string assemble_source(const Graph& graph, const ModuleCode& module, const 
       switch (l.kind) {
         case Launch::Kind::zero: s += fmt::format("//   memset 0, {} bytes\n", l.bytes); break;
         case Launch::Kind::copy: s += fmt::format("//   copy {} bytes\n", l.bytes); break;
+        case Launch::Kind::collective:
+          s += fmt::format("//   nccl {} over {} ranks, {} elements, {} bytes per rank\n", collective_name(l.collective), l.world_size,
+                           l.count, l.bytes);
+          break;
         case Launch::Kind::kernel:
           s += fmt::format("//   {}\n//     grid {} block {} smem {} cluster {}; {}\n", l.kernel, dims3(l.grid), dims3(l.block), l.shared_bytes,
                            dims3(l.cluster), l.config.str());

@@ -73,8 +73,19 @@ struct Launch {
     kernel,  // `kernel` with `args`
     zero,    // dst := `bytes` zero bytes
     copy,    // dst := src, `bytes` bytes (device to device)
+    collective,  // NCCL on the executor's stream (codegen/emit_comm.cpp): see Collective
   };
+  // all_reduce (sum), all_gather, reduce_scatter (sum): `count` elements of
+  // `dtype` per rank (all_gather: sent; reduce_scatter: received), src -> dst.
+  // exchange: block p of src (`bytes` each) to rank p, block s of dst from
+  // rank s, and likewise one i32 of src_counts / dst_counts per rank.
+  enum class Collective : std::uint8_t { all_reduce, all_gather, reduce_scatter, exchange };
   Kind kind = Kind::kernel;
+  Collective collective = Collective::all_reduce;
+  DType dtype = DType::f32;     // collective
+  std::int64_t count = 0;       // collective
+  int world_size = 1;           // collective: the ranks the graph was built for
+  Buffer src_counts, dst_counts;  // collective exchange
   std::string family;  // "matmul" for codegen/kernels/matmul.cuh
   std::string kernel;  // the instantiation: "mj::softmax_kernel<float, 0, 256>"
   TileConfig config;   // sets block, cluster and the template arguments
@@ -85,9 +96,12 @@ struct Launch {
   std::vector<std::byte> args;  // the family's argument struct, pointer fields zero
   std::vector<PointerField> pointers;
   std::vector<TensorMapField> tensor_maps;
-  std::int64_t bytes = 0;  // zero / copy
-  Buffer src, dst;         // zero / copy
+  std::int64_t bytes = 0;  // zero / copy / collective exchange (per rank)
+  Buffer src, dst;         // zero / copy / collective
 };
+
+// "all_reduce", "all_gather", "reduce_scatter", "exchange" (codegen/emit_comm.cpp).
+const char* collective_name(Launch::Collective collective);
 
 // What one step of the schedule runs: one op, or one fused elementwise
 // chain (ops in graph order).

@@ -64,9 +64,10 @@ bool infer_reduce_scatter(InferCtx& ctx) {
   return true;
 }
 
-// comm.all_to_all: x [N, ...], send_counts [world_size] i32 -> y [N, ...]
-// (x's type), recv_counts [world_size] i32. The rows of x are grouped by
-// destination rank; N is a static capacity on both sides.
+// comm.all_to_all: x [N, ...], send_counts [world_size] i32 -> y [M, ...]
+// (x's dtype), recv_counts [world_size] i32. The rows of x are grouped by
+// destination rank; N and M (recv_rows, default N) are static capacities:
+// a rank sends at most N rows and receives at most M.
 bool infer_all_to_all(InferCtx& ctx) {
   std::int64_t world_size = 0;
   if (!expect_world_size(ctx, world_size) || !expect_rows(ctx) || !expect_rank(ctx, 1, 1) ||
@@ -75,7 +76,14 @@ bool infer_all_to_all(InferCtx& ctx) {
   if (ctx.operands[1].dim(0) != world_size)
     return ctx.fail(fmt::format("{}: expected [{}] (one count per rank, world_size), found {}", ctx.operand_label(1),
                                 world_size, ctx.operands[1].str()));
-  ctx.results = {ctx.operands[0], ctx.operands[1]};
+  TensorType y = ctx.operands[0];
+  if (ctx.attrs.has("recv_rows")) {
+    const std::int64_t recv_rows = ctx.attrs.get_int("recv_rows");
+    if (recv_rows < 1 || recv_rows > (std::int64_t{1} << 40))
+      return ctx.fail(fmt::format("attribute 'recv_rows': expected 1 <= recv_rows <= 2^40, found {}", recv_rows));
+    y.shape[0] = recv_rows;
+  }
+  ctx.results = {y, ctx.operands[1]};
   return true;
 }
 

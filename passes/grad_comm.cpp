@@ -9,7 +9,8 @@
 //                       the bytes of an all_reduce's output).
 //   all_to_all       -> the reverse all_to_all: dy's rows go back to the ranks
 //                       they came from, so the counts sent are the ones
-//                       received (result #1); send_counts get no gradient.
+//                       received (result #1), into x's rows (recv_rows = x's
+//                       rows); send_counts get no gradient.
 #include "passes/autodiff.h"
 
 namespace moejit::grad {
@@ -34,7 +35,9 @@ GradResult rule_AllGather(GradContext& ctx) {
 GradResult rule_AllToAll(GradContext& ctx) {
   Tensor dy = result_grad(ctx);
   Tensor recv_counts = ctx.results[1];
-  std::vector<Tensor> back = ctx.b.op(OpKind::AllToAll, {dy, recv_counts}, same_world(ctx));
+  AttrList attrs = same_world(ctx);
+  if (dy.dim(0) != ctx.operands[0].dim(0)) attrs.set("recv_rows", ctx.operands[0].dim(0));
+  std::vector<Tensor> back = ctx.b.op(OpKind::AllToAll, {dy, recv_counts}, attrs);
   return {back[0], std::nullopt};
 }
 

@@ -23,6 +23,10 @@ std::unique_ptr<Pass> create_fuse_elementwise_pass(const PassOptions& options);
 bool is_fusible_elementwise(OpKind kind);
 // mixed-precision{dtype=bf16}: bf16 autocast of the matmuls (passes/mixed_precision.cpp).
 std::unique_ptr<Pass> create_mixed_precision_pass(const PassOptions& options);
+// shard-experts{rank=r world_size=N}: expert parallelism (passes/shard_experts.cpp).
+std::unique_ptr<Pass> create_shard_experts_pass(const PassOptions& options);
+// all-reduce-grads{world_size=N bucket_mib=25}: data-parallel gradients (passes/all_reduce_grads.cpp).
+std::unique_ptr<Pass> create_all_reduce_grads_pass(const PassOptions& options);
 // memory-plan{print=true|false}: reports the arena plan (passes/memory_plan.h).
 std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);
 

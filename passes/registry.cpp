@@ -30,6 +30,10 @@ const std::vector<PassRegistration>& registered_passes() {
        create_fuse_elementwise_pass},
       {"mixed-precision", "bf16 autocast (PyTorch AMP): matmuls and attention in bf16, the rest and the router in f32; before autodiff (options: dtype=bf16)",
        create_mixed_precision_pass, {"dtype"}},
+      {"shard-experts", "expert parallelism: keep E/N experts per rank, exchange the routed rows by all_to_all; before autodiff and the MoE fusions (options: rank=r world_size=N)",
+       create_shard_experts_pass, {"rank", "world_size"}},
+      {"all-reduce-grads", "data parallelism: average the gradients over ranks (dense ones all-reduced in buckets), and the loss; after autodiff (options: world_size=N bucket_mib=25)",
+       create_all_reduce_grads_pass, {"bucket_mib", "world_size"}},
       {"memory-plan", "plan every intermediate value into one arena; report its size (options: print=true|false)",
        create_memory_plan_pass, {"print"}},
   };

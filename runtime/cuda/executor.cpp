@@ -33,6 +33,7 @@
 #include "passes/pass_manager.h"
 #include "runtime/cuda/cuda_backend.h"
 #include "runtime/cuda/driver.h"
+#include "runtime/cuda/nccl_communicator.h"
 #include "runtime/executable.h"
 #include "runtime/cuda/nvrtc_compiler.h"
 
@@ -53,6 +54,7 @@ struct ResolvedLaunch {
   void* params[1] = {nullptr};  // the kernel's one parameter: the struct
   CUdeviceptr dst = 0, src = 0;
   std::int64_t bytes = 0;
+  cuda::CollectiveCall collective;  // Launch::Kind::collective
 };
 
 CUtensorMapDataType tensor_map_dtype(DType dtype) {
@@ -391,7 +393,10 @@ class CudaExecutable final : public ExecutableBase {
       std::string name(op_name(graph_.ops()[static_cast<std::size_t>(index)].kind));
       if (ops.find(name) == std::string::npos) ops += (ops.empty() ? "" : "+") + name;
     }
-    std::string what = l.kind == Launch::Kind::zero ? "memset" : l.kind == Launch::Kind::copy ? "copy" : l.kernel;
+    std::string what = l.kind == Launch::Kind::zero         ? "memset"
+                       : l.kind == Launch::Kind::copy       ? "copy"
+                       : l.kind == Launch::Kind::collective ? std::string("nccl ") + codegen::collective_name(l.collective)
+                                                            : l.kernel;
     std::size_t colon = what.rfind("::", what.find('<'));
     if (colon != std::string::npos) what = what.substr(colon + 2);
     return ops + "  " + what;
@@ -409,6 +414,10 @@ class CudaExecutable final : public ExecutableBase {
         } else if (l.kind == Launch::Kind::copy) {
           r.src = pointer(l.src, s);
           r.dst = pointer(l.dst, s);
+        } else if (l.kind == Launch::Kind::collective) {
+          cuda::prepare_collectives(l.world_size);
+          r.collective = {l.collective, l.dtype, l.count, l.bytes, l.world_size, pointer(l.src, s), pointer(l.dst, s),
+                          pointer(l.src_counts, s), pointer(l.dst_counts, s)};
         } else {
           r.function = function(l.kernel, l.shared_bytes);
           std::copy(l.grid, l.grid + 3, r.grid);
@@ -477,6 +486,7 @@ class CudaExecutable final : public ExecutableBase {
         case Launch::Kind::zero: MOEJIT_CU(cuMemsetD8Async, r.dst, 0, static_cast<std::size_t>(r.bytes), stream_); break;
         case Launch::Kind::copy: MOEJIT_CU(cuMemcpyDtoDAsync, r.dst, r.src, static_cast<std::size_t>(r.bytes), stream_); break;
         case Launch::Kind::kernel: launch_kernel(r); break;
+        case Launch::Kind::collective: cuda::run_collective(r.collective, stream_); break;
       }
       if (timed) MOEJIT_CU(cuEventRecord, profile_events_[i + 1], stream_);
     }

@@ -137,8 +137,11 @@ TEST_CASE("a GPT-MoE inference graph (dead aux losses in a fused group) compiles
 }
 
 // The comm ops need no kernel on one rank: each is device copies (x to y,
-// and all_to_all's counts); for several ranks codegen refuses, naming the op.
-TEST_CASE("comm ops emit device copies on one rank and refuse several ranks", "[cuda][comm]") {
+// and all_to_all's counts). For several ranks each is an NCCL collective
+// launch; all_to_all packs the rows into per-peer blocks, exchanges them and
+// their counts, and unpacks them (kernels of codegen/kernels/comm.cuh, which
+// compile to PTX with the rest of the module).
+TEST_CASE("comm ops emit device copies on one rank and NCCL collectives on several", "[cuda][comm]") {
   auto build = [](std::int64_t world_size) {
     Graph graph("comm");
     Builder b(graph);
@@ -160,8 +163,23 @@ TEST_CASE("comm ops emit device copies on one rank and refuse several ranks", "[
     }
   CHECK(copies == 5);  // all_reduce, all_gather, all_to_all (rows and counts), reduce_scatter
   CHECK(module.kernels.empty());
-  CHECK_THROWS_WITH(codegen::generate_module(build(2), codegen::Target::named("sm_90a")),
-                    Catch::Contains("\"comm.all_reduce\"") && Catch::Contains("world_size 2") && Catch::Contains("NCCL"));
+
+  codegen::ModuleCode two = codegen::generate_module(build(2), codegen::Target::named("sm_90a"));
+  std::vector<std::string> collectives;
+  for (const auto& step : two.steps)
+    for (const auto& launch : step.launches)
+      if (launch.kind == codegen::Launch::Kind::collective) {
+        collectives.push_back(codegen::collective_name(launch.collective));
+        CHECK(launch.world_size == 2);
+        if (launch.collective == codegen::Launch::Collective::exchange) {
+          CHECK(launch.bytes == 16 * 4 * 4);  // a block per peer: capacity 16 rows (x's) of 4 f32
+          CHECK(launch.src_counts.kind == codegen::Buffer::Kind::scratch);
+        }
+      }
+  CHECK(collectives == std::vector<std::string>{"all_reduce", "all_gather", "exchange", "reduce_scatter"});
+  CHECK(two.kernels == std::vector<std::string>{"mj::a2a_pack_kernel<float, 256>", "mj::a2a_unpack_kernel<float, 256>"});
+  check_compiles(build(2), "compute_90a");
+  check_compiles(build(2), "compute_80");
 }
 
 TEST_CASE("a module compiled in parts on several threads holds every kernel exactly once", "[cuda][nvrtc]") {

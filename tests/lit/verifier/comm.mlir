@@ -74,3 +74,20 @@ func.func @counts_rank(%x: tensor<8x3xf32>, %c: tensor<2x1xi32>) -> (tensor<8x3x
   %0:2 = "comm.all_to_all"(%x, %c) {world_size = 2 : i64} : (tensor<8x3xf32>, tensor<2x1xi32>) -> (tensor<8x3xf32>, tensor<2x1xi32>)
   return %0#0 : tensor<8x3xf32>
 }
+
+// -----
+
+// recv_rows sets y's rows (a rank may receive more rows than it sends); it must be positive.
+// CHECK: comm.mlir:[[@LINE+2]]:3: error: %0:2 = "comm.all_to_all": attribute 'recv_rows': expected 1 <= recv_rows <= 2^40, found 0
+func.func @recv_rows_positive(%x: tensor<8x3xf32>, %c: tensor<2xi32>) -> (tensor<8x3xf32>) {
+  %0:2 = "comm.all_to_all"(%x, %c) {recv_rows = 0 : i64, world_size = 2 : i64} : (tensor<8x3xf32>, tensor<2xi32>) -> (tensor<8x3xf32>, tensor<2xi32>)
+  return %0#0 : tensor<8x3xf32>
+}
+
+// -----
+
+// CHECK: comm.mlir:[[@LINE+2]]:3: error: %0:2 = "comm.all_to_all": result #0: expected type tensor<16x3xf32>, found tensor<8x3xf32>
+func.func @recv_rows_type(%x: tensor<8x3xf32>, %c: tensor<2xi32>) -> (tensor<8x3xf32>) {
+  %0:2 = "comm.all_to_all"(%x, %c) {recv_rows = 16 : i64, world_size = 2 : i64} : (tensor<8x3xf32>, tensor<2xi32>) -> (tensor<8x3xf32>, tensor<2xi32>)
+  return %0#0 : tensor<8x3xf32>
+}
