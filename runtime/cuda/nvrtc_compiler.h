@@ -69,7 +69,7 @@ std::vector<CompiledModule> compile_module_parts(const CompileRequest& request, 
 // The part of each of `weights.size()` kernels (that greedy rule; deterministic).
 std::vector<int> assign_parts(const std::vector<int>& weights, int parts);
 // The parts a module of `kernels` instantiations is compiled in:
-// MOEJIT_COMPILE_THREADS when set (>= 1), else min(hardware threads, 8,
+// MOEJIT_COMPILE_THREADS when set (>= 1), else min(hardware threads, 16,
 // ceil(kernels / 4)), at least 1.
 int compile_parts(std::size_t kernels);
 // The binary alone (no name expressions needed).
