@@ -233,7 +233,9 @@ CompiledModule compile_module(const CompileRequest& req) {
     std::lock_guard lock(g_mutex);
     if (auto it = g_memory_cache.find(key); it != g_memory_cache.end()) {
       ++g_stats.memory_hits;
-      return it->second;
+      CompiledModule hit = it->second;
+      hit.nvrtc_seconds = 0.0;
+      return hit;
     }
     fs::path dir = cache_dir();
     if (!dir.empty()) {
@@ -252,6 +254,7 @@ CompiledModule compile_module(const CompileRequest& req) {
                                   module.lowered_names[i].first);
         if (problem.empty()) {
           ++g_stats.disk_hits;
+          module.nvrtc_seconds = 0.0;
           g_memory_cache[key] = module;
           return module;
         }
@@ -276,6 +279,7 @@ CompiledModule compile_module(const CompileRequest& req) {
   std::lock_guard lock(g_mutex);
   ++g_stats.compiles;
   g_stats.compile_seconds += seconds;
+  module.nvrtc_seconds = seconds;
   if (req.use_cache) {
     g_memory_cache[key] = module;
     if (!disk_path.empty()) store_cache_entry(disk_path, cache_entry_payload(module), identity);

@@ -50,6 +50,7 @@ struct CompileRequest {
 struct CompiledModule {
   std::string binary;  // PTX text or CUBIN bytes
   std::vector<std::pair<std::string, std::string>> lowered_names;  // (name expression, mangled name), in request order
+  double nvrtc_seconds = 0.0;  // this compile's NVRTC time; 0 when it came from a cache
   // The mangled name of `expression`; throws moejit::Error if it was not requested.
   const std::string& lowered(const std::string& expression) const;
 };
