@@ -462,10 +462,9 @@ void emit_EmbeddingGrad(EmitContext& ctx) {
   ctx.launch("layout", instantiation("embedding_grad_place_kernel", {type, threads_of(config)}), config,
              {blocks_for(a.n, mj::kEmbeddingChunk)}, a, pointers);
   const std::int64_t column_blocks = (a.D + 32 * mj::kEmbeddingColumnsPerLane - 1) / (32 * mj::kEmbeddingColumnsPerLane);
-  const std::int64_t warps_per_block = config.threads / 32;
-  const std::int64_t sum_blocks = (a.V * column_blocks + warps_per_block - 1) / warps_per_block;
-  ctx.launch("layout", instantiation("embedding_grad_sum_kernel", {type, threads_of(config)}), config,
-             {static_cast<unsigned>(std::clamp<std::int64_t>(sum_blocks, 1, 1 << 20))}, a, pointers);
+  TileConfig sum_config = TileConfig::fixed_threads(1024);  // a block per (id, column block)
+  ctx.launch("layout", instantiation("embedding_grad_sum_kernel", {type, threads_of(sum_config)}), sum_config,
+             {static_cast<unsigned>(std::clamp<std::int64_t>(a.V * column_blocks, 1, 1 << 20))}, a, pointers);
 }
 
 // ---- layout ----

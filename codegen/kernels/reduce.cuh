@@ -578,8 +578,20 @@ template <class T, class A> __device__ A row_logsumexp(const T* xr, i64 c, A* sc
 // One block, summed in a fixed order.
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) mean_of_values_kernel(const MeanOfValuesArgs<T> a) {
   __shared__ double scratch[33];
+  // Each thread adds values i, i + THREADS, ... in that order; eight loads
+  // are issued before their adds (one load's latency per eight values, not
+  // per value: a 16384-value loss took 17 us as a plain loop).
+  constexpr int U = 8;
   double sum = 0.0;
-  for (i64 i = threadIdx.x; i < a.n; i += blockDim.x) sum += a.values[i];
+  i64 i = threadIdx.x;
+  for (; i + (i64)(U - 1) * THREADS < a.n; i += (i64)U * THREADS) {
+    double v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = a.values[i + (i64)u * THREADS];
+#pragma unroll
+    for (int u = 0; u < U; ++u) sum += v[u];
+  }
+  for (; i < a.n; i += THREADS) sum += a.values[i];
   sum = block_reduce(sum, SumOp(), scratch);
   if (threadIdx.x == 0) a.out[0] = from_double<T>(a.coeff * sum / (double)a.n);
 }

@@ -282,6 +282,36 @@ TEST_CASE("gpu: gelu and its gradient match the CPU, saturated inputs included",
   }
 }
 
+TEST_CASE("gpu: the router z-loss and its gradient match the CPU in the thread and block shapes", "[cuda][gpu]") {
+  struct Case {
+    std::int64_t tokens, E;
+    DType dtype;
+  };
+  // E 8, 20, 32: a thread per token (8, 32 and 32 registers); 40: a block per token.
+  const Case cases[] = {{16384, 8, DType::f32}, {3001, 20, DType::f32}, {777, 32, DType::bf16}, {513, 40, DType::f32}};
+  auto graph_of = [](const Case& c) {
+    Graph g("z_loss");
+    Builder b(g);
+    Tensor logits = b.input("logits", {c.tokens, c.E}, c.dtype);
+    b.output(b.moe_z_loss(logits, 0.001), "z_loss");
+    b.output(b.op(OpKind::ZLossGrad, {logits, b.input("dloss", {}, c.dtype)}, {{"coeff", 0.001}})[0], "dlogits");
+    return g;
+  };
+  for (const Case& c : cases)
+    CHECK(kernel_counts(graph_of(c))[c.E <= 32 ? "z_loss_rows_thread_kernel" : "z_loss_rows_kernel"] == 1);
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  std::uint64_t seed = 71;
+  for (const Case& c : cases) {
+    INFO(fmt::format("tokens {} E {} {}", c.tokens, c.E, dtype_name(c.dtype)));
+    Graph g = graph_of(c);
+    Values args = cuda_test::random_args(g, seed++, 1, 3.0);
+    args.at("dloss").set(0, 1.0);
+    compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(c.dtype));
+  }
+}
+
 TEST_CASE("gpu: reductions of a few elements per output (a thread each) match the CPU", "[cuda][gpu]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
