@@ -13,24 +13,6 @@ void launch_simt_matmul(EmitContext& ctx, const TileConfig& c, const mj::MatmulA
   const std::string type = template_type(dtype);
   const std::string bm = std::to_string(c.tile_m), bn = std::to_string(c.tile_n), bk = std::to_string(c.tile_k),
                     threads = std::to_string(c.threads);
-  const std::int64_t acc_bytes = dtype == DType::f64 ? 8 : 4;
-  if (c.split_k <= 1 && a.K <= 32 && a.N >= 32 && a.M >= 1024) {
-    // Short K over many rows (a router's input gradient, K = E): B staged
-    // whole, C written in packed runs (matmul_short_k_kernel), when B fits
-    // 32 KiB.
-    const int kmax = a.K <= 8 ? 8 : a.K <= 16 ? 16 : 32;
-    constexpr int rows = 32;
-    const std::int64_t smem = (kmax * a.N + rows * kmax) * acc_bytes;
-    if (kmax * a.N * acc_bytes <= (32 << 10)) {
-      TileConfig short_k = TileConfig::fixed_threads(256);
-      short_k.note = fmt::format("short K {}: B staged ({} x {}), {} rows per block", a.K, kmax, a.N, rows);
-      const unsigned blocks = static_cast<unsigned>(std::min<std::int64_t>((a.M + rows - 1) / rows, 8 * ctx.target().sm_count));
-      ctx.launch("matmul", instantiation("matmul_short_k_kernel", {type, std::to_string(kmax), std::to_string(rows), "256"}), short_k,
-                 {std::max(blocks, 1u), 1, static_cast<unsigned>(batch)}, a, {{&a.a, lhs}, {&a.b, rhs}, {&a.c, out}},
-                 static_cast<unsigned>(smem));
-      return;
-    }
-  }
   if (c.split_k <= 1) {
     ctx.launch("matmul", instantiation("matmul_kernel", {type, bm, bn, bk, threads}), c, {tiles(a.N, c.tile_n), tiles(a.M, c.tile_m), static_cast<unsigned>(batch)},
                a, {{&a.a, lhs}, {&a.b, rhs}, {&a.c, out}});
@@ -49,6 +31,7 @@ void launch_simt_matmul(EmitContext& ctx, const TileConfig& c, const mj::MatmulA
   s.batch = batch;
   // Slices of whole tile_k steps; the last may be shorter, and a split that
   // rounds to fewer slices launches fewer.
+  const std::int64_t acc_bytes = dtype == DType::f64 ? 8 : 4;
   if (a.N <= 32 && a.a_sm == 1) {
     // Narrow, with A's M contiguous (a router's x^T dlogits): the warp
     // shape of matmul_split_k_narrow_kernel, its own split (about four

@@ -5,9 +5,7 @@
 // adds each output's slices in order (deterministic). A split product with
 // N <= 32 whose A has M contiguous (a router's x^T dlogits) takes the warp
 // shape matmul_split_k_narrow_kernel instead, with a split of its own
-// (about four blocks per SM); an unsplit one with K <= 32, N >= 32 and
-// M >= 1024 (a router's input gradient dlogits W^T) takes
-// matmul_short_k_kernel. The TileConfig's tile is then unused.
+// (about four blocks per SM); the TileConfig's tile is then unused.
 #pragma once
 #include <cstdint>
 

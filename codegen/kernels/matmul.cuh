@@ -251,62 +251,6 @@ __global__ void __launch_bounds__(THREADS) matmul_split_k_narrow_kernel(const Ma
       if (m0 + v < a.M && n < N) part[(m0 + v) * a.N + n] = acc[v][n];
 }
 
-// A product with a short K (K <= KMAX <= 32: a router's input gradient
-// dlogits [T, E] W^T [E, D]) is bound by writing C, which the 64 x 64 x 16
-// tile does in short runs with most of its K slice zero. Here B [K, N] is
-// staged once per block in shared memory (N * KMAX values), the block's
-// ROWS rows of A too, and each thread computes 4 neighbouring outputs of a
-// row, stored as one Pack when aligned. Every output sums k = 0 .. K-1 in
-// order (as gemm_tile does). Grid: x over M / ROWS, z over batches.
-template <class T, int KMAX, int ROWS, int THREADS> __global__ void __launch_bounds__(THREADS) matmul_short_k_kernel(const MatmulArgs<T> a) {
-  typedef typename acc_of<T>::type A;
-  extern __shared__ __align__(16) unsigned char matmul_short_k_smem[];
-  A* bs = reinterpret_cast<A*>(matmul_short_k_smem);  // [KMAX][N]
-  A* as = bs + (i64)KMAX * a.N;                         // [ROWS][KMAX]
-  const i64 z = blockIdx.z;
-  const T* ab = a.a + z * a.a_batch;
-  const T* bb = a.b + z * a.b_batch;
-  T* cb = a.c + z * a.M * a.N;
-  const int K = (int)a.K;
-  for (i64 e = threadIdx.x; e < (i64)KMAX * a.N; e += THREADS) {
-    const i64 k = e / a.N, n = e % a.N;
-    bs[e] = k < K ? ld(bb[k * a.b_sk + n * a.b_sn]) : A(0);
-  }
-  const i64 quads = (a.N + 3) / 4;
-  const bool packed = a.N % 4 == 0 && ((unsigned long long)cb % sizeof(Pack<T, 4>)) == 0;
-  for (i64 m0 = (i64)blockIdx.x * ROWS; m0 < a.M; m0 += (i64)gridDim.x * ROWS) {
-    __syncthreads();  // bs is written, and the previous rows' as read
-    for (int e = threadIdx.x; e < ROWS * KMAX; e += THREADS) {
-      const i64 m = m0 + e / KMAX, k = e % KMAX;
-      as[e] = m < a.M && k < K ? ld(ab[m * a.a_sm + k * a.a_sk]) : A(0);
-    }
-    __syncthreads();
-    for (i64 item = threadIdx.x; item < ROWS * quads; item += THREADS) {
-      const i64 r = item / quads, n0 = (item % quads) * 4, m = m0 + r;
-      if (m >= a.M) continue;
-      A acc[4] = {A(0), A(0), A(0), A(0)};
-#pragma unroll
-      for (int k = 0; k < KMAX; ++k) {
-        if (k >= K) break;
-        const A av = as[r * KMAX + k];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[j] += av * (n0 + j < a.N ? bs[(i64)k * a.N + n0 + j] : A(0));
-      }
-      T* out = cb + m * a.N + n0;
-      if (packed) {
-        Pack<T, 4> q;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) q.v[j] = st<T>(acc[j]);
-        *reinterpret_cast<Pack<T, 4>*>(out) = q;
-      } else {
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (n0 + j < a.N) out[j] = st<T>(acc[j]);
-      }
-    }
-  }
-}
-
 // Grid: x over F tiles, y over row tiles of the whole [N, F] output, z = expert.
 // Rows outside every segment are zeroed by a memset launched before.
 template <class T, int BM, int BN, int BK, int THREADS>

@@ -1,8 +1,7 @@
 // Split-K for SIMT matmuls with few output tiles and a long K (gemm_select's
 // simt_split_k, codegen/simt_matmul.cpp, matmul_split_k_kernel, its narrow
 // shape matmul_split_k_narrow_kernel for N <= 32 with A's M contiguous, and
-// their in-order finish pass; and matmul_short_k_kernel for a short K over
-// many rows): which products split, that the kernels compile to
+// their in-order finish pass): which products split, that the kernels compile to
 // PTX, and on a GPU that the results match the CPU (f32, f64, bf16 through
 // the SIMT family, batched, transposed operands), that two runs agree bit
 // for bit (the reduction is deterministic), and that a fused router's
@@ -180,47 +179,5 @@ TEST_CASE("gpu: a fused router's gradients (x^T dlogits split over the tokens) m
     double err = cuda_test::normalized_error(got.at(name), expected);
     INFO(fmt::format("{}: normalized error {:.3g}", name, err));
     CHECK(err <= 1e-4);
-  }
-}
-
-TEST_CASE("gpu: short-K matmuls (a router's dlogits W^T) match the CPU and repeat bit for bit", "[cuda][gpu][split_k]") {
-  struct Case {
-    std::int64_t m, k, n;
-    bool transpose_b;
-    DType dtype;
-  };
-  // K 8 with B transposed (the router's input gradient), N not a multiple
-  // of 4 (unpacked stores), K 12 (f64) and 32 (16 and 32 registers).
-  const std::vector<Case> cases = {Case{16384, 8, 384, true, DType::f32}, Case{3001, 5, 77, false, DType::f32},
-                                   Case{2048, 12, 130, true, DType::f64}, Case{1500, 32, 256, false, DType::f32}};
-  auto graph_of = [](const Case& c) {
-    Graph graph("short_k");
-    Builder b(graph);
-    Tensor a = b.input("a", {c.m, c.k}, c.dtype);
-    Tensor w = c.transpose_b ? b.input("w", {c.n, c.k}, c.dtype) : b.input("w", {c.k, c.n}, c.dtype);
-    b.output(b.matmul(a, w, false, c.transpose_b), "c");
-    return graph;
-  };
-  for (const Case& c : cases)  // checked without a GPU too
-    REQUIRE(has_kernel(codegen::generate_module(graph_of(c), codegen::Target::named("sm_90a")), "matmul_short_k_kernel"));
-  Graph few_rows = graph_of(Case{1000, 8, 384, true, DType::f32});  // fewer rows: the tiled kernel
-  CHECK_FALSE(has_kernel(codegen::generate_module(few_rows, codegen::Target::named("sm_90a")), "matmul_short_k_kernel"));
-  for (const char* arch : {"compute_80", "compute_90a"})
-    cuda_test::compile_to_ptx(codegen::generate_module(graph_of(cases[0]), codegen::Target::named(arch == std::string("compute_80") ? "sm_80" : "sm_90a")),
-                              "short_k", arch);
-  MOEJIT_SKIP_WITHOUT_GPU();
-  auto cpu = make_cpu_backend();
-  auto cuda = make_cuda_backend();
-  for (const Case& c : cases) {
-    INFO(fmt::format("M {} K {} N {} transpose_b {} {}", c.m, c.k, c.n, c.transpose_b, dtype_name(c.dtype)));
-    Graph graph = graph_of(c);
-    Values args = cuda_test::random_args(graph, static_cast<std::uint64_t>(c.m), 1);
-    Values want = run_graph(*cpu, graph, args);
-    Values got = run_graph(*cuda, graph, args);
-    Values again = run_graph(*cuda, graph, args);
-    double err = cuda_test::normalized_error(got.at("c"), want.at("c"));
-    INFO(fmt::format("normalized error {:.3g}", err));
-    CHECK(err <= cuda_test::tolerance(c.dtype));
-    CHECK(std::memcmp(got.at("c").raw(), again.at("c").raw(), got.at("c").bytes()) == 0);
   }
 }
