@@ -11,7 +11,8 @@
 // split_k (mj.matmul only, any source): with fewer output tiles than SMs and
 // K >= 1024, K is cut into split_k slices (simt_split_k below); the emitter
 // (codegen/simt_matmul.cpp) then writes f32 partials and adds them in a
-// fixed order, so the result is deterministic.
+// fixed order, so the result is deterministic (N <= 32 with A's M
+// contiguous: its narrow kernel, which picks its own split).
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
 //   heuristic: 64 x 64 x 16, 256 threads; for mj.matmul with N <= 32
 //          that splits K, 128 x N (N rounded up to a power of two from 8);
