@@ -13,7 +13,10 @@
 // k, v; for mj.attention_grad also out and dout) and results (out; dq, dk,
 // dv) mostly sit behind such transposes is rewritten into layout "bthd":
 //   transpose(x) as an operand                 -> x
+//   cast(transpose(x)) as an operand           -> cast(x) (mixed precision
+//                                                 casts RoPE's f32 q and k)
 //   a result r read through transpose(r)       -> the new result itself
+//   or through transpose(cast(r))             -> cast(the new result)
 //   any other operand or use                   -> one new transpose (so the
 //                                                 rewrite is always exact)
 // An op is rewritten when the transposes it saves outnumber those it adds
@@ -30,7 +33,8 @@
 // value has a new value (rep) and may have a view in the other head layout
 // (flip): the operand of a head transpose is its result's flip and the other
 // way round; a rewritten op's layout results have only a flip, and their
-// original layout is made (one transpose, shared) on first use.
+// original layout is made (one transpose, shared) on first use. Copies of
+// the old transposes and casts that end up unread are erased.
 //
 // Statistics: attentions-relaid (ops switched to bthd), transposes-removed
 // (head transposes before minus after).
@@ -71,18 +75,23 @@ class AttentionLayoutPass final : public Pass {
   void run(Graph& graph) override {
     const int before = count_head_transposes(graph);
     old_ = &graph;
-    // Which values only head transposes read (graph outputs count as other uses).
+    old_producers_ = graph.producers();
+    // Which values only head transposes read, directly or through casts
+    // (graph outputs count as other uses); from the last op, so a cast's
+    // result is judged before its operand.
     only_transposed_.assign(idx(graph.num_values()), true);
     for (const Output& o : graph.outputs()) only_transposed_[idx(o.value)] = false;
-    for (const Op& op : graph.ops())
-      if (!is_head_transpose(op))
-        for (ValueId v : op.operands) only_transposed_[idx(v)] = false;
+    for (auto op = graph.ops().rbegin(); op != graph.ops().rend(); ++op) {
+      if (is_head_transpose(*op)) continue;
+      if (op->kind == OpKind::Cast && only_transposed_[idx(op->results[0])]) continue;
+      for (ValueId v : op->operands) only_transposed_[idx(v)] = false;
+    }
 
     Graph out(graph.name());
     now_ = &out;
     rep_.assign(idx(graph.num_values()), kNoValue);
     flip_.assign(rep_.size(), kNoValue);
-    copied_transposes_.clear();
+    erasable_.clear();
     for (const Arg& arg : graph.args())
       rep_[idx(arg.value)] = out.add_arg(graph.value(arg.value).name, graph.type(arg.value), arg.role);
 
@@ -92,6 +101,14 @@ class AttentionLayoutPass final : public Pass {
       } else if ((op.kind == OpKind::Attention || op.kind == OpKind::AttentionGrad) && head_layout(op.attrs) == HeadLayout::bhtd &&
                  pays_off(op)) {
         relayout(op);
+      } else if (op.kind == OpKind::Cast && rep_[idx(op.operands[0])] == kNoValue) {
+        // The operand so far exists only in the other layout (a rewritten
+        // op's result): cast that, and keep the result lazy too.
+        const ValueId from = flip_[idx(op.operands[0])];
+        TensorType type = out.type(from);
+        type.dtype = op.attrs.get_dtype("dtype");
+        flip_[idx(op.results[0])] = out.add_op(OpKind::Cast, {from}, op.attrs, {type})[0];
+        erasable_.push_back(flip_[idx(op.results[0])]);
       } else {
         std::vector<ValueId> operands;
         for (ValueId v : op.operands) operands.push_back(get(v));
@@ -99,6 +116,7 @@ class AttentionLayoutPass final : public Pass {
         for (ValueId r : op.results) types.push_back(graph.type(r));
         std::vector<ValueId> results = out.add_op(op.kind, operands, op.attrs, types);
         for (std::size_t i = 0; i < results.size(); ++i) rep_[idx(op.results[i])] = results[i];
+        if (op.kind == OpKind::Cast) erasable_.push_back(results[0]);
       }
     }
     for (const Output& o : graph.outputs()) out.add_output(get(o.value), o.name, o.updates);
@@ -109,11 +127,12 @@ class AttentionLayoutPass final : public Pass {
 
  private:
   const Graph* old_ = nullptr;
+  std::vector<int> old_producers_;
   Graph* now_ = nullptr;
   std::vector<bool> only_transposed_;  // old value -> every use is a head transpose
   std::vector<ValueId> rep_;           // old value -> its new value (kNoValue: not made yet, see flip_)
   std::vector<ValueId> flip_;          // old value -> a new value holding it in the other head layout
-  std::vector<ValueId> copied_transposes_;  // results of the old graph's head transposes, as copied
+  std::vector<ValueId> erasable_;      // copies of the old graph's head transposes and casts
 
   ValueId transpose(ValueId value) {
     TensorType type = now_->type(value);
@@ -128,9 +147,24 @@ class AttentionLayoutPass final : public Pass {
     }
     return rep_[idx(old)];
   }
-  // The old value in the other head layout.
+  // The old cast op producing `old` from a value with a flipped view, or null.
+  const Op* cast_of_flipped(ValueId old) const {
+    const int p = old_producers_[idx(old)];
+    if (p < 0) return nullptr;
+    const Op& op = old_->ops()[static_cast<std::size_t>(p)];
+    return op.kind == OpKind::Cast && flip_[idx(op.operands[0])] != kNoValue ? &op : nullptr;
+  }
+  // The old value in the other head layout (a cast commutes with the transpose).
   ValueId flipped(ValueId old) {
-    if (flip_[idx(old)] == kNoValue) flip_[idx(old)] = transpose(get(old));
+    if (flip_[idx(old)] != kNoValue) return flip_[idx(old)];
+    if (const Op* cast = cast_of_flipped(old)) {
+      const ValueId from = flip_[idx(cast->operands[0])];
+      TensorType type = now_->type(from);
+      type.dtype = cast->attrs.get_dtype("dtype");
+      flip_[idx(old)] = now_->add_op(OpKind::Cast, {from}, cast->attrs, {type})[0];
+    } else {
+      flip_[idx(old)] = transpose(get(old));
+    }
     return flip_[idx(old)];
   }
 
@@ -142,14 +176,17 @@ class AttentionLayoutPass final : public Pass {
       return;
     }
     rep_[idx(y)] = transpose(get(x));
-    copied_transposes_.push_back(rep_[idx(y)]);
+    erasable_.push_back(rep_[idx(y)]);
     flip_[idx(y)] = get(x);
     flip_[idx(x)] = rep_[idx(y)];
   }
 
   bool pays_off(const Op& op) const {
     int saved = 0, added = 0;
-    for (int i : layout_operands(op.kind)) (flip_[idx(op.operands[static_cast<std::size_t>(i)])] != kNoValue ? saved : added) += 1;
+    for (int i : layout_operands(op.kind)) {
+      const ValueId v = op.operands[static_cast<std::size_t>(i)];
+      (flip_[idx(v)] != kNoValue || cast_of_flipped(v) ? saved : added) += 1;
+    }
     for (int i : layout_results(op.kind)) (only_transposed_[idx(op.results[static_cast<std::size_t>(i)])] ? saved : added) += 1;
     return saved > added;
   }
@@ -176,18 +213,18 @@ class AttentionLayoutPass final : public Pass {
     count("attentions-relaid");
   }
 
-  // Erases the copies of the old graph's head transposes that nothing reads
-  // any more (each from the last, so a transpose that only fed another one
-  // goes too).
+  // Erases the copies of the old graph's head transposes and casts that
+  // nothing reads any more (from the last op, so a transpose that only fed
+  // such a cast goes too).
   void erase_unused_transposes(Graph& graph) {
     std::vector<bool> copied(idx(graph.num_values()), false);
-    for (ValueId v : copied_transposes_) copied[idx(v)] = true;
+    for (ValueId v : erasable_) copied[idx(v)] = true;
     std::vector<int> uses = graph.use_counts();
     auto& ops = graph.mutable_ops();
     std::vector<bool> keep(ops.size(), true);
     for (std::size_t i = ops.size(); i-- > 0;) {
       const Op& op = ops[i];
-      if (op.kind == OpKind::Transpose && copied[idx(op.results[0])] && uses[idx(op.results[0])] == 0) {
+      if ((op.kind == OpKind::Transpose || op.kind == OpKind::Cast) && copied[idx(op.results[0])] && uses[idx(op.results[0])] == 0) {
         keep[i] = false;
         --uses[idx(op.operands[0])];
       }

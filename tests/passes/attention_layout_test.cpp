@@ -237,14 +237,62 @@ TEST_CASE("the default and config B training graphs hold no head transpose aroun
   }
 }
 
-TEST_CASE("attention-layout folds SwitchHead's head transposes too", "[passes][attention][layout]") {
+TEST_CASE("attention-layout folds the head transposes of RoPE attention and SwitchHead too", "[passes][attention][layout]") {
+  // RoPE rotates q and k before their head transpose (in bf16 between casts: f32 RoPE, bf16 attention).
+  GptMoeConfig rope = small_config();
+  rope.position_embedding = "rope";
+  GptMoeConfig switchhead = rope;
+  switchhead.attention = "switchhead";
+  switchhead.att_n_experts = 2;
+  switchhead.att_k = 1;
+  for (const auto& [name, config] : {std::pair{"rope", rope}, std::pair{"switchhead", switchhead}}) {
+    for (DType precision : {DType::f32, DType::bf16}) {
+      INFO(name << " " << dtype_name(precision));
+      const Graph graph = after_cuda_pipeline(build_training_graph(config, precision).graph);
+      const AttentionCensus c = census(graph);
+      CHECK(c.ops == 2 * config.n_layer);
+      CHECK(c.bthd == c.ops);
+      CHECK(c.transposes_next_to == 0);
+      CHECK(c.head_transposes == 0);
+    }
+  }
+}
+
+TEST_CASE("attention-layout keeps a RoPE model's bf16 loss and gradients bit for bit", "[passes][attention][layout]") {
   GptMoeConfig config = small_config();
-  config.attention = "switchhead";
-  config.att_n_experts = 2;
-  config.att_k = 1;
-  const Graph graph = after_cuda_pipeline(build_training_graph(config, DType::f32).graph);
-  const AttentionCensus c = census(graph);
-  CHECK(c.ops == 2 * config.n_layer);
-  CHECK(c.bthd == c.ops);
-  CHECK(c.transposes_next_to == 0);
+  config.position_embedding = "rope";
+  Graph graph("gpt_rope");
+  build_gpt_moe(graph, config, {.batch = 2, .seq_len = config.block_size});
+  PassManager bf16;
+  bf16.add_pipeline("mixed-precision{dtype=bf16}");
+  bf16.run(graph);
+  std::vector<std::string> params;
+  for (const Arg& arg : graph.args())
+    if (arg.role == ArgRole::param) params.push_back(graph.value(arg.value).name);
+  append_backward(graph, {.loss = "loss", .wrt = params});
+  Graph relaid = graph;
+  PassManager manager;
+  manager.add_pipeline("attention-layout");
+  manager.run(relaid);
+  CHECK(census(relaid).head_transposes == 0);
+  CHECK(census(relaid).bthd == 2 * config.n_layer);
+  std::mt19937 rng(4);
+  std::uniform_int_distribution<int> token(0, static_cast<int>(config.vocab_size) - 1);
+  std::map<std::string, HostTensor> args;
+  for (const Arg& arg : graph.args()) {
+    const TensorType& type = graph.type(arg.value);
+    const std::string& name = graph.value(arg.value).name;
+    if (type.dtype == DType::i32) {
+      std::vector<double> ids(static_cast<std::size_t>(type.numel()));
+      for (auto& id : ids) id = token(rng);
+      args.emplace(name, HostTensor::from_doubles(type, ids));
+    } else {
+      args.emplace(name, random_tensor(type, rng, 0.3));  // the RoPE tables too: any values, both graphs read the same
+    }
+  }
+  const auto want = run_cpu(graph, args), got = run_cpu(relaid, args);
+  for (const auto& [name, value] : want) {
+    INFO(name);
+    CHECK(same_bits(got.at(name), value));
+  }
 }
