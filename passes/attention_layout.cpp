@@ -129,7 +129,7 @@ class AttentionLayoutPass final : public Pass {
   const Graph* old_ = nullptr;
   std::vector<int> old_producers_;
   Graph* now_ = nullptr;
-  std::vector<bool> only_transposed_;  // old value -> every use is a head transpose
+  std::vector<bool> only_transposed_;  // old value -> every use is a head transpose (maybe behind casts)
   std::vector<ValueId> rep_;           // old value -> its new value (kNoValue: not made yet, see flip_)
   std::vector<ValueId> flip_;          // old value -> a new value holding it in the other head layout
   std::vector<ValueId> erasable_;      // copies of the old graph's head transposes and casts
