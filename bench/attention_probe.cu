@@ -4,7 +4,9 @@
 // bf16 data (T a multiple of no tile, T = 1, head dims 32/48/64/128 and one
 // that is not a multiple of 8, outputs poisoned with NaN first), then speed
 // (CUDA events, 5 warm-ups, median of 20) of the forward and of
-// forward + backward at the model's shapes.
+// forward + backward at the model's shapes; each in both head layouts
+// (mj.attention's "layout": [B, H, T, D] and [B, T, H, D], read in place
+// with a row stride of H D).
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o attention_probe bench/attention_probe.cu
 //   ./attention_probe && python3 bench/torch_attention.py   # SDPA (flash) in the same run
@@ -48,8 +50,13 @@ static float bf2f(unsigned short b) {
   return f;
 }
 
+// The head layout of every launch: false [B, H, T, D], true [B, T, H, D].
+static bool bthd = false;
+
 struct Problem {
   int B, H, T, D;
+  long long head_stride() const { return bthd ? D : (long long)T * D; }
+  long long row_stride() const { return bthd ? (long long)H * D : D; }
   long long elems() const { return (long long)B * H * T * D; }
   long long rows() const { return (long long)B * H * T; }
   double fwd_flops() const { return 2.0 * 2.0 * B * H * (double)T * T * D / 2.0; }
@@ -78,7 +85,7 @@ template <int DP> void set_smem_limits() {
 // The forward with MF 16-row fragments per warp; mf 0 means the family's
 // choice (FlashTile::fwd_fragments), what the library launches.
 template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffers& b, float scale) {
-  mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale};
+  mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale, p.H, p.head_stride(), p.row_stride()};
   dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
   mj::flash_attention_fwd_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP, MF)>>>(a);
 }
@@ -93,7 +100,8 @@ template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, floa
 static int forced_dq_fragments = 0;
 template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& b, float scale) {
   dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
-  mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q, b.k, b.v, b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale};
+  mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q,     b.k,   b.v,   b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale,
+                                          p.H, p.head_stride(), p.row_stride()};
   mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
 }
 template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, float scale) {
@@ -107,7 +115,8 @@ template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, floa
     }
   }
   if (!launched) launch_dq<DP, 1>(p, b, scale);
-  mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q, b.k, b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale};
+  mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q,   b.k,   b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale,
+                                            p.H, p.head_stride(), p.row_stride()};
   mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP)>>>(ka);
 }
 void launch(const Problem& p, const DeviceBuffers& b, float scale, bool backward) {
@@ -191,6 +200,21 @@ struct Error {
   double rel() const { return nan ? INFINITY : worst / std::max(scale, 1e-2); }
 };
 
+// [B, H, T, D] <-> the launch layout (a copy in [B, T, H, D] when bthd).
+std::vector<unsigned short> to_layout(const Problem& p, const std::vector<unsigned short>& x, bool inverse) {
+  if (!bthd) return x;
+  std::vector<unsigned short> y(x.size());
+  for (int b = 0; b < p.B; ++b)
+    for (int h = 0; h < p.H; ++h)
+      for (int t = 0; t < p.T; ++t)
+        for (int d = 0; d < p.D; ++d) {
+          const long long bhtd = (((long long)b * p.H + h) * p.T + t) * p.D + d, bt = (((long long)b * p.T + t) * p.H + h) * p.D + d;
+          if (inverse) y[bhtd] = x[bt];
+          else y[bt] = x[bhtd];
+        }
+  return y;
+}
+
 bool check(const Problem& p, unsigned seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.f, 1.f);
@@ -199,10 +223,10 @@ bool check(const Problem& p, unsigned seed) {
   for (auto* t : {&hq, &hk, &hv, &hdo})
     for (auto& x : *t) x = f2bf(normal(rng));
   DeviceBuffers b = alloc(p);
-  CK(cudaMemcpy(b.q, hq.data(), n * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(b.k, hk.data(), n * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(b.v, hv.data(), n * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(b.dout, hdo.data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.q, to_layout(p, hq, false).data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.k, to_layout(p, hk, false).data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.v, to_layout(p, hv, false).data(), n * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(b.dout, to_layout(p, hdo, false).data(), n * 2, cudaMemcpyHostToDevice));
   const double scale = 1.0 / std::sqrt((double)p.D);
   launch(p, b, (float)scale, false);
   launch(p, b, (float)scale, true);
@@ -215,6 +239,7 @@ bool check(const Problem& p, unsigned seed) {
   CK(cudaMemcpy(gdv.data(), b.dv, n * 2, cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(glse.data(), b.lse, p.rows() * 4, cudaMemcpyDeviceToHost));
   release(b);
+  for (auto* t : {&gout, &gdq, &gdk, &gdv}) *t = to_layout(p, *t, true);
 
   Error eo, el, edq, edk, edv;
   const int T = p.T, D = p.D;
@@ -240,7 +265,7 @@ bool check(const Problem& p, unsigned seed) {
   // bf16 outputs: one rounding (2^-9 relative) plus f32 sums of bf16 products.
   const double tol = 2e-2;
   bool ok = eo.rel() < tol && el.rel() < 1e-4 && edq.rel() < tol && edk.rel() < tol && edv.rel() < tol;
-  printf("check B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max(max |ref|, 0.01)) %s\n", p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
+  printf("check %s B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max(max |ref|, 0.01)) %s\n", bthd ? "bthd" : "bhtd", p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
          edq.rel(), edk.rel(), edv.rel(), ok ? "ok" : "FAILED");
   return ok;
 }
@@ -279,7 +304,7 @@ void bench(const Problem& p) {
     return median(ms) * 1e3f;  // us
   };
   float fwd = time(false), both = time(true);
-  printf("moejit flash B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", p.B, p.H, p.T, p.D, fwd,
+  printf("moejit flash %s B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", bthd ? "bthd" : "bhtd", p.B, p.H, p.T, p.D, fwd,
          p.fwd_flops() / fwd * 1e-6, both, 3.5 * p.fwd_flops() / both * 1e-6);
   // The forward's two tile shapes side by side (which one the family picks: FlashTile::fwd_fragments).
   for (int mf : {1, 2}) {
@@ -310,7 +335,11 @@ int main() {
   bool ok = true;
   const Problem checks[] = {{1, 2, 1, 64},  {1, 2, 77, 32},  {2, 1, 130, 64}, {1, 1, 200, 128}, {1, 2, 64, 48},
                             {1, 1, 33, 20}, {1, 1, 300, 96}, {2, 2, 256, 64}, {1, 1, 1100, 64}};
-  for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
+  for (bool layout : {false, true}) {
+    bthd = layout;
+    for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
+  }
+  bthd = false;
   for (int mf : {1, 2}) {  // each forward and dq tile shape, whatever the family picks
     forced_fragments = mf;
     forced_dq_fragments = mf;
@@ -320,7 +349,13 @@ int main() {
   forced_fragments = 0;
   forced_dq_fragments = 0;
   const Problem speed[] = {{64, 6, 256, 64}, {16, 6, 1024, 64}, {16, 6, 1024, 128}, {2, 6, 4096, 64}};
-  for (const Problem& p : speed) bench(p);
+  for (const Problem& p : speed) {
+    bthd = false;
+    bench(p);
+    bthd = true;  // the same problem with the heads read in place from [B, T, H, D]
+    bench(p);
+  }
+  bthd = false;
   printf(ok ? "all checks passed\n" : "SOME CHECKS FAILED\n");
   return ok ? 0 : 1;
 }

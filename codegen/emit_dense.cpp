@@ -20,6 +20,7 @@
 #include "codegen/kernels/model.cuh"
 #include "codegen/kernels/reduce.cuh"
 #include "codegen/simt_matmul.h"
+#include "ir/attention_layout.h"
 #include "ir/error.h"
 
 namespace moejit::codegen {
@@ -522,14 +523,21 @@ void emit_Concat(EmitContext& ctx) {
 
 // ---- model-level ----
 namespace {
+// The sizes, scale and head layout (ir/attention_layout.h) of every
+// attention kernel's arguments: the kernels index (batch, head) bh's rows
+// from its head offset with the layout's row stride, so [B, T, H, Dh]
+// operands are read and written in place.
 template <class Args> void attention_sizes(EmitContext& ctx, Args& a) {
-  const TensorType& q = ctx.in(0);
+  const HeadDims d = head_dims(ctx.in(0), head_layout(ctx.attrs()));
   double scale = ctx.attrs().get_float("scale");
-  if (scale == 0.0) scale = 1.0 / std::sqrt(static_cast<double>(q.dim(3)));
-  a.BH = q.dim(0) * q.dim(1);
-  a.Tn = q.dim(2);
-  a.Dh = q.dim(3);
+  if (scale == 0.0) scale = 1.0 / std::sqrt(static_cast<double>(d.head_dim));
+  a.BH = d.batch * d.heads;
+  a.Tn = d.tokens;
+  a.Dh = d.head_dim;
   a.scale = static_cast<float>(scale);
+  a.H = d.heads;
+  a.head_stride = d.head_stride;
+  a.row_stride = d.row_stride;
 }
 // Dynamic shared memory of an attention kernel: rows of T and of Dh values.
 unsigned attention_smem(EmitContext& ctx, std::int64_t tokens, std::int64_t head_dim, int rows_of_t, int rows_of_d) {
@@ -553,7 +561,8 @@ bool use_flash_attention(EmitContext& ctx) {
   if (q.dtype != DType::bf16 && q.dtype != DType::f16) return false;
   if (q.dim(3) > 128 || ctx.target().sm() < 80) return false;
   const int dp = mj::FlashTile::padded_dim(q.dim(3));
-  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, q.dim(2))),
+  const std::int64_t tokens = head_dims(q, head_layout(ctx.attrs())).tokens;
+  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, tokens)),
                              mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
                              mj::FlashTile::bwd_dkdv_smem(dp)});
   return most <= ctx.target().shared_memory_per_block_optin;

@@ -47,13 +47,17 @@ Tensor llama_attention(const Scope& s, Tensor x, const LlamaConfig& c, std::int6
   Builder& b = s.b();
   const std::int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads, Dh = c.head_size();
   const double std = c.initializer_range;
-  auto heads = [&](const char* name, std::int64_t n) {  // [BT, n*Dh] -> [B, n, T, Dh]
-    Tensor t = nn::linear(s.child(name), x, n * Dh, {.bias = false, .init_std = std});
-    return b.transpose(b.reshape(t, {B, T, n, Dh}), {0, 2, 1, 3});
+  // [BT, n*Dh] -> [B, n, T, Dh], RoPE before the head transpose (which the
+  // attention-layout pass then folds into the attention, as long as no GQA
+  // repeat stands between them).
+  auto heads = [&](const char* name, std::int64_t n, bool rope) {
+    Tensor t = b.reshape(nn::linear(s.child(name), x, n * Dh, {.bias = false, .init_std = std}), {B, T, n, Dh});
+    if (rope) t = apply_rope(b, t, HeadLayout::bthd);
+    return b.transpose(t, {0, 2, 1, 3});
   };
-  Tensor q = apply_rope(b, heads("q_proj", Hq));
-  Tensor k = apply_rope(b, heads("k_proj", Hkv));
-  Tensor v = heads("v_proj", Hkv);
+  Tensor q = heads("q_proj", Hq, true);
+  Tensor k = heads("k_proj", Hkv, true);
+  Tensor v = heads("v_proj", Hkv, false);
   if (Hkv != Hq) {  // repeat each kv head for its Hq/Hkv query heads: [B, Hkv, T, Dh] -> [B, Hq, T, Dh]
     const std::int64_t rep = Hq / Hkv;
     auto repeat = [&](Tensor t) {  // (rank 3 for the broadcast: every backend's layout ops handle it)

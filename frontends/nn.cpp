@@ -104,16 +104,15 @@ Tensor causal_self_attention(const Scope& s, Tensor x, const AttentionOptions& o
                             s.full_name(""), o.n_head, d_model));
   const std::int64_t head_dim = d_model / o.n_head;
   Tensor qkv = linear(s.child("c_attn"), x, 3 * d_model, {.bias = o.bias, .init_std = o.init_std});  // [BT, 3D]
-  auto heads = [&](std::int64_t part) {
+  // RoPE rotates q and k before the head transpose, so that every operand
+  // of the attention is a transpose the attention-layout pass folds away.
+  auto heads = [&](std::int64_t part, bool rope) {
     Tensor t = b.slice(qkv, {0, part * d_model}, {rows, (part + 1) * d_model});  // [BT, D]
     t = b.reshape(t, {o.batch, o.seq_len, o.n_head, head_dim});                 // [B, T, H, Dh]
-    return b.transpose(t, {0, 2, 1, 3});                                         // [B, H, T, Dh]
+    if (rope) t = apply_rope(b, t, HeadLayout::bthd);
+    return b.transpose(t, {0, 2, 1, 3});  // [B, H, T, Dh]
   };
-  Tensor q = heads(0), k = heads(1), v = heads(2);
-  if (o.rope) {
-    q = apply_rope(b, q);
-    k = apply_rope(b, k);
-  }
+  Tensor q = heads(0, o.rope), k = heads(1, o.rope), v = heads(2, false);
   Tensor out = b.attention(q, k, v);                  // [B, H, T, Dh]
   out = b.transpose(out, {0, 2, 1, 3});               // [B, T, H, Dh]
   out = b.reshape(out, {rows, d_model});              // [BT, D]
@@ -324,15 +323,13 @@ SwitchHeadOutputs switchhead_attention(const Scope& s, Tensor x, Tensor qk_input
     fail(fmt::format("expected n_head >= 1, head_dim >= 1 and 1 <= top_k <= num_experts, found n_head {}, head_dim {}, "
                      "num_experts {}, top_k {}",
                      H, Dh, E, K));
-  auto heads = [&](Tensor t) {  // [B*T, H*Dh] -> [B, H, T, Dh]
-    return b.transpose(b.reshape(t, {o.batch, o.seq_len, H, Dh}), {0, 2, 1, 3});
+  auto heads = [&](Tensor t, bool rope = false) {  // [B*T, H*Dh] -> [B, H, T, Dh] (RoPE before the transpose)
+    t = b.reshape(t, {o.batch, o.seq_len, H, Dh});
+    if (rope) t = apply_rope(b, t, HeadLayout::bthd);
+    return b.transpose(t, {0, 2, 1, 3});
   };
-  Tensor q = heads(linear(s.child("q"), qk_input, H * Dh, {.init_std = o.init_std}));
-  Tensor k = heads(linear(s.child("k"), qk_input, H * Dh, {.init_std = o.init_std}));
-  if (o.rope) {
-    q = apply_rope(b, q);
-    k = apply_rope(b, k);
-  }
+  Tensor q = heads(linear(s.child("q"), qk_input, H * Dh, {.init_std = o.init_std}), o.rope);
+  Tensor k = heads(linear(s.child("k"), qk_input, H * Dh, {.init_std = o.init_std}), o.rope);
   // x repeated per head: row (t, h) of [B*T*H, D] is x[t].
   Tensor x_rows = b.reshape(b.broadcast(b.reshape(x, {rows, 1, d_model}), {rows, H, d_model}), {rows * H, d_model});
 

@@ -89,14 +89,21 @@ Tensor table_input(Builder& b, const char* name, std::int64_t seq_len, std::int6
 
 }  // namespace
 
-Tensor apply_rope(Builder& b, Tensor x) {
+Tensor apply_rope(Builder& b, Tensor x, HeadLayout layout) {
+  const bool bthd = layout == HeadLayout::bthd;
   if (x.rank() != 4 || x.dtype() != DType::f32 || x.dim(3) % 2 != 0)
-    throw Error(fmt::format("apply_rope: x: expected [B, H, T, Dh] f32 with Dh even, found {}", x.type().str()));
-  const std::int64_t B = x.dim(0), H = x.dim(1), T = x.dim(2), Dh = x.dim(3), half = Dh / 2;
-  Tensor cos = b.broadcast(table_input(b, kRopeCosInput, T, Dh), x.shape());  // [B, H, T, Dh]
-  Tensor sin = b.broadcast(table_input(b, kRopeSinInput, T, Dh), x.shape());
-  Tensor x1 = b.slice(x, {0, 0, 0, 0}, {B, H, T, half});   // first half
-  Tensor x2 = b.slice(x, {0, 0, 0, half}, {B, H, T, Dh});  // second half
+    throw Error(fmt::format("apply_rope: x: expected [{}] f32 with Dh even, found {}", bthd ? "B, T, H, Dh" : "B, H, T, Dh",
+                            x.type().str()));
+  const std::int64_t T = x.dim(bthd ? 1 : 2), Dh = x.dim(3), half = Dh / 2;
+  // The tables [T, Dh] broadcast over batch and heads ([T, 1, Dh] when the heads follow T).
+  auto table = [&](const char* name) {
+    Tensor t = table_input(b, name, T, Dh);
+    return b.broadcast(bthd ? b.reshape(t, {T, 1, Dh}) : t, x.shape());
+  };
+  Tensor cos = table(kRopeCosInput), sin = table(kRopeSinInput);
+  const Shape& s = x.shape();
+  Tensor x1 = b.slice(x, {0, 0, 0, 0}, {s[0], s[1], s[2], half});   // first half
+  Tensor x2 = b.slice(x, {0, 0, 0, half}, {s[0], s[1], s[2], Dh});  // second half
   Tensor rotated = b.concat({b.neg(x2), x1}, 3);           // rotate_half(x)
   return b.add(b.mul(x, cos), b.mul(rotated, sin));
 }

@@ -53,10 +53,12 @@ RopeTables rope_tables(const RopeConfig& config, std::int64_t seq_len, std::int6
 inline constexpr const char* kRopeCosInput = "rope.cos";
 inline constexpr const char* kRopeSinInput = "rope.sin";
 
-// apply_rope: x [B, H, T, Dh] f32 -> [B, H, T, Dh] f32, positions 0..T-1.
+// apply_rope: x [B, H, T, Dh] f32 -> [B, H, T, Dh] f32, positions 0..T-1;
+//   layout bthd: x [B, T, H, Dh] (the heads before their transpose, so the
+//   attention-layout pass can fold that transpose into the attention).
 //   Uses (creating on first use) graph inputs "rope.cos", "rope.sin" [T, Dh];
 //   a second call in the same graph must have the same T and Dh.
-Tensor apply_rope(Builder& b, Tensor x);
+Tensor apply_rope(Builder& b, Tensor x, HeadLayout layout = HeadLayout::bhtd);
 
 // Binds "rope.cos" and "rope.sin" of a compiled graph, if the graph has them
 // (a graph without RoPE is left alone). T and Dh are read from the graph's

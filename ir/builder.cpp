@@ -106,8 +106,10 @@ Tensor Builder::concat(std::vector<Tensor> inputs, std::int64_t axis) {
   return op1(OpKind::Concat, std::move(inputs), {{"axis", axis}});
 }
 
-Tensor Builder::attention(Tensor q, Tensor k, Tensor v, double scale) {
-  return op(OpKind::Attention, {q, k, v}, {{"scale", scale}})[0];  // result 1 (lse) feeds only the backward
+Tensor Builder::attention(Tensor q, Tensor k, Tensor v, double scale, HeadLayout layout) {
+  AttrList attrs{{"scale", scale}};
+  set_head_layout(attrs, layout);
+  return op(OpKind::Attention, {q, k, v}, std::move(attrs))[0];  // result 1 (lse) feeds only the backward
 }
 Tensor Builder::cross_entropy(Tensor logits, Tensor targets) { return op1(OpKind::CrossEntropy, {logits, targets}); }
 Tensor Builder::dropout(Tensor x, double p, std::int64_t seed, std::int64_t offset, Tensor* step_offset) {

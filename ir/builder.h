@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ir/attention_layout.h"
 #include "ir/graph.h"
 
 namespace moejit {
@@ -114,9 +115,10 @@ class Builder {
   // ---- model-level ops ----
   // attention: q, k, v [B, H, T, Dh] -> [B, H, T, Dh], causal:
   //   out[t] = softmax_{s<=t}(q[t]·k[s] * scale) · v[s]. scale 0 means 1/sqrt(Dh).
+  // Layout bthd: q, k, v and out are [B, T, H, Dh] (ir/attention_layout.h).
   // Returns out; the op's second result, lse [B, H, T] (the row log-sum-exp,
   // f32), is what its gradient reads.
-  Tensor attention(Tensor q, Tensor k, Tensor v, double scale = 0.0);
+  Tensor attention(Tensor q, Tensor k, Tensor v, double scale = 0.0, HeadLayout layout = HeadLayout::bhtd);
   // cross_entropy: logits [N, V] float, targets [N] i32 -> [], the mean over
   // rows of -log_softmax(logits)[n, targets[n]].
   Tensor cross_entropy(Tensor logits, Tensor targets);

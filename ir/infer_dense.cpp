@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "ir/attention_layout.h"
 #include "ir/infer.h"
 
 namespace moejit {
@@ -332,26 +333,40 @@ bool infer_concat(InferCtx& ctx) {
   return ok(ctx, out);
 }
 
-// The log-sum-exp statistics of attention over q [B, H, T, Dh]: [B, H, T],
-// f64 for f64 q, else f32 (a bf16/f16 attention keeps f32 statistics).
-static TensorType attention_lse_type(const TensorType& q) {
-  return TensorType{q.dtype == DType::f64 ? DType::f64 : DType::f32, {q.dim(0), q.dim(1), q.dim(2)}};
+// The log-sum-exp statistics of attention over q (either head layout):
+// [B, H, T], f64 for f64 q, else f32 (a bf16/f16 attention keeps f32
+// statistics).
+static TensorType attention_lse_type(const TensorType& q, HeadLayout layout) {
+  const HeadDims d = head_dims(q, layout);
+  return TensorType{q.dtype == DType::f64 ? DType::f64 : DType::f32, {d.batch, d.heads, d.tokens}};
+}
+
+// The optional attribute 'layout' (ir/attention_layout.h).
+static bool expect_head_layout(InferCtx& ctx, HeadLayout& layout) {
+  std::optional<HeadLayout> found = find_head_layout(ctx.attrs);
+  if (!found)
+    return ctx.fail(fmt::format("attribute 'layout': expected one of \"bhtd\", \"bthd\", found \"{}\"", ctx.attrs.get_string("layout")));
+  layout = *found;
+  return true;
 }
 
 bool infer_attention(InferCtx& ctx) {
-  // q, k, v [B, H, T, Dh] -> out [B, H, T, Dh], lse [B, H, T]
-  if (!expect_rank(ctx, 0, 4) || !expect_float(ctx, 0) || !expect_same_type(ctx, 0, 1) || !expect_same_type(ctx, 0, 2))
+  // q, k, v [B, H, T, Dh] (layout "bthd": [B, T, H, Dh]) -> out (q's type), lse [B, H, T]
+  HeadLayout layout{};
+  if (!expect_head_layout(ctx, layout) || !expect_rank(ctx, 0, 4) || !expect_float(ctx, 0) || !expect_same_type(ctx, 0, 1) ||
+      !expect_same_type(ctx, 0, 2))
     return false;
-  ctx.results = {operand(ctx, 0), attention_lse_type(operand(ctx, 0))};
+  ctx.results = {operand(ctx, 0), attention_lse_type(operand(ctx, 0), layout)};
   return true;
 }
 
 bool infer_attention_grad(InferCtx& ctx) {
-  // q, k, v, out [B, H, T, Dh], lse [B, H, T], dout [B, H, T, Dh] -> dq, dk, dv
-  if (!expect_rank(ctx, 0, 4) || !expect_float(ctx, 0)) return false;
+  // q, k, v, out (q's layout), lse [B, H, T], dout (q's type) -> dq, dk, dv
+  HeadLayout layout{};
+  if (!expect_head_layout(ctx, layout) || !expect_rank(ctx, 0, 4) || !expect_float(ctx, 0)) return false;
   for (int i : {1, 2, 3, 5})
     if (!expect_same_type(ctx, 0, i)) return false;
-  const TensorType lse = attention_lse_type(operand(ctx, 0));
+  const TensorType lse = attention_lse_type(operand(ctx, 0), layout);
   if (operand(ctx, 4) != lse)
     return ctx.fail(fmt::format("{}: expected {} (the log-sum-exp result of mj.attention), found {}", ctx.operand_label(4), lse.str(),
                                 operand(ctx, 4).str()));

@@ -27,6 +27,8 @@ std::unique_ptr<Pass> create_mixed_precision_pass(const PassOptions& options);
 std::unique_ptr<Pass> create_shard_experts_pass(const PassOptions& options);
 // all-reduce-grads{world_size=N bucket_mib=25}: data-parallel gradients (passes/all_reduce_grads.cpp).
 std::unique_ptr<Pass> create_all_reduce_grads_pass(const PassOptions& options);
+// attention-layout: folds head transposes into mj.attention's layout (passes/attention_layout.cpp).
+std::unique_ptr<Pass> create_attention_layout_pass(const PassOptions& options);
 // memory-plan{print=true|false}: reports the arena plan (passes/memory_plan.h).
 std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);
 

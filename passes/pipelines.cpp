@@ -8,7 +8,9 @@
 //                  (fuse-expert-gather-scatter skips pairs whose
 //                  intermediates the backward reads).
 //   cuda-pipeline  what the CUDA backend runs on every graph it compiles
-//                  (runtime/cuda/executor.cpp): the MoE fusions, tile choice
+//                  (runtime/cuda/executor.cpp): the attention head layout
+//                  (the kernels read [B, T, H, Dh] in place instead of the
+//                  transposes around them), the MoE fusions, tile choice
 //                  of the expert matmuls (without padding the dispatch: a
 //                  compile must not change a graph's routed shapes), and the
 //                  elementwise fusion groups codegen emits as one kernel.
@@ -25,7 +27,7 @@ const std::vector<NamedPipeline>& named_pipelines() {
       {"moe-fusions", "the MoE fusions: moe.route, moe.gather_matmul, moe.matmul_combine",
        "fuse-router-permute,fuse-expert-gather-scatter"},
       {"cuda-pipeline", "what the CUDA backend runs on every graph it compiles",
-       "moe-fusions,moe-tiling{pad-dispatch=false},fuse-elementwise"},
+       "attention-layout,moe-fusions,moe-tiling{pad-dispatch=false},fuse-elementwise"},
   };
   return pipelines;
 }

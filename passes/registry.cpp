@@ -34,6 +34,8 @@ const std::vector<PassRegistration>& registered_passes() {
        create_shard_experts_pass, {"rank", "world_size"}},
       {"all-reduce-grads", "data parallelism: average the gradients over ranks (dense ones all-reduced in buckets), and the loss; after autodiff (options: world_size=N bucket_mib=25)",
        create_all_reduce_grads_pass, {"bucket_mib", "world_size"}},
+      {"attention-layout", "fold the head transposes (0, 2, 1, 3) around mj.attention / mj.attention_grad into layout = \"bthd\"; after autodiff",
+       create_attention_layout_pass},
       {"memory-plan", "plan every intermediate value into one arena; report its size (options: print=true|false)",
        create_memory_plan_pass, {"print"}},
   };

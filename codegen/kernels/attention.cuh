@@ -37,19 +37,28 @@
 //   sum (deterministic, no atomics) at the price of recomputing S and dP
 //   once more.
 //
+// Head layouts (mj.attention's attribute "layout", ir/attention_layout.h):
+// every kernel reads and writes the rows of (batch, head) bh from
+// head_base(bh) = (bh / H) H T Dh + (bh % H) head_stride, row_stride
+// elements apart: [B, H, T, Dh] is head_stride T Dh, row_stride Dh;
+// [B, T, H, Dh] is head_stride Dh, row_stride H Dh (the heads of a
+// [B T, H Dh] projection, read in place). lse and delta are [BH, T] in both.
+//
 // Limits (checked on the host): Dh <= 128, T < 2^31 rows per head.
 #pragma once
 #include "codegen/kernels/common.cuh"
 
 namespace mj {
 
-// mj.attention (bf16/f16): q, k, v, out [BH, T, Dh]; lse [BH, T] f32.
+// mj.attention (bf16/f16): q, k, v, out BH heads of [T, Dh] rows (the
+// layout: H, head_stride, row_stride, above); lse [BH, T] f32.
 template <class T> struct FlashAttentionFwdArgs {
   const T *q, *k, *v;
   T* out;
   float* lse;
   i64 BH, Tn, Dh;
   float scale;
+  i64 H, head_stride, row_stride;
 };
 
 // mj.attention_grad (bf16/f16), kernel 1: dq, and delta [BH, T] f32 (scratch).
@@ -60,6 +69,7 @@ template <class T> struct FlashAttentionBwdDqArgs {
   T* dq;
   i64 BH, Tn, Dh;
   float scale;
+  i64 H, head_stride, row_stride;
 };
 
 // mj.attention_grad (bf16/f16), kernel 2: dk, dv from lse and delta.
@@ -69,6 +79,7 @@ template <class T> struct FlashAttentionBwdDkdvArgs {
   T *dk, *dv;
   i64 BH, Tn, Dh;
   float scale;
+  i64 H, head_stride, row_stride;
 };
 
 // Tile shape of the family (host and device): 64 x 64 tiles, 4 warps.
@@ -100,6 +111,12 @@ namespace mj {
 namespace flash {
 
 extern __shared__ __align__(16) unsigned char flash_smem[];
+
+// Where the rows of (batch, head) bh start in q, k, v, out, dout and the
+// gradients (the layout: see the top of this file).
+template <class Args> __device__ __forceinline__ i64 head_base(const Args& a, i64 bh) {
+  return (bh / a.H) * a.H * a.Tn * a.Dh + (bh % a.H) * a.head_stride;
+}
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   unsigned r;
@@ -163,11 +180,12 @@ template <> struct Mma<f16_t> {
   }
 };
 
-// Rows [row0, row0 + ROWS) of a [Tn, Dh] matrix into shared memory rows of
-// DP + 8 elements; rows >= Tn and columns >= Dh (up to DP) become zero.
-// Asynchronous (cp.async, the caller commits and waits) when Dh % 8 == 0.
+// Rows [row0, row0 + ROWS) of a Tn x Dh matrix whose rows are ld elements
+// apart into shared memory rows of DP + 8 elements; rows >= Tn and columns
+// >= Dh (up to DP) become zero. Asynchronous (cp.async, the caller commits
+// and waits) when Dh % 8 == 0 (then ld, a multiple of Dh, is one of 8 too).
 template <int ROWS, int DP, class T>
-__device__ __forceinline__ void load_tile(unsigned short* dst, const T* src, i64 row0, i64 Tn, i64 Dh) {
+__device__ __forceinline__ void load_tile(unsigned short* dst, const T* src, i64 row0, i64 Tn, i64 Dh, i64 ld) {
   constexpr int LD = DP + 8, CHUNKS = DP / 8;
   const unsigned short* s = (const unsigned short*)src;
   if ((Dh & 7) == 0) {
@@ -175,13 +193,13 @@ __device__ __forceinline__ void load_tile(unsigned short* dst, const T* src, i64
       int r = c / CHUNKS, col = (c % CHUNKS) * 8;
       i64 row = row0 + r;
       bool inside = row < Tn && col < Dh;
-      cp_async16(smem_addr(dst + r * LD + col), inside ? (const void*)(s + row * Dh + col) : (const void*)s, inside ? 16 : 0);
+      cp_async16(smem_addr(dst + r * LD + col), inside ? (const void*)(s + row * ld + col) : (const void*)s, inside ? 16 : 0);
     }
   } else {
     for (int e = threadIdx.x; e < ROWS * DP; e += FlashTile::kThreads) {
       int r = e / DP, col = e % DP;
       i64 row = row0 + r;
-      dst[r * LD + col] = row < Tn && col < Dh ? s[row * Dh + col] : (unsigned short)0;
+      dst[r * LD + col] = row < Tn && col < Dh ? s[row * ld + col] : (unsigned short)0;
     }
   }
 }
@@ -264,11 +282,12 @@ template <int N> __device__ __forceinline__ void zero(float (*acc)[4]) {
 }
 
 // Stores a warp's 16 x DP f32 tile (accumulator layout) times `mul` as T
-// rows [row0, row0 + 16) of a [Tn, Dh] matrix, through the warp's 16 rows of
-// the shared tile `stage` (16-byte stores when Dh % 8 == 0).
+// rows [row0, row0 + 16) of a Tn x Dh matrix with rows ld elements apart,
+// through the warp's 16 rows of the shared tile `stage` (16-byte stores when
+// Dh % 8 == 0).
 template <class T, int DP>
 __device__ __forceinline__ void store_rows(T* dst, const float (*acc)[4], float mul_lo, float mul_hi, unsigned short* stage, i64 row0,
-                                           i64 Tn, i64 Dh) {
+                                           i64 Tn, i64 Dh, i64 ld) {
   constexpr int LD = DP + 8;
   int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -281,12 +300,12 @@ __device__ __forceinline__ void store_rows(T* dst, const float (*acc)[4], float 
   if ((Dh & 7) == 0) {
     for (int c = lane; c < 16 * (DP / 8); c += 32) {
       int r = c / (DP / 8), col = (c % (DP / 8)) * 8;
-      if (row0 + r < Tn && col < Dh) *(uint4*)(d + (row0 + r) * Dh + col) = *(const uint4*)(stage + r * LD + col);
+      if (row0 + r < Tn && col < Dh) *(uint4*)(d + (row0 + r) * ld + col) = *(const uint4*)(stage + r * LD + col);
     }
   } else {
     for (int e = lane; e < 16 * DP; e += 32) {
       int r = e / DP, col = e % DP;
-      if (row0 + r < Tn && col < Dh) d[(row0 + r) * Dh + col] = stage[r * LD + col];
+      if (row0 + r < Tn && col < Dh) d[(row0 + r) * ld + col] = stage[r * LD + col];
     }
   }
   __syncwarp();
@@ -306,17 +325,18 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
   const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;  // the warp's first row in the tile
-  const T* q = a.q + bh * Tn * Dh;
-  const T* k = a.k + bh * Tn * Dh;
-  const T* v = a.v + bh * Tn * Dh;
+  const i64 base = head_base(a, bh), ld = a.row_stride;
+  const T* q = a.q + base;
+  const T* k = a.k + base;
+  const T* v = a.v + base;
   unsigned short* qs = (unsigned short*)flash_smem;
   unsigned short* ks = qs + BM * LD;  // [2][BN][LD]
   unsigned short* vs = ks + 2 * BN * LD;
   const float scale_log2 = a.scale * 1.4426950408889634f;
 
-  load_tile<BM, DP>(qs, q, m0, Tn, Dh);
-  load_tile<BN, DP>(ks, k, 0, Tn, Dh);
-  load_tile<BN, DP>(vs, v, 0, Tn, Dh);
+  load_tile<BM, DP>(qs, q, m0, Tn, Dh, ld);
+  load_tile<BN, DP>(ks, k, 0, Tn, Dh, ld);
+  load_tile<BN, DP>(vs, v, 0, Tn, Dh, ld);
   cp_async_commit();
 
   float o[MF][DT][4];
@@ -333,8 +353,8 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
   for (int j = 0; j < n_tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < n_tiles) {
-      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (i64)(j + 1) * BN, Tn, Dh);
-      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (i64)(j + 1) * BN, Tn, Dh);
+      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (i64)(j + 1) * BN, Tn, Dh, ld);
+      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (i64)(j + 1) * BN, Tn, Dh, ld);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -446,8 +466,8 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
       if (row_lo + 8 < Tn) a.lse[bh * Tn + row_lo + 8] = (row_max[f][1] + log2f(row_sum[f][1])) * 0.6931471805599453f;
     }
     // The warp's own Q rows are no longer read: stage the store through them.
-    store_rows<T, DP>(a.out + bh * Tn * Dh, o[f], 1.f / row_sum[f][0], 1.f / row_sum[f][1], qs + (warp_row + f * 16) * LD,
-                      m0 + warp_row + f * 16, Tn, Dh);
+    store_rows<T, DP>(a.out + base, o[f], 1.f / row_sum[f][0], 1.f / row_sum[f][1], qs + (warp_row + f * 16) * LD,
+                      m0 + warp_row + f * 16, Tn, Dh, ld);
   }
 }
 
@@ -462,7 +482,7 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;
-  const i64 base = bh * Tn * Dh;
+  const i64 base = head_base(a, bh), ld = a.row_stride;
   const T* k = a.k + base;
   const T* v = a.v + base;
   unsigned short* qs = (unsigned short*)flash_smem;
@@ -473,10 +493,10 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   float* delta_s = lse_s + BM;                // [BM]
   const float scale_log2 = a.scale * 1.4426950408889634f;
 
-  load_tile<BM, DP>(qs, a.q + base, m0, Tn, Dh);
-  load_tile<BM, DP>(dos, a.dout + base, m0, Tn, Dh);
-  load_tile<BN, DP>(ks, k, 0, Tn, Dh);
-  load_tile<BN, DP>(vs, v, 0, Tn, Dh);
+  load_tile<BM, DP>(qs, a.q + base, m0, Tn, Dh, ld);
+  load_tile<BM, DP>(dos, a.dout + base, m0, Tn, Dh, ld);
+  load_tile<BN, DP>(ks, k, 0, Tn, Dh, ld);
+  load_tile<BN, DP>(vs, v, 0, Tn, Dh, ld);
   cp_async_commit();
   // delta[t] = dout_t . out_t (f32 sums of the stored values) and lse in
   // base-2 units for the block's rows: THREADS / BM threads a row, each
@@ -487,8 +507,8 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
     const i64 row = m0 + r;
     float sum = 0.f;
     if (row < Tn) {
-      const unsigned short* od = (const unsigned short*)(a.out + base + row * Dh);
-      const unsigned short* dd = (const unsigned short*)(a.dout + base + row * Dh);
+      const unsigned short* od = (const unsigned short*)(a.out + base + row * ld);
+      const unsigned short* dd = (const unsigned short*)(a.dout + base + row * ld);
       if ((Dh & 7) == 0) {
 #pragma unroll 4
         for (i64 c = part * 8; c < Dh; c += 8 * TPR) {
@@ -527,8 +547,8 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   for (int j = 0; j < n_tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < n_tiles) {
-      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (i64)(j + 1) * BN, Tn, Dh);
-      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (i64)(j + 1) * BN, Tn, Dh);
+      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (i64)(j + 1) * BN, Tn, Dh, ld);
+      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (i64)(j + 1) * BN, Tn, Dh, ld);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -565,7 +585,7 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   }
 #pragma unroll
   for (int f = 0; f < MF; ++f)
-    store_rows<T, DP>(a.dq + base, dq[f], a.scale, a.scale, qs + (warp_row + 16 * f) * LD, m0 + warp_row + 16 * f, Tn, Dh);
+    store_rows<T, DP>(a.dq + base, dq[f], a.scale, a.scale, qs + (warp_row + 16 * f) * LD, m0 + warp_row + 16 * f, Tn, Dh, ld);
 }
 
 // ---- backward: dk, dv ----
@@ -576,7 +596,7 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   const int tile = blockIdx.x;  // key tile; the first ones see the most queries
   const i64 bh = blockIdx.y, n0 = (i64)tile * BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const i64 base = bh * Tn * Dh;
+  const i64 base = head_base(a, bh), ld = a.row_stride;
   const T* q = a.q + base;
   const T* dout = a.dout + base;
   unsigned short* ks = (unsigned short*)flash_smem;
@@ -598,10 +618,10 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     float* dst = (threadIdx.x < BM ? lse_s : delta_s) + b * BM + r;
     cp_async4(smem_addr(dst), row < Tn ? (const void*)(src + row) : (const void*)src, row < Tn ? 4 : 0);
   };
-  load_tile<BN, DP>(ks, a.k + base, n0, Tn, Dh);
-  load_tile<BN, DP>(vs, a.v + base, n0, Tn, Dh);
-  load_tile<BM, DP>(qs, q, (i64)tile * BM, Tn, Dh);
-  load_tile<BM, DP>(dos, dout, (i64)tile * BM, Tn, Dh);
+  load_tile<BN, DP>(ks, a.k + base, n0, Tn, Dh, ld);
+  load_tile<BN, DP>(vs, a.v + base, n0, Tn, Dh, ld);
+  load_tile<BM, DP>(qs, q, (i64)tile * BM, Tn, Dh, ld);
+  load_tile<BM, DP>(dos, dout, (i64)tile * BM, Tn, Dh, ld);
   load_stats(tile, 0);
   cp_async_commit();
 
@@ -611,8 +631,8 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   for (int i = tile; i < q_tiles; ++i) {
     const int buf = (i - tile) & 1;
     if (i + 1 < q_tiles) {
-      load_tile<BM, DP>(qs + (buf ^ 1) * BM * LD, q, (i64)(i + 1) * BM, Tn, Dh);
-      load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i64)(i + 1) * BM, Tn, Dh);
+      load_tile<BM, DP>(qs + (buf ^ 1) * BM * LD, q, (i64)(i + 1) * BM, Tn, Dh, ld);
+      load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i64)(i + 1) * BM, Tn, Dh, ld);
       load_stats(i + 1, buf ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
@@ -659,8 +679,8 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     __syncthreads();
   }
   // K's and V's tiles are no longer read: stage the stores through them.
-  store_rows<T, DP>(a.dk + base, dk, a.scale, a.scale, ks + warp * 16 * LD, n0 + warp * 16, Tn, Dh);
-  store_rows<T, DP>(a.dv + base, dv, 1.f, 1.f, vs + warp * 16 * LD, n0 + warp * 16, Tn, Dh);
+  store_rows<T, DP>(a.dk + base, dk, a.scale, a.scale, ks + warp * 16 * LD, n0 + warp * 16, Tn, Dh, ld);
+  store_rows<T, DP>(a.dv + base, dv, 1.f, 1.f, vs + warp * 16 * LD, n0 + warp * 16, Tn, Dh, ld);
 }
 
 }  // namespace mj

@@ -9,7 +9,8 @@
 namespace mj {
 
 // mj.attention (f32/f64, and bf16/f16 where the flash family of
-// attention.cuh does not serve): q, k, v, out [BH, T, Dh];
+// attention.cuh does not serve): q, k, v, out BH heads of [T, Dh] rows in
+// either head layout (H, head_stride, row_stride: as in attention.cuh);
 // out[t] = softmax_{s<=t}(q_t . k_s * scale) v; lse [BH, T] of the
 // arithmetic type (f32, or f64 for f64).
 template <class T> struct AttentionArgs {
@@ -18,6 +19,7 @@ template <class T> struct AttentionArgs {
   void* lse;
   i64 BH, Tn, Dh;
   float scale;
+  i64 H, head_stride, row_stride;
 };
 
 // mj.attention_grad, pass 1: dq and per-row stats [BH*T, 2] (logsumexp, D_t).
@@ -27,6 +29,7 @@ template <class T> struct AttentionGradQArgs {
   double* stats;
   i64 BH, Tn, Dh;
   float scale;
+  i64 H, head_stride, row_stride;
 };
 
 // Pass 2: dk, dv from the stats of pass 1.
@@ -36,6 +39,7 @@ template <class T> struct AttentionGradKvArgs {
   T *dk, *dv;
   i64 BH, Tn, Dh;
   float scale;
+  i64 H, head_stride, row_stride;
 };
 
 // mj.cross_entropy, pass 1: row_loss[n] = logsumexp(logits[n]) - logits[n, targets[n]].
@@ -62,22 +66,27 @@ namespace mj {
 
 extern __shared__ double moejit_dynamic_smem[];
 
+// Where the rows of (batch, head) bh start in an attention operand.
+template <class Args> __device__ __forceinline__ i64 attention_head_base(const Args& a, i64 bh) {
+  return (bh / a.H) * a.H * a.Tn * a.Dh + (bh % a.H) * a.head_stride;
+}
+
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) attention_kernel(const AttentionArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  const i64 Tn = a.Tn, Dh = a.Dh;
+  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.row_stride;
   A* scores = (A*)moejit_dynamic_smem;
   A* qrow = scores + Tn;
   for (i64 row = blockIdx.x; row < a.BH * Tn; row += gridDim.x) {
-    i64 bh = row / Tn, t = row % Tn;
-    const T* kb = a.k + bh * Tn * Dh;
-    const T* vb = a.v + bh * Tn * Dh;
-    for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) qrow[d] = ld(a.q[row * Dh + d]);
+    i64 bh = row / Tn, t = row % Tn, base = attention_head_base(a, bh);
+    const T* kb = a.k + base;
+    const T* vb = a.v + base;
+    for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) qrow[d] = ld(a.q[base + t * rs + d]);
     __syncthreads();
     A max = lowest_value<A>();
     for (i64 s = threadIdx.x; s <= t; s += blockDim.x) {
       A dot = A(0);
-      for (i64 d = 0; d < Dh; ++d) dot += qrow[d] * ld(kb[s * Dh + d]);
+      for (i64 d = 0; d < Dh; ++d) dot += qrow[d] * ld(kb[s * rs + d]);
       dot *= A(a.scale);
       scores[s] = dot;
       max = MaxOp()(max, dot);
@@ -92,8 +101,8 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
     sum = block_reduce(sum, SumOp(), scratch);
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       A acc = A(0);
-      for (i64 s = 0; s <= t; ++s) acc += scores[s] * ld(vb[s * Dh + d]);
-      a.out[row * Dh + d] = st<T>(acc / sum);
+      for (i64 s = 0; s <= t; ++s) acc += scores[s] * ld(vb[s * rs + d]);
+      a.out[base + t * rs + d] = st<T>(acc / sum);
     }
     if (threadIdx.x == 0) ((A*)a.lse)[row] = max + m_log(sum);
     __syncthreads();
@@ -107,26 +116,26 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) attention_grad_q_kernel(const AttentionGradQArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  const i64 Tn = a.Tn, Dh = a.Dh;
+  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.row_stride;
   A* p = (A*)moejit_dynamic_smem;
   A* dp = p + Tn;
   A* qrow = dp + Tn;
   A* dorow = qrow + Dh;
   for (i64 row = blockIdx.x; row < a.BH * Tn; row += gridDim.x) {
-    i64 bh = row / Tn, t = row % Tn;
-    const T* kb = a.k + bh * Tn * Dh;
-    const T* vb = a.v + bh * Tn * Dh;
+    i64 bh = row / Tn, t = row % Tn, base = attention_head_base(a, bh);
+    const T* kb = a.k + base;
+    const T* vb = a.v + base;
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
-      qrow[d] = ld(a.q[row * Dh + d]);
-      dorow[d] = ld(a.dout[row * Dh + d]);
+      qrow[d] = ld(a.q[base + t * rs + d]);
+      dorow[d] = ld(a.dout[base + t * rs + d]);
     }
     __syncthreads();
     A max = lowest_value<A>();
     for (i64 s = threadIdx.x; s <= t; s += blockDim.x) {
       A dot = A(0), dpv = A(0);
       for (i64 d = 0; d < Dh; ++d) {
-        dot += qrow[d] * ld(kb[s * Dh + d]);
-        dpv += dorow[d] * ld(vb[s * Dh + d]);
+        dot += qrow[d] * ld(kb[s * rs + d]);
+        dpv += dorow[d] * ld(vb[s * rs + d]);
       }
       p[s] = dot * A(a.scale);
       dp[s] = dpv;
@@ -146,8 +155,8 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
     __syncthreads();
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       A acc = A(0);
-      for (i64 s = 0; s <= t; ++s) acc += p[s] * ld(kb[s * Dh + d]);
-      a.dq[row * Dh + d] = st<T>(acc * A(a.scale));
+      for (i64 s = 0; s <= t; ++s) acc += p[s] * ld(kb[s * rs + d]);
+      a.dq[base + t * rs + d] = st<T>(acc * A(a.scale));
     }
     if (threadIdx.x == 0) {
       a.stats[2 * row] = (double)(max + m_log(sum));
@@ -161,25 +170,25 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
 // dS_ts = P_ts (dout_t . v_s - D_t); dv_s = sum_t P_ts dout_t, dk_s = scale sum_t dS_ts q_t.
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) attention_grad_kv_kernel(const AttentionGradKvArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  const i64 Tn = a.Tn, Dh = a.Dh;
+  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.row_stride;
   A* p = (A*)moejit_dynamic_smem;
   A* ds = p + Tn;
   A* krow = ds + Tn;
   A* vrow = krow + Dh;
   for (i64 row = blockIdx.x; row < a.BH * Tn; row += gridDim.x) {
-    i64 bh = row / Tn, s = row % Tn;
-    const T* qb = a.q + bh * Tn * Dh;
-    const T* db = a.dout + bh * Tn * Dh;
+    i64 bh = row / Tn, s = row % Tn, base = attention_head_base(a, bh);
+    const T* qb = a.q + base;
+    const T* db = a.dout + base;
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
-      krow[d] = ld(a.k[row * Dh + d]);
-      vrow[d] = ld(a.v[row * Dh + d]);
+      krow[d] = ld(a.k[base + s * rs + d]);
+      vrow[d] = ld(a.v[base + s * rs + d]);
     }
     __syncthreads();
     for (i64 t = s + threadIdx.x; t < Tn; t += blockDim.x) {
       A dot = A(0), dpv = A(0);
       for (i64 d = 0; d < Dh; ++d) {
-        dot += ld(qb[t * Dh + d]) * krow[d];
-        dpv += ld(db[t * Dh + d]) * vrow[d];
+        dot += ld(qb[t * rs + d]) * krow[d];
+        dpv += ld(db[t * rs + d]) * vrow[d];
       }
       i64 qrow_index = bh * Tn + t;
       A pv = m_exp(dot * A(a.scale) - A(a.stats[2 * qrow_index]));
@@ -190,11 +199,11 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       A acc_v = A(0), acc_k = A(0);
       for (i64 t = s; t < Tn; ++t) {
-        acc_v += p[t - s] * ld(db[t * Dh + d]);
-        acc_k += ds[t - s] * ld(qb[t * Dh + d]);
+        acc_v += p[t - s] * ld(db[t * rs + d]);
+        acc_k += ds[t - s] * ld(qb[t * rs + d]);
       }
-      a.dv[row * Dh + d] = st<T>(acc_v);
-      a.dk[row * Dh + d] = st<T>(acc_k * A(a.scale));
+      a.dv[base + s * rs + d] = st<T>(acc_v);
+      a.dk[base + s * rs + d] = st<T>(acc_k * A(a.scale));
     }
     __syncthreads();
   }

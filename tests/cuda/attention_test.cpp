@@ -4,11 +4,14 @@
 // compute_90a (no GPU needed), and, on a GPU, that the bf16 and f16 forward
 // (out, lse) and backward (dq, dk, dv) match the CPU backend on odd sizes:
 // T = 1, T not a multiple of the 64-row tile, head dims 32, 64, 128 and 40
-// (padded to 64), 20 (not a multiple of 8: element-wise tile loads).
+// (padded to 64), 20 (not a multiple of 8: element-wise tile loads); the
+// same in layout "bthd" ([B, T, H, D] read and written in place, for the
+// flash kernels and the f32 / wide-head row kernels).
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <string>
 
@@ -24,16 +27,19 @@ using namespace moejit;
 
 namespace {
 
-// q, k, v, dout [B, H, T, D] -> out, lse (mj.attention), dq, dk, dv
-// (mj.attention_grad reading that out and lse).
-Graph attention_graph(DType dtype, std::int64_t batch, std::int64_t heads, std::int64_t tokens, std::int64_t head_dim) {
-  Graph graph(fmt::format("attention_{}_{}x{}x{}x{}", dtype_name(dtype), batch, heads, tokens, head_dim));
+// q, k, v, dout [B, H, T, D] (layout bthd: [B, T, H, D]) -> out, lse
+// (mj.attention), dq, dk, dv (mj.attention_grad reading that out and lse).
+Graph attention_graph(DType dtype, std::int64_t batch, std::int64_t heads, std::int64_t tokens, std::int64_t head_dim,
+                      HeadLayout layout = HeadLayout::bhtd) {
+  Graph graph(fmt::format("attention_{}_{}x{}x{}x{}_{}", dtype_name(dtype), batch, heads, tokens, head_dim, head_layout_name(layout)));
   Builder b(graph);
-  const Shape shape{batch, heads, tokens, head_dim};
+  const Shape shape = layout == HeadLayout::bhtd ? Shape{batch, heads, tokens, head_dim} : Shape{batch, tokens, heads, head_dim};
   Tensor q = b.input("q", shape, dtype), k = b.input("k", shape, dtype), v = b.input("v", shape, dtype);
   Tensor dout = b.input("dout", shape, dtype);
-  std::vector<Tensor> fwd = b.op(OpKind::Attention, {q, k, v}, {{"scale", 0.0}});
-  std::vector<Tensor> grads = b.op(OpKind::AttentionGrad, {q, k, v, fwd[0], fwd[1], dout}, {{"scale", 0.0}});
+  AttrList attrs{{"scale", 0.0}};
+  set_head_layout(attrs, layout);
+  std::vector<Tensor> fwd = b.op(OpKind::Attention, {q, k, v}, attrs);
+  std::vector<Tensor> grads = b.op(OpKind::AttentionGrad, {q, k, v, fwd[0], fwd[1], dout}, attrs);
   b.output(fwd[0], "out");
   b.output(fwd[1], "lse");
   b.output(grads[0], "dq");
@@ -80,6 +86,28 @@ TEST_CASE("bf16/f16 attention emits the flash kernels, f32 the row kernels", "[c
   CHECK(fwd.shared_bytes == static_cast<unsigned>(mj::FlashTile::fwd_smem(128, 1)));
 }
 
+TEST_CASE("attention in layout bthd launches the same kernels with the heads' strides", "[cuda][attention]") {
+  const auto target = codegen::Target::named("sm_90a");
+  // B 2, T 130, H 3, D 64: the same grid as [B, H, T, D]; rows H * D apart, heads D apart.
+  codegen::ModuleCode bthd = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 64, HeadLayout::bthd), target);
+  codegen::ModuleCode bhtd = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 64), target);
+  CHECK(kernel_names(bthd) == kernel_names(bhtd));
+  const codegen::Launch& fwd = bthd.steps.front().launches.front();
+  CHECK(fwd.grid[0] == 3);
+  CHECK(fwd.grid[1] == 6);
+  mj::FlashAttentionFwdArgs<void> args{};
+  REQUIRE(fwd.args.size() == sizeof(args));
+  std::memcpy(&args, fwd.args.data(), sizeof(args));
+  CHECK(args.BH == 6);
+  CHECK(args.Tn == 130);
+  CHECK(args.H == 3);
+  CHECK(args.head_stride == 64);
+  CHECK(args.row_stride == 3 * 64);
+  std::memcpy(&args, bhtd.steps.front().launches.front().args.data(), sizeof(args));
+  CHECK(args.head_stride == 130 * 64);
+  CHECK(args.row_stride == 64);
+}
+
 TEST_CASE("the flash attention kernels compile to PTX for compute_80 and compute_90a", "[cuda][nvrtc][attention]") {
   // Each padded head dim once, each dtype and architecture twice (NVRTC takes seconds a module).
   const std::pair<const char*, std::int64_t> cases[] = {{"compute_80", 32}, {"compute_90a", 64}, {"compute_80", 96}, {"compute_90a", 128}};
@@ -90,19 +118,18 @@ TEST_CASE("the flash attention kernels compile to PTX for compute_80 and compute
   }
 }
 
-TEST_CASE("gpu: bf16 and f16 flash attention forward and backward match the CPU backend", "[cuda][gpu][attention]") {
-  MOEJIT_SKIP_WITHOUT_GPU();
+namespace {
+struct GpuCase {
+  DType dtype;
+  std::int64_t batch, heads, tokens, head_dim;
+};
+
+// Every case's out, lse, dq, dk, dv on the GPU against the CPU backend, in `layout`.
+void check_against_cpu(const std::vector<GpuCase>& cases, HeadLayout layout) {
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
-  struct Case {
-    DType dtype;
-    std::int64_t batch, heads, tokens, head_dim;
-  };
-  const Case cases[] = {{DType::bf16, 1, 2, 1, 64},   {DType::bf16, 2, 3, 70, 32},  {DType::bf16, 1, 2, 130, 64},
-                        {DType::bf16, 1, 1, 200, 128}, {DType::bf16, 1, 2, 64, 40},  {DType::bf16, 1, 1, 33, 20},
-                        {DType::f16, 2, 1, 129, 64},   {DType::bf16, 1, 1, 513, 64}};
-  for (const Case& c : cases) {
-    Graph graph = attention_graph(c.dtype, c.batch, c.heads, c.tokens, c.head_dim);
+  for (const GpuCase& c : cases) {
+    Graph graph = attention_graph(c.dtype, c.batch, c.heads, c.tokens, c.head_dim, layout);
     INFO(graph.name());
     std::map<std::string, HostTensor> args = cuda_test::random_args(graph, 11, 1);
     auto run = [&](Backend& backend) {
@@ -125,4 +152,35 @@ TEST_CASE("gpu: bf16 and f16 flash attention forward and backward match the CPU 
       CHECK(err <= tol);
     }
   }
+}
+}  // namespace
+
+TEST_CASE("gpu: bf16 and f16 flash attention forward and backward match the CPU backend", "[cuda][gpu][attention]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  check_against_cpu({{DType::bf16, 1, 2, 1, 64},
+                     {DType::bf16, 2, 3, 70, 32},
+                     {DType::bf16, 1, 2, 130, 64},
+                     {DType::bf16, 1, 1, 200, 128},
+                     {DType::bf16, 1, 2, 64, 40},
+                     {DType::bf16, 1, 1, 33, 20},
+                     {DType::f16, 2, 1, 129, 64},
+                     {DType::bf16, 1, 1, 513, 64}},
+                    HeadLayout::bhtd);
+}
+
+TEST_CASE("gpu: attention in layout bthd (flash and row kernels) matches the CPU backend", "[cuda][gpu][attention][layout]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  // Several heads, so the row stride H * D differs from D; odd T, D 40 (padded) and 20 (element-wise
+  // loads), 128 query blocks (T 513); f32 and D 160 take the row kernels.
+  check_against_cpu({{DType::bf16, 1, 2, 1, 64},
+                     {DType::bf16, 2, 3, 70, 32},
+                     {DType::bf16, 2, 6, 130, 64},
+                     {DType::bf16, 1, 3, 200, 128},
+                     {DType::bf16, 1, 2, 64, 40},
+                     {DType::bf16, 1, 3, 33, 20},
+                     {DType::f16, 2, 2, 129, 64},
+                     {DType::bf16, 1, 2, 513, 64},
+                     {DType::f32, 2, 3, 37, 24},
+                     {DType::bf16, 1, 2, 9, 160}},
+                    HeadLayout::bthd);
 }

@@ -32,3 +32,21 @@ func.func @out_dtype(%q: tensor<1x2x8x16xbf16>, %out: tensor<1x2x8x16xf32>, %lse
   %0:3 = "mj.attention_grad"(%q, %q, %q, %out, %lse, %q) {scale = 0.0} : (tensor<1x2x8x16xbf16>, tensor<1x2x8x16xbf16>, tensor<1x2x8x16xbf16>, tensor<1x2x8x16xf32>, tensor<1x2x8xf32>, tensor<1x2x8x16xbf16>) -> (tensor<1x2x8x16xbf16>, tensor<1x2x8x16xbf16>, tensor<1x2x8x16xbf16>)
   return %0#0 : tensor<1x2x8x16xbf16>
 }
+
+// -----
+
+// The head layout is "bhtd" (the default) or "bthd".
+// CHECK: attention.mlir:[[@LINE+2]]:3: error: %0:2 = "mj.attention": attribute 'layout': expected one of "bhtd", "bthd", found "bhdt"
+func.func @bad_layout(%q: tensor<1x8x2x16xf32>) -> (tensor<1x8x2x16xf32>) {
+  %0:2 = "mj.attention"(%q, %q, %q) {layout = "bhdt", scale = 0.0} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>) -> (tensor<1x8x2x16xf32>, tensor<1x2x8xf32>)
+  return %0#0 : tensor<1x8x2x16xf32>
+}
+
+// -----
+
+// In layout "bthd" q is [B, T, H, Dh] and lse stays [B, H, T].
+// CHECK: attention.mlir:[[@LINE+2]]:3: error: %0:3 = "mj.attention_grad": operand #4 (lse): expected tensor<1x2x8xf32> (the log-sum-exp result of mj.attention), found tensor<1x8x2xf32>
+func.func @bthd_lse(%q: tensor<1x8x2x16xf32>, %lse: tensor<1x8x2xf32>) -> (tensor<1x8x2x16xf32>) {
+  %0:3 = "mj.attention_grad"(%q, %q, %q, %q, %lse, %q) {layout = "bthd", scale = 0.0} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2xf32>, tensor<1x8x2x16xf32>) -> (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>)
+  return %0#0 : tensor<1x8x2x16xf32>
+}
