@@ -121,7 +121,7 @@ Graph moe_layer_graph(const std::string& shape) {
 }
 
 // The graphs to tune, as the CUDA backend sees them (after its pipeline).
-std::vector<Graph> graphs_to_tune(const TuneOptions& o) {
+[[maybe_unused]] std::vector<Graph> graphs_to_tune(const TuneOptions& o) {  // (unused without CUDA)
   std::vector<Graph> graphs;
   for (std::size_t at = 0; at < o.moe_layers.size();) {
     std::size_t end = std::min(o.moe_layers.find(';', at), o.moe_layers.size());
