@@ -1,3 +1,4 @@
+// REQUIRES: cuda-backend
 // RUN: moejit tune %s --list | FileCheck %s
 // RUN: moejit tune %s --list --arch sm_80 | FileCheck %s --check-prefix=SM80
 // RUN: not moejit tune 2>&1 | FileCheck %s --check-prefix=NEITHER
