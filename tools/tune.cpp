@@ -192,6 +192,9 @@ int run_list(const TuneOptions& o) {
                codegen::fields_str(p.heuristic), candidates.size());
   }
   fmt::print("{} candidates in all\n", total);
+  std::string versions;
+  for (const auto& f : codegen::tunable_families()) versions += fmt::format(" {} {}", f.name, codegen::tuning_family_version(f.name));
+  fmt::print("version keys:{}\n", versions);
   return 0;
 }
 

@@ -570,3 +570,28 @@ TEST_CASE("tune: the writer round-trips through the reader and merging replaces 
   CHECK_FALSE(codegen::read_tuning_db(fresh_path("absent"), hopper, problem));
   CHECK(problem == "does not exist");
 }
+
+TEST_CASE("tuning database: the shipped H200 database is a valid file for the H200, every entry taken by its family", "[cuda][tuning]") {
+  codegen::Target h200 = hopper;
+  h200.device_name = "NVIDIA H200";
+  h200.sm_count = 132;
+  const std::string path = std::string(MOEJIT_SOURCE_DIR) + "/tuning/" + codegen::tuning_db_file_name(h200);
+  REQUIRE(codegen::tuning_db_file_name(h200) == "NVIDIA_H200.sm_90a.json");
+  std::string problem;
+  auto db = codegen::read_tuning_db(path, h200, problem);
+  INFO(path << ": " << problem);
+  REQUIRE(db);
+  REQUIRE_FALSE(db->entries.empty());
+  // Entries a later kernel change made stale are dropped at load: a reason to tune again, not an error.
+  std::string stale;
+  if (codegen::drop_stale_entries(*db, stale) > 0) WARN("the shipped database holds " << stale << ": run moejit tune on an H200");
+  for (const auto& e : db->entries) {
+    INFO(e.key.family << " " << e.key.kind << " m 2^" << e.key.m_log2 << " n 2^" << e.key.n_log2 << " k 2^" << e.key.k_log2);
+    CHECK(codegen::find_tunable_family(e.key.family) != nullptr);
+    CHECK((e.key.dtype == "bf16" || e.key.dtype == "f32"));
+    if (e.key.family == "gemm_sm90") {
+      CHECK((e.fields.tile_n == 64 || e.fields.tile_n == 128 || e.fields.tile_n == 256));
+      CHECK(moejit::sm90::smem_bytes(128, e.fields.tile_n, 64, e.fields.stages, 1) <= h200.shared_memory_per_block_optin);
+    }
+  }
+}
