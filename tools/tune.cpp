@@ -454,6 +454,7 @@ int run_compile_only(const TuneOptions& o) {
   const double prepared_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const auto before = cuda_compile_stats();
   std::size_t failed = 0;
+  const std::size_t modules = jobs.size();
   {
     CompileQueue queue(std::move(jobs), threads);
     for (std::size_t i = 0; i < queue.size(); ++i)
@@ -468,7 +469,7 @@ int run_compile_only(const TuneOptions& o) {
   fmt::print("moejit tune --compile-only: {} for {}: {} problems, {} candidates ({} refused), {} distinct modules "
              "({} compiled by NVRTC in {:.1f} s of compile time, {} from the disk cache, {} failed); prepared in {:.1f} s, "
              "{:.1f} s in all on {} threads\n",
-             names, target.arch, problems.size(), candidates.size(), refused, candidates.empty() ? 0 : candidates.back().module + 1,
+             names, target.arch, problems.size(), candidates.size(), refused, modules,
              after.compiles - before.compiles, after.compile_seconds - before.compile_seconds, after.disk_hits - before.disk_hits,
              failed, prepared_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), threads);
   return failed ? 1 : 0;
