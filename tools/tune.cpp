@@ -607,9 +607,11 @@ int run_tune(const TuneOptions& o) {
   std::string problem;
   std::error_code ec;
   if (std::filesystem::exists(out, ec)) {
-    if (auto existing = codegen::read_tuning_db(out, target, problem))
+    if (auto existing = codegen::read_tuning_db(out, target, problem)) {
       db = std::move(*existing);
-    else
+      std::string stale;
+      if (codegen::drop_stale_entries(db, stale) > 0) fmt::print("moejit tune: the existing {} held {}: dropped\n", out, stale);
+    } else
       fmt::print("moejit tune: the existing {} {}: replaced by this run's entries\n", out, problem);
   }
   const std::size_t before = db.entries.size();
