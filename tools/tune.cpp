@@ -1,30 +1,35 @@
-// `moejit tune (--config model.json | graph.mlir) [--moe-layer "T,D,F,E,K;..."] [--out FILE] [--budget-s S]
-//  [--runs N] [--threads N] [--list [--arch sm_90a]]`
+// `moejit tune [graph.mlir...] [--config model.json|default]... [--moe-layer "T,D,F,E,K;..."] [--out FILE]
+//  [--budget-s S] [--runs N] [--threads N] [--list | --compile-only] [--arch sm_90a]`
 //
 // Tunes the tile configs of every tunable kernel of a model on the present
 // GPU and writes the winners to its tuning database (docs/tuning.md):
-//  1. the graph: the GPT-MoE training step of a config (as `gpt_moe train`
-//     builds it: forward, backward, AdamW, in the config's precision; bf16
-//     for dtype auto), or an IR file, and/or bench/moe_layer_bench's layer
-//     at each --moe-layer shape; then the CUDA backend's pipeline;
-//  2. its distinct problems (collect_tuning_problems, codegen/tuning_space.h:
-//     the GemmProblem each emitter makes), largest first;
+//  1. the graphs: the GPT-MoE training step of each config (as `gpt_moe
+//     train` builds it: forward, backward, AdamW, in the config's
+//     precision; bf16 for dtype auto; "default": the built-in defaults),
+//     IR files, bench/moe_layer_bench's layer at each --moe-layer shape;
+//     then the CUDA backend's pipeline;
+//  2. their distinct problems (collect_tuning_problems, codegen/tuning_space.h:
+//     the GemmProblem each emitter makes), merged, largest first;
 //  3. per problem, the family's candidates, the heuristic's choice first
-//     (so tuned is never slower than it): a one-op graph compiled through
-//     the kernel cache on --threads host threads, each candidate under a
-//     database holding just its entry; a candidate the family's checks
-//     refuse, that fails to compile or run, or whose output differs from
-//     the heuristic's by more than the dtype's tolerance is skipped and
-//     reported;
+//     (so tuned is never slower than it), each a one-op graph whose module
+//     is generated under a database holding just its entry (a candidate the
+//     family's checks refuse is skipped); the distinct modules compiled by
+//     NVRTC into the kernel cache on --threads host threads, in timing
+//     order, while the main thread times the problems whose modules are
+//     ready; a candidate that fails to compile or run, or whose output
+//     differs from the heuristic's by more than the dtype's tolerance, is
+//     skipped and reported;
 //  4. timing: CUDA events (cuda_last_run_ms), 3 warm-up runs, the median of
 //     --runs, the L2 overwritten before every timed run; a candidate wins
 //     only when it beats the heuristic by more than 1% (noise);
-//  5. the winners merged into --out (default tuning/<device>.<arch>.json,
-//     codegen/tuning_db.h names it; an entry replaces one of the same key),
-//     written atomically; a table of heuristic vs tuned time per problem.
+//  5. the winners, with their families' version keys, merged into --out
+//     (default tuning/<device>.<arch>.json, codegen/tuning_db.h names it; an
+//     entry replaces one of the same key, stale ones are dropped), written
+//     atomically; a table of heuristic vs tuned time per problem.
 // --budget-s stops starting new problems when the time is spent (those left
 // keep the heuristic and are listed). --list prints the problems and their
-// candidates and needs no GPU (for --arch's named target).
+// candidates, --compile-only compiles every candidate into the kernel
+// cache; neither needs a GPU (they use --arch's named target).
 #include <fmt/format.h>
 
 #include <algorithm>
