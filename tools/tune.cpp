@@ -69,7 +69,7 @@ namespace {
 struct TuneOptions {
   std::vector<std::string> inputs;   // IR files
   std::vector<std::string> configs;  // gpt_moe JSON files, or "default" (GptMoeConfig's defaults: `gpt_moe train` without --config)
-  std::string moe_layers;  // "T,D,F,E,K;...": bench/moe_layer_bench's layer at each shape
+  std::vector<std::string> moe_layers;  // "T,D,F,E,K;..." (repeatable): bench/moe_layer_bench's layer at each shape
   std::int64_t vocab_size = 65;  // for a config without one (tinyshakespeare's 65 bytes)
   std::string out;
   double budget_s = 280.0;
@@ -128,11 +128,12 @@ Graph moe_layer_graph(const std::string& shape) {
 // The graphs to tune, as the CUDA backend sees them (after its pipeline).
 [[maybe_unused]] std::vector<Graph> graphs_to_tune(const TuneOptions& o) {  // (unused without CUDA)
   std::vector<Graph> graphs;
-  for (std::size_t at = 0; at < o.moe_layers.size();) {
-    std::size_t end = std::min(o.moe_layers.find(';', at), o.moe_layers.size());
-    graphs.push_back(moe_layer_graph(o.moe_layers.substr(at, end - at)));
-    at = end + 1;
-  }
+  for (const std::string& shapes : o.moe_layers)
+    for (std::size_t at = 0; at < shapes.size();) {
+      std::size_t end = std::min(shapes.find(';', at), shapes.size());
+      graphs.push_back(moe_layer_graph(shapes.substr(at, end - at)));
+      at = end + 1;
+    }
   for (const auto& config : o.configs) graphs.push_back(config_graph(config, o.vocab_size));
   for (const auto& input : o.inputs) graphs.push_back(parse_graph(read_input(input), input));
   for (Graph& graph : graphs) {
@@ -647,7 +648,8 @@ void register_tune_command(CLI::App& app, Command& selected) {
                    "GPT-MoE config JSON (as gpt_moe train --config), or \"default\" (the built-in defaults): tune its training step; "
                    "may be repeated");
   tune->add_option("--moe-layer", o->moe_layers,
-                   "MoE layer shapes \"T,D,F,E,K;...\" (bench/moe_layer_bench's layer, forward and backward), with or without a graph");
+                   "MoE layer shapes \"T,D,F,E,K;...\" (bench/moe_layer_bench's layer, forward and backward), with or without a graph; "
+                   "may be repeated");
   tune->add_option("--vocab-size", o->vocab_size, "Vocabulary of a --config without vocab_size (default 65)");
   tune->add_option("-o,--out", o->out, "Database to write (default tuning/<device>.<arch>.json); existing entries are kept");
   tune->add_option("--budget-s", o->budget_s, "Start no new problem after this many seconds (default 280)");

@@ -4,6 +4,7 @@
 // RUN: not moejit tune 2>&1 | FileCheck %s --check-prefix=NEITHER
 // RUN: not moejit tune %s --config %s.missing.json --list 2>&1 | FileCheck %s --check-prefix=MISSING
 // RUN: moejit tune %s %s --list | FileCheck %s --check-prefix=TWICE
+// RUN: moejit tune --moe-layer 256,64,128,4,2 --moe-layer "256,64,128,4,2;128,64,128,4,2" --list | FileCheck %s --check-prefix=LAYERS
 
 // `moejit tune --list`: the distinct problems of the graph after the CUDA
 // pipeline, each with its family, the heuristic's config and the number of
@@ -27,6 +28,9 @@
 // Graphs given together are merged: the same problems twice are tuned once, with their uses added.
 // TWICE: 3 distinct problems of @tune_list, @tune_list for sm_90a
 // TWICE-NEXT: gemm_sm90 bf16 grouped m 1024 n 192 k 128 x4 uses 4
+// --moe-layer repeats, each with one or more ';'-separated shapes (T,D,F,E,K).
+// LAYERS: distinct problems of @moe_layer_T256_D64_F128_E4_K2, @moe_layer_T256_D64_F128_E4_K2, @moe_layer_T128_D64_F128_E4_K2 for sm_90a
+// LAYERS-NEXT: gemm_sm90 bf16 grouped m 512 n 128 k 64 x4 uses 2
 func.func @tune_list(%xs: tensor<1024x128xbf16>, %w: tensor<4x128x192xbf16> {mj.role = "param"}, %offsets: tensor<5xi32>, %a: tensor<128x512xbf16>, %r: tensor<96x80xf32>, %wr: tensor<80x48xf32> {mj.role = "param"}) -> (tensor<1024x192xbf16> {mj.name = "y1"}, tensor<1024x192xbf16> {mj.name = "y2"}, tensor<128x192xbf16> {mj.name = "y3"}, tensor<96x48xf32> {mj.name = "y4"}) {
   %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {transpose_w = false} : (tensor<1024x128xbf16>, tensor<4x128x192xbf16>, tensor<5xi32>) -> tensor<1024x192xbf16>
   %1 = "mj.neg"(%xs) : (tensor<1024x128xbf16>) -> tensor<1024x128xbf16>
