@@ -9,7 +9,8 @@
 //     IR files, bench/moe_layer_bench's layer at each --moe-layer shape;
 //     then the CUDA backend's pipeline;
 //  2. their distinct problems (collect_tuning_problems, codegen/tuning_space.h:
-//     the GemmProblem each emitter makes), merged, largest first;
+//     the GemmProblem each emitter makes), merged: the configs' first, then
+//     the IR files', then the layers', each graph's largest first;
 //  3. per problem, the family's candidates, the heuristic's choice first
 //     (so tuned is never slower than it), each a one-op graph whose module
 //     is generated under a database holding just its entry (a candidate the
@@ -128,14 +129,15 @@ Graph moe_layer_graph(const std::string& shape) {
 // The graphs to tune, as the CUDA backend sees them (after its pipeline).
 [[maybe_unused]] std::vector<Graph> graphs_to_tune(const TuneOptions& o) {  // (unused without CUDA)
   std::vector<Graph> graphs;
+  // In tuning order (a --budget-s that runs out cuts the last): the training steps, IR files, then the layers.
+  for (const auto& config : o.configs) graphs.push_back(config_graph(config, o.vocab_size));
+  for (const auto& input : o.inputs) graphs.push_back(parse_graph(read_input(input), input));
   for (const std::string& shapes : o.moe_layers)
     for (std::size_t at = 0; at < shapes.size();) {
       std::size_t end = std::min(shapes.find(';', at), shapes.size());
       graphs.push_back(moe_layer_graph(shapes.substr(at, end - at)));
       at = end + 1;
     }
-  for (const auto& config : o.configs) graphs.push_back(config_graph(config, o.vocab_size));
-  for (const auto& input : o.inputs) graphs.push_back(parse_graph(read_input(input), input));
   for (Graph& graph : graphs) {
     PassManager manager;
     manager.add_pipeline(kCudaPipeline);
@@ -168,7 +170,8 @@ std::string duration_str(double s) {
   return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
 }
 
-// The distinct problems of every graph to tune, largest first; and the graphs' names.
+// The distinct problems of every graph to tune, graph by graph (graphs_to_tune's order), each graph's
+// largest first; and the graphs' names.
 std::vector<TuningProblem> problems_to_tune(const TuneOptions& o, const codegen::Target& target, std::string& names) {
   std::vector<TuningProblem> all;
   for (const Graph& graph : graphs_to_tune(o)) {
@@ -181,8 +184,7 @@ std::vector<TuningProblem> problems_to_tune(const TuneOptions& o, const codegen:
         all.push_back(std::move(p));
     }
   }
-  std::stable_sort(all.begin(), all.end(), [](const TuningProblem& a, const TuningProblem& b) { return a.flops > b.flops; });
-  return all;
+  return all;  // graph by graph, each largest first (collect_tuning_problems); shared ones with the first graph that has them
 }
 
 int run_list(const TuneOptions& o) {
@@ -603,7 +605,7 @@ int run_tune(const TuneOptions& o) {
     } else {
       fmt::print("{:<12} {:<44} {:>4} {:<22} {:>10.4f} {:<22} {:>10.4f} {:>6.2f}x\n", p.family, p.label(), p.uses,
                  codegen::fields_str(p.heuristic), r.heuristic_ms, codegen::fields_str(r.best), r.best_ms, r.heuristic_ms / r.best_ms);
-      // Problems are largest first: where two share a bucket, the larger one's winner is kept.
+      // Where two problems share a bucket, the first one's winner is kept (the model's before a layer's; the larger within a graph).
       if (std::none_of(entries.begin(), entries.end(), [&](const codegen::TuningEntry& e) { return e.key == p.key; }))
         entries.push_back({p.key, r.best, codegen::tuning_family_version(p.family)});
     }
