@@ -51,7 +51,10 @@
 //   attribute: tensor-core tile attributes (moe-tiling's 128 x n x 64) run
 //              as 128 x 128 x 32 with a note; others ask for SIMT, as on sm90;
 //   heuristic: 4 stages, fewer (down to 2) where the target's shared memory
-//              is smaller (48 KiB of a generic named target: 3).
+//              is smaller (48 KiB of a generic named target: 3);
+//   tuned: instead of the heuristic (and of moe-tiling's tiles), the
+//          database's stages for family "gemm_sm80" when they are 2 to 6 and
+//          fit, else the heuristic with a note.
 #include "codegen/gemm_select.h"
 
 #include <fmt/format.h>
@@ -347,11 +350,33 @@ TileConfig sm80_config(const Op& op, const GemmProblem& problem, const Target& t
   }
   const bool grouped = problem.kind == GemmProblem::Kind::grouped;
   c.split_k = static_cast<int>(weight_gradient_split_k(problem, c.tile_m, c.tile_n, 2 * target.sm_count));  // two blocks per SM
-  if (c.split_k > 1) add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
   const std::int64_t groups = std::max<std::int64_t>(problem.batch, c.split_k);
+  const auto fits = [&](int stages) {
+    return sm80::smem_bytes(c.tile_m, c.tile_n, c.tile_k, stages, groups, grouped) <= target.shared_memory_per_block_optin;
+  };
   c.stages = 4;
-  while (c.stages > 2 && sm80::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups, grouped) > target.shared_memory_per_block_optin)
-    --c.stages;
+  while (c.stages > 2 && !fits(c.stages)) --c.stages;
+  // The database replaces the heuristic and moe-tiling's tiles (which this family runs as its own tile anyway).
+  if (c.source == TileConfig::Source::heuristic || tiled_by_heuristic(op)) {
+    if (std::optional<TunedLookup> tuned = tuned_entry("gemm_sm80", problem, target)) {
+      // The entry may set the stages; the tile is the family's one (an entry may repeat it).
+      TileConfig t = c;
+      apply_tuned(t, tuned->fields);
+      const bool valid = sm80::tile_supported(t.tile_m, t.tile_n, t.tile_k) && t.stages >= 2 && t.stages <= 6 && fits(t.stages) &&
+                         tuned->fields.threads == 0 && tuned->fields.split_k == 0;
+      if (valid) {
+        c.stages = t.stages;
+        c.source = TileConfig::Source::tuned;
+        c.note.clear();
+        add_note(c, bucket_note(*tuned));
+      } else {
+        add_note(c, fmt::format("tuned tile {}x{}x{} stages {} ignored: the sm80 family takes tile 128 x 128 x 32, 2 to 6 stages "
+                                "within {} bytes of shared memory",
+                                t.tile_m, t.tile_n, t.tile_k, t.stages, target.shared_memory_per_block_optin));
+      }
+    }
+  }
+  if (c.split_k > 1) add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
   return c;
 }
 
@@ -366,7 +391,14 @@ const char* gemm_kind_name(GemmProblem::Kind kind) {
   return "?";
 }
 
-const char* gemm_family_name(GemmFamily family) { return family == GemmFamily::sm90 ? "gemm_sm90" : "matmul_simt"; }
+const char* gemm_family_name(GemmFamily family) {
+  switch (family) {
+    case GemmFamily::sm90: return "gemm_sm90";
+    case GemmFamily::sm80: return "gemm_sm80";
+    case GemmFamily::simt: return "matmul_simt";
+  }
+  return "?";
+}
 
 TuningKey gemm_tuning_key(const char* family, const GemmProblem& problem) {
   // The layout is part of the kind: a transposed operand changes which config is fastest.

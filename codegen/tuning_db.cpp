@@ -90,13 +90,14 @@ std::optional<TuningDb> parse_payload(const std::string& payload, const Target& 
     };
     if (!e.is_object()) return bad("not an object");
     TuningEntry entry;
-    for (const char* name : {"family", "dtype", "kind"})
+    for (const char* name : {"family", "version", "dtype", "kind"})
       if (!e.contains(name) || !e[name].is_string()) return bad(fmt::format("expected a string \"{}\"", name));
     for (const char* name : {"m_log2", "n_log2", "k_log2"})
       if (!e.contains(name) || !e[name].is_number_integer() || e[name].get<int>() < 0 || e[name].get<int>() > 62)
         return bad(fmt::format("expected an integer \"{}\" in [0, 62]", name));
     entry.key = {e["family"].get<std::string>(), e["dtype"].get<std::string>(), e["kind"].get<std::string>(),
                  e["m_log2"].get<int>(), e["n_log2"].get<int>(), e["k_log2"].get<int>()};
+    entry.version = e["version"].get<std::string>();
     if (!e.contains("config") || !e["config"].is_object()) return bad("expected a \"config\" object");
     for (const auto& [name, value] : e["config"].items()) {
       int* slot = field(entry.fields, name);
@@ -156,6 +157,7 @@ std::string tuning_db_payload(const TuningDb& db) {
     for (const char* name : kFieldNames)
       if (int v = *field(fields, name); v > 0) config[name] = v;
     entries.push_back({{"family", e.key.family},
+                       {"version", e.version},
                        {"dtype", e.key.dtype},
                        {"kind", e.key.kind},
                        {"m_log2", e.key.m_log2},
@@ -239,10 +241,30 @@ void merge_tuning_entries(TuningDb& db, const std::vector<TuningEntry>& entries)
   for (const auto& e : entries) {
     auto same = std::find_if(db.entries.begin(), db.entries.end(), [&](const TuningEntry& d) { return d.key == e.key; });
     if (same != db.entries.end())
-      same->fields = e.fields;
+      *same = e;
     else
       db.entries.push_back(e);
   }
+}
+
+std::size_t drop_stale_entries(TuningDb& db, std::string& summary) {
+  std::map<std::pair<std::string, std::string>, std::size_t> stale;  // (family, version) -> entries
+  std::vector<TuningEntry> kept;
+  for (auto& e : db.entries) {
+    if (e.version == tuning_family_version(e.key.family) && !e.version.empty())
+      kept.push_back(std::move(e));
+    else
+      ++stale[{e.key.family, e.version}];
+  }
+  const std::size_t dropped = db.entries.size() - kept.size();
+  db.entries = std::move(kept);
+  summary.clear();
+  for (const auto& [what, n] : stale) {
+    const std::string now = tuning_family_version(what.first);
+    summary += fmt::format("{}{} {} entr{} of version \"{}\" ({})", summary.empty() ? "" : ", ", n, what.first, n == 1 ? "y" : "ies",
+                           what.second, now.empty() ? "a family this build does not tune" : "this build: \"" + now + "\"");
+  }
+  return dropped;
 }
 
 const TuningDb* tuning_db_for(const Target& target) {
@@ -274,8 +296,15 @@ const TuningDb* tuning_db_for(const Target& target) {
   if (it == loaded.end()) {
     std::string problem;
     std::optional<TuningDb> db = read_tuning_db(path, target, problem);
-    if (!db) std::cerr << "moejit: warning: tuning database " << path << " " << problem << ": ignored\n";
-    else if (say) std::cerr << "moejit: tuning database " << path << ": " << db->entries.size() << " entries\n";
+    if (!db) {
+      std::cerr << "moejit: warning: tuning database " << path << " " << problem << ": ignored\n";
+    } else {
+      std::string stale;
+      if (drop_stale_entries(*db, stale) > 0)
+        std::cerr << "moejit: warning: tuning database " << path << " holds " << stale
+                  << ", tuned for another version of the family's kernel or space (run moejit tune again): ignored\n";
+      if (say) std::cerr << "moejit: tuning database " << path << ": " << db->entries.size() << " entries\n";
+    }
     it = loaded.emplace(key, std::move(db)).first;
   }
   return it->second ? &*it->second : nullptr;

@@ -3,23 +3,29 @@
 // (codegen/gemm_select.cpp). The file is a checked file (ir/checked_file.h)
 // whose identity is a hash of the device name and architecture, holding a
 // JSON payload:
-//   {"schema": 1, "device": "NVIDIA H200", "arch": "sm_90a",
-//    "entries": [{"family": "gemm_sm90", "dtype": "bf16", "kind": "matmul",
+//   {"schema": 2, "device": "NVIDIA H200", "arch": "sm_90a",
+//    "entries": [{"family": "gemm_sm90", "version": "3f0c5e1a9b2d4c68",
+//                 "dtype": "bf16", "kind": "matmul",
 //                 "m_log2": 10, "n_log2": 12, "k_log2": 10,
 //                 "config": {"tile_n": 128, "stages": 4}}]}
-// A bucket is the power of two at or above each of m, n, k. Where the file
-// is found, and what happens to a bad one: docs/cuda.md ("Tuning database").
+// A bucket is the power of two at or above each of m, n, k. "version" is
+// the family's version key (tuning_family_version) when the entry was
+// tuned: an entry of another version (the family's kernel or space changed
+// since) is dropped when the file is loaded, with a warning, so a stale
+// winner is never used. Where the file is found, and what happens to a bad
+// one: docs/cuda.md ("Tuning database").
 #pragma once
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "codegen/target.h"
 
 namespace moejit::codegen {
 
-inline constexpr int kTuningDbSchema = 1;
+inline constexpr int kTuningDbSchema = 2;  // 2: every entry has its family's "version"
 
 struct TuningKey {
   std::string family;  // "gemm_sm90", "matmul_simt"
@@ -38,7 +44,19 @@ struct TunedFields {
 struct TuningEntry {
   TuningKey key;
   TunedFields fields;
+  std::string version;  // tuning_family_version(key.family) of the build that tuned it
 };
+
+// The version key of a family's configuration space in this build
+// (tuning_space.cpp: a hash of the family's revision, its space and the
+// kernel's limits that decide which configurations exist, such as the
+// shared memory each needs); "" for a family this build does not tune.
+std::string tuning_family_version(std::string_view family);
+
+// Removes the entries whose "version" is not their family's in this build;
+// returns how many, and sets `summary` ("3 gemm_sm90 entries of version
+// 0123456789abcdef (this build: fedcba9876543210)") when there were any.
+std::size_t drop_stale_entries(struct TuningDb& db, std::string& summary);
 
 struct TuningDb {
   std::string device;  // Target::device_name it was tuned on
@@ -103,7 +121,8 @@ class ScopedTuningDbOverride {
 
 // The database for the target, read once per path and process; nullptr when
 // there is none or it is unusable (then reported once on stderr:
-// "moejit: warning: tuning database <path> <problem>: ignored"). Thread-safe.
+// "moejit: warning: tuning database <path> <problem>: ignored"). Entries of
+// a stale version are dropped, reported once the same way. Thread-safe.
 const TuningDb* tuning_db_for(const Target& target);
 
 }  // namespace moejit::codegen

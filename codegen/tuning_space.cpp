@@ -12,6 +12,18 @@
 //   or 8 and 16 for k <= 8), with the two staged slices within 48 KiB of
 //   static shared memory (gemm_select.cpp's rules). The entry sets tile_m,
 //   tile_n, tile_k; the threads follow from the tile.
+// gemm_sm80 (codegen/kernels/gemm_sm80.cuh), the bf16/f16 products sm90
+//   cannot take (rows TMA cannot address, f16, plain sm_90): its one tile
+//   128 x 128 x 32 with 2 to 6 pipeline stages where sm80::smem_bytes fits
+//   the opt-in. The entry sets stages.
+//
+// Each family's version key (tuning_family_version) hashes its revision
+// (bump it when a field's meaning or the kernel's behaviour under a config
+// changes in a way nothing below sees), its space in words, and the
+// kernel's limits that decide which configurations exist: the tile shapes
+// it instantiates and the shared memory each configuration needs. An edit
+// of the kernel that changes any of those makes the entries tuned before it
+// stale, so they are dropped at load (tuning_db.h), never used.
 #include "codegen/tuning_space.h"
 
 #include <fmt/format.h>
@@ -19,8 +31,10 @@
 #include <algorithm>
 #include <map>
 
+#include "codegen/kernels/gemm_sm80.cuh"
 #include "codegen/kernels/gemm_sm90.cuh"
 #include "ir/builder.h"
+#include "ir/checked_file.h"
 #include "ir/error.h"
 #include "ir/op_table.h"
 
@@ -31,6 +45,7 @@ namespace {
 // The fields of a chosen config that the family's entries set.
 TunedFields sm90_fields(const TileConfig& c) { return TunedFields{.tile_n = c.tile_n, .stages = c.stages}; }
 TunedFields simt_fields(const TileConfig& c) { return TunedFields{.tile_m = c.tile_m, .tile_n = c.tile_n, .tile_k = c.tile_k}; }
+TunedFields sm80_fields(const TileConfig& c) { return TunedFields{.stages = c.stages}; }
 
 // The GEMM problem of `op` when choose_gemm (without a database) picks `family` for it.
 std::optional<TuningProblem> gemm_problem_in(GemmFamily family, const Graph& graph, const Op& op, const Target& target) {
@@ -46,7 +61,9 @@ std::optional<TuningProblem> gemm_problem_in(GemmFamily family, const Graph& gra
   p.family = gemm_family_name(family);
   p.key = gemm_tuning_key(gemm_family_name(family), *gemm);
   p.gemm = *gemm;
-  p.heuristic = family == GemmFamily::sm90 ? sm90_fields(choice.config) : simt_fields(choice.config);
+  p.heuristic = family == GemmFamily::sm90   ? sm90_fields(choice.config)
+                : family == GemmFamily::sm80 ? sm80_fields(choice.config)
+                                             : simt_fields(choice.config);
   p.flops = 2.0 * static_cast<double>(gemm->m) * static_cast<double>(gemm->n) * static_cast<double>(gemm->k) *
             static_cast<double>(gemm->kind == GemmProblem::Kind::matmul ? gemm->batch : 1);
   p.uses = 1;
@@ -58,6 +75,9 @@ std::optional<TuningProblem> sm90_problem(const Graph& graph, const Op& op, cons
 }
 std::optional<TuningProblem> simt_problem(const Graph& graph, const Op& op, const Target& target) {
   return gemm_problem_in(GemmFamily::simt, graph, op, target);
+}
+std::optional<TuningProblem> sm80_problem(const Graph& graph, const Op& op, const Target& target) {
+  return gemm_problem_in(GemmFamily::sm80, graph, op, target);
 }
 
 // The heuristic's fields first, then the rest of the space without it.
@@ -75,6 +95,15 @@ std::vector<TunedFields> sm90_candidates(const TuningProblem& p, const Target& t
     for (int stages : {4, 5, 6})
       if (sm90::smem_bytes(128, tile_n, 64, stages, groups) <= target.shared_memory_per_block_optin)
         space.push_back({.tile_n = tile_n, .stages = stages});
+  return heuristic_first(p, space);
+}
+
+std::vector<TunedFields> sm80_candidates(const TuningProblem& p, const Target& target) {
+  const bool grouped = p.gemm.kind == GemmProblem::Kind::grouped;
+  std::vector<TunedFields> space;
+  for (int stages = 2; stages <= 6; ++stages)
+    if (sm80::smem_bytes(128, 128, 32, stages, p.gemm.batch, grouped) <= target.shared_memory_per_block_optin)
+      space.push_back({.stages = stages});
   return heuristic_first(p, space);
 }
 
@@ -151,6 +180,29 @@ Graph gemm_problem_graph(const TuningProblem& p) {
   throw Error("moejit tune: unknown GEMM problem kind");
 }
 
+// What decides a family's configurations, as text (hashed into its version key).
+std::string sm90_limits() {
+  std::string text;
+  for (int n : {32, 64, 96, 128, 192, 256})
+    text += fmt::format(" tile 128x{}x64 {}", n, n == 64 || n == 128 || n == 256 ? "yes" : "no");
+  for (int n : {64, 128, 256})
+    for (int stages = 2; stages <= 6; ++stages)
+      for (long long groups : {1, 8, 128}) text += fmt::format(" smem {} {} {} {}", n, stages, groups, sm90::smem_bytes(128, n, 64, stages, groups));
+  return text;
+}
+std::string sm80_limits() {
+  std::string text = fmt::format(" threads {}", sm80::threads_for(128, 128));
+  for (int n : {64, 128, 256}) text += fmt::format(" tile 128x{}x32 {}", n, sm80::tile_supported(128, n, 32) ? "yes" : "no");
+  for (int stages = 2; stages <= 6; ++stages)
+    for (long long groups : {1, 8, 128})
+      for (bool grouped : {false, true}) text += fmt::format(" smem {} {} {} {}", stages, groups, grouped, sm80::smem_bytes(128, 128, 32, stages, groups, grouped));
+  return text;
+}
+std::string simt_limits() {
+  // The SIMT tile's rules live in gemm_select.cpp (threads from the tile, the 48 KiB of static shared memory).
+  return " tile_m,tile_n pow2 8..128, tile_k pow2 4..64, <= 64x64 outputs, threads clamp(m*n/16, 32, 256), 48 KiB static";
+}
+
 }  // namespace
 
 std::string TuningProblem::label() const {
@@ -177,11 +229,15 @@ std::string fields_str(const TunedFields& f) {
 }
 
 const std::vector<TunableFamily>& tunable_families() {
+  // Revisions: gemm_sm90 and gemm_sm80 2 since split K of weight-gradient products (main 3cbd209): a tuned
+  // tile now also decides the split, so winners measured without it are stale.
   static const std::vector<TunableFamily> families = {
-      {"gemm_sm90", "tile 128 x {64, 128, 256} x 64, stages 4-6 within the shared memory opt-in", sm90_problem, sm90_candidates,
+      {"gemm_sm90", "tile 128 x {64, 128, 256} x 64, stages 4-6 within the shared memory opt-in", 2, sm90_limits, sm90_problem,
+       sm90_candidates, gemm_problem_graph},
+      {"gemm_sm80", "tile 128 x 128 x 32, stages 2-6 within the shared memory opt-in", 2, sm80_limits, sm80_problem, sm80_candidates,
        gemm_problem_graph},
-      {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", simt_problem,
-       simt_candidates, gemm_problem_graph},
+      {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", 1,
+       simt_limits, simt_problem, simt_candidates, gemm_problem_graph},
   };
   return families;
 }
@@ -190,6 +246,12 @@ const TunableFamily* find_tunable_family(std::string_view name) {
   for (const auto& f : tunable_families())
     if (f.name == name) return &f;
   return nullptr;
+}
+
+std::string tuning_family_version(std::string_view family) {
+  const TunableFamily* f = find_tunable_family(family);
+  if (!f) return "";
+  return fmt::format("{:016x}", fnv1a64(fmt::format("{}\nrevision {}\n{}\n{}", f->name, f->revision, f->space, f->limits())));
 }
 
 std::vector<TuningProblem> collect_tuning_problems(const Graph& graph, const Target& target) {

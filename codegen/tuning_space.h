@@ -42,6 +42,12 @@ struct TuningProblem {
 struct TunableFamily {
   std::string_view name;  // "gemm_sm90"
   std::string_view space;  // the space in words, for `moejit tune --list`
+  // Part of the version key (tuning_family_version): bump it when a change
+  // makes old winners wrong in a way `limits` does not show.
+  int revision;
+  // The kernel's limits that decide which configurations exist (the tile
+  // shapes it instantiates, the shared memory per configuration), as text.
+  std::string (*limits)();
   // The problem `op` gives this family on the target, if this family serves it.
   std::optional<TuningProblem> (*problem_of)(const Graph& graph, const Op& op, const Target& target);
   // Every configuration valid for the problem on the target (shared memory,

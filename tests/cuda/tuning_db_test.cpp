@@ -24,6 +24,7 @@
 #include "codegen/target.h"
 #include "codegen/tuning_db.h"
 #include "codegen/tuning_space.h"
+#include "codegen/kernels/gemm_sm80.cuh"
 #include "codegen/kernels/gemm_sm90.cuh"
 #include "frontends/config.h"
 #include "frontends/trainer.h"
@@ -107,8 +108,9 @@ Graph matmul_graph(DType dtype) {
   return g;
 }
 
-TuningEntry entry(std::string family, std::string dtype, int m, int n, int k, codegen::TunedFields fields) {
-  return TuningEntry{{std::move(family), std::move(dtype), "matmul", m, n, k}, fields};
+// An entry of this build's version of the family (tuning_family_version).
+TuningEntry entry(const std::string& family, std::string dtype, int m, int n, int k, codegen::TunedFields fields) {
+  return TuningEntry{{family, std::move(dtype), "matmul", m, n, k}, fields, codegen::tuning_family_version(family)};
 }
 
 TuningDb db_for(const codegen::Target& target, std::vector<TuningEntry> entries) {
@@ -255,7 +257,16 @@ TEST_CASE("tuning database: a bad file is reported once and ignored and the sour
   foreign.device = "NVIDIA A100-SXM4-80GB";
   foreign.arch = "sm_80";
   std::string stale_payload = codegen::tuning_db_payload(good);
-  stale_payload.replace(stale_payload.find("\"schema\": 1"), 11, "\"schema\": 0");
+  const std::string schema = fmt::format("\"schema\": {}", codegen::kTuningDbSchema);
+  REQUIRE(stale_payload.find(schema) != std::string::npos);
+  stale_payload.replace(stale_payload.find(schema), schema.size(), "\"schema\": 1");
+  // Every entry of a version the family no longer has (its kernel or space changed since).
+  TuningDb stale_entries = good;
+  stale_entries.entries[0].version = "0123456789abcdef";
+  std::string no_version_payload = codegen::tuning_db_payload(good);
+  const std::string version_field = fmt::format("\"version\": \"{}\"", good.entries[0].version);
+  REQUIRE(no_version_payload.find(version_field) != std::string::npos);
+  no_version_payload.replace(no_version_payload.find(version_field), version_field.size(), "\"unversioned\": true");
   const auto identity = codegen::tuning_db_identity(hopper.device_name, hopper.arch);
   std::string same_identity_other_device_payload = codegen::tuning_db_payload(foreign);
   const std::vector<BadFile> bad = {
@@ -269,12 +280,16 @@ TEST_CASE("tuning database: a bad file is reported once and ignored and the sour
        "was tuned on \"NVIDIA A100-SXM4-80GB\" sm_80, this is \"H100-like (named target)\" sm_90a"},
       {"foreign_payload", make_checked_file(same_identity_other_device_payload, identity),
        "was tuned on \"NVIDIA A100-SXM4-80GB\" sm_80"},
-      {"stale_schema", make_checked_file(stale_payload, identity), "has schema version 0, expected 1"},
+      {"stale_schema", make_checked_file(stale_payload, identity), fmt::format("has schema version 1, expected {}", codegen::kTuningDbSchema)},
+      {"stale_entry_version", make_checked_file(codegen::tuning_db_payload(stale_entries), identity),
+       fmt::format("holds 1 gemm_sm90 entry of version \"0123456789abcdef\" (this build: \"{}\"), tuned for another version",
+                   codegen::tuning_family_version("gemm_sm90"))},
+      {"entry_without_version", make_checked_file(no_version_payload, identity), "entry 0: expected a string \"version\""},
       {"stale_checked_version", old_format, "has another checked-file version"},
       {"not_json", make_checked_file("{\"schema\": 1, \"entries\": [", identity), "holds no JSON object"},
       {"bad_entry",
        make_checked_file(
-           "{\"schema\": 1, \"device\": \"H100-like (named target)\", \"arch\": \"sm_90a\", \"entries\": [{\"family\": 3}]}",
+           "{\"schema\": 2, \"device\": \"H100-like (named target)\", \"arch\": \"sm_90a\", \"entries\": [{\"family\": 3}]}",
            identity),
        "entry 0: expected a string \"family\""},
   };
@@ -298,6 +313,45 @@ TEST_CASE("tuning database: a bad file is reported once and ignored and the sour
     CHECK(codegen::emit_cuda_source(graph, hopper) == reference);
     CHECK(count(err.text(), "tuning database " + path + " does not exist: ignored") == 1);
   }
+}
+
+TEST_CASE("tuning database: entries of a stale family version are dropped, reported once, and the current ones used", "[cuda][tuning]") {
+  // The version key: one per tunable family, stable, and none for a family this build does not tune.
+  std::set<std::string> versions;
+  for (const auto& f : codegen::tunable_families()) {
+    const std::string v = codegen::tuning_family_version(f.name);
+    INFO(f.name);
+    CHECK(v.size() == 16);
+    CHECK(v == codegen::tuning_family_version(f.name));
+    CHECK(versions.insert(v).second);
+  }
+  CHECK(codegen::tuning_family_version("gemm_sm70").empty());
+
+  const Graph graph = matmul_graph(DType::bf16);
+  TuningDb db = db_for(hopper, {entry("gemm_sm90", "bf16", 9, 8, 8, {.tile_n = 128, .stages = 3}),
+                                entry("matmul_simt", "f32", 9, 8, 8, {.tile_m = 32, .tile_n = 32, .tile_k = 8}),
+                                entry("gemm_sm70", "bf16", 9, 8, 8, {.stages = 2})});
+  db.entries[1].version = "fedcba9876543210";  // the SIMT winner of an older kernel
+  db.entries[2].version = "0000000000000001";
+  std::string summary;
+  TuningDb copy = db;
+  CHECK(codegen::drop_stale_entries(copy, summary) == 2);
+  REQUIRE(copy.entries.size() == 1);
+  CHECK(copy.entries[0].key.family == "gemm_sm90");
+  CHECK(summary.find("1 gemm_sm70 entry of version \"0000000000000001\" (a family this build does not tune)") != std::string::npos);
+  CHECK(summary.find("1 matmul_simt entry of version \"fedcba9876543210\"") != std::string::npos);
+
+  const std::string path = fresh_path("mixed_versions");
+  codegen::write_tuning_db(path, db);
+  ScopedTuningDb use(path);
+  CaptureStderr err;
+  CHECK(first_kernel(graph).find("gemm_sm90_kernel<128, 128, 64, 3,") != std::string::npos);  // the current entry
+  CHECK(first_kernel(matmul_graph(DType::f32)) == "mj::matmul_kernel<float, 64, 64, 16, 256>");  // not the stale one
+  CHECK(first_kernel(graph).find("gemm_sm90_kernel<128, 128, 64, 3,") != std::string::npos);
+  INFO(err.text());
+  CHECK(count(err.text(), "moejit: warning: tuning database " + path + " holds ") == 1);
+  CHECK(err.text().find("tuned for another version of the family's kernel or space (run moejit tune again): ignored\n") !=
+        std::string::npos);
 }
 
 namespace {
@@ -337,7 +391,7 @@ Graph grouped_graph(bool user_tiles) {
 
 }  // namespace
 
-TEST_CASE("tune: config B's training step has the 16 distinct GEMM problems derived by hand", "[cuda][tuning]") {
+TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems derived by hand", "[cuda][tuning]") {
   // Config B: T = 64 x 256 = 16384 tokens, K = 2 (32768 routed rows), D 384,
   // F 1536, E 8, 6 layers, 6 heads (qkv 1152), vocabulary 65, bf16.
   GptMoeConfig config;
@@ -378,8 +432,10 @@ TEST_CASE("tune: config B's training step has the 16 distinct GEMM problems deri
       {"gemm_sm90 bf16 matmul m 16384 n 384 k 384", 6},
       {"gemm_sm90 bf16 matmul m 384 n 384 k 16384 (A^T B)", 6},
       // the LM head (65 columns); its gradients have rows of 65 bf16, which the copy engine cannot address:
-      // the sm80 family serves them (not tuned, so not listed)
+      // the sm80 family serves them (dx = dlogits W, dW = dlogits^T x)
       {"gemm_sm90 bf16 matmul m 16384 n 65 k 384 (A B^T)", 1},
+      {"gemm_sm80 bf16 matmul m 16384 n 384 k 65", 1},
+      {"gemm_sm80 bf16 matmul m 65 n 384 k 16384 (A^T B)", 1},
       // the router, in f32 (mixed precision keeps it), and its gradients
       {"matmul_simt f32 matmul m 16384 n 8 k 384", 6},
       {"matmul_simt f32 matmul m 16384 n 384 k 8 (A B^T)", 6},
@@ -429,6 +485,47 @@ TEST_CASE("tune: candidates fit the target and every one is taken by its family"
         codegen::find_tunable_family("gemm_sm90")->candidates(p, hopper).size());
 }
 
+TEST_CASE("tune: the sm80 family's stages are candidates for the products sm90 cannot take", "[cuda][tuning]") {
+  // c = a b with rows of 65 bf16 in a (K = 65): not TMA-addressable, so the sm80 family serves it on sm_90a.
+  Graph g("sm80_matmul");
+  Builder b(g);
+  Tensor a = b.input("a", {300, 65}, DType::bf16), w = b.param("b", {65, 200}, DType::bf16);
+  b.output(b.matmul(a, w), "c");
+  codegen::Target small = hopper;
+  small.shared_memory_per_block_optin = 48 * 1024;
+  for (const codegen::Target& target : {hopper, small}) {
+    const auto problems = codegen::collect_tuning_problems(after_cuda_pipeline(g), target);
+    REQUIRE(problems.size() == 1);
+    const codegen::TuningProblem& p = problems[0];
+    CHECK(p.family == "gemm_sm80");
+    CHECK(p.key.family == "gemm_sm80");
+    const auto candidates = codegen::find_tunable_family(p.family)->candidates(p, target);
+    REQUIRE(candidates.size() >= 2);
+    CHECK(candidates[0] == p.heuristic);
+    CHECK(p.heuristic.stages == (target.shared_memory_per_block_optin >= 64 * 1024 ? 4 : 3));
+    for (const TunedFields& f : candidates) {
+      INFO(codegen::fields_str(f));
+      CHECK(moejit::sm80::smem_bytes(128, 128, 32, f.stages, 1, false) <= target.shared_memory_per_block_optin);
+      TuningDb db = db_for(target, {{p.key, f, codegen::tuning_family_version(p.family)}});
+      codegen::ScopedTuningDbOverride only(&db);
+      const auto configs = gemm_configs(g, target);
+      REQUIRE(configs.size() == 1);
+      CHECK(configs[0].source == codegen::TileConfig::Source::tuned);
+      CHECK(configs[0].stages == f.stages);
+      CHECK(configs[0].tile_n == 128);
+    }
+    // Stages that do not fit are refused with a note, leaving the heuristic.
+    TuningDb deep = db_for(target, {{p.key, {.stages = 6}, codegen::tuning_family_version(p.family)}});
+    if (moejit::sm80::smem_bytes(128, 128, 32, 6, 1, false) > target.shared_memory_per_block_optin) {
+      codegen::ScopedTuningDbOverride only(&deep);
+      const auto configs = gemm_configs(g, target);
+      REQUIRE(configs.size() == 1);
+      CHECK(configs[0].source == codegen::TileConfig::Source::heuristic);
+      CHECK(configs[0].note.find("ignored: the sm80 family takes") != std::string::npos);
+    }
+  }
+}
+
 TEST_CASE("tune: an entry replaces moe-tiling's tiles but a user's tile attributes win", "[cuda][tuning]") {
   const TuningDb db = db_for(hopper, {{{"gemm_sm90", "bf16", "grouped", 9, 8, 7}, {.tile_n = 128, .stages = 5}}});
   {
@@ -472,4 +569,29 @@ TEST_CASE("tune: the writer round-trips through the reader and merging replaces 
   CHECK(back->entries[2].key.m_log2 == 10);
   CHECK_FALSE(codegen::read_tuning_db(fresh_path("absent"), hopper, problem));
   CHECK(problem == "does not exist");
+}
+
+TEST_CASE("tuning database: the shipped H200 database is a valid file for the H200, every entry taken by its family", "[cuda][tuning]") {
+  codegen::Target h200 = hopper;
+  h200.device_name = "NVIDIA H200";
+  h200.sm_count = 132;
+  const std::string path = std::string(MOEJIT_SOURCE_DIR) + "/tuning/" + codegen::tuning_db_file_name(h200);
+  REQUIRE(codegen::tuning_db_file_name(h200) == "NVIDIA_H200.sm_90a.json");
+  std::string problem;
+  auto db = codegen::read_tuning_db(path, h200, problem);
+  INFO(path << ": " << problem);
+  REQUIRE(db);
+  REQUIRE_FALSE(db->entries.empty());
+  // Entries a later kernel change made stale are dropped at load: a reason to tune again, not an error.
+  std::string stale;
+  if (codegen::drop_stale_entries(*db, stale) > 0) WARN("the shipped database holds " << stale << ": run moejit tune on an H200");
+  for (const auto& e : db->entries) {
+    INFO(e.key.family << " " << e.key.kind << " m 2^" << e.key.m_log2 << " n 2^" << e.key.n_log2 << " k 2^" << e.key.k_log2);
+    CHECK(codegen::find_tunable_family(e.key.family) != nullptr);
+    CHECK((e.key.dtype == "bf16" || e.key.dtype == "f32"));
+    if (e.key.family == "gemm_sm90") {
+      CHECK((e.fields.tile_n == 64 || e.fields.tile_n == 128 || e.fields.tile_n == 256));
+      CHECK(moejit::sm90::smem_bytes(128, e.fields.tile_n, 64, e.fields.stages, 1) <= h200.shared_memory_per_block_optin);
+    }
+  }
 }

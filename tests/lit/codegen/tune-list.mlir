@@ -1,7 +1,10 @@
+// REQUIRES: cuda-backend
 // RUN: moejit tune %s --list | FileCheck %s
 // RUN: moejit tune %s --list --arch sm_80 | FileCheck %s --check-prefix=SM80
 // RUN: not moejit tune 2>&1 | FileCheck %s --check-prefix=NEITHER
-// RUN: not moejit tune %s --config %s 2>&1 | FileCheck %s --check-prefix=BOTH
+// RUN: not moejit tune %s --config %s.missing.json --list 2>&1 | FileCheck %s --check-prefix=MISSING
+// RUN: moejit tune %s %s --list | FileCheck %s --check-prefix=TWICE
+// RUN: moejit tune --moe-layer 256,64,128,4,2 --moe-layer "256,64,128,4,2;128,64,128,4,2" --list | FileCheck %s --check-prefix=LAYERS
 
 // `moejit tune --list`: the distinct problems of the graph after the CUDA
 // pipeline, each with its family, the heuristic's config and the number of
@@ -14,12 +17,20 @@
 // CHECK-NEXT: gemm_sm90 bf16 matmul m 128 n 192 k 512 uses 1 heuristic tile_n 256 stages 4 7 candidates
 // CHECK-NEXT: matmul_simt f32 matmul m 96 n 48 k 80 uses 1 heuristic tile 64x64x16 22 candidates
 // CHECK-NEXT: 36 candidates in all
-// On sm_80 the bf16 products are the sm80 family's (codegen/kernels/gemm_sm80.cuh),
-// which has no tuning space yet, so only the f32 one is listed.
-// SM80: 1 distinct problems of @tune_list for sm_80
+// On sm_80 the bf16 products are the sm80 family's (codegen/kernels/gemm_sm80.cuh):
+// its tile is fixed, its stages (2 to 6 within the shared memory) are the space.
+// SM80: 3 distinct problems of @tune_list for sm_80
+// SM80-NEXT: gemm_sm80 bf16 grouped m 1024 n 192 k 128 x4 uses 2 heuristic stages 4 5 candidates
+// SM80-NEXT: gemm_sm80 bf16 matmul m 128 n 192 k 512 uses 1 heuristic stages 4 5 candidates
 // SM80-NEXT: matmul_simt f32 matmul m 96 n 48 k 80 uses 1
 // NEITHER: moejit: error: tune: expected an IR file, a --config or --moe-layer shapes, found none
-// BOTH: moejit: error: tune: expected one IR file or one --config, found both
+// MISSING: moejit: error: config: cannot open '{{.*}}.missing.json'
+// Graphs given together are merged: the same problems twice are tuned once, with their uses added.
+// TWICE: 3 distinct problems of @tune_list, @tune_list for sm_90a
+// TWICE-NEXT: gemm_sm90 bf16 grouped m 1024 n 192 k 128 x4 uses 4
+// --moe-layer repeats, each with one or more ';'-separated shapes (T,D,F,E,K).
+// LAYERS: distinct problems of @moe_layer_T256_D64_F128_E4_K2, @moe_layer_T256_D64_F128_E4_K2, @moe_layer_T128_D64_F128_E4_K2 for sm_90a
+// LAYERS-NEXT: gemm_sm90 bf16 grouped m 512 n 128 k 64 x4 uses 2
 func.func @tune_list(%xs: tensor<1024x128xbf16>, %w: tensor<4x128x192xbf16> {mj.role = "param"}, %offsets: tensor<5xi32>, %a: tensor<128x512xbf16>, %r: tensor<96x80xf32>, %wr: tensor<80x48xf32> {mj.role = "param"}) -> (tensor<1024x192xbf16> {mj.name = "y1"}, tensor<1024x192xbf16> {mj.name = "y2"}, tensor<128x192xbf16> {mj.name = "y3"}, tensor<96x48xf32> {mj.name = "y4"}) {
   %0 = "moe.grouped_matmul"(%xs, %w, %offsets) {transpose_w = false} : (tensor<1024x128xbf16>, tensor<4x128x192xbf16>, tensor<5xi32>) -> tensor<1024x192xbf16>
   %1 = "mj.neg"(%xs) : (tensor<1024x128xbf16>) -> tensor<1024x128xbf16>
