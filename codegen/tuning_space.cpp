@@ -230,13 +230,14 @@ std::string fields_str(const TunedFields& f) {
 
 const std::vector<TunableFamily>& tunable_families() {
   // Revisions: gemm_sm90 and gemm_sm80 2 since split K of weight-gradient products (main 3cbd209): a tuned
-  // tile now also decides the split, so winners measured without it are stale.
+  // tile now also decides the split, so winners measured without it are stale. matmul_simt 2 since the
+  // narrow split-K kernel of the router's weight gradient (memkern), which takes no tile from an entry.
   static const std::vector<TunableFamily> families = {
       {"gemm_sm90", "tile 128 x {64, 128, 256} x 64, stages 4-6 within the shared memory opt-in", 2, sm90_limits, sm90_problem,
        sm90_candidates, gemm_problem_graph},
       {"gemm_sm80", "tile 128 x 128 x 32, stages 2-6 within the shared memory opt-in", 2, sm80_limits, sm80_problem, sm80_candidates,
        gemm_problem_graph},
-      {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", 1,
+      {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", 2,
        simt_limits, simt_problem, simt_candidates, gemm_problem_graph},
   };
   return families;
