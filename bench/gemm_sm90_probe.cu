@@ -1,10 +1,12 @@
 // The Hopper GEMM family (codegen/kernels/gemm_sm90.cuh) on its own, built
 // by nvcc, before and beside the NVRTC path: correctness of every layout
 // (K-/M-major A, K-/N-major B), the batched, grouped (varlen rows) and
-// weight-gradient (varlen K) modes and the epilogues against a naive f32
-// reference on random bf16 data (shapes that are multiples of no tile, empty
-// groups, output poisoned with NaN first), then speed at 4096^3, 8192^3 and
-// the example's shapes (CUDA events, 5 warm-ups, median of 30).
+// weight-gradient (varlen K) modes and the epilogues (plain f32 / bf16
+// stores, GELU keeping the pre-activation, GELU's backward reading it) against
+// a naive f32 reference on random bf16 data (shapes that are multiples of no
+// tile, empty groups, output poisoned with NaN first), then speed at 4096^3,
+// 8192^3 and the example's shapes (CUDA events, 5 warm-ups, median of 30),
+// and each epilogue against the plain bf16 store at the MoE layer's shapes.
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o gemm_sm90_probe \
 //        bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
@@ -71,7 +73,8 @@ static std::vector<unsigned short> rand_bf(size_t n) { std::normal_distribution<
 
 template <int BN, int STAGES, bool AK, bool BK_>
 double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
-  const bool gelu = mode != 0;  // a bf16 output (GELU or plain)
+  // mode 0: f32 out; 1: GELU (+ aux = the product); 2: bf16; 3: GELU backward (aux = x, read)
+  const bool gelu = mode != 0;  // a bf16 output
   // grouped: G groups with random row counts summing to M (some empty); A is [M, K] rows
   std::vector<int> offs(G + 1, 0);
   int total_rows = grouped ? M : M;  // grouped: M = total rows
@@ -91,7 +94,9 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   unsigned short* dcb; unsigned short* daux; CK(cudaMalloc(&dcb, c_elems * 2)); CK(cudaMalloc(&daux, c_elems * 2));
   CK(cudaMemcpy(da, ha.data(), a_elems * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_elems * 2, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(doff, offs.data(), (G + 1) * 4, cudaMemcpyHostToDevice));
-  CK(cudaMemset(dc, 0xFF, c_elems * 4)); CK(cudaMemset(dcb, 0xFF, c_elems * 2));
+  CK(cudaMemset(dc, 0xFF, c_elems * 4)); CK(cudaMemset(dcb, 0xFF, c_elems * 2)); CK(cudaMemset(daux, 0xFF, c_elems * 2));
+  std::vector<unsigned short> hx;
+  if (mode == 3) { hx = rand_bf(c_elems); CK(cudaMemcpy(daux, hx.data(), c_elems * 2, cudaMemcpyHostToDevice)); }
   GemmArgs args{};
   int rows = total_rows;
   // A: K-major [GA][rows][K]; M-major [GA][K][rows]
@@ -105,7 +110,11 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   args.m = rows; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = (long long)rows * N;
   args.groups = G; args.a_batched = grouped ? 0 : 1; args.b_batched = 1;
   args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
-  if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16>(args, sms);
+  if (N % 8 == 0) args.aux_map = make_map(daux, N, rows, GA, N, (long long)rows * N, 64);
+  if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>>(args, sms);
+  else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>>(args, sms);
+  else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>>(args, sms);
+  else if (mode == 3) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<false>>(args, sms);
   else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms);
   else launch<BN, STAGES, AK, BK_, StoreF32>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
@@ -129,17 +138,33 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   CK(cudaMemcpy(ref.data(), dref, c_elems * 4, cudaMemcpyDeviceToHost));
   if (gelu) { CK(cudaMemcpy(gotb.data(), dcb, c_elems * 2, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(auxb.data(), daux, c_elems * 2, cudaMemcpyDeviceToHost)); }
   else CK(cudaMemcpy(got.data(), dc, c_elems * 4, cudaMemcpyDeviceToHost));
-  double num = 0, den = 0; long long bad = 0;
+  double num = 0, den = 0, aux_num = 0; long long bad = 0;
+  const float c = 0.7978845608f;
   for (long long i = 0; i < c_elems; ++i) {
     float want = ref[i];
     float g = gelu ? bf2f(gotb[i]) : got[i];
-    if (mode == 1) want = 0.5f * want * (1.f + tanhf(0.7978845608f * (want + 0.044715f * want * want * want)));
+    if (mode == 1) {  // aux holds the product (bf16), c its gelu
+      float a = bf2f(auxb[i]);
+      aux_num += (double)(a - want) * (a - want);
+      if (!(a == a)) ++bad;
+      want = 0.5f * want * (1.f + tanhf(c * (want + 0.044715f * want * want * want)));
+    }
+    if (mode == 3) {  // c = dy * gelu'(x), dy the product
+      float x = bf2f(hx[i]), t = tanhf(c * (x + 0.044715f * x * x * x));
+      want *= 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * c * (1 + 3 * 0.044715f * x * x);
+    }
     if (!(g == g)) { ++bad; continue; }
     num += (double)(g - want) * (g - want); den += (double)want * want;
   }
+  if (mode == 1) {  // the pre-activation's error counts too (against the product's scale)
+    double ref_den = 0;
+    for (long long i = 0; i < c_elems; ++i) ref_den += (double)ref[i] * ref[i];
+    num += aux_num * den / std::max(ref_den, 1e-30);
+  }
   double err = std::sqrt(num / std::max(den, 1e-30));
   printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K,
-         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, mode == 1 ? "gelu" : mode == 2 ? "bf16" : "f32", err, bad);
+         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
+         mode == 1 ? "gelu" : mode == 2 ? "bf16" : mode == 3 ? "gelu_grad" : "f32", err, bad);
   cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(dref); cudaFree(doff); cudaFree(dcb); cudaFree(daux);
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
@@ -184,32 +209,47 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_>
-void bench(int M, int N, int K, int sms) {
+template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16>
+double bench(int M, int N, int K, int sms, const char* label = "") {
   long long a_e = (long long)M * K, b_e = (long long)N * K, c_e = (long long)M * N;
   auto ha = rand_bf(a_e), hb = rand_bf(b_e);
-  unsigned short *da, *db, *dc;
-  CK(cudaMalloc(&da, a_e * 2)); CK(cudaMalloc(&db, b_e * 2)); CK(cudaMalloc(&dc, c_e * 2));
+  unsigned short *da, *db, *dc, *daux;
+  CK(cudaMalloc(&da, a_e * 2)); CK(cudaMalloc(&db, b_e * 2)); CK(cudaMalloc(&dc, c_e * 2)); CK(cudaMalloc(&daux, c_e * 2));
   CK(cudaMemcpy(da, ha.data(), a_e * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_e * 2, cudaMemcpyHostToDevice));
+  { auto hx = rand_bf(c_e); CK(cudaMemcpy(daux, hx.data(), c_e * 2, cudaMemcpyHostToDevice)); }
   GemmArgs args{};
   if (AK) args.a = make_map(da, K, M, 1, K, a_e, 128); else args.a = make_map(da, M, K, 1, M, a_e, 64);
   if (BK_) args.b = make_map(db, K, N, 1, K, b_e, BN); else args.b = make_map(db, N, K, 1, N, b_e, 64);
   args.c_map = make_map(dc, N, M, 1, N, c_e, 64);
+  args.aux_map = make_map(daux, N, M, 1, N, c_e, 64);
+  args.aux = daux;
   args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = 1; args.a_batched = 1; args.b_batched = 1;
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms);
+  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   std::vector<float> ms;
   for (int i = 0; i < 30; ++i) {
-    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
+    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
     float t; cudaEventElapsedTime(&t, e0, e1); ms.push_back(t);
   }
   CK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   double med = ms[ms.size() / 2];
-  printf("bench %dx%dx%d A%s B%s BN%d st%d: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, med,
+  printf("bench %dx%dx%d A%s B%s BN%d st%d%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, label, med,
          2.0 * M * N * K / med / 1e9);
-  cudaFree(da); cudaFree(db); cudaFree(dc);
+  cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(daux);
+  return med;
+}
+
+// One product with each epilogue: the plain bf16 store, GELU (+ the
+// pre-activation stored), GELU's backward (the pre-activation read).
+template <int BN, int STAGES, bool AK, bool BK_>
+void bench_epilogues(int M, int N, int K, int sms) {
+  const double plain = bench<BN, STAGES, AK, BK_, StoreBf16>(M, N, K, sms, " store");
+  const double gelu = bench<BN, STAGES, AK, BK_, StoreGeluBf16<true>>(M, N, K, sms, " gelu+aux");
+  const double grad = bench<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>>(M, N, K, sms, " gelu_grad");
+  printf("epilogue %dx%dx%d: gelu+aux %+.1f%%, gelu_grad %+.1f%% against the plain store\n", M, N, K, 100 * (gelu / plain - 1),
+         100 * (grad / plain - 1));
 }
 
 int main(int argc, char** argv) {
@@ -233,6 +273,11 @@ int main(int argc, char** argv) {
   C(check<256, 4, true, false>(8, 5000, 1536, 384, true, sms, 2));   // grouped: partial group tiles take the register path
   C(check<64, 6, true, false>(8, 5000, 384, 1536, true, sms, 2));
   C(check_wgrad(16, 3001, 200, 136, sms));
+  C(check<256, 4, true, false>(1, 1000, 712, 520, false, sms, 1));  // GELU + aux through TMA stores (+ a partial block)
+  C(check<128, 4, true, true>(3, 300, 200, 136, false, sms, 3));    // GELU backward, batched
+  C(check<256, 4, true, false>(8, 5000, 1536, 384, true, sms, 3));  // grouped, partial tiles on the register path
+  C(check<64, 6, true, false>(2, 300, 100, 136, false, sms, 1));    // N 100: register stores only
+  C(check<64, 6, true, false>(2, 300, 100, 136, false, sms, 3));
   printf("checks failed: %d\n", fails);
   bench<256, 4, true, true>(4096, 4096, 4096, sms);
   bench<256, 4, true, false>(4096, 4096, 4096, sms);
@@ -246,5 +291,12 @@ int main(int argc, char** argv) {
   bench<256, 4, true, false>(32768, 384, 1536, sms);
   bench<256, 4, true, false>(16384, 1152, 384, sms);
   bench<128, 4, true, false>(16384, 384, 384, sms);
+  // the epilogues at the layer's expert shapes (D384 F1536 and D768 F3072, T16384 top-2): the up-projection
+  // (gelu) and the down-projection's input gradient (gelu_grad, B K-major)
+  bench_epilogues<256, 4, true, false>(32768, 1536, 384, sms);
+  bench_epilogues<256, 4, true, true>(32768, 1536, 384, sms);
+  bench_epilogues<256, 4, true, false>(32768, 3072, 768, sms);
+  bench_epilogues<256, 4, true, true>(32768, 3072, 768, sms);
+  bench_epilogues<256, 4, true, false>(8192, 8192, 8192, sms);
   return fails ? 1 : 0;
 }

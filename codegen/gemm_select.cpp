@@ -49,6 +49,8 @@
 //              is smaller (48 KiB of a generic named target: 3).
 #include "codegen/gemm_select.h"
 
+#include "codegen/cuda_codegen.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -379,6 +381,16 @@ std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op) {
     default:
       return std::nullopt;
   }
+}
+
+bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target) {
+  if (gemm.kind != OpKind::Matmul && gemm.kind != OpKind::GroupedMatmul && gemm.kind != OpKind::GatherMatmul) return false;
+  const DType dtype = graph.type(gemm.results[0]).dtype;
+  if (dtype != DType::bf16 && dtype != DType::f16) return false;
+  const std::optional<GemmProblem> problem = gemm_problem_of(graph, gemm);
+  if (!problem) return false;
+  const GemmFamily family = choose_gemm(graph, gemm, *problem, target).family;
+  return family == GemmFamily::sm90 || family == GemmFamily::sm80;
 }
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
