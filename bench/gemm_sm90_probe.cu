@@ -109,8 +109,10 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   args.group_offsets = grouped ? doff : nullptr;
   args.m = rows; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = (long long)rows * N;
   args.groups = G; args.a_batched = grouped ? 0 : 1; args.b_batched = 1;
-  args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
-  if (N % 8 == 0) args.aux_map = make_map(daux, N, rows, GA, N, (long long)rows * N, 64);
+  if (N % 8 == 0) {  // TMA needs 16-byte rows; the other epilogues store from registers
+    args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
+    args.aux_map = make_map(daux, N, rows, GA, N, (long long)rows * N, 64);
+  }
   if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>>(args, sms);
   else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>>(args, sms);
   else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>>(args, sms);

@@ -7,7 +7,8 @@
 //              too when anything else reads it (the backward's gelu_grad);
 //   gelu_grad: dp = mj.gelu_grad(x, d), d = GEMM(...) read only by this
 //              gelu_grad (the input gradient of a down-projection): the GEMM
-//              reads x in its epilogue and stores dp; d is never stored.
+//              reads x in its epilogue and stores dp; d is never stored
+//              (opt-in, below).
 //
 // GEMMs: mj.matmul, moe.grouped_matmul and moe.gather_matmul with bf16 or
 // f16 results (the tensor-core families have the epilogues; f32 / f64
@@ -23,11 +24,19 @@
 // otherwise the two ops run as before, so a stale or unusable mark can cost
 // speed, never a wrong result. Stale marks from an earlier run are removed.
 //
-// MOEJIT_GEMM_EPILOGUES=0 makes the pass mark nothing (the unfused run to
-// compare with). Statistics: gelu-folded, gelu-grad-folded.
+// Which folds: MOEJIT_GEMM_EPILOGUES unset (or 1): gelu only; `all`: gelu
+// and gelu_grad; 0: none (the unfused run to compare with). gelu_grad is
+// opt-in because it was measured slower than the standalone kernel: the
+// epilogue stalls the tensor cores while it loads x and computes gelu', and
+// at D1536 F256 E128 K8 the dh GEMM took 453 us with it against ~316 us
+// plain + ~90 us for the separate kernel (docs/perf.md, 2026-12-02).
+// Statistics: gelu-folded, gelu-grad-folded.
+#include <fmt/format.h>
+
 #include <cstdlib>
 #include <string>
 
+#include "ir/error.h"
 #include "passes/passes.h"
 
 namespace moejit {
@@ -55,11 +64,16 @@ class FuseGemmEpiloguePass final : public Pass {
       op.attrs.erase(kFoldedAttr);
     }
     std::int64_t gelu = 0, gelu_grad = 0;
-    if (const char* env = std::getenv("MOEJIT_GEMM_EPILOGUES"); env && std::string(env) == "0") {
+    const char* env = std::getenv("MOEJIT_GEMM_EPILOGUES");
+    const std::string mode = env ? env : "1";
+    if (mode != "0" && mode != "1" && mode != "all")
+      throw Error(fmt::format("MOEJIT_GEMM_EPILOGUES: expected 0, 1 or all, found '{}'", mode));
+    if (mode == "0") {
       count("gelu-folded", 0);
       count("gelu-grad-folded", 0);
       return;
     }
+    const bool fold_gelu_grad = mode == "all";
     const auto producers = graph.producers();
     const auto uses = graph.use_counts();
     std::vector<bool> is_output(static_cast<std::size_t>(graph.num_values()), false);
@@ -79,7 +93,7 @@ class FuseGemmEpiloguePass final : public Pass {
         ops[static_cast<std::size_t>(g)].attrs.set(kEpilogueAttr, std::string("gelu"));
         op.attrs.set(kFoldedAttr, true);
         ++gelu;
-      } else if (op.kind == OpKind::GeluGrad) {
+      } else if (op.kind == OpKind::GeluGrad && fold_gelu_grad) {
         const ValueId x = op.operands[0], d = op.operands[1];
         const int g = gemm_of(d);
         if (g < 0 || x == d || uses[static_cast<std::size_t>(d)] != 1 || is_output[static_cast<std::size_t>(d)]) continue;

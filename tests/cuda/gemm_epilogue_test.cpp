@@ -1,4 +1,4 @@
-// GELU and GELU's backward folded into the tensor-core GEMMs' epilogues
+// GELU and (opt-in, MOEJIT_GEMM_EPILOGUES=all) GELU's backward folded into the tensor-core GEMMs' epilogues
 // (passes/fuse_gemm_epilogue.cpp, codegen/op_groups.cpp, the StoreGelu* /
 // StoreGeluGrad* functors of codegen/kernels/gemm_sm90.cuh and gemm_sm80.cuh):
 // which products codegen folds on which targets (CI, no GPU), and on a GPU
@@ -121,56 +121,67 @@ void compare(const Values& gpu, const Values& cpu) {
 
 }  // namespace
 
-TEST_CASE("fuse-gemm-epilogue folds gelu and gelu_grad into the tensor-core GEMMs, and only there", "[cuda]") {
+TEST_CASE("fuse-gemm-epilogue folds gelu (and with MOEJIT_GEMM_EPILOGUES=all gelu_grad) into the tensor-core GEMMs, and only there",
+          "[cuda]") {
   const auto hopper = codegen::Target::named("sm_90a");
   {
-    // Dense MLP on sm_90a: both folded into sm90 GEMMs (rows of 16-byte multiples: the TMA-store forms).
+    // Dense MLP on sm_90a, by default: the forward's gelu folded into an sm90
+    // GEMM (rows of 16-byte multiples: the TMA-store form), gelu_grad alone.
+    codegen::ModuleCode m = module_of(mlp_graph(1000, 384, 512), hopper);
+    CHECK(count_launches(m, "StoreGeluBf16<true>") == 1);
+    CHECK(count_launches(m, "StoreGeluGrad") == 0);
+    CHECK(standalone_gelus(m) == 1);
+  }
+  {
+    EnvOverride all("MOEJIT_GEMM_EPILOGUES", "all");
     codegen::ModuleCode m = module_of(mlp_graph(1000, 384, 512), hopper);
     CHECK(count_launches(m, "StoreGeluBf16<true>") == 1);
     CHECK(count_launches(m, "StoreGeluGradBf16<true>") == 1);
     CHECK(standalone_gelus(m) == 0);
-  }
-  {
     // N = 100 (rows of 200 bytes): the register-store forms.
-    codegen::ModuleCode m = module_of(mlp_graph(300, 64, 100), hopper);
-    CHECK(count_launches(m, "StoreGelu") == 2);
-    CHECK(standalone_gelus(m) == 0);
-  }
-  {
-    // The MoE layer: gather_matmul's gelu and the backward's gelu_grad; the
-    // rows gather_matmul gathers are the backward's moe.permute (one gather, not two).
-    codegen::ModuleCode m = module_of(layer_graph(1000, 384, 512, 8, 2), hopper);
+    CHECK(count_launches(module_of(mlp_graph(300, 64, 100), hopper), "StoreGelu") == 2);
+    // The MoE layer: gather_matmul's gelu and the backward's gelu_grad.
+    m = module_of(layer_graph(1000, 384, 512, 8, 2), hopper);
     CHECK(count_launches(m, "StoreGeluBf16<true>") == 1);
     CHECK(count_launches(m, "StoreGeluGradBf16<true>") == 1);
     CHECK(standalone_gelus(m) == 0);
-    CHECK(count_launches(m, "permute_kernel") == 1);
-    EnvOverride no_groups("MOEJIT_OP_GROUPS", "0");
-    CHECK(count_launches(module_of(layer_graph(1000, 384, 512, 8, 2), hopper), "permute_kernel") == 2);
-  }
-  {
     // sm_80: the sm80 family's functors.
-    codegen::ModuleCode m = module_of(layer_graph(1000, 384, 512, 8, 2), codegen::Target::named("sm_80"));
+    m = module_of(layer_graph(1000, 384, 512, 8, 2), codegen::Target::named("sm_80"));
     CHECK(count_launches(m, "StoreGelu16<mj::bf16_t>") == 1);
     CHECK(count_launches(m, "StoreGeluGrad16<mj::bf16_t>") == 1);
     CHECK(standalone_gelus(m) == 0);
   }
   {
+    // The MoE layer by default; the rows gather_matmul gathers are the
+    // backward's moe.permute (one gather, not two).
+    codegen::ModuleCode m = module_of(layer_graph(1000, 384, 512, 8, 2), hopper);
+    CHECK(count_launches(m, "StoreGeluBf16<true>") == 1);
+    CHECK(standalone_gelus(m) == 1);
+    CHECK(count_launches(m, "permute_kernel") == 1);
+    EnvOverride no_groups("MOEJIT_OP_GROUPS", "0");
+    CHECK(count_launches(module_of(layer_graph(1000, 384, 512, 8, 2), hopper), "permute_kernel") == 2);
+  }
+  {
     // f32 (SIMT family) and a target with no tensor-core family: nothing folded, the gelus run alone.
+    EnvOverride all("MOEJIT_GEMM_EPILOGUES", "all");
     CHECK(standalone_gelus(module_of(mlp_graph(300, 64, 128, DType::f32), hopper)) == 2);
     codegen::ModuleCode m = module_of(mlp_graph(300, 64, 128), codegen::Target::named("sm_75"));
     CHECK(count_launches(m, "StoreGelu") == 0);
     CHECK(standalone_gelus(m) == 2);
   }
   {
-    // MOEJIT_GEMM_EPILOGUES=0: the plain stores and standalone kernels.
+    // MOEJIT_GEMM_EPILOGUES=0: the plain stores and standalone kernels; another value is an error.
     EnvOverride off("MOEJIT_GEMM_EPILOGUES", "0");
     codegen::ModuleCode m = module_of(mlp_graph(1000, 384, 512), hopper);
     CHECK(count_launches(m, "StoreGelu") == 0);
     CHECK(standalone_gelus(m) == 2);
+    EnvOverride bad("MOEJIT_GEMM_EPILOGUES", "2");
+    CHECK_THROWS_WITH(module_of(mlp_graph(8, 16, 32), hopper), Catch::Contains("MOEJIT_GEMM_EPILOGUES: expected 0, 1 or all, found '2'"));
   }
 }
 
 TEST_CASE("the epilogue GEMMs of the MoE layer compile to PTX for compute_90a and compute_80, tanh.approx inside", "[cuda][nvrtc]") {
+  EnvOverride all("MOEJIT_GEMM_EPILOGUES", "all");
   for (const char* arch : {"sm_90a", "sm_80"}) {
     INFO(arch);
     codegen::ModuleCode m = module_of(layer_graph(1000, 384, 512, 8, 2), codegen::Target::named(arch));
@@ -196,6 +207,9 @@ TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend 
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
+  for (const char* mode : {"1", "all"}) {  // gelu folded; gelu and gelu_grad folded
+  EnvOverride folds("MOEJIT_GEMM_EPILOGUES", mode);
+  INFO(fmt::format("MOEJIT_GEMM_EPILOGUES={}", mode));
   std::uint64_t seed = 71;
   struct Mlp {
     std::int64_t m, d, f;
@@ -220,5 +234,6 @@ TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend 
     Graph g = layer_graph(c.tokens, c.d, c.f, c.experts, c.top_k);
     Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
     compare(run(*cuda, g, args), run(*cpu, g, args));
+  }
   }
 }
