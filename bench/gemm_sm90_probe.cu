@@ -11,6 +11,7 @@
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o gemm_sm90_probe \
 //        bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
 //   ./gemm_sm90_probe && python3 bench/torch_gemm.py   # torch.matmul in the same run
+//   ./gemm_sm90_probe --pingpong                       # the opt-in ping-pong consumers: checks, then timings
 //
 // Exit code 1 if any check fails. Results: docs/perf.md.
 #include <cuda.h>
@@ -58,9 +59,9 @@ __global__ void ref_gemm(const unsigned short* A, const unsigned short* B, float
   C[idx] = s;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_, class Epi>
+template <int BN, int STAGES, bool AK, bool BK_, class Epi, bool PP = false>
 void launch(const GemmArgs& args, int sms, cudaStream_t st = 0) {
-  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi>;
+  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi, PP>;
   long long smem = SmemLayout<128, BN, 64, STAGES>::bytes(args.groups);
   CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   kern<<<sms, 384, smem, st>>>(args);
@@ -69,9 +70,28 @@ void launch(const GemmArgs& args, int sms, cudaStream_t st = 0) {
 struct Problem { int G, M, N, K; bool ak, bk; bool grouped; };
 
 static std::mt19937 rng(1234);
-static std::vector<unsigned short> rand_bf(size_t n) { std::normal_distribution<float> d(0, 1); std::vector<unsigned short> v(n); for (auto& x : v) x = f2bf(d(rng)); return v; }
+// Normal(0, 1) bf16 values: Box-Muller over splitmix64 (a few ns per value; the operands of the larger
+// timings are hundreds of millions of elements), a new stream per call seeded from rng.
+static std::vector<unsigned short> rand_bf(size_t n) {
+  unsigned long long state = rng();
+  auto next = [&] {
+    unsigned long long z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  std::vector<unsigned short> v(n);
+  for (size_t i = 0; i < n; i += 2) {
+    const unsigned long long bits = next();
+    const float u1 = ((float)(bits >> 40) + 0.5f) * (1.0f / 16777216.0f), u2 = (float)((bits >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+    const float r = std::sqrt(-2.0f * std::log(u1)), a = 6.2831853f * u2;
+    v[i] = f2bf(r * std::cos(a));
+    if (i + 1 < n) v[i + 1] = f2bf(r * std::sin(a));
+  }
+  return v;
+}
 
-template <int BN, int STAGES, bool AK, bool BK_>
+template <int BN, int STAGES, bool AK, bool BK_, bool PP = false>
 double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   // mode 0: f32 out; 1: GELU (+ aux = the product); 2: bf16; 3: GELU backward (aux = x, read)
   const bool gelu = mode != 0;  // a bf16 output
@@ -113,12 +133,12 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
     args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
     args.aux_map = make_map(daux, N, rows, GA, N, (long long)rows * N, 64);
   }
-  if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>>(args, sms);
-  else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>>(args, sms);
-  else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>>(args, sms);
-  else if (mode == 3) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<false>>(args, sms);
-  else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms);
-  else launch<BN, STAGES, AK, BK_, StoreF32>(args, sms);
+  if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>, PP>(args, sms);
+  else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>, PP>(args, sms);
+  else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, PP>(args, sms);
+  else if (mode == 3) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<false>, PP>(args, sms);
+  else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16, PP>(args, sms);
+  else launch<BN, STAGES, AK, BK_, StoreF32, PP>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   // reference per group
   if (!grouped) {
@@ -164,8 +184,8 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
     num += aux_num * den / std::max(ref_den, 1e-30);
   }
   double err = std::sqrt(num / std::max(den, 1e-30));
-  printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K,
-         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
+  printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d%s %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K,
+         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, PP ? " pingpong" : "",
          mode == 1 ? "gelu" : mode == 2 ? "bf16" : mode == 3 ? "gelu_grad" : "f32", err, bad);
   cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(dref); cudaFree(doff); cudaFree(dcb); cudaFree(daux);
   return (bad == 0 && err < 1e-2) ? err : -1;
@@ -173,6 +193,7 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
 
 
 // weight-gradient form: dw[g] = xs[seg g]^T dys[seg g] (varlen K)
+template <bool PP = false>
 double check_wgrad(int G, int rows, int D, int F, int sms) {
   std::vector<int> offs(G + 1, 0);
   std::uniform_int_distribution<int> u(0, 3);
@@ -191,7 +212,7 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   args.b = make_map(dy, F, rows, 1, F, (long long)rows * F, 64);
   args.c = dw; args.group_offsets = doff; args.varlen_k = 1; args.m = D; args.n = F; args.k = 0; args.ldc = F; args.c_group_stride = (long long)D * F;
   args.groups = G; args.a_batched = 0; args.b_batched = 0;
-  launch<128, 6, false, false, StoreF32>(args, sms);
+  launch<128, 6, false, false, StoreF32, PP>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   CK(cudaMemset(dref, 0, c_e * 4));
   for (int g = 0; g < G; ++g) {
@@ -206,12 +227,13 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   for (long long i = 0; i < c_e; ++i) { if (!(got[i] == got[i])) { ++bad; continue; } num += (double)(got[i] - ref[i]) * (got[i] - ref[i]); den += (double)ref[i] * ref[i]; }
   double err = std::sqrt(num / std::max(den, 1e-30));
   int empty = 0; for (int g = 0; g < G; ++g) empty += offs[g + 1] == offs[g];
-  printf("check wgrad G%d rows%d D%d F%d (%d empty groups): rel err %.2e, unwritten/NaN %lld\n", G, rows, D, F, empty, err, bad);
+  printf("check wgrad G%d rows%d D%d F%d (%d empty groups)%s: rel err %.2e, unwritten/NaN %lld\n", G, rows, D, F, empty,
+         PP ? " pingpong" : "", err, bad);
   cudaFree(dx); cudaFree(dy); cudaFree(dw); cudaFree(dref); cudaFree(doff);
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16>
+template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16, bool PP = false>
 double bench(int M, int N, int K, int sms, const char* label = "") {
   long long a_e = (long long)M * K, b_e = (long long)N * K, c_e = (long long)M * N;
   auto ha = rand_bf(a_e), hb = rand_bf(b_e);
@@ -227,17 +249,18 @@ double bench(int M, int N, int K, int sms, const char* label = "") {
   args.aux = daux;
   args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = 1; args.a_batched = 1; args.b_batched = 1;
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi>(args, sms);
+  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi, PP>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   std::vector<float> ms;
   for (int i = 0; i < 30; ++i) {
-    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
+    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi, PP>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
     float t; cudaEventElapsedTime(&t, e0, e1); ms.push_back(t);
   }
   CK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   double med = ms[ms.size() / 2];
-  printf("bench %dx%dx%d A%s B%s BN%d st%d%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, label, med,
+  printf("bench %dx%dx%d A%s B%s BN%d st%d%s%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
+         PP ? " pingpong" : "", label, med,
          2.0 * M * N * K / med / 1e9);
   cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(daux);
   return med;
@@ -245,18 +268,48 @@ double bench(int M, int N, int K, int sms, const char* label = "") {
 
 // One product with each epilogue: the plain bf16 store, GELU (+ the
 // pre-activation stored), GELU's backward (the pre-activation read).
-template <int BN, int STAGES, bool AK, bool BK_>
+template <int BN, int STAGES, bool AK, bool BK_, bool PP = false>
 void bench_epilogues(int M, int N, int K, int sms) {
-  const double plain = bench<BN, STAGES, AK, BK_, StoreBf16>(M, N, K, sms, " store");
-  const double gelu = bench<BN, STAGES, AK, BK_, StoreGeluBf16<true>>(M, N, K, sms, " gelu+aux");
-  const double grad = bench<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>>(M, N, K, sms, " gelu_grad");
+  const double plain = bench<BN, STAGES, AK, BK_, StoreBf16, PP>(M, N, K, sms, " store");
+  const double gelu = bench<BN, STAGES, AK, BK_, StoreGeluBf16<true>, PP>(M, N, K, sms, " gelu+aux");
+  const double grad = bench<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, PP>(M, N, K, sms, " gelu_grad");
   printf("epilogue %dx%dx%d: gelu+aux %+.1f%%, gelu_grad %+.1f%% against the plain store\n", M, N, K, 100 * (gelu / plain - 1),
          100 * (grad / plain - 1));
+}
+
+// The ping-pong consumers (each owns whole 128 x BN tiles, alternately):
+// checks, then timings beside the split tile at the same shapes.
+int pingpong(int sms) {
+  int fails = 0;
+  auto C = [&](double r) { if (r < 0) ++fails; };
+  C(check<128, 6, true, true, true>(1, 1000, 712, 520, false, sms, 0));
+  C(check<128, 6, false, false, true>(2, 1000, 384, 256, false, sms, 0));
+  C(check<128, 6, true, false, true>(8, 5000, 384, 1536, true, sms, 2));
+  C(check<64, 8, true, false, true>(64, 4000, 384, 256, true, sms, 2));
+  C(check<128, 6, true, false, true>(8, 5000, 1536, 384, true, sms, 1));
+  C(check<128, 6, true, true, true>(3, 300, 200, 136, false, sms, 3));
+  C(check<128, 6, true, false, true>(2, 300, 100, 136, false, sms, 1));
+  C(check_wgrad<true>(16, 3001, 200, 136, sms));
+  C(check_wgrad<true>(8, 5000, 384, 1536, sms));
+  printf("pingpong checks failed: %d\n", fails);
+  if (fails) return 1;
+  // split tile (128 x 256) against ping-pong (128 x 128), each epilogue, at D384's up projection (both B layouts)
+  bench_epilogues<256, 4, true, false>(32768, 1536, 384, sms);
+  bench_epilogues<128, 6, true, false, true>(32768, 1536, 384, sms);
+  bench_epilogues<256, 4, true, true>(32768, 1536, 384, sms);
+  bench_epilogues<128, 6, true, true, true>(32768, 1536, 384, sms);
+  // D1536 E128 K8's product shapes (N 256 K 1536, N 1536 K 256), 32768 rows
+  bench<256, 4, true, false>(32768, 256, 1536, sms);
+  bench<128, 6, true, false, StoreBf16, true>(32768, 256, 1536, sms);
+  bench<256, 4, true, false>(32768, 1536, 256, sms);
+  bench<128, 6, true, false, StoreBf16, true>(32768, 1536, 256, sms);
+  return 0;
 }
 
 int main(int argc, char** argv) {
   CU(cuInit(0));
   int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  if (argc > 1 && std::string(argv[1]) == "--pingpong") return pingpong(sms);  // only the ping-pong variant (opt-in)
   int fails = 0;
   auto C = [&](double r) { if (r < 0) ++fails; };
   C(check<256, 4, true, true>(1, 1000, 712, 520, false, sms, 0));

@@ -54,6 +54,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <variant>
 
@@ -286,6 +287,21 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
                                 t.tile_m, t.tile_n, t.tile_k, t.stages, target.shared_memory_per_block_optin));
       }
     }
+  }
+  // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
+  // of at most 128 columns, alternately), a 256-column tile halved for it.
+  // Opt-in: not measured yet (docs/perf.md).
+  const char* pingpong = std::getenv("MOEJIT_SM90_PINGPONG");
+  if (pingpong && std::string(pingpong) != "0" && std::string(pingpong) != "1")
+    throw Error(fmt::format("MOEJIT_SM90_PINGPONG: expected 0 or 1, found '{}'", pingpong));
+  if (pingpong && std::string(pingpong) == "1") {
+    if (c.tile_n == 256) {
+      c.tile_n = 128;
+      c.stages = 6;
+      while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
+      add_note(c, "tile_n 256 -> 128 for ping-pong");
+    }
+    c.pingpong = true;
   }
   if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups) > target.shared_memory_per_block_optin)
     fail(graph, op, fmt::format("(sm90 GEMM) needs {} bytes of shared memory for {} groups; the target {} allows {}",

@@ -237,3 +237,48 @@ TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend 
   }
   }
 }
+
+// The opt-in ping-pong consumers of the sm90 family (MOEJIT_SM90_PINGPONG=1).
+TEST_CASE("MOEJIT_SM90_PINGPONG=1 gives every sm90 GEMM the ping-pong consumers at tile_n <= 128, and they compile to PTX",
+          "[cuda][nvrtc][pingpong]") {
+  EnvOverride pingpong("MOEJIT_SM90_PINGPONG", "1");
+  EnvOverride all("MOEJIT_GEMM_EPILOGUES", "all");
+  codegen::ModuleCode m = module_of(layer_graph(1000, 384, 512, 8, 2), codegen::Target::named("sm_90a"));
+  int sm90 = 0;
+  for (const auto& kernel : m.kernels) {
+    if (kernel.find("gemm_sm90_kernel") == std::string::npos) continue;
+    ++sm90;
+    INFO(kernel);
+    CHECK(kernel.find(", true>") == kernel.size() - 7);
+    CHECK(kernel.find("gemm_sm90_kernel<128, 256,") == std::string::npos);
+  }
+  CHECK(sm90 >= 4);
+  cuda::CompiledModule compiled = cuda_test::compile_to_ptx(m, "pingpong_layer", "compute_90a");
+  CHECK(compiled.binary.find("wgmma.mma_async") != std::string::npos);
+  EnvOverride bad("MOEJIT_SM90_PINGPONG", "yes");
+  CHECK_THROWS_WITH(module_of(layer_graph(100, 64, 96, 4, 2), codegen::Target::named("sm_90a")),
+                    Catch::Contains("MOEJIT_SM90_PINGPONG: expected 0 or 1, found 'yes'"));
+}
+
+TEST_CASE("gpu: the ping-pong sm90 GEMMs (MOEJIT_SM90_PINGPONG=1) match the CPU backend, epilogues included", "[cuda][gpu][pingpong]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  EnvOverride pingpong("MOEJIT_SM90_PINGPONG", "1");
+  EnvOverride all("MOEJIT_GEMM_EPILOGUES", "all");
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  std::uint64_t seed = 91;
+  {
+    Graph g = mlp_graph(1000, 384, 512);
+    Values args = cuda_test::random_args(g, seed++, 1, 1.0);
+    compare(run(*cuda, g, args), run(*cpu, g, args));
+  }
+  struct Layer {
+    std::int64_t tokens, d, f, experts, top_k;
+  };
+  for (const Layer& c : {Layer{1000, 384, 512, 8, 2}, Layer{777, 136, 200, 1, 1}, Layer{500, 256, 256, 64, 4}}) {
+    INFO(fmt::format("layer tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
+    Graph g = layer_graph(c.tokens, c.d, c.f, c.experts, c.top_k);
+    Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
+    compare(run(*cuda, g, args), run(*cpu, g, args));
+  }
+}
