@@ -11,13 +11,13 @@ B=build-gpu-bundle; R=${RESULT:-/tmp/moegemm-final}; mkdir -p $R
 T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 L="--check-tokens 0 --warmup 2 --runs 10 --shapes 16384,384,1536,8,2;24576,1536,256,128,8"
 el "probe --pingpong"
-timeout 13 $B/gemm_sm90_probe --pingpong > $R/probe_pingpong.log 2>&1; echo "exit $?" >> $R/probe_pingpong.log
+timeout 12 $B/gemm_sm90_probe --pingpong > $R/probe_pingpong.log 2>&1; echo "exit $?" >> $R/probe_pingpong.log
 grep -E "checks failed|^epilogue|^bench 196608|^exit" $R/probe_pingpong.log
 el "layer, epilogues off"
-MOEJIT_GEMM_EPILOGUES=0 timeout 8 $B/moe_layer_bench $L --json $R/layer_epi0.json > $R/layer_epi0.log 2>&1; echo "exit $?" >> $R/layer_epi0.log
+MOEJIT_GEMM_EPILOGUES=0 timeout 9 $B/moe_layer_bench $L --json $R/layer_epi0.json > $R/layer_epi0.log 2>&1; echo "exit $?" >> $R/layer_epi0.log
 grep -E "fwd|exit" $R/layer_epi0.log | grep -v "|"
 el "layer, ping-pong"
-MOEJIT_SM90_PINGPONG=1 timeout 8 $B/moe_layer_bench $L --json $R/layer_pingpong.json > $R/layer_pingpong.log 2>&1; echo "exit $?" >> $R/layer_pingpong.log
+MOEJIT_SM90_PINGPONG=1 timeout 9 $B/moe_layer_bench $L --json $R/layer_pingpong.json > $R/layer_pingpong.log 2>&1; echo "exit $?" >> $R/layer_pingpong.log
 grep -E "fwd|exit" $R/layer_pingpong.log | grep -v "|"
 el "ping-pong GPU test"
 timeout 9 $B/moejit_cuda_tests "gpu: the ping-pong*" > $R/tests_pingpong.log 2>&1; echo "exit $?" >> $R/tests_pingpong.log
