@@ -15,10 +15,12 @@
 // Method:
 //   1. check: the same config at a small size (--check-batch sequences of
 //      --check-block tokens; every width unchanged) runs one step on the
-//      device and on the CPU backend in the same precision; the loss, grad
-//      norm, every parameter and AdamW moment after the step must agree
-//      (normalized error; f32 2e-3, bf16 4e-2 as tests/cuda). A failed check
-//      stops the program (exit 1) before any timing.
+//      device and on the CPU backend; the loss, grad norm, every parameter
+//      and AdamW moment after the step must agree (normalized error; f32:
+//      with the CPU's f32 step to 20 ulps; bf16: with the CPU's f32 step as
+//      closely as the CPU's own bf16 step, within 2x, or to 4e-2; see
+//      check_against_cpu). A failed check stops the program (exit 1) before
+//      any timing.
 //   2. timing, `--rounds` rounds of: eager (every launch issued by the host),
 //      then replay (the step captured once with cuda_capture_graph), each
 //      `--warmup` untimed and `--runs` timed steps bracketed by the
@@ -143,6 +145,18 @@ std::unique_ptr<Executable> compile_step(Backend& backend, const Graph& graph, c
 // One step of the config at a small size on the device and on the CPU, in
 // `precision`; returns a line saying how far apart they are, *passed false
 // when any value is outside the tolerance.
+//
+// f32: the device's step against the CPU's, each value within 20 f32 ulps
+// (normalized error). bf16: rounding to bf16 alone moves some values far
+// more than a fixed tolerance allows: the weight gradients that sum many
+// cancelling terms (the router's, attention's output projection, the
+// embeddings) move by about 0.1 on the CPU itself between a bf16 and an f32
+// step, and the device rounds at other places (fused kernels keep f32 in
+// registers), so a device that equals the CPU's bf16 step to a fixed 4e-2 is
+// not a meaningful demand. The reference is the CPU's f32 step instead: each
+// device value must be as close to it as the CPU's own bf16 step is, within
+// a factor of 2, and never further than the bf16 tolerance allows where the
+// CPU's bf16 noise is smaller than that.
 std::string check_against_cpu(const GptMoeConfig& full, const Flags& flags, Backend& device, DType precision, bool* passed,
                               double* worst) {
   GptMoeConfig config = full;
@@ -156,27 +170,46 @@ std::string check_against_cpu(const GptMoeConfig& full, const Flags& flags, Back
   auto cpu_exe = compile_step(*cpu, graph, config, args);
   device_exe->run();
   cpu_exe->run();
-  const double limit = precision == DType::bf16 ? tolerance(DType::bf16, 2.0) : tolerance(DType::f32, 20.0);
+  const bool bf16 = precision == DType::bf16;
+  std::unique_ptr<Executable> f32_exe;  // bf16 only: the reference
+  if (bf16) {
+    Graph f32_graph = build_gpt_train_graph(config, DType::f32);
+    f32_exe = compile_step(*cpu, f32_graph, config, gpt_train_args(f32_graph, config, flags.seed));
+    f32_exe->run();
+  }
+  const double limit = bf16 ? tolerance(DType::bf16, 2.0) : tolerance(DType::f32, 20.0);
   std::vector<std::string> names;
   for (const auto& out : graph.outputs())
     if (out.updates.empty()) names.push_back(out.name);
   for (const auto& [name, value] : args) names.push_back(name);  // parameters and moments after AdamW
   *passed = true;
-  *worst = 0.0;
+  *worst = 0.0;  // bf16: the largest ratio of error to allowance; f32: the largest error
   std::string worst_name;
   for (const auto& name : names) {
-    HostTensor ref = cpu_exe->get(name);
+    const HostTensor ref = bf16 ? f32_exe->get(name) : cpu_exe->get(name);
     const double err = normalized_error(device_exe->get(name), ref);
-    const double allowed = is_float(ref.dtype()) ? limit : 0.0;
+    double allowed = is_float(ref.dtype()) ? limit : 0.0;
+    double noise = 0.0;
+    if (bf16 && is_float(ref.dtype())) {
+      noise = normalized_error(cpu_exe->get(name), ref);
+      allowed = std::max(limit, 2.0 * noise);
+    }
     if (!(err <= allowed)) {
       *passed = false;
-      fmt::print("check: {}: normalized error {} above {}\n", name, fmt_num(err), fmt_num(allowed));
+      fmt::print("check: {}: normalized error {} above {}{}\n", name, fmt_num(err), fmt_num(allowed),
+                 bf16 ? fmt::format(" (the cpu's bf16 step: {})", fmt_num(noise)) : "");
     }
-    if (worst_name.empty() || !(err <= *worst)) {
-      *worst = err;
+    const double score = bf16 ? (allowed > 0 ? err / allowed : (err > 0 ? 1e9 : 0.0)) : err;
+    if (worst_name.empty() || !(score <= *worst)) {
+      *worst = score;
       worst_name = name;
     }
   }
+  if (bf16)
+    return fmt::format("one step at batch {} x block {} in bf16 vs the cpu backend's f32 step: every value within max({}, 2 x the "
+                       "cpu's own bf16 error) over {} values; the closest to its limit {} at {:.2f} of it: {}",
+                       config.batch_size, config.block_size, fmt_num(limit), names.size(), worst_name, *worst,
+                       *passed ? "ok" : "FAILED");
   return fmt::format("one step at batch {} x block {} vs the cpu backend ({}): worst normalized error {} ({}) over {} values, "
                      "tolerance {}: {}",
                      config.batch_size, config.block_size, dtype_name(precision), fmt_num(*worst), worst_name, names.size(),
@@ -338,7 +371,8 @@ int run(Flags flags) {
   json.meta("runs_per_round", static_cast<std::int64_t>(flags.runs));
   json.meta("rounds", static_cast<std::int64_t>(flags.rounds));
   json.meta("check", check);
-  json.meta("check_error", worst);
+  json.meta("check_error", worst);  // bf16: the largest error / allowance ratio (check_against_cpu)
+  json.meta("check_error_kind", std::string(precision == DType::bf16 ? "ratio of error to allowance" : "normalized error"));
   json.meta("replay_bit_identical", identical);
   json.meta("first_loss", first_loss);
   for (const ModeResult& r : results) {

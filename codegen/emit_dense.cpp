@@ -152,6 +152,31 @@ int warp_row_per_lane(std::int64_t c) {
   return per_lane;
 }
 
+// The vectorized warp-per-row shape for rows of c <= 1024 elements of
+// `bytes` each: lane l holds elements (32 j + l) vec .. + vec - 1 of a row,
+// j < groups. vec is the widest power of two within 16 bytes that divides
+// c, preferring one for which whole warps cover the row (c a multiple of
+// 32 vec: no idle lanes); groups = ceil(c / (32 vec)).
+struct WarpRowShape {
+  int vec, groups;
+};
+WarpRowShape warp_row_shape(std::int64_t c, std::size_t bytes) {
+  const int widest = std::max(1, static_cast<int>(16 / bytes));
+  int vec = 1;
+  for (int v = widest; v >= 1; v /= 2)
+    if (c % (32 * v) == 0) {
+      vec = v;
+      break;
+    }
+  if (c % (32 * vec) != 0)
+    for (int v = widest; v >= 1; v /= 2)
+      if (c % v == 0) {
+        vec = v;
+        break;
+      }
+  return {vec, static_cast<int>((c + 32 * vec - 1) / (32 * vec))};
+}
+
 // Blocks of 256 threads, one warp per row.
 unsigned warp_row_blocks(std::int64_t rows) { return static_cast<unsigned>(std::clamp<std::int64_t>((rows + 7) / 8, 1, 1 << 20)); }
 
@@ -189,9 +214,11 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
     pointers.push_back({&a.residual, B::of(add->operands[1])});
     pointers.push_back({&a.sum, B::of(add->results[0])});
   }
-  if (const int per_lane = warp_row_per_lane(a.c)) {
-    ctx.launch("reduce", instantiation("norm_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(config)}), config,
-               {warp_row_blocks(a.rows)}, a, pointers);
+  if (warp_row_per_lane(a.c)) {
+    const WarpRowShape shape = warp_row_shape(a.c, dtype_size(x.dtype));
+    ctx.launch("reduce",
+               instantiation("norm_warp_kernel", {ctx.in_type(0), std::to_string(shape.vec), std::to_string(shape.groups), threads_of(config)}),
+               config, {warp_row_blocks(a.rows)}, a, pointers);
     return;
   }
   MOEJIT_ASSERT(!add, "a fused residual add needs the warp kernel");
@@ -203,7 +230,6 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
 void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
-  std::int64_t stats = ctx.scratch(rows * 2 * 8);
   TileConfig row_config = TileConfig::fixed_threads(256);
   mj::NormGradRowsArgs<void> r{};
   r.rows = rows;
@@ -213,20 +239,40 @@ void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
   std::vector<Bind> row_pointers = {{&r.x, B::of(ctx.operand(0))},
                                     {&r.gamma, B::of(ctx.operand(1))},
                                     {&r.dy, B::of(ctx.operand(2))},
-                                    {&r.dx, B::of(ctx.result(0))},
-                                    {&r.stats, B::scratch(stats)}};
+                                    {&r.dx, B::of(ctx.result(0))}};
   if (add) {
     row_pointers[3] = {&r.dx, B::of(add->results[0])};
     row_pointers.push_back({&r.dx_addend, B::of(add->operands[add->operands[0] == ctx.result(0) ? 1 : 0])});
   }
   MOEJIT_ASSERT(!add || warp_row_per_lane(c) > 0, "a fused gradient add needs the warp kernel");
-  if (const int per_lane = warp_row_per_lane(c))
-    ctx.launch("reduce", instantiation("norm_grad_rows_warp_kernel", {ctx.in_type(0), std::to_string(per_lane), threads_of(row_config)}),
-               row_config, {warp_row_blocks(rows)}, r, row_pointers);
-  else
-    ctx.launch("reduce", instantiation("norm_grad_rows_kernel", {ctx.in_type(0), threads_of(row_config)}), row_config, {row_blocks(rows)},
-               r, row_pointers);
   TileConfig column_config = TileConfig::fixed_threads(128);
+  const unsigned finish_blocks = static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20));  // a warp per column
+  if (warp_row_per_lane(c)) {
+    // The warp kernel with the parameter sums fused: one partial per block
+    // (about four blocks of 256 threads per SM), then the in-order finish.
+    const WarpRowShape shape = warp_row_shape(c, dtype_size(x.dtype));
+    const unsigned blocks = persistent_grid(ctx.target(), (rows + 7) / 8, 4);
+    const std::int64_t partials = ctx.scratch(static_cast<std::int64_t>(blocks) * c * 2 * 8);
+    row_pointers.push_back({&r.partials, B::scratch(partials)});
+    ctx.launch("reduce",
+               instantiation("norm_grad_rows_warp_kernel",
+                             {ctx.in_type(0), std::to_string(shape.vec), std::to_string(shape.groups), threads_of(row_config)}),
+               row_config, {blocks}, r, row_pointers);
+    mj::NormGradParamsArgs<void> p{};
+    p.rows = rows;
+    p.c = c;
+    p.chunks = blocks;
+    const std::vector<Bind> pointers = {{&p.dgamma, B::of(ctx.result(1))},
+                                        {&p.dbeta, layer ? B::of(ctx.result(2)) : B::none()},
+                                        {&p.partials, B::scratch(partials)}};
+    ctx.launch("reduce", instantiation("norm_grad_params_finish_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
+               {finish_blocks}, p, pointers);
+    return;
+  }
+  const std::int64_t stats = ctx.scratch(rows * 2 * 8);
+  row_pointers.push_back({&r.stats, B::scratch(stats)});
+  ctx.launch("reduce", instantiation("norm_grad_rows_kernel", {ctx.in_type(0), threads_of(row_config)}), row_config, {row_blocks(rows)}, r,
+             row_pointers);
   mj::NormGradParamsArgs<void> p{};
   p.rows = rows;
   p.c = c;
@@ -244,7 +290,7 @@ void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
   ctx.launch("reduce", instantiation("norm_grad_params_parts_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
              {static_cast<unsigned>(std::min<std::int64_t>(p.chunks * column_blocks, 65535))}, p, pointers);
   ctx.launch("reduce", instantiation("norm_grad_params_finish_kernel", {ctx.in_type(0), threads_of(column_config)}), column_config,
-             {static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20))}, p, pointers);  // a warp per column
+             {finish_blocks}, p, pointers);
 }
 
 }  // namespace
@@ -425,10 +471,9 @@ void emit_EmbeddingGrad(EmitContext& ctx) {
   ctx.launch("layout", instantiation("embedding_grad_place_kernel", {type, threads_of(config)}), config,
              {blocks_for(a.n, mj::kEmbeddingChunk)}, a, pointers);
   const std::int64_t column_blocks = (a.D + 32 * mj::kEmbeddingColumnsPerLane - 1) / (32 * mj::kEmbeddingColumnsPerLane);
-  const std::int64_t warps_per_block = config.threads / 32;
-  const std::int64_t sum_blocks = (a.V * column_blocks + warps_per_block - 1) / warps_per_block;
-  ctx.launch("layout", instantiation("embedding_grad_sum_kernel", {type, threads_of(config)}), config,
-             {static_cast<unsigned>(std::clamp<std::int64_t>(sum_blocks, 1, 1 << 20))}, a, pointers);
+  TileConfig sum_config = TileConfig::fixed_threads(1024);  // a block per (id, column block)
+  ctx.launch("layout", instantiation("embedding_grad_sum_kernel", {type, threads_of(sum_config)}), sum_config,
+             {static_cast<unsigned>(std::clamp<std::int64_t>(a.V * column_blocks, 1, 1 << 20))}, a, pointers);
 }
 
 // ---- layout ----

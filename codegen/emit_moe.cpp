@@ -436,6 +436,12 @@ void emit_LoadBalanceLossGrad(EmitContext& ctx) {
 void emit_EntropyReg(EmitContext& ctx) { expert_loss(ctx, expert_stats(ctx, ctx.operand(0), B::none(), 1), 1); }
 void emit_EntropyRegGrad(EmitContext& ctx) { expert_loss_grad(ctx, expert_stats(ctx, ctx.operand(0), B::none(), 1), ctx.operand(1), 1); }
 
+namespace {
+// The register width of the thread-per-token z-loss kernels for rows of E
+// values (8, 16 or 32), 0 past 32: the block-per-row kernels.
+int z_loss_thread_width(std::int64_t E) { return E <= 8 ? 8 : E <= 16 ? 16 : E <= 32 ? 32 : 0; }
+}  // namespace
+
 void emit_ZLoss(EmitContext& ctx) {
   std::int64_t tokens = ctx.in(0).dim(0);
   std::int64_t values = ctx.scratch(tokens * 8);
@@ -443,9 +449,15 @@ void emit_ZLoss(EmitContext& ctx) {
   mj::ZLossRowsArgs<void> r{};
   r.tokens = tokens;
   r.E = ctx.in(0).dim(1);
-  ctx.launch("moe", instantiation("z_loss_rows_kernel", {ctx.in_type(0), threads_of(config)}), config,
-             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535))}, r,
-             {{&r.logits, B::of(ctx.operand(0))}, {&r.row_values, B::scratch(values)}});
+  if (const int emax = z_loss_thread_width(r.E)) {
+    TileConfig thread_config = TileConfig::fixed_threads(256);
+    ctx.launch("moe", instantiation("z_loss_rows_thread_kernel", {ctx.in_type(0), std::to_string(emax), threads_of(thread_config)}),
+               thread_config, {blocks_for(tokens)}, r, {{&r.logits, B::of(ctx.operand(0))}, {&r.row_values, B::scratch(values)}});
+  } else {
+    ctx.launch("moe", instantiation("z_loss_rows_kernel", {ctx.in_type(0), threads_of(config)}), config,
+               {static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535))}, r,
+               {{&r.logits, B::of(ctx.operand(0))}, {&r.row_values, B::scratch(values)}});
+  }
   TileConfig mean_config = TileConfig::fixed_threads(256);
   mj::MeanOfValuesArgs<void> m{};
   m.n = tokens;
@@ -461,9 +473,15 @@ void emit_ZLossGrad(EmitContext& ctx) {
   a.tokens = tokens;
   a.E = ctx.in(0).dim(1);
   a.coeff = ctx.attrs().get_float("coeff");
+  const std::vector<Bind> pointers = {{&a.logits, B::of(ctx.operand(0))}, {&a.dloss, B::of(ctx.operand(1))}, {&a.dlogits, B::of(ctx.result(0))}};
+  if (const int emax = z_loss_thread_width(a.E)) {
+    TileConfig thread_config = TileConfig::fixed_threads(256);
+    ctx.launch("moe", instantiation("z_loss_grad_thread_kernel", {ctx.in_type(0), std::to_string(emax), threads_of(thread_config)}),
+               thread_config, {blocks_for(tokens)}, a, pointers);
+    return;
+  }
   ctx.launch("moe", instantiation("z_loss_grad_kernel", {ctx.in_type(0), threads_of(config)}), config,
-             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535))}, a,
-             {{&a.logits, B::of(ctx.operand(0))}, {&a.dloss, B::of(ctx.operand(1))}, {&a.dlogits, B::of(ctx.result(0))}});
+             {static_cast<unsigned>(std::clamp<std::int64_t>(tokens, 1, 65535))}, a, pointers);
 }
 
 // ---- fused forms ----

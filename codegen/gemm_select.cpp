@@ -11,7 +11,8 @@
 // split_k (mj.matmul only, any source): with fewer output tiles than SMs and
 // K >= 1024, K is cut into split_k slices (simt_split_k below); the emitter
 // (codegen/simt_matmul.cpp) then writes f32 partials and adds them in a
-// fixed order, so the result is deterministic.
+// fixed order, so the result is deterministic (N <= 32 with A's M
+// contiguous: its narrow kernel, which picks its own split).
 //   attribute: tile_m/n/k from the op (moe-tiling sets them on the expert matmuls);
 //   heuristic: 64 x 64 x 16, 256 threads; for mj.matmul with N <= 32
 //          that splits K, 128 x N (N rounded up to a power of two from 8);
@@ -35,6 +36,10 @@
 //   tuned: instead of the heuristic (not of attributes), the database's
 //          tile_n and stages for family "gemm_sm90" when tile_n is 64, 128 or
 //          256 and the stages (2 to 6) fit, else the heuristic with a note.
+//   split_k (mj.matmul in the weight-gradient layout, A and B both
+//          token-row-major, any source): with few output tiles over a long
+//          K, K is cut into slices that run as a batched product into f32
+//          partials, added in order by a second kernel (weight_gradient_split_k below).
 //
 // sm80 family (codegen/kernels/gemm_sm80.cuh), for bf16 and f16 on sm_80 ..
 // sm_90 where the sm90 family does not take the product (f16, a plain sm_90
@@ -221,6 +226,23 @@ TileConfig simt_config(const Graph& graph, const Op& op, const GemmProblem& prob
 
 bool rows_addressable(std::int64_t elements) { return elements % 8 == 0; }  // 16-byte rows of bf16
 
+// Few output tiles over a long K leave most SMs idle: config B's dense
+// weight gradients (x^T dy, 384 x 1152 over K = 16384) are 27 tiles of
+// 128 x 128 on 132 SMs, each looping over 256 k-tiles, and its LM head's
+// (65 x 384 over 16384, on the sm80 family) 3 tiles. The split is a power of
+// two that keeps tiles x split within one wave of `wave` blocks, every
+// slice a whole number of 64-deep k-tiles and at least 512 deep (shorter
+// slices spend more on the epilogue and the partials than they save). Only
+// for the layout whose slices are plain strided views (A stored [K, M], B
+// stored [K, N]: a slice is K / split rows further on), unbatched.
+std::int64_t weight_gradient_split_k(const GemmProblem& p, int tile_m, int tile_n, std::int64_t wave) {
+  if (p.kind != GemmProblem::Kind::matmul || p.batch != 1 || p.a_k_major || p.b_k_major) return 1;
+  const std::int64_t tiles = (p.m + tile_m - 1) / tile_m * ((p.n + tile_n - 1) / tile_n);
+  std::int64_t split = 1;
+  while (tiles * split * 2 <= wave && p.k % (split * 2 * 64) == 0 && p.k / (split * 2) >= 512) split *= 2;
+  return split;
+}
+
 // Whether the sm90 family can run the problem: the target, the dtype, and
 // TMA's rule that every row stride is a multiple of 16 bytes.
 bool sm90_fits(const GemmProblem& p, const Target& target) {
@@ -303,7 +325,13 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
     }
     c.pingpong = true;
   }
-  if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups) > target.shared_memory_per_block_optin)
+  c.split_k = static_cast<int>(weight_gradient_split_k(problem, c.tile_m, c.tile_n, target.sm_count));
+  if (c.split_k > 1) {
+    add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
+    // The slices are groups of a batched product: one more prefix entry each.
+    while (c.stages > 2 && sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, c.split_k) > target.shared_memory_per_block_optin) --c.stages;
+  }
+  if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, std::max<std::int64_t>(groups, c.split_k)) > target.shared_memory_per_block_optin)
     fail(graph, op, fmt::format("(sm90 GEMM) needs {} bytes of shared memory for {} groups; the target {} allows {}",
                                 sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups), groups, target.arch,
                                 target.shared_memory_per_block_optin));
@@ -336,8 +364,11 @@ TileConfig sm80_config(const Op& op, const GemmProblem& problem, const Target& t
                             op.attrs.get_int("tile_n"), op.attrs.get_int("tile_k")));
   }
   const bool grouped = problem.kind == GemmProblem::Kind::grouped;
+  c.split_k = static_cast<int>(weight_gradient_split_k(problem, c.tile_m, c.tile_n, 2 * target.sm_count));  // two blocks per SM
+  if (c.split_k > 1) add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
+  const std::int64_t groups = std::max<std::int64_t>(problem.batch, c.split_k);
   c.stages = 4;
-  while (c.stages > 2 && sm80::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, problem.batch, grouped) > target.shared_memory_per_block_optin)
+  while (c.stages > 2 && sm80::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups, grouped) > target.shared_memory_per_block_optin)
     --c.stages;
   return c;
 }
@@ -405,8 +436,9 @@ bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target)
   if (dtype != DType::bf16 && dtype != DType::f16) return false;
   const std::optional<GemmProblem> problem = gemm_problem_of(graph, gemm);
   if (!problem) return false;
-  const GemmFamily family = choose_gemm(graph, gemm, *problem, target).family;
-  return family == GemmFamily::sm90 || family == GemmFamily::sm80;
+  const GemmChoice choice = choose_gemm(graph, gemm, *problem, target);
+  // Split-K products write f32 partials, which a finish kernel adds: no epilogue there.
+  return (choice.family == GemmFamily::sm90 || choice.family == GemmFamily::sm80) && choice.config.split_k <= 1;
 }
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {

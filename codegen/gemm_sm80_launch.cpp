@@ -7,11 +7,30 @@
 #include <fmt/format.h>
 
 #include "codegen/kernels/gemm_sm80.cuh"
+#include "codegen/kernels/matmul.cuh"
 
 namespace moejit::codegen {
 
-void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm& g) {
+void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm& given) {
   using Mode = Sm80Gemm::Mode;
+  // split_k (gemm_select.cpp, weight_gradient_split_k): A stored [K, M] and
+  // B stored [K, N] as a batched product of split_k slices of K (slice s is
+  // the view K / split_k rows further on: the batched mode's group strides
+  // m * k and n * k) into f32 partials, added in slice order by
+  // matmul_split_k_finish_kernel.
+  const std::int64_t split = config.split_k;
+  Sm80Gemm g = given;
+  Buffer partials;
+  if (split > 1) {
+    if (g.mode != Mode::batched || g.groups != 1 || g.a_k_major || g.b_k_major || g.k % (split * 64) != 0)
+      ctx.fail(fmt::format("(sm80 GEMM) split_k {} takes one product with A stored [K, M], B stored [K, N] and K a multiple of {}; "
+                           "found {} groups, K {}", split, split * 64, g.groups, g.k));
+    partials = Buffer::scratch(ctx.scratch(split * g.m * g.n * 4));
+    g.groups = split;
+    g.k /= split;
+    g.a_batched = g.b_batched = true;
+    g.c = partials;
+  }
   sm80::GemmArgs args{};
   args.m = g.m;
   args.n = g.n;
@@ -37,12 +56,14 @@ void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm
   // Arena buffers start on 256 bytes, so rows start on 16 bytes when the row strides are multiples of 8 elements.
   const bool vec16 = args.lda % 8 == 0 && args.ldb % 8 == 0;
   const int bm = config.tile_m, bn = config.tile_n, bk = config.tile_k;
-  const char* store = g.epilogue == Sm80Gemm::Epilogue::gelu        ? "StoreGelu16"
-                      : g.epilogue == Sm80Gemm::Epilogue::gelu_grad ? "StoreGeluGrad16"
-                                                                    : "Store16";
-  const std::string kernel =
-      fmt::format("moejit::sm80::gemm_sm80_kernel<{}, {}, {}, {}, {}, {}, {}, {}, moejit::sm80::{}<{}>>", template_type(g.dtype), bm, bn,
-                  bk, config.stages, a_k_major, b_k_major, vec16, store, template_type(g.dtype));
+  // Split K (codegen/gemm_select.cpp): f32 partials, so a plain store; else the epilogue's functor.
+  const char* functor = g.epilogue == Sm80Gemm::Epilogue::gelu        ? "StoreGelu16"
+                        : g.epilogue == Sm80Gemm::Epilogue::gelu_grad ? "StoreGeluGrad16"
+                                                                      : "Store16";
+  if (split > 1 && g.epilogue != Sm80Gemm::Epilogue::store) ctx.fail("(sm80 GEMM) has no GELU epilogue for split-K partials");
+  const std::string store = split > 1 ? "moejit::sm80::StoreF32" : fmt::format("moejit::sm80::{}<{}>", functor, template_type(g.dtype));
+  const std::string kernel = fmt::format("moejit::sm80::gemm_sm80_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", template_type(g.dtype), bm, bn,
+                                         bk, config.stages, a_k_major, b_k_major, vec16, store);
   const bool grouped = g.mode == Mode::grouped;
   const auto smem = static_cast<unsigned>(sm80::smem_bytes(bm, bn, bk, config.stages, g.groups, grouped));
   // Tiles the walk can have: exact for batched and wgrad; for grouped rows
@@ -57,6 +78,16 @@ void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm
   if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
   if (grouped && g.slots.kind != Buffer::Kind::null) pointers.push_back({&args.a_rows, g.slots});
   ctx.launch("gemm_sm80", kernel, config, {grid}, args, pointers, smem);
+  if (split > 1) {
+    mj::MatmulSplitArgs<void> finish{};
+    finish.M = g.m;
+    finish.N = g.n;
+    finish.K = g.k * split;
+    finish.batch = 1;
+    finish.split = split;
+    ctx.launch("matmul", instantiation("matmul_split_k_finish_kernel", {template_type(g.dtype), "256"}), TileConfig::fixed_threads(256),
+               {blocks_for(g.m * g.n)}, finish, {{&finish.c, given.c}, {&finish.partials, partials}});
+  }
 }
 
 }  // namespace moejit::codegen

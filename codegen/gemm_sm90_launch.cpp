@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "codegen/kernels/gemm_sm90.cuh"
+#include "codegen/kernels/matmul.cuh"
 
 namespace moejit::codegen {
 
@@ -30,10 +31,50 @@ TensorMapField map_3d(Buffer buffer, std::int64_t inner, std::int64_t outer, std
   return m;
 }
 
+// config.split_k > 1 (codegen/gemm_select.cpp, sm90_split_k): C = A B with
+// A stored [K, M] and B stored [K, N] runs as a batched product of
+// split_k slices of K / split_k rows each -- slice s of A (and of B) is the
+// plain view K / split_k rows further on -- into f32 partials [split_k, M,
+// N], which matmul_split_k_finish_kernel adds in slice order into C (the
+// same bits every run).
+void launch_sm90_split_k(EmitContext& ctx, const TileConfig& config, const Sm90Gemm& g) {
+  const std::int64_t split = config.split_k, slice = g.k / split;
+  if (g.epilogue != Sm90Gemm::Epilogue::store) ctx.fail("(sm90 GEMM) has no GELU epilogue for split-K partials");
+  if (g.mode != Sm90Gemm::Mode::batched || g.groups != 1 || g.a_k_major || g.b_k_major || g.k % (split * 64) != 0)
+    ctx.fail(fmt::format("(sm90 GEMM) split_k {} takes one product with A stored [K, M], B stored [K, N] and K a multiple of {}; "
+                         "found {} groups, K {}", split, split * 64, g.groups, g.k));
+  sm90::GemmArgs args{};
+  args.m = g.m;
+  args.n = g.n;
+  args.k = slice;
+  args.groups = static_cast<int>(split);
+  args.a_batched = 1;
+  args.b_batched = 1;
+  args.ldc = g.n;
+  args.c_group_stride = g.m * g.n;
+  const TensorMapField a_map = map_3d(g.a, g.m, slice, split, g.m, g.m * slice, 64);
+  const TensorMapField b_map = map_3d(g.b, g.n, slice, split, g.n, g.n * slice, 64);
+  const Buffer partials = Buffer::scratch(ctx.scratch(split * g.m * g.n * 4));
+  const std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, false, false, moejit::sm90::StoreF32>",
+                                         config.tile_n, config.stages);
+  const auto smem = static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, split));
+  ctx.launch("gemm_sm90", kernel, config, {static_cast<unsigned>(ctx.target().sm_count)}, args, {{&args.c, partials}}, smem,
+             {{&args.a, a_map}, {&args.b, b_map}});
+  mj::MatmulSplitArgs<void> finish{};
+  finish.M = g.m;
+  finish.N = g.n;
+  finish.K = g.k;
+  finish.batch = 1;
+  finish.split = split;
+  ctx.launch("matmul", instantiation("matmul_split_k_finish_kernel", {"mj::bf16_t", "256"}), TileConfig::fixed_threads(256),
+             {blocks_for(g.m * g.n)}, finish, {{&finish.c, g.c}, {&finish.partials, partials}});
+}
+
 }  // namespace
 
 void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm& g) {
   using Mode = Sm90Gemm::Mode;
+  if (config.split_k > 1) return launch_sm90_split_k(ctx, config, g);
   sm90::GemmArgs args{};
   args.m = g.m;
   args.n = g.n;

@@ -2,7 +2,10 @@
 // and the router product of moe.route, given the TileConfig choose_gemm
 // picked: one matmul_kernel grid, or with split_k > 1 the K slices into
 // partials of the arithmetic type (step scratch) and the finish pass that
-// adds each output's slices in order (deterministic).
+// adds each output's slices in order (deterministic). A split product with
+// N <= 32 whose A has M contiguous (a router's x^T dlogits) takes the warp
+// shape matmul_split_k_narrow_kernel instead, with a split of its own
+// (about four blocks per SM); the TileConfig's tile is then unused.
 #pragma once
 #include <cstdint>
 

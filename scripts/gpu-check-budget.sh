@@ -1,37 +1,66 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh sections by priority within a device-time budget (BUDGET seconds,
-# default 470), on the GPU machine from the repository root with the bundle in
-# build-gpu-bundle: the GPU tests and the 500-step bf16/f32 loss curves at once (no
-# timing is read from either), then the MoE layer, the config B train step, flash
-# attention, a MOEJIT_PROFILE=1 train_step of config B, and `moejit tune` of config B
-# with what time is left. A section that does not fit the time left is reported
-# SKIPPED. Every log is packed into $OUT/final-logs.tgz (the device tool returns at
-# most 8 files).
+# default 560), on the GPU machine from the repository root with the bundle in
+# build-gpu-bundle:
+#   1. the GPU tests (in GPU_CHECK_TEST_SHARDS=3 parallel processes) and the 500-step
+#      bf16/f32 loss curves at once (no timing is read from either);
+#   2. the timed sections, one at a time, by priority: the cold/warm compile of the
+#      example's module; the config B and default train steps beside PyTorch; the MoE
+#      layer beside PyTorch (every bench/moe_layer shape); `moejit tune` of config B,
+#      the default config and the moe_layer shapes into $OUT/tuned.json (what tuning/
+#      ships), then the config B step with that database and without any
+#      (MOEJIT_TUNING_DB=none); flash attention beside SDPA; a MOEJIT_PROFILE=1 step
+#      of config B and of the D4096 and D1536 layers; the dense GEMM probe beside
+#      torch.matmul.
+# A section that does not fit the time left is reported SKIPPED. Every log is packed
+# into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-T0=$(date +%s); left() { echo $(( ${BUDGET:-470} - ($(date +%s) - T0) )); }
+T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
+stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 run() {  # run NAME SECONDS env... : one gpu-check instance with its own logs, if the budget allows
   local name=$1 need=$2; shift 2
   if (( $(left) < need )); then echo "SKIPPED $name (budget: $(left) s left, needs $need)"; return; fi
-  env GPU_CHECK_LOGS=/tmp/l-$name "$@" bash scripts/gpu-check.sh $B > $O/../log-$name.txt 2>&1
-  echo "[$(( $(date +%s) - T0 )) s] $name"; sed -n '/==== gpu-check summary/,$p' $O/../log-$name.txt | grep -vE "\| (val loss \?|nan|$)|example modules|train 20 cuda|compile_bench|step_bench|^device|moe_bench" | grep -v "^$"
+  env GPU_CHECK_LOGS=/tmp/l-$name "$@" bash scripts/gpu-check.sh $B > /tmp/log-$name.txt 2>&1
+  stamp "$name"; sed -n '/==== gpu-check summary/,$p' /tmp/log-$name.txt | grep -vE "\| (val loss \?|nan|$)|example modules|train 20 cuda|step_bench|^device|moe_bench|\| none \(exit -\)|\| +\(exit -\)" | grep -v "^$"
 }
-# Phase 1: the GPU tests and the 500-step loss curves at once (no timing is read from either).
-run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=200 & 
+TS_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5"
+TORCH_TS_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
+# 1. tests and loss curves at once
+run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=170 GPU_CHECK_TEST_SHARDS=3 &
 run train 150 GPU_CHECK_ONLY=train GPU_CHECK_ITERS=500 &
 wait
-run layer 130 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=120
-run trainstep 110 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS=config_b GPU_CHECK_BENCH_LIMIT=90 \
-  GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
-run attention 30 GPU_CHECK_ONLY=attention GPU_CHECK_BENCH_LIMIT=40
-if (( $(left) > 25 )); then
-  MOEJIT_PROFILE=1 timeout 25 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 1 --runs 3 --rounds 1 \
-    --trainer-steps 0 > $O/../log-profile-b.txt 2>&1; echo "[$(( $(date +%s) - T0 )) s] profile"
-  grep -A25 "profile of @gpt_moe_train: .*median of [3-9]" $O/../log-profile-b.txt | head -26
+# 2. timed sections, by priority
+run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
+run trainstep 100 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=60 \
+  GPU_CHECK_TRAINSTEP_ARGS="$TS_ARGS" GPU_CHECK_TORCH_TRAIN_ARGS="$TORCH_TS_ARGS"
+run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90
+# tune, then the step with and without the database
+if (( $(left) > 70 )); then
+  TUNE_S=$(( $(left) - 50 < 90 ? $(left) - 50 : 90 ))
+  timeout $(( TUNE_S + 20 )) $B/moejit tune --config examples/gpt_moe/configs/config_b.json --config default \
+    --moe-layer 16384,384,1536,8,2 --moe-layer 16384,768,3072,8,2 --moe-layer 8192,4096,14336,8,2 --moe-layer 24576,1536,256,128,8 \
+    --out $O/tuned.json --budget-s $TUNE_S > /tmp/log-tune.txt 2>&1
+  stamp "tune exit $?"; grep -E "^moejit tune:|^wrote|^compiling" /tmp/log-tune.txt
+  for db in $O/tuned.json none; do
+    (( $(left) > 12 )) || break
+    MOEJIT_TUNING_DB=$db timeout 12 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 3 --runs 10 \
+      --rounds 1 --trainer-steps 0 > /tmp/log-step-db-$(basename $db .json).txt 2>&1
+    stamp "step with MOEJIT_TUNING_DB=$(basename $db): $(grep -h '^train-step:' /tmp/log-step-db-$(basename $db .json).txt)"
+  done
+else
+  echo "SKIPPED tune (budget: $(left) s left)"
 fi
-run tune 50 GPU_CHECK_ONLY=tune GPU_CHECK_BENCH_LIMIT=$(( $(left) - 5 )) GPU_CHECK_TUNE_ARGS="--budget-s $(( $(left) - 25 ))"
-run trainstep-default 40 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS=default GPU_CHECK_BENCH_LIMIT=30 \
-  GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
-cp /tmp/l-tune/tuned.json $O/ 2>/dev/null
-tar czf $O/final-logs.tgz -C /tmp $(cd /tmp && ls -d l-* 2>/dev/null) -C $O/.. $(cd $O/.. && ls log-*.txt) 2>/dev/null
-echo "[$(( $(date +%s) - T0 )) s] done"
+run attention 25 GPU_CHECK_ONLY=attention GPU_CHECK_BENCH_LIMIT=30
+profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its table printed
+  local name=$1 need=$2; shift 2
+  if (( $(left) < need )); then echo "SKIPPED profile $name"; return; fi
+  MOEJIT_PROFILE=1 timeout "$need" "$@" > /tmp/log-profile-$name.txt 2>&1; stamp "profile $name"
+  grep -A22 "profile of @.*median of [3-9]" /tmp/log-profile-$name.txt | head -23
+}
+profile b 25 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
+profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
+profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
+run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=30
+tar czf $O/final-logs.tgz -C /tmp $(cd /tmp && ls -d l-* 2>/dev/null) $(cd /tmp && ls log-*.txt) 2>/dev/null
+stamp done

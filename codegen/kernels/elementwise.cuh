@@ -108,14 +108,23 @@ template <class A> __device__ __forceinline__ A ew_silu(A x) { return x * ew_sig
 template <class A> __device__ __forceinline__ A ew_softplus(A x) {
   return (x > A(0) ? x : A(0)) + m_log1p(m_exp(-m_abs(x)));
 }
+// The tanh inside gelu and its gradient: tanh(u) = 1 - 2 / (1 + e^(2u)) on
+// the fast exp2 and reciprocal (two MUFU instructions; tanhf is about 20
+// instructions and made the standalone gelu kernels compute-bound, not
+// memory-bound). Its absolute error is a few 1e-7 everywhere (e^(2u) = inf
+// gives 1, 0 gives -1), and gelu uses t only as 1 + t, x (1 - t^2) and
+// 1 - t^2, so the results keep f32's relative accuracy. f64 keeps tanh.
+__device__ __forceinline__ float gelu_tanh(float u) { return 1.0f - __fdividef(2.0f, 1.0f + __expf(2.0f * u)); }
+__device__ __forceinline__ double gelu_tanh(double u) { return tanh(u); }
+
 // gelu, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 template <class A> __device__ __forceinline__ A ew_gelu(A x) {
   const A c = A(0.79788456080286535588);
-  return A(0.5) * x * (A(1) + m_tanh(c * (x + A(0.044715) * x * x * x)));
+  return A(0.5) * x * (A(1) + gelu_tanh(c * (x + A(0.044715) * x * x * x)));
 }
 template <class A> __device__ __forceinline__ A ew_gelu_grad(A x, A dy) {
   const A c = A(0.79788456080286535588);
-  A t = m_tanh(c * (x + A(0.044715) * x * x * x));
+  A t = gelu_tanh(c * (x + A(0.044715) * x * x * x));
   return dy * (A(0.5) * (A(1) + t) + A(0.5) * x * (A(1) - t * t) * c * (A(1) + A(3 * 0.044715) * x * x));
 }
 
@@ -206,29 +215,63 @@ __device__ __forceinline__ int multi_tensor_of(const i64* chunk_begin, int tenso
   return k;
 }
 
+// One element of multi_adamw_kernel: the formulas of adamw_kernel.
+struct AdamWStep {
+  float lr, correction1, correction2, b1, b2, eps, weight_decay;
+  __device__ __forceinline__ void apply(float g, float& p, float& m, float& v) const {
+    const float m1 = b1 * m + (1.0f - b1) * g;
+    const float v1 = b2 * v + (1.0f - b2) * g * g;
+    const float m_hat = m1 / correction1;
+    const float v_hat = v1 / correction2;
+    p = p - lr * (m_hat / (sqrtf(v_hat) + eps) + weight_decay * p);
+    m = m1;
+    v = v1;
+  }
+};
+
+// A chunk's elements four at a time (float4 loads and stores) when every
+// pointer of its tensor is 16-byte aligned (a chunk starts at a multiple of
+// kMultiTensorChunk), the rest one at a time; the same values either way.
 template <int THREADS> __global__ void __launch_bounds__(THREADS) multi_adamw_kernel(const __grid_constant__ MultiAdamWArgs a) {
-  const float lr = *a.lr;
   const double step = *a.step;
-  const float correction1 = (float)(1.0 - pow(a.beta1, step));
-  const float correction2 = (float)(1.0 - pow(a.beta2, step));
-  const float b1 = (float)a.beta1, b2 = (float)a.beta2;
+  AdamWStep f;
+  f.lr = *a.lr;
+  f.correction1 = (float)(1.0 - pow(a.beta1, step));
+  f.correction2 = (float)(1.0 - pow(a.beta2, step));
+  f.b1 = (float)a.beta1;
+  f.b2 = (float)a.beta2;
+  f.eps = a.eps;
+  f.weight_decay = a.weight_decay;
   for (i64 chunk = blockIdx.x; chunk < a.chunk_begin[a.tensors]; chunk += gridDim.x) {
     const int k = multi_tensor_of(a.chunk_begin, a.tensors, chunk);
     const AdamWTensor& t = a.t[k];
     const float scale = t.grad_scale ? *t.grad_scale : 1.0f;
     const i64 first = (chunk - a.chunk_begin[k]) * kMultiTensorChunk;
     const i64 last = first + kMultiTensorChunk < t.n ? first + kMultiTensorChunk : t.n;
-    for (i64 i = first + threadIdx.x; i < last; i += THREADS) {
-      const float g = t.grad_scale ? t.grad[i] * scale : t.grad[i];
-      // The formulas of adamw_kernel.
-      const float m1 = b1 * t.m[i] + (1.0f - b1) * g;
-      const float v1 = b2 * t.v[i] + (1.0f - b2) * g * g;
-      const float m_hat = m1 / correction1;
-      const float v_hat = v1 / correction2;
-      const float p = t.param[i];
-      t.new_param[i] = p - lr * (m_hat / (sqrtf(v_hat) + a.eps) + a.weight_decay * p);
-      t.new_m[i] = m1;
-      t.new_v[i] = v1;
+    i64 scalar_from = first;
+    if (aligned16(t.param) && aligned16(t.grad) && aligned16(t.m) && aligned16(t.v) && aligned16(t.new_param) && aligned16(t.new_m) &&
+        aligned16(t.new_v)) {
+      const i64 quads = (last - first) / 4;
+      for (i64 q = threadIdx.x; q < quads; q += THREADS) {
+        const i64 i = first + 4 * q;
+        const Pack<float, 4> g4 = *reinterpret_cast<const Pack<float, 4>*>(t.grad + i);
+        Pack<float, 4> p4 = *reinterpret_cast<const Pack<float, 4>*>(t.param + i);
+        Pack<float, 4> m4 = *reinterpret_cast<const Pack<float, 4>*>(t.m + i);
+        Pack<float, 4> v4 = *reinterpret_cast<const Pack<float, 4>*>(t.v + i);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f.apply(t.grad_scale ? g4.v[e] * scale : g4.v[e], p4.v[e], m4.v[e], v4.v[e]);
+        *reinterpret_cast<Pack<float, 4>*>(t.new_param + i) = p4;
+        *reinterpret_cast<Pack<float, 4>*>(t.new_m + i) = m4;
+        *reinterpret_cast<Pack<float, 4>*>(t.new_v + i) = v4;
+      }
+      scalar_from = first + 4 * quads;
+    }
+    for (i64 i = scalar_from + threadIdx.x; i < last; i += THREADS) {
+      float p = t.param[i], m = t.m[i], v = t.v[i];
+      f.apply(t.grad_scale ? t.grad[i] * scale : t.grad[i], p, m, v);
+      t.new_param[i] = p;
+      t.new_m[i] = m;
+      t.new_v[i] = v;
     }
   }
 }

@@ -38,8 +38,9 @@ template <class T> struct EmbeddingArgs {
 //              start in the sorted order and entry (id, 0) where id's
 //              segment starts; entry V * chunks is the number of valid ids;
 //   3. place:  order[start(id, b) + rank] = token;
-//   4. sum:    one warp per (id, block of kEmbeddingColumnsPerWarp columns)
-//              adds the rows order[segment of id] in that order.
+//   4. sum:    one block per (id, block of 32 kEmbeddingColumnsPerLane
+//              columns): its warps take the rows order[segment of id] in
+//              turn, then a fixed tree across the warps.
 // Integer counts make 1-3 exact; 4 has a fixed order, so two runs agree bit
 // for bit. An id outside 0..V-1 is skipped (the CPU backend reports it).
 constexpr int kEmbeddingChunk = 256;             // tokens per block of passes 1 and 3
@@ -160,28 +161,56 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embed
   }
 }
 
-// Pass 4: warp w of the grid takes id w / column_blocks and the columns
-// [(w % column_blocks) * 256, + 256) (lane + 32 j); rows in sorted order.
+// Pass 4: block b of the grid takes id b / column_blocks and the columns
+// [(b % column_blocks) * 256, + 256) (lane + 32 j); its warp w adds the
+// rows w, w + WARPS, ... of the id's segment in sorted order, four rows'
+// loads at a time, and the warps' sums meet in a fixed tree through
+// shared memory (a frequent id, a space in text, no longer walks its
+// thousands of rows on one warp).
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) embedding_grad_sum_kernel(const EmbeddingGradArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  constexpr int kColumns = 32 * kEmbeddingColumnsPerLane;
+  constexpr int kColumns = 32 * kEmbeddingColumnsPerLane, WARPS = THREADS / 32, U = 4;
+  static_assert(THREADS % 32 == 0 && (WARPS & (WARPS - 1)) == 0, "a power-of-two count of warps");
+  __shared__ A slot[(WARPS > 1 ? WARPS / 2 : 1) * kColumns];
   const i64 column_blocks = (a.D + kColumns - 1) / kColumns;
-  const int lane = threadIdx.x & 31;
-  for (i64 w = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; w < a.V * column_blocks; w += (i64)gridDim.x * THREADS / 32) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (i64 w = blockIdx.x; w < a.V * column_blocks; w += gridDim.x) {
     const i64 id = w / column_blocks, column0 = (w % column_blocks) * kColumns + lane;
     const i64 begin = a.chunk_counts[id * a.chunks], end = a.chunk_counts[(id + 1) * a.chunks];
     A sum[kEmbeddingColumnsPerLane];
 #pragma unroll
     for (int j = 0; j < kEmbeddingColumnsPerLane; ++j) sum[j] = A(0);
-    for (i64 s = begin; s < end; ++s) {
-      const T* row = a.dy + (i64)a.order[s] * a.D;
+    for (i64 s0 = begin + warp; s0 < end; s0 += (i64)WARPS * U) {
+      A v[U][kEmbeddingColumnsPerLane];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const i64 s = s0 + (i64)u * WARPS;
+        const T* row = s < end ? a.dy + (i64)a.order[s] * a.D : nullptr;
+#pragma unroll
+        for (int j = 0; j < kEmbeddingColumnsPerLane; ++j) v[u][j] = row && column0 + 32 * j < a.D ? (A)ld(row[column0 + 32 * j]) : A(0);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int j = 0; j < kEmbeddingColumnsPerLane; ++j) sum[j] += v[u][j];
+    }
+    for (int half = WARPS / 2; half >= 1; half /= 2) {
+      if (warp >= half && warp < 2 * half) {
+#pragma unroll
+        for (int j = 0; j < kEmbeddingColumnsPerLane; ++j) slot[(warp - half) * kColumns + 32 * j + lane] = sum[j];
+      }
+      __syncthreads();
+      if (warp < half) {
+#pragma unroll
+        for (int j = 0; j < kEmbeddingColumnsPerLane; ++j) sum[j] += slot[warp * kColumns + 32 * j + lane];
+      }
+      __syncthreads();
+    }
+    if (warp == 0) {
 #pragma unroll
       for (int j = 0; j < kEmbeddingColumnsPerLane; ++j)
-        if (column0 + 32 * j < a.D) sum[j] += ld(row[column0 + 32 * j]);
+        if (column0 + 32 * j < a.D) a.dtable[id * a.D + column0 + 32 * j] = st<T>(sum[j]);
     }
-#pragma unroll
-    for (int j = 0; j < kEmbeddingColumnsPerLane; ++j)
-      if (column0 + 32 * j < a.D) a.dtable[id * a.D + column0 + 32 * j] = st<T>(sum[j]);
   }
 }
 

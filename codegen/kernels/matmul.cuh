@@ -167,6 +167,90 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) matmu
   }
 }
 
+// The split-K shape for a narrow product (N <= NP <= 32) whose A has its M
+// axis contiguous (a_sm == 1: the x^T of a router's weight gradient, x
+// [tokens, D] read as A [D, tokens]), where the tiled kernel above leaves
+// most threads idle and reads x in short runs. Lane l of a warp owns the
+// VEC outputs rows m0 .. m0 + VEC - 1 (m0 = (32 blockIdx.x + l) VEC) and
+// all N columns, in registers; the WARPS warps of a block take the k of
+// the block's slice in turn (warp w: k0 + w, k0 + w + WARPS, ...), so one
+// warp's load of A is 32 VEC contiguous values (packed when aligned) and
+// its load of B one broadcast row. The warps' sums meet in a fixed tree
+// through shared memory, and warp 0 writes the slice's partials
+// [batch, split, M, N] for matmul_split_k_finish_kernel. Grid: x over
+// M / (32 VEC), y = split, z = batch. The order of every sum is fixed by
+// the shapes, so the result is the same bits every run.
+template <class T, int NP, int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS) matmul_split_k_narrow_kernel(const MatmulSplitArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  constexpr int WARPS = THREADS / 32, R = VEC * NP, U = 4;
+  static_assert(THREADS % 32 == 0 && (WARPS & (WARPS - 1)) == 0 && R <= 32, "narrow split-K shape");
+  __shared__ A slot[(WARPS > 1 ? WARPS / 2 : 1) * R * 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const i64 z = blockIdx.z, s = blockIdx.y;
+  const i64 m0 = ((i64)blockIdx.x * 32 + lane) * VEC;
+  const i64 k0 = s * a.chunk, k1 = k0 + a.chunk < a.K ? k0 + a.chunk : a.K;
+  const T* ab = a.a + z * a.a_batch;
+  const T* bb = a.b + z * a.b_batch;
+  const int N = (int)a.N;
+  // Packed loads of A need every row start aligned: a_sk and the base.
+  const bool packed = VEC > 1 && m0 + VEC <= a.M && a.a_sk % VEC == 0 && ((unsigned long long)(ab + m0) % sizeof(Pack<T, VEC>)) == 0;
+  A acc[VEC][NP];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v)
+#pragma unroll
+    for (int n = 0; n < NP; ++n) acc[v][n] = A(0);
+  for (i64 kb = k0 + warp; kb < k1; kb += (i64)WARPS * U) {
+    A av[U][VEC], bv[U][NP];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const i64 k = kb + (i64)u * WARPS;
+      const bool live = k < k1;
+      const T* ap = ab + k * a.a_sk + m0;
+      if (live && packed) {
+        const Pack<T, VEC> p = *reinterpret_cast<const Pack<T, VEC>*>(ap);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) av[u][v] = ld(p.v[v]);
+      } else {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) av[u][v] = live && m0 + v < a.M ? ld(ap[v]) : A(0);
+      }
+#pragma unroll
+      for (int n = 0; n < NP; ++n) bv[u][n] = live && n < N ? ld(bb[k * a.b_sk + n * a.b_sn]) : A(0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int v = 0; v < VEC; ++v)
+#pragma unroll
+        for (int n = 0; n < NP; ++n) acc[v][n] += av[u][v] * bv[u][n];
+  }
+  // Fixed tree over the warps: warp w + half adds into warp w.
+  for (int half = WARPS / 2; half >= 1; half /= 2) {
+    if (warp >= half && warp < 2 * half) {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v)
+#pragma unroll
+        for (int n = 0; n < NP; ++n) slot[((warp - half) * R + v * NP + n) * 32 + lane] = acc[v][n];
+    }
+    __syncthreads();
+    if (warp < half) {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v)
+#pragma unroll
+        for (int n = 0; n < NP; ++n) acc[v][n] += slot[(warp * R + v * NP + n) * 32 + lane];
+    }
+    __syncthreads();
+  }
+  if (warp != 0) return;
+  A* part = static_cast<A*>(a.partials) + (z * a.split + s) * a.M * a.N;
+#pragma unroll
+  for (int v = 0; v < VEC; ++v)
+#pragma unroll
+    for (int n = 0; n < NP; ++n)
+      if (m0 + v < a.M && n < N) part[(m0 + v) * a.N + n] = acc[v][n];
+}
+
 // Grid: x over F tiles, y over row tiles of the whole [N, F] output, z = expert.
 // Rows outside every segment are zeroed by a memset launched before.
 template <class T, int BM, int BN, int BK, int THREADS>

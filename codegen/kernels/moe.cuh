@@ -850,5 +850,44 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) z_los
   }
 }
 
+// The same two kernels for rows of E <= EMAX <= 32 values (a router's
+// experts): one thread per token, the row in registers, the logsumexp of
+// row_logsumexp computed in order (a block per 8-value row spent its time
+// in block reductions). Grid-stride over tokens.
+template <class T, int EMAX, class A> __device__ __forceinline__ A thread_row_logsumexp(const T* row, int E, A (&x)[EMAX]) {
+  A max = lowest_value<A>();
+#pragma unroll
+  for (int e = 0; e < EMAX; ++e) {
+    x[e] = e < E ? ld(row[e]) : A(0);
+    if (e < E) max = MaxOp()(max, x[e]);
+  }
+  A sum = A(0);
+#pragma unroll
+  for (int e = 0; e < EMAX; ++e)
+    if (e < E) sum += m_exp(x[e] - max);
+  return max + m_log(sum);
+}
+
+template <class T, int EMAX, int THREADS> __global__ void __launch_bounds__(THREADS) z_loss_rows_thread_kernel(const ZLossRowsArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  MOEJIT_FOR_EACH(t, a.tokens) {
+    A x[EMAX];
+    const A lse = thread_row_logsumexp<T, EMAX, A>(a.logits + t * a.E, (int)a.E, x);
+    a.row_values[t] = (double)lse * (double)lse;
+  }
+}
+
+template <class T, int EMAX, int THREADS> __global__ void __launch_bounds__(THREADS) z_loss_grad_thread_kernel(const ZLossGradArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const A scale = A((double)ld(a.dloss[0]) * a.coeff * 2.0 / (double)a.tokens);
+  MOEJIT_FOR_EACH(t, a.tokens) {
+    A x[EMAX];
+    const A lse = thread_row_logsumexp<T, EMAX, A>(a.logits + t * a.E, (int)a.E, x);
+#pragma unroll
+    for (int e = 0; e < EMAX; ++e)
+      if (e < a.E) a.dlogits[t * a.E + e] = st<T>(scale * lse * m_exp(x[e] - lse));
+  }
+}
+
 }  // namespace mj
 #endif  // MOEJIT_DEVICE_CODE

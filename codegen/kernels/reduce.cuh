@@ -58,12 +58,16 @@ template <class T> struct NormArgs {
 // Their backward, part 1: dx, and each row's (mean, rstd) into stats [rows, 2].
 // With `dx_addend` (the warp kernel only), dx is written as dx + dx_addend
 // (dx rounded to T first, then the sum, as mj.add would): the backward's
-// residual-gradient add fused.
+// residual-gradient add fused. The warp kernel also does part 2a below:
+// block b writes the sums over its rows of dy xhat and dy into
+// partials[(b * c + column) * 2 + {0, 1}] (no stats), so x and dy are read
+// once.
 template <class T> struct NormGradRowsArgs {
   const T *x, *gamma, *dy;
   T* dx;
   double* stats;
   const T* dx_addend;
+  double* partials;
   i64 rows, c;
   double eps;
   int rms;
@@ -262,91 +266,228 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) norm_
   }
 }
 
-// The warp shape of norm_kernel for rows of c <= 32 PER_LANE: one warp per
-// row, the row in registers (lane l holds columns l + 32 j), statistics
-// with shuffles (the same two passes over the values as row_moments).
-template <class A, int PER_LANE>
-__device__ __forceinline__ void warp_row_moments(const A (&x)[PER_LANE], i64 c, int lane, A eps, bool rms, A& mean, A& rstd) {
-  mean = A(0);
-  if (!rms) {
-    A sum = A(0);
+// VEC neighbouring elements of a row at p, as one Pack when `packed`
+// (every pointer aligned to it; the emitter makes c a multiple of VEC), as
+// VEC loads or stores otherwise: the same values either way.
+template <class T, int VEC, class A> __device__ __forceinline__ void load_vec(const T* p, bool packed, A (&out)[VEC]) {
+  if (packed) {
+    const Pack<T, VEC> q = *reinterpret_cast<const Pack<T, VEC>*>(p);
 #pragma unroll
-    for (int j = 0; j < PER_LANE; ++j)
-      if (lane + 32 * j < c) sum += x[j];
-    mean = warp_reduce(sum, SumOp()) / A(c);
-  }
-  A sq = A(0);
+    for (int v = 0; v < VEC; ++v) out[v] = ld(q.v[v]);
+  } else {
 #pragma unroll
-  for (int j = 0; j < PER_LANE; ++j)
-    if (lane + 32 * j < c) sq += (x[j] - mean) * (x[j] - mean);
-  rstd = A(1) / m_sqrt(warp_reduce(sq, SumOp()) / A(c) + eps);
-}
-
-template <class T, int PER_LANE, int THREADS> __global__ void __launch_bounds__(THREADS) norm_warp_kernel(const NormArgs<T> a) {
-  typedef typename acc_of<T>::type A;
-  const int lane = threadIdx.x & 31;
-  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
-    A x[PER_LANE];
-#pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-      const i64 column = lane + 32 * j;
-      x[j] = A(0);
-      if (column >= a.c) continue;
-      if (a.residual) {
-        const T sum = st<T>(ld(a.x[row * a.c + column]) + ld(a.residual[row * a.c + column]));
-        a.sum[row * a.c + column] = sum;
-        x[j] = ld(sum);
-      } else {
-        x[j] = ld(a.x[row * a.c + column]);
-      }
-    }
-    A mean, rstd;
-    warp_row_moments(x, a.c, lane, A(a.eps), a.beta == nullptr, mean, rstd);
-#pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-      const i64 column = lane + 32 * j;
-      if (column >= a.c) continue;
-      A v = (x[j] - mean) * rstd * ld(a.gamma[column]);
-      if (a.beta) v += ld(a.beta[column]);
-      a.y[row * a.c + column] = st<T>(v);
-    }
+    for (int v = 0; v < VEC; ++v) out[v] = ld(p[v]);
   }
 }
+template <class T, int VEC> __device__ __forceinline__ void store_vec(T* p, bool packed, const T (&in)[VEC]) {
+  if (packed) {
+    Pack<T, VEC> q;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) q.v[v] = in[v];
+    *reinterpret_cast<Pack<T, VEC>*>(p) = q;
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) p[v] = in[v];
+  }
+}
+template <class T, int VEC> __device__ __forceinline__ bool vec_aligned(const T* p) {
+  return p == nullptr || ((unsigned long long)p % sizeof(Pack<T, VEC>)) == 0;
+}
 
-// The warp shape of norm_grad_rows_kernel (c <= 32 PER_LANE).
-template <class T, int PER_LANE, int THREADS>
-__global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const NormGradRowsArgs<T> a) {
+// The warp shape of norm_kernel for rows of c <= 32 VEC GROUPS (c a
+// multiple of VEC): one warp per row, the row in registers, statistics
+// with shuffles (the same two passes over the values as row_moments). Lane
+// l holds the columns (32 j + l) VEC .. + VEC - 1, j < GROUPS, so each load
+// of a warp is 32 VEC neighbouring elements; gamma and beta are read once
+// per warp.
+template <class T, int VEC, int GROUPS, int THREADS> __global__ void __launch_bounds__(THREADS) norm_warp_kernel(const NormArgs<T> a) {
   typedef typename acc_of<T>::type A;
   const int lane = threadIdx.x & 31;
   const i64 c = a.c;
-  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
-    A x[PER_LANE], g[PER_LANE];
+  const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.gamma) && vec_aligned<T, VEC>(a.beta) &&
+                      vec_aligned<T, VEC>(a.y) && vec_aligned<T, VEC>(a.residual) && vec_aligned<T, VEC>(a.sum);
+  A gam[GROUPS][VEC], bet[GROUPS][VEC];
 #pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-      const i64 column = lane + 32 * j;
-      x[j] = column < c ? ld(a.x[row * c + column]) : A(0);
-      g[j] = column < c ? ld(a.dy[row * c + column]) * ld(a.gamma[column]) : A(0);
+  for (int j = 0; j < GROUPS; ++j) {
+    const i64 column = ((i64)32 * j + lane) * VEC;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) gam[j][v] = bet[j][v] = A(0);
+    if (column < c) {
+      load_vec<T, VEC>(a.gamma + column, packed, gam[j]);
+      if (a.beta) load_vec<T, VEC>(a.beta + column, packed, bet[j]);
     }
-    A mean, rstd;
-    warp_row_moments(x, c, lane, A(a.eps), a.rms != 0, mean, rstd);
+  }
+  for (i64 row = ((i64)blockIdx.x * THREADS + threadIdx.x) / 32; row < a.rows; row += (i64)gridDim.x * THREADS / 32) {
+    A x[GROUPS][VEC];
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j) {
+      const i64 column = ((i64)32 * j + lane) * VEC;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) x[j][v] = A(0);
+      if (column >= c) continue;
+      load_vec<T, VEC>(a.x + row * c + column, packed, x[j]);
+      if (a.residual) {
+        A r[VEC];
+        T sum[VEC];
+        load_vec<T, VEC>(a.residual + row * c + column, packed, r);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          sum[v] = st<T>(x[j][v] + r[v]);  // rounded to T, as mj.add
+          x[j][v] = ld(sum[v]);
+        }
+        store_vec<T, VEC>(a.sum + row * c + column, packed, sum);
+      }
+    }
+    // The moments, two passes as row_moments (zeros past the row's end add nothing).
+    A mean = A(0);
+    if (a.beta) {
+      A total = A(0);
+#pragma unroll
+      for (int j = 0; j < GROUPS; ++j)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) total += x[j][v];
+      mean = warp_reduce(total, SumOp()) / A(c);
+    }
+    A sq = A(0);
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j)
+      if (((i64)32 * j + lane) * VEC < c)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) sq += (x[j][v] - mean) * (x[j][v] - mean);
+    const A rstd = A(1) / m_sqrt(warp_reduce(sq, SumOp()) / A(c) + A(a.eps));
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j) {
+      const i64 column = ((i64)32 * j + lane) * VEC;
+      if (column >= c) continue;
+      T y[VEC];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) {
+        A value = (x[j][v] - mean) * rstd * gam[j][v];
+        if (a.beta) value += bet[j][v];
+        y[v] = st<T>(value);
+      }
+      store_vec<T, VEC>(a.y + row * c + column, packed, y);
+    }
+  }
+}
+
+// The warp shape of norm_grad_rows_kernel (c <= 32 VEC GROUPS, c a multiple
+// of VEC), with part 2a fused. Lane l holds the columns (32 j + l) VEC .. +
+// VEC - 1 for j < GROUPS (those < c): each load of a warp is 32 VEC
+// neighbouring elements. gamma is read once per warp; every lane sums dy
+// xhat and dy of its columns over the warp's rows (row = warp of the grid,
+// + every warp of the grid, ...), the block's warps add theirs in a fixed
+// tree through shared memory, and warp 0 writes the block's partials. The
+// grid is fixed by the shapes, so every sum has one order: the same bits
+// every run.
+template <class T, int VEC, int GROUPS, int THREADS>
+__global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const NormGradRowsArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  constexpr int WARPS = THREADS / 32, R = GROUPS * VEC;
+  static_assert(THREADS % 32 == 0 && (WARPS & (WARPS - 1)) == 0, "a power-of-two count of warps");
+  __shared__ A slot[(WARPS > 1 ? WARPS / 2 : 1) * R * 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const i64 c = a.c;
+  const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.dy) && vec_aligned<T, VEC>(a.gamma) &&
+                      vec_aligned<T, VEC>(a.dx) && vec_aligned<T, VEC>(a.dx_addend);
+  A gam[GROUPS][VEC], sum_dyx[GROUPS][VEC], sum_dy[GROUPS][VEC];
+#pragma unroll
+  for (int j = 0; j < GROUPS; ++j) {
+    const i64 column = ((i64)32 * j + lane) * VEC;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) gam[j][v] = sum_dyx[j][v] = sum_dy[j][v] = A(0);
+    if (column < c) load_vec<T, VEC>(a.gamma + column, packed, gam[j]);
+  }
+  for (i64 row = (i64)blockIdx.x * WARPS + warp; row < a.rows; row += (i64)gridDim.x * WARPS) {
+    A x[GROUPS][VEC], dy[GROUPS][VEC];
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j) {
+      const i64 column = ((i64)32 * j + lane) * VEC;
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) x[j][v] = dy[j][v] = A(0);
+      if (column < c) {
+        load_vec<T, VEC>(a.x + row * c + column, packed, x[j]);
+        load_vec<T, VEC>(a.dy + row * c + column, packed, dy[j]);
+      }
+    }
+    // The moments, two passes as row_moments (zeros past the row's end add nothing).
+    A mean = A(0);
+    if (!a.rms) {
+      A sum = A(0);
+#pragma unroll
+      for (int j = 0; j < GROUPS; ++j)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) sum += x[j][v];
+      mean = warp_reduce(sum, SumOp()) / A(c);
+    }
+    A sq = A(0);
+#pragma unroll
+    for (int j = 0; j < GROUPS; ++j)
+      if (((i64)32 * j + lane) * VEC < c)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) sq += (x[j][v] - mean) * (x[j][v] - mean);
+    const A rstd = A(1) / m_sqrt(warp_reduce(sq, SumOp()) / A(c) + A(a.eps));
     A sum_g = A(0), sum_gx = A(0);
 #pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-      sum_g += g[j];  // zero past the row's end
-      sum_gx += lane + 32 * j < c ? g[j] * (x[j] - mean) * rstd : A(0);
-    }
+    for (int j = 0; j < GROUPS; ++j)
+      if (((i64)32 * j + lane) * VEC < c)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) {
+          const A g = dy[j][v] * gam[j][v], xhat = (x[j][v] - mean) * rstd;
+          sum_g += g;
+          sum_gx += g * xhat;
+          sum_dyx[j][v] += dy[j][v] * xhat;
+          sum_dy[j][v] += dy[j][v];
+        }
     const A mean_g = a.rms ? A(0) : warp_reduce(sum_g, SumOp()) / A(c);
     const A mean_gx = warp_reduce(sum_gx, SumOp()) / A(c);
 #pragma unroll
-    for (int j = 0; j < PER_LANE; ++j) {
-      const i64 column = lane + 32 * j;
+    for (int j = 0; j < GROUPS; ++j) {
+      const i64 column = ((i64)32 * j + lane) * VEC;
       if (column >= c) continue;
-      const T dx = st<T>(rstd * (g[j] - mean_g - (x[j] - mean) * rstd * mean_gx));
-      a.dx[row * c + column] = a.dx_addend ? st<T>(ld(dx) + ld(a.dx_addend[row * c + column])) : dx;
+      T dx[VEC];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) dx[v] = st<T>(rstd * (dy[j][v] * gam[j][v] - mean_g - (x[j][v] - mean) * rstd * mean_gx));
+      if (a.dx_addend) {
+        A add[VEC];
+        load_vec<T, VEC>(a.dx_addend + row * c + column, packed, add);
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) dx[v] = st<T>(ld(dx[v]) + add[v]);
+      }
+      store_vec<T, VEC>(a.dx + row * c + column, packed, dx);
     }
-    if (lane == 0) {
-      a.stats[2 * row] = (double)mean;
-      a.stats[2 * row + 1] = (double)rstd;
+  }
+  // The block's column sums: a fixed tree over its warps (warp w + half
+  // into warp w), dy xhat first, then dy.
+#pragma unroll
+  for (int which = 0; which < 2; ++which) {
+    A (&acc)[GROUPS][VEC] = which == 0 ? sum_dyx : sum_dy;
+    for (int half = WARPS / 2; half >= 1; half /= 2) {
+      if (warp >= half && warp < 2 * half) {
+#pragma unroll
+        for (int j = 0; j < GROUPS; ++j)
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) slot[((warp - half) * R + j * VEC + v) * 32 + lane] = acc[j][v];
+      }
+      __syncthreads();
+      if (warp < half) {
+#pragma unroll
+        for (int j = 0; j < GROUPS; ++j)
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) acc[j][v] += slot[(warp * R + j * VEC + v) * 32 + lane];
+      }
+      __syncthreads();
+    }
+  }
+  if (warp != 0) return;
+#pragma unroll
+  for (int j = 0; j < GROUPS; ++j) {
+    const i64 column = ((i64)32 * j + lane) * VEC;
+    if (column >= c) continue;
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      a.partials[((i64)blockIdx.x * c + column + v) * 2] = (double)sum_dyx[j][v];
+      a.partials[((i64)blockIdx.x * c + column + v) * 2 + 1] = (double)sum_dy[j][v];
     }
   }
 }
@@ -437,8 +578,20 @@ template <class T, class A> __device__ A row_logsumexp(const T* xr, i64 c, A* sc
 // One block, summed in a fixed order.
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) mean_of_values_kernel(const MeanOfValuesArgs<T> a) {
   __shared__ double scratch[33];
+  // Each thread adds values i, i + THREADS, ... in that order; eight loads
+  // are issued before their adds (one load's latency per eight values, not
+  // per value: a 16384-value loss took 17 us as a plain loop).
+  constexpr int U = 8;
   double sum = 0.0;
-  for (i64 i = threadIdx.x; i < a.n; i += blockDim.x) sum += a.values[i];
+  i64 i = threadIdx.x;
+  for (; i + (i64)(U - 1) * THREADS < a.n; i += (i64)U * THREADS) {
+    double v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = a.values[i + (i64)u * THREADS];
+#pragma unroll
+    for (int u = 0; u < U; ++u) sum += v[u];
+  }
+  for (; i < a.n; i += THREADS) sum += a.values[i];
   sum = block_reduce(sum, SumOp(), scratch);
   if (threadIdx.x == 0) a.out[0] = from_double<T>(a.coeff * sum / (double)a.n);
 }

@@ -103,6 +103,10 @@ class CudaExecutable final : public ExecutableBase {
       std::fprintf(stderr, "moejit cuda: module @%s (%zu kernels in %zu parts, %zu launches, families:%s) for %s: %s in %.3f s\n",
                    graph_.name().c_str(), code_.kernels.size(), compiled_.size(), launch_count(), families().c_str(), request.arch.c_str(), how,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      std::string parts;  // NVRTC seconds and kernels per part: the slowest part is the compile's wall time
+      for (const auto& part : compiled_)
+        parts += fmt::format(" {:.2f} s/{}", part.nvrtc_seconds, part.lowered_names.size());
+      std::fprintf(stderr, "moejit cuda:   parts (NVRTC s/kernels):%s\n", parts.c_str());
       std::fputs(codegen::describe_kernel_configs(code_, "moejit cuda:   ").c_str(), stderr);
     }
     for (const auto& part : compiled_) {

@@ -233,7 +233,9 @@ CompiledModule compile_module(const CompileRequest& req) {
     std::lock_guard lock(g_mutex);
     if (auto it = g_memory_cache.find(key); it != g_memory_cache.end()) {
       ++g_stats.memory_hits;
-      return it->second;
+      CompiledModule hit = it->second;
+      hit.nvrtc_seconds = 0.0;
+      return hit;
     }
     fs::path dir = cache_dir();
     if (!dir.empty()) {
@@ -252,6 +254,7 @@ CompiledModule compile_module(const CompileRequest& req) {
                                   module.lowered_names[i].first);
         if (problem.empty()) {
           ++g_stats.disk_hits;
+          module.nvrtc_seconds = 0.0;
           g_memory_cache[key] = module;
           return module;
         }
@@ -276,6 +279,7 @@ CompiledModule compile_module(const CompileRequest& req) {
   std::lock_guard lock(g_mutex);
   ++g_stats.compiles;
   g_stats.compile_seconds += seconds;
+  module.nvrtc_seconds = seconds;
   if (req.use_cache) {
     g_memory_cache[key] = module;
     if (!disk_path.empty()) store_cache_entry(disk_path, cache_entry_payload(module), identity);
@@ -294,7 +298,10 @@ int compile_parts(std::size_t kernels) {
   }
   int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   int by_size = static_cast<int>((kernels + 3) / 4);
-  return std::max(1, std::min({hardware, 8, by_size}));
+  // Up to 16 parts: the example's training module cold on an H200 host (16
+  // cores) took 3.01 s with 8 parts and 1.95 s with 16 (its slowest part
+  // 1.8 s); the parts' fixed cost (~0.2 s each) is paid in parallel.
+  return std::max(1, std::min({hardware, 16, by_size}));
 }
 
 std::vector<int> assign_parts(const std::vector<int>& weights, int parts) {

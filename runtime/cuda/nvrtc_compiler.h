@@ -50,6 +50,7 @@ struct CompileRequest {
 struct CompiledModule {
   std::string binary;  // PTX text or CUBIN bytes
   std::vector<std::pair<std::string, std::string>> lowered_names;  // (name expression, mangled name), in request order
+  double nvrtc_seconds = 0.0;  // this compile's NVRTC time; 0 when it came from a cache
   // The mangled name of `expression`; throws moejit::Error if it was not requested.
   const std::string& lowered(const std::string& expression) const;
 };
@@ -68,7 +69,7 @@ std::vector<CompiledModule> compile_module_parts(const CompileRequest& request, 
 // The part of each of `weights.size()` kernels (that greedy rule; deterministic).
 std::vector<int> assign_parts(const std::vector<int>& weights, int parts);
 // The parts a module of `kernels` instantiations is compiled in:
-// MOEJIT_COMPILE_THREADS when set (>= 1), else min(hardware threads, 8,
+// MOEJIT_COMPILE_THREADS when set (>= 1), else min(hardware threads, 16,
 // ceil(kernels / 4)), at least 1.
 int compile_parts(std::size_t kernels);
 // The binary alone (no name expressions needed).

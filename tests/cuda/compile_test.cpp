@@ -216,7 +216,8 @@ TEST_CASE("a module compiled in parts on several threads holds every kernel exac
   ::unsetenv("MOEJIT_COMPILE_THREADS");
   CHECK(cuda::compile_parts(1) == 1);
   CHECK(cuda::compile_parts(40) >= 1);
-  CHECK(cuda::compile_parts(40) <= 8);
+  CHECK(cuda::compile_parts(40) <= 10);  // by size: 40 kernels, 4 a part
+  CHECK(cuda::compile_parts(400) <= 16);
 }
 
 TEST_CASE("generated source is deterministic and kernels are shared", "[cuda]") {

@@ -237,13 +237,77 @@ TEST_CASE("gpu: layer and rms norm, their backward and the fused residual add ma
     std::int64_t rows, c;
     DType dtype;
   };
-  const Case cases[] = {{16384, 384, DType::f32}, {512, 64, DType::f32}, {100, 1024, DType::bf16},
-                        {33, 1000, DType::f32},   {7, 1500, DType::f32}, {5, 4096, DType::bf16}};
+  // The warp kernels' shapes (codegen/emit_dense.cpp warp_row_shape):
+  // 384 f32 and bf16 4 wide x 3, 1000 f32 4 wide with idle lanes, 200 bf16
+  // 8 wide with idle lanes, 96 bf16 and 37 f32 one wide; one row (a block
+  // of mostly idle warps), many rows per warp; then the block kernels.
+  const Case cases[] = {{16384, 384, DType::f32}, {512, 64, DType::f32},  {100, 1024, DType::bf16}, {33, 1000, DType::f32},
+                        {3001, 384, DType::bf16}, {1001, 200, DType::bf16}, {257, 96, DType::bf16}, {77, 37, DType::f32},
+                        {1, 384, DType::f32},     {40000, 128, DType::f32}, {7, 1500, DType::f32},  {5, 4096, DType::bf16}};
   std::uint64_t seed = 31;
   for (const Case& c : cases) {
     Graph g = norm_graph(c.rows, c.c, c.dtype);
     INFO(fmt::format("rows {} c {} {}", c.rows, c.c, dtype_name(c.dtype)));
     Values args = cuda_test::random_args(g, seed++, 1);
+    Values got = run(*cuda, g, args);
+    compare(g, got, run(*cpu, g, args), cuda_test::tolerance(c.dtype));
+    // The column sums of dgamma and dbeta have one order: a second run
+    // gives the same bits.
+    Values again = run(*cuda, g, args);
+    for (const auto& out : g.outputs()) {
+      INFO(out.name);
+      CHECK(std::memcmp(got.at(out.name).raw(), again.at(out.name).raw(), got.at(out.name).bytes()) == 0);
+    }
+  }
+}
+
+TEST_CASE("gpu: gelu and its gradient match the CPU, saturated inputs included", "[cuda][gpu]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  for (DType dtype : {DType::f32, DType::bf16, DType::f64}) {
+    for (double scale : {1.0, 12.0}) {  // 12: many |x| past tanh's saturation, both signs
+      INFO(fmt::format("{} scale {}", dtype_name(dtype), scale));
+      Graph g("gelu");
+      Builder b(g);
+      Tensor x = b.input("x", {1001, 77}, dtype);  // n odd: the one-element path
+      Tensor y = b.input("y", {64, 96}, dtype);    // n a multiple of 8: the packed path
+      b.output(b.gelu(x), "gelu_x");
+      b.output(b.gelu(y), "gelu_y");
+      b.output(b.op(OpKind::GeluGrad, {x, b.input("dx", {1001, 77}, dtype)})[0], "gelu_grad_x");
+      b.output(b.op(OpKind::GeluGrad, {y, b.input("dy", {64, 96}, dtype)})[0], "gelu_grad_y");
+      Values args = cuda_test::random_args(g, 61, 1, scale);
+      compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(dtype));
+    }
+  }
+}
+
+TEST_CASE("gpu: the router z-loss and its gradient match the CPU in the thread and block shapes", "[cuda][gpu]") {
+  struct Case {
+    std::int64_t tokens, E;
+    DType dtype;
+  };
+  // E 8, 20, 32: a thread per token (8, 32 and 32 registers); 40: a block per token.
+  const Case cases[] = {{16384, 8, DType::f32}, {3001, 20, DType::f32}, {777, 32, DType::bf16}, {513, 40, DType::f32}};
+  auto graph_of = [](const Case& c) {
+    Graph g("z_loss");
+    Builder b(g);
+    Tensor logits = b.input("logits", {c.tokens, c.E}, c.dtype);
+    b.output(b.moe_z_loss(logits, 0.001), "z_loss");
+    b.output(b.op(OpKind::ZLossGrad, {logits, b.input("dloss", {}, c.dtype)}, {{"coeff", 0.001}})[0], "dlogits");
+    return g;
+  };
+  for (const Case& c : cases)
+    CHECK(kernel_counts(graph_of(c))[c.E <= 32 ? "z_loss_rows_thread_kernel" : "z_loss_rows_kernel"] == 1);
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  std::uint64_t seed = 71;
+  for (const Case& c : cases) {
+    INFO(fmt::format("tokens {} E {} {}", c.tokens, c.E, dtype_name(c.dtype)));
+    Graph g = graph_of(c);
+    Values args = cuda_test::random_args(g, seed++, 1, 3.0);
+    args.at("dloss").set(0, 1.0);
     compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(c.dtype));
   }
 }

@@ -1,6 +1,7 @@
 // Split-K for SIMT matmuls with few output tiles and a long K (gemm_select's
-// simt_split_k, codegen/simt_matmul.cpp, matmul_split_k_kernel and its
-// in-order finish pass): which products split, that the kernels compile to
+// simt_split_k, codegen/simt_matmul.cpp, matmul_split_k_kernel, its narrow
+// shape matmul_split_k_narrow_kernel for N <= 32 with A's M contiguous, and
+// their in-order finish pass): which products split, that the kernels compile to
 // PTX, and on a GPU that the results match the CPU (f32, f64, bf16 through
 // the SIMT family, batched, transposed operands), that two runs agree bit
 // for bit (the reduction is deterministic), and that a fused router's
@@ -89,12 +90,16 @@ TEST_CASE("gemm_select splits K for few output tiles over a long K, and only the
 TEST_CASE("split-K matmul kernels compile to PTX for compute_80 and compute_90a", "[cuda][nvrtc][split_k]") {
   for (DType dtype : {DType::f32, DType::f64, DType::bf16}) {
     INFO(dtype_name(dtype));
-    Graph graph = make_transposed_product(8191, 100, 7, dtype);
-    for (const char* arch : {"compute_80", "compute_90a"}) {
-      codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named(arch == std::string("compute_80") ? "sm_80" : "sm_90a"));
-      CHECK(has_kernel(module, "matmul_split_k_kernel"));
-      CHECK(has_kernel(module, "matmul_split_k_finish_kernel"));
-      cuda_test::compile_to_ptx(module, "split_k", arch);
+    // N 7 (the narrow shape) and N 37 (the tiled one; bf16 of N > 16 is
+    // the sm80 family's), A transposed.
+    for (std::int64_t n : dtype == DType::bf16 ? std::vector<std::int64_t>{7} : std::vector<std::int64_t>{7, 37}) {
+      Graph graph = make_transposed_product(8191, 100, n, dtype);
+      for (const char* arch : {"compute_80", "compute_90a"}) {
+        codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named(arch == std::string("compute_80") ? "sm_80" : "sm_90a"));
+        CHECK(has_kernel(module, n <= 32 ? "matmul_split_k_narrow_kernel" : "matmul_split_k_kernel"));
+        CHECK(has_kernel(module, "matmul_split_k_finish_kernel"));
+        cuda_test::compile_to_ptx(module, "split_k", arch);
+      }
     }
   }
 }
@@ -105,11 +110,14 @@ TEST_CASE("gpu: split-K matmuls match the CPU and repeat bit for bit", "[cuda][g
     DType dtype;
   };
   // bf16 with rows that are no 16-byte multiple stays on the SIMT family.
+  // N <= 32 takes the narrow kernel: packed rows (M 384, 1000), rows of odd
+  // length (unpacked), M not a multiple of a warp's rows, N of each register width.
   const std::vector<Case> cases = {Case{16384, 384, 8, DType::f32}, Case{20001, 130, 37, DType::f32}, Case{4097, 64, 3, DType::f64},
-                                   Case{9999, 77, 9, DType::bf16}};
+                                   Case{9999, 77, 9, DType::bf16},  Case{5003, 1000, 12, DType::bf16}, Case{3001, 45, 30, DType::f32},
+                                   Case{1500, 200, 5, DType::f32}};
   for (const Case& c : cases)  // checked without a GPU too
     REQUIRE(has_kernel(codegen::generate_module(make_transposed_product(c.k, c.m, c.n, c.dtype), codegen::Target::named("sm_90a")),
-                       "matmul_split_k_kernel"));
+                       c.n <= 32 ? "matmul_split_k_narrow_kernel" : "matmul_split_k_kernel"));
   Graph batched("batched_split_k");
   Builder bb(batched);
   bb.output(bb.matmul(bb.input("a", {3, 40, 6000}), bb.input("b", {6000, 24})), "c");
@@ -153,7 +161,7 @@ TEST_CASE("gpu: a fused router's gradients (x^T dlogits split over the tokens) m
   b.output(b.add(b.sum(b.mul(weights, weights), {0, 1}), b.sum(scaled, {0, 1})), "loss");
   run_pipeline(graph, "fuse-router-permute");
   append_backward(graph, {.loss = "loss", .wrt = {"x", "w_router"}});
-  REQUIRE(has_kernel(codegen::generate_module(graph, codegen::Target::named("sm_90a")), "matmul_split_k_kernel"));
+  REQUIRE(has_kernel(codegen::generate_module(graph, codegen::Target::named("sm_90a")), "matmul_split_k_narrow_kernel"));
   MOEJIT_SKIP_WITHOUT_GPU();
   // Dyadic x and w_router: the logits are exact in f32, so the GPU routes
   // exactly as the CPU (see route_gpu_test.cpp) and the gradients compare.

@@ -12,8 +12,10 @@
 #include <random>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_select.h"
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
 #include "runtime/backend.h"
@@ -114,6 +116,54 @@ TEST_CASE("codegen gives bf16 products on sm_90a to the sm90 family, and the res
   CHECK_NOTHROW(codegen::generate_module(tiled, codegen::Target::named("sm_80")));
 }
 
+TEST_CASE("the sm90 family splits K of weight-gradient products with few output tiles, and only those", "[cuda][split_k]") {
+  const auto hopper = codegen::Target::named("sm_90a");
+  auto kernels = [&](const Graph& g) {
+    std::string all;
+    for (const auto& k : codegen::generate_module(g, hopper).kernels) all += k + "\n";
+    return all;
+  };
+  // Config B's dense weight gradient: x^T dy, 384 x 1152 over 16384 tokens.
+  const std::string split = kernels(matmul_graph(1, 384, 1152, 16384, true, false, false));
+  CHECK(split.find("StoreF32") != std::string::npos);
+  CHECK(split.find("matmul_split_k_finish_kernel") != std::string::npos);
+  Graph wgrad = matmul_graph(1, 384, 1152, 16384, true, false, false);
+  for (const Op& op : wgrad.ops())
+    if (op.kind == OpKind::Matmul) {
+      auto problem = *codegen::gemm_problem_of(wgrad, op);
+      auto choice = codegen::choose_gemm(wgrad, op, problem, hopper);
+      CHECK(choice.family == codegen::GemmFamily::sm90);
+      // 3 x 9 tiles of 128 x 128: 4 slices fill 108 of the 132 SMs, 8 would need two waves.
+      CHECK(choice.config.split_k == 4);
+      CHECK(choice.config.note.find("split_k 4") != std::string::npos);
+    }
+  // The LM head's weight gradient (vocabulary 65: rows the copy engine cannot
+  // address) goes to the sm80 family, which splits it the same way: 3 tiles
+  // of 128 x 128, two blocks per SM, slices of at least 512 -> 32.
+  Graph head = matmul_graph(1, 65, 384, 16384, true, false, false);
+  for (const Op& op : head.ops())
+    if (op.kind == OpKind::Matmul) {
+      auto choice = codegen::choose_gemm(head, op, *codegen::gemm_problem_of(head, op), hopper);
+      CHECK(choice.family == codegen::GemmFamily::sm80);
+      CHECK(choice.config.split_k == 32);
+    }
+  CHECK(kernels(head).find("moejit::sm80::StoreF32") != std::string::npos);
+  // Both split paths compile (NVRTC, PTX for compute_90a): one module with the two products.
+  {
+    Graph both("split_k_both");
+    Builder b(both);
+    Tensor x = b.input("x", {16384, 384}, DType::bf16), dy = b.input("dy", {16384, 1152}, DType::bf16),
+           dlogits = b.input("dlogits", {16384, 65}, DType::bf16);
+    b.output(b.matmul(x, dy, true, false), "dw");
+    b.output(b.matmul(dlogits, x, true, false), "dw_head");
+    cuda_test::compile_to_ptx(codegen::generate_module(both, hopper), both.name(), "compute_90a");
+  }
+  // Enough tiles, a short K, another layout or a K that is no multiple of the slices: no split.
+  for (const Graph& g : {matmul_graph(1, 4096, 1536, 16384, true, false, false), matmul_graph(1, 384, 1152, 512, true, false, false),
+                         matmul_graph(1, 384, 1152, 16384, false, false, false), matmul_graph(1, 384, 1152, 16384 + 8, true, false, false)})
+    CHECK(kernels(g).find("matmul_split_k_finish_kernel") == std::string::npos);
+}
+
 TEST_CASE("gpu: sm90 mj.matmul in every layout matches the CPU backend", "[cuda][gpu]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
@@ -126,12 +176,15 @@ TEST_CASE("gpu: sm90 mj.matmul in every layout matches the CPU backend", "[cuda]
   const Case cases[] = {{1, 300, 200, 136, false, false, false}, {1, 1000, 712, 520, false, true, false},
                         {1, 1000, 712, 520, true, false, false}, {1, 256, 256, 1024, true, true, false},
                         {3, 200, 136, 72, false, false, false},  {3, 200, 136, 72, false, false, true},
-                        {2, 136, 200, 64, true, false, true},    {1, 4096, 1536, 384, false, false, false}};
+                        {2, 136, 200, 64, true, false, true},    {1, 4096, 1536, 384, false, false, false},
+                        // weight-gradient layout over a long K: split into slices (split_k 16 and 8)
+                        {1, 256, 384, 8192, true, false, false}, {1, 200, 136, 4096, true, false, false},
+                        {1, 65, 384, 8192, true, false, false}};  // the sm80 family, split 16
   std::uint64_t seed = 11;
   for (const Case& c : cases) {
     INFO(fmt::format("batch {} m {} n {} k {} transpose_a {} transpose_b {} batched b {}", c.batch, c.m, c.n, c.k, c.ta, c.tb, c.b_batched));
     Graph g = matmul_graph(c.batch, c.m, c.n, c.k, c.ta, c.tb, c.b_batched);
-    if (target.sm() == 90) CHECK(uses_sm90(g, target));
+    if (target.sm() == 90 && c.m != 65) CHECK(uses_sm90(g, target));
     Values args = random_values(g, seed++);
     compare(run(*cuda, g, args), run(*cpu, g, args));
   }

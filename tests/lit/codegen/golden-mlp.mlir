@@ -52,7 +52,7 @@
 // CHECK-NEXT: //   mj::elementwise_kernel<mj::chain_fused2_b01adf89, 256>
 // CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
 // CHECK-NEXT: // step 2: %3 = "mj.layer_norm"
-// CHECK-NEXT: //   mj::norm_warp_kernel<float, 1, 256>
+// CHECK-NEXT: //   mj::norm_warp_kernel<float, 1, 1, 256>
 // CHECK-NEXT: //     grid (1, 1, 1) block (256, 1, 1) smem 0 cluster (1, 1, 1); threads 256 (fixed)
 // CHECK-NEXT: // step 3: %4 = "mj.sum"
 // CHECK-NEXT: //   mj::reduce_kernel<float, 0, 256>
