@@ -186,13 +186,21 @@ float uniform_pm1(std::uint64_t seed, std::int64_t index) {
 void fill_random(HostTensor& tensor, std::uint64_t seed, double stddev) {
   const float scale = static_cast<float>(stddev * std::sqrt(3.0));  // uniform [-a, a] has stddev a / sqrt(3)
   const std::int64_t n = tensor.numel();
-  if (tensor.dtype() != DType::f32) {
+  const DType dtype = tensor.dtype();
+  if (dtype != DType::f32 && dtype != DType::bf16) {
     for (std::int64_t i = 0; i < n; ++i) tensor.set(i, scale * uniform_pm1(seed, i));
     return;
   }
-  float* data = tensor.values<float>().data();
+  // f32 and bf16 (the expert weights of the large layer shapes: billions of
+  // elements) on every core; the same values as set() would store.
   auto fill = [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t i = begin; i < end; ++i) data[i] = scale * uniform_pm1(seed, i);
+    if (dtype == DType::f32) {
+      float* data = tensor.values<float>().data();
+      for (std::int64_t i = begin; i < end; ++i) data[i] = scale * uniform_pm1(seed, i);
+    } else {
+      std::uint16_t* data = tensor.values<std::uint16_t>().data();
+      for (std::int64_t i = begin; i < end; ++i) data[i] = float_to_bf16(scale * uniform_pm1(seed, i));
+    }
   };
   const std::int64_t threads = n < (1 << 20) ? 1 : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::thread> pool;

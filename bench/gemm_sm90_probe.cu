@@ -1,14 +1,17 @@
 // The Hopper GEMM family (codegen/kernels/gemm_sm90.cuh) on its own, built
 // by nvcc, before and beside the NVRTC path: correctness of every layout
 // (K-/M-major A, K-/N-major B), the batched, grouped (varlen rows) and
-// weight-gradient (varlen K) modes and the epilogues against a naive f32
-// reference on random bf16 data (shapes that are multiples of no tile, empty
-// groups, output poisoned with NaN first), then speed at 4096^3, 8192^3 and
-// the example's shapes (CUDA events, 5 warm-ups, median of 30).
+// weight-gradient (varlen K) modes and the epilogues (plain f32 / bf16
+// stores, GELU keeping the pre-activation, GELU's backward reading it) against
+// a naive f32 reference on random bf16 data (shapes that are multiples of no
+// tile, empty groups, output poisoned with NaN first), then speed at 4096^3,
+// 8192^3 and the example's shapes (CUDA events, 5 warm-ups, median of 30),
+// and each epilogue against the plain bf16 store at the MoE layer's shapes.
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o gemm_sm90_probe \
 //        bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
 //   ./gemm_sm90_probe && python3 bench/torch_gemm.py   # torch.matmul in the same run
+//   ./gemm_sm90_probe --pingpong                       # the opt-in ping-pong consumers: checks, then timings
 //
 // Exit code 1 if any check fails. Results: docs/perf.md.
 #include <cuda.h>
@@ -56,9 +59,9 @@ __global__ void ref_gemm(const unsigned short* A, const unsigned short* B, float
   C[idx] = s;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_, class Epi>
+template <int BN, int STAGES, bool AK, bool BK_, class Epi, bool PP = false>
 void launch(const GemmArgs& args, int sms, cudaStream_t st = 0) {
-  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi>;
+  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi, PP>;
   long long smem = SmemLayout<128, BN, 64, STAGES>::bytes(args.groups);
   CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   kern<<<sms, 384, smem, st>>>(args);
@@ -67,11 +70,31 @@ void launch(const GemmArgs& args, int sms, cudaStream_t st = 0) {
 struct Problem { int G, M, N, K; bool ak, bk; bool grouped; };
 
 static std::mt19937 rng(1234);
-static std::vector<unsigned short> rand_bf(size_t n) { std::normal_distribution<float> d(0, 1); std::vector<unsigned short> v(n); for (auto& x : v) x = f2bf(d(rng)); return v; }
+// Normal(0, 1) bf16 values: Box-Muller over splitmix64 (a few ns per value; the operands of the larger
+// timings are hundreds of millions of elements), a new stream per call seeded from rng.
+static std::vector<unsigned short> rand_bf(size_t n) {
+  unsigned long long state = rng();
+  auto next = [&] {
+    unsigned long long z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  std::vector<unsigned short> v(n);
+  for (size_t i = 0; i < n; i += 2) {
+    const unsigned long long bits = next();
+    const float u1 = ((float)(bits >> 40) + 0.5f) * (1.0f / 16777216.0f), u2 = (float)((bits >> 16) & 0xFFFFFF) * (1.0f / 16777216.0f);
+    const float r = std::sqrt(-2.0f * std::log(u1)), a = 6.2831853f * u2;
+    v[i] = f2bf(r * std::cos(a));
+    if (i + 1 < n) v[i + 1] = f2bf(r * std::sin(a));
+  }
+  return v;
+}
 
-template <int BN, int STAGES, bool AK, bool BK_>
+template <int BN, int STAGES, bool AK, bool BK_, bool PP = false>
 double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
-  const bool gelu = mode != 0;  // a bf16 output (GELU or plain)
+  // mode 0: f32 out; 1: GELU (+ aux = the product); 2: bf16; 3: GELU backward (aux = x, read)
+  const bool gelu = mode != 0;  // a bf16 output
   // grouped: G groups with random row counts summing to M (some empty); A is [M, K] rows
   std::vector<int> offs(G + 1, 0);
   int total_rows = grouped ? M : M;  // grouped: M = total rows
@@ -91,7 +114,9 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   unsigned short* dcb; unsigned short* daux; CK(cudaMalloc(&dcb, c_elems * 2)); CK(cudaMalloc(&daux, c_elems * 2));
   CK(cudaMemcpy(da, ha.data(), a_elems * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_elems * 2, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(doff, offs.data(), (G + 1) * 4, cudaMemcpyHostToDevice));
-  CK(cudaMemset(dc, 0xFF, c_elems * 4)); CK(cudaMemset(dcb, 0xFF, c_elems * 2));
+  CK(cudaMemset(dc, 0xFF, c_elems * 4)); CK(cudaMemset(dcb, 0xFF, c_elems * 2)); CK(cudaMemset(daux, 0xFF, c_elems * 2));
+  std::vector<unsigned short> hx;
+  if (mode == 3) { hx = rand_bf(c_elems); CK(cudaMemcpy(daux, hx.data(), c_elems * 2, cudaMemcpyHostToDevice)); }
   GemmArgs args{};
   int rows = total_rows;
   // A: K-major [GA][rows][K]; M-major [GA][K][rows]
@@ -104,10 +129,16 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   args.group_offsets = grouped ? doff : nullptr;
   args.m = rows; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = (long long)rows * N;
   args.groups = G; args.a_batched = grouped ? 0 : 1; args.b_batched = 1;
-  args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
-  if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16>(args, sms);
-  else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms);
-  else launch<BN, STAGES, AK, BK_, StoreF32>(args, sms);
+  if (N % 8 == 0) {  // TMA needs 16-byte rows; the other epilogues store from registers
+    args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
+    args.aux_map = make_map(daux, N, rows, GA, N, (long long)rows * N, 64);
+  }
+  if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>, PP>(args, sms);
+  else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>, PP>(args, sms);
+  else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, PP>(args, sms);
+  else if (mode == 3) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<false>, PP>(args, sms);
+  else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16, PP>(args, sms);
+  else launch<BN, STAGES, AK, BK_, StoreF32, PP>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   // reference per group
   if (!grouped) {
@@ -129,23 +160,40 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   CK(cudaMemcpy(ref.data(), dref, c_elems * 4, cudaMemcpyDeviceToHost));
   if (gelu) { CK(cudaMemcpy(gotb.data(), dcb, c_elems * 2, cudaMemcpyDeviceToHost)); CK(cudaMemcpy(auxb.data(), daux, c_elems * 2, cudaMemcpyDeviceToHost)); }
   else CK(cudaMemcpy(got.data(), dc, c_elems * 4, cudaMemcpyDeviceToHost));
-  double num = 0, den = 0; long long bad = 0;
+  double num = 0, den = 0, aux_num = 0; long long bad = 0;
+  const float c = 0.7978845608f;
   for (long long i = 0; i < c_elems; ++i) {
     float want = ref[i];
     float g = gelu ? bf2f(gotb[i]) : got[i];
-    if (mode == 1) want = 0.5f * want * (1.f + tanhf(0.7978845608f * (want + 0.044715f * want * want * want)));
+    if (mode == 1) {  // aux holds the product (bf16), c its gelu
+      float a = bf2f(auxb[i]);
+      aux_num += (double)(a - want) * (a - want);
+      if (!(a == a)) ++bad;
+      want = 0.5f * want * (1.f + tanhf(c * (want + 0.044715f * want * want * want)));
+    }
+    if (mode == 3) {  // c = dy * gelu'(x), dy the product
+      float x = bf2f(hx[i]), t = tanhf(c * (x + 0.044715f * x * x * x));
+      want *= 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * c * (1 + 3 * 0.044715f * x * x);
+    }
     if (!(g == g)) { ++bad; continue; }
     num += (double)(g - want) * (g - want); den += (double)want * want;
   }
+  if (mode == 1) {  // the pre-activation's error counts too (against the product's scale)
+    double ref_den = 0;
+    for (long long i = 0; i < c_elems; ++i) ref_den += (double)ref[i] * ref[i];
+    num += aux_num * den / std::max(ref_den, 1e-30);
+  }
   double err = std::sqrt(num / std::max(den, 1e-30));
-  printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K,
-         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, mode == 1 ? "gelu" : mode == 2 ? "bf16" : "f32", err, bad);
+  printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d%s %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K,
+         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, PP ? " pingpong" : "",
+         mode == 1 ? "gelu" : mode == 2 ? "bf16" : mode == 3 ? "gelu_grad" : "f32", err, bad);
   cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(dref); cudaFree(doff); cudaFree(dcb); cudaFree(daux);
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
 
 
 // weight-gradient form: dw[g] = xs[seg g]^T dys[seg g] (varlen K)
+template <bool PP = false>
 double check_wgrad(int G, int rows, int D, int F, int sms) {
   std::vector<int> offs(G + 1, 0);
   std::uniform_int_distribution<int> u(0, 3);
@@ -164,7 +212,7 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   args.b = make_map(dy, F, rows, 1, F, (long long)rows * F, 64);
   args.c = dw; args.group_offsets = doff; args.varlen_k = 1; args.m = D; args.n = F; args.k = 0; args.ldc = F; args.c_group_stride = (long long)D * F;
   args.groups = G; args.a_batched = 0; args.b_batched = 0;
-  launch<128, 6, false, false, StoreF32>(args, sms);
+  launch<128, 6, false, false, StoreF32, PP>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   CK(cudaMemset(dref, 0, c_e * 4));
   for (int g = 0; g < G; ++g) {
@@ -179,42 +227,89 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   for (long long i = 0; i < c_e; ++i) { if (!(got[i] == got[i])) { ++bad; continue; } num += (double)(got[i] - ref[i]) * (got[i] - ref[i]); den += (double)ref[i] * ref[i]; }
   double err = std::sqrt(num / std::max(den, 1e-30));
   int empty = 0; for (int g = 0; g < G; ++g) empty += offs[g + 1] == offs[g];
-  printf("check wgrad G%d rows%d D%d F%d (%d empty groups): rel err %.2e, unwritten/NaN %lld\n", G, rows, D, F, empty, err, bad);
+  printf("check wgrad G%d rows%d D%d F%d (%d empty groups)%s: rel err %.2e, unwritten/NaN %lld\n", G, rows, D, F, empty,
+         PP ? " pingpong" : "", err, bad);
   cudaFree(dx); cudaFree(dy); cudaFree(dw); cudaFree(dref); cudaFree(doff);
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_>
-void bench(int M, int N, int K, int sms) {
+template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16, bool PP = false>
+double bench(int M, int N, int K, int sms, const char* label = "") {
   long long a_e = (long long)M * K, b_e = (long long)N * K, c_e = (long long)M * N;
   auto ha = rand_bf(a_e), hb = rand_bf(b_e);
-  unsigned short *da, *db, *dc;
-  CK(cudaMalloc(&da, a_e * 2)); CK(cudaMalloc(&db, b_e * 2)); CK(cudaMalloc(&dc, c_e * 2));
+  unsigned short *da, *db, *dc, *daux;
+  CK(cudaMalloc(&da, a_e * 2)); CK(cudaMalloc(&db, b_e * 2)); CK(cudaMalloc(&dc, c_e * 2)); CK(cudaMalloc(&daux, c_e * 2));
   CK(cudaMemcpy(da, ha.data(), a_e * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_e * 2, cudaMemcpyHostToDevice));
+  { auto hx = rand_bf(c_e); CK(cudaMemcpy(daux, hx.data(), c_e * 2, cudaMemcpyHostToDevice)); }
   GemmArgs args{};
   if (AK) args.a = make_map(da, K, M, 1, K, a_e, 128); else args.a = make_map(da, M, K, 1, M, a_e, 64);
   if (BK_) args.b = make_map(db, K, N, 1, K, b_e, BN); else args.b = make_map(db, N, K, 1, N, b_e, 64);
   args.c_map = make_map(dc, N, M, 1, N, c_e, 64);
+  args.aux_map = make_map(daux, N, M, 1, N, c_e, 64);
+  args.aux = daux;
   args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = 1; args.a_batched = 1; args.b_batched = 1;
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms);
+  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi, PP>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   std::vector<float> ms;
   for (int i = 0; i < 30; ++i) {
-    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, StoreBf16>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
+    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi, PP>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
     float t; cudaEventElapsedTime(&t, e0, e1); ms.push_back(t);
   }
   CK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   double med = ms[ms.size() / 2];
-  printf("bench %dx%dx%d A%s B%s BN%d st%d: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, med,
+  printf("bench %dx%dx%d A%s B%s BN%d st%d%s%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
+         PP ? " pingpong" : "", label, med,
          2.0 * M * N * K / med / 1e9);
-  cudaFree(da); cudaFree(db); cudaFree(dc);
+  cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(daux);
+  return med;
+}
+
+// One product with each epilogue: the plain bf16 store, GELU (+ the
+// pre-activation stored), GELU's backward (the pre-activation read).
+template <int BN, int STAGES, bool AK, bool BK_, bool PP = false>
+void bench_epilogues(int M, int N, int K, int sms) {
+  const double plain = bench<BN, STAGES, AK, BK_, StoreBf16, PP>(M, N, K, sms, " store");
+  const double gelu = bench<BN, STAGES, AK, BK_, StoreGeluBf16<true>, PP>(M, N, K, sms, " gelu+aux");
+  const double grad = bench<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, PP>(M, N, K, sms, " gelu_grad");
+  printf("epilogue %dx%dx%d: gelu+aux %+.1f%%, gelu_grad %+.1f%% against the plain store\n", M, N, K, 100 * (gelu / plain - 1),
+         100 * (grad / plain - 1));
+}
+
+// The ping-pong consumers (each owns whole 128 x BN tiles, alternately):
+// checks, then timings beside the split tile at the same shapes.
+int pingpong(int sms) {
+  int fails = 0;
+  auto C = [&](double r) { if (r < 0) ++fails; };
+  C(check<128, 6, true, true, true>(1, 1000, 712, 520, false, sms, 0));
+  C(check<128, 6, false, false, true>(2, 1000, 384, 256, false, sms, 0));
+  C(check<128, 6, true, false, true>(8, 5000, 384, 1536, true, sms, 2));
+  C(check<64, 8, true, false, true>(64, 4000, 384, 256, true, sms, 2));
+  C(check<128, 6, true, false, true>(8, 5000, 1536, 384, true, sms, 1));
+  C(check<128, 6, true, true, true>(3, 300, 200, 136, false, sms, 3));
+  C(check<128, 6, true, false, true>(2, 300, 100, 136, false, sms, 1));
+  C(check_wgrad<true>(16, 3001, 200, 136, sms));
+  C(check_wgrad<true>(8, 5000, 384, 1536, sms));
+  printf("pingpong checks failed: %d\n", fails);
+  if (fails) return 1;
+  // split tile (128 x 256) against ping-pong (128 x 128), each epilogue, at D384's up projection (both B layouts)
+  bench_epilogues<256, 4, true, false>(32768, 1536, 384, sms);
+  bench_epilogues<128, 6, true, false, true>(32768, 1536, 384, sms);
+  bench_epilogues<256, 4, true, true>(32768, 1536, 384, sms);
+  bench_epilogues<128, 6, true, true, true>(32768, 1536, 384, sms);
+  // D1536 E128 K8's product shapes (N 256 K 1536, N 1536 K 256), 32768 rows
+  bench<256, 4, true, false>(32768, 256, 1536, sms);
+  bench<128, 6, true, false, StoreBf16, true>(32768, 256, 1536, sms);
+  bench<256, 4, true, false>(32768, 1536, 256, sms);
+  bench<128, 6, true, false, StoreBf16, true>(32768, 1536, 256, sms);
+  return 0;
 }
 
 int main(int argc, char** argv) {
   CU(cuInit(0));
   int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  if (argc > 1 && std::string(argv[1]) == "--pingpong") return pingpong(sms);  // only the ping-pong variant (opt-in)
   int fails = 0;
   auto C = [&](double r) { if (r < 0) ++fails; };
   C(check<256, 4, true, true>(1, 1000, 712, 520, false, sms, 0));
@@ -233,6 +328,11 @@ int main(int argc, char** argv) {
   C(check<256, 4, true, false>(8, 5000, 1536, 384, true, sms, 2));   // grouped: partial group tiles take the register path
   C(check<64, 6, true, false>(8, 5000, 384, 1536, true, sms, 2));
   C(check_wgrad(16, 3001, 200, 136, sms));
+  C(check<256, 4, true, false>(1, 1000, 712, 520, false, sms, 1));  // GELU + aux through TMA stores (+ a partial block)
+  C(check<128, 4, true, true>(3, 300, 200, 136, false, sms, 3));    // GELU backward, batched
+  C(check<256, 4, true, false>(8, 5000, 1536, 384, true, sms, 3));  // grouped, partial tiles on the register path
+  C(check<64, 6, true, false>(2, 300, 100, 136, false, sms, 1));    // N 100: register stores only
+  C(check<64, 6, true, false>(2, 300, 100, 136, false, sms, 3));
   printf("checks failed: %d\n", fails);
   bench<256, 4, true, true>(4096, 4096, 4096, sms);
   bench<256, 4, true, false>(4096, 4096, 4096, sms);
@@ -246,5 +346,12 @@ int main(int argc, char** argv) {
   bench<256, 4, true, false>(32768, 384, 1536, sms);
   bench<256, 4, true, false>(16384, 1152, 384, sms);
   bench<128, 4, true, false>(16384, 384, 384, sms);
+  // the epilogues at the layer's expert shapes (D384 F1536 and D768 F3072, T16384 top-2): the up-projection
+  // (gelu) and the down-projection's input gradient (gelu_grad, B K-major)
+  bench_epilogues<256, 4, true, false>(32768, 1536, 384, sms);
+  bench_epilogues<256, 4, true, true>(32768, 1536, 384, sms);
+  bench_epilogues<256, 4, true, false>(32768, 3072, 768, sms);
+  bench_epilogues<256, 4, true, true>(32768, 3072, 768, sms);
+  bench_epilogues<256, 4, true, false>(8192, 8192, 8192, sms);
   return fails ? 1 : 0;
 }

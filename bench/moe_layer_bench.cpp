@@ -17,9 +17,11 @@
 // autodiff instead, the backend's pipeline would leave the chain unfused: the
 // backward reads its intermediates.)
 //
-// Method (/work/.library/device/METHOD.md): the same graph at a small token
-// count is first checked against the CPU backend (every output and gradient,
-// bf16 tolerance), then each shape is timed on random data (never zeros):
+// Method (/work/.library/device/METHOD.md): the forward+backward graph at a
+// small token count (with the timed run's weights) is first checked against
+// the CPU backend (every output and gradient, bf16 tolerance; --check-tokens
+// 0 skips it), then each shape is timed on random data (never zeros; the
+// arguments made once per shape, for both passes):
 // `--warmup` runs, then `--runs` runs each bracketed by the executor's CUDA
 // events after an L2 flush; the median is reported. FLOPs: the two expert
 // matmuls only (SonicMoE's convention: forward 4 T K D F, forward+backward
@@ -28,6 +30,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 
@@ -74,6 +77,18 @@ Graph layer_graph(const MoeShape& s, bool backward) {
     append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
   }
   return g;
+}
+
+// x and target only (the check takes the timed run's weights).
+Values layer_args_tokens(const Graph& g, const MoeShape& s, std::uint64_t seed) {
+  (void)s;
+  Values args;
+  for (const char* name : {"x", "target"}) {
+    HostTensor t(g.type(g.find_arg(name)));
+    fill_random(t, seed++, 1.0);
+    args.emplace(name, std::move(t));
+  }
+  return args;
 }
 
 Values layer_args(const Graph& g, const MoeShape& s, std::uint64_t seed) {
@@ -133,35 +148,55 @@ int main(int argc, char** argv) {
       shapes.push_back(parse_moe_shape(shapes_text.substr(at, end - at)));
       at = end + 1;
     }
+    using Clock = std::chrono::steady_clock;
+    auto seconds_since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
     for (const MoeShape& shape : shapes) {
-      for (bool backward : {false, true}) {
-        // Correctness first, at few tokens (the CPU is the reference).
-        // The CPU reference is slow at large D and F: the check takes fewer
-        // tokens there (at most ~4e9 expert multiply-adds, at least 16).
-        MoeShape small = shape;
-        const double macs_per_token = static_cast<double>(shape.top_k * shape.d_model * shape.d_expert);
-        small.tokens = std::min<std::int64_t>(check_tokens, std::max<std::int64_t>(16, static_cast<std::int64_t>(4e9 / macs_per_token)));
-        Graph check_graph = layer_graph(small, backward);
-        Values check_args = layer_args(check_graph, small, seed);
+      // The arguments once per shape, shared by the forward and the
+      // forward+backward graphs (the same names and types), and their
+      // weights (which do not depend on the token count) by the check.
+      Clock::time_point t0 = Clock::now();
+      const Values args = layer_args(layer_graph(shape, false), shape, seed + 100);
+      const double init_s = seconds_since(t0);
+      // Correctness first, at few tokens (the CPU is the reference), once per
+      // shape on the forward+backward graph (its outputs include the
+      // forward's). The CPU reference is slow at large D and F: the check
+      // takes fewer tokens there (at most ~4e9 expert multiply-adds, at least
+      // 16). --check-tokens 0: no check.
+      MoeShape small = shape;
+      const double macs_per_token = static_cast<double>(shape.top_k * shape.d_model * shape.d_expert);
+      small.tokens = std::min<std::int64_t>(check_tokens, std::max<std::int64_t>(16, static_cast<std::int64_t>(4e9 / macs_per_token)));
+      double worst = 0.0;
+      std::string check = "skipped";
+      bool passed = true;
+      t0 = Clock::now();
+      if (check_tokens > 0) {
+        Graph check_graph = layer_graph(small, true);
+        Values check_args = layer_args_tokens(check_graph, small, seed);
+        for (const char* w : {"w_router", "w_up", "w_down"}) check_args.insert_or_assign(w, args.at(w));
         auto gpu_small = cuda->compile(check_graph);
         auto cpu_small = cpu->compile(check_graph);
         Values got = outputs_of(*gpu_small, check_graph, check_args), want = outputs_of(*cpu_small, check_graph, check_args);
-        double worst = 0.0;
         std::string worst_name;
         for (const auto& [name, ref] : want) {
           double err = normalized_error(got.at(name), ref);
           if (err > worst) worst = err, worst_name = name;
         }
-        const bool passed = worst <= 3e-2;  // bf16 operands and activations through two matmuls and a GELU
+        passed = worst <= 3e-2;  // bf16 operands and activations through two matmuls and a GELU
         all_passed &= passed;
-        std::string check = fmt::format("{} {:.2g} ({}, T{})", passed ? "ok" : "FAILED", worst, worst_name, small.tokens);
+        check = fmt::format("{} {:.2g} ({}, T{})", passed ? "ok" : "FAILED", worst, worst_name, small.tokens);
+      }
+      const double check_s = seconds_since(t0);
+      for (bool backward : {false, true}) {
         if (!passed) {
           table.row({shape.label(), backward ? "fwd+bwd" : "fwd", "-", "-", check});
           continue;
         }
+        t0 = Clock::now();
         Graph graph = layer_graph(shape, backward);
         auto exe = cuda->compile(graph);
-        for (const auto& [name, value] : layer_args(graph, shape, seed + 100)) exe->set(name, value);
+        for (const auto& [name, value] : args) exe->set(name, value);
+        const double compile_s = seconds_since(t0);
+        t0 = Clock::now();
         TimingOptions timing;
         timing.warmup = warmup;
         timing.runs = runs;
@@ -171,16 +206,21 @@ int main(int argc, char** argv) {
                              static_cast<double>(shape.d_model) * static_cast<double>(shape.d_expert);
         const double ms = samples.median();
         table.row({shape.label(), backward ? "fwd+bwd" : "fwd", fmt::format("{:.3f}", ms), fmt::format("{:.1f}", flops / ms / 1e9), check});
+        // Each row as it is done, with the phases' host times (a time limit
+        // that cuts the run still leaves the finished rows).
+        fmt::print("{} {}: {:.3f} ms, {:.1f} TFLOP/s, check {} | host s: args {:.1f}, check {:.1f}, compile+set {:.1f}, timing {:.1f}\n",
+                   shape.label(), backward ? "fwd+bwd" : "fwd", ms, flops / ms / 1e9, check, init_s, check_s, compile_s, seconds_since(t0));
+        std::fflush(stdout);
         report.add("results", {{"shape", shape.label()},
                                {"pass", std::string(backward ? "fwd+bwd" : "fwd")},
                                {"median_ms", ms},
                                {"tflops", flops / ms / 1e9},
                                {"check_error", worst},
-                               {"check_tokens", small.tokens},
+                               {"check_tokens", check_tokens > 0 ? small.tokens : std::int64_t{0}},
                                {"launches_ops", static_cast<std::int64_t>(exe->graph().ops().size())}});
-        ++seed;
+        if (!json.empty()) report.write(json);
       }
-      if (!json.empty()) report.write(json);
+      ++seed;
     }
     fmt::print("device: {}\n{}", device_description("cuda"), table.str());
     if (!json.empty()) report.write(json);

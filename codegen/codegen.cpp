@@ -460,7 +460,7 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
     const std::int64_t g = group_of[static_cast<std::size_t>(i)];
     step_of_op[static_cast<std::size_t>(i)] = g >= 0 && groups[g].size() > 1 ? groups[g].back() : i;
   }
-  const std::vector<OpGroup> op_groups = find_op_groups(graph, step_of_op);
+  const std::vector<OpGroup> op_groups = find_op_groups(graph, step_of_op, target);
   std::vector<int> op_group_of(ops.size(), -1);
   for (std::size_t k = 0; k < op_groups.size(); ++k) {
     for (int m : op_groups[k].ops) op_group_of[static_cast<std::size_t>(m)] = static_cast<int>(k);

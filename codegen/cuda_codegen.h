@@ -272,14 +272,36 @@ void emit_add_norm(EmitContext& ctx, const Op& add);
 bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add);
 void emit_norm_grad_add(EmitContext& ctx, const Op& add);
 
+// An elementwise op folded into the epilogue of the GEMM producing its
+// operand (passes/fuse_gemm_epilogue.cpp): what the GEMM's emitter writes
+// instead of its plain result.
+//   gelu:      `out` = gelu(product); `aux` = the product (the GEMM's own
+//              result) when it is stored, else none;
+//   gelu_grad: `out` = gelu_grad(aux, product), `aux` the pre-activation.
+// gathered_rows (moe.gather_matmul): a moe.permute result of the same rows,
+// written with the rows the GEMM reads (instead of a scratch copy).
+struct GemmEpilogue {
+  enum class Kind : std::uint8_t { store, gelu, gelu_grad };
+  Kind kind = Kind::store;
+  Buffer out, aux;
+  Buffer gathered_rows;
+};
+// Whether the GEMM family serving `gemm` (mj.matmul, moe.grouped_matmul,
+// moe.gather_matmul) on `target` has that epilogue (sm90 and sm80 families,
+// 16-bit results), and the emitters of the GEMM with it (ctx at the GEMM).
+bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target);
+void emit_matmul_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
+void emit_grouped_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
+
 // Ops of different kinds emitted as one step (codegen/op_groups.cpp says
 // which and when): a residual add with the norm it feeds, a norm
 // backward with the gradient add after it, the squares of
-// the global gradient norm, every AdamW of a step. The group runs at
+// the global gradient norm, every AdamW of a step, a GEMM and the
+// GELU (backward) folded into its epilogue. The group runs at
 // `position` (its first member); `internal` values are read only inside
 // it and never stored.
 struct OpGroup {
-  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw };
+  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue };
   Kind kind;
   int position = 0;
   int anchor = 0;  // the op whose EmitContext emits the group
@@ -289,7 +311,7 @@ struct OpGroup {
 };
 // step_of_op: per op, the op index at which its step runs (its own index,
 // or the last op of its fused elementwise group).
-std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op);
+std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op, const Target& target);
 // ctx is at the group's anchor.
 void emit_op_group(EmitContext& ctx, const OpGroup& group);
 

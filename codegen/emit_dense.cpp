@@ -363,7 +363,9 @@ void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false, nullptr); }
 // ---- matmul ----
 // a [..., M, K] (stored [..., K, M] with transpose_a), b [K, N] or [..., K, N]
 // (stored [.., N, K] with transpose_b) -> c [..., M, N].
-void emit_Matmul(EmitContext& ctx) {
+void emit_Matmul(EmitContext& ctx) { emit_matmul_with_epilogue(ctx, {}); }
+
+void emit_matmul_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue) {
   const TensorType& at = ctx.in(0);
   const TensorType& bt = ctx.in(1);
   bool ta = ctx.attrs().get_bool("transpose_a"), tb = ctx.attrs().get_bool("transpose_b");
@@ -382,11 +384,16 @@ void emit_Matmul(EmitContext& ctx) {
   const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
+  const bool plain = epilogue.kind == GemmEpilogue::Kind::store;
+  if (!plain && choice.family != GemmFamily::sm90 && choice.family != GemmFamily::sm80)
+    ctx.fail("(SIMT matmul) has no GELU epilogue");  // gemm_has_epilogue said otherwise: a bug
   if (choice.family == GemmFamily::sm90) {
     Sm90Gemm g;
     g.a = B::of(ctx.operand(0));
     g.b = B::of(ctx.operand(1));
-    g.c = B::of(ctx.result(0));
+    g.c = plain ? B::of(ctx.result(0)) : epilogue.out;
+    g.epilogue = epilogue.kind;
+    g.aux = epilogue.aux;
     g.n = a.N;
     g.k = a.K;
     g.a_k_major = !ta;
@@ -408,7 +415,9 @@ void emit_Matmul(EmitContext& ctx) {
     g.dtype = at.dtype;
     g.a = B::of(ctx.operand(0));
     g.b = B::of(ctx.operand(1));
-    g.c = B::of(ctx.result(0));
+    g.c = plain ? B::of(ctx.result(0)) : epilogue.out;
+    g.epilogue = epilogue.kind;
+    g.aux = epilogue.aux;
     g.n = a.N;
     g.k = a.K;
     g.a_k_major = !ta;

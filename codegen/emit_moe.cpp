@@ -177,8 +177,9 @@ ValueId routed_rows(const EmitContext& ctx, ValueId x, const B& slots, std::int6
 
 // Grouped matmul of rows (optionally gathered through slots) into `out` [N, F],
 // zeroing rows outside every segment first.
+// `epilogue` (not store): out is the folded op's result (codegen/op_groups.cpp).
 void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B slots, std::int64_t top_k, B out, std::int64_t rows,
-                    bool transpose_w) {
+                    bool transpose_w, const GemmEpilogue& epilogue = {}) {
   const TensorType& wt = ctx.graph().type(w);
   std::int64_t E = wt.dim(0);
   if (E > 65535) ctx.fail(fmt::format("supports at most 65535 experts, found {}", E));
@@ -191,6 +192,18 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   MOEJIT_ASSERT(problem.m == rows && problem.n == a.F && problem.k == a.D, "grouped_matmul: gemm_problem_of disagrees with the emitter");
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
+  const bool plain = epilogue.kind == GemmEpilogue::Kind::store;
+  if (!plain && choice.family != GemmFamily::sm90 && choice.family != GemmFamily::sm80)
+    ctx.fail("(SIMT grouped matmul) has no GELU epilogue");  // gemm_has_epilogue said otherwise: a bug
+  // Rows outside every segment (a padded or capacity-limited dispatch) are
+  // zero in the unfused result: zero what the epilogue writes too (gelu(0)
+  // and gelu_grad(x, 0) are 0).
+  const std::int64_t out_bytes = rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype));
+  auto zero_uncovered = [&] {
+    if (segments_cover_rows(ctx.graph(), offsets)) return;
+    ctx.zero(out, out_bytes);
+    if (epilogue.kind == GemmEpilogue::Kind::gelu && epilogue.aux.kind != B::Kind::null) ctx.zero(epilogue.aux, out_bytes);
+  };
   // Gathered rows (moe.gather_matmul) are first copied into scratch, as the
   // unfused graph's moe.permute does: the copy engine (sm90) needs contiguous
   // rows, and the SIMT tile reading each element through slots was slower
@@ -198,13 +211,24 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   // When the route that made the slots also writes xs (its result #7: the
   // backward reads it), that copy is read instead of making a second one.
   const ValueId routed_xs = routed_rows(ctx, x, slots, top_k);
+  // A later moe.permute of the same rows (codegen/op_groups.cpp): gather into
+  // its result, which every family then reads as contiguous rows.
+  if (epilogue.gathered_rows.kind != B::Kind::null) {
+    MOEJIT_ASSERT(slots.kind == B::Kind::value, "grouped_matmul: gathered rows of a gather");
+    if (routed_xs != kNoValue) ctx.copy(B::of(routed_xs), epilogue.gathered_rows, rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+    else permute_into(ctx, x, slots.value, epilogue.gathered_rows, wt.dtype, rows, a.D, top_k);
+    x = epilogue.gathered_rows.value;
+    slots = B::none();
+  }
   // Otherwise the sm80 family reads gathered rows straight from x (cp.async
   // takes any 16-byte-aligned address, and it loads unaligned rows element by
   // element): no copy.
   if (choice.family == GemmFamily::sm80) {
-    if (!segments_cover_rows(ctx.graph(), offsets)) ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+    zero_uncovered();
     Sm80Gemm g;
     g.mode = Sm80Gemm::Mode::grouped;
+    g.epilogue = epilogue.kind;
+    g.aux = epilogue.aux;
     g.dtype = wt.dtype;
     g.a = routed_xs != kNoValue ? B::of(routed_xs) : B::of(x);
     g.slots = routed_xs != kNoValue ? B::none() : slots;
@@ -229,9 +253,11 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     rows_of_x = B::scratch(xs);
   }
   if (choice.family == GemmFamily::sm90) {
-    if (!segments_cover_rows(ctx.graph(), offsets)) ctx.zero(out, rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype)));
+    zero_uncovered();
     Sm90Gemm g;
     g.mode = Sm90Gemm::Mode::grouped;
+    g.epilogue = epilogue.kind;
+    g.aux = epilogue.aux;
     g.a = rows_of_x;
     g.b = B::of(w);
     g.c = out;
@@ -566,6 +592,22 @@ void emit_Route(EmitContext& ctx) {
   // rows, and its backward's weight gradient reads xs (fuse-router-permute
   // points that gather at #7).
   if (ctx.used(ctx.result(7))) permute(ctx, ctx.operand(0), ctx.result(3), ctx.result(7), top_k);
+}
+
+// A moe.grouped_matmul or moe.gather_matmul with an elementwise op in its
+// epilogue (codegen/op_groups.cpp): the folded op's result instead of the
+// product (which is `aux` where gelu's pre-activation is kept).
+void emit_grouped_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue) {
+  const B out = epilogue.kind == GemmEpilogue::Kind::store ? B::of(ctx.result(0)) : epilogue.out;
+  if (ctx.op().kind == OpKind::GatherMatmul) {
+    grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(3), B::of(ctx.operand(2)), ctx.attrs().get_int("top_k"), out,
+                   ctx.out(0).dim(0), false, epilogue);
+  } else {
+    MOEJIT_ASSERT(ctx.op().kind == OpKind::GroupedMatmul && epilogue.gathered_rows.kind == B::Kind::null,
+                  "emit_grouped_with_epilogue: a grouped matmul");
+    grouped_matmul(ctx, ctx.operand(0), ctx.operand(1), ctx.operand(2), B::none(), 1, out, ctx.out(0).dim(0),
+                   ctx.attrs().get_bool("transpose_w"), epilogue);
+  }
 }
 
 // moe.gather_matmul: grouped matmul whose rows are read through slots.

@@ -57,9 +57,12 @@
 //          fit, else the heuristic with a note.
 #include "codegen/gemm_select.h"
 
+#include "codegen/cuda_codegen.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <optional>
 #include <variant>
 
@@ -310,6 +313,21 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
       }
     }
   }
+  // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
+  // of at most 128 columns, alternately), a 256-column tile halved for it.
+  // Opt-in: not measured yet (docs/perf.md).
+  const char* pingpong = std::getenv("MOEJIT_SM90_PINGPONG");
+  if (pingpong && std::string(pingpong) != "0" && std::string(pingpong) != "1")
+    throw Error(fmt::format("MOEJIT_SM90_PINGPONG: expected 0 or 1, found '{}'", pingpong));
+  if (pingpong && std::string(pingpong) == "1") {
+    if (c.tile_n == 256) {
+      c.tile_n = 128;
+      c.stages = 6;
+      while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
+      add_note(c, "tile_n 256 -> 128 for ping-pong");
+    }
+    c.pingpong = true;
+  }
   c.split_k = static_cast<int>(weight_gradient_split_k(problem, c.tile_m, c.tile_n, target.sm_count));
   if (c.split_k > 1) {
     add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
@@ -442,6 +460,17 @@ std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op) {
     default:
       return std::nullopt;
   }
+}
+
+bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target) {
+  if (gemm.kind != OpKind::Matmul && gemm.kind != OpKind::GroupedMatmul && gemm.kind != OpKind::GatherMatmul) return false;
+  const DType dtype = graph.type(gemm.results[0]).dtype;
+  if (dtype != DType::bf16 && dtype != DType::f16) return false;
+  const std::optional<GemmProblem> problem = gemm_problem_of(graph, gemm);
+  if (!problem) return false;
+  const GemmChoice choice = choose_gemm(graph, gemm, *problem, target);
+  // Split-K products write f32 partials, which a finish kernel adds: no epilogue there.
+  return (choice.family == GemmFamily::sm90 || choice.family == GemmFamily::sm80) && choice.config.split_k <= 1;
 }
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {

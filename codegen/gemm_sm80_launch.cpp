@@ -56,7 +56,12 @@ void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm
   // Arena buffers start on 256 bytes, so rows start on 16 bytes when the row strides are multiples of 8 elements.
   const bool vec16 = args.lda % 8 == 0 && args.ldb % 8 == 0;
   const int bm = config.tile_m, bn = config.tile_n, bk = config.tile_k;
-  const std::string store = split > 1 ? "moejit::sm80::StoreF32" : fmt::format("moejit::sm80::Store16<{}>", template_type(g.dtype));
+  // Split K (codegen/gemm_select.cpp): f32 partials, so a plain store; else the epilogue's functor.
+  const char* functor = g.epilogue == Sm80Gemm::Epilogue::gelu        ? "StoreGelu16"
+                        : g.epilogue == Sm80Gemm::Epilogue::gelu_grad ? "StoreGeluGrad16"
+                                                                      : "Store16";
+  if (split > 1 && g.epilogue != Sm80Gemm::Epilogue::store) ctx.fail("(sm80 GEMM) has no GELU epilogue for split-K partials");
+  const std::string store = split > 1 ? "moejit::sm80::StoreF32" : fmt::format("moejit::sm80::{}<{}>", functor, template_type(g.dtype));
   const std::string kernel = fmt::format("moejit::sm80::gemm_sm80_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", template_type(g.dtype), bm, bn,
                                          bk, config.stages, a_k_major, b_k_major, vec16, store);
   const bool grouped = g.mode == Mode::grouped;
@@ -67,6 +72,9 @@ void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm
   const std::int64_t tiles = grouped ? ((g.m + bm - 1) / bm + g.groups) * tiles_n : g.groups * ((g.m + bm - 1) / bm) * tiles_n;
   const unsigned grid = persistent_grid(ctx.target(), tiles, 2);  // 255 registers x 128 threads: two blocks per SM
   std::vector<Bind> pointers = {{&args.a, g.a}, {&args.b, g.b}, {&args.c, g.c}};
+  const bool has_aux = g.epilogue != Sm80Gemm::Epilogue::store && g.aux.kind != Buffer::Kind::null;
+  if (g.epilogue == Sm80Gemm::Epilogue::gelu_grad && !has_aux) ctx.fail("(sm80 GEMM, GELU-backward epilogue) needs the pre-activation");
+  if (has_aux) pointers.push_back({&args.aux, g.aux});
   if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
   if (grouped && g.slots.kind != Buffer::Kind::null) pointers.push_back({&args.a_rows, g.slots});
   ctx.launch("gemm_sm80", kernel, config, {grid}, args, pointers, smem);

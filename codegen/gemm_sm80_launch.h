@@ -17,9 +17,17 @@ struct Sm80Gemm {
     grouped,  // rows of A and C split by `offsets` into groups (experts), B[g] per group
     wgrad,    // K split by `offsets`: C[g] = A[:, seg g] B[seg g, :] (A M-major, B N-major)
   };
+  // What the epilogue makes of the accumulators (codegen/kernels/gemm_epilogue.cuh):
+  //   store:     c = acc;
+  //   gelu:      c = gelu(acc) and, when aux is set, aux = acc (the pre-activation);
+  //   gelu_grad: c = gelu_grad(aux, acc) (aux: the pre-activation, read).
+  // gelu and gelu_grad are for 16-bit results; c and aux have the same layout.
+  using Epilogue = GemmEpilogue::Kind;
   Mode mode = Mode::batched;
+  Epilogue epilogue = Epilogue::store;
   DType dtype = DType::bf16;  // operands and result: bf16 or f16
   Buffer a, b, c, offsets;
+  Buffer aux;  // see Epilogue
   Buffer slots;                // grouped mode: A's row i is row slots[i] / top_k of `a` (none: row i)
   std::int64_t top_k = 1;
   std::int64_t m = 0, n = 0, k = 0;  // batched: per group; grouped: m = all rows; wgrad: k = all rows

@@ -39,6 +39,7 @@ TensorMapField map_3d(Buffer buffer, std::int64_t inner, std::int64_t outer, std
 // same bits every run).
 void launch_sm90_split_k(EmitContext& ctx, const TileConfig& config, const Sm90Gemm& g) {
   const std::int64_t split = config.split_k, slice = g.k / split;
+  if (g.epilogue != Sm90Gemm::Epilogue::store) ctx.fail("(sm90 GEMM) has no GELU epilogue for split-K partials");
   if (g.mode != Sm90Gemm::Mode::batched || g.groups != 1 || g.a_k_major || g.b_k_major || g.k % (split * 64) != 0)
     ctx.fail(fmt::format("(sm90 GEMM) split_k {} takes one product with A stored [K, M], B stored [K, N] and K a multiple of {}; "
                          "found {} groups, K {}", split, split * 64, g.groups, g.k));
@@ -103,16 +104,25 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   }
   const bool tma_store = g.n % 8 == 0;
   TensorMapField c_map = map_3d(g.c, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64);
-  const char* epilogue = tma_store ? "moejit::sm90::StoreBf16" : "moejit::sm90::StoreBf16Direct";
+  const char* tma = tma_store ? "true" : "false";
+  std::string epilogue = tma_store ? "moejit::sm90::StoreBf16" : "moejit::sm90::StoreBf16Direct";
+  if (g.epilogue == Sm90Gemm::Epilogue::gelu) epilogue = fmt::format("moejit::sm90::StoreGeluBf16<{}>", tma);
+  if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad) epilogue = fmt::format("moejit::sm90::StoreGeluGradBf16<{}>", tma);
   const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
-  std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}>", tile_n, config.stages,
-                                   a_k_major ? "true" : "false", b_k_major ? "true" : "false", epilogue);
+  std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}{}>", tile_n, config.stages,
+                                   a_k_major ? "true" : "false", b_k_major ? "true" : "false", epilogue,
+                                   config.pingpong ? ", true" : "");
   const auto smem = static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, g.groups));
   std::vector<Bind> pointers = {{&args.c, g.c}};
+  const bool has_aux = g.epilogue != Sm90Gemm::Epilogue::store && g.aux.kind != Buffer::Kind::null;
+  if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad && !has_aux) ctx.fail("(sm90 GEMM, GELU-backward epilogue) needs the pre-activation");
+  if (has_aux) pointers.push_back({&args.aux, g.aux});
   if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
   std::vector<TensorMapBind> maps = {{&args.a, a_map}, {&args.b, b_map}};
   if (tma_store) maps.push_back({&args.c_map, c_map});
+  if (tma_store && has_aux && g.epilogue == Sm90Gemm::Epilogue::gelu)
+    maps.push_back({&args.aux_map, map_3d(g.aux, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64)});
   ctx.launch("gemm_sm90", kernel, config, {static_cast<unsigned>(ctx.target().sm_count)}, args, pointers, smem, maps);
 }
 

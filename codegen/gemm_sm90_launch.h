@@ -15,8 +15,16 @@ struct Sm90Gemm {
     grouped,  // rows of A and C split by `offsets` into groups (experts), B[g] per group
     wgrad,    // K split by `offsets`: C[g] = A[:, seg g] B[seg g, :] (A M-major, B N-major)
   };
+  // What the epilogue makes of the accumulators (codegen/kernels/gemm_epilogue.cuh):
+  //   store:     c = acc;
+  //   gelu:      c = gelu(acc) and, when aux is set, aux = acc (the pre-activation);
+  //   gelu_grad: c = gelu_grad(aux, acc) (aux: the pre-activation, read).
+  // gelu and gelu_grad are for 16-bit results; c and aux have the same layout.
+  using Epilogue = GemmEpilogue::Kind;
   Mode mode = Mode::batched;
+  Epilogue epilogue = Epilogue::store;
   Buffer a, b, c, offsets;
+  Buffer aux;  // see Epilogue
   std::int64_t m = 0, n = 0, k = 0;   // batched: per group; grouped: m = all rows; wgrad: k = all rows
   std::int64_t groups = 1;
   bool a_k_major = true, b_k_major = false;

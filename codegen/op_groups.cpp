@@ -22,6 +22,23 @@
 //                parameter or moment whose only use is the output updating
 //                its argument is written into the argument's buffer (no
 //                update copy), when nothing later reads the argument.
+//   gemm_epilogue  a GEMM (mj.matmul, moe.grouped_matmul, moe.gather_matmul)
+//                marked mj.epilogue = "gelu" / "gelu_grad" by
+//                fuse-gemm-epilogue and the mj.gelu / mj.gelu_grad it
+//                feeds: the GEMM's epilogue writes the op's result (and
+//                gelu's pre-activation, when something else reads it;
+//                gelu_grad's product is never stored). Formed only when the
+//                GEMM family serving the product on the target has the
+//                epilogue (gemm_has_epilogue). Runs at the GEMM.
+//                A moe.gather_matmul (with or without a folded op) also
+//                takes a later moe.permute of the same rows through the
+//                same slots (its gradient rule's, for the weight
+//                gradient): the rows it gathers for the GEMM are written
+//                into the permute's result instead of scratch, so the
+//                backward does not gather them a second time (unless the
+//                slots come from a moe.route, whose xs fuse-router-permute
+//                already reuses, or the sm80 family serves the product: it
+//                gathers in its loads, so there is no copy to reuse).
 //
 // A group runs at its first member, so it is formed only when every value
 // its members read from outside the group is ready before that point (an
@@ -38,8 +55,10 @@
 #include <cstdlib>
 #include <map>
 #include <tuple>
+#include <variant>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/gemm_select.h"
 #include "codegen/kernels/elementwise.cuh"
 #include "ir/error.h"
 
@@ -54,7 +73,8 @@ constexpr int kOutputUse = 1 << 20;
 
 class GroupFinder {
  public:
-  GroupFinder(const Graph& graph, const std::vector<int>& step_of_op) : graph_(graph), ops_(graph.ops()), step_of_op_(step_of_op) {
+  GroupFinder(const Graph& graph, const std::vector<int>& step_of_op, const Target& target)
+      : graph_(graph), ops_(graph.ops()), step_of_op_(step_of_op), target_(target) {
     producer_.assign(static_cast<std::size_t>(graph.num_values()), -1);
     uses_.assign(static_cast<std::size_t>(graph.num_values()), 0);
     for (std::size_t i = 0; i < ops_.size(); ++i) {
@@ -71,6 +91,7 @@ class GroupFinder {
     find_norm_grad_adds(groups);
     find_sum_squares(groups);
     find_adamws(groups);
+    find_gemm_epilogues(groups);
     std::sort(groups.begin(), groups.end(), [](const OpGroup& a, const OpGroup& b) { return a.position < b.position; });
     return groups;
   }
@@ -207,6 +228,65 @@ class GroupFinder {
     }
   }
 
+  // An mj.gelu of a GEMM's product, or an mj.gelu_grad whose dy is one,
+  // both marked by fuse-gemm-epilogue; the marks are checked again here
+  // (a pass after it may have changed the graph): a mark that no longer
+  // fits leaves both ops as they are.
+  void find_gemm_epilogues(std::vector<OpGroup>& groups) {
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& ew = op(i);
+      const AttrValue* folded = ew.attrs.find("mj.gemm_epilogue");
+      if (!folded || !std::holds_alternative<bool>(*folded) || !std::get<bool>(*folded) || !alone(i)) continue;
+      if (ew.kind != OpKind::Gelu && ew.kind != OpKind::GeluGrad) continue;
+      const ValueId product = ew.kind == OpKind::Gelu ? ew.operands[0] : ew.operands[1];
+      const int gemm = producer(product);
+      if (!alone(gemm) || gemm > i || op(gemm).results[0] != product) continue;
+      const AttrValue* mark = op(gemm).attrs.find("mj.epilogue");
+      const char* want = ew.kind == OpKind::Gelu ? "gelu" : "gelu_grad";
+      if (!mark || !std::holds_alternative<std::string>(*mark) || std::get<std::string>(*mark) != want) continue;
+      if (graph_.type(ew.results[0]) != graph_.type(product)) continue;
+      if (ew.kind == OpKind::GeluGrad && (uses(product) != 1 || ew.operands[0] == product || graph_.type(ew.operands[0]) != graph_.type(product)))
+        continue;
+      if (!gemm_has_epilogue(graph_, op(gemm), target_)) continue;
+      OpGroup g{OpGroup::Kind::gemm_epilogue, gemm, gemm, {gemm, i}, {}, {}};
+      if (!inputs_ready(g.ops, gemm)) continue;
+      if (uses(product) == 1) g.internal.push_back(product);  // read only by the folded op
+      take(g);
+      g.anchor = gemm;
+      groups.push_back(std::move(g));
+    }
+    // The gathers' permutes, into those groups or into new ones.
+    for (int gemm = 0; gemm < static_cast<int>(ops_.size()); ++gemm) {
+      const Op& gm = op(gemm);
+      if (gm.kind != OpKind::GatherMatmul) continue;
+      OpGroup* group = nullptr;
+      for (OpGroup& g : groups)
+        if (g.kind == OpGroup::Kind::gemm_epilogue && g.ops.front() == gemm) group = &g;
+      if (!group && !alone(gemm)) continue;
+      const int slots_from = producer(gm.operands[2]);
+      if (slots_from >= 0 && op(slots_from).kind == OpKind::Route) continue;
+      // The sm80 family gathers in its loads (no copy to reuse).
+      if (gemm_problem_of(graph_, gm) && choose_gemm(graph_, gm, *gemm_problem_of(graph_, gm), target_).family == GemmFamily::sm80) continue;
+      for (int j = gemm + 1; j < static_cast<int>(ops_.size()); ++j) {
+        const Op& p = op(j);
+        if (p.kind != OpKind::Permute || !alone(j) || p.operands[0] != gm.operands[0] || p.operands[1] != gm.operands[2] ||
+            p.attrs.get_int("top_k") != gm.attrs.get_int("top_k") || graph_.type(p.results[0]).dtype != graph_.type(gm.operands[0]).dtype ||
+            graph_.type(p.results[0]).dim(0) != graph_.type(gm.results[0]).dim(0))
+          continue;
+        if (group) {
+          group->ops.push_back(j);
+          taken_[static_cast<std::size_t>(j)] = true;
+        } else {
+          OpGroup g{OpGroup::Kind::gemm_epilogue, gemm, gemm, {gemm, j}, {}, {}};
+          take(g);
+          g.anchor = gemm;
+          groups.push_back(std::move(g));
+        }
+        break;
+      }
+    }
+  }
+
   // AdamW's (param, m, v) -> (param', m', v') in place, where the result's
   // only use is the output that updates that argument and no step from the
   // group's position on reads the argument besides this adamw.
@@ -235,6 +315,7 @@ class GroupFinder {
   const Graph& graph_;
   const std::vector<Op>& ops_;
   const std::vector<int>& step_of_op_;
+  const Target& target_;
   std::vector<int> producer_, uses_;
   std::vector<bool> taken_;
 };
@@ -333,11 +414,35 @@ void emit_adamws(EmitContext& ctx, const OpGroup& group) {
   }
 }
 
+// ctx at the GEMM; group.ops = {gemm, the folded op and / or a gather's permute}.
+void emit_gemm_epilogue(EmitContext& ctx, const OpGroup& group) {
+  GemmEpilogue epilogue;
+  for (std::size_t k = 1; k < group.ops.size(); ++k) {
+    const Op& member = ctx.graph().ops()[static_cast<std::size_t>(group.ops[k])];
+    if (member.kind == OpKind::Permute) {
+      epilogue.gathered_rows = B::of(member.results[0]);
+    } else if (member.kind == OpKind::Gelu) {
+      epilogue.kind = GemmEpilogue::Kind::gelu;
+      epilogue.out = B::of(member.results[0]);
+      const ValueId product = ctx.result(0);
+      const bool internal = std::find(group.internal.begin(), group.internal.end(), product) != group.internal.end();
+      epilogue.aux = internal ? B::none() : B::of(product);
+    } else {
+      MOEJIT_ASSERT(member.kind == OpKind::GeluGrad, "emit_gemm_epilogue: a gelu, gelu_grad or permute");
+      epilogue.kind = GemmEpilogue::Kind::gelu_grad;
+      epilogue.out = B::of(member.results[0]);
+      epilogue.aux = B::of(member.operands[0]);
+    }
+  }
+  if (ctx.op().kind == OpKind::Matmul) emit_matmul_with_epilogue(ctx, epilogue);
+  else emit_grouped_with_epilogue(ctx, epilogue);
+}
+
 }  // namespace
 
-std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op) {
+std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op, const Target& target) {
   if (const char* env = std::getenv("MOEJIT_OP_GROUPS"); env && std::string(env) == "0") return {};
-  return GroupFinder(graph, step_of_op).find();
+  return GroupFinder(graph, step_of_op, target).find();
 }
 
 void emit_op_group(EmitContext& ctx, const OpGroup& group) {
@@ -346,6 +451,7 @@ void emit_op_group(EmitContext& ctx, const OpGroup& group) {
     case OpGroup::Kind::norm_grad_add: emit_norm_grad_add(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.back())]); break;
     case OpGroup::Kind::sum_squares: emit_sum_squares(ctx, group); break;
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
+    case OpGroup::Kind::gemm_epilogue: emit_gemm_epilogue(ctx, group); break;
   }
 }
 

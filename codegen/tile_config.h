@@ -24,6 +24,9 @@ struct TileConfig {
   int split_k = 1;                          // K slices into f32 partials + an in-order finish (SIMT mj.matmul: codegen/simt_matmul.cpp)
   // Family-specific: consumer warpgroups of a warp-specialized GEMM (sm90).
   int consumers = 0;
+  // sm90: the consumers own whole tiles alternately (ping-pong: one's
+  // epilogue overlaps the other's MMAs; tile_n <= 128), not halves of each tile.
+  bool pingpong = false;
   Source source = Source::fixed;
   std::string note;  // how the source's values were adjusted, if they were ("tile_k 64 -> 32: shared memory")
 

@@ -14,7 +14,8 @@
 // operand has exactly one use (so nothing outside needs it stored) and the
 // shapes agree. Groups are unions (union-find), so a tree of single-use
 // producers fuses into its root. Groups of one op get no attribute, and
-// stale attributes from an earlier run are removed.
+// stale attributes from an earlier run are removed. An op that
+// fuse-gemm-epilogue folded into a GEMM (mj.gemm_epilogue) joins no group.
 //
 // A group stays within what one generated kernel takes (the CUDA chain's
 // argument struct, codegen/kernels/elementwise.cuh): at most
@@ -89,9 +90,11 @@ class FuseElementwisePass final : public Pass {
     };
     std::map<int, GroupNeeds> needs;  // by root
     std::int64_t limited = 0;
+    // An op folded into a GEMM's epilogue (fuse-gemm-epilogue) is no chain member.
+    auto member = [&](const Op& op) { return is_fusible_elementwise(op.kind) && !op.attrs.has("mj.gemm_epilogue"); };
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
-      if (!is_fusible_elementwise(op.kind)) continue;
+      if (!member(op)) continue;
       const Shape& shape = graph.type(op.results[0]).shape;
       GroupNeeds& own = needs[static_cast<int>(i)];
       own.operands.insert(op.operands.begin(), op.operands.end());
@@ -100,7 +103,7 @@ class FuseElementwisePass final : public Pass {
       own.dropouts = op.kind == OpKind::Dropout ? 1 : 0;
       for (ValueId v : op.operands) {
         int p = producers[static_cast<std::size_t>(v)];
-        if (p < 0 || !is_fusible_elementwise(ops[static_cast<std::size_t>(p)].kind)) continue;
+        if (p < 0 || !member(ops[static_cast<std::size_t>(p)])) continue;
         if (uses[static_cast<std::size_t>(v)] != 1 || graph.type(v).shape != shape) continue;
         const int from = find(p), into = find(static_cast<int>(i));
         if (from == into) continue;
@@ -122,11 +125,11 @@ class FuseElementwisePass final : public Pass {
     // Group sizes, then ids in the order of each group's last op.
     std::map<int, int> size;
     for (std::size_t i = 0; i < ops.size(); ++i)
-      if (is_fusible_elementwise(ops[i].kind)) ++size[find(static_cast<int>(i))];
+      if (member(ops[i])) ++size[find(static_cast<int>(i))];
     std::map<int, std::int64_t> id;
     for (std::size_t i = 0; i < ops.size(); ++i) {
       ops[i].attrs.erase(kGroupAttr);
-      if (!is_fusible_elementwise(ops[i].kind) || size[find(static_cast<int>(i))] < 2) continue;
+      if (!member(ops[i]) || size[find(static_cast<int>(i))] < 2) continue;
       ops[i].attrs.set(kGroupAttr, std::int64_t{0});  // placeholder until ids are known
     }
     // Number groups by their last op, in graph order.

@@ -18,6 +18,9 @@ std::unique_ptr<Pass> create_fuse_expert_gather_scatter_pass(const PassOptions& 
 std::unique_ptr<Pass> create_moe_tiling_pass(const PassOptions& options);
 // fuse-elementwise: marks chains of elementwise ops with mj.fusion_group (passes/fuse_elementwise.cpp).
 std::unique_ptr<Pass> create_fuse_elementwise_pass(const PassOptions& options);
+// fuse-gemm-epilogue: folds mj.gelu / mj.gelu_grad into the GEMM producing
+// their operand (attributes mj.epilogue, mj.gemm_epilogue; passes/fuse_gemm_epilogue.cpp).
+std::unique_ptr<Pass> create_fuse_gemm_epilogue_pass(const PassOptions& options);
 // True for the ops an elementwise chain may contain (the CUDA codegen fuses
 // exactly these).
 bool is_fusible_elementwise(OpKind kind);

@@ -12,8 +12,10 @@
 //                  (the kernels read [B, T, H, Dh] in place instead of the
 //                  transposes around them), the MoE fusions, tile choice
 //                  of the expert matmuls (without padding the dispatch: a
-//                  compile must not change a graph's routed shapes), and the
-//                  elementwise fusion groups codegen emits as one kernel.
+//                  compile must not change a graph's routed shapes), the
+//                  GELU / GELU-backward folded into their GEMMs' epilogues,
+//                  and the elementwise fusion groups codegen emits as one
+//                  kernel.
 //
 // The CPU backend runs no pipeline: it is the reference interpreter and runs
 // a graph exactly as given (tests compare fused and unfused graphs on it).
@@ -27,7 +29,7 @@ const std::vector<NamedPipeline>& named_pipelines() {
       {"moe-fusions", "the MoE fusions: moe.route, moe.gather_matmul, moe.matmul_combine",
        "fuse-router-permute,fuse-expert-gather-scatter"},
       {"cuda-pipeline", "what the CUDA backend runs on every graph it compiles",
-       "attention-layout,moe-fusions,moe-tiling{pad-dispatch=false},fuse-elementwise"},
+       "attention-layout,moe-fusions,moe-tiling{pad-dispatch=false},fuse-gemm-epilogue,fuse-elementwise"},
   };
   return pipelines;
 }

@@ -26,6 +26,8 @@ const std::vector<PassRegistration>& registered_passes() {
        create_fuse_expert_gather_scatter_pass},
       {"moe-tiling", "choose tile_m/n/k of the expert matmuls; pad the dispatch to tile_m (options: pad-dispatch=true|false)",
        create_moe_tiling_pass, {"pad-dispatch"}},
+      {"fuse-gemm-epilogue", "fold mj.gelu / mj.gelu_grad into the epilogue of the 16-bit GEMM producing their operand (attribute mj.epilogue; MOEJIT_GEMM_EPILOGUES=all: gelu_grad too, 0: off)",
+       create_fuse_gemm_epilogue_pass},
       {"fuse-elementwise", "mark chains of single-use elementwise ops as one fused kernel (attribute mj.fusion_group)",
        create_fuse_elementwise_pass},
       {"mixed-precision", "bf16 autocast (PyTorch AMP): matmuls and attention in bf16, the rest and the router in f32; before autodiff (options: dtype=bf16)",

@@ -21,7 +21,8 @@
 //     stride), in panels of 8 row tiles x all column tiles for L2 reuse;
 //   - the epilogue is a functor applied to pairs of adjacent columns straight
 //     from the accumulators (bounds-checked: any M and N): an f32 store, a
-//     16-bit store, or GELU with the pre-activation kept.
+//     16-bit store, GELU with the pre-activation kept, or GELU's backward
+//     reading the pre-activation (codegen/kernels/gemm_epilogue.cuh).
 // A is K-major ([rows, K]) or M-major ([K, rows]); B is K-major ([N, K]) or
 // N-major ([K, N], the usual row-major weight).
 //
@@ -67,7 +68,7 @@ struct GemmArgs {
   const void* a;
   const void* b;
   void* c;                   // output, row-major with row stride ldc
-  void* aux;                 // StoreGelu16: the pre-activation, like c (null: not stored)
+  void* aux;                 // like c: StoreGelu16's pre-activation output (null: not stored), StoreGeluGrad16's x input
   const int* group_offsets;  // grouped / wgrad mode: groups + 1 offsets; null: batched mode
   const int* a_rows;         // grouped mode: A's rows through these slots (moe.gather_matmul), or null
   long long m, n, k;         // batched: rows per group; grouped: all rows; wgrad: k = all rows
@@ -90,6 +91,8 @@ MOEJIT_SM80_HOST_DEVICE constexpr long long smem_bytes(int bm, int bn, int bk, i
 }  // namespace moejit::sm80
 
 #if MOEJIT_DEVICE_CODE
+#include "codegen/kernels/gemm_epilogue.cuh"
+
 namespace moejit::sm80 {
 
 // ---- PTX wrappers ----
@@ -208,20 +211,43 @@ template <class T> struct Store16 {
   }
 };
 
-// c = gelu(acc) (the tanh form of mj.gelu), aux = acc when aux is set (the
-// pre-activation a backward reads): an up-projection and its activation in one pass.
-template <class T> struct StoreGelu16 {
-  __device__ __forceinline__ static float gelu(float x) {
-    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+// The result type's rounding (what the unfused GEMM's store does) and back.
+template <class T> struct Round16;
+template <> struct Round16<mj::bf16_t> {
+  __device__ __forceinline__ static float run(float v) { return epilogue::round_bf16(v); }
+  __device__ __forceinline__ static float widen(unsigned short b) { return __uint_as_float((unsigned)b << 16); }
+};
+template <> struct Round16<mj::f16_t> {
+  __device__ __forceinline__ static float run(float v) { return epilogue::round_f16(v); }
+  __device__ __forceinline__ static float widen(unsigned short b) {
+    float r;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(r) : "h"(b));
+    return r;
   }
+};
+
+// c = gelu(acc) (mj.gelu of the rounded product), aux = acc when aux is set
+// (the pre-activation a backward reads): an up-projection and its
+// activation in one pass (passes/fuse_gemm_epilogue.cpp).
+template <class T> struct StoreGelu16 {
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
     if (args.aux) {
       GemmArgs pre = args;
       pre.c = args.aux;
       Store16<T>::apply(pre, at, v0, v1, pair);
     }
-    Store16<T>::apply(args, at, gelu(v0), gelu(v1), pair);
+    Store16<T>::apply(args, at, epilogue::gelu(Round16<T>::run(v0)), epilogue::gelu(Round16<T>::run(v1)), pair);
+  }
+};
+// c = gelu_grad(x, acc) = acc * gelu'(x), x = aux at the same place (the
+// forward's pre-activation): a down-projection's input gradient and GELU's
+// backward in one pass.
+template <class T> struct StoreGeluGrad16 {
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    const unsigned short* x = static_cast<const unsigned short*>(args.aux) + at;
+    v0 = epilogue::gelu_grad(Round16<T>::widen(x[0]), Round16<T>::run(v0));
+    if (pair) v1 = epilogue::gelu_grad(Round16<T>::widen(x[1]), Round16<T>::run(v1));
+    Store16<T>::apply(args, at, v0, v1, pair);
   }
 };
 

@@ -17,7 +17,10 @@
 //     tensor cores see a continuous stream; `setmaxnreg` moves registers from
 //     the producer to the consumers (BN/2 f32 accumulators each);
 //   - the epilogue is a functor applied to pairs of adjacent columns straight
-//     from the accumulator registers (bounds-checked, so any M and N work).
+//     from the accumulator registers (bounds-checked, so any M and N work);
+//   - PINGPONG (opt-in, MOEJIT_SM90_PINGPONG=1; tile_n <= 128): instead of
+//     splitting each tile, the consumers take whole tiles alternately, so
+//     one's epilogue overlaps the other's MMAs (not yet measured).
 // A is K-major ([rows, K], row-major) or M-major ([K, rows], i.e. a
 // transposed operand); B is K-major ([N, K]) or N-major ([K, N], the usual
 // row-major weight). The wgmma transpose bits read both from shared memory
@@ -57,8 +60,10 @@ struct GemmArgs {
   TmaDescriptor a;  // 3-D map {inner, outer, batch} of A, box {64, BM or BK, 1}
   TmaDescriptor b;  // 3-D map of B, box {64, BN or BK, 1}
   TmaDescriptor c_map;  // epilogues that store through TMA: 3-D map {N, rows, groups} of c, bf16, box {64, 64, 1}
+  TmaDescriptor aux_map;  // StoreGeluBf16<true> with aux: the same map of aux
   void* c;          // output, row-major with row stride ldc
-  void* aux;        // the epilogue's second output (pre-activation), or null
+  void* aux;        // like c: StoreGeluBf16's second output (the pre-activation; null: not stored),
+                    // StoreGeluGradBf16's second input (the pre-activation x of gelu_grad(x, acc))
   const int* group_offsets;  // grouped mode: groups + 1 row offsets; null: batched mode
   long long m, n, k;         // rows per group (batched mode), columns, depth
   long long ldc;             // elements between rows of c (and aux)
@@ -92,6 +97,7 @@ template <int BM, int BN, int BK, int STAGES> struct SmemLayout {
 }  // namespace moejit::sm90
 
 #if MOEJIT_DEVICE_CODE
+#include "codegen/kernels/gemm_epilogue.cuh"
 #include "codegen/kernels/wgmma_ops.cuh"
 
 namespace moejit::sm90 {
@@ -168,12 +174,22 @@ __device__ __forceinline__ unsigned short to_bf16(float v) { return (unsigned sh
 
 // ---- epilogues: called for (row, col) and (row, col + 1); `pair` is false
 // when col + 1 is past the last column. `at` = row * ldc + col (+ group offset).
-// kTmaStore: the epilogue is a plain bf16 store of C that the kernel may
-// route through shared memory and the copy engine (full 64-row blocks), so
-// the output is written in whole 128-byte lines; the functor is then used
-// only for the rows of a group's last, partial tile.
+//   apply: the store from registers (every element of a partial tile, and
+//          every element when kTmaStore is false);
+//   kTmaStore: the output is bf16 and the kernel may route full 64-row
+//          blocks through shared memory and the copy engine (c_map), so it
+//          is written in whole 128-byte lines; it then stores what
+//          `value` makes of each pair of accumulators and of what `load`
+//          read for it (at `at`, even and in bounds with its neighbour: all
+//          loads of a pass are issued before its first use, so their
+//          latencies overlap);
+//   kStoresAux: before that, the rounded accumulators themselves go to aux
+//          through aux_map (when aux is set): the pre-activation a backward
+//          reads.
 struct StoreF32 {
-  static constexpr bool kTmaStore = false;
+  static constexpr bool kTmaStore = false, kStoresAux = false;
+  __device__ __forceinline__ static unsigned load(const GemmArgs&, long long) { return 0; }
+  __device__ __forceinline__ static void value(unsigned, float&, float&) {}
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
     float* c = static_cast<float*>(args.c) + at;
     if (pair && ((at & 1) == 0)) {
@@ -185,9 +201,11 @@ struct StoreF32 {
   }
 };
 struct StoreBf16 {
-  static constexpr bool kTmaStore = true;
-  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
-    unsigned short* c = static_cast<unsigned short*>(args.c) + at;
+  static constexpr bool kTmaStore = true, kStoresAux = false;
+  __device__ __forceinline__ static unsigned load(const GemmArgs&, long long) { return 0; }
+  __device__ __forceinline__ static void value(unsigned, float&, float&) {}
+  __device__ __forceinline__ static void store(void* out, long long at, float v0, float v1, bool pair) {
+    unsigned short* c = static_cast<unsigned short*>(out) + at;
     if (pair && ((at & 1) == 0)) {
       *reinterpret_cast<unsigned*>(c) = pack_bf16x2(v0, v1);
     } else {
@@ -195,28 +213,54 @@ struct StoreBf16 {
       if (pair) c[1] = to_bf16(v1);
     }
   }
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    store(args.c, at, v0, v1, pair);
+  }
 };
 // The same store from registers only, for outputs the copy engine cannot
 // address (a row stride that is no multiple of 8 elements).
-struct StoreBf16Direct {
+struct StoreBf16Direct : StoreBf16 {
   static constexpr bool kTmaStore = false;
+};
+// c = gelu(acc) (mj.gelu of the rounded product), aux = acc when aux is set
+// (the pre-activation the backward reads), both bf16: the up-projection and
+// its activation in one pass (passes/fuse_gemm_epilogue.cpp). TMA: whether
+// c's rows are 16-byte multiples (the TMA-store path), as StoreBf16 /
+// StoreBf16Direct.
+template <bool TMA> struct StoreGeluBf16 {
+  static constexpr bool kTmaStore = TMA, kStoresAux = true;
+  __device__ __forceinline__ static unsigned load(const GemmArgs&, long long) { return 0; }
+  __device__ __forceinline__ static void value(unsigned, float& v0, float& v1) {
+    v0 = epilogue::gelu(epilogue::round_bf16(v0));
+    v1 = epilogue::gelu(epilogue::round_bf16(v1));
+  }
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
-    StoreBf16::apply(args, at, v0, v1, pair);
+    if (args.aux) StoreBf16::store(args.aux, at, v0, v1, pair);
+    value(0, v0, v1);
+    StoreBf16::store(args.c, at, v0, v1, pair);
   }
 };
-// c = gelu(acc) (tanh form, as mj.gelu), aux = acc (the pre-activation the
-// backward needs), both bf16: the up-projection and its activation in one pass.
-struct StoreGeluBf16 {
-  static constexpr bool kTmaStore = false;
-  __device__ __forceinline__ static float gelu(float x) {
-    const float k = 0.7978845608028654f;  // sqrt(2 / pi)
-    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+// c = gelu_grad(x, acc) = acc * gelu'(x), x = aux at the same place (the
+// forward's pre-activation), bf16: the input gradient of a down-projection
+// and GELU's backward in one pass (dh itself is never stored).
+template <bool TMA> struct StoreGeluGradBf16 {
+  static constexpr bool kTmaStore = TMA, kStoresAux = false;
+  __device__ __forceinline__ static unsigned load(const GemmArgs& args, long long at) {
+    return __ldg(reinterpret_cast<const unsigned*>(static_cast<const unsigned short*>(args.aux) + at));
+  }
+  __device__ __forceinline__ static void value(unsigned x2, float& v0, float& v1) {
+    v0 = epilogue::gelu_grad(epilogue::bf16_lo(x2), epilogue::round_bf16(v0));
+    v1 = epilogue::gelu_grad(epilogue::bf16_hi(x2), epilogue::round_bf16(v1));
   }
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
-    GemmArgs pre = args;
-    pre.c = args.aux;
-    StoreBf16::apply(pre, at, v0, v1, pair);
-    StoreBf16::apply(args, at, gelu(v0), gelu(v1), pair);
+    if (pair && ((at & 1) == 0)) {
+      value(load(args, at), v0, v1);
+    } else {
+      const unsigned short* x = static_cast<const unsigned short*>(args.aux) + at;
+      v0 = epilogue::gelu_grad(__uint_as_float((unsigned)x[0] << 16), epilogue::round_bf16(v0));
+      if (pair) v1 = epilogue::gelu_grad(__uint_as_float((unsigned)x[1] << 16), epilogue::round_bf16(v1));
+    }
+    StoreBf16::store(args.c, at, v0, v1, pair);
   }
 };
 
@@ -273,9 +317,89 @@ template <int BM, int BN> struct TileWalk {
 };
 
 
-template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue>
+// The epilogue of one consumer's 64 x BN block of accumulators (rows
+// my_row0 .. my_row0 + 63 of the tile at column col0): thread (warp, lane)
+// holds rows warp*16 + lane/4 (+8) and columns 8j + 2*(lane%4) (+1). The
+// ping-pong consumers' copy of the kernel's own epilogue (which the default
+// path keeps inline, as it was measured).
+template <int BM, int BN, int BK, int STAGES, class Epilogue, int N>
+__device__ __forceinline__ void store_block(const GemmArgs& args, const float (&acc)[N], unsigned base, int group, long long col0,
+                                            long long row_end, long long my_row0, int consumer, int thread, int warp, int lane) {
+  using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  if (Epilogue::kTmaStore && my_row0 + 64 <= row_end) {
+    // Whole 64-row block: bf16 into 128-byte-swizzled 64 x 64 boxes in
+    // shared memory (16-byte chunk c of row r at chunk c ^ (r % 8): the
+    // 8 rows a warp writes at once hit 8 different bank groups), then one
+    // TMA store per box; the copy engine clips columns past N.
+    constexpr int kBoxes = Layout::kCBoxes, kPasses = BN / 64 / kBoxes;
+    constexpr int kOutputs = Epilogue::kStoresAux ? 2 : 1;  // aux (the rounded accumulators), then c
+    const unsigned stage_c = base + Layout::kCStage + consumer * kBoxes * 8192;
+    const int c_z = args.group_offsets && !args.varlen_k ? 0 : group;
+    const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
+    const long long r_top = my_row0 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int out = 0; out < kOutputs; ++out) {
+      const bool raw = Epilogue::kStoresAux && out == 0;
+      if (raw && !args.aux) continue;
+      const TmaDescriptor* map = raw ? &args.aux_map : &args.c_map;
+#pragma unroll
+      for (int pass = 0; pass < kPasses; ++pass) {
+        // What the epilogue reads for this pass's pairs, all loads in
+        // flight at once (N % 8 == 0 here, so col + 1 < N with col).
+        unsigned loaded[kBoxes * 8][2];
+#pragma unroll
+        for (int jj = 0; jj < kBoxes * 8; ++jj) {
+          const long long col = col0 + 8 * (pass * kBoxes * 8 + jj) + 2 * (lane % 4);
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            loaded[jj][h] = !raw && col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
+        }
+        if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+#pragma unroll
+        for (int jj = 0; jj < kBoxes * 8; ++jj) {
+          const int j = pass * kBoxes * 8 + jj, box = jj / 8, chunk = jj % 8;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = warp * 16 + lane / 4 + 8 * h;
+            float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+            if (!raw) Epilogue::value(loaded[jj][h], v0, v1);
+            const unsigned at = stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16) + (lane % 4) * 4;
+            asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(v0, v1)) : "memory");
+          }
+        }
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+        if (thread == 0) {
+          for (int box = 0; box < kBoxes; ++box) {
+            const long long col = col0 + (pass * kBoxes + box) * 64;
+            if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+          }
+          bulk_commit();
+        }
+      }
+    }
+  } else {
+    const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
+    const long long r_top = my_row0 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const long long col = col0 + 8 * j + 2 * (lane % 4);
+      if (col >= args.n) continue;
+      const bool pair = col + 1 < args.n;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const long long row = r_top + 8 * h;
+        if (row < row_end) Epilogue::apply(args, c_base + row * args.ldc + col, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], pair);
+      }
+    }
+  }
+}
+
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool PINGPONG = false>
 __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
   static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
+  static_assert(!PINGPONG || BN <= 128, "ping-pong: a consumer holds a whole 128 x BN tile (2 x BN / 2 accumulators)");
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
   extern __shared__ unsigned char smem_raw[];
@@ -288,7 +412,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full_bar + 8 * s, 1);
-      mbar_init(empty_bar + 8 * s, 2);
+      mbar_init(empty_bar + 8 * s, PINGPONG ? 1 : 2);  // the consumers reading a stage
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -344,7 +468,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
         }
       }
     }
-  } else {
+  } else if constexpr (!PINGPONG) {
     regs_up<232>();
     const int consumer = warpgroup - 1;
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
@@ -401,30 +525,51 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
         // 8 rows a warp writes at once hit 8 different bank groups), then one
         // TMA store per box; the copy engine clips columns past N.
         constexpr int kBoxes = Layout::kCBoxes, kPasses = BN / 64 / kBoxes;
+        constexpr int kOutputs = Epilogue::kStoresAux ? 2 : 1;  // aux (the rounded accumulators), then c
         const unsigned stage_c = base + Layout::kCStage + consumer * kBoxes * 8192;
         const int c_z = args.group_offsets && !args.varlen_k ? 0 : group;
+        const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
+        const long long r_top = my_row0 + warp * 16 + lane / 4;
 #pragma unroll
-        for (int pass = 0; pass < kPasses; ++pass) {
-          if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+        for (int out = 0; out < kOutputs; ++out) {
+          const bool raw = Epilogue::kStoresAux && out == 0;
+          if (raw && !args.aux) continue;
+          const TmaDescriptor* map = raw ? &args.aux_map : &args.c_map;
 #pragma unroll
-          for (int jj = 0; jj < kBoxes * 8; ++jj) {
-            const int j = pass * kBoxes * 8 + jj, box = jj / 8, chunk = jj % 8;
+          for (int pass = 0; pass < kPasses; ++pass) {
+            // What the epilogue reads for this pass's pairs, all loads in
+            // flight at once (N % 8 == 0 here, so col + 1 < N with col).
+            unsigned loaded[kBoxes * 8][2];
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = warp * 16 + lane / 4 + 8 * h;
-              const unsigned at = stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16) + (lane % 4) * 4;
-              asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1])) : "memory");
+            for (int jj = 0; jj < kBoxes * 8; ++jj) {
+              const long long col = col0 + 8 * (pass * kBoxes * 8 + jj) + 2 * (lane % 4);
+#pragma unroll
+              for (int h = 0; h < 2; ++h)
+                loaded[jj][h] = !raw && col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
             }
-          }
-          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-          if (thread == 0) {
-            for (int box = 0; box < kBoxes; ++box) {
-              const long long col = col0 + (pass * kBoxes + box) * 64;
-              if (col < args.n) tma_store_3d(&args.c_map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+            if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+#pragma unroll
+            for (int jj = 0; jj < kBoxes * 8; ++jj) {
+              const int j = pass * kBoxes * 8 + jj, box = jj / 8, chunk = jj % 8;
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const int r = warp * 16 + lane / 4 + 8 * h;
+                float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+                if (!raw) Epilogue::value(loaded[jj][h], v0, v1);
+                const unsigned at = stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16) + (lane % 4) * 4;
+                asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(v0, v1)) : "memory");
+              }
             }
-            bulk_commit();
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+            if (thread == 0) {
+              for (int box = 0; box < kBoxes; ++box) {
+                const long long col = col0 + (pass * kBoxes + box) * 64;
+                if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+              }
+              bulk_commit();
+            }
           }
         }
       } else {
@@ -444,6 +589,71 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
       }
     }
     if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();  // stores done before the block's shared memory goes away
+  } else {
+    // Ping-pong (MOEJIT_SM90_PINGPONG=1, not the default): each consumer
+    // owns whole 128 x BN tiles, the block's even tiles consumer 0's and the
+    // odd ones consumer 1's, so one's epilogue can overlap the other's MMAs;
+    // its two 64-row halves are two accumulator sets. Stages are still
+    // filled in tile order; a consumer counts the other's stages past.
+    regs_up<232>();
+    const int consumer = warpgroup - 1;
+    const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
+    float acc[2][Mma::kAccumulators];
+    int it = 0;
+    long long local = 0;
+    for (long long t = blockIdx.x; t < total; t += gridDim.x, ++local) {
+      int group;
+      long long row0, row_end, col0, k_begin, k_count;
+      walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
+      const int k_tiles = (int)((k_count + BK - 1) / BK);
+      if ((int)(local & 1) != consumer) {
+        it += k_tiles;
+        continue;
+      }
+      if (k_tiles == 0) {
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+#pragma unroll
+          for (int i = 0; i < Mma::kAccumulators; ++i) acc[b][i] = 0.0f;
+      }
+      for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+        const int s = it % STAGES;
+        mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
+        const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
+        if constexpr (!A_K_MAJOR) {
+          const int valid = (int)(k_count - (long long)kt * BK);
+          if (args.varlen_k && valid < BK) {  // as above, both 64-row chunks of A
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+              uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + b * 64 * BK * 2);
+              for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
+            }
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+          }
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+          const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const unsigned a_addr = A_K_MAJOR ? a_tile + b * 64 * 128 + kk * 32 : a_tile + b * 64 * BK * 2 + kk * 2048;
+            Mma::run(acc[b], smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
+                     (kt > 0 || kk > 0) ? 1 : 0);
+          }
+        }
+        wgmma_commit();
+        wgmma_wait<1>();  // the MMAs of this consumer's previous stage (of this tile) have retired: release it
+        if (kt > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
+      }
+      wgmma_wait<0>();
+      if (k_tiles > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
+#pragma unroll
+      for (int b = 0; b < 2; ++b)
+        store_block<BM, BN, BK, STAGES, Epilogue>(args, acc[b], base, group, col0, row_end, row0 + 64 * b, consumer, thread, warp, lane);
+    }
+    if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();
   }
 }
 

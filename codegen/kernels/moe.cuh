@@ -660,7 +660,22 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) permu
       P zero;
 #pragma unroll
       for (int j = 0; j < V; ++j) zero.v[j] = st<T>(typename acc_of<T>::type(0));
-      for (i64 p = w.lane; p < a.D / V; p += 32) reinterpret_cast<P*>(dst)[p] = src ? reinterpret_cast<const P*>(src)[p] : zero;
+      // Four packs per lane in flight before the first store (a row of D
+      // 1536 bf16 is 6 packs per lane): one load at a time per warp left the
+      // copy at 2.5 TB/s at D1536 E128 K8 (docs/perf.md).
+      constexpr int U = 4;
+      const i64 packs = a.D / V;
+      for (i64 p0 = w.lane; p0 < packs; p0 += 32 * U) {
+        P v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const i64 p = p0 + 32 * u;
+          v[u] = src && p < packs ? reinterpret_cast<const P*>(src)[p] : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (p0 + 32 * u < packs) reinterpret_cast<P*>(dst)[p0 + 32 * u] = v[u];
+      }
     } else {
       for (i64 d = w.lane; d < a.D; d += 32) dst[d] = src ? src[d] : st<T>(typename acc_of<T>::type(0));
     }

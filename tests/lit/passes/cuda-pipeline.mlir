@@ -16,6 +16,7 @@
 // DUMP: // -----// IR Dump After fuse-router-permute //----- //
 // DUMP: // -----// IR Dump After fuse-expert-gather-scatter //----- //
 // DUMP: // -----// IR Dump After moe-tiling //----- //
+// DUMP: // -----// IR Dump After fuse-gemm-epilogue //----- //
 // DUMP: // -----// IR Dump After fuse-elementwise //----- //
 // DUMP: // -----// Pass statistics //----- //
 // DUMP: fuse-router-permute
