@@ -53,8 +53,8 @@ else
 fi
 run attention 25 GPU_CHECK_ONLY=attention GPU_CHECK_BENCH_LIMIT=30
 # The GEMM epilogues off and the ping-pong consumers on, beside the layer section's default rows.
-if (( $(left) > 45 )) && [[ -f scripts/gpu-check-epilogues.sh ]]; then
-  RESULT=/tmp/l-epilogues timeout 42 bash scripts/gpu-check-epilogues.sh > /tmp/log-epilogues.txt 2>&1; stamp "epilogues exit $?"
+if (( $(left) > 45 )) && [[ -f scripts/gpu-moegemm-final.sh ]]; then
+  RESULT=/tmp/l-epilogues timeout 42 bash scripts/gpu-moegemm-final.sh > /tmp/log-epilogues.txt 2>&1; stamp "epilogues exit $?"
   tail -12 /tmp/log-epilogues.txt
 fi
 profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its table printed
