@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -88,6 +89,8 @@ LaunchResult launch_local_ranks(const LaunchOptions& options) {
   std::vector<bool> running(pids.size(), true);
   std::size_t alive = pids.size();
   LaunchResult result;
+  int passed_on = 0;  // the stop signal passed on to the ranks, once
+  std::vector<std::string> endings;
   auto reap = [&](bool block) {
     for (std::size_t r = 0; r < pids.size(); ++r) {
       if (!running[r]) continue;
@@ -96,15 +99,34 @@ LaunchResult launch_local_ranks(const LaunchOptions& options) {
       if (done != pids[r]) continue;
       running[r] = false;
       --alive;
+      if (passed_on != 0) {  // stopping on request: collect, do not stop the others
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        result.exit_code = std::max(result.exit_code, code);
+        endings.push_back(fmt::format("rank {} {}", r, describe_status(status)));
+        continue;
+      }
       if (failed(status) && result.exit_code == 0) {
         result.exit_code = 1;
         result.message = fmt::format("rank {} (pid {}) {}", r, pids[r], describe_status(status));
       }
     }
   };
-  while (alive > 0 && result.exit_code == 0) {
+  while (alive > 0 && (result.exit_code == 0 || passed_on != 0)) {
+    if (passed_on == 0 && options.stop_requested) {
+      if (int signal = options.stop_requested(); signal != 0) {
+        passed_on = signal;
+        for (std::size_t r = 0; r < pids.size(); ++r)
+          if (running[r]) kill(-pids[r], signal);
+      }
+    }
     reap(false);
-    if (alive > 0 && result.exit_code == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (alive > 0 && (result.exit_code == 0 || passed_on != 0))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (passed_on != 0) {
+    result.message = fmt::format("passed signal {} ({}) on to every rank; {}", passed_on, strsignal(passed_on),
+                                 fmt::join(endings, ", "));
+    return result;
   }
   if (alive == 0) return result;
 
