@@ -92,6 +92,7 @@ LaunchResult launch_local_ranks(const LaunchOptions& options) {
   int passed_on = 0;  // the stop signal passed on to the ranks, once
   std::vector<std::string> endings;
   auto reap = [&](bool block) {
+    std::vector<std::pair<std::size_t, int>> failures;  // ended in this pass
     for (std::size_t r = 0; r < pids.size(); ++r) {
       if (!running[r]) continue;
       int status = 0;
@@ -105,11 +106,24 @@ LaunchResult launch_local_ranks(const LaunchOptions& options) {
         endings.push_back(fmt::format("rank {} {}", r, describe_status(status)));
         continue;
       }
-      if (failed(status) && result.exit_code == 0) {
-        result.exit_code = 1;
-        result.message = fmt::format("rank {} (pid {}) {}", r, pids[r], describe_status(status));
-      }
+      if (failed(status)) failures.emplace_back(r, status);
     }
+    if (failures.empty() || result.exit_code != 0) return;
+    // Ranks that ended together: the one killed by a signal is the cause (the
+    // others saw it go and exited with an error), else the lowest rank.
+    std::size_t cause = 0;
+    for (std::size_t i = 0; i < failures.size(); ++i)
+      if (WIFSIGNALED(failures[i].second)) {
+        cause = i;
+        break;
+      }
+    result.exit_code = 1;
+    const auto [rank, status] = failures[cause];
+    result.message = fmt::format("rank {} (pid {}) {}", rank, pids[rank], describe_status(status));
+    for (std::size_t i = 0; i < failures.size(); ++i)
+      if (i != cause)
+        result.message += fmt::format("; rank {} (pid {}) {} at the same time", failures[i].first,
+                                      pids[failures[i].first], describe_status(failures[i].second));
   };
   while (alive > 0 && (result.exit_code == 0 || passed_on != 0)) {
     if (passed_on == 0 && options.stop_requested) {

@@ -56,6 +56,8 @@ std::vector<std::string> tiny_train_args(const fs::path& out_dir, std::int64_t m
 pid_t spawn(const std::vector<std::string>& args, const fs::path& log_prefix,
             const std::vector<std::pair<std::string, std::string>>& env = {}) {
   const std::string out = log_prefix.string() + ".out", err = log_prefix.string() + ".err";
+  std::fflush(stdout);  // else the child's freopen writes the test's buffered output again
+  std::fflush(stderr);
   pid_t pid = fork();
   if (pid == 0) {
     if (!freopen(out.c_str(), "w", stdout) || !freopen(err.c_str(), "w", stderr)) _exit(126);
@@ -179,7 +181,10 @@ TEST_CASE("gpt_moe train --nproc 2: a rank killed mid-run stops every rank withi
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 1);
   CHECK_THAT(err, Contains(fmt::format("rank 1 (pid {}) was killed by signal 9", rank1)));
-  CHECK_THAT(err, Contains("stopped rank 0"));
+  // Rank 0 ended too: stopped by the launcher, or on its own when it saw rank 1's socket close.
+  const bool rank0_ended = err.find("stopped rank 0") != std::string::npos ||
+                           err.find("rank 0: error: ") != std::string::npos;
+  CHECK(rank0_ended);
   // The last checkpoint loads (checksums, every tensor) at a step it saved.
   const GptMoeCheckpoint ckpt = load_gpt_checkpoint((dir / "ckpt.safetensors").string());
   CHECK(std::stoll(ckpt.metadata.at("step")) % 5 == 0);
@@ -208,7 +213,8 @@ TEST_CASE("ranks started by another launcher (RANK, WORLD_SIZE): a killed rank e
   CHECK(seconds < 10);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 1);
-  CHECK_THAT(err, Contains("gpt_moe: rank 0: error: communicator: rank 1 closed its connection"));
+  CHECK_THAT(err, Contains("gpt_moe: rank 0: error: "));
+  CHECK_THAT(err, Contains("communicator: rank 1 closed its connection during"));
   CHECK_NOTHROW(load_gpt_checkpoint((dir / "ckpt.safetensors").string()));
 }
 

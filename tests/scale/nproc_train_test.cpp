@@ -145,8 +145,9 @@ TEST_CASE("GPT-MoE training on 2 and 4 ranks gives the loss curve of 1 rank (sam
   SECTION("2 ranks, no clipping, selection bias (the counts summed over ranks)") {
     config.grad_clip = 0.0;
     config.selection_bias = true;
-    const Curve single = train_curve(config, 1, 8, init);
-    const Curve two = train_curve(config, 2, 8, init);
+    const auto with_bias = init_parameters(gpt_moe_param_specs(config), 7);
+    const Curve single = train_curve(config, 1, 8, with_bias);
+    const Curve two = train_curve(config, 2, 8, with_bias);
     check_same_curve(two, single);
     check_same_parameters(two.params, single.params);
   }
