@@ -7,6 +7,7 @@
 //   gpt_moe sample --out_dir out-gpt-moe --prompt "let x" --num_samples 3
 //   gpt_moe report --ckpt out-gpt-moe/ckpt.safetensors
 //   gpt_moe train --resume                # continue out-gpt-moe/ckpt.safetensors
+//   gpt_moe train --nproc 2               # expert + data parallel on 2 ranks (docs/scale.md)
 //   gpt_moe eval                          # val loss of the checkpoint, per kind of text
 //   gpt_moe eval --dump d.safetensors --text "let x"   # logits and router outputs
 //   gpt_moe upcycle --ckpt dense.safetensors --out moe.safetensors   (hf_commands.h)
@@ -16,6 +17,9 @@
 // Exit codes: 0 ok, 1 runtime error (bad checkpoint, bad data, no GPU for
 // --device cuda, a diverged run, a failed final save), 2 bad command line,
 // 130 / 143 stopped by SIGINT / SIGTERM (after saving ckpt.safetensors).
+// With --nproc N the launcher exits with the ranks' status: 1 when a rank
+// failed or was killed (its last line names it), 130 / 143 when a stop
+// signal was passed on to every rank.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <unistd.h>
