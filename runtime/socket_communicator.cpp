@@ -72,10 +72,23 @@ class SocketCommunicator final : public Communicator {
     check_same_size(x, y, "all_reduce");
     collective(Kind::all_reduce, x, {}, 0, [&](const std::vector<Part>& parts, std::vector<Part>& results) {
       HostTensor sum = x;  // summed in rank order: every rank gets the same bits
-      for (std::int64_t i = 0; i < x.numel(); ++i) {
-        double total = 0.0;
-        for (const Part& p : parts) total += element(x, p.payload, i);
-        sum.set(i, total);
+      if (x.dtype() == DType::f32) {  // the gradients: typed, without a tensor per element
+        auto out = sum.values<float>();
+        for (std::size_t i = 0; i < out.size(); ++i) {
+          double total = 0.0;
+          for (const Part& p : parts) {
+            float v;
+            std::memcpy(&v, p.payload.data() + i * sizeof(float), sizeof v);
+            total += v;
+          }
+          out[i] = static_cast<float>(total);
+        }
+      } else {
+        for (std::int64_t i = 0; i < x.numel(); ++i) {
+          double total = 0.0;
+          for (const Part& p : parts) total += element(x, p.payload, i);
+          sum.set(i, total);
+        }
       }
       for (Part& r : results) r.payload.assign(sum.raw(), sum.raw() + sum.bytes());
     });

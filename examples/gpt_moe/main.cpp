@@ -369,7 +369,14 @@ int run_train(TrainFlags& flags) {
                        "parameters, or the same run continued), found both\n");
     return 2;
   }
-  if (!flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from))
+  const bool llama = !flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from);
+  if (llama && (flags.nproc > 1 || multi_rank_environment())) {
+    fmt::print(stderr, "gpt_moe train: {}--init_from {}: expected a GPT-MoE checkpoint for several ranks, found a "
+                       "Llama-family one (it trains on one rank only)\n",
+               rank_prefix(), flags.init_from);
+    return 2;
+  }
+  if (llama)
     return gpt_moe_cli::run_train_llama({.init_from = flags.init_from, .tokenizer = flags.tokenizer,
                                          .data = flags.data, .out_dir = flags.out_dir, .device = flags.device,
                                          .corpus_bytes = flags.corpus_bytes, .overrides = flags.overrides});
@@ -421,8 +428,6 @@ int run_train(TrainFlags& flags) {
   // ---- several ranks (RANK, WORLD_SIZE from --nproc or another launcher) ----
   std::unique_ptr<Communicator> world;
   if (multi_rank_environment()) {
-    if (!flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from))
-      throw Error("several ranks: expected a GPT-MoE run, found a Llama-family --init_from (trained on one rank only)");
     world = connect_socket_world(socket_world_options_from_env());
     check_parallelism(config, {world->rank(), world->world_size()});
     if (world->rank() != 0 && !std::freopen("/dev/null", "w", stdout))  // rank 0 alone prints
