@@ -55,6 +55,27 @@ struct Header {
   std::int32_t rank = 0;        // the sender (hello: the connecting rank)
 };
 
+// A bounded read/write on a socket (the handshake, a last error report).
+bool io_before(int fd, void* data, std::size_t n, bool reading, Clock::time_point deadline) {
+  auto* p = static_cast<char*>(data);
+  while (n > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return false;
+    pollfd pfd{fd, static_cast<short>(reading ? POLLIN : POLLOUT), 0};
+    const int ready = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
+    if (ready <= 0) continue;
+    const ssize_t done = reading ? ::recv(fd, p, n, 0) : ::send(fd, p, n, MSG_NOSIGNAL);
+    if (done == 0) return false;
+    if (done < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return false;
+    }
+    p += done;
+    n -= static_cast<std::size_t>(done);
+  }
+  return true;
+}
+
 std::int64_t rows_of(const HostTensor& t) { return t.shape().empty() ? 1 : t.shape()[0]; }
 
 class SocketCommunicator final : public Communicator {
@@ -301,11 +322,25 @@ class SocketCommunicator final : public Communicator {
   }
 
   [[noreturn]] void lost(std::size_t i, Kind kind, const char* why) {
+    if (rank() != 0) throw_hub_report(i, kind);  // the hub may have said why before it closed
     if (rank() == 0)
       throw fail(fmt::format("rank {} closed its connection during {} ({}: it exited or was killed)", peer_of(i),
                              context(kind), why));
     throw fail(fmt::format("lost the connection to rank 0 during {} ({}: rank 0 exited or was killed)", context(kind),
                            why));
+  }
+
+  // A non-hub rank whose write failed: the hub's error report, if it sent one
+  // before closing (it is already in this socket's receive queue), thrown.
+  void throw_hub_report(std::size_t i, Kind kind) {
+    const auto deadline = Clock::now() + std::chrono::milliseconds(200);
+    Header h;
+    if (!io_before(fds_[i], &h, sizeof h, true, deadline) || h.magic != kMagic || h.kind != Kind::error ||
+        h.bytes > (1 << 20))
+      return;
+    std::string text(h.bytes, '\0');
+    if (!io_before(fds_[i], text.data(), text.size(), true, deadline)) return;
+    throw fail(fmt::format("{}: the hub (rank 0) failed: {}", context(kind), text));
   }
 
   void write_all(std::size_t i, const void* data, std::size_t n, Clock::time_point deadline, Kind kind) {
@@ -390,27 +425,6 @@ Address resolve(const SocketWorldOptions& o) {
     return a;
   }
   throw setup_error(o, fmt::format("expected an address unix:PATH or tcp:HOST:PORT, found '{}'", o.address));
-}
-
-// A bounded read/write on a socket during the handshake.
-bool io_before(int fd, void* data, std::size_t n, bool reading, Clock::time_point deadline) {
-  auto* p = static_cast<char*>(data);
-  while (n > 0) {
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd pfd{fd, static_cast<short>(reading ? POLLIN : POLLOUT), 0};
-    const int ready = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(left, 1000)));
-    if (ready <= 0) continue;
-    const ssize_t done = reading ? ::recv(fd, p, n, 0) : ::send(fd, p, n, MSG_NOSIGNAL);
-    if (done == 0) return false;
-    if (done < 0) {
-      if (errno == EINTR || errno == EAGAIN) continue;
-      return false;
-    }
-    p += done;
-    n -= static_cast<std::size_t>(done);
-  }
-  return true;
 }
 
 void tune(int fd, int family) {
