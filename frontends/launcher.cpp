@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <thread>
 
@@ -88,7 +89,10 @@ LaunchResult launch_local_ranks(const LaunchOptions& options) {
   std::vector<bool> running(pids.size(), true);
   std::size_t alive = pids.size();
   LaunchResult result;
+  int passed_on = 0;  // the stop signal passed on to the ranks, once
+  std::vector<std::string> endings;
   auto reap = [&](bool block) {
+    std::vector<std::pair<std::size_t, int>> failures;  // ended in this pass
     for (std::size_t r = 0; r < pids.size(); ++r) {
       if (!running[r]) continue;
       int status = 0;
@@ -96,15 +100,47 @@ LaunchResult launch_local_ranks(const LaunchOptions& options) {
       if (done != pids[r]) continue;
       running[r] = false;
       --alive;
-      if (failed(status) && result.exit_code == 0) {
-        result.exit_code = 1;
-        result.message = fmt::format("rank {} (pid {}) {}", r, pids[r], describe_status(status));
+      if (passed_on != 0) {  // stopping on request: collect, do not stop the others
+        const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        result.exit_code = std::max(result.exit_code, code);
+        endings.push_back(fmt::format("rank {} {}", r, describe_status(status)));
+        continue;
+      }
+      if (failed(status)) failures.emplace_back(r, status);
+    }
+    if (failures.empty() || result.exit_code != 0) return;
+    // Ranks that ended together: the one killed by a signal is the cause (the
+    // others saw it go and exited with an error), else the lowest rank.
+    std::size_t cause = 0;
+    for (std::size_t i = 0; i < failures.size(); ++i)
+      if (WIFSIGNALED(failures[i].second)) {
+        cause = i;
+        break;
+      }
+    result.exit_code = 1;
+    const auto [rank, status] = failures[cause];
+    result.message = fmt::format("rank {} (pid {}) {}", rank, pids[rank], describe_status(status));
+    for (std::size_t i = 0; i < failures.size(); ++i)
+      if (i != cause)
+        result.message += fmt::format("; rank {} (pid {}) {} at the same time", failures[i].first,
+                                      pids[failures[i].first], describe_status(failures[i].second));
+  };
+  while (alive > 0 && (result.exit_code == 0 || passed_on != 0)) {
+    if (passed_on == 0 && options.stop_requested) {
+      if (int signal = options.stop_requested(); signal != 0) {
+        passed_on = signal;
+        for (std::size_t r = 0; r < pids.size(); ++r)
+          if (running[r]) kill(-pids[r], signal);
       }
     }
-  };
-  while (alive > 0 && result.exit_code == 0) {
     reap(false);
-    if (alive > 0 && result.exit_code == 0) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (alive > 0 && (result.exit_code == 0 || passed_on != 0))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (passed_on != 0) {
+    result.message = fmt::format("passed signal {} ({}) on to every rank; {}", passed_on, strsignal(passed_on),
+                                 fmt::join(endings, ", "));
+    return result;
   }
   if (alive == 0) return result;
 

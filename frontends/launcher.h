@@ -25,10 +25,16 @@ struct LaunchOptions {
   bool gpu_per_rank = false;
   // How long a rank stopped with SIGTERM has before SIGKILL.
   std::chrono::milliseconds grace{5000};
+  // Polled with the children (every 20 ms): a signal number != 0 is sent
+  // once to every running rank (the launcher's own SIGINT/SIGTERM, passed on
+  // so that the ranks stop together at a step boundary and save). From then
+  // on a rank that exits non-zero does not stop the others: the launch waits
+  // for every rank, and its exit code is the largest of theirs.
+  std::function<int()> stop_requested;
 };
 
 struct LaunchResult {
-  int exit_code = 0;    // 0 when every rank exited 0; else 1
+  int exit_code = 0;    // 0 when every rank exited 0; else 1 (after a passed-on stop signal: the ranks' largest)
   std::string message;  // empty on success; else which rank failed first, how, and what was stopped
 };
 

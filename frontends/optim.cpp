@@ -16,14 +16,16 @@ std::vector<Tensor> as_tensors(Graph& graph, const std::vector<ValueId>& values)
   return tensors;
 }
 
-ClippedGrads clip_grad_norm(Builder& b, const std::vector<Tensor>& grads, double max_norm) {
-  if (grads.empty()) throw Error("clip_grad_norm: expected at least one gradient, found none");
-  if (!(max_norm > 0.0)) throw Error(fmt::format("clip_grad_norm: expected max_norm > 0, found {}", max_norm));
+Tensor global_grad_norm(Builder& b, const std::vector<Tensor>& grads, const GradSharding& sharding) {
+  if (grads.empty()) throw Error("global_grad_norm: expected at least one gradient, found none");
   DType dtype = grads[0].dtype();
   if (!is_float(dtype)) throw Error(fmt::format("clip_grad_norm: expected float gradients, found {}", grads[0].type().str()));
+  if (!sharding.sharded.empty() && sharding.sharded.size() != grads.size())
+    throw Error(fmt::format("global_grad_norm: expected one sharded flag per gradient ({}), found {}", grads.size(),
+                            sharding.sharded.size()));
 
   // norm = sqrt(sum over grads of sum(g * g))    []
-  std::optional<Tensor> total;
+  std::optional<Tensor> total, sharded_total;
   for (std::size_t i = 0; i < grads.size(); ++i) {
     const Tensor& g = grads[i];
     if (g.dtype() != dtype)
@@ -32,9 +34,25 @@ ClippedGrads clip_grad_norm(Builder& b, const std::vector<Tensor>& grads, double
     std::vector<std::int64_t> all(static_cast<std::size_t>(g.rank()));
     std::iota(all.begin(), all.end(), 0);
     Tensor squares = b.sum(b.mul(g, g), all, false);
-    total = total ? b.add(*total, squares) : squares;
+    std::optional<Tensor>& sum = !sharding.sharded.empty() && sharding.sharded[i] ? sharded_total : total;
+    sum = sum ? b.add(*sum, squares) : squares;
   }
-  Tensor norm = b.sqrt(*total);
+  if (sharded_total) {
+    Tensor across = b.op1(OpKind::AllReduce, {*sharded_total}, {{"world_size", sharding.world_size}});
+    total = total ? b.add(*total, across) : across;
+  }
+  return b.sqrt(*total);
+}
+
+ClippedGrads clip_grad_norm(Builder& b, const std::vector<Tensor>& grads, double max_norm) {
+  return clip_grad_norm(b, grads, max_norm, GradSharding{});
+}
+
+ClippedGrads clip_grad_norm(Builder& b, const std::vector<Tensor>& grads, double max_norm, const GradSharding& sharding) {
+  if (grads.empty()) throw Error("clip_grad_norm: expected at least one gradient, found none");
+  if (!(max_norm > 0.0)) throw Error(fmt::format("clip_grad_norm: expected max_norm > 0, found {}", max_norm));
+  DType dtype = grads[0].dtype();
+  Tensor norm = global_grad_norm(b, grads, sharding);
 
   // factor = min(1, max_norm / (norm + 1e-6))    []
   Tensor limit = b.constant(max_norm, {}, dtype);

@@ -29,6 +29,19 @@ struct ClippedGrads {
 // max_norm <= 0.
 ClippedGrads clip_grad_norm(Builder& b, const std::vector<Tensor>& grads, double max_norm);
 
+// Expert parallelism (docs/scale.md): which gradients are a rank's slice of
+// a sharded tensor (`sharded[i]` for grads[i]) among `world_size` ranks. The
+// global norm then adds the all_reduce (comm.all_reduce) of the sharded
+// gradients' squares to the dense ones' (every rank has the same dense
+// gradients after all-reduce-grads), so every rank clips by the same factor.
+struct GradSharding {
+  std::vector<bool> sharded;  // empty: nothing is sharded
+  std::int64_t world_size = 1;
+};
+ClippedGrads clip_grad_norm(Builder& b, const std::vector<Tensor>& grads, double max_norm, const GradSharding& sharding);
+// The global L2 norm alone, sqrt(sum_g sum(g^2)) (with `sharding` as above).
+Tensor global_grad_norm(Builder& b, const std::vector<Tensor>& grads, const GradSharding& sharding = {});
+
 struct AdamWStep {
   Tensor lr;    // input "lr"   [] f32, the learning rate of this step
   Tensor step;  // input "step" [] f32, 1-based step count (bias correction)

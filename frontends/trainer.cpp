@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <numeric>
@@ -71,6 +72,64 @@ Batch BatchSampler::next() {
 }
 
 namespace {
+
+// Rows first .. first + n - 1 of a tensor [R, ...].
+HostTensor leading_rows(const HostTensor& t, std::int64_t first, std::int64_t n) {
+  Shape shape = t.shape();
+  const std::size_t row_bytes = t.bytes() / static_cast<std::size_t>(shape[0]);
+  shape[0] = n;
+  HostTensor out(TensorType{t.dtype(), shape});
+  std::memcpy(out.raw(), t.raw() + static_cast<std::size_t>(first) * row_bytes, static_cast<std::size_t>(n) * row_bytes);
+  return out;
+}
+
+std::string shard_pipeline(const Parallelism& p) {
+  return fmt::format("shard-experts{{rank={} world_size={}}}", p.rank, p.world_size);
+}
+
+// The mean over ranks of host scalars (the same bits on every rank).
+void mean_over_ranks(Communicator* world, std::vector<double*> values) {
+  if (!world || world->world_size() == 1) return;
+  HostTensor x(TensorType{DType::f64, {static_cast<std::int64_t>(values.size())}}), y = x;
+  for (std::size_t i = 0; i < values.size(); ++i) x.set(static_cast<std::int64_t>(i), *values[i]);
+  world->all_reduce_sum(x, y);
+  for (std::size_t i = 0; i < values.size(); ++i)
+    *values[i] = y.get(static_cast<std::int64_t>(i)) / static_cast<double>(world->world_size());
+}
+
+}  // namespace
+
+void check_parallelism(const GptMoeConfig& c, const Parallelism& p) {
+  if (p.world_size < 1 || p.rank < 0 || p.rank >= p.world_size)
+    throw Error(fmt::format("parallel training: expected 0 <= rank < world_size, found rank {} of {}", p.rank,
+                            p.world_size));
+  if (p.world_size == 1) return;
+  const int n = p.world_size;
+  if (c.batch_size % n != 0)
+    throw Error(fmt::format("--nproc {}: batch_size: expected a multiple of {} (the global batch is split evenly over "
+                            "the ranks), found {}",
+                            n, n, c.batch_size));
+  if (c.num_moe_layers() > 0 && c.num_experts % n != 0)
+    throw Error(fmt::format("--nproc {}: num_experts: expected a multiple of {} (each rank holds num_experts / {} "
+                            "experts), found {}",
+                            n, n, n, c.num_experts));
+  if (c.router_type != "token_choice")
+    throw Error(fmt::format("--nproc {}: router_type: expected token_choice (shard-experts exchanges a token-choice "
+                            "dispatch), found {}",
+                            n, c.router_type));
+  if (c.attention != "dense")
+    throw Error(fmt::format("--nproc {}: attention: expected dense (SwitchHead's attention experts are not sharded), "
+                            "found {}",
+                            n, c.attention));
+}
+
+Batch rank_batch(const Batch& global, const Parallelism& p) {
+  if (p.world_size == 1) return global;
+  const std::int64_t rows = global.idx.shape()[0] / p.world_size;
+  return {leading_rows(global.idx, p.rank * rows, rows), leading_rows(global.targets, p.rank * rows, rows)};
+}
+
+namespace {
 // MOEJIT_CUDA_GRAPH=0 (debug knob): run the training step eagerly on the GPU.
 // So does MOEJIT_PROFILE (the executor's per-launch events), so that a
 // profile of `gpt_moe train` times every kernel.
@@ -86,18 +145,22 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
                              const std::map<std::string, HostTensor>& params, const TrainerOptions& options)
     : config_(config),
       backend_(&backend),
+      world_(options.world),
+      parallel_{options.world ? options.world->rank() : 0, options.world ? options.world->world_size() : 1},
       precision_(training_precision(config, backend)),
       use_cuda_graph_(options.cuda_graph && backend.name() == "cuda" && !cuda_graph_disabled_by_env()) {
+  check_parallelism(config_, parallel_);
+  check_parameters(params, gpt_moe_param_specs(config_), "initial parameters");
   train_ = compile_train_graph();
-  check_parameters(params, specs_, "initial parameters");
 
-  eval_ = compile_eval_graph(config_, backend, precision_);
+  eval_ = compile_eval_graph(config_, backend, precision_, parallel_);
   bind_rope_tables(*train_, {.theta = config_.rope_theta});  // graphs without RoPE are left alone
 
   for (const ParamSpec& s : specs_) {
-    train_->set(s.name, params.at(s.name));
+    train_->set(s.name, local_part(s.name, params.at(s.name)));
     if (s.role == ArgRole::param) {
-      HostTensor zeros(s.type);
+      auto local = local_types_.find(s.name);
+      HostTensor zeros(local == local_types_.end() ? s.type : local->second);
       train_->set("m." + s.name, zeros);
       train_->set("v." + s.name, zeros);
     }
@@ -116,33 +179,42 @@ DType training_precision(const GptMoeConfig& config, const Backend& backend) {
   throw Error(fmt::format("config: dtype: expected one of auto | f32 | bf16, found '{}'", config.dtype));
 }
 
-TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision) {
+TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision, const Parallelism& parallel) {
+  check_parallelism(config, parallel);
+  const int n = parallel.world_size;
   TrainingGraph out;
   Graph& graph = out.graph;
   out.model = build_gpt_moe(graph, config,
-                            {.batch = config.batch_size, .training = true, .with_loss = true,
+                            {.batch = config.batch_size / n, .training = true, .with_loss = true,
                              .output_routing = config.selection_bias});
+  if (n > 1) run_pipeline(graph, shard_pipeline(parallel));  // before the fusions: it rewrites the unfused chain
   run_pipeline(graph, forward_pipeline(precision));
   std::vector<std::string> trained;
   for (const ParamSpec& s : out.model.params)
     if (s.role == ArgRole::param) trained.push_back(s.name);
   std::vector<ValueId> grad_ids = append_backward(graph, {.loss = "loss", .wrt = trained});
+  GradSharding sharding;
+  if (n > 1) {
+    // Dense gradients all-reduced / N, expert ones / N; the pass rebuilds the
+    // graph, so the gradients are found again by their outputs' names.
+    run_pipeline(graph, fmt::format("all-reduce-grads{{world_size={}}}", n));
+    grad_ids.clear();
+    sharding.world_size = n;
+    for (const ParamSpec& s : out.model.params) {
+      if (s.role != ArgRole::param) continue;
+      grad_ids.push_back(graph.find_output("grad." + s.name)->value);
+      sharding.sharded.push_back(graph.type(graph.find_arg(s.name)) != s.type);
+    }
+  }
   Builder b(graph);
   std::vector<Tensor> grads = as_tensors(graph, grad_ids);
   if (config.grad_clip > 0) {
-    ClippedGrads clipped = clip_grad_norm(b, grads, config.grad_clip);
+    ClippedGrads clipped = clip_grad_norm(b, grads, config.grad_clip, sharding);
     grads = clipped.grads;
     b.output(clipped.norm, "grad_norm");
-  } else {
+  } else if (!grads.empty()) {
     // No clipping, but the norm is still worth printing: sqrt(sum_g sum(g^2)).
-    std::optional<Tensor> total;
-    for (const Tensor& g : grads) {
-      std::vector<std::int64_t> all(static_cast<std::size_t>(g.rank()));
-      std::iota(all.begin(), all.end(), 0);
-      Tensor squares = b.sum(b.mul(g, g), all, false);
-      total = total ? b.add(*total, squares) : squares;
-    }
-    if (total) b.output(b.sqrt(*total), "grad_norm");
+    b.output(global_grad_norm(b, grads, sharding), "grad_norm");
   }
   // Two AdamW groups, as nanoGPT: weight decay on matrices and embeddings only.
   std::vector<Tensor> decay_params, decay_grads, plain_params, plain_grads;
@@ -162,8 +234,12 @@ TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision) 
 
 // The training graph, built and compiled once.
 std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph() {
-  TrainingGraph training = build_training_graph(config_, precision_);
+  TrainingGraph training = build_training_graph(config_, precision_, parallel_);
   specs_ = training.model.params;
+  for (const ParamSpec& s : specs_) {
+    const TensorType& local = training.graph.type(training.graph.find_arg(s.name));
+    if (local != s.type) local_types_.emplace(s.name, local);
+  }
   moe_layers_ = training.model.moe_layers;
   rng_positions_per_step_ = training.model.rng_positions_per_step;
   has_aux_loss_ = training.graph.find_output("aux_loss") != nullptr;
@@ -174,8 +250,9 @@ std::unique_ptr<Executable> GptMoeTrainer::compile_train_graph() {
 StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
   StepStats stats;
   stats.lr = learning_rate_at(config_, iter);
-  train_->set("idx", batch.idx);
-  train_->set("targets", batch.targets);
+  const Batch local = rank_batch(batch, parallel_);
+  train_->set("idx", local.idx);
+  train_->set("targets", local.targets);
   train_->set("lr", HostTensor::scalar(stats.lr));
   train_->set("step", HostTensor::scalar(static_cast<double>(iter + 1)));
   if (rng_positions_per_step_ > 0) {
@@ -185,8 +262,14 @@ StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
       throw Error(fmt::format("training step: expected 0 <= iter <= {} (Philox positions per step: {}), found {}",
                               std::numeric_limits<std::int64_t>::max() / rng_positions_per_step_,
                               rng_positions_per_step_, iter));
+    // With several ranks, rank r of N takes the positions of step iter * N + r:
+    // every rank draws its own masks (one rank: iter, as before).
+    const std::int64_t draw = iter * parallel_.world_size + parallel_.rank;
+    if (draw > std::numeric_limits<std::int64_t>::max() / rng_positions_per_step_)
+      throw Error(fmt::format("training step: iter {} of rank {} of {} is past the Philox positions", iter,
+                              parallel_.rank, parallel_.world_size));
     HostTensor rng_offset(TensorType{DType::i64, {}});
-    rng_offset.values<std::int64_t>()[0] = iter * rng_positions_per_step_;
+    rng_offset.values<std::int64_t>()[0] = draw * rng_positions_per_step_;
     train_->set("rng_offset", rng_offset);
   }
   // The first step has bound every input, so the step can be captured now;
@@ -201,6 +284,9 @@ StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
   stats.lm_loss = train_->get("lm_loss").get(0);
   if (has_aux_loss_) stats.aux_loss = train_->get("aux_loss").get(0);
   if (has_grad_norm_) stats.grad_norm = train_->get("grad_norm").get(0);
+  // "loss" is the global mean already (all-reduce-grads); its parts are each
+  // rank's, averaged here for the log.
+  mean_over_ranks(world_, {&stats.lm_loss, &stats.aux_loss});
   if (config_.selection_bias && std::isfinite(stats.loss)) update_selection_bias();
   return stats;
 }
@@ -211,6 +297,10 @@ StepStats GptMoeTrainer::step(const Batch& batch, std::int64_t iter) {
 void GptMoeTrainer::update_selection_bias() {
   for (std::int64_t layer : moe_layers_) {
     HostTensor counts = train_->get(fmt::format("counts.{}", layer));
+    if (world_ && world_->world_size() > 1) {  // every rank's tokens: the same update everywhere
+      HostTensor local = counts;
+      world_->all_reduce_sum(local, counts);
+    }
     const std::string name = fmt::format("h.{}.moe.router.selection_bias", layer);
     HostTensor bias = train_->get(name);
     double mean = 0;
@@ -225,44 +315,68 @@ void GptMoeTrainer::update_selection_bias() {
   }
 }
 
-std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision) {
+std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision,
+                                               const Parallelism& parallel) {
   // Forward and loss only, in the training precision.
+  check_parallelism(config, parallel);
   Graph eval_graph("gpt_moe_eval");
-  build_gpt_moe(eval_graph, config, {.batch = config.batch_size, .training = false, .with_loss = true});
+  build_gpt_moe(eval_graph, config,
+                {.batch = config.batch_size / parallel.world_size, .training = false, .with_loss = true});
+  if (parallel.world_size > 1) run_pipeline(eval_graph, shard_pipeline(parallel));
   run_pipeline(eval_graph, forward_pipeline(precision));
   std::unique_ptr<Executable> eval = backend.compile(eval_graph);
   bind_rope_tables(*eval, {.theta = config.rope_theta});  // graphs without RoPE are left alone
   return eval;
 }
 
-double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters) {
+double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters, Communicator* world) {
+  const Parallelism parallel{world ? world->rank() : 0, world ? world->world_size() : 1};
   double total = 0;
   for (std::int64_t i = 0; i < iters; ++i) {
-    Batch batch = sampler.next();
+    Batch batch = rank_batch(sampler.next(), parallel);
     eval.set("idx", batch.idx);
     eval.set("targets", batch.targets);
     eval.run();
-    total += eval.get("lm_loss").get(0);
+    double lm_loss = eval.get("lm_loss").get(0);
+    mean_over_ranks(world, {&lm_loss});
+    total += lm_loss;
   }
   return total / static_cast<double>(iters);
 }
 
 double GptMoeTrainer::estimate_loss(BatchSampler& sampler, std::int64_t iters) {
   for (const ParamSpec& s : specs_) eval_->set(s.name, train_->get(s.name));
-  return mean_lm_loss(*eval_, sampler, iters);
+  return mean_lm_loss(*eval_, sampler, iters, world_);
+}
+
+HostTensor GptMoeTrainer::local_part(const std::string& name, const HostTensor& full) const {
+  auto it = local_types_.find(name);
+  if (it == local_types_.end()) return full;
+  const std::int64_t rows = it->second.shape[0];
+  return leading_rows(full, parallel_.rank * rows, rows);
+}
+
+HostTensor GptMoeTrainer::gather(const std::string& name, const HostTensor& local) const {
+  auto it = local_types_.find(name);
+  if (it == local_types_.end()) return local;
+  Shape shape = local.shape();
+  shape[0] *= parallel_.world_size;
+  HostTensor full(TensorType{local.dtype(), shape});
+  world_->all_gather(local, full);  // rank r's rows at r * rows: the experts in order
+  return full;
 }
 
 void GptMoeTrainer::set_parameters(const std::map<std::string, HostTensor>& params) {
   check_parameters(params, specs_, "parameters");
-  for (const ParamSpec& s : specs_) train_->set(s.name, params.at(s.name));
+  for (const ParamSpec& s : specs_) train_->set(s.name, local_part(s.name, params.at(s.name)));
 }
 
 std::map<std::string, HostTensor> GptMoeTrainer::optimizer_state() const {
   std::map<std::string, HostTensor> moments;
   for (const ParamSpec& s : specs_) {
     if (s.role != ArgRole::param) continue;
-    moments.emplace("m." + s.name, train_->get("m." + s.name));
-    moments.emplace("v." + s.name, train_->get("v." + s.name));
+    moments.emplace("m." + s.name, gather(s.name, train_->get("m." + s.name)));
+    moments.emplace("v." + s.name, gather(s.name, train_->get("v." + s.name)));
   }
   return moments;
 }
@@ -284,12 +398,12 @@ void GptMoeTrainer::set_optimizer_state(const std::map<std::string, HostTensor>&
   }
   if (moments.size() != expected)
     throw Error(fmt::format("optimizer state: expected {} AdamW moments, found {}", expected, moments.size()));
-  for (const auto& [name, value] : moments) train_->set(name, value);
+  for (const auto& [name, value] : moments) train_->set(name, local_part(name.substr(2), value));
 }
 
 std::map<std::string, HostTensor> GptMoeTrainer::parameters() const {
   std::map<std::string, HostTensor> values;
-  for (const ParamSpec& s : specs_) values.emplace(s.name, train_->get(s.name));
+  for (const ParamSpec& s : specs_) values.emplace(s.name, gather(s.name, train_->get(s.name)));
   return values;
 }
 

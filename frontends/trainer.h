@@ -35,6 +35,7 @@
 #include "frontends/config.h"
 #include "frontends/gpt_moe.h"
 #include "runtime/backend.h"
+#include "runtime/communicator.h"
 
 namespace moejit {
 
@@ -75,11 +76,33 @@ class BatchSampler {
 // Before autodiff the forward graph goes through forward_pipeline(precision):
 // the MoE fusions (so the backward is built from the fused ops' gradients)
 // and, for bf16, the mixed-precision pass (docs/mixed_precision.md).
+//
+// Expert + data parallelism (docs/scale.md), for rank r of N > 1: the global
+// batch of config.batch_size sequences is split in N slices of batch_size / N
+// (rank r gets slice r), the forward graph goes through
+// shard-experts{rank=r world_size=N} before forward_pipeline (rank r keeps
+// experts r*E/N .. (r+1)*E/N - 1: those parameters and their moments have
+// E/N rows), the gradients through all-reduce-grads{world_size=N} after
+// autodiff (output "loss" is the mean over ranks), and the global gradient
+// norm adds the all_reduce of the expert gradients' squares, so every rank
+// clips and updates alike.
+struct Parallelism {
+  int rank = 0;
+  int world_size = 1;
+};
+// Throws moejit::Error when the config cannot be split over world_size ranks
+// (num_experts or batch_size not divisible, expert-choice routing, SwitchHead
+// attention), naming what is expected and found.
+void check_parallelism(const GptMoeConfig& config, const Parallelism& parallel);
+// Rank parallel.rank's sequences of a global batch (the batch itself for one rank).
+Batch rank_batch(const Batch& global, const Parallelism& parallel);
+
 struct TrainingGraph {
   Graph graph{"gpt_moe_train"};
-  GptMoeGraph model;
+  GptMoeGraph model;  // the unsharded model's params (full shapes)
 };
-TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision = DType::f32);
+TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision = DType::f32,
+                                   const Parallelism& parallel = {});
 
 // The pass pipeline run on the model's forward graph (training and
 // evaluation) before anything else: "moe-fusions", plus
@@ -95,8 +118,13 @@ DType training_precision(const GptMoeConfig& config, const Backend& backend);
 // `iters` batches of `sampler` on it, once its parameters are set. The
 // trainer's estimate_loss and `gpt_moe eval` share both, so they agree bit
 // for bit.
-std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision);
-double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters);
+// With N > 1 ranks (`world` given, world->world_size() > 1) the evaluation
+// graph is sharded like the training graph, each rank evaluates its slice of
+// every batch and the per-batch lm_loss is the mean over ranks (host-side,
+// through `world`): the same estimate as one rank's, up to float rounding.
+std::unique_ptr<Executable> compile_eval_graph(const GptMoeConfig& config, Backend& backend, DType precision,
+                                               const Parallelism& parallel = {});
+double mean_lm_loss(Executable& eval, BatchSampler& sampler, std::int64_t iters, Communicator* world = nullptr);
 
 struct StepStats {
   double loss = 0, lm_loss = 0, aux_loss = 0, grad_norm = 0, lr = 0;
@@ -106,12 +134,19 @@ struct TrainerOptions {
   // CUDA backend: replay one captured CUDA graph per step (see the top of
   // this file); ignored on other backends. MOEJIT_CUDA_GRAPH=0 turns it off.
   bool cuda_graph = true;
+  // Several ranks (docs/scale.md): this process's communicator with the
+  // others (the host-side collectives: gathering the experts, the losses);
+  // nullptr or world_size 1: one rank. On the CPU backend the comm ops of
+  // the graphs go through it too (installed on the calling thread by the
+  // caller); on the CUDA backend through NCCL.
+  Communicator* world = nullptr;
 };
 
 class GptMoeTrainer {
  public:
   // `params` holds a value for every spec of the config's model (parameters
-  // and state); checked by name, dtype and shape.
+  // and state); checked by name, dtype and shape. With several ranks they
+  // are the whole model's (full shapes): each rank binds its experts' rows.
   GptMoeTrainer(const GptMoeConfig& config, Backend& backend, const std::map<std::string, HostTensor>& params,
                 const TrainerOptions& options = {});
 
@@ -122,18 +157,24 @@ class GptMoeTrainer {
   // Mean cross-entropy over `iters` batches, on the forward-only graph.
   double estimate_loss(BatchSampler& sampler, std::int64_t iters);
 
-  // Current values of every spec (parameters and state).
+  // Current values of every spec (parameters and state), full shapes. With
+  // several ranks this is a collective (every rank must call it): the expert
+  // slices are gathered from every rank.
   std::map<std::string, HostTensor> parameters() const;
   // Replaces every spec's value (checked like the constructor's).
   void set_parameters(const std::map<std::string, HostTensor>& params);
   // The AdamW moments, "m.<name>" and "v.<name>" per trained parameter, and
-  // back (every one of them, checked by name and type).
+  // back (every one of them, checked by name and type; full shapes, gathered
+  // from every rank like parameters()).
   std::map<std::string, HostTensor> optimizer_state() const;
   void set_optimizer_state(const std::map<std::string, HostTensor>& moments);
   const std::vector<ParamSpec>& specs() const { return specs_; }
   const GptMoeConfig& config() const { return config_; }
   DType precision() const { return precision_; }
+  // The global batch's tokens (all ranks together).
   std::int64_t tokens_per_step() const { return config_.batch_size * config_.block_size; }
+  const Parallelism& parallelism() const { return parallel_; }
+  Communicator* world() const { return world_; }
   // Whether steps replay a captured CUDA graph (CUDA backend, cuda_graph on).
   bool replays_cuda_graph() const { return use_cuda_graph_; }
   bool captured() const { return captured_; }
@@ -141,9 +182,16 @@ class GptMoeTrainer {
  private:
   void update_selection_bias();
   std::unique_ptr<Executable> compile_train_graph();
+  // A full tensor -> this rank's part as the training graph's argument `name` holds it.
+  HostTensor local_part(const std::string& name, const HostTensor& full) const;
+  // This rank's value of `name` -> the full tensor (gathered when sharded).
+  HostTensor gather(const std::string& name, const HostTensor& local) const;
 
   GptMoeConfig config_;
   Backend* backend_;
+  Communicator* world_ = nullptr;
+  Parallelism parallel_;
+  std::map<std::string, TensorType> local_types_;  // sharded specs: this rank's type
   DType precision_ = DType::f32;
   std::vector<ParamSpec> specs_;
   std::vector<std::int64_t> moe_layers_;

@@ -67,6 +67,17 @@ std::string format_duration(double seconds) {
 // "{}" is the shortest text that reads back to the same double.
 std::string exact(double value) { return fmt::format("{}", value); }
 
+// Every rank's `value` (one rank: just its own), through the communicator.
+std::vector<int> gather_ints(Communicator* world, int value) {
+  if (!world || world->world_size() == 1) return {value};
+  HostTensor mine(TensorType{DType::i32, {1}});
+  mine.values<std::int32_t>()[0] = value;
+  HostTensor all(TensorType{DType::i32, {world->world_size()}});
+  world->all_gather(mine, all);
+  auto values = all.values<std::int32_t>();
+  return {values.begin(), values.end()};
+}
+
 }  // namespace
 
 std::vector<std::string> prepare_out_dir(const std::string& out_dir) {
@@ -160,6 +171,10 @@ std::string format_effective_config(const GptMoeConfig& config) {
 TrainingRunResult run_training(GptMoeTrainer& trainer, const CharTokenizer& tokenizer, const TrainingData& data,
                                const TrainingState& start, const TrainingRunOptions& options) {
   const GptMoeConfig& config = trainer.config();
+  // Several ranks: every rank runs this loop in step (the losses it decides
+  // on are the same bits everywhere); rank 0 alone writes the files.
+  Communicator* world = trainer.world();
+  const bool writer = trainer.parallelism().rank == 0;
   BatchSampler train_batches(data.train_tokens, config.batch_size, config.block_size,
                              static_cast<std::uint64_t>(config.seed));
   if (!start.sampler_state.empty()) train_batches.set_state(start.sampler_state);
@@ -171,23 +186,35 @@ TrainingRunResult run_training(GptMoeTrainer& trainer, const CharTokenizer& toke
   std::int64_t last_saved_step = -1;
   // A failed save is reported and survived: the previous file is intact
   // (write_file_atomically), and the next interval tries again.
+  // With several ranks the parameters and moments are gathered from every
+  // rank (a collective: every rank saves at the same points), rank 0 writes
+  // the single-process format, and every rank learns whether it worked.
   auto save = [&](const std::string& path) {
     std::map<std::string, std::string> meta = options.data_metadata;
     for (auto& [key, value] : training_state_metadata(state)) meta[key] = value;
     meta["train_loss"] = exact(result.train_loss);
     meta["val_loss"] = exact(result.val_loss);
     meta["next_lr"] = exact(learning_rate_at(config, state.steps_done));
-    try {
-      save_gpt_checkpoint(path, config, tokenizer, trainer.parameters(), meta, trainer.optimizer_state());
-      if (path == ckpt_path) last_saved_step = state.steps_done;
-      return true;
-    } catch (const Error& err) {
+    const std::map<std::string, HostTensor> params = trainer.parameters();
+    const std::map<std::string, HostTensor> moments = trainer.optimizer_state();
+    bool saved = true;
+    if (writer) {
+      try {
+        save_gpt_checkpoint(path, config, tokenizer, params, meta, moments);
+      } catch (const Error& err) {
+        saved = false;
+        fmt::print(stderr, "gpt_moe: warning: step {}: could not save {}: {}{}\n", state.steps_done, path, err.what(),
+                   state.steps_done < config.max_iters ? "; training goes on" : "");
+        std::fflush(stderr);
+      }
+    }
+    saved = gather_ints(world, saved ? 1 : 0)[0] == 1;  // rank 0's outcome
+    if (!saved) {
       ++result.failed_saves;
-      fmt::print(stderr, "gpt_moe: warning: step {}: could not save {}: {}{}\n", state.steps_done, path, err.what(),
-                 state.steps_done < config.max_iters ? "; training goes on" : "");
-      std::fflush(stderr);
       return false;
     }
+    if (path == ckpt_path) last_saved_step = state.steps_done;
+    return true;
   };
   auto diverged = [&](const std::string& what) {
     result.end = RunEnd::diverged;
@@ -234,7 +261,10 @@ TrainingRunResult run_training(GptMoeTrainer& trainer, const CharTokenizer& toke
     if (config.checkpoint_interval > 0 && iter % config.checkpoint_interval == 0 && iter > first_step &&
         iter < config.max_iters)
       save(ckpt_path);
-    const int signal = stop_signal_received();
+    // A stop request reaching any rank stops all of them at this boundary.
+    int signal = 0;
+    for (int received : gather_ints(world, stop_signal_received()))
+      if (signal == 0) signal = received;
     if (signal != 0 || (options.stop_after_steps >= 0 && iter >= options.stop_after_steps)) {
       result.end = RunEnd::stopped;
       result.signal = signal;

@@ -11,6 +11,13 @@
 //   - a NaN/Inf loss, or one above 4x the first step's, stops the run
 //     (RunEnd::diverged) without saving anything over the good checkpoints.
 //
+// Several ranks (the trainer's TrainerOptions::world, docs/scale.md): every
+// rank runs this loop in step; a save gathers the expert slices from every
+// rank (collective) and rank 0 alone writes the file, in the one-process
+// format; a stop request reaching any rank stops all of them at the same
+// step boundary (one all_gather of the flag per step); every other decision
+// is taken on all-reduced values, the same bits on every rank.
+//
 // What a checkpoint holds to continue exactly (docs/checkpoints.md): the
 // parameters and the selection-bias state, the AdamW moments, the number of
 // steps done (the learning-rate schedule and the dropout/noise Philox offset

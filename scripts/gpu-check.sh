@@ -13,7 +13,9 @@
 # peers ("layer"), the whole training step (train_step) beside its PyTorch
 # peers (torch_train_step.py) for config B and the example's default
 # ("trainstep"), flash attention beside PyTorch's SDPA ("attention"),
-# `moejit tune` of config B into $LOGS/tuned.json ("tune"); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
+# `moejit tune` of config B into $LOGS/tuned.json ("tune"); expert + data
+# parallelism on 2 GPUs ("multigpu": skipped, saying so, with fewer than 2;
+# docs/scale.md); GPU_CHECK_ITERS (200) training steps of the GPT-MoE
 # example on tinyshakespeare on the GPU in bf16 and in f32, a short warm-cache
 # run ("train"), and on the CPU ("train-cpu"); then a summary table, printed
 # last. Logs and the benchmarks' JSON are packed into $OUT/gpu-check-logs.tgz.
@@ -28,10 +30,11 @@ if [[ "${1:-}" == "--bundle" ]]; then
   dir=${2:-build-gpu-bundle}
   build=${GPU_BUILD_DIR:-build-gpu}  # any optimized build (Release, or RelWithDebInfo: stripped below)
   [[ -f "$build/CMakeCache.txt" ]] || cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench train_step compile_bench moejit-cli
+  ninja -C "$build" -j2 moejit_cuda_tests gpt_moe moe_bench moe_layer_bench step_bench train_step compile_bench moejit-cli \
+    shard_check
   rm -rf "$dir" && mkdir -p "$dir"
-  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench,moejit} "$dir"/
-  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench,moejit}
+  cp "$build"/tests/cuda/moejit_cuda_tests "$build"/bin/{gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench,moejit,shard_check} "$dir"/
+  strip "$dir"/{moejit_cuda_tests,gpt_moe,moe_bench,moe_layer_bench,step_bench,train_step,compile_bench,moejit,shard_check}
   if [[ -x /usr/local/cuda/bin/nvcc ]]; then
     /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/gemm_sm90_probe \
       bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
@@ -49,8 +52,8 @@ BUNDLE=$(realpath "${1:-build-gpu-bundle}")
 LOGS=${GPU_CHECK_LOGS:-/tmp/gpu-check-logs}
 rm -rf "$LOGS" && mkdir -p "$LOGS"
 # GPU_CHECK_ONLY: a comma list of the sections to run (default all):
-# tests, compile, step, moe, gemm, layer, trainstep, attention, tune, train, train-cpu.
-ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,trainstep,attention,tune,train,train-cpu}
+# tests, compile, step, moe, gemm, layer, trainstep, attention, tune, multigpu, train, train-cpu.
+ONLY=${GPU_CHECK_ONLY:-tests,compile,step,moe,gemm,layer,trainstep,attention,tune,multigpu,train,train-cpu}
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 # NVRTC 12.9+ keeps its own compile cache in the driver's compute cache
@@ -220,6 +223,61 @@ fi
 final() { grep -oE "val loss [0-9.]+" "$1" | tail -1 | awk '{print $3}'; }
 walltime() { grep -oE "^wall [0-9.]+ s" "$1" | tail -1 | awk '{print $2}'; }
 tokps() { grep -oE "[0-9,]+ tok/s" "$1" | tail -1; }
+MULTI_LINE="not run (not in GPU_CHECK_ONLY)"
+if want multigpu; then
+  # Expert + data parallelism on 2 GPUs (docs/scale.md, issue 16). What it
+  # measures: (1) shard_check: the sharded MoE model over NCCL against the CPU
+  # reference, and its failure drill; (2) the GPT-MoE example, config B with
+  # 16 experts, GPU_CHECK_ITERS steps on tinyshakespeare with the same global
+  # batch on 1 and 2 GPUs (the loss curves, compared); (3) tokens/s with the
+  # same batch per GPU on 1 and 2 GPUs (the ratio; the issue asks >= 1.8);
+  # (4) the all-to-all: shard_check at config B's layer sizes under
+  # MOEJIT_PROFILE=1, whose collective launches give the exchange's time, to
+  # set against the cost model's bytes. GPU_CHECK_MULTI_ITERS: steps of (2)/(3).
+  NGPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+  if (( NGPU < 2 )); then
+    MULTI_LINE="SKIPPED: $NGPU GPU(s) here; expert + data parallelism needs 2 or more (nothing of it was run)"
+    echo "==== multigpu: $MULTI_LINE"
+  else
+    echo "==== multigpu: expert + data parallelism on 2 of $NGPU GPUs"
+    MITERS=${GPU_CHECK_MULTI_ITERS:-$ITERS}
+    MULTI_CACHE=$(mktemp -d)
+    # NCCL: PyTorch's copy when the system has none (MOEJIT_NCCL_LIBRARY, docs/scale.md).
+    if [[ -z "${MOEJIT_NCCL_LIBRARY:-}" ]] && ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then
+      lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+      [[ -n "$lib" && -f "$lib" ]] && export MOEJIT_NCCL_LIBRARY=$lib
+    fi
+    timeout "$BENCH_LIMIT" "$BUNDLE"/shard_check --nproc 2 2>&1 | tee "$LOGS/multi-shard-check.log"
+    SC_RC=${PIPESTATUS[0]}
+    timeout 120 "$BUNDLE"/shard_check --nproc 2 --kill-rank 1 > "$LOGS/multi-kill.log" 2>&1
+    KILL_RC=$?
+    MOEJIT_PROFILE=1 timeout "$BENCH_LIMIT" "$BUNDLE"/shard_check --nproc 2 --experts 16 --tokens 16384 --d_model 384 \
+      --hidden 1536 --no-reference --steps 20 > "$LOGS/multi-a2a.log" 2>&1
+    A2A_RC=$?
+    MT=("$BUNDLE/gpt_moe" train --config examples/gpt_moe/configs/config_b.json --num_experts 16
+        --data "$BUNDLE/tinyshakespeare.txt" --max_iters "$MITERS" --eval_interval 50 --log_interval 10
+        --no_report --num_samples 0 --device cuda)
+    # (2) the same global batch (64 sequences): one GPU, then 2 x 32
+    MOEJIT_CACHE_DIR=$MULTI_CACHE timed "$LOGS/multi-curve-1.log" "${MT[@]}" --out_dir "$LOGS/out-multi-1"
+    C1_RC=$?
+    MOEJIT_CACHE_DIR=$MULTI_CACHE timed "$LOGS/multi-curve-2.log" "${MT[@]}" --nproc 2 --out_dir "$LOGS/out-multi-2"
+    C2_RC=$?
+    paste <(grep -E "^step +[0-9]+:" "$LOGS/multi-curve-1.log") <(grep -E "^step +[0-9]+:" "$LOGS/multi-curve-2.log") \
+      | tee "$LOGS/multi-curve.txt"
+    # (3) the same batch per GPU: 2 x 64 sequences on 2 GPUs against 64 on one (the curve run (2)'s tok/s)
+    MOEJIT_CACHE_DIR=$MULTI_CACHE timed "$LOGS/multi-weak-2.log" "${MT[@]}" --nproc 2 --batch_size 128 \
+      --out_dir "$LOGS/out-multi-weak"
+    W2_RC=$?
+    rm -f "$LOGS"/out-multi-*/*.safetensors
+    T1=$(tokps "$LOGS/multi-curve-1.log" | tr -d ', tok/s'); T2=$(tokps "$LOGS/multi-weak-2.log" | tr -d ', tok/s')
+    RATIO=$(awk -v a="${T1:-0}" -v b="${T2:-0}" 'BEGIN { if (a > 0) printf "%.2f", b / a; else print "?" }')
+    MULTI_LINE="shard_check exit $SC_RC; kill drill exit $KILL_RC (expect 1); val loss 1 GPU $(final "$LOGS/multi-curve-1.log") (exit $C1_RC), 2 GPUs $(final "$LOGS/multi-curve-2.log") (exit $C2_RC); tok/s 2 GPUs / 1 GPU = $RATIO (exit $W2_RC); a2a profile exit $A2A_RC"
+    grep -hE "shard_check|PASS|FAIL|tokens/s|ms/step" "$LOGS"/multi-shard-check.log "$LOGS"/multi-a2a.log | tail -8
+    grep -hE "collective|all_to_all|nccl" "$LOGS/multi-a2a.log" | head -20 | tee "$LOGS/multi-a2a-collectives.txt"
+    tail -3 "$LOGS/multi-kill.log"
+  fi
+fi
+
 VAL_CUDA=$(final "$LOGS/train-cuda.log" 2>/dev/null); VAL_CPU=$(final "$LOGS/train-cpu.log" 2>/dev/null)
 VAL_F32=$(final "$LOGS/train-cuda-f32.log" 2>/dev/null)
 DIFF=$(awk -v a="${VAL_CUDA:-nan}" -v b="${VAL_CPU:-nan}" 'BEGIN { d = a - b; if (d < 0) d = -d; printf "%.4f", d }')
@@ -276,6 +334,7 @@ if want tune; then
   grep -hE "^wrote " "$LOGS/tune.log" | sed 's/^/tune                       | /'
   printf "%-26s | exit %s (moejit tune)\n" "tune" "$TUNE_RC"
 fi
+printf "%-26s | %s\n" "multigpu (2 GPUs)" "$MULTI_LINE"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda" "${VAL_CUDA:-?}" "$(walltime "$LOGS/train-cuda.log")" "$(tokps "$LOGS/train-cuda.log")" "$CUDA_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cpu" "${VAL_CPU:-?}" "$(walltime "$LOGS/train-cpu.log")" "$(tokps "$LOGS/train-cpu.log")" "$CPU_RC"
 printf "%-26s | val loss %s, wall %s s, %s (exit %s)\n" "train $ITERS steps cuda f32" "${VAL_F32:-?}" "$(walltime "$LOGS/train-cuda-f32.log" 2>/dev/null)" "$(tokps "$LOGS/train-cuda-f32.log" 2>/dev/null)" "${F32_RC:--}"

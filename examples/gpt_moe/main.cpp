@@ -7,6 +7,7 @@
 //   gpt_moe sample --out_dir out-gpt-moe --prompt "let x" --num_samples 3
 //   gpt_moe report --ckpt out-gpt-moe/ckpt.safetensors
 //   gpt_moe train --resume                # continue out-gpt-moe/ckpt.safetensors
+//   gpt_moe train --nproc 2               # expert + data parallel on 2 ranks (docs/scale.md)
 //   gpt_moe eval                          # val loss of the checkpoint, per kind of text
 //   gpt_moe eval --dump d.safetensors --text "let x"   # logits and router outputs
 //   gpt_moe upcycle --ckpt dense.safetensors --out moe.safetensors   (hf_commands.h)
@@ -16,11 +17,19 @@
 // Exit codes: 0 ok, 1 runtime error (bad checkpoint, bad data, no GPU for
 // --device cuda, a diverged run, a failed final save), 2 bad command line,
 // 130 / 143 stopped by SIGINT / SIGTERM (after saving ckpt.safetensors).
+// With --nproc N the launcher exits with the ranks' status: 1 when a rank
+// failed or was killed (its last line names it), 130 / 143 when a stop
+// signal was passed on to every rank.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
 #include <csignal>
 #include <optional>
 #include <chrono>
@@ -43,7 +52,9 @@
 #include "frontends/safetensors.h"
 #include "frontends/trainer.h"
 #include "frontends/training_run.h"
+#include "frontends/launcher.h"
 #include "ir/error.h"
+#include "runtime/socket_communicator.h"
 #include "hf_commands.h"
 
 namespace {
@@ -71,6 +82,7 @@ struct TrainFlags {
   std::string resume_ckpt;
   std::string init_from;  // a checkpoint whose config and parameters a new run starts from
   std::string tokenizer;  // tokenizer.json, for a Llama-family init_from
+  int nproc = 1;          // ranks to start on this host (docs/scale.md)
   SamplingFlags sampling;
   std::map<std::string, std::string> overrides;  // config key -> text, filled by CLI11
 };
@@ -280,15 +292,91 @@ RunData checkpoint_data(const GptMoeCheckpoint& ckpt, const std::string& path) {
   return out;
 }
 
+// The command line as given (`--nproc` starts it again once per rank).
+std::vector<std::string> g_command_line;
+
+// "rank 2: " in a process of a multi-rank run, else "".
+std::string rank_prefix() {
+  const char* rank = std::getenv("RANK");
+  try {
+    return multi_rank_environment() && rank ? fmt::format("rank {}: ", rank) : "";
+  } catch (const Error&) {
+    return "";  // a malformed WORLD_SIZE: the error itself says so
+  }
+}
+
+// An error line of a rank: "gpt_moe: rank 1: error: ..." (the rank once).
+std::string error_line(const std::string& what) {
+  const std::string prefix = rank_prefix();
+  return fmt::format("gpt_moe: {}error: {}\n", prefix, what.starts_with(prefix) ? what.substr(prefix.size()) : what);
+}
+
+// gpt_moe train --nproc N: this same command line without --nproc, once per
+// rank (frontends/launcher.h), meeting at a Unix socket in a fresh temporary
+// directory (MOEJIT_RENDEZVOUS; NCCL's id file goes there too). SIGINT and
+// SIGTERM are passed on: the ranks stop together at a step boundary and save.
+int launch_train_ranks(const TrainFlags& flags) {
+  namespace fs = std::filesystem;
+  std::string dir = (fs::temp_directory_path() / "moejit-nproc-XXXXXX").string();
+  if (!::mkdtemp(dir.data()))
+    throw Error(fmt::format("--nproc: cannot make a temporary directory {}: {}", dir, std::strerror(errno)));
+  LaunchOptions launch;
+  launch.nproc = flags.nproc;
+  launch.command.push_back(fs::read_symlink("/proc/self/exe").string());
+  for (std::size_t i = 1; i < g_command_line.size(); ++i) {
+    const std::string& arg = g_command_line[i];
+    if (arg == "--nproc") {
+      ++i;  // and its value
+      continue;
+    }
+    if (arg.starts_with("--nproc=")) continue;
+    launch.command.push_back(arg);
+  }
+  launch.environment = {{"MOEJIT_RENDEZVOUS", "unix:" + dir + "/hub.sock"}, {"MOEJIT_NCCL_ID_FILE", dir + "/nccl.id"}};
+  launch.gpu_per_rank = flags.device != "cpu";
+  launch.stop_requested = [] { return stop_signal_received(); };
+  LaunchResult result;
+  try {
+    result = launch_local_ranks(launch);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!result.message.empty())
+    fmt::print(stderr, "gpt_moe train --nproc {}: {}\n", flags.nproc, result.message);
+  return result.exit_code;
+}
+
 int run_train(TrainFlags& flags) {
   // SIGINT/SIGTERM from here on save a checkpoint at the next step boundary.
   install_stop_signal_handlers();
+  if (flags.nproc < 1) {
+    fmt::print(stderr, "gpt_moe train: --nproc: expected a number of ranks >= 1, found {}\n", flags.nproc);
+    return 2;
+  }
+  if (flags.nproc > 1 && multi_rank_environment()) {
+    fmt::print(stderr, "gpt_moe train: --nproc: expected either --nproc or a launcher's WORLD_SIZE (torchrun, srun), "
+                       "found both (WORLD_SIZE={})\n",
+               std::getenv("WORLD_SIZE"));
+    return 2;
+  }
+  if (flags.nproc > 1) return launch_train_ranks(flags);
   if (!flags.init_from.empty() && flags.resume) {
     fmt::print(stderr, "gpt_moe train: --init_from: expected no --resume with it (a new run from a checkpoint's "
                        "parameters, or the same run continued), found both\n");
     return 2;
   }
-  if (!flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from))
+  const bool llama = !flags.init_from.empty() && gpt_moe_cli::is_llama_checkpoint(flags.init_from);
+  if (llama && (flags.nproc > 1 || multi_rank_environment())) {
+    fmt::print(stderr, "gpt_moe train: {}--init_from {}: expected a GPT-MoE checkpoint for several ranks, found a "
+                       "Llama-family one (it trains on one rank only)\n",
+               rank_prefix(), flags.init_from);
+    return 2;
+  }
+  if (llama)
     return gpt_moe_cli::run_train_llama({.init_from = flags.init_from, .tokenizer = flags.tokenizer,
                                          .data = flags.data, .out_dir = flags.out_dir, .device = flags.device,
                                          .corpus_bytes = flags.corpus_bytes, .overrides = flags.overrides});
@@ -333,8 +421,17 @@ int run_train(TrainFlags& flags) {
     }
     validate_config(config);
   } catch (const Error& err) {
-    fmt::print(stderr, "gpt_moe train: {}\n", err.what());
+    fmt::print(stderr, "gpt_moe train: {}{}\n", rank_prefix(), err.what());
     return 2;
+  }
+
+  // ---- several ranks (RANK, WORLD_SIZE from --nproc or another launcher) ----
+  std::unique_ptr<Communicator> world;
+  if (multi_rank_environment()) {
+    world = connect_socket_world(socket_world_options_from_env());
+    check_parallelism(config, {world->rank(), world->world_size()});
+    if (world->rank() != 0 && !std::freopen("/dev/null", "w", stdout))  // rank 0 alone prints
+      throw Error("several ranks: cannot silence stdout of a rank other than 0");
   }
 
   // ---- data ----
@@ -391,6 +488,26 @@ int run_train(TrainFlags& flags) {
 
   std::string note;
   std::unique_ptr<Backend> backend = make_backend(flags.device, &note);
+  std::optional<ScopedCommunicator> cpu_comm;  // the CPU backend's comm ops go through the socket world
+  if (world) {
+    // Every rank on the same kind of device: a CPU rank cannot join NCCL.
+    HostTensor mine(TensorType{DType::i32, {1}});
+    mine.values<std::int32_t>()[0] = backend->name() == "cuda" ? 1 : 0;
+    HostTensor all(TensorType{DType::i32, {world->world_size()}});
+    world->all_gather(mine, all);
+    std::vector<std::string> kinds;
+    bool same = true;
+    for (int r = 0; r < world->world_size(); ++r) {
+      kinds.push_back(fmt::format("rank {} {}", r, all.values<std::int32_t>()[r] ? "cuda" : "cpu"));
+      same &= all.values<std::int32_t>()[r] == mine.values<std::int32_t>()[0];
+    }
+    if (!same)
+      throw Error(fmt::format("several ranks: expected every rank on the same kind of device, found {} (give each rank "
+                              "a GPU, or --device cpu)",
+                              fmt::join(kinds, ", ")));
+    if (backend->name() != "cuda") cpu_comm.emplace(world.get());
+    note += fmt::format("; rank {} of {} (expert + data parallel, docs/scale.md)", world->rank(), world->world_size());
+  }
   fmt::print("data: {} ({} bytes, {} distinct characters; train {} / val {} tokens)\n",
              data.label == "(built-in corpus)" ? "built-in corpus (arithmetic, code, prose)" : data.label,
              with_commas(static_cast<std::int64_t>(data.text.text.size())), tokenizer.vocab_size(),
@@ -424,15 +541,18 @@ int run_train(TrainFlags& flags) {
   const Clock::time_point start = Clock::now();
   TrainingState state;
   std::unique_ptr<GptMoeTrainer> trainer;
+  TrainerOptions trainer_options;
+  trainer_options.world = world.get();
   if (resumed) {
     state = training_state_from_metadata(resume_path, resumed->metadata);
-    trainer = std::make_unique<GptMoeTrainer>(config, *backend, resumed->params);
+    trainer = std::make_unique<GptMoeTrainer>(config, *backend, resumed->params, trainer_options);
     trainer->set_optimizer_state(resumed->optimizer);
   } else if (init) {
     check_parameters(init->params, specs, flags.init_from + " (--init_from, with this run's config)");
-    trainer = std::make_unique<GptMoeTrainer>(config, *backend, init->params);
+    trainer = std::make_unique<GptMoeTrainer>(config, *backend, init->params, trainer_options);
   } else {
-    trainer = std::make_unique<GptMoeTrainer>(config, *backend, init_parameters(specs, static_cast<std::uint64_t>(config.seed)));
+    trainer = std::make_unique<GptMoeTrainer>(config, *backend, init_parameters(specs, static_cast<std::uint64_t>(config.seed)),
+                                              trainer_options);
   }
   fmt::print("built and compiled the training and evaluation graphs in {:.2f}s\n",
              std::chrono::duration<double>(Clock::now() - start).count());
@@ -450,7 +570,9 @@ int run_train(TrainFlags& flags) {
       {"corpus_bytes", std::to_string(resumed ? static_cast<std::int64_t>(data.text.text.size()) : flags.corpus_bytes)},
       {"data_crc32", data_crc(data.text.text)}};
   const Clock::time_point train_start = Clock::now();
-  const TrainingRunResult run = run_training(*trainer, tokenizer, tokens, state, {.out_dir = flags.out_dir, .data_metadata = data_meta});
+  const TrainingRunResult run =
+      run_training(*trainer, tokenizer, tokens, state,
+                   {.out_dir = flags.out_dir, .data_metadata = data_meta, .print = !world || world->rank() == 0});
   const std::string ckpt_path = (std::filesystem::path(flags.out_dir) / "ckpt.safetensors").string();
   if (run.end == RunEnd::diverged) {
     fmt::print(stderr, "gpt_moe: error: {}\n", run.message);
@@ -479,7 +601,9 @@ int run_train(TrainFlags& flags) {
   }
   fmt::print("saved {}\n", ckpt_path);
 
-  const std::map<std::string, HostTensor> params = trainer->parameters();
+  const std::map<std::string, HostTensor> params = trainer->parameters();  // several ranks: gathered on every rank
+  if (world && world->rank() != 0) return 0;  // rank 0 samples and reports, on one device
+  cpu_comm.reset();                            // ... as one rank
   if (flags.sampling.num_samples > 0) {
     fmt::print("\n");
     GptMoeSampler sampler(config, *backend, params);
@@ -734,6 +858,9 @@ int main(int argc, char** argv) {
   train_cmd->add_option("--tokenizer", train.tokenizer,
                         "Hugging Face tokenizer.json of a Llama-family --init_from checkpoint")
       ->check(CLI::ExistingFile);
+  train_cmd->add_option("--nproc", train.nproc,
+                        "train on N ranks of this host (expert + data parallel, one GPU each on the CUDA backend; "
+                        "docs/scale.md); RANK/WORLD_SIZE from torchrun or srun also work");
   add_sampling_flags(train_cmd, train.sampling);
   const GptMoeConfig defaults;
   for (const ConfigField& field : config_fields()) {
@@ -792,6 +919,7 @@ int main(int argc, char** argv) {
   gpt_moe_cli::HfCommands hf_commands;
   gpt_moe_cli::add_hf_commands(app, hf_commands);
 
+  g_command_line.assign(argv, argv + argc);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& err) {
@@ -807,14 +935,14 @@ int main(int argc, char** argv) {
     if (eval_cmd->parsed()) return run_eval(eval);
     if (int code = gpt_moe_cli::run_hf_commands(hf_commands); code >= 0) return code;
   } catch (const moejit::Error& err) {
-    fmt::print(stderr, "gpt_moe: error: {}\n", err.what());
+    fmt::print(stderr, "{}", error_line(err.what()));
     return 1;
   } catch (const std::bad_alloc&) {
     fmt::print(stderr, "gpt_moe: error: out of memory: expected the model and data to fit in host memory, found an "
                        "allocation that failed (try a smaller n_embd, n_layer, num_experts, d_expert or batch_size)\n");
     return 1;
   } catch (const std::exception& err) {
-    fmt::print(stderr, "gpt_moe: error: {}\n", err.what());
+    fmt::print(stderr, "{}", error_line(err.what()));
     return 1;
   }
   return 2;

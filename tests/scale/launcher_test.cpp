@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -122,4 +123,25 @@ TEST_CASE("launcher: gpu_per_rank gives rank r the r-th visible device", "[scale
   if (saved) ::setenv("CUDA_VISIBLE_DEVICES", saved_value.c_str(), 1);
   else ::unsetenv("CUDA_VISIBLE_DEVICES");
   fs::remove_all(dir);
+}
+
+TEST_CASE("launcher: a stop signal is passed on once to every rank, which all end with their own status",
+          "[scale][launcher]") {
+  // Each rank exits 7 on SIGTERM (as gpt_moe saves and exits 143); rank 1 takes
+  // a while, and the launch waits for it instead of stopping it.
+  LaunchOptions options;
+  options.nproc = 2;
+  options.command = {"/bin/sh", "-c",
+                     "trap 'if [ \"$RANK\" = 1 ]; then sleep 0.3; fi; exit 7' TERM; while :; do sleep 0.02; done"};
+  const auto start = std::chrono::steady_clock::now();
+  options.stop_requested = [&] {
+    return std::chrono::steady_clock::now() - start > std::chrono::milliseconds(300) ? SIGTERM : 0;
+  };
+  const LaunchResult result = launch_local_ranks(options);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(result.exit_code == 7);
+  CHECK_THAT(result.message, Catch::Matchers::Contains("passed signal 15"));
+  CHECK_THAT(result.message, Catch::Matchers::Contains("rank 0 exited with status 7"));
+  CHECK_THAT(result.message, Catch::Matchers::Contains("rank 1 exited with status 7"));
+  CHECK(seconds < 5);
 }
