@@ -28,6 +28,9 @@
 //      the median is reported. Afterwards the eager and the replayed
 //      executables, which ran the same steps, must hold bit-identical
 //      parameters.
+//   2b. --tuning-ab FILE (cuda): the replayed step compiled with that tuning
+//      database and with none, timed in 2 x --rounds alternating rounds
+//      (A B B A ...); a "tuning-ab:" line and the JSON's meta tuning_ab_*.
 //   3. trainer: GptMoeTrainer::step over random batches, as `gpt_moe train`
 //      runs it (the batch copied in, one CUDA-graph replay, the loss read
 //      back), host clock per step, `--trainer-steps` timed after warm-up.
@@ -40,6 +43,7 @@
 // Without a GPU: "cuda: SKIPPED (why)", and the CPU backend's step is timed
 // (host clock; no check, no replay, no trainer mode).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
@@ -77,6 +81,7 @@ struct Flags {
   double peak_tflops = 989.0;
   std::string json;
   std::uint64_t seed = 1;
+  std::string tuning_ab;  // a tuning database: the replayed step with it against without any, alternating rounds
 };
 
 // The config file, found as given or under the source tree (so the program
@@ -315,6 +320,55 @@ int run(Flags flags) {
     }
   }  // frees both executables' device memory before the trainer compiles its own
 
+  // ---- 2b. the tuning database's effect (--tuning-ab) ----
+  // The same step compiled twice, with the database and with none (each
+  // compile reads MOEJIT_TUNING_DB), both captured as CUDA graphs and timed
+  // in alternating rounds, A B B A ..., so a drift of the GPU's clocks over
+  // the run falls on both sides alike. Reported apart from the modes above
+  // (the JSON's meta "tuning_ab"), so it never becomes the "fastest mode".
+  Record tuning_ab;  // meta fields "tuning_ab_*"
+  if (!cuda && !flags.tuning_ab.empty()) fmt::print("tuning-ab: SKIPPED (the CPU backend reads no tuning database)\n");
+  if (cuda && !flags.tuning_ab.empty()) {
+    if (!std::filesystem::exists(flags.tuning_ab))
+      throw Error(fmt::format("--tuning-ab: expected a tuning database file, found no file at '{}'", flags.tuning_ab));
+    const auto args = gpt_train_args(graph, config, flags.seed);
+    const char* before = std::getenv("MOEJIT_TUNING_DB");
+    const std::string saved = before ? before : "";
+    auto compile_with = [&](const std::string& db) {
+      ::setenv("MOEJIT_TUNING_DB", db.c_str(), 1);
+      auto exe = compile_step(*backend, graph, config, args);
+      cuda_capture_graph(*exe);
+      return exe;
+    };
+    std::unique_ptr<Executable> sides[2] = {compile_with(flags.tuning_ab), compile_with("none")};
+    if (before) ::setenv("MOEJIT_TUNING_DB", saved.c_str(), 1); else ::unsetenv("MOEJIT_TUNING_DB");
+    std::vector<double> all[2], medians[2];
+    int steps[2] = {1, 1};
+    for (int r = 0; r < 2 * flags.rounds; ++r) {
+      for (int k = 0; k < 2; ++k) {
+        const int side = (r % 2 == 0) == (k == 0) ? 0 : 1;  // A B, then B A
+        Executable& exe = *sides[side];
+        TimingOptions options{.warmup = flags.warmup, .runs = flags.runs, .before_run = [&](int) {
+                                exe.set("step", HostTensor::scalar(static_cast<double>(++steps[side])));
+                              }};
+        Samples s = time_runs(exe, device, options);
+        medians[side].push_back(s.median());
+        all[side].insert(all[side].end(), s.ms.begin(), s.ms.end());
+      }
+    }
+    const Samples with = make_samples(all[0]), without = make_samples(all[1]);
+    fmt::print("tuning-ab: db={} rounds={} with_db_ms={:.3f} (p10-p90 {:.3f}-{:.3f}) without_db_ms={:.3f} (p10-p90 {:.3f}-{:.3f}) "
+               "without/with={:.4f}\n",
+               flags.tuning_ab, 2 * flags.rounds, with.median(), with.quantile(0.1), with.quantile(0.9), without.median(),
+               without.quantile(0.1), without.quantile(0.9), without.median() / with.median());
+    tuning_ab = {{"db", flags.tuning_ab},
+                 {"rounds", static_cast<std::int64_t>(2 * flags.rounds)},
+                 {"with_db_ms", with.median()},
+                 {"without_db_ms", without.median()},
+                 {"with_db_round_medians", fmt::format("{:.4f}", fmt::join(medians[0], " "))},
+                 {"without_db_round_medians", fmt::format("{:.4f}", fmt::join(medians[1], " "))}};
+  }
+
   // ---- 3. the trainer's step ----
   if (cuda && flags.trainer_steps > 0) {
     GptMoeTrainer trainer(config, *backend, init_parameters(gpt_moe_param_specs(config), flags.seed));
@@ -375,6 +429,7 @@ int run(Flags flags) {
   json.meta("check_error_kind", std::string(precision == DType::bf16 ? "ratio of error to allowance" : "normalized error"));
   json.meta("replay_bit_identical", identical);
   json.meta("first_loss", first_loss);
+  for (const auto& [key, value] : tuning_ab) json.meta("tuning_ab_" + key, value);
   for (const ModeResult& r : results) {
     Record rec{{"mode", r.mode},
                {"clock", r.clock},
@@ -421,6 +476,9 @@ int main(int argc, char** argv) {
   app.add_option("--peak-tflops", flags.peak_tflops, "the flop rate MFU is against (default 989: datasheet bf16 dense, a lead)");
   app.add_option("--json", flags.json, "write every number to this JSON file");
   app.add_option("--seed", flags.seed, "seed of the parameters and the batch (default 1)");
+  app.add_option("--tuning-ab", flags.tuning_ab,
+                 "cuda: also time the replayed step compiled with this tuning database against the step compiled with none "
+                 "(MOEJIT_TUNING_DB=none), in --rounds x 2 alternating rounds (ABBA...), and report both");
   CLI11_PARSE(app, argc, argv);
   try {
     return run(flags);

@@ -8,8 +8,8 @@
 #      example's module; the config B and default train steps beside PyTorch; the MoE
 #      layer beside PyTorch (every bench/moe_layer shape); `moejit tune` of config B,
 #      the default config and the moe_layer shapes into $OUT/tuned.json (what tuning/
-#      ships), then the config B step with that database and without any
-#      (MOEJIT_TUNING_DB=none); flash attention beside SDPA; a MOEJIT_PROFILE=1 step
+#      ships), then the config B step with that database against without any
+#      (train_step --tuning-ab: alternating rounds); flash attention beside SDPA; a MOEJIT_PROFILE=1 step
 #      of config B and of the D4096 and D1536 layers; the dense GEMM probe beside
 #      torch.matmul.
 # A section that does not fit the time left is reported SKIPPED. Every log is packed
@@ -42,12 +42,12 @@ if (( $(left) > 70 )); then
     --moe-layer 16384,384,1536,8,2 --moe-layer 16384,768,3072,8,2 --moe-layer 8192,4096,14336,8,2 --moe-layer 24576,1536,256,128,8 \
     --out $O/tuned.json --budget-s $TUNE_S > /tmp/log-tune.txt 2>&1
   stamp "tune exit $?"; grep -E "^moejit tune:|^wrote|^compiling" /tmp/log-tune.txt
-  for db in $O/tuned.json none; do
-    (( $(left) > 12 )) || break
-    MOEJIT_TUNING_DB=$db timeout 12 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 3 --runs 10 \
-      --rounds 1 --trainer-steps 0 > /tmp/log-step-db-$(basename $db .json).txt 2>&1
-    stamp "step with MOEJIT_TUNING_DB=$(basename $db): $(grep -h '^train-step:' /tmp/log-step-db-$(basename $db .json).txt)"
-  done
+  # The step with the database against without, in alternating rounds (train_step --tuning-ab).
+  if (( $(left) > 25 )); then
+    timeout 22 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 3 --runs 10 --rounds 3 \
+      --trainer-steps 0 --tuning-ab $O/tuned.json > /tmp/log-step-tuning-ab.txt 2>&1
+    stamp "$(grep -h '^tuning-ab:' /tmp/log-step-tuning-ab.txt || echo 'tuning-ab: no result (see log-step-tuning-ab.txt)')"
+  fi
 else
   echo "SKIPPED tune (budget: $(left) s left)"
 fi
