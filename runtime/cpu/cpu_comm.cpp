@@ -15,16 +15,9 @@
 namespace moejit::cpu {
 namespace {
 
-std::string label(const KernelArgs& args) {
-  const auto& ops = args.graph.ops();
-  if (!ops.empty() && &args.op >= ops.data() && &args.op < ops.data() + ops.size())
-    return describe_op(args.graph, static_cast<int>(&args.op - ops.data()));
-  return fmt::format("\"{}\"", op_name(args.op.kind));
-}
-
-[[noreturn]] void fail(const KernelArgs& args, const std::string& message) {
-  throw Error(fmt::format("{}: {}", label(args), message));
-}
+// The interpreter names the op in front of every kernel's error
+// (cpu_backend.cpp), so the message here says only what went wrong.
+[[noreturn]] void fail(const KernelArgs&, const std::string& message) { throw Error(message); }
 
 // The communicator to run the op through, or nullptr for the one-rank identity.
 Communicator* communicator_for(const KernelArgs& args) {
