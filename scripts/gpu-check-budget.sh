@@ -10,8 +10,9 @@
 #      the default config and the moe_layer shapes into $OUT/tuned.json (what tuning/
 #      ships), then the config B step with that database against without any
 #      (train_step --tuning-ab: alternating rounds); flash attention beside SDPA; a MOEJIT_PROFILE=1 step
-#      of config B and of the D4096 and D1536 layers; the dense GEMM probe beside
-#      torch.matmul.
+#      of config B and of the D4096 and D1536 layers; `gpt_moe train --nproc 1` on
+#      the GPU (and --nproc 2, which must fail cleanly on one GPU); the dense GEMM
+#      probe beside torch.matmul.
 # A section that does not fit the time left is reported SKIPPED. Every log is packed
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
@@ -66,6 +67,18 @@ profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its tabl
 profile b 25 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
 profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
 profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
+# Multi-process training on one GPU: --nproc 1 trains; --nproc 2 must fail cleanly on a one-GPU machine.
+if (( $(left) > 40 )); then
+  if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then  # NCCL: PyTorch's copy when the system has none
+    lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+    [[ -n "$lib" && -f "$lib" ]] && export MOEJIT_NCCL_LIBRARY=$lib
+  fi
+  NP=(train --device cuda --data $B/tinyshakespeare.txt --max_iters 30 --eval_interval 30 --eval_iters 2 --no_report --num_samples 0)
+  timeout 25 $B/gpt_moe "${NP[@]}" --nproc 1 --out_dir /tmp/np1 > /tmp/log-nproc1.txt 2>&1; stamp "gpt_moe --nproc 1 exit $?"
+  grep -E "val loss|tok/s" /tmp/log-nproc1.txt | tail -2
+  timeout 12 $B/gpt_moe "${NP[@]}" --nproc 2 --out_dir /tmp/np2 > /tmp/log-nproc2.txt 2>&1; stamp "gpt_moe --nproc 2 on one GPU exit $? (expected non-zero, a clear message)"
+  tail -3 /tmp/log-nproc2.txt
+fi
 run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=30
 tar czf $O/final-logs.tgz -C /tmp $(cd /tmp && ls -d l-* 2>/dev/null) $(cd /tmp && ls log-*.txt) 2>/dev/null
 stamp done
