@@ -16,6 +16,7 @@
 #include "codegen/cuda_codegen.h"
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/gemm_test_util.h"
 #include "frontends/optim.h"
 #include "ir/builder.h"
 #include "passes/pass_manager.h"
@@ -28,14 +29,6 @@ namespace {
 
 using Values = std::map<std::string, HostTensor>;
 
-Values run(Backend& backend, const Graph& graph, const Values& args) {
-  auto exe = backend.compile(graph);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  Values result;
-  for (const auto& out : graph.outputs()) result.emplace(out.name, exe->get(out.name));
-  return result;
-}
 
 void compare(const Graph& graph, const Values& got, const Values& want, double tolerance) {
   for (const auto& out : graph.outputs()) {
@@ -201,9 +194,9 @@ TEST_CASE("gpu: embedding_grad's counting sort matches the CPU and is determinis
     Graph g = embedding_grad_graph(c.n, c.V, c.D, c.dtype);
     INFO(fmt::format("n {} V {} D {} {}", c.n, c.V, c.D, dtype_name(c.dtype)));
     Values args = skewed_ids(g, c.V, seed++);
-    Values first = run(*cuda, g, args);
-    compare(g, first, run(*cpu, g, args), cuda_test::tolerance(c.dtype));
-    Values second = run(*cuda, g, args);
+    Values first = cuda_test::run_outputs(*cuda, g, args);
+    compare(g, first, cuda_test::run_outputs(*cpu, g, args), cuda_test::tolerance(c.dtype));
+    Values second = cuda_test::run_outputs(*cuda, g, args);
     const HostTensor &a = first.at("dtable"), &b = second.at("dtable");
     CHECK(std::memcmp(a.raw(), b.raw(), a.bytes()) == 0);
   }
@@ -225,7 +218,7 @@ TEST_CASE("gpu: cross entropy and its gradient match the CPU in the warp and blo
     INFO(fmt::format("rows {} V {} {}", c.rows, c.V, dtype_name(c.dtype)));
     Values args = cuda_test::random_args(g, seed++, c.V, 3.0);
     args.at("dloss").set(0, 1.0);
-    compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(c.dtype));
+    compare(g, cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args), cuda_test::tolerance(c.dtype));
   }
 }
 
@@ -249,11 +242,11 @@ TEST_CASE("gpu: layer and rms norm, their backward and the fused residual add ma
     Graph g = norm_graph(c.rows, c.c, c.dtype);
     INFO(fmt::format("rows {} c {} {}", c.rows, c.c, dtype_name(c.dtype)));
     Values args = cuda_test::random_args(g, seed++, 1);
-    Values got = run(*cuda, g, args);
-    compare(g, got, run(*cpu, g, args), cuda_test::tolerance(c.dtype));
+    Values got = cuda_test::run_outputs(*cuda, g, args);
+    compare(g, got, cuda_test::run_outputs(*cpu, g, args), cuda_test::tolerance(c.dtype));
     // The column sums of dgamma and dbeta have one order: a second run
     // gives the same bits.
-    Values again = run(*cuda, g, args);
+    Values again = cuda_test::run_outputs(*cuda, g, args);
     for (const auto& out : g.outputs()) {
       INFO(out.name);
       CHECK(std::memcmp(got.at(out.name).raw(), again.at(out.name).raw(), got.at(out.name).bytes()) == 0);
@@ -277,7 +270,7 @@ TEST_CASE("gpu: gelu and its gradient match the CPU, saturated inputs included",
       b.output(b.op(OpKind::GeluGrad, {x, b.input("dx", {1001, 77}, dtype)})[0], "gelu_grad_x");
       b.output(b.op(OpKind::GeluGrad, {y, b.input("dy", {64, 96}, dtype)})[0], "gelu_grad_y");
       Values args = cuda_test::random_args(g, 61, 1, scale);
-      compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(dtype));
+      compare(g, cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args), cuda_test::tolerance(dtype));
     }
   }
 }
@@ -308,7 +301,7 @@ TEST_CASE("gpu: the router z-loss and its gradient match the CPU in the thread a
     Graph g = graph_of(c);
     Values args = cuda_test::random_args(g, seed++, 1, 3.0);
     args.at("dloss").set(0, 1.0);
-    compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(c.dtype));
+    compare(g, cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args), cuda_test::tolerance(c.dtype));
   }
 }
 
@@ -318,7 +311,7 @@ TEST_CASE("gpu: reductions of a few elements per output (a thread each) match th
   auto cuda = make_cuda_backend();
   Graph g = short_reductions_graph();
   Values args = cuda_test::random_args(g, 51, 1);
-  compare(g, run(*cuda, g, args), run(*cpu, g, args), cuda_test::tolerance(DType::bf16));
+  compare(g, cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args), cuda_test::tolerance(DType::bf16));
 }
 
 TEST_CASE("gpu: the grouped optimizer step (global norm, clip, AdamW over 40 tensors) matches the CPU", "[cuda][gpu]") {

@@ -13,6 +13,7 @@
 #include "codegen/cuda_codegen.h"
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/gemm_test_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
@@ -25,6 +26,12 @@ using namespace moejit;
 namespace {
 
 using Values = std::map<std::string, HostTensor>;
+
+// The routed bf16 expert layer (the MoE fusions before autodiff, as the trainer runs them: gather_matmul + gelu, matmul_combine).
+Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k) {
+  return cuda_test::routed_layer_graph("epilogue_layer", tokens, d, f, experts, top_k, "moe-fusions");
+}
+
 
 // An environment variable for the scope of a test (the previous value back afterwards).
 class EnvOverride {
@@ -58,27 +65,6 @@ Graph mlp_graph(std::int64_t m, std::int64_t d, std::int64_t f, DType dtype = DT
   return g;
 }
 
-// The expert layer of an MoE block in bf16 (the MoE fusions before
-// autodiff, as the trainer runs them): gather_matmul + gelu, matmul_combine,
-// and their backward (gelu_grad of the transposed-weight grouped matmul).
-Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k) {
-  Graph g("epilogue_layer");
-  Builder b(g);
-  Tensor x = b.input("x", {tokens, d}, DType::bf16);
-  Tensor chosen = b.input("experts", {tokens, top_k}, DType::i32);
-  Tensor weights = b.input("weights", {tokens, top_k}, DType::bf16);
-  Tensor w_up = b.param("w_up", {experts, d, f}, DType::bf16);
-  Tensor w_down = b.param("w_down", {experts, f, d}, DType::bf16);
-  Tensor target = b.input("target", {tokens, d});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts});
-  Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, top_k), w_up, offsets));
-  Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), weights, positions);
-  b.output(y, "y");
-  b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
-  run_pipeline(g, "moe-fusions");
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w_up", "w_down"}});
-  return g;
-}
 
 // The module codegen makes of `graph` after the CUDA pipeline.
 codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {
@@ -101,23 +87,7 @@ int standalone_gelus(const codegen::ModuleCode& module) {
   return n;
 }
 
-Values run(Backend& backend, const Graph& graph, const Values& args) {
-  auto exe = backend.compile(graph);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  Values out;
-  for (const auto& o : graph.outputs()) out.emplace(o.name, exe->get(o.name));
-  return out;
-}
 
-void compare(const Values& gpu, const Values& cpu) {
-  for (const auto& [name, want] : cpu) {
-    double err = cuda_test::normalized_error(gpu.at(name), want);
-    double tol = cuda_test::tolerance(want.dtype() == DType::f32 ? DType::bf16 : want.dtype());
-    INFO(fmt::format("{} {}: normalized error {:.3g} (tolerance {:.3g})", name, want.type().str(), err, tol));
-    CHECK(err <= tol);
-  }
-}
 
 }  // namespace
 
@@ -219,11 +189,11 @@ TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend 
     INFO(fmt::format("mlp m {} d {} f {}", c.m, c.d, c.f));
     Graph g = mlp_graph(c.m, c.d, c.f);
     Values args = cuda_test::random_args(g, seed++, 1, 1.0);
-    Values got = run(*cuda, g, args);
-    compare(got, run(*cpu, g, args));
+    Values got = cuda_test::run_outputs(*cuda, g, args);
+    cuda_test::check_close(got, cuda_test::run_outputs(*cpu, g, args));
     EnvOverride off("MOEJIT_GEMM_EPILOGUES", "0");
     auto plain = make_cuda_backend();
-    compare(got, run(*plain, g, args));
+    cuda_test::check_close(got, cuda_test::run_outputs(*plain, g, args));
   }
   struct Layer {
     std::int64_t tokens, d, f, experts, top_k;
@@ -233,7 +203,7 @@ TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend 
     INFO(fmt::format("layer tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
     Graph g = layer_graph(c.tokens, c.d, c.f, c.experts, c.top_k);
     Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
-    compare(run(*cuda, g, args), run(*cpu, g, args));
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
   }
 }
@@ -270,7 +240,7 @@ TEST_CASE("gpu: the ping-pong sm90 GEMMs (MOEJIT_SM90_PINGPONG=1) match the CPU 
   {
     Graph g = mlp_graph(1000, 384, 512);
     Values args = cuda_test::random_args(g, seed++, 1, 1.0);
-    compare(run(*cuda, g, args), run(*cpu, g, args));
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
   struct Layer {
     std::int64_t tokens, d, f, experts, top_k;
@@ -279,6 +249,6 @@ TEST_CASE("gpu: the ping-pong sm90 GEMMs (MOEJIT_SM90_PINGPONG=1) match the CPU 
     INFO(fmt::format("layer tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
     Graph g = layer_graph(c.tokens, c.d, c.f, c.experts, c.top_k);
     Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
-    compare(run(*cuda, g, args), run(*cpu, g, args));
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
 }

@@ -21,6 +21,7 @@
 #include "codegen/cuda_codegen.h"
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/gemm_test_util.h"
 #include "cuda/ptx_check.h"
 #include "frontends/trainer.h"
 #include "ir/builder.h"
@@ -34,6 +35,12 @@ using namespace moejit;
 namespace {
 
 using Values = std::map<std::string, HostTensor>;
+
+// The routed bf16 expert layer (moe.gather_matmul and the down projection fused with the weighted combine).
+Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k) {
+  return cuda_test::routed_layer_graph("sm80_layer", tokens, d, f, experts, top_k, "fuse-expert-gather-scatter");
+}
+
 
 int count_kernels(const Graph& graph, const codegen::Target& target, const std::string& family) {
   codegen::ModuleCode module = codegen::generate_module(graph, target);
@@ -75,50 +82,12 @@ Graph grouped_graph(std::int64_t rows, std::int64_t d, std::int64_t f, std::int6
   return g;
 }
 
-// A routed expert layer in bf16: dispatch of given experts, the gathered up
-// projection (moe.gather_matmul after fuse-expert-gather-scatter), GELU, the
-// down projection fused with the weighted combine, and its backward.
-Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k) {
-  Graph g("sm80_layer");
-  Builder b(g);
-  Tensor x = b.input("x", {tokens, d}, DType::bf16);
-  Tensor chosen = b.input("experts", {tokens, top_k}, DType::i32);
-  Tensor weights = b.input("weights", {tokens, top_k}, DType::bf16);
-  Tensor w_up = b.param("w_up", {experts, d, f}, DType::bf16);
-  Tensor w_down = b.param("w_down", {experts, f, d}, DType::bf16);
-  Tensor target = b.input("target", {tokens, d});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts});
-  Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, top_k), w_up, offsets));
-  Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), weights, positions);
-  b.output(y, "y");
-  b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
-  run_pipeline(g, "fuse-expert-gather-scatter");
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w_up", "w_down"}});
-  return g;
-}
 
 HostTensor offsets_of(const std::vector<std::int32_t>& offsets) {
   return HostTensor::from_ints({static_cast<std::int64_t>(offsets.size())}, offsets);
 }
 
-Values run(Backend& backend, const Graph& graph, const Values& args) {
-  auto exe = backend.compile(graph);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  Values out;
-  for (const auto& o : graph.outputs()) out.emplace(o.name, exe->get(o.name));
-  return out;
-}
 
-void compare(const Values& gpu, const Values& cpu) {
-  for (const auto& [name, want] : cpu) {
-    double err = cuda_test::normalized_error(gpu.at(name), want);
-    // The f32 loss of a 16-bit product inherits the operands' rounding.
-    double tol = cuda_test::tolerance(want.dtype() == DType::f32 ? DType::bf16 : want.dtype());
-    INFO(fmt::format("{} {}: normalized error {:.3g} (tolerance {:.3g})", name, want.type().str(), err, tol));
-    CHECK(err <= tol);
-  }
-}
 
 // MOEJIT_ARCH for the scope of a test (the previous value back afterwards).
 class ArchOverride {
@@ -254,7 +223,7 @@ TEST_CASE("gpu: sm80 mj.matmul (MOEJIT_ARCH=sm_80) in every layout matches the C
     Graph g = matmul_graph(c.batch, c.m, c.n, c.k, c.ta, c.tb, c.b_batched, c.dtype);
     CHECK(uses_sm80(g, target));
     Values args = cuda_test::random_args(g, seed++, 1, 1.0);
-    compare(run(*cuda, g, args), run(*cpu, g, args));
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
 }
 
@@ -286,8 +255,8 @@ TEST_CASE("gpu: sm80 grouped matmul and its backward (MOEJIT_ARCH=sm_80) match t
     CHECK(count_kernels(g, target, "gemm_sm80_kernel") == 3);
     Values args = cuda_test::random_args(g, seed++, 1, 1.0);
     args.insert_or_assign("offsets", offsets_of(c.offsets));
-    Values got = run(*cuda, g, args), want = run(*cpu, g, args);
-    compare(got, want);
+    Values got = cuda_test::run_outputs(*cuda, g, args), want = cuda_test::run_outputs(*cpu, g, args);
+    cuda_test::check_close(got, want);
     const HostTensor& ys = got.at("ys");
     for (std::int64_t r = c.offsets.back(); r < c.rows; ++r)
       for (std::int64_t j = 0; j < c.f; j += 37) REQUIRE(ys.get(r * c.f + j) == 0.0);
@@ -310,7 +279,7 @@ TEST_CASE("gpu: a routed bf16 MoE layer on the sm80 family (gather through slots
     INFO(fmt::format("tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
     Graph g = layer_graph(c.tokens, c.d, c.f, c.experts, c.top_k);
     Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
-    compare(run(*cuda, g, args), run(*cpu, g, args));
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
 }
 

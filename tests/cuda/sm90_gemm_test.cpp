@@ -15,6 +15,7 @@
 #include "codegen/gemm_select.h"
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/gemm_test_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
@@ -71,24 +72,7 @@ HostTensor offsets_of(const std::vector<std::int32_t>& offsets) {
   return HostTensor::from_ints({static_cast<std::int64_t>(offsets.size())}, offsets);
 }
 
-Values run(Backend& backend, const Graph& graph, const Values& args) {
-  auto exe = backend.compile(graph);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  Values out;
-  for (const auto& o : graph.outputs()) out.emplace(o.name, exe->get(o.name));
-  return out;
-}
 
-void compare(const Values& gpu, const Values& cpu) {
-  for (const auto& [name, want] : cpu) {
-    double err = cuda_test::normalized_error(gpu.at(name), want);
-    // The f32 loss of a bf16 product inherits bf16 rounding.
-    double tol = cuda_test::tolerance(want.dtype() == DType::f32 ? DType::bf16 : want.dtype());
-    INFO(fmt::format("{} {}: normalized error {:.3g} (tolerance {:.3g})", name, want.type().str(), err, tol));
-    CHECK(err <= tol);
-  }
-}
 
 }  // namespace
 
@@ -186,7 +170,7 @@ TEST_CASE("gpu: sm90 mj.matmul in every layout matches the CPU backend", "[cuda]
     Graph g = matmul_graph(c.batch, c.m, c.n, c.k, c.ta, c.tb, c.b_batched);
     if (target.sm() == 90 && c.m != 65) CHECK(uses_sm90(g, target));
     Values args = random_values(g, seed++);
-    compare(run(*cuda, g, args), run(*cpu, g, args));
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
 }
 
@@ -215,8 +199,8 @@ TEST_CASE("gpu: sm90 grouped matmul and its backward match the CPU backend, empt
     if (target.sm() == 90) CHECK(uses_sm90(g, target));
     Values args = random_values(g, seed++);
     args.insert_or_assign("offsets", offsets_of(c.offsets));
-    Values got = run(*cuda, g, args), want = run(*cpu, g, args);
-    compare(got, want);
+    Values got = cuda_test::run_outputs(*cuda, g, args), want = cuda_test::run_outputs(*cpu, g, args);
+    cuda_test::check_close(got, want);
     // Rows past the last segment are exactly zero on both.
     const HostTensor& ys = got.at("ys");
     for (std::int64_t r = c.offsets.back(); r < c.rows; ++r)

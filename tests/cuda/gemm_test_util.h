@@ -1,0 +1,66 @@
+// Helpers the GEMM-family GPU tests share (sm90, sm80, epilogues, fused
+// ops): running a graph for its outputs, comparing a 16-bit run with the CPU
+// reference, and a routed bf16 expert layer with its backward.
+#pragma once
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <map>
+#include <string>
+
+#include "cuda/cuda_test_util.h"
+#include "ir/builder.h"
+#include "passes/autodiff.h"
+#include "passes/pass_manager.h"
+#include "runtime/backend.h"
+
+namespace moejit::cuda_test {
+
+using Values = std::map<std::string, HostTensor>;
+
+// Every output of `graph` after one run on `backend` with `args`.
+inline Values run_outputs(Backend& backend, const Graph& graph, const Values& args) {
+  auto exe = backend.compile(graph);
+  for (const auto& [name, value] : args) exe->set(name, value);
+  exe->run();
+  Values out;
+  for (const auto& o : graph.outputs()) out.emplace(o.name, exe->get(o.name));
+  return out;
+}
+
+// Each output within its dtype's tolerance of the CPU's; an f32 output (the
+// loss) of a 16-bit product inherits the operands' rounding, so bf16's.
+inline void check_close(const Values& gpu, const Values& cpu) {
+  for (const auto& [name, want] : cpu) {
+    double err = normalized_error(gpu.at(name), want);
+    double tol = tolerance(want.dtype() == DType::f32 ? DType::bf16 : want.dtype());
+    INFO(fmt::format("{} {}: normalized error {:.3g} (tolerance {:.3g})", name, want.type().str(), err, tol));
+    CHECK(err <= tol);
+  }
+}
+
+// A routed expert layer in bf16: dispatch of given experts, the up
+// projection through the permuted rows, GELU, the down projection and the
+// weighted combine; `fusions` (a pass pipeline) runs before autodiff, as the
+// trainer runs the MoE fusions; then the backward of x, w_up and w_down.
+inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts,
+                                std::int64_t top_k, const std::string& fusions) {
+  Graph g(name);
+  Builder b(g);
+  Tensor x = b.input("x", {tokens, d}, DType::bf16);
+  Tensor chosen = b.input("experts", {tokens, top_k}, DType::i32);
+  Tensor weights = b.input("weights", {tokens, top_k}, DType::bf16);
+  Tensor w_up = b.param("w_up", {experts, d, f}, DType::bf16);
+  Tensor w_down = b.param("w_down", {experts, f, d}, DType::bf16);
+  Tensor target = b.input("target", {tokens, d});
+  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts});
+  Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, top_k), w_up, offsets));
+  Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), weights, positions);
+  b.output(y, "y");
+  b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
+  run_pipeline(g, fusions);
+  append_backward(g, {.loss = "loss", .wrt = {"x", "w_up", "w_down"}});
+  return g;
+}
+
+}  // namespace moejit::cuda_test
