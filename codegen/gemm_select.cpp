@@ -271,6 +271,21 @@ bool sm90_tile_attributes(const Op& op) {
   return has_tile_attributes(op) && sm90_tile(op.attrs.get_int("tile_m"), op.attrs.get_int("tile_n"), op.attrs.get_int("tile_k"));
 }
 
+// A 0/1 environment switch; unset: `fallback`.
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  if (std::string(v) != "0" && std::string(v) != "1") throw Error(fmt::format("{}: expected 0 or 1, found '{}'", name, v));
+  return std::string(v) == "1";
+}
+
+// Whether the stream-K kernel's unit count (tiles x max(1, k-tiles) summed
+// over the groups, at most tiles x (2 groups + K / 64)) fits its 32-bit prefix.
+bool stream_k_fits(const TileConfig& c, const GemmProblem& p) {
+  const std::int64_t tiles = (p.m + c.tile_m - 1) / c.tile_m * ((p.n + c.tile_n - 1) / c.tile_n);
+  return tiles * (2 * p.batch + p.k / 64) < (1ll << 31);
+}
+
 TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   TileConfig c;
   c.tile_m = 128;
@@ -313,13 +328,18 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
       }
     }
   }
+  // Weight gradients (varlen K) run the stream-K schedule: their few output
+  // tiles over unequal K leave SMs idle under one tile per block (docs/perf.md).
+  // MOEJIT_SM90_STREAM_K=0 turns it off (to measure against it).
+  c.stream_k = problem.kind == GemmProblem::Kind::wgrad && env_flag("MOEJIT_SM90_STREAM_K", true) && stream_k_fits(c, problem);
+  if (c.stream_k) add_note(c, "stream-k");
   // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
   // of at most 128 columns, alternately), a 256-column tile halved for it.
   // Opt-in: not measured yet (docs/perf.md).
   const char* pingpong = std::getenv("MOEJIT_SM90_PINGPONG");
   if (pingpong && std::string(pingpong) != "0" && std::string(pingpong) != "1")
     throw Error(fmt::format("MOEJIT_SM90_PINGPONG: expected 0 or 1, found '{}'", pingpong));
-  if (pingpong && std::string(pingpong) == "1") {
+  if (pingpong && std::string(pingpong) == "1" && !c.stream_k) {
     if (c.tile_n == 256) {
       c.tile_n = 128;
       c.stages = 6;

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "codegen/kernels/gemm_sm90.cuh"
+#include "codegen/kernels/gemm_sm90_streamk.cuh"
 #include "codegen/kernels/matmul.cuh"
 
 namespace moejit::codegen {
@@ -75,7 +76,9 @@ void launch_sm90_split_k(EmitContext& ctx, const TileConfig& config, const Sm90G
 void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm& g) {
   using Mode = Sm90Gemm::Mode;
   if (config.split_k > 1) return launch_sm90_split_k(ctx, config, g);
-  sm90::GemmArgs args{};
+  if (config.stream_k && g.mode != Mode::wgrad) ctx.fail("(sm90 GEMM) stream-K schedules weight gradients only");
+  sm90::StreamKArgs stream_k{};  // the stream-K kernel's arguments hold the family's
+  sm90::GemmArgs& args = stream_k.gemm;
   args.m = g.m;
   args.n = g.n;
   args.k = g.k;
@@ -123,7 +126,20 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   if (tma_store) maps.push_back({&args.c_map, c_map});
   if (tma_store && has_aux && g.epilogue == Sm90Gemm::Epilogue::gelu)
     maps.push_back({&args.aux_map, map_3d(g.aux, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64)});
-  ctx.launch("gemm_sm90", kernel, config, {static_cast<unsigned>(ctx.target().sm_count)}, args, pointers, smem, maps);
+  const auto grid = static_cast<unsigned>(ctx.target().sm_count);
+  if (config.stream_k) {
+    // One partial tile and two flags per block (codegen/kernels/gemm_sm90_streamk.cuh); the flags start at zero.
+    const std::int64_t flag_bytes = grid * 2 * 4;
+    const Buffer partials = Buffer::scratch(ctx.scratch(grid * sm90::streamk_partial_floats(128, config.tile_n) * 4));
+    const Buffer flags = Buffer::scratch(ctx.scratch(flag_bytes));
+    ctx.zero(flags, flag_bytes);
+    pointers.push_back({&stream_k.partials, partials});
+    pointers.push_back({&stream_k.flags, flags});
+    kernel = fmt::format("moejit::sm90::gemm_sm90_streamk_kernel<128, {}, 64, {}, {}>", tile_n, config.stages, epilogue);
+    ctx.launch("gemm_sm90_streamk", kernel, config, {grid}, stream_k, pointers, smem, maps);
+    return;
+  }
+  ctx.launch("gemm_sm90", kernel, config, {grid}, args, pointers, smem, maps);
 }
 
 }  // namespace moejit::codegen

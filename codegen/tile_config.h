@@ -27,6 +27,10 @@ struct TileConfig {
   // sm90: the consumers own whole tiles alternately (ping-pong: one's
   // epilogue overlaps the other's MMAs; tile_n <= 128), not halves of each tile.
   bool pingpong = false;
+  // sm90 weight gradients (varlen K): the k-tiles of all tiles split evenly
+  // over the blocks, partial tiles summed by their owner
+  // (codegen/kernels/gemm_sm90_streamk.cuh), instead of one tile per block.
+  bool stream_k = false;
   Source source = Source::fixed;
   std::string note;  // how the source's values were adjusted, if they were ("tile_k 64 -> 32: shared memory")
 

@@ -26,29 +26,13 @@ using namespace moejit;
 namespace {
 
 using Values = std::map<std::string, HostTensor>;
+using cuda_test::EnvOverride;
 
 // The routed bf16 expert layer (the MoE fusions before autodiff, as the trainer runs them: gather_matmul + gelu, matmul_combine).
 Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k) {
   return cuda_test::routed_layer_graph("epilogue_layer", tokens, d, f, experts, top_k, "moe-fusions");
 }
 
-
-// An environment variable for the scope of a test (the previous value back afterwards).
-class EnvOverride {
- public:
-  EnvOverride(const char* name, const char* value) : name_(name) {
-    if (const char* v = std::getenv(name)) previous_ = v;
-    ::setenv(name, value, 1);
-  }
-  ~EnvOverride() {
-    if (previous_) ::setenv(name_, previous_->c_str(), 1);
-    else ::unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> previous_;
-};
 
 // loss = mean(f32(gelu(x w1) w2) * target), with the gradients of x, w1, w2:
 // the forward's gelu folds into x w1, the backward's gelu_grad into dy w2^T.

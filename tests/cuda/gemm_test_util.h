@@ -5,7 +5,9 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <cstdlib>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "cuda/cuda_test_util.h"
@@ -17,6 +19,23 @@
 namespace moejit::cuda_test {
 
 using Values = std::map<std::string, HostTensor>;
+
+// An environment variable for the scope of a test (the previous value back afterwards).
+class EnvOverride {
+ public:
+  EnvOverride(const char* name, const char* value) : name_(name) {
+    if (const char* v = std::getenv(name)) previous_ = v;
+    ::setenv(name, value, 1);
+  }
+  ~EnvOverride() {
+    if (previous_) ::setenv(name_, previous_->c_str(), 1);
+    else ::unsetenv(name_);
+  }
+
+ private:
+  const char* name_;
+  std::optional<std::string> previous_;
+};
 
 // Every output of `graph` after one run on `backend` with `args`.
 inline Values run_outputs(Backend& backend, const Graph& graph, const Values& args) {

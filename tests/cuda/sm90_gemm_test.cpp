@@ -5,10 +5,12 @@
 // batched B; moe.grouped_matmul with empty experts, one expert taking every
 // row, one expert, rows past the last segment, row counts that are a
 // multiple of no tile, and its backward (the transposed-weight product and
-// moe.grouped_matmul_wgrad, whose groups split K); moe.gather_matmul.
+// moe.grouped_matmul_wgrad, whose groups split K, on its stream-K
+// schedule and without it); moe.gather_matmul.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <cstring>
 #include <random>
 
 #include "codegen/cuda_codegen.h"
@@ -27,6 +29,13 @@ using namespace moejit;
 namespace {
 
 using Values = std::map<std::string, HostTensor>;
+
+// Every kernel instantiation of the graph's module, one per line.
+std::string module_kernels(const Graph& graph, const codegen::Target& target) {
+  std::string all;
+  for (const auto& k : codegen::generate_module(graph, target).kernels) all += k + "\n";
+  return all;
+}
 
 bool uses_sm90(const Graph& graph, const codegen::Target& target) {
   codegen::ModuleCode module = codegen::generate_module(graph, target);
@@ -205,5 +214,80 @@ TEST_CASE("gpu: sm90 grouped matmul and its backward match the CPU backend, empt
     const HostTensor& ys = got.at("ys");
     for (std::int64_t r = c.offsets.back(); r < c.rows; ++r)
       for (std::int64_t j = 0; j < c.f; j += 37) REQUIRE(ys.get(r * c.f + j) == 0.0);
+  }
+}
+
+TEST_CASE("the sm90 family runs weight gradients on the stream-K schedule, unless MOEJIT_SM90_STREAM_K=0", "[cuda][stream_k]") {
+  const auto hopper = codegen::Target::named("sm_90a");
+  // Config B's expert weight gradients: 8 experts, d 384, f 1536 (w_up's and w_down's).
+  Graph g = grouped_graph(4096, 384, 1536, 8, false);
+  int wgrads = 0;
+  for (const Op& op : g.ops())
+    if (op.kind == OpKind::GroupedMatmulWgrad) {
+      ++wgrads;
+      auto choice = codegen::choose_gemm(g, op, *codegen::gemm_problem_of(g, op), hopper);
+      CHECK(choice.family == codegen::GemmFamily::sm90);
+      CHECK(choice.config.stream_k);
+      CHECK(choice.config.str().find("stream-k") != std::string::npos);
+    } else if (auto problem = codegen::gemm_problem_of(g, op)) {
+      CHECK_FALSE(codegen::choose_gemm(g, op, *problem, hopper).config.stream_k);  // the forward and dx products: no
+    }
+  CHECK(wgrads == 1);
+  codegen::ModuleCode module = codegen::generate_module(g, hopper);
+  const std::string kernels = module_kernels(g, hopper);
+  CHECK(kernels.find("gemm_sm90_streamk_kernel") != std::string::npos);
+  // The flags are zeroed before each stream-K launch, in the same step.
+  bool zeroed_before = false;
+  for (const auto& step : module.steps)
+    for (std::size_t i = 1; i < step.launches.size(); ++i)
+      zeroed_before |= step.launches[i].kernel.find("gemm_sm90_streamk_kernel") != std::string::npos &&
+                       step.launches[i - 1].kind == codegen::Launch::Kind::zero;
+  CHECK(zeroed_before);
+  cuda_test::compile_to_ptx(module, g.name(), "compute_90a");  // NVRTC, every tile width the heuristic picks here
+  {
+    cuda_test::EnvOverride off("MOEJIT_SM90_STREAM_K", "0");
+    CHECK(module_kernels(g, hopper).find("gemm_sm90_streamk_kernel") == std::string::npos);
+  }
+  {
+    cuda_test::EnvOverride bad("MOEJIT_SM90_STREAM_K", "yes");
+    CHECK_THROWS_WITH(codegen::generate_module(g, hopper), Catch::Contains("MOEJIT_SM90_STREAM_K: expected 0 or 1, found 'yes'"));
+  }
+}
+
+TEST_CASE("gpu: sm90 weight gradients on the stream-K schedule match the CPU backend, run to run bit for bit", "[cuda][gpu][stream_k]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  struct Case {
+    std::int64_t rows, d, f;
+    std::vector<std::int32_t> offsets;
+  };
+  // Few output tiles over long, unequal K: each tile's k-tiles cut across
+  // several blocks (expert 0's over about 15), empty experts, a K of one
+  // row, K rows that are a multiple of no k-tile, one expert taking every row.
+  const Case cases[] = {
+      {6000, 256, 384, {0, 4000, 4100, 4100, 4101, 5990, 6000}},
+      {5000, 128, 256, {0, 0, 5000, 5000}},
+      {3000, 384, 1536, {0, 500, 1000, 1500, 2000, 2500, 2600, 2601, 3000}},
+  };
+  std::uint64_t seed = 41;
+  for (const Case& c : cases) {
+    const auto experts = static_cast<std::int64_t>(c.offsets.size()) - 1;
+    INFO(fmt::format("rows {} d {} f {} experts {}", c.rows, c.d, c.f, experts));
+    Graph g = grouped_graph(c.rows, c.d, c.f, experts, false);
+    Values args = random_values(g, seed++);
+    args.insert_or_assign("offsets", offsets_of(c.offsets));
+    const Values want = cuda_test::run_outputs(*cpu, g, args);
+    const Values first = cuda_test::run_outputs(*cuda, g, args);
+    cuda_test::check_close(first, want);
+    const Values again = cuda_test::run_outputs(*cuda, g, args);
+    for (const auto& [name, value] : first) {
+      INFO(name);
+      const HostTensor& other = again.at(name);  // the owner adds the partials in block order
+      REQUIRE(value.bytes() == other.bytes());
+      CHECK(std::memcmp(value.raw(), other.raw(), value.bytes()) == 0);
+    }
+    cuda_test::EnvOverride off("MOEJIT_SM90_STREAM_K", "0");
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), want);  // one tile per block, the other schedule
   }
 }
