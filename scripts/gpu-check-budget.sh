@@ -1,60 +1,88 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh sections by priority within a device-time budget (BUDGET seconds,
 # default 560), on the GPU machine from the repository root with the bundle in
-# build-gpu-bundle:
-#   1. the GPU tests (in GPU_CHECK_TEST_SHARDS=3 parallel processes) and the 500-step
-#      bf16/f32 loss curves at once (no timing is read from either);
-#   2. the timed sections, one at a time, by priority: the cold/warm compile of the
-#      example's module; the config B and default train steps beside PyTorch; the MoE
-#      layer beside PyTorch (every bench/moe_layer shape); `moejit tune` of config B,
-#      the default config and the moe_layer shapes into $OUT/tuned.json (what tuning/
-#      ships), then the config B step with that database against without any
-#      (train_step --tuning-ab: alternating rounds); flash attention beside SDPA; a MOEJIT_PROFILE=1 step
-#      of config B and of the D4096 and D1536 layers; `gpt_moe train --nproc 1` on
-#      the GPU (and --nproc 2, which must fail cleanly on one GPU); the dense GEMM
-#      probe beside torch.matmul.
-# A section that does not fit the time left is reported SKIPPED. Every log is packed
+# build-gpu-bundle. PLAN (a comma list, default all) picks the steps, in this order:
+#   tests     the GPU tests (GPU_CHECK_TEST_SHARDS=3 parallel processes), beside
+#   train     the 500-step bf16/f32 loss curves and
+#   nproc     `gpt_moe train --nproc 1` on the GPU (--nproc 2 must fail cleanly on one GPU)
+#             (nothing timed runs beside the timed steps below);
+#   compile   the cold/warm compile of the example's module;
+#   trainstep the config B and default train steps beside PyTorch;
+#   streamk   the config B step with MOEJIT_SM90_STREAM_K=0 against the default, alternating;
+#   layer     the MoE layer beside PyTorch (every bench/moe_layer shape);
+#   tune      `moejit tune` of config B, the default config and the moe_layer shapes into
+#             $OUT/tuned.json (what tuning/ ships), then the config B step with that
+#             database against without any (train_step --tuning-ab: alternating rounds);
+#   attention flash attention beside SDPA;
+#   epilogues the GEMM epilogues off and the ping-pong consumers on (scripts/gpu-moegemm-final.sh);
+#   profiles  MOEJIT_PROFILE=1 steps of config B and of the D4096 and D1536 layers;
+#   gemm      the dense GEMM probe beside torch.matmul;
+#   queue     the helpers' queued runs (.gpu-queue/*/tree.tar.xz + request.txt, unpacked
+#             and run one after another, each under its requested seconds).
+# A step that does not fit the time left is reported SKIPPED. Every log is packed
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
+PLAN=${PLAN:-tests,train,nproc,compile,trainstep,streamk,layer,tune,attention,epilogues,profiles,gemm,queue}
+planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-run() {  # run NAME SECONDS env... : one gpu-check instance with its own logs, if the budget allows
+run() {  # run NAME SECONDS env... : one gpu-check instance with its own logs, if planned and the budget allows
   local name=$1 need=$2; shift 2
+  planned "$name" || return 0
   if (( $(left) < need )); then echo "SKIPPED $name (budget: $(left) s left, needs $need)"; return; fi
   env GPU_CHECK_LOGS=/tmp/l-$name "$@" bash scripts/gpu-check.sh $B > /tmp/log-$name.txt 2>&1
   stamp "$name"; sed -n '/==== gpu-check summary/,$p' /tmp/log-$name.txt | grep -vE "\| (val loss \?|nan|$)|example modules|train 20 cuda|step_bench|^device|moe_bench|\| none \(exit -\)|\| +\(exit -\)" | grep -v "^$"
 }
-TS_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5"
-TORCH_TS_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
-# 1. tests and loss curves at once
+CFG_B=examples/gpt_moe/configs/config_b.json
+nproc_runs() {  # Multi-process training on one GPU: --nproc 1 trains; --nproc 2 must fail cleanly on a one-GPU machine.
+  if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then  # NCCL: PyTorch's copy when the system has none
+    lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
+    [[ -n "$lib" && -f "$lib" ]] && export MOEJIT_NCCL_LIBRARY=$lib
+  fi
+  NP=(train --device cuda --data $B/tinyshakespeare.txt --max_iters 30 --eval_interval 30 --eval_iters 2 --no_report --num_samples 0)
+  timeout 40 $B/gpt_moe "${NP[@]}" --nproc 1 --out_dir /tmp/np1 > /tmp/log-nproc1.txt 2>&1; echo "gpt_moe --nproc 1 exit $?"
+  grep -E "val loss|tok/s" /tmp/log-nproc1.txt | tail -2
+  timeout 20 $B/gpt_moe "${NP[@]}" --nproc 2 --out_dir /tmp/np2 > /tmp/log-nproc2.txt 2>&1
+  echo "gpt_moe --nproc 2 on one GPU exit $? (expected non-zero, a clear message)"; tail -3 /tmp/log-nproc2.txt
+}
+# 1. tests, loss curves and the multi-process runs at once
 run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=170 GPU_CHECK_TEST_SHARDS=3 &
 run train 150 GPU_CHECK_ONLY=train GPU_CHECK_ITERS=500 &
+if planned nproc; then nproc_runs > /tmp/log-nproc.txt 2>&1 & fi
 wait
-# 2. timed sections, by priority
+planned nproc && { stamp "nproc"; cat /tmp/log-nproc.txt; }
+# 2. timed steps, by priority
 run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
 run trainstep 100 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=60 \
-  GPU_CHECK_TRAINSTEP_ARGS="$TS_ARGS" GPU_CHECK_TORCH_TRAIN_ARGS="$TORCH_TS_ARGS"
+  GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
+if planned streamk && (( $(left) > 60 )); then  # stream-K off / on, alternating, config B replay
+  for round in 1 2; do
+    for sk in 0 1; do
+      MOEJIT_SM90_STREAM_K=$sk timeout 25 $B/train_step --config $CFG_B --no-check --warmup 3 --runs 10 --rounds 1 --trainer-steps 0 \
+        > /tmp/log-streamk-$sk-$round.txt 2>&1
+      echo "stream_k=$sk round $round: $(grep -hE 'replay|ms/step' /tmp/log-streamk-$sk-$round.txt | tail -2 | tr '\n' ' ')"
+    done
+  done
+  stamp streamk
+fi
 run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90
-# tune, then the step with and without the database
-if (( $(left) > 70 )); then
+if planned tune && (( $(left) > 70 )); then  # tune, then the step with and without the database
   TUNE_S=$(( $(left) - 50 < 90 ? $(left) - 50 : 90 ))
-  timeout $(( TUNE_S + 20 )) $B/moejit tune --config examples/gpt_moe/configs/config_b.json --config default \
+  timeout $(( TUNE_S + 20 )) $B/moejit tune --config $CFG_B --config default \
     --moe-layer 16384,384,1536,8,2 --moe-layer 16384,768,3072,8,2 --moe-layer 8192,4096,14336,8,2 --moe-layer 24576,1536,256,128,8 \
     --out $O/tuned.json --budget-s $TUNE_S > /tmp/log-tune.txt 2>&1
   stamp "tune exit $?"; grep -E "^moejit tune:|^wrote|^compiling" /tmp/log-tune.txt
-  # The step with the database against without, in alternating rounds (train_step --tuning-ab).
   if (( $(left) > 25 )); then
-    timeout 22 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 3 --runs 10 --rounds 3 \
+    timeout 22 $B/train_step --config $CFG_B --no-check --warmup 3 --runs 10 --rounds 3 \
       --trainer-steps 0 --tuning-ab $O/tuned.json > /tmp/log-step-tuning-ab.txt 2>&1
     stamp "$(grep -h '^tuning-ab:' /tmp/log-step-tuning-ab.txt || echo 'tuning-ab: no result (see log-step-tuning-ab.txt)')"
   fi
-else
+elif planned tune; then
   echo "SKIPPED tune (budget: $(left) s left)"
 fi
 run attention 25 GPU_CHECK_ONLY=attention GPU_CHECK_BENCH_LIMIT=30
-# The GEMM epilogues off and the ping-pong consumers on, beside the layer section's default rows.
-if (( $(left) > 45 )) && [[ -f scripts/gpu-moegemm-final.sh ]]; then
+if planned epilogues && (( $(left) > 45 )) && [[ -f scripts/gpu-moegemm-final.sh ]]; then
   RESULT=/tmp/l-epilogues timeout 42 bash scripts/gpu-moegemm-final.sh > /tmp/log-epilogues.txt 2>&1; stamp "epilogues exit $?"
   tail -12 /tmp/log-epilogues.txt
 fi
@@ -64,21 +92,22 @@ profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its tabl
   MOEJIT_PROFILE=1 timeout "$need" "$@" > /tmp/log-profile-$name.txt 2>&1; stamp "profile $name"
   grep -A22 "profile of @.*median of [3-9]" /tmp/log-profile-$name.txt | head -23
 }
-profile b 25 $B/train_step --config examples/gpt_moe/configs/config_b.json --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
-profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
-profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
-# Multi-process training on one GPU: --nproc 1 trains; --nproc 2 must fail cleanly on a one-GPU machine.
-if (( $(left) > 40 )); then
-  if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2; then  # NCCL: PyTorch's copy when the system has none
-    lib=$(python3 -c "import nvidia.nccl, os; print(os.path.join(nvidia.nccl.__path__[0], 'lib', 'libnccl.so.2'))" 2>/dev/null)
-    [[ -n "$lib" && -f "$lib" ]] && export MOEJIT_NCCL_LIBRARY=$lib
-  fi
-  NP=(train --device cuda --data $B/tinyshakespeare.txt --max_iters 30 --eval_interval 30 --eval_iters 2 --no_report --num_samples 0)
-  timeout 25 $B/gpt_moe "${NP[@]}" --nproc 1 --out_dir /tmp/np1 > /tmp/log-nproc1.txt 2>&1; stamp "gpt_moe --nproc 1 exit $?"
-  grep -E "val loss|tok/s" /tmp/log-nproc1.txt | tail -2
-  timeout 12 $B/gpt_moe "${NP[@]}" --nproc 2 --out_dir /tmp/np2 > /tmp/log-nproc2.txt 2>&1; stamp "gpt_moe --nproc 2 on one GPU exit $? (expected non-zero, a clear message)"
-  tail -3 /tmp/log-nproc2.txt
+if planned profiles; then
+  profile b 25 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
+  profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
+  profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
 run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=30
+if planned queue; then  # the helpers' runs: each tree unpacked into its own folder, its results under $O/queue-NAME
+  for req in .gpu-queue/*/request.txt; do
+    [[ -f "$req" ]] || continue
+    dir=$(dirname "$req"); name=$(basename "$dir"); secs=$(awk '{print $1; exit}' "$req")
+    if (( $(left) < secs + 5 )); then echo "SKIPPED queue $name (budget: $(left) s left, needs $secs)"; continue; fi
+    mkdir -p /tmp/q/$name /tmp/qr/$name && tar xJf "$dir/tree.tar.xz" -C /tmp/q/$name
+    (cd /tmp/q/$name && RESULT=/tmp/qr/$name timeout "$secs" bash gpu-run.sh > /tmp/qr/$name/gpu-run.log 2>&1; echo "exit $?" >> /tmp/qr/$name/gpu-run.log)
+    stamp "queue $name: $(tail -1 /tmp/qr/$name/gpu-run.log)"
+  done
+  [[ -d /tmp/qr ]] && tar czf $O/queue-results.tgz -C /tmp qr
+fi
 tar czf $O/final-logs.tgz -C /tmp $(cd /tmp && ls -d l-* 2>/dev/null) $(cd /tmp && ls log-*.txt) 2>/dev/null
 stamp done
