@@ -68,6 +68,7 @@
 
 #include "codegen/kernels/gemm_sm80.cuh"
 #include "codegen/kernels/gemm_sm90.cuh"
+#include "codegen/kernels/gemm_sm90_streamk.cuh"
 #include "codegen/tuning_db.h"
 #include "ir/error.h"
 #include "ir/printer.h"
@@ -279,11 +280,15 @@ bool env_flag(const char* name, bool fallback) {
   return std::string(v) == "1";
 }
 
-// Whether the stream-K kernel's unit count (tiles x max(1, k-tiles) summed
-// over the groups, at most tiles x (2 groups + K / 64)) fits its 32-bit prefix.
-bool stream_k_fits(const TileConfig& c, const GemmProblem& p) {
-  const std::int64_t tiles = (p.m + c.tile_m - 1) / c.tile_m * ((p.n + c.tile_n - 1) / c.tile_n);
-  return tiles * (2 * p.batch + p.k / 64) < (1ll << 31);
+// Whether a weight gradient takes the stream-K schedule: fewer output tiles
+// than two waves of blocks (beyond that the ragged last wave is a small share,
+// and the schedule's single data-parallel wave would give up the lockstep
+// locality of the others: D1536 E128's 1536 tiles ran 1.9x slower with it,
+// H200), and a unit count (tiles x max(1, k-tiles) summed over the groups,
+// at most tiles x (2 groups + K / 64)) within its 32-bit prefix.
+bool stream_k_pays(const TileConfig& c, const GemmProblem& p, const Target& target) {
+  const std::int64_t per_group = (p.m + c.tile_m - 1) / c.tile_m * ((p.n + c.tile_n - 1) / c.tile_n);
+  return per_group * p.batch < 2 * target.sm_count && per_group * (2 * p.batch + p.k / 64) < (1ll << 31);
 }
 
 TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
@@ -328,11 +333,16 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
       }
     }
   }
-  // Weight gradients (varlen K) run the stream-K schedule: their few output
-  // tiles over unequal K leave SMs idle under one tile per block (docs/perf.md).
+  // Weight gradients (varlen K) with few output tiles run the stream-K
+  // schedule: few tiles over unequal K leave SMs idle under one tile per block (docs/perf.md).
   // MOEJIT_SM90_STREAM_K=0 turns it off (to measure against it).
-  c.stream_k = problem.kind == GemmProblem::Kind::wgrad && env_flag("MOEJIT_SM90_STREAM_K", true) && stream_k_fits(c, problem);
-  if (c.stream_k) add_note(c, "stream-k");
+  c.stream_k = problem.kind == GemmProblem::Kind::wgrad && env_flag("MOEJIT_SM90_STREAM_K", true) && stream_k_pays(c, problem, target);
+  if (c.stream_k) {
+    add_note(c, "stream-k");
+    while (c.stages > 2 && sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, sm90::streamk_smem_groups(groups, target.sm_count)) >
+                               target.shared_memory_per_block_optin)
+      --c.stages;  // its schedule's tables take more of the shared memory
+  }
   // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
   // of at most 128 columns, alternately), a 256-column tile halved for it.
   // Opt-in: not measured yet (docs/perf.md).
@@ -354,7 +364,8 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
     // The slices are groups of a batched product: one more prefix entry each.
     while (c.stages > 2 && sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, c.split_k) > target.shared_memory_per_block_optin) --c.stages;
   }
-  if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, std::max<std::int64_t>(groups, c.split_k)) > target.shared_memory_per_block_optin)
+  const std::int64_t table_groups = c.stream_k ? sm90::streamk_smem_groups(groups, target.sm_count) : std::max<std::int64_t>(groups, c.split_k);
+  if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, table_groups) > target.shared_memory_per_block_optin)
     fail(graph, op, fmt::format("(sm90 GEMM) needs {} bytes of shared memory for {} groups; the target {} allows {}",
                                 sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, groups), groups, target.arch,
                                 target.shared_memory_per_block_optin));

@@ -136,7 +136,9 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
     pointers.push_back({&stream_k.partials, partials});
     pointers.push_back({&stream_k.flags, flags});
     kernel = fmt::format("moejit::sm90::gemm_sm90_streamk_kernel<128, {}, 64, {}, {}>", tile_n, config.stages, epilogue);
-    ctx.launch("gemm_sm90_streamk", kernel, config, {grid}, stream_k, pointers, smem, maps);
+    const auto streamk_smem =
+        static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, sm90::streamk_smem_groups(g.groups, grid)));
+    ctx.launch("gemm_sm90_streamk", kernel, config, {grid}, stream_k, pointers, streamk_smem, maps);
     return;
   }
   ctx.launch("gemm_sm90", kernel, config, {grid}, args, pointers, smem, maps);

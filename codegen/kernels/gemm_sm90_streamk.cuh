@@ -1,31 +1,36 @@
-// Hopper GEMM, stream-K schedule for weight gradients (moe.grouped_matmul_wgrad,
-// the varlen-K mode of codegen/kernels/gemm_sm90.cuh): C[g] = A[:, seg g] *
-// B[seg g, :] for every group g (expert) of token rows.
+// Hopper GEMM, data-parallel + stream-K schedule for weight gradients
+// (moe.grouped_matmul_wgrad, the varlen-K mode of codegen/kernels/gemm_sm90.cuh):
+// C[g] = A[:, seg g] * B[seg g, :] for every group g (expert) of token rows.
 //
 // Why a second schedule: a weight gradient has few output tiles (config B:
 // 8 experts x 18 tiles of 128 x 256 = 144 tiles on 132 SMs) over long and
-// unequal K (each expert's routed rows). One tile per block leaves most SMs
-// idle in a ragged second wave, and the routing's imbalance makes the longest
-// expert's tiles the critical path (160 us per launch against a 60 us floor,
-// H200). Stream-K splits the *k-tiles* evenly instead: the work is the
-// sequence of units (tile, k-tile) in tile order (each tile max(1, its
-// group's k-tiles) units), and each of the G blocks takes a run of W / G
-// consecutive units (the first W % G blocks one more) of the W in all. So every block does the same number of MMAs
-// whatever the routing, and a tile may be cut across consecutive blocks:
-//   - the block that holds a tile's first k-tile owns the tile: it adds the
-//     others' partial sums to its accumulators, in block order (the same
-//     bits every run), and applies the epilogue;
-//   - a block whose range starts inside a tile (only ever its first
-//     segment) stores that segment's f32 accumulators in its partial slot
-//     and raises its flag (one per consumer warpgroup).
-// The owner works on the tile at the END of its range and the helpers at the
-// START of theirs, so by the time an owner waits its partials are done: the
-// fix-up costs one L2 read of each seam. Every block must be resident at
-// once (one block per SM, grid = SMs): a waiting block waits only for
-// higher-numbered blocks' first segments, which wait for nobody.
+// unequal K (each expert's routed rows). One tile per block leaves a ragged
+// second wave, and the routing's imbalance makes the longest expert's tiles
+// the critical path (160 us a launch against a 60 us floor, H200). Pure
+// stream-K (every block an equal run of (tile, k-tile) units) balances the
+// MMAs but measured no faster: the blocks sharing an expert's operand panels
+// then sit at different K offsets, so the panels are read from DRAM once per
+// tile instead of once per wave (450 MB instead of 125 MB at config B).
 //
-// The flags are zeroed before each launch (a memset the emitter adds). The
-// tile shape, stages, producer, MMAs and epilogues are gemm_sm90.cuh's.
+// So the work is split in two (a tile is max(1, its group's k-tiles) units):
+//   - data-parallel (DP) tiles first: up to one per block, whole tiles of
+//     groups at most 25% longer than an even split of all units over the
+//     blocks, in group order, so the blocks of one expert start together and
+//     walk K in step (its panels are read once);
+//   - then every other tile's units, stream-K: block b takes the next
+//     (target - its DP tile's units) of them, in tile order, where the
+//     target is the longest DP tile or the even split if longer. A tile may be
+//     cut across consecutive blocks: the block that holds its first k-tile
+//     owns it, adds the others' partial sums in block order (the same bits
+//     every run) and applies the epilogue; a block whose stream-K run starts
+//     inside a tile (only ever its first segment) stores that segment's f32
+//     accumulators in its partial slot and raises its flag (one per consumer
+//     warpgroup). Owners work at the end of their runs and helpers at the
+//     start of theirs, so an owner finds its partials done.
+// Every block must be resident at once (one block per SM, grid = SMs): a
+// block waits only for higher-numbered blocks' first segments, which wait
+// for nobody. The flags are zeroed before each launch (a memset the emitter
+// adds). The tile shape, stages, producer, MMAs and epilogues are gemm_sm90.cuh's.
 #pragma once
 
 #include "codegen/kernels/gemm_sm90.cuh"
@@ -40,64 +45,109 @@ struct StreamKArgs {
 
 // The f32 words of one block's partial slot (both consumers).
 constexpr long long streamk_partial_floats(int bm, int bn) { return (long long)bm * bn; }
+// The `groups` argument of smem_bytes for a launch of `groups` groups on
+// `blocks` blocks: the schedule keeps four tables of groups + 1 entries, its
+// target and each block's first stream-K unit where the family keeps one table.
+constexpr long long streamk_smem_groups(long long groups, long long blocks) { return 4 * groups + 5 + blocks; }
 
 }  // namespace moejit::sm90
 
 #if MOEJIT_DEVICE_CODE
 namespace moejit::sm90 {
 
-// The units of the stream-K split (see above), from the per-group prefix in
-// shared memory: unit_prefix[g] = the first unit of group g's tiles. All
-// 32-bit (the host keeps the unit count below 2^31) and without 64-bit
-// divisions: it runs between the MMAs, beside 128 live accumulators.
-template <int BM, int BN> struct StreamKWalk {
+// The schedule (see above), from four tables in shared memory of groups + 1
+// entries each: units[g], the units of each of group g's tiles; sk_prefix[g], the first stream-K unit of group g's
+// stream-K tiles; dp_prefix[g], the first block of its DP tiles; dp_work[g],
+// the units of the DP tiles before its. All 32-bit (the host keeps the unit
+// count below 2^31), no 64-bit division: it runs beside 128 live accumulators.
+template <int BM, int BN> struct WgradSchedule {
   static constexpr int kRasterRows = 8;  // row tiles per L2 panel, as TileWalk
   const GemmArgs& args;
-  const int* unit_prefix;  // groups + 1 entries
-  int tiles_m, tiles_n;
-  int per_block = 0, extra = 0;  // units = per_block * blocks + extra: the first `extra` blocks take one more
+  const int* tables;  // units, sk_prefix, dp_prefix, dp_work: groups + 1 entries each (one pointer: registers are scarce)
+  int target;         // units per block
 
-  __device__ int units_per_tile(int g) const {
-    const int k_tiles = (args.group_offsets[g + 1] - args.group_offsets[g] + 63) / 64;
-    return k_tiles > 0 ? k_tiles : 1;
+  __device__ const int* table(int i) const { return tables + i * (args.groups + 1); }
+  __device__ int units_per_tile(int g) const { return tables[g]; }  // units[g]: of each tile of group g
+  __device__ int sk_prefix(int g) const { return table(1)[g]; }
+  __device__ int dp_prefix(int g) const { return table(2)[g]; }
+  __device__ int dp_work(int g) const { return table(3)[g]; }
+  // The last group whose table entry is <= v: the group holding item v
+  // (groups with no items have the same entry as the next).
+  __device__ int group_of(const int* table, int v) const {
+    int lo = 0, hi = args.groups - 1;
+    while (lo < hi) {
+      int mid = (lo + hi + 1) / 2;
+      if (table[mid] <= v) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
   }
-  __device__ void split(int blocks) {
-    const int total = unit_prefix[args.groups];
-    per_block = total / blocks;
-    extra = total - per_block * blocks;
+  // The first stream-K unit of block b (b = blocks: the end).
+  __device__ int sk_first(int b) const {
+    const int groups = args.groups;
+    int dp = dp_work(groups);  // units of the DP tiles of the blocks before b
+    if (b < dp_prefix(groups)) {
+      const int g = group_of(table(2), b);
+      dp = dp_work(g) + (b - dp_prefix(g)) * units_per_tile(g);
+    }
+    const int first = b * target - dp;
+    return first < sk_prefix(groups) ? first : sk_prefix(groups);
   }
-  // The first unit of block b's range.
-  __device__ int first(int b) const { return b * per_block + (b < extra ? b : extra); }
 
-  // The segment of a block's range that starts at unit u (and ends by `end`).
   struct Segment {
     int group, row0, col0;  // the tile
     int kt0, kt1;           // its k-tiles [kt0, kt1) in this segment
-    int tile_end;           // the unit after the tile's last
+    int tile_end;           // stream-K: the unit after the tile's last
   };
-  __device__ Segment segment(int u, int end) const {
-    Segment g;
-    int lo = 0, hi = args.groups - 1;  // the last group whose first unit <= u
-    while (lo < hi) {
-      int mid = (lo + hi + 1) / 2;
-      if (unit_prefix[mid] <= u) lo = mid;
-      else hi = mid - 1;
-    }
-    g.group = lo;
-    const int per = units_per_tile(lo), in_group = u - unit_prefix[lo];
-    const int t = in_group / per;
-    g.kt0 = in_group - t * per;
-    g.tile_end = unit_prefix[lo] + (t + 1) * per;
-    g.kt1 = g.kt0 + ((g.tile_end < end ? g.tile_end : end) - u);
-    // Tile t of the group, in panels of kRasterRows row tiles x all column tiles.
+  // Tile t of group g, in panels of kRasterRows row tiles x all column tiles.
+  __device__ void place(Segment& s, int t) const {
+    const int tiles_m = (int)((args.m + BM - 1) / BM), tiles_n = (int)((args.n + BN - 1) / BN);  // from the parameters: no registers held
     const int panel = t / (kRasterRows * tiles_n), first_m = panel * kRasterRows;
     const int rows_in_panel = tiles_m - first_m < kRasterRows ? tiles_m - first_m : kRasterRows;
     const int in_panel = t - panel * kRasterRows * tiles_n;
-    g.row0 = (first_m + in_panel % rows_in_panel) * BM;
-    g.col0 = in_panel / rows_in_panel * BN;
-    return g;
+    s.row0 = (first_m + in_panel % rows_in_panel) * BM;
+    s.col0 = in_panel / rows_in_panel * BN;
+  }
+  // Block b's DP tile (b < dp_prefix[groups]): whole, owned.
+  __device__ Segment dp_tile(int b) const {
+    Segment s;
+    s.group = group_of(table(2), b);
+    s.kt0 = 0;
+    s.kt1 = units_per_tile(s.group);
+    s.tile_end = 0;
+    place(s, b - dp_prefix(s.group));
+    return s;
+  }
+  // The stream-K segment starting at unit u of a run ending by `end`.
+  __device__ Segment sk_segment(int u, int end) const {
+    Segment s;
+    s.group = group_of(table(1), u);
+    const int per = units_per_tile(s.group), in_group = u - sk_prefix(s.group);
+    const int t = in_group / per;
+    s.kt0 = in_group - t * per;
+    s.tile_end = sk_prefix(s.group) + (t + 1) * per;
+    s.kt1 = s.kt0 + ((s.tile_end < end ? s.tile_end : end) - u);
+    place(s, dp_prefix(s.group + 1) - dp_prefix(s.group) + t);  // after the group's DP tiles
+    return s;
   }
 };
+
+// Warp 0's exclusive scan of value(g) over the groups into table[0 .. groups]
+// (table[groups] = the sum).
+template <class Value> __device__ void scan_groups(int groups, int* table, Value value) {
+  const int lane = threadIdx.x;
+  int carry = 0;
+  for (int g0 = 0; g0 <= groups; g0 += 32) {
+    const int g = g0 + lane, v = g < groups ? value(g) : 0;
+    int inclusive = v;
+    for (int d = 1; d < 32; d *= 2) {
+      const int up = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += up;
+    }
+    if (g <= groups) table[g] = carry + inclusive - v;
+    carry += __shfl_sync(0xffffffffu, inclusive, 31);
+  }
+}
 
 // blockIdx.x, read where it is used: the compiler cannot hoist the
 // partial-slot addresses derived from it out of the k-loop, where they would
@@ -106,6 +156,14 @@ __device__ __forceinline__ int block_id() {
   int b;
   asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(b));
   return b;
+}
+// The schedule's tables in shared memory (after the family's stages and
+// barriers), their address computed where they are read for the same reason.
+template <class Layout> __device__ __forceinline__ int* schedule_tables() {
+  extern __shared__ unsigned char smem_raw[];
+  unsigned long long p = (unsigned long long)smem_raw;
+  asm volatile("" : "+l"(p));
+  return reinterpret_cast<int*>(((p + 1023) & ~1023ull) + Layout::kPrefix);
 }
 __device__ __forceinline__ void flag_release(int* flag) {
   asm volatile("fence.acq_rel.gpu;\n st.relaxed.gpu.global.b32 [%0], %1;" ::"l"(flag), "r"(1) : "memory");
@@ -127,8 +185,10 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
   unsigned char* smem = (unsigned char*)(((unsigned long long)smem_raw + 1023) & ~1023ull);
   const unsigned base = smem_u32(smem);
   const unsigned full_bar = base + Layout::kBarriers, empty_bar = full_bar + 8 * STAGES;
-  int* unit_prefix = reinterpret_cast<int*>(smem + Layout::kPrefix);
-  const int warpgroup = threadIdx.x / 128;
+  const int groups = args.groups, warpgroup = threadIdx.x / 128;
+  int* units = reinterpret_cast<int*>(smem + Layout::kPrefix);
+  int *sk_prefix = units + (groups + 1), *dp_prefix = sk_prefix + (groups + 1), *dp_work = dp_prefix + (groups + 1);
+  int* target = dp_work + (groups + 1);
   const int tiles_m = (int)((args.m + BM - 1) / BM), tiles_n = (int)((args.n + BN - 1) / BN), tiles_per_group = tiles_m * tiles_n;
 
   if (threadIdx.x == 0) {
@@ -138,34 +198,53 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
-  if (threadIdx.x < 32) {  // unit_prefix[g] = sum over groups before g of tiles x max(1, k-tiles) (a warp scan)
-    int lane = threadIdx.x, carry = 0;
-    for (int g0 = 0; g0 <= args.groups; g0 += 32) {
-      int g = g0 + lane, count = 0;
-      if (g < args.groups) {
-        long long k = (args.group_offsets[g + 1] - args.group_offsets[g] + BK - 1) / BK;
-        count = (int)(tiles_per_group * (k > 0 ? k : 1));
-      }
-      int inclusive = count;
-      for (int d = 1; d < 32; d *= 2) {
-        int v = __shfl_up_sync(0xffffffffu, inclusive, d);
-        if (lane >= d) inclusive += v;
-      }
-      if (g <= args.groups) unit_prefix[g] = carry + inclusive - count;
-      carry += __shfl_sync(0xffffffffu, inclusive, 31);
-    }
+  for (int g = threadIdx.x; g < groups; g += blockDim.x) {
+    const int k_tiles = (args.group_offsets[g + 1] - args.group_offsets[g] + BK - 1) / BK;
+    units[g] = k_tiles > 0 ? k_tiles : 1;  // an empty group's tiles: one unit that stores zeros
   }
   __syncthreads();
-  StreamKWalk<BM, BN> units{args, unit_prefix, tiles_m, tiles_n};
-  units.split(gridDim.x);
-  const int begin = units.first(blockIdx.x), end = units.first(blockIdx.x + 1);
+  if (threadIdx.x < 32) {  // the schedule's tables (warp 0; sk_prefix and dp_work hold scratch sums first)
+    const int blocks = gridDim.x;
+    scan_groups(groups, sk_prefix, [&](int g) { return tiles_per_group * units[g]; });
+    __syncwarp();
+    const int even = (sk_prefix[groups] + blocks - 1) / blocks;  // the units per block of a perfect split
+    // DP tiles: those of groups up to a quarter longer than that, in group
+    // order, one per block while blocks last. The slack keeps a mildly
+    // heavy expert's tiles in the lockstep wave (at most 25% over the even
+    // split) rather than cutting them at scattered K offsets.
+    const int longest_dp = even + even / 4;
+    scan_groups(groups, dp_work, [&](int g) { return units[g] <= longest_dp ? tiles_per_group : 0; });
+    __syncwarp();
+    scan_groups(groups, dp_prefix, [&](int g) {
+      const int eligible = dp_work[g + 1] - dp_work[g], room = blocks - dp_work[g];
+      return room <= 0 ? 0 : eligible < room ? eligible : room;
+    });
+    __syncwarp();
+    // Every block's share: the longest DP tile, or the even split if longer.
+    int per_block = even;
+    for (int g = threadIdx.x; g < groups; g += 32)
+      if (dp_prefix[g + 1] > dp_prefix[g] && units[g] > per_block) per_block = units[g];
+    for (int d = 16; d > 0; d /= 2) per_block = max(per_block, __shfl_xor_sync(0xffffffffu, per_block, d));
+    scan_groups(groups, dp_work, [&](int g) { return (dp_prefix[g + 1] - dp_prefix[g]) * units[g]; });
+    scan_groups(groups, sk_prefix, [&](int g) { return (tiles_per_group - (dp_prefix[g + 1] - dp_prefix[g])) * units[g]; });
+    if (threadIdx.x == 0) *target = per_block;
+  }
+  __syncthreads();
+  const WgradSchedule<BM, BN> sched{args, units, *target};
+  int* run_first = target + 1;  // [blocks + 1]: each block's first stream-K unit (the owners' fix-up reads them)
+  const int kRuns = 4 * (groups + 1) + 1;  // run_first's offset in the tables
+  for (int b = threadIdx.x; b <= (int)gridDim.x; b += blockDim.x) run_first[b] = sched.sk_first(b);
+  __syncthreads();
+  // This block's items: its DP tile (u = -1) if it has one, then its stream-K run [sk_begin, sk_end).
+  const int sk_begin = run_first[blockIdx.x], sk_end = run_first[blockIdx.x + 1];
+  const int first_item = (int)blockIdx.x < sched.dp_prefix(groups) ? -1 : sk_begin;
 
   if (warpgroup == 0) {
     regs_down<40>();
     if (threadIdx.x == 0) {
       int it = 0;
-      for (int u = begin; u < end;) {
-        const auto seg = units.segment(u, end);
+      for (int u = first_item; u < sk_end;) {
+        const auto seg = u < 0 ? sched.dp_tile(blockIdx.x) : sched.sk_segment(u, sk_end);
         const int k_begin = args.group_offsets[seg.group], k_count = args.group_offsets[seg.group + 1] - k_begin;
         for (int kt = seg.kt0; k_count > 0 && kt < seg.kt1; ++kt, ++it) {
           const int s = it % STAGES;
@@ -177,7 +256,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
           for (int j = 0; j < BM / 64; ++j) tma_load_3d(a_dst + j * 64 * BK * 2, &args.a, bar, seg.row0 + 64 * j, k0, 0);
           for (int j = 0; j < BN / 64; ++j) tma_load_3d(b_dst + j * 64 * BK * 2, &args.b, bar, seg.col0 + 64 * j, k0, 0);
         }
-        u += seg.kt1 - seg.kt0;
+        u = u < 0 ? sk_begin : u + (seg.kt1 - seg.kt0);
       }
     }
   } else {
@@ -186,13 +265,16 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
     float acc[Mma::kAccumulators];
     int it = 0;
-    for (int u = begin; u < end;) {
+    // The end of this block's run, re-read from shared memory where needed (not kept in a register).
+    const auto run_end = [&] { return schedule_tables<Layout>()[kRuns + block_id() + 1]; };
+    for (int u = first_item; u < run_end();) {
+      const int sk_end = run_end();
       // Only the segment's k-tiles and the group's K rows left stay live
-      // through the MMAs; the tile's coordinates are decoded again after them
-      // (kept across the loop, they pushed the accumulators into local memory).
+      // through the MMAs; the segment is decoded again after them (kept
+      // across the loop, its fields pushed the accumulators into local memory).
       int kt0, kt1, k_left;  // k_left: the group's K rows from k-tile kt0 on
       {
-        const auto seg = units.segment(u, end);
+        const auto seg = u < 0 ? sched.dp_tile(blockIdx.x) : sched.sk_segment(u, sk_end);
         kt0 = seg.kt0;
         kt1 = seg.kt1;
         k_left = args.group_offsets[seg.group + 1] - args.group_offsets[seg.group] - kt0 * BK;
@@ -209,8 +291,9 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
         // group: zeroed in this consumer's A chunk (as gemm_sm90_kernel does).
         const int valid = k_left - (kt - kt0) * BK;
         if (valid < BK) {
-          uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
-          for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
+          const unsigned rows = a_tile + consumer * 64 * BK * 2;  // a shared-space address: no 64-bit pointer kept live
+          for (int i = valid * 8 + thread; i < BK * 8; i += 128)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(rows + 16 * i), "r"(0) : "memory");
           asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
           asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
         }
@@ -229,8 +312,10 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
         if (thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
       }
       asm volatile("" : "+r"(u));  // decode again, not from values kept through the loop
-      const auto seg = units.segment(u, end);
-      u += seg.kt1 - seg.kt0;
+      const WgradSchedule<BM, BN> after{args, schedule_tables<Layout>(), 0};
+      const int* runs = after.tables + kRuns;
+      const auto seg = u < 0 ? after.dp_tile(block_id()) : after.sk_segment(u, runs[block_id() + 1]);
+      u = u < 0 ? runs[block_id()] : u + (seg.kt1 - seg.kt0);
 
       // Partial slot of (block, consumer): float4 i of thread t at [i][t], so a warp's stores are contiguous.
       constexpr int kQuads = Mma::kAccumulators / 4;
@@ -242,15 +327,14 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
         if (thread == 0) flag_release(sk.flags + 2 * block_id() + consumer);
         continue;
       }
-      // The owner: the later blocks whose ranges start inside this tile hold its other k-tiles.
-      for (int b = block_id() + 1; b < (int)gridDim.x && units.first(b) < seg.tile_end; ++b) {
-        if (units.first(b) == units.first(b + 1)) continue;  // an empty range: no segment
+      // The owner: the later blocks whose runs start inside this tile hold its
+      // other k-tiles (none for a DP tile, whose tile_end is 0).
+      for (int b = block_id() + 1; b < (int)gridDim.x && runs[b] < seg.tile_end; ++b) {
+        if (runs[b] == runs[b + 1]) continue;  // an empty run: no segment
         if (thread == 0) flag_acquire(sk.flags + 2 * b + consumer);
         asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
         const float4* slot = reinterpret_cast<const float4*>(sk.partials) + ((long long)b * 2 + consumer) * kQuads * 128 + thread;
-        // Four float4 loads in flight at a time: beside the 128 accumulators of
-        // a 256-column tile, eight spilled and all of them at once would need
-        // as many registers again.
+        // Four float4 loads in flight at a time, beside the accumulators.
 #pragma unroll
         for (int i0 = 0; i0 < kQuads; i0 += 4) {
           float4 p[4];

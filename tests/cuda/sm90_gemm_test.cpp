@@ -248,6 +248,8 @@ TEST_CASE("the sm90 family runs weight gradients on the stream-K schedule, unles
     cuda_test::EnvOverride off("MOEJIT_SM90_STREAM_K", "0");
     CHECK(module_kernels(g, hopper).find("gemm_sm90_streamk_kernel") == std::string::npos);
   }
+  // Two waves of tiles or more (D1536 E128: 128 experts x 12 tiles): one tile per block.
+  CHECK(module_kernels(grouped_graph(4096, 1536, 256, 128, false), hopper).find("gemm_sm90_streamk_kernel") == std::string::npos);
   {
     cuda_test::EnvOverride bad("MOEJIT_SM90_STREAM_K", "yes");
     CHECK_THROWS_WITH(codegen::generate_module(g, hopper), Catch::Contains("MOEJIT_SM90_STREAM_K: expected 0 or 1, found 'yes'"));
@@ -262,16 +264,24 @@ TEST_CASE("gpu: sm90 weight gradients on the stream-K schedule match the CPU bac
     std::int64_t rows, d, f;
     std::vector<std::int32_t> offsets;
   };
-  // Few output tiles over long, unequal K: each tile's k-tiles cut across
-  // several blocks (expert 0's over about 15), empty experts, a K of one
-  // row, K rows that are a multiple of no k-tile, one expert taking every row.
+  // Few output tiles over long, unequal K: the long experts' tiles cut
+  // across several blocks (stream-K), the short ones whole (data-parallel),
+  // empty experts, a K of one row, K rows that are a multiple of no k-tile,
+  // one expert taking every row, and 64 experts.
   const Case cases[] = {
       {6000, 256, 384, {0, 4000, 4100, 4100, 4101, 5990, 6000}},
       {5000, 128, 256, {0, 0, 5000, 5000}},
       {3000, 384, 1536, {0, 500, 1000, 1500, 2000, 2500, 2600, 2601, 3000}},
+      {4000, 128, 128, {}},  // 64 experts of random sizes (filled below), some empty
   };
   std::uint64_t seed = 41;
-  for (const Case& c : cases) {
+  for (Case c : cases) {
+    if (c.offsets.empty()) {
+      std::mt19937 rng(7);
+      c.offsets = {0};
+      for (int e = 0; e < 63; ++e) c.offsets.push_back(std::min<std::int32_t>(4000, c.offsets.back() + (rng() % 4 == 0 ? 0 : rng() % 130)));
+      c.offsets.push_back(4000);
+    }
     const auto experts = static_cast<std::int64_t>(c.offsets.size()) - 1;
     INFO(fmt::format("rows {} d {} f {} experts {}", c.rows, c.d, c.f, experts));
     Graph g = grouped_graph(c.rows, c.d, c.f, experts, false);
