@@ -23,7 +23,10 @@
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/ptx_check.h"
+#include "frontends/config.h"
+#include "frontends/trainer.h"
 #include "ir/builder.h"
+#include "passes/pass_manager.h"
 #include "runtime/backend.h"
 
 using namespace moejit;
@@ -134,10 +137,15 @@ TEST_CASE("packed attention launches the same kernels on views of qkv, with no m
   const auto target = codegen::Target::named("sm_90a");
   codegen::ModuleCode packed = codegen::generate_module(packed_attention_graph(DType::bf16, 2, 3, 130, 64), target);
   codegen::ModuleCode bthd = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 64, HeadLayout::bthd), target);
-  CHECK(kernel_names(packed) == kernel_names(bthd));  // the reshapes are views: three kernels, nothing else
+  CHECK(kernel_names(packed) == kernel_names(bthd));
+  // No memset of dqkv: besides the three kernels only the copies of this test graph's argument and output
+  // reshapes (a reshape of a computed value, as the qkv projection in a model, is a view).
   std::vector<const codegen::Launch*> launches;
   for (const auto& step : packed.steps)
-    for (const auto& launch : step.launches) launches.push_back(&launch);
+    for (const auto& launch : step.launches) {
+      CHECK(launch.kind != codegen::Launch::Kind::zero);
+      if (launch.kind == codegen::Launch::Kind::kernel) launches.push_back(&launch);
+    }
   REQUIRE(launches.size() == 3);
   mj::FlashAttentionFwdArgs<void> fwd{};
   REQUIRE(launches[0]->args.size() == sizeof(fwd));
@@ -164,6 +172,39 @@ TEST_CASE("packed attention launches the same kernels on views of qkv, with no m
   CHECK(dkdv[0].first == dkdv[1].first);
   CHECK(dkdv[0].second == 3 * 64 * 2);
   CHECK(dkdv[1].second == 2 * 3 * 64 * 2);
+}
+
+TEST_CASE("config B's training module reads qkv and writes d_qkv through views, with no copy or memset around its attention",
+          "[cuda][attention][qkv]") {
+  GptMoeConfig config = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
+  config.vocab_size = 65;
+  Graph graph = build_training_graph(config, DType::bf16).graph;
+  run_pipeline(graph, kCudaPipeline);  // what the CUDA backend's compile() runs first
+  const codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+  std::vector<bool> view(static_cast<std::size_t>(graph.num_values()), false);
+  for (const auto& [result, source] : module.aliases) view[static_cast<std::size_t>(result)] = true;
+  const std::vector<int> uses = graph.use_counts();
+  int packed = 0, grads = 0;
+  for (const Op& op : graph.ops()) {
+    if (op.kind == OpKind::AttentionQkv) {
+      ++packed;
+      CHECK(view[static_cast<std::size_t>(op.operands[0])]);  // the qkv projection reshaped [B, T, 3, H, Dh]: no copy
+    }
+    if (op.kind == OpKind::AttentionQkvGrad) {
+      ++grads;
+      for (const Op& reader : graph.ops())  // d_qkv reshaped [B*T, 3D] for the projection's gradients: no copy
+        if (reader.kind == OpKind::Reshape && reader.operands[0] == op.results[0]) CHECK(view[static_cast<std::size_t>(reader.results[0])]);
+    }
+  }
+  CHECK(packed == config.n_layer);
+  CHECK(grads == config.n_layer);
+  // No memset or copy of a qkv-sized tensor (each pad into zeros of the unpacked graph was one).
+  const std::int64_t qkv_bytes = config.batch_size * config.block_size * 3 * config.n_embd * 2;
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches) {
+      INFO(fmt::format("launch kind {} of {} bytes", static_cast<int>(launch.kind), launch.bytes));
+      if (launch.kind == codegen::Launch::Kind::zero || launch.kind == codegen::Launch::Kind::copy) CHECK(launch.bytes != qkv_bytes);
+    }
 }
 
 TEST_CASE("the flash attention kernels compile to PTX for compute_80 and compute_90a", "[cuda][nvrtc][attention]") {
