@@ -7,8 +7,9 @@
 //          once reshaped, so the heads are read in place with a row stride
 //          of H * Dh instead of being transposed first.
 // lse is [B, H, T] in both. mj.attention_qkv reads q, k, v out of one
-// packed [B, T, 3, H, Dh] tensor (AttentionGeometry below). One set of helpers for the shape rule, the CPU
-// kernels, the CUDA emitters and the attention-layout pass.
+// packed [B, T, 3, H, Dh] tensor (AttentionGeometry below). One set of
+// helpers for the shape rules, the CPU kernels, the CUDA emitters and the
+// attention passes.
 #pragma once
 #include <cstdint>
 #include <optional>
