@@ -6,7 +6,9 @@
 // (CUDA events, 5 warm-ups, median of 20) of the forward and of
 // forward + backward at the model's shapes; each in both head layouts
 // (mj.attention's "layout": [B, H, T, D] and [B, T, H, D], read in place
-// with a row stride of H D).
+// with a row stride of H D) and packed (mj.attention_qkv: q, k, v three
+// views H D apart into one [B, T, 3, H, D], rows 3 H D apart; dq, dk, dv
+// the same into one dqkv; out and dout [B, T, H, D]).
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o attention_probe bench/attention_probe.cu
 //   ./attention_probe && python3 bench/torch_attention.py   # SDPA (flash) in the same run
@@ -50,13 +52,24 @@ static float bf2f(unsigned short b) {
   return f;
 }
 
-// The head layout of every launch: false [B, H, T, D], true [B, T, H, D].
-static bool bthd = false;
+// The head layout of every launch: [B, H, T, D], [B, T, H, D], or packed.
+enum class Layout { bhtd, bthd, packed };
+static Layout layout = Layout::bhtd;
+static const char* layout_name() { return layout == Layout::bhtd ? "bhtd" : layout == Layout::bthd ? "bthd" : "qkv3"; }
 
 struct Problem {
   int B, H, T, D;
-  long long head_stride() const { return bthd ? D : (long long)T * D; }
-  long long row_stride() const { return bthd ? (long long)H * D : D; }
+  // q, k, v, dq, dk, dv; out, dout (mj::HeadStrides: batch, head, row).
+  mj::HeadStrides qkv_strides() const {
+    const long long hd = (long long)H * D;
+    if (layout == Layout::bhtd) return {hd * T, (long long)T * D, D};
+    if (layout == Layout::bthd) return {hd * T, D, hd};
+    return {3 * hd * T, D, 3 * hd};
+  }
+  mj::HeadStrides o_strides() const {
+    if (layout == Layout::packed) return {(long long)H * D * T, D, (long long)H * D};
+    return qkv_strides();
+  }
   long long elems() const { return (long long)B * H * T * D; }
   long long rows() const { return (long long)B * H * T; }
   double fwd_flops() const { return 2.0 * 2.0 * B * H * (double)T * T * D / 2.0; }
@@ -65,6 +78,7 @@ struct Problem {
 struct DeviceBuffers {
   bf16_t *q, *k, *v, *out, *dout, *dq, *dk, *dv;
   float *lse, *delta;
+  bf16_t *qkv = nullptr, *dqkv = nullptr;  // packed: the one allocation q, k, v (dq, dk, dv) point into
 };
 
 template <int DP> void set_smem_limits() {
@@ -85,7 +99,7 @@ template <int DP> void set_smem_limits() {
 // The forward with MF 16-row fragments per warp; mf 0 means the family's
 // choice (FlashTile::fwd_fragments), what the library launches.
 template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffers& b, float scale) {
-  mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale, p.H, p.head_stride(), p.row_stride()};
+  mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale, p.H, p.qkv_strides(), p.o_strides()};
   dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
   mj::flash_attention_fwd_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP, MF)>>>(a);
 }
@@ -101,7 +115,7 @@ static int forced_dq_fragments = 0;
 template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& b, float scale) {
   dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
   mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q,     b.k,   b.v,   b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale,
-                                          p.H, p.head_stride(), p.row_stride()};
+                                          p.H, p.qkv_strides(), p.o_strides()};
   mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
 }
 template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, float scale) {
@@ -116,7 +130,7 @@ template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, floa
   }
   if (!launched) launch_dq<DP, 1>(p, b, scale);
   mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q,   b.k,   b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale,
-                                            p.H, p.head_stride(), p.row_stride()};
+                                            p.H, p.qkv_strides(), p.o_strides()};
   mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP)>>>(ka);
 }
 void launch(const Problem& p, const DeviceBuffers& b, float scale, bool backward) {
@@ -132,10 +146,21 @@ void launch(const Problem& p, const DeviceBuffers& b, float scale, bool backward
 DeviceBuffers alloc(const Problem& p) {
   DeviceBuffers b;
   size_t bytes = p.elems() * 2;
-  bf16_t** tensors[] = {&b.q, &b.k, &b.v, &b.out, &b.dout, &b.dq, &b.dk, &b.dv};
-  for (bf16_t** t : tensors) {
-    CK(cudaMalloc((void**)t, bytes));
-    CK(cudaMemset(*t, 0xFF, bytes));  // NaN: an element no kernel writes shows
+  auto make = [](bf16_t** t, size_t n) {
+    CK(cudaMalloc((void**)t, n));
+    CK(cudaMemset(*t, 0xFF, n));  // NaN: an element no kernel writes shows
+  };
+  if (layout == Layout::packed) {
+    const long long hd = (long long)p.H * p.D;
+    make(&b.qkv, 3 * bytes);
+    make(&b.dqkv, 3 * bytes);
+    b.q = b.qkv, b.k = b.qkv + hd, b.v = b.qkv + 2 * hd;
+    b.dq = b.dqkv, b.dk = b.dqkv + hd, b.dv = b.dqkv + 2 * hd;
+    make(&b.out, bytes);
+    make(&b.dout, bytes);
+  } else {
+    bf16_t** tensors[] = {&b.q, &b.k, &b.v, &b.out, &b.dout, &b.dq, &b.dk, &b.dv};
+    for (bf16_t** t : tensors) make(t, bytes);
   }
   CK(cudaMalloc((void**)&b.lse, p.rows() * 4));
   CK(cudaMalloc((void**)&b.delta, p.rows() * 4));
@@ -143,9 +168,17 @@ DeviceBuffers alloc(const Problem& p) {
   return b;
 }
 void release(DeviceBuffers& b) {
+  if (b.qkv) {
+    void* all[] = {b.qkv, b.dqkv, b.out, b.dout, b.lse, b.delta};
+    for (void* x : all) CK(cudaFree(x));
+    return;
+  }
   void* all[] = {b.q, b.k, b.v, b.out, b.dout, b.dq, b.dk, b.dv, b.lse, b.delta};
   for (void* x : all) CK(cudaFree(x));
 }
+// Elements a tensor of the launch layout spans from its pointer (packed:
+// the whole qkv less the parts before it).
+long long span(const Problem& p, const mj::HeadStrides& s) { return s.batch * p.B; }
 
 // Reference of one (batch, head) in double from the bf16 inputs: out, lse,
 // then the gradients from the rounded out (as the kernels see it).
@@ -200,19 +233,25 @@ struct Error {
   double rel() const { return nan ? INFINITY : worst / std::max(scale, 1e-2); }
 };
 
-// [B, H, T, D] <-> the launch layout (a copy in [B, T, H, D] when bthd).
-std::vector<unsigned short> to_layout(const Problem& p, const std::vector<unsigned short>& x, bool inverse) {
-  if (!bthd) return x;
-  std::vector<unsigned short> y(x.size());
+// A [B, H, T, D] host tensor to and from `n` elements of device memory at
+// dst, placed with strides s (read-modify-write: packed q, k, v share rows).
+void upload(const Problem& p, const mj::HeadStrides& s, const std::vector<unsigned short>& x, bf16_t* dst, long long n) {
+  std::vector<unsigned short> image(n);
+  CK(cudaMemcpy(image.data(), dst, n * 2, cudaMemcpyDeviceToHost));
   for (int b = 0; b < p.B; ++b)
     for (int h = 0; h < p.H; ++h)
       for (int t = 0; t < p.T; ++t)
-        for (int d = 0; d < p.D; ++d) {
-          const long long bhtd = (((long long)b * p.H + h) * p.T + t) * p.D + d, bt = (((long long)b * p.T + t) * p.H + h) * p.D + d;
-          if (inverse) y[bhtd] = x[bt];
-          else y[bt] = x[bhtd];
-        }
-  return y;
+        for (int d = 0; d < p.D; ++d) image[b * s.batch + h * s.head + t * s.row + d] = x[(((long long)b * p.H + h) * p.T + t) * p.D + d];
+  CK(cudaMemcpy(dst, image.data(), n * 2, cudaMemcpyHostToDevice));
+}
+std::vector<unsigned short> download(const Problem& p, const mj::HeadStrides& s, const bf16_t* src, long long n) {
+  std::vector<unsigned short> image(n), x(p.elems());
+  CK(cudaMemcpy(image.data(), src, n * 2, cudaMemcpyDeviceToHost));
+  for (int b = 0; b < p.B; ++b)
+    for (int h = 0; h < p.H; ++h)
+      for (int t = 0; t < p.T; ++t)
+        for (int d = 0; d < p.D; ++d) x[(((long long)b * p.H + h) * p.T + t) * p.D + d] = image[b * s.batch + h * s.head + t * s.row + d];
+  return x;
 }
 
 bool check(const Problem& p, unsigned seed) {
@@ -223,23 +262,24 @@ bool check(const Problem& p, unsigned seed) {
   for (auto* t : {&hq, &hk, &hv, &hdo})
     for (auto& x : *t) x = f2bf(normal(rng));
   DeviceBuffers b = alloc(p);
-  CK(cudaMemcpy(b.q, to_layout(p, hq, false).data(), n * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(b.k, to_layout(p, hk, false).data(), n * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(b.v, to_layout(p, hv, false).data(), n * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(b.dout, to_layout(p, hdo, false).data(), n * 2, cudaMemcpyHostToDevice));
+  const mj::HeadStrides s = p.qkv_strides(), so = p.o_strides();
+  // Each q, k, v (dq, dk, dv) spans its strides' batch * B elements, less its offset into a packed qkv.
+  const long long hd = (long long)p.H * p.D, off_k = layout == Layout::packed ? hd : 0, off_v = 2 * off_k;
+  upload(p, s, hq, b.q, span(p, s));
+  upload(p, s, hk, b.k, span(p, s) - off_k);
+  upload(p, s, hv, b.v, span(p, s) - off_v);
+  upload(p, so, hdo, b.dout, span(p, so));
   const double scale = 1.0 / std::sqrt((double)p.D);
   launch(p, b, (float)scale, false);
   launch(p, b, (float)scale, true);
   CK(cudaDeviceSynchronize());
-  std::vector<unsigned short> gout(n), gdq(n), gdk(n), gdv(n);
+  std::vector<unsigned short> gout = download(p, so, b.out, span(p, so)), gdq = download(p, s, b.dq, span(p, s)),
+                              gdk = download(p, s, b.dk, span(p, s) - off_k), gdv = download(p, s, b.dv, span(p, s) - off_v);
   std::vector<float> glse(p.rows());
-  CK(cudaMemcpy(gout.data(), b.out, n * 2, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(gdq.data(), b.dq, n * 2, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(gdk.data(), b.dk, n * 2, cudaMemcpyDeviceToHost));
-  CK(cudaMemcpy(gdv.data(), b.dv, n * 2, cudaMemcpyDeviceToHost));
   CK(cudaMemcpy(glse.data(), b.lse, p.rows() * 4, cudaMemcpyDeviceToHost));
+  // Packed: every element of dqkv written (none left NaN from the poison) is checked by dq, dk, dv
+  // covering it whole; a kernel writing past its part would have overwritten a neighbour's values.
   release(b);
-  for (auto* t : {&gout, &gdq, &gdk, &gdv}) *t = to_layout(p, *t, true);
 
   Error eo, el, edq, edk, edv;
   const int T = p.T, D = p.D;
@@ -265,7 +305,7 @@ bool check(const Problem& p, unsigned seed) {
   // bf16 outputs: one rounding (2^-9 relative) plus f32 sums of bf16 products.
   const double tol = 2e-2;
   bool ok = eo.rel() < tol && el.rel() < 1e-4 && edq.rel() < tol && edk.rel() < tol && edv.rel() < tol;
-  printf("check %s B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max(max |ref|, 0.01)) %s\n", bthd ? "bthd" : "bhtd", p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
+  printf("check %s B%d H%d T%d D%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e (max |err| / max(max |ref|, 0.01)) %s\n", layout_name(), p.B, p.H, p.T, p.D, eo.rel(), el.rel(),
          edq.rel(), edk.rel(), edv.rel(), ok ? "ok" : "FAILED");
   return ok;
 }
@@ -278,13 +318,17 @@ float median(std::vector<float> v) {
 void bench(const Problem& p) {
   DeviceBuffers b = alloc(p);
   const long long n = p.elems();
-  std::vector<unsigned short> h(n);
+  std::vector<unsigned short> h(3 * n);
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.f, 1.f);
-  for (bf16_t* t : {b.q, b.k, b.v, b.dout}) {
-    for (auto& x : h) x = f2bf(normal(rng));
-    CK(cudaMemcpy(t, h.data(), n * 2, cudaMemcpyHostToDevice));
-  }
+  auto fill = [&](bf16_t* t, long long count) {
+    for (long long i = 0; i < count; ++i) h[i] = f2bf(normal(rng));
+    CK(cudaMemcpy(t, h.data(), count * 2, cudaMemcpyHostToDevice));
+  };
+  if (layout == Layout::packed) fill(b.qkv, 3 * n);
+  else
+    for (bf16_t* t : {b.q, b.k, b.v}) fill(t, n);
+  fill(b.dout, n);
   const float scale = 1.f / std::sqrt((float)p.D);
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
@@ -304,7 +348,7 @@ void bench(const Problem& p) {
     return median(ms) * 1e3f;  // us
   };
   float fwd = time(false), both = time(true);
-  printf("moejit flash %s B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", bthd ? "bthd" : "bhtd", p.B, p.H, p.T, p.D, fwd,
+  printf("moejit flash %s B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", layout_name(), p.B, p.H, p.T, p.D, fwd,
          p.fwd_flops() / fwd * 1e-6, both, 3.5 * p.fwd_flops() / both * 1e-6);
   // The forward's two tile shapes side by side (which one the family picks: FlashTile::fwd_fragments).
   for (int mf : {1, 2}) {
@@ -335,11 +379,11 @@ int main() {
   bool ok = true;
   const Problem checks[] = {{1, 2, 1, 64},  {1, 2, 77, 32},  {2, 1, 130, 64}, {1, 1, 200, 128}, {1, 2, 64, 48},
                             {1, 1, 33, 20}, {1, 1, 300, 96}, {2, 2, 256, 64}, {1, 1, 1100, 64}};
-  for (bool layout : {false, true}) {
-    bthd = layout;
+  for (Layout l : {Layout::bhtd, Layout::bthd, Layout::packed}) {
+    layout = l;
     for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
   }
-  bthd = false;
+  layout = Layout::bhtd;
   for (int mf : {1, 2}) {  // each forward and dq tile shape, whatever the family picks
     forced_fragments = mf;
     forced_dq_fragments = mf;
@@ -350,12 +394,12 @@ int main() {
   forced_dq_fragments = 0;
   const Problem speed[] = {{64, 6, 256, 64}, {16, 6, 1024, 64}, {16, 6, 1024, 128}, {2, 6, 4096, 64}};
   for (const Problem& p : speed) {
-    bthd = false;
-    bench(p);
-    bthd = true;  // the same problem with the heads read in place from [B, T, H, D]
-    bench(p);
+    for (Layout l : {Layout::bhtd, Layout::bthd, Layout::packed}) {  // the same problem read in place from [B, T, H, D] and [B, T, 3, H, D]
+      layout = l;
+      bench(p);
+    }
   }
-  bthd = false;
+  layout = Layout::bhtd;
   printf(ok ? "all checks passed\n" : "SOME CHECKS FAILED\n");
   return ok ? 0 : 1;
 }

@@ -32,13 +32,14 @@
 
 namespace moejit::codegen {
 
-// A device buffer a launch reads or writes: a value's storage, a byte offset
-// into the step's scratch, or nothing (a null pointer).
+// A device buffer a launch reads or writes: a value's storage (from `offset`
+// bytes into it: a view, e.g. k and v of a packed qkv), a byte offset into
+// the step's scratch, or nothing (a null pointer).
 struct Buffer {
   enum class Kind : std::uint8_t { null, value, scratch };
   Kind kind = Kind::null;
   ValueId value = kNoValue;
-  std::int64_t offset = 0;  // scratch: bytes from the step's scratch start
+  std::int64_t offset = 0;  // bytes from the value's (or the step's scratch) start
 
   static Buffer of(ValueId v) { return {Kind::value, v, 0}; }
   static Buffer scratch(std::int64_t byte_offset) { return {Kind::scratch, kNoValue, byte_offset}; }

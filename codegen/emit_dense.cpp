@@ -532,21 +532,27 @@ void emit_Concat(EmitContext& ctx) {
 
 // ---- model-level ----
 namespace {
-// The sizes, scale and head layout (ir/attention_layout.h) of every
+// The sizes, scale and head strides (ir/attention_layout.h) of every
 // attention kernel's arguments: the kernels index (batch, head) bh's rows
-// from its head offset with the layout's row stride, so [B, T, H, Dh]
-// operands are read and written in place.
-template <class Args> void attention_sizes(EmitContext& ctx, Args& a) {
-  const HeadDims d = head_dims(ctx.in(0), head_layout(ctx.attrs()));
+// from its head offset in each tensor with that tensor's row stride, so
+// [B, T, H, Dh] operands and the packed [B, T, 3, H, Dh] qkv are read and
+// written in place.
+AttentionGeometry geometry_of(EmitContext& ctx) {
+  const OpKind kind = ctx.op().kind;
+  if (kind == OpKind::AttentionQkv || kind == OpKind::AttentionQkvGrad) return packed_attention_geometry(ctx.in(0));
+  return attention_geometry(ctx.in(0), head_layout(ctx.attrs()));
+}
+mj::HeadStrides strides_of(const HeadView& v) { return {v.batch_stride, v.head_stride, v.row_stride}; }
+template <class Args> void attention_sizes(EmitContext& ctx, const AttentionGeometry& g, Args& a) {
   double scale = ctx.attrs().get_float("scale");
-  if (scale == 0.0) scale = 1.0 / std::sqrt(static_cast<double>(d.head_dim));
-  a.BH = d.batch * d.heads;
-  a.Tn = d.tokens;
-  a.Dh = d.head_dim;
+  if (scale == 0.0) scale = 1.0 / std::sqrt(static_cast<double>(g.head_dim));
+  a.BH = g.batch * g.heads;
+  a.Tn = g.tokens;
+  a.Dh = g.head_dim;
   a.scale = static_cast<float>(scale);
-  a.H = d.heads;
-  a.head_stride = d.head_stride;
-  a.row_stride = d.row_stride;
+  a.H = g.heads;
+  a.qkv = strides_of(g.qkv);
+  a.o = strides_of(g.out);
 }
 // Dynamic shared memory of an attention kernel: rows of T and of Dh values.
 unsigned attention_smem(EmitContext& ctx, std::int64_t tokens, std::int64_t head_dim, int rows_of_t, int rows_of_d) {
@@ -558,6 +564,44 @@ unsigned attention_smem(EmitContext& ctx, std::int64_t tokens, std::int64_t head
   return static_cast<unsigned>(bytes);
 }
 unsigned attention_blocks(std::int64_t rows) { return static_cast<unsigned>(std::min<std::int64_t>(rows, 1 << 20)); }
+
+// The buffers of one attention: q, k, v (three values, or three views H Dh
+// apart into the packed qkv), out, lse; for the backward also dout and dq,
+// dk, dv (three values, or views into one dqkv).
+struct AttentionBuffers {
+  B q, k, v, out, lse, dout, dq, dk, dv;
+};
+// A view `elements` into value v (q, k, v of a packed qkv).
+B view(EmitContext& ctx, ValueId v, std::int64_t elements) {
+  B b = B::of(v);
+  b.offset = elements * static_cast<std::int64_t>(dtype_size(ctx.graph().type(v).dtype));
+  return b;
+}
+AttentionBuffers attention_buffers(EmitContext& ctx, const AttentionGeometry& g) {
+  AttentionBuffers b;
+  switch (ctx.op().kind) {
+    case OpKind::Attention:
+      b = {B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.operand(2)), B::of(ctx.result(0)), B::of(ctx.result(1))};
+      break;
+    case OpKind::AttentionGrad:
+      b = {B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.operand(2)), B::of(ctx.operand(3)), B::of(ctx.operand(4)),
+           B::of(ctx.operand(5)), B::of(ctx.result(0)), B::of(ctx.result(1)), B::of(ctx.result(2))};
+      break;
+    case OpKind::AttentionQkv: {
+      const ValueId qkv = ctx.operand(0);
+      b = {B::of(qkv), view(ctx, qkv, g.k_offset), view(ctx, qkv, g.v_offset), B::of(ctx.result(0)), B::of(ctx.result(1))};
+      break;
+    }
+    default: {  // AttentionQkvGrad: qkv, out, lse, dout -> dqkv
+      const ValueId qkv = ctx.operand(0), dqkv = ctx.result(0);
+      b = {B::of(qkv),          view(ctx, qkv, g.k_offset), view(ctx, qkv, g.v_offset),  B::of(ctx.operand(1)),
+           B::of(ctx.operand(2)), B::of(ctx.operand(3)),     B::of(dqkv),                  view(ctx, dqkv, g.k_offset),
+           view(ctx, dqkv, g.v_offset)};
+      break;
+    }
+  }
+  return b;
+}
 }  // namespace
 
 // bf16/f16 attention with Dh <= 128 on sm_80+ runs the flash family
@@ -565,13 +609,12 @@ unsigned attention_blocks(std::int64_t rows) { return static_cast<unsigned>(std:
 // scores); f32/f64, larger heads and older targets run the row kernels of
 // the model family (scores of one row in shared memory).
 namespace {
-bool use_flash_attention(EmitContext& ctx) {
-  const TensorType& q = ctx.in(0);
-  if (q.dtype != DType::bf16 && q.dtype != DType::f16) return false;
-  if (q.dim(3) > 128 || ctx.target().sm() < 80) return false;
-  const int dp = mj::FlashTile::padded_dim(q.dim(3));
-  const std::int64_t tokens = head_dims(q, head_layout(ctx.attrs())).tokens;
-  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, tokens)),
+bool use_flash_attention(EmitContext& ctx, const AttentionGeometry& g) {
+  const DType dtype = ctx.in(0).dtype;
+  if (dtype != DType::bf16 && dtype != DType::f16) return false;
+  if (g.head_dim > 128 || ctx.target().sm() < 80) return false;
+  const int dp = mj::FlashTile::padded_dim(g.head_dim);
+  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, g.tokens)),
                              mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
                              mj::FlashTile::bwd_dkdv_smem(dp)});
   return most <= ctx.target().shared_memory_per_block_optin;
@@ -584,47 +627,42 @@ TileConfig flash_config(std::int64_t head_dim) {
   config.stages = 2;  // K/V (or Q/dout) tiles double-buffered with cp.async
   return config;
 }
-}  // namespace
 
-void emit_Attention(EmitContext& ctx) {
-  if (use_flash_attention(ctx)) {
+// mj.attention and mj.attention_qkv.
+void emit_attention_forward(EmitContext& ctx) {
+  const AttentionGeometry g = geometry_of(ctx);
+  const AttentionBuffers buf = attention_buffers(ctx, g);
+  if (use_flash_attention(ctx, g)) {
     mj::FlashAttentionFwdArgs<void> a{};
-    attention_sizes(ctx, a);
+    attention_sizes(ctx, g, a);
     TileConfig config = flash_config(a.Dh);
     const int dp = config.tile_k, fragments = mj::FlashTile::fwd_fragments(dp, a.Tn);
     config.tile_m = mj::FlashTile::kRows * fragments;
     const unsigned grid_x = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
     if (a.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", a.BH));
     ctx.launch("attention", instantiation("flash_attention_fwd_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
-               config,
-               {grid_x, static_cast<unsigned>(a.BH)}, a,
-               {{&a.q, B::of(ctx.operand(0))},
-                {&a.k, B::of(ctx.operand(1))},
-                {&a.v, B::of(ctx.operand(2))},
-                {&a.out, B::of(ctx.result(0))},
-                {&a.lse, B::of(ctx.result(1))}},
+               config, {grid_x, static_cast<unsigned>(a.BH)}, a,
+               {{&a.q, buf.q}, {&a.k, buf.k}, {&a.v, buf.v}, {&a.out, buf.out}, {&a.lse, buf.lse}},
                static_cast<unsigned>(mj::FlashTile::fwd_smem(dp, fragments)));
     return;
   }
   TileConfig config = TileConfig::fixed_threads(128);
   mj::AttentionArgs<void> a{};
-  attention_sizes(ctx, a);
+  attention_sizes(ctx, g, a);
   ctx.launch("model", instantiation("attention_kernel", {ctx.in_type(0), threads_of(config)}), config, {attention_blocks(a.BH * a.Tn)}, a,
-             {{&a.q, B::of(ctx.operand(0))},
-              {&a.k, B::of(ctx.operand(1))},
-              {&a.v, B::of(ctx.operand(2))},
-              {&a.out, B::of(ctx.result(0))},
-              {&a.lse, B::of(ctx.result(1))}},
-             attention_smem(ctx, a.Tn, a.Dh, 1, 1));
+             {{&a.q, buf.q}, {&a.k, buf.k}, {&a.v, buf.v}, {&a.out, buf.out}, {&a.lse, buf.lse}}, attention_smem(ctx, a.Tn, a.Dh, 1, 1));
 }
 
-// Operands: q, k, v, out, lse, dout. The flash path reads out and lse (two
-// kernels: dq with delta = dout . out into scratch, then dk and dv); the row
-// kernels recompute the statistics from q, k, v, dout.
-void emit_AttentionGrad(EmitContext& ctx) {
-  if (use_flash_attention(ctx)) {
+// mj.attention_grad and mj.attention_qkv_grad. The flash path reads out and
+// lse (two kernels: dq with delta = dout . out into scratch, then dk and
+// dv); the row kernels recompute the statistics from q, k, v, dout. The
+// kernels write dq, dk, dv whole, so a packed dqkv needs no memset.
+void emit_attention_backward(EmitContext& ctx) {
+  const AttentionGeometry g = geometry_of(ctx);
+  const AttentionBuffers buf = attention_buffers(ctx, g);
+  if (use_flash_attention(ctx, g)) {
     mj::FlashAttentionBwdDqArgs<void> q{};
-    attention_sizes(ctx, q);
+    attention_sizes(ctx, g, q);
     const TileConfig config = flash_config(q.Dh);
     const int dp = config.tile_k, fragments = mj::FlashTile::dq_fragments(dp);
     TileConfig dq_config = config;
@@ -635,56 +673,56 @@ void emit_AttentionGrad(EmitContext& ctx) {
     const std::int64_t delta = ctx.scratch(q.BH * q.Tn * 4);
     ctx.launch("attention", instantiation("flash_attention_bwd_dq_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
                dq_config, {dq_grid_x, static_cast<unsigned>(q.BH)}, q,
-               {{&q.q, B::of(ctx.operand(0))},
-                {&q.k, B::of(ctx.operand(1))},
-                {&q.v, B::of(ctx.operand(2))},
-                {&q.out, B::of(ctx.operand(3))},
-                {&q.lse, B::of(ctx.operand(4))},
-                {&q.dout, B::of(ctx.operand(5))},
+               {{&q.q, buf.q},
+                {&q.k, buf.k},
+                {&q.v, buf.v},
+                {&q.out, buf.out},
+                {&q.lse, buf.lse},
+                {&q.dout, buf.dout},
                 {&q.delta, B::scratch(delta)},
-                {&q.dq, B::of(ctx.result(0))}},
+                {&q.dq, buf.dq}},
                static_cast<unsigned>(mj::FlashTile::bwd_dq_smem(dp, fragments)));
     mj::FlashAttentionBwdDkdvArgs<void> kv{};
-    attention_sizes(ctx, kv);
+    attention_sizes(ctx, g, kv);
     ctx.launch("attention", instantiation("flash_attention_bwd_dkdv_kernel", {ctx.in_type(0), std::to_string(dp)}), config,
                {grid_x, static_cast<unsigned>(kv.BH)}, kv,
-               {{&kv.q, B::of(ctx.operand(0))},
-                {&kv.k, B::of(ctx.operand(1))},
-                {&kv.v, B::of(ctx.operand(2))},
-                {&kv.dout, B::of(ctx.operand(5))},
-                {&kv.lse, B::of(ctx.operand(4))},
+               {{&kv.q, buf.q},
+                {&kv.k, buf.k},
+                {&kv.v, buf.v},
+                {&kv.dout, buf.dout},
+                {&kv.lse, buf.lse},
                 {&kv.delta, B::scratch(delta)},
-                {&kv.dk, B::of(ctx.result(1))},
-                {&kv.dv, B::of(ctx.result(2))}},
+                {&kv.dk, buf.dk},
+                {&kv.dv, buf.dv}},
                static_cast<unsigned>(mj::FlashTile::bwd_dkdv_smem(dp)));
     return;
   }
   TileConfig config = TileConfig::fixed_threads(128);
   mj::AttentionGradQArgs<void> q{};
-  attention_sizes(ctx, q);
+  attention_sizes(ctx, g, q);
   std::int64_t stats = ctx.scratch(q.BH * q.Tn * 2 * 8);
   unsigned smem = attention_smem(ctx, q.Tn, q.Dh, 2, 2);
   ctx.launch("model", instantiation("attention_grad_q_kernel", {ctx.in_type(0), threads_of(config)}), config, {attention_blocks(q.BH * q.Tn)}, q,
-             {{&q.q, B::of(ctx.operand(0))},
-              {&q.k, B::of(ctx.operand(1))},
-              {&q.v, B::of(ctx.operand(2))},
-              {&q.dout, B::of(ctx.operand(5))},
-              {&q.dq, B::of(ctx.result(0))},
-              {&q.stats, B::scratch(stats)}},
-             smem);
+             {{&q.q, buf.q}, {&q.k, buf.k}, {&q.v, buf.v}, {&q.dout, buf.dout}, {&q.dq, buf.dq}, {&q.stats, B::scratch(stats)}}, smem);
   mj::AttentionGradKvArgs<void> kv{};
-  attention_sizes(ctx, kv);
+  attention_sizes(ctx, g, kv);
   ctx.launch("model", instantiation("attention_grad_kv_kernel", {ctx.in_type(0), threads_of(config)}), config,
              {attention_blocks(kv.BH * kv.Tn)}, kv,
-             {{&kv.q, B::of(ctx.operand(0))},
-              {&kv.k, B::of(ctx.operand(1))},
-              {&kv.v, B::of(ctx.operand(2))},
-              {&kv.dout, B::of(ctx.operand(5))},
+             {{&kv.q, buf.q},
+              {&kv.k, buf.k},
+              {&kv.v, buf.v},
+              {&kv.dout, buf.dout},
               {&kv.stats, B::scratch(stats)},
-              {&kv.dk, B::of(ctx.result(1))},
-              {&kv.dv, B::of(ctx.result(2))}},
+              {&kv.dk, buf.dk},
+              {&kv.dv, buf.dv}},
              smem);
 }
+}  // namespace
+
+void emit_Attention(EmitContext& ctx) { emit_attention_forward(ctx); }
+void emit_AttentionQkv(EmitContext& ctx) { emit_attention_forward(ctx); }
+void emit_AttentionGrad(EmitContext& ctx) { emit_attention_backward(ctx); }
+void emit_AttentionQkvGrad(EmitContext& ctx) { emit_attention_backward(ctx); }
 
 namespace {
 // Cross entropy's kernel shape for rows of V logits: one warp per row with

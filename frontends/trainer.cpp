@@ -169,7 +169,7 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
 
 std::string forward_pipeline(DType precision) {
   MOEJIT_ASSERT(precision == DType::f32 || precision == DType::bf16, "forward_pipeline: precision is f32 or bf16");
-  return precision == DType::bf16 ? "moe-fusions,mixed-precision{dtype=bf16}" : "moe-fusions";
+  return precision == DType::bf16 ? "fuse-attention-qkv,moe-fusions,mixed-precision{dtype=bf16}" : "fuse-attention-qkv,moe-fusions";
 }
 
 DType training_precision(const GptMoeConfig& config, const Backend& backend) {

@@ -74,8 +74,10 @@ class BatchSampler {
 // random ops).
 //
 // Before autodiff the forward graph goes through forward_pipeline(precision):
-// the MoE fusions (so the backward is built from the fused ops' gradients)
-// and, for bf16, the mixed-precision pass (docs/mixed_precision.md).
+// fuse-attention-qkv (the attention reads the qkv projection packed, and
+// its gradient writes one d_qkv), the MoE fusions (so the backward is built
+// from the fused ops' gradients) and, for bf16, the mixed-precision pass
+// (docs/mixed_precision.md).
 //
 // Expert + data parallelism (docs/scale.md), for rank r of N > 1: the global
 // batch of config.batch_size sequences is split in N slices of batch_size / N

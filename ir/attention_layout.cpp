@@ -27,22 +27,35 @@ void set_head_layout(AttrList& attrs, HeadLayout layout) {
   else attrs.set("layout", std::string(head_layout_name(layout)));
 }
 
-HeadDims head_dims(const TensorType& q, HeadLayout layout) {
-  HeadDims d;
-  d.batch = q.dim(0);
-  d.head_dim = q.dim(3);
+AttentionGeometry attention_geometry(const TensorType& q, HeadLayout layout) {
+  AttentionGeometry g;
+  g.batch = q.dim(0);
+  g.head_dim = q.dim(3);
   if (layout == HeadLayout::bhtd) {
-    d.heads = q.dim(1);
-    d.tokens = q.dim(2);
-    d.head_stride = d.tokens * d.head_dim;
-    d.row_stride = d.head_dim;
+    g.heads = q.dim(1);
+    g.tokens = q.dim(2);
+    g.qkv = {g.heads * g.tokens * g.head_dim, g.tokens * g.head_dim, g.head_dim};
   } else {
-    d.tokens = q.dim(1);
-    d.heads = q.dim(2);
-    d.head_stride = d.head_dim;
-    d.row_stride = d.heads * d.head_dim;
+    g.tokens = q.dim(1);
+    g.heads = q.dim(2);
+    g.qkv = {g.tokens * g.heads * g.head_dim, g.head_dim, g.heads * g.head_dim};
   }
-  return d;
+  g.out = g.qkv;
+  return g;
+}
+
+AttentionGeometry packed_attention_geometry(const TensorType& qkv) {
+  AttentionGeometry g;
+  g.batch = qkv.dim(0);
+  g.tokens = qkv.dim(1);
+  g.heads = qkv.dim(3);
+  g.head_dim = qkv.dim(4);
+  const std::int64_t width = g.heads * g.head_dim;  // D
+  g.qkv = {g.tokens * 3 * width, g.head_dim, 3 * width};
+  g.out = {g.tokens * width, g.head_dim, width};
+  g.k_offset = width;
+  g.v_offset = 2 * width;
+  return g;
 }
 
 }  // namespace moejit

@@ -336,10 +336,10 @@ bool infer_concat(InferCtx& ctx) {
 // The log-sum-exp statistics of attention over q (either head layout):
 // [B, H, T], f64 for f64 q, else f32 (a bf16/f16 attention keeps f32
 // statistics).
-static TensorType attention_lse_type(const TensorType& q, HeadLayout layout) {
-  const HeadDims d = head_dims(q, layout);
-  return TensorType{q.dtype == DType::f64 ? DType::f64 : DType::f32, {d.batch, d.heads, d.tokens}};
+static TensorType lse_type(const TensorType& q, const AttentionGeometry& g) {
+  return TensorType{q.dtype == DType::f64 ? DType::f64 : DType::f32, {g.batch, g.heads, g.tokens}};
 }
+static TensorType attention_lse_type(const TensorType& q, HeadLayout layout) { return lse_type(q, attention_geometry(q, layout)); }
 
 // The optional attribute 'layout' (ir/attention_layout.h).
 static bool expect_head_layout(InferCtx& ctx, HeadLayout& layout) {
@@ -371,6 +371,38 @@ bool infer_attention_grad(InferCtx& ctx) {
     return ctx.fail(fmt::format("{}: expected {} (the log-sum-exp result of mj.attention), found {}", ctx.operand_label(4), lse.str(),
                                 operand(ctx, 4).str()));
   ctx.results = {operand(ctx, 0), operand(ctx, 0), operand(ctx, 0)};
+  return true;
+}
+
+// The packed form (ir/attention_layout.h): qkv [B, T, 3, H, Dh] -> out
+// [B, T, H, Dh] (qkv's dtype), lse [B, H, T].
+static bool expect_packed_qkv(InferCtx& ctx, TensorType& out, TensorType& lse) {
+  if (!expect_rank(ctx, 0, 5) || !expect_float(ctx, 0)) return false;
+  const TensorType& qkv = operand(ctx, 0);
+  if (qkv.dim(2) != 3)
+    return ctx.fail(fmt::format("{}: expected [B, T, 3, H, Dh] (q, k, v packed along axis 2), found {}", ctx.operand_label(0), qkv.str()));
+  out = TensorType{qkv.dtype, {qkv.dim(0), qkv.dim(1), qkv.dim(3), qkv.dim(4)}};
+  lse = lse_type(qkv, packed_attention_geometry(qkv));
+  return true;
+}
+
+bool infer_attention_qkv(InferCtx& ctx) {
+  TensorType out, lse;
+  if (!expect_packed_qkv(ctx, out, lse)) return false;
+  ctx.results = {out, lse};
+  return true;
+}
+
+bool infer_attention_qkv_grad(InferCtx& ctx) {
+  // qkv [B, T, 3, H, Dh], out [B, T, H, Dh], lse [B, H, T], dout (out's type) -> dqkv (qkv's type)
+  TensorType out, lse;
+  if (!expect_packed_qkv(ctx, out, lse)) return false;
+  const std::pair<int, const TensorType*> want[] = {{1, &out}, {2, &lse}, {3, &out}};
+  for (const auto& [i, type] : want)
+    if (operand(ctx, i) != *type)
+      return ctx.fail(fmt::format("{}: expected {} (from qkv {}), found {}", ctx.operand_label(i), type->str(), operand(ctx, 0).str(),
+                                  operand(ctx, i).str()));
+  ctx.results = {operand(ctx, 0)};
   return true;
 }
 

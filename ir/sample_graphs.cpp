@@ -83,6 +83,8 @@ Graph make_all_ops_graph() {
   Tensor heads = b.transpose(b.reshape(mixed, {1, tokens, 2, d_model / 2}), {0, 2, 1, 3});  // [1, 2, T, D/2]
   std::vector<Tensor> attention = b.op(OpKind::Attention, {heads, heads, heads}, {{"scale", 0.0}});
   Tensor attended = attention[0];  // [1, 2, T, D/2]; attention[1] is lse [1, 2, T]
+  Tensor packed = b.reshape(b.concat({mixed, mixed, mixed}, 1), {1, tokens, 3, 2, d_model / 2});  // [1, T, 3, 2, D/2]
+  std::vector<Tensor> packed_attention = b.op(OpKind::AttentionQkv, {packed}, {{"scale", 0.0}});  // [1, T, 2, D/2], [1, 2, T]
   Tensor flat = b.reshape(b.transpose(attended, {0, 2, 1, 3}), {tokens, d_model});
   Tensor top = b.slice(flat, {0, 0}, {2, d_model});
   Tensor bottom = b.slice(flat, {2, 0}, {tokens, d_model});
@@ -140,6 +142,7 @@ Graph make_all_ops_graph() {
   b.op(OpKind::LayerNormGrad, {centered, gamma, dy}, {{"eps", 1e-5}});
   b.op(OpKind::RmsNormGrad, {normed, gamma, dy}, {{"eps", 1e-5}});
   b.op(OpKind::AttentionGrad, {heads, heads, heads, attended, attention[1], attended}, {{"scale", 0.0}});
+  b.op(OpKind::AttentionQkvGrad, {packed, packed_attention[0], packed_attention[1], packed_attention[0]}, {{"scale", 0.0}});
   b.op(OpKind::CrossEntropyGrad, {logits, ids, dloss});
   b.op(OpKind::EmbeddingGrad, {ids, dy}, {{"num_embeddings", vocab}});
   b.op(OpKind::GateGrad, {router_logits, experts, b.full_like(weights, 1.0)},

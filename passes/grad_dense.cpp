@@ -329,6 +329,15 @@ GradResult rule_Attention(GradContext& ctx) {
   return {r[0], r[1], r[2]};
 }
 
+// The packed form: one gradient dqkv [B, T, 3, H, Dh] for the one operand,
+// written whole by mj.attention_qkv_grad (no pads, no sum of three parts).
+GradResult rule_AttentionQkv(GradContext& ctx) {
+  if (ctx.result_grads[1])
+    throw Error("autodiff: mj.attention_qkv: its result #1 (lse) is used by a differentiated value; the gradient through the "
+                "log-sum-exp is not implemented (only mj.attention_qkv_grad may read it)");
+  return {ctx.b.op1(OpKind::AttentionQkvGrad, {ctx.operands[0], ctx.results[0], ctx.results[1], result_grad(ctx)}, ctx.op.attrs)};
+}
+
 GradResult rule_CrossEntropy(GradContext& ctx) {
   Tensor dlogits = ctx.b.op1(OpKind::CrossEntropyGrad, {ctx.operands[0], ctx.operands[1], result_grad(ctx)});
   return {dlogits, std::nullopt};

@@ -4,8 +4,8 @@
 // What runs in bf16 (operands cast to bf16, results bf16; the kernels
 // accumulate in f32 and round each result once, to nearest even):
 //   - the matmuls: mj.matmul, moe.grouped_matmul, moe.gather_matmul,
-//     moe.matmul_combine, and mj.attention (its softmax runs in f32 inside
-//     the kernel);
+//     moe.matmul_combine, and mj.attention / mj.attention_qkv (the softmax
+//     runs in f32 inside the kernel);
 //   - ops that only move or gate values between them, when every float
 //     operand already is bf16: reshape, transpose, slice, broadcast, concat,
 //     gelu, silu, relu, mul (so an expert's gelu or a SwiGLU product stays
@@ -50,7 +50,8 @@ bool is_autocast_op(OpKind kind) {
     case OpKind::GroupedMatmul:
     case OpKind::GatherMatmul:
     case OpKind::MatmulCombine:
-    case OpKind::Attention: return true;
+    case OpKind::Attention:
+    case OpKind::AttentionQkv: return true;
     default: return false;
   }
 }

@@ -32,6 +32,9 @@ std::unique_ptr<Pass> create_shard_experts_pass(const PassOptions& options);
 std::unique_ptr<Pass> create_all_reduce_grads_pass(const PassOptions& options);
 // attention-layout: folds head transposes into mj.attention's layout (passes/attention_layout.cpp).
 std::unique_ptr<Pass> create_attention_layout_pass(const PassOptions& options);
+// fuse-attention-qkv: an attention on the three column thirds of one
+// projection reads it packed (mj.attention_qkv; passes/fuse_attention_qkv.cpp).
+std::unique_ptr<Pass> create_fuse_attention_qkv_pass(const PassOptions& options);
 // memory-plan{print=true|false}: reports the arena plan (passes/memory_plan.h).
 std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);
 

@@ -8,7 +8,8 @@
 //                  (fuse-expert-gather-scatter skips pairs whose
 //                  intermediates the backward reads).
 //   cuda-pipeline  what the CUDA backend runs on every graph it compiles
-//                  (runtime/cuda/executor.cpp): the attention head layout
+//                  (runtime/cuda/executor.cpp): a forward attention on
+//                  one qkv projection reading it packed, the attention head layout
 //                  (the kernels read [B, T, H, Dh] in place instead of the
 //                  transposes around them), the MoE fusions, tile choice
 //                  of the expert matmuls (without padding the dispatch: a
@@ -29,7 +30,7 @@ const std::vector<NamedPipeline>& named_pipelines() {
       {"moe-fusions", "the MoE fusions: moe.route, moe.gather_matmul, moe.matmul_combine",
        "fuse-router-permute,fuse-expert-gather-scatter"},
       {"cuda-pipeline", "what the CUDA backend runs on every graph it compiles",
-       "attention-layout,moe-fusions,moe-tiling{pad-dispatch=false},fuse-gemm-epilogue,fuse-elementwise"},
+       "fuse-attention-qkv,attention-layout,moe-fusions,moe-tiling{pad-dispatch=false},fuse-gemm-epilogue,fuse-elementwise"},
   };
   return pipelines;
 }

@@ -38,6 +38,8 @@ const std::vector<PassRegistration>& registered_passes() {
        create_all_reduce_grads_pass, {"bucket_mib", "world_size"}},
       {"attention-layout", "fold the head transposes (0, 2, 1, 3) around mj.attention / mj.attention_grad into layout = \"bthd\"; after autodiff",
        create_attention_layout_pass},
+      {"fuse-attention-qkv", "an attention on the q, k, v column thirds of one [B*T, 3D] projection reads it packed (mj.attention_qkv, whose gradient writes one d_qkv); before autodiff",
+       create_fuse_attention_qkv_pass},
       {"memory-plan", "plan every intermediate value into one arena; report its size (options: print=true|false)",
        create_memory_plan_pass, {"print"}},
   };

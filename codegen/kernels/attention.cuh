@@ -37,12 +37,15 @@
 //   sum (deterministic, no atomics) at the price of recomputing S and dP
 //   once more.
 //
-// Head layouts (mj.attention's attribute "layout", ir/attention_layout.h):
-// every kernel reads and writes the rows of (batch, head) bh from
-// head_base(bh) = (bh / H) H T Dh + (bh % H) head_stride, row_stride
-// elements apart: [B, H, T, Dh] is head_stride T Dh, row_stride Dh;
-// [B, T, H, Dh] is head_stride Dh, row_stride H Dh (the heads of a
-// [B T, H Dh] projection, read in place). lse and delta are [BH, T] in both.
+// Head layouts (mj.attention's attribute "layout", and the packed
+// mj.attention_qkv; ir/attention_layout.h): every kernel reads and writes
+// the rows of (batch, head) bh from head_base(strides, H, bh) =
+// (bh / H) batch + (bh % H) head, `row` elements apart, with HeadStrides
+// `qkv` for q, k, v, dq, dk, dv and `o` for out and dout: [B, H, T, Dh] is
+// head T Dh, row Dh; [B, T, H, Dh] is head Dh, row H Dh (the heads of a
+// [B T, H Dh] projection, read in place); packed q, k, v (and dq, dk, dv)
+// are three pointers H Dh apart into one [B, T, 3, H, Dh] tensor, row 3 H
+// Dh, batch T 3 H Dh. lse and delta are [BH, T] in all.
 //
 // Limits (checked on the host): Dh <= 128, T < 2^31 rows per head.
 #pragma once
@@ -51,14 +54,15 @@
 namespace mj {
 
 // mj.attention (bf16/f16): q, k, v, out BH heads of [T, Dh] rows (the
-// layout: H, head_stride, row_stride, above); lse [BH, T] f32.
+// layout: H, qkv, o, above); lse [BH, T] f32.
 template <class T> struct FlashAttentionFwdArgs {
   const T *q, *k, *v;
   T* out;
   float* lse;
   i64 BH, Tn, Dh;
   float scale;
-  i64 H, head_stride, row_stride;
+  i64 H;
+  HeadStrides qkv, o;
 };
 
 // mj.attention_grad (bf16/f16), kernel 1: dq, and delta [BH, T] f32 (scratch).
@@ -69,7 +73,8 @@ template <class T> struct FlashAttentionBwdDqArgs {
   T* dq;
   i64 BH, Tn, Dh;
   float scale;
-  i64 H, head_stride, row_stride;
+  i64 H;
+  HeadStrides qkv, o;
 };
 
 // mj.attention_grad (bf16/f16), kernel 2: dk, dv from lse and delta.
@@ -79,7 +84,8 @@ template <class T> struct FlashAttentionBwdDkdvArgs {
   T *dk, *dv;
   i64 BH, Tn, Dh;
   float scale;
-  i64 H, head_stride, row_stride;
+  i64 H;
+  HeadStrides qkv, o;
 };
 
 // Tile shape of the family (host and device): 64 x 64 tiles, 4 warps.
@@ -111,12 +117,6 @@ namespace mj {
 namespace flash {
 
 extern __shared__ __align__(16) unsigned char flash_smem[];
-
-// Where the rows of (batch, head) bh start in q, k, v, out, dout and the
-// gradients (the layout: see the top of this file).
-template <class Args> __device__ __forceinline__ i64 head_base(const Args& a, i64 bh) {
-  return (bh / a.H) * a.H * a.Tn * a.Dh + (bh % a.H) * a.head_stride;
-}
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
   unsigned r;
@@ -325,7 +325,8 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
   const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;  // the warp's first row in the tile
-  const i64 base = head_base(a, bh), ld = a.row_stride;
+  const i64 base = head_base(a.qkv, a.H, bh), ld = a.qkv.row;
+  const i64 obase = head_base(a.o, a.H, bh), old = a.o.row;
   const T* q = a.q + base;
   const T* k = a.k + base;
   const T* v = a.v + base;
@@ -466,8 +467,8 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
       if (row_lo + 8 < Tn) a.lse[bh * Tn + row_lo + 8] = (row_max[f][1] + log2f(row_sum[f][1])) * 0.6931471805599453f;
     }
     // The warp's own Q rows are no longer read: stage the store through them.
-    store_rows<T, DP>(a.out + base, o[f], 1.f / row_sum[f][0], 1.f / row_sum[f][1], qs + (warp_row + f * 16) * LD,
-                      m0 + warp_row + f * 16, Tn, Dh, ld);
+    store_rows<T, DP>(a.out + obase, o[f], 1.f / row_sum[f][0], 1.f / row_sum[f][1], qs + (warp_row + f * 16) * LD,
+                      m0 + warp_row + f * 16, Tn, Dh, old);
   }
 }
 
@@ -482,7 +483,8 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;
-  const i64 base = head_base(a, bh), ld = a.row_stride;
+  const i64 base = head_base(a.qkv, a.H, bh), ld = a.qkv.row;
+  const i64 obase = head_base(a.o, a.H, bh), old = a.o.row;
   const T* k = a.k + base;
   const T* v = a.v + base;
   unsigned short* qs = (unsigned short*)flash_smem;
@@ -494,7 +496,7 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   const float scale_log2 = a.scale * 1.4426950408889634f;
 
   load_tile<BM, DP>(qs, a.q + base, m0, Tn, Dh, ld);
-  load_tile<BM, DP>(dos, a.dout + base, m0, Tn, Dh, ld);
+  load_tile<BM, DP>(dos, a.dout + obase, m0, Tn, Dh, old);
   load_tile<BN, DP>(ks, k, 0, Tn, Dh, ld);
   load_tile<BN, DP>(vs, v, 0, Tn, Dh, ld);
   cp_async_commit();
@@ -507,8 +509,8 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
     const i64 row = m0 + r;
     float sum = 0.f;
     if (row < Tn) {
-      const unsigned short* od = (const unsigned short*)(a.out + base + row * ld);
-      const unsigned short* dd = (const unsigned short*)(a.dout + base + row * ld);
+      const unsigned short* od = (const unsigned short*)(a.out + obase + row * old);
+      const unsigned short* dd = (const unsigned short*)(a.dout + obase + row * old);
       if ((Dh & 7) == 0) {
 #pragma unroll 4
         for (i64 c = part * 8; c < Dh; c += 8 * TPR) {
@@ -596,9 +598,10 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   const int tile = blockIdx.x;  // key tile; the first ones see the most queries
   const i64 bh = blockIdx.y, n0 = (i64)tile * BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const i64 base = head_base(a, bh), ld = a.row_stride;
+  const i64 base = head_base(a.qkv, a.H, bh), ld = a.qkv.row;
+  const i64 old = a.o.row;
   const T* q = a.q + base;
-  const T* dout = a.dout + base;
+  const T* dout = a.dout + head_base(a.o, a.H, bh);
   unsigned short* ks = (unsigned short*)flash_smem;
   unsigned short* vs = ks + BN * LD;
   unsigned short* qs = vs + BN * LD;    // [2][BM][LD]
@@ -621,7 +624,7 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   load_tile<BN, DP>(ks, a.k + base, n0, Tn, Dh, ld);
   load_tile<BN, DP>(vs, a.v + base, n0, Tn, Dh, ld);
   load_tile<BM, DP>(qs, q, (i64)tile * BM, Tn, Dh, ld);
-  load_tile<BM, DP>(dos, dout, (i64)tile * BM, Tn, Dh, ld);
+  load_tile<BM, DP>(dos, dout, (i64)tile * BM, Tn, Dh, old);
   load_stats(tile, 0);
   cp_async_commit();
 
@@ -632,7 +635,7 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     const int buf = (i - tile) & 1;
     if (i + 1 < q_tiles) {
       load_tile<BM, DP>(qs + (buf ^ 1) * BM * LD, q, (i64)(i + 1) * BM, Tn, Dh, ld);
-      load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i64)(i + 1) * BM, Tn, Dh, ld);
+      load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i64)(i + 1) * BM, Tn, Dh, old);
       load_stats(i + 1, buf ^ 1);
       cp_async_commit();
       cp_async_wait<1>();

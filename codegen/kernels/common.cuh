@@ -32,6 +32,13 @@ struct Dims {
   i64 stride[MOEJIT_MAX_RANK];  // of the tensor read or written through these dims
 };
 
+// Where the rows of attention head pair bh = b * H + h live in a tensor
+// (ir/attention_layout.h's HeadView): element (b, h, t, d) at
+// b * batch + h * head + t * row + d.
+struct HeadStrides {
+  i64 batch, head, row;
+};
+
 // A CUtensorMap (the 128-byte TMA descriptor that cuTensorMapEncodeTiled
 // writes), declared here so that NVRTC needs no cuda.h. A family's argument
 // struct holds it by value (pass the struct as `const __grid_constant__`);
@@ -204,5 +211,8 @@ __device__ __forceinline__ i64 dims_offset(const Dims& d, i64 i) {
   }
   return offset;
 }
+// The offset of head pair bh's row 0 in a tensor of HeadStrides s.
+__device__ __forceinline__ i64 head_base(const HeadStrides& s, i64 H, i64 bh) { return (bh / H) * s.batch + (bh % H) * s.head; }
+
 }  // namespace mj
 #endif  // MOEJIT_DEVICE_CODE

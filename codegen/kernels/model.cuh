@@ -10,7 +10,7 @@ namespace mj {
 
 // mj.attention (f32/f64, and bf16/f16 where the flash family of
 // attention.cuh does not serve): q, k, v, out BH heads of [T, Dh] rows in
-// either head layout (H, head_stride, row_stride: as in attention.cuh);
+// any head layout (H and HeadStrides qkv, o: as in attention.cuh);
 // out[t] = softmax_{s<=t}(q_t . k_s * scale) v; lse [BH, T] of the
 // arithmetic type (f32, or f64 for f64).
 template <class T> struct AttentionArgs {
@@ -19,7 +19,8 @@ template <class T> struct AttentionArgs {
   void* lse;
   i64 BH, Tn, Dh;
   float scale;
-  i64 H, head_stride, row_stride;
+  i64 H;
+  HeadStrides qkv, o;
 };
 
 // mj.attention_grad, pass 1: dq and per-row stats [BH*T, 2] (logsumexp, D_t).
@@ -29,7 +30,8 @@ template <class T> struct AttentionGradQArgs {
   double* stats;
   i64 BH, Tn, Dh;
   float scale;
-  i64 H, head_stride, row_stride;
+  i64 H;
+  HeadStrides qkv, o;
 };
 
 // Pass 2: dk, dv from the stats of pass 1.
@@ -39,7 +41,8 @@ template <class T> struct AttentionGradKvArgs {
   T *dk, *dv;
   i64 BH, Tn, Dh;
   float scale;
-  i64 H, head_stride, row_stride;
+  i64 H;
+  HeadStrides qkv, o;
 };
 
 // mj.cross_entropy, pass 1: row_loss[n] = logsumexp(logits[n]) - logits[n, targets[n]].
@@ -66,19 +69,14 @@ namespace mj {
 
 extern __shared__ double moejit_dynamic_smem[];
 
-// Where the rows of (batch, head) bh start in an attention operand.
-template <class Args> __device__ __forceinline__ i64 attention_head_base(const Args& a, i64 bh) {
-  return (bh / a.H) * a.H * a.Tn * a.Dh + (bh % a.H) * a.head_stride;
-}
-
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) attention_kernel(const AttentionArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.row_stride;
+  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.qkv.row, ors = a.o.row;
   A* scores = (A*)moejit_dynamic_smem;
   A* qrow = scores + Tn;
   for (i64 row = blockIdx.x; row < a.BH * Tn; row += gridDim.x) {
-    i64 bh = row / Tn, t = row % Tn, base = attention_head_base(a, bh);
+    i64 bh = row / Tn, t = row % Tn, base = head_base(a.qkv, a.H, bh), obase = head_base(a.o, a.H, bh);
     const T* kb = a.k + base;
     const T* vb = a.v + base;
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) qrow[d] = ld(a.q[base + t * rs + d]);
@@ -102,7 +100,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       A acc = A(0);
       for (i64 s = 0; s <= t; ++s) acc += scores[s] * ld(vb[s * rs + d]);
-      a.out[base + t * rs + d] = st<T>(acc / sum);
+      a.out[obase + t * ors + d] = st<T>(acc / sum);
     }
     if (threadIdx.x == 0) ((A*)a.lse)[row] = max + m_log(sum);
     __syncthreads();
@@ -116,18 +114,18 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) attention_grad_q_kernel(const AttentionGradQArgs<T> a) {
   typedef typename acc_of<T>::type A;
   __shared__ A scratch[33];
-  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.row_stride;
+  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.qkv.row, ors = a.o.row;
   A* p = (A*)moejit_dynamic_smem;
   A* dp = p + Tn;
   A* qrow = dp + Tn;
   A* dorow = qrow + Dh;
   for (i64 row = blockIdx.x; row < a.BH * Tn; row += gridDim.x) {
-    i64 bh = row / Tn, t = row % Tn, base = attention_head_base(a, bh);
+    i64 bh = row / Tn, t = row % Tn, base = head_base(a.qkv, a.H, bh), obase = head_base(a.o, a.H, bh);
     const T* kb = a.k + base;
     const T* vb = a.v + base;
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       qrow[d] = ld(a.q[base + t * rs + d]);
-      dorow[d] = ld(a.dout[base + t * rs + d]);
+      dorow[d] = ld(a.dout[obase + t * ors + d]);
     }
     __syncthreads();
     A max = lowest_value<A>();
@@ -170,15 +168,15 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
 // dS_ts = P_ts (dout_t . v_s - D_t); dv_s = sum_t P_ts dout_t, dk_s = scale sum_t dS_ts q_t.
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) attention_grad_kv_kernel(const AttentionGradKvArgs<T> a) {
   typedef typename acc_of<T>::type A;
-  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.row_stride;
+  const i64 Tn = a.Tn, Dh = a.Dh, rs = a.qkv.row, ors = a.o.row;
   A* p = (A*)moejit_dynamic_smem;
   A* ds = p + Tn;
   A* krow = ds + Tn;
   A* vrow = krow + Dh;
   for (i64 row = blockIdx.x; row < a.BH * Tn; row += gridDim.x) {
-    i64 bh = row / Tn, s = row % Tn, base = attention_head_base(a, bh);
+    i64 bh = row / Tn, s = row % Tn, base = head_base(a.qkv, a.H, bh);
     const T* qb = a.q + base;
-    const T* db = a.dout + base;
+    const T* db = a.dout + head_base(a.o, a.H, bh);
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       krow[d] = ld(a.k[base + s * rs + d]);
       vrow[d] = ld(a.v[base + s * rs + d]);
@@ -188,7 +186,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
       A dot = A(0), dpv = A(0);
       for (i64 d = 0; d < Dh; ++d) {
         dot += ld(qb[t * rs + d]) * krow[d];
-        dpv += ld(db[t * rs + d]) * vrow[d];
+        dpv += ld(db[t * ors + d]) * vrow[d];
       }
       i64 qrow_index = bh * Tn + t;
       A pv = m_exp(dot * A(a.scale) - A(a.stats[2 * qrow_index]));
@@ -199,7 +197,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) atten
     for (i64 d = threadIdx.x; d < Dh; d += blockDim.x) {
       A acc_v = A(0), acc_k = A(0);
       for (i64 t = s; t < Tn; ++t) {
-        acc_v += p[t - s] * ld(db[t * rs + d]);
+        acc_v += p[t - s] * ld(db[t * ors + d]);
         acc_k += ds[t - s] * ld(qb[t * rs + d]);
       }
       a.dv[base + s * rs + d] = st<T>(acc_v);

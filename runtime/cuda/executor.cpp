@@ -338,7 +338,7 @@ class CudaExecutable final : public ExecutableBase {
     if (buffer.kind == Buffer::Kind::value) {
       CUdeviceptr p = value_ptr_[static_cast<std::size_t>(buffer.value)];
       MOEJIT_ASSERT(p != 0, fmt::format("value {} has no device buffer", buffer.value));
-      return p;
+      return p + static_cast<CUdeviceptr>(buffer.offset);
     }
     if (buffer.kind == Buffer::Kind::scratch) {
       MOEJIT_ASSERT(plan_.scratch_offsets[step] >= 0, "scratch without a plan");

@@ -201,6 +201,15 @@ std::map<OpKind, std::vector<OpCase>> make_cases() {
                                  v = b.input("v", {1, 1, 3, 2}, F);
                             probe_loss(b, b.attention(q, k, v, 0.7));
                           }});
+  add(OpKind::AttentionQkv, {"causal attention on a packed qkv [2, 4, 3, 2, 3]", [](Builder& b, Values&) {
+                               auto qkv = b.input("qkv", {2, 4, 3, 2, 3}, F);
+                               probe_loss(b, b.op(OpKind::AttentionQkv, {qkv}, {{"scale", 0.0}})[0]);
+                             }});
+  add(OpKind::AttentionQkv, {"packed qkv as the reshaped [B*T, 3D] projection, scale 0.6", [](Builder& b, Values&) {
+                               auto x = b.input("x", {5, 12}, F);  // B 1, T 5, H 2, Dh 2
+                               auto qkv = b.reshape(x, {1, 5, 3, 2, 2});
+                               probe_loss(b, b.op(OpKind::AttentionQkv, {qkv}, {{"scale", 0.6}})[0]);
+                             }});
   add(OpKind::CrossEntropy, {"cross_entropy [4, 5]", [](Builder& b, Values& v) {
                                auto logits = b.input("logits", {4, 5}, F);
                                auto targets = b.input("targets", {4}, DType::i32);

@@ -215,6 +215,9 @@ std::optional<Sample> sample_for(OpKind kind) {
       return Sample{{floats({1, 2, 3, 4}), floats({1, 2, 3, 4}), floats({1, 2, 3, 4}), floats({1, 2, 3, 4}), floats({1, 2, 3}),
                      floats({1, 2, 3, 4})},
                     {{"scale", 0.0}}};
+    case OpKind::AttentionQkv: return Sample{{floats({1, 3, 3, 2, 4})}, {{"scale", 0.0}}};  // qkv [B, T, 3, H, Dh]
+    case OpKind::AttentionQkvGrad:  // qkv, out [B, T, H, Dh], lse [B, H, T], dout
+      return Sample{{floats({1, 3, 3, 2, 4}), floats({1, 3, 2, 4}), floats({1, 2, 3}), floats({1, 3, 2, 4})}, {{"scale", 0.0}}};
     case OpKind::CrossEntropy: return Sample{{floats({2, 3}), ints({2}, {2, 0})}, {}};
     case OpKind::CrossEntropyGrad: return Sample{{floats({2, 3}), ints({2}, {2, 0}), scalar(1.0)}, {}};
     case OpKind::Dropout: return Sample{{floats({2, 3})}, {{"p", 0.5}, {"seed", std::int64_t{1}}, {"offset", std::int64_t{0}}}};

@@ -6,13 +6,16 @@
 // T = 1, T not a multiple of the 64-row tile, head dims 32, 64, 128 and 40
 // (padded to 64), 20 (not a multiple of 8: element-wise tile loads); the
 // same in layout "bthd" ([B, T, H, D] read and written in place, for the
-// flash kernels and the f32 / wide-head row kernels).
+// flash kernels and the f32 / wide-head row kernels), and for the packed
+// mj.attention_qkv / mj.attention_qkv_grad (q, k, v read out of one
+// [B, T, 3, H, D], dq, dk, dv written into one).
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "codegen/cuda_codegen.h"
@@ -20,7 +23,10 @@
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/ptx_check.h"
+#include "frontends/config.h"
+#include "frontends/trainer.h"
 #include "ir/builder.h"
+#include "passes/pass_manager.h"
 #include "runtime/backend.h"
 
 using namespace moejit;
@@ -45,6 +51,22 @@ Graph attention_graph(DType dtype, std::int64_t batch, std::int64_t heads, std::
   b.output(grads[0], "dq");
   b.output(grads[1], "dk");
   b.output(grads[2], "dv");
+  return graph;
+}
+
+// x [B*T, 3*H*D] (a qkv projection), dout [B, T, H, D] -> out, lse
+// (mj.attention_qkv of x reshaped [B, T, 3, H, D]), dqkv (its gradient).
+Graph packed_attention_graph(DType dtype, std::int64_t batch, std::int64_t heads, std::int64_t tokens, std::int64_t head_dim) {
+  Graph graph(fmt::format("attention_qkv_{}_{}x{}x{}x{}", dtype_name(dtype), batch, heads, tokens, head_dim));
+  Builder b(graph);
+  Tensor x = b.input("x", {batch * tokens, 3 * heads * head_dim}, dtype);
+  Tensor dout = b.input("dout", {batch, tokens, heads, head_dim}, dtype);
+  Tensor qkv = b.reshape(x, {batch, tokens, 3, heads, head_dim});
+  std::vector<Tensor> fwd = b.op(OpKind::AttentionQkv, {qkv}, {{"scale", 0.0}});
+  Tensor dqkv = b.op1(OpKind::AttentionQkvGrad, {qkv, fwd[0], fwd[1], dout}, {{"scale", 0.0}});
+  b.output(fwd[0], "out");
+  b.output(fwd[1], "lse");
+  b.output(b.reshape(dqkv, {batch * tokens, 3 * heads * head_dim}), "dqkv");
   return graph;
 }
 
@@ -101,11 +123,88 @@ TEST_CASE("attention in layout bthd launches the same kernels with the heads' st
   CHECK(args.BH == 6);
   CHECK(args.Tn == 130);
   CHECK(args.H == 3);
-  CHECK(args.head_stride == 64);
-  CHECK(args.row_stride == 3 * 64);
+  CHECK(args.qkv.head == 64);
+  CHECK(args.qkv.row == 3 * 64);
+  CHECK(args.qkv.batch == 130 * 3 * 64);
+  CHECK(args.o.row == args.qkv.row);
   std::memcpy(&args, bhtd.steps.front().launches.front().args.data(), sizeof(args));
-  CHECK(args.head_stride == 130 * 64);
-  CHECK(args.row_stride == 64);
+  CHECK(args.qkv.head == 130 * 64);
+  CHECK(args.qkv.row == 64);
+  CHECK(args.o.head == args.qkv.head);
+}
+
+TEST_CASE("packed attention launches the same kernels on views of qkv, with no memset of dqkv", "[cuda][attention]") {
+  const auto target = codegen::Target::named("sm_90a");
+  codegen::ModuleCode packed = codegen::generate_module(packed_attention_graph(DType::bf16, 2, 3, 130, 64), target);
+  codegen::ModuleCode bthd = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 64, HeadLayout::bthd), target);
+  CHECK(kernel_names(packed) == kernel_names(bthd));
+  // No memset of dqkv: besides the three kernels only the copies of this test graph's argument and output
+  // reshapes (a reshape of a computed value, as the qkv projection in a model, is a view).
+  std::vector<const codegen::Launch*> launches;
+  for (const auto& step : packed.steps)
+    for (const auto& launch : step.launches) {
+      CHECK(launch.kind != codegen::Launch::Kind::zero);
+      if (launch.kind == codegen::Launch::Kind::kernel) launches.push_back(&launch);
+    }
+  REQUIRE(launches.size() == 3);
+  mj::FlashAttentionFwdArgs<void> fwd{};
+  REQUIRE(launches[0]->args.size() == sizeof(fwd));
+  std::memcpy(&fwd, launches[0]->args.data(), sizeof(fwd));
+  CHECK(fwd.H == 3);
+  CHECK(fwd.qkv.row == 3 * 3 * 64);          // rows of qkv: 3 D apart
+  CHECK(fwd.qkv.batch == 130 * 3 * 3 * 64);
+  CHECK(fwd.qkv.head == 64);
+  CHECK(fwd.o.row == 3 * 64);                // out [B, T, H, D]
+  CHECK(fwd.o.batch == 130 * 3 * 64);
+  // q, k, v: one value, from byte 0, D and 2 D (bf16) on; dq, dk, dv the same into dqkv.
+  auto offsets_of = [](const codegen::Launch& launch, std::size_t first, std::size_t count) {
+    std::vector<std::pair<ValueId, std::int64_t>> views;
+    for (std::size_t i = first; i < first + count; ++i) views.push_back({launch.pointers.at(i).buffer.value, launch.pointers.at(i).buffer.offset});
+    return views;
+  };
+  const auto qkv_views = offsets_of(*launches[0], 0, 3);
+  CHECK(qkv_views[0].first == qkv_views[1].first);
+  CHECK(qkv_views[1].first == qkv_views[2].first);
+  CHECK(qkv_views[0].second == 0);
+  CHECK(qkv_views[1].second == 3 * 64 * 2);
+  CHECK(qkv_views[2].second == 2 * 3 * 64 * 2);
+  const auto dkdv = offsets_of(*launches[2], 6, 2);  // q k v dout lse delta dk dv
+  CHECK(dkdv[0].first == dkdv[1].first);
+  CHECK(dkdv[0].second == 3 * 64 * 2);
+  CHECK(dkdv[1].second == 2 * 3 * 64 * 2);
+}
+
+TEST_CASE("config B's training module reads qkv and writes d_qkv through views, with no copy or memset around its attention",
+          "[cuda][attention][qkv]") {
+  GptMoeConfig config = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
+  config.vocab_size = 65;
+  Graph graph = build_training_graph(config, DType::bf16).graph;
+  run_pipeline(graph, kCudaPipeline);  // what the CUDA backend's compile() runs first
+  const codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+  std::vector<bool> view(static_cast<std::size_t>(graph.num_values()), false);
+  for (const auto& [result, source] : module.aliases) view[static_cast<std::size_t>(result)] = true;
+  const std::vector<int> uses = graph.use_counts();
+  int packed = 0, grads = 0;
+  for (const Op& op : graph.ops()) {
+    if (op.kind == OpKind::AttentionQkv) {
+      ++packed;
+      CHECK(view[static_cast<std::size_t>(op.operands[0])]);  // the qkv projection reshaped [B, T, 3, H, Dh]: no copy
+    }
+    if (op.kind == OpKind::AttentionQkvGrad) {
+      ++grads;
+      for (const Op& reader : graph.ops())  // d_qkv reshaped [B*T, 3D] for the projection's gradients: no copy
+        if (reader.kind == OpKind::Reshape && reader.operands[0] == op.results[0]) CHECK(view[static_cast<std::size_t>(reader.results[0])]);
+    }
+  }
+  CHECK(packed == config.n_layer);
+  CHECK(grads == config.n_layer);
+  // No memset or copy of a qkv-sized tensor (each pad into zeros of the unpacked graph was one).
+  const std::int64_t qkv_bytes = config.batch_size * config.block_size * 3 * config.n_embd * 2;
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches) {
+      INFO(fmt::format("launch kind {} of {} bytes", static_cast<int>(launch.kind), launch.bytes));
+      if (launch.kind == codegen::Launch::Kind::zero || launch.kind == codegen::Launch::Kind::copy) CHECK(launch.bytes != qkv_bytes);
+    }
 }
 
 TEST_CASE("the flash attention kernels compile to PTX for compute_80 and compute_90a", "[cuda][nvrtc][attention]") {
@@ -124,12 +223,16 @@ struct GpuCase {
   std::int64_t batch, heads, tokens, head_dim;
 };
 
-// Every case's out, lse, dq, dk, dv on the GPU against the CPU backend, in `layout`.
-void check_against_cpu(const std::vector<GpuCase>& cases, HeadLayout layout) {
+// Every case's out, lse, dq, dk, dv (packed: dqkv) on the GPU against the
+// CPU backend, in `layout` (nullopt: the packed mj.attention_qkv).
+void check_against_cpu(const std::vector<GpuCase>& cases, std::optional<HeadLayout> layout) {
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
+  const std::vector<std::string> names = layout ? std::vector<std::string>{"out", "lse", "dq", "dk", "dv"}
+                                                : std::vector<std::string>{"out", "lse", "dqkv"};
   for (const GpuCase& c : cases) {
-    Graph graph = attention_graph(c.dtype, c.batch, c.heads, c.tokens, c.head_dim, layout);
+    Graph graph = layout ? attention_graph(c.dtype, c.batch, c.heads, c.tokens, c.head_dim, *layout)
+                         : packed_attention_graph(c.dtype, c.batch, c.heads, c.tokens, c.head_dim);
     INFO(graph.name());
     std::map<std::string, HostTensor> args = cuda_test::random_args(graph, 11, 1);
     auto run = [&](Backend& backend) {
@@ -141,7 +244,7 @@ void check_against_cpu(const std::vector<GpuCase>& cases, HeadLayout layout) {
       return results;
     };
     const std::map<std::string, HostTensor> got = run(*cuda), want = run(*cpu);
-    for (const char* name : {"out", "lse", "dq", "dk", "dv"}) {
+    for (const std::string& name : names) {
       const HostTensor& g = got.at(name);
       const HostTensor& w = want.at(name);
       REQUIRE(g.type() == w.type());
@@ -183,4 +286,21 @@ TEST_CASE("gpu: attention in layout bthd (flash and row kernels) matches the CPU
                      {DType::f32, 2, 3, 37, 24},
                      {DType::bf16, 1, 2, 9, 160}},
                     HeadLayout::bthd);
+}
+
+TEST_CASE("gpu: packed qkv attention (flash and row kernels) matches the CPU backend", "[cuda][gpu][attention][qkv]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  // q, k, v rows 3 H D apart, out H D: several heads, odd T, D 40 (padded) and 20 (element-wise loads),
+  // 128-query blocks (T 513), config B's shape (H 6, T 256, D 64); f32 and D 160 take the row kernels.
+  check_against_cpu({{DType::bf16, 1, 2, 1, 64},
+                     {DType::bf16, 2, 3, 70, 32},
+                     {DType::bf16, 2, 6, 256, 64},
+                     {DType::bf16, 1, 3, 200, 128},
+                     {DType::bf16, 1, 2, 64, 40},
+                     {DType::bf16, 1, 3, 33, 20},
+                     {DType::f16, 2, 2, 129, 64},
+                     {DType::bf16, 1, 2, 513, 64},
+                     {DType::f32, 2, 3, 37, 24},
+                     {DType::bf16, 1, 2, 9, 160}},
+                    std::nullopt);
 }

@@ -90,9 +90,10 @@ GptMoeConfig small_config() {
 
 // Every mj.attention / mj.attention_grad of `graph`: its layout, and how
 // many of its q/k/v/out/dout operands and results a head transpose produces
-// or reads.
+// or reads. The packed mj.attention_qkv / mj.attention_qkv_grad (the
+// trainer's graphs without RoPE) count as in-place (bthd) attention ops.
 struct AttentionCensus {
-  int ops = 0, bthd = 0, transposes_next_to = 0, head_transposes = 0;
+  int ops = 0, bthd = 0, packed = 0, transposes_next_to = 0, head_transposes = 0;
 };
 AttentionCensus census(const Graph& graph) {
   AttentionCensus c;
@@ -104,9 +105,11 @@ AttentionCensus census(const Graph& graph) {
       ++c.head_transposes;
       if (attention_result[static_cast<std::size_t>(op.operands[0])]) ++c.transposes_next_to;
     }
-    if (op.kind != OpKind::Attention && op.kind != OpKind::AttentionGrad) continue;
+    const bool packed = op.kind == OpKind::AttentionQkv || op.kind == OpKind::AttentionQkvGrad;
+    if (op.kind != OpKind::Attention && op.kind != OpKind::AttentionGrad && !packed) continue;
     ++c.ops;
-    c.bthd += head_layout(op.attrs) == HeadLayout::bthd ? 1 : 0;
+    c.packed += packed ? 1 : 0;
+    c.bthd += packed || head_layout(op.attrs) == HeadLayout::bthd ? 1 : 0;
     for (ValueId v : op.operands) {
       const int p = producers[static_cast<std::size_t>(v)];
       if (p >= 0 && is_head_transpose(graph.ops()[static_cast<std::size_t>(p)])) ++c.transposes_next_to;
@@ -230,6 +233,7 @@ TEST_CASE("the default and config B training graphs hold no head transpose aroun
       const Graph graph = after_cuda_pipeline(build_training_graph(config, precision).graph);
       const AttentionCensus c = census(graph);
       CHECK(c.ops == 2 * config.n_layer);
+      CHECK(c.packed == c.ops);  // no RoPE: every attention reads the qkv projection packed
       CHECK(c.bthd == c.ops);
       CHECK(c.transposes_next_to == 0);
       CHECK(c.head_transposes == 0);
@@ -251,6 +255,7 @@ TEST_CASE("attention-layout folds the head transposes of RoPE attention and Swit
       const Graph graph = after_cuda_pipeline(build_training_graph(config, precision).graph);
       const AttentionCensus c = census(graph);
       CHECK(c.ops == 2 * config.n_layer);
+      CHECK(c.packed == 0);  // q and k rotated after the slice: three slices, bthd
       CHECK(c.bthd == c.ops);
       CHECK(c.transposes_next_to == 0);
       CHECK(c.head_transposes == 0);

@@ -97,11 +97,13 @@ TEST_CASE("mixed-precision puts the matmuls in bf16 and keeps norms, router, los
       case OpKind::GatherMatmul:
       case OpKind::MatmulCombine:
       case OpKind::Attention:
+      case OpKind::AttentionQkv:  // the trainer's pipeline packs the attention (fuse-attention-qkv)
         for (ValueId v : op.operands)
           if (is_float(graph.type(v).dtype)) CHECK(graph.type(v).dtype == DType::bf16);
         for (std::size_t r = 0; r < op.results.size(); ++r) {
           // Attention's second result, lse, keeps f32 softmax statistics.
-          const DType want = op.kind == OpKind::Attention && r == 1 ? DType::f32 : DType::bf16;
+          const bool lse = (op.kind == OpKind::Attention || op.kind == OpKind::AttentionQkv) && r == 1;
+          const DType want = lse ? DType::f32 : DType::bf16;
           CHECK(graph.type(op.results[r]).dtype == want);
         }
         ++bf16_matmuls;

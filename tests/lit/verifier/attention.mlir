@@ -50,3 +50,21 @@ func.func @bthd_lse(%q: tensor<1x8x2x16xf32>, %lse: tensor<1x8x2xf32>) -> (tenso
   %0:3 = "mj.attention_grad"(%q, %q, %q, %q, %lse, %q) {layout = "bthd", scale = 0.0} : (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2xf32>, tensor<1x8x2x16xf32>) -> (tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>, tensor<1x8x2x16xf32>)
   return %0#0 : tensor<1x8x2x16xf32>
 }
+
+// -----
+
+// mj.attention_qkv reads q, k, v packed along axis 2 of [B, T, 3, H, Dh].
+// CHECK: attention.mlir:[[@LINE+2]]:3: error: %0:2 = "mj.attention_qkv": operand #0 (qkv): expected [B, T, 3, H, Dh] (q, k, v packed along axis 2), found tensor<1x8x2x2x16xf32>
+func.func @packed_two(%qkv: tensor<1x8x2x2x16xf32>) -> (tensor<1x8x2x16xf32>) {
+  %0:2 = "mj.attention_qkv"(%qkv) {scale = 0.0} : (tensor<1x8x2x2x16xf32>) -> (tensor<1x8x2x16xf32>, tensor<1x2x8xf32>)
+  return %0#0 : tensor<1x8x2x16xf32>
+}
+
+// -----
+
+// Its gradient takes out [B, T, H, Dh] (not the default layout's [B, H, T, Dh]) and returns dqkv like qkv.
+// CHECK: attention.mlir:[[@LINE+2]]:3: error: %0 = "mj.attention_qkv_grad": operand #1 (out): expected tensor<1x8x2x16xf32> (from qkv tensor<1x8x3x2x16xf32>), found tensor<1x2x8x16xf32>
+func.func @packed_out(%qkv: tensor<1x8x3x2x16xf32>, %out: tensor<1x2x8x16xf32>, %lse: tensor<1x2x8xf32>, %dout: tensor<1x8x2x16xf32>) -> (tensor<1x8x3x2x16xf32>) {
+  %0 = "mj.attention_qkv_grad"(%qkv, %out, %lse, %dout) {scale = 0.0} : (tensor<1x8x3x2x16xf32>, tensor<1x2x8x16xf32>, tensor<1x2x8xf32>, tensor<1x8x2x16xf32>) -> tensor<1x8x3x2x16xf32>
+  return %0 : tensor<1x8x3x2x16xf32>
+}
