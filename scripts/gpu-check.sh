@@ -75,9 +75,10 @@ if want tests; then
   # run at once (most of a case's time is its CPU reference, and the GPU
   # machine has 16 cores); the summary gives each shard's result.
   SHARDS=${GPU_CHECK_TEST_SHARDS:-1}
+  SPEC=${GPU_CHECK_TEST_SPEC:-[gpu]}  # e.g. "[gpu]~[pingpong]"
   if (( SHARDS > 1 )); then
     # One name per line; a comma would split a name into two specs (Catch2), so it is escaped.
-    "$BUNDLE"/moejit_cuda_tests "[gpu]" --list-test-names-only | grep -v '^$' | sed 's/,/\\,/g' > "$LOGS/gpu-tests.names"
+    "$BUNDLE"/moejit_cuda_tests "$SPEC" --list-test-names-only | grep -v '^$' | sed 's/,/\\,/g' > "$LOGS/gpu-tests.names"
     for ((i = 0; i < SHARDS; ++i)); do
       awk -v n="$SHARDS" -v i="$i" 'NR % n == i' "$LOGS/gpu-tests.names" > "$LOGS/gpu-tests.names.$i"
       timeout "${GPU_CHECK_TESTS_LIMIT:-900}" "$BUNDLE"/moejit_cuda_tests -f "$LOGS/gpu-tests.names.$i" -d yes \
@@ -89,8 +90,18 @@ if want tests; then
     TESTS_LINE="$(grep -c . "$LOGS/gpu-tests.names") cases in $SHARDS shards: $(for ((i = 0; i < SHARDS; ++i)); do
       grep -hE "^(All tests passed|test cases:)" "$LOGS/gpu-tests.$i.log" | tail -1 || echo "shard $i: no result"; done | paste -sd ';')"
     grep -hE "FAILED|^[^ ]+:[0-9]+: " "$LOGS/gpu-tests.log" | head -20
+    # GPU_CHECK_RERUN_S=seconds: a failed shard's cases again, in the same order in one process with
+    # nothing else on the GPU (does a failure need the other shards running beside it?).
+    if (( TESTS_RC != 0 && ${GPU_CHECK_RERUN_S:-0} > 0 )); then
+      for ((i = 0; i < SHARDS; ++i)); do
+        grep -q "^All tests passed" "$LOGS/gpu-tests.$i.log" && continue
+        timeout "$GPU_CHECK_RERUN_S" "$BUNDLE"/moejit_cuda_tests -f "$LOGS/gpu-tests.names.$i" -d yes > "$LOGS/gpu-tests.rerun.$i.log" 2>&1
+        echo "shard $i alone again (exit $?): $(grep -hE "^(All tests passed|test cases:)" "$LOGS/gpu-tests.rerun.$i.log" | tail -1)"
+        TESTS_LINE="$TESTS_LINE; shard $i alone: $(grep -hE "^(All tests passed|test cases:)" "$LOGS/gpu-tests.rerun.$i.log" | tail -1)"
+      done
+    fi
   else
-    timeout "${GPU_CHECK_TESTS_LIMIT:-900}" "$BUNDLE"/moejit_cuda_tests "[gpu]" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
+    timeout "${GPU_CHECK_TESTS_LIMIT:-900}" "$BUNDLE"/moejit_cuda_tests "$SPEC" -d yes 2>&1 | tee "$LOGS/gpu-tests.log"
     TESTS_RC=${PIPESTATUS[0]}
     TESTS_LINE=$(grep -E "^(All tests passed|test cases:)" "$LOGS/gpu-tests.log" | tail -1)
   fi
