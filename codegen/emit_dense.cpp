@@ -199,7 +199,11 @@ void softmax(EmitContext& ctx, int log) {
 
 // layer_norm / rms_norm; `add` (or null): the mj.add whose result is x,
 // computed in the same kernel (norm_takes_residual must hold).
-void norm(EmitContext& ctx, bool layer, const Op* add) {
+// `add` (or null): the residual add feeding the norm (norm_takes_residual);
+// `cast` (or null): the mj.cast of the norm's result to bf16 (norm_takes_cast),
+// written by the same kernel; store_y false: the norm's own result is not
+// stored (only the cast reads it).
+void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr, bool store_y = true) {
   const TensorType& x = ctx.in(0);
   TileConfig config = TileConfig::fixed_threads(256);
   mj::NormArgs<void> a{};
@@ -209,7 +213,9 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
   std::vector<Bind> pointers = {{&a.x, B::of(ctx.operand(0))},
                                 {&a.gamma, B::of(ctx.operand(1))},
                                 {&a.beta, layer ? B::of(ctx.operand(2)) : B::none()},
-                                {&a.y, B::of(ctx.result(0))}};
+                                {&a.y, store_y ? B::of(ctx.result(0)) : B::none()}};
+  MOEJIT_ASSERT(store_y || cast, "norm: a result to store");
+  if (cast) pointers.push_back({&a.y16, B::of(cast->results[0])});
   if (add) {
     pointers[0] = {&a.x, B::of(add->operands[0])};
     pointers.push_back({&a.residual, B::of(add->operands[1])});
@@ -222,7 +228,7 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
                config, {warp_row_blocks(a.rows)}, a, pointers);
     return;
   }
-  MOEJIT_ASSERT(!add, "a fused residual add needs the warp kernel");
+  MOEJIT_ASSERT(!add && !cast, "a fused residual add or cast needs the warp kernel");
   ctx.launch("reduce", instantiation("norm_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a, pointers);
 }
 
@@ -356,6 +362,21 @@ void emit_norm_grad_add(EmitContext& ctx, const Op& add) {
 void emit_add_norm(EmitContext& ctx, const Op& add) {
   MOEJIT_ASSERT(norm_takes_residual(ctx.graph(), ctx.op(), add), "emit_add_norm: the add feeds the norm");
   norm(ctx, ctx.op().kind == OpKind::LayerNorm, &add);
+}
+
+bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast) {
+  if (norm_op.kind != OpKind::LayerNorm && norm_op.kind != OpKind::RmsNorm) return false;
+  if (cast.kind != OpKind::Cast || cast.operands[0] != norm_op.results[0]) return false;
+  const TensorType& y = graph.type(norm_op.results[0]);
+  if (y.dtype != DType::f32 || y.rank() < 1 || warp_row_per_lane(y.dim(-1)) == 0) return false;
+  const TensorType& c = graph.type(cast.results[0]);
+  return c.dtype == DType::bf16 && c.shape == y.shape;
+}
+
+void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y) {
+  MOEJIT_ASSERT(!add || norm_takes_residual(ctx.graph(), ctx.op(), *add), "emit_norm_group: the add feeds the norm");
+  MOEJIT_ASSERT(!cast || norm_takes_cast(ctx.graph(), ctx.op(), *cast), "emit_norm_group: the cast reads the norm");
+  norm(ctx, ctx.op().kind == OpKind::LayerNorm, add, cast, store_y);
 }
 void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true, nullptr); }
 void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false, nullptr); }
