@@ -277,6 +277,12 @@ void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store
 // ctx at the norm backward; it writes the add's result instead of dx).
 bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add);
 void emit_norm_grad_add(EmitContext& ctx, const Op& add);
+// An mj.cast to bf16 of what that row kernel writes (dx, or the add's result
+// when `add` is set): written by the kernel too (the bf16 residual gradient
+// the next matmul backward reads); the emitter of the norm backward with
+// the add and / or the cast (either may be null; ctx at the norm backward).
+bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* add, const Op& cast);
+void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast);
 
 // An elementwise op folded into the epilogue of the GEMM producing its
 // operand (passes/fuse_gemm_epilogue.cpp): what the GEMM's emitter writes

@@ -234,7 +234,9 @@ void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr,
 
 // layer_norm_grad / rms_norm_grad; `add` (or null): the mj.add of dx and
 // another gradient, computed in the row kernel (norm_grad_takes_addend).
-void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
+// `cast` (or null): an mj.cast to bf16 of what the row kernel writes (dx,
+// or the add's result): it writes that bf16 copy too.
+void norm_grad(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
   TileConfig row_config = TileConfig::fixed_threads(256);
@@ -251,7 +253,8 @@ void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
     row_pointers[3] = {&r.dx, B::of(add->results[0])};
     row_pointers.push_back({&r.dx_addend, B::of(add->operands[add->operands[0] == ctx.result(0) ? 1 : 0])});
   }
-  MOEJIT_ASSERT(!add || warp_row_per_lane(c) > 0, "a fused gradient add needs the warp kernel");
+  if (cast) row_pointers.push_back({&r.dx16, B::of(cast->results[0])});
+  MOEJIT_ASSERT((!add && !cast) || warp_row_per_lane(c) > 0, "a fused gradient add or cast needs the warp kernel");
   TileConfig column_config = TileConfig::fixed_threads(128);
   const unsigned finish_blocks = static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20));  // a warp per column
   if (warp_row_per_lane(c)) {
@@ -357,6 +360,22 @@ bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op
 void emit_norm_grad_add(EmitContext& ctx, const Op& add) {
   MOEJIT_ASSERT(norm_grad_takes_addend(ctx.graph(), ctx.op(), add), "emit_norm_grad_add: dx feeds the add");
   norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, &add);
+}
+
+bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* add, const Op& cast) {
+  if (norm_grad_op.kind != OpKind::LayerNormGrad && norm_grad_op.kind != OpKind::RmsNormGrad) return false;
+  const ValueId written = add ? add->results[0] : norm_grad_op.results[0];
+  if (cast.kind != OpKind::Cast || cast.operands[0] != written) return false;
+  const TensorType& t = graph.type(written);
+  if (t.dtype != DType::f32 || t.rank() < 1 || warp_row_per_lane(t.dim(-1)) == 0) return false;
+  const TensorType& c = graph.type(cast.results[0]);
+  return c.dtype == DType::bf16 && c.shape == t.shape;
+}
+
+void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast) {
+  MOEJIT_ASSERT(!add || norm_grad_takes_addend(ctx.graph(), ctx.op(), *add), "emit_norm_grad_group: dx feeds the add");
+  MOEJIT_ASSERT(!cast || norm_grad_takes_cast(ctx.graph(), ctx.op(), add, *cast), "emit_norm_grad_group: the cast reads dx");
+  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, add, cast);
 }
 
 void emit_add_norm(EmitContext& ctx, const Op& add) {

@@ -12,7 +12,10 @@
 //                mj.rms_norm_grad (read only by that add) and another
 //                gradient (the residual stream's, in the backward): the row
 //                kernel writes the sum, dx is never stored. Runs at the norm
-//                backward.
+//                backward. With (or without) the add, an mj.cast to bf16 of
+//                what the row kernel writes (the sum, or dx): the bf16
+//                residual gradient the next matmul backward reads, written
+//                by the same kernel.
 //   sum_squares  every mj.sum over all elements of an mj.mul(g, g) read only
 //                by that sum (the squares of clip_grad_norm,
 //                frontends/optim.cpp): two launches per 32 tensors. Runs at
@@ -160,6 +163,16 @@ class GroupFinder {
     }
   }
 
+  // The first op after `after` that is its own step and an mj.cast to bf16
+  // that the norm backward `ng` (with `add`, or null) can write (-1: none).
+  int norm_grad_cast(int ng, const Op* add, int after) const {
+    for (int j = after + 1; j < static_cast<int>(ops_.size()); ++j)
+      if (alone(j) && norm_grad_takes_cast(graph_, op(ng), add, op(j))) return j;
+    return -1;
+  }
+
+  // A norm backward with the gradient add after it and / or the cast to
+  // bf16 of what it writes.
   void find_norm_grad_adds(std::vector<OpGroup>& groups) {
     for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
       const Op& add = op(i);
@@ -169,10 +182,20 @@ class GroupFinder {
         if (!alone(ng) || uses(v) != 1 || !norm_grad_takes_addend(graph_, op(ng), add)) continue;
         OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, i}, {v}, {}};
         if (!inputs_ready(g.ops, ng)) continue;
+        if (const int cast = norm_grad_cast(ng, &add, i); cast >= 0) g.ops.push_back(cast);
         take(g);
         groups.push_back(std::move(g));
         break;
       }
+    }
+    for (int ng = 0; ng < static_cast<int>(ops_.size()); ++ng) {
+      const OpKind kind = op(ng).kind;
+      if ((kind != OpKind::LayerNormGrad && kind != OpKind::RmsNormGrad) || !alone(ng)) continue;
+      const int cast = norm_grad_cast(ng, nullptr, ng);
+      if (cast < 0) continue;
+      OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, cast}, {}, {}};
+      take(g);
+      groups.push_back(std::move(g));
     }
   }
 
@@ -458,6 +481,17 @@ void emit_norm_with(EmitContext& ctx, const OpGroup& group) {
   emit_norm_group(ctx, add, cast, store_y);
 }
 
+// ctx at the norm backward; group.ops = it and its add and / or cast.
+void emit_norm_grad_with(EmitContext& ctx, const OpGroup& group) {
+  const Op *add = nullptr, *cast = nullptr;
+  for (int m : group.ops) {
+    const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
+    if (member.kind == OpKind::Add) add = &member;
+    if (member.kind == OpKind::Cast) cast = &member;
+  }
+  emit_norm_grad_group(ctx, add, cast);
+}
+
 // ctx at the GEMM; group.ops = {gemm, the folded op and / or a gather's permute}.
 void emit_gemm_epilogue(EmitContext& ctx, const OpGroup& group) {
   GemmEpilogue epilogue;
@@ -499,7 +533,7 @@ std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& 
 void emit_op_group(EmitContext& ctx, const OpGroup& group) {
   switch (group.kind) {
     case OpGroup::Kind::add_norm: emit_norm_with(ctx, group); break;
-    case OpGroup::Kind::norm_grad_add: emit_norm_grad_add(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.back())]); break;
+    case OpGroup::Kind::norm_grad_add: emit_norm_grad_with(ctx, group); break;
     case OpGroup::Kind::sum_squares: emit_sum_squares(ctx, group); break;
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
     case OpGroup::Kind::gemm_epilogue: emit_gemm_epilogue(ctx, group); break;

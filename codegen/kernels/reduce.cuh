@@ -66,11 +66,14 @@ template <class T> struct NormArgs {
 // block b writes the sums over its rows of dy xhat and dy into
 // partials[(b * c + column) * 2 + {0, 1}] (no stats), so x and dy are read
 // once.
+// With `dx16` (the warp kernel only), what is written to dx is also written
+// rounded to bf16 there (an mj.cast of it to bf16, fused).
 template <class T> struct NormGradRowsArgs {
   const T *x, *gamma, *dy;
   T* dx;
   double* stats;
   const T* dx_addend;
+  unsigned short* dx16;  // bf16 bits (mj::bf16_t is device-only)
   double* partials;
   i64 rows, c;
   double eps;
@@ -400,7 +403,8 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const i64 c = a.c;
   const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.dy) && vec_aligned<T, VEC>(a.gamma) &&
-                      vec_aligned<T, VEC>(a.dx) && vec_aligned<T, VEC>(a.dx_addend);
+                      vec_aligned<T, VEC>(a.dx) && vec_aligned<T, VEC>(a.dx_addend) &&
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.dx16));
   A gam[GROUPS][VEC], sum_dyx[GROUPS][VEC], sum_dy[GROUPS][VEC];
 #pragma unroll
   for (int j = 0; j < GROUPS; ++j) {
@@ -466,6 +470,12 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
         for (int v = 0; v < VEC; ++v) dx[v] = st<T>(ld(dx[v]) + add[v]);
       }
       store_vec<T, VEC>(a.dx + row * c + column, packed, dx);
+      if (a.dx16) {
+        bf16_t h[VEC];
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) h[v] = st<bf16_t>(ld(dx[v]));  // as mj.cast of the T result
+        store_vec<bf16_t, VEC>(reinterpret_cast<bf16_t*>(a.dx16) + row * c + column, packed, h);
+      }
     }
   }
   // The block's column sums: a fixed tree over its warps (warp w + half

@@ -6,7 +6,9 @@
 //     StoreWiden16; a split-K product's finish kernel with WIDEN), and the
 //     product too when something else reads it;
 //   - an mj.cast to bf16 of a layer norm's f32 result (codegen/op_groups.cpp,
-//     add_norm): the norm's row kernel writes the bf16 copy too.
+//     add_norm), or of what a norm backward's row kernel writes (dx, or
+//     dx + the residual gradient: norm_grad_add): the kernel writes the bf16
+//     copy too.
 // Which casts codegen folds, counted on config B's training step and on
 // small graphs (CI, no GPU), the PTX of the new forms, and on a GPU the
 // folded graphs against the CPU backend and, bit for bit, against the same
@@ -16,6 +18,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <string>
+#include <vector>
 #include <map>
 #include <optional>
 
@@ -67,7 +71,7 @@ struct CastCensus {
   int standalone = 0;        // steps that are one mj.cast and launch a kernel
   int to_bf16 = 0, to_f32 = 0;  // of those, by result type
   int in_gemm = 0;           // casts in a step whose launches include a GEMM or a split-K finish
-  int in_norm = 0;           // casts in a step with a norm
+  int in_norm = 0;           // casts in a step with a norm or a norm backward
   int in_chain = 0;          // casts in a fused elementwise chain of several ops
 };
 
@@ -85,7 +89,8 @@ CastCensus census(const Graph& graph, const codegen::Target& target) {
       casts += op.kind == OpKind::Cast;
       gemm = gemm || op.kind == OpKind::Matmul || op.kind == OpKind::GroupedMatmul || op.kind == OpKind::GatherMatmul ||
              op.kind == OpKind::GroupedMatmulWgrad;
-      norm = norm || op.kind == OpKind::LayerNorm || op.kind == OpKind::RmsNorm;
+      norm = norm || op.kind == OpKind::LayerNorm || op.kind == OpKind::RmsNorm || op.kind == OpKind::LayerNormGrad ||
+             op.kind == OpKind::RmsNormGrad;
     }
     if (casts == 0) continue;
     if (step.ops.size() == 1) {
@@ -111,24 +116,32 @@ int count_launches(const codegen::ModuleCode& module, const std::string& needle)
   return n;
 }
 
-// loss = mean((x + f32(relu(bf16(ln(x)) w1) w2)) * target), trained through
-// mixed-precision{dtype=bf16} like the model: the norm's bf16 copy for w1,
-// the weight gradients (f32 parameters: cast back to f32), the input
-// gradient of ln(x) reaching layer_norm_grad through a cast. tokens of 8192
-// and more make the weight gradients split K (f32 partials and the finish).
-// relu, not gelu: a gelu would fold into w1's GEMM with its own tanh, and the
-// GPU test compares the folded run with the unfolded one bit for bit.
+// Two pre-norm residual blocks x + f32(relu(bf16(ln(x)) w1) w2), loss =
+// mean(y * target), trained through mixed-precision{dtype=bf16} like the
+// model: each norm's bf16 copy for w1; the weight gradients (f32
+// parameters: cast back to f32); the input gradient of ln(x) reaching
+// layer_norm_grad through a cast; the second block's norm backward plus
+// the residual gradient, cast to bf16 for the first block's matmul
+// backward. tokens of 8192 and more make the weight gradients split K (f32
+// partials and the finish). relu, not gelu: a gelu would fold into w1's GEMM
+// with its own tanh, and the GPU test compares the folded run with the
+// unfolded one bit for bit.
 Graph block_graph(std::int64_t tokens, std::int64_t d, std::int64_t f) {
   Graph g("cast_block");
   Builder b(g);
   Tensor x = b.input("x", {tokens, d});
-  Tensor gamma = b.param("gamma", {d}), beta = b.param("beta", {d});
-  Tensor w1 = b.param("w1", {d, f}), w2 = b.param("w2", {f, d});
   Tensor target = b.input("target", {tokens, d});
-  Tensor y = b.add(x, b.matmul(b.relu(b.matmul(b.layer_norm(x, gamma, beta), w1)), w2));
+  std::vector<std::string> wrt = {"x"};
+  Tensor y = x;
+  for (int l = 0; l < 2; ++l) {
+    Tensor gamma = b.param(fmt::format("gamma{}", l), {d}), beta = b.param(fmt::format("beta{}", l), {d});
+    Tensor w1 = b.param(fmt::format("w1_{}", l), {d, f}), w2 = b.param(fmt::format("w2_{}", l), {f, d});
+    for (const char* p : {"gamma", "beta", "w1_", "w2_"}) wrt.push_back(fmt::format("{}{}", p, l));
+    y = b.add(y, b.matmul(b.relu(b.matmul(b.layer_norm(y, gamma, beta), w1)), w2));
+  }
   b.output(b.mean(b.mul(y, target), {0, 1}), "loss");
   run_pipeline(g, "mixed-precision{dtype=bf16}");
-  append_backward(g, {.loss = "loss", .wrt = {"x", "gamma", "beta", "w1", "w2"}});
+  append_backward(g, {.loss = "loss", .wrt = wrt});
   return g;
 }
 
@@ -168,8 +181,8 @@ Graph product_graph(std::int64_t m, std::int64_t k, std::int64_t n, bool transpo
 }  // namespace
 
 TEST_CASE("fuse-gemm-epilogue marks the casts to f32 of 16-bit GEMM products, not those an elementwise chain takes", "[cuda][casts]") {
-  // The block's graph: forward x + f32(...) (the cast joins the residual add's chain: not folded);
-  // backward: dx of ln(x) (read by layer_norm_grad), dw1, dw2 (outputs): folded.
+  // The blocks' graph: forward x + f32(...) (the cast joins the residual add's chain: not folded);
+  // backward, per block: dx of ln(x) (read by layer_norm_grad), dw1, dw2 (outputs): folded.
   Graph g = block_graph(256, 64, 128);
   run_pipeline(g, "fuse-gemm-epilogue");
   int marked = 0, folded = 0;
@@ -183,8 +196,8 @@ TEST_CASE("fuse-gemm-epilogue marks the casts to f32 of 16-bit GEMM products, no
       CHECK(g.type(op.results[0]).dtype == DType::f32);
     }
   }
-  CHECK(marked == 3);
-  CHECK(folded == 3);
+  CHECK(marked == 6);
+  CHECK(folded == 6);
   {
     EnvOverride off("MOEJIT_GEMM_EPILOGUES", "0");
     Graph h = block_graph(256, 64, 128);
@@ -203,7 +216,7 @@ TEST_CASE("fuse-gemm-epilogue marks the casts to f32 of 16-bit GEMM products, no
   for (const Op& op : other.ops()) CHECK_FALSE(op.attrs.has("mj.gemm_epilogue"));
 }
 
-TEST_CASE("config B's bf16 training step runs no standalone cast of a GEMM product or of a norm's result", "[cuda][casts]") {
+TEST_CASE("config B's bf16 training step runs no standalone cast of a GEMM product, a norm's result or a norm backward's", "[cuda][casts]") {
   GptMoeConfig config = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
   config.vocab_size = 65;
   const Graph graph = build_training_graph(config, DType::bf16).graph;
@@ -224,10 +237,18 @@ TEST_CASE("config B's bf16 training step runs no standalone cast of a GEMM produ
   //   ln_1's backward) = 5; the LM head's logits (read by cross_entropy) and
   //   its input gradient (ln_f's backward) = 2: 32 (the LM head's weight
   //   gradient joins the embedding gradient's add chain: not folded);
-  //   to bf16, folded into the norms: ln_1, ln_2 per layer, ln_f: 13.
-  CHECK(before.standalone - after.standalone == 45);
+  //   to bf16, folded into the norms: ln_1, ln_2 per layer, ln_f: 13; into
+  //   the norm backwards (the residual gradient the block's backward reads):
+  //   ln_2's backward with its add per layer (attention output's backward),
+  //   ln_1's with its add in layers 1..5 and ln_f's alone (the MoE block
+  //   backward of the layer below): 12.
+  //   Left to bf16: the 25 weights, the 6 routes' gate weights [T, K], the
+  //   loss gradient [T, vocab].
+  CHECK(before.standalone == 95);
+  CHECK(before.standalone - after.standalone == 57);
   CHECK(after.in_gemm == 32);
-  CHECK(after.in_norm == 13);
+  CHECK(after.in_norm == 25);
+  CHECK(after.to_bf16 == 32);
   // Left to f32: the 6 combine_grad weight gradients [T, K] (read by the f32 gate's backward; not a GEMM).
   CHECK(before.to_f32 == 38);
   CHECK(after.to_f32 == 6);
@@ -237,15 +258,18 @@ TEST_CASE("the cast folds: which kernels, on sm_90a and sm_80", "[cuda][casts]")
   const auto hopper = codegen::Target::named("sm_90a"), ampere = codegen::Target::named("sm_80");
   {
     codegen::ModuleCode m = module_of(block_graph(256, 64, 128), hopper);
-    CHECK(count_launches(m, "StoreWidenF32") == 3);  // dx of ln(x), dw1, dw2
+    CHECK(count_launches(m, "StoreWidenF32") == 6);  // per block dx of ln(x), dw1, dw2
+    const CastCensus c = census(block_graph(256, 64, 128), hopper);
+    CHECK(c.in_norm == 3);  // the norms' bf16 copies, and the second block's norm backward + add
+    CHECK(c.standalone == 5);  // the four weights, the loss gradient (f32, read by the residual stream too) for w2_1's backward
     m = module_of(block_graph(256, 64, 128), ampere);
-    CHECK(count_launches(m, "StoreWiden16<mj::bf16_t>") == 3);
+    CHECK(count_launches(m, "StoreWiden16<mj::bf16_t>") == 6);
   }
   {
     // tokens 8192: the weight gradients split K, the finish widens.
     codegen::ModuleCode m = module_of(block_graph(8192, 128, 256), hopper);
-    CHECK(count_launches(m, "matmul_split_k_finish_kernel<mj::bf16_t, 256, true>") == 2);
-    CHECK(count_launches(m, "StoreWidenF32") == 1);
+    CHECK(count_launches(m, "matmul_split_k_finish_kernel<mj::bf16_t, 256, true>") == 4);
+    CHECK(count_launches(m, "StoreWidenF32") == 2);
   }
   {
     // The expert layer: the two expert weight gradients (varlen K) widen.
