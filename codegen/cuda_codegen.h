@@ -262,10 +262,9 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
 
 // A residual add fused into the norm it feeds (codegen/emit_dense.cpp):
 // whether `add`'s result is `norm_op`'s x and one kernel can do both (equal
-// shapes, float, rows of at most 1024), and the emitter of that kernel (ctx
-// at the norm; it writes the add's result and the norm's).
+// shapes, float, rows of at most 1024; it writes the add's result and the
+// norm's).
 bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add);
-void emit_add_norm(EmitContext& ctx, const Op& add);
 // An mj.cast of a norm's f32 result to bf16 (the copy a bf16 matmul reads),
 // written by the norm's row kernel (rows of at most 1024), and the emitter of
 // the norm with the add feeding it and / or that cast (either may be null;
@@ -274,9 +273,8 @@ bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast);
 void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y);
 // The backward's add of a norm's dx and another gradient, fused into the
 // norm backward's row kernel (equal shapes, float, rows of at most 1024;
-// ctx at the norm backward; it writes the add's result instead of dx).
+// it writes the add's result instead of dx).
 bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add);
-void emit_norm_grad_add(EmitContext& ctx, const Op& add);
 // An mj.cast to bf16 of what that row kernel writes (dx, or the add's result
 // when `add` is set): written by the kernel too (the bf16 residual gradient
 // the next matmul backward reads); the emitter of the norm backward with

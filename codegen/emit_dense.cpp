@@ -198,8 +198,7 @@ void softmax(EmitContext& ctx, int log) {
 }
 
 // layer_norm / rms_norm; `add` (or null): the mj.add whose result is x,
-// computed in the same kernel (norm_takes_residual must hold).
-// `add` (or null): the residual add feeding the norm (norm_takes_residual);
+// computed in the same kernel (norm_takes_residual must hold);
 // `cast` (or null): the mj.cast of the norm's result to bf16 (norm_takes_cast),
 // written by the same kernel; store_y false: the norm's own result is not
 // stored (only the cast reads it).
@@ -357,11 +356,6 @@ bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op
   return graph.type(add.operands[0]) == t && graph.type(add.operands[1]) == t;
 }
 
-void emit_norm_grad_add(EmitContext& ctx, const Op& add) {
-  MOEJIT_ASSERT(norm_grad_takes_addend(ctx.graph(), ctx.op(), add), "emit_norm_grad_add: dx feeds the add");
-  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, &add);
-}
-
 bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* add, const Op& cast) {
   if (norm_grad_op.kind != OpKind::LayerNormGrad && norm_grad_op.kind != OpKind::RmsNormGrad) return false;
   const ValueId written = add ? add->results[0] : norm_grad_op.results[0];
@@ -376,11 +370,6 @@ void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast) {
   MOEJIT_ASSERT(!add || norm_grad_takes_addend(ctx.graph(), ctx.op(), *add), "emit_norm_grad_group: dx feeds the add");
   MOEJIT_ASSERT(!cast || norm_grad_takes_cast(ctx.graph(), ctx.op(), add, *cast), "emit_norm_grad_group: the cast reads dx");
   norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, add, cast);
-}
-
-void emit_add_norm(EmitContext& ctx, const Op& add) {
-  MOEJIT_ASSERT(norm_takes_residual(ctx.graph(), ctx.op(), add), "emit_add_norm: the add feeds the norm");
-  norm(ctx, ctx.op().kind == OpKind::LayerNorm, &add);
 }
 
 bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast) {

@@ -59,7 +59,8 @@
 // elementwise group computes at its last op).
 //
 // MOEJIT_OP_GROUPS=0 turns the grouping off (every op its own step, as
-// before): the unfused run to compare with.
+// before): the unfused run to compare with. MOEJIT_CAST_FOLDS=0 keeps the
+// groups but takes no cast into them (passes/fuse_gemm_epilogue.cpp).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -72,6 +73,7 @@
 #include "codegen/gemm_select.h"
 #include "codegen/kernels/elementwise.cuh"
 #include "ir/error.h"
+#include "passes/passes.h"
 
 namespace moejit::codegen {
 
@@ -97,6 +99,7 @@ class GroupFinder {
   }
 
   std::vector<OpGroup> find() {
+    fold_casts_ = cast_folds_enabled();
     std::vector<OpGroup> groups;
     find_add_norms(groups);
     find_norm_grad_adds(groups);
@@ -144,7 +147,7 @@ class GroupFinder {
       const int add = producer(norm.operands[0]);
       const bool with_add = alone(add) && norm_takes_residual(graph_, norm, op(add));
       int cast = -1;
-      for (int j = i + 1; j < static_cast<int>(ops_.size()) && cast < 0; ++j)
+      for (int j = i + 1; j < static_cast<int>(ops_.size()) && cast < 0 && fold_casts_; ++j)
         if (alone(j) && norm_takes_cast(graph_, norm, op(j))) cast = j;
       OpGroup g{OpGroup::Kind::add_norm, i, 0, {i}, {}, {}};
       if (cast >= 0) g.ops.push_back(cast);
@@ -166,6 +169,7 @@ class GroupFinder {
   // The first op after `after` that is its own step and an mj.cast to bf16
   // that the norm backward `ng` (with `add`, or null) can write (-1: none).
   int norm_grad_cast(int ng, const Op* add, int after) const {
+    if (!fold_casts_) return -1;
     for (int j = after + 1; j < static_cast<int>(ops_.size()); ++j)
       if (alone(j) && norm_grad_takes_cast(graph_, op(ng), add, op(j))) return j;
     return -1;
@@ -373,6 +377,7 @@ class GroupFinder {
   const Target& target_;
   std::vector<int> producer_, uses_;
   std::vector<bool> taken_;
+  bool fold_casts_ = true;
 };
 
 // Chunks of each table entry: chunk_begin[k] for k = 0..tensors.

@@ -39,6 +39,9 @@
 // epilogue stalls the tensor cores while it loads x and computes gelu', and
 // at D1536 F256 E128 K8 the dh GEMM took 453 us with it against ~316 us
 // plain + ~90 us for the separate kernel (docs/perf.md, 2026-12-02).
+// MOEJIT_CAST_FOLDS=0 leaves the casts out (the GELU folds as set above),
+// and codegen's norm groups then take no cast either (cast_folds_enabled):
+// the run to compare the folded casts with.
 // Statistics: gelu-folded, gelu-grad-folded, cast-folded.
 #include <fmt/format.h>
 
@@ -84,6 +87,7 @@ class FuseGemmEpiloguePass final : public Pass {
       return;
     }
     const bool fold_gelu_grad = mode == "all";
+    const bool fold_casts = cast_folds_enabled();
     const auto producers = graph.producers();
     const auto uses = graph.use_counts();
     // The one op reading each value, when exactly one does (-1: none or several).
@@ -117,7 +121,7 @@ class FuseGemmEpiloguePass final : public Pass {
         ops[static_cast<std::size_t>(g)].attrs.set(kEpilogueAttr, std::string("gelu_grad"));
         op.attrs.set(kFoldedAttr, true);
         ++gelu_grad;
-      } else if (op.kind == OpKind::Cast) {
+      } else if (op.kind == OpKind::Cast && fold_casts) {
         const ValueId p = op.operands[0], y = op.results[0];
         const int g = gemm_of(p, true);
         if (g < 0 || graph.type(y).dtype != DType::f32 || graph.type(y).shape != graph.type(p).shape) continue;
@@ -138,6 +142,13 @@ class FuseGemmEpiloguePass final : public Pass {
 };
 
 }  // namespace
+
+bool cast_folds_enabled() {
+  const char* env = std::getenv("MOEJIT_CAST_FOLDS");
+  if (!env || std::string(env) == "1") return true;
+  if (std::string(env) == "0") return false;
+  throw Error(fmt::format("MOEJIT_CAST_FOLDS: expected 0 or 1, found '{}'", env));
+}
 
 std::unique_ptr<Pass> create_fuse_gemm_epilogue_pass(const PassOptions&) { return std::make_unique<FuseGemmEpiloguePass>(); }
 

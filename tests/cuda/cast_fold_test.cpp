@@ -12,7 +12,8 @@
 // Which casts codegen folds, counted on config B's training step and on
 // small graphs (CI, no GPU), the PTX of the new forms, and on a GPU the
 // folded graphs against the CPU backend and, bit for bit, against the same
-// graph unfolded (MOEJIT_GEMM_EPILOGUES=0, MOEJIT_OP_GROUPS=0).
+// graph unfolded (MOEJIT_GEMM_EPILOGUES=0, MOEJIT_OP_GROUPS=0; MOEJIT_CAST_FOLDS=0
+// unfolds only the casts).
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
@@ -249,6 +250,15 @@ TEST_CASE("config B's bf16 training step runs no standalone cast of a GEMM produ
   CHECK(after.in_gemm == 32);
   CHECK(after.in_norm == 25);
   CHECK(after.to_bf16 == 32);
+  {
+    // MOEJIT_CAST_FOLDS=0: every cast its own kernel again, the other groups and folds as before.
+    EnvOverride no_casts("MOEJIT_CAST_FOLDS", "0");
+    const CastCensus c = census(graph, hopper);
+    CHECK(c.standalone == before.standalone);
+    CHECK(c.in_gemm + c.in_norm == 0);
+    EnvOverride bad("MOEJIT_CAST_FOLDS", "no");
+    CHECK_THROWS_WITH(census(graph, hopper), Catch::Contains("MOEJIT_CAST_FOLDS: expected 0 or 1, found 'no'"));
+  }
   // Left to f32: the 6 combine_grad weight gradients [T, K] (read by the f32 gate's backward; not a GEMM).
   CHECK(before.to_f32 == 38);
   CHECK(after.to_f32 == 6);
@@ -296,7 +306,7 @@ TEST_CASE("the folded casts compile to PTX for compute_90a and compute_80", "[cu
   }
 }
 
-TEST_CASE("gpu: folded casts match the CPU backend, and the unfolded GPU run bit for bit", "[cuda][gpu][casts]") {
+TEST_CASE("gpu: folded casts match the CPU backend and the unfolded GPU run bit for bit", "[cuda][gpu][casts]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
