@@ -263,36 +263,52 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
 
 // A residual add fused into the norm it feeds (codegen/emit_dense.cpp):
 // whether `add`'s result is `norm_op`'s x and one kernel can do both (equal
-// shapes, float, rows of at most 1024), and the emitter of that kernel (ctx
-// at the norm; it writes the add's result and the norm's).
+// shapes, float, rows of at most 1024; it writes the add's result and the
+// norm's).
 bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add);
-void emit_add_norm(EmitContext& ctx, const Op& add);
+// An mj.cast of a norm's f32 result to bf16 (the copy a bf16 matmul reads),
+// written by the norm's row kernel (rows of at most 1024), and the emitter of
+// the norm with the add feeding it and / or that cast (either may be null;
+// ctx at the norm; store_y false: the f32 result is read by nothing else).
+bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast);
+void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y);
 // The backward's add of a norm's dx and another gradient, fused into the
 // norm backward's row kernel (equal shapes, float, rows of at most 1024;
-// ctx at the norm backward; it writes the add's result instead of dx).
+// it writes the add's result instead of dx).
 bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op& add);
-void emit_norm_grad_add(EmitContext& ctx, const Op& add);
+// An mj.cast to bf16 of what that row kernel writes (dx, or the add's result
+// when `add` is set): written by the kernel too (the bf16 residual gradient
+// the next matmul backward reads); the emitter of the norm backward with
+// the add and / or the cast (either may be null; ctx at the norm backward).
+bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* add, const Op& cast);
+void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast);
 
 // An elementwise op folded into the epilogue of the GEMM producing its
 // operand (passes/fuse_gemm_epilogue.cpp): what the GEMM's emitter writes
 // instead of its plain result.
 //   gelu:      `out` = gelu(product); `aux` = the product (the GEMM's own
 //              result) when it is stored, else none;
-//   gelu_grad: `out` = gelu_grad(aux, product), `aux` the pre-activation.
+//   gelu_grad: `out` = gelu_grad(aux, product), `aux` the pre-activation;
+//   widen:     `out` (f32) = the product rounded to its 16-bit type and
+//              widened (an mj.cast to f32); `aux` = the product when it is
+//              stored, else none.
 // gathered_rows (moe.gather_matmul): a moe.permute result of the same rows,
 // written with the rows the GEMM reads (instead of a scratch copy).
 struct GemmEpilogue {
-  enum class Kind : std::uint8_t { store, gelu, gelu_grad };
+  enum class Kind : std::uint8_t { store, gelu, gelu_grad, widen };
   Kind kind = Kind::store;
   Buffer out, aux;
   Buffer gathered_rows;
 };
 // Whether the GEMM family serving `gemm` (mj.matmul, moe.grouped_matmul,
-// moe.gather_matmul) on `target` has that epilogue (sm90 and sm80 families,
-// 16-bit results), and the emitters of the GEMM with it (ctx at the GEMM).
-bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target);
+// moe.gather_matmul, and for widen moe.grouped_matmul_wgrad) on `target` has
+// the epilogue `kind` (sm90 and sm80 families, 16-bit results; a split-K
+// product only widen without aux, in its finish kernel), and the emitters of
+// the GEMM with it (ctx at the GEMM).
+bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target, GemmEpilogue::Kind kind, bool aux);
 void emit_matmul_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
 void emit_grouped_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
+void emit_wgrad_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
 
 // Ops of different kinds emitted as one step (codegen/op_groups.cpp says
 // which and when): a residual add with the norm it feeds, a norm

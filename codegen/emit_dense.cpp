@@ -198,8 +198,11 @@ void softmax(EmitContext& ctx, int log) {
 }
 
 // layer_norm / rms_norm; `add` (or null): the mj.add whose result is x,
-// computed in the same kernel (norm_takes_residual must hold).
-void norm(EmitContext& ctx, bool layer, const Op* add) {
+// computed in the same kernel (norm_takes_residual must hold);
+// `cast` (or null): the mj.cast of the norm's result to bf16 (norm_takes_cast),
+// written by the same kernel; store_y false: the norm's own result is not
+// stored (only the cast reads it).
+void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr, bool store_y = true) {
   const TensorType& x = ctx.in(0);
   TileConfig config = TileConfig::fixed_threads(256);
   mj::NormArgs<void> a{};
@@ -209,7 +212,9 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
   std::vector<Bind> pointers = {{&a.x, B::of(ctx.operand(0))},
                                 {&a.gamma, B::of(ctx.operand(1))},
                                 {&a.beta, layer ? B::of(ctx.operand(2)) : B::none()},
-                                {&a.y, B::of(ctx.result(0))}};
+                                {&a.y, store_y ? B::of(ctx.result(0)) : B::none()}};
+  MOEJIT_ASSERT(store_y || cast, "norm: a result to store");
+  if (cast) pointers.push_back({&a.y16, B::of(cast->results[0])});
   if (add) {
     pointers[0] = {&a.x, B::of(add->operands[0])};
     pointers.push_back({&a.residual, B::of(add->operands[1])});
@@ -222,13 +227,15 @@ void norm(EmitContext& ctx, bool layer, const Op* add) {
                config, {warp_row_blocks(a.rows)}, a, pointers);
     return;
   }
-  MOEJIT_ASSERT(!add, "a fused residual add needs the warp kernel");
+  MOEJIT_ASSERT(!add && !cast, "a fused residual add or cast needs the warp kernel");
   ctx.launch("reduce", instantiation("norm_kernel", {ctx.in_type(0), threads_of(config)}), config, {row_blocks(a.rows)}, a, pointers);
 }
 
 // layer_norm_grad / rms_norm_grad; `add` (or null): the mj.add of dx and
 // another gradient, computed in the row kernel (norm_grad_takes_addend).
-void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
+// `cast` (or null): an mj.cast to bf16 of what the row kernel writes (dx,
+// or the add's result): it writes that bf16 copy too.
+void norm_grad(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
   TileConfig row_config = TileConfig::fixed_threads(256);
@@ -245,7 +252,8 @@ void norm_grad(EmitContext& ctx, bool layer, const Op* add) {
     row_pointers[3] = {&r.dx, B::of(add->results[0])};
     row_pointers.push_back({&r.dx_addend, B::of(add->operands[add->operands[0] == ctx.result(0) ? 1 : 0])});
   }
-  MOEJIT_ASSERT(!add || warp_row_per_lane(c) > 0, "a fused gradient add needs the warp kernel");
+  if (cast) row_pointers.push_back({&r.dx16, B::of(cast->results[0])});
+  MOEJIT_ASSERT((!add && !cast) || warp_row_per_lane(c) > 0, "a fused gradient add or cast needs the warp kernel");
   TileConfig column_config = TileConfig::fixed_threads(128);
   const unsigned finish_blocks = static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20));  // a warp per column
   if (warp_row_per_lane(c)) {
@@ -348,14 +356,35 @@ bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op
   return graph.type(add.operands[0]) == t && graph.type(add.operands[1]) == t;
 }
 
-void emit_norm_grad_add(EmitContext& ctx, const Op& add) {
-  MOEJIT_ASSERT(norm_grad_takes_addend(ctx.graph(), ctx.op(), add), "emit_norm_grad_add: dx feeds the add");
-  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, &add);
+bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* add, const Op& cast) {
+  if (norm_grad_op.kind != OpKind::LayerNormGrad && norm_grad_op.kind != OpKind::RmsNormGrad) return false;
+  const ValueId written = add ? add->results[0] : norm_grad_op.results[0];
+  if (cast.kind != OpKind::Cast || cast.operands[0] != written) return false;
+  const TensorType& t = graph.type(written);
+  if (t.dtype != DType::f32 || t.rank() < 1 || warp_row_per_lane(t.dim(-1)) == 0) return false;
+  const TensorType& c = graph.type(cast.results[0]);
+  return c.dtype == DType::bf16 && c.shape == t.shape;
 }
 
-void emit_add_norm(EmitContext& ctx, const Op& add) {
-  MOEJIT_ASSERT(norm_takes_residual(ctx.graph(), ctx.op(), add), "emit_add_norm: the add feeds the norm");
-  norm(ctx, ctx.op().kind == OpKind::LayerNorm, &add);
+void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast) {
+  MOEJIT_ASSERT(!add || norm_grad_takes_addend(ctx.graph(), ctx.op(), *add), "emit_norm_grad_group: dx feeds the add");
+  MOEJIT_ASSERT(!cast || norm_grad_takes_cast(ctx.graph(), ctx.op(), add, *cast), "emit_norm_grad_group: the cast reads dx");
+  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, add, cast);
+}
+
+bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast) {
+  if (norm_op.kind != OpKind::LayerNorm && norm_op.kind != OpKind::RmsNorm) return false;
+  if (cast.kind != OpKind::Cast || cast.operands[0] != norm_op.results[0]) return false;
+  const TensorType& y = graph.type(norm_op.results[0]);
+  if (y.dtype != DType::f32 || y.rank() < 1 || warp_row_per_lane(y.dim(-1)) == 0) return false;
+  const TensorType& c = graph.type(cast.results[0]);
+  return c.dtype == DType::bf16 && c.shape == y.shape;
+}
+
+void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y) {
+  MOEJIT_ASSERT(!add || norm_takes_residual(ctx.graph(), ctx.op(), *add), "emit_norm_group: the add feeds the norm");
+  MOEJIT_ASSERT(!cast || norm_takes_cast(ctx.graph(), ctx.op(), *cast), "emit_norm_group: the cast reads the norm");
+  norm(ctx, ctx.op().kind == OpKind::LayerNorm, add, cast, store_y);
 }
 void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true, nullptr); }
 void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false, nullptr); }

@@ -198,11 +198,14 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   // Rows outside every segment (a padded or capacity-limited dispatch) are
   // zero in the unfused result: zero what the epilogue writes too (gelu(0)
   // and gelu_grad(x, 0) are 0).
-  const std::int64_t out_bytes = rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype));
+  // (The widening epilogue's out is f32, its aux the 16-bit product.)
+  const bool widen = epilogue.kind == GemmEpilogue::Kind::widen;
+  const std::int64_t aux_bytes = rows * a.F * static_cast<std::int64_t>(dtype_size(wt.dtype));
+  const std::int64_t out_bytes = widen ? rows * a.F * 4 : aux_bytes;
   auto zero_uncovered = [&] {
     if (segments_cover_rows(ctx.graph(), offsets)) return;
     ctx.zero(out, out_bytes);
-    if (epilogue.kind == GemmEpilogue::Kind::gelu && epilogue.aux.kind != B::Kind::null) ctx.zero(epilogue.aux, out_bytes);
+    if ((epilogue.kind == GemmEpilogue::Kind::gelu || widen) && epilogue.aux.kind != B::Kind::null) ctx.zero(epilogue.aux, aux_bytes);
   };
   // Gathered rows (moe.gather_matmul) are first copied into scratch, as the
   // unfused graph's moe.permute does: the copy engine (sm90) needs contiguous
@@ -358,7 +361,10 @@ void emit_GroupedMatmul(EmitContext& ctx) {
                  ctx.attrs().get_bool("transpose_w"));
 }
 
-void emit_GroupedMatmulWgrad(EmitContext& ctx) {
+void emit_GroupedMatmulWgrad(EmitContext& ctx) { emit_wgrad_with_epilogue(ctx, {}); }
+
+// `epilogue`: store, or widen (an mj.cast to f32 folded in: codegen/op_groups.cpp).
+void emit_wgrad_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue) {
   std::int64_t E = ctx.out(0).dim(0);
   if (E > 65535) ctx.fail(fmt::format("supports at most 65535 experts, found {}", E));
   mj::GroupedWgradArgs<void> a{};
@@ -367,12 +373,19 @@ void emit_GroupedMatmulWgrad(EmitContext& ctx) {
   const GemmProblem problem = *gemm_problem_of(ctx.graph(), ctx.op());
   GemmChoice choice = choose_gemm(ctx.graph(), ctx.op(), problem, ctx.target());
   const TileConfig& c = choice.config;
+  const bool plain = epilogue.kind == GemmEpilogue::Kind::store;
+  MOEJIT_ASSERT(plain || epilogue.kind == GemmEpilogue::Kind::widen, "emit_wgrad_with_epilogue: store or widen");
+  if (!plain && choice.family != GemmFamily::sm90 && choice.family != GemmFamily::sm80)
+    ctx.fail("(SIMT weight gradient) has no widening epilogue");  // gemm_has_epilogue said otherwise: a bug
+  const B out = plain ? B::of(ctx.result(0)) : epilogue.out;
   if (choice.family == GemmFamily::sm90) {
     Sm90Gemm g;
     g.mode = Sm90Gemm::Mode::wgrad;
     g.a = B::of(ctx.operand(0));
     g.b = B::of(ctx.operand(1));
-    g.c = B::of(ctx.result(0));
+    g.c = out;
+    g.epilogue = epilogue.kind;
+    g.aux = epilogue.aux;
     g.offsets = B::of(ctx.operand(2));
     g.m = a.D;
     g.n = a.F;
@@ -387,7 +400,9 @@ void emit_GroupedMatmulWgrad(EmitContext& ctx) {
     g.dtype = ctx.in(0).dtype;
     g.a = B::of(ctx.operand(0));
     g.b = B::of(ctx.operand(1));
-    g.c = B::of(ctx.result(0));
+    g.c = out;
+    g.epilogue = epilogue.kind;
+    g.aux = epilogue.aux;
     g.offsets = B::of(ctx.operand(2));
     g.m = a.D;
     g.n = a.F;

@@ -493,15 +493,21 @@ std::optional<GemmProblem> gemm_problem_of(const Graph& graph, const Op& op) {
   }
 }
 
-bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target) {
-  if (gemm.kind != OpKind::Matmul && gemm.kind != OpKind::GroupedMatmul && gemm.kind != OpKind::GatherMatmul) return false;
+bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target, GemmEpilogue::Kind kind, bool aux) {
+  const bool widen = kind == GemmEpilogue::Kind::widen;
+  if (gemm.kind != OpKind::Matmul && gemm.kind != OpKind::GroupedMatmul && gemm.kind != OpKind::GatherMatmul &&
+      !(widen && gemm.kind == OpKind::GroupedMatmulWgrad))
+    return false;
   const DType dtype = graph.type(gemm.results[0]).dtype;
   if (dtype != DType::bf16 && dtype != DType::f16) return false;
   const std::optional<GemmProblem> problem = gemm_problem_of(graph, gemm);
   if (!problem) return false;
   const GemmChoice choice = choose_gemm(graph, gemm, *problem, target);
-  // Split-K products write f32 partials, which a finish kernel adds: no epilogue there.
-  return (choice.family == GemmFamily::sm90 || choice.family == GemmFamily::sm80) && choice.config.split_k <= 1;
+  if (choice.family != GemmFamily::sm90 && choice.family != GemmFamily::sm80) return false;
+  // Split-K products write f32 partials, which a finish kernel adds: only
+  // the widening there (the finish stores f32 of the rounded sum), and only
+  // when the 16-bit product itself is not needed.
+  return choice.config.split_k <= 1 || (widen && !aux);
 }
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {

@@ -57,10 +57,15 @@ void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm
   const bool vec16 = args.lda % 8 == 0 && args.ldb % 8 == 0;
   const int bm = config.tile_m, bn = config.tile_n, bk = config.tile_k;
   // Split K (codegen/gemm_select.cpp): f32 partials, so a plain store; else the epilogue's functor.
+  // The widening epilogue (an mj.cast to f32 folded in) of a split product
+  // is the finish's: it stores the f32 of the rounded 16-bit sum.
+  const bool widen = g.epilogue == Sm80Gemm::Epilogue::widen;
   const char* functor = g.epilogue == Sm80Gemm::Epilogue::gelu        ? "StoreGelu16"
                         : g.epilogue == Sm80Gemm::Epilogue::gelu_grad ? "StoreGeluGrad16"
+                        : widen                                       ? "StoreWiden16"
                                                                       : "Store16";
-  if (split > 1 && g.epilogue != Sm80Gemm::Epilogue::store) ctx.fail("(sm80 GEMM) has no GELU epilogue for split-K partials");
+  if (split > 1 && g.epilogue != Sm80Gemm::Epilogue::store && !(widen && g.aux.kind == Buffer::Kind::null))
+    ctx.fail("(sm80 GEMM) has no GELU epilogue for split-K partials, nor a second output");
   const std::string store = split > 1 ? "moejit::sm80::StoreF32" : fmt::format("moejit::sm80::{}<{}>", functor, template_type(g.dtype));
   const std::string kernel = fmt::format("moejit::sm80::gemm_sm80_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", template_type(g.dtype), bm, bn,
                                          bk, config.stages, a_k_major, b_k_major, vec16, store);
@@ -85,8 +90,10 @@ void launch_sm80_gemm(EmitContext& ctx, const TileConfig& config, const Sm80Gemm
     finish.K = g.k * split;
     finish.batch = 1;
     finish.split = split;
-    ctx.launch("matmul", instantiation("matmul_split_k_finish_kernel", {template_type(g.dtype), "256"}), TileConfig::fixed_threads(256),
-               {blocks_for(g.m * g.n)}, finish, {{&finish.c, given.c}, {&finish.partials, partials}});
+    const std::string finish_kernel = widen ? instantiation("matmul_split_k_finish_kernel", {template_type(g.dtype), "256", "true"})
+                                            : instantiation("matmul_split_k_finish_kernel", {template_type(g.dtype), "256"});
+    ctx.launch("matmul", finish_kernel, TileConfig::fixed_threads(256), {blocks_for(g.m * g.n)}, finish,
+               {{&finish.c, given.c}, {&finish.partials, partials}});
   }
 }
 

@@ -40,7 +40,11 @@ TensorMapField map_3d(Buffer buffer, std::int64_t inner, std::int64_t outer, std
 // same bits every run).
 void launch_sm90_split_k(EmitContext& ctx, const TileConfig& config, const Sm90Gemm& g) {
   const std::int64_t split = config.split_k, slice = g.k / split;
-  if (g.epilogue != Sm90Gemm::Epilogue::store) ctx.fail("(sm90 GEMM) has no GELU epilogue for split-K partials");
+  // The widening epilogue (an mj.cast to f32 folded in) is the finish's: it
+  // stores the f32 of the rounded bf16 sum; no other epilogue there.
+  const bool widen = g.epilogue == Sm90Gemm::Epilogue::widen;
+  if (g.epilogue != Sm90Gemm::Epilogue::store && !(widen && g.aux.kind == Buffer::Kind::null))
+    ctx.fail("(sm90 GEMM) has no GELU epilogue for split-K partials, nor a second output");
   if (g.mode != Sm90Gemm::Mode::batched || g.groups != 1 || g.a_k_major || g.b_k_major || g.k % (split * 64) != 0)
     ctx.fail(fmt::format("(sm90 GEMM) split_k {} takes one product with A stored [K, M], B stored [K, N] and K a multiple of {}; "
                          "found {} groups, K {}", split, split * 64, g.groups, g.k));
@@ -67,8 +71,10 @@ void launch_sm90_split_k(EmitContext& ctx, const TileConfig& config, const Sm90G
   finish.K = g.k;
   finish.batch = 1;
   finish.split = split;
-  ctx.launch("matmul", instantiation("matmul_split_k_finish_kernel", {"mj::bf16_t", "256"}), TileConfig::fixed_threads(256),
-             {blocks_for(g.m * g.n)}, finish, {{&finish.c, g.c}, {&finish.partials, partials}});
+  const std::string finish_kernel = widen ? instantiation("matmul_split_k_finish_kernel", {"mj::bf16_t", "256", "true"})
+                                          : instantiation("matmul_split_k_finish_kernel", {"mj::bf16_t", "256"});
+  ctx.launch("matmul", finish_kernel, TileConfig::fixed_threads(256), {blocks_for(g.m * g.n)}, finish,
+             {{&finish.c, g.c}, {&finish.partials, partials}});
 }
 
 }  // namespace
@@ -105,12 +111,14 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
     b_map = g.b_k_major ? map_3d(g.b, g.k, g.n, b_groups, g.k, g.n * g.k, static_cast<std::uint32_t>(tile_n))
                         : map_3d(g.b, g.n, g.k, b_groups, g.n, g.n * g.k, 64);
   }
-  const bool tma_store = g.n % 8 == 0;
+  const bool widen = g.epilogue == Sm90Gemm::Epilogue::widen;  // c is f32: register stores
+  const bool tma_store = g.n % 8 == 0 && !widen;
   TensorMapField c_map = map_3d(g.c, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64);
   const char* tma = tma_store ? "true" : "false";
   std::string epilogue = tma_store ? "moejit::sm90::StoreBf16" : "moejit::sm90::StoreBf16Direct";
   if (g.epilogue == Sm90Gemm::Epilogue::gelu) epilogue = fmt::format("moejit::sm90::StoreGeluBf16<{}>", tma);
   if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad) epilogue = fmt::format("moejit::sm90::StoreGeluGradBf16<{}>", tma);
+  if (widen) epilogue = "moejit::sm90::StoreWidenF32";
   const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
   std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}{}>", tile_n, config.stages,

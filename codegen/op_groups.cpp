@@ -4,11 +4,18 @@
 //   add_norm     an mj.add whose result is the x of an mj.layer_norm or
 //                mj.rms_norm: one kernel writes the sum and the norm (the
 //                residual stream still reads the sum). Runs at the add.
+//                With (or without) the add, an mj.cast of the norm's f32
+//                result to bf16 (what the mixed-precision graph's matmul
+//                reads): the kernel writes the bf16 copy too, and the f32
+//                result only when something else reads it.
 //   norm_grad_add  an mj.add of the dx of an mj.layer_norm_grad or
 //                mj.rms_norm_grad (read only by that add) and another
 //                gradient (the residual stream's, in the backward): the row
 //                kernel writes the sum, dx is never stored. Runs at the norm
-//                backward.
+//                backward. With (or without) the add, an mj.cast to bf16 of
+//                what the row kernel writes (the sum, or dx): the bf16
+//                residual gradient the next matmul backward reads, written
+//                by the same kernel.
 //   sum_squares  every mj.sum over all elements of an mj.mul(g, g) read only
 //                by that sum (the squares of clip_grad_norm,
 //                frontends/optim.cpp): two launches per 32 tensors. Runs at
@@ -30,6 +37,10 @@
 //                gelu_grad's product is never stored). Formed only when the
 //                GEMM family serving the product on the target has the
 //                epilogue (gemm_has_epilogue). Runs at the GEMM.
+//                Likewise an mj.cast to f32 of a GEMM's 16-bit product
+//                (mj.epilogue = "cast"; moe.grouped_matmul_wgrad too): the
+//                epilogue stores the rounded product widened to f32 (and
+//                the product, when something else reads it).
 //                A moe.gather_matmul (with or without a folded op) also
 //                takes a later moe.permute of the same rows through the
 //                same slots (its gradient rule's, for the weight
@@ -48,7 +59,8 @@
 // elementwise group computes at its last op).
 //
 // MOEJIT_OP_GROUPS=0 turns the grouping off (every op its own step, as
-// before): the unfused run to compare with.
+// before): the unfused run to compare with. MOEJIT_CAST_FOLDS=0 keeps the
+// groups but takes no cast into them (passes/fuse_gemm_epilogue.cpp).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -61,6 +73,7 @@
 #include "codegen/gemm_select.h"
 #include "codegen/kernels/elementwise.cuh"
 #include "ir/error.h"
+#include "passes/passes.h"
 
 namespace moejit::codegen {
 
@@ -86,6 +99,7 @@ class GroupFinder {
   }
 
   std::vector<OpGroup> find() {
+    fold_casts_ = cast_folds_enabled();
     std::vector<OpGroup> groups;
     find_add_norms(groups);
     find_norm_grad_adds(groups);
@@ -124,19 +138,45 @@ class GroupFinder {
     for (int m : g.ops) taken_[static_cast<std::size_t>(m)] = true;
   }
 
+  // A norm with the residual add feeding it and / or an mj.cast of its
+  // result to bf16 (the first such cast that is its own step).
   void find_add_norms(std::vector<OpGroup>& groups) {
     for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
       const Op& norm = op(i);
-      if (norm.kind != OpKind::LayerNorm && norm.kind != OpKind::RmsNorm) continue;
+      if ((norm.kind != OpKind::LayerNorm && norm.kind != OpKind::RmsNorm) || !alone(i)) continue;
       const int add = producer(norm.operands[0]);
-      if (!alone(add) || !alone(i) || !norm_takes_residual(graph_, norm, op(add))) continue;
-      OpGroup g{OpGroup::Kind::add_norm, add, 0, {add, i}, {}, {}};
-      if (!inputs_ready(g.ops, add)) continue;
+      const bool with_add = alone(add) && norm_takes_residual(graph_, norm, op(add));
+      int cast = -1;
+      for (int j = i + 1; j < static_cast<int>(ops_.size()) && cast < 0 && fold_casts_; ++j)
+        if (alone(j) && norm_takes_cast(graph_, norm, op(j))) cast = j;
+      OpGroup g{OpGroup::Kind::add_norm, i, 0, {i}, {}, {}};
+      if (cast >= 0) g.ops.push_back(cast);
+      // The add only when the group can run at it (an add that ends a fused
+      // chain is computed by that chain's kernel: not ready there).
+      if (with_add) {
+        std::vector<int> with = g.ops;
+        with.push_back(add);
+        if (inputs_ready(with, add)) g.ops = std::move(with);
+      }
+      if (g.ops.size() == 1 || !inputs_ready(g.ops, *std::min_element(g.ops.begin(), g.ops.end()))) continue;
       take(g);
+      g.anchor = i;
+      if (cast >= 0 && uses(norm.results[0]) == 1) g.internal.push_back(norm.results[0]);  // read only by the cast
       groups.push_back(std::move(g));
     }
   }
 
+  // The first op after `after` that is its own step and an mj.cast to bf16
+  // that the norm backward `ng` (with `add`, or null) can write (-1: none).
+  int norm_grad_cast(int ng, const Op* add, int after) const {
+    if (!fold_casts_) return -1;
+    for (int j = after + 1; j < static_cast<int>(ops_.size()); ++j)
+      if (alone(j) && norm_grad_takes_cast(graph_, op(ng), add, op(j))) return j;
+    return -1;
+  }
+
+  // A norm backward with the gradient add after it and / or the cast to
+  // bf16 of what it writes.
   void find_norm_grad_adds(std::vector<OpGroup>& groups) {
     for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
       const Op& add = op(i);
@@ -146,10 +186,20 @@ class GroupFinder {
         if (!alone(ng) || uses(v) != 1 || !norm_grad_takes_addend(graph_, op(ng), add)) continue;
         OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, i}, {v}, {}};
         if (!inputs_ready(g.ops, ng)) continue;
+        if (const int cast = norm_grad_cast(ng, &add, i); cast >= 0) g.ops.push_back(cast);
         take(g);
         groups.push_back(std::move(g));
         break;
       }
+    }
+    for (int ng = 0; ng < static_cast<int>(ops_.size()); ++ng) {
+      const OpKind kind = op(ng).kind;
+      if ((kind != OpKind::LayerNormGrad && kind != OpKind::RmsNormGrad) || !alone(ng)) continue;
+      const int cast = norm_grad_cast(ng, nullptr, ng);
+      if (cast < 0) continue;
+      OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, cast}, {}, {}};
+      take(g);
+      groups.push_back(std::move(g));
     }
   }
 
@@ -237,17 +287,26 @@ class GroupFinder {
       const Op& ew = op(i);
       const AttrValue* folded = ew.attrs.find("mj.gemm_epilogue");
       if (!folded || !std::holds_alternative<bool>(*folded) || !std::get<bool>(*folded) || !alone(i)) continue;
-      if (ew.kind != OpKind::Gelu && ew.kind != OpKind::GeluGrad) continue;
-      const ValueId product = ew.kind == OpKind::Gelu ? ew.operands[0] : ew.operands[1];
+      if (ew.kind != OpKind::Gelu && ew.kind != OpKind::GeluGrad && ew.kind != OpKind::Cast) continue;
+      const ValueId product = ew.kind == OpKind::GeluGrad ? ew.operands[1] : ew.operands[0];
       const int gemm = producer(product);
       if (!alone(gemm) || gemm > i || op(gemm).results[0] != product) continue;
       const AttrValue* mark = op(gemm).attrs.find("mj.epilogue");
-      const char* want = ew.kind == OpKind::Gelu ? "gelu" : "gelu_grad";
+      const char* want = ew.kind == OpKind::Gelu ? "gelu" : ew.kind == OpKind::GeluGrad ? "gelu_grad" : "cast";
       if (!mark || !std::holds_alternative<std::string>(*mark) || std::get<std::string>(*mark) != want) continue;
-      if (graph_.type(ew.results[0]) != graph_.type(product)) continue;
+      if (ew.kind == OpKind::Cast) {
+        const TensorType& y = graph_.type(ew.results[0]);
+        if (y.dtype != DType::f32 || y.shape != graph_.type(product).shape) continue;
+      } else if (graph_.type(ew.results[0]) != graph_.type(product)) {
+        continue;
+      }
       if (ew.kind == OpKind::GeluGrad && (uses(product) != 1 || ew.operands[0] == product || graph_.type(ew.operands[0]) != graph_.type(product)))
         continue;
-      if (!gemm_has_epilogue(graph_, op(gemm), target_)) continue;
+      const GemmEpilogue::Kind kind = ew.kind == OpKind::Gelu       ? GemmEpilogue::Kind::gelu
+                                      : ew.kind == OpKind::GeluGrad ? GemmEpilogue::Kind::gelu_grad
+                                                                    : GemmEpilogue::Kind::widen;
+      if (!gemm_has_epilogue(graph_, op(gemm), target_, kind, ew.kind == OpKind::Gelu || (kind == GemmEpilogue::Kind::widen && uses(product) != 1)))
+        continue;
       OpGroup g{OpGroup::Kind::gemm_epilogue, gemm, gemm, {gemm, i}, {}, {}};
       if (!inputs_ready(g.ops, gemm)) continue;
       if (uses(product) == 1) g.internal.push_back(product);  // read only by the folded op
@@ -318,6 +377,7 @@ class GroupFinder {
   const Target& target_;
   std::vector<int> producer_, uses_;
   std::vector<bool> taken_;
+  bool fold_casts_ = true;
 };
 
 // Chunks of each table entry: chunk_begin[k] for k = 0..tensors.
@@ -414,6 +474,29 @@ void emit_adamws(EmitContext& ctx, const OpGroup& group) {
   }
 }
 
+// ctx at the norm; group.ops = the norm and its add and / or cast.
+void emit_norm_with(EmitContext& ctx, const OpGroup& group) {
+  const Op *add = nullptr, *cast = nullptr;
+  for (int m : group.ops) {
+    const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
+    if (member.kind == OpKind::Add) add = &member;
+    if (member.kind == OpKind::Cast) cast = &member;
+  }
+  const bool store_y = std::find(group.internal.begin(), group.internal.end(), ctx.result(0)) == group.internal.end();
+  emit_norm_group(ctx, add, cast, store_y);
+}
+
+// ctx at the norm backward; group.ops = it and its add and / or cast.
+void emit_norm_grad_with(EmitContext& ctx, const OpGroup& group) {
+  const Op *add = nullptr, *cast = nullptr;
+  for (int m : group.ops) {
+    const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
+    if (member.kind == OpKind::Add) add = &member;
+    if (member.kind == OpKind::Cast) cast = &member;
+  }
+  emit_norm_grad_group(ctx, add, cast);
+}
+
 // ctx at the GEMM; group.ops = {gemm, the folded op and / or a gather's permute}.
 void emit_gemm_epilogue(EmitContext& ctx, const OpGroup& group) {
   GemmEpilogue epilogue;
@@ -427,14 +510,21 @@ void emit_gemm_epilogue(EmitContext& ctx, const OpGroup& group) {
       const ValueId product = ctx.result(0);
       const bool internal = std::find(group.internal.begin(), group.internal.end(), product) != group.internal.end();
       epilogue.aux = internal ? B::none() : B::of(product);
+    } else if (member.kind == OpKind::Cast) {
+      epilogue.kind = GemmEpilogue::Kind::widen;
+      epilogue.out = B::of(member.results[0]);
+      const ValueId product = ctx.result(0);
+      const bool internal = std::find(group.internal.begin(), group.internal.end(), product) != group.internal.end();
+      epilogue.aux = internal ? B::none() : B::of(product);
     } else {
-      MOEJIT_ASSERT(member.kind == OpKind::GeluGrad, "emit_gemm_epilogue: a gelu, gelu_grad or permute");
+      MOEJIT_ASSERT(member.kind == OpKind::GeluGrad, "emit_gemm_epilogue: a gelu, gelu_grad, cast or permute");
       epilogue.kind = GemmEpilogue::Kind::gelu_grad;
       epilogue.out = B::of(member.results[0]);
       epilogue.aux = B::of(member.operands[0]);
     }
   }
   if (ctx.op().kind == OpKind::Matmul) emit_matmul_with_epilogue(ctx, epilogue);
+  else if (ctx.op().kind == OpKind::GroupedMatmulWgrad) emit_wgrad_with_epilogue(ctx, epilogue);
   else emit_grouped_with_epilogue(ctx, epilogue);
 }
 
@@ -447,8 +537,8 @@ std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& 
 
 void emit_op_group(EmitContext& ctx, const OpGroup& group) {
   switch (group.kind) {
-    case OpGroup::Kind::add_norm: emit_add_norm(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.front())]); break;
-    case OpGroup::Kind::norm_grad_add: emit_norm_grad_add(ctx, ctx.graph().ops()[static_cast<std::size_t>(group.ops.back())]); break;
+    case OpGroup::Kind::add_norm: emit_norm_with(ctx, group); break;
+    case OpGroup::Kind::norm_grad_add: emit_norm_grad_with(ctx, group); break;
     case OpGroup::Kind::sum_squares: emit_sum_squares(ctx, group); break;
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
     case OpGroup::Kind::gemm_epilogue: emit_gemm_epilogue(ctx, group); break;

@@ -24,6 +24,10 @@ std::unique_ptr<Pass> create_fuse_gemm_epilogue_pass(const PassOptions& options)
 // True for the ops an elementwise chain may contain (the CUDA codegen fuses
 // exactly these).
 bool is_fusible_elementwise(OpKind kind);
+// Whether casts are folded into the kernels producing their operand
+// (MOEJIT_CAST_FOLDS unset or 1; 0: not; anything else throws):
+// fuse-gemm-epilogue's cast and codegen's norm groups (codegen/op_groups.cpp).
+bool cast_folds_enabled();
 // mixed-precision{dtype=bf16}: bf16 autocast of the matmuls (passes/mixed_precision.cpp).
 std::unique_ptr<Pass> create_mixed_precision_pass(const PassOptions& options);
 // shard-experts{rank=r world_size=N}: expert parallelism (passes/shard_experts.cpp).

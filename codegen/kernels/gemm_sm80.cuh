@@ -251,6 +251,19 @@ template <class T> struct StoreGeluGrad16 {
   }
 };
 
+// c (f32) = the accumulators rounded to T and widened (an mj.cast to f32 of
+// the product, folded), aux = the 16-bit product itself when aux is set.
+template <class T> struct StoreWiden16 {
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    if (args.aux) {
+      GemmArgs product = args;
+      product.c = args.aux;
+      Store16<T>::apply(product, at, v0, v1, pair);
+    }
+    StoreF32::apply(args, at, Round16<T>::run(v0), Round16<T>::run(v1), pair);
+  }
+};
+
 // ---- the tile walk ----
 template <int BM, int BN> struct TileWalk {
   static constexpr int kPanelRows = 8;  // row tiles per L2 panel

@@ -264,6 +264,20 @@ template <bool TMA> struct StoreGeluGradBf16 {
   }
 };
 
+// c = the accumulators rounded to bf16 and widened to f32 (an mj.cast to
+// f32 of the product, folded: passes/fuse_gemm_epilogue.cpp), aux = the
+// bf16 product itself when aux is set. Register stores (c is f32, no TMA
+// map of it).
+struct StoreWidenF32 {
+  static constexpr bool kTmaStore = false, kStoresAux = false;
+  __device__ __forceinline__ static unsigned load(const GemmArgs&, long long) { return 0; }
+  __device__ __forceinline__ static void value(unsigned, float&, float&) {}
+  __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
+    if (args.aux) StoreBf16::store(args.aux, at, v0, v1, pair);
+    StoreF32::apply(args, at, epilogue::round_bf16(v0), epilogue::round_bf16(v1), pair);
+  }
+};
+
 // ---- the tile walk shared by producer and consumers ----
 template <int BM, int BN> struct TileWalk {
   static constexpr int kRasterRows = 8;  // row tiles per L2 panel

@@ -154,7 +154,10 @@ __global__ void __launch_bounds__(THREADS) matmul_split_k_kernel(const MatmulSpl
 }
 
 // c[z, m, n] = sum over s = 0 .. split-1, in order, of partials[z, s, m, n].
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) matmul_split_k_finish_kernel(const MatmulSplitArgs<T> a) {
+// WIDEN: c is f32 and holds that sum rounded to T and widened (the product
+// and an mj.cast to f32 of it, folded: passes/fuse_gemm_epilogue.cpp).
+template <class T, int THREADS, bool WIDEN = false>
+__global__ void __launch_bounds__(THREADS) matmul_split_k_finish_kernel(const MatmulSplitArgs<T> a) {
   typedef typename acc_of<T>::type A;
   const A* parts = static_cast<const A*>(a.partials);
   const i64 mn = a.M * a.N;
@@ -163,7 +166,8 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) matmu
     const A* p = parts + z * a.split * mn + o;
     A acc = A(0);
     for (i64 s = 0; s < a.split; ++s) acc += p[s * mn];
-    a.c[i] = st<T>(acc);
+    if constexpr (WIDEN) reinterpret_cast<float*>(a.c)[i] = (float)ld(st<T>(acc));
+    else a.c[i] = st<T>(acc);
   }
 }
 

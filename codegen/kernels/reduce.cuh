@@ -46,11 +46,15 @@ template <class T> struct SoftmaxArgs {
 // With `residual` (the warp kernel only), the norm reads x + residual,
 // rounded to T as mj.add rounds it, and also writes that sum to `sum`: an
 // mj.add feeding the norm, fused (the residual stream still needs the sum).
+// With `y16` (the warp kernel only), y rounded to bf16 is written there too
+// (an mj.cast of the norm's result to bf16, fused: the copy a bf16 matmul
+// reads); y may then be null (nothing else reads it).
 template <class T> struct NormArgs {
   const T *x, *gamma, *beta;
   T* y;
   const T* residual;
   T* sum;
+  unsigned short* y16;  // bf16 bits (mj::bf16_t is device-only)
   i64 rows, c;
   double eps;
 };
@@ -62,11 +66,14 @@ template <class T> struct NormArgs {
 // block b writes the sums over its rows of dy xhat and dy into
 // partials[(b * c + column) * 2 + {0, 1}] (no stats), so x and dy are read
 // once.
+// With `dx16` (the warp kernel only), what is written to dx is also written
+// rounded to bf16 there (an mj.cast of it to bf16, fused).
 template <class T> struct NormGradRowsArgs {
   const T *x, *gamma, *dy;
   T* dx;
   double* stats;
   const T* dx_addend;
+  unsigned short* dx16;  // bf16 bits (mj::bf16_t is device-only)
   double* partials;
   i64 rows, c;
   double eps;
@@ -305,7 +312,8 @@ template <class T, int VEC, int GROUPS, int THREADS> __global__ void __launch_bo
   const int lane = threadIdx.x & 31;
   const i64 c = a.c;
   const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.gamma) && vec_aligned<T, VEC>(a.beta) &&
-                      vec_aligned<T, VEC>(a.y) && vec_aligned<T, VEC>(a.residual) && vec_aligned<T, VEC>(a.sum);
+                      vec_aligned<T, VEC>(a.y) && vec_aligned<T, VEC>(a.residual) && vec_aligned<T, VEC>(a.sum) &&
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.y16));
   A gam[GROUPS][VEC], bet[GROUPS][VEC];
 #pragma unroll
   for (int j = 0; j < GROUPS; ++j) {
@@ -366,7 +374,13 @@ template <class T, int VEC, int GROUPS, int THREADS> __global__ void __launch_bo
         if (a.beta) value += bet[j][v];
         y[v] = st<T>(value);
       }
-      store_vec<T, VEC>(a.y + row * c + column, packed, y);
+      if (a.y) store_vec<T, VEC>(a.y + row * c + column, packed, y);
+      if (a.y16) {
+        bf16_t h[VEC];
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) h[v] = st<bf16_t>(ld(y[v]));  // as mj.cast: the T result, rounded again
+        store_vec<bf16_t, VEC>(reinterpret_cast<bf16_t*>(a.y16) + row * c + column, packed, h);
+      }
     }
   }
 }
@@ -389,7 +403,8 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const i64 c = a.c;
   const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.dy) && vec_aligned<T, VEC>(a.gamma) &&
-                      vec_aligned<T, VEC>(a.dx) && vec_aligned<T, VEC>(a.dx_addend);
+                      vec_aligned<T, VEC>(a.dx) && vec_aligned<T, VEC>(a.dx_addend) &&
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.dx16));
   A gam[GROUPS][VEC], sum_dyx[GROUPS][VEC], sum_dy[GROUPS][VEC];
 #pragma unroll
   for (int j = 0; j < GROUPS; ++j) {
@@ -455,6 +470,12 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
         for (int v = 0; v < VEC; ++v) dx[v] = st<T>(ld(dx[v]) + add[v]);
       }
       store_vec<T, VEC>(a.dx + row * c + column, packed, dx);
+      if (a.dx16) {
+        bf16_t h[VEC];
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) h[v] = st<bf16_t>(ld(dx[v]));  // as mj.cast of the T result
+        store_vec<bf16_t, VEC>(reinterpret_cast<bf16_t*>(a.dx16) + row * c + column, packed, h);
+      }
     }
   }
   // The block's column sums: a fixed tree over its warps (warp w + half
