@@ -179,8 +179,13 @@ class CudaExecutable final : public ExecutableBase {
 
   // ExecutableBase checks names, types and binding; these keep the tensors on the device.
   void store_arg(int index, const HostTensor& value) override {
+    // The copy goes on the executable's own stream, then waits for it. A
+    // plain cuMemcpyHtoD runs on the legacy stream, which this non-blocking
+    // stream does not wait for, and from pageable memory it may return before
+    // the DMA lands: the next run's kernels could read the buffer's old bytes.
     MOEJIT_CU(cuStreamSynchronize, stream_);
-    MOEJIT_CU(cuMemcpyHtoD, arg_buffers_[static_cast<std::size_t>(index)], value.raw(), value.bytes());
+    MOEJIT_CU(cuMemcpyHtoDAsync, arg_buffers_[static_cast<std::size_t>(index)], value.raw(), value.bytes(), stream_);
+    MOEJIT_CU(cuStreamSynchronize, stream_);  // `value` may be freed once this returns
     uploaded_[static_cast<std::size_t>(index)] = true;
   }
 
