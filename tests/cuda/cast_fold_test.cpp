@@ -315,8 +315,10 @@ TEST_CASE("gpu: folded casts match the CPU backend and the unfolded GPU run bit 
     Values args = cuda_test::random_args(g, seed++, int_bound, 1.0);
     Values got = cuda_test::run_outputs(*cuda, g, args);
     cuda_test::check_close(got, cuda_test::run_outputs(*cpu, g, args));
-    EnvOverride no_epilogues("MOEJIT_GEMM_EPILOGUES", "0");
-    EnvOverride no_groups("MOEJIT_OP_GROUPS", "0");
+    // Only the cast folds off: turning off every epilogue and op group (as
+    // this test first did) also unfolds GELU, whose epilogue form is not the
+    // standalone kernel's bits, and it failed on those on the H200 (12-02).
+    EnvOverride no_folds("MOEJIT_CAST_FOLDS", "0");
     auto plain = make_cuda_backend();
     const Values want = cuda_test::run_outputs(*plain, g, args);
     for (const auto& [name, value] : want) {
