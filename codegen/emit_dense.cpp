@@ -610,7 +610,8 @@ AttentionBuffers attention_buffers(EmitContext& ctx, const AttentionGeometry& g)
   AttentionBuffers b;
   switch (ctx.op().kind) {
     case OpKind::Attention:
-      b = {B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.operand(2)), B::of(ctx.result(0)), B::of(ctx.result(1))};
+      b.q = B::of(ctx.operand(0)), b.k = B::of(ctx.operand(1)), b.v = B::of(ctx.operand(2));
+      b.out = B::of(ctx.result(0)), b.lse = B::of(ctx.result(1));  // the forward: no gradients
       break;
     case OpKind::AttentionGrad:
       b = {B::of(ctx.operand(0)), B::of(ctx.operand(1)), B::of(ctx.operand(2)), B::of(ctx.operand(3)), B::of(ctx.operand(4)),
@@ -618,7 +619,8 @@ AttentionBuffers attention_buffers(EmitContext& ctx, const AttentionGeometry& g)
       break;
     case OpKind::AttentionQkv: {
       const ValueId qkv = ctx.operand(0);
-      b = {B::of(qkv), view(ctx, qkv, g.k_offset), view(ctx, qkv, g.v_offset), B::of(ctx.result(0)), B::of(ctx.result(1))};
+      b.q = B::of(qkv), b.k = view(ctx, qkv, g.k_offset), b.v = view(ctx, qkv, g.v_offset);
+      b.out = B::of(ctx.result(0)), b.lse = B::of(ctx.result(1));
       break;
     }
     default: {  // AttentionQkvGrad: qkv, out, lse, dout -> dqkv
