@@ -56,10 +56,11 @@ constexpr long long streamk_smem_groups(long long groups, long long blocks) { re
 namespace moejit::sm90 {
 
 // The schedule (see above), from four tables in shared memory of groups + 1
-// entries each: units[g], the units of each of group g's tiles; sk_prefix[g], the first stream-K unit of group g's
-// stream-K tiles; dp_prefix[g], the first block of its DP tiles; dp_work[g],
-// the units of the DP tiles before its. All 32-bit (the host keeps the unit
-// count below 2^31), no 64-bit division: it runs beside 128 live accumulators.
+// entries each: units[g], the units of each of group g's tiles;
+// sk_prefix[g], the first stream-K unit of group g's stream-K tiles;
+// dp_prefix[g], the first block of its DP tiles; dp_work[g], the units of
+// the DP tiles before its. All 32-bit (the host keeps the unit count below
+// 2^31), no 64-bit division: it runs beside 128 live accumulators.
 template <int BM, int BN> struct WgradSchedule {
   static constexpr int kRasterRows = 8;  // row tiles per L2 panel, as TileWalk
   const GemmArgs& args;
