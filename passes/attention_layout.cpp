@@ -229,13 +229,7 @@ class AttentionLayoutPass final : public Pass {
         --uses[idx(op.operands[0])];
       }
     }
-    std::size_t kept = 0;
-    for (std::size_t i = 0; i < ops.size(); ++i)
-      if (keep[i]) {
-        if (kept != i) ops[kept] = std::move(ops[i]);
-        ++kept;
-      }
-    ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(kept), ops.end());
+    erase_ops_unless(graph, keep);
   }
 };
 

@@ -29,13 +29,18 @@ int erase_ops_not_reaching_outputs(Graph& graph) {
     if (live_op[i])
       for (auto v : ops[i].operands) live_value[static_cast<std::size_t>(v)] = true;
   }
+  return erase_ops_unless(graph, live_op);
+}
+
+int erase_ops_unless(Graph& graph, const std::vector<bool>& keep) {
+  auto& ops = graph.mutable_ops();
   std::size_t kept = 0;
   for (std::size_t i = 0; i < ops.size(); ++i)
-    if (live_op[i]) {
+    if (keep[i]) {
       if (kept != i) ops[kept] = std::move(ops[i]);
       ++kept;
     }
-  int erased = static_cast<int>(ops.size() - kept);
+  const int erased = static_cast<int>(ops.size() - kept);
   ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(kept), ops.end());
   return erased;
 }

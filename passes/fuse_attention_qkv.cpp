@@ -200,13 +200,7 @@ class FuseAttentionQkvPass final : public Pass {
         for (ValueId v : op.operands) --uses[idx(v)];
       }
     }
-    std::size_t kept = 0;
-    for (std::size_t i = 0; i < ops.size(); ++i)
-      if (keep[i]) {
-        if (kept != i) ops[kept] = std::move(ops[i]);
-        ++kept;
-      }
-    ops.erase(ops.begin() + static_cast<std::ptrdiff_t>(kept), ops.end());
+    erase_ops_unless(graph, keep);
   }
 };
 

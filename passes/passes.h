@@ -47,5 +47,8 @@ std::unique_ptr<Pass> create_memory_plan_pass(const PassOptions& options);
 // erased. dce is this; canonicalize calls it to drop what its rewrites
 // orphaned.
 int erase_ops_not_reaching_outputs(Graph& graph);
+// Erases op i wherever keep[i] is false, the others keeping their order;
+// returns how many went (the passes' own dead-op sweeps end with it).
+int erase_ops_unless(Graph& graph, const std::vector<bool>& keep);
 
 }  // namespace moejit

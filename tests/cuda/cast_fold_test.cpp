@@ -43,21 +43,7 @@ namespace {
 
 using Values = std::map<std::string, HostTensor>;
 
-class EnvOverride {
- public:
-  EnvOverride(const char* name, const char* value) : name_(name) {
-    if (const char* v = std::getenv(name)) previous_ = v;
-    ::setenv(name, value, 1);
-  }
-  ~EnvOverride() {
-    if (previous_) ::setenv(name_, previous_->c_str(), 1);
-    else ::unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> previous_;
-};
+using cuda_test::EnvOverride;
 
 bool same_bits(const HostTensor& a, const HostTensor& b) {
   return a.type() == b.type() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
