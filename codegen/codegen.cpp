@@ -539,8 +539,11 @@ std::vector<int> compile_weights(const ModuleCode& module) {
   std::map<std::string, int> weight;
   for (const auto& step : module.steps)
     for (const auto& l : step.launches)
-      if (l.kind == Launch::Kind::kernel)
-        weight[l.kernel] = l.family == "gemm_sm90" || l.family == "gemm_sm90_streamk" || l.family == "gemm_sm80" ? 8 : (l.family == "matmul" || l.family == "model" || l.family == "attention") ? 3 : 1;
+      if (l.kind == Launch::Kind::kernel) {
+        const bool gemm = l.family == "gemm_sm90" || l.family == "gemm_sm90_streamk" || l.family == "gemm_sm80";
+        const bool heavy = l.family == "matmul" || l.family == "model" || l.family == "attention";
+        weight[l.kernel] = gemm ? 8 : heavy ? 3 : 1;
+      }
   std::vector<int> weights;
   for (const auto& k : module.kernels) weights.push_back(weight.at(k));
   return weights;

@@ -346,10 +346,7 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
   // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
   // of at most 128 columns, alternately), a 256-column tile halved for it.
   // Opt-in: not measured yet (docs/perf.md).
-  const char* pingpong = std::getenv("MOEJIT_SM90_PINGPONG");
-  if (pingpong && std::string(pingpong) != "0" && std::string(pingpong) != "1")
-    throw Error(fmt::format("MOEJIT_SM90_PINGPONG: expected 0 or 1, found '{}'", pingpong));
-  if (pingpong && std::string(pingpong) == "1" && !c.stream_k) {
+  if (env_flag("MOEJIT_SM90_PINGPONG", false) && !c.stream_k) {
     if (c.tile_n == 256) {
       c.tile_n = 128;
       c.stages = 6;

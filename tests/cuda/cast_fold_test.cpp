@@ -18,7 +18,6 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
 #include <map>
@@ -44,10 +43,7 @@ namespace {
 using Values = std::map<std::string, HostTensor>;
 
 using cuda_test::EnvOverride;
-
-bool same_bits(const HostTensor& a, const HostTensor& b) {
-  return a.type() == b.type() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
-}
+using cuda_test::same_bits;
 
 codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {
   run_pipeline(graph, "cuda-pipeline");

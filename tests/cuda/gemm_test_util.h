@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
@@ -45,6 +46,11 @@ inline Values run_outputs(Backend& backend, const Graph& graph, const Values& ar
   Values out;
   for (const auto& o : graph.outputs()) out.emplace(o.name, exe->get(o.name));
   return out;
+}
+
+// Whether two tensors have the same type and bytes.
+inline bool same_bits(const HostTensor& a, const HostTensor& b) {
+  return a.type() == b.type() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
 }
 
 // Each output within its dtype's tolerance of the CPU's; an f32 output (the
