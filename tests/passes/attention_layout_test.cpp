@@ -17,6 +17,7 @@
 #include "ir/builder.h"
 #include "ir/error.h"
 #include "passes/autodiff.h"
+#include "passes/graph_test_util.h"
 #include "passes/pass_manager.h"
 #include "runtime/backend.h"
 
@@ -24,28 +25,11 @@ using namespace moejit;
 
 namespace {
 
+using pass_test::random_tensor;
+using pass_test::run_cpu;
+using pass_test::same_bits;
+
 const std::vector<std::int64_t> kHeadPerm = {0, 2, 1, 3};
-
-HostTensor random_tensor(const TensorType& type, std::mt19937& rng, double scale = 1.0) {
-  std::normal_distribution<double> normal(0.0, scale);
-  std::vector<double> values(static_cast<std::size_t>(type.numel()));
-  for (auto& v : values) v = normal(rng);
-  return HostTensor::from_doubles(type, values);
-}
-
-bool same_bits(const HostTensor& a, const HostTensor& b) {
-  return a.type() == b.type() && a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
-}
-
-// Runs `graph` on the CPU with `args`, returning every output by name.
-std::map<std::string, HostTensor> run_cpu(const Graph& graph, const std::map<std::string, HostTensor>& args) {
-  auto exe = make_cpu_backend()->compile(graph);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  std::map<std::string, HostTensor> results;
-  for (const Output& o : graph.outputs()) results.emplace(o.name, exe->get(o.name));
-  return results;
-}
 
 // q, k, v, dout in [B, T, H, D]: attention and its gradient once in layout
 // bthd, once in bhtd between head transposes (outputs transposed back).

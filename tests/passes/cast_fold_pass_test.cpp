@@ -14,6 +14,7 @@
 
 #include "ir/builder.h"
 #include "passes/autodiff.h"
+#include "passes/graph_test_util.h"
 #include "passes/pass_manager.h"
 #include "runtime/backend.h"
 
@@ -35,15 +36,6 @@ Graph block(std::int64_t tokens, std::int64_t d, std::int64_t f) {
   run_pipeline(g, "mixed-precision{dtype=bf16}");
   append_backward(g, {.loss = "loss", .wrt = {"x", "gamma", "beta", "w1", "w2"}});
   return g;
-}
-
-std::map<std::string, HostTensor> run(const Graph& g, const std::map<std::string, HostTensor>& args) {
-  auto exe = make_cpu_backend()->compile(g);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  std::map<std::string, HostTensor> out;
-  for (const auto& o : g.outputs()) out.emplace(o.name, exe->get(o.name));
-  return out;
 }
 
 }  // namespace
@@ -78,7 +70,7 @@ TEST_CASE("fuse-gemm-epilogue's cast fold marks the casts of GEMM products and k
     for (std::int64_t i = 0; i < t.numel(); ++i) t.set(i, normal(rng));
     args.emplace(plain.value(arg.value).name, std::move(t));
   }
-  const auto want = run(plain, args), got = run(marked, args);
+  const auto want = pass_test::run_cpu(plain, args), got = pass_test::run_cpu(marked, args);
   for (const auto& [name, value] : want) {
     INFO(name);
     CHECK(value.type() == got.at(name).type());

@@ -19,6 +19,7 @@
 #include "ir/builder.h"
 #include "ir/error.h"
 #include "passes/autodiff.h"
+#include "passes/graph_test_util.h"
 #include "passes/pass_manager.h"
 #include "runtime/backend.h"
 
@@ -26,16 +27,9 @@ using namespace moejit;
 
 namespace {
 
-HostTensor random_tensor(const TensorType& type, std::mt19937& rng, double scale = 1.0) {
-  std::normal_distribution<double> normal(0.0, scale);
-  std::vector<double> values(static_cast<std::size_t>(type.numel()));
-  for (auto& v : values) v = normal(rng);
-  return HostTensor::from_doubles(type, values);
-}
-
-bool same_bits(const HostTensor& a, const HostTensor& b) {
-  return a.type() == b.type() && a.bytes() == b.bytes() && std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
-}
+using pass_test::random_tensor;
+using pass_test::run_cpu;
+using pass_test::same_bits;
 
 // Equal values (a sum with the pads' zeros may turn -0 into +0).
 bool same_values(const HostTensor& a, const HostTensor& b) {
@@ -43,15 +37,6 @@ bool same_values(const HostTensor& a, const HostTensor& b) {
   for (std::int64_t i = 0; i < a.numel(); ++i)
     if (a.get(i) != b.get(i)) return false;
   return true;
-}
-
-std::map<std::string, HostTensor> run_cpu(const Graph& graph, const std::map<std::string, HostTensor>& args) {
-  auto exe = make_cpu_backend()->compile(graph);
-  for (const auto& [name, value] : args) exe->set(name, value);
-  exe->run();
-  std::map<std::string, HostTensor> results;
-  for (const Output& o : graph.outputs()) results.emplace(o.name, exe->get(o.name));
-  return results;
 }
 
 int count_ops(const Graph& graph, OpKind kind) {
