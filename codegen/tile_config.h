@@ -27,6 +27,9 @@ struct TileConfig {
   // sm90: the consumers own whole tiles alternately (ping-pong: one's
   // epilogue overlaps the other's MMAs; tile_n <= 128), not halves of each tile.
   bool pingpong = false;
+  // sm90: each consumer keeps two accumulator sets, so a tile's epilogue
+  // runs while the next tile's MMAs are in flight (tile_n <= 128).
+  bool overlap = false;
   // sm90 weight gradients (varlen K): the k-tiles of all tiles split evenly
   // over the blocks, partial tiles summed by their owner
   // (codegen/kernels/gemm_sm90_streamk.cuh), instead of one tile per block.

@@ -12,6 +12,9 @@
 #   initcheck compute-sanitizer's initcheck of the dispatch test;
 #   streamk   the config B step with MOEJIT_SM90_STREAM_K=0 against the default, alternating;
 #   castfolds the same with MOEJIT_CAST_FOLDS=0;
+#   overlap   the same with MOEJIT_SM90_OVERLAP=1 against 0 (and, with profiles, its profile);
+#   streamk_waves, epilogues_all: the same with MOEJIT_SM90_STREAM_K_WAVES=2 against 3, MOEJIT_GEMM_EPILOGUES=1 against all;
+#   layer_overlap moe_layer_bench (AB_LAYER_SHAPES, default D384 and D1536 E128) with it against without;
 #   layer     the MoE layer beside PyTorch (D384, D768, D1536 E128; LAYER_SHAPES picks others);
 #   tune      `moejit tune` of config B, the default config and the moe_layer shapes into
 #             $OUT/tuned.json (what tuning/ ships), then the config B step with that
@@ -26,7 +29,7 @@
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,layer,tune,attention,epilogues,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer,tune,attention,epilogues,profiles,gemm,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -68,12 +71,12 @@ fi
 run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
 run trainstep 100 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=60 \
   GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
-ab() {  # ab NAME VARIABLE: the config B replay with VARIABLE=0 against 1, alternating rounds
-  local name=$1 var=$2
+ab() {  # ab NAME VARIABLE [A B]: the config B replay with VARIABLE=A against B (default 0, 1), alternating rounds
+  local name=$1 var=$2 a=${3:-0} b=${4:-1}
   planned "$name" || return 0
   if (( $(left) < 60 )); then echo "SKIPPED $name (budget: $(left) s left)"; return; fi
   for round in 1 2; do
-    for v in 0 1; do
+    for v in $a $b; do
       env $var=$v timeout 25 $B/train_step --config $CFG_B --no-check --warmup 3 --runs 10 --rounds 1 --trainer-steps 0 \
         > /tmp/log-$name-$v-$round.txt 2>&1
       echo "$var=$v round $round: $(grep -hE 'graph_replay_tok_s' /tmp/log-$name-$v-$round.txt | tail -1)"
@@ -83,6 +86,23 @@ ab() {  # ab NAME VARIABLE: the config B replay with VARIABLE=0 against 1, alter
 }
 ab streamk MOEJIT_SM90_STREAM_K
 ab castfolds MOEJIT_CAST_FOLDS
+ab overlap MOEJIT_SM90_OVERLAP
+ab streamk_waves MOEJIT_SM90_STREAM_K_WAVES 2 3
+ab epilogues_all MOEJIT_GEMM_EPILOGUES 1 all
+layer_ab() {  # layer_ab NAME VARIABLE: moe_layer_bench (no CPU check) with VARIABLE=0 against 1, alternating
+  local name=$1 var=$2
+  planned "$name" || return 0
+  if (( $(left) < 60 )); then echo "SKIPPED $name (budget: $(left) s left)"; return; fi
+  for round in 1 2; do
+    for v in 0 1; do
+      env $var=$v timeout 25 $B/moe_layer_bench --check-tokens 0 --warmup 2 --runs 10 \
+        --shapes "${AB_LAYER_SHAPES:-16384,384,1536,8,2;24576,1536,256,128,8}" > /tmp/log-$name-$v-$round.txt 2>&1
+      grep -hE "ms, .*TFLOP/s" /tmp/log-$name-$v-$round.txt | sed "s/ | host.*//; s/^/$var=$v round $round: /"
+    done
+  done
+  stamp "$name"
+}
+layer_ab layer_overlap MOEJIT_SM90_OVERLAP
 # D4096's CPU check alone outlasts the section: its time comes from the profiles step (no check there).
 run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90 \
   GPU_CHECK_LAYER_SHAPES=${LAYER_SHAPES:-"16384,384,1536,8,2;16384,768,3072,8,2;24576,1536,256,128,8"}
@@ -113,6 +133,7 @@ profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its tabl
 }
 if planned profiles; then
   profile b 25 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
+  planned overlap && profile b_overlap 25 env MOEJIT_SM90_OVERLAP=1 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
   profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
   profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
