@@ -54,8 +54,9 @@ nproc_runs() {  # Multi-process training on one GPU: --nproc 1 trains; --nproc 2
 }
 # 1. tests, loss curves and the multi-process runs at once
 # (the ping-pong consumers, opt-in, are left out unless PINGPONG_TESTS=1: their test hung on 12-02)
-TEST_SPEC="[gpu]~[pingpong]"; [[ "${PINGPONG_TESTS:-0}" == 1 ]] && TEST_SPEC="[gpu]"
-run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=170 GPU_CHECK_TEST_SHARDS=3 GPU_CHECK_TEST_SPEC="$TEST_SPEC" \
+DEFAULT_SPEC="[gpu]~[pingpong]"; [[ "${PINGPONG_TESTS:-0}" == 1 ]] && DEFAULT_SPEC="[gpu]"
+TEST_SPEC=${TEST_SPEC:-$DEFAULT_SPEC}  # e.g. TEST_SPEC="[overlap],[casts]"
+run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=${TESTS_LIMIT:-170} GPU_CHECK_TEST_SHARDS=${TEST_SHARDS:-3} GPU_CHECK_TEST_SPEC="$TEST_SPEC" \
   GPU_CHECK_RERUN_S=${RERUN_S:-0} &
 run train 150 GPU_CHECK_ONLY=train GPU_CHECK_ITERS=500 &
 if planned nproc; then nproc_runs > /tmp/log-nproc.txt 2>&1 & fi
@@ -69,7 +70,7 @@ if planned initcheck && (( $(left) > 60 )); then
 fi
 # 2. timed steps, by priority
 run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
-run trainstep 100 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=60 \
+run trainstep 120 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=${TRAINSTEP_LIMIT:-100} \
   GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
 ab() {  # ab NAME VARIABLE [A B]: the config B replay with VARIABLE=A against B (default 0, 1), alternating rounds
   local name=$1 var=$2 a=${3:-0} b=${4:-1}
@@ -131,11 +132,12 @@ profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its tabl
   MOEJIT_PROFILE=1 timeout "$need" "$@" > /tmp/log-profile-$name.txt 2>&1; stamp "profile $name"
   grep -A22 "profile of @.*median of [3-9]" /tmp/log-profile-$name.txt | head -23
 }
-if planned profiles; then
-  profile b 25 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
+if planned profiles; then  # PROFILES picks among b, d4096, d1536 (default all three)
+  profiles_wanted() { [[ ",${PROFILES:-b,d4096,d1536}," == *",$1,"* ]]; }
+  profiles_wanted b && profile b 25 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
   planned overlap && profile b_overlap 25 env MOEJIT_SM90_OVERLAP=1 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
-  profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
-  profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
+  profiles_wanted d4096 && profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
+  profiles_wanted d1536 && profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
 run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=30
 if planned queue; then  # the helpers' runs: each tree unpacked into its own folder, its results under $O/queue-NAME

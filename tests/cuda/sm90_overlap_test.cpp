@@ -150,11 +150,11 @@ TEST_CASE("gpu: the overlapped epilogue (MOEJIT_SM90_OVERLAP=1) equals the coope
   // one expert; 64 experts, some empty; many tiles per block (the two
   // accumulator sets alternate several times).
   check(mlp_graph(1000, 384, 512), 1);
-  check(mlp_graph(8192, 256, 1024), 1);
+  check(mlp_graph(4096, 256, 512), 1);
   struct Layer {
     std::int64_t tokens, d, f, experts, top_k;
   };
-  for (const Layer& c : {Layer{1000, 384, 512, 8, 2}, Layer{777, 136, 200, 1, 1}, Layer{500, 256, 256, 64, 4}, Layer{4096, 384, 1536, 8, 2}}) {
+  for (const Layer& c : {Layer{1000, 384, 512, 8, 2}, Layer{777, 136, 200, 1, 1}, Layer{500, 256, 256, 64, 4}, Layer{2048, 384, 1536, 8, 2}}) {
     INFO(fmt::format("layer tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
     check(layer_graph(c.tokens, c.d, c.f, c.experts, c.top_k), c.experts);
   }
