@@ -70,7 +70,7 @@ if planned initcheck && (( $(left) > 60 )); then
 fi
 # 2. timed steps, by priority
 run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
-run trainstep 120 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=${TRAINSTEP_LIMIT:-100} \
+run trainstep 120 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="${TRAINSTEP_CONFIGS:-config_b default}" GPU_CHECK_BENCH_LIMIT=${TRAINSTEP_LIMIT:-100} \
   GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
 ab() {  # ab NAME VARIABLE [A B]: the config B replay with VARIABLE=A against B (default 0, 1), alternating rounds
   local name=$1 var=$2 a=${3:-0} b=${4:-1}
