@@ -352,18 +352,6 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
                                target.shared_memory_per_block_optin)
       --c.stages;  // its schedule's tables take more of the shared memory
   }
-  // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
-  // of at most 128 columns, alternately), a 256-column tile halved for it.
-  // Opt-in: not measured yet (docs/perf.md).
-  if (env_flag("MOEJIT_SM90_PINGPONG", false) && !c.stream_k) {
-    if (c.tile_n == 256) {
-      c.tile_n = 128;
-      c.stages = 6;
-      while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
-      add_note(c, "tile_n 256 -> 128 for ping-pong");
-    }
-    c.pingpong = true;
-  }
   c.split_k = static_cast<int>(weight_gradient_split_k(problem, c.tile_m, c.tile_n, target.sm_count));
   if (c.split_k > 1) {
     add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
@@ -372,7 +360,7 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
   }
   // MOEJIT_SM90_OVERLAP=1: the overlapped epilogue (two accumulator sets per
   // consumer), a 256-column tile halved for it.
-  if (env_flag("MOEJIT_SM90_OVERLAP", false) && !c.stream_k && !c.pingpong && c.split_k == 1) {
+  if (env_flag("MOEJIT_SM90_OVERLAP", false) && !c.stream_k && c.split_k == 1) {
     if (c.tile_n == 256) {
       c.tile_n = 128;
       c.stages = 6;

@@ -125,7 +125,7 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
   std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}{}>", tile_n, config.stages,
                                    a_k_major ? "true" : "false", b_k_major ? "true" : "false", epilogue,
-                                   config.pingpong ? ", true" : config.overlap ? ", false, true" : "");
+                                   config.overlap ? ", true" : "");
   const auto smem = static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, g.groups));
   std::vector<Bind> pointers = {{&args.c, g.c}};
   const bool has_aux = g.epilogue != Sm90Gemm::Epilogue::store && g.aux.kind != Buffer::Kind::null;

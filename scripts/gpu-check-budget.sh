@@ -20,7 +20,6 @@
 #             $OUT/tuned.json (what tuning/ ships), then the config B step with that
 #             database against without any (train_step --tuning-ab: alternating rounds);
 #   attention flash attention beside SDPA;
-#   epilogues the GEMM epilogues off and the ping-pong consumers on (scripts/gpu-moegemm-final.sh);
 #   profiles  MOEJIT_PROFILE=1 steps of config B and of the D4096 and D1536 layers;
 #   gemm      the dense GEMM probe beside torch.matmul;
 #   queue     the helpers' queued runs (.gpu-queue/*/tree.tar.xz + request.txt, unpacked
@@ -29,7 +28,7 @@
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer,tune,attention,epilogues,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer,tune,attention,profiles,gemm,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -53,9 +52,7 @@ nproc_runs() {  # Multi-process training on one GPU: --nproc 1 trains; --nproc 2
   echo "gpt_moe --nproc 2 on one GPU exit $? (expected non-zero, a clear message)"; tail -3 /tmp/log-nproc2.txt
 }
 # 1. tests, loss curves and the multi-process runs at once
-# (the ping-pong consumers, opt-in, are left out unless PINGPONG_TESTS=1: their test hung on 12-02)
-DEFAULT_SPEC="[gpu]~[pingpong]"; [[ "${PINGPONG_TESTS:-0}" == 1 ]] && DEFAULT_SPEC="[gpu]"
-TEST_SPEC=${TEST_SPEC:-$DEFAULT_SPEC}  # e.g. TEST_SPEC="[overlap],[casts]"
+TEST_SPEC=${TEST_SPEC:-[gpu]}  # e.g. TEST_SPEC="[overlap],[casts]"
 run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=${TESTS_LIMIT:-170} GPU_CHECK_TEST_SHARDS=${TEST_SHARDS:-3} GPU_CHECK_TEST_SPEC="$TEST_SPEC" \
   GPU_CHECK_RERUN_S=${RERUN_S:-0} &
 run train 150 GPU_CHECK_ONLY=train GPU_CHECK_ITERS=500 &
@@ -122,10 +119,6 @@ elif planned tune; then
   echo "SKIPPED tune (budget: $(left) s left)"
 fi
 run attention 25 GPU_CHECK_ONLY=attention GPU_CHECK_BENCH_LIMIT=30
-if planned epilogues && (( $(left) > 45 )) && [[ -f scripts/gpu-moegemm-final.sh ]]; then
-  RESULT=/tmp/l-epilogues timeout 42 bash scripts/gpu-moegemm-final.sh > /tmp/log-epilogues.txt 2>&1; stamp "epilogues exit $?"
-  tail -12 /tmp/log-epilogues.txt
-fi
 profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its table printed
   local name=$1 need=$2; shift 2
   if (( $(left) < need )); then echo "SKIPPED profile $name"; return; fi

@@ -18,9 +18,9 @@
 //     the producer to the consumers (BN/2 f32 accumulators each);
 //   - the epilogue is a functor applied to pairs of adjacent columns straight
 //     from the accumulator registers (bounds-checked, so any M and N work);
-//   - PINGPONG (opt-in, MOEJIT_SM90_PINGPONG=1; tile_n <= 128): instead of
-//     splitting each tile, the consumers take whole tiles alternately, so
-//     one's epilogue overlaps the other's MMAs (not yet measured).
+//   - OVERLAP (opt-in, MOEJIT_SM90_OVERLAP=1; tile_n <= 128): each consumer
+//     keeps two accumulator sets, so a tile's epilogue runs while the next
+//     tile's MMAs are in flight (measured slower on the H200: docs/perf.md).
 // A is K-major ([rows, K], row-major) or M-major ([K, rows], i.e. a
 // transposed operand); B is K-major ([N, K]) or N-major ([K, N], the usual
 // row-major weight). The wgmma transpose bits read both from shared memory
@@ -539,11 +539,10 @@ __device__ __forceinline__ void overlapped_tile(const GemmArgs& args, const Tile
   pending = {true, k_tiles == 0, group, row0, row_end, col0};
 }
 
-template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool PINGPONG = false, bool OVERLAP = false>
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool OVERLAP = false>
 __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
   static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
-  static_assert(!PINGPONG || BN <= 128, "ping-pong: a consumer holds a whole 128 x BN tile (2 x BN / 2 accumulators)");
-  static_assert(!OVERLAP || (BN <= 128 && !PINGPONG), "overlapped epilogue: a consumer holds two 64 x BN accumulator sets");
+  static_assert(!OVERLAP || BN <= 128, "overlapped epilogue: a consumer holds two 64 x BN accumulator sets");
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
   extern __shared__ unsigned char smem_raw[];
@@ -556,7 +555,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full_bar + 8 * s, 1);
-      mbar_init(empty_bar + 8 * s, PINGPONG ? 1 : 2);  // the consumers reading a stage
+      mbar_init(empty_bar + 8 * s, 2);  // the consumers reading a stage
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -638,7 +637,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
                                                                          full_bar, empty_bar, consumer, thread, warp, lane);
     }
     if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();
-  } else if constexpr (!PINGPONG) {
+  } else {
     regs_up<232>();
     const int consumer = warpgroup - 1;
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
@@ -689,71 +688,6 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
       store_block<BM, BN, BK, STAGES, Epilogue>(args, acc, base, group, col0, row_end, row0 + consumer * 64, consumer, thread, warp, lane);
     }
     if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();  // stores done before the block's shared memory goes away
-  } else {
-    // Ping-pong (MOEJIT_SM90_PINGPONG=1, not the default): each consumer
-    // owns whole 128 x BN tiles, the block's even tiles consumer 0's and the
-    // odd ones consumer 1's, so one's epilogue can overlap the other's MMAs;
-    // its two 64-row halves are two accumulator sets. Stages are still
-    // filled in tile order; a consumer counts the other's stages past.
-    regs_up<232>();
-    const int consumer = warpgroup - 1;
-    const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
-    float acc[2][Mma::kAccumulators];
-    int it = 0;
-    long long local = 0;
-    for (long long t = blockIdx.x; t < total; t += gridDim.x, ++local) {
-      int group;
-      long long row0, row_end, col0, k_begin, k_count;
-      walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
-      const int k_tiles = (int)((k_count + BK - 1) / BK);
-      if ((int)(local & 1) != consumer) {
-        it += k_tiles;
-        continue;
-      }
-      if (k_tiles == 0) {
-#pragma unroll
-        for (int b = 0; b < 2; ++b)
-#pragma unroll
-          for (int i = 0; i < Mma::kAccumulators; ++i) acc[b][i] = 0.0f;
-      }
-      for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-        const int s = it % STAGES;
-        mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
-        const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
-        if constexpr (!A_K_MAJOR) {
-          const int valid = (int)(k_count - (long long)kt * BK);
-          if (args.varlen_k && valid < BK) {  // as above, both 64-row chunks of A
-#pragma unroll
-            for (int b = 0; b < 2; ++b) {
-              uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + b * 64 * BK * 2);
-              for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
-            }
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-          }
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-          const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const unsigned a_addr = A_K_MAJOR ? a_tile + b * 64 * 128 + kk * 32 : a_tile + b * 64 * BK * 2 + kk * 2048;
-            Mma::run(acc[b], smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
-                     (kt > 0 || kk > 0) ? 1 : 0);
-          }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();  // the MMAs of this consumer's previous stage (of this tile) have retired: release it
-        if (kt > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
-      }
-      wgmma_wait<0>();
-      if (k_tiles > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
-#pragma unroll
-      for (int b = 0; b < 2; ++b)
-        store_block<BM, BN, BK, STAGES, Epilogue>(args, acc[b], base, group, col0, row_end, row0 + 64 * b, consumer, thread, warp, lane);
-    }
-    if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();
   }
 }
 
