@@ -271,7 +271,11 @@ bool norm_takes_residual(const Graph& graph, const Op& norm_op, const Op& add);
 // the norm with the add feeding it and / or that cast (either may be null;
 // ctx at the norm; store_y false: the f32 result is read by nothing else).
 bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast);
-void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y);
+// An mj.cast to f32 of a bf16 tensor that is one operand of that add (the
+// mixed-precision residual x + f32(product)): the row kernel reads the bf16
+// tensor and widens it, the f32 copy is never stored.
+bool add_takes_widened(const Graph& graph, const Op& add, const Op& cast);
+void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y, const Op* widened = nullptr);
 // The backward's add of a norm's dx and another gradient, fused into the
 // norm backward's row kernel (equal shapes, float, rows of at most 1024;
 // it writes the add's result instead of dx).

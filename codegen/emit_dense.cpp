@@ -201,8 +201,9 @@ void softmax(EmitContext& ctx, int log) {
 // computed in the same kernel (norm_takes_residual must hold);
 // `cast` (or null): the mj.cast of the norm's result to bf16 (norm_takes_cast),
 // written by the same kernel; store_y false: the norm's own result is not
-// stored (only the cast reads it).
-void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr, bool store_y = true) {
+// stored (only the cast reads it). `widened` (or null): an mj.cast to f32
+// of a bf16 tensor, read only by `add`: the kernel reads the bf16 tensor.
+void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr, bool store_y = true, const Op* widened = nullptr) {
   const TensorType& x = ctx.in(0);
   TileConfig config = TileConfig::fixed_threads(256);
   mj::NormArgs<void> a{};
@@ -215,7 +216,12 @@ void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr,
                                 {&a.y, store_y ? B::of(ctx.result(0)) : B::none()}};
   MOEJIT_ASSERT(store_y || cast, "norm: a result to store");
   if (cast) pointers.push_back({&a.y16, B::of(cast->results[0])});
-  if (add) {
+  if (add && widened) {
+    const int w = add->operands[0] == widened->results[0] ? 0 : 1;  // x + r == r + x: either order, the same bits
+    pointers[0] = {&a.x, B::of(add->operands[1 - w])};
+    pointers.push_back({&a.residual16, B::of(widened->operands[0])});
+    pointers.push_back({&a.sum, B::of(add->results[0])});
+  } else if (add) {
     pointers[0] = {&a.x, B::of(add->operands[0])};
     pointers.push_back({&a.residual, B::of(add->operands[1])});
     pointers.push_back({&a.sum, B::of(add->results[0])});
@@ -381,10 +387,19 @@ bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast) {
   return c.dtype == DType::bf16 && c.shape == y.shape;
 }
 
-void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y) {
+void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y, const Op* widened) {
   MOEJIT_ASSERT(!add || norm_takes_residual(ctx.graph(), ctx.op(), *add), "emit_norm_group: the add feeds the norm");
   MOEJIT_ASSERT(!cast || norm_takes_cast(ctx.graph(), ctx.op(), *cast), "emit_norm_group: the cast reads the norm");
-  norm(ctx, ctx.op().kind == OpKind::LayerNorm, add, cast, store_y);
+  MOEJIT_ASSERT(!widened || (add && add_takes_widened(ctx.graph(), *add, *widened)), "emit_norm_group: the widened operand feeds the add");
+  norm(ctx, ctx.op().kind == OpKind::LayerNorm, add, cast, store_y, widened);
+}
+
+bool add_takes_widened(const Graph& graph, const Op& add, const Op& cast) {
+  if (add.kind != OpKind::Add || cast.kind != OpKind::Cast || add.results.size() != 1) return false;
+  const ValueId w = cast.results[0];
+  if ((add.operands[0] == w) == (add.operands[1] == w)) return false;  // exactly once
+  const TensorType &from = graph.type(cast.operands[0]), &to = graph.type(w);
+  return from.dtype == DType::bf16 && to.dtype == DType::f32 && from.shape == to.shape;
 }
 void emit_LayerNormGrad(EmitContext& ctx) { norm_grad(ctx, true, nullptr); }
 void emit_RmsNormGrad(EmitContext& ctx) { norm_grad(ctx, false, nullptr); }

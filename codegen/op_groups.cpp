@@ -7,7 +7,10 @@
 //                With (or without) the add, an mj.cast of the norm's f32
 //                result to bf16 (what the mixed-precision graph's matmul
 //                reads): the kernel writes the bf16 copy too, and the f32
-//                result only when something else reads it.
+//                result only when something else reads it. The add may be
+//                the end of a fused chain {mj.cast to f32 of a bf16 p, add}
+//                (the mixed-precision residual x + f32(p)): the kernel reads
+//                p and widens it; the f32 copy is never stored.
 //   norm_grad_add  an mj.add of the dx of an mj.layer_norm_grad or
 //                mj.rms_norm_grad (read only by that add) and another
 //                gradient (the residual stream's, in the backward): the row
@@ -150,7 +153,8 @@ class GroupFinder {
       const Op& norm = op(i);
       if ((norm.kind != OpKind::LayerNorm && norm.kind != OpKind::RmsNorm) || !alone(i)) continue;
       const int add = producer(norm.operands[0]);
-      const bool with_add = alone(add) && norm_takes_residual(graph_, norm, op(add));
+      const int widened = widened_operand(add);
+      const bool with_add = (alone(add) || widened >= 0) && norm_takes_residual(graph_, norm, op(add));
       int cast = -1;
       for (int j = i + 1; j < static_cast<int>(ops_.size()) && cast < 0 && fold_casts_; ++j)
         if (alone(j) && norm_takes_cast(graph_, norm, op(j))) cast = j;
@@ -161,14 +165,34 @@ class GroupFinder {
       if (with_add) {
         std::vector<int> with = g.ops;
         with.push_back(add);
-        if (inputs_ready(with, add)) g.ops = std::move(with);
+        if (widened >= 0) with.push_back(widened);
+        if (inputs_ready(with, widened >= 0 ? widened : add)) g.ops = std::move(with);
       }
       if (g.ops.size() == 1 || !inputs_ready(g.ops, *std::min_element(g.ops.begin(), g.ops.end()))) continue;
       take(g);
       g.anchor = i;
       if (cast >= 0 && uses(norm.results[0]) == 1) g.internal.push_back(norm.results[0]);  // read only by the cast
+      if (std::find(g.ops.begin(), g.ops.end(), widened) != g.ops.end() && widened >= 0) g.internal.push_back(op(widened).results[0]);
       groups.push_back(std::move(g));
     }
+  }
+
+  // The mj.cast of `add`'s two-op fused chain {cast, add}: x + f32(p) with
+  // p bf16 and the f32 copy read only by the add (the mixed-precision
+  // residual add; add_takes_widened), which the norm's kernel then computes
+  // from p itself. -1 when `add` is no such chain's end (or the cast folds
+  // are off, MOEJIT_CAST_FOLDS=0).
+  int widened_operand(int add) const {
+    if (!fold_casts_ || add < 0 || taken_[static_cast<std::size_t>(add)] || step_of_op_[static_cast<std::size_t>(add)] != add) return -1;
+    int members = 0, cast = -1;
+    for (int j = 0; j <= add; ++j)
+      if (step_of_op_[static_cast<std::size_t>(j)] == add) {
+        ++members;
+        if (j != add) cast = j;
+      }
+    if (members != 2 || cast < 0 || taken_[static_cast<std::size_t>(cast)]) return -1;
+    if (!add_takes_widened(graph_, op(add), op(cast)) || uses(op(cast).results[0]) != 1) return -1;
+    return cast;
   }
 
   // The first op after `after` that is its own step and an mj.cast to bf16
@@ -516,14 +540,19 @@ void emit_weight_casts(EmitContext& ctx, const OpGroup& group) {
 
 // ctx at the norm; group.ops = the norm and its add and / or cast.
 void emit_norm_with(EmitContext& ctx, const OpGroup& group) {
-  const Op *add = nullptr, *cast = nullptr;
+  const Op *add = nullptr, *cast = nullptr, *widened = nullptr;
   for (int m : group.ops) {
     const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
     if (member.kind == OpKind::Add) add = &member;
-    if (member.kind == OpKind::Cast) cast = &member;
+  }
+  for (int m : group.ops) {
+    const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
+    if (member.kind != OpKind::Cast) continue;
+    if (add && add_takes_widened(ctx.graph(), *add, member)) widened = &member;  // the cast into the add
+    else cast = &member;                                                       // the cast of the norm's result
   }
   const bool store_y = std::find(group.internal.begin(), group.internal.end(), ctx.result(0)) == group.internal.end();
-  emit_norm_group(ctx, add, cast, store_y);
+  emit_norm_group(ctx, add, cast, store_y, widened);
 }
 
 // ctx at the norm backward; group.ops = it and its add and / or cast.

@@ -46,6 +46,8 @@ template <class T> struct SoftmaxArgs {
 // With `residual` (the warp kernel only), the norm reads x + residual,
 // rounded to T as mj.add rounds it, and also writes that sum to `sum`: an
 // mj.add feeding the norm, fused (the residual stream still needs the sum).
+// `residual16` instead: the residual is bf16, widened exactly (an mj.cast
+// to f32 of a bf16 product feeding that add, fused too).
 // With `y16` (the warp kernel only), y rounded to bf16 is written there too
 // (an mj.cast of the norm's result to bf16, fused: the copy a bf16 matmul
 // reads); y may then be null (nothing else reads it).
@@ -53,6 +55,7 @@ template <class T> struct NormArgs {
   const T *x, *gamma, *beta;
   T* y;
   const T* residual;
+  const unsigned short* residual16;  // bf16 bits, or null
   T* sum;
   unsigned short* y16;  // bf16 bits (mj::bf16_t is device-only)
   i64 rows, c;
@@ -313,7 +316,8 @@ template <class T, int VEC, int GROUPS, int THREADS> __global__ void __launch_bo
   const i64 c = a.c;
   const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.gamma) && vec_aligned<T, VEC>(a.beta) &&
                       vec_aligned<T, VEC>(a.y) && vec_aligned<T, VEC>(a.residual) && vec_aligned<T, VEC>(a.sum) &&
-                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.y16));
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.y16)) &&
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.residual16));
   A gam[GROUPS][VEC], bet[GROUPS][VEC];
 #pragma unroll
   for (int j = 0; j < GROUPS; ++j) {
@@ -334,10 +338,11 @@ template <class T, int VEC, int GROUPS, int THREADS> __global__ void __launch_bo
       for (int v = 0; v < VEC; ++v) x[j][v] = A(0);
       if (column >= c) continue;
       load_vec<T, VEC>(a.x + row * c + column, packed, x[j]);
-      if (a.residual) {
+      if (a.residual || a.residual16) {
         A r[VEC];
         T sum[VEC];
-        load_vec<T, VEC>(a.residual + row * c + column, packed, r);
+        if (a.residual16) load_vec<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.residual16) + row * c + column, packed, r);
+        else load_vec<T, VEC>(a.residual + row * c + column, packed, r);
 #pragma unroll
         for (int v = 0; v < VEC; ++v) {
           sum[v] = st<T>(x[j][v] + r[v]);  // rounded to T, as mj.add
