@@ -101,7 +101,7 @@ template <int DP> void set_smem_limits() {
 // choice (FlashTile::fwd_fragments), what the library launches.
 template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffers& b, float scale) {
   mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale, p.H, p.qkv_strides(), p.o_strides()};
-  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  dim3 grid(p.B * p.H, (p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF));
   mj::flash_attention_fwd_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP, MF)>>>(a);
 }
 static int forced_fragments = 0;
@@ -114,7 +114,7 @@ template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, floa
 }
 static int forced_dq_fragments = 0;
 template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& b, float scale) {
-  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  dim3 grid(p.B * p.H, (p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF));
   mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q,     b.k,   b.v,   b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale,
                                           p.H, p.qkv_strides(), p.o_strides()};
   mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
@@ -129,7 +129,7 @@ template <int DP> void launch_dq_any(const Problem& p, const DeviceBuffers& b, f
 // The dk/dv kernel with QT queries a step; forced_dkdv_queries 0: the family's choice.
 static int forced_dkdv_queries = 0;
 template <int DP, int QT> void launch_dkdv_qt(const Problem& p, const DeviceBuffers& b, float scale) {
-  dim3 grid((p.T + FlashTile::kRows - 1) / FlashTile::kRows, p.B * p.H);
+  dim3 grid(p.B * p.H, (p.T + FlashTile::kRows - 1) / FlashTile::kRows);
   mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q,   b.k,   b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale,
                                             p.H, p.qkv_strides(), p.o_strides()};
   mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP, QT><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP, QT)>>>(ka);
@@ -372,14 +372,15 @@ void bench(const Problem& p) {
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  // Median of 20 timed calls after 5 warm-ups; fwd+bwd: both in one timed interval.
+  // Median of 20 timed calls after 5 warm-ups of `pass`, after a forward
+  // in the same timed interval when with_forward (fwd+bwd).
   auto time_pass = [&](Pass pass, bool with_forward) {
     std::vector<float> ms;
     launch(p, b, scale, Pass::fwd);  // out and lse for the backward kernels
     for (int i = 0; i < 25; ++i) {
       CK(cudaEventRecord(e0));
       if (with_forward) launch(p, b, scale, Pass::fwd);
-      if (pass != Pass::fwd) launch(p, b, scale, pass);
+      launch(p, b, scale, pass);
       CK(cudaEventRecord(e1));
       CK(cudaEventSynchronize(e1));
       float t;
@@ -388,7 +389,7 @@ void bench(const Problem& p) {
     }
     return median(ms) * 1e3f;  // us
   };
-  auto time = [&](bool backward) { return backward ? time_pass(Pass::bwd, true) : time_pass(Pass::fwd, false); };
+  auto time = [&](bool backward) { return time_pass(backward ? Pass::bwd : Pass::fwd, backward); };
   float fwd = time(false), both = time(true);
   printf("moejit flash %s B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", layout_name(), p.B, p.H, p.T, p.D, fwd,
          p.fwd_flops() / fwd * 1e-6, both, 3.5 * p.fwd_flops() / both * 1e-6);

@@ -671,10 +671,11 @@ void emit_attention_forward(EmitContext& ctx) {
     const int fragments = choice->fwd_fragments;
     const TileConfig config = flash_config(*choice, a.Dh, mj::FlashTile::kRows * fragments, mj::FlashTile::kCols);
     const int dp = config.tile_k;
-    const unsigned grid_x = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
-    if (a.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", a.BH));
+    // Grid (BH, tiles): the kernels start the heaviest tiles of all heads first.
+    const unsigned tiles = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
+    if (a.Tn > 65535 * std::int64_t{64}) ctx.fail(fmt::format("supports at most {} tokens, found {}", 65535 * 64, a.Tn));
     ctx.launch("attention", instantiation("flash_attention_fwd_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
-               config, {grid_x, static_cast<unsigned>(a.BH)}, a,
+               config, {static_cast<unsigned>(a.BH), tiles}, a,
                {{&a.q, buf.q}, {&a.k, buf.k}, {&a.v, buf.v}, {&a.out, buf.out}, {&a.lse, buf.lse}},
                static_cast<unsigned>(mj::FlashTile::fwd_smem(dp, fragments)));
     return;
@@ -698,12 +699,12 @@ void emit_attention_backward(EmitContext& ctx) {
     attention_sizes(ctx, g, q);
     const int dp = mj::FlashTile::padded_dim(q.Dh), fragments = mj::FlashTile::dq_fragments(dp);
     const TileConfig dq_config = flash_config(*choice, q.Dh, mj::FlashTile::kRows * fragments, mj::FlashTile::kCols);
-    const unsigned grid_x = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
-    const unsigned dq_grid_x = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);
-    if (q.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", q.BH));
+    const unsigned key_tiles = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
+    const unsigned query_tiles = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);
+    if (q.Tn > 65535 * std::int64_t{64}) ctx.fail(fmt::format("supports at most {} tokens, found {}", 65535 * 64, q.Tn));
     const std::int64_t delta = ctx.scratch(q.BH * q.Tn * 4);
     ctx.launch("attention", instantiation("flash_attention_bwd_dq_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
-               dq_config, {dq_grid_x, static_cast<unsigned>(q.BH)}, q,
+               dq_config, {static_cast<unsigned>(q.BH), query_tiles}, q,
                {{&q.q, buf.q},
                 {&q.k, buf.k},
                 {&q.v, buf.v},
@@ -718,7 +719,7 @@ void emit_attention_backward(EmitContext& ctx) {
     const int queries = choice->dkdv_queries;
     const TileConfig dkdv_config = flash_config(*choice, kv.Dh, mj::FlashTile::kRows, queries);
     ctx.launch("attention", instantiation("flash_attention_bwd_dkdv_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(queries)}),
-               dkdv_config, {grid_x, static_cast<unsigned>(kv.BH)}, kv,
+               dkdv_config, {static_cast<unsigned>(kv.BH), key_tiles}, kv,
                {{&kv.q, buf.q},
                 {&kv.k, buf.k},
                 {&kv.v, buf.v},

@@ -21,8 +21,8 @@
 //   - softmax in base 2: scores are scaled by scale * log2(e) once.
 //
 // Kernels:
-//   flash_attention_fwd_kernel: one block per (64- or 128-query tile, batch*head),
-//     the heaviest tiles (last queries) first; walks key tiles 0..diagonal
+//   flash_attention_fwd_kernel: one block per (batch*head, 64- or 128-query
+//     tile), the heaviest tiles (last queries) of all heads first; walks key tiles 0..diagonal
 //     with the online softmax; writes out and lse[t] = ln sum_s
 //     exp(scale q_t . k_s) (f32).
 //   flash_attention_bwd_dq_kernel: one block per query tile; computes
@@ -30,7 +30,7 @@
 //     kernel), then walks key tiles: P = exp(scale S - lse),
 //     dS = P (dout V^T - delta), dq = scale dS K.
 //   flash_attention_bwd_dkdv_kernel: one block per key tile (the first key
-//     tiles, which see the most queries, first); walks query tiles from the
+//     tiles of all heads, which see the most queries, first); walks query tiles from the
 //     diagonal: with S^T = K Q^T computed directly (a warp owns 16 keys),
 //     dv += P^T dout, dS^T = P^T (V dout^T - delta), dk = scale dS^T Q.
 //   dq and dk/dv are separate kernels, so every gradient is a fixed-order
@@ -107,10 +107,11 @@ struct FlashTile {
   // 165.5 us fwd+bwd, T1024 equal, T4096 0.8% faster): 1.
   static constexpr int dq_fragments(int) { return 1; }
   static constexpr int bwd_dq_smem(int dp, int mf) { return (2 * kRows * mf + 4 * kCols) * row_bytes(dp) + 2 * kRows * mf * 4; }
-  // Queries per step of the dk/dv kernel: 64, or 32 for head dims > 64
-  // (their dk, dv accumulators take 128+ registers: 64-query score tiles
-  // spilled).
-  static constexpr int dkdv_queries(int dp) { return dp <= 64 ? 64 : 32; }
+  // Queries per step of the dk/dv kernel: 64 (H200, T1024: D64 141 us
+  // against 158 with 32, D128 254 against 259; docs/perf.md). 32 (the
+  // tuning space's other value) halves the score tiles' registers (D64:
+  // 156 against 230, 3 blocks an SM instead of 2) for twice the steps.
+  static constexpr int dkdv_queries(int) { return 64; }
   static constexpr int bwd_dkdv_smem(int dp, int qt) { return (2 * kRows + 4 * qt) * row_bytes(dp) + 4 * qt * 4; }
 };
 
@@ -340,8 +341,12 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
   // Rows, columns and strides in 32 bits (the host checks T < 2^31 and
   // row strides < 2^24); only the head's base offset needs 64.
   const int Tn = (int)a.Tn, Dh = (int)a.Dh;
-  const int tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
-  const int bh = blockIdx.y, m0 = tile * BM;
+  // Grid (BH, tiles), x fastest: blocks start in order of work, the
+  // heaviest tiles (last queries) of every head first, so the last wave
+  // holds the lightest (a head-major order left whole heads' heaviest
+  // tiles for the end).
+  const int tile = gridDim.y - 1 - blockIdx.y;
+  const int bh = blockIdx.x, m0 = tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;  // the warp's first row in the tile
   const i64 base = head_base(a.qkv, a.H, bh), obase = head_base(a.o, a.H, bh);
@@ -498,8 +503,8 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   using namespace flash;
   constexpr int BM = FlashTile::kRows * MF, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
   const int Tn = (int)a.Tn, Dh = (int)a.Dh;  // 32 bits, as in the forward
-  const int tile = gridDim.x - 1 - blockIdx.x;
-  const int bh = blockIdx.y, m0 = tile * BM;
+  const int tile = gridDim.y - 1 - blockIdx.y;  // heaviest first over all heads, as in the forward
+  const int bh = blockIdx.x, m0 = tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;
   const i64 base = head_base(a.qkv, a.H, bh), obase = head_base(a.o, a.H, bh);
@@ -610,15 +615,14 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
 }
 
 // ---- backward: dk, dv ----
-// QT: queries per step (64, or 32 for head dims > 64, whose dk and dv
-// accumulators leave no registers for 64-query score tiles).
+// QT: queries per step (64 or 32: FlashTile::dkdv_queries).
 template <class T, int DP, int QT>
 __global__ void __launch_bounds__(128) flash_attention_bwd_dkdv_kernel(const FlashAttentionBwdDkdvArgs<T> a) {
   using namespace flash;
   constexpr int BM = QT, BN = FlashTile::kRows, LD = DP + 8, MT = BM / 8, DT = DP / 8;
   const int Tn = (int)a.Tn, Dh = (int)a.Dh;  // 32 bits, as in the forward
-  const int tile = blockIdx.x;  // key tile; the first ones see the most queries
-  const int bh = blockIdx.y, n0 = tile * BN;
+  const int tile = blockIdx.y;  // key tile; the first ones see the most queries: heaviest first over all heads
+  const int bh = blockIdx.x, n0 = tile * BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const i64 base = head_base(a.qkv, a.H, bh);
   const int ld = (int)a.qkv.row, old = (int)a.o.row;
