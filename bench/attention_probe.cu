@@ -120,7 +120,7 @@ template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& 
   mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
 }
 template <int DP> void launch_dq_any(const Problem& p, const DeviceBuffers& b, float scale) {
-  const int mf = forced_dq_fragments ? forced_dq_fragments : FlashTile::dq_fragments(DP);
+  const int mf = forced_dq_fragments ? forced_dq_fragments : FlashTile::dq_fragments(DP, p.T);
   if constexpr (DP <= 64) {
     if (mf == 2) return launch_dq<DP, 2>(p, b, scale);
   }

@@ -33,10 +33,10 @@ std::int64_t widest_row(const AttentionProblem& p) {
   return p.head_dim;
 }
 // The shared memory of the three kernels under a choice.
-int most_smem(const AttentionProblem& p, int fwd_fragments, int dkdv_queries) {
+int most_smem(const AttentionProblem& p, const FlashChoice& c) {
   const int dp = mj::FlashTile::padded_dim(p.head_dim);
-  return std::max({mj::FlashTile::fwd_smem(dp, fwd_fragments), mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
-                   mj::FlashTile::bwd_dkdv_smem(dp, dkdv_queries)});
+  return std::max({mj::FlashTile::fwd_smem(dp, c.fwd_fragments), mj::FlashTile::bwd_dq_smem(dp, c.dq_fragments),
+                   mj::FlashTile::bwd_dkdv_smem(dp, c.dkdv_queries)});
 }
 }  // namespace
 
@@ -46,8 +46,7 @@ bool flash_attention_serves(const AttentionProblem& p, const Target& target) {
   // The kernels address rows in 32 bits: T < 2^31, and a tile's row r < 128
   // at r * row stride + column.
   if (p.tokens >= (std::int64_t{1} << 31) || widest_row(p) >= (std::int64_t{1} << 24)) return false;
-  const FlashChoice h = flash_heuristic(p);
-  return most_smem(p, h.fwd_fragments, h.dkdv_queries) <= target.shared_memory_per_block_optin;
+  return most_smem(p, flash_heuristic(p)) <= target.shared_memory_per_block_optin;
 }
 
 TuningKey attention_tuning_key(const AttentionProblem& p) {
@@ -59,11 +58,14 @@ FlashChoice flash_heuristic(const AttentionProblem& p) {
   const int dp = mj::FlashTile::padded_dim(p.head_dim);
   FlashChoice c;
   c.fwd_fragments = mj::FlashTile::fwd_fragments(dp, p.tokens);
+  c.dq_fragments = mj::FlashTile::dq_fragments(dp, p.tokens);
   c.dkdv_queries = mj::FlashTile::dkdv_queries(dp);
   return c;
 }
 
-TunedFields flash_fields(const FlashChoice& c) { return TunedFields{.tile_m = mj::FlashTile::kRows * c.fwd_fragments, .tile_n = c.dkdv_queries}; }
+TunedFields flash_fields(const FlashChoice& c) {
+  return TunedFields{.tile_m = mj::FlashTile::kRows * c.fwd_fragments, .tile_n = c.dkdv_queries, .tile_k = mj::FlashTile::kRows * c.dq_fragments};
+}
 
 bool flash_fields_valid(const TunedFields& f, const AttentionProblem& p, const Target& target, std::string* why) {
   auto no = [&](std::string text) {
@@ -71,11 +73,15 @@ bool flash_fields_valid(const TunedFields& f, const AttentionProblem& p, const T
     return false;
   };
   const int dp = mj::FlashTile::padded_dim(p.head_dim);
-  if (f.tile_k || f.stages || f.threads || f.split_k) return no("sets a field the attention family has not (only tile_m, tile_n)");
-  if (f.tile_m != 64 && !(f.tile_m == 128 && dp <= 64))
-    return no(fmt::format("tile_m {}: the forward's query tile is 64{}", f.tile_m, dp <= 64 ? " or 128" : " for head dims > 64"));
+  if (f.stages || f.threads || f.split_k) return no("sets a field the attention family has not (only tile_m, tile_n, tile_k)");
+  auto query_tile = [&](int tile, const char* name, const char* what) {
+    if (tile == 64 || (tile == 128 && dp <= 64)) return std::string();
+    return fmt::format("{} {}: {} is 64{}", name, tile, what, dp <= 64 ? " or 128" : " for head dims > 64");
+  };
+  if (std::string bad = query_tile(f.tile_m, "tile_m", "the forward's query tile"); !bad.empty()) return no(bad);
+  if (std::string bad = query_tile(f.tile_k, "tile_k", "the dq kernel's query tile"); !bad.empty()) return no(bad);
   if (f.tile_n != 32 && f.tile_n != 64) return no(fmt::format("tile_n {}: the dk/dv kernel's query step is 32 or 64", f.tile_n));
-  const int smem = most_smem(p, f.tile_m / mj::FlashTile::kRows, f.tile_n);
+  const int smem = most_smem(p, FlashChoice{f.tile_m / mj::FlashTile::kRows, f.tile_k / mj::FlashTile::kRows, f.tile_n});
   if (smem > target.shared_memory_per_block_optin)
     return no(fmt::format("needs {} bytes of shared memory, the target has {}", smem, target.shared_memory_per_block_optin));
   return true;
@@ -93,6 +99,7 @@ FlashChoice choose_flash(const AttentionProblem& p, const Target& target) {
     return c;
   }
   c.fwd_fragments = entry->fields.tile_m / mj::FlashTile::kRows;
+  c.dq_fragments = entry->fields.tile_k / mj::FlashTile::kRows;
   c.dkdv_queries = entry->fields.tile_n;
   c.source = TileConfig::Source::tuned;
   c.note = entry->exact ? "database, exact bucket"

@@ -8,10 +8,12 @@
 // (mj.attention + mj.attention_grad, or the packed mj.attention_qkv pair):
 //   fwd_fragments   16-row fragments per warp of the forward (1: 64-query
 //                   blocks, 2: 128; 2 only for head dims <= 64);
+//   dq_fragments    the same for the dq kernel;
 //   dkdv_queries    queries per step of the dk/dv kernel (32 or 64).
 // A database entry of family "attention" sets them as tile_m = 64 *
-// fwd_fragments and tile_n = dkdv_queries; its key: the dtype, the layout as
-// kind ("bhtd", "bthd", "qkv"), and the buckets of B * H (m), T (n), Dh (k).
+// fwd_fragments, tile_k = 64 * dq_fragments (the dq kernel's query tile)
+// and tile_n = dkdv_queries; its key: the dtype, the layout as kind
+// ("bhtd", "bthd", "qkv"), and the buckets of B * H (m), T (n), Dh (k).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -43,6 +45,7 @@ TuningKey attention_tuning_key(const AttentionProblem& problem);
 
 struct FlashChoice {
   int fwd_fragments = 1;
+  int dq_fragments = 1;
   int dkdv_queries = 64;
   TileConfig::Source source = TileConfig::Source::heuristic;
   std::string note;  // where a tuned choice came from, or why an entry was ignored

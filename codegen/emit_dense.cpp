@@ -697,7 +697,7 @@ void emit_attention_backward(EmitContext& ctx) {
   if (const std::optional<FlashChoice> choice = flash_choice(ctx)) {
     mj::FlashAttentionBwdDqArgs<void> q{};
     attention_sizes(ctx, g, q);
-    const int dp = mj::FlashTile::padded_dim(q.Dh), fragments = mj::FlashTile::dq_fragments(dp);
+    const int dp = mj::FlashTile::padded_dim(q.Dh), fragments = choice->dq_fragments;
     const TileConfig dq_config = flash_config(*choice, q.Dh, mj::FlashTile::kRows * fragments, mj::FlashTile::kCols);
     const unsigned key_tiles = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
     const unsigned query_tiles = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);

@@ -18,8 +18,9 @@
 //   the opt-in. The entry sets stages.
 // attention (codegen/kernels/attention.cuh, chosen by attention_select.cpp):
 //   one problem per flash attention (forward and backward together: the
-//   forward op's shape), tile_m the forward's query tile (64, or 128 for
-//   head dims <= 64), tile_n the dk/dv kernel's query step (32 or 64), where
+//   forward op's shape), tile_m the forward's and tile_k the dq kernel's
+//   query tile (64, or 128 for head dims <= 64), tile_n the dk/dv kernel's
+//   query step (32 or 64), where
 //   the three kernels' shared memory fits the opt-in; timed as the forward
 //   and backward of a one-op pair, its output the gradient of q, k, v.
 //
@@ -209,10 +210,11 @@ std::optional<TuningProblem> attention_problem(const Graph& graph, const Op& op,
 std::vector<TunedFields> attention_candidates(const TuningProblem& p, const Target& target) {
   std::vector<TunedFields> space;
   for (int tile_m : {64, 128})
-    for (int tile_n : {32, 64}) {
-      const TunedFields f{.tile_m = tile_m, .tile_n = tile_n};
-      if (flash_fields_valid(f, p.attention, target)) space.push_back(f);
-    }
+    for (int tile_n : {32, 64})
+      for (int tile_k : {64, 128}) {
+        const TunedFields f{.tile_m = tile_m, .tile_n = tile_n, .tile_k = tile_k};
+        if (flash_fields_valid(f, p.attention, target)) space.push_back(f);
+      }
   return heuristic_first(p, space);
 }
 
@@ -247,8 +249,8 @@ Graph attention_problem_graph(const TuningProblem& p) {
 std::string attention_limits() {
   std::string text;
   for (int dp : {32, 64, 96, 128}) {
-    text += fmt::format(" dp {} fwd_smem {} {} dq_smem {} dkdv_smem {} {}", dp, mj::FlashTile::fwd_smem(dp, 1), mj::FlashTile::fwd_smem(dp, 2),
-                        mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)), mj::FlashTile::bwd_dkdv_smem(dp, 32),
+    text += fmt::format(" dp {} fwd_smem {} {} dq_smem {} {} dkdv_smem {} {}", dp, mj::FlashTile::fwd_smem(dp, 1), mj::FlashTile::fwd_smem(dp, 2),
+                        mj::FlashTile::bwd_dq_smem(dp, 1), mj::FlashTile::bwd_dq_smem(dp, 2), mj::FlashTile::bwd_dkdv_smem(dp, 32),
                         mj::FlashTile::bwd_dkdv_smem(dp, 64));
   }
   return text;
@@ -320,7 +322,9 @@ const std::vector<TunableFamily>& tunable_families() {
        gemm_problem_graph},
       {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", 2,
        simt_limits, simt_problem, simt_candidates, gemm_problem_graph},
-      {"attention", "forward query tile (tile_m) {64, 128 for Dh <= 64} x dk/dv query step (tile_n) {32, 64}, within the shared memory opt-in",
+      {"attention",
+       "forward query tile (tile_m) {64, 128 for Dh <= 64} x dk/dv query step (tile_n) {32, 64} x dq query tile (tile_k) {64, 128 for "
+       "Dh <= 64}, within the shared memory opt-in",
        1, attention_limits, attention_problem, attention_candidates, attention_problem_graph},
   };
   return families;

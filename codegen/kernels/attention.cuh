@@ -103,9 +103,10 @@ struct FlashTile {
   // sequences need the blocks (H200, D64: T256 44.0 us with 1 vs 48.2 with
   // 2; T1024 112.3 vs 107.0; T4096 234.6 vs 211.0; docs/perf.md).
   static constexpr int fwd_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 512 ? 2 : 1; }
-  // The dq kernel takes MF too, but 2 measured no better (T256 173.9 vs
-  // 165.5 us fwd+bwd, T1024 equal, T4096 0.8% faster): 1.
-  static constexpr int dq_fragments(int) { return 1; }
+  // The dq kernel's fragments per warp: 2 for head dims <= 64 from T 1024
+  // (H200, 2026-12-02 afternoon, before its dP went fragment by fragment:
+  // T1024 118.0 vs 120.4 us, T4096 220.4 vs 247.1, T256 56.5 vs 50.6).
+  static constexpr int dq_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 1024 ? 2 : 1; }
   static constexpr int bwd_dq_smem(int dp, int mf) { return (2 * kRows * mf + 4 * kCols) * row_bytes(dp) + 2 * kRows * mf * 4; }
   // Queries per step of the dk/dv kernel: 64 (H200, T1024: D64 141 us
   // against 158 with 32, D128 254 against 259; docs/perf.md). 32 (the
@@ -582,17 +583,19 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
     }
     __syncthreads();
     const unsigned short* kt = ks + buf * BN * LD;
-    float s[MF][NT][4], dp[MF][NT][4];
+    // S for the MF fragments together (each K operand read once for all);
+    // dP = dout V^T one fragment at a time, so only one fragment's dP is
+    // live beside S and dq (MF 2 held both and spilled).
+    float s[MF][NT][4];
 #pragma unroll
-    for (int f = 0; f < MF; ++f) {
-      zero<NT>(s[f]);
-      zero<NT>(dp[f]);
-    }
+    for (int f = 0; f < MF; ++f) zero<NT>(s[f]);
     mma_rows_times_tile_t<T, DP, MF>(s, qs, warp_row, kt);
-    mma_rows_times_tile_t<T, DP, MF>(dp, dos, warp_row, vs + buf * BN * LD);
     const bool diagonal = (j + 1) * BN > m0;
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
+      float dp[NT][4];
+      zero<NT>(dp);
+      mma_rows_times_tile_t<T, DP, 1>(&dp, dos, warp_row + 16 * f, vs + buf * BN * LD);
       const int row_lo = m0 + warp_row + 16 * f + g;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
@@ -603,7 +606,7 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
             const int col = j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
             if (col > row) p = 0.f;
           }
-          s[f][nt][e] = p * (dp[f][nt][e] - delta_row[f][e >> 1]);  // dS
+          s[f][nt][e] = p * (dp[nt][e] - delta_row[f][e >> 1]);  // dS
         }
     }
     mma_regs_times_tile<T, DP, MF>(dq, s, kt);

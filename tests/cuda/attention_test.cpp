@@ -333,15 +333,15 @@ TEST_CASE("attention tuning: config B's attention is one problem with its candid
   CHECK(p.label() == "bf16 qkv B 64 H 6 T 256 Dh 64");
   CHECK(p.uses == config.n_layer);
   CHECK(p.key == codegen::TuningKey{"attention", "bf16", "qkv", 9, 8, 6});  // B * H 384, T 256, Dh 64
-  // The heuristic at T 256: 64-query forward blocks, 64-query dk/dv steps; then the other three shapes.
+  // The heuristic at T 256: 64-query forward and dq blocks, 64-query dk/dv steps; then the other seven shapes.
   const auto candidates = codegen::find_tunable_family("attention")->candidates(p, hopper_target);
-  REQUIRE(candidates.size() == 4);
-  CHECK(candidates[0] == codegen::TunedFields{.tile_m = 64, .tile_n = 64});
+  REQUIRE(candidates.size() == 8);
+  CHECK(candidates[0] == codegen::TunedFields{.tile_m = 64, .tile_n = 64, .tile_k = 64});
   CHECK(candidates[0] == p.heuristic);
-  // Head dim 128: no 128-query forward (its fragments would not fit the registers).
+  // Head dim 128: no 128-query forward or dq blocks (their fragments would not fit the registers).
   const auto wide = only_attention_problem(attention_graph(DType::bf16, 2, 3, 700, 128, HeadLayout::bthd));
   CHECK(wide.key.kind == "bthd");
-  CHECK(wide.heuristic == codegen::TunedFields{.tile_m = 64, .tile_n = 64});
+  CHECK(wide.heuristic == codegen::TunedFields{.tile_m = 64, .tile_n = 64, .tile_k = 64});
   CHECK(codegen::find_tunable_family("attention")->candidates(wide, hopper_target).size() == 2);
   // f32 runs the row kernels: not the flash family's problem.
   Graph f32 = attention_graph(DType::f32, 1, 2, 9, 64);
@@ -361,19 +361,19 @@ TEST_CASE("attention tuning: an entry changes the launches (MOEJIT_DEBUG's lines
           "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 64>: tile 64x64x64 stages 2 threads 128 (heuristic), 1 launch\n");
   }
   {
-    const codegen::TuningDb db = one_entry_db(p, {.tile_m = 128, .tile_n = 32});
+    const codegen::TuningDb db = one_entry_db(p, {.tile_m = 128, .tile_n = 32, .tile_k = 128});
     codegen::ScopedTuningDbOverride only(&db);
     const codegen::ModuleCode module = codegen::generate_module(graph, hopper_target);
     CHECK(codegen::describe_kernel_configs(module, "") ==
           "mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>: tile 128x64x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n"
-          "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 1>: tile 64x64x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n"
+          "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 2>: tile 128x64x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n"
           "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 32>: tile 64x32x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n");
     const codegen::Launch& fwd = module.steps.front().launches.front();
     CHECK(fwd.grid[1] == 3);  // 300 queries in 128-query blocks
     CHECK(fwd.shared_bytes == static_cast<unsigned>(mj::FlashTile::fwd_smem(64, 2)));
   }
   {  // a neighbouring bucket's entry (T 512) serves, saying so
-    codegen::TuningDb db = one_entry_db(p, {.tile_m = 64, .tile_n = 32});
+    codegen::TuningDb db = one_entry_db(p, {.tile_m = 64, .tile_n = 32, .tile_k = 64});
     db.entries[0].key.n_log2 = 10;
     codegen::ScopedTuningDbOverride only(&db);
     CHECK(kernel_names(codegen::generate_module(graph, hopper_target))[2] == "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 32>");
@@ -381,9 +381,12 @@ TEST_CASE("attention tuning: an entry changes the launches (MOEJIT_DEBUG's lines
           std::string::npos);
   }
   // Entries naming shapes the family does not have, or fields it has not: the heuristic, with a note.
-  const std::pair<codegen::TunedFields, const char*> bad[] = {{{.tile_m = 256, .tile_n = 64}, "tile_m 256"},
-                                                              {{.tile_m = 64, .tile_n = 48}, "tile_n 48"},
-                                                              {{.tile_m = 64, .tile_n = 64, .stages = 3}, "sets a field the attention family has not"}};
+  const std::pair<codegen::TunedFields, const char*> bad[] = {
+      {{.tile_m = 256, .tile_n = 64, .tile_k = 64}, "tile_m 256"},
+      {{.tile_m = 64, .tile_n = 48, .tile_k = 64}, "tile_n 48"},
+      {{.tile_m = 64, .tile_n = 64, .tile_k = 96}, "tile_k 96"},
+      {{.tile_m = 64, .tile_n = 64}, "tile_k 0"},
+      {{.tile_m = 64, .tile_n = 64, .tile_k = 64, .stages = 3}, "sets a field the attention family has not"}};
   for (const auto& [fields, why] : bad) {
     INFO(codegen::fields_str(fields));
     const codegen::TuningDb db = one_entry_db(p, fields);
@@ -394,12 +397,12 @@ TEST_CASE("attention tuning: an entry changes the launches (MOEJIT_DEBUG's lines
   }
   {  // 128-query forward blocks of a 128-wide head: ignored
     const Graph wide = attention_graph(DType::bf16, 1, 2, 300, 128);
-    const codegen::TuningDb db = one_entry_db(only_attention_problem(wide), {.tile_m = 128, .tile_n = 32});
+    const codegen::TuningDb db = one_entry_db(only_attention_problem(wide), {.tile_m = 128, .tile_n = 32, .tile_k = 64});
     codegen::ScopedTuningDbOverride only(&db);
     CHECK(kernel_names(codegen::generate_module(wide, hopper_target))[0] == "mj::flash_attention_fwd_kernel<mj::bf16_t, 128, 1>");
   }
   {  // an entry of another version of the family is dropped when a file is loaded
-    codegen::TuningDb db = one_entry_db(p, {.tile_m = 128, .tile_n = 32});
+    codegen::TuningDb db = one_entry_db(p, {.tile_m = 128, .tile_n = 32, .tile_k = 128});
     db.entries[0].version = "0123456789abcdef";
     std::string summary;
     CHECK(codegen::drop_stale_entries(db, summary) == 1);
