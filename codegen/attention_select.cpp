@@ -46,6 +46,7 @@ bool flash_attention_serves(const AttentionProblem& p, const Target& target) {
   // The kernels address rows in 32 bits: T < 2^31, and a tile's row r < 128
   // at r * row stride + column.
   if (p.tokens >= (std::int64_t{1} << 31) || widest_row(p) >= (std::int64_t{1} << 24)) return false;
+  if (p.batch * p.heads >= (std::int64_t{1} << 31)) return false;  // the grid's x
   return most_smem(p, flash_heuristic(p)) <= target.shared_memory_per_block_optin;
 }
 
