@@ -413,10 +413,10 @@ TEST_CASE("attention tuning: an entry changes the launches (MOEJIT_DEBUG's lines
 
 TEST_CASE("gpu: every attention tuning candidate matches the CPU backend", "[cuda][gpu][attention][tuning]") {
   MOEJIT_SKIP_WITHOUT_GPU();
-  // T 300 (a multiple of no tile), D 64 in layout bhtd and packed, D 128 in bthd; every candidate of each
-  // problem (NVRTC compiles each: a few problems only).
-  const std::tuple<std::int64_t, std::int64_t, std::optional<HeadLayout>> problems[] = {
-      {300, 64, HeadLayout::bhtd}, {300, 64, std::nullopt}, {300, 128, HeadLayout::bthd}};
+  // T 300 (a multiple of no tile), D 64 packed (8 candidates), D 128 in layout bthd (2); every candidate
+  // of each problem (NVRTC compiles each: two problems only).
+  const std::tuple<std::int64_t, std::int64_t, std::optional<HeadLayout>> problems[] = {{300, 64, std::nullopt},
+                                                                                         {300, 128, HeadLayout::bthd}};
   for (const auto& [tokens, head_dim, layout] : problems) {
     {
       const Graph graph = layout ? attention_graph(DType::bf16, 2, 3, tokens, head_dim, *layout)
