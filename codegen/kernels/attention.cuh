@@ -100,16 +100,19 @@ struct FlashTile {
   // Row fragments per warp of the forward (queries per block / 64): 2 for
   // head dims <= 64 and T >= 512 (K/V operands read once for twice the
   // MMAs), else 1: wider heads would not fit the registers, and short
-  // sequences need the blocks (H200, D64: T256 44.0 us with 1 vs 48.2 with
-  // 2; T1024 112.3 vs 107.0; T4096 234.6 vs 211.0; docs/perf.md).
+  // sequences need the blocks (H200, D64, 2026-12-02 evening: T256 31.9 us
+  // with 1 vs 35.5 with 2; T1024 80.5 vs 75.4; T4096 144.6 vs 128.4;
+  // docs/perf.md).
   static constexpr int fwd_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 512 ? 2 : 1; }
   // The dq kernel's fragments per warp: 2 for head dims <= 64 from T 1024
-  // (H200, 2026-12-02 afternoon, before its dP went fragment by fragment:
-  // T1024 118.0 vs 120.4 us, T4096 220.4 vs 247.1, T256 56.5 vs 50.6).
+  // (H200, 2026-12-02 evening, before its dP went fragment by fragment:
+  // 1 vs 2 at T256 47.5 vs 50.5 us, T1024 106.5 vs 99.7, T4096 182.4 vs
+  // 164.6).
   static constexpr int dq_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 1024 ? 2 : 1; }
   static constexpr int bwd_dq_smem(int dp, int mf) { return (2 * kRows * mf + 4 * kCols) * row_bytes(dp) + 2 * kRows * mf * 4; }
-  // Queries per step of the dk/dv kernel: 64 (H200, T1024: D64 141 us
-  // against 158 with 32, D128 254 against 259; docs/perf.md). 32 (the
+  // Queries per step of the dk/dv kernel: 64 (H200: T1024 D64 124.5 us
+  // against 132.0 with 32, D128 223.1 against 228.3, T4096 220.3 against
+  // 263.7, T256 equal; docs/perf.md). 32 (the
   // tuning space's other value) halves the score tiles' registers (D64:
   // 156 against 230, 3 blocks an SM instead of 2) for twice the steps.
   static constexpr int dkdv_queries(int) { return 64; }
