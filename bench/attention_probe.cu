@@ -3,8 +3,10 @@
 // backward (dq, dk, dv) against a double-precision CPU reference on random
 // bf16 data (T a multiple of no tile, T = 1, head dims 32/48/64/128 and one
 // that is not a multiple of 8, outputs poisoned with NaN first), then speed
-// (CUDA events, 5 warm-ups, median of 20) of the forward and of
-// forward + backward at the model's shapes; each in both head layouts
+// (CUDA events, 5 warm-ups, median of 20) of the forward, of forward +
+// backward and of each backward kernel alone at the model's shapes, and of
+// each tile shape the family can take (forward and dq query tiles, dk/dv
+// query step); each in both head layouts
 // (mj.attention's "layout": [B, H, T, D] and [B, T, H, D], read in place
 // with a row stride of H D) and packed (mj.attention_qkv: q, k, v three
 // views H D apart into one [B, T, 3, H, D], rows 3 H D apart; dq, dk, dv
@@ -12,9 +14,11 @@
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o attention_probe bench/attention_probe.cu
 //   ./attention_probe && python3 bench/torch_attention.py   # SDPA (flash) in the same run
+//   ncu --section WarpStateStats ./attention_probe --profile 16 6 1024 64   # B H T D: fwd + bwd only, 3 times
 //
 // FLOPs (causal): forward 2 * 2 * B * H * T^2 * D / 2, backward 2.5 x the
-// forward. Exit code 1 if any check fails. Results: docs/perf.md.
+// forward (dq kernel 1.5 x: S, dP, dq; dk/dv kernel 2 x: S, dP, dv, dk).
+// Exit code 1 if any check fails. Results: docs/perf.md.
 #include <cuda_runtime.h>
 
 #include <algorithm>
