@@ -11,7 +11,7 @@
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o gemm_sm90_probe \
 //        bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
 //   ./gemm_sm90_probe && python3 bench/torch_gemm.py   # torch.matmul in the same run
-//   ./gemm_sm90_probe --pingpong                       # the opt-in ping-pong consumers: checks, then timings
+//   ./gemm_sm90_probe --overlap                        # the opt-in overlapped epilogue: checks, then timings
 //
 // Exit code 1 if any check fails. Results: docs/perf.md.
 #include <cuda.h>
@@ -59,9 +59,9 @@ __global__ void ref_gemm(const unsigned short* A, const unsigned short* B, float
   C[idx] = s;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_, class Epi, bool PP = false>
+template <int BN, int STAGES, bool AK, bool BK_, class Epi, bool OV = false>
 void launch(const GemmArgs& args, int sms, cudaStream_t st = 0) {
-  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi, PP>;
+  auto kern = gemm_sm90_kernel<128, BN, 64, STAGES, AK, BK_, Epi, OV>;
   long long smem = SmemLayout<128, BN, 64, STAGES>::bytes(args.groups);
   CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   kern<<<sms, 384, smem, st>>>(args);
@@ -91,7 +91,7 @@ static std::vector<unsigned short> rand_bf(size_t n) {
   return v;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_, bool PP = false>
+template <int BN, int STAGES, bool AK, bool BK_, bool OV = false>
 double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   // mode 0: f32 out; 1: GELU (+ aux = the product); 2: bf16; 3: GELU backward (aux = x, read)
   const bool gelu = mode != 0;  // a bf16 output
@@ -133,12 +133,12 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
     args.c_map = make_map(dcb, N, rows, GA, N, (long long)rows * N, 64);
     args.aux_map = make_map(daux, N, rows, GA, N, (long long)rows * N, 64);
   }
-  if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>, PP>(args, sms);
-  else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>, PP>(args, sms);
-  else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, PP>(args, sms);
-  else if (mode == 3) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<false>, PP>(args, sms);
-  else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16, PP>(args, sms);
-  else launch<BN, STAGES, AK, BK_, StoreF32, PP>(args, sms);
+  if (mode == 1 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluBf16<true>, OV>(args, sms);
+  else if (mode == 1) launch<BN, STAGES, AK, BK_, StoreGeluBf16<false>, OV>(args, sms);
+  else if (mode == 3 && N % 8 == 0) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, OV>(args, sms);
+  else if (mode == 3) launch<BN, STAGES, AK, BK_, StoreGeluGradBf16<false>, OV>(args, sms);
+  else if (mode == 2) launch<BN, STAGES, AK, BK_, StoreBf16, OV>(args, sms);
+  else launch<BN, STAGES, AK, BK_, StoreF32, OV>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   // reference per group
   if (!grouped) {
@@ -185,7 +185,7 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
   }
   double err = std::sqrt(num / std::max(den, 1e-30));
   printf("check G%-3d M%-5d N%-5d K%-5d %s A%s B%s BN%d st%d%s %s: rel err %.2e, unwritten/NaN %lld\n", G, M, N, K,
-         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, PP ? " pingpong" : "",
+         grouped ? "grouped" : "batched", AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES, OV ? " overlap" : "",
          mode == 1 ? "gelu" : mode == 2 ? "bf16" : mode == 3 ? "gelu_grad" : "f32", err, bad);
   cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(dref); cudaFree(doff); cudaFree(dcb); cudaFree(daux);
   return (bad == 0 && err < 1e-2) ? err : -1;
@@ -193,7 +193,7 @@ double check(int G, int M, int N, int K, bool grouped, int sms, int mode) {
 
 
 // weight-gradient form: dw[g] = xs[seg g]^T dys[seg g] (varlen K)
-template <bool PP = false>
+template <bool OV = false>
 double check_wgrad(int G, int rows, int D, int F, int sms) {
   std::vector<int> offs(G + 1, 0);
   std::uniform_int_distribution<int> u(0, 3);
@@ -212,7 +212,7 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   args.b = make_map(dy, F, rows, 1, F, (long long)rows * F, 64);
   args.c = dw; args.group_offsets = doff; args.varlen_k = 1; args.m = D; args.n = F; args.k = 0; args.ldc = F; args.c_group_stride = (long long)D * F;
   args.groups = G; args.a_batched = 0; args.b_batched = 0;
-  launch<128, 6, false, false, StoreF32, PP>(args, sms);
+  launch<128, 6, false, false, StoreF32, OV>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   CK(cudaMemset(dref, 0, c_e * 4));
   for (int g = 0; g < G; ++g) {
@@ -228,12 +228,12 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   double err = std::sqrt(num / std::max(den, 1e-30));
   int empty = 0; for (int g = 0; g < G; ++g) empty += offs[g + 1] == offs[g];
   printf("check wgrad G%d rows%d D%d F%d (%d empty groups)%s: rel err %.2e, unwritten/NaN %lld\n", G, rows, D, F, empty,
-         PP ? " pingpong" : "", err, bad);
+         OV ? " overlap" : "", err, bad);
   cudaFree(dx); cudaFree(dy); cudaFree(dw); cudaFree(dref); cudaFree(doff);
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
 
-template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16, bool PP = false>
+template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16, bool OV = false>
 double bench(int M, int N, int K, int sms, const char* label = "") {
   long long a_e = (long long)M * K, b_e = (long long)N * K, c_e = (long long)M * N;
   auto ha = rand_bf(a_e), hb = rand_bf(b_e);
@@ -249,18 +249,18 @@ double bench(int M, int N, int K, int sms, const char* label = "") {
   args.aux = daux;
   args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = 1; args.a_batched = 1; args.b_batched = 1;
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi, PP>(args, sms);
+  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi, OV>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   std::vector<float> ms;
   for (int i = 0; i < 30; ++i) {
-    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi, PP>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
+    cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi, OV>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
     float t; cudaEventElapsedTime(&t, e0, e1); ms.push_back(t);
   }
   CK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   double med = ms[ms.size() / 2];
   printf("bench %dx%dx%d A%s B%s BN%d st%d%s%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
-         PP ? " pingpong" : "", label, med,
+         OV ? " overlap" : "", label, med,
          2.0 * M * N * K / med / 1e9);
   cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(daux);
   return med;
@@ -268,18 +268,18 @@ double bench(int M, int N, int K, int sms, const char* label = "") {
 
 // One product with each epilogue: the plain bf16 store, GELU (+ the
 // pre-activation stored), GELU's backward (the pre-activation read).
-template <int BN, int STAGES, bool AK, bool BK_, bool PP = false>
+template <int BN, int STAGES, bool AK, bool BK_, bool OV = false>
 void bench_epilogues(int M, int N, int K, int sms) {
-  const double plain = bench<BN, STAGES, AK, BK_, StoreBf16, PP>(M, N, K, sms, " store");
-  const double gelu = bench<BN, STAGES, AK, BK_, StoreGeluBf16<true>, PP>(M, N, K, sms, " gelu+aux");
-  const double grad = bench<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, PP>(M, N, K, sms, " gelu_grad");
+  const double plain = bench<BN, STAGES, AK, BK_, StoreBf16, OV>(M, N, K, sms, " store");
+  const double gelu = bench<BN, STAGES, AK, BK_, StoreGeluBf16<true>, OV>(M, N, K, sms, " gelu+aux");
+  const double grad = bench<BN, STAGES, AK, BK_, StoreGeluGradBf16<true>, OV>(M, N, K, sms, " gelu_grad");
   printf("epilogue %dx%dx%d: gelu+aux %+.1f%%, gelu_grad %+.1f%% against the plain store\n", M, N, K, 100 * (gelu / plain - 1),
          100 * (grad / plain - 1));
 }
 
-// The ping-pong consumers (each owns whole 128 x BN tiles, alternately):
-// checks, then timings beside the split tile at the same shapes.
-int pingpong(int sms) {
+// The overlapped epilogue (two accumulator sets per consumer, tile_n <= 128):
+// checks, then timings beside the default kernel at the same shapes.
+int overlap(int sms) {
   int fails = 0;
   auto C = [&](double r) { if (r < 0) ++fails; };
   C(check<128, 6, true, true, true>(1, 1000, 712, 520, false, sms, 0));
@@ -291,9 +291,9 @@ int pingpong(int sms) {
   C(check<128, 6, true, false, true>(2, 300, 100, 136, false, sms, 1));
   C(check_wgrad<true>(16, 3001, 200, 136, sms));
   C(check_wgrad<true>(8, 5000, 384, 1536, sms));
-  printf("pingpong checks failed: %d\n", fails);
+  printf("overlap checks failed: %d\n", fails);
   if (fails) return 1;
-  // split tile (128 x 256) against ping-pong (128 x 128), each epilogue, at D384's up projection (both B layouts)
+  // 128 x 256 tiles against overlapped 128 x 128 ones, each epilogue, at D384's up projection (both B layouts)
   bench_epilogues<256, 4, true, false>(32768, 1536, 384, sms);
   bench_epilogues<128, 6, true, false, true>(32768, 1536, 384, sms);
   bench_epilogues<256, 4, true, true>(32768, 1536, 384, sms);
@@ -309,7 +309,7 @@ int pingpong(int sms) {
 int main(int argc, char** argv) {
   CU(cuInit(0));
   int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-  if (argc > 1 && std::string(argv[1]) == "--pingpong") return pingpong(sms);  // only the ping-pong variant (opt-in)
+  if (argc > 1 && std::string(argv[1]) == "--overlap") return overlap(sms);  // only the overlapped epilogue (opt-in)
   int fails = 0;
   auto C = [&](double r) { if (r < 0) ++fails; };
   C(check<256, 4, true, true>(1, 1000, 712, 520, false, sms, 0));

@@ -318,7 +318,7 @@ void emit_wgrad_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
 // `position` (its first member); `internal` values are read only inside
 // it and never stored.
 struct OpGroup {
-  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue };
+  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue, weight_casts };
   Kind kind;
   int position = 0;
   int anchor = 0;  // the op whose EmitContext emits the group

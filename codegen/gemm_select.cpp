@@ -286,9 +286,18 @@ bool env_flag(const char* name, bool fallback) {
 // locality of the others: D1536 E128's 1536 tiles ran 1.9x slower with it,
 // H200), and a unit count (tiles x max(1, k-tiles) summed over the groups,
 // at most tiles x (2 groups + K / 64)) within its 32-bit prefix.
+// MOEJIT_SM90_STREAM_K_WAVES=w (1..16, default 2) moves that bound to w waves.
 bool stream_k_pays(const TileConfig& c, const GemmProblem& p, const Target& target) {
+  int waves = 2;
+  if (const char* v = std::getenv("MOEJIT_SM90_STREAM_K_WAVES")) {
+    char* end = nullptr;
+    const long w = std::strtol(v, &end, 10);
+    if (end == v || *end != '\0' || w < 1 || w > 16)
+      throw Error(fmt::format("MOEJIT_SM90_STREAM_K_WAVES: expected a whole number of waves from 1 to 16, found '{}'", v));
+    waves = static_cast<int>(w);
+  }
   const std::int64_t per_group = (p.m + c.tile_m - 1) / c.tile_m * ((p.n + c.tile_n - 1) / c.tile_n);
-  return per_group * p.batch < 2 * target.sm_count && per_group * (2 * p.batch + p.k / 64) < (1ll << 31);
+  return per_group * p.batch < waves * target.sm_count && per_group * (2 * p.batch + p.k / 64) < (1ll << 31);
 }
 
 TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
@@ -343,23 +352,22 @@ TileConfig sm90_config(const Graph& graph, const Op& op, const GemmProblem& prob
                                target.shared_memory_per_block_optin)
       --c.stages;  // its schedule's tables take more of the shared memory
   }
-  // MOEJIT_SM90_PINGPONG=1: the ping-pong consumers (each owns whole tiles
-  // of at most 128 columns, alternately), a 256-column tile halved for it.
-  // Opt-in: not measured yet (docs/perf.md).
-  if (env_flag("MOEJIT_SM90_PINGPONG", false) && !c.stream_k) {
-    if (c.tile_n == 256) {
-      c.tile_n = 128;
-      c.stages = 6;
-      while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
-      add_note(c, "tile_n 256 -> 128 for ping-pong");
-    }
-    c.pingpong = true;
-  }
   c.split_k = static_cast<int>(weight_gradient_split_k(problem, c.tile_m, c.tile_n, target.sm_count));
   if (c.split_k > 1) {
     add_note(c, fmt::format("split_k {}: {} output tiles over K {}", c.split_k, output_tiles(c, problem), problem.k));
     // The slices are groups of a batched product: one more prefix entry each.
     while (c.stages > 2 && sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, c.split_k) > target.shared_memory_per_block_optin) --c.stages;
+  }
+  // MOEJIT_SM90_OVERLAP=1: the overlapped epilogue (two accumulator sets per
+  // consumer), a 256-column tile halved for it.
+  if (env_flag("MOEJIT_SM90_OVERLAP", false) && !c.stream_k && c.split_k == 1) {
+    if (c.tile_n == 256) {
+      c.tile_n = 128;
+      c.stages = 6;
+      while (c.stages > 2 && !fits(c.tile_n, c.stages)) --c.stages;
+      add_note(c, "tile_n 256 -> 128 for the overlapped epilogue");
+    }
+    c.overlap = true;
   }
   const std::int64_t table_groups = c.stream_k ? sm90::streamk_smem_groups(groups, target.sm_count) : std::max<std::int64_t>(groups, c.split_k);
   if (sm90::smem_bytes(c.tile_m, c.tile_n, c.tile_k, c.stages, table_groups) > target.shared_memory_per_block_optin)

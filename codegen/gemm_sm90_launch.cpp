@@ -14,18 +14,20 @@ namespace moejit::codegen {
 
 namespace {
 
+// bf16 boxes are 64 elements (128 bytes) wide; f32 ones (the widening
+// epilogue's c) 32.
 TensorMapField map_3d(Buffer buffer, std::int64_t inner, std::int64_t outer, std::int64_t groups, std::int64_t outer_stride,
-                      std::int64_t group_stride, std::uint32_t box_outer) {
+                      std::int64_t group_stride, std::uint32_t box_outer, DType dtype = DType::bf16) {
   TensorMapField m;
   m.buffer = buffer;
-  m.dtype = DType::bf16;
+  m.dtype = dtype;
   m.rank = 3;
   m.dims[0] = inner;
   m.dims[1] = outer;
   m.dims[2] = groups;
   m.strides[1] = outer_stride;
   m.strides[2] = group_stride;
-  m.box[0] = 64;
+  m.box[0] = dtype == DType::f32 ? 32 : 64;
   m.box[1] = box_outer;
   m.box[2] = 1;
   m.swizzle = TensorMapField::Swizzle::b128;
@@ -111,19 +113,19 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
     b_map = g.b_k_major ? map_3d(g.b, g.k, g.n, b_groups, g.k, g.n * g.k, static_cast<std::uint32_t>(tile_n))
                         : map_3d(g.b, g.n, g.k, b_groups, g.n, g.n * g.k, 64);
   }
-  const bool widen = g.epilogue == Sm90Gemm::Epilogue::widen;  // c is f32: register stores
-  const bool tma_store = g.n % 8 == 0 && !widen;
-  TensorMapField c_map = map_3d(g.c, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64);
+  const bool widen = g.epilogue == Sm90Gemm::Epilogue::widen;  // c is f32 (and aux, when set, bf16)
+  const bool tma_store = g.n % 8 == 0;
+  TensorMapField c_map = map_3d(g.c, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64, widen ? DType::f32 : DType::bf16);
   const char* tma = tma_store ? "true" : "false";
   std::string epilogue = tma_store ? "moejit::sm90::StoreBf16" : "moejit::sm90::StoreBf16Direct";
   if (g.epilogue == Sm90Gemm::Epilogue::gelu) epilogue = fmt::format("moejit::sm90::StoreGeluBf16<{}>", tma);
   if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad) epilogue = fmt::format("moejit::sm90::StoreGeluGradBf16<{}>", tma);
-  if (widen) epilogue = "moejit::sm90::StoreWidenF32";
+  if (widen) epilogue = fmt::format("moejit::sm90::StoreWidenF32<{}>", tma);
   const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
   std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}{}>", tile_n, config.stages,
                                    a_k_major ? "true" : "false", b_k_major ? "true" : "false", epilogue,
-                                   config.pingpong ? ", true" : "");
+                                   config.overlap ? ", true" : "");
   const auto smem = static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, g.groups));
   std::vector<Bind> pointers = {{&args.c, g.c}};
   const bool has_aux = g.epilogue != Sm90Gemm::Epilogue::store && g.aux.kind != Buffer::Kind::null;
@@ -132,7 +134,7 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
   std::vector<TensorMapBind> maps = {{&args.a, a_map}, {&args.b, b_map}};
   if (tma_store) maps.push_back({&args.c_map, c_map});
-  if (tma_store && has_aux && g.epilogue == Sm90Gemm::Epilogue::gelu)
+  if (tma_store && has_aux && (g.epilogue == Sm90Gemm::Epilogue::gelu || widen))
     maps.push_back({&args.aux_map, map_3d(g.aux, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64)});
   const auto grid = static_cast<unsigned>(ctx.target().sm_count);
   if (config.stream_k) {

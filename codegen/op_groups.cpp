@@ -29,6 +29,10 @@
 //                parameter or moment whose only use is the output updating
 //                its argument is written into the argument's buffer (no
 //                update copy), when nothing later reads the argument.
+//   weight_casts every standalone mj.cast f32 -> bf16 of an argument (the
+//                mixed-precision graph's casts of the weights): one launch
+//                per 32 tensors at the first member. With the cast folds
+//                (MOEJIT_CAST_FOLDS=0 turns them off).
 //   gemm_epilogue  a GEMM (mj.matmul, moe.grouped_matmul, moe.gather_matmul)
 //                marked mj.epilogue = "gelu" / "gelu_grad" by
 //                fuse-gemm-epilogue and the mj.gelu / mj.gelu_grad it
@@ -106,6 +110,7 @@ class GroupFinder {
     find_sum_squares(groups);
     find_adamws(groups);
     find_gemm_epilogues(groups);
+    if (fold_casts_) find_weight_casts(groups);
     std::sort(groups.begin(), groups.end(), [](const OpGroup& a, const OpGroup& b) { return a.position < b.position; });
     return groups;
   }
@@ -276,6 +281,19 @@ class GroupFinder {
       for (int a : adamws) add_in_place(g, a);
       groups.push_back(std::move(g));
     }
+  }
+
+  void find_weight_casts(std::vector<OpGroup>& groups) {
+    OpGroup g{OpGroup::Kind::weight_casts, 0, 0, {}, {}, {}};
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& c = op(i);
+      if (c.kind != OpKind::Cast || !alone(i) || producer(c.operands[0]) >= 0) continue;
+      if (graph_.type(c.operands[0]).dtype != DType::f32 || graph_.type(c.results[0]).dtype != DType::bf16) continue;
+      g.ops.push_back(i);
+    }
+    if (g.ops.size() < 2) return;  // its operands are arguments: ready anywhere
+    take(g);
+    groups.push_back(std::move(g));
   }
 
   // An mj.gelu of a GEMM's product, or an mj.gelu_grad whose dy is one,
@@ -474,6 +492,28 @@ void emit_adamws(EmitContext& ctx, const OpGroup& group) {
   }
 }
 
+void emit_weight_casts(EmitContext& ctx, const OpGroup& group) {
+  const Graph& graph = ctx.graph();
+  const auto& ops = graph.ops();
+  TileConfig config = TileConfig::fixed_threads(256);
+  for (std::size_t first = 0; first < group.ops.size(); first += mj::kMultiTensorMax) {
+    const std::size_t count = std::min<std::size_t>(mj::kMultiTensorMax, group.ops.size() - first);
+    mj::MultiCastArgs a{};
+    a.tensors = static_cast<int>(count);
+    std::vector<Bind> pointers;
+    std::vector<std::int64_t> sizes;
+    for (std::size_t k = 0; k < count; ++k) {
+      const Op& op = ops[static_cast<std::size_t>(group.ops[first + k])];
+      a.n[k] = graph.type(op.operands[0]).numel();
+      sizes.push_back(a.n[k]);
+      pointers.insert(pointers.end(), {{&a.x[k], B::of(op.operands[0])}, {&a.y[k], B::of(op.results[0])}});
+    }
+    set_chunk_begin(a.chunk_begin, sizes);
+    ctx.launch("elementwise", instantiation("multi_cast_kernel", {std::to_string(config.threads)}), config,
+               {multi_tensor_grid(ctx.target(), a.chunk_begin[count])}, a, pointers);
+  }
+}
+
 // ctx at the norm; group.ops = the norm and its add and / or cast.
 void emit_norm_with(EmitContext& ctx, const OpGroup& group) {
   const Op *add = nullptr, *cast = nullptr;
@@ -542,6 +582,7 @@ void emit_op_group(EmitContext& ctx, const OpGroup& group) {
     case OpGroup::Kind::sum_squares: emit_sum_squares(ctx, group); break;
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
     case OpGroup::Kind::gemm_epilogue: emit_gemm_epilogue(ctx, group); break;
+    case OpGroup::Kind::weight_casts: emit_weight_casts(ctx, group); break;
   }
 }
 

@@ -65,7 +65,7 @@ std::string TileConfig::str() const {
   if (cluster_m * cluster_n > 1) s += fmt::format(" cluster {}x{}", cluster_m, cluster_n);
   if (split_k > 1) s += fmt::format(" split_k {}", split_k);
   if (consumers > 0) s += fmt::format(" consumers {}", consumers);
-  if (pingpong) s += " ping-pong";
+  if (overlap) s += " overlap";
   if (stream_k) s += " stream-k";
   s += fmt::format(" ({})", source_name(source));
   if (!note.empty()) s += " [" + note + "]";

@@ -24,9 +24,9 @@ struct TileConfig {
   int split_k = 1;                          // K slices into f32 partials + an in-order finish (SIMT mj.matmul: codegen/simt_matmul.cpp)
   // Family-specific: consumer warpgroups of a warp-specialized GEMM (sm90).
   int consumers = 0;
-  // sm90: the consumers own whole tiles alternately (ping-pong: one's
-  // epilogue overlaps the other's MMAs; tile_n <= 128), not halves of each tile.
-  bool pingpong = false;
+  // sm90: each consumer keeps two accumulator sets, so a tile's epilogue
+  // runs while the next tile's MMAs are in flight (tile_n <= 128).
+  bool overlap = false;
   // sm90 weight gradients (varlen K): the k-tiles of all tiles split evenly
   // over the blocks, partial tiles summed by their owner
   // (codegen/kernels/gemm_sm90_streamk.cuh), instead of one tile per block.

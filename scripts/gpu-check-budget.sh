@@ -12,12 +12,14 @@
 #   initcheck compute-sanitizer's initcheck of the dispatch test;
 #   streamk   the config B step with MOEJIT_SM90_STREAM_K=0 against the default, alternating;
 #   castfolds the same with MOEJIT_CAST_FOLDS=0;
+#   overlap   the same with MOEJIT_SM90_OVERLAP=1 against 0 (and, with profiles, its profile);
+#   streamk_waves, epilogues_all: the same with MOEJIT_SM90_STREAM_K_WAVES=2 against 3, MOEJIT_GEMM_EPILOGUES=1 against all;
+#   layer_overlap moe_layer_bench (AB_LAYER_SHAPES, default D384 and D1536 E128) with it against without;
 #   layer     the MoE layer beside PyTorch (D384, D768, D1536 E128; LAYER_SHAPES picks others);
 #   tune      `moejit tune` of config B, the default config and the moe_layer shapes into
 #             $OUT/tuned.json (what tuning/ ships), then the config B step with that
 #             database against without any (train_step --tuning-ab: alternating rounds);
 #   attention flash attention beside SDPA;
-#   epilogues the GEMM epilogues off and the ping-pong consumers on (scripts/gpu-moegemm-final.sh);
 #   profiles  MOEJIT_PROFILE=1 steps of config B and of the D4096 and D1536 layers;
 #   gemm      the dense GEMM probe beside torch.matmul;
 #   queue     the helpers' queued runs (.gpu-queue/*/tree.tar.xz + request.txt, unpacked
@@ -26,7 +28,7 @@
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,layer,tune,attention,epilogues,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer,tune,attention,profiles,gemm,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -50,9 +52,8 @@ nproc_runs() {  # Multi-process training on one GPU: --nproc 1 trains; --nproc 2
   echo "gpt_moe --nproc 2 on one GPU exit $? (expected non-zero, a clear message)"; tail -3 /tmp/log-nproc2.txt
 }
 # 1. tests, loss curves and the multi-process runs at once
-# (the ping-pong consumers, opt-in, are left out unless PINGPONG_TESTS=1: their test hung on 12-02)
-TEST_SPEC="[gpu]~[pingpong]"; [[ "${PINGPONG_TESTS:-0}" == 1 ]] && TEST_SPEC="[gpu]"
-run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=170 GPU_CHECK_TEST_SHARDS=3 GPU_CHECK_TEST_SPEC="$TEST_SPEC" \
+TEST_SPEC=${TEST_SPEC:-[gpu]}  # e.g. TEST_SPEC="[overlap],[casts]"
+run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=${TESTS_LIMIT:-170} GPU_CHECK_TEST_SHARDS=${TEST_SHARDS:-3} GPU_CHECK_TEST_SPEC="$TEST_SPEC" \
   GPU_CHECK_RERUN_S=${RERUN_S:-0} &
 run train 150 GPU_CHECK_ONLY=train GPU_CHECK_ITERS=500 &
 if planned nproc; then nproc_runs > /tmp/log-nproc.txt 2>&1 & fi
@@ -66,14 +67,14 @@ if planned initcheck && (( $(left) > 60 )); then
 fi
 # 2. timed steps, by priority
 run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
-run trainstep 100 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="config_b default" GPU_CHECK_BENCH_LIMIT=60 \
+run trainstep 120 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="${TRAINSTEP_CONFIGS:-config_b default}" GPU_CHECK_BENCH_LIMIT=${TRAINSTEP_LIMIT:-100} \
   GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
-ab() {  # ab NAME VARIABLE: the config B replay with VARIABLE=0 against 1, alternating rounds
-  local name=$1 var=$2
+ab() {  # ab NAME VARIABLE [A B]: the config B replay with VARIABLE=A against B (default 0, 1), alternating rounds
+  local name=$1 var=$2 a=${3:-0} b=${4:-1}
   planned "$name" || return 0
   if (( $(left) < 60 )); then echo "SKIPPED $name (budget: $(left) s left)"; return; fi
   for round in 1 2; do
-    for v in 0 1; do
+    for v in $a $b; do
       env $var=$v timeout 25 $B/train_step --config $CFG_B --no-check --warmup 3 --runs 10 --rounds 1 --trainer-steps 0 \
         > /tmp/log-$name-$v-$round.txt 2>&1
       echo "$var=$v round $round: $(grep -hE 'graph_replay_tok_s' /tmp/log-$name-$v-$round.txt | tail -1)"
@@ -83,6 +84,23 @@ ab() {  # ab NAME VARIABLE: the config B replay with VARIABLE=0 against 1, alter
 }
 ab streamk MOEJIT_SM90_STREAM_K
 ab castfolds MOEJIT_CAST_FOLDS
+ab overlap MOEJIT_SM90_OVERLAP
+ab streamk_waves MOEJIT_SM90_STREAM_K_WAVES 2 3
+ab epilogues_all MOEJIT_GEMM_EPILOGUES 1 all
+layer_ab() {  # layer_ab NAME VARIABLE: moe_layer_bench (no CPU check) with VARIABLE=0 against 1, alternating
+  local name=$1 var=$2
+  planned "$name" || return 0
+  if (( $(left) < 60 )); then echo "SKIPPED $name (budget: $(left) s left)"; return; fi
+  for round in 1 2; do
+    for v in 0 1; do
+      env $var=$v timeout 25 $B/moe_layer_bench --check-tokens 0 --warmup 2 --runs 10 \
+        --shapes "${AB_LAYER_SHAPES:-16384,384,1536,8,2;24576,1536,256,128,8}" > /tmp/log-$name-$v-$round.txt 2>&1
+      grep -hE "ms, .*TFLOP/s" /tmp/log-$name-$v-$round.txt | sed "s/ | host.*//; s/^/$var=$v round $round: /"
+    done
+  done
+  stamp "$name"
+}
+layer_ab layer_overlap MOEJIT_SM90_OVERLAP
 # D4096's CPU check alone outlasts the section: its time comes from the profiles step (no check there).
 run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90 \
   GPU_CHECK_LAYER_SHAPES=${LAYER_SHAPES:-"16384,384,1536,8,2;16384,768,3072,8,2;24576,1536,256,128,8"}
@@ -101,20 +119,18 @@ elif planned tune; then
   echo "SKIPPED tune (budget: $(left) s left)"
 fi
 run attention 25 GPU_CHECK_ONLY=attention GPU_CHECK_BENCH_LIMIT=30
-if planned epilogues && (( $(left) > 45 )) && [[ -f scripts/gpu-moegemm-final.sh ]]; then
-  RESULT=/tmp/l-epilogues timeout 42 bash scripts/gpu-moegemm-final.sh > /tmp/log-epilogues.txt 2>&1; stamp "epilogues exit $?"
-  tail -12 /tmp/log-epilogues.txt
-fi
 profile() {  # profile NAME SECONDS command...: a MOEJIT_PROFILE=1 run, its table printed
   local name=$1 need=$2; shift 2
   if (( $(left) < need )); then echo "SKIPPED profile $name"; return; fi
   MOEJIT_PROFILE=1 timeout "$need" "$@" > /tmp/log-profile-$name.txt 2>&1; stamp "profile $name"
   grep -A22 "profile of @.*median of [3-9]" /tmp/log-profile-$name.txt | head -23
 }
-if planned profiles; then
-  profile b 25 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
-  profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
-  profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
+if planned profiles; then  # PROFILES picks among b, d4096, d1536 (default all three)
+  profiles_wanted() { [[ ",${PROFILES:-b,d4096,d1536}," == *",$1,"* ]]; }
+  profiles_wanted b && profile b 25 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
+  planned overlap && profile b_overlap 25 env MOEJIT_SM90_OVERLAP=1 $B/train_step --config $CFG_B --no-check --warmup 1 --runs 3 --rounds 1 --trainer-steps 0
+  profiles_wanted d4096 && profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
+  profiles_wanted d1536 && profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
 run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=30
 if planned queue; then  # the helpers' runs: each tree unpacked into its own folder, its results under $O/queue-NAME

@@ -75,7 +75,7 @@ if want tests; then
   # run at once (most of a case's time is its CPU reference, and the GPU
   # machine has 16 cores); the summary gives each shard's result.
   SHARDS=${GPU_CHECK_TEST_SHARDS:-1}
-  SPEC=${GPU_CHECK_TEST_SPEC:-[gpu]}  # e.g. "[gpu]~[pingpong]"
+  SPEC=${GPU_CHECK_TEST_SPEC:-[gpu]}  # e.g. "[gpu]~[overlap]"
   if (( SHARDS > 1 )); then
     # One name per line; a comma would split a name into two specs (Catch2), so it is escaped.
     "$BUNDLE"/moejit_cuda_tests "$SPEC" --list-test-names-only | grep -v '^$' | sed 's/,/\\,/g' > "$LOGS/gpu-tests.names"

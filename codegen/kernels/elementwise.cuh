@@ -76,6 +76,16 @@ struct MultiAdamWArgs {
   AdamWTensor t[kMultiTensorMax];
 };
 
+// Every standalone mj.cast f32 -> bf16 of an argument (the mixed-precision
+// graph's weight casts): y[k] = bf16(x[k]), nearest even.
+struct MultiCastArgs {
+  int tensors;
+  i64 chunk_begin[kMultiTensorMax + 1];
+  const float* x[kMultiTensorMax];
+  unsigned short* y[kMultiTensorMax];  // bf16 bits (bf16_t is device code's)
+  i64 n[kMultiTensorMax];
+};
+
 // sum(x * x) over all of each tensor's elements (the square rounded to T,
 // as mj.mul rounds it), for the global gradient norm. Part 1: one block per
 // chunk writes the chunk's sum (a fixed tree, in double) to partials[chunk];
@@ -273,6 +283,32 @@ template <int THREADS> __global__ void __launch_bounds__(THREADS) multi_adamw_ke
       t.new_m[i] = m;
       t.new_v[i] = v;
     }
+  }
+}
+
+// Four elements at a time (a float4 load, an 8-byte store) where both
+// pointers allow it, the rest one at a time; the same values either way.
+template <int THREADS> __global__ void __launch_bounds__(THREADS) multi_cast_kernel(const __grid_constant__ MultiCastArgs a) {
+  for (i64 chunk = blockIdx.x; chunk < a.chunk_begin[a.tensors]; chunk += gridDim.x) {
+    const int k = multi_tensor_of(a.chunk_begin, a.tensors, chunk);
+    const float* x = a.x[k];
+    bf16_t* y = reinterpret_cast<bf16_t*>(a.y[k]);
+    const i64 first = (chunk - a.chunk_begin[k]) * kMultiTensorChunk;
+    const i64 last = first + kMultiTensorChunk < a.n[k] ? first + kMultiTensorChunk : a.n[k];
+    i64 scalar_from = first;
+    if (aligned16(x) && ((unsigned long long)y & 7) == 0) {
+      const i64 quads = (last - first) / 4;
+      for (i64 q = threadIdx.x; q < quads; q += THREADS) {
+        const i64 i = first + 4 * q;
+        const Pack<float, 4> v = *reinterpret_cast<const Pack<float, 4>*>(x + i);
+        Pack<bf16_t, 4> r;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) r.v[e] = st<bf16_t>(v.v[e]);
+        *reinterpret_cast<Pack<bf16_t, 4>*>(y + i) = r;
+      }
+      scalar_from = first + 4 * quads;
+    }
+    for (i64 i = scalar_from + threadIdx.x; i < last; i += THREADS) y[i] = st<bf16_t>(x[i]);
   }
 }
 

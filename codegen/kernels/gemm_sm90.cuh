@@ -18,9 +18,9 @@
 //     the producer to the consumers (BN/2 f32 accumulators each);
 //   - the epilogue is a functor applied to pairs of adjacent columns straight
 //     from the accumulator registers (bounds-checked, so any M and N work);
-//   - PINGPONG (opt-in, MOEJIT_SM90_PINGPONG=1; tile_n <= 128): instead of
-//     splitting each tile, the consumers take whole tiles alternately, so
-//     one's epilogue overlaps the other's MMAs (not yet measured).
+//   - OVERLAP (opt-in, MOEJIT_SM90_OVERLAP=1; tile_n <= 128): each consumer
+//     keeps two accumulator sets, so a tile's epilogue runs while the next
+//     tile's MMAs are in flight (measured slower on the H200: docs/perf.md).
 // A is K-major ([rows, K], row-major) or M-major ([K, rows], i.e. a
 // transposed operand); B is K-major ([N, K]) or N-major ([K, N], the usual
 // row-major weight). The wgmma transpose bits read both from shared memory
@@ -59,10 +59,10 @@ using TmaDescriptor = mj::TmaDescriptor;  // a CUtensorMap the executor encodes
 struct GemmArgs {
   TmaDescriptor a;  // 3-D map {inner, outer, batch} of A, box {64, BM or BK, 1}
   TmaDescriptor b;  // 3-D map of B, box {64, BN or BK, 1}
-  TmaDescriptor c_map;  // epilogues that store through TMA: 3-D map {N, rows, groups} of c, bf16, box {64, 64, 1}
-  TmaDescriptor aux_map;  // StoreGeluBf16<true> with aux: the same map of aux
+  TmaDescriptor c_map;  // epilogues that store through TMA: 3-D map {N, rows, groups} of c, bf16 box {64, 64, 1}, f32 {32, 64, 1}
+  TmaDescriptor aux_map;  // StoreGeluBf16<true> and StoreWidenF32<true> with aux: the bf16 map of aux
   void* c;          // output, row-major with row stride ldc
-  void* aux;        // like c: StoreGeluBf16's second output (the pre-activation; null: not stored),
+  void* aux;        // like c: StoreGeluBf16's second output (the pre-activation; null: not stored), StoreWidenF32's (the bf16 product),
                     // StoreGeluGradBf16's second input (the pre-activation x of gelu_grad(x, acc))
   const int* group_offsets;  // grouped mode: groups + 1 row offsets; null: batched mode
   long long m, n, k;         // rows per group (batched mode), columns, depth
@@ -266,16 +266,28 @@ template <bool TMA> struct StoreGeluGradBf16 {
 
 // c = the accumulators rounded to bf16 and widened to f32 (an mj.cast to
 // f32 of the product, folded: passes/fuse_gemm_epilogue.cpp), aux = the
-// bf16 product itself when aux is set. Register stores (c is f32, no TMA
-// map of it).
-struct StoreWidenF32 {
-  static constexpr bool kTmaStore = false, kStoresAux = false;
+// bf16 product itself when aux is set. TMA: c (f32, kWideC: boxes of 32
+// columns) and aux go through shared memory and the copy engine, as the
+// bf16 stores do; else register stores (rows that are no multiple of 8).
+template <bool TMA> struct StoreWidenF32 {
+  static constexpr bool kTmaStore = TMA, kStoresAux = true, kWideC = true;
   __device__ __forceinline__ static unsigned load(const GemmArgs&, long long) { return 0; }
-  __device__ __forceinline__ static void value(unsigned, float&, float&) {}
+  __device__ __forceinline__ static void value(unsigned, float& v0, float& v1) {
+    v0 = epilogue::round_bf16(v0);
+    v1 = epilogue::round_bf16(v1);
+  }
   __device__ __forceinline__ static void apply(const GemmArgs& args, long long at, float v0, float v1, bool pair) {
     if (args.aux) StoreBf16::store(args.aux, at, v0, v1, pair);
     StoreF32::apply(args, at, epilogue::round_bf16(v0), epilogue::round_bf16(v1), pair);
   }
+};
+// Whether an epilogue's c is f32 (4-byte elements in the TMA-store path):
+// its kWideC, false where it has none (C++17: NVRTC's dialect here).
+template <class E, class = void> struct WideC {
+  static constexpr bool value = false;
+};
+template <class E> struct WideC<E, decltype(void(E::kWideC))> {
+  static constexpr bool value = E::kWideC;
 };
 
 // ---- the tile walk shared by producer and consumers ----
@@ -331,70 +343,83 @@ template <int BM, int BN> struct TileWalk {
 };
 
 
+// One output of a whole 64-row block through shared memory and the copy
+// engine: RAW, the rounded accumulators to aux (bf16); else what
+// Epilogue::value makes of them to c, bf16 or (WIDE) f32. Into
+// 128-byte-swizzled boxes of 64 rows x 128 bytes (16-byte chunk c of row r
+// at chunk c ^ (r % 8): the 8 rows a warp writes at once hit 8 different
+// bank groups), then one TMA store per box; the copy engine clips columns
+// past N.
+template <int BM, int BN, int BK, int STAGES, class Epilogue, bool RAW, bool WIDE, int N>
+__device__ __forceinline__ void tma_store_output(const GemmArgs& args, const float (&acc)[N], const TmaDescriptor* map, unsigned stage_c,
+                                                 int c_z, long long c_base, long long col0, long long my_row0, int consumer,
+                                                 int thread, int warp, int lane) {
+  constexpr int kBoxes = SmemLayout<BM, BN, BK, STAGES>::kCBoxes;
+  constexpr int kBoxCols = WIDE ? 32 : 64, kFrags = kBoxCols / 8;  // columns and 8-column accumulator fragments per box
+  constexpr int kPasses = BN / kBoxCols / kBoxes;
+  const long long r_top = my_row0 + warp * 16 + lane / 4;
+#pragma unroll
+  for (int pass = 0; pass < kPasses; ++pass) {
+    // What the epilogue reads for this pass's pairs, all loads in flight at
+    // once (N % 8 == 0 here, so col + 1 < N with col).
+    unsigned loaded[kBoxes * kFrags][2];
+#pragma unroll
+    for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
+      const long long col = col0 + 8 * (pass * kBoxes * kFrags + jj) + 2 * (lane % 4);
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        loaded[jj][h] = !RAW && col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
+    }
+    if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+#pragma unroll
+    for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
+      const int j = pass * kBoxes * kFrags + jj, box = jj / kFrags, frag = jj % kFrags;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = warp * 16 + lane / 4 + 8 * h;
+        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        if (!RAW) Epilogue::value(loaded[jj][h], v0, v1);
+        const int byte = WIDE ? frag * 32 + (lane % 4) * 8 : frag * 16 + (lane % 4) * 4;  // in the 128-byte row
+        const unsigned at = stage_c + box * 8192 + r * 128 + (((byte / 16) ^ (r % 8)) * 16) + byte % 16;
+        if constexpr (WIDE) {
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at), "f"(v0), "f"(v1) : "memory");
+        } else {
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(v0, v1)) : "memory");
+        }
+      }
+    }
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+    if (thread == 0) {
+      for (int box = 0; box < kBoxes; ++box) {
+        const long long col = col0 + (pass * kBoxes + box) * kBoxCols;
+        if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+      }
+      bulk_commit();
+    }
+  }
+}
+
 // The epilogue of one consumer's 64 x BN block of accumulators (rows
 // my_row0 .. my_row0 + 63 of the tile at column col0): thread (warp, lane)
-// holds rows warp*16 + lane/4 (+8) and columns 8j + 2*(lane%4) (+1). The
-// ping-pong consumers' copy of the kernel's own epilogue (which the default
-// path keeps inline, as it was measured).
+// holds rows warp*16 + lane/4 (+8) and columns 8j + 2*(lane%4) (+1).
+// Whole 64-row blocks of a kTmaStore epilogue go through the copy engine
+// (aux first when the epilogue stores it), the rest from registers.
 template <int BM, int BN, int BK, int STAGES, class Epilogue, int N>
 __device__ __forceinline__ void store_block(const GemmArgs& args, const float (&acc)[N], unsigned base, int group, long long col0,
                                             long long row_end, long long my_row0, int consumer, int thread, int warp, int lane) {
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
   if (Epilogue::kTmaStore && my_row0 + 64 <= row_end) {
-    // Whole 64-row block: bf16 into 128-byte-swizzled 64 x 64 boxes in
-    // shared memory (16-byte chunk c of row r at chunk c ^ (r % 8): the
-    // 8 rows a warp writes at once hit 8 different bank groups), then one
-    // TMA store per box; the copy engine clips columns past N.
-    constexpr int kBoxes = Layout::kCBoxes, kPasses = BN / 64 / kBoxes;
-    constexpr int kOutputs = Epilogue::kStoresAux ? 2 : 1;  // aux (the rounded accumulators), then c
-    const unsigned stage_c = base + Layout::kCStage + consumer * kBoxes * 8192;
+    const unsigned stage_c = base + Layout::kCStage + consumer * Layout::kCBoxes * 8192;
     const int c_z = args.group_offsets && !args.varlen_k ? 0 : group;
-    const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
-    const long long r_top = my_row0 + warp * 16 + lane / 4;
-#pragma unroll
-    for (int out = 0; out < kOutputs; ++out) {
-      const bool raw = Epilogue::kStoresAux && out == 0;
-      if (raw && !args.aux) continue;
-      const TmaDescriptor* map = raw ? &args.aux_map : &args.c_map;
-#pragma unroll
-      for (int pass = 0; pass < kPasses; ++pass) {
-        // What the epilogue reads for this pass's pairs, all loads in
-        // flight at once (N % 8 == 0 here, so col + 1 < N with col).
-        unsigned loaded[kBoxes * 8][2];
-#pragma unroll
-        for (int jj = 0; jj < kBoxes * 8; ++jj) {
-          const long long col = col0 + 8 * (pass * kBoxes * 8 + jj) + 2 * (lane % 4);
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            loaded[jj][h] = !raw && col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
-        }
-        if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
-        asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-#pragma unroll
-        for (int jj = 0; jj < kBoxes * 8; ++jj) {
-          const int j = pass * kBoxes * 8 + jj, box = jj / 8, chunk = jj % 8;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = warp * 16 + lane / 4 + 8 * h;
-            float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-            if (!raw) Epilogue::value(loaded[jj][h], v0, v1);
-            const unsigned at = stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16) + (lane % 4) * 4;
-            asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(v0, v1)) : "memory");
-          }
-        }
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-        if (thread == 0) {
-          for (int box = 0; box < kBoxes; ++box) {
-            const long long col = col0 + (pass * kBoxes + box) * 64;
-            if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
-          }
-          bulk_commit();
-        }
-      }
-    }
+    if (Epilogue::kStoresAux && args.aux)
+      tma_store_output<BM, BN, BK, STAGES, Epilogue, true, false>(args, acc, &args.aux_map, stage_c, c_z, c_base, col0, my_row0,
+                                                                  consumer, thread, warp, lane);
+    tma_store_output<BM, BN, BK, STAGES, Epilogue, false, WideC<Epilogue>::value>(args, acc, &args.c_map, stage_c, c_z, c_base, col0,
+                                                                             my_row0, consumer, thread, warp, lane);
   } else {
-    const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
     const long long r_top = my_row0 + warp * 16 + lane / 4;
 #pragma unroll
     for (int j = 0; j < BN / 8; ++j) {
@@ -410,10 +435,114 @@ __device__ __forceinline__ void store_block(const GemmArgs& args, const float (&
   }
 }
 
-template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool PINGPONG = false>
+// A tile the overlapped consumers have multiplied and not yet stored.
+struct PendingTile {
+  bool valid, empty;  // empty: no K (an empty group of a weight gradient): its output is zeros
+  int group;
+  long long row0, row_end, col0;
+};
+
+// Keeps the compiler from moving reads of wgmma accumulators above the wait
+// for them (they are plain registers to it); emits no instruction.
+template <int N> __device__ __forceinline__ void fence_accumulators(float (&acc)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(acc[i])::"memory");
+}
+
+// The overlapped consumers' epilogue of the pending tile from `acc`.
+template <int BM, int BN, int BK, int STAGES, class Epilogue, int N>
+__device__ __forceinline__ void store_pending(const GemmArgs& args, const PendingTile& p, const float (&acc)[N], unsigned base, int consumer,
+                                              int thread, int warp, int lane) {
+  if (!p.valid) return;
+  if (p.empty) {
+    // Zeros from their own array: writing zeros into an accumulator set
+    // while the other's MMAs are in flight makes ptxas serialize every
+    // wgmma of the kernel (C7515).
+    const float zeros[N] = {};
+    store_block<BM, BN, BK, STAGES, Epilogue>(args, zeros, base, p.group, p.col0, p.row_end, p.row0 + consumer * 64, consumer, thread,
+                                              warp, lane);
+  } else {
+    store_block<BM, BN, BK, STAGES, Epilogue>(args, acc, base, p.group, p.col0, p.row_end, p.row0 + consumer * 64, consumer, thread,
+                                              warp, lane);
+  }
+}
+
+// One tile of the overlapped consumers (OVERLAP): the MMAs of tile t into
+// `cur` and, once the first min(k-tiles, STAGES - 1) stages of them are
+// issued (asynchronous: the tensor cores work on them meanwhile), the
+// epilogue of the previous tile from `old`. The stages issued before the
+// epilogue are held until it ends, at most STAGES - 1, so the producer can
+// always fill the next one. `it` counts the stages consumed, as in the
+// cooperative loop. The loop is split at the epilogue rather than calling
+// it under `kt == ...`: an epilogue in a branch of the MMA loop makes
+// ptxas serialize the wgmmas (C7518; ptxas -v reports it, and
+// tests/cuda/compile_test.cpp fails on it).
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, int N>
+__device__ __forceinline__ void overlapped_tile(const GemmArgs& args, const TileWalk<BM, BN>& walk, long long t, float (&cur)[N],
+                                                const float (&old)[N], PendingTile& pending, int& it, unsigned char* smem,
+                                                unsigned base, unsigned full_bar, unsigned empty_bar, int consumer, int thread, int warp,
+                                                int lane) {
+  using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
+  int group;
+  long long row0, row_end, col0, k_begin, k_count;
+  walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
+  const int k_tiles = (int)((k_count + BK - 1) / BK);
+  const int ahead = k_tiles < STAGES - 1 ? k_tiles : STAGES - 1;  // stages issued before the epilogue
+  auto issue = [&](int kt) {
+    const int s = it % STAGES;
+    mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
+    const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
+    if constexpr (!A_K_MAJOR) {
+      const int valid = (int)(k_count - (long long)kt * BK);  // varlen K: as in the cooperative loop
+      if (args.varlen_k && valid < BK) {
+        uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
+        for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+      }
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      const unsigned a_addr = A_K_MAJOR ? a_tile + consumer * 64 * 128 + kk * 32 : a_tile + consumer * 64 * BK * 2 + kk * 2048;
+      const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
+      Mma::run(cur, smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
+               (kt > 0 || kk > 0) ? 1 : 0);
+    }
+    wgmma_commit();
+    ++it;
+  };
+  int released = it;  // the first stage not yet handed back to the producer
+  auto release_all_but_last = [&] {
+    wgmma_wait<1>();
+    for (; released < it - 1; ++released)
+      if (thread == 0) mbar_arrive(empty_bar + 8 * (released % STAGES));
+  };
+  if (k_tiles > 0) {
+    issue(0);
+    // Returns at once (one group in flight is allowed), but without a wait
+    // between the first wgmma and the epilogue ptxas serializes (C7518).
+    wgmma_wait<1>();
+  }
+  for (int kt = 1; kt < ahead; ++kt) issue(kt);
+  store_pending<BM, BN, BK, STAGES, Epilogue>(args, pending, old, base, consumer, thread, warp, lane);
+  if (ahead > 0) release_all_but_last();
+  for (int kt = ahead; kt < k_tiles; ++kt) {
+    issue(kt);
+    release_all_but_last();
+  }
+  wgmma_wait<0>();
+  fence_accumulators(cur);
+  for (; released < it; ++released)
+    if (thread == 0) mbar_arrive(empty_bar + 8 * (released % STAGES));
+  pending = {true, k_tiles == 0, group, row0, row_end, col0};
+}
+
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool OVERLAP = false>
 __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
   static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
-  static_assert(!PINGPONG || BN <= 128, "ping-pong: a consumer holds a whole 128 x BN tile (2 x BN / 2 accumulators)");
+  static_assert(!OVERLAP || BN <= 128, "overlapped epilogue: a consumer holds two 64 x BN accumulator sets");
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
   extern __shared__ unsigned char smem_raw[];
@@ -426,7 +555,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full_bar + 8 * s, 1);
-      mbar_init(empty_bar + 8 * s, PINGPONG ? 1 : 2);  // the consumers reading a stage
+      mbar_init(empty_bar + 8 * s, 2);  // the consumers reading a stage
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
@@ -482,7 +611,33 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
         }
       }
     }
-  } else if constexpr (!PINGPONG) {
+  } else if constexpr (OVERLAP) {
+    // Overlapped epilogue (MOEJIT_SM90_OVERLAP=1; tile_n <= 128): the
+    // cooperative split of each tile into the consumers' 64-row halves, with
+    // two accumulator sets per consumer, so a tile's epilogue runs while the
+    // next tile's MMAs are in flight on the tensor cores (overlapped_tile).
+    regs_up<232>();
+    const int consumer = warpgroup - 1;
+    const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
+    float acc0[Mma::kAccumulators], acc1[Mma::kAccumulators];
+    PendingTile pending{false, false, 0, 0, 0, 0};
+    int it = 0;
+    for (long long t = blockIdx.x;; t += 2ll * gridDim.x) {
+      if (t >= total) {  // the last tile went into acc1 (or there was none)
+        store_pending<BM, BN, BK, STAGES, Epilogue>(args, pending, acc1, base, consumer, thread, warp, lane);
+        break;
+      }
+      overlapped_tile<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR, Epilogue>(args, walk, t, acc0, acc1, pending, it, smem, base, full_bar,
+                                                                         empty_bar, consumer, thread, warp, lane);
+      if (t + gridDim.x >= total) {
+        store_pending<BM, BN, BK, STAGES, Epilogue>(args, pending, acc0, base, consumer, thread, warp, lane);
+        break;
+      }
+      overlapped_tile<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR, Epilogue>(args, walk, t + gridDim.x, acc1, acc0, pending, it, smem, base,
+                                                                         full_bar, empty_bar, consumer, thread, warp, lane);
+    }
+    if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();
+  } else {
     regs_up<232>();
     const int consumer = warpgroup - 1;
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
@@ -530,144 +685,9 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
       wgmma_wait<0>();
       if (k_tiles > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
 
-      // Epilogue: thread (warp, lane) holds rows warp*16 + lane/4 (+8) and
-      // columns 8j + 2*(lane%4) (+1) of its consumer's 64 x BN block.
-      const long long my_row0 = row0 + consumer * 64;
-      if (Epilogue::kTmaStore && my_row0 + 64 <= row_end) {
-        // Whole 64-row block: bf16 into 128-byte-swizzled 64 x 64 boxes in
-        // shared memory (16-byte chunk c of row r at chunk c ^ (r % 8): the
-        // 8 rows a warp writes at once hit 8 different bank groups), then one
-        // TMA store per box; the copy engine clips columns past N.
-        constexpr int kBoxes = Layout::kCBoxes, kPasses = BN / 64 / kBoxes;
-        constexpr int kOutputs = Epilogue::kStoresAux ? 2 : 1;  // aux (the rounded accumulators), then c
-        const unsigned stage_c = base + Layout::kCStage + consumer * kBoxes * 8192;
-        const int c_z = args.group_offsets && !args.varlen_k ? 0 : group;
-        const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
-        const long long r_top = my_row0 + warp * 16 + lane / 4;
-#pragma unroll
-        for (int out = 0; out < kOutputs; ++out) {
-          const bool raw = Epilogue::kStoresAux && out == 0;
-          if (raw && !args.aux) continue;
-          const TmaDescriptor* map = raw ? &args.aux_map : &args.c_map;
-#pragma unroll
-          for (int pass = 0; pass < kPasses; ++pass) {
-            // What the epilogue reads for this pass's pairs, all loads in
-            // flight at once (N % 8 == 0 here, so col + 1 < N with col).
-            unsigned loaded[kBoxes * 8][2];
-#pragma unroll
-            for (int jj = 0; jj < kBoxes * 8; ++jj) {
-              const long long col = col0 + 8 * (pass * kBoxes * 8 + jj) + 2 * (lane % 4);
-#pragma unroll
-              for (int h = 0; h < 2; ++h)
-                loaded[jj][h] = !raw && col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
-            }
-            if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-#pragma unroll
-            for (int jj = 0; jj < kBoxes * 8; ++jj) {
-              const int j = pass * kBoxes * 8 + jj, box = jj / 8, chunk = jj % 8;
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int r = warp * 16 + lane / 4 + 8 * h;
-                float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-                if (!raw) Epilogue::value(loaded[jj][h], v0, v1);
-                const unsigned at = stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16) + (lane % 4) * 4;
-                asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(v0, v1)) : "memory");
-              }
-            }
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-            if (thread == 0) {
-              for (int box = 0; box < kBoxes; ++box) {
-                const long long col = col0 + (pass * kBoxes + box) * 64;
-                if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
-              }
-              bulk_commit();
-            }
-          }
-        }
-      } else {
-        const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
-        const long long r_top = my_row0 + warp * 16 + lane / 4;
-#pragma unroll
-        for (int j = 0; j < BN / 8; ++j) {
-          const long long col = col0 + 8 * j + 2 * (lane % 4);
-          if (col >= args.n) continue;
-          const bool pair = col + 1 < args.n;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const long long row = r_top + 8 * h;
-            if (row < row_end) Epilogue::apply(args, c_base + row * args.ldc + col, acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1], pair);
-          }
-        }
-      }
+      store_block<BM, BN, BK, STAGES, Epilogue>(args, acc, base, group, col0, row_end, row0 + consumer * 64, consumer, thread, warp, lane);
     }
     if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();  // stores done before the block's shared memory goes away
-  } else {
-    // Ping-pong (MOEJIT_SM90_PINGPONG=1, not the default): each consumer
-    // owns whole 128 x BN tiles, the block's even tiles consumer 0's and the
-    // odd ones consumer 1's, so one's epilogue can overlap the other's MMAs;
-    // its two 64-row halves are two accumulator sets. Stages are still
-    // filled in tile order; a consumer counts the other's stages past.
-    regs_up<232>();
-    const int consumer = warpgroup - 1;
-    const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
-    float acc[2][Mma::kAccumulators];
-    int it = 0;
-    long long local = 0;
-    for (long long t = blockIdx.x; t < total; t += gridDim.x, ++local) {
-      int group;
-      long long row0, row_end, col0, k_begin, k_count;
-      walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
-      const int k_tiles = (int)((k_count + BK - 1) / BK);
-      if ((int)(local & 1) != consumer) {
-        it += k_tiles;
-        continue;
-      }
-      if (k_tiles == 0) {
-#pragma unroll
-        for (int b = 0; b < 2; ++b)
-#pragma unroll
-          for (int i = 0; i < Mma::kAccumulators; ++i) acc[b][i] = 0.0f;
-      }
-      for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-        const int s = it % STAGES;
-        mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
-        const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
-        if constexpr (!A_K_MAJOR) {
-          const int valid = (int)(k_count - (long long)kt * BK);
-          if (args.varlen_k && valid < BK) {  // as above, both 64-row chunks of A
-#pragma unroll
-            for (int b = 0; b < 2; ++b) {
-              uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + b * 64 * BK * 2);
-              for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
-            }
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-          }
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-          const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const unsigned a_addr = A_K_MAJOR ? a_tile + b * 64 * 128 + kk * 32 : a_tile + b * 64 * BK * 2 + kk * 2048;
-            Mma::run(acc[b], smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
-                     (kt > 0 || kk > 0) ? 1 : 0);
-          }
-        }
-        wgmma_commit();
-        wgmma_wait<1>();  // the MMAs of this consumer's previous stage (of this tile) have retired: release it
-        if (kt > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
-      }
-      wgmma_wait<0>();
-      if (k_tiles > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
-#pragma unroll
-      for (int b = 0; b < 2; ++b)
-        store_block<BM, BN, BK, STAGES, Epilogue>(args, acc[b], base, group, col0, row_end, row0 + 64 * b, consumer, thread, warp, lane);
-    }
-    if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();
   }
 }
 

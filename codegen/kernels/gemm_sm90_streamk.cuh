@@ -308,10 +308,8 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_streamk_kernel(const __grid_
         wgmma_wait<1>();  // the previous stage's MMAs have retired: release it
         if (kt > kt0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
       }
-      if (k_left > 0) {
-        wgmma_wait<0>();
-        if (thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
-      }
+      wgmma_wait<0>();  // unconditional: under `if (k_left > 0)` ptxas serializes every wgmma (C7518)
+      if (k_left > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
       asm volatile("" : "+r"(u));  // decode again, not from values kept through the loop
       const WgradSchedule<BM, BN> after{args, schedule_tables<Layout>(), 0};
       const int* runs = after.tables + kRuns;

@@ -120,6 +120,7 @@ CompiledModule run_nvrtc(const CompileRequest& req, std::uint64_t key) {
     nvrtc_check(n.nvrtcAddNameExpression(program, expression.c_str()), "nvrtcAddNameExpression");
   std::vector<std::string> options = default_compile_options();
   options.push_back("--gpu-architecture=" + req.arch);
+  options.insert(options.end(), req.extra_options.begin(), req.extra_options.end());
   std::vector<const char*> argv;
   for (const auto& o : options) argv.push_back(o.c_str());
   nvrtcResult result = n.nvrtcCompileProgram(program, static_cast<int>(argv.size()), argv.data());
@@ -134,6 +135,7 @@ CompiledModule run_nvrtc(const CompileRequest& req, std::uint64_t key) {
                             n.nvrtcGetErrorString(result), path.empty() ? "(could not be written)" : path, log));
   }
   CompiledModule module;
+  module.log = log;
   for (const auto& expression : req.name_expressions) {
     const char* lowered = nullptr;
     nvrtc_check(n.nvrtcGetLoweredName(program, expression.c_str(), &lowered), "nvrtcGetLoweredName");
@@ -217,6 +219,7 @@ std::vector<std::string> default_compile_options() { return {"--std=c++17", "-li
 CompiledModule compile_module(const CompileRequest& req) {
   std::string key_text = req.source;
   for (const auto& o : default_compile_options()) key_text += "\n" + o;
+  for (const auto& o : req.extra_options) key_text += "\noption=" + o;
   for (const auto& e : req.name_expressions) key_text += "\nname=" + e;
   key_text += fmt::format("\nheaders={:016x}\narch={}\noutput={}\nnvrtc={}\nformat=3", headers_hash(), req.arch,
                           req.output == CompileOutput::ptx ? "ptx" : "cubin", nvrtc_version());

@@ -45,12 +45,14 @@ struct CompileRequest {
   CompileOutput output = CompileOutput::cubin;
   bool use_cache = true;  // false: always run NVRTC (CI compile tests)
   std::vector<std::string> name_expressions;  // "mj::softmax_kernel<float, 0, 256>", ...
+  std::vector<std::string> extra_options;     // after the defaults, e.g. "--ptxas-options=-v" (part of the cache key)
 };
 
 struct CompiledModule {
   std::string binary;  // PTX text or CUBIN bytes
   std::vector<std::pair<std::string, std::string>> lowered_names;  // (name expression, mangled name), in request order
   double nvrtc_seconds = 0.0;  // this compile's NVRTC time; 0 when it came from a cache
+  std::string log;             // NVRTC's log of a successful compile (ptxas's report with -v); empty from a cache
   // The mangled name of `expression`; throws moejit::Error if it was not requested.
   const std::string& lowered(const std::string& expression) const;
 };

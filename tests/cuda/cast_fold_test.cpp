@@ -56,6 +56,7 @@ struct CastCensus {
   int in_gemm = 0;           // casts in a step whose launches include a GEMM or a split-K finish
   int in_norm = 0;           // casts in a step with a norm or a norm backward
   int in_chain = 0;          // casts in a fused elementwise chain of several ops
+  int in_weight_casts = 0;   // casts in the multi-tensor launch of the weights' casts
 };
 
 CastCensus census(const Graph& graph, const codegen::Target& target) {
@@ -66,7 +67,8 @@ CastCensus census(const Graph& graph, const codegen::Target& target) {
   for (const auto& step : m.steps) {
     if (step.launches.empty()) continue;
     int casts = 0;
-    bool gemm = false, norm = false;
+    bool gemm = false, norm = false, weights = false;
+    for (const auto& launch : step.launches) weights = weights || launch.kernel.find("multi_cast_kernel") != std::string::npos;
     for (int i : step.ops) {
       const Op& op = g.ops()[static_cast<std::size_t>(i)];
       casts += op.kind == OpKind::Cast;
@@ -81,6 +83,8 @@ CastCensus census(const Graph& graph, const codegen::Target& target) {
       const DType to = g.type(g.ops()[static_cast<std::size_t>(step.ops[0])].results[0]).dtype;
       c.to_bf16 += to == DType::bf16;
       c.to_f32 += to == DType::f32;
+    } else if (weights) {
+      c.in_weight_casts += casts;
     } else if (gemm) {
       c.in_gemm += casts;
     } else if (norm) {
@@ -225,19 +229,20 @@ TEST_CASE("config B's bf16 training step runs no standalone cast of a GEMM produ
   //   ln_2's backward with its add per layer (attention output's backward),
   //   ln_1's with its add in layers 1..5 and ln_f's alone (the MoE block
   //   backward of the layer below): 12.
-  //   Left to bf16: the 25 weights, the 6 routes' gate weights [T, K], the
-  //   loss gradient [T, vocab].
+  //   The 25 weights' casts to bf16: one multi-tensor launch (weight_casts).
+  //   Left to bf16: the 6 routes' gate weights [T, K], the loss gradient [T, vocab].
   CHECK(before.standalone == 95);
-  CHECK(before.standalone - after.standalone == 57);
+  CHECK(before.standalone - after.standalone == 57 + 25);
   CHECK(after.in_gemm == 32);
   CHECK(after.in_norm == 25);
-  CHECK(after.to_bf16 == 32);
+  CHECK(after.in_weight_casts == 25);
+  CHECK(after.to_bf16 == 7);
   {
     // MOEJIT_CAST_FOLDS=0: every cast its own kernel again, the other groups and folds as before.
     EnvOverride no_casts("MOEJIT_CAST_FOLDS", "0");
     const CastCensus c = census(graph, hopper);
     CHECK(c.standalone == before.standalone);
-    CHECK(c.in_gemm + c.in_norm == 0);
+    CHECK(c.in_gemm + c.in_norm + c.in_weight_casts == 0);
     EnvOverride bad("MOEJIT_CAST_FOLDS", "no");
     CHECK_THROWS_WITH(census(graph, hopper), Catch::Contains("MOEJIT_CAST_FOLDS: expected 0 or 1, found 'no'"));
   }
@@ -253,7 +258,9 @@ TEST_CASE("the cast folds: which kernels, on sm_90a and sm_80", "[cuda][casts]")
     CHECK(count_launches(m, "StoreWidenF32") == 6);  // per block dx of ln(x), dw1, dw2
     const CastCensus c = census(block_graph(256, 64, 128), hopper);
     CHECK(c.in_norm == 3);  // the norms' bf16 copies, and the second block's norm backward + add
-    CHECK(c.standalone == 5);  // the four weights, the loss gradient (f32, read by the residual stream too) for w2_1's backward
+    CHECK(c.standalone == 1);  // the loss gradient (f32, read by the residual stream too) for w2_1's backward
+    CHECK(c.in_weight_casts == 4);  // the four weights' casts: one multi-tensor launch
+    CHECK(count_launches(m, "multi_cast_kernel") == 1);
     m = module_of(block_graph(256, 64, 128), ampere);
     CHECK(count_launches(m, "StoreWiden16<mj::bf16_t>") == 6);
   }
