@@ -3,8 +3,10 @@
 // backward (dq, dk, dv) against a double-precision CPU reference on random
 // bf16 data (T a multiple of no tile, T = 1, head dims 32/48/64/128 and one
 // that is not a multiple of 8, outputs poisoned with NaN first), then speed
-// (CUDA events, 5 warm-ups, median of 20) of the forward and of
-// forward + backward at the model's shapes; each in both head layouts
+// (CUDA events, 5 warm-ups, median of 20) of the forward, of forward +
+// backward and of each backward kernel alone at the model's shapes, and of
+// each tile shape the family can take (forward and dq query tiles, dk/dv
+// query step); each in both head layouts
 // (mj.attention's "layout": [B, H, T, D] and [B, T, H, D], read in place
 // with a row stride of H D) and packed (mj.attention_qkv: q, k, v three
 // views H D apart into one [B, T, 3, H, D], rows 3 H D apart; dq, dk, dv
@@ -12,9 +14,11 @@
 //
 //   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o attention_probe bench/attention_probe.cu
 //   ./attention_probe && python3 bench/torch_attention.py   # SDPA (flash) in the same run
+//   ncu --section WarpStateStats ./attention_probe --profile 16 6 1024 64   # B H T D: fwd + bwd only, 3 times
 //
 // FLOPs (causal): forward 2 * 2 * B * H * T^2 * D / 2, backward 2.5 x the
-// forward. Exit code 1 if any check fails. Results: docs/perf.md.
+// forward (dq kernel 1.5 x: S, dP, dq; dk/dv kernel 2 x: S, dP, dv, dk).
+// Exit code 1 if any check fails. Results: docs/perf.md.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -92,15 +96,16 @@ template <int DP> void set_smem_limits() {
   if constexpr (DP <= 64)
     CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dq_kernel<bf16_t, DP, 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             FlashTile::bwd_dq_smem(DP, 2)));
-  CK(cudaFuncSetAttribute(mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                          FlashTile::bwd_dkdv_smem(DP)));
+  for (int qt : {32, 64})
+    CK(cudaFuncSetAttribute(qt == 32 ? mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP, 32> : mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP, 64>,
+                            cudaFuncAttributeMaxDynamicSharedMemorySize, FlashTile::bwd_dkdv_smem(DP, qt)));
 }
 
 // The forward with MF 16-row fragments per warp; mf 0 means the family's
 // choice (FlashTile::fwd_fragments), what the library launches.
 template <int DP, int MF> void launch_fwd_mf(const Problem& p, const DeviceBuffers& b, float scale) {
   mj::FlashAttentionFwdArgs<bf16_t> a{b.q, b.k, b.v, b.out, b.lse, (long long)p.B * p.H, p.T, p.D, scale, p.H, p.qkv_strides(), p.o_strides()};
-  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  dim3 grid(p.B * p.H, (p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF));
   mj::flash_attention_fwd_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::fwd_smem(DP, MF)>>>(a);
 }
 static int forced_fragments = 0;
@@ -113,35 +118,48 @@ template <int DP> void launch_fwd(const Problem& p, const DeviceBuffers& b, floa
 }
 static int forced_dq_fragments = 0;
 template <int DP, int MF> void launch_dq(const Problem& p, const DeviceBuffers& b, float scale) {
-  dim3 grid((p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF), p.B * p.H);
+  dim3 grid(p.B * p.H, (p.T + FlashTile::kRows * MF - 1) / (FlashTile::kRows * MF));
   mj::FlashAttentionBwdDqArgs<bf16_t> qa{b.q,     b.k,   b.v,   b.out, b.dout, b.lse, b.delta, b.dq, (long long)p.B * p.H, p.T, p.D, scale,
                                           p.H, p.qkv_strides(), p.o_strides()};
   mj::flash_attention_bwd_dq_kernel<bf16_t, DP, MF><<<grid, FlashTile::kThreads, FlashTile::bwd_dq_smem(DP, MF)>>>(qa);
 }
-template <int DP> void launch_bwd(const Problem& p, const DeviceBuffers& b, float scale) {
-  dim3 grid((p.T + FlashTile::kRows - 1) / FlashTile::kRows, p.B * p.H);
-  const int mf = forced_dq_fragments ? forced_dq_fragments : FlashTile::dq_fragments(DP);
-  bool launched = false;
+template <int DP> void launch_dq_any(const Problem& p, const DeviceBuffers& b, float scale) {
+  const int mf = forced_dq_fragments ? forced_dq_fragments : FlashTile::dq_fragments(DP, p.T);
   if constexpr (DP <= 64) {
-    if (mf == 2) {
-      launch_dq<DP, 2>(p, b, scale);
-      launched = true;
-    }
+    if (mf == 2) return launch_dq<DP, 2>(p, b, scale);
   }
-  if (!launched) launch_dq<DP, 1>(p, b, scale);
+  launch_dq<DP, 1>(p, b, scale);
+}
+// The dk/dv kernel with QT queries a step; forced_dkdv_queries 0: the family's choice.
+static int forced_dkdv_queries = 0;
+template <int DP, int QT> void launch_dkdv_qt(const Problem& p, const DeviceBuffers& b, float scale) {
+  dim3 grid(p.B * p.H, (p.T + FlashTile::kRows - 1) / FlashTile::kRows);
   mj::FlashAttentionBwdDkdvArgs<bf16_t> ka{b.q,   b.k,   b.v, b.dout, b.lse, b.delta, b.dk, b.dv, (long long)p.B * p.H, p.T, p.D, scale,
                                             p.H, p.qkv_strides(), p.o_strides()};
-  mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP)>>>(ka);
+  mj::flash_attention_bwd_dkdv_kernel<bf16_t, DP, QT><<<grid, FlashTile::kThreads, FlashTile::bwd_dkdv_smem(DP, QT)>>>(ka);
 }
-void launch(const Problem& p, const DeviceBuffers& b, float scale, bool backward) {
+template <int DP> void launch_dkdv(const Problem& p, const DeviceBuffers& b, float scale) {
+  const int qt = forced_dkdv_queries ? forced_dkdv_queries : FlashTile::dkdv_queries(DP);
+  if (qt == 32) return launch_dkdv_qt<DP, 32>(p, b, scale);
+  launch_dkdv_qt<DP, 64>(p, b, scale);
+}
+// What one launch() call runs: the forward, the backward (dq then dk/dv), or one backward kernel.
+enum class Pass { fwd, bwd, dq, dkdv };
+template <int DP> void launch_dp(const Problem& p, const DeviceBuffers& b, float scale, Pass pass) {
+  if (pass == Pass::fwd) return launch_fwd<DP>(p, b, scale);
+  if (pass != Pass::dkdv) launch_dq_any<DP>(p, b, scale);
+  if (pass != Pass::dq) launch_dkdv<DP>(p, b, scale);
+}
+void launch(const Problem& p, const DeviceBuffers& b, float scale, Pass pass) {
   switch (FlashTile::padded_dim(p.D)) {
-    case 32: backward ? launch_bwd<32>(p, b, scale) : launch_fwd<32>(p, b, scale); break;
-    case 64: backward ? launch_bwd<64>(p, b, scale) : launch_fwd<64>(p, b, scale); break;
-    case 96: backward ? launch_bwd<96>(p, b, scale) : launch_fwd<96>(p, b, scale); break;
-    default: backward ? launch_bwd<128>(p, b, scale) : launch_fwd<128>(p, b, scale); break;
+    case 32: launch_dp<32>(p, b, scale, pass); break;
+    case 64: launch_dp<64>(p, b, scale, pass); break;
+    case 96: launch_dp<96>(p, b, scale, pass); break;
+    default: launch_dp<128>(p, b, scale, pass); break;
   }
   CK(cudaGetLastError());
 }
+void launch(const Problem& p, const DeviceBuffers& b, float scale, bool backward) { launch(p, b, scale, backward ? Pass::bwd : Pass::fwd); }
 
 DeviceBuffers alloc(const Problem& p) {
   DeviceBuffers b;
@@ -315,6 +333,31 @@ float median(std::vector<float> v) {
   return v[v.size() / 2];
 }
 
+// The tile shapes side by side (which one the family picks: FlashTile::fwd_fragments, dq_fragments, dkdv_queries).
+template <class Time, class TimePass> void compare_tiles(const Problem& p, Time& time, TimePass& time_pass) {
+  for (int mf : {1, 2}) {
+    if (mf == 2 && p.D > 64) continue;
+    forced_fragments = mf;
+    float t = time(false);
+    printf("    forward with %d-row warps (%d-query blocks): %8.1f us %6.1f TFLOP/s\n", 16 * mf, 64 * mf, t, p.fwd_flops() / t * 1e-6);
+  }
+  forced_fragments = 0;
+  if (p.D <= 64) {
+    for (int mf : {1, 2}) {
+      forced_dq_fragments = mf;
+      float t = time_pass(Pass::dq, false);
+      printf("    dq kernel with %d-row warps: %8.1f us %6.1f TFLOP/s\n", 16 * mf, t, 1.5 * p.fwd_flops() / t * 1e-6);
+    }
+    forced_dq_fragments = 0;
+  }
+  for (int qt : {32, 64}) {
+    forced_dkdv_queries = qt;
+    float t = time_pass(Pass::dkdv, false);
+    printf("    dkdv kernel with %d-query steps: %8.1f us %6.1f TFLOP/s\n", qt, t, 2.0 * p.fwd_flops() / t * 1e-6);
+  }
+  forced_dkdv_queries = 0;
+}
+
 void bench(const Problem& p) {
   DeviceBuffers b = alloc(p);
   const long long n = p.elems();
@@ -333,12 +376,15 @@ void bench(const Problem& p) {
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  auto time = [&](bool backward) {
+  // Median of 20 timed calls after 5 warm-ups of `pass`, after a forward
+  // in the same timed interval when with_forward (fwd+bwd).
+  auto time_pass = [&](Pass pass, bool with_forward) {
     std::vector<float> ms;
+    launch(p, b, scale, Pass::fwd);  // out and lse for the backward kernels
     for (int i = 0; i < 25; ++i) {
       CK(cudaEventRecord(e0));
-      launch(p, b, scale, false);
-      if (backward) launch(p, b, scale, true);
+      if (with_forward) launch(p, b, scale, Pass::fwd);
+      launch(p, b, scale, pass);
       CK(cudaEventRecord(e1));
       CK(cudaEventSynchronize(e1));
       float t;
@@ -347,35 +393,45 @@ void bench(const Problem& p) {
     }
     return median(ms) * 1e3f;  // us
   };
+  auto time = [&](bool backward) { return time_pass(backward ? Pass::bwd : Pass::fwd, backward); };
   float fwd = time(false), both = time(true);
   printf("moejit flash %s B%d H%d T%d D%d: fwd %8.1f us %6.1f TFLOP/s | fwd+bwd %8.1f us %6.1f TFLOP/s\n", layout_name(), p.B, p.H, p.T, p.D, fwd,
          p.fwd_flops() / fwd * 1e-6, both, 3.5 * p.fwd_flops() / both * 1e-6);
-  // The forward's two tile shapes side by side (which one the family picks: FlashTile::fwd_fragments).
-  for (int mf : {1, 2}) {
-    if (mf == 2 && p.D > 64) continue;
-    forced_fragments = mf;
-    float t = time(false);
-    printf("    forward with %d-row warps (%d-query blocks): %8.1f us %6.1f TFLOP/s\n", 16 * mf, 64 * mf, t, p.fwd_flops() / t * 1e-6);
-  }
-  forced_fragments = 0;
-  if (p.D <= 64) {
-    for (int mf : {1, 2}) {
-      forced_dq_fragments = mf;
-      float t = time(true);
-      printf("    fwd+bwd with %d-row warps in the dq kernel: %8.1f us %6.1f TFLOP/s\n", 16 * mf, t, 3.5 * p.fwd_flops() / t * 1e-6);
-    }
-    forced_dq_fragments = 0;
-  }
+  // Each backward kernel alone (FLOPs: dq kernel S, dP, dq = 1.5x the forward's; dk/dv kernel S, dP, dv, dk = 2x).
+  const float dq = time_pass(Pass::dq, false), dkdv = time_pass(Pass::dkdv, false);
+  printf("    kernels: fwd %7.1f us (%5.1f TFLOP/s) | dq %7.1f us (%5.1f) | dkdv %7.1f us (%5.1f)\n", fwd, p.fwd_flops() / fwd * 1e-6, dq,
+         1.5 * p.fwd_flops() / dq * 1e-6, dkdv, 2.0 * p.fwd_flops() / dkdv * 1e-6);
+  if (layout == Layout::bhtd) compare_tiles(p, time, time_pass);
   CK(cudaEventDestroy(e0));
   CK(cudaEventDestroy(e1));
   release(b);
 }
 
-int main() {
+// --profile B H T D: only fwd + bwd of that shape, 3 times (for ncu), no checks.
+int main(int argc, char** argv) {
   set_smem_limits<32>();
   set_smem_limits<64>();
   set_smem_limits<96>();
   set_smem_limits<128>();
+  if (argc == 6 && strcmp(argv[1], "--profile") == 0) {
+    const Problem p{atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5])};
+    DeviceBuffers b = alloc(p);
+    std::vector<unsigned short> h(p.elems());  // random data: constant bits draw less power and run faster
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.f, 1.f);
+    for (bf16_t* t : {b.q, b.k, b.v, b.dout}) {
+      for (auto& x : h) x = f2bf(normal(rng));
+      CK(cudaMemcpy(t, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    }
+    for (int i = 0; i < 3; ++i) {
+      launch(p, b, 0.125f, false);
+      launch(p, b, 0.125f, true);
+    }
+    CK(cudaDeviceSynchronize());
+    release(b);
+    printf("profiled B%d H%d T%d D%d\n", p.B, p.H, p.T, p.D);
+    return 0;
+  }
   bool ok = true;
   const Problem checks[] = {{1, 2, 1, 64},  {1, 2, 77, 32},  {2, 1, 130, 64}, {1, 1, 200, 128}, {1, 2, 64, 48},
                             {1, 1, 33, 20}, {1, 1, 300, 96}, {2, 2, 256, 64}, {1, 1, 1100, 64}};
@@ -384,14 +440,17 @@ int main() {
     for (const Problem& p : checks) ok = check(p, 1234u + p.T) && ok;
   }
   layout = Layout::bhtd;
-  for (int mf : {1, 2}) {  // each forward and dq tile shape, whatever the family picks
+  for (int mf : {1, 2}) {  // each forward, dq and dk/dv tile shape, whatever the family picks
     forced_fragments = mf;
     forced_dq_fragments = mf;
+    forced_dkdv_queries = 32 * mf;
     ok = check({1, 2, 77, 32}, 99u) && ok;
     ok = check({1, 1, 300, 64}, 98u) && ok;
+    ok = check({1, 1, 200, 128}, 97u) && ok;
   }
   forced_fragments = 0;
   forced_dq_fragments = 0;
+  forced_dkdv_queries = 0;
   const Problem speed[] = {{64, 6, 256, 64}, {16, 6, 1024, 64}, {16, 6, 1024, 128}, {2, 6, 4096, 64}};
   for (const Problem& p : speed) {
     for (Layout l : {Layout::bhtd, Layout::bthd, Layout::packed}) {  // the same problem read in place from [B, T, H, D] and [B, T, 3, H, D]

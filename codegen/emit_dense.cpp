@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "codegen/attention_select.h"
 #include "codegen/cuda_codegen.h"
 #include "codegen/gemm_sm80_launch.h"
 #include "codegen/gemm_sm90_launch.h"
@@ -652,25 +653,26 @@ AttentionBuffers attention_buffers(EmitContext& ctx, const AttentionGeometry& g)
 
 // bf16/f16 attention with Dh <= 128 on sm_80+ runs the flash family
 // (codegen/kernels/attention.cuh: tensor cores, K/V tiles, no T x T
-// scores); f32/f64, larger heads and older targets run the row kernels of
-// the model family (scores of one row in shared memory).
+// scores), with the tile shapes of choose_flash (attention_select.h: the
+// tuning database's, else the heuristic's); f32/f64, larger heads and older
+// targets run the row kernels of the model family (scores of one row in
+// shared memory).
 namespace {
-bool use_flash_attention(EmitContext& ctx, const AttentionGeometry& g) {
-  const DType dtype = ctx.in(0).dtype;
-  if (dtype != DType::bf16 && dtype != DType::f16) return false;
-  if (g.head_dim > 128 || ctx.target().sm() < 80) return false;
-  const int dp = mj::FlashTile::padded_dim(g.head_dim);
-  const int most = std::max({mj::FlashTile::fwd_smem(dp, mj::FlashTile::fwd_fragments(dp, g.tokens)),
-                             mj::FlashTile::bwd_dq_smem(dp, mj::FlashTile::dq_fragments(dp)),
-                             mj::FlashTile::bwd_dkdv_smem(dp)});
-  return most <= ctx.target().shared_memory_per_block_optin;
+std::optional<FlashChoice> flash_choice(EmitContext& ctx) {
+  const std::optional<AttentionProblem> problem = attention_problem_of(ctx.graph(), ctx.op());
+  if (!problem || !flash_attention_serves(*problem, ctx.target())) return std::nullopt;
+  return choose_flash(*problem, ctx.target());
 }
-TileConfig flash_config(std::int64_t head_dim) {
+// The TileConfig of one flash kernel: 64-row tiles of `queries` queries (or
+// keys) against `columns` keys (or queries), Dh padded as tile_k.
+TileConfig flash_config(const FlashChoice& choice, std::int64_t head_dim, int rows, int columns) {
   TileConfig config = TileConfig::fixed_threads(mj::FlashTile::kThreads);
-  config.tile_m = mj::FlashTile::kRows;
-  config.tile_n = mj::FlashTile::kCols;
+  config.tile_m = rows;
+  config.tile_n = columns;
   config.tile_k = mj::FlashTile::padded_dim(head_dim);
   config.stages = 2;  // K/V (or Q/dout) tiles double-buffered with cp.async
+  config.source = choice.source;
+  config.note = choice.note;
   return config;
 }
 
@@ -678,16 +680,17 @@ TileConfig flash_config(std::int64_t head_dim) {
 void emit_attention_forward(EmitContext& ctx) {
   const AttentionGeometry g = geometry_of(ctx);
   const AttentionBuffers buf = attention_buffers(ctx, g);
-  if (use_flash_attention(ctx, g)) {
+  if (const std::optional<FlashChoice> choice = flash_choice(ctx)) {
     mj::FlashAttentionFwdArgs<void> a{};
     attention_sizes(ctx, g, a);
-    TileConfig config = flash_config(a.Dh);
-    const int dp = config.tile_k, fragments = mj::FlashTile::fwd_fragments(dp, a.Tn);
-    config.tile_m = mj::FlashTile::kRows * fragments;
-    const unsigned grid_x = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
-    if (a.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", a.BH));
+    const int fragments = choice->fwd_fragments;
+    const TileConfig config = flash_config(*choice, a.Dh, mj::FlashTile::kRows * fragments, mj::FlashTile::kCols);
+    const int dp = config.tile_k;
+    // Grid (BH, tiles): the kernels start the heaviest tiles of all heads first.
+    const unsigned tiles = static_cast<unsigned>((a.Tn + config.tile_m - 1) / config.tile_m);
+    if (a.Tn > 65535 * std::int64_t{64}) ctx.fail(fmt::format("supports at most {} tokens, found {}", 65535 * 64, a.Tn));
     ctx.launch("attention", instantiation("flash_attention_fwd_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
-               config, {grid_x, static_cast<unsigned>(a.BH)}, a,
+               config, {static_cast<unsigned>(a.BH), tiles}, a,
                {{&a.q, buf.q}, {&a.k, buf.k}, {&a.v, buf.v}, {&a.out, buf.out}, {&a.lse, buf.lse}},
                static_cast<unsigned>(mj::FlashTile::fwd_smem(dp, fragments)));
     return;
@@ -706,19 +709,17 @@ void emit_attention_forward(EmitContext& ctx) {
 void emit_attention_backward(EmitContext& ctx) {
   const AttentionGeometry g = geometry_of(ctx);
   const AttentionBuffers buf = attention_buffers(ctx, g);
-  if (use_flash_attention(ctx, g)) {
+  if (const std::optional<FlashChoice> choice = flash_choice(ctx)) {
     mj::FlashAttentionBwdDqArgs<void> q{};
     attention_sizes(ctx, g, q);
-    const TileConfig config = flash_config(q.Dh);
-    const int dp = config.tile_k, fragments = mj::FlashTile::dq_fragments(dp);
-    TileConfig dq_config = config;
-    dq_config.tile_m = mj::FlashTile::kRows * fragments;
-    const unsigned grid_x = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
-    const unsigned dq_grid_x = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);
-    if (q.BH > 65535) ctx.fail(fmt::format("supports at most 65535 batch * heads, found {}", q.BH));
+    const int dp = mj::FlashTile::padded_dim(q.Dh), fragments = choice->dq_fragments;
+    const TileConfig dq_config = flash_config(*choice, q.Dh, mj::FlashTile::kRows * fragments, mj::FlashTile::kCols);
+    const unsigned key_tiles = static_cast<unsigned>((q.Tn + mj::FlashTile::kRows - 1) / mj::FlashTile::kRows);
+    const unsigned query_tiles = static_cast<unsigned>((q.Tn + dq_config.tile_m - 1) / dq_config.tile_m);
+    if (q.Tn > 65535 * std::int64_t{64}) ctx.fail(fmt::format("supports at most {} tokens, found {}", 65535 * 64, q.Tn));
     const std::int64_t delta = ctx.scratch(q.BH * q.Tn * 4);
     ctx.launch("attention", instantiation("flash_attention_bwd_dq_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(fragments)}),
-               dq_config, {dq_grid_x, static_cast<unsigned>(q.BH)}, q,
+               dq_config, {static_cast<unsigned>(q.BH), query_tiles}, q,
                {{&q.q, buf.q},
                 {&q.k, buf.k},
                 {&q.v, buf.v},
@@ -730,8 +731,10 @@ void emit_attention_backward(EmitContext& ctx) {
                static_cast<unsigned>(mj::FlashTile::bwd_dq_smem(dp, fragments)));
     mj::FlashAttentionBwdDkdvArgs<void> kv{};
     attention_sizes(ctx, g, kv);
-    ctx.launch("attention", instantiation("flash_attention_bwd_dkdv_kernel", {ctx.in_type(0), std::to_string(dp)}), config,
-               {grid_x, static_cast<unsigned>(kv.BH)}, kv,
+    const int queries = choice->dkdv_queries;
+    const TileConfig dkdv_config = flash_config(*choice, kv.Dh, mj::FlashTile::kRows, queries);
+    ctx.launch("attention", instantiation("flash_attention_bwd_dkdv_kernel", {ctx.in_type(0), std::to_string(dp), std::to_string(queries)}),
+               dkdv_config, {static_cast<unsigned>(kv.BH), key_tiles}, kv,
                {{&kv.q, buf.q},
                 {&kv.k, buf.k},
                 {&kv.v, buf.v},
@@ -740,7 +743,7 @@ void emit_attention_backward(EmitContext& ctx) {
                 {&kv.delta, B::scratch(delta)},
                 {&kv.dk, buf.dk},
                 {&kv.dv, buf.dv}},
-               static_cast<unsigned>(mj::FlashTile::bwd_dkdv_smem(dp)));
+               static_cast<unsigned>(mj::FlashTile::bwd_dkdv_smem(dp, queries)));
     return;
   }
   TileConfig config = TileConfig::fixed_threads(128);

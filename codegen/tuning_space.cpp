@@ -16,6 +16,13 @@
 //   cannot take (rows TMA cannot address, f16, plain sm_90): its one tile
 //   128 x 128 x 32 with 2 to 6 pipeline stages where sm80::smem_bytes fits
 //   the opt-in. The entry sets stages.
+// attention (codegen/kernels/attention.cuh, chosen by attention_select.cpp):
+//   one problem per flash attention (forward and backward together: the
+//   forward op's shape), tile_m the forward's and tile_k the dq kernel's
+//   query tile (64, or 128 for head dims <= 64), tile_n the dk/dv kernel's
+//   query step (32 or 64), where
+//   the three kernels' shared memory fits the opt-in; timed as the forward
+//   and backward of a one-op pair, its output the gradient of q, k, v.
 //
 // Each family's version key (tuning_family_version) hashes its revision
 // (bump it when a field's meaning or the kernel's behaviour under a config
@@ -31,8 +38,10 @@
 #include <algorithm>
 #include <map>
 
+#include "codegen/kernels/attention.cuh"
 #include "codegen/kernels/gemm_sm80.cuh"
 #include "codegen/kernels/gemm_sm90.cuh"
+#include "ir/attention_layout.h"
 #include "ir/builder.h"
 #include "ir/checked_file.h"
 #include "ir/error.h"
@@ -180,6 +189,73 @@ Graph gemm_problem_graph(const TuningProblem& p) {
   throw Error("moejit tune: unknown GEMM problem kind");
 }
 
+// ---- attention ----
+// The forward op of each flash attention (the backward shares its choice).
+std::optional<TuningProblem> attention_problem(const Graph& graph, const Op& op, const Target& target) {
+  if (op.kind != OpKind::Attention && op.kind != OpKind::AttentionQkv) return std::nullopt;
+  std::optional<AttentionProblem> a = attention_problem_of(graph, op);
+  if (!a || !flash_attention_serves(*a, target)) return std::nullopt;
+  TuningProblem p;
+  p.family = "attention";
+  p.key = attention_tuning_key(*a);
+  p.attention = *a;
+  p.heuristic = flash_fields(flash_heuristic(*a));
+  // Causal forward + backward: 3.5 x 2 * 2 * B * H * T^2 * Dh / 2 (docs/perf.md's convention).
+  p.flops = 3.5 * 2.0 * static_cast<double>(a->batch * a->heads) * static_cast<double>(a->tokens) * static_cast<double>(a->tokens) *
+            static_cast<double>(a->head_dim);
+  p.uses = 1;
+  return p;
+}
+
+std::vector<TunedFields> attention_candidates(const TuningProblem& p, const Target& target) {
+  std::vector<TunedFields> space;
+  for (int tile_m : {64, 128})
+    for (int tile_n : {32, 64})
+      for (int tile_k : {64, 128}) {
+        const TunedFields f{.tile_m = tile_m, .tile_n = tile_n, .tile_k = tile_k};
+        if (flash_fields_valid(f, p.attention, target)) space.push_back(f);
+      }
+  return heuristic_first(p, space);
+}
+
+// mj.attention (layout bhtd / bthd) or mj.attention_qkv of the problem's
+// shape and its gradient with dout; output "out": dqkv, or dq, dk, dv
+// concatenated (every kernel's result reaches it: dq and dk/dv through lse,
+// out and delta).
+Graph attention_problem_graph(const TuningProblem& p) {
+  const AttentionProblem& a = p.attention;
+  Graph g("moejit_tune");
+  Builder b(g);
+  const std::int64_t B = a.batch, H = a.heads, T = a.tokens, D = a.head_dim;
+  const Shape bthd{B, T, H, D};
+  Tensor dout = b.input("dout", a.layout == "bhtd" ? Shape{B, H, T, D} : bthd, a.dtype);
+  if (a.layout == "qkv") {
+    Tensor qkv = b.input("qkv", {B, T, 3, H, D}, a.dtype);
+    std::vector<Tensor> fwd = b.op(OpKind::AttentionQkv, {qkv}, {{"scale", 0.0}});
+    b.output(b.op1(OpKind::AttentionQkvGrad, {qkv, fwd[0], fwd[1], dout}, {{"scale", 0.0}}), "out");
+    return g;
+  }
+  const HeadLayout layout = a.layout == "bthd" ? HeadLayout::bthd : HeadLayout::bhtd;
+  const Shape shape = layout == HeadLayout::bhtd ? Shape{B, H, T, D} : bthd;
+  Tensor q = b.input("q", shape, a.dtype), k = b.input("k", shape, a.dtype), v = b.input("v", shape, a.dtype);
+  AttrList attrs{{"scale", 0.0}};
+  set_head_layout(attrs, layout);
+  std::vector<Tensor> fwd = b.op(OpKind::Attention, {q, k, v}, attrs);
+  std::vector<Tensor> grads = b.op(OpKind::AttentionGrad, {q, k, v, fwd[0], fwd[1], dout}, attrs);
+  b.output(b.concat({grads[0], grads[1], grads[2]}, 0), "out");
+  return g;
+}
+
+std::string attention_limits() {
+  std::string text;
+  for (int dp : {32, 64, 96, 128}) {
+    text += fmt::format(" dp {} fwd_smem {} {} dq_smem {} {} dkdv_smem {} {}", dp, mj::FlashTile::fwd_smem(dp, 1), mj::FlashTile::fwd_smem(dp, 2),
+                        mj::FlashTile::bwd_dq_smem(dp, 1), mj::FlashTile::bwd_dq_smem(dp, 2), mj::FlashTile::bwd_dkdv_smem(dp, 32),
+                        mj::FlashTile::bwd_dkdv_smem(dp, 64));
+  }
+  return text;
+}
+
 // What decides a family's configurations, as text (hashed into its version key).
 std::string sm90_limits() {
   std::string text;
@@ -206,6 +282,10 @@ std::string simt_limits() {
 }  // namespace
 
 std::string TuningProblem::label() const {
+  if (family == "attention") {
+    const AttentionProblem& a = attention;
+    return fmt::format("{} {} B {} H {} T {} Dh {}", dtype_name(a.dtype), a.layout, a.batch, a.heads, a.tokens, a.head_dim);
+  }
   const GemmProblem& g = gemm;
   std::string text = fmt::format("{} {} m {} n {} k {}", dtype_name(g.dtype), gemm_kind_name(g.kind), g.m, g.n, g.k);
   if (g.kind == GemmProblem::Kind::matmul) {
@@ -220,8 +300,11 @@ std::string TuningProblem::label() const {
 
 std::string fields_str(const TunedFields& f) {
   std::vector<std::string> parts;
-  if (f.tile_m || f.tile_k) parts.push_back(fmt::format("tile {}x{}x{}", f.tile_m, f.tile_n, f.tile_k));
-  else if (f.tile_n) parts.push_back(fmt::format("tile_n {}", f.tile_n));
+  if (f.tile_k) parts.push_back(fmt::format("tile {}x{}x{}", f.tile_m, f.tile_n, f.tile_k));
+  else {
+    if (f.tile_m) parts.push_back(fmt::format("tile_m {}", f.tile_m));  // attention: the forward's query tile
+    if (f.tile_n) parts.push_back(fmt::format("tile_n {}", f.tile_n));
+  }
   if (f.stages) parts.push_back(fmt::format("stages {}", f.stages));
   if (f.threads) parts.push_back(fmt::format("threads {}", f.threads));
   if (f.split_k) parts.push_back(fmt::format("split_k {}", f.split_k));
@@ -239,6 +322,10 @@ const std::vector<TunableFamily>& tunable_families() {
        gemm_problem_graph},
       {"matmul_simt", "tile_m, tile_n in {16..128} (8 for a dim <= 8; 256 to 4096 outputs), tile_k {16, 32}, within 48 KiB", 2,
        simt_limits, simt_problem, simt_candidates, gemm_problem_graph},
+      {"attention",
+       "forward query tile (tile_m) {64, 128 for Dh <= 64} x dk/dv query step (tile_n) {32, 64} x dq query tile (tile_k) {64, 128 for "
+       "Dh <= 64}, within the shared memory opt-in",
+       1, attention_limits, attention_problem, attention_candidates, attention_problem_graph},
   };
   return families;
 }

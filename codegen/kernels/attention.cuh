@@ -21,8 +21,8 @@
 //   - softmax in base 2: scores are scaled by scale * log2(e) once.
 //
 // Kernels:
-//   flash_attention_fwd_kernel: one block per (64- or 128-query tile, batch*head),
-//     the heaviest tiles (last queries) first; walks key tiles 0..diagonal
+//   flash_attention_fwd_kernel: one block per (batch*head, 64- or 128-query
+//     tile), the heaviest tiles (last queries) of all heads first; walks key tiles 0..diagonal
 //     with the online softmax; writes out and lse[t] = ln sum_s
 //     exp(scale q_t . k_s) (f32).
 //   flash_attention_bwd_dq_kernel: one block per query tile; computes
@@ -30,7 +30,7 @@
 //     kernel), then walks key tiles: P = exp(scale S - lse),
 //     dS = P (dout V^T - delta), dq = scale dS K.
 //   flash_attention_bwd_dkdv_kernel: one block per key tile (the first key
-//     tiles, which see the most queries, first); walks query tiles from the
+//     tiles of all heads, which see the most queries, first); walks query tiles from the
 //     diagonal: with S^T = K Q^T computed directly (a warp owns 16 keys),
 //     dv += P^T dout, dS^T = P^T (V dout^T - delta), dk = scale dS^T Q.
 //   dq and dk/dv are separate kernels, so every gradient is a fixed-order
@@ -100,14 +100,23 @@ struct FlashTile {
   // Row fragments per warp of the forward (queries per block / 64): 2 for
   // head dims <= 64 and T >= 512 (K/V operands read once for twice the
   // MMAs), else 1: wider heads would not fit the registers, and short
-  // sequences need the blocks (H200, D64: T256 44.0 us with 1 vs 48.2 with
-  // 2; T1024 112.3 vs 107.0; T4096 234.6 vs 211.0; docs/perf.md).
+  // sequences need the blocks (H200, D64, 2026-12-02 evening: T256 31.9 us
+  // with 1 vs 35.5 with 2; T1024 80.5 vs 75.4; T4096 144.6 vs 128.4;
+  // docs/perf.md).
   static constexpr int fwd_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 512 ? 2 : 1; }
-  // The dq kernel takes MF too, but 2 measured no better (T256 173.9 vs
-  // 165.5 us fwd+bwd, T1024 equal, T4096 0.8% faster): 1.
-  static constexpr int dq_fragments(int) { return 1; }
+  // The dq kernel's fragments per warp: 2 for head dims <= 64 from T 1024
+  // (H200, 2026-12-02 evening, before its dP went fragment by fragment:
+  // 1 vs 2 at T256 47.5 vs 50.5 us, T1024 106.5 vs 99.7, T4096 182.4 vs
+  // 164.6).
+  static constexpr int dq_fragments(int dp, long long tokens) { return dp <= 64 && tokens >= 1024 ? 2 : 1; }
   static constexpr int bwd_dq_smem(int dp, int mf) { return (2 * kRows * mf + 4 * kCols) * row_bytes(dp) + 2 * kRows * mf * 4; }
-  static constexpr int bwd_dkdv_smem(int dp) { return (2 * kRows + 4 * kCols) * row_bytes(dp) + 4 * kCols * 4; }
+  // Queries per step of the dk/dv kernel: 64 (H200: T1024 D64 124.5 us
+  // against 132.0 with 32, D128 223.1 against 228.3, T4096 220.3 against
+  // 263.7, T256 equal; docs/perf.md). 32 (the
+  // tuning space's other value) halves the score tiles' registers (D64:
+  // 156 against 230, 3 blocks an SM instead of 2) for twice the steps.
+  static constexpr int dkdv_queries(int) { return 64; }
+  static constexpr int bwd_dkdv_smem(int dp, int qt) { return (2 * kRows + 4 * qt) * row_bytes(dp) + 4 * qt * 4; }
 };
 
 }  // namespace mj
@@ -151,7 +160,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, unsigned addr) {
 template <class T> struct Mma;
 template <> struct Mma<bf16_t> {
   __device__ __forceinline__ static void run(float* d, const unsigned* a, const unsigned* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
@@ -164,7 +173,7 @@ template <> struct Mma<bf16_t> {
 };
 template <> struct Mma<f16_t> {
   __device__ __forceinline__ static void run(float* d, const unsigned* a, const unsigned* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
@@ -184,22 +193,27 @@ template <> struct Mma<f16_t> {
 // apart into shared memory rows of DP + 8 elements; rows >= Tn and columns
 // >= Dh (up to DP) become zero. Asynchronous (cp.async, the caller commits
 // and waits) when Dh % 8 == 0 (then ld, a multiple of Dh, is one of 8 too).
+// The tile's first row is addressed in 64 bits once, the rest in 32 (r * ld
+// + col < 128 * 2^24: the host checks ld < 2^24), so no 64-bit stride stays
+// live across the main loops (it cost the dk/dv kernel a register spill).
 template <int ROWS, int DP, class T>
-__device__ __forceinline__ void load_tile(unsigned short* dst, const T* src, i64 row0, i64 Tn, i64 Dh, i64 ld) {
+__device__ __forceinline__ void load_tile(unsigned short* dst, const T* src, int row0, int Tn, int Dh, int ld) {
   constexpr int LD = DP + 8, CHUNKS = DP / 8;
-  const unsigned short* s = (const unsigned short*)src;
+  const unsigned short* s = (const unsigned short*)src + (i64)row0 * ld;
+  const int rows = Tn - row0;
   if ((Dh & 7) == 0) {
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += FlashTile::kThreads) {
-      int r = c / CHUNKS, col = (c % CHUNKS) * 8;
-      i64 row = row0 + r;
-      bool inside = row < Tn && col < Dh;
-      cp_async16(smem_addr(dst + r * LD + col), inside ? (const void*)(s + row * ld + col) : (const void*)s, inside ? 16 : 0);
+#pragma unroll
+    for (int i = 0; i < (ROWS * CHUNKS + FlashTile::kThreads - 1) / FlashTile::kThreads; ++i) {
+      const int c = threadIdx.x + i * FlashTile::kThreads;
+      if (ROWS * CHUNKS % FlashTile::kThreads != 0 && c >= ROWS * CHUNKS) break;
+      const int r = c / CHUNKS, col = (c % CHUNKS) * 8;
+      const bool inside = r < rows && col < Dh;
+      cp_async16(smem_addr(dst + r * LD + col), inside ? (const void*)(s + r * ld + col) : (const void*)src, inside ? 16 : 0);
     }
   } else {
     for (int e = threadIdx.x; e < ROWS * DP; e += FlashTile::kThreads) {
-      int r = e / DP, col = e % DP;
-      i64 row = row0 + r;
-      dst[r * LD + col] = row < Tn && col < Dh ? s[row * ld + col] : (unsigned short)0;
+      const int r = e / DP, col = e % DP;
+      dst[r * LD + col] = r < rows && col < Dh ? s[r * ld + col] : (unsigned short)0;
     }
   }
 }
@@ -221,12 +235,12 @@ template <int LD> __device__ __forceinline__ void load_b_kn(unsigned* b, const u
   ldmatrix_x4_trans(b, smem_addr(tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8));
 }
 
-// acc[f][NT][4] (+)= A_f B^T for the warp's MF fragments: A_f the 16 rows
-// a_row + 16 f of `a_tile` (all DP columns), B^T the [64][DP] tile `b_tile`
-// stored [n][k]: MF 16 x 64 products over k = 0..DP-1, each B operand read
+// acc[f][NC/8][4] (+)= A_f B^T for the warp's MF fragments: A_f the 16 rows
+// a_row + 16 f of `a_tile` (all DP columns), B^T the [NC][DP] tile `b_tile`
+// stored [n][k]: MF 16 x NC products over k = 0..DP-1, each B operand read
 // from shared memory once.
-template <class T, int DP, int MF>
-__device__ __forceinline__ void mma_rows_times_tile_t(float (*acc)[FlashTile::kCols / 8][4], const unsigned short* a_tile, int a_row,
+template <class T, int DP, int MF, int NC = FlashTile::kCols>
+__device__ __forceinline__ void mma_rows_times_tile_t(float (*acc)[NC / 8][4], const unsigned short* a_tile, int a_row,
                                                       const unsigned short* b_tile) {
   constexpr int LD = DP + 8;
 #pragma unroll
@@ -235,7 +249,7 @@ __device__ __forceinline__ void mma_rows_times_tile_t(float (*acc)[FlashTile::kC
 #pragma unroll
     for (int f = 0; f < MF; ++f) load_a<LD>(a[f], a_tile, a_row + 16 * f, kk * 16);
 #pragma unroll
-    for (int np = 0; np < FlashTile::kCols / 16; ++np) {
+    for (int np = 0; np < NC / 16; ++np) {
       unsigned b[4];
       load_b_nk<LD>(b, b_tile, np * 16, kk * 16);
 #pragma unroll
@@ -247,14 +261,13 @@ __device__ __forceinline__ void mma_rows_times_tile_t(float (*acc)[FlashTile::kC
   }
 }
 
-// acc[f][DP/8][4] += P_f B for the warp's MF fragments: P_f (16 x 64, the
-// f32 tile p[f] as A operands), B the [64][DP] tile `b_tile` stored [k][n].
-template <class T, int DP, int MF>
-__device__ __forceinline__ void mma_regs_times_tile(float (*acc)[DP / 8][4], const float (*p)[FlashTile::kCols / 8][4],
-                                                    const unsigned short* b_tile) {
+// acc[f][DP/8][4] += P_f B for the warp's MF fragments: P_f (16 x KC, the
+// f32 tile p[f] as A operands), B the [KC][DP] tile `b_tile` stored [k][n].
+template <class T, int DP, int MF, int KC = FlashTile::kCols>
+__device__ __forceinline__ void mma_regs_times_tile(float (*acc)[DP / 8][4], const float (*p)[KC / 8][4], const unsigned short* b_tile) {
   constexpr int LD = DP + 8;
 #pragma unroll
-  for (int kk = 0; kk < FlashTile::kCols / 16; ++kk) {
+  for (int kk = 0; kk < KC / 16; ++kk) {
     unsigned a[MF][4];
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
@@ -286,8 +299,8 @@ template <int N> __device__ __forceinline__ void zero(float (*acc)[4]) {
 // through the warp's 16 rows of the shared tile `stage` (16-byte stores when
 // Dh % 8 == 0).
 template <class T, int DP>
-__device__ __forceinline__ void store_rows(T* dst, const float (*acc)[4], float mul_lo, float mul_hi, unsigned short* stage, i64 row0,
-                                           i64 Tn, i64 Dh, i64 ld) {
+__device__ __forceinline__ void store_rows(T* dst, const float (*acc)[4], float mul_lo, float mul_hi, unsigned short* stage, int row0, int Tn,
+                                           int Dh, int ld) {
   constexpr int LD = DP + 8;
   int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -296,19 +309,28 @@ __device__ __forceinline__ void store_rows(T* dst, const float (*acc)[4], float 
     *(unsigned*)(stage + (g + 8) * LD + nt * 8 + 2 * t) = Mma<T>::pack(acc[nt][2] * mul_hi, acc[nt][3] * mul_hi);
   }
   __syncwarp();
-  unsigned short* d = (unsigned short*)dst;
+  unsigned short* d = (unsigned short*)dst + (i64)row0 * ld;
+  const int rows = Tn - row0;
   if ((Dh & 7) == 0) {
     for (int c = lane; c < 16 * (DP / 8); c += 32) {
       int r = c / (DP / 8), col = (c % (DP / 8)) * 8;
-      if (row0 + r < Tn && col < Dh) *(uint4*)(d + (row0 + r) * ld + col) = *(const uint4*)(stage + r * LD + col);
+      if (r < rows && col < Dh) *(uint4*)(d + r * ld + col) = *(const uint4*)(stage + r * LD + col);
     }
   } else {
     for (int e = lane; e < 16 * DP; e += 32) {
       int r = e / DP, col = e % DP;
-      if (row0 + r < Tn && col < Dh) d[(row0 + r) * ld + col] = stage[r * LD + col];
+      if (r < rows && col < Dh) d[r * ld + col] = stage[r * LD + col];
     }
   }
   __syncwarp();
+}
+
+// 2^x by the MUFU unit alone (ex2.approx.ftz: 2 ulp; exp2f adds a
+// denormal-range fix-up around it); 2^-inf = 0, as masking needs.
+__device__ __forceinline__ float exp2_fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 }  // namespace flash
@@ -320,13 +342,19 @@ template <class T, int DP, int MF>
 __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAttentionFwdArgs<T> a) {
   using namespace flash;
   constexpr int BM = FlashTile::kRows * MF, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
-  const i64 Tn = a.Tn, Dh = a.Dh;
-  const int tile = gridDim.x - 1 - blockIdx.x;  // heaviest first
-  const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
+  // Rows, columns and strides in 32 bits (the host checks T < 2^31 and
+  // row strides < 2^24); only the head's base offset needs 64.
+  const int Tn = (int)a.Tn, Dh = (int)a.Dh;
+  // Grid (BH, tiles), x fastest: blocks start in order of work, the
+  // heaviest tiles (last queries) of every head first, so the last wave
+  // holds the lightest (a head-major order left whole heads' heaviest
+  // tiles for the end).
+  const int tile = gridDim.y - 1 - blockIdx.y;
+  const int bh = blockIdx.x, m0 = tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;  // the warp's first row in the tile
-  const i64 base = head_base(a.qkv, a.H, bh), ld = a.qkv.row;
-  const i64 obase = head_base(a.o, a.H, bh), old = a.o.row;
+  const i64 base = head_base(a.qkv, a.H, bh), obase = head_base(a.o, a.H, bh);
+  const int ld = (int)a.qkv.row, old = (int)a.o.row;
   const T* q = a.q + base;
   const T* k = a.k + base;
   const T* v = a.v + base;
@@ -354,8 +382,8 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
   for (int j = 0; j < n_tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < n_tiles) {
-      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (i64)(j + 1) * BN, Tn, Dh, ld);
-      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (i64)(j + 1) * BN, Tn, Dh, ld);
+      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (j + 1) * BN, Tn, Dh, ld);
+      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (j + 1) * BN, Tn, Dh, ld);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -386,17 +414,17 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
       }
     }
     // Keys after the query exist only in tiles reaching past the block's first row.
-    const bool diagonal = (i64)(j + 1) * BN > m0;
+    const bool diagonal = (j + 1) * BN > m0;
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
-      const i64 row_lo = m0 + warp_row + f * 16 + g;
+      const int row_lo = m0 + warp_row + f * 16 + g;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           s[f][nt][e] *= scale_log2;
           if (diagonal) {
-            i64 col = (i64)j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
+            const int col = j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
             if (col > row) s[f][nt][e] = -__int_as_float(0x7f800000);
           }
         }
@@ -411,13 +439,13 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
         // A row whose keys in this tile are all masked keeps max -inf only
         // if it had none before either: impossible, key 0 precedes every
         // query, and tile 0 comes first. So mx is finite here.
-        const float alpha = exp2f(row_max[f][h] - mx);
+        const float alpha = exp2_fast(row_max[f][h] - mx);
         row_max[f][h] = mx;
         float sum = 0.f;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          s[f][nt][2 * h] = exp2f(s[f][nt][2 * h] - mx);
-          s[f][nt][2 * h + 1] = exp2f(s[f][nt][2 * h + 1] - mx);
+          s[f][nt][2 * h] = exp2_fast(s[f][nt][2 * h] - mx);
+          s[f][nt][2 * h + 1] = exp2_fast(s[f][nt][2 * h + 1] - mx);
           sum += s[f][nt][2 * h] + s[f][nt][2 * h + 1];
         }
         row_sum[f][h] = row_sum[f][h] * alpha + sum;
@@ -460,11 +488,11 @@ __global__ void __launch_bounds__(128) flash_attention_fwd_kernel(const FlashAtt
       row_sum[f][h] += __shfl_xor_sync(0xffffffffu, row_sum[f][h], 1);
       row_sum[f][h] += __shfl_xor_sync(0xffffffffu, row_sum[f][h], 2);
     }
-    const i64 row_lo = m0 + warp_row + f * 16 + g;
+    const int row_lo = m0 + warp_row + f * 16 + g;
     if (t == 0) {
       // lse in natural-log units of the scaled scores: (max + log2 sum) * ln 2.
-      if (row_lo < Tn) a.lse[bh * Tn + row_lo] = (row_max[f][0] + log2f(row_sum[f][0])) * 0.6931471805599453f;
-      if (row_lo + 8 < Tn) a.lse[bh * Tn + row_lo + 8] = (row_max[f][1] + log2f(row_sum[f][1])) * 0.6931471805599453f;
+      if (row_lo < Tn) a.lse[(i64)bh * Tn + row_lo] = (row_max[f][0] + log2f(row_sum[f][0])) * 0.6931471805599453f;
+      if (row_lo + 8 < Tn) a.lse[(i64)bh * Tn + row_lo + 8] = (row_max[f][1] + log2f(row_sum[f][1])) * 0.6931471805599453f;
     }
     // The warp's own Q rows are no longer read: stage the store through them.
     store_rows<T, DP>(a.out + obase, o[f], 1.f / row_sum[f][0], 1.f / row_sum[f][1], qs + (warp_row + f * 16) * LD,
@@ -478,13 +506,13 @@ template <class T, int DP, int MF>
 __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const FlashAttentionBwdDqArgs<T> a) {
   using namespace flash;
   constexpr int BM = FlashTile::kRows * MF, BN = FlashTile::kCols, LD = DP + 8, NT = BN / 8, DT = DP / 8;
-  const i64 Tn = a.Tn, Dh = a.Dh;
-  const int tile = gridDim.x - 1 - blockIdx.x;
-  const i64 bh = blockIdx.y, m0 = (i64)tile * BM;
+  const int Tn = (int)a.Tn, Dh = (int)a.Dh;  // 32 bits, as in the forward
+  const int tile = gridDim.y - 1 - blockIdx.y;  // heaviest first over all heads, as in the forward
+  const int bh = blockIdx.x, m0 = tile * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = warp * 16 * MF;
-  const i64 base = head_base(a.qkv, a.H, bh), ld = a.qkv.row;
-  const i64 obase = head_base(a.o, a.H, bh), old = a.o.row;
+  const i64 base = head_base(a.qkv, a.H, bh), obase = head_base(a.o, a.H, bh);
+  const int ld = (int)a.qkv.row, old = (int)a.o.row;
   const T* k = a.k + base;
   const T* v = a.v + base;
   unsigned short* qs = (unsigned short*)flash_smem;
@@ -506,14 +534,14 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   {
     constexpr int TPR = FlashTile::kThreads / BM;  // threads per row: 2 or 1
     const int r = threadIdx.x / TPR, part = threadIdx.x % TPR;
-    const i64 row = m0 + r;
+    const int row = m0 + r;
     float sum = 0.f;
     if (row < Tn) {
-      const unsigned short* od = (const unsigned short*)(a.out + obase + row * old);
-      const unsigned short* dd = (const unsigned short*)(a.dout + obase + row * old);
+      const unsigned short* od = (const unsigned short*)(a.out + obase + (i64)row * old);
+      const unsigned short* dd = (const unsigned short*)(a.dout + obase + (i64)row * old);
       if ((Dh & 7) == 0) {
 #pragma unroll 4
-        for (i64 c = part * 8; c < Dh; c += 8 * TPR) {
+        for (int c = part * 8; c < Dh; c += 8 * TPR) {
           const uint4 o4 = *(const uint4*)(od + c), d4 = *(const uint4*)(dd + c);
           const unsigned ow[4] = {o4.x, o4.y, o4.z, o4.w}, dw[4] = {d4.x, d4.y, d4.z, d4.w};
 #pragma unroll
@@ -522,14 +550,14 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
                    Mma<T>::to_float((unsigned short)(ow[w] >> 16)) * Mma<T>::to_float((unsigned short)(dw[w] >> 16));
         }
       } else {
-        for (i64 d = part; d < Dh; d += TPR) sum += Mma<T>::to_float(od[d]) * Mma<T>::to_float(dd[d]);
+        for (int d = part; d < Dh; d += TPR) sum += Mma<T>::to_float(od[d]) * Mma<T>::to_float(dd[d]);
       }
     }
     if (TPR == 2) sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     if (part == 0) {
       delta_s[r] = sum;
-      lse_s[r] = row < Tn ? a.lse[bh * Tn + row] * 1.4426950408889634f : 0.f;
-      if (row < Tn) a.delta[bh * Tn + row] = sum;
+      lse_s[r] = row < Tn ? a.lse[(i64)bh * Tn + row] * 1.4426950408889634f : 0.f;
+      if (row < Tn) a.delta[(i64)bh * Tn + row] = sum;
     }
   }
   __syncthreads();
@@ -549,8 +577,8 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
   for (int j = 0; j < n_tiles; ++j) {
     const int buf = j & 1;
     if (j + 1 < n_tiles) {
-      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (i64)(j + 1) * BN, Tn, Dh, ld);
-      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (i64)(j + 1) * BN, Tn, Dh, ld);
+      load_tile<BN, DP>(ks + (buf ^ 1) * BN * LD, k, (j + 1) * BN, Tn, Dh, ld);
+      load_tile<BN, DP>(vs + (buf ^ 1) * BN * LD, v, (j + 1) * BN, Tn, Dh, ld);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -558,28 +586,30 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
     }
     __syncthreads();
     const unsigned short* kt = ks + buf * BN * LD;
-    float s[MF][NT][4], dp[MF][NT][4];
+    // S for the MF fragments together (each K operand read once for all);
+    // dP = dout V^T one fragment at a time, so only one fragment's dP is
+    // live beside S and dq (MF 2 held both and spilled).
+    float s[MF][NT][4];
 #pragma unroll
-    for (int f = 0; f < MF; ++f) {
-      zero<NT>(s[f]);
-      zero<NT>(dp[f]);
-    }
+    for (int f = 0; f < MF; ++f) zero<NT>(s[f]);
     mma_rows_times_tile_t<T, DP, MF>(s, qs, warp_row, kt);
-    mma_rows_times_tile_t<T, DP, MF>(dp, dos, warp_row, vs + buf * BN * LD);
-    const bool diagonal = (i64)(j + 1) * BN > m0;
+    const bool diagonal = (j + 1) * BN > m0;
 #pragma unroll
     for (int f = 0; f < MF; ++f) {
-      const i64 row_lo = m0 + warp_row + 16 * f + g;
+      float dp[NT][4];
+      zero<NT>(dp);
+      mma_rows_times_tile_t<T, DP, 1>(&dp, dos, warp_row + 16 * f, vs + buf * BN * LD);
+      const int row_lo = m0 + warp_row + 16 * f + g;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          float p = exp2f(s[f][nt][e] * scale_log2 - lse_row[f][e >> 1]);
+          float p = exp2_fast(s[f][nt][e] * scale_log2 - lse_row[f][e >> 1]);
           if (diagonal) {
-            i64 col = (i64)j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
+            const int col = j * BN + nt * 8 + 2 * t + (e & 1), row = row_lo + (e >> 1) * 8;
             if (col > row) p = 0.f;
           }
-          s[f][nt][e] = p * (dp[f][nt][e] - delta_row[f][e >> 1]);  // dS
+          s[f][nt][e] = p * (dp[nt][e] - delta_row[f][e >> 1]);  // dS
         }
     }
     mma_regs_times_tile<T, DP, MF>(dq, s, kt);
@@ -591,15 +621,17 @@ __global__ void __launch_bounds__(128) flash_attention_bwd_dq_kernel(const Flash
 }
 
 // ---- backward: dk, dv ----
-template <class T, int DP> __global__ void __launch_bounds__(128) flash_attention_bwd_dkdv_kernel(const FlashAttentionBwdDkdvArgs<T> a) {
+// QT: queries per step (64 or 32: FlashTile::dkdv_queries).
+template <class T, int DP, int QT>
+__global__ void __launch_bounds__(128) flash_attention_bwd_dkdv_kernel(const FlashAttentionBwdDkdvArgs<T> a) {
   using namespace flash;
-  constexpr int BM = FlashTile::kCols, BN = FlashTile::kRows, LD = DP + 8, MT = BM / 8, DT = DP / 8;
-  const i64 Tn = a.Tn, Dh = a.Dh;
-  const int tile = blockIdx.x;  // key tile; the first ones see the most queries
-  const i64 bh = blockIdx.y, n0 = (i64)tile * BN;
+  constexpr int BM = QT, BN = FlashTile::kRows, LD = DP + 8, MT = BM / 8, DT = DP / 8;
+  const int Tn = (int)a.Tn, Dh = (int)a.Dh;  // 32 bits, as in the forward
+  const int tile = blockIdx.y;  // key tile; the first ones see the most queries: heaviest first over all heads
+  const int bh = blockIdx.x, n0 = tile * BN;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const i64 base = head_base(a.qkv, a.H, bh), ld = a.qkv.row;
-  const i64 old = a.o.row;
+  const i64 base = head_base(a.qkv, a.H, bh);
+  const int ld = (int)a.qkv.row, old = (int)a.o.row;
   const T* q = a.q + base;
   const T* dout = a.dout + head_base(a.o, a.H, bh);
   unsigned short* ks = (unsigned short*)flash_smem;
@@ -609,33 +641,35 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
   float* lse_s = (float*)(dos + 2 * BM * LD);  // [2][BM]
   float* delta_s = lse_s + 2 * BM;             // [2][BM]
   const float scale_log2 = a.scale * 1.4426950408889634f;
-  const int q_tiles = (int)((Tn + BM - 1) / BM);
+  const int q_tiles = (Tn + BM - 1) / BM;
+  const int first = n0 / BM;  // the first query tile holding a query >= the block's first key
 
   // lse (natural units) and delta of query tile i into buffer b: cp.async
   // into the group of the tile's Q and dout copies (zeros beyond T).
-  static_assert(FlashTile::kThreads == 2 * BM, "one thread per statistic");
+  static_assert(FlashTile::kThreads >= 2 * BM, "one thread per statistic");
   auto load_stats = [&](int i, int b) {
+    if (threadIdx.x >= 2 * BM) return;
     const int r = threadIdx.x % BM;
-    const i64 row = (i64)i * BM + r;
-    const float* src = (threadIdx.x < BM ? a.lse : a.delta) + bh * Tn;
+    const int row = i * BM + r;
+    const float* src = (threadIdx.x < BM ? a.lse : a.delta) + (i64)bh * Tn;
     float* dst = (threadIdx.x < BM ? lse_s : delta_s) + b * BM + r;
     cp_async4(smem_addr(dst), row < Tn ? (const void*)(src + row) : (const void*)src, row < Tn ? 4 : 0);
   };
   load_tile<BN, DP>(ks, a.k + base, n0, Tn, Dh, ld);
   load_tile<BN, DP>(vs, a.v + base, n0, Tn, Dh, ld);
-  load_tile<BM, DP>(qs, q, (i64)tile * BM, Tn, Dh, ld);
-  load_tile<BM, DP>(dos, dout, (i64)tile * BM, Tn, Dh, old);
-  load_stats(tile, 0);
+  load_tile<BM, DP>(qs, q, first * BM, Tn, Dh, ld);
+  load_tile<BM, DP>(dos, dout, first * BM, Tn, Dh, old);
+  load_stats(first, 0);
   cp_async_commit();
 
   float dk[DT][4], dv[DT][4];
   zero<DT>(dk);
   zero<DT>(dv);
-  for (int i = tile; i < q_tiles; ++i) {
-    const int buf = (i - tile) & 1;
+  for (int i = first; i < q_tiles; ++i) {
+    const int buf = (i - first) & 1;
     if (i + 1 < q_tiles) {
-      load_tile<BM, DP>(qs + (buf ^ 1) * BM * LD, q, (i64)(i + 1) * BM, Tn, Dh, ld);
-      load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i64)(i + 1) * BM, Tn, Dh, old);
+      load_tile<BM, DP>(qs + (buf ^ 1) * BM * LD, q, (i + 1) * BM, Tn, Dh, ld);
+      load_tile<BM, DP>(dos + (buf ^ 1) * BM * LD, dout, (i + 1) * BM, Tn, Dh, old);
       load_stats(i + 1, buf ^ 1);
       cp_async_commit();
       cp_async_wait<1>();
@@ -647,38 +681,33 @@ template <class T, int DP> __global__ void __launch_bounds__(128) flash_attentio
     const unsigned short* dot = dos + buf * BM * LD;
     const float* lse_t = lse_s + buf * BM;
     const float* delta_t = delta_s + buf * BM;
-    // S^T = K Q^T: rows = the warp's 16 keys, columns = the 64 queries.
-    float st[MT][4];
+    // S^T = K Q^T and dP^T = V dout^T: rows = the warp's 16 keys, columns =
+    // the BM queries; both before the softmax, so their MMAs interleave.
+    float st[MT][4], dpt[MT][4];
     zero<MT>(st);
-    mma_rows_times_tile_t<T, DP, 1>(&st, ks, warp * 16, qt);
-    const i64 key_lo = n0 + warp * 16 + g, m0 = (i64)i * BM;
-    const bool edge = i == tile || m0 + BM > Tn;
+    zero<MT>(dpt);
+    mma_rows_times_tile_t<T, DP, 1, BM>(&st, ks, warp * 16, qt);
+    mma_rows_times_tile_t<T, DP, 1, BM>(&dpt, vs, warp * 16, dot);
+    const int key_lo = n0 + warp * 16 + g, m0 = i * BM;
+    const bool edge = m0 < n0 + BN || m0 + BM > Tn;  // keys after some query, or queries beyond T
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const float2 lse_pair = *(const float2*)(lse_t + mt * 8 + 2 * t);  // columns 2t, 2t + 1
+      const float2 delta_pair = *(const float2*)(delta_t + mt * 8 + 2 * t);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = mt * 8 + 2 * t + (e & 1);
-        float p = exp2f(st[mt][e] * scale_log2 - ((e & 1) ? lse_pair.y : lse_pair.x) * 1.4426950408889634f);
+        float p = exp2_fast(st[mt][e] * scale_log2 - ((e & 1) ? lse_pair.y : lse_pair.x) * 1.4426950408889634f);
         if (edge) {
-          i64 query = m0 + c, key = key_lo + (e >> 1) * 8;
+          const int query = m0 + c, key = key_lo + (e >> 1) * 8;
           if (key > query || query >= Tn) p = 0.f;
         }
         st[mt][e] = p;
+        dpt[mt][e] = p * (dpt[mt][e] - ((e & 1) ? delta_pair.y : delta_pair.x));  // dS^T = P^T (dP^T - delta)
       }
     }
-    mma_regs_times_tile<T, DP, 1>(&dv, &st, dot);
-    // dP^T = V dout^T, then dS^T = P^T (dP^T - delta).
-    float dpt[MT][4];
-    zero<MT>(dpt);
-    mma_rows_times_tile_t<T, DP, 1>(&dpt, vs, warp * 16, dot);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const float2 delta_pair = *(const float2*)(delta_t + mt * 8 + 2 * t);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) st[mt][e] *= dpt[mt][e] - ((e & 1) ? delta_pair.y : delta_pair.x);
-    }
-    mma_regs_times_tile<T, DP, 1>(&dk, &st, qt);
+    mma_regs_times_tile<T, DP, 1, BM>(&dv, &st, dot);
+    mma_regs_times_tile<T, DP, 1, BM>(&dk, &dpt, qt);
     __syncthreads();
   }
   // K's and V's tiles are no longer read: stage the stores through them.

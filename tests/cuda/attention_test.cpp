@@ -17,10 +17,12 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "codegen/cuda_codegen.h"
 #include "codegen/kernels/attention.cuh"
 #include "codegen/target.h"
+#include "codegen/tuning_space.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/ptx_check.h"
 #include "frontends/config.h"
@@ -28,6 +30,7 @@
 #include "ir/builder.h"
 #include "passes/pass_manager.h"
 #include "runtime/backend.h"
+#include "runtime/cuda/cuda_backend.h"
 
 using namespace moejit;
 
@@ -84,10 +87,10 @@ TEST_CASE("bf16/f16 attention emits the flash kernels, f32 the row kernels", "[c
   const auto target = codegen::Target::named("sm_90a");
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::bf16, 2, 3, 100, 64), target)) ==
         std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 1>", "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 1>",
-                                 "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64>"});
+                                 "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 64>"});
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::f16, 1, 1, 5, 40), target)) ==
         std::vector<std::string>{"mj::flash_attention_fwd_kernel<mj::f16_t, 64, 1>", "mj::flash_attention_bwd_dq_kernel<mj::f16_t, 64, 1>",
-                                 "mj::flash_attention_bwd_dkdv_kernel<mj::f16_t, 64>"});
+                                 "mj::flash_attention_bwd_dkdv_kernel<mj::f16_t, 64, 64>"});
   CHECK(kernel_names(codegen::generate_module(attention_graph(DType::f32, 1, 2, 9, 64), target)) ==
         std::vector<std::string>{"mj::attention_kernel<float, 128>", "mj::attention_grad_q_kernel<float, 128>",
                                  "mj::attention_grad_kv_kernel<float, 128>"});
@@ -97,13 +100,13 @@ TEST_CASE("bf16/f16 attention emits the flash kernels, f32 the row kernels", "[c
   // From T = 512 on, heads up to 64 wide take 128-query forward blocks (two 16-row fragments a warp).
   codegen::ModuleCode long_module = codegen::generate_module(attention_graph(DType::bf16, 1, 2, 600, 64), target);
   CHECK(kernel_names(long_module)[0] == "mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>");
-  CHECK(long_module.steps.front().launches.front().grid[0] == 5);
+  CHECK(long_module.steps.front().launches.front().grid[1] == 5);
   CHECK(long_module.steps.front().launches.front().shared_bytes == static_cast<unsigned>(mj::FlashTile::fwd_smem(64, 2)));
-  // The launch: one block per 64 query rows and (batch, head), 128 threads.
+  // The launch: one block per (batch, head) and 64 query rows (x fastest: heavy tiles of all heads first), 128 threads.
   codegen::ModuleCode module = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 128), target);
   const codegen::Launch& fwd = module.steps.front().launches.front();
-  CHECK(fwd.grid[0] == 3);
-  CHECK(fwd.grid[1] == 6);
+  CHECK(fwd.grid[0] == 6);
+  CHECK(fwd.grid[1] == 3);
   CHECK(fwd.block[0] == 128);
   CHECK(fwd.shared_bytes == static_cast<unsigned>(mj::FlashTile::fwd_smem(128, 1)));
 }
@@ -115,8 +118,8 @@ TEST_CASE("attention in layout bthd launches the same kernels with the heads' st
   codegen::ModuleCode bhtd = codegen::generate_module(attention_graph(DType::bf16, 2, 3, 130, 64), target);
   CHECK(kernel_names(bthd) == kernel_names(bhtd));
   const codegen::Launch& fwd = bthd.steps.front().launches.front();
-  CHECK(fwd.grid[0] == 3);
-  CHECK(fwd.grid[1] == 6);
+  CHECK(fwd.grid[0] == 6);
+  CHECK(fwd.grid[1] == 3);
   mj::FlashAttentionFwdArgs<void> args{};
   REQUIRE(fwd.args.size() == sizeof(args));
   std::memcpy(&args, fwd.args.data(), sizeof(args));
@@ -303,4 +306,128 @@ TEST_CASE("gpu: packed qkv attention (flash and row kernels) matches the CPU bac
                      {DType::f32, 2, 3, 37, 24},
                      {DType::bf16, 1, 2, 9, 160}},
                     std::nullopt);
+}
+
+// ---- attention as a tunable family (codegen/attention_select.h, tuning_space.cpp's "attention" row) ----
+namespace {
+const codegen::Target hopper_target = codegen::Target::named("sm_90a");
+
+codegen::TuningProblem only_attention_problem(const Graph& graph) {
+  Graph prepared = graph;
+  run_pipeline(prepared, kCudaPipeline);
+  std::vector<codegen::TuningProblem> found;
+  for (auto& p : codegen::collect_tuning_problems(prepared, hopper_target))
+    if (p.family == "attention") found.push_back(p);
+  REQUIRE(found.size() == 1);
+  return found[0];
+}
+codegen::TuningDb one_entry_db(const codegen::TuningProblem& p, const codegen::TunedFields& f) {
+  return codegen::TuningDb{hopper_target.device_name, hopper_target.arch, {{p.key, f, codegen::tuning_family_version("attention")}}};
+}
+}  // namespace
+
+TEST_CASE("attention tuning: config B's attention is one problem with its candidates", "[cuda][attention][tuning]") {
+  GptMoeConfig config = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
+  config.vocab_size = 65;
+  const codegen::TuningProblem p = only_attention_problem(build_training_graph(config, DType::bf16).graph);
+  CHECK(p.label() == "bf16 qkv B 64 H 6 T 256 Dh 64");
+  CHECK(p.uses == config.n_layer);
+  CHECK(p.key == codegen::TuningKey{"attention", "bf16", "qkv", 9, 8, 6});  // B * H 384, T 256, Dh 64
+  // The heuristic at T 256: 64-query forward and dq blocks, 64-query dk/dv steps; then the other seven shapes.
+  const auto candidates = codegen::find_tunable_family("attention")->candidates(p, hopper_target);
+  REQUIRE(candidates.size() == 8);
+  CHECK(candidates[0] == codegen::TunedFields{.tile_m = 64, .tile_n = 64, .tile_k = 64});
+  CHECK(candidates[0] == p.heuristic);
+  // Head dim 128: no 128-query forward or dq blocks (their fragments would not fit the registers).
+  const auto wide = only_attention_problem(attention_graph(DType::bf16, 2, 3, 700, 128, HeadLayout::bthd));
+  CHECK(wide.key.kind == "bthd");
+  CHECK(wide.heuristic == codegen::TunedFields{.tile_m = 64, .tile_n = 64, .tile_k = 64});
+  CHECK(codegen::find_tunable_family("attention")->candidates(wide, hopper_target).size() == 2);
+  // f32 runs the row kernels: not the flash family's problem.
+  Graph f32 = attention_graph(DType::f32, 1, 2, 9, 64);
+  run_pipeline(f32, kCudaPipeline);
+  for (const auto& q : codegen::collect_tuning_problems(f32, hopper_target)) CHECK(q.family != "attention");
+}
+
+TEST_CASE("attention tuning: an entry changes the launches (MOEJIT_DEBUG's lines say tuned); bad entries are ignored",
+          "[cuda][attention][tuning]") {
+  const Graph graph = attention_graph(DType::bf16, 2, 3, 300, 64);
+  const codegen::TuningProblem p = only_attention_problem(graph);
+  {
+    codegen::ScopedTuningDbOverride none(nullptr);
+    CHECK(codegen::describe_kernel_configs(codegen::generate_module(graph, hopper_target), "") ==
+          "mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 1>: tile 64x64x64 stages 2 threads 128 (heuristic), 1 launch\n"
+          "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 1>: tile 64x64x64 stages 2 threads 128 (heuristic), 1 launch\n"
+          "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 64>: tile 64x64x64 stages 2 threads 128 (heuristic), 1 launch\n");
+  }
+  {
+    const codegen::TuningDb db = one_entry_db(p, {.tile_m = 128, .tile_n = 32, .tile_k = 128});
+    codegen::ScopedTuningDbOverride only(&db);
+    const codegen::ModuleCode module = codegen::generate_module(graph, hopper_target);
+    CHECK(codegen::describe_kernel_configs(module, "") ==
+          "mj::flash_attention_fwd_kernel<mj::bf16_t, 64, 2>: tile 128x64x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n"
+          "mj::flash_attention_bwd_dq_kernel<mj::bf16_t, 64, 2>: tile 128x64x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n"
+          "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 32>: tile 64x32x64 stages 2 threads 128 (tuned) [database, exact bucket], 1 launch\n");
+    const codegen::Launch& fwd = module.steps.front().launches.front();
+    CHECK(fwd.grid[1] == 3);  // 300 queries in 128-query blocks
+    CHECK(fwd.shared_bytes == static_cast<unsigned>(mj::FlashTile::fwd_smem(64, 2)));
+  }
+  {  // a neighbouring bucket's entry (T 512) serves, saying so
+    codegen::TuningDb db = one_entry_db(p, {.tile_m = 64, .tile_n = 32, .tile_k = 64});
+    db.entries[0].key.n_log2 = 10;
+    codegen::ScopedTuningDbOverride only(&db);
+    CHECK(kernel_names(codegen::generate_module(graph, hopper_target))[2] == "mj::flash_attention_bwd_dkdv_kernel<mj::bf16_t, 64, 32>");
+    CHECK(codegen::describe_kernel_configs(codegen::generate_module(graph, hopper_target), "").find("(tuned) [nearest tuned bucket m 2^3 n 2^10 k 2^6]") !=
+          std::string::npos);
+  }
+  // Entries naming shapes the family does not have, or fields it has not: the heuristic, with a note.
+  const std::pair<codegen::TunedFields, const char*> bad[] = {
+      {{.tile_m = 256, .tile_n = 64, .tile_k = 64}, "tile_m 256"},
+      {{.tile_m = 64, .tile_n = 48, .tile_k = 64}, "tile_n 48"},
+      {{.tile_m = 64, .tile_n = 64, .tile_k = 96}, "tile_k 96"},
+      {{.tile_m = 64, .tile_n = 64}, "tile_k 0"},
+      {{.tile_m = 64, .tile_n = 64, .tile_k = 64, .stages = 3}, "sets a field the attention family has not"}};
+  for (const auto& [fields, why] : bad) {
+    INFO(codegen::fields_str(fields));
+    const codegen::TuningDb db = one_entry_db(p, fields);
+    codegen::ScopedTuningDbOverride only(&db);
+    const std::string lines = codegen::describe_kernel_configs(codegen::generate_module(graph, hopper_target), "");
+    CHECK(lines.find("(tuned)") == std::string::npos);
+    CHECK(lines.find(std::string("(heuristic) [tuning database entry ignored: ") + why) != std::string::npos);
+  }
+  {  // 128-query forward blocks of a 128-wide head: ignored
+    const Graph wide = attention_graph(DType::bf16, 1, 2, 300, 128);
+    const codegen::TuningDb db = one_entry_db(only_attention_problem(wide), {.tile_m = 128, .tile_n = 32, .tile_k = 64});
+    codegen::ScopedTuningDbOverride only(&db);
+    CHECK(kernel_names(codegen::generate_module(wide, hopper_target))[0] == "mj::flash_attention_fwd_kernel<mj::bf16_t, 128, 1>");
+  }
+  {  // an entry of another version of the family is dropped when a file is loaded
+    codegen::TuningDb db = one_entry_db(p, {.tile_m = 128, .tile_n = 32, .tile_k = 128});
+    db.entries[0].version = "0123456789abcdef";
+    std::string summary;
+    CHECK(codegen::drop_stale_entries(db, summary) == 1);
+    CHECK(db.entries.empty());
+    CHECK(summary.find("attention") != std::string::npos);
+  }
+}
+
+TEST_CASE("gpu: every attention tuning candidate matches the CPU backend", "[cuda][gpu][attention][tuning]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  // T 300 (a multiple of no tile), D 64 packed (8 candidates), D 128 in layout bthd (2); every candidate
+  // of each problem (NVRTC compiles each: two problems only).
+  const std::tuple<std::int64_t, std::int64_t, std::optional<HeadLayout>> problems[] = {{300, 64, std::nullopt},
+                                                                                         {300, 128, HeadLayout::bthd}};
+  for (const auto& [tokens, head_dim, layout] : problems) {
+    {
+      const Graph graph = layout ? attention_graph(DType::bf16, 2, 3, tokens, head_dim, *layout)
+                                 : packed_attention_graph(DType::bf16, 2, 3, tokens, head_dim);
+      const codegen::TuningProblem p = only_attention_problem(graph);
+      for (const auto& f : codegen::find_tunable_family("attention")->candidates(p, cuda_device_target())) {
+        INFO(graph.name() << ": " << codegen::fields_str(f));
+        const codegen::TuningDb db = one_entry_db(p, f);
+        codegen::ScopedTuningDbOverride only(&db);
+        check_against_cpu({{DType::bf16, 2, 3, tokens, head_dim}}, layout);
+      }
+    }
+  }
 }

@@ -411,7 +411,8 @@ TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems deri
   for (const auto& p : codegen::collect_tuning_problems(graph, hopper)) {
     INFO(p.family << " " << p.label());
     CHECK(got.emplace(p.family + " " + p.label(), p.uses).second);  // distinct
-    CHECK(p.key == codegen::gemm_tuning_key(p.family.c_str(), p.gemm));
+    if (p.family == "attention") CHECK(p.key == codegen::attention_tuning_key(p.attention));
+    else CHECK(p.key == codegen::gemm_tuning_key(p.family.c_str(), p.gemm));
     // and each has its own database entry: the layout is in the kind
     CHECK(keys.insert(fmt::format("{} {} {} {} {} {}", p.key.family, p.key.dtype, p.key.kind, p.key.m_log2, p.key.n_log2, p.key.k_log2)).second);
   }
@@ -440,6 +441,8 @@ TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems deri
       {"matmul_simt f32 matmul m 16384 n 8 k 384", 6},
       {"matmul_simt f32 matmul m 16384 n 384 k 8 (A B^T)", 6},
       {"matmul_simt f32 matmul m 384 n 8 k 16384 (A^T B)", 6},
+      // the flash attention of every layer (forward and backward: one problem), reading the packed qkv
+      {"attention bf16 qkv B 64 H 6 T 256 Dh 64", 6},
   };
   CHECK(got == expected);
 }
