@@ -275,6 +275,8 @@ bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast);
 // mixed-precision residual x + f32(product)): the row kernel reads the bf16
 // tensor and widens it, the f32 copy is never stored.
 bool add_takes_widened(const Graph& graph, const Op& add, const Op& cast);
+// The same as a norm backward's dy (f32, rows the warp row kernel takes).
+bool norm_grad_takes_widened_dy(const Graph& graph, const Op& norm_grad_op, const Op& add, const Op& cast);
 void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store_y, const Op* widened = nullptr);
 // The backward's add of a norm's dx and another gradient, fused into the
 // norm backward's row kernel (equal shapes, float, rows of at most 1024;
@@ -285,7 +287,9 @@ bool norm_grad_takes_addend(const Graph& graph, const Op& norm_grad_op, const Op
 // the next matmul backward reads); the emitter of the norm backward with
 // the add and / or the cast (either may be null; ctx at the norm backward).
 bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* add, const Op& cast);
-void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast);
+// dy_add / dy_cast (or null): dy = f32 tensor + f32(bf16 tensor), a fused
+// two-op chain (add_takes_widened) the row kernel computes from both.
+void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast, const Op* dy_add = nullptr, const Op* dy_cast = nullptr);
 
 // An elementwise op folded into the epilogue of the GEMM producing its
 // operand (passes/fuse_gemm_epilogue.cpp): what the GEMM's emitter writes
@@ -329,6 +333,7 @@ struct OpGroup {
   std::vector<int> ops;  // graph order
   std::vector<ValueId> internal;
   std::vector<std::pair<ValueId, ValueId>> in_place;  // see ModuleCode::in_place
+  bool runs_at_anchor = false;  // position = anchor, not the first member (op_groups.cpp, add_widened_dy)
 };
 // step_of_op: per op, the op index at which its step runs (its own index,
 // or the last op of its fused elementwise group).

@@ -242,7 +242,10 @@ void norm(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr,
 // another gradient, computed in the row kernel (norm_grad_takes_addend).
 // `cast` (or null): an mj.cast to bf16 of what the row kernel writes (dx,
 // or the add's result): it writes that bf16 copy too.
-void norm_grad(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr) {
+// `dy_add` (or null): dy is that add of an f32 tensor and `dy_cast`, an
+// mj.cast to f32 of a bf16 tensor (add_takes_widened): the kernel reads both.
+void norm_grad(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nullptr, const Op* dy_add = nullptr,
+               const Op* dy_cast = nullptr) {
   const TensorType& x = ctx.in(0);
   std::int64_t c = x.dim(-1), rows = x.numel() / c;
   TileConfig row_config = TileConfig::fixed_threads(256);
@@ -260,7 +263,14 @@ void norm_grad(EmitContext& ctx, bool layer, const Op* add, const Op* cast = nul
     row_pointers.push_back({&r.dx_addend, B::of(add->operands[add->operands[0] == ctx.result(0) ? 1 : 0])});
   }
   if (cast) row_pointers.push_back({&r.dx16, B::of(cast->results[0])});
-  MOEJIT_ASSERT((!add && !cast) || warp_row_per_lane(c) > 0, "a fused gradient add or cast needs the warp kernel");
+  if (dy_add) {
+    MOEJIT_ASSERT(dy_cast && dy_add->results[0] == ctx.operand(2) && add_takes_widened(ctx.graph(), *dy_add, *dy_cast),
+                  "norm_grad: dy is the add of the widened bf16 tensor");
+    const int w = dy_add->operands[0] == dy_cast->results[0] ? 0 : 1;
+    row_pointers[2] = {&r.dy, B::of(dy_add->operands[1 - w])};
+    row_pointers.push_back({&r.dy16, B::of(dy_cast->operands[0])});
+  }
+  MOEJIT_ASSERT((!add && !cast && !dy_add) || warp_row_per_lane(c) > 0, "a fused gradient add or cast needs the warp kernel");
   TileConfig column_config = TileConfig::fixed_threads(128);
   const unsigned finish_blocks = static_cast<unsigned>(std::clamp<std::int64_t>((c + 3) / 4, 1, 1 << 20));  // a warp per column
   if (warp_row_per_lane(c)) {
@@ -373,10 +383,10 @@ bool norm_grad_takes_cast(const Graph& graph, const Op& norm_grad_op, const Op* 
   return c.dtype == DType::bf16 && c.shape == t.shape;
 }
 
-void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast) {
+void emit_norm_grad_group(EmitContext& ctx, const Op* add, const Op* cast, const Op* dy_add, const Op* dy_cast) {
   MOEJIT_ASSERT(!add || norm_grad_takes_addend(ctx.graph(), ctx.op(), *add), "emit_norm_grad_group: dx feeds the add");
   MOEJIT_ASSERT(!cast || norm_grad_takes_cast(ctx.graph(), ctx.op(), add, *cast), "emit_norm_grad_group: the cast reads dx");
-  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, add, cast);
+  norm_grad(ctx, ctx.op().kind == OpKind::LayerNormGrad, add, cast, dy_add, dy_cast);
 }
 
 bool norm_takes_cast(const Graph& graph, const Op& norm_op, const Op& cast) {
@@ -393,6 +403,13 @@ void emit_norm_group(EmitContext& ctx, const Op* add, const Op* cast, bool store
   MOEJIT_ASSERT(!cast || norm_takes_cast(ctx.graph(), ctx.op(), *cast), "emit_norm_group: the cast reads the norm");
   MOEJIT_ASSERT(!widened || (add && add_takes_widened(ctx.graph(), *add, *widened)), "emit_norm_group: the widened operand feeds the add");
   norm(ctx, ctx.op().kind == OpKind::LayerNorm, add, cast, store_y, widened);
+}
+
+bool norm_grad_takes_widened_dy(const Graph& graph, const Op& norm_grad_op, const Op& add, const Op& cast) {
+  if (norm_grad_op.kind != OpKind::LayerNormGrad && norm_grad_op.kind != OpKind::RmsNormGrad) return false;
+  if (add.results.size() != 1 || norm_grad_op.operands[2] != add.results[0] || !add_takes_widened(graph, add, cast)) return false;
+  const TensorType& dy = graph.type(add.results[0]);
+  return dy.dtype == DType::f32 && dy.rank() >= 1 && warp_row_per_lane(dy.dim(-1)) != 0 && dy == graph.type(norm_grad_op.results[0]);
 }
 
 bool add_takes_widened(const Graph& graph, const Op& add, const Op& cast) {

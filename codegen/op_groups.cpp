@@ -18,7 +18,9 @@
 //                backward. With (or without) the add, an mj.cast to bf16 of
 //                what the row kernel writes (the sum, or dx): the bf16
 //                residual gradient the next matmul backward reads, written
-//                by the same kernel.
+//                by the same kernel. And its dy when that is the fused
+//                chain x + f32(bf16 gradient) read only by it: the kernel
+//                reads both parts (neither the f32 copy nor the sum is stored).
 //   sum_squares  every mj.sum over all elements of an mj.mul(g, g) read only
 //                by that sum (the squares of clip_grad_norm,
 //                frontends/optim.cpp): two launches per 32 tensors. Runs at
@@ -61,7 +63,9 @@
 // A group runs at its first member, so it is formed only when every value
 // its members read from outside the group is ready before that point (an
 // argument, or computed by an earlier step); moving work earlier never
-// breaks a consumer. Algorithm: one walk over the ops per kind, the
+// breaks a consumer (one exception: a norm backward whose dy chain joined
+// it runs at the norm backward, which alone reads that chain's results).
+// Algorithm: one walk over the ops per kind, the
 // readiness of each value from the step that computes it (a fused
 // elementwise group computes at its last op).
 //
@@ -141,7 +145,7 @@ class GroupFinder {
   }
   void take(OpGroup& g) {
     std::sort(g.ops.begin(), g.ops.end());
-    g.position = g.ops.front();
+    g.position = g.runs_at_anchor ? g.anchor : g.ops.front();
     if (g.kind != OpGroup::Kind::norm_grad_add) g.anchor = g.ops.back();
     for (int m : g.ops) taken_[static_cast<std::size_t>(m)] = true;
   }
@@ -216,6 +220,7 @@ class GroupFinder {
         OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, i}, {v}, {}};
         if (!inputs_ready(g.ops, ng)) continue;
         if (const int cast = norm_grad_cast(ng, &add, i); cast >= 0) g.ops.push_back(cast);
+        add_widened_dy(g, ng);
         take(g);
         groups.push_back(std::move(g));
         break;
@@ -224,13 +229,37 @@ class GroupFinder {
     for (int ng = 0; ng < static_cast<int>(ops_.size()); ++ng) {
       const OpKind kind = op(ng).kind;
       if ((kind != OpKind::LayerNormGrad && kind != OpKind::RmsNormGrad) || !alone(ng)) continue;
-      const int cast = norm_grad_cast(ng, nullptr, ng);
-      if (cast < 0) continue;
-      OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng, cast}, {}, {}};
+      OpGroup g{OpGroup::Kind::norm_grad_add, ng, ng, {ng}, {}, {}};
+      if (const int cast = norm_grad_cast(ng, nullptr, ng); cast >= 0) g.ops.push_back(cast);
+      add_widened_dy(g, ng);
+      if (g.ops.size() == 1) continue;
       take(g);
       groups.push_back(std::move(g));
     }
   }
+
+  // dy of the norm backward `ng` as the fused chain {mj.cast to f32 of a bf16
+  // tensor, add} read only by ng (the backward's x + f32(gradient)): both
+  // join the group, which the row kernel then computes from the two
+  // (widened_operand). Such a group runs at ng, not at its first member:
+  // the chain's results are read by ng alone, so computing them later
+  // breaks no consumer, and its inputs are ready at ng (the executor's
+  // memory plan keeps them alive to the group's step).
+  void add_widened_dy(OpGroup& g, int ng) {
+    const ValueId dy = op(ng).operands[2];
+    const int add = producer(dy);
+    const int cast = widened_operand(add);
+    if (cast < 0 || uses(dy) != 1 || !norm_grad_takes_widened_dy(graph_, op(ng), op(add), op(cast))) return;
+    std::vector<int> with = g.ops;
+    with.push_back(add);
+    with.push_back(cast);
+    if (!inputs_ready(with, ng)) return;
+    g.ops = std::move(with);
+    g.internal.push_back(dy);
+    g.internal.push_back(op(cast).results[0]);
+    g.runs_at_anchor = true;
+  }
+
 
   void find_sum_squares(std::vector<OpGroup>& groups) {
     std::map<DType, std::vector<std::pair<int, int>>> by_dtype;  // (mul, sum)
@@ -555,15 +584,22 @@ void emit_norm_with(EmitContext& ctx, const OpGroup& group) {
   emit_norm_group(ctx, add, cast, store_y, widened);
 }
 
-// ctx at the norm backward; group.ops = it and its add and / or cast.
+// ctx at the norm backward; group.ops = it and its add and / or cast, and
+// the chain computing its dy (add_widened_dy).
 void emit_norm_grad_with(EmitContext& ctx, const OpGroup& group) {
-  const Op *add = nullptr, *cast = nullptr;
+  const Op *add = nullptr, *cast = nullptr, *dy_add = nullptr, *dy_cast = nullptr;
+  const ValueId dy = ctx.operand(2);
   for (int m : group.ops) {
     const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
-    if (member.kind == OpKind::Add) add = &member;
-    if (member.kind == OpKind::Cast) cast = &member;
+    if (member.kind == OpKind::Add) (member.results[0] == dy ? dy_add : add) = &member;
   }
-  emit_norm_grad_group(ctx, add, cast);
+  for (int m : group.ops) {
+    const Op& member = ctx.graph().ops()[static_cast<std::size_t>(m)];
+    if (member.kind != OpKind::Cast) continue;
+    if (dy_add && add_takes_widened(ctx.graph(), *dy_add, member)) dy_cast = &member;
+    else cast = &member;
+  }
+  emit_norm_grad_group(ctx, add, cast, dy_add, dy_cast);
 }
 
 // ctx at the GEMM; group.ops = {gemm, the folded op and / or a gather's permute}.

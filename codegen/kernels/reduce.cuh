@@ -71,8 +71,12 @@ template <class T> struct NormArgs {
 // once.
 // With `dx16` (the warp kernel only), what is written to dx is also written
 // rounded to bf16 there (an mj.cast of it to bf16, fused).
+// With `dy16` (the warp kernel only), dy is dy + f32(dy16), rounded to T as
+// mj.add rounds it: the mixed-precision x + f32(bf16 gradient) feeding the
+// norm backward, fused (neither the f32 copy nor the sum is stored).
 template <class T> struct NormGradRowsArgs {
   const T *x, *gamma, *dy;
+  const unsigned short* dy16;  // bf16 bits, or null
   T* dx;
   double* stats;
   const T* dx_addend;
@@ -409,7 +413,8 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
   const i64 c = a.c;
   const bool packed = VEC > 1 && vec_aligned<T, VEC>(a.x) && vec_aligned<T, VEC>(a.dy) && vec_aligned<T, VEC>(a.gamma) &&
                       vec_aligned<T, VEC>(a.dx) && vec_aligned<T, VEC>(a.dx_addend) &&
-                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.dx16));
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.dx16)) &&
+                      vec_aligned<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.dy16));
   A gam[GROUPS][VEC], sum_dyx[GROUPS][VEC], sum_dy[GROUPS][VEC];
 #pragma unroll
   for (int j = 0; j < GROUPS; ++j) {
@@ -428,6 +433,12 @@ __global__ void __launch_bounds__(THREADS) norm_grad_rows_warp_kernel(const Norm
       if (column < c) {
         load_vec<T, VEC>(a.x + row * c + column, packed, x[j]);
         load_vec<T, VEC>(a.dy + row * c + column, packed, dy[j]);
+        if (a.dy16) {
+          A w[VEC];
+          load_vec<bf16_t, VEC>(reinterpret_cast<const bf16_t*>(a.dy16) + row * c + column, packed, w);
+#pragma unroll
+          for (int v = 0; v < VEC; ++v) dy[j][v] = ld(st<T>(dy[j][v] + w[v]));  // rounded to T, as mj.add
+        }
       }
     }
     // The moments, two passes as row_moments (zeros past the row's end add nothing).

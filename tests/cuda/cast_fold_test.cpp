@@ -165,6 +165,24 @@ Graph product_graph(std::int64_t m, std::int64_t k, std::int64_t n, bool transpo
   return g;
 }
 
+// A norm backward whose dy is q + f32(p), p bf16 (the model's ln_2
+// backward: the experts' input gradient and the router's), then dx + r and
+// its bf16 copy: the whole chain in the norm backward's row kernel.
+Graph norm_grad_graph(std::int64_t rows, std::int64_t d) {
+  Graph g("cast_norm_grad");
+  Builder b(g);
+  Tensor x = b.input("x", {rows, d}), gamma = b.input("gamma", {d});
+  Tensor p = b.input("p", {rows, d}, DType::bf16), q = b.input("q", {rows, d}), r = b.input("r", {rows, d});
+  AttrList eps;
+  eps.set("eps", 1e-5);
+  std::vector<Tensor> grads = b.op(OpKind::LayerNormGrad, {x, gamma, b.add(q, b.cast(p, DType::f32))}, eps);
+  Tensor dx = b.add(grads[0], r);
+  b.output(dx, "dx");
+  b.output(b.cast(dx, DType::bf16), "dx16");
+  for (std::size_t k = 1; k < grads.size(); ++k) b.output(grads[k], fmt::format("param_grad{}", k));
+  return g;
+}
+
 }  // namespace
 
 TEST_CASE("fuse-gemm-epilogue marks the casts to f32 of 16-bit GEMM products, not those an elementwise chain takes", "[cuda][casts]") {
@@ -232,12 +250,14 @@ TEST_CASE("config B's bf16 training step runs no standalone cast of a GEMM produ
   //   To f32, folded into the norms: the residual adds x + f32(product) of
   //   the attention output and the MoE block per layer, each read by the
   //   next norm (ln_2, ln_1 of the next layer, ln_f): 12.
+  //   And into the norm backwards that read them: each layer's ln_2 backward
+  //   takes dy = f32(the experts' input gradient) + the router's: 6.
   //   The 25 weights' casts to bf16: one multi-tensor launch (weight_casts).
   //   Left to bf16: the 6 routes' gate weights [T, K], the loss gradient [T, vocab].
   CHECK(before.standalone == 95);
   CHECK(before.standalone - after.standalone == 57 + 25);
   CHECK(after.in_gemm == 32);
-  CHECK(after.in_norm == 25 + 12);
+  CHECK(after.in_norm == 25 + 12 + 6);
   CHECK(after.in_weight_casts == 25);
   CHECK(after.to_bf16 == 7);
   {
@@ -268,6 +288,14 @@ TEST_CASE("the cast folds: which kernels, on sm_90a and sm_80", "[cuda][casts]")
     CHECK(count_launches(m, "multi_cast_kernel") == 1);
     m = module_of(block_graph(256, 64, 128), ampere);
     CHECK(count_launches(m, "StoreWiden16<mj::bf16_t>") == 6);
+  }
+  {
+    // The norm backward computes its dy = q + f32(p) itself: no elementwise kernel left.
+    const codegen::ModuleCode m = module_of(norm_grad_graph(300, 384), hopper);
+    CHECK(count_launches(m, "elementwise_kernel") == 0);
+    CHECK(count_launches(m, "norm_grad_rows_warp_kernel") == 1);
+    // Rows of 1100 (more than the warp kernel takes): the chain stays an elementwise kernel.
+    CHECK(count_launches(module_of(norm_grad_graph(100, 1100), hopper), "elementwise_kernel") >= 1);
   }
   {
     // tokens 8192: the weight gradients split K, the finish widens.
@@ -335,6 +363,9 @@ TEST_CASE("gpu: folded casts match the CPU backend and the unfolded GPU run bit 
     INFO(fmt::format("experts tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
     check(expert_graph(c.tokens, c.d, c.f, c.experts, c.top_k), c.experts);
   }
+  check(norm_grad_graph(300, 384), 1);
+  check(norm_grad_graph(1000, 100), 1);   // rows of 100: the scalar loads
+  check(norm_grad_graph(100, 1100), 1);   // rows of 1100: not the warp kernel, nothing folded
   for (bool keep : {false, true}) {
     INFO(fmt::format("product, keep {}", keep));
     check(product_graph(300, 64, 136, false, keep), 1);
