@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "codegen/gemm_select.h"
+#include "codegen/route_config.h"
 #include "codegen/target.h"
 #include "codegen/tuning_db.h"
 #include "ir/graph.h"
@@ -32,6 +33,7 @@ struct TuningProblem {
   std::string family;  // the family that serves it (TunableFamily::name, the database's "family")
   TuningKey key;       // where its winner is stored
   GemmProblem gemm;    // the GEMM families: the problem as the emitter describes it (gemm_problem_of)
+  RouteProblem route;  // the route family (route_problem_of)
   TunedFields heuristic;  // the fields of the config the family chooses without a database
   double flops = 0.0;     // 2 * multiply-adds
   int uses = 0;           // ops of the graph with this problem
