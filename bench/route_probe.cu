@@ -492,8 +492,6 @@ template <class T> static void sweep_e64(const Case& c) {
   b.template check<4, 4, 256, 32, 3>(true);
   b.template check<4, 4, 256, 32, 2>(false);
   b.template check<8, 4, 256, 16, 2>(false);
-  b.template check<8, 2, 256, 16, 3>(false);
-  b.template check<4, 2, 128, 32, 3>(false);
   b.template check<8, 4, 128, 32, 3>(false);
 }
 
@@ -504,7 +502,6 @@ template <class T> static void sweep_e256(const Case& c) {
   b.old();
   b.template check<8, 4, 256, 16, 3>(false);
   b.template check<8, 4, 256, 16, 2>(false);
-  b.template check<8, 2, 256, 16, 3>(false);
 }
 
 template <class T> static void small_e(const Case& c) {

@@ -93,6 +93,8 @@ std::string route_fields_error(const RouteProblem& p, const TunedFields& f) {
   if (f.tile_m < rows || f.tile_m % rows || f.tile_m / rows > 8)
     return fmt::format("tile_m (tokens per block) {}: expected {} x 1..8 for {} threads of {} experts each", f.tile_m, rows, f.threads,
                        f.tile_n);
+  // A block's slots are one dispatch tile, walked 32 slots at a time: whole warps' worth.
+  if (f.tile_m % 32) return fmt::format("tile_m (tokens per block) {}: expected a multiple of 32", f.tile_m);
   const int tm = f.tile_m / rows;
   if (tm * f.tile_n > 64) return fmt::format("{} tokens x {} experts per thread: more than 64 accumulators", tm, f.tile_n);
   if (f.tile_k < v || f.tile_k > 256 || f.tile_k % v) return fmt::format("tile_k (slice depth) {}: expected a multiple of {} in [{}, 256]", f.tile_k, v, v);
@@ -156,9 +158,9 @@ std::vector<TunedFields> route_candidates(const RouteProblem& p, const Target& t
   // token, deep or shallow rings. Many (bound by the FMAs): 2- or 4-token
   // register tiles of 4 or 8 experts, short slices (W's buffers are large).
   const bool few = ep <= 32;
-  const std::vector<int> thread_counts = few ? std::vector<int>{32, 64, 128} : std::vector<int>{128, 256};
+  const std::vector<int> thread_counts = few ? std::vector<int>{32, 64, 128} : std::vector<int>{128, 256, 512};
   const int widest = std::min(ep, 32);
-  const std::vector<int> tns = few ? std::vector<int>{widest, widest / 2, widest / 4} : std::vector<int>{4, 8};
+  const std::vector<int> tns = few ? std::vector<int>{widest, widest / 2, widest / 4} : std::vector<int>{4, 8, 16};
   const std::vector<int> tms = few ? std::vector<int>{1, 2} : std::vector<int>{2, 4};
   const std::vector<int> row_bytes = few ? std::vector<int>{128, 256} : std::vector<int>{64, 128};
   const std::vector<int> stage_counts = few ? std::vector<int>{2, 4} : std::vector<int>{2, 3};

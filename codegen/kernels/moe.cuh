@@ -799,6 +799,7 @@ __global__ void __launch_bounds__(THREADS) route_kernel(const RouteArgs<T> a) {
   constexpr int WLOADS = (BK * EP + THREADS - 1) / THREADS;
   static_assert(EP % TN == 0 && THREADS % TE == 0 && THREADS % 32 == 0 && BK % V == 0 && STAGES >= 2, "route tile does not fit its thread grid");
   static_assert(TN == 1 || TN == 2 || TN % 4 == 0, "experts per thread: 1, 2 or a multiple of 4");
+  static_assert(BM % 32 == 0, "a block's slots are a dispatch tile, walked in whole warps");
   static_assert(L.smem_bytes() <= 48 * 1024, "route configuration exceeds 48 KiB of static shared memory");
   __shared__ __align__(16) unsigned char smem[BYTES];
   __shared__ int hist[EP];

@@ -153,6 +153,7 @@ TEST_CASE("route family: entries the kernel cannot take are ignored with a note"
       {.tile_m = 32, .tile_n = 3, .tile_k = 64, .stages = 4, .threads = 32},     // experts per thread no power of two
       {.tile_m = 32, .tile_n = 8, .tile_k = 62, .stages = 4, .threads = 32},     // slice not whole 16-byte pieces
       {.tile_m = 48, .tile_n = 8, .tile_k = 64, .stages = 4, .threads = 32},     // tokens not a multiple of the thread rows
+      {.tile_m = 16, .tile_n = 4, .tile_k = 64, .stages = 4, .threads = 32},     // a tile of less than a warp's 32 tokens
       {.tile_m = 128, .tile_n = 8, .tile_k = 64, .stages = 4, .threads = 128},   // 136 KiB of ring
       {.tile_m = 32, .tile_n = 8, .tile_k = 64, .stages = 1, .threads = 32},     // one stage
       {.tile_m = 32, .tile_n = 8, .tile_k = 64, .stages = 4, .threads = 96},     // threads
