@@ -14,6 +14,7 @@
 #include "codegen/kernels/matmul.cuh"
 #include "codegen/kernels/moe.cuh"
 #include "codegen/kernels/reduce.cuh"
+#include "codegen/route_config.h"
 #include "codegen/simt_matmul.h"
 #include "ir/error.h"
 #include "ir/moe_shapes.h"
@@ -58,7 +59,8 @@ void dispatch_finish(EmitContext& ctx, ValueId experts, ValueId slots, ValueId o
                      const DispatchTiles& tiling);
 
 // dispatch as three launches (see codegen/kernels/moe.cuh): per-tile counts,
-// one scan, stable per-tile scatter. A tile is `tile` slots owned by one
+// one scan, stable per-tile scatter (the last two one launch when E x tiles
+// is small: dispatch_finish). A tile is `tile` slots owned by one
 // warp; the tile grows with the slot count so there are at most ~1024 tiles.
 void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets, ValueId positions, ValueId counts) {
   const TensorType& et = ctx.graph().type(experts);
@@ -93,6 +95,27 @@ void dispatch_finish(EmitContext& ctx, ValueId experts, ValueId slots, ValueId o
   std::int64_t tile = tiling.tile, num_tiles = tiling.tiles, ranks = tiling.ranks;
   TileConfig warps = TileConfig::fixed_threads(256);
   unsigned warp_blocks = blocks_for(num_tiles * 32, 256);
+
+  // Few tiles: the scan redone by every block of the scatter (each reads all
+  // E x tiles counts, at most 32 a thread), one launch instead of two.
+  if (E <= 256 && E * num_tiles <= 8192) {
+    mj::DispatchScanScatterArgs f{};
+    f.num_slots = num_slots;
+    f.E = static_cast<int>(E);
+    f.capacity = capacity;
+    f.block = block;
+    f.tile = tile;
+    f.tiles = num_tiles;
+    ctx.launch("moe", instantiation("dispatch_scan_scatter_kernel", {threads_of(warps)}), warps,
+               {static_cast<unsigned>((num_tiles + warps.threads / 32 - 1) / (warps.threads / 32))}, f,
+               {{&f.experts, B::of(experts)},
+                {&f.ranks, B::scratch(ranks)},
+                {&f.offsets, B::of(offsets)},
+                {&f.counts, B::of(counts)},
+                {&f.slots, B::of(slots)},
+                {&f.positions, B::of(positions)}});
+    return;
+  }
 
   TileConfig one_block = TileConfig::fixed_threads(1024);
   mj::DispatchScanArgs scan{};
@@ -502,54 +525,30 @@ void emit_ZLossGrad(EmitContext& ctx) {
 // ---- fused forms ----
 namespace {
 
-// The fused router's thread grid for E experts (route_kernel in
-// codegen/kernels/moe.cuh): EP = E rounded up to a power of two from 8, TN
-// experts and 4 tokens per thread. Blocks hold 64 tokens (32 at EP 256, so
-// the [BM, EP+1] f32 logits tile stays within 48 KiB of shared memory).
-struct RouteShape {
-  int ep = 0, tn = 0, tm = 4, threads = 0;
-  int block_tokens() const { return threads / (ep / tn) * tm; }
-};
-
-RouteShape route_shape(std::int64_t E) {
-  RouteShape r;
-  r.ep = 8;
-  while (r.ep < E) r.ep *= 2;
-  switch (r.ep) {
-    case 8: r.tn = 1, r.threads = 128; break;
-    case 16: r.tn = 2, r.threads = 128; break;
-    case 32: r.tn = 4, r.threads = 128; break;
-    case 64: r.tn = 4, r.threads = 256; break;
-    case 128: r.tn = 8, r.threads = 256; break;
-    default: r.tn = 8, r.threads = 256; break;  // 256
-  }
-  return r;
-}
-
-// moe.route with E <= 256 on f32 / bf16 / f16: route_kernel (logits, gate,
-// per-block expert counts), then dispatch's scan and scatter, then permute.
-// Four launches, no host synchronization.
-void fused_route(EmitContext& ctx) {
-  const TensorType& x = ctx.in(0);
-  const std::int64_t tokens = x.dim(0), E = ctx.in(1).dim(1), top_k = ctx.attrs().get_int("top_k");
-  const RouteShape shape = route_shape(E);
+// moe.route with E <= 256 on f32 / bf16 / f16 (route_problem_of): route_kernel
+// (logits, gate, per-block expert counts) in the configuration choose_route
+// gives (a tuning database's entry, else the heuristic), then dispatch's
+// scan and scatter (one launch at few tiles), then permute when xs is
+// read. Two to four launches, no host synchronization.
+void fused_route(EmitContext& ctx, const RouteProblem& problem) {
+  const std::int64_t tokens = problem.tokens, E = problem.experts, top_k = problem.top_k;
+  const RouteConfig config = choose_route(problem, ctx.target());
   DispatchTiles tiling;
-  tiling.tile = shape.block_tokens() * top_k;
-  tiling.tiles = std::max<std::int64_t>((tokens + shape.block_tokens() - 1) / shape.block_tokens(), 1);
+  tiling.tile = config.block_tokens() * top_k;
+  tiling.tiles = std::max<std::int64_t>((tokens + config.block_tokens() - 1) / config.block_tokens(), 1);
   tiling.ranks = ctx.scratch(E * tiling.tiles * 4);
   mj::RouteArgs<void> a{};
   a.tokens = tokens;
-  a.D = x.dim(1);
+  a.D = problem.d;
   a.rows = ctx.out(3).dim(0);
   a.tiles = tiling.tiles;
   a.E = static_cast<int>(E);
   a.K = static_cast<int>(top_k);
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
-  TileConfig config = TileConfig::fixed_threads(shape.threads);
   ctx.launch("moe",
-             instantiation("route_kernel", {ctx.in_type(0), std::to_string(shape.ep), std::to_string(shape.tn), std::to_string(shape.tm),
-                                            threads_of(config)}),
-             config, {static_cast<unsigned>(tiling.tiles)}, a,
+             instantiation("route_kernel", {ctx.in_type(0), std::to_string(config.ep), std::to_string(config.tn), std::to_string(config.tm),
+                                            std::to_string(config.threads), std::to_string(config.bk), std::to_string(config.stages)}),
+             config.tile, {static_cast<unsigned>(tiling.tiles)}, a,
              {{&a.x, B::of(ctx.operand(0))},
               {&a.w, B::of(ctx.operand(1))},
               {&a.bias, ctx.has_operand(2) ? B::of(ctx.operand(2)) : B::none()},
@@ -571,9 +570,8 @@ void fused_route(EmitContext& ctx) {
 // router product through the SIMT matmul, then the unfused kernels.
 void emit_Route(EmitContext& ctx) {
   const TensorType& x = ctx.in(0);
-  if (ctx.in(1).dim(1) <= 256 && x.dtype != DType::f64 && ctx.in(1).dtype == x.dtype &&
-      (!ctx.has_operand(2) || ctx.in(2).dtype == x.dtype)) {
-    fused_route(ctx);
+  if (const std::optional<RouteProblem> problem = route_problem_of(ctx.graph(), ctx.op())) {
+    fused_route(ctx, *problem);
     return;
   }
   mj::MatmulArgs<void> a{};

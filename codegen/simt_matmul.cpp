@@ -34,12 +34,14 @@ void launch_simt_matmul(EmitContext& ctx, const TileConfig& c, const mj::MatmulA
   const std::int64_t acc_bytes = dtype == DType::f64 ? 8 : 4;
   if (a.N <= 32 && a.a_sm == 1) {
     // Narrow, with A's M contiguous (a router's x^T dlogits): the warp
-    // shape of matmul_split_k_narrow_kernel, its own split (about four
-    // blocks per SM, slices of at least 64 k).
+    // shape of matmul_split_k_narrow_kernel, its own split: about two
+    // blocks per SM, one wave (the kernel's ~100 registers a thread fit two
+    // 256-thread blocks on an SM; four per SM made two waves of short
+    // slices), slices of at least 64 k.
     const int np = a.N <= 8 ? 8 : a.N <= 16 ? 16 : 32;
     const int vec = std::min(16 / static_cast<int>(dtype_size(dtype)), 32 / np);
     const std::int64_t m_blocks = (a.M + 32 * vec - 1) / (32 * vec);
-    const std::int64_t wanted = std::clamp<std::int64_t>((4 * ctx.target().sm_count + m_blocks * batch - 1) / (m_blocks * batch), 1, 65535);
+    const std::int64_t wanted = std::clamp<std::int64_t>((2 * ctx.target().sm_count + m_blocks * batch - 1) / (m_blocks * batch), 1, 65535);
     s.chunk = std::max<std::int64_t>((a.K + wanted - 1) / wanted, 64);
     s.chunk = (s.chunk + 31) / 32 * 32;
     s.split = (a.K + s.chunk - 1) / s.chunk;
@@ -50,8 +52,10 @@ void launch_simt_matmul(EmitContext& ctx, const TileConfig& c, const mj::MatmulA
     const std::vector<Bind> pointers = {{&s.a, lhs}, {&s.b, rhs}, {&s.c, out}, {&s.partials, Buffer::scratch(partials)}};
     ctx.launch("matmul", instantiation("matmul_split_k_narrow_kernel", {type, std::to_string(np), std::to_string(vec), "256"}), narrow,
                {static_cast<unsigned>(m_blocks), static_cast<unsigned>(s.split), static_cast<unsigned>(batch)}, s, pointers);
+    // A warp per output adds its slices (matmul_split_k_finish_warp_kernel).
     TileConfig finish = TileConfig::fixed_threads(256);
-    ctx.launch("matmul", instantiation("matmul_split_k_finish_kernel", {type, "256"}), finish, {blocks_for(batch * a.M * a.N)}, s, pointers);
+    ctx.launch("matmul", instantiation("matmul_split_k_finish_warp_kernel", {type, "256"}), finish, {blocks_for(batch * a.M * a.N * 32)}, s,
+               pointers);
     return;
   }
   const std::int64_t steps = (a.K + c.tile_k - 1) / c.tile_k;

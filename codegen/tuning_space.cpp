@@ -24,6 +24,13 @@
 //   the three kernels' shared memory fits the opt-in; timed as the forward
 //   and backward of a one-op pair, its output the gradient of q, k, v.
 //
+// route (codegen/kernels/moe.cuh route_kernel, the fused router of
+//   moe.route up to 256 experts): threads, experts per thread, tokens per
+//   thread, slice depth and stages (codegen/route_config.h), where the
+//   static shared memory (mj::RouteLayout) fits 48 KiB. The entry sets
+//   tile_m (tokens per block), tile_n (experts per thread), tile_k (slice
+//   depth), stages and threads.
+//
 // Each family's version key (tuning_family_version) hashes its revision
 // (bump it when a field's meaning or the kernel's behaviour under a config
 // changes in a way nothing below sees), its space in words, and the
@@ -59,7 +66,7 @@ TunedFields sm80_fields(const TileConfig& c) { return TunedFields{.stages = c.st
 // The GEMM problem of `op` when choose_gemm (without a database) picks `family` for it.
 std::optional<TuningProblem> gemm_problem_in(GemmFamily family, const Graph& graph, const Op& op, const Target& target) {
   std::optional<GemmProblem> gemm = gemm_problem_of(graph, op);
-  if (!gemm) return std::nullopt;
+  if (!gemm || route_problem_of(graph, op)) return std::nullopt;  // a fused route runs route_kernel, no GEMM family
   GemmChoice choice;
   {
     ScopedTuningDbOverride no_database(nullptr);
@@ -207,6 +214,20 @@ std::optional<TuningProblem> attention_problem(const Graph& graph, const Op& op,
   return p;
 }
 
+// ---- the route family (codegen/route_config.h) ----
+std::optional<TuningProblem> route_family_problem(const Graph& graph, const Op& op, const Target&) {
+  std::optional<RouteProblem> route = route_problem_of(graph, op);
+  if (!route) return std::nullopt;
+  TuningProblem p;
+  p.family = "route";
+  p.key = route_tuning_key(*route);
+  p.route = *route;
+  p.heuristic = route_fields(route_heuristic(*route));
+  p.flops = 2.0 * static_cast<double>(route->tokens) * static_cast<double>(route->d) * static_cast<double>(route->experts);
+  p.uses = 1;
+  return p;
+}
+
 std::vector<TunedFields> attention_candidates(const TuningProblem& p, const Target& target) {
   std::vector<TunedFields> space;
   for (int tile_m : {64, 128})
@@ -256,6 +277,35 @@ std::string attention_limits() {
   return text;
 }
 
+std::vector<TunedFields> route_family_candidates(const TuningProblem& p, const Target& target) { return route_candidates(p.route, target); }
+
+// moe.route alone (softmax then top-k, normalized, dropless), its positions
+// the output "out": they depend on every logit, pick and rank, and an i32
+// output is compared exactly. The logits and weights are outputs too.
+Graph route_problem_graph(const TuningProblem& p) {
+  const RouteProblem& r = p.route;
+  Graph g("moejit_tune");
+  const ValueId x = g.add_arg("x", TensorType{r.dtype, {r.tokens, r.d}}, ArgRole::input);
+  const ValueId w = g.add_arg("w", TensorType{r.dtype, {r.d, r.experts}}, ArgRole::param);
+  AttrList attrs;
+  attrs.set("top_k", r.top_k);
+  attrs.set("num_experts", r.experts);
+  attrs.set("score", std::string("softmax"));
+  attrs.set("order", std::string("softmax_then_topk"));
+  attrs.set("normalize", true);
+  attrs.set("capacity_factor", 0.0);
+  attrs.set("block", std::int64_t{1});
+  std::string error;
+  const std::vector<TensorType> types = {g.type(x), g.type(w)};
+  auto results = infer_op(OpKind::Route, types, attrs, &error);
+  if (!results) throw Error(fmt::format("moejit tune: the one-op graph of \"moe.route\" is invalid: {}", error));
+  auto out = g.add_op(OpKind::Route, {x, w}, std::move(attrs), std::move(*results));
+  g.add_output(out.at(5), "out");
+  g.add_output(out.at(0), "logits");
+  g.add_output(out.at(1), "weights");
+  return g;
+}
+
 // What decides a family's configurations, as text (hashed into its version key).
 std::string sm90_limits() {
   std::string text;
@@ -286,6 +336,7 @@ std::string TuningProblem::label() const {
     const AttentionProblem& a = attention;
     return fmt::format("{} {} B {} H {} T {} Dh {}", dtype_name(a.dtype), a.layout, a.batch, a.heads, a.tokens, a.head_dim);
   }
+  if (family == "route") return route.label();
   const GemmProblem& g = gemm;
   std::string text = fmt::format("{} {} m {} n {} k {}", dtype_name(g.dtype), gemm_kind_name(g.kind), g.m, g.n, g.k);
   if (g.kind == GemmProblem::Kind::matmul) {
@@ -326,6 +377,8 @@ const std::vector<TunableFamily>& tunable_families() {
        "forward query tile (tile_m) {64, 128 for Dh <= 64} x dk/dv query step (tile_n) {32, 64} x dq query tile (tile_k) {64, 128 for "
        "Dh <= 64}, within the shared memory opt-in",
        1, attention_limits, attention_problem, attention_candidates, attention_problem_graph},
+      {"route", "threads 32-256, experts per thread, tokens per thread 1-4, slices of 64-256 bytes, stages 2 or 4, within 48 KiB", 1,
+       route_limits, route_family_problem, route_family_candidates, route_problem_graph},
   };
   return families;
 }

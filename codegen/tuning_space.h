@@ -23,6 +23,7 @@
 
 #include "codegen/attention_select.h"
 #include "codegen/gemm_select.h"
+#include "codegen/route_config.h"
 #include "codegen/target.h"
 #include "codegen/tuning_db.h"
 #include "ir/graph.h"
@@ -34,6 +35,7 @@ struct TuningProblem {
   TuningKey key;       // where its winner is stored
   GemmProblem gemm;    // the GEMM families: the problem as the emitter describes it (gemm_problem_of)
   AttentionProblem attention;  // family "attention": the problem as the emitter describes it (attention_problem_of)
+  RouteProblem route;  // the route family (route_problem_of)
   TunedFields heuristic;  // the fields of the config the family chooses without a database
   double flops = 0.0;     // 2 * multiply-adds
   int uses = 0;           // ops of the graph with this problem

@@ -171,6 +171,27 @@ __global__ void __launch_bounds__(THREADS) matmul_split_k_finish_kernel(const Ma
   }
 }
 
+// The same sum for matmul_split_k_narrow_kernel's partials, a warp per
+// output: lane l adds slices l, l + 32, ... in order, then warp_reduce's
+// fixed tree. A thread per output walked its ~170 slices one dependent
+// load after another (15 us for 3072 outputs); the order of the sum is
+// still fixed by the shapes, so the result is the same bits every run.
+template <class T, int THREADS>
+__global__ void __launch_bounds__(THREADS) matmul_split_k_finish_warp_kernel(const MatmulSplitArgs<T> a) {
+  typedef typename acc_of<T>::type A;
+  const A* parts = static_cast<const A*>(a.partials);
+  const i64 mn = a.M * a.N;
+  const WarpRows w;
+  for (i64 i = w.warp; i < a.batch * mn; i += w.warps) {
+    const i64 z = i / mn, o = i % mn;
+    const A* p = parts + z * a.split * mn + o;
+    A acc = A(0);
+    for (i64 s = w.lane; s < a.split; s += 32) acc += p[s * mn];
+    acc = warp_reduce(acc, SumOp());
+    if (w.lane == 0) a.c[i] = st<T>(acc);
+  }
+}
+
 // The split-K shape for a narrow product (N <= NP <= 32) whose A has its M
 // axis contiguous (a_sm == 1: the x^T of a router's weight gradient, x
 // [tokens, D] read as A [D, tokens]), where the tiled kernel above leaves

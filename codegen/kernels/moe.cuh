@@ -4,10 +4,11 @@
 // with capacity and block padding, stable scatter in slot order), permute,
 // combine and the auxiliary losses. Index tensors are i32.
 // Routing is built for latency: the gate and its backward give each token a
-// warp, and dispatch is three multi-block launches (per-tile histograms,
-// one scan, a stable per-tile scatter) instead of one serial block.
-// moe.route fuses the router product, the gate and the per-tile histograms
-// into one kernel (route_kernel), then runs dispatch's scan and scatter.
+// warp, and dispatch is multi-block launches (per-tile histograms, one scan,
+// a stable per-tile scatter; the scan and scatter one launch at few tiles)
+// instead of one serial block. moe.route fuses the router product, the gate
+// (a thread per token up to 32 experts) and the per-tile histograms into one
+// kernel (route_kernel), then runs dispatch's scan and scatter.
 // The argument structs (host and device) come first; each kernel's comment
 // below says what it computes.
 #pragma once
@@ -57,6 +58,31 @@ template <class T> struct RouteArgs {
   int E, K, softmax_score, score_first, normalize;
 };
 
+// route_kernel's configuration (its template arguments but the type) and
+// what follows from it, for the host (the emitter, the tuner's candidates)
+// and the kernel alike: tokens per block, the staged row stride, and the
+// static shared memory, which must stay within 48 KiB.
+#if MOEJIT_DEVICE_CODE
+#define MOEJIT_ROUTE_HD __host__ __device__
+#else
+#define MOEJIT_ROUTE_HD
+#endif
+struct RouteLayout {
+  int ep, tn, tm, threads, bk, stages, elem;  // elem: sizeof(T)
+  MOEJIT_ROUTE_HD constexpr int te() const { return ep / tn; }
+  MOEJIT_ROUTE_HD constexpr int block_tokens() const { return threads / te() * tm; }
+  MOEJIT_ROUTE_HD constexpr int x_stride() const { return bk + 16 / elem; }  // elements per staged row
+  MOEJIT_ROUTE_HD constexpr int ring_bytes() const { return stages * block_tokens() * x_stride() * elem; }
+  MOEJIT_ROUTE_HD constexpr int w_bytes() const { return 2 * bk * ep * 4; }
+  MOEJIT_ROUTE_HD constexpr int tile_bytes() const { return block_tokens() * (ep + 1) * 4; }
+  // The ring and W's two buffers while multiplying, then the logits tile in
+  // the same bytes; and the histogram.
+  MOEJIT_ROUTE_HD constexpr int product_bytes() const { return ring_bytes() + w_bytes(); }
+  MOEJIT_ROUTE_HD constexpr int smem_bytes() const {
+    return (product_bytes() > tile_bytes() ? product_bytes() : tile_bytes()) + ep * 4;
+  }
+};
+
 struct DispatchCountArgs {
   const int* experts;
   int* ranks;
@@ -87,6 +113,22 @@ struct DispatchScatterArgs {
   i64 num_slots;
   int E;
   i64 capacity;
+  i64 tile;
+  i64 tiles;
+};
+
+// dispatch_scan and dispatch_scatter in one launch (dispatch_scan_scatter_kernel).
+struct DispatchScanScatterArgs {
+  const int* experts;
+  const int* ranks;  // [E, tiles]: per-tile counts (read only)
+  int* offsets;
+  int* counts;
+  int* slots;
+  int* positions;
+  i64 num_slots;
+  int E;
+  i64 capacity;
+  i64 block;
   i64 tile;
   i64 tiles;
 };
@@ -482,24 +524,115 @@ template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scatt
   }
 }
 
-// ---- moe.route: the fused router, one launch ----
+// dispatch_scan + dispatch_scatter as one launch, for E <= 256 and few
+// tiles (the emitter's limit on E * tiles: every block reads all counts).
+// Warp w of block b owns tile t = b * WARPS + w. Each block computes from
+// the counts, independently of the others: per expert the count of the
+// tiles before its first (each expert a warp, lanes over tiles), the
+// running rank of each of its tiles (a scan over its WARPS tiles), the
+// total, and from the totals the offsets (block 0 stores offsets and
+// counts). Then each warp walks its tile as dispatch_scatter does, its
+// running ranks in shared memory. Integer sums: the result is exactly the
+// two launches' (and the CPU's sequential walk).
+template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scan_scatter_kernel(const DispatchScanScatterArgs a) {
+  constexpr int WARPS = THREADS / 32, EMAX = 256;
+  static_assert(THREADS % 32 == 0 && WARPS <= 32, "dispatch_scan_scatter: 1 to 32 warps");
+  __shared__ int base[WARPS][EMAX];
+  __shared__ int total[EMAX];
+  __shared__ int offs[EMAX + 1];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const i64 first = (i64)blockIdx.x * WARPS;
+  for (int e = warp; e < a.E; e += WARPS) {
+    const int* row = a.ranks + (i64)e * a.tiles;
+    int before = 0, all = 0;
+    constexpr int U = 4;  // loads in flight per lane
+    for (i64 j0 = lane; j0 < a.tiles; j0 += 32 * U) {
+      int c[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) c[u] = j0 + 32 * u < a.tiles ? row[j0 + 32 * u] : 0;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        all += c[u];
+        if (j0 + 32 * u < first) before += c[u];
+      }
+    }
+    all = warp_reduce(all, SumOp());
+    int carry = warp_reduce(before, SumOp());
+    const int mine = lane < WARPS && first + lane < a.tiles ? row[first + lane] : 0;
+    const int start = warp_exclusive_scan(mine, lane, &carry);
+    if (lane < WARPS) base[lane][e] = start;
+    if (lane == 0) total[e] = all;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    int carry = 0;
+    for (int e0 = 0; e0 < a.E; e0 += 32) {
+      const int e = e0 + lane;
+      const i64 kept = e < a.E ? (total[e] < a.capacity ? total[e] : a.capacity) : 0;
+      const int padded = (int)((kept + a.block - 1) / a.block * a.block);
+      const int before = warp_exclusive_scan(padded, lane, &carry);
+      if (e < a.E) offs[e] = before;
+    }
+    if (lane == 0) offs[a.E] = carry;
+    if (blockIdx.x == 0)
+      for (int e = lane; e <= a.E; e += 32) {
+        a.offsets[e] = offs[e];
+        if (e < a.E) a.counts[e] = total[e];
+      }
+  }
+  __syncthreads();
+  const i64 w = first + warp;
+  if (w >= a.tiles) return;
+  int* running = base[warp];
+  for (i64 s0 = w * a.tile; s0 < (w + 1) * a.tile && s0 < a.num_slots; s0 += 32) {
+    const i64 s = s0 + lane;
+    const int e = s < a.num_slots ? a.experts[s] : -1;
+    const bool valid = e >= 0 && e < a.E;
+    const unsigned group = __match_any_sync(0xffffffffu, valid ? e : -1);
+    const int leader = __ffs(group) - 1;
+    int start = valid && lane == leader ? running[e] : 0;
+    start = __shfl_sync(0xffffffffu, start, leader);
+    const i64 rank = start + __popc(group & lanes_below(lane));
+    if (valid && lane == leader) running[e] = start + __popc(group);
+    __syncwarp();
+    if (s >= a.num_slots) continue;
+    if (valid && rank < a.capacity) {
+      const int row = offs[e] + (int)rank;
+      a.slots[row] = (int)s;
+      a.positions[s] = row;
+    } else {
+      a.positions[s] = -1;
+    }
+  }
+}
+
+// ---- moe.route: the fused router ----
 // Block b owns the BM tokens m0 = b*BM .. m0+BM-1 (its slots are dispatch
 // tile b, so tile = BM*K and `ranks` is laid out as dispatch_count's):
-//   1. logits = x[m0.., :] W_r, f32 accumulation. The block steps through D
-//      in slices of BK: each slice of x (BM x BK, read once from memory, the
-//      next slice fetched into registers while this one is multiplied) and
-//      of W_r (BK x EP, from L2) is staged in shared memory as f32. A TR x TE
-//      grid of threads each owns TM consecutive tokens x TN consecutive
-//      experts, read from shared memory as float4 / float2 vectors.
+//   1. logits = x[m0.., :] W_r, f32 accumulation, each logit one thread's
+//      sequential sum over k = 0..D-1 (the SIMT matmul's order, so the fused
+//      and unfused routers agree bit for bit). The block steps through D in
+//      slices of BK. x slices go straight from memory into a ring of STAGES
+//      shared-memory buffers (cp.async, 16-byte pieces, STAGES-1 slices in
+//      flight while one is multiplied; rows BM x BK elements of T, 16 bytes
+//      of padding per row so that eight consecutive rows read as 16-byte
+//      vectors hit distinct banks). W_r slices (BK x EP, from L2) are loaded
+//      one slice ahead into registers and staged as f32 in two buffers.
+//      Thread (te, tr) of a TE x TR grid owns tokens tr, tr + TR, ... (TM of
+//      them) and experts te*TN .. te*TN+TN-1.
 //   2. The logits, rounded to T, go to shared memory (the tile [BM, EP+1]
-//      reuses the staging buffer) and out to global memory, coalesced.
-//   3. Gate: a warp per token, gate_token as gate_kernel runs it (equal
-//      logits give equal choices), the keys held in registers across the K
-//      rounds; each pick adds 1 to the block's shared histogram.
+//      reuses the ring) and out to global memory, coalesced.
+//   3. Gate. EP <= 32: a thread per token (gate_thread, all in registers:
+//      no shuffles, no round trip through memory); else a warp per token
+//      (gate_token, the keys held in registers across the K rounds). Both
+//      compute exactly what gate_kernel computes from the same logits. Each
+//      pick adds 1 to the block's shared histogram.
 //   4. ranks[e, b] = the block's count of expert e; every block also sets a
 //      stretch of slots to -1, as dispatch_count does.
-// dispatch_scan and dispatch_scatter finish the dispatch from `ranks`.
-// EP = E rounded up to 8..256; experts e >= E are zero columns never read.
+// Dispatch's scan and scatter finish the dispatch from `ranks`.
+// EP = E rounded up (8..256); experts e >= E are zero columns never read.
+// The shared memory of a configuration (route_smem_bytes) must stay within
+// the 48 KiB of static shared memory.
 template <class T> __device__ __forceinline__ void load4_raw(const T* p, float4& v);
 template <> __device__ __forceinline__ void load4_raw<float>(const float* p, float4& v) { v = *reinterpret_cast<const float4*>(p); }
 template <class T> __device__ __forceinline__ void load4_half(const T* p, float4& v) {
@@ -514,18 +647,35 @@ template <class T> __device__ __forceinline__ void load4_half(const T* p, float4
 template <> __device__ __forceinline__ void load4_raw<bf16_t>(const bf16_t* p, float4& v) { load4_half(p, v); }
 template <> __device__ __forceinline__ void load4_raw<f16_t>(const f16_t* p, float4& v) { load4_half(p, v); }
 
-// p[k .. k+3] as f32, zeros at and past `end`; `vec`: one aligned vector load.
-template <class T> __device__ __forceinline__ float4 route_load4(const T* p, i64 k, i64 end, bool vec) {
-  float4 v;
-  if (vec && k + 4 <= end) {
-    load4_raw(p + k, v);
-    return v;
+__device__ __forceinline__ unsigned route_smem_addr(const void* p) {
+  unsigned r;
+  asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+  return r;
+}
+// 16 bytes global -> shared, asynchronous; the bytes past `src_bytes` (0 or 16) are zero.
+__device__ __forceinline__ void route_cp_async16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(route_smem_addr(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void route_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void route_cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// The 16 bytes at p (shared, aligned) as V = 16 / sizeof(T) floats.
+template <class T> __device__ __forceinline__ void route_chunk(const T* p, float (&v)[16 / sizeof(T)]) {
+  if constexpr (sizeof(T) == 4) {
+    float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+  } else {
+    uint4 q = *reinterpret_cast<const uint4*>(p);
+    unsigned words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      T lo, hi;
+      lo.bits = (unsigned short)(words[i] & 0xffffu);
+      hi.bits = (unsigned short)(words[i] >> 16);
+      v[2 * i] = ld(lo);
+      v[2 * i + 1] = ld(hi);
+    }
   }
-  v.x = k < end ? (float)ld(p[k]) : 0.0f;
-  v.y = k + 1 < end ? (float)ld(p[k + 1]) : 0.0f;
-  v.z = k + 2 < end ? (float)ld(p[k + 2]) : 0.0f;
-  v.w = k + 3 < end ? (float)ld(p[k + 3]) : 0.0f;
-  return v;
 }
 
 // N consecutive floats of shared memory (16-byte aligned for N % 4 == 0, 8 for N == 2).
@@ -549,93 +699,225 @@ template <int N> __device__ __forceinline__ void shared_row(const float* p, floa
   }
 }
 
-template <class T, int EP, int TN, int TM, int THREADS> __global__ void __launch_bounds__(THREADS) route_kernel(const RouteArgs<T> a) {
-  // Few experts leave the kernel bound by reading x: deeper slices keep more
-  // of it in flight per thread.
-  constexpr int BK = EP <= 32 ? 64 : 32;
+// Butterfly reduction of v[0..N) (N a power of two) in the pairing of
+// warp_reduce over lanes 0..N-1: round d combines i and i + d. With the
+// lanes past N holding the operation's identity, this is bit for bit what
+// every lane of warp_reduce returns (the op is commutative, and adding the
+// identity changes no bits for the values the gate reduces).
+template <int N, class Op> __device__ __forceinline__ float tree_reduce(float (&v)[N], Op op) {
+#pragma unroll
+  for (int d = N / 2; d > 0; d >>= 1)
+#pragma unroll
+    for (int i = 0; i < d; ++i) v[i] = op(v[i], v[i + d]);
+  return v[0];
+}
+
+// gate_token for one token by one thread, EP >= E values of `row` (shared
+// memory) held in registers: the same max, sum, keys, picks and weights
+// (the reductions in warp_reduce's tree, the picks under the same strict
+// order). Writes experts / weights [K] and adds each pick to `hist`.
+template <int EP, class T>
+__device__ __forceinline__ void gate_thread(const float* row, const T* bias, int E, int K, int softmax_score, int score_first, int normalize,
+                                            int* experts, T* weights, int* hist) {
+  float x[EP], v[EP];
+#pragma unroll
+  for (int e = 0; e < EP; ++e) x[e] = e < E ? row[e] : 0.0f;
+#pragma unroll
+  for (int e = 0; e < EP; ++e) v[e] = e < E ? MaxOp()(lowest_value<float>(), x[e]) : lowest_value<float>();
+  const float max = tree_reduce(v, MaxOp());
+#pragma unroll
+  for (int e = 0; e < EP; ++e) v[e] = e < E ? 0.0f + expf(x[e] - max) : 0.0f;
+  const float sum = tree_reduce(v, SumOp());
+  float keys[EP];
+#pragma unroll
+  for (int e = 0; e < EP; ++e) {
+    float key = !score_first ? x[e] : (softmax_score ? expf(x[e] - max) / sum : gate_sigmoid(x[e]));
+    if (bias && e < E) key += ld(bias[e]);
+    keys[e] = key;
+  }
+  int pick[EP];
+  float pick_x[EP];
+  float last_key = 0.0f;
+  int last = -1;
+#pragma unroll
+  for (int k = 0; k < EP; ++k) pick[k] = -1, pick_x[k] = 0.0f;
+#pragma unroll
+  for (int k = 0; k < EP; ++k) {
+    if (k >= K) break;  // K rounds, not EP
+    {
+      float best_key = 0.0f, best_x = 0.0f;
+      int best = -1;
+#pragma unroll
+      for (int e = 0; e < EP; ++e) {
+        if (e >= E || (last >= 0 && !pick_before(last_key, last, keys[e], e))) continue;  // taken in an earlier round
+        if (pick_before(keys[e], e, best_key, best)) {
+          best = e;
+          best_key = keys[e];
+          best_x = x[e];
+        }
+      }
+      last = best;
+      last_key = best_key;
+      pick[k] = best;
+      pick_x[k] = best_x;
+      experts[k] = best;
+      if (best >= 0) atomicAdd(&hist[best], 1);
+    }
+  }
+  float top_max = lowest_value<float>(), top_sum = 0.0f;
+  if (softmax_score && !score_first) {  // softmax over the K chosen logits
+#pragma unroll
+    for (int k = 0; k < EP; ++k) v[k] = k < K ? MaxOp()(lowest_value<float>(), pick_x[k]) : lowest_value<float>();
+    top_max = tree_reduce(v, MaxOp());
+#pragma unroll
+    for (int k = 0; k < EP; ++k) v[k] = k < K ? 0.0f + expf(pick_x[k] - top_max) : 0.0f;
+    top_sum = tree_reduce(v, SumOp());
+  }
+  float raw[EP];
+#pragma unroll
+  for (int k = 0; k < EP; ++k) {
+    const float xk = pick_x[k];
+    raw[k] = !softmax_score ? gate_sigmoid(xk) : score_first ? expf(xk - max) / sum : expf(xk - top_max) / top_sum;
+    v[k] = k < K ? 0.0f + raw[k] : 0.0f;
+  }
+  const float total = tree_reduce(v, SumOp());
+#pragma unroll
+  for (int k = 0; k < EP; ++k)
+    if (k < K) weights[k] = st<T>(normalize ? raw[k] / total : raw[k]);
+}
+
+template <class T, int EP, int TN, int TM, int THREADS, int BK, int STAGES>
+__global__ void __launch_bounds__(THREADS) route_kernel(const RouteArgs<T> a) {
+  constexpr RouteLayout L{EP, TN, TM, THREADS, BK, STAGES, (int)sizeof(T)};
+  constexpr int V = 16 / (int)sizeof(T);  // elements per 16-byte piece
   constexpr int TE = EP / TN, TR = THREADS / TE, BM = TR * TM;
-  constexpr int XS = BM + 4;  // row stride of the staged x slice [BK][XS] (keeps rows 16-byte aligned)
-  constexpr int LS = EP + 1;  // row stride of the logits tile [BM][LS]
-  constexpr int STAGE = BK * XS + BK * EP, TILE = BM * LS;
-  constexpr int FLOATS = STAGE > TILE ? STAGE : TILE;
-  constexpr int XLOADS = BM * BK / 4 / THREADS;  // float4 groups of x per thread and slice
-  constexpr int WLOADS = BK * EP / THREADS;
-  constexpr int KPL = (EP + 31) / 32;  // experts per lane in the gate
-  static_assert(TM == 4 && EP % TN == 0 && THREADS % TE == 0 && BM % 32 == 0, "route tile does not fit its thread grid");
-  static_assert(BM * BK % (4 * THREADS) == 0 && BK * EP % THREADS == 0, "route slices do not split evenly over the threads");
-  __shared__ __align__(16) float smem[FLOATS];
+  constexpr int XS = L.x_stride();           // row stride of a staged x slice, elements
+  constexpr int SLICE = BM * XS;             // elements of one ring buffer
+  constexpr int PIECES = BM * (BK / V);      // 16-byte pieces of x per slice
+  constexpr int LS = EP + 1;                 // row stride of the logits tile
+  constexpr int BYTES = L.product_bytes() > L.tile_bytes() ? L.product_bytes() : L.tile_bytes();
+  constexpr int WLOADS = (BK * EP + THREADS - 1) / THREADS;
+  static_assert(EP % TN == 0 && THREADS % TE == 0 && THREADS % 32 == 0 && BK % V == 0 && STAGES >= 2, "route tile does not fit its thread grid");
+  static_assert(TN == 1 || TN == 2 || TN % 4 == 0, "experts per thread: 1, 2 or a multiple of 4");
+  static_assert(BM % 32 == 0, "a block's slots are a dispatch tile, walked in whole warps");
+  static_assert(L.smem_bytes() <= 48 * 1024, "route configuration exceeds 48 KiB of static shared memory");
+  __shared__ __align__(16) unsigned char smem[BYTES];
   __shared__ int hist[EP];
-  float* xs = smem;            // [BK][XS]: x slice, token-major columns
-  float* ws = smem + BK * XS;  // [BK][EP]
-  float* ls = smem;            // [BM][LS] after the product
+  T* ring = reinterpret_cast<T*>(smem);                          // [STAGES][BM][XS]
+  float* ws = reinterpret_cast<float*>(smem + L.ring_bytes());  // [2][BK * EP]
+  float* ls = reinterpret_cast<float*>(smem);                    // [BM][LS] after the product
   const int tid = threadIdx.x, te = tid % TE, tr = tid / TE;
   MOEJIT_FOR_EACH(i, a.rows) a.slots[i] = -1;
   for (int e = tid; e < EP; e += THREADS) hist[e] = 0;
   const i64 m0 = (i64)blockIdx.x * BM;
-  const bool vec = a.D % 4 == 0 && ((unsigned long long)a.x % (4 * sizeof(T))) == 0;
+  const int slices = (int)((a.D + BK - 1) / BK);
+  // 16-byte pieces straight from memory when every row starts aligned; else element by element.
+  const bool vec = (a.D * (i64)sizeof(T)) % 16 == 0 && ((unsigned long long)a.x % 16) == 0;
 
-  float4 xr[XLOADS];
+  // x slice s into ring buffer s % STAGES (asynchronous when vec).
+  auto fetch_x = [&](int s) {
+    T* buf = ring + (s % STAGES) * SLICE;
+    const i64 k0 = (i64)s * BK;
+    if (vec) {
+#pragma unroll
+      for (int i = 0; i < (PIECES + THREADS - 1) / THREADS; ++i) {
+        const int g = tid + THREADS * i;
+        if (PIECES % THREADS != 0 && g >= PIECES) break;
+        const int r = g / (BK / V), c = (g % (BK / V)) * V;
+        const i64 m = m0 + r, k = k0 + c;
+        const bool inside = m < a.tokens && k < a.D;
+        route_cp_async16(buf + r * XS + c, inside ? (const void*)(a.x + m * a.D + k) : (const void*)a.x, inside ? 16 : 0);
+      }
+    } else {
+      for (int g = tid; g < BM * BK; g += THREADS) {
+        const int r = g / BK, c = g % BK;
+        const i64 m = m0 + r, k = k0 + c;
+        buf[r * XS + c] = m < a.tokens && k < a.D ? a.x[m * a.D + k] : st<T>(0.0f);
+      }
+    }
+  };
   float wr[WLOADS];
-#define MOEJIT_ROUTE_FETCH(k0)                                                                        \
-  do {                                                                                                \
-    _Pragma("unroll") for (int i = 0; i < XLOADS; ++i) {                                              \
-      int g = tid + THREADS * i, mm = g / (BK / 4), kq = g % (BK / 4);                                \
-      i64 m = m0 + mm;                                                                                \
-      xr[i] = m < a.tokens ? route_load4(a.x + m * a.D, (k0) + kq * 4, a.D, vec) : make_float4(0.f, 0.f, 0.f, 0.f); \
-    }                                                                                                 \
-    _Pragma("unroll") for (int i = 0; i < WLOADS; ++i) {                                              \
-      int g = tid + THREADS * i, kk = g / EP, e = g % EP;                                             \
-      i64 k = (k0) + kk;                                                                              \
-      wr[i] = k < a.D && e < a.E ? (float)ld(a.w[k * a.E + e]) : 0.0f;                                \
-    }                                                                                                 \
-  } while (0)
+  auto load_w = [&](int s) {
+    const i64 k0 = (i64)s * BK;
+#pragma unroll
+    for (int i = 0; i < WLOADS; ++i) {
+      const int g = tid + THREADS * i, kk = g / EP, e = g % EP;
+      const i64 k = k0 + kk;
+      wr[i] = g < BK * EP && k < a.D && e < a.E ? (float)ld(a.w[k * a.E + e]) : 0.0f;
+    }
+  };
+  auto store_w = [&](int s) {
+#pragma unroll
+    for (int i = 0; i < WLOADS; ++i) {
+      const int g = tid + THREADS * i;
+      if (g < BK * EP) ws[(s & 1) * BK * EP + g] = wr[i];
+    }
+  };
 
   float acc[TM][TN];
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
-  MOEJIT_ROUTE_FETCH(0);
-  for (i64 k0 = 0; k0 < a.D; k0 += BK) {
+
+  // Prologue: slices 0 .. STAGES-2 in flight, W slice 0 staged.
 #pragma unroll
-    for (int i = 0; i < XLOADS; ++i) {
-      int g = tid + THREADS * i, mm = g / (BK / 4), kq = g % (BK / 4);
-      xs[(kq * 4 + 0) * XS + mm] = xr[i].x;
-      xs[(kq * 4 + 1) * XS + mm] = xr[i].y;
-      xs[(kq * 4 + 2) * XS + mm] = xr[i].z;
-      xs[(kq * 4 + 3) * XS + mm] = xr[i].w;
-    }
-#pragma unroll
-    for (int i = 0; i < WLOADS; ++i) ws[tid + THREADS * i] = wr[i];
-    __syncthreads();
-    if (k0 + BK < a.D) MOEJIT_ROUTE_FETCH(k0 + BK);
-#pragma unroll 8
-    for (int kk = 0; kk < BK; ++kk) {
-      float xv[TM], wv[TN];
-      shared_row<TM>(xs + kk * XS + tr * TM, xv);
-      shared_row<TN>(ws + kk * EP + te * TN, wv);
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] += xv[i] * wv[j];
-    }
-    __syncthreads();
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < slices) fetch_x(s);
+    route_cp_async_commit();
   }
-#undef MOEJIT_ROUTE_FETCH
+  load_w(0);
+  store_w(0);
+  for (int s = 0; s < slices; ++s) {
+    route_cp_async_wait<STAGES - 2>();
+    __syncthreads();  // slice s of x and W is in place; buffers of slice s-1 are free
+    if (s + STAGES - 1 < slices) fetch_x(s + STAGES - 1);
+    route_cp_async_commit();
+    if (s + 1 < slices) load_w(s + 1);
+    const T* xb = ring + (s % STAGES) * SLICE;
+    const float* wb = ws + (s & 1) * BK * EP;
+#pragma unroll 2
+    for (int c = 0; c < BK; c += V) {
+      float xv[TM][V];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) route_chunk<T>(xb + (tr + TR * i) * XS + c, xv[i]);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        float wv[TN];
+        shared_row<TN>(wb + (c + v) * EP + te * TN, wv);
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+          for (int j = 0; j < TN; ++j) acc[i][j] += xv[i][v] * wv[j];
+      }
+    }
+    if (s + 1 < slices) store_w(s + 1);  // W buffer (s+1)&1 was last read in slice s-1
+  }
+  route_cp_async_wait<0>();
+  __syncthreads();  // every thread is done with the ring and W: they become the logits tile
 
   // The logits tile, rounded to T as the stored logits are (the gate reads those).
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < TN; ++j) ls[(tr * TM + i) * LS + te * TN + j] = (float)ld(st<T>(acc[i][j]));
+    for (int j = 0; j < TN; ++j) ls[(tr + TR * i) * LS + te * TN + j] = (float)ld(st<T>(acc[i][j]));
   __syncthreads();
   const int valid = a.tokens - m0 < BM ? (int)(a.tokens - m0) : BM;
   for (int i = tid; i < valid * a.E; i += THREADS) a.logits[m0 * a.E + i] = st<T>(ls[(i / a.E) * LS + i % a.E]);
 
-  for (int r = tid >> 5; r < valid; r += THREADS / 32) {
-    const i64 t = m0 + r;
-    gate_token<KPL>(ls + r * LS, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K, a.weights + t * a.K,
-                    hist);
+  if constexpr (EP <= 32) {
+    for (int r = tid; r < valid; r += THREADS) {
+      const i64 t = m0 + r;
+      gate_thread<EP>(ls + r * LS, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K, a.weights + t * a.K,
+                      hist);
+    }
+  } else {
+    constexpr int KPL = (EP + 31) / 32;  // experts per lane in the gate
+    for (int r = tid >> 5; r < valid; r += THREADS / 32) {
+      const i64 t = m0 + r;
+      gate_token<KPL>(ls + r * LS, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K, a.weights + t * a.K,
+                      hist);
+    }
   }
   __syncthreads();
   for (int e = tid; e < a.E; e += THREADS) a.ranks[(i64)e * a.tiles + blockIdx.x] = hist[e];

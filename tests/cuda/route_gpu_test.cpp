@@ -18,6 +18,7 @@
 #include <random>
 
 #include "codegen/cuda_codegen.h"
+#include "codegen/tuning_space.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
@@ -205,4 +206,45 @@ TEST_CASE("gpu: the fused router over many blocks, with capacity drops and in bf
   check_route(*cpu, *cuda, {.tokens = 1001, .width = 33, .experts = 16, .top_k = 4, .order = "topk_then_softmax", .bias = true,
                             .capacity_factor = 2.0, .block = 2, .dtype = DType::bf16},
               11);
+}
+
+TEST_CASE("gpu: tuned route configurations give the heuristic's results bit for bit", "[cuda][gpu][route][tuning]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cuda = make_cuda_backend();
+  const codegen::Target target = cuda_device_target();
+  // Random (not dyadic) values: the logits' rounding depends on the order
+  // of their sums, which no configuration changes.
+  for (auto [E, K, D] : {std::tuple{8, 2, 384}, std::tuple{64, 2, 256}, std::tuple{20, 3, 100}}) {
+    const RouteCase c{.tokens = 5003, .width = D, .experts = E, .top_k = K};
+    INFO(c.str());
+    Graph graph = make_route_graph(c, false);
+    std::mt19937_64 rng(77);
+    std::uniform_real_distribution<double> u(-1.0, 1.0);
+    Values args;
+    for (const auto& arg : graph.args()) {
+      HostTensor t(graph.value(arg.value).type);
+      for (std::int64_t i = 0; i < t.numel(); ++i) t.set(i, u(rng));
+      args.emplace(graph.value(arg.value).name, std::move(t));
+    }
+    Values want;
+    {
+      codegen::ScopedTuningDbOverride none(nullptr);
+      want = run_graph(*cuda, graph, args);
+    }
+    const auto problems = codegen::collect_tuning_problems(graph, target);
+    REQUIRE(problems.size() == 1);
+    const auto candidates = codegen::find_tunable_family("route")->candidates(problems[0], target);
+    REQUIRE(candidates.size() >= 3);
+    for (std::size_t i : {std::size_t{1}, candidates.size() / 2, candidates.size() - 1}) {
+      INFO(codegen::fields_str(candidates[i]));
+      codegen::TuningDb db{target.device_name, target.arch, {{problems[0].key, candidates[i], codegen::tuning_family_version("route")}}};
+      codegen::ScopedTuningDbOverride only(&db);
+      const Values got = run_graph(*cuda, graph, args);
+      for (const auto& [name, w] : want) {
+        const std::int64_t at = first_difference(got.at(name), w);
+        INFO(name << ": first difference at " << at);
+        CHECK(at == -1);
+      }
+    }
+  }
 }

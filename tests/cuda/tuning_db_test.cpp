@@ -391,7 +391,7 @@ Graph grouped_graph(bool user_tiles) {
 
 }  // namespace
 
-TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems derived by hand", "[cuda][tuning]") {
+TEST_CASE("tune: config B's training step has the 17 distinct GEMM problems and the route derived by hand", "[cuda][tuning]") {
   // Config B: T = 64 x 256 = 16384 tokens, K = 2 (32768 routed rows), D 384,
   // F 1536, E 8, 6 layers, 6 heads (qkv 1152), vocabulary 65, bf16.
   GptMoeConfig config;
@@ -412,6 +412,7 @@ TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems deri
     INFO(p.family << " " << p.label());
     CHECK(got.emplace(p.family + " " + p.label(), p.uses).second);  // distinct
     if (p.family == "attention") CHECK(p.key == codegen::attention_tuning_key(p.attention));
+    else if (p.family == "route") CHECK(p.key == codegen::route_tuning_key(p.route));
     else CHECK(p.key == codegen::gemm_tuning_key(p.family.c_str(), p.gemm));
     // and each has its own database entry: the layout is in the kind
     CHECK(keys.insert(fmt::format("{} {} {} {} {} {}", p.key.family, p.key.dtype, p.key.kind, p.key.m_log2, p.key.n_log2, p.key.k_log2)).second);
@@ -437,8 +438,9 @@ TEST_CASE("tune: config B's training step has the 18 distinct GEMM problems deri
       {"gemm_sm90 bf16 matmul m 16384 n 65 k 384 (A B^T)", 1},
       {"gemm_sm80 bf16 matmul m 16384 n 384 k 65", 1},
       {"gemm_sm80 bf16 matmul m 65 n 384 k 16384 (A^T B)", 1},
-      // the router, in f32 (mixed precision keeps it), and its gradients
-      {"matmul_simt f32 matmul m 16384 n 8 k 384", 6},
+      // the router, in f32 (mixed precision keeps it): the fused route
+      // (route_kernel: its product, gate and counts), and its gradients
+      {"route f32 route T 16384 D 384 E 8 K 2", 6},
       {"matmul_simt f32 matmul m 16384 n 384 k 8 (A B^T)", 6},
       {"matmul_simt f32 matmul m 384 n 8 k 16384 (A^T B)", 6},
       // the flash attention of every layer (forward and backward: one problem), reading the packed qkv
