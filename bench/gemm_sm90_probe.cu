@@ -307,6 +307,7 @@ int overlap(int sms) {
 }
 
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);  // every line out at once: a run cut by a timeout keeps what it printed
   CU(cuInit(0));
   int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   if (argc > 1 && std::string(argv[1]) == "--overlap") return overlap(sms);  // only the overlapped epilogue (opt-in)

@@ -105,7 +105,7 @@ layer_ab layer_overlap MOEJIT_SM90_OVERLAP
 run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90 \
   GPU_CHECK_LAYER_SHAPES=${LAYER_SHAPES:-"16384,384,1536,8,2;16384,768,3072,8,2;24576,1536,256,128,8"}
 if planned tune && (( $(left) > 70 )); then  # tune, then the step with and without the database
-  TUNE_S=$(( $(left) - 50 < 90 ? $(left) - 50 : 90 ))
+  TUNE_MAX=${TUNE_BUDGET:-90}; TUNE_S=$(( $(left) - 50 < TUNE_MAX ? $(left) - 50 : TUNE_MAX ))
   timeout $(( TUNE_S + 20 )) $B/moejit tune --config $CFG_B --config default \
     --moe-layer 16384,384,1536,8,2 --moe-layer 16384,768,3072,8,2 --moe-layer 8192,4096,14336,8,2 --moe-layer 24576,1536,256,128,8 \
     --out $O/tuned.json --budget-s $TUNE_S > /tmp/log-tune.txt 2>&1
@@ -132,7 +132,7 @@ if planned profiles; then  # PROFILES picks among b, d4096, d1536 (default all t
   profiles_wanted d4096 && profile d4096 20 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 8192,4096,14336,8,2
   profiles_wanted d1536 && profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
-run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=30
+run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=${GEMM_LIMIT:-30}
 if planned queue; then  # the helpers' runs: each tree unpacked into its own folder, its results under $O/queue-NAME
   for req in .gpu-queue/*/request.txt; do
     [[ -f "$req" ]] || continue
