@@ -435,6 +435,40 @@ __device__ __forceinline__ void store_block(const GemmArgs& args, const float (&
   }
 }
 
+// The MMAs of one stage (k-tile kt of a tile with k_count K rows) into
+// `acc`, committed as one group: the cooperative and overlapped consumers'
+// shared step. The stage is full (its barrier waited) when it is called.
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, int N>
+__device__ __forceinline__ void mma_stage(const GemmArgs& args, float (&acc)[N], unsigned char* smem, unsigned base, int s, int kt,
+                                          long long k_count, int consumer, int thread) {
+  using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
+  const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
+  if constexpr (!A_K_MAJOR) {
+    // varlen K: K-rows of the last tile past the group's end belong to
+    // the next group; zero them in this consumer's A chunk (whole
+    // 128-byte rows, so the swizzle does not matter).
+    const int valid = (int)(k_count - (long long)kt * BK);
+    if (args.varlen_k && valid < BK) {
+      uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
+      for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+    }
+  }
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < BK / 16; ++kk) {
+    // K-major: the next 16 elements are 32 bytes along the swizzled row;
+    // MN-major: 16 more K-rows of 128 bytes.
+    const unsigned a_addr = A_K_MAJOR ? a_tile + consumer * 64 * 128 + kk * 32 : a_tile + consumer * 64 * BK * 2 + kk * 2048;
+    const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
+    Mma::run(acc, smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
+             (kt > 0 || kk > 0) ? 1 : 0);
+  }
+  wgmma_commit();
+}
+
 // A tile the overlapped consumers have multiplied and not yet stored.
 struct PendingTile {
   bool valid, empty;  // empty: no K (an empty group of a weight gradient): its output is zeros
@@ -482,8 +516,6 @@ __device__ __forceinline__ void overlapped_tile(const GemmArgs& args, const Tile
                                                 const float (&old)[N], PendingTile& pending, int& it, unsigned char* smem,
                                                 unsigned base, unsigned full_bar, unsigned empty_bar, int consumer, int thread, int warp,
                                                 int lane) {
-  using Layout = SmemLayout<BM, BN, BK, STAGES>;
-  using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
   int group;
   long long row0, row_end, col0, k_begin, k_count;
   walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
@@ -492,27 +524,10 @@ __device__ __forceinline__ void overlapped_tile(const GemmArgs& args, const Tile
   auto issue = [&](int kt) {
     const int s = it % STAGES;
     mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
-    const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
-    if constexpr (!A_K_MAJOR) {
-      const int valid = (int)(k_count - (long long)kt * BK);  // varlen K: as in the cooperative loop
-      if (args.varlen_k && valid < BK) {
-        uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
-        for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-      }
-    }
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < BK / 16; ++kk) {
-      const unsigned a_addr = A_K_MAJOR ? a_tile + consumer * 64 * 128 + kk * 32 : a_tile + consumer * 64 * BK * 2 + kk * 2048;
-      const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
-      Mma::run(cur, smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
-               (kt > 0 || kk > 0) ? 1 : 0);
-    }
-    wgmma_commit();
+    mma_stage<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR>(args, cur, smem, base, s, kt, k_count, consumer, thread);
     ++it;
   };
+
   int released = it;  // the first stage not yet handed back to the producer
   auto release_all_but_last = [&] {
     wgmma_wait<1>();
@@ -655,30 +670,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
       for (int kt = 0; kt < k_tiles; ++kt, ++it) {
         const int s = it % STAGES;
         mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
-        const unsigned a_tile = base + s * Layout::kStage, b_tile = a_tile + Layout::kATile;
-        if constexpr (!A_K_MAJOR) {
-          // varlen K: K-rows of the last tile past the group's end belong to
-          // the next group; zero them in this consumer's A chunk (whole
-          // 128-byte rows, so the swizzle does not matter).
-          const int valid = (int)(k_count - (long long)kt * BK);
-          if (args.varlen_k && valid < BK) {
-            uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
-            for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-          }
-        }
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-          // K-major: the next 16 elements are 32 bytes along the swizzled row;
-          // MN-major: 16 more K-rows of 128 bytes.
-          const unsigned a_addr = A_K_MAJOR ? a_tile + consumer * 64 * 128 + kk * 32 : a_tile + consumer * 64 * BK * 2 + kk * 2048;
-          const unsigned b_addr = B_K_MAJOR ? b_tile + kk * 32 : b_tile + kk * 2048;
-          Mma::run(acc, smem_desc(a_addr, A_K_MAJOR ? 16 : 64 * BK * 2), smem_desc(b_addr, B_K_MAJOR ? 16 : 64 * BK * 2),
-                   (kt > 0 || kk > 0) ? 1 : 0);
-        }
-        wgmma_commit();
+        mma_stage<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR>(args, acc, smem, base, s, kt, k_count, consumer, thread);
         wgmma_wait<1>();  // the MMAs of the previous stage have retired: release it
         if (kt > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
       }

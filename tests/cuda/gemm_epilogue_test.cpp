@@ -34,21 +34,9 @@ Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int6
 }
 
 
-// loss = mean(f32(gelu(x w1) w2) * target), with the gradients of x, w1, w2:
-// the forward's gelu folds into x w1, the backward's gelu_grad into dy w2^T.
 Graph mlp_graph(std::int64_t m, std::int64_t d, std::int64_t f, DType dtype = DType::bf16) {
-  Graph g("epilogue_mlp");
-  Builder b(g);
-  Tensor x = b.input("x", {m, d}, dtype);
-  Tensor w1 = b.param("w1", {d, f}, dtype), w2 = b.param("w2", {f, d}, dtype);
-  Tensor target = b.input("target", {m, d});
-  Tensor y = b.matmul(b.gelu(b.matmul(x, w1)), w2);
-  b.output(y, "y");
-  b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w1", "w2"}});
-  return g;
+  return cuda_test::mlp_graph("epilogue_mlp", m, d, f, dtype);
 }
-
 
 // The module codegen makes of `graph` after the CUDA pipeline.
 codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {

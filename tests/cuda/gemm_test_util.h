@@ -88,4 +88,20 @@ inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, st
   return g;
 }
 
+// loss = mean(f32(gelu(x w1) w2) * target) (y an output too), with the
+// gradients of x, w1, w2: dense products in three layouts, the forward's
+// gelu foldable into x w1 and the backward's gelu_grad into dy w2^T.
+inline Graph mlp_graph(const std::string& name, std::int64_t m, std::int64_t d, std::int64_t f, DType dtype = DType::bf16) {
+  Graph g(name);
+  Builder b(g);
+  Tensor x = b.input("x", {m, d}, dtype);
+  Tensor w1 = b.param("w1", {d, f}, dtype), w2 = b.param("w2", {f, d}, dtype);
+  Tensor target = b.input("target", {m, d});
+  Tensor y = b.matmul(b.gelu(b.matmul(x, w1)), w2);
+  b.output(y, "y");
+  b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
+  append_backward(g, {.loss = "loss", .wrt = {"x", "w1", "w2"}});
+  return g;
+}
+
 }  // namespace moejit::cuda_test

@@ -35,18 +35,7 @@ Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int6
   return cuda_test::routed_layer_graph("overlap_layer", tokens, d, f, experts, top_k, "moe-fusions");
 }
 
-// loss = mean(f32(gelu(x w1) w2) * target) and the gradients of x, w1, w2 (dense products in three layouts).
-Graph mlp_graph(std::int64_t m, std::int64_t d, std::int64_t f) {
-  Graph g("overlap_mlp");
-  Builder b(g);
-  Tensor x = b.input("x", {m, d}, DType::bf16);
-  Tensor w1 = b.param("w1", {d, f}, DType::bf16), w2 = b.param("w2", {f, d}, DType::bf16);
-  Tensor target = b.input("target", {m, d});
-  Tensor y = b.matmul(b.gelu(b.matmul(x, w1)), w2);
-  b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w1", "w2"}});
-  return g;
-}
+Graph mlp_graph(std::int64_t m, std::int64_t d, std::int64_t f) { return cuda_test::mlp_graph("overlap_mlp", m, d, f); }
 
 codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {
   run_pipeline(graph, "cuda-pipeline");
