@@ -66,17 +66,8 @@ std::string instantiation_of(const codegen::RouteProblem& p, const TunedFields& 
 }  // namespace
 
 TEST_CASE("route family: config B's route is one problem of six uses, its product no SIMT problem", "[cuda][tuning][route]") {
-  GptMoeConfig config;
+  GptMoeConfig config = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
   config.vocab_size = 65;
-  config.n_layer = 6;
-  config.n_head = 6;
-  config.n_embd = 384;
-  config.block_size = 256;
-  config.batch_size = 64;
-  config.num_experts = 8;
-  config.top_k = 2;
-  config.d_expert = 1536;
-  validate_config(config);
   Graph graph = build_training_graph(config, DType::bf16).graph;
   PassManager manager;
   manager.add_pipeline(kCudaPipeline);

@@ -394,17 +394,8 @@ Graph grouped_graph(bool user_tiles) {
 TEST_CASE("tune: config B's training step has the 17 distinct GEMM problems and the route derived by hand", "[cuda][tuning]") {
   // Config B: T = 64 x 256 = 16384 tokens, K = 2 (32768 routed rows), D 384,
   // F 1536, E 8, 6 layers, 6 heads (qkv 1152), vocabulary 65, bf16.
-  GptMoeConfig config;
+  GptMoeConfig config = load_config_file(std::string(MOEJIT_SOURCE_DIR) + "/examples/gpt_moe/configs/config_b.json");
   config.vocab_size = 65;
-  config.n_layer = 6;
-  config.n_head = 6;
-  config.n_embd = 384;
-  config.block_size = 256;
-  config.batch_size = 64;
-  config.num_experts = 8;
-  config.top_k = 2;
-  config.d_expert = 1536;
-  validate_config(config);
   const Graph graph = after_cuda_pipeline(build_training_graph(config, DType::bf16).graph);
   std::map<std::string, int> got;
   std::set<std::string> keys;
