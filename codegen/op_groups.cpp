@@ -637,6 +637,7 @@ void emit_gemm_epilogue(EmitContext& ctx, const OpGroup& group) {
 
 std::vector<OpGroup> find_op_groups(const Graph& graph, const std::vector<int>& step_of_op, const Target& target) {
   if (const char* env = std::getenv("MOEJIT_OP_GROUPS"); env && std::string(env) == "0") return {};
+  if (!fusions_enabled()) return {};
   return GroupFinder(graph, step_of_op, target).find();
 }
 

@@ -17,6 +17,7 @@
 #include "passes/autodiff.h"
 #include "runtime/device.h"
 #include "passes/pass_manager.h"
+#include "passes/passes.h"
 #include "frontends/optim.h"
 #include "frontends/rope.h"
 
@@ -169,7 +170,9 @@ GptMoeTrainer::GptMoeTrainer(const GptMoeConfig& config, Backend& backend,
 
 std::string forward_pipeline(DType precision) {
   MOEJIT_ASSERT(precision == DType::f32 || precision == DType::bf16, "forward_pipeline: precision is f32 or bf16");
-  return precision == DType::bf16 ? "fuse-attention-qkv,moe-fusions,mixed-precision{dtype=bf16}" : "fuse-attention-qkv,moe-fusions";
+  const std::string fusions = fusions_enabled() ? "fuse-attention-qkv,moe-fusions" : "";
+  if (precision == DType::f32) return fusions;
+  return fusions.empty() ? "mixed-precision{dtype=bf16}" : fusions + ",mixed-precision{dtype=bf16}";
 }
 
 DType training_precision(const GptMoeConfig& config, const Backend& backend) {

@@ -107,8 +107,9 @@ TrainingGraph build_training_graph(const GptMoeConfig& config, DType precision =
                                    const Parallelism& parallel = {});
 
 // The pass pipeline run on the model's forward graph (training and
-// evaluation) before anything else: "moe-fusions", plus
-// "mixed-precision{dtype=bf16}" when precision is bf16.
+// evaluation) before anything else: "fuse-attention-qkv,moe-fusions" (none
+// with MOEJIT_FUSIONS=0), plus "mixed-precision{dtype=bf16}" when precision
+// is bf16.
 std::string forward_pipeline(DType precision);
 // The config's dtype on this backend: f32 or bf16 as given; auto is bf16 on
 // the CUDA backend and f32 elsewhere.

@@ -28,6 +28,12 @@ bool is_fusible_elementwise(OpKind kind);
 // (MOEJIT_CAST_FOLDS unset or 1; 0: not; anything else throws):
 // fuse-gemm-epilogue's cast and codegen's norm groups (codegen/op_groups.cpp).
 bool cast_folds_enabled();
+// Whether the fusions run at all (MOEJIT_FUSIONS unset or 1; 0: not; anything
+// else throws): with 0 the named pipelines keep only what is not a fusion
+// (moe-tiling), the trainer's forward pipeline only mixed precision, and
+// codegen forms no op groups: every op its own kernel, the unfused run the
+// fused one is checked against (passes/pipelines.cpp).
+bool fusions_enabled();
 // mixed-precision{dtype=bf16}: bf16 autocast of the matmuls (passes/mixed_precision.cpp).
 std::unique_ptr<Pass> create_mixed_precision_pass(const PassOptions& options);
 // shard-experts{rank=r world_size=N}: expert parallelism (passes/shard_experts.cpp).

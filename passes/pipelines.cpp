@@ -18,14 +18,35 @@
 //                  and the elementwise fusion groups codegen emits as one
 //                  kernel.
 //
+// With MOEJIT_FUSIONS=0 both keep only what is not a fusion: moe-fusions
+// is empty and cuda-pipeline is the tile choice alone (the unfused run).
+//
 // The CPU backend runs no pipeline: it is the reference interpreter and runs
 // a graph exactly as given (tests compare fused and unfused graphs on it).
+#include <fmt/format.h>
+
+#include <cstdlib>
+
 #include "ir/error.h"
 #include "passes/pass.h"
+#include "passes/passes.h"
 
 namespace moejit {
 
+bool fusions_enabled() {
+  const char* env = std::getenv("MOEJIT_FUSIONS");
+  if (!env || std::string(env) == "1") return true;
+  if (std::string(env) == "0") return false;
+  throw Error(fmt::format("MOEJIT_FUSIONS: expected 0 or 1, found '{}'", env));
+}
+
 const std::vector<NamedPipeline>& named_pipelines() {
+  static const std::vector<NamedPipeline> unfused = {
+      {"moe-fusions", "the MoE fusions (off: MOEJIT_FUSIONS=0)", ""},
+      {"cuda-pipeline", "what the CUDA backend runs on every graph it compiles (MOEJIT_FUSIONS=0: the tile choice alone)",
+       "moe-tiling{pad-dispatch=false}"},
+  };
+  if (!fusions_enabled()) return unfused;
   static const std::vector<NamedPipeline> pipelines = {
       {"moe-fusions", "the MoE fusions: moe.route, moe.gather_matmul, moe.matmul_combine",
        "fuse-router-permute,fuse-expert-gather-scatter"},

@@ -5,6 +5,7 @@
 #   tests     the GPU tests (GPU_CHECK_TEST_SHARDS=3 parallel processes; RERUN_S=s: a failed
 #             shard's cases again alone), beside
 #   train     the 500-step bf16/f32 loss curves and
+#   unfused   the same 500 bf16 steps with MOEJIT_FUSIONS=0 (every op its own kernel), and
 #   nproc     `gpt_moe train --nproc 1` on the GPU (--nproc 2 must fail cleanly on one GPU)
 #             (nothing timed runs beside the timed steps below);
 #   compile   the cold/warm compile of the example's module;
@@ -28,7 +29,7 @@
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer,tune,attention,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer,tune,attention,profiles,gemm,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -51,13 +52,21 @@ nproc_runs() {  # Multi-process training on one GPU: --nproc 1 trains; --nproc 2
   timeout 20 $B/gpt_moe "${NP[@]}" --nproc 2 --out_dir /tmp/np2 > /tmp/log-nproc2.txt 2>&1
   echo "gpt_moe --nproc 2 on one GPU exit $? (expected non-zero, a clear message)"; tail -3 /tmp/log-nproc2.txt
 }
+unfused_run() {  # The 500-step bf16 curve without any fusion, to hold against the fused run's (train step).
+  MOEJIT_FUSIONS=0 timeout 200 $B/gpt_moe train --device cuda --data $B/tinyshakespeare.txt --max_iters 500 --eval_interval 100 \
+    --eval_iters 20 --no_report --num_samples 0 --out_dir /tmp/unfused > /tmp/log-train-unfused.txt 2>&1
+  echo "gpt_moe train, MOEJIT_FUSIONS=0, 500 steps: exit $?"; grep -E "step +[0-9]+:.*val loss|tok/s" /tmp/log-train-unfused.txt | tail -8
+}
 # 1. tests, loss curves and the multi-process runs at once
 TEST_SPEC=${TEST_SPEC:-[gpu]}  # e.g. TEST_SPEC="[overlap],[casts]"
 run tests 150 GPU_CHECK_ONLY=tests GPU_CHECK_TESTS_LIMIT=${TESTS_LIMIT:-170} GPU_CHECK_TEST_SHARDS=${TEST_SHARDS:-3} GPU_CHECK_TEST_SPEC="$TEST_SPEC" \
   GPU_CHECK_RERUN_S=${RERUN_S:-0} &
 run train 150 GPU_CHECK_ONLY=train GPU_CHECK_ITERS=500 &
 if planned nproc; then nproc_runs > /tmp/log-nproc.txt 2>&1 & fi
+if planned unfused; then unfused_run > /tmp/log-unfused.txt 2>&1 & fi
 wait
+planned unfused && { stamp "unfused"; cat /tmp/log-unfused.txt;
+  planned train && { echo "the fused run's curve:"; grep -E "step +[0-9]+:.*val loss" /tmp/l-train/train-cuda.log | tail -6; }; }
 planned nproc && { stamp "nproc"; cat /tmp/log-nproc.txt; }
 # Uninitialized device memory read by the dispatch kernels (initcheck), after 12-02's shard failures.
 if planned initcheck && (( $(left) > 60 )); then

@@ -1,6 +1,7 @@
 // The GPT-MoE builders: parameter names and shapes (the checkpoint names),
 // the MoE block against a naive reference written here, the learning-rate
-// schedule, token sampling, and the expert report's bookkeeping.
+// schedule, token sampling, the expert report's bookkeeping, and the
+// unfused training step (MOEJIT_FUSIONS=0).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -16,6 +17,8 @@
 #include "frontends/nn.h"
 #include "frontends/trainer.h"
 #include "ir/error.h"
+#include "passes/pass_manager.h"
+#include "passes/pass.h"
 #include "runtime/backend.h"
 
 using namespace moejit;
@@ -289,5 +292,59 @@ TEST_CASE("every MoE option builds a training step that runs and lowers the loss
       for (std::int64_t e = 0; e < 4; ++e) moved += std::abs(p.at("h.0.moe.router.selection_bias").get(e));
       CHECK(moved > 0.0);  // the balancing update touched the bias
     }
+  }
+}
+
+namespace {
+
+int count_ops(const Graph& g, OpKind kind) {
+  return static_cast<int>(std::count_if(g.ops().begin(), g.ops().end(), [&](const Op& op) { return op.kind == kind; }));
+}
+
+// MOEJIT_FUSIONS for one scope (unset again afterwards: the suite never sets it).
+struct FusionsOff {
+  FusionsOff() { ::setenv("MOEJIT_FUSIONS", "0", 1); }
+  ~FusionsOff() { ::unsetenv("MOEJIT_FUSIONS"); }
+};
+
+}  // namespace
+
+TEST_CASE("MOEJIT_FUSIONS=0: the training step without fusions trains like the fused one", "[train][passes]") {
+  GptMoeConfig c = testing::tiny_training_config();
+  const TrainingGraph fused = build_training_graph(c);
+  CHECK(count_ops(fused.graph, OpKind::Route) == c.n_layer);  // what moe-fusions forms
+  CHECK(count_ops(fused.graph, OpKind::GatherMatmul) > 0);
+  CHECK(count_ops(fused.graph, OpKind::AttentionQkv) == c.n_layer);
+
+  auto backend = make_cpu_backend();
+  const auto init = init_parameters(gpt_moe_param_specs(c), 7);
+  std::vector<std::int32_t> tokens(400);
+  for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<std::int32_t>((i * 5 + i / 7) % 12);
+  BatchSampler batches(tokens, c.batch_size, c.block_size, 2);
+  std::vector<Batch> steps;
+  for (int i = 0; i < 4; ++i) steps.push_back(batches.next());
+  GptMoeTrainer fused_trainer(c, *backend, init);
+  std::vector<StepStats> want;
+  for (std::int64_t i = 0; i < 4; ++i) want.push_back(fused_trainer.step(steps[static_cast<std::size_t>(i)], i));
+  {
+    FusionsOff off;
+    CHECK(forward_pipeline(DType::f32).empty());
+    CHECK(forward_pipeline(DType::bf16) == "mixed-precision{dtype=bf16}");
+    CHECK(find_named_pipeline("cuda-pipeline")->pipeline == "moe-tiling{pad-dispatch=false}");
+    const TrainingGraph unfused = build_training_graph(c);
+    CHECK(count_ops(unfused.graph, OpKind::Route) == 0);
+    CHECK(count_ops(unfused.graph, OpKind::GatherMatmul) == 0);
+    CHECK(count_ops(unfused.graph, OpKind::MatmulCombine) == 0);
+    CHECK(count_ops(unfused.graph, OpKind::AttentionQkv) == 0);
+    CHECK(unfused.graph.ops().size() > fused.graph.ops().size());
+    GptMoeTrainer unfused_trainer(c, *backend, init);
+    for (std::int64_t i = 0; i < 4; ++i) {
+      const StepStats got = unfused_trainer.step(steps[static_cast<std::size_t>(i)], i);
+      INFO("step " << i << ": loss fused " << want[static_cast<std::size_t>(i)].loss << " unfused " << got.loss);
+      CHECK(got.loss == Approx(want[static_cast<std::size_t>(i)].loss).epsilon(1e-4));
+      CHECK(got.grad_norm == Approx(want[static_cast<std::size_t>(i)].grad_norm).epsilon(1e-3));
+    }
+    ::setenv("MOEJIT_FUSIONS", "yes", 1);
+    CHECK_THROWS_WITH(build_training_graph(c), Catch::Contains("MOEJIT_FUSIONS: expected 0 or 1, found 'yes'"));
   }
 }
