@@ -230,10 +230,11 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     ctx.zero(out, out_bytes);
     if ((epilogue.kind == GemmEpilogue::Kind::gelu || widen) && epilogue.aux.kind != B::Kind::null) ctx.zero(epilogue.aux, aux_bytes);
   };
-  // Gathered rows (moe.gather_matmul) are first copied into scratch, as the
-  // unfused graph's moe.permute does: the copy engine (sm90) needs contiguous
-  // rows, and the SIMT tile reading each element through slots was slower
-  // than the copy (the fused layer ran 4.5% behind the unfused one on an H200).
+  // Gathered rows (moe.gather_matmul): the sm90 and sm80 families read them
+  // through the slots in their loads (below); for the SIMT tile they are
+  // first copied into scratch, as the unfused graph's moe.permute does (the
+  // SIMT tile reading each element through slots was slower than the copy:
+  // the fused layer ran 4.5% behind the unfused one on an H200).
   // When the route that made the slots also writes xs (its result #7: the
   // backward reads it), that copy is read instead of making a second one.
   const ValueId routed_xs = routed_rows(ctx, x, slots, top_k);
@@ -271,9 +272,13 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     return;
   }
   B rows_of_x = B::of(x);
+  // The sm90 family gathers in its producer (cp.async through the slots), so
+  // no copy of the rows is stored.
+  const bool sm90_gather = choice.family == GemmFamily::sm90 && routed_xs == kNoValue && slots.kind != B::Kind::null &&
+                           a.D % 8 == 0 && sm90_gathers_rows();
   if (routed_xs != kNoValue) {
     rows_of_x = B::of(routed_xs);
-  } else if (slots.kind != B::Kind::null) {
+  } else if (slots.kind != B::Kind::null && !sm90_gather) {
     const std::int64_t xs = ctx.scratch(rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
     permute_into(ctx, x, slots.value, B::scratch(xs), wt.dtype, rows, a.D, top_k);
     rows_of_x = B::scratch(xs);
@@ -294,6 +299,10 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     g.groups = E;
     g.a_k_major = true;
     g.b_k_major = transpose_w;
+    if (sm90_gather) {
+      g.gather_slots = slots;
+      g.gather_top_k = top_k;
+    }
     launch_sm90_gemm(ctx, c, g);
     return;
   }

@@ -515,6 +515,8 @@ bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target,
   return choice.config.split_k <= 1 || (widen && !aux);
 }
 
+bool sm90_gathers_rows() { return env_flag("MOEJIT_SM90_GATHER", true); }
+
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   GemmChoice choice;
   // Tile attributes of another shape ask for the SIMT family (which checks them).

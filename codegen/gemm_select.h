@@ -72,4 +72,9 @@ struct GemmChoice {
 // the chosen family cannot take.
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target);
 
+// Whether the sm90 family gathers moe.gather_matmul's rows in its producer
+// (MOEJIT_SM90_GATHER unset or 1) instead of copying them into contiguous
+// scratch first (0, to compare with).
+bool sm90_gathers_rows();
+
 }  // namespace moejit::codegen

@@ -121,18 +121,28 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   if (g.epilogue == Sm90Gemm::Epilogue::gelu) epilogue = fmt::format("moejit::sm90::StoreGeluBf16<{}>", tma);
   if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad) epilogue = fmt::format("moejit::sm90::StoreGeluGradBf16<{}>", tma);
   if (widen) epilogue = fmt::format("moejit::sm90::StoreWidenF32<{}>", tma);
+  const bool gather = g.gather_slots.kind != Buffer::Kind::null;
+  if (gather && (g.mode != Mode::grouped || !g.a_k_major || g.k % 8 != 0 || config.stream_k))
+    ctx.fail(fmt::format("(sm90 GEMM) gathers the rows of a K-major A in grouped mode with K a multiple of 8; found mode {}, "
+                         "K {}", static_cast<int>(g.mode), g.k));
+  if (gather) args.gather_top_k = static_cast<int>(g.gather_top_k);
   const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
   std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}{}>", tile_n, config.stages,
                                    a_k_major ? "true" : "false", b_k_major ? "true" : "false", epilogue,
-                                   config.overlap ? ", true" : "");
+                                   gather ? (config.overlap ? ", true, true" : ", false, true") : (config.overlap ? ", true" : ""));
   const auto smem = static_cast<unsigned>(sm90::smem_bytes(128, config.tile_n, 64, config.stages, g.groups));
   std::vector<Bind> pointers = {{&args.c, g.c}};
   const bool has_aux = g.epilogue != Sm90Gemm::Epilogue::store && g.aux.kind != Buffer::Kind::null;
   if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad && !has_aux) ctx.fail("(sm90 GEMM, GELU-backward epilogue) needs the pre-activation");
   if (has_aux) pointers.push_back({&args.aux, g.aux});
   if (g.mode != Mode::batched) pointers.push_back({&args.group_offsets, g.offsets});
-  std::vector<TensorMapBind> maps = {{&args.a, a_map}, {&args.b, b_map}};
+  if (gather) {  // A is read through the slots, not through a tensor map
+    pointers.push_back({&args.gather_src, g.a});
+    pointers.push_back({&args.gather_slots, g.gather_slots});
+  }
+  std::vector<TensorMapBind> maps = {{&args.b, b_map}};
+  if (!gather) maps.push_back({&args.a, a_map});
   if (tma_store) maps.push_back({&args.c_map, c_map});
   if (tma_store && has_aux && (g.epilogue == Sm90Gemm::Epilogue::gelu || widen))
     maps.push_back({&args.aux_map, map_3d(g.aux, g.n, c_rows, c_groups, g.n, c_rows * g.n, 64)});

@@ -37,6 +37,17 @@
 // them, and an empty group gives C[g] = 0. Without offsets (batched mode)
 // there are `groups` products of `m` rows each (groups = 1: a plain GEMM).
 //
+// Gathered A (GATHER_A, moe.gather_matmul: grouped mode, K-major A): row r
+// of A is row slots[r] / top_k of `gather_src` (zeros where slots[r] < 0),
+// so the T*K*D copy of the gathered rows is never stored. The copy engine
+// cannot gather rows on Hopper, so the whole producer warpgroup loads A:
+// thread i copies the tile's row i as eight 16-byte cp.async into the same
+// 128-byte-swizzled place TMA would write, and arrives on the stage's
+// `full` barrier once its copies have landed (cp.async.wait_group, kept
+// kGatherLag stages behind so several stages are in flight) and been made
+// visible to the tensor cores (fence.proxy.async); thread 0 still loads B
+// through TMA. `full` then counts 1 + 128 arrivals.
+//
 // Requirements (checked on the host by the emitter): bf16 operands, every
 // row stride a multiple of 8 elements and 16-byte aligned bases (TMA), BK
 // = 64 (one 128-byte swizzle row), BM = 128, BN in {64, 128, 256}; an
@@ -72,6 +83,11 @@ struct GemmArgs {
   int varlen_k;              // with group_offsets: the groups split K, not the rows (weight gradients)
   int a_batched;             // batched mode: A's third coordinate is the group (else 0)
   int b_batched;             // B's third coordinate is the group (else 0: one shared B)
+  // GATHER_A: A's rows through slots (row r is row slots[r] / gather_top_k
+  // of gather_src, [*, k] row-major with row stride k; zeros where slots[r] < 0).
+  const void* gather_src;
+  const int* gather_slots;
+  int gather_top_k;
 };
 
 // Shared memory of one block: the stages, the C staging boxes, the
@@ -141,6 +157,13 @@ __device__ __forceinline__ void tma_store_3d(const TmaDescriptor* map, unsigned 
                "r"(c1), "r"(c2)
                : "memory");
 }
+// 16 bytes global -> shared (through L2 only), zero-filled when !valid
+// (src-size 0: nothing is read).
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 // Waits until the issuing thread's stores have read their shared memory.
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
@@ -554,10 +577,79 @@ __device__ __forceinline__ void overlapped_tile(const GemmArgs& args, const Tile
   pending = {true, k_tiles == 0, group, row0, row_end, col0};
 }
 
-template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool OVERLAP = false>
+// B's tile of one stage through TMA (the producer's thread 0).
+template <int BN, int BK, bool B_K_MAJOR>
+__device__ __forceinline__ void load_b_tile(const GemmArgs& args, unsigned b_dst, unsigned bar, int k0, long long col0, int b_z) {
+  if (B_K_MAJOR) {
+    tma_load_3d(b_dst, &args.b, bar, k0, (int)col0, b_z);
+  } else {
+    for (int j = 0; j < BN / 64; ++j) tma_load_3d(b_dst + j * 64 * BK * 2, &args.b, bar, (int)col0 + 64 * j, k0, b_z);
+  }
+}
+
+// Stages a gathering producer thread keeps in flight before it waits for
+// the oldest (at most STAGES - 1: a stage it has not yet marked full must
+// not be one the consumers need before the producer can refill a stage).
+template <int STAGES> constexpr int kGatherLag = STAGES - 2 > 1 ? STAGES - 2 : 1;
+
+// The producer warpgroup of a GATHER_A launch (grouped mode, K-major A):
+// thread i loads row i of every A tile through the slots, thread 0 also B.
+template <int BM, int BN, int BK, int STAGES, bool B_K_MAJOR>
+__device__ __forceinline__ void gather_producer(const GemmArgs& args, const TileWalk<BM, BN>& walk, long long total, unsigned base,
+                                                unsigned full_bar, unsigned empty_bar) {
+  using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  constexpr int kLag = kGatherLag<STAGES>;
+  const int line = threadIdx.x;  // 0 .. 127 = BM - 1
+  const unsigned short* src_base = static_cast<const unsigned short*>(args.gather_src);
+  int it = 0;
+  for (long long t = blockIdx.x; t < total; t += gridDim.x) {
+    int group;
+    long long row0, row_end, col0, k_begin, k_count;
+    walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
+    const int k_tiles = (int)((k_count + BK - 1) / BK);
+    const long long row = row0 + line;
+    const int slot = row < row_end ? __ldg(args.gather_slots + row) : -1;
+    const unsigned short* src = slot >= 0 ? src_base + (long long)(slot / args.gather_top_k) * args.k : src_base;
+    const int b_z = args.b_batched ? group : 0;
+    for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+      const int s = it % STAGES;
+      mbar_wait(empty_bar + 8 * s, ((it / STAGES) & 1) ^ 1);
+      const unsigned bar = full_bar + 8 * s;
+      const unsigned a_dst = base + s * Layout::kStage, b_dst = a_dst + Layout::kATile;
+      const int k0 = (int)(k_begin + kt * BK);
+      if (line == 0) {
+        mbar_expect_tx(bar, Layout::kBTile);
+        load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, k0, col0, b_z);
+      }
+      // Chunk c (8 elements) of the row at chunk c ^ (line % 8) of its
+      // 128-byte line: the layout of a 128-byte-swizzled TMA box.
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const long long k = k0 + 8 * c;
+        cp_async_16(a_dst + line * 128 + ((c ^ (line % 8)) * 16), src + (k < args.k ? k : 0), slot >= 0 && k < args.k);
+      }
+      cp_async_commit();
+      if (it >= kLag) {
+        cp_async_wait<kLag>();  // the copies of stage it - kLag have landed
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        mbar_arrive(full_bar + 8 * ((it - kLag) % STAGES));
+      }
+    }
+  }
+  cp_async_wait<0>();
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  for (int j = it - kLag > 0 ? it - kLag : 0; j < it; ++j) mbar_arrive(full_bar + 8 * (j % STAGES));
+}
+
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, class Epilogue, bool OVERLAP = false, bool GATHER_A = false>
 __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
   static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
   static_assert(!OVERLAP || BN <= 128, "overlapped epilogue: a consumer holds two 64 x BN accumulator sets");
+  static_assert(!GATHER_A || A_K_MAJOR, "gathered A: K-major rows");
+  // Registers per thread after setmaxnreg: 128 x producer + 256 x consumer
+  // within the 384 x 168 of the launch. The gathering producer's address
+  // arithmetic spills at 40.
+  constexpr int kProducerRegs = GATHER_A ? 56 : 40, kConsumerRegs = GATHER_A ? 224 : 232;
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
   extern __shared__ unsigned char smem_raw[];
@@ -569,7 +661,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full_bar + 8 * s, 1);
+      mbar_init(full_bar + 8 * s, GATHER_A ? 1 + 128 : 1);  // gathered A: every producer thread arrives too
       mbar_init(empty_bar + 8 * s, 2);  // the consumers reading a stage
     }
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -595,8 +687,10 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
   const long long total = walk.total();
 
   if (warpgroup == 0) {
-    regs_down<40>();
-    if (threadIdx.x == 0) {
+    regs_down<kProducerRegs>();
+    if constexpr (GATHER_A) {
+      gather_producer<BM, BN, BK, STAGES, B_K_MAJOR>(args, walk, total, base, full_bar, empty_bar);
+    } else if (threadIdx.x == 0) {
       int it = 0;
       for (long long t = blockIdx.x; t < total; t += gridDim.x) {
         int group;
@@ -618,11 +712,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
           } else {
             for (int j = 0; j < BM / 64; ++j) tma_load_3d(a_dst + j * 64 * BK * 2, &args.a, bar, (int)row0 + 64 * j, k0, a_z);
           }
-          if (B_K_MAJOR) {
-            tma_load_3d(b_dst, &args.b, bar, k0, (int)col0, b_z);
-          } else {
-            for (int j = 0; j < BN / 64; ++j) tma_load_3d(b_dst + j * 64 * BK * 2, &args.b, bar, (int)col0 + 64 * j, k0, b_z);
-          }
+          load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, k0, col0, b_z);
         }
       }
     }
@@ -631,7 +721,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
     // cooperative split of each tile into the consumers' 64-row halves, with
     // two accumulator sets per consumer, so a tile's epilogue runs while the
     // next tile's MMAs are in flight on the tensor cores (overlapped_tile).
-    regs_up<232>();
+    regs_up<kConsumerRegs>();
     const int consumer = warpgroup - 1;
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
     float acc0[Mma::kAccumulators], acc1[Mma::kAccumulators];
@@ -653,7 +743,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
     }
     if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();
   } else {
-    regs_up<232>();
+    regs_up<kConsumerRegs>();
     const int consumer = warpgroup - 1;
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
     float acc[Mma::kAccumulators];

@@ -67,9 +67,12 @@ inline void check_close(const Values& gpu, const Values& cpu) {
 // A routed expert layer in bf16: dispatch of given experts, the up
 // projection through the permuted rows, GELU, the down projection and the
 // weighted combine; `fusions` (a pass pipeline) runs before autodiff, as the
-// trainer runs the MoE fusions; then the backward of x, w_up and w_down.
+// trainer runs the MoE fusions; then (with `backward`) the backward of x,
+// w_up and w_down. A capacity factor > 0 drops the slots past each
+// expert's capacity (their rows are zeros).
 inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts,
-                                std::int64_t top_k, const std::string& fusions) {
+                                std::int64_t top_k, const std::string& fusions, bool backward = true,
+                                double capacity_factor = 0.0) {
   Graph g(name);
   Builder b(g);
   Tensor x = b.input("x", {tokens, d}, DType::bf16);
@@ -78,13 +81,13 @@ inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, st
   Tensor w_up = b.param("w_up", {experts, d, f}, DType::bf16);
   Tensor w_down = b.param("w_down", {experts, f, d}, DType::bf16);
   Tensor target = b.input("target", {tokens, d});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts});
+  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts, .capacity_factor = capacity_factor});
   Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, top_k), w_up, offsets));
   Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), weights, positions);
   b.output(y, "y");
   b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
   run_pipeline(g, fusions);
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w_up", "w_down"}});
+  if (backward) append_backward(g, {.loss = "loss", .wrt = {"x", "w_up", "w_down"}});
   return g;
 }
 

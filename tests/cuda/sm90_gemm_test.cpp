@@ -6,10 +6,12 @@
 // row, one expert, rows past the last segment, row counts that are a
 // multiple of no tile, and its backward (the transposed-weight product and
 // moe.grouped_matmul_wgrad, whose groups split K, on its stream-K
-// schedule and without it); moe.gather_matmul.
+// schedule and without it); moe.gather_matmul, whose rows the producer
+// gathers through the slots (against MOEJIT_SM90_GATHER=0's copy, bit for bit).
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <cstring>
 #include <random>
 
 #include "codegen/cuda_codegen.h"
@@ -296,5 +298,71 @@ TEST_CASE("gpu: sm90 weight gradients on the stream-K schedule match the CPU bac
     }
     cuda_test::EnvOverride off("MOEJIT_SM90_STREAM_K", "0");
     cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), want);  // one tile per block, the other schedule
+  }
+}
+
+namespace {
+
+int launches_of(const codegen::ModuleCode& module, const std::string& needle) {
+  int n = 0;
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches) n += launch.kind == codegen::Launch::Kind::kernel && launch.kernel.find(needle) != std::string::npos;
+  return n;
+}
+
+Graph forward_layer(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k, double capacity = 0.0) {
+  return cuda_test::routed_layer_graph("gather_layer", tokens, d, f, experts, top_k, "moe-fusions", false, capacity);
+}
+
+}  // namespace
+
+TEST_CASE("the sm90 family gathers moe.gather_matmul's rows in its producer: no copy of them, unless MOEJIT_SM90_GATHER=0", "[cuda][gather]") {
+  const auto hopper = codegen::Target::named("sm_90a");
+  auto module_of = [&](Graph g) {
+    run_pipeline(g, "cuda-pipeline");
+    return codegen::generate_module(g, hopper);
+  };
+  const codegen::ModuleCode gathered = module_of(forward_layer(1000, 384, 512, 8, 2));
+  CHECK(launches_of(gathered, "permute_kernel") == 0);
+  CHECK(launches_of(gathered, "StoreGeluBf16<true>, false, true>") == 1);  // the up projection, gathering
+  {
+    cuda_test::EnvOverride off("MOEJIT_SM90_GATHER", "0");
+    const codegen::ModuleCode copied = module_of(forward_layer(1000, 384, 512, 8, 2));
+    CHECK(launches_of(copied, "permute_kernel") == 1);
+    CHECK(launches_of(copied, ", false, true>") == 0);
+  }
+  {
+    cuda_test::EnvOverride bad("MOEJIT_SM90_GATHER", "yes");
+    CHECK_THROWS_WITH(module_of(forward_layer(1000, 384, 512, 8, 2)), Catch::Contains("MOEJIT_SM90_GATHER: expected 0 or 1"));
+  }
+}
+
+TEST_CASE("gpu: sm90 moe.gather_matmul gathering in its producer matches the CPU backend and the copied rows bit for bit", "[cuda][gpu][gather]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  struct Layer {
+    std::int64_t tokens, d, f, experts, top_k;
+    double capacity;
+  };
+  // E = 1; K = E; sizes of no tile multiple (and K = 136, two chunks past
+  // the last full 64); many experts, some empty; dropped slots (capacity).
+  const Layer layers[] = {{1000, 384, 512, 8, 2, 0.0}, {777, 136, 200, 1, 1, 0.0}, {300, 128, 96, 4, 4, 0.0},
+                          {500, 256, 256, 64, 4, 0.0}, {1000, 384, 256, 8, 2, 0.6}};
+  std::uint64_t seed = 91;
+  for (const Layer& c : layers) {
+    INFO(fmt::format("tokens {} d {} f {} experts {} top_k {} capacity {}", c.tokens, c.d, c.f, c.experts, c.top_k, c.capacity));
+    Graph g = forward_layer(c.tokens, c.d, c.f, c.experts, c.top_k, c.capacity);
+    Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
+    const Values got = cuda_test::run_outputs(*cuda, g, args);
+    cuda_test::check_close(got, cuda_test::run_outputs(*cpu, g, args));
+    cuda_test::EnvOverride off("MOEJIT_SM90_GATHER", "0");
+    auto copying = make_cuda_backend();
+    const Values copied = cuda_test::run_outputs(*copying, g, args);
+    for (const auto& [name, value] : got) {
+      INFO(name);
+      REQUIRE(value.bytes() == copied.at(name).bytes());
+      CHECK(std::memcmp(value.raw(), copied.at(name).raw(), value.bytes()) == 0);
+    }
   }
 }

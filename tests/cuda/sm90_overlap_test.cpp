@@ -87,7 +87,7 @@ TEST_CASE("MOEJIT_SM90_OVERLAP=1 gives the sm90 GEMMs the overlapped epilogue at
 TEST_CASE("ptxas spills nothing and serializes no wgmma in the sm90 family's kernels", "[cuda][nvrtc][overlap]") {
   // One of each schedule and epilogue kind: cooperative, overlapped (both
   // A layouts, the varlen-K zeroing, every epilogue that has a TMA form),
-  // stream-K with the widening store. ptxas takes seconds per kernel, so
+  // stream-K with the widening store, the gathering producer. ptxas takes seconds per kernel, so
   // the list is short; two compiles run side by side.
   const std::vector<std::string> kernels = {
       "moejit::sm90::gemm_sm90_kernel<128, 256, 64, 4, true, true, moejit::sm90::StoreBf16>",
@@ -95,6 +95,8 @@ TEST_CASE("ptxas spills nothing and serializes no wgmma in the sm90 family's ker
       "moejit::sm90::gemm_sm90_kernel<128, 128, 64, 6, true, true, moejit::sm90::StoreGeluGradBf16<true>, true>",
       "moejit::sm90::gemm_sm90_kernel<128, 64, 64, 6, false, false, moejit::sm90::StoreWidenF32<true>, true>",
       "moejit::sm90::gemm_sm90_streamk_kernel<128, 128, 64, 6, moejit::sm90::StoreWidenF32<true>>",
+      // the gathering producer (moe.gather_matmul's up projection with GELU)
+      "moejit::sm90::gemm_sm90_kernel<128, 256, 64, 4, true, false, moejit::sm90::StoreGeluBf16<true>, false, true>",
   };
   cuda::CompileRequest request{"#include \"codegen/kernels/gemm_sm90.cuh\"\n#include \"codegen/kernels/gemm_sm90_streamk.cuh\"\n",
                                "sm90_ptxas", "sm_90a", cuda::CompileOutput::cubin, false, kernels, {"--ptxas-options=-v"}};
