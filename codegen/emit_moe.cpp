@@ -272,10 +272,10 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     return;
   }
   B rows_of_x = B::of(x);
-  // The sm90 family gathers in its producer (cp.async through the slots), so
-  // no copy of the rows is stored.
+  // The sm90 family gathers in its producer (cp.async through the slots)
+  // where that pays (sm90_gathers_rows), so no copy of the rows is stored.
   const bool sm90_gather = choice.family == GemmFamily::sm90 && routed_xs == kNoValue && slots.kind != B::Kind::null &&
-                           a.D % 8 == 0 && sm90_gathers_rows();
+                           a.D % 8 == 0 && sm90_gathers_rows((a.F + c.tile_n - 1) / c.tile_n);
   if (routed_xs != kNoValue) {
     rows_of_x = B::of(routed_xs);
   } else if (slots.kind != B::Kind::null && !sm90_gather) {

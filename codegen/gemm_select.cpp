@@ -515,7 +515,11 @@ bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target,
   return choice.config.split_k <= 1 || (widen && !aux);
 }
 
-bool sm90_gathers_rows() { return env_flag("MOEJIT_SM90_GATHER", true); }
+bool sm90_gathers_rows(std::int64_t column_tiles) {
+  const char* v = std::getenv("MOEJIT_SM90_GATHER");
+  if (!v) return column_tiles <= 2;
+  return env_flag("MOEJIT_SM90_GATHER", true);
+}
 
 GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& problem, const Target& target) {
   GemmChoice choice;

@@ -322,12 +322,20 @@ TEST_CASE("the sm90 family gathers moe.gather_matmul's rows in its producer: no 
     run_pipeline(g, "cuda-pipeline");
     return codegen::generate_module(g, hopper);
   };
-  const codegen::ModuleCode gathered = module_of(forward_layer(1000, 384, 512, 8, 2));
+  // By default where the product has at most 2 column tiles (F 256: one).
+  const codegen::ModuleCode gathered = module_of(forward_layer(1000, 384, 256, 8, 2));
   CHECK(launches_of(gathered, "permute_kernel") == 0);
   CHECK(launches_of(gathered, "StoreGeluBf16<true>, false, true>") == 1);  // the up projection, gathering
+  const codegen::ModuleCode wide = module_of(forward_layer(1000, 384, 1536, 8, 2));  // F 1536: 6 or more
+  CHECK(launches_of(wide, "permute_kernel") == 1);
+  CHECK(launches_of(wide, ", false, true>") == 0);
+  {
+    cuda_test::EnvOverride on("MOEJIT_SM90_GATHER", "1");
+    CHECK(launches_of(module_of(forward_layer(1000, 384, 1536, 8, 2)), "permute_kernel") == 0);
+  }
   {
     cuda_test::EnvOverride off("MOEJIT_SM90_GATHER", "0");
-    const codegen::ModuleCode copied = module_of(forward_layer(1000, 384, 512, 8, 2));
+    const codegen::ModuleCode copied = module_of(forward_layer(1000, 384, 256, 8, 2));
     CHECK(launches_of(copied, "permute_kernel") == 1);
     CHECK(launches_of(copied, ", false, true>") == 0);
   }
@@ -340,7 +348,6 @@ TEST_CASE("the sm90 family gathers moe.gather_matmul's rows in its producer: no 
 TEST_CASE("gpu: sm90 moe.gather_matmul gathering in its producer matches the CPU backend and the copied rows bit for bit", "[cuda][gpu][gather]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
-  auto cuda = make_cuda_backend();
   struct Layer {
     std::int64_t tokens, d, f, experts, top_k;
     double capacity;
@@ -354,7 +361,12 @@ TEST_CASE("gpu: sm90 moe.gather_matmul gathering in its producer matches the CPU
     INFO(fmt::format("tokens {} d {} f {} experts {} top_k {} capacity {}", c.tokens, c.d, c.f, c.experts, c.top_k, c.capacity));
     Graph g = forward_layer(c.tokens, c.d, c.f, c.experts, c.top_k, c.capacity);
     Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
-    const Values got = cuda_test::run_outputs(*cuda, g, args);
+    Values got;
+    {
+      cuda_test::EnvOverride on("MOEJIT_SM90_GATHER", "1");  // whatever the column tiles
+      auto gathering = make_cuda_backend();
+      got = cuda_test::run_outputs(*gathering, g, args);
+    }
     cuda_test::check_close(got, cuda_test::run_outputs(*cpu, g, args));
     cuda_test::EnvOverride off("MOEJIT_SM90_GATHER", "0");
     auto copying = make_cuda_backend();
