@@ -381,7 +381,12 @@ void emit_GateGrad(EmitContext& ctx) {
 
 void emit_Dispatch(EmitContext& ctx) { dispatch(ctx, ctx.operand(0), ctx.result(0), ctx.result(1), ctx.result(2), ctx.result(3)); }
 
-void emit_Permute(EmitContext& ctx) { permute(ctx, ctx.operand(0), ctx.operand(1), ctx.result(0), ctx.attrs().get_int("top_k")); }
+// moe.permute; nothing where every reader is a weight gradient that gathers
+// the rows from x itself (sm90_permute_elided: no T*K*D copy).
+void emit_Permute(EmitContext& ctx) {
+  if (sm90_permute_elided(ctx.graph(), ctx.op(), ctx.target())) return;
+  permute(ctx, ctx.operand(0), ctx.operand(1), ctx.result(0), ctx.attrs().get_int("top_k"));
+}
 
 void emit_PermuteGrad(EmitContext& ctx) {
   combine(ctx, B::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), B::none(), ctx.operand(1), ctx.result(0));
@@ -414,6 +419,11 @@ void emit_wgrad_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue) {
     Sm90Gemm g;
     g.mode = Sm90Gemm::Mode::wgrad;
     g.a = B::of(ctx.operand(0));
+    if (const Op* permute = sm90_wgrad_gathered_permute(ctx.graph(), ctx.op(), ctx.target())) {  // xs from x through the slots
+      g.a = B::of(permute->operands[0]);
+      g.gather_slots = B::of(permute->operands[1]);
+      g.gather_top_k = permute->attrs.get_int("top_k");
+    }
     g.b = B::of(ctx.operand(1));
     g.c = out;
     g.epilogue = epilogue.kind;

@@ -515,6 +515,39 @@ bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target,
   return choice.config.split_k <= 1 || (widen && !aux);
 }
 
+const Op* sm90_wgrad_gathered_permute(const Graph& graph, const Op& wgrad, const Target& target) {
+  if (wgrad.kind != OpKind::GroupedMatmulWgrad) return nullptr;
+  int from = -1;
+  for (std::size_t i = 0; i < graph.ops().size() && from < 0; ++i)
+    for (ValueId r : graph.ops()[i].results)
+      if (r == wgrad.operands[0]) from = static_cast<int>(i);
+  if (from < 0) return nullptr;
+  const Op& permute = graph.ops()[static_cast<std::size_t>(from)];
+  if (permute.kind != OpKind::Permute || graph.type(permute.operands[0]).dtype != DType::bf16) return nullptr;
+  const std::optional<GemmProblem> problem = gemm_problem_of(graph, wgrad);
+  if (!problem || problem->m % 8 != 0) return nullptr;
+  const GemmChoice choice = choose_gemm(graph, wgrad, *problem, target);
+  if (choice.family != GemmFamily::sm90 || choice.config.stream_k || choice.config.split_k > 1) return nullptr;
+  if (!sm90_gathers_rows((problem->n + choice.config.tile_n - 1) / choice.config.tile_n)) return nullptr;
+  return &permute;
+}
+
+bool sm90_permute_elided(const Graph& graph, const Op& permute, const Target& target) {
+  if (permute.kind != OpKind::Permute) return false;
+  const ValueId rows = permute.results[0];
+  for (const auto& out : graph.outputs())
+    if (out.value == rows) return false;
+  bool read = false;
+  for (const Op& op : graph.ops())
+    for (ValueId v : op.operands)
+      if (v == rows) {
+        const Op* gathered = sm90_wgrad_gathered_permute(graph, op, target);
+        if (!gathered || gathered->results[0] != rows) return false;
+        read = true;
+      }
+  return read;
+}
+
 bool sm90_gathers_rows(std::int64_t column_tiles) {
   const char* v = std::getenv("MOEJIT_SM90_GATHER");
   if (!v) return column_tiles <= 2;

@@ -82,4 +82,14 @@ GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& prob
 // MOEJIT_SM90_GATHER=1: always, 0: never (to compare with).
 bool sm90_gathers_rows(std::int64_t column_tiles);
 
+// The moe.permute whose rows moe.grouped_matmul_wgrad `wgrad` multiplies
+// (its operand 0) when the sm90 family reads them from the permute's x
+// through its slots instead (data-parallel schedule, sm90_gathers_rows);
+// else null.
+const Op* sm90_wgrad_gathered_permute(const Graph& graph, const Op& wgrad, const Target& target);
+// Whether moe.permute `permute` need not run: every reader of its result is
+// a weight gradient that gathers the rows itself (above), and it is no graph
+// output.
+bool sm90_permute_elided(const Graph& graph, const Op& permute, const Target& target);
+
 }  // namespace moejit::codegen

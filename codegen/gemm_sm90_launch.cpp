@@ -122,9 +122,11 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   if (g.epilogue == Sm90Gemm::Epilogue::gelu_grad) epilogue = fmt::format("moejit::sm90::StoreGeluGradBf16<{}>", tma);
   if (widen) epilogue = fmt::format("moejit::sm90::StoreWidenF32<{}>", tma);
   const bool gather = g.gather_slots.kind != Buffer::Kind::null;
-  if (gather && (g.mode != Mode::grouped || !g.a_k_major || g.k % 8 != 0 || config.stream_k))
-    ctx.fail(fmt::format("(sm90 GEMM) gathers the rows of a K-major A in grouped mode with K a multiple of 8; found mode {}, "
-                         "K {}", static_cast<int>(g.mode), g.k));
+  const bool gather_fits = (g.mode == Mode::grouped && g.a_k_major && g.k % 8 == 0) || (g.mode == Mode::wgrad && g.m % 8 == 0);
+  if (gather && (!gather_fits || config.stream_k))
+    ctx.fail(fmt::format("(sm90 GEMM) gathers the rows of A in grouped mode (K-major A, K a multiple of 8) or in a weight gradient "
+                         "(M a multiple of 8), not on the stream-K schedule; found mode {}, M {}, K {}, stream-K {}",
+                         static_cast<int>(g.mode), g.m, g.k, config.stream_k));
   if (gather) args.gather_top_k = static_cast<int>(g.gather_top_k);
   const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;

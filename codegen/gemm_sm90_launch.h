@@ -29,10 +29,10 @@ struct Sm90Gemm {
   std::int64_t groups = 1;
   bool a_k_major = true, b_k_major = false;
   bool a_batched = false, b_batched = false;  // batched mode: A / B differ per group (else shared)
-  // Grouped mode only: when set, row r of A is row gather_slots[r] / gather_top_k
-  // of `a` ([*, k]; zeros for a negative slot), loaded by the producer
-  // warpgroup through cp.async (the kernel's GATHER_A): the gathered rows are
-  // never stored.
+  // Grouped and wgrad modes: when set, row r of A (wgrad: K-row r) is row
+  // gather_slots[r] / gather_top_k of `a` ([*, k], wgrad [*, m]; zeros for a
+  // negative slot), loaded by the producer warpgroup through cp.async (the
+  // kernel's GATHER_A): the gathered rows are never stored.
   Buffer gather_slots;
   std::int64_t gather_top_k = 1;
 };

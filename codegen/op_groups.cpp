@@ -399,7 +399,8 @@ class GroupFinder {
       if (gemm_problem_of(graph_, gm) && choose_gemm(graph_, gm, *gemm_problem_of(graph_, gm), target_).family == GemmFamily::sm80) continue;
       for (int j = gemm + 1; j < static_cast<int>(ops_.size()); ++j) {
         const Op& p = op(j);
-        if (p.kind != OpKind::Permute || !alone(j) || p.operands[0] != gm.operands[0] || p.operands[1] != gm.operands[2] ||
+        if (p.kind != OpKind::Permute || !alone(j) || sm90_permute_elided(graph_, p, target_) || p.operands[0] != gm.operands[0] ||
+            p.operands[1] != gm.operands[2] ||
             p.attrs.get_int("top_k") != gm.attrs.get_int("top_k") || graph_.type(p.results[0]).dtype != graph_.type(gm.operands[0]).dtype ||
             graph_.type(p.results[0]).dim(0) != graph_.type(gm.results[0]).dim(0))
           continue;

@@ -37,9 +37,11 @@
 // them, and an empty group gives C[g] = 0. Without offsets (batched mode)
 // there are `groups` products of `m` rows each (groups = 1: a plain GEMM).
 //
-// Gathered A (GATHER_A, moe.gather_matmul: grouped mode, K-major A): row r
-// of A is row slots[r] / top_k of `gather_src` (zeros where slots[r] < 0),
-// so the T*K*D copy of the gathered rows is never stored. The copy engine
+// Gathered A (GATHER_A): row r of A, or in the weight gradient's M-major A
+// K-row r, is row slots[r] / top_k of `gather_src` (zeros where slots[r] <
+// 0): moe.gather_matmul's up projection and the weight gradient of its
+// moe.permute'd rows read x itself, so the T*K*D copy of the gathered rows
+// is never stored. The copy engine
 // cannot gather rows on Hopper, so the whole producer warpgroup loads A:
 // thread i copies the tile's row i as eight 16-byte cp.async into the same
 // 128-byte-swizzled place TMA would write, and arrives on the stage's
@@ -83,8 +85,9 @@ struct GemmArgs {
   int varlen_k;              // with group_offsets: the groups split K, not the rows (weight gradients)
   int a_batched;             // batched mode: A's third coordinate is the group (else 0)
   int b_batched;             // B's third coordinate is the group (else 0: one shared B)
-  // GATHER_A: A's rows through slots (row r is row slots[r] / gather_top_k
-  // of gather_src, [*, k] row-major with row stride k; zeros where slots[r] < 0).
+  // GATHER_A: A's rows (M-major: K-rows) through slots: row r is row
+  // slots[r] / gather_top_k of gather_src, row-major [*, k] (M-major: [*,
+  // m]); zeros where slots[r] < 0.
   const void* gather_src;
   const int* gather_slots;
   int gather_top_k;
@@ -472,7 +475,7 @@ __device__ __forceinline__ void mma_stage(const GemmArgs& args, float (&acc)[N],
     // the next group; zero them in this consumer's A chunk (whole
     // 128-byte rows, so the swizzle does not matter).
     const int valid = (int)(k_count - (long long)kt * BK);
-    if (args.varlen_k && valid < BK) {
+    if (args.varlen_k && valid < BK && !args.gather_slots) {  // (a gathering producer wrote zeros there)
       uint4* rows = reinterpret_cast<uint4*>(smem + s * Layout::kStage + consumer * 64 * BK * 2);
       for (int i = valid * 8 + thread; i < BK * 8; i += 128) rows[i] = make_uint4(0, 0, 0, 0);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -592,42 +595,53 @@ __device__ __forceinline__ void load_b_tile(const GemmArgs& args, unsigned b_dst
 // not be one the consumers need before the producer can refill a stage).
 template <int STAGES> constexpr int kGatherLag = STAGES - 2 > 1 ? STAGES - 2 : 1;
 
-// The producer warpgroup of a GATHER_A launch (grouped mode, K-major A):
-// thread i loads row i of every A tile through the slots, thread 0 also B.
-template <int BM, int BN, int BK, int STAGES, bool B_K_MAJOR>
+// The producer warpgroup of a GATHER_A launch: thread i loads line i (128
+// bytes) of every A tile through the slots, thread 0 also B. K-major A
+// (grouped mode): line i is the tile's row i, one slot for the whole tile.
+// M-major A (the weight gradient, varlen K): line i is K-row i % 64 of
+// the tile's 64-column chunk i / 64, one slot per stage; K-rows past the
+// group's end are zeros (so the consumers need not zero them).
+template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR>
 __device__ __forceinline__ void gather_producer(const GemmArgs& args, const TileWalk<BM, BN>& walk, long long total, unsigned base,
                                                 unsigned full_bar, unsigned empty_bar) {
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   constexpr int kLag = kGatherLag<STAGES>;
-  const int line = threadIdx.x;  // 0 .. 127 = BM - 1
+  const int line = threadIdx.x;  // 0 .. 127
   const unsigned short* src_base = static_cast<const unsigned short*>(args.gather_src);
+  const long long row_len = A_K_MAJOR ? args.k : args.m;  // elements in a row of gather_src
+  const unsigned line_offset = A_K_MAJOR ? line * 128 : (line / 64) * 64 * BK * 2 + (line % 64) * 128;
+  const unsigned swizzle = (line % 8) * 16;
   int it = 0;
   for (long long t = blockIdx.x; t < total; t += gridDim.x) {
     int group;
     long long row0, row_end, col0, k_begin, k_count;
     walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
     const int k_tiles = (int)((k_count + BK - 1) / BK);
-    const long long row = row0 + line;
-    const int slot = row < row_end ? __ldg(args.gather_slots + row) : -1;
-    const unsigned short* src = slot >= 0 ? src_base + (long long)(slot / args.gather_top_k) * args.k : src_base;
-    const int b_z = args.b_batched ? group : 0;
+    int slot = -1;
+    if (A_K_MAJOR && row0 + line < row_end) slot = __ldg(args.gather_slots + row0 + line);
+    const int b_z = args.b_batched && !args.varlen_k ? group : 0;
     for (int kt = 0; kt < k_tiles; ++kt, ++it) {
+      if (!A_K_MAJOR) {
+        const long long kk = (long long)kt * BK + line % 64;
+        slot = kk < k_count ? __ldg(args.gather_slots + k_begin + kk) : -1;
+      }
+      // The line's first element and how many of its 64 exist (0: a zero line).
+      const long long first = A_K_MAJOR ? k_begin + (long long)kt * BK : row0 + 64 * (line / 64);
+      const unsigned short* src = src_base + (slot >= 0 ? (long long)(slot / args.gather_top_k) * row_len + first : 0);
+      const int room = slot >= 0 ? (int)(row_len - first < 64 ? row_len - first : 64) : 0;
       const int s = it % STAGES;
       mbar_wait(empty_bar + 8 * s, ((it / STAGES) & 1) ^ 1);
       const unsigned bar = full_bar + 8 * s;
       const unsigned a_dst = base + s * Layout::kStage, b_dst = a_dst + Layout::kATile;
-      const int k0 = (int)(k_begin + kt * BK);
       if (line == 0) {
         mbar_expect_tx(bar, Layout::kBTile);
-        load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, k0, col0, b_z);
+        load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, (int)(k_begin + kt * BK), col0, b_z);
       }
-      // Chunk c (8 elements) of the row at chunk c ^ (line % 8) of its
-      // 128-byte line: the layout of a 128-byte-swizzled TMA box.
+      // Chunk c (8 elements) of the line at chunk c ^ (line % 8) of its 128
+      // bytes: the layout of a 128-byte-swizzled TMA box.
+      // (An address past the row is never read: a zero-filled copy reads nothing.)
 #pragma unroll
-      for (int c = 0; c < 8; ++c) {
-        const long long k = k0 + 8 * c;
-        cp_async_16(a_dst + line * 128 + ((c ^ (line % 8)) * 16), src + (k < args.k ? k : 0), slot >= 0 && k < args.k);
-      }
+      for (int c = 0; c < 8; ++c) cp_async_16(a_dst + line_offset + ((c * 16) ^ swizzle), src + 8 * c, 8 * c < room);
       cp_async_commit();
       if (it >= kLag) {
         cp_async_wait<kLag>();  // the copies of stage it - kLag have landed
@@ -645,7 +659,6 @@ template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR, cl
 __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant__ GemmArgs args) {
   static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
   static_assert(!OVERLAP || BN <= 128, "overlapped epilogue: a consumer holds two 64 x BN accumulator sets");
-  static_assert(!GATHER_A || A_K_MAJOR, "gathered A: K-major rows");
   // Registers per thread after setmaxnreg: 128 x producer + 256 x consumer
   // within the 384 x 168 of the launch. The gathering producer's address
   // arithmetic spills at 40.
@@ -689,7 +702,7 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
   if (warpgroup == 0) {
     regs_down<kProducerRegs>();
     if constexpr (GATHER_A) {
-      gather_producer<BM, BN, BK, STAGES, B_K_MAJOR>(args, walk, total, base, full_bar, empty_bar);
+      gather_producer<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR>(args, walk, total, base, full_bar, empty_bar);
     } else if (threadIdx.x == 0) {
       int it = 0;
       for (long long t = blockIdx.x; t < total; t += gridDim.x) {

@@ -101,6 +101,8 @@ TEST_CASE("fuse-gemm-epilogue folds gelu (and with MOEJIT_GEMM_EPILOGUES=all gel
     CHECK(standalone_gelus(m) == 1);
     CHECK(count_launches(m, "permute_kernel") == 1);
     EnvOverride no_groups("MOEJIT_OP_GROUPS", "0");
+    CHECK(count_launches(module_of(layer_graph(1000, 384, 512, 8, 2), hopper), "permute_kernel") <= 1);  // the forward gathers itself
+    EnvOverride no_gather("MOEJIT_SM90_GATHER", "0");
     CHECK(count_launches(module_of(layer_graph(1000, 384, 512, 8, 2), hopper), "permute_kernel") == 2);
   }
   {

@@ -95,8 +95,9 @@ TEST_CASE("ptxas spills nothing and serializes no wgmma in the sm90 family's ker
       "moejit::sm90::gemm_sm90_kernel<128, 128, 64, 6, true, true, moejit::sm90::StoreGeluGradBf16<true>, true>",
       "moejit::sm90::gemm_sm90_kernel<128, 64, 64, 6, false, false, moejit::sm90::StoreWidenF32<true>, true>",
       "moejit::sm90::gemm_sm90_streamk_kernel<128, 128, 64, 6, moejit::sm90::StoreWidenF32<true>>",
-      // the gathering producer (moe.gather_matmul's up projection with GELU)
+      // the gathering producer: moe.gather_matmul's up projection with GELU
       "moejit::sm90::gemm_sm90_kernel<128, 256, 64, 4, true, false, moejit::sm90::StoreGeluBf16<true>, false, true>",
+      "moejit::sm90::gemm_sm90_kernel<128, 256, 64, 4, false, false, moejit::sm90::StoreBf16, false, true>",  // and its wgrad
   };
   cuda::CompileRequest request{"#include \"codegen/kernels/gemm_sm90.cuh\"\n#include \"codegen/kernels/gemm_sm90_streamk.cuh\"\n",
                                "sm90_ptxas", "sm_90a", cuda::CompileOutput::cubin, false, kernels, {"--ptxas-options=-v"}};
