@@ -67,14 +67,18 @@ func.func @grouped(%xs: tensor<512x64xbf16>, %w: tensor<4x64x256xbf16>, %offsets
 // -----
 
 // moe.gather_matmul reads x's rows through slots in its loads: no permute
-// launch before the product (on sm_90a the rows are permuted into scratch first).
+// launch before the product. On sm_90a the producer warpgroup gathers them
+// (the last template argument) where the product has at most 2 column tiles.
 // CHECK-LABEL: CUDA module @gather
 // CHECK:         step 0: %0 = "moe.gather_matmul"
 // CHECK-NEXT:      memset 0, 98304 bytes
 // CHECK-NEXT:      moejit::sm80::gemm_sm80_kernel<mj::bf16_t, 128, 128, 32, 4, true, false, true, moejit::sm80::Store16<mj::bf16_t>>
 // HOPPER-LABEL: CUDA module @gather
 // HOPPER:         step 0: %0 = "moe.gather_matmul"
-// HOPPER:           mj::permute_kernel<
+// HOPPER-NOT:       mj::permute_kernel<
+// HOPPER:           moejit::sm90::gemm_sm90_kernel<{{.*}}, true>
+// HOPPER-NOT:       mj::permute_kernel<
+// HOPPER-LABEL: CUDA module @wgrad
 func.func @gather(%x: tensor<100x64xbf16>, %w: tensor<4x64x96xbf16>, %slots: tensor<512xi32>, %offsets: tensor<5xi32>, %positions: tensor<100x2xi32>) -> (tensor<512x96xbf16> {mj.name = "h"}) {
   %0 = "moe.gather_matmul"(%x, %w, %slots, %offsets, %positions) {top_k = 2 : i64} : (tensor<100x64xbf16>, tensor<4x64x96xbf16>, tensor<512xi32>, tensor<5xi32>, tensor<100x2xi32>) -> tensor<512x96xbf16>
   return %0 : tensor<512x96xbf16>
