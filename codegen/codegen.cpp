@@ -260,94 +260,165 @@ std::string elementwise_expr(const Graph& graph, const Op& op, const std::vector
 }
 }  // namespace
 
-void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored) {
-  MOEJIT_ASSERT(!ops.empty() && ops.back() == ctx.op_index(), "the context is at the chain's last op");
+namespace {
+// The index into a broadcast's operand of element `i` of its result
+// (right-aligned dims; a dim of size 1 is repeated): a C++ expression of
+// `i` with the shapes as constants, "0" for a one-element operand.
+std::string broadcast_index(const Shape& from, const Shape& to) {
+  std::int64_t numel = 1;
+  for (auto d : from) numel *= d;
+  if (numel == 1) return "0";
+  const std::size_t lead = to.size() - from.size();
+  const auto from_strides = contiguous_strides(from);
+  std::string expr;
+  std::int64_t inner = 1;  // elements of `to` inside dim d
+  for (std::size_t d = to.size(); d-- > 0;) {
+    const bool kept = d >= lead && from[d - lead] != 1;
+    if (kept) {
+      std::string term = inner == 1 ? "i" : fmt::format("(i / {})", inner);
+      if (d > 0) term = fmt::format("({} % {})", term, to[d]);
+      const std::int64_t stride = from_strides[d - lead];
+      if (stride != 1) term = fmt::format("{} * {}", term, stride);
+      expr = expr.empty() ? term : term + " + " + expr;
+    }
+    inner *= to[d];
+  }
+  return expr;
+}
+}  // namespace
+
+ChainFunctor chain_functor(EmitContext& ctx, const std::vector<int>& ops, const std::function<bool(ValueId)>& stored,
+                           bool returns_last) {
   const Graph& graph = ctx.graph();
   const Op& last = graph.ops()[static_cast<std::size_t>(ops.back())];
-  const std::int64_t n = graph.type(last.results[0]).numel();
+  ChainFunctor chain;
+  chain.n = graph.type(last.results[0]).numel();
+  const std::int64_t n = chain.n;
   std::map<ValueId, std::string> var;  // value -> local variable
-  std::vector<ValueId> inputs, outputs;
+  std::map<ValueId, int> slot;         // value read from outside -> its a.in index
   // apply(a, i): one element. apply8(a, i0): elements i0 .. i0+7, each
   // operand loaded and each result stored as a Pack of 8 around the same
-  // computation (pack_* below); packed(a): every packed pointer 16-byte aligned.
+  // computation (pack_* below); packed(a): every packed pointer 16-byte
+  // aligned. value(a, i) (returns_last): apply's work, returning the last
+  // op's value instead of storing it.
   std::string loads, computes, stores, pack_loads, pack_reads, pack_decls, pack_writes, pack_stores, aligned = "0ull";
-  mj::ElementwiseArgs args{};
   int dropouts = 0, next = 0;
+  auto input_slot = [&](ValueId v) {
+    if (auto it = slot.find(v); it != slot.end()) return it->second;
+    if (chain.inputs.size() == mj::kChainMaxInputs)
+      ctx.fail(fmt::format("fuses at most {} inputs into one elementwise kernel", mj::kChainMaxInputs));
+    slot[v] = static_cast<int>(chain.inputs.size());
+    chain.inputs.push_back(v);
+    return slot[v];
+  };
+  std::string last_var;
   for (int index : ops) {
     const Op& op = graph.ops()[static_cast<std::size_t>(index)];
-    MOEJIT_ASSERT(is_fusible_elementwise(op.kind), "chain op");
+    MOEJIT_ASSERT(joins_elementwise_chain(op.kind), "chain op");
     if (graph.type(op.results[0]).numel() != n)
       throw Error(fmt::format("{}: fusion group mixes element counts ({} and {})", value_ref(graph, op.results[0]),
                               graph.type(op.results[0]).numel(), n));
-    std::vector<std::string> operands;
-    for (ValueId v : op.operands) {
-      if (!var.count(v)) {
-        if (inputs.size() == mj::kChainMaxInputs)
-          ctx.fail(fmt::format("fuses at most {} inputs into one elementwise kernel", mj::kChainMaxInputs));
-        std::string name = fmt::format("v{}", next++);
-        // Elementwise operands have the chain's shape; a one-element operand
-        // in a longer chain is a scalar (dropout's step_offset), read at [0].
-        const char* at = graph.type(v).numel() == 1 ? "0" : "i";
-        const char* type = cuda_type(graph.type(v).dtype);
-        loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[{3}];\n", type, name, inputs.size(), at);
-        if (graph.type(v).numel() == 1) {
-          pack_loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[0];\n", type, name, inputs.size());
-        } else {
-          pack_loads += fmt::format("    const Pack<{0}, 8> p{1} = *reinterpret_cast<const Pack<{0}, 8>*>(static_cast<const {0}*>(a.in[{2}]) + i0);\n",
-                                    type, name, inputs.size());
-          pack_reads += fmt::format("      const {0} {1} = p{1}.v[j];\n", type, name);
-          aligned += fmt::format(" | (unsigned long long)a.in[{}]", inputs.size());
+    const ValueId r = op.results[0];
+    std::string name;  // the result's variable, numbered after the operands' (the functor's text, and so its hash, as before)
+    const char* result_type = cuda_type(graph.type(r).dtype);
+    if (op.kind == OpKind::Broadcast) {
+      // Read from the operand at the broadcast index, one element at a time
+      // (no packed load: neighbouring elements may share an operand element).
+      const ValueId x = op.operands[0];
+      MOEJIT_ASSERT(!var.count(x), "a broadcast's operand comes from outside its chain");
+      name = fmt::format("v{}", next++);
+      const std::string at = broadcast_index(graph.type(x).shape, graph.type(r).shape);
+      const std::string load = fmt::format("const {0} {1} = static_cast<const {0}*>(a.in[{2}])[{3}];\n", result_type, name, input_slot(x), at);
+      loads += "    " + load;
+      if (at == "0") pack_loads += "    " + load;
+      else pack_reads += "      " + load;
+    } else {
+      std::vector<std::string> operands;
+      for (ValueId v : op.operands) {
+        if (!var.count(v)) {
+          const int k = input_slot(v);
+          std::string operand = fmt::format("v{}", next++);
+          // Elementwise operands have the chain's shape; a one-element operand
+          // in a longer chain is a scalar (dropout's step_offset), read at [0].
+          const char* at = graph.type(v).numel() == 1 ? "0" : "i";
+          const char* type = cuda_type(graph.type(v).dtype);
+          loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[{3}];\n", type, operand, k, at);
+          if (graph.type(v).numel() == 1) {
+            pack_loads += fmt::format("    const {0} {1} = static_cast<const {0}*>(a.in[{2}])[0];\n", type, operand, k);
+          } else {
+            pack_loads += fmt::format("    const Pack<{0}, 8> p{1} = *reinterpret_cast<const Pack<{0}, 8>*>(static_cast<const {0}*>(a.in[{2}]) + i0);\n",
+                                      type, operand, k);
+            pack_reads += fmt::format("      const {0} {1} = p{1}.v[j];\n", type, operand);
+            aligned += fmt::format(" | (unsigned long long)a.in[{}]", k);
+          }
+          var[v] = operand;
         }
-        var[v] = name;
-        inputs.push_back(v);
+        operands.push_back(var[v]);
       }
-      operands.push_back(var[v]);
+      std::string philox_base;
+      if (op.kind == OpKind::Dropout) {
+        // base = offset (a kernel argument) + step_offset (read from its device scalar)
+        if (dropouts == mj::kChainMaxDropouts) ctx.fail(fmt::format("fuses at most {} dropouts into one kernel", mj::kChainMaxDropouts));
+        chain.args.dropout_offset[dropouts] = static_cast<unsigned long long>(op.attrs.get_int("offset"));
+        philox_base = fmt::format("a.dropout_offset[{}]", dropouts++);
+        if (operands.size() > 1) philox_base += fmt::format(" + (unsigned long long){}", operands[1]);
+      }
+      name = fmt::format("v{}", next++);
+      computes += fmt::format("    const {} {} = {};\n", result_type, name, elementwise_expr(graph, op, operands, philox_base));
     }
-    std::string philox_base;
-    if (op.kind == OpKind::Dropout) {
-      // base = offset (a kernel argument) + step_offset (read from its device scalar)
-      if (dropouts == mj::kChainMaxDropouts) ctx.fail(fmt::format("fuses at most {} dropouts into one kernel", mj::kChainMaxDropouts));
-      args.dropout_offset[dropouts] = static_cast<unsigned long long>(op.attrs.get_int("offset"));
-      philox_base = fmt::format("a.dropout_offset[{}]", dropouts++);
-      if (operands.size() > 1) philox_base += fmt::format(" + (unsigned long long){}", operands[1]);
-    }
-    std::string name = fmt::format("v{}", next++);
-    ValueId r = op.results[0];
-    computes += fmt::format("    const {} {} = {};\n", cuda_type(graph.type(r).dtype), name, elementwise_expr(graph, op, operands, philox_base));
     var[r] = name;
-    if (stored[static_cast<std::size_t>(r)] || index == ops.back()) {
-      if (outputs.size() == mj::kChainMaxOutputs)
+    last_var = name;
+    const bool is_last = index == ops.back();
+    if (is_last ? !returns_last : stored(r)) {
+      if (chain.outputs.size() == mj::kChainMaxOutputs)
         ctx.fail(fmt::format("stores at most {} values from one elementwise kernel", mj::kChainMaxOutputs));
-      stores += fmt::format("    static_cast<{}*>(a.out[{}])[i] = {};\n", cuda_type(graph.type(r).dtype), outputs.size(), name);
-      pack_decls += fmt::format("    Pack<{}, 8> q{};\n", cuda_type(graph.type(r).dtype), name);
+      stores += fmt::format("    static_cast<{}*>(a.out[{}])[i] = {};\n", result_type, chain.outputs.size(), name);
+      pack_decls += fmt::format("    Pack<{}, 8> q{};\n", result_type, name);
       pack_writes += fmt::format("      q{0}.v[j] = {0};\n", name);
-      pack_stores += fmt::format("    *reinterpret_cast<Pack<{0}, 8>*>(static_cast<{0}*>(a.out[{1}]) + i0) = q{2};\n",
-                                 cuda_type(graph.type(r).dtype), outputs.size(), name);
-      aligned += fmt::format(" | (unsigned long long)a.out[{}]", outputs.size());
-      outputs.push_back(r);
+      pack_stores += fmt::format("    *reinterpret_cast<Pack<{0}, 8>*>(static_cast<{0}*>(a.out[{1}]) + i0) = q{2};\n", result_type,
+                                 chain.outputs.size(), name);
+      aligned += fmt::format(" | (unsigned long long)a.out[{}]", chain.outputs.size());
+      chain.outputs.push_back(r);
     }
   }
   std::string stem = ops.size() == 1 ? fmt::format("{}_{}", op_name(last.kind).substr(3), cuda_type(graph.type(last.results[0]).dtype))
                                      : fmt::format("fused{}", ops.size());
-  std::string indented;  // the computation inside apply8's loop over j
-  for (std::size_t at = 0; at < computes.size();) {
-    std::size_t end = computes.find('\n', at);
-    indented += "  " + computes.substr(at, end - at + 1);
-    at = end + 1;
+  std::string members;
+  if (returns_last) {
+    members = fmt::format("  static __device__ __forceinline__ {} value(const ElementwiseArgs& a, i64 i) {{\n", cuda_type(graph.type(last.results[0]).dtype)) +
+              loads + computes + stores + "    return " + last_var + ";\n  }\n";
+    stem = "value_" + stem;
+  } else {
+    std::string indented;  // the computation inside apply8's loop over j
+    for (std::size_t at = 0; at < computes.size();) {
+      std::size_t end = computes.find('\n', at);
+      indented += "  " + computes.substr(at, end - at + 1);
+      at = end + 1;
+    }
+    members = "  static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {\n" + loads + computes + stores +
+              "  }\n  static __device__ __forceinline__ bool packed(const ElementwiseArgs& a) {\n    return ((" + aligned +
+              ") & 15ull) == 0;\n  }\n  static __device__ __forceinline__ void apply8(const ElementwiseArgs& a, i64 i0) {\n" +
+              pack_loads + pack_decls + "#pragma unroll\n    for (int j = 0; j < 8; ++j) {\n      const i64 i = i0 + j;\n      (void)i;\n" +
+              pack_reads + indented + pack_writes + "    }\n" + pack_stores + "  }\n";
   }
-  std::string functor = ctx.define_functor(
-      "chain_" + stem, "  static __device__ __forceinline__ void apply(const ElementwiseArgs& a, i64 i) {\n" + loads + computes + stores +
-                           "  }\n  static __device__ __forceinline__ bool packed(const ElementwiseArgs& a) {\n    return ((" + aligned +
-                           ") & 15ull) == 0;\n  }\n  static __device__ __forceinline__ void apply8(const ElementwiseArgs& a, i64 i0) {\n" +
-                           pack_loads + pack_decls + "#pragma unroll\n    for (int j = 0; j < 8; ++j) {\n      const i64 i = i0 + j;\n      (void)i;\n" +
-                           pack_reads + indented + pack_writes + "    }\n" + pack_stores + "  }\n");
-  args.n = n;
+  chain.functor = "mj::" + ctx.define_functor("chain_" + stem, members);
+  chain.args.n = n;
+  return chain;
+}
+
+std::vector<Bind> ChainFunctor::binds(const mj::ElementwiseArgs& at) const {
   std::vector<Bind> binds;
-  for (std::size_t k = 0; k < inputs.size(); ++k) binds.push_back({&args.in[k], Buffer::of(inputs[k])});
-  for (std::size_t k = 0; k < outputs.size(); ++k) binds.push_back({&args.out[k], Buffer::of(outputs[k])});
-  TileConfig config = TileConfig::fixed_threads(256);
-  ctx.launch("elementwise", instantiation("elementwise_kernel", {"mj::" + functor, std::to_string(config.threads)}), config,
-             {blocks_for(n)}, args, binds);
+  for (std::size_t k = 0; k < inputs.size(); ++k) binds.push_back({&at.in[k], Buffer::of(inputs[k])});
+  for (std::size_t k = 0; k < outputs.size(); ++k) binds.push_back({&at.out[k], Buffer::of(outputs[k])});
+  return binds;
+}
+
+void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored) {
+  MOEJIT_ASSERT(!ops.empty() && ops.back() == ctx.op_index(), "the context is at the chain's last op");
+  const ChainFunctor chain = chain_functor(ctx, ops, [&](ValueId v) { return static_cast<bool>(stored[static_cast<std::size_t>(v)]); }, false);
+  const TileConfig config = TileConfig::fixed_threads(256);
+  ctx.launch("elementwise", instantiation("elementwise_kernel", {chain.functor, std::to_string(config.threads)}), config,
+             {blocks_for(chain.n)}, chain.args, chain.binds(chain.args));
 }
 
 // ---- the module ----
@@ -429,7 +500,7 @@ ModuleCode generate_module(const Graph& graph, const Target& target) {
   for (int i = 0; i < num_ops; ++i) {
     const Op& op = ops[static_cast<std::size_t>(i)];
     if (const AttrValue* g = op.attrs.find(kFusionGroupAttr); g && std::holds_alternative<std::int64_t>(*g) &&
-                                                              is_fusible_elementwise(op.kind)) {
+                                                              joins_elementwise_chain(op.kind)) {
       group_of[static_cast<std::size_t>(i)] = std::get<std::int64_t>(*g);
       groups[std::get<std::int64_t>(*g)].push_back(i);
     }

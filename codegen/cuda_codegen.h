@@ -18,6 +18,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <set>
 #include <string>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "codegen/kernels/common.cuh"
+#include "codegen/kernels/elementwise.cuh"
 #include "codegen/target.h"
 #include "codegen/tile_config.h"
 #include "ir/graph.h"
@@ -256,10 +258,29 @@ unsigned persistent_grid(const Target& target, std::int64_t work, int blocks_per
 std::vector<std::int64_t> contiguous_strides(const Shape& shape);
 mj::Dims make_dims(const std::vector<std::int64_t>& sizes, const std::vector<std::int64_t>& strides);
 
-// The kernel of an elementwise chain (op indices in graph order; ctx is at
-// the last op); used by generate_module for groups and by the elementwise
-// emitters for one op. `stored`: per value, whether it is written.
+// The functor of an elementwise chain (op indices in graph order, the ops
+// fuse-elementwise groups, an mj.broadcast included): the values it reads
+// (a.in, in order), the values it stores (a.out) and its arguments
+// (binds(args) names their pointer fields inside `args`, a copy of `args`
+// inside a larger struct included). `stored(v)`: whether a member's result
+// is written. returns_last: the functor is `value(a, i)`, which returns the
+// last op's value instead of storing it (a kernel that consumes the chain,
+// the fused reductions); else apply / apply8 / packed of elementwise_kernel.
+struct ChainFunctor {
+  std::string functor;  // "mj::chain_..."
+  mj::ElementwiseArgs args{};
+  std::vector<ValueId> inputs, outputs;
+  std::int64_t n = 0;
+  std::vector<Bind> binds(const mj::ElementwiseArgs& at) const;
+};
+ChainFunctor chain_functor(EmitContext& ctx, const std::vector<int>& ops, const std::function<bool(ValueId)>& stored, bool returns_last);
+// The kernel of an elementwise chain (ctx is at the last op); used by
+// generate_module for groups and by the elementwise emitters for one op.
+// `stored`: per value, whether it is written.
 void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const std::vector<bool>& stored);
+// A sum / mean / max (ctx is at it) of the last value of the chain `ops`,
+// computed per element in the reduction kernel (op group reduce_chain).
+void emit_reduction_of_chain(EmitContext& ctx, const std::vector<int>& ops);
 
 // A residual add fused into the norm it feeds (codegen/emit_dense.cpp):
 // whether `add`'s result is `norm_op`'s x and one kernel can do both (equal
@@ -326,7 +347,7 @@ void emit_wgrad_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
 // `position` (its first member); `internal` values are read only inside
 // it and never stored.
 struct OpGroup {
-  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue, weight_casts };
+  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue, weight_casts, reduce_chain };
   Kind kind;
   int position = 0;
   int anchor = 0;  // the op whose EmitContext emits the group

@@ -88,7 +88,8 @@ void collapse_contiguous(std::vector<std::int64_t>& sizes, std::vector<std::int6
   }
 }
 
-void reduction(EmitContext& ctx, int kind) {
+// chain: the fused elementwise chain computing x (null: x is read).
+void reduction(EmitContext& ctx, int kind, const ChainFunctor* chain = nullptr) {
   const TensorType& x = ctx.in(0);
   check_rank(ctx, x);
   std::vector<bool> reduced(static_cast<std::size_t>(x.rank()), false);
@@ -109,6 +110,16 @@ void reduction(EmitContext& ctx, int kind) {
   // chunks of at least 16K, about four blocks per SM in all.
   const std::int64_t blocks_wanted = 4 * static_cast<std::int64_t>(ctx.target().sm_count);
   const std::int64_t chunks = outputs < blocks_wanted ? std::clamp<std::int64_t>(count / 16384, 1, blocks_wanted / std::max<std::int64_t>(outputs, 1)) : 1;
+  // The template arguments and the input's binds: x, or the chain's values.
+  auto kernel = [&](const char* name) {
+    if (!chain) return instantiation(name, {ctx.in_type(0), std::to_string(kind), threads_of(config)});
+    return instantiation(name, {ctx.in_type(0), std::to_string(kind), threads_of(config), chain->functor});
+  };
+  auto input = [&](const void* x_field, mj::ElementwiseArgs& chain_field) {
+    if (!chain) return std::vector<Bind>{{x_field, B::of(ctx.operand(0))}};
+    chain_field = chain->args;
+    return chain->binds(chain_field);
+  };
   if (chunks > 1) {
     mj::ReducePartsArgs<void> p{};
     p.kept = make_dims(kept_sizes, kept_strides);
@@ -118,9 +129,10 @@ void reduction(EmitContext& ctx, int kind) {
     p.chunks = chunks;
     p.chunk = (count + chunks - 1) / chunks;
     const std::int64_t partials = ctx.scratch(outputs * chunks * 8);  // f32, f64 or i64 each
-    ctx.launch("reduce", instantiation("reduce_parts_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
-               {static_cast<unsigned>(std::min<std::int64_t>(outputs * chunks, 65535))}, p,
-               {{&p.x, B::of(ctx.operand(0))}, {&p.partials, B::scratch(partials)}});
+    std::vector<Bind> binds = input(&p.x, p.chain);
+    binds.push_back({&p.partials, B::scratch(partials)});
+    ctx.launch("reduce", kernel("reduce_parts_kernel"), config, {static_cast<unsigned>(std::min<std::int64_t>(outputs * chunks, 65535))},
+               p, binds);
     mj::ReduceFinishArgs<void> f{};
     f.outputs = outputs;
     f.count = count;
@@ -135,15 +147,26 @@ void reduction(EmitContext& ctx, int kind) {
   a.reduced = make_dims(red_sizes, red_strides);
   a.outputs = outputs;
   a.count = count;
+  std::vector<Bind> binds = input(&a.x, a.chain);
+  binds.push_back({&a.y, B::of(ctx.result(0))});
   if (count <= 64 && outputs >= 256) {  // a block per output would leave most of its threads idle
-    ctx.launch("reduce", instantiation("reduce_thread_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
-               {blocks_for(outputs)}, a, {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
+    ctx.launch("reduce", kernel("reduce_thread_kernel"), config, {blocks_for(outputs)}, a, binds);
     return;
   }
-  ctx.launch("reduce", instantiation("reduce_kernel", {ctx.in_type(0), std::to_string(kind), threads_of(config)}), config,
-             {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a,
-             {{&a.x, B::of(ctx.operand(0))}, {&a.y, B::of(ctx.result(0))}});
+  ctx.launch("reduce", kernel("reduce_kernel"), config,
+             {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a, binds);
 }
+
+}  // namespace
+
+void emit_reduction_of_chain(EmitContext& ctx, const std::vector<int>& ops) {
+  const ChainFunctor chain = chain_functor(ctx, ops, [](ValueId) { return false; }, true);
+  const OpKind kind = ctx.op().kind;
+  MOEJIT_ASSERT(kind == OpKind::Sum || kind == OpKind::Mean || kind == OpKind::Max, "a reduction");
+  reduction(ctx, kind == OpKind::Sum ? 0 : kind == OpKind::Mean ? 1 : 2, &chain);
+}
+
+namespace {
 
 // The lanes' share of a row of c values in the warp kernels (a power of
 // two, at most 32), or 0 when c is over 1024 and a block takes each row.

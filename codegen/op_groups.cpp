@@ -34,6 +34,12 @@
 //                parameter or moment whose only use is the output updating
 //                its argument is written into the argument's buffer (no
 //                update copy), when nothing later reads the argument.
+//   reduce_chain an mj.sum / mj.mean / mj.max whose input is the last value
+//                of an elementwise chain (a fuse-elementwise group, or one
+//                elementwise op) read by nothing else, no value of the
+//                chain read outside it: the reduction kernel computes each
+//                element where it reads it (mean(f32(y) * target): no f32
+//                product written and read back). Runs at the reduction.
 //   weight_casts every standalone mj.cast f32 -> bf16 of an argument (the
 //                mixed-precision graph's casts of the weights): one launch
 //                per 32 tensors at the first member. With the cast folds
@@ -118,6 +124,7 @@ class GroupFinder {
     find_adamws(groups);
     find_gemm_epilogues(groups);
     if (fold_casts_) find_weight_casts(groups);
+    find_reduce_chains(groups);
     std::sort(groups.begin(), groups.end(), [](const OpGroup& a, const OpGroup& b) { return a.position < b.position; });
     return groups;
   }
@@ -132,6 +139,17 @@ class GroupFinder {
   int ready(ValueId v) const {
     int p = producer(v);
     return p < 0 ? -1 : step_of_op_[static_cast<std::size_t>(p)];
+  }
+  // The ops of the step that runs at `last` (its fused elementwise group, or
+  // the op alone), in graph order; empty when one of them is taken.
+  std::vector<int> step_members(int last) const {
+    std::vector<int> members;
+    for (int j = 0; j <= last; ++j)
+      if (step_of_op_[static_cast<std::size_t>(j)] == last) {
+        if (taken_[static_cast<std::size_t>(j)]) return {};
+        members.push_back(j);
+      }
+    return members;
   }
   // Every value read by `members` from outside them is ready before `position`.
   bool inputs_ready(const std::vector<int>& members, int position) const {
@@ -292,15 +310,19 @@ class GroupFinder {
   }
 
   // The g and s of an absorbable clip mul(g, s) feeding adamw `a` (-1: none).
+  // The broadcast of s may be its own step or fused into the mul's chain.
   int absorbable_scale(int adamw) const {
     const ValueId grad = op(adamw).operands[1];
     const int mul = producer(grad);
-    if (!alone(mul) || op(mul).kind != OpKind::Mul || uses(grad) != 1) return -1;
+    if (mul < 0 || op(mul).kind != OpKind::Mul || uses(grad) != 1) return -1;
     const ValueId s = op(mul).operands[1];
     if (graph_.type(op(mul).operands[0]) != graph_.type(grad) || graph_.type(s).dtype != DType::f32) return -1;
-    if (graph_.type(s).numel() == 1) return mul;
+    const std::vector<int> chain = step_members(mul);
+    if (graph_.type(s).numel() == 1) return alone(mul) ? mul : -1;
     const int broadcast = producer(s);
-    if (!alone(broadcast) || op(broadcast).kind != OpKind::Broadcast || uses(s) != 1) return -1;
+    if (broadcast < 0 || op(broadcast).kind != OpKind::Broadcast || uses(s) != 1) return -1;
+    const bool separate = alone(mul) && alone(broadcast), fused = chain == std::vector<int>{broadcast, mul};
+    if (!separate && !fused) return -1;
     return graph_.type(op(broadcast).operands[0]).numel() == 1 ? mul : -1;
   }
 
@@ -332,6 +354,33 @@ class GroupFinder {
       if (!inputs_ready(g.ops, *std::min_element(g.ops.begin(), g.ops.end()))) continue;
       take(g);
       for (int a : adamws) add_in_place(g, a);
+      groups.push_back(std::move(g));
+    }
+  }
+
+  void find_reduce_chains(std::vector<OpGroup>& groups) {
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const OpKind kind = op(i).kind;
+      if ((kind != OpKind::Sum && kind != OpKind::Mean && kind != OpKind::Max) || !alone(i)) continue;
+      const ValueId x = op(i).operands[0];
+      const int last = producer(x);
+      if (last < 0 || uses(x) != 1 || step_of_op_[static_cast<std::size_t>(last)] != last) continue;
+      std::vector<int> chain = step_members(last);
+      if (chain.empty() || (chain.size() == 1 && !is_fusible_elementwise(op(last).kind))) continue;
+      // Every other value of the chain is read inside it only (uses counts a
+      // graph output as many): the reduction kernel stores nothing else.
+      std::map<ValueId, int> inside;
+      for (int m : chain)
+        for (ValueId v : op(m).operands) ++inside[v];
+      bool internal = true;
+      for (int m : chain)
+        if (m != last && uses(op(m).results[0]) != inside[op(m).results[0]]) internal = false;
+      if (!internal) continue;
+      OpGroup g{OpGroup::Kind::reduce_chain, i, i, chain, {x}, {}};
+      g.ops.push_back(i);
+      g.runs_at_anchor = true;
+      if (!inputs_ready(g.ops, i)) continue;
+      take(g);
       groups.push_back(std::move(g));
     }
   }
@@ -650,6 +699,7 @@ void emit_op_group(EmitContext& ctx, const OpGroup& group) {
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
     case OpGroup::Kind::gemm_epilogue: emit_gemm_epilogue(ctx, group); break;
     case OpGroup::Kind::weight_casts: emit_weight_casts(ctx, group); break;
+    case OpGroup::Kind::reduce_chain: emit_reduction_of_chain(ctx, {group.ops.begin(), group.ops.end() - 1}); break;
   }
 }
 

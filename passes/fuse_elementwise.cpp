@@ -12,7 +12,10 @@
 // math, compare, where, cast, constant, dropout, gelu_grad) joins the group
 // of an operand's producer when that producer is elementwise too, the
 // operand has exactly one use (so nothing outside needs it stored) and the
-// shapes agree. Groups are unions (union-find), so a tree of single-use
+// shapes agree. An mj.broadcast is such a producer too: its reader's kernel
+// reads the broadcast's operand at the broadcast index instead of a
+// materialized copy (a scalar loss gradient broadcast over the activations
+// would otherwise be written and read back in full). Groups are unions (union-find), so a tree of single-use
 // producers fuses into its root. Groups of one op get no attribute, and
 // stale attributes from an earlier run are removed. An op that
 // fuse-gemm-epilogue folded into a GEMM (mj.gemm_epilogue) joins no group.
@@ -50,8 +53,9 @@ bool is_fusible_elementwise(OpKind kind) {
   }
 }
 
-namespace {
+bool joins_elementwise_chain(OpKind kind) { return is_fusible_elementwise(kind) || kind == OpKind::Broadcast; }
 
+namespace {
 
 constexpr const char* kGroupAttr = "mj.fusion_group";
 
@@ -91,7 +95,9 @@ class FuseElementwisePass final : public Pass {
     std::map<int, GroupNeeds> needs;  // by root
     std::int64_t limited = 0;
     // An op folded into a GEMM's epilogue (fuse-gemm-epilogue) is no chain member.
-    auto member = [&](const Op& op) { return is_fusible_elementwise(op.kind) && !op.attrs.has("mj.gemm_epilogue"); };
+    // A broadcast joins as a producer only (its operand has another shape:
+    // read from outside the chain at the broadcast index).
+    auto member = [&](const Op& op) { return joins_elementwise_chain(op.kind) && !op.attrs.has("mj.gemm_epilogue"); };
     for (std::size_t i = 0; i < ops.size(); ++i) {
       const Op& op = ops[i];
       if (!member(op)) continue;
@@ -101,6 +107,7 @@ class FuseElementwisePass final : public Pass {
       own.produced.insert(op.results[0]);
       own.outputs = 1;
       own.dropouts = op.kind == OpKind::Dropout ? 1 : 0;
+      if (op.kind == OpKind::Broadcast) continue;  // joins its reader's group, never its operand's
       for (ValueId v : op.operands) {
         int p = producers[static_cast<std::size_t>(v)];
         if (p < 0 || !member(ops[static_cast<std::size_t>(p)])) continue;

@@ -21,9 +21,13 @@ std::unique_ptr<Pass> create_fuse_elementwise_pass(const PassOptions& options);
 // fuse-gemm-epilogue: folds mj.gelu / mj.gelu_grad into the GEMM producing
 // their operand (attributes mj.epilogue, mj.gemm_epilogue; passes/fuse_gemm_epilogue.cpp).
 std::unique_ptr<Pass> create_fuse_gemm_epilogue_pass(const PassOptions& options);
-// True for the ops an elementwise chain may contain (the CUDA codegen fuses
-// exactly these).
+// True for the elementwise ops (one result element from the same element
+// of each operand, or from a one-element operand).
 bool is_fusible_elementwise(OpKind kind);
+// The ops an elementwise chain may contain (the CUDA codegen fuses exactly
+// these): the elementwise ops and mj.broadcast, which joins the chain of its
+// one reader as a load of its operand at the broadcast index.
+bool joins_elementwise_chain(OpKind kind);
 // Whether casts are folded into the kernels producing their operand
 // (MOEJIT_CAST_FOLDS unset or 1; 0: not; anything else throws):
 // fuse-gemm-epilogue's cast and codegen's norm groups (codegen/op_groups.cpp).

@@ -6,16 +6,22 @@
 // integer sums wrap.
 #pragma once
 #include "codegen/kernels/common.cuh"
+#include "codegen/kernels/elementwise.cuh"
 
 namespace mj {
 
 // y[o] = reduce over the reduced dims of x. `kept` walks the outputs (sizes
 // of the kept dims, x's strides), `reduced` walks one output's inputs.
+// With a Chain (the kernels' last template argument; codegen/op_groups.cpp,
+// reduce_chain) x is not read: element i of the reduced input is
+// Chain::value(chain, i), the fused elementwise chain that produces it,
+// computed where it is summed and never stored.
 template <class T> struct ReduceArgs {
   const T* x;
   T* y;
   Dims kept, reduced;
   i64 outputs, count;
+  ElementwiseArgs chain;
 };
 
 // A reduction with few outputs over many elements, in two launches (one
@@ -28,6 +34,7 @@ template <class T> struct ReducePartsArgs {
   void* partials;
   Dims kept, reduced;
   i64 outputs, count, chunk, chunks;
+  ElementwiseArgs chain;
 };
 template <class T> struct ReduceFinishArgs {
   const void* partials;
@@ -120,29 +127,50 @@ template <> struct reduce_acc<int> { typedef i64 type; };
 // everything has rank 1 here).
 __device__ __forceinline__ i64 reduce_offset(const Dims& d, i64 i) { return d.rank == 1 ? i * d.stride[0] : dims_offset(d, i); }
 
-template <int KIND, class A> __device__ __forceinline__ A reduce_combine(A acc, A v) { return KIND == 2 ? MaxOp()(acc, v) : acc + v; }
+// The sum rounds each addition (__fadd_rn is never contracted into an FMA
+// with the multiply of a fused chain), so a chain fused into the reduction
+// gives the bits of the stored chain read back.
+__device__ __forceinline__ float add_rounded(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rounded(double a, double b) { return __dadd_rn(a, b); }
+template <class A> __device__ __forceinline__ A add_rounded(A a, A b) { return a + b; }
+
+template <int KIND, class A> __device__ __forceinline__ A reduce_combine(A acc, A v) {
+  return KIND == 2 ? MaxOp()(acc, v) : add_rounded(acc, v);
+}
+
+// Element i of the reduced input: read from x, or computed by the chain.
+template <class Chain, class T> struct ReduceInput {
+  static __device__ __forceinline__ T at(const T*, const ElementwiseArgs& chain, i64 i) { return Chain::value(chain, i); }
+};
+template <class T> struct ReduceInput<void, T> {
+  static __device__ __forceinline__ T at(const T* x, const ElementwiseArgs&, i64 i) { return x[i]; }
+};
 
 // acc combined with elements first, first + step, ... < last of one output
-// (`base` at the output); a plain strided loop when the reduced dims are one.
-template <int KIND, class A, class T>
-__device__ __forceinline__ A reduce_elements(const T* base, const Dims& reduced, i64 first, i64 last, i64 step, A acc) {
+// (`base` the offset of the output's first element); a plain strided loop
+// when the reduced dims are one.
+template <int KIND, class Chain, class A, class T>
+__device__ __forceinline__ A reduce_elements(const T* x, const ElementwiseArgs& chain, i64 base, const Dims& reduced, i64 first,
+                                             i64 last, i64 step, A acc) {
+  typedef ReduceInput<Chain, T> In;
   if (reduced.rank == 1) {
     const i64 stride = reduced.stride[0];
 #pragma unroll 4
-    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(base[r * stride]));
+    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(In::at(x, chain, base + r * stride)));
   } else {
-    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(base[dims_offset(reduced, r)]));
+    for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(In::at(x, chain, base + dims_offset(reduced, r))));
   }
   return acc;
 }
 
 // KIND: 0 sum, 1 mean, 2 max.
-template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_kernel(const ReduceArgs<T> a) {
+template <class T, int KIND, int THREADS, class Chain = void>
+__global__ void __launch_bounds__(THREADS) reduce_kernel(const __grid_constant__ ReduceArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];
   for (i64 o = blockIdx.x; o < a.outputs; o += gridDim.x) {
-    const T* base = a.x + reduce_offset(a.kept, o);
-    A acc = reduce_elements<KIND>(base, a.reduced, threadIdx.x, a.count, blockDim.x, KIND == 2 ? lowest_value<A>() : A(0));
+    A acc = reduce_elements<KIND, Chain>(a.x, a.chain, reduce_offset(a.kept, o), a.reduced, threadIdx.x, a.count, blockDim.x,
+                                         KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) {
@@ -156,24 +184,26 @@ template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THRE
 // one thread per output walks its elements in order; neighbouring threads
 // read neighbouring outputs, so the loads coalesce when the kept dims are
 // the inner ones.
-template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_thread_kernel(const ReduceArgs<T> a) {
+template <class T, int KIND, int THREADS, class Chain = void>
+__global__ void __launch_bounds__(THREADS) reduce_thread_kernel(const __grid_constant__ ReduceArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   MOEJIT_FOR_EACH(o, a.outputs) {
-    const T* base = a.x + reduce_offset(a.kept, o);
-    A acc = reduce_elements<KIND>(base, a.reduced, 0, a.count, 1, KIND == 2 ? lowest_value<A>() : A(0));
+    A acc = reduce_elements<KIND, Chain>(a.x, a.chain, reduce_offset(a.kept, o), a.reduced, 0, a.count, 1,
+                                         KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 1) acc = acc / (A)a.count;
     a.y[o] = st<T>((typename acc_of<T>::type)acc);
   }
 }
 
-template <class T, int KIND, int THREADS> __global__ void __launch_bounds__(THREADS) reduce_parts_kernel(const ReducePartsArgs<T> a) {
+template <class T, int KIND, int THREADS, class Chain = void>
+__global__ void __launch_bounds__(THREADS) reduce_parts_kernel(const __grid_constant__ ReducePartsArgs<T> a) {
   typedef typename reduce_acc<T>::type A;
   __shared__ A scratch[33];
   for (i64 w = blockIdx.x; w < a.outputs * a.chunks; w += gridDim.x) {
     const i64 o = w / a.chunks, first = (w % a.chunks) * a.chunk;
     const i64 last = first + a.chunk < a.count ? first + a.chunk : a.count;
-    const T* base = a.x + reduce_offset(a.kept, o);
-    A acc = reduce_elements<KIND>(base, a.reduced, first + threadIdx.x, last, blockDim.x, KIND == 2 ? lowest_value<A>() : A(0));
+    A acc = reduce_elements<KIND, Chain>(a.x, a.chain, reduce_offset(a.kept, o), a.reduced, first + threadIdx.x, last, blockDim.x,
+                                         KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 2) acc = block_reduce(acc, MaxOp(), scratch);
     else acc = block_reduce(acc, SumOp(), scratch);
     if (threadIdx.x == 0) static_cast<A*>(a.partials)[w] = acc;
