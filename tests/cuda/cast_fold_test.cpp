@@ -27,6 +27,7 @@
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/gemm_test_util.h"
+#include "cuda/module_util.h"
 #include "cuda/ptx_check.h"
 #include "frontends/config.h"
 #include "frontends/trainer.h"
@@ -37,6 +38,8 @@
 #include "runtime/cuda/cuda_backend.h"
 
 using namespace moejit;
+using cuda_test::count_launches;
+using cuda_test::module_of;
 
 namespace {
 
@@ -45,10 +48,6 @@ using Values = std::map<std::string, HostTensor>;
 using cuda_test::EnvOverride;
 using cuda_test::same_bits;
 
-codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {
-  run_pipeline(graph, "cuda-pipeline");
-  return codegen::generate_module(graph, target);
-}
 
 struct CastCensus {
   int standalone = 0;        // steps that are one mj.cast and launch a kernel
@@ -96,12 +95,6 @@ CastCensus census(const Graph& graph, const codegen::Target& target) {
   return c;
 }
 
-int count_launches(const codegen::ModuleCode& module, const std::string& needle) {
-  int n = 0;
-  for (const auto& step : module.steps)
-    for (const auto& launch : step.launches) n += launch.kind == codegen::Launch::Kind::kernel && launch.kernel.find(needle) != std::string::npos;
-  return n;
-}
 
 // Two pre-norm residual blocks x + f32(relu(bf16(ln(x)) w1) w2), loss =
 // mean(y * target), trained through mixed-precision{dtype=bf16} like the

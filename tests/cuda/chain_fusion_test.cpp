@@ -11,6 +11,7 @@
 #include "codegen/cuda_codegen.h"
 #include "codegen/target.h"
 #include "cuda/gemm_test_util.h"
+#include "cuda/module_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "passes/pass_manager.h"
@@ -18,6 +19,7 @@
 #include "runtime/cuda/cuda_backend.h"
 
 using namespace moejit;
+using cuda_test::count_launches;
 using cuda_test::Values;
 
 namespace {
@@ -51,13 +53,6 @@ Graph chain_graph(std::int64_t tokens, std::int64_t d) {
   return g;
 }
 
-int count_launches(const codegen::ModuleCode& module, const std::string& needle) {
-  int n = 0;
-  for (const auto& step : module.steps)
-    for (const auto& launch : step.launches) n += launch.kind == codegen::Launch::Kind::kernel && launch.kernel.find(needle) != std::string::npos;
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("fuse-elementwise takes a broadcast into its one reader's chain, never into its operand's", "[cuda][passes]") {
@@ -86,7 +81,7 @@ TEST_CASE("chains fused into reductions and broadcasts read in chains: the kerne
   for (const char* arch : {"sm_90a", "sm_80"}) {
     INFO(arch);
     Graph g = chain_graph(4096, 384);
-    run_pipeline(g, "cuda-pipeline");
+    run_pipeline(g, "cuda-pipeline");  // the graph whose values `materialized` indexes
     codegen::ModuleCode m = codegen::generate_module(g, codegen::Target::named(arch));
     CHECK(count_launches(m, "reduce_parts_kernel<float, 1, 256, mj::chain_value_") == 1);  // loss
     CHECK(count_launches(m, "reduce_kernel<float, 0, 256, mj::chain_value_") == 1);        // rows

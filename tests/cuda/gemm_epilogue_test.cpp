@@ -14,6 +14,7 @@
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/gemm_test_util.h"
+#include "cuda/module_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
@@ -22,6 +23,8 @@
 #include "runtime/cuda/cuda_backend.h"
 
 using namespace moejit;
+using cuda_test::count_launches;
+using cuda_test::module_of;
 
 namespace {
 
@@ -38,18 +41,7 @@ Graph mlp_graph(std::int64_t m, std::int64_t d, std::int64_t f, DType dtype = DT
   return cuda_test::mlp_graph("epilogue_mlp", m, d, f, dtype);
 }
 
-// The module codegen makes of `graph` after the CUDA pipeline.
-codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {
-  run_pipeline(graph, "cuda-pipeline");
-  return codegen::generate_module(graph, target);
-}
 
-int count_launches(const codegen::ModuleCode& module, const std::string& needle) {
-  int n = 0;
-  for (const auto& step : module.steps)
-    for (const auto& launch : step.launches) n += launch.kind == codegen::Launch::Kind::kernel && launch.kernel.find(needle) != std::string::npos;
-  return n;
-}
 // Launches of the elementwise family computing a gelu or gelu_grad alone.
 int standalone_gelus(const codegen::ModuleCode& module) {
   int n = 0;

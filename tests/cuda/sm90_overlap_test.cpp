@@ -15,6 +15,7 @@
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
 #include "cuda/gemm_test_util.h"
+#include "cuda/module_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
@@ -24,6 +25,7 @@
 #include "runtime/cuda/nvrtc_compiler.h"
 
 using namespace moejit;
+using cuda_test::module_of;
 
 namespace {
 
@@ -37,10 +39,6 @@ Graph layer_graph(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int6
 
 Graph mlp_graph(std::int64_t m, std::int64_t d, std::int64_t f) { return cuda_test::mlp_graph("overlap_mlp", m, d, f); }
 
-codegen::ModuleCode module_of(Graph graph, const codegen::Target& target) {
-  run_pipeline(graph, "cuda-pipeline");
-  return codegen::generate_module(graph, target);
-}
 
 // What ptxas says about each entry of a CUBIN compile with -v: "" when it
 // spills nothing and serializes no wgmma, else the offending lines.
