@@ -78,7 +78,12 @@ if want tests; then
   SPEC=${GPU_CHECK_TEST_SPEC:-[gpu]}  # e.g. "[gpu]~[overlap]"
   if (( SHARDS > 1 )); then
     # One name per line; a comma would split a name into two specs (Catch2), so it is escaped.
-    "$BUNDLE"/moejit_cuda_tests "$SPEC" --list-test-names-only | grep -v '^$' | sed 's/,/\\,/g' > "$LOGS/gpu-tests.names"
+    # The cases tagged [slow] (a minute or more on an H200) first, so the round robin gives each
+    # shard its share of them instead of whatever the name order puts together.
+    "$BUNDLE"/moejit_cuda_tests "$SPEC" --list-test-names-only | grep -v '^$' > "$LOGS/gpu-tests.all"
+    "$BUNDLE"/moejit_cuda_tests "[slow]" --list-test-names-only | grep -v '^$' > "$LOGS/gpu-tests.slow"
+    { grep -Fxf "$LOGS/gpu-tests.slow" "$LOGS/gpu-tests.all"; grep -vFxf "$LOGS/gpu-tests.slow" "$LOGS/gpu-tests.all"; } |
+      sed 's/,/\\,/g' > "$LOGS/gpu-tests.names"
     for ((i = 0; i < SHARDS; ++i)); do
       awk -v n="$SHARDS" -v i="$i" 'NR % n == i' "$LOGS/gpu-tests.names" > "$LOGS/gpu-tests.names.$i"
       timeout "${GPU_CHECK_TESTS_LIMIT:-900}" "$BUNDLE"/moejit_cuda_tests -f "$LOGS/gpu-tests.names.$i" -d yes \

@@ -139,7 +139,7 @@ TEST_CASE("the epilogue GEMMs of the MoE layer compile to PTX for compute_90a an
   }
 }
 
-TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend and the unfolded GPU run", "[cuda][gpu][epilogue]") {
+TEST_CASE("gpu: GEMMs with GELU / GELU-backward epilogues match the CPU backend and the unfolded GPU run", "[cuda][gpu][epilogue][slow]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();

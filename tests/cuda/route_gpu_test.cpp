@@ -166,7 +166,7 @@ TEST_CASE("moe.route emits the fused router up to 256 experts, and permutes only
   }
 }
 
-TEST_CASE("gpu: the fused router matches the CPU's moe.route exactly in its integer results", "[cuda][gpu][route]") {
+TEST_CASE("gpu: the fused router matches the CPU's moe.route exactly in its integer results", "[cuda][gpu][route][slow]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
@@ -208,7 +208,7 @@ TEST_CASE("gpu: the fused router over many blocks, with capacity drops and in bf
               11);
 }
 
-TEST_CASE("gpu: tuned route configurations give the heuristic's results bit for bit", "[cuda][gpu][route][tuning]") {
+TEST_CASE("gpu: tuned route configurations give the heuristic's results bit for bit", "[cuda][gpu][route][tuning][slow]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cuda = make_cuda_backend();
   const codegen::Target target = cuda_device_target();

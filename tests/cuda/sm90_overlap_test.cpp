@@ -116,7 +116,7 @@ TEST_CASE("ptxas spills nothing and serializes no wgmma in the sm90 family's ker
 }
 
 TEST_CASE("gpu: the overlapped epilogue (MOEJIT_SM90_OVERLAP=1) equals the cooperative one bit for bit, and the CPU backend",
-          "[cuda][gpu][overlap]") {
+          "[cuda][gpu][overlap][slow]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   std::uint64_t seed = 7001;
