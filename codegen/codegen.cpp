@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <set>
@@ -70,6 +71,15 @@ std::string instantiation(std::string_view name, std::initializer_list<std::stri
   }
   return text + ">";
 }
+
+bool env_flag(const char* name, bool fallback) {
+  const char* v = std::getenv(name);
+  if (!v) return fallback;
+  if (std::string(v) != "0" && std::string(v) != "1") throw Error(fmt::format("{}: expected 0 or 1, found '{}'", name, v));
+  return std::string(v) == "1";
+}
+
+bool warp_kernels_enabled() { return env_flag("MOEJIT_WARP_KERNELS", false); }
 
 unsigned blocks_for(std::int64_t n, unsigned threads) {
   std::int64_t blocks = (n + threads - 1) / threads;

@@ -246,6 +246,14 @@ class EmitContext {
   GeneratedCode& generated_;
 };
 
+// A 0/1 environment switch; unset: `fallback`; anything else throws, naming it.
+bool env_flag(const char* name, bool fallback);
+// MOEJIT_WARP_KERNELS=1 (default 0): moe.gate and moe.gate_grad with the
+// picks in registers and lanes (no chains of dependent loads over K), and a
+// warp per output for reductions of many outputs of 65..4096 elements.
+// Opt-in until they have run on a GPU (written 12-03 without one).
+bool warp_kernels_enabled();
+
 // Blocks for a grid-stride loop over n elements (at most 8192).
 unsigned blocks_for(std::int64_t n, unsigned threads = 256);
 // Tiles of `tile` covering n (at least 1).

@@ -153,6 +153,10 @@ void reduction(EmitContext& ctx, int kind, const ChainFunctor* chain = nullptr) 
     ctx.launch("reduce", kernel("reduce_thread_kernel"), config, {blocks_for(outputs)}, a, binds);
     return;
   }
+  if (count <= 4096 && outputs >= 256 && warp_kernels_enabled()) {  // a warp per output, none of them waiting on a block
+    ctx.launch("reduce", kernel("reduce_warp_kernel"), config, {blocks_for(outputs * 32)}, a, binds);
+    return;
+  }
   ctx.launch("reduce", kernel("reduce_kernel"), config,
              {static_cast<unsigned>(std::min<std::int64_t>(std::max<std::int64_t>(a.outputs, 1), 65535))}, a, binds);
 }

@@ -43,7 +43,9 @@ void gate(EmitContext& ctx, ValueId logits, B bias, ValueId weights, ValueId exp
   a.K = static_cast<int>(top_k);
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
   const std::string keys = std::to_string(a.E <= 256 ? (a.E + 31) / 32 : 0);  // keys per lane in registers (0: recomputed)
-  ctx.launch("moe", instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
+  std::string kernel = warp_kernels_enabled() ? instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config), "true"})
+                                              : instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config)});
+  ctx.launch("moe", kernel, config, {blocks_for(a.tokens * 32, 128)}, a,
              {{&a.logits, B::of(logits)}, {&a.bias, bias}, {&a.weights, B::of(weights)}, {&a.experts, B::of(experts)}});
 }
 
@@ -372,7 +374,9 @@ void emit_GateGrad(EmitContext& ctx) {
   a.E = static_cast<int>(ctx.in(0).dim(1));
   a.K = static_cast<int>(ctx.in(1).dim(1));
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
-  ctx.launch("moe", instantiation("gate_grad_kernel", {ctx.in_type(0), threads_of(config)}), config, {blocks_for(a.tokens * 32, 128)}, a,
+  std::string kernel = warp_kernels_enabled() ? instantiation("gate_grad_kernel", {ctx.in_type(0), threads_of(config), "true"})
+                                              : instantiation("gate_grad_kernel", {ctx.in_type(0), threads_of(config)});
+  ctx.launch("moe", kernel, config, {blocks_for(a.tokens * 32, 128)}, a,
              {{&a.logits, B::of(ctx.operand(0))},
               {&a.experts, B::of(ctx.operand(1))},
               {&a.dweights, B::of(ctx.operand(2))},

@@ -272,14 +272,6 @@ bool sm90_tile_attributes(const Op& op) {
   return has_tile_attributes(op) && sm90_tile(op.attrs.get_int("tile_m"), op.attrs.get_int("tile_n"), op.attrs.get_int("tile_k"));
 }
 
-// A 0/1 environment switch; unset: `fallback`.
-bool env_flag(const char* name, bool fallback) {
-  const char* v = std::getenv(name);
-  if (!v) return fallback;
-  if (std::string(v) != "0" && std::string(v) != "1") throw Error(fmt::format("{}: expected 0 or 1, found '{}'", name, v));
-  return std::string(v) == "1";
-}
-
 // Whether a weight gradient takes the stream-K schedule: fewer output tiles
 // than two waves of blocks (beyond that the ragged last wave is a small share,
 // and the schedule's single data-parallel wave would give up the lockstep

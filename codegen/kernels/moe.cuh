@@ -270,6 +270,103 @@ template <class T> __device__ __forceinline__ void warp_row_max_sum(const T* row
 #define MOEJIT_FOR_EACH_WARP(t, n)                                                               \
   for (i64 t = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; t < (n); t += ((i64)gridDim.x * blockDim.x) >> 5)
 
+// The rank order of gate keys as unsigned integers, so a warp finds its
+// best key in one instruction (redux.sync): a larger value ranks before.
+// Numbers keep their order (-0 is +0: they tie, as a > b says), NaN ranks
+// below every number, and 0 is "no candidate".
+__device__ __forceinline__ unsigned gate_rank_bits(float key, bool valid) {
+  if (!valid) return 0u;
+  if (key != key) return 1u;
+  const unsigned bits = __float_as_uint(key == 0.0f ? 0.0f : key);
+  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // never 0 or 1 for a number
+}
+__device__ __forceinline__ unsigned warp_max_u32(unsigned v) {
+#if __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(0xffffffffu, v);
+#else
+  for (int d = 16; d > 0; d >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, d));
+  return v;
+#endif
+}
+__device__ __forceinline__ unsigned warp_min_u32(unsigned v) {
+#if __CUDA_ARCH__ >= 800
+  return __reduce_min_sync(0xffffffffu, v);
+#else
+  for (int d = 16; d > 0; d >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, d));
+  return v;
+#endif
+}
+
+// gate_token for E <= 32 * KEYS and K <= 32, everything in registers: each
+// lane sorts its KEYS candidates (rank order; experts lane, lane + 32, ...
+// so a tie keeps the lower expert first); a round is the warp's maximum of
+// the lanes' first candidates, then the lowest expert among those that tie
+// with it, whose lane (expert % 32) drops it and passes its logit on; lane k
+// keeps pick k. The picks and the weights are gate_token's, bit for bit
+// (the same keys and order; the same formulas on the same logits, the warp
+// reductions over the same per-lane terms).
+template <int KEYS, class R, class T>
+__device__ __forceinline__ void gate_token_registers(const R* row, const T* bias, int E, int K, int softmax_score, int score_first,
+                                                     int normalize, int* chosen, T* weights, int* hist) {
+  const int lane = threadIdx.x & 31;
+  float max, sum;
+  warp_row_max_sum(row, E, lane, max, sum);
+  unsigned rank[KEYS];
+  int expert[KEYS];
+  float logit[KEYS];
+#pragma unroll
+  for (int j = 0; j < KEYS; ++j) {
+    const int e = lane + 32 * j;
+    const bool valid = e < E;
+    logit[j] = valid ? (float)ld(row[e]) : 0.0f;
+    rank[j] = gate_rank_bits(valid ? gate_key(row, bias, e, softmax_score, score_first, max, sum) : 0.0f, valid);
+    expert[j] = e;
+  }
+#pragma unroll
+  for (int i = 1; i < KEYS; ++i)  // insertion sort, strictly greater moves up: stable
+#pragma unroll
+    for (int j = i; j > 0; --j)
+      if (rank[j] > rank[j - 1]) {
+        const unsigned r = rank[j]; rank[j] = rank[j - 1]; rank[j - 1] = r;
+        const int e = expert[j]; expert[j] = expert[j - 1]; expert[j - 1] = e;
+        const float x = logit[j]; logit[j] = logit[j - 1]; logit[j - 1] = x;
+      }
+  int mine = -1;  // lane k: pick k
+  float mine_logit = 0.0f;
+  for (int k = 0; k < K; ++k) {
+    const unsigned best = warp_max_u32(rank[0]);
+    const unsigned picked = best == 0u ? 0xffffffffu : warp_min_u32(rank[0] == best ? (unsigned)expert[0] : 0xffffffffu);
+    const int pick = picked == 0xffffffffu ? -1 : (int)picked;
+    const int owner = pick < 0 ? 0 : pick & 31;
+    const float x = __shfl_sync(0xffffffffu, logit[0], owner);
+    if (pick >= 0 && lane == owner) {  // its first candidate is taken: the next one moves up
+#pragma unroll
+      for (int j = 0; j + 1 < KEYS; ++j) rank[j] = rank[j + 1], expert[j] = expert[j + 1], logit[j] = logit[j + 1];
+      rank[KEYS - 1] = 0u;
+    }
+    if (lane == k) mine = pick, mine_logit = x;
+  }
+  const bool holds = lane < K;
+  if (holds) {
+    chosen[lane] = mine;
+    if (hist && mine >= 0) atomicAdd(&hist[mine], 1);
+  }
+  float top_max = lowest_value<float>(), top_sum = 0.0f;
+  if (softmax_score && !score_first) {  // softmax over the K chosen logits
+    if (holds) top_max = MaxOp()(top_max, mine_logit);
+    top_max = warp_reduce(top_max, MaxOp());
+    if (holds) top_sum += expf(mine_logit - top_max);
+    top_sum = warp_reduce(top_sum, SumOp());
+  }
+  float raw = 0.0f;
+  if (holds) raw = !softmax_score ? gate_sigmoid(mine_logit) : score_first ? expf(mine_logit - max) / sum : expf(mine_logit - top_max) / top_sum;
+  float total = 0.0f;
+  if (holds) total += raw;
+  total = warp_reduce(total, SumOp());
+  if (holds) weights[lane] = st<T>(normalize ? raw / total : raw);
+  __syncwarp();
+}
+
 // Gates one token with a whole warp (every lane passes the same row, the
 // token's E logits): experts chosen[0..K) in rank order and their weights;
 // with `hist` (shared memory) each pick adds 1 to its expert's count.
@@ -278,9 +375,16 @@ template <class T> __device__ __forceinline__ void warp_row_max_sum(const T* row
 // do not depend on KEYS. The weights are computed by lanes over the K picks
 // (the softmax-over-the-chosen statistics and the normalizing sum are warp
 // reductions).
-template <int KEYS, class R, class T>
+// REGISTERS (MOEJIT_WARP_KERNELS=1): gate_token_registers where it applies.
+template <int KEYS, bool REGISTERS = false, class R, class T>
 __device__ __forceinline__ void gate_token(const R* row, const T* bias, int E, int K, int softmax_score, int score_first, int normalize,
                                            int* chosen, T* weights, int* hist) {
+  if constexpr (REGISTERS && KEYS > 0) {
+    if (K <= 32) {
+      gate_token_registers<KEYS>(row, bias, E, K, softmax_score, score_first, normalize, chosen, weights, hist);
+      return;
+    }
+  }
   const int lane = threadIdx.x & 31;
   float max, sum;
   warp_row_max_sum(row, E, lane, max, sum);
@@ -348,16 +452,68 @@ __device__ __forceinline__ void gate_token(const R* row, const T* bias, int E, i
 
 // moe.gate. logits [T, E], bias [E] or null -> weights [T, K], experts [T, K];
 // KEYS as gate_token's (the emitter passes ceil(E / 32) up to 256 experts).
-template <class T, int KEYS, int THREADS> __global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
+template <class T, int KEYS, int THREADS, bool REGISTERS = false>
+__global__ void __launch_bounds__(THREADS) gate_kernel(const GateArgs<T> a) {
   MOEJIT_FOR_EACH_WARP(t, a.tokens) {
-    gate_token<KEYS>(a.logits + t * a.E, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K,
+    gate_token<KEYS, REGISTERS>(a.logits + t * a.E, a.bias, a.E, a.K, a.softmax_score, a.score_first, a.normalize, a.experts + t * a.K,
                      a.weights + t * a.K, (int*)nullptr);
   }
 }
 
-// moe.gate_grad: one warp per token (lanes over experts); the chosen experts are held fixed.
-template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_grad_kernel(const GateGradArgs<T> a) {
-  int lane = threadIdx.x & 31;
+// moe.gate_grad: one warp per token (lanes over experts); the chosen experts
+// are held fixed. Lane k < K loads pick k (its expert, its weight's
+// gradient and its logit) once, so the token's loads are two dependent
+// steps, not a chain over K; the sums over the picks are warp reductions
+// and each expert's share of them comes from the picks' lanes by shuffle.
+// K > 32: the picks in a loop (gate_grad_token_loop).
+template <class T>
+__device__ __forceinline__ void gate_grad_token_loop(const GateGradArgs<T>& a, const T* row, const int* chosen, const T* dw, T* dl,
+                                                     int lane, float max, float sum) {
+  float total = 0.0f, dot = 0.0f;
+  for (int k = 0; k < a.K; ++k) {
+    float r = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
+    total += r;
+    dot += ld(dw[k]) * r;
+  }
+  dot /= total;
+#define MOEJIT_DRAW(k) (a.normalize ? (ld(dw[k]) - dot) / total : (float)ld(dw[k]))
+  if (!a.softmax_score) {
+    for (int e = lane; e < a.E; e += 32) {
+      float g = 0.0f;
+      for (int k = 0; k < a.K; ++k)
+        if (chosen[k] == e) {
+          float s = gate_sigmoid(ld(row[e]));
+          g += MOEJIT_DRAW(k) * s * (1.0f - s);
+        }
+      dl[e] = st<T>(g);
+    }
+  } else if (a.score_first) {  // softmax over all E, then picked
+    float pd = 0.0f;
+    for (int k = 0; k < a.K; ++k) pd += expf(ld(row[chosen[k]]) - max) / sum * MOEJIT_DRAW(k);
+    for (int e = lane; e < a.E; e += 32) {
+      float dprob = 0.0f;
+      for (int k = 0; k < a.K; ++k)
+        if (chosen[k] == e) dprob += MOEJIT_DRAW(k);
+      float prob = expf(ld(row[e]) - max) / sum;
+      dl[e] = st<T>(prob * (dprob - pd));
+    }
+  } else {  // softmax over the K chosen logits
+    float rd = 0.0f;
+    for (int k = 0; k < a.K; ++k) rd += gate_raw(row, chosen, k, a.K, 1, 0, max, sum) * MOEJIT_DRAW(k);
+    for (int e = lane; e < a.E; e += 32) {
+      float g = 0.0f;
+      for (int k = 0; k < a.K; ++k)
+        if (chosen[k] == e) g += gate_raw(row, chosen, k, a.K, 1, 0, max, sum) * (MOEJIT_DRAW(k) - rd);
+      dl[e] = st<T>(g);
+    }
+  }
+#undef MOEJIT_DRAW
+}
+
+// LANES (MOEJIT_WARP_KERNELS=1): the picks in lanes where K <= 32.
+template <class T, int THREADS, bool LANES = false>
+__global__ void __launch_bounds__(THREADS) gate_grad_kernel(const GateGradArgs<T> a) {
+  const int lane = threadIdx.x & 31;
   MOEJIT_FOR_EACH_WARP(t, a.tokens) {
     const T* row = a.logits + t * a.E;
     const int* chosen = a.experts + t * a.K;
@@ -365,46 +521,51 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) gate_
     T* dl = a.dlogits + t * a.E;
     float max, sum;
     warp_row_max_sum(row, a.E, lane, max, sum);
+    if (!LANES || a.K > 32) {
+      gate_grad_token_loop(a, row, chosen, dw, dl, lane, max, sum);
+      continue;
+    }
+    // Lane k < K: pick k.
+    const bool holds = lane < a.K;
+    const int e_k = holds ? chosen[lane] : -1;
+    const float dw_k = holds ? (float)ld(dw[lane]) : 0.0f;
+    const float x_k = holds ? (float)ld(row[e_k]) : 0.0f;
+    float top_max = lowest_value<float>(), top_sum = 0.0f;
+    if (a.softmax_score && !a.score_first) {  // the softmax over the K chosen logits
+      if (holds) top_max = MaxOp()(top_max, x_k);
+      top_max = warp_reduce(top_max, MaxOp());
+      if (holds) top_sum += expf(x_k - top_max);
+      top_sum = warp_reduce(top_sum, SumOp());
+    }
+    float r_k = 0.0f;  // the raw weight of pick k
+    if (holds) r_k = !a.softmax_score ? gate_sigmoid(x_k) : a.score_first ? expf(x_k - max) / sum : expf(x_k - top_max) / top_sum;
+    const float total = warp_reduce(holds ? r_k : 0.0f, SumOp());
+    const float dot = warp_reduce(holds ? dw_k * r_k : 0.0f, SumOp()) / total;
     // Through the renormalization w_k = r_k / S: draw_k = (dw_k - sum_j dw_j r_j / S) / S.
-    float total = 0.0f, dot = 0.0f;
-    for (int k = 0; k < a.K; ++k) {
-      float r = gate_raw(row, chosen, k, a.K, a.softmax_score, a.score_first, max, sum);
-      total += r;
-      dot += ld(dw[k]) * r;
+    const float draw_k = a.normalize ? (dw_k - dot) / total : dw_k;
+    float pd = 0.0f;  // score first: sum_k prob_k draw_k; over the chosen: sum_k r_k draw_k
+    if (a.softmax_score) pd = warp_reduce(holds ? r_k * draw_k : 0.0f, SumOp());
+    for (int e0 = 0; e0 < a.E; e0 += 32) {  // every lane in every pass: the shuffles need the whole warp
+      const int e = e0 + lane;
+      // This expert's share of the picks.
+      float g = 0.0f;
+      for (int k = 0; k < a.K; ++k) {
+        const int e_j = __shfl_sync(0xffffffffu, e_k, k);
+        const float draw_j = __shfl_sync(0xffffffffu, draw_k, k), r_j = __shfl_sync(0xffffffffu, r_k, k);
+        if (e_j != e || e >= a.E) continue;
+        if (!a.softmax_score) {
+          const float s = gate_sigmoid(ld(row[e]));
+          g += draw_j * s * (1.0f - s);
+        } else if (a.score_first) {
+          g += draw_j;
+        } else {
+          g += r_j * (draw_j - pd);
+        }
+      }
+      if (e >= a.E) continue;
+      if (a.softmax_score && a.score_first) g = (expf(ld(row[e]) - max) / sum) * (g - pd);
+      dl[e] = st<T>(g);
     }
-    dot /= total;
-#define MOEJIT_DRAW(k) (a.normalize ? (ld(dw[k]) - dot) / total : (float)ld(dw[k]))
-    if (!a.softmax_score) {
-      for (int e = lane; e < a.E; e += 32) {
-        float g = 0.0f;
-        for (int k = 0; k < a.K; ++k)
-          if (chosen[k] == e) {
-            float s = gate_sigmoid(ld(row[e]));
-            g += MOEJIT_DRAW(k) * s * (1.0f - s);
-          }
-        dl[e] = st<T>(g);
-      }
-    } else if (a.score_first) {  // softmax over all E, then picked
-      float pd = 0.0f;
-      for (int k = 0; k < a.K; ++k) pd += expf(ld(row[chosen[k]]) - max) / sum * MOEJIT_DRAW(k);
-      for (int e = lane; e < a.E; e += 32) {
-        float dprob = 0.0f;
-        for (int k = 0; k < a.K; ++k)
-          if (chosen[k] == e) dprob += MOEJIT_DRAW(k);
-        float prob = expf(ld(row[e]) - max) / sum;
-        dl[e] = st<T>(prob * (dprob - pd));
-      }
-    } else {  // softmax over the K chosen logits
-      float rd = 0.0f;
-      for (int k = 0; k < a.K; ++k) rd += gate_raw(row, chosen, k, a.K, 1, 0, max, sum) * MOEJIT_DRAW(k);
-      for (int e = lane; e < a.E; e += 32) {
-        float g = 0.0f;
-        for (int k = 0; k < a.K; ++k)
-          if (chosen[k] == e) g += gate_raw(row, chosen, k, a.K, 1, 0, max, sum) * (MOEJIT_DRAW(k) - rd);
-        dl[e] = st<T>(g);
-      }
-    }
-#undef MOEJIT_DRAW
   }
 }
 

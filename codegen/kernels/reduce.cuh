@@ -1,7 +1,9 @@
 // Kernel family "reduce": reductions over axes, the row-wise ops over the
 // last axis (softmax, log_softmax, layer_norm, rms_norm and their backward),
 // and the "mean of per-row values" finisher of the scalar losses. One block
-// per output element or row (one warp per row for norms of rows up to 1024),
+// per output element or row (a warp per output of up to 4096 elements when
+// there are many, a thread each for up to 64; one warp per row for norms of
+// rows up to 1024),
 // a fixed reduction tree, so results do not depend on timing. Float math accumulates in f32 (f64 for f64 tensors);
 // integer sums wrap.
 #pragma once
@@ -192,6 +194,26 @@ __global__ void __launch_bounds__(THREADS) reduce_thread_kernel(const __grid_con
                                          KIND == 2 ? lowest_value<A>() : A(0));
     if (KIND == 1) acc = acc / (A)a.count;
     a.y[o] = st<T>((typename acc_of<T>::type)acc);
+  }
+}
+
+// Many outputs of up to a few thousand elements each (the softmax
+// backward's sum over 128 experts): a warp per output. A block per output
+// would leave most of its threads idle and wait on a block-wide reduction
+// for every output.
+template <class T, int KIND, int THREADS, class Chain = void>
+__global__ void __launch_bounds__(THREADS) reduce_warp_kernel(const __grid_constant__ ReduceArgs<T> a) {
+  typedef typename reduce_acc<T>::type A;
+  const int lane = threadIdx.x & 31;
+  for (i64 o = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; o < a.outputs; o += ((i64)gridDim.x * blockDim.x) >> 5) {
+    A acc = reduce_elements<KIND, Chain>(a.x, a.chain, reduce_offset(a.kept, o), a.reduced, lane, a.count, 32,
+                                         KIND == 2 ? lowest_value<A>() : A(0));
+    if (KIND == 2) acc = warp_reduce(acc, MaxOp());
+    else acc = warp_reduce(acc, SumOp());
+    if (lane == 0) {
+      if (KIND == 1) acc = acc / (A)a.count;
+      a.y[o] = st<T>((typename acc_of<T>::type)acc);
+    }
   }
 }
 

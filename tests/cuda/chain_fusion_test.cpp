@@ -28,6 +28,8 @@ namespace {
 // three kinds of broadcast in chains:
 //   loss   mean(f32(y) * target) over everything: the split reduction
 //   rows   sum over D of target * broadcast(r [T, 1]): a block per row
+//          (a warp per row with MOEJIT_WARP_KERNELS=1)
+//   wide   sum over 20000 of z2 * broadcast(q [64, 1]): a block per row
 //   cols   max over 16 rows of exp(z): a thread per column
 //   dy     bf16(broadcast(s []) * target): the loss gradient's shape
 //   shift  target + broadcast(c [D])
@@ -42,9 +44,12 @@ Graph chain_graph(std::int64_t tokens, std::int64_t d) {
   Tensor s = b.input("s", {});
   Tensor c = b.input("c", {d});
   Tensor z = b.input("z", {16, 4096});
+  Tensor z2 = b.input("z2", {64, 20000});
+  Tensor q = b.input("q", {64, 1});
   b.output(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), "loss");
   b.output(b.sum(b.mul(target, b.broadcast(r, {tokens, d})), {1}), "rows");
   b.output(b.max(b.exp(z), {0}), "cols");
+  b.output(b.sum(b.mul(z2, b.broadcast(q, {64, 20000})), {1}), "wide");
   b.output(b.cast(b.mul(b.broadcast(s, {tokens, d}), target), DType::bf16), "dy");
   b.output(b.add(target, b.broadcast(c, {tokens, d})), "shift");
   Tensor p = b.mul(target, target);
@@ -84,7 +89,7 @@ TEST_CASE("chains fused into reductions and broadcasts read in chains: the kerne
     run_pipeline(g, "cuda-pipeline");  // the graph whose values `materialized` indexes
     codegen::ModuleCode m = codegen::generate_module(g, codegen::Target::named(arch));
     CHECK(count_launches(m, "reduce_parts_kernel<float, 1, 256, mj::chain_value_") == 1);  // loss
-    CHECK(count_launches(m, "reduce_kernel<float, 0, 256, mj::chain_value_") == 1);        // rows
+    CHECK(count_launches(m, "reduce_kernel<float, 0, 256, mj::chain_value_") == 2);        // rows, wide
     CHECK(count_launches(m, "reduce_thread_kernel<float, 2, 256, mj::chain_value_") == 1); // cols
     CHECK(count_launches(m, "reduce_parts_kernel<float, 1, 256>") == 1);                   // side, from p
     CHECK(count_launches(m, "copy_kernel") == 0);
@@ -100,6 +105,13 @@ TEST_CASE("chains fused into reductions and broadcasts read in chains: the kerne
       CHECK(m.materialized[static_cast<std::size_t>(v)] == is_p);
     }
     cuda_test::compile_to_ptx(m, "chain_fusion", arch == std::string("sm_90a") ? "compute_90a" : "compute_80");
+    cuda_test::EnvOverride warp("MOEJIT_WARP_KERNELS", "1");
+    Graph again = chain_graph(4096, 384);
+    run_pipeline(again, "cuda-pipeline");
+    const codegen::ModuleCode w = codegen::generate_module(again, codegen::Target::named(arch));
+    CHECK(count_launches(w, "reduce_warp_kernel<float, 0, 256, mj::chain_value_") == 1);  // rows
+    CHECK(count_launches(w, "reduce_kernel<float, 0, 256, mj::chain_value_") == 1);       // wide
+    cuda_test::compile_to_ptx(w, "chain_fusion_warp", arch == std::string("sm_90a") ? "compute_90a" : "compute_80");
   }
 }
 
@@ -107,8 +119,9 @@ TEST_CASE("gpu: chains fused into reductions and broadcasts in chains match the 
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
   auto cuda = make_cuda_backend();
-  for (auto [tokens, d] : {std::pair<std::int64_t, std::int64_t>{4096, 384}, {777, 130}}) {
-    INFO(fmt::format("T {} D {}", tokens, d));
+  for (auto [tokens, d, warp] : {std::tuple<std::int64_t, std::int64_t, const char*>{4096, 384, "0"}, {777, 130, "0"}, {4096, 384, "1"}}) {
+    INFO(fmt::format("T {} D {} MOEJIT_WARP_KERNELS={}", tokens, d, warp));
+    cuda_test::EnvOverride warp_kernels("MOEJIT_WARP_KERNELS", warp);
     Graph g = chain_graph(tokens, d);
     const Values args = cuda_test::random_args(g, 17, 1, 1.0);
     const Values fused = cuda_test::run_outputs(*cuda, g, args);

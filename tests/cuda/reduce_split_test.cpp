@@ -1,13 +1,16 @@
 // Reductions with few outputs over many elements run in two launches
-// (codegen/kernels/reduce.cuh: reduce_parts_kernel, reduce_finish_kernel):
-// CI checks which kernels codegen picks; on a GPU each kind (sum, mean,
-// max) over every axis layout matches the CPU backend.
+// (codegen/kernels/reduce.cuh: reduce_parts_kernel, reduce_finish_kernel),
+// many outputs of up to 4096 elements a warp each (MOEJIT_WARP_KERNELS=1):
+// CI checks which kernels
+// codegen picks; on a GPU each kind (sum, mean, max) over every axis layout
+// matches the CPU backend.
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
 #include "codegen/cuda_codegen.h"
 #include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/gemm_test_util.h"
 #include "ir/builder.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -39,6 +42,11 @@ TEST_CASE("a reduction of few outputs over many elements is split into chunks", 
   CHECK(uses_kernel(reduce_graph({100000, 3}, {0}, 2, DType::f32), "reduce_parts_kernel"));
   CHECK_FALSE(uses_kernel(reduce_graph({64, 32}, {0, 1}, 0, DType::f32), "reduce_parts_kernel"));   // small: one launch
   CHECK_FALSE(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_parts_kernel"));  // many outputs
+  CHECK(uses_kernel(reduce_graph({20000, 32}, {1}, 0, DType::f32), "reduce_thread_kernel"));        // a thread each
+  CHECK_FALSE(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_warp_kernel"));     // opt-in:
+  cuda_test::EnvOverride warp("MOEJIT_WARP_KERNELS", "1");
+  CHECK(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_warp_kernel"));           // a warp each
+  CHECK(uses_kernel(reduce_graph({64, 20000}, {1}, 0, DType::f32), "reduce_kernel"));               // a block each
 }
 
 TEST_CASE("gpu: split reductions match the CPU backend", "[cuda][gpu]") {
@@ -53,11 +61,16 @@ TEST_CASE("gpu: split reductions match the CPU backend", "[cuda][gpu]") {
   };
   const Case cases[] = {{{16384, 384}, {0, 1}, 1, DType::f32}, {{16384, 384}, {0, 1}, 0, DType::bf16},
                         {{100000, 3}, {0}, 2, DType::f32},     {{3, 70001}, {1}, 0, DType::f32},
-                        {{40, 600, 7}, {0, 1}, 1, DType::f32}, {{1 << 20}, {0}, 2, DType::bf16}};
+                        {{40, 600, 7}, {0, 1}, 1, DType::f32}, {{1 << 20}, {0}, 2, DType::bf16},
+                        // many outputs of a few hundred to 4096 elements: a warp each
+                        {{24576, 128}, {1}, 0, DType::f32},    {{3000, 700}, {1}, 2, DType::bf16},
+                        {{512, 4096}, {1}, 1, DType::f32},     {{300, 17, 5}, {0, 2}, 0, DType::f32}};
   std::uint64_t seed = 5;
+  for (const char* warp : {"0", "1"})
   for (const Case& c : cases) {
+    cuda_test::EnvOverride warp_kernels("MOEJIT_WARP_KERNELS", warp);
     Graph g = reduce_graph(c.shape, c.axes, c.kind, c.dtype);
-    INFO(fmt::format("{} kind {}", g.type(g.find_arg("x")).str(), c.kind));
+    INFO(fmt::format("{} kind {} MOEJIT_WARP_KERNELS={}", g.type(g.find_arg("x")).str(), c.kind, warp));
     auto args = cuda_test::random_args(g, seed++, 1, 1.0);
     auto run = [&](Backend& backend) {
       auto exe = backend.compile(g);

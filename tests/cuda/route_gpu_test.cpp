@@ -20,8 +20,10 @@
 #include "codegen/cuda_codegen.h"
 #include "codegen/tuning_space.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/gemm_test_util.h"
 #include "cuda/ptx_check.h"
 #include "ir/builder.h"
+#include "passes/autodiff.h"
 #include "passes/pass_manager.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/cuda_backend.h"
@@ -245,6 +247,97 @@ TEST_CASE("gpu: tuned route configurations give the heuristic's results bit for 
         INFO(name << ": first difference at " << at);
         CHECK(at == -1);
       }
+    }
+  }
+}
+
+namespace {
+
+// logits [tokens, E] (+ a bias) -> moe.gate -> loss = sum(weights * target),
+// with the gradient of the logits ("grad.logits").
+Graph gate_graph(std::int64_t tokens, std::int64_t experts, std::int64_t top_k, const std::string& score, const std::string& order,
+                 bool normalize, bool with_bias) {
+  Graph g("gate");
+  Builder b(g);
+  Tensor logits = b.input("logits", {tokens, experts});
+  Tensor bias = b.input("bias", {experts});
+  Tensor target = b.input("target", {tokens, top_k});
+  auto [weights, chosen] =
+      b.moe_gate(logits, {.top_k = top_k, .score = score, .order = order, .normalize = normalize}, with_bias ? &bias : nullptr);
+  b.output(weights, "weights");
+  b.output(chosen, "experts");
+  b.output(b.sum(b.mul(weights, target), {0, 1}), "loss");
+  append_backward(g, {.loss = "loss", .wrt = {"logits"}});
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("MOEJIT_WARP_KERNELS=1 gives moe.gate and moe.gate_grad their lane forms, which compile to PTX", "[cuda][nvrtc][route]") {
+  for (const char* arch : {"sm_90a", "sm_80"}) {
+    INFO(arch);
+    auto kernels = [&](const char* warp) {
+      cuda_test::EnvOverride warp_kernels("MOEJIT_WARP_KERNELS", warp);
+      const codegen::ModuleCode m =
+          codegen::generate_module(gate_graph(100, 128, 8, "softmax", "softmax_then_topk", true, false), codegen::Target::named(arch));
+      std::string gate, grad;
+      for (const auto& k : m.kernels) {
+        if (k.find("gate_kernel<") != std::string::npos) gate = k;
+        if (k.find("gate_grad_kernel<") != std::string::npos) grad = k;
+      }
+      if (std::string(warp) == "1") cuda_test::compile_to_ptx(m, "gate_lanes", arch == std::string("sm_90a") ? "compute_90a" : "compute_80");
+      return std::pair{gate, grad};
+    };
+    const auto [gate_off, grad_off] = kernels("0");
+    const auto [gate_on, grad_on] = kernels("1");
+    CHECK(gate_off == "mj::gate_kernel<float, 4, 128>");
+    CHECK(grad_off == "mj::gate_grad_kernel<float, 128>");
+    CHECK(gate_on == "mj::gate_kernel<float, 4, 128, true>");
+    CHECK(grad_on == "mj::gate_grad_kernel<float, 128, true>");
+  }
+  cuda_test::EnvOverride bad("MOEJIT_WARP_KERNELS", "yes");
+  CHECK_THROWS_WITH(codegen::generate_module(gate_graph(10, 8, 2, "softmax", "softmax_then_topk", true, false), codegen::Target::named("sm_90a")),
+                    Catch::Contains("MOEJIT_WARP_KERNELS: expected 0 or 1, found 'yes'"));
+}
+
+TEST_CASE("gpu: moe.gate and its gradient (MOEJIT_WARP_KERNELS=0 and 1; K > 32, E > 256) match the CPU",
+          "[cuda][gpu][route]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  struct Case {
+    std::int64_t experts, top_k;
+    std::string score, order;
+    bool normalize, bias;
+  };
+  const Case cases[] = {{128, 8, "softmax", "softmax_then_topk", true, false},  // D1536 E128's gate
+                        {8, 2, "softmax", "topk_then_softmax", false, false},   // Mixtral's
+                        {64, 40, "softmax", "softmax_then_topk", true, false},  // K > 32: the loop
+                        {32, 32, "sigmoid", "softmax_then_topk", true, true},   // K = E
+                        {20, 3, "sigmoid", "topk_then_softmax", false, true},
+                        {300, 4, "softmax", "softmax_then_topk", true, true}};  // E > 256: keys recomputed
+  std::uint64_t seed = 41;
+  for (const char* warp : {"0", "1"})
+  for (const Case& c : cases) {
+    cuda_test::EnvOverride warp_kernels("MOEJIT_WARP_KERNELS", warp);
+    INFO(fmt::format("E {} K {} {} {}{}{} MOEJIT_WARP_KERNELS={}", c.experts, c.top_k, c.score, c.order, c.normalize ? " normalized" : "",
+                     c.bias ? " bias" : "", warp));
+    const Graph g = gate_graph(3001, c.experts, c.top_k, c.score, c.order, c.normalize, c.bias);
+    // Multiples of 1/8 in [-1, 1]: many exact ties among the experts (the lower one first).
+    std::mt19937_64 rng(seed++);
+    std::uniform_int_distribution<int> eighths(-8, 8);
+    Values args;
+    for (const auto& arg : g.args()) {
+      HostTensor t(g.value(arg.value).type);
+      for (std::int64_t i = 0; i < t.numel(); ++i) t.set(i, eighths(rng) / 8.0);
+      args.emplace(g.value(arg.value).name, std::move(t));
+    }
+    const Values got = run_graph(*cuda, g, args), want = run_graph(*cpu, g, args);
+    CHECK(first_difference(got.at("experts"), want.at("experts")) == -1);
+    for (const char* name : {"weights", "grad.logits"}) {
+      const double err = cuda_test::normalized_error(got.at(name), want.at(name));
+      INFO(name << ": normalized error " << err);
+      CHECK(err <= cuda_test::tolerance(DType::f32));
     }
   }
 }
