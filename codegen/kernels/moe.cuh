@@ -280,19 +280,15 @@ __device__ __forceinline__ unsigned gate_rank_bits(float key, bool valid) {
   const unsigned bits = __float_as_uint(key == 0.0f ? 0.0f : key);
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // never 0 or 1 for a number
 }
-__device__ __forceinline__ unsigned warp_max_u32(unsigned v) {
+// The warp's maximum (MAX) or minimum of v: one redux.sync from sm_80 on.
+template <bool MAX> __device__ __forceinline__ unsigned warp_extreme_u32(unsigned v) {
 #if __CUDA_ARCH__ >= 800
-  return __reduce_max_sync(0xffffffffu, v);
+  return MAX ? __reduce_max_sync(0xffffffffu, v) : __reduce_min_sync(0xffffffffu, v);
 #else
-  for (int d = 16; d > 0; d >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, d));
-  return v;
-#endif
-}
-__device__ __forceinline__ unsigned warp_min_u32(unsigned v) {
-#if __CUDA_ARCH__ >= 800
-  return __reduce_min_sync(0xffffffffu, v);
-#else
-  for (int d = 16; d > 0; d >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, d));
+  for (int d = 16; d > 0; d >>= 1) {
+    const unsigned other = __shfl_xor_sync(0xffffffffu, v, d);
+    v = MAX ? max(v, other) : min(v, other);
+  }
   return v;
 #endif
 }
@@ -334,8 +330,8 @@ __device__ __forceinline__ void gate_token_registers(const R* row, const T* bias
   int mine = -1;  // lane k: pick k
   float mine_logit = 0.0f;
   for (int k = 0; k < K; ++k) {
-    const unsigned best = warp_max_u32(rank[0]);
-    const unsigned picked = best == 0u ? 0xffffffffu : warp_min_u32(rank[0] == best ? (unsigned)expert[0] : 0xffffffffu);
+    const unsigned best = warp_extreme_u32<true>(rank[0]);
+    const unsigned picked = best == 0u ? 0xffffffffu : warp_extreme_u32<false>(rank[0] == best ? (unsigned)expert[0] : 0xffffffffu);
     const int pick = picked == 0xffffffffu ? -1 : (int)picked;
     const int owner = pick < 0 ? 0 : pick & 31;
     const float x = __shfl_sync(0xffffffffu, logit[0], owner);
