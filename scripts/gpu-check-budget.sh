@@ -17,6 +17,7 @@
 #   streamk_waves, epilogues_all: the same with MOEJIT_SM90_STREAM_K_WAVES=2 against 3, MOEJIT_GEMM_EPILOGUES=1 against all;
 #   layer_overlap moe_layer_bench (AB_LAYER_SHAPES, default D384 and D1536 E128) with it against without;
 #   layer_gather  the same with MOEJIT_SM90_GATHER=0 against 1;
+#   layer_warp, warp: the same, and the config B step, with MOEJIT_WARP_KERNELS=0 against 1;
 #   layer     the MoE layer beside PyTorch (D384, D768, D1536 E128; LAYER_SHAPES picks others);
 #   tune      `moejit tune` of config B, the default config and the moe_layer shapes into
 #             $OUT/tuned.json (what tuning/ ships), then the config B step with that
@@ -30,7 +31,7 @@
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,layer_overlap,layer_gather,layer,tune,attention,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,warp,layer_overlap,layer_gather,layer_warp,layer,tune,attention,profiles,gemm,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -97,6 +98,7 @@ ab castfolds MOEJIT_CAST_FOLDS
 ab overlap MOEJIT_SM90_OVERLAP
 ab streamk_waves MOEJIT_SM90_STREAM_K_WAVES 2 3
 ab epilogues_all MOEJIT_GEMM_EPILOGUES 1 all
+ab warp MOEJIT_WARP_KERNELS
 layer_ab() {  # layer_ab NAME VARIABLE: moe_layer_bench (no CPU check) with VARIABLE=0 against 1, alternating
   local name=$1 var=$2
   planned "$name" || return 0
@@ -112,6 +114,7 @@ layer_ab() {  # layer_ab NAME VARIABLE: moe_layer_bench (no CPU check) with VARI
 }
 layer_ab layer_overlap MOEJIT_SM90_OVERLAP
 layer_ab layer_gather MOEJIT_SM90_GATHER
+layer_ab layer_warp MOEJIT_WARP_KERNELS
 # D4096's CPU check alone outlasts the section: its time comes from the profiles step (no check there).
 run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90 \
   GPU_CHECK_LAYER_SHAPES=${LAYER_SHAPES:-"16384,384,1536,8,2;16384,768,3072,8,2;24576,1536,256,128,8"}
