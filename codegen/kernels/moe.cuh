@@ -221,13 +221,17 @@ namespace mj {
 __device__ __forceinline__ bool ranks_before(float a, float b) { return a > b || (b != b && a == a); }
 __device__ __forceinline__ float gate_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// The selection key of expert e: the score (score first) or the logit, plus the bias.
-template <class R, class T> __device__ __forceinline__ float gate_key(const R* row, const T* bias, int e, int softmax_score, int score_first,
-                                                                    float max, float sum) {
-  float x = ld(row[e]);
+// The selection key of expert e with logit x: the score (score first) or
+// the logit, plus the bias.
+template <class T> __device__ __forceinline__ float gate_key_of(float x, const T* bias, int e, int softmax_score, int score_first, float max,
+                                                              float sum) {
   float key = !score_first ? x : (softmax_score ? expf(x - max) / sum : gate_sigmoid(x));
   if (bias) key += ld(bias[e]);
   return key;
+}
+template <class R, class T> __device__ __forceinline__ float gate_key(const R* row, const T* bias, int e, int softmax_score, int score_first,
+                                                                    float max, float sum) {
+  return gate_key_of((float)ld(row[e]), bias, e, softmax_score, score_first, max, sum);
 }
 
 // Raw weight of choice k (before normalization); chosen = experts[t, 0..K).
@@ -315,7 +319,7 @@ __device__ __forceinline__ void gate_token_registers(const R* row, const T* bias
     const int e = lane + 32 * j;
     const bool valid = e < E;
     logit[j] = valid ? (float)ld(row[e]) : 0.0f;
-    rank[j] = gate_rank_bits(valid ? gate_key(row, bias, e, softmax_score, score_first, max, sum) : 0.0f, valid);
+    rank[j] = gate_rank_bits(valid ? gate_key_of(logit[j], bias, e, softmax_score, score_first, max, sum) : 0.0f, valid);
     expert[j] = e;
   }
 #pragma unroll
@@ -548,7 +552,7 @@ __global__ void __launch_bounds__(THREADS) gate_grad_kernel(const GateGradArgs<T
       for (int k = 0; k < a.K; ++k) {
         const int e_j = __shfl_sync(0xffffffffu, e_k, k);
         const float draw_j = __shfl_sync(0xffffffffu, draw_k, k), r_j = __shfl_sync(0xffffffffu, r_k, k);
-        if (e_j != e || e >= a.E) continue;
+        if (e_j != e) continue;  // e_j < E: a lane past the row matches none
         if (!a.softmax_score) {
           const float s = gate_sigmoid(ld(row[e]));
           g += draw_j * s * (1.0f - s);
