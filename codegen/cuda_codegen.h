@@ -289,6 +289,8 @@ void emit_elementwise_chain(EmitContext& ctx, const std::vector<int>& ops, const
 // A sum / mean / max (ctx is at it) of the last value of the chain `ops`,
 // computed per element in the reduction kernel (op group reduce_chain).
 void emit_reduction_of_chain(EmitContext& ctx, const std::vector<int>& ops);
+// ctx at a moe.permute_grad: out = addend + its result (op group combine_add).
+void emit_permute_grad_with_addend(EmitContext& ctx, Buffer addend, ValueId out);
 
 // A residual add fused into the norm it feeds (codegen/emit_dense.cpp):
 // whether `add`'s result is `norm_op`'s x and one kernel can do both (equal
@@ -355,7 +357,7 @@ void emit_wgrad_with_epilogue(EmitContext& ctx, const GemmEpilogue& epilogue);
 // `position` (its first member); `internal` values are read only inside
 // it and never stored.
 struct OpGroup {
-  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue, weight_casts, reduce_chain };
+  enum class Kind : std::uint8_t { add_norm, norm_grad_add, sum_squares, adamw, gemm_epilogue, weight_casts, reduce_chain, combine_add };
   Kind kind;
   int position = 0;
   int anchor = 0;  // the op whose EmitContext emits the group

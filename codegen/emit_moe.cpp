@@ -178,7 +178,7 @@ bool segments_cover_rows(const Graph& graph, ValueId routing) {
 }
 
 // out[t] = sum_k w[t,k] ys[positions[t,k]] (w null: ones). ys [N, D] -> out [T, D].
-void combine(EmitContext& ctx, B ys, DType dtype, std::int64_t D, B weights, ValueId positions, ValueId out) {
+void combine(EmitContext& ctx, B ys, DType dtype, std::int64_t D, B weights, ValueId positions, ValueId out, B addend = B::none()) {
   const TensorType& pt = ctx.graph().type(positions);
   TileConfig config = TileConfig::fixed_threads(256);
   mj::CombineArgs<void> a{};
@@ -186,7 +186,7 @@ void combine(EmitContext& ctx, B ys, DType dtype, std::int64_t D, B weights, Val
   a.K = static_cast<int>(pt.dim(1));
   a.D = D;
   ctx.launch("moe", instantiation("combine_kernel", {template_type(dtype), threads_of(config)}), config, {warp_row_blocks(a.tokens, config)}, a,
-             {{&a.ys, ys}, {&a.weights, weights}, {&a.positions, B::of(positions)}, {&a.out, B::of(out)}});
+             {{&a.ys, ys}, {&a.weights, weights}, {&a.positions, B::of(positions)}, {&a.addend, addend}, {&a.out, B::of(out)}});
 }
 
 // The xs result of the moe.route whose slots are `slots` and whose rows are
@@ -394,6 +394,10 @@ void emit_Permute(EmitContext& ctx) {
 
 void emit_PermuteGrad(EmitContext& ctx) {
   combine(ctx, B::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), B::none(), ctx.operand(1), ctx.result(0));
+}
+
+void emit_permute_grad_with_addend(EmitContext& ctx, B addend, ValueId out) {
+  combine(ctx, B::of(ctx.operand(0)), ctx.in(0).dtype, ctx.in(0).dim(1), B::none(), ctx.operand(1), out, addend);
 }
 
 // ---- expert matmuls ----

@@ -40,6 +40,13 @@
 //                chain read outside it: the reduction kernel computes each
 //                element where it reads it (mean(f32(y) * target): no f32
 //                product written and read back). Runs at the reduction.
+//   combine_add  an mj.add of a moe.permute_grad's result (read only by that
+//                add) and another tensor of the same type: the combine
+//                kernel adds the other tensor to each sum it writes (the
+//                sum is never stored). Runs at the add (the route's backward
+//                adds the router's dx, computed after the permute_grad of
+//                the expert rows' dx), so the permute_grad moves later; its
+//                result has no other reader.
 //   weight_casts every standalone mj.cast f32 -> bf16 of an argument (the
 //                mixed-precision graph's casts of the weights): one launch
 //                per 32 tensors at the first member. With the cast folds
@@ -125,6 +132,7 @@ class GroupFinder {
     find_gemm_epilogues(groups);
     if (fold_casts_) find_weight_casts(groups);
     find_reduce_chains(groups);
+    find_combine_adds(groups);
     std::sort(groups.begin(), groups.end(), [](const OpGroup& a, const OpGroup& b) { return a.position < b.position; });
     return groups;
   }
@@ -355,6 +363,25 @@ class GroupFinder {
       take(g);
       for (int a : adamws) add_in_place(g, a);
       groups.push_back(std::move(g));
+    }
+  }
+
+  void find_combine_adds(std::vector<OpGroup>& groups) {
+    for (int i = 0; i < static_cast<int>(ops_.size()); ++i) {
+      const Op& add = op(i);
+      if (add.kind != OpKind::Add || !alone(i) || add.operands[0] == add.operands[1]) continue;
+      for (ValueId v : add.operands) {
+        const int pg = producer(v);
+        if (!alone(pg) || op(pg).kind != OpKind::PermuteGrad || uses(v) != 1) continue;
+        const ValueId other = add.operands[0] == v ? add.operands[1] : add.operands[0];
+        if (graph_.type(other) != graph_.type(v) || graph_.type(add.results[0]) != graph_.type(v)) continue;
+        OpGroup g{OpGroup::Kind::combine_add, 0, 0, {pg, i}, {v}, {}};
+        take(g);
+        g.position = i;  // at the add: its other operand may come after the permute_grad
+        g.anchor = pg;
+        groups.push_back(std::move(g));
+        break;
+      }
     }
   }
 
@@ -699,6 +726,11 @@ void emit_op_group(EmitContext& ctx, const OpGroup& group) {
     case OpGroup::Kind::adamw: emit_adamws(ctx, group); break;
     case OpGroup::Kind::gemm_epilogue: emit_gemm_epilogue(ctx, group); break;
     case OpGroup::Kind::weight_casts: emit_weight_casts(ctx, group); break;
+    case OpGroup::Kind::combine_add: {
+      const Op& add = ctx.graph().ops()[static_cast<std::size_t>(group.ops.back())];
+      emit_permute_grad_with_addend(ctx, B::of(add.operands[0] == ctx.result(0) ? add.operands[1] : add.operands[0]), add.results[0]);
+      break;
+    }
     case OpGroup::Kind::reduce_chain: emit_reduction_of_chain(ctx, {group.ops.begin(), group.ops.end() - 1}); break;
   }
 }

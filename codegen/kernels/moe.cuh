@@ -146,6 +146,7 @@ template <class T> struct CombineArgs {
   const T* ys;
   const T* weights;
   const int* positions;
+  const T* addend;  // null: none; else out[t] = addend[t] + (the sum rounded to T), as mj.add after the op
   T* out;
   i64 tokens;
   int K;
@@ -1127,15 +1128,19 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) permu
 
 // moe.combine (weights given) and moe.permute_grad (weights null = all ones):
 // out[t] = sum_k w[t,k] ys[positions[t,k]] in the order k = 0..K-1, dropped
-// slots add nothing. -> [T, D].
+// slots add nothing. -> [T, D]. With an addend (an mj.add of the result and
+// another [T, D] tensor, codegen/op_groups.cpp's combine_add), the sum is
+// rounded to T and added to the addend's element, then rounded again: the
+// two ops' values bit for bit, without the sum's round trip to memory.
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_kernel(const CombineArgs<T> a) {
   typedef typename acc_of<T>::type A;
   constexpr int V = pack16<T>::n;
   typedef Pack<T, V> P;
   const WarpRows w;
-  const bool packed = a.D % V == 0 && aligned16(a.ys) && aligned16(a.out);
+  const bool packed = a.D % V == 0 && aligned16(a.ys) && aligned16(a.out) && (!a.addend || aligned16(a.addend));
   for (i64 t = w.warp; t < a.tokens; t += w.warps) {
     T* out = a.out + t * a.D;
+    const T* addend = a.addend ? a.addend + t * a.D : nullptr;
     if (packed) {
       for (i64 p = w.lane; p < a.D / V; p += 32) {
         A acc[V];
@@ -1150,8 +1155,14 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combi
           for (int j = 0; j < V; ++j) acc[j] += weight * ld(y.v[j]);
         }
         P o;
+        if (addend) {
+          const P e = reinterpret_cast<const P*>(addend)[p];
 #pragma unroll
-        for (int j = 0; j < V; ++j) o.v[j] = st<T>(acc[j]);
+          for (int j = 0; j < V; ++j) o.v[j] = st<T>(ld(e.v[j]) + ld(st<T>(acc[j])));
+        } else {
+#pragma unroll
+          for (int j = 0; j < V; ++j) o.v[j] = st<T>(acc[j]);
+        }
         reinterpret_cast<P*>(out)[p] = o;
       }
     } else {
@@ -1163,7 +1174,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combi
           const A weight = a.weights ? ld(a.weights[t * a.K + k]) : A(1);
           acc += weight * ld(a.ys[(i64)row * a.D + d]);
         }
-        out[d] = st<T>(acc);
+        out[d] = addend ? st<T>(ld(addend[d]) + ld(st<T>(acc))) : st<T>(acc);
       }
     }
   }

@@ -341,3 +341,48 @@ TEST_CASE("gpu: moe.gate and its gradient (MOEJIT_WARP_KERNELS=0 and 1; K > 32, 
     }
   }
 }
+
+// The route's backward: x's gradient is the router's dx plus the
+// permute_grad of the expert rows' dx; op group combine_add computes the sum
+// in the permute_grad's combine kernel (no separate add, the permute_grad's
+// result never stored).
+TEST_CASE("the router's dx is added inside the permute_grad's combine kernel (op group combine_add)", "[cuda][route]") {
+  const Graph g = cuda_test::routed_layer_with_router_graph("combine_add", 1000, 384, 256, 16, 4);
+  Graph lowered = g;
+  run_pipeline(lowered, "cuda-pipeline");
+  const codegen::ModuleCode m = codegen::generate_module(lowered, codegen::Target::named("sm_90a"));
+  int grouped = 0;
+  for (const auto& step : m.steps) {
+    bool permute_grad = false, add = false;
+    for (int i : step.ops) {
+      const OpKind kind = lowered.ops()[static_cast<std::size_t>(i)].kind;
+      permute_grad |= kind == OpKind::PermuteGrad;
+      add |= kind == OpKind::Add;
+    }
+    if (!permute_grad) continue;
+    REQUIRE(step.launches.size() == 1);
+    CHECK(step.launches[0].kernel.find("combine_kernel") != std::string::npos);
+    grouped += add && step.ops.size() == 2;
+  }
+  CHECK(grouped == 1);
+  cuda_test::EnvOverride no_groups("MOEJIT_OP_GROUPS", "0");
+  const codegen::ModuleCode plain = codegen::generate_module(lowered, codegen::Target::named("sm_90a"));
+  CHECK(plain.steps.size() > m.steps.size());
+}
+
+TEST_CASE("gpu: the MoE layer with its router, forward and backward, matches the CPU (combine_add)", "[cuda][gpu][route]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  // E = 1; K = E; many experts with some empty; D no multiple of 8 (the combine's unpacked path).
+  struct Layer {
+    std::int64_t tokens, d, f, experts, top_k;
+  };
+  std::uint64_t seed = 91;
+  for (const Layer& c : {Layer{1000, 384, 256, 16, 4}, Layer{333, 128, 64, 1, 1}, Layer{200, 64, 128, 4, 4}, Layer{257, 100, 96, 64, 8}}) {
+    INFO(fmt::format("tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
+    const Graph g = cuda_test::routed_layer_with_router_graph("combine_add", c.tokens, c.d, c.f, c.experts, c.top_k);
+    const Values args = cuda_test::random_args(g, seed++, 1, 0.5);
+    cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
+  }
+}
