@@ -1199,30 +1199,15 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combi
       const T* ys = a.ys + (i64)row * a.D;
       T* dys = a.dys + (i64)row * a.D;
       if (packed) {
-        // U packs of each row per lane in flight before the first store (as
-        // permute_kernel): a store between them would keep the compiler from
-        // issuing the next pack's loads early (dys may alias, as it sees it).
-        constexpr int U = 4;
-        const i64 packs = a.D / V;
-        for (i64 p0 = w.lane; p0 < packs; p0 += 32 * U) {
-          P g[U], y[U];
+        for (i64 p = w.lane; p < a.D / V; p += 32) {
+          const P g = reinterpret_cast<const P*>(dout)[p], y = reinterpret_cast<const P*>(ys)[p];
+          P dy;
 #pragma unroll
-          for (int u = 0; u < U; ++u)
-            if (p0 + 32 * u < packs) {
-              g[u] = reinterpret_cast<const P*>(dout)[p0 + 32 * u];
-              y[u] = reinterpret_cast<const P*>(ys)[p0 + 32 * u];
-            }
-#pragma unroll
-          for (int u = 0; u < U; ++u) {
-            if (p0 + 32 * u >= packs) continue;
-            P dy;
-#pragma unroll
-            for (int j = 0; j < V; ++j) {
-              dy.v[j] = st<T>(weight * ld(g[u].v[j]));
-              dot += ld(g[u].v[j]) * ld(y[u].v[j]);
-            }
-            reinterpret_cast<P*>(dys)[p0 + 32 * u] = dy;
+          for (int j = 0; j < V; ++j) {
+            dy.v[j] = st<T>(weight * ld(g.v[j]));
+            dot += ld(g.v[j]) * ld(y.v[j]);
           }
+          reinterpret_cast<P*>(dys)[p] = dy;
         }
       } else {
         for (i64 d = w.lane; d < a.D; d += 32) {
