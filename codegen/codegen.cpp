@@ -79,7 +79,7 @@ bool env_flag(const char* name, bool fallback) {
   return std::string(v) == "1";
 }
 
-bool warp_kernels_enabled() { return env_flag("MOEJIT_WARP_KERNELS", false); }
+bool warp_kernels_enabled() { return env_flag("MOEJIT_WARP_KERNELS", true); }
 
 unsigned blocks_for(std::int64_t n, unsigned threads) {
   std::int64_t blocks = (n + threads - 1) / threads;

@@ -28,7 +28,7 @@ namespace {
 // three kinds of broadcast in chains:
 //   loss   mean(f32(y) * target) over everything: the split reduction
 //   rows   sum over D of target * broadcast(r [T, 1]): a block per row
-//          (a warp per row with MOEJIT_WARP_KERNELS=1)
+//          (a warp per row by default; MOEJIT_WARP_KERNELS=0: a block)
 //   wide   sum over 20000 of z2 * broadcast(q [64, 1]): a block per row
 //   cols   max over 16 rows of exp(z): a thread per column
 //   dy     bf16(broadcast(s []) * target): the loss gradient's shape
@@ -87,6 +87,7 @@ TEST_CASE("chains fused into reductions and broadcasts read in chains: the kerne
     INFO(arch);
     Graph g = chain_graph(4096, 384);
     run_pipeline(g, "cuda-pipeline");  // the graph whose values `materialized` indexes
+    cuda_test::EnvOverride block_reductions("MOEJIT_WARP_KERNELS", "0");  // a block per row here; the warp forms below
     codegen::ModuleCode m = codegen::generate_module(g, codegen::Target::named(arch));
     CHECK(count_launches(m, "reduce_parts_kernel<float, 1, 256, mj::chain_value_") == 1);  // loss
     CHECK(count_launches(m, "reduce_kernel<float, 0, 256, mj::chain_value_") == 2);        // rows, wide

@@ -1,6 +1,6 @@
 // Reductions with few outputs over many elements run in two launches
 // (codegen/kernels/reduce.cuh: reduce_parts_kernel, reduce_finish_kernel),
-// many outputs of up to 4096 elements a warp each (MOEJIT_WARP_KERNELS=1):
+// many outputs of up to 4096 elements a warp each (unless MOEJIT_WARP_KERNELS=0):
 // CI checks which kernels
 // codegen picks; on a GPU each kind (sum, mean, max) over every axis layout
 // matches the CPU backend.
@@ -43,9 +43,11 @@ TEST_CASE("a reduction of few outputs over many elements is split into chunks", 
   CHECK_FALSE(uses_kernel(reduce_graph({64, 32}, {0, 1}, 0, DType::f32), "reduce_parts_kernel"));   // small: one launch
   CHECK_FALSE(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_parts_kernel"));  // many outputs
   CHECK(uses_kernel(reduce_graph({20000, 32}, {1}, 0, DType::f32), "reduce_thread_kernel"));        // a thread each
-  CHECK_FALSE(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_warp_kernel"));     // opt-in:
-  cuda_test::EnvOverride warp("MOEJIT_WARP_KERNELS", "1");
-  CHECK(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_warp_kernel"));           // a warp each
+  CHECK(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_warp_kernel"));           // a warp each (the default)
+  {
+    cuda_test::EnvOverride blocks("MOEJIT_WARP_KERNELS", "0");
+    CHECK_FALSE(uses_kernel(reduce_graph({4096, 384}, {1}, 0, DType::f32), "reduce_warp_kernel"));   // 0: a block each
+  }
   CHECK(uses_kernel(reduce_graph({64, 20000}, {1}, 0, DType::f32), "reduce_kernel"));               // a block each
 }
 
