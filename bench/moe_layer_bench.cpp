@@ -37,6 +37,7 @@
 #include "bench/bench_util.h"
 #include "bench/moe_cases.h"
 #include "ir/builder.h"
+#include "frontends/moe_layer.h"
 #include "ir/error.h"
 #include "passes/autodiff.h"
 #include "passes/pass_manager.h"
@@ -52,31 +53,8 @@ using Values = std::map<std::string, HostTensor>;
 const char* kDefaultShapes = "16384,384,1536,8,2;16384,768,3072,8,2;8192,4096,14336,8,2;24576,1536,256,128,8";
 
 Graph layer_graph(const MoeShape& s, bool backward) {
-  Graph g(backward ? "moe_layer_fwd_bwd" : "moe_layer_fwd");
-  Builder b(g);
-  const std::int64_t T = s.tokens, D = s.d_model, F = s.d_expert, E = s.experts;
-  Tensor x = b.input("x", {T, D}, DType::bf16);
-  Tensor target = b.input("target", {T, D});
-  Tensor w_router = b.param("w_router", {D, E}, DType::bf16);
-  Tensor w_up = b.param("w_up", {E, D, F}, DType::bf16);
-  Tensor w_down = b.param("w_down", {E, F, D}, DType::bf16);
-  Tensor logits = b.cast(b.matmul(x, w_router), DType::f32);
-  auto [weights, experts] = b.moe_gate(logits, {.top_k = s.top_k, .normalize = true});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(experts, {.num_experts = E});
-  (void)counts;
-  Tensor xs = b.moe_permute(x, slots, s.top_k);
-  Tensor h = b.gelu(b.moe_grouped_matmul(xs, w_up, offsets));
-  Tensor ys = b.moe_grouped_matmul(h, w_down, offsets);
-  Tensor y = b.moe_combine(ys, b.cast(weights, DType::bf16), positions);
-  Tensor aux = b.moe_load_balance_loss(b.softmax(logits), experts, 0.01);
-  Tensor loss = b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux);
-  b.output(y, "y");
-  b.output(loss, "loss");
-  if (backward) {
-    run_pipeline(g, "moe-fusions");
-    append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
-  }
-  return g;
+  return moe_layer_graph(backward ? "moe_layer_fwd_bwd" : "moe_layer_fwd", {s.tokens, s.d_model, s.d_expert, s.experts, s.top_k},
+                         backward);
 }
 
 // x and target only (the check takes the timed run's weights).

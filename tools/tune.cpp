@@ -47,6 +47,7 @@
 #include <thread>
 
 #include "frontends/config.h"
+#include "frontends/moe_layer.h"
 #include "frontends/trainer.h"
 #include "ir/builder.h"
 #include "ir/error.h"
@@ -104,26 +105,8 @@ Graph moe_layer_graph(const std::string& shape) {
   }
   if (v.size() != 5 || std::any_of(v.begin(), v.end(), [](std::int64_t x) { return x < 1; }) || v[4] > v[3])
     throw Error(fmt::format("tune: --moe-layer '{}': expected T,D,F,E,K (positive integers, K <= E)", shape));
-  const std::int64_t T = v[0], D = v[1], F = v[2], E = v[3], K = v[4];
-  Graph g(fmt::format("moe_layer_T{}_D{}_F{}_E{}_K{}", T, D, F, E, K));
-  Builder b(g);
-  Tensor x = b.input("x", {T, D}, DType::bf16);
-  Tensor target = b.input("target", {T, D});
-  Tensor w_router = b.param("w_router", {D, E}, DType::bf16);
-  Tensor w_up = b.param("w_up", {E, D, F}, DType::bf16);
-  Tensor w_down = b.param("w_down", {E, F, D}, DType::bf16);
-  Tensor logits = b.cast(b.matmul(x, w_router), DType::f32);
-  auto [weights, experts] = b.moe_gate(logits, {.top_k = K, .normalize = true});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(experts, {.num_experts = E});
-  (void)counts;
-  Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, K), w_up, offsets));
-  Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), b.cast(weights, DType::bf16), positions);
-  Tensor aux = b.moe_load_balance_loss(b.softmax(logits), experts, 0.01);
-  b.output(y, "y");
-  b.output(b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux), "loss");
-  run_pipeline(g, "moe-fusions");  // before autodiff, as the bench and the trainer do
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
-  return g;
+  const MoeLayerShape layer{v[0], v[1], v[2], v[3], v[4]};
+  return moe_layer_graph(fmt::format("moe_layer_T{}_D{}_F{}_E{}_K{}", v[0], v[1], v[2], v[3], v[4]), layer, true);
 }
 
 // The graphs to tune, as the CUDA backend sees them (after its pipeline).

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cuda/cuda_test_util.h"
+#include "frontends/moe_layer.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
 #include "passes/pass_manager.h"
@@ -91,7 +92,7 @@ inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, st
   return g;
 }
 
-// The layer of bench/moe_layer_bench.cpp: routed_layer_graph's, with its
+// The layer of frontends/moe_layer.h (bench/moe_layer_bench.cpp measures it): routed_layer_graph's, with its
 // router (f32 logits of x w_router, softmax top-k renormalized, dropless
 // dispatch) and the load-balance loss; moe-fusions (moe.route,
 // gather_matmul, matmul_combine), then the backward of x, w_router, w_up and
@@ -99,25 +100,7 @@ inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, st
 // router's dx.
 inline Graph routed_layer_with_router_graph(const std::string& name, std::int64_t tokens, std::int64_t d, std::int64_t f,
                                             std::int64_t experts, std::int64_t top_k) {
-  Graph g(name);
-  Builder b(g);
-  Tensor x = b.input("x", {tokens, d}, DType::bf16);
-  Tensor target = b.input("target", {tokens, d});
-  Tensor w_router = b.param("w_router", {d, experts}, DType::bf16);
-  Tensor w_up = b.param("w_up", {experts, d, f}, DType::bf16);
-  Tensor w_down = b.param("w_down", {experts, f, d}, DType::bf16);
-  Tensor logits = b.cast(b.matmul(x, w_router), DType::f32);
-  auto [weights, chosen] = b.moe_gate(logits, {.top_k = top_k, .normalize = true});
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts});
-  (void)counts;
-  Tensor h = b.gelu(b.moe_grouped_matmul(b.moe_permute(x, slots, top_k), w_up, offsets));
-  Tensor y = b.moe_combine(b.moe_grouped_matmul(h, w_down, offsets), b.cast(weights, DType::bf16), positions);
-  Tensor aux = b.moe_load_balance_loss(b.softmax(logits), chosen, 0.01);
-  b.output(y, "y");
-  b.output(b.add(b.mean(b.mul(b.cast(y, DType::f32), target), {0, 1}), aux), "loss");
-  run_pipeline(g, "moe-fusions");
-  append_backward(g, {.loss = "loss", .wrt = {"x", "w_router", "w_up", "w_down"}});
-  return g;
+  return moe_layer_graph(name, {tokens, d, f, experts, top_k}, true);
 }
 
 // loss = mean(f32(gelu(x w1) w2) * target) (y an output too), with the
