@@ -339,7 +339,7 @@ std::optional<ModuleJob> prepare_candidate(const TuningProblem& p, const Graph& 
           return std::nullopt;
         }
     ModuleJob job;
-    job.request = cuda::CompileRequest{module.source, prepared.name(), target.arch, cuda::CompileOutput::cubin, true, module.kernels};
+    job.request = cuda::CompileRequest{module.source, prepared.name(), target.arch, cuda::CompileOutput::cubin, true, module.kernels, {}};
     job.weights = codegen::compile_weights(module);
     return job;
   } catch (const std::exception& e) {
