@@ -36,11 +36,8 @@
 
 #include "bench/bench_util.h"
 #include "bench/moe_cases.h"
-#include "ir/builder.h"
 #include "frontends/moe_layer.h"
 #include "ir/error.h"
-#include "passes/autodiff.h"
-#include "passes/pass_manager.h"
 #include "runtime/backend.h"
 #include "runtime/cuda/cuda_backend.h"
 

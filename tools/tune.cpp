@@ -49,10 +49,8 @@
 #include "frontends/config.h"
 #include "frontends/moe_layer.h"
 #include "frontends/trainer.h"
-#include "ir/builder.h"
 #include "ir/error.h"
 #include "ir/parser.h"
-#include "passes/autodiff.h"
 #include "passes/pass_manager.h"
 #include "tools/commands.h"
 #if MOEJIT_WITH_CUDA

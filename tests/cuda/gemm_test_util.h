@@ -12,7 +12,6 @@
 #include <string>
 
 #include "cuda/cuda_test_util.h"
-#include "frontends/moe_layer.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
 #include "passes/pass_manager.h"
@@ -90,17 +89,6 @@ inline Graph routed_layer_graph(const std::string& name, std::int64_t tokens, st
   run_pipeline(g, fusions);
   if (backward) append_backward(g, {.loss = "loss", .wrt = {"x", "w_up", "w_down"}});
   return g;
-}
-
-// The layer of frontends/moe_layer.h (bench/moe_layer_bench.cpp measures it): routed_layer_graph's, with its
-// router (f32 logits of x w_router, softmax top-k renormalized, dropless
-// dispatch) and the load-balance loss; moe-fusions (moe.route,
-// gather_matmul, matmul_combine), then the backward of x, w_router, w_up and
-// w_down. x's gradient is the permute_grad of the expert rows' dx plus the
-// router's dx.
-inline Graph routed_layer_with_router_graph(const std::string& name, std::int64_t tokens, std::int64_t d, std::int64_t f,
-                                            std::int64_t experts, std::int64_t top_k) {
-  return moe_layer_graph(name, {tokens, d, f, experts, top_k}, true);
 }
 
 // loss = mean(f32(gelu(x w1) w2) * target) (y an output too), with the

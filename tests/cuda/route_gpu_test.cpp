@@ -22,6 +22,7 @@
 #include "cuda/cuda_test_util.h"
 #include "cuda/gemm_test_util.h"
 #include "cuda/ptx_check.h"
+#include "frontends/moe_layer.h"
 #include "ir/builder.h"
 #include "passes/autodiff.h"
 #include "passes/pass_manager.h"
@@ -347,7 +348,7 @@ TEST_CASE("gpu: moe.gate and its gradient (MOEJIT_WARP_KERNELS=0 and 1; K > 32, 
 // in the permute_grad's combine kernel (no separate add, the permute_grad's
 // result never stored).
 TEST_CASE("the router's dx is added inside the permute_grad's combine kernel (op group combine_add)", "[cuda][route]") {
-  const Graph g = cuda_test::routed_layer_with_router_graph("combine_add", 1000, 384, 256, 16, 4);
+  const Graph g = moe_layer_graph("combine_add", {1000, 384, 256, 16, 4}, true);
   Graph lowered = g;
   run_pipeline(lowered, "cuda-pipeline");
   const codegen::ModuleCode m = codegen::generate_module(lowered, codegen::Target::named("sm_90a"));
@@ -381,7 +382,7 @@ TEST_CASE("gpu: the MoE layer with its router, forward and backward, matches the
   std::uint64_t seed = 91;
   for (const Layer& c : {Layer{1000, 384, 256, 16, 4}, Layer{333, 128, 64, 1, 1}, Layer{200, 64, 128, 4, 4}, Layer{257, 100, 96, 64, 8}}) {
     INFO(fmt::format("tokens {} d {} f {} experts {} top_k {}", c.tokens, c.d, c.f, c.experts, c.top_k));
-    const Graph g = cuda_test::routed_layer_with_router_graph("combine_add", c.tokens, c.d, c.f, c.experts, c.top_k);
+    const Graph g = moe_layer_graph("combine_add", {c.tokens, c.d, c.f, c.experts, c.top_k}, true);
     const Values args = cuda_test::random_args(g, seed++, 1, 0.5);
     cuda_test::check_close(cuda_test::run_outputs(*cuda, g, args), cuda_test::run_outputs(*cpu, g, args));
   }
