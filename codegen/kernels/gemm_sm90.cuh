@@ -177,6 +177,28 @@ template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wg
 template <int R> __device__ __forceinline__ void regs_down() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(R)); }
 template <int R> __device__ __forceinline__ void regs_up() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(R)); }
 
+// Where a block's time goes (a diagnostic for bench/gemm_sm90_probe.cu, built
+// with -DMOEJIT_SM90_TIMING; else every call compiles to nothing): clock64
+// intervals summed by the first thread of consumer 0 and of the producer,
+// added over blocks into sm90_timing at the end. [0] consumer waiting for
+// full stages, [1] consumer epilogues, [2] consumer total, [3] producer
+// waiting for empty stages, [4] producer total.
+#ifdef MOEJIT_SM90_TIMING
+__device__ unsigned long long sm90_timing[5];
+struct Sm90Timer {
+  long long sum = 0, t0 = 0;
+  __device__ __forceinline__ void start() { t0 = clock64(); }
+  __device__ __forceinline__ void stop() { sum += clock64() - t0; }
+  __device__ __forceinline__ void add_to(int slot) const { atomicAdd(&sm90_timing[slot], (unsigned long long)sum); }
+};
+#else
+struct Sm90Timer {
+  __device__ __forceinline__ void start() {}
+  __device__ __forceinline__ void stop() {}
+  __device__ __forceinline__ void add_to(int) const {}
+};
+#endif
+
 // A shared-memory matrix descriptor for a 128-byte-swizzled operand.
 // K-major tiles: rows of 64 elements (128 bytes), 8-row groups 1024 bytes
 // apart (SBO); LBO is unused (the PTX ISA says to encode 1, i.e. 16 bytes).
@@ -369,61 +391,165 @@ template <int BM, int BN> struct TileWalk {
 };
 
 
+// The 128-byte-swizzled place of a bf16 pair in a C staging box of 64 rows
+// x 128 bytes (16-byte chunk c of row r at chunk c ^ (r % 8): the 8 rows a
+// warp writes at once hit 8 different bank groups): row r, byte `byte` of
+// its 128.
+__device__ __forceinline__ unsigned box_address(unsigned box, int r, int byte) {
+  return box + r * 128 + (((byte / 16) ^ (r % 8)) * 16) + byte % 16;
+}
+
+// One pass of a 64-row block's bf16 output (kBoxes boxes of 64 columns from
+// col0), packed: what Epilogue::value makes of each accumulator pair (RAW:
+// the rounded accumulators), packed[2 * jj + h] for fragment jj of the pass
+// and row half h. Everything the epilogue reads for the pass (rows before
+// row_end) is loaded before the first use, so the loads' latencies overlap
+// (N % 8 == 0 here, so col + 1 < N with col).
+template <class Epilogue, bool RAW, int kBoxes, int N>
+__device__ __forceinline__ void pack_pass(const GemmArgs& args, const float (&acc)[N], int pass, long long c_base, long long col0,
+                                          long long my_row0, long long row_end, int warp, int lane, unsigned (&packed)[kBoxes * 16]) {
+  constexpr int kFrags = 8;  // 8-column accumulator fragments per box
+  const long long r_top = my_row0 + warp * 16 + lane / 4;
+  unsigned loaded[kBoxes * kFrags][2];
+#pragma unroll
+  for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
+    const long long col = col0 + 8 * (pass * kBoxes * kFrags + jj) + 2 * (lane % 4);
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      loaded[jj][h] = !RAW && col < args.n && r_top + 8 * h < row_end ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
+  }
+#pragma unroll
+  for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
+    const int j = pass * kBoxes * kFrags + jj;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+      if (!RAW) Epilogue::value(loaded[jj][h], v0, v1);
+      packed[2 * jj + h] = pack_bf16x2(v0, v1);
+    }
+  }
+}
+
+// Writes one packed pass (pack_pass) into the consumer's boxes at stage_c,
+// once the copy engine has read what the boxes held before.
+template <int kBoxes>
+__device__ __forceinline__ void stage_packed_pass(const unsigned (&packed)[kBoxes * 16], unsigned stage_c, int consumer, int thread,
+                                                  int warp, int lane) {
+  if (thread == 0) bulk_wait_read();  // the boxes' previous contents have left shared memory
+  asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+#pragma unroll
+  for (int jj = 0; jj < kBoxes * 8; ++jj) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const unsigned at = box_address(stage_c + (jj / 8) * 8192, warp * 16 + lane / 4 + 8 * h, (jj % 8) * 16 + (lane % 4) * 4);
+      asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(packed[2 * jj + h]) : "memory");
+    }
+  }
+}
+
+// Stages one packed pass and stores it through `map` (columns col_first..,
+// rows my_row0..; the copy engine clips columns past N).
+template <int kBoxes>
+__device__ __forceinline__ void store_packed_pass(const GemmArgs& args, const unsigned (&packed)[kBoxes * 16], const TmaDescriptor* map,
+                                                  unsigned stage_c, int c_z, long long col_first, long long my_row0, int consumer,
+                                                  int thread, int warp, int lane) {
+  stage_packed_pass<kBoxes>(packed, stage_c, consumer, thread, warp, lane);
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+  asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+  if (thread == 0) {
+    for (int box = 0; box < kBoxes; ++box) {
+      const long long col = col_first + box * 64;
+      if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+    }
+    bulk_commit();
+  }
+}
+
 // One output of a whole 64-row block through shared memory and the copy
 // engine: RAW, the rounded accumulators to aux (bf16); else what
-// Epilogue::value makes of them to c, bf16 or (WIDE) f32. Into
-// 128-byte-swizzled boxes of 64 rows x 128 bytes (16-byte chunk c of row r
-// at chunk c ^ (r % 8): the 8 rows a warp writes at once hit 8 different
-// bank groups), then one TMA store per box; the copy engine clips columns
-// past N.
+// Epilogue::value makes of them to c, bf16 (pack_pass, store_packed_pass)
+// or (WIDE) f32, in boxes of 64 rows x 128 bytes (32 f32 columns).
 template <int BM, int BN, int BK, int STAGES, class Epilogue, bool RAW, bool WIDE, int N>
 __device__ __forceinline__ void tma_store_output(const GemmArgs& args, const float (&acc)[N], const TmaDescriptor* map, unsigned stage_c,
                                                  int c_z, long long c_base, long long col0, long long my_row0, int consumer,
                                                  int thread, int warp, int lane) {
   constexpr int kBoxes = SmemLayout<BM, BN, BK, STAGES>::kCBoxes;
-  constexpr int kBoxCols = WIDE ? 32 : 64, kFrags = kBoxCols / 8;  // columns and 8-column accumulator fragments per box
-  constexpr int kPasses = BN / kBoxCols / kBoxes;
-  const long long r_top = my_row0 + warp * 16 + lane / 4;
+  if constexpr (!WIDE) {
 #pragma unroll
-  for (int pass = 0; pass < kPasses; ++pass) {
-    // What the epilogue reads for this pass's pairs, all loads in flight at
-    // once (N % 8 == 0 here, so col + 1 < N with col).
-    unsigned loaded[kBoxes * kFrags][2];
-#pragma unroll
-    for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
-      const long long col = col0 + 8 * (pass * kBoxes * kFrags + jj) + 2 * (lane % 4);
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        loaded[jj][h] = !RAW && col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
+    for (int pass = 0; pass < BN / 64 / kBoxes; ++pass) {
+      unsigned packed[kBoxes * 16];
+      pack_pass<Epilogue, RAW, kBoxes>(args, acc, pass, c_base, col0, my_row0, my_row0 + 64, warp, lane, packed);
+      store_packed_pass<kBoxes>(args, packed, map, stage_c, c_z, col0 + pass * kBoxes * 64, my_row0, consumer, thread, warp, lane);
     }
-    if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
-    asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+  } else {
+    constexpr int kFrags = 4;  // 8-column fragments per 32-column box
+    const long long r_top = my_row0 + warp * 16 + lane / 4;
 #pragma unroll
-    for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
-      const int j = pass * kBoxes * kFrags + jj, box = jj / kFrags, frag = jj % kFrags;
+    for (int pass = 0; pass < BN / 32 / kBoxes; ++pass) {
+      unsigned loaded[kBoxes * kFrags][2];
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = warp * 16 + lane / 4 + 8 * h;
-        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-        if (!RAW) Epilogue::value(loaded[jj][h], v0, v1);
-        const int byte = WIDE ? frag * 32 + (lane % 4) * 8 : frag * 16 + (lane % 4) * 4;  // in the 128-byte row
-        const unsigned at = stage_c + box * 8192 + r * 128 + (((byte / 16) ^ (r % 8)) * 16) + byte % 16;
-        if constexpr (WIDE) {
+      for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
+        const long long col = col0 + 8 * (pass * kBoxes * kFrags + jj) + 2 * (lane % 4);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) loaded[jj][h] = col < args.n ? Epilogue::load(args, c_base + (r_top + 8 * h) * args.ldc + col) : 0u;
+      }
+      if (thread == 0) bulk_wait_read();  // the previous pass's boxes have left shared memory
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+#pragma unroll
+      for (int jj = 0; jj < kBoxes * kFrags; ++jj) {
+        const int j = pass * kBoxes * kFrags + jj, box = jj / kFrags, frag = jj % kFrags;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+          Epilogue::value(loaded[jj][h], v0, v1);
+          const unsigned at = box_address(stage_c + box * 8192, warp * 16 + lane / 4 + 8 * h, frag * 32 + (lane % 4) * 8);
           asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at), "f"(v0), "f"(v1) : "memory");
-        } else {
-          asm volatile("st.shared.u32 [%0], %1;" ::"r"(at), "r"(pack_bf16x2(v0, v1)) : "memory");
         }
       }
-    }
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
-    if (thread == 0) {
-      for (int box = 0; box < kBoxes; ++box) {
-        const long long col = col0 + (pass * kBoxes + box) * kBoxCols;
-        if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+      if (thread == 0) {
+        for (int box = 0; box < kBoxes; ++box) {
+          const long long col = col0 + (pass * kBoxes + box) * 32;
+          if (col < args.n) tma_store_3d(map, stage_c + box * 8192, (int)col, (int)my_row0, c_z);
+        }
+        bulk_commit();
       }
-      bulk_commit();
     }
+  }
+}
+
+// One bf16 output of a partial 64-row block (rows my_row0 .. row_end - 1,
+// fewer than 64): a whole box would overwrite the next group's first rows,
+// so the pass is staged in the boxes as for the copy engine and then copied
+// out by the consumer's threads, a 16-byte chunk each, whole 128-byte row
+// segments per 8 threads, rows before row_end only. (From registers each
+// store would write 4 bytes of 8 rows at once: a grouped product whose
+// groups all end in a partial tile measured 15% slower than one whose groups
+// are whole tiles, docs/perf.md.) RAW: the rounded accumulators to aux.
+template <int BM, int BN, int BK, int STAGES, class Epilogue, bool RAW, int N>
+__device__ __forceinline__ void staged_store_rows(const GemmArgs& args, const float (&acc)[N], void* out, unsigned stage_c, long long c_base,
+                                                  long long col0, long long my_row0, long long row_end, int consumer, int thread,
+                                                  int warp, int lane) {
+  constexpr int kBoxes = SmemLayout<BM, BN, BK, STAGES>::kCBoxes;
+  const int rows = (int)(row_end - my_row0);
+#pragma unroll
+  for (int pass = 0; pass < BN / 64 / kBoxes; ++pass) {
+    unsigned packed[kBoxes * 16];
+    pack_pass<Epilogue, RAW, kBoxes>(args, acc, pass, c_base, col0, my_row0, row_end, warp, lane, packed);
+    stage_packed_pass<kBoxes>(packed, stage_c, consumer, thread, warp, lane);
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");
+    for (int i = thread; i < kBoxes * 64 * 8; i += 128) {
+      const int box = i / 512, r = (i / 8) % 64, chunk = i % 8;
+      const long long col = col0 + (pass * kBoxes + box) * 64 + chunk * 8;
+      if (r >= rows || col >= args.n) continue;  // N % 8 == 0 here: a chunk is inside or past N whole
+      uint4 v;
+      asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                   : "r"(stage_c + box * 8192 + r * 128 + ((chunk ^ (r % 8)) * 16)));
+      *reinterpret_cast<uint4*>(static_cast<unsigned short*>(out) + c_base + (my_row0 + r) * args.ldc + col) = v;
+    }
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + consumer) : "memory");  // the boxes are read before anything overwrites them
   }
 }
 
@@ -437,8 +563,18 @@ __device__ __forceinline__ void store_block(const GemmArgs& args, const float (&
                                             long long row_end, long long my_row0, int consumer, int thread, int warp, int lane) {
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
+  const unsigned stage_c = base + Layout::kCStage + consumer * Layout::kCBoxes * 8192;
+  if constexpr (Epilogue::kTmaStore && !WideC<Epilogue>::value) {
+    if (my_row0 < row_end && my_row0 + 64 > row_end) {  // a partial block: staged, then copied out row by row
+      if (Epilogue::kStoresAux && args.aux)
+        staged_store_rows<BM, BN, BK, STAGES, Epilogue, true>(args, acc, args.aux, stage_c, c_base, col0, my_row0, row_end, consumer,
+                                                              thread, warp, lane);
+      staged_store_rows<BM, BN, BK, STAGES, Epilogue, false>(args, acc, args.c, stage_c, c_base, col0, my_row0, row_end, consumer,
+                                                             thread, warp, lane);
+      return;
+    }
+  }
   if (Epilogue::kTmaStore && my_row0 + 64 <= row_end) {
-    const unsigned stage_c = base + Layout::kCStage + consumer * Layout::kCBoxes * 8192;
     const int c_z = args.group_offsets && !args.varlen_k ? 0 : group;
     if (Epilogue::kStoresAux && args.aux)
       tma_store_output<BM, BN, BK, STAGES, Epilogue, true, false>(args, acc, &args.aux_map, stage_c, c_z, c_base, col0, my_row0,
@@ -704,6 +840,8 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
     if constexpr (GATHER_A) {
       gather_producer<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR>(args, walk, total, base, full_bar, empty_bar);
     } else if (threadIdx.x == 0) {
+      Sm90Timer waiting, all;
+      all.start();
       int it = 0;
       for (long long t = blockIdx.x; t < total; t += gridDim.x) {
         int group;
@@ -715,7 +853,9 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
         for (int kt = 0; kt < k_tiles; ++kt, ++it) {
           const int s = it % STAGES;
           const unsigned parity = (it / STAGES) & 1;
+          waiting.start();
           mbar_wait(empty_bar + 8 * s, parity ^ 1);
+          waiting.stop();
           const unsigned bar = full_bar + 8 * s;
           mbar_expect_tx(bar, Layout::kStage);
           const unsigned a_dst = base + s * Layout::kStage, b_dst = a_dst + Layout::kATile;
@@ -728,6 +868,9 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
           load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, k0, col0, b_z);
         }
       }
+      all.stop();
+      waiting.add_to(3);
+      all.add_to(4);
     }
   } else if constexpr (OVERLAP) {
     // Overlapped epilogue (MOEJIT_SM90_OVERLAP=1; tile_n <= 128): the
@@ -760,6 +903,8 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
     const int consumer = warpgroup - 1;
     const int thread = threadIdx.x % 128, warp = thread / 32, lane = thread % 32;
     float acc[Mma::kAccumulators];
+    Sm90Timer waiting, epilogue, all;
+    all.start();
     int it = 0;
     for (long long t = blockIdx.x; t < total; t += gridDim.x) {
       int group;
@@ -772,7 +917,9 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
       }
       for (int kt = 0; kt < k_tiles; ++kt, ++it) {
         const int s = it % STAGES;
+        waiting.start();
         mbar_wait(full_bar + 8 * s, (it / STAGES) & 1);
+        waiting.stop();
         mma_stage<BM, BN, BK, STAGES, A_K_MAJOR, B_K_MAJOR>(args, acc, smem, base, s, kt, k_count, consumer, thread);
         wgmma_wait<1>();  // the MMAs of the previous stage have retired: release it
         if (kt > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
@@ -780,9 +927,17 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
       wgmma_wait<0>();
       if (k_tiles > 0 && thread == 0) mbar_arrive(empty_bar + 8 * ((it - 1) % STAGES));
 
+      epilogue.start();
       store_block<BM, BN, BK, STAGES, Epilogue>(args, acc, base, group, col0, row_end, row0 + consumer * 64, consumer, thread, warp, lane);
+      epilogue.stop();
     }
     if (Epilogue::kTmaStore && thread == 0) bulk_wait_all();  // stores done before the block's shared memory goes away
+    all.stop();
+    if (consumer == 0 && thread == 0) {
+      waiting.add_to(0);
+      epilogue.add_to(1);
+      all.add_to(2);
+    }
   }
 }
 
