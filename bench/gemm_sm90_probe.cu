@@ -233,36 +233,74 @@ double check_wgrad(int G, int rows, int D, int F, int sms) {
   return (bad == 0 && err < 1e-2) ? err : -1;
 }
 
+// An epilogue that stores nothing: the product's MMAs and loads alone (what
+// the epilogue costs is the difference to a real one).
+struct StoreNothing {
+  static constexpr bool kTmaStore = false, kStoresAux = false;
+  __device__ __forceinline__ static unsigned load(const GemmArgs&, long long) { return 0; }
+  __device__ __forceinline__ static void value(unsigned, float&, float&) {}
+  __device__ __forceinline__ static void apply(const GemmArgs&, long long, float, float, bool) {}
+};
+
+// Runs per timing (PROBE_RUNS, default 30; 1 under a profiler).
+static int timed_runs() { const char* v = getenv("PROBE_RUNS"); return v ? std::max(1, atoi(v)) : 30; }
+
+// One product C = A * B timed; with G > 1 in grouped mode (moe.grouped_matmul):
+// M rows split into G groups of random sizes around M / G (as top-k routing
+// gives), A [M, K], B [G] of [K, N] or [N, K].
 template <int BN, int STAGES, bool AK, bool BK_, class Epi = StoreBf16, bool OV = false>
-double bench(int M, int N, int K, int sms, const char* label = "") {
-  long long a_e = (long long)M * K, b_e = (long long)N * K, c_e = (long long)M * N;
+double bench(int M, int N, int K, int sms, const char* label = "", int G = 1, bool exact_groups = false, bool shared_b = false) {
+  long long a_e = (long long)M * K, b_e = (long long)G * N * K, c_e = (long long)M * N;
   auto ha = rand_bf(a_e), hb = rand_bf(b_e);
   unsigned short *da, *db, *dc, *daux;
   CK(cudaMalloc(&da, a_e * 2)); CK(cudaMalloc(&db, b_e * 2)); CK(cudaMalloc(&dc, c_e * 2)); CK(cudaMalloc(&daux, c_e * 2));
   CK(cudaMemcpy(da, ha.data(), a_e * 2, cudaMemcpyHostToDevice)); CK(cudaMemcpy(db, hb.data(), b_e * 2, cudaMemcpyHostToDevice));
   { auto hx = rand_bf(c_e); CK(cudaMemcpy(daux, hx.data(), c_e * 2, cudaMemcpyHostToDevice)); }
   GemmArgs args{};
+  int* doff = nullptr;
+  if (G > 1) {
+    std::vector<int> offs(G + 1, 0);
+    std::uniform_int_distribution<int> jitter(-M / G / 20, M / G / 20);
+    for (int g = 1; g < G; ++g) offs[g] = std::min(M, (int)((long long)M * g / G) + (exact_groups ? 0 : jitter(rng)));
+    offs[G] = M;
+    CK(cudaMalloc(&doff, (G + 1) * 4));
+    CK(cudaMemcpy(doff, offs.data(), (G + 1) * 4, cudaMemcpyHostToDevice));
+    args.group_offsets = doff;
+  }
   if (AK) args.a = make_map(da, K, M, 1, K, a_e, 128); else args.a = make_map(da, M, K, 1, M, a_e, 64);
-  if (BK_) args.b = make_map(db, K, N, 1, K, b_e, BN); else args.b = make_map(db, N, K, 1, N, b_e, 64);
+  if (BK_) args.b = make_map(db, K, N, G, K, (long long)N * K, BN); else args.b = make_map(db, N, K, G, N, (long long)N * K, 64);
   args.c_map = make_map(dc, N, M, 1, N, c_e, 64);
   args.aux_map = make_map(daux, N, M, 1, N, c_e, 64);
   args.aux = daux;
-  args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = 1; args.a_batched = 1; args.b_batched = 1;
+  args.c = dc; args.m = M; args.n = N; args.k = K; args.ldc = N; args.c_group_stride = c_e; args.groups = G;
+  args.a_batched = G > 1 ? 0 : 1; args.b_batched = shared_b ? 0 : 1;
   cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-  for (int i = 0; i < 5; ++i) launch<BN, STAGES, AK, BK_, Epi, OV>(args, sms);
+  const int runs = timed_runs();
+  for (int i = 0; i < std::min(5, runs); ++i) launch<BN, STAGES, AK, BK_, Epi, OV>(args, sms);
   CK(cudaGetLastError()); CK(cudaDeviceSynchronize());
   std::vector<float> ms;
-  for (int i = 0; i < 30; ++i) {
+#ifdef MOEJIT_SM90_TIMING
+  { unsigned long long zeros[5] = {}; CK(cudaMemcpyToSymbol(sm90_timing, zeros, sizeof zeros)); }
+#endif
+  for (int i = 0; i < runs; ++i) {
     cudaEventRecord(e0); launch<BN, STAGES, AK, BK_, Epi, OV>(args, sms); cudaEventRecord(e1); cudaEventSynchronize(e1);
     float t; cudaEventElapsedTime(&t, e0, e1); ms.push_back(t);
   }
   CK(cudaGetLastError());
   std::sort(ms.begin(), ms.end());
   double med = ms[ms.size() / 2];
-  printf("bench %dx%dx%d A%s B%s BN%d st%d%s%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
+  printf("bench %dx%dx%d G%d A%s B%s BN%d st%d%s%s: %.3f ms, %.0f TFLOP/s\n", M, N, K, G, AK ? "k" : "m", BK_ ? "k" : "n", BN, STAGES,
          OV ? " overlap" : "", label, med,
          2.0 * M * N * K / med / 1e9);
-  cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(daux);
+#ifdef MOEJIT_SM90_TIMING
+  {  // where consumer 0 and the producer of each block spent their cycles (codegen/kernels/gemm_sm90.cuh)
+    unsigned long long t[5];
+    CK(cudaMemcpyFromSymbol(t, sm90_timing, sizeof t));
+    printf("  timing: consumer waits for full stages %.1f%%, epilogues %.1f%%; producer waits for empty stages %.1f%% "
+           "(of each one's cycles)\n", 100.0 * t[0] / t[2], 100.0 * t[1] / t[2], 100.0 * t[3] / t[4]);
+  }
+#endif
+  cudaFree(da); cudaFree(db); cudaFree(dc); cudaFree(daux); if (doff) cudaFree(doff);
   return med;
 }
 
@@ -277,6 +315,7 @@ void bench_epilogues(int M, int N, int K, int sms) {
          100 * (grad / plain - 1));
 }
 
+#ifndef MOEJIT_SM90_TIMING
 // The overlapped epilogue (two accumulator sets per consumer, tile_n <= 128):
 // checks, then timings beside the default kernel at the same shapes.
 int overlap(int sms) {
@@ -306,11 +345,43 @@ int overlap(int sms) {
   return 0;
 }
 
+#endif
+
+// The D1536 F256 E128 K8 layer's expert products (196608 rows: T 24576 x
+// K 8) in grouped mode over 128 experts of random sizes around 1536 rows
+// (every group ends in a partial tile, as routed tokens do): the K = 256
+// ones (the down projection, B N-major, and the up projection's input
+// gradient, B K-major) and the K = 1536 ones (the up projection, B
+// N-major, and the down projection's input gradient, B K-major), 128 x 256
+// tiles; beside them the same products over groups of exactly 1536 rows (no
+// partial tile) and with no stores at all (the MMAs and loads alone).
+int layer_shapes(int sms) {
+  const int rows = 196608, G = 128;
+  bench<256, 4, true, false>(rows, 1536, 256, sms, " down", G);
+  bench<256, 4, true, false>(rows, 1536, 256, sms, " down, groups of 1536 rows", G, true);
+  bench<256, 4, true, false, StoreNothing>(rows, 1536, 256, sms, " down no-store", G);
+  bench<256, 4, true, true>(rows, 1536, 256, sms, " dx", G);
+  bench<256, 4, true, true>(rows, 1536, 256, sms, " dx, groups of 1536 rows", G, true);
+  bench<256, 4, true, true>(rows, 1536, 256, sms, " dx, one B for every group", G, false, true);
+  bench<256, 4, true, true>(rows, 1536, 256, sms, " dx dense", 1);
+  bench<256, 4, true, false, StoreGeluBf16<true>>(rows, 256, 1536, sms, " up gelu+aux", G);
+  bench<256, 4, true, false, StoreGeluBf16<true>>(rows, 256, 1536, sms, " up gelu+aux, groups of 1536 rows", G, true);
+  bench<256, 4, true, false>(rows, 256, 1536, sms, " up", G);
+  bench<256, 4, true, true>(rows, 256, 1536, sms, " dh", G);
+  bench<256, 4, true, true>(rows, 256, 1536, sms, " dh, groups of 1536 rows", G, true);
+  bench<256, 4, true, true, StoreGeluGradBf16<true>>(rows, 256, 1536, sms, " dh gelu_grad", G);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IOLBF, 0);  // every line out at once: a run cut by a timeout keeps what it printed
   CU(cuInit(0));
   int sms; CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+#ifdef MOEJIT_SM90_TIMING
+  return layer_shapes(sms);  // the timing build: only the layer's products (and fewer instantiations to compile)
+#else
   if (argc > 1 && std::string(argv[1]) == "--overlap") return overlap(sms);  // only the overlapped epilogue (opt-in)
+  if (argc > 1 && std::string(argv[1]) == "--layer-shapes") return layer_shapes(sms);  // the D1536 E128 layer's products
   int fails = 0;
   auto C = [&](double r) { if (r < 0) ++fails; };
   C(check<256, 4, true, true>(1, 1000, 712, 520, false, sms, 0));
@@ -355,4 +426,5 @@ int main(int argc, char** argv) {
   bench_epilogues<256, 4, true, true>(32768, 3072, 768, sms);
   bench_epilogues<256, 4, true, false>(8192, 8192, 8192, sms);
   return fails ? 1 : 0;
+#endif
 }

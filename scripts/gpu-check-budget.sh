@@ -25,13 +25,16 @@
 #   attention flash attention beside SDPA;
 #   profiles  MOEJIT_PROFILE=1 steps of config B and of the D4096 and D1536 layers;
 #   gemm      the dense GEMM probe beside torch.matmul;
+#   layer_gemm the D1536 E128 layer's expert products alone (gemm_sm90_probe --layer-shapes), then
+#             where their warps wait (gemm_sm90_probe_timing); NCU=1: then once each under
+#             Nsight Compute, into $OUT/ncu-layer-gemm.txt;
 #   queue     the helpers' queued runs (.gpu-queue/*/tree.tar.xz + request.txt, unpacked
 #             and run one after another, each under its requested seconds).
 # A step that does not fit the time left is reported SKIPPED. Every log is packed
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,warp,layer_overlap,layer_gather,layer_warp,layer,tune,attention,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,warp,layer_overlap,layer_gather,layer_warp,layer,layer_gemm,tune,attention,profiles,gemm,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -147,6 +150,23 @@ if planned profiles; then  # PROFILES picks among b, d4096, d1536 (default all t
   profiles_wanted d1536 && profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
 run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=${GEMM_LIMIT:-30}
+if planned layer_gemm && (( $(left) > 40 )); then  # the D1536 E128 layer's expert products alone (gemm_sm90_probe --layer-shapes)
+  timeout 90 $B/gemm_sm90_probe --layer-shapes > /tmp/log-layer-gemm.txt 2>&1; stamp "layer_gemm exit $?"
+  grep -E "^check|failed|^bench" /tmp/log-layer-gemm.txt
+  if [[ -x $B/gemm_sm90_probe_timing ]]; then  # where each product's consumers and producer wait (-DMOEJIT_SM90_TIMING)
+    timeout 90 $B/gemm_sm90_probe_timing > /tmp/log-layer-gemm-timing.txt 2>&1; stamp "layer_gemm timing exit $?"
+    grep -E "^bench|timing:" /tmp/log-layer-gemm-timing.txt
+  fi
+  if [[ "${NCU:-0}" == 1 ]] && (( $(left) > 60 )); then  # the same products once each under Nsight Compute
+    NCU_BIN=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+    extra=$($NCU_BIN --query-metrics --chip gh100 2>/dev/null | grep -qw sm__pipe_tensor_op_gmma_cycles_active &&
+      echo "--metrics sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active")
+    PROBE_RUNS=1 timeout $(( $(left) - 10 )) $NCU_BIN --clock-control none -k regex:gemm_sm90_kernel \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis $extra $B/gemm_sm90_probe --layer-shapes > $O/ncu-layer-gemm.txt 2>&1
+    stamp "ncu exit $?"
+    grep -E "^bench|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|gmma|L1/TEX Hit|L2 Hit" $O/ncu-layer-gemm.txt | head -200
+  fi
+fi
 if planned queue; then  # the helpers' runs: each tree unpacked into its own folder, its results under $O/queue-NAME
   for req in .gpu-queue/*/request.txt; do
     [[ -f "$req" ]] || continue

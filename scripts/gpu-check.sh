@@ -3,7 +3,8 @@
 # with a bundle built elsewhere (scripts/gpu-check.sh --bundle makes it here):
 #   BUNDLE/moejit_cuda_tests, BUNDLE/gpt_moe, the benchmarks BUNDLE/moe_bench,
 #   BUNDLE/moe_layer_bench, BUNDLE/step_bench, BUNDLE/train_step, BUNDLE/compile_bench (optimized,
-#   stripped), BUNDLE/moejit (the tuner), BUNDLE/gemm_sm90_probe and
+#   stripped), BUNDLE/moejit (the tuner), BUNDLE/gemm_sm90_probe (and its
+#   -DMOEJIT_SM90_TIMING build, gemm_sm90_probe_timing) and
 #   BUNDLE/attention_probe (nvcc, when nvcc is here) and
 #   BUNDLE/tinyshakespeare.txt; the PyTorch peers are bench/*.py of the tree.
 # Sections (GPU_CHECK_ONLY picks some): nvidia-smi; the GPU tests
@@ -38,6 +39,8 @@ if [[ "${1:-}" == "--bundle" ]]; then
   if [[ -x /usr/local/cuda/bin/nvcc ]]; then
     /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/gemm_sm90_probe \
       bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
+    /usr/local/cuda/bin/nvcc -O3 -std=c++17 -DMOEJIT_SM90_TIMING -gencode=arch=compute_90a,code=sm_90a -I. \
+      -o "$dir"/gemm_sm90_probe_timing bench/gemm_sm90_probe.cu -lcuda -L/usr/local/cuda/lib64/stubs
     /usr/local/cuda/bin/nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -I. -o "$dir"/attention_probe bench/attention_probe.cu
   fi
   cp ../shared/data/tinyshakespeare.txt "$dir"/
