@@ -222,11 +222,12 @@ __device__ __forceinline__ unsigned short to_bf16(float v) { return (unsigned sh
 
 // ---- epilogues: called for (row, col) and (row, col + 1); `pair` is false
 // when col + 1 is past the last column. `at` = row * ldc + col (+ group offset).
-//   apply: the store from registers (every element of a partial tile, and
-//          every element when kTmaStore is false);
-//   kTmaStore: the output is bf16 and the kernel may route full 64-row
-//          blocks through shared memory and the copy engine (c_map), so it
-//          is written in whole 128-byte lines; it then stores what
+//   apply: the store from registers (every element when kTmaStore is
+//          false, and the partial 64-row blocks of f32 outputs);
+//   kTmaStore: the output is bf16 and the kernel routes 64-row blocks
+//          through shared memory, whole ones to the copy engine (c_map),
+//          partial ones to 16-byte stores by the threads (staged_store_rows),
+//          so it is written in whole 128-byte lines; it then stores what
 //          `value` makes of each pair of accumulators and of what `load`
 //          read for it (at `at`, even and in bounds with its neighbour: all
 //          loads of a pass are issued before its first use, so their
@@ -520,7 +521,9 @@ __device__ __forceinline__ void tma_store_output(const GemmArgs& args, const flo
 }
 
 // One bf16 output of a partial 64-row block (rows my_row0 .. row_end - 1,
-// fewer than 64): a whole box would overwrite the next group's first rows,
+// fewer than 64; the last block of a group, or of M in the batched and
+// stream-K modes): in grouped mode a whole box would overwrite the next
+// group's first rows,
 // so the pass is staged in the boxes as for the copy engine and then copied
 // out by the consumer's threads, a 16-byte chunk each, whole 128-byte row
 // segments per 8 threads, rows before row_end only. (From registers each
@@ -557,7 +560,9 @@ __device__ __forceinline__ void staged_store_rows(const GemmArgs& args, const fl
 // my_row0 .. my_row0 + 63 of the tile at column col0): thread (warp, lane)
 // holds rows warp*16 + lane/4 (+8) and columns 8j + 2*(lane%4) (+1).
 // Whole 64-row blocks of a kTmaStore epilogue go through the copy engine
-// (aux first when the epilogue stores it), the rest from registers.
+// (aux first when the epilogue stores it), partial ones of a bf16 output
+// through staged_store_rows, the rest (f32 partial blocks, epilogues without
+// kTmaStore) from registers.
 template <int BM, int BN, int BK, int STAGES, class Epilogue, int N>
 __device__ __forceinline__ void store_block(const GemmArgs& args, const float (&acc)[N], unsigned base, int group, long long col0,
                                             long long row_end, long long my_row0, int consumer, int thread, int warp, int lane) {
