@@ -354,7 +354,9 @@ int overlap(int sms) {
 // gradient, B K-major) and the K = 1536 ones (the up projection, B
 // N-major, and the down projection's input gradient, B K-major), 128 x 256
 // tiles; beside them the same products over groups of exactly 1536 rows (no
-// partial tile) and with no stores at all (the MMAs and loads alone).
+// partial tile) and with no stores at all (the MMAs and loads alone). Timings
+// only: the probe's default run checks these kernels against the reference
+// first (grouped, partial tiles, every epilogue), so run it before this.
 int layer_shapes(int sms) {
   const int rows = 196608, G = 128;
   bench<256, 4, true, false>(rows, 1536, 256, sms, " down", G);

@@ -523,10 +523,10 @@ __device__ __forceinline__ void tma_store_output(const GemmArgs& args, const flo
 // One bf16 output of a partial 64-row block (rows my_row0 .. row_end - 1,
 // fewer than 64; the last block of a group, or of M in the batched and
 // stream-K modes): in grouped mode a whole box would overwrite the next
-// group's first rows,
-// so the pass is staged in the boxes as for the copy engine and then copied
-// out by the consumer's threads, a 16-byte chunk each, whole 128-byte row
-// segments per 8 threads, rows before row_end only. (From registers each
+// group's first rows, so each pass is staged in the boxes as for the copy
+// engine and then copied out by the consumer's threads, a 16-byte chunk
+// each, whole 128-byte row segments per 8 threads, rows before row_end
+// only. (From registers each
 // store would write 4 bytes of 8 rows at once: a grouped product whose
 // groups all end in a partial tile measured 15% slower than one whose groups
 // are whole tiles, docs/perf.md.) RAW: the rounded accumulators to aux.
