@@ -569,11 +569,12 @@ __device__ __forceinline__ void store_block(const GemmArgs& args, const float (&
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   const long long c_base = args.group_offsets && !args.varlen_k ? 0 : (long long)group * args.c_group_stride;
   const unsigned stage_c = base + Layout::kCStage + consumer * Layout::kCBoxes * 8192;
-  if constexpr (Epilogue::kTmaStore && !WideC<Epilogue>::value) {
+  // (Two-output epilogues keep the register path: four staged passes per
+  // partial block measured slower than registers for GELU + its
+  // pre-activation, 0.344 ms against 0.307 at the D1536 layer's up
+  // projection with A contiguous: docs/perf.md.)
+  if constexpr (Epilogue::kTmaStore && !WideC<Epilogue>::value && !Epilogue::kStoresAux) {
     if (my_row0 < row_end && my_row0 + 64 > row_end) {  // a partial block: staged, then copied out row by row
-      if (Epilogue::kStoresAux && args.aux)
-        staged_store_rows<BM, BN, BK, STAGES, Epilogue, true>(args, acc, args.aux, stage_c, c_base, col0, my_row0, row_end, consumer,
-                                                              thread, warp, lane);
       staged_store_rows<BM, BN, BK, STAGES, Epilogue, false>(args, acc, args.c, stage_c, c_base, col0, my_row0, row_end, consumer,
                                                              thread, warp, lane);
       return;

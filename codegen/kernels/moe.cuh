@@ -1132,6 +1132,59 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) permu
 // another [T, D] tensor, codegen/op_groups.cpp's combine_add), the sum is
 // rounded to T and added to the addend's element, then rounded again: the
 // two ops' values bit for bit, without the sum's round trip to memory.
+// Pack p of a combined row: the sum rounded to T, or with an addend (op
+// group combine_add) that added to the addend's element and rounded again.
+template <class T, class A, int V> __device__ __forceinline__ void store_combined(T* out, const T* addend, i64 p, const A (&acc)[V]) {
+  typedef Pack<T, V> P;
+  P o;
+  if (addend) {
+    const P e = reinterpret_cast<const P*>(addend)[p];
+#pragma unroll
+    for (int j = 0; j < V; ++j) o.v[j] = st<T>(ld(e.v[j]) + ld(st<T>(acc[j])));
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) o.v[j] = st<T>(acc[j]);
+  }
+  reinterpret_cast<P*>(out)[p] = o;
+}
+
+// One token's packed row with K (a compile-time count) slots: its rows and
+// weights in registers, all K rows' packs loaded before the first is
+// added, the same sums in the same order as the loop below (which, a load
+// behind each slot's branch, keeps one pack per lane in flight).
+template <class T, int K> __device__ __forceinline__ void combine_row_k(const CombineArgs<T>& a, i64 t, int lane) {
+  typedef typename acc_of<T>::type A;
+  constexpr int V = pack16<T>::n;
+  typedef Pack<T, V> P;
+  int rows[K];
+  A weights[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    rows[k] = a.positions[t * K + k];
+    weights[k] = rows[k] >= 0 && a.weights ? ld(a.weights[t * K + k]) : A(1);
+  }
+  P zero;
+#pragma unroll
+  for (int j = 0; j < V; ++j) zero.v[j] = st<T>(A(0));
+  T* out = a.out + t * a.D;
+  const T* addend = a.addend ? a.addend + t * a.D : nullptr;
+  for (i64 p = lane; p < a.D / V; p += 32) {
+    P y[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) y[k] = rows[k] >= 0 ? reinterpret_cast<const P*>(a.ys + (i64)rows[k] * a.D)[p] : zero;
+    A acc[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[j] = A(0);
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (rows[k] >= 0) {
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] += weights[k] * ld(y[k].v[j]);
+      }
+    store_combined(out, addend, p, acc);
+  }
+}
+
 template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combine_kernel(const CombineArgs<T> a) {
   typedef typename acc_of<T>::type A;
   constexpr int V = pack16<T>::n;
@@ -1141,7 +1194,12 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combi
   for (i64 t = w.warp; t < a.tokens; t += w.warps) {
     T* out = a.out + t * a.D;
     const T* addend = a.addend ? a.addend + t * a.D : nullptr;
-    if (packed) {
+    if (packed && (a.K == 1 || a.K == 2 || a.K == 4 || a.K == 8)) {  // the top-k of the benchmarked models; a.K is uniform
+      if (a.K == 1) combine_row_k<T, 1>(a, t, w.lane);
+      else if (a.K == 2) combine_row_k<T, 2>(a, t, w.lane);
+      else if (a.K == 4) combine_row_k<T, 4>(a, t, w.lane);
+      else combine_row_k<T, 8>(a, t, w.lane);
+    } else if (packed) {
       for (i64 p = w.lane; p < a.D / V; p += 32) {
         A acc[V];
 #pragma unroll
@@ -1154,16 +1212,7 @@ template <class T, int THREADS> __global__ void __launch_bounds__(THREADS) combi
 #pragma unroll
           for (int j = 0; j < V; ++j) acc[j] += weight * ld(y.v[j]);
         }
-        P o;
-        if (addend) {
-          const P e = reinterpret_cast<const P*>(addend)[p];
-#pragma unroll
-          for (int j = 0; j < V; ++j) o.v[j] = st<T>(ld(e.v[j]) + ld(st<T>(acc[j])));
-        } else {
-#pragma unroll
-          for (int j = 0; j < V; ++j) o.v[j] = st<T>(acc[j]);
-        }
-        reinterpret_cast<P*>(out)[p] = o;
+        store_combined(out, addend, p, acc);
       }
     } else {
       for (i64 d = w.lane; d < a.D; d += 32) {
