@@ -42,9 +42,9 @@
 // 0): moe.gather_matmul's up projection and the weight gradient of its
 // moe.permute'd rows read x itself, so the T*K*D copy of the gathered rows
 // is never stored. The copy engine
-// cannot gather rows on Hopper, so the whole producer warpgroup loads A:
-// thread i copies the tile's row i as eight 16-byte cp.async into the same
-// 128-byte-swizzled place TMA would write, and arrives on the stage's
+// cannot gather rows on Hopper, so the whole producer warpgroup loads A
+// with 16-byte cp.async, eight threads a 128-byte line, into the same
+// 128-byte-swizzled place TMA would write; each thread arrives on the stage's
 // `full` barrier once its copies have landed (cp.async.wait_group, kept
 // kGatherLag stages behind so several stages are in flight) and been made
 // visible to the tensor cores (fence.proxy.async); thread 0 still loads B
@@ -737,53 +737,73 @@ __device__ __forceinline__ void load_b_tile(const GemmArgs& args, unsigned b_dst
 // not be one the consumers need before the producer can refill a stage).
 template <int STAGES> constexpr int kGatherLag = STAGES - 2 > 1 ? STAGES - 2 : 1;
 
-// The producer warpgroup of a GATHER_A launch: thread i loads line i (128
-// bytes) of every A tile through the slots, thread 0 also B. K-major A
-// (grouped mode): line i is the tile's row i, one slot for the whole tile.
-// M-major A (the weight gradient, varlen K): line i is K-row i % 64 of
-// the tile's 64-column chunk i / 64, one slot per stage; K-rows past the
-// group's end are zeros (so the consumers need not zero them).
+// The producer warpgroup of a GATHER_A launch: the 128 threads load an A
+// tile's 128 lines (128 bytes each, at line * 128 of the tile, the chunks
+// 128-byte swizzled), thread 0 also B. K-major A (grouped mode): line L is
+// the tile's row L, one slot for the whole tile. M-major A (the weight
+// gradient, varlen K): line L is K-row L % 64 of the tile's 64-column chunk
+// L / 64, one slot per stage; K-rows past the group's end are zeros (so the
+// consumers need not zero them).
+// Each warp instruction copies four whole lines, eight threads a line, a
+// 16-byte chunk each: thread (warp w, lane l) copies chunk l % 8 of lines
+// 4w + l / 8 + 16p, p = 0 .. 7. (A thread per line, each instruction 16 bytes
+// of 32 different lines, made every copy its own L2 request.)
 template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR>
 __device__ __forceinline__ void gather_producer(const GemmArgs& args, const TileWalk<BM, BN>& walk, long long total, unsigned base,
                                                 unsigned full_bar, unsigned empty_bar) {
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
+  static_assert(BM == 128 && BK == 64, "128 lines of 64 elements per A tile");
   constexpr int kLag = kGatherLag<STAGES>;
-  const int line = threadIdx.x;  // 0 .. 127
+  constexpr int kSlots = A_K_MAJOR ? 8 : 4;  // distinct source rows per thread: M-major lines p and p + 4 share one
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunk = lane % 8, line0 = warp * 4 + lane / 8;  // this thread's lines: line0 + 16p
+  // (line0 + 16p) % 8 == line0 % 8: one swizzled chunk offset for every pass.
+  const unsigned dst0 = line0 * 128 + ((chunk ^ (line0 % 8)) * 16);
   const unsigned short* src_base = static_cast<const unsigned short*>(args.gather_src);
   const long long row_len = A_K_MAJOR ? args.k : args.m;  // elements in a row of gather_src
-  const unsigned line_offset = A_K_MAJOR ? line * 128 : (line / 64) * 64 * BK * 2 + (line % 64) * 128;
-  const unsigned swizzle = (line % 8) * 16;
   int it = 0;
   for (long long t = blockIdx.x; t < total; t += gridDim.x) {
     int group;
     long long row0, row_end, col0, k_begin, k_count;
     walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
     const int k_tiles = (int)((k_count + BK - 1) / BK);
-    int slot = -1;
-    if (A_K_MAJOR && row0 + line < row_end) slot = __ldg(args.gather_slots + row0 + line);
+    int src_row[kSlots];  // the row of gather_src each of this thread's lines copies (-1: a zero line)
+    if (A_K_MAJOR) {
+#pragma unroll
+      for (int p = 0; p < kSlots; ++p) {
+        const long long r = row0 + line0 + 16 * p;
+        const int slot = r < row_end ? __ldg(args.gather_slots + r) : -1;
+        src_row[p] = slot >= 0 ? slot / args.gather_top_k : -1;
+      }
+    }
     const int b_z = args.b_batched && !args.varlen_k ? group : 0;
     for (int kt = 0; kt < k_tiles; ++kt, ++it) {
       if (!A_K_MAJOR) {
-        const long long kk = (long long)kt * BK + line % 64;
-        slot = kk < k_count ? __ldg(args.gather_slots + k_begin + kk) : -1;
+#pragma unroll
+        for (int q = 0; q < kSlots; ++q) {
+          const long long kk = (long long)kt * BK + line0 + 16 * q;
+          const int slot = kk < k_count ? __ldg(args.gather_slots + k_begin + kk) : -1;
+          src_row[q] = slot >= 0 ? slot / args.gather_top_k : -1;
+        }
       }
-      // The line's first element and how many of its 64 exist (0: a zero line).
-      const long long first = A_K_MAJOR ? k_begin + (long long)kt * BK : row0 + 64 * (line / 64);
-      const unsigned short* src = src_base + (slot >= 0 ? (long long)(slot / args.gather_top_k) * row_len + first : 0);
-      const int room = slot >= 0 ? (int)(row_len - first < 64 ? row_len - first : 64) : 0;
       const int s = it % STAGES;
       mbar_wait(empty_bar + 8 * s, ((it / STAGES) & 1) ^ 1);
       const unsigned bar = full_bar + 8 * s;
       const unsigned a_dst = base + s * Layout::kStage, b_dst = a_dst + Layout::kATile;
-      if (line == 0) {
+      if (threadIdx.x == 0) {
         mbar_expect_tx(bar, Layout::kBTile);
         load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, (int)(k_begin + kt * BK), col0, b_z);
       }
-      // Chunk c (8 elements) of the line at chunk c ^ (line % 8) of its 128
-      // bytes: the layout of a 128-byte-swizzled TMA box.
-      // (An address past the row is never read: a zero-filled copy reads nothing.)
 #pragma unroll
-      for (int c = 0; c < 8; ++c) cp_async_16(a_dst + line_offset + ((c * 16) ^ swizzle), src + 8 * c, 8 * c < room);
+      for (int p = 0; p < 8; ++p) {
+        // The line's first element in its source row; the chunk exists when
+        // it starts before the row's end (rows are whole 16-byte chunks).
+        const long long first = (A_K_MAJOR ? k_begin + (long long)kt * BK : row0 + 64 * (p / 4)) + 8 * chunk;
+        const int r = src_row[A_K_MAJOR ? p : p % 4];
+        const bool valid = r >= 0 && first < row_len;
+        // (An invalid chunk is zero-filled and reads nothing.)
+        cp_async_16(a_dst + dst0 + 16 * 128 * p, src_base + (valid ? (long long)r * row_len + first : 0), valid);
+      }
       cp_async_commit();
       if (it >= kLag) {
         cp_async_wait<kLag>();  // the copies of stage it - kLag have landed
