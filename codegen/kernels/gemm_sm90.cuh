@@ -738,27 +738,30 @@ __device__ __forceinline__ void load_b_tile(const GemmArgs& args, unsigned b_dst
 template <int STAGES> constexpr int kGatherLag = STAGES - 2 > 1 ? STAGES - 2 : 1;
 
 // The producer warpgroup of a GATHER_A launch: the 128 threads load an A
-// tile's 128 lines (128 bytes each, at line * 128 of the tile, the chunks
-// 128-byte swizzled), thread 0 also B. K-major A (grouped mode): line L is
-// the tile's row L, one slot for the whole tile. M-major A (the weight
-// gradient, varlen K): line L is K-row L % 64 of the tile's 64-column chunk
-// L / 64, one slot per stage; K-rows past the group's end are zeros (so the
-// consumers need not zero them).
-// Each warp instruction copies four whole lines, eight threads a line, a
-// 16-byte chunk each: thread (warp w, lane l) copies chunk l % 8 of lines
-// 4w + l / 8 + 16p, p = 0 .. 7. (A thread per line, each instruction 16 bytes
-// of 32 different lines, made every copy its own L2 request.)
+// tile's 128 lines (128 bytes each, line L at L * 128 of the tile, its
+// 16-byte chunks 128-byte swizzled), thread 0 also B.
+// K-major A (grouped mode): line L is the tile's row L, one slot per row for
+// the whole tile. Each warp instruction copies four whole lines, eight
+// threads a line: thread (warp w, lane l) copies chunk l % 8 of lines
+// 4w + l / 8 + 16p, p = 0 .. 7. (A thread per line, each instruction 16
+// bytes of 32 different rows, measured 449 us for the D1536 E128 layer's up
+// projection against 378: docs/perf.md.)
+// M-major A (the weight gradient, varlen K): line L is K-row L % 64 of the
+// tile's 64-column chunk L / 64, one slot per stage; thread i copies line i;
+// K-rows past the group's end are zeros (so the consumers need not zero
+// them). (The K-major layout measured slower here, 688 us against 408 for
+// that layer's weight gradient; not explained.)
 template <int BM, int BN, int BK, int STAGES, bool A_K_MAJOR, bool B_K_MAJOR>
 __device__ __forceinline__ void gather_producer(const GemmArgs& args, const TileWalk<BM, BN>& walk, long long total, unsigned base,
                                                 unsigned full_bar, unsigned empty_bar) {
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   static_assert(BM == 128 && BK == 64, "128 lines of 64 elements per A tile");
   constexpr int kLag = kGatherLag<STAGES>;
-  constexpr int kSlots = A_K_MAJOR ? 8 : 4;  // distinct source rows per thread: M-major lines p and p + 4 share one
+  constexpr int kLines = A_K_MAJOR ? 8 : 1;  // lines per thread
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int chunk = lane % 8, line0 = warp * 4 + lane / 8;  // this thread's lines: line0 + 16p
-  // (line0 + 16p) % 8 == line0 % 8: one swizzled chunk offset for every pass.
-  const unsigned dst0 = line0 * 128 + ((chunk ^ (line0 % 8)) * 16);
+  // K-major: chunk l % 8 of lines line0 + 16p; (line0 + 16p) % 8 == line0 %
+  // 8, so every pass has the same swizzled chunk offset. M-major: line i.
+  const int line0 = A_K_MAJOR ? warp * 4 + lane / 8 : (int)threadIdx.x, chunk = lane % 8;
   const unsigned short* src_base = static_cast<const unsigned short*>(args.gather_src);
   const long long row_len = A_K_MAJOR ? args.k : args.m;  // elements in a row of gather_src
   int it = 0;
@@ -767,10 +770,10 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
     long long row0, row_end, col0, k_begin, k_count;
     walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
     const int k_tiles = (int)((k_count + BK - 1) / BK);
-    int src_row[kSlots];  // the row of gather_src each of this thread's lines copies (-1: a zero line)
+    int src_row[kLines];  // the row of gather_src each of this thread's lines copies (-1: a zero line)
     if (A_K_MAJOR) {
 #pragma unroll
-      for (int p = 0; p < kSlots; ++p) {
+      for (int p = 0; p < kLines; ++p) {
         const long long r = row0 + line0 + 16 * p;
         const int slot = r < row_end ? __ldg(args.gather_slots + r) : -1;
         src_row[p] = slot >= 0 ? slot / args.gather_top_k : -1;
@@ -779,12 +782,9 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
     const int b_z = args.b_batched && !args.varlen_k ? group : 0;
     for (int kt = 0; kt < k_tiles; ++kt, ++it) {
       if (!A_K_MAJOR) {
-#pragma unroll
-        for (int q = 0; q < kSlots; ++q) {
-          const long long kk = (long long)kt * BK + line0 + 16 * q;
-          const int slot = kk < k_count ? __ldg(args.gather_slots + k_begin + kk) : -1;
-          src_row[q] = slot >= 0 ? slot / args.gather_top_k : -1;
-        }
+        const long long kk = (long long)kt * BK + line0 % 64;
+        const int slot = kk < k_count ? __ldg(args.gather_slots + k_begin + kk) : -1;
+        src_row[0] = slot >= 0 ? slot / args.gather_top_k : -1;
       }
       const int s = it % STAGES;
       mbar_wait(empty_bar + 8 * s, ((it / STAGES) & 1) ^ 1);
@@ -794,15 +794,23 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
         mbar_expect_tx(bar, Layout::kBTile);
         load_b_tile<BN, BK, B_K_MAJOR>(args, b_dst, bar, (int)(k_begin + kt * BK), col0, b_z);
       }
+      if (A_K_MAJOR) {
+        // The chunk's first element in its row; it exists when it starts
+        // before the row's end (rows are whole 16-byte chunks).
+        const long long first = k_begin + (long long)kt * BK + 8 * chunk;
+        const unsigned dst = a_dst + line0 * 128 + ((chunk ^ (line0 % 8)) * 16);
 #pragma unroll
-      for (int p = 0; p < 8; ++p) {
-        // The line's first element in its source row; the chunk exists when
-        // it starts before the row's end (rows are whole 16-byte chunks).
-        const long long first = (A_K_MAJOR ? k_begin + (long long)kt * BK : row0 + 64 * (p / 4)) + 8 * chunk;
-        const int r = src_row[A_K_MAJOR ? p : p % 4];
-        const bool valid = r >= 0 && first < row_len;
-        // (An invalid chunk is zero-filled and reads nothing.)
-        cp_async_16(a_dst + dst0 + 16 * 128 * p, src_base + (valid ? (long long)r * row_len + first : 0), valid);
+        for (int p = 0; p < kLines; ++p) {
+          const bool valid = src_row[p] >= 0 && first < row_len;
+          // (An invalid chunk is zero-filled and reads nothing.)
+          cp_async_16(dst + 16 * 128 * p, src_base + (valid ? (long long)src_row[p] * row_len + first : 0), valid);
+        }
+      } else {
+        const long long first = row0 + 64 * (line0 / 64);  // the line's first element
+        const unsigned short* src = src_base + (src_row[0] >= 0 ? (long long)src_row[0] * row_len + first : 0);
+        const int room = src_row[0] >= 0 ? (int)(row_len - first < 64 ? row_len - first : 64) : 0;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) cp_async_16(a_dst + line0 * 128 + ((c ^ (line0 % 8)) * 16), src + 8 * c, 8 * c < room);
       }
       cp_async_commit();
       if (it >= kLag) {
