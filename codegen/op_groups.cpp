@@ -67,11 +67,13 @@
 //                takes a later moe.permute of the same rows through the
 //                same slots (its gradient rule's, for the weight
 //                gradient): the rows it gathers for the GEMM are written
-//                into the permute's result instead of scratch, so the
+//                into the permute's result instead of scratch (by the sm90
+//                producer as they land, where it gathers them), so the
 //                backward does not gather them a second time (unless the
-//                slots come from a moe.route, whose xs fuse-router-permute
-//                already reuses, or the sm80 family serves the product: it
-//                gathers in its loads, so there is no copy to reuse).
+//                slots come from a moe.route whose xs something reads, a
+//                copy fuse-router-permute already reuses, or the sm80
+//                family serves the product: it gathers in its loads, so
+//                there is no copy to reuse).
 //
 // A group runs at its first member, so it is formed only when every value
 // its members read from outside the group is ready before that point (an
@@ -470,7 +472,8 @@ class GroupFinder {
         if (g.kind == OpGroup::Kind::gemm_epilogue && g.ops.front() == gemm) group = &g;
       if (!group && !alone(gemm)) continue;
       const int slots_from = producer(gm.operands[2]);
-      if (slots_from >= 0 && op(slots_from).kind == OpKind::Route) continue;
+      // (A moe.route whose xs something reads wrote the rows already.)
+      if (slots_from >= 0 && op(slots_from).kind == OpKind::Route && uses(op(slots_from).results[7]) > 0) continue;
       // The sm80 family gathers in its loads (no copy to reuse).
       if (gemm_problem_of(graph_, gm) && choose_gemm(graph_, gm, *gemm_problem_of(graph_, gm), target_).family == GemmFamily::sm80) continue;
       for (int j = gemm + 1; j < static_cast<int>(ops_.size()); ++j) {

@@ -311,8 +311,8 @@ int launches_of(const codegen::ModuleCode& module, const std::string& needle) {
 }
 
 Graph forward_layer(std::int64_t tokens, std::int64_t d, std::int64_t f, std::int64_t experts, std::int64_t top_k, double capacity = 0.0,
-                    bool backward = false) {
-  return cuda_test::routed_layer_graph("gather_layer", tokens, d, f, experts, top_k, "moe-fusions", backward, capacity);
+                    bool backward = false, bool fused = true) {
+  return cuda_test::routed_layer_graph("gather_layer", tokens, d, f, experts, top_k, fused ? "moe-fusions" : "", backward, capacity);
 }
 
 }  // namespace
@@ -340,13 +340,18 @@ TEST_CASE("the sm90 family gathers moe.gather_matmul's rows in its producer: no 
     CHECK(launches_of(copied, "permute_kernel") == 1);
     CHECK(launches_of(copied, ", false, true>") == 0);
   }
-  // With the backward: the weight gradient of the gathered rows reads x
-  // through the slots too (on the data-parallel schedule: 12 x 128 tiles),
-  // so no moe.permute runs at all.
+  // With the backward: the up projection's producer writes the rows it
+  // gathers into the backward's moe.permute result, which the weight
+  // gradient reads as contiguous rows, so no moe.permute runs at all.
   const codegen::ModuleCode trained = module_of(forward_layer(4096, 1536, 256, 128, 8, 0.0, true));
   CHECK(launches_of(trained, "permute_kernel") == 0);
   CHECK(launches_of(trained, "StoreGeluBf16<true>, false, true>") == 1);
-  CHECK(launches_of(trained, "<128, 256, 64, 4, false, false, moejit::sm90::StoreBf16, false, true>") == 1);  // xs^T dh
+  CHECK(launches_of(trained, "<128, 256, 64, 4, false, false, moejit::sm90::StoreBf16>") == 2);  // xs^T dh and hs^T dys
+  CHECK(launches_of(trained, ", false, true>") == 1);
+  // Unfused (moe.permute, then moe.grouped_matmul): the weight gradient
+  // gathers x through the slots itself (data-parallel schedule: 12 x 128 tiles).
+  const codegen::ModuleCode unfused = module_of(forward_layer(4096, 1536, 256, 128, 8, 0.0, true, false));
+  CHECK(launches_of(unfused, "<128, 256, 64, 4, false, false, moejit::sm90::StoreBf16, false, true>") == 1);
   {
     cuda_test::EnvOverride off("MOEJIT_SM90_GATHER", "0");
     CHECK(launches_of(module_of(forward_layer(4096, 1536, 256, 128, 8, 0.0, true)), "permute_kernel") == 1);  // one copy, shared
@@ -357,7 +362,7 @@ TEST_CASE("the sm90 family gathers moe.gather_matmul's rows in its producer: no 
   }
 }
 
-TEST_CASE("gpu: sm90 moe.gather_matmul and its weight gradient gathering in the producer match the CPU backend and the copied rows bit for bit",
+TEST_CASE("gpu: sm90 moe.gather_matmul, the rows it writes and its weight gradient gathering in the producer match the CPU backend and the copied rows bit for bit",
           "[cuda][gpu][gather]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
@@ -370,13 +375,16 @@ TEST_CASE("gpu: sm90 moe.gather_matmul and its weight gradient gathering in the 
   const Layer layers[] = {{1000, 384, 512, 8, 2, 0.0}, {777, 136, 200, 1, 1, 0.0}, {300, 128, 96, 4, 4, 0.0},
                           {500, 256, 256, 64, 4, 0.0}, {1000, 384, 256, 8, 2, 0.6}};
   // The weight gradients on the data-parallel schedule, the one that gathers.
+  // Fused, the forward's producer also writes the gathered rows for the
+  // backward's weight gradient; unfused, that weight gradient gathers them.
   cuda_test::EnvOverride data_parallel("MOEJIT_SM90_STREAM_K", "0");
   std::uint64_t seed = 91;
-  for (const bool backward : {false, true})
+  for (const int pass : {0, 1, 2})
   for (const Layer& c : layers) {
-    INFO(fmt::format("tokens {} d {} f {} experts {} top_k {} capacity {} backward {}", c.tokens, c.d, c.f, c.experts, c.top_k,
-                     c.capacity, backward));
-    Graph g = forward_layer(c.tokens, c.d, c.f, c.experts, c.top_k, c.capacity, backward);
+    const bool backward = pass > 0, fused = pass < 2;
+    INFO(fmt::format("tokens {} d {} f {} experts {} top_k {} capacity {} backward {} fused {}", c.tokens, c.d, c.f, c.experts, c.top_k,
+                     c.capacity, backward, fused));
+    Graph g = forward_layer(c.tokens, c.d, c.f, c.experts, c.top_k, c.capacity, backward, fused);
     Values args = cuda_test::random_args(g, seed++, c.experts, 1.0);
     Values got;
     {
