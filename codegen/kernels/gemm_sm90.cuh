@@ -774,7 +774,8 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
   // gather_copy: the stages whose copies are in flight, oldest first (stage
   // it - kLag + j), to be written out once they land: each one's tile's
   // first row and, packed, its first K column (k0 << 8; the host checks k <
-  // 2^23) and rows (at most BM: fewer in a group's last tile).
+  // 2^23) and the rows to write (at most BM: fewer in a group's last tile,
+  // none in any but a row tile's first column tile).
   struct Landing {
     int row0, k0_rows;
   };
@@ -853,7 +854,9 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
       if (copy_out) {
 #pragma unroll
         for (int j = 0; j + 1 < kLag; ++j) landing[j] = landing[j + 1];
-        landing[kLag - 1] = {(int)row0, (int)(k_begin + kt * BK) << 8 | (int)(row_end - row0 < BM ? row_end - row0 : BM)};
+        // (The first column tile of a row tile writes its rows; the others load the same.)
+        const int rows = col0 > 0 ? 0 : (int)(row_end - row0 < BM ? row_end - row0 : BM);
+        landing[kLag - 1] = {(int)row0, (int)(k_begin + kt * BK) << 8 | rows};
       }
     }
   }
