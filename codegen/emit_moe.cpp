@@ -240,26 +240,14 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
   // When the route that made the slots also writes xs (its result #7: the
   // backward reads it), that copy is read instead of making a second one.
   const ValueId routed_xs = routed_rows(ctx, x, slots, top_k);
-  // The sm90 family gathers in its producer (cp.async through the slots)
-  // where that pays (sm90_gathers_rows), so no copy of the rows is stored
-  // unless a later moe.permute wants them (below).
-  bool sm90_gather = choice.family == GemmFamily::sm90 && routed_xs == kNoValue && slots.kind != B::Kind::null &&
-                           a.D % 8 == 0 && sm90_gathers_rows((a.F + c.tile_n - 1) / c.tile_n);
-  // A later moe.permute of the same rows (codegen/op_groups.cpp): the sm90
-  // producer writes the rows it gathers into the permute's result as they
-  // land (where the segments cover every row, so it writes all of them);
-  // otherwise they are gathered into it first, and every family reads them
-  // as contiguous rows.
-  B gather_copy = B::none();
-  if (epilogue.gathered_rows.kind != B::Kind::null && sm90_gather && segments_cover_rows(ctx.graph(), offsets)) {
-    gather_copy = epilogue.gathered_rows;
-  } else if (epilogue.gathered_rows.kind != B::Kind::null) {
+  // A later moe.permute of the same rows (codegen/op_groups.cpp): gather into
+  // its result, which every family then reads as contiguous rows.
+  if (epilogue.gathered_rows.kind != B::Kind::null) {
     MOEJIT_ASSERT(slots.kind == B::Kind::value, "grouped_matmul: gathered rows of a gather");
     if (routed_xs != kNoValue) ctx.copy(B::of(routed_xs), epilogue.gathered_rows, rows * a.D * static_cast<std::int64_t>(dtype_size(wt.dtype)));
     else permute_into(ctx, x, slots.value, epilogue.gathered_rows, wt.dtype, rows, a.D, top_k);
     x = epilogue.gathered_rows.value;
     slots = B::none();
-    sm90_gather = false;
   }
   // Otherwise the sm80 family reads gathered rows straight from x (cp.async
   // takes any 16-byte-aligned address, and it loads unaligned rows element by
@@ -286,6 +274,10 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     return;
   }
   B rows_of_x = B::of(x);
+  // The sm90 family gathers in its producer (cp.async through the slots)
+  // where that pays (sm90_gathers_rows), so no copy of the rows is stored.
+  const bool sm90_gather = choice.family == GemmFamily::sm90 && routed_xs == kNoValue && slots.kind != B::Kind::null &&
+                           a.D % 8 == 0 && sm90_gathers_rows((a.F + c.tile_n - 1) / c.tile_n);
   if (routed_xs != kNoValue) {
     rows_of_x = B::of(routed_xs);
   } else if (slots.kind != B::Kind::null && !sm90_gather) {
@@ -312,7 +304,6 @@ void grouped_matmul(EmitContext& ctx, ValueId x, ValueId w, ValueId offsets, B s
     if (sm90_gather) {
       g.gather_slots = slots;
       g.gather_top_k = top_k;
-      g.gather_copy = gather_copy;
     }
     launch_sm90_gemm(ctx, c, g);
     return;

@@ -507,37 +507,6 @@ bool gemm_has_epilogue(const Graph& graph, const Op& gemm, const Target& target,
   return choice.config.split_k <= 1 || (widen && !aux);
 }
 
-namespace {
-
-bool value_read(const Graph& graph, ValueId v) {
-  for (const auto& out : graph.outputs())
-    if (out.value == v) return true;
-  for (const Op& op : graph.ops())
-    for (ValueId operand : op.operands)
-      if (operand == v) return true;
-  return false;
-}
-
-}  // namespace
-
-const Op* sm90_gather_writing_rows(const Graph& graph, const Op& permute, const Target& target) {
-  if (permute.kind != OpKind::Permute) return nullptr;
-  const ValueId x = permute.operands[0], slots = permute.operands[1];
-  for (const Op& op : graph.ops()) {
-    if (&op == &permute) return nullptr;  // only an earlier gather_matmul
-    if (op.kind == OpKind::Route && op.results[3] == slots && value_read(graph, op.results[7])) return nullptr;  // it reads the route's xs
-    if (op.kind != OpKind::GatherMatmul || op.operands[0] != x || op.operands[2] != slots ||
-        op.attrs.get_int("top_k") != permute.attrs.get_int("top_k") || graph.type(x).dtype != DType::bf16 ||
-        graph.type(op.results[0]).dim(0) != graph.type(permute.results[0]).dim(0))
-      continue;
-    const std::optional<GemmProblem> problem = gemm_problem_of(graph, op);
-    if (!problem || problem->k % 8 != 0) continue;
-    const GemmChoice choice = choose_gemm(graph, op, *problem, target);
-    if (choice.family == GemmFamily::sm90 && sm90_gathers_rows((problem->n + choice.config.tile_n - 1) / choice.config.tile_n)) return &op;
-  }
-  return nullptr;
-}
-
 const Op* sm90_wgrad_gathered_permute(const Graph& graph, const Op& wgrad, const Target& target) {
   if (wgrad.kind != OpKind::GroupedMatmulWgrad) return nullptr;
   int from = -1;
@@ -547,7 +516,6 @@ const Op* sm90_wgrad_gathered_permute(const Graph& graph, const Op& wgrad, const
   if (from < 0) return nullptr;
   const Op& permute = graph.ops()[static_cast<std::size_t>(from)];
   if (permute.kind != OpKind::Permute || graph.type(permute.operands[0]).dtype != DType::bf16) return nullptr;
-  if (sm90_gather_writing_rows(graph, permute, target)) return nullptr;  // its rows are written as the forward gathers them
   const std::optional<GemmProblem> problem = gemm_problem_of(graph, wgrad);
   if (!problem || problem->m % 8 != 0) return nullptr;
   const GemmChoice choice = choose_gemm(graph, wgrad, *problem, target);

@@ -82,15 +82,6 @@ GemmChoice choose_gemm(const Graph& graph, const Op& op, const GemmProblem& prob
 // MOEJIT_SM90_GATHER=1: always, 0: never (to compare with).
 bool sm90_gathers_rows(std::int64_t column_tiles);
 
-// The earlier moe.gather_matmul whose sm90 producer gathers the rows of
-// moe.permute `permute` (same x, slots and top_k) and can write them into
-// the permute's result as they land (codegen/op_groups.cpp takes the
-// permute into its group), so a weight gradient reads them back as
-// contiguous rows instead of gathering them again (on an H200 the D1536
-// F256 E128 layer's gathering weight gradient took 408 us, the contiguous
-// one 248); else null.
-const Op* sm90_gather_writing_rows(const Graph& graph, const Op& permute, const Target& target);
-
 // The moe.permute whose rows moe.grouped_matmul_wgrad `wgrad` multiplies
 // (its operand 0) when the sm90 family reads them from the permute's x
 // through its slots instead (data-parallel schedule, sm90_gathers_rows);

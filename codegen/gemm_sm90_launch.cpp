@@ -128,10 +128,6 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
                          "(M a multiple of 8), not on the stream-K schedule; found mode {}, M {}, K {}, stream-K {}",
                          static_cast<int>(g.mode), g.m, g.k, config.stream_k));
   if (gather) args.gather_top_k = static_cast<int>(g.gather_top_k);
-  const bool gather_copy = g.gather_copy.kind != Buffer::Kind::null;
-  if (gather_copy && (!gather || g.mode != Mode::grouped || g.k >= (std::int64_t{1} << 23)))
-    ctx.fail(fmt::format("(sm90 GEMM) writes the rows it gathers only when it gathers them in grouped mode, rows shorter than 2^23 "
-                         "elements; found mode {}, K {}", static_cast<int>(g.mode), g.k));
   const bool a_k_major = g.mode == Mode::wgrad ? false : g.a_k_major;
   const bool b_k_major = g.mode == Mode::wgrad ? false : g.b_k_major;
   std::string kernel = fmt::format("moejit::sm90::gemm_sm90_kernel<128, {}, 64, {}, {}, {}, {}{}>", tile_n, config.stages,
@@ -146,7 +142,6 @@ void launch_sm90_gemm(EmitContext& ctx, const TileConfig& config, const Sm90Gemm
   if (gather) {  // A is read through the slots, not through a tensor map
     pointers.push_back({&args.gather_src, g.a});
     pointers.push_back({&args.gather_slots, g.gather_slots});
-    if (gather_copy) pointers.push_back({&args.gather_copy, g.gather_copy});
   }
   std::vector<TensorMapBind> maps = {{&args.b, b_map}};
   if (!gather) maps.push_back({&args.a, a_map});

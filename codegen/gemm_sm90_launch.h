@@ -32,13 +32,9 @@ struct Sm90Gemm {
   // Grouped and wgrad modes: when set, row r of A (wgrad: K-row r) is row
   // gather_slots[r] / gather_top_k of `a` ([*, k], wgrad [*, m]; zeros for a
   // negative slot), loaded by the producer warpgroup through cp.async (the
-  // kernel's GATHER_A): the gathered rows are not stored, unless
-  // gather_copy (grouped mode) names where to: the producer writes them
-  // there as they land, [m, k] row-major, the rows outside every group
-  // untouched.
+  // kernel's GATHER_A): the gathered rows are never stored.
   Buffer gather_slots;
   std::int64_t gather_top_k = 1;
-  Buffer gather_copy;
 };
 
 // Appends the launch (bf16 operands and result; `config` from choose_gemm).

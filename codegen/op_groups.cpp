@@ -67,8 +67,7 @@
 //                takes a later moe.permute of the same rows through the
 //                same slots (its gradient rule's, for the weight
 //                gradient): the rows it gathers for the GEMM are written
-//                into the permute's result instead of scratch (by the sm90
-//                producer as they land, where it gathers them), so the
+//                into the permute's result instead of scratch, so the
 //                backward does not gather them a second time (unless the
 //                slots come from a moe.route whose xs something reads, a
 //                copy fuse-router-permute already reuses, or the sm80

@@ -48,10 +48,7 @@
 // `full` barrier once its copies have landed (cp.async.wait_group, kept
 // kGatherLag stages behind so several stages are in flight) and been made
 // visible to the tensor cores (fence.proxy.async); thread 0 still loads B
-// through TMA. `full` then counts 1 + 128 arrivals. With gather_copy set
-// (K-major A), each thread also writes the chunks it copied, once landed
-// and before it arrives, to gather_copy: moe.permute's rows, written while
-// the tensor cores use them, for a weight gradient to read back.
+// through TMA. `full` then counts 1 + 128 arrivals.
 //
 // Requirements (checked on the host by the emitter): bf16 operands, every
 // row stride a multiple of 8 elements and 16-byte aligned bases (TMA), BK
@@ -94,10 +91,6 @@ struct GemmArgs {
   const void* gather_src;
   const int* gather_slots;
   int gather_top_k;
-  // K-major GATHER_A only; null: nothing. The gathered rows as they land,
-  // [rows, k] row-major: what moe.permute of the same slots would write
-  // (the weight gradient reads them back without gathering a second time).
-  void* gather_copy;
 };
 
 // Shared memory of one block: the stages, the C staging boxes, the
@@ -771,49 +764,24 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
   const int line0 = A_K_MAJOR ? warp * 4 + lane / 8 : (int)threadIdx.x, chunk = lane % 8;
   const unsigned short* src_base = static_cast<const unsigned short*>(args.gather_src);
   const long long row_len = A_K_MAJOR ? args.k : args.m;  // elements in a row of gather_src
-  // gather_copy: the stages whose copies are in flight, oldest first (stage
-  // it - kLag + j), to be written out once they land: each one's tile's
-  // first row and, packed, its first K column (k0 << 8; the host checks k <
-  // 2^23) and the rows to write (at most BM: fewer in a group's last tile,
-  // none in any but a row tile's first column tile).
-  struct Landing {
-    int row0, k0_rows;
-  };
-  Landing landing[kLag];
-  const bool copy_out = A_K_MAJOR && args.gather_copy;
-  auto write_out = [&](int stage, const Landing& l) {  // this thread's chunks of the stage, from shared memory to gather_copy
-    const int k0 = l.k0_rows >> 8, rows = l.k0_rows & 255;
-    if (k0 + 8 * chunk >= row_len) return;
-    unsigned short* dst = static_cast<unsigned short*>(args.gather_copy) + ((long long)l.row0 + line0) * row_len + k0 + 8 * chunk;
-    const unsigned from = base + stage * Layout::kStage + line0 * 128 + ((chunk ^ (line0 % 8)) * 16);
-#pragma unroll
-    for (int p = 0; p < kLines; ++p)
-      if (line0 + 16 * p < rows) {
-        uint4 v;
-        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(from + 16 * 128 * p));
-        *reinterpret_cast<uint4*>(dst + 16 * p * row_len) = v;
-      }
-  };
   int it = 0;
   for (long long t = blockIdx.x; t < total; t += gridDim.x) {
     int group;
     long long row0, row_end, col0, k_begin, k_count;
     walk.decode(t, group, row0, row_end, col0, k_begin, k_count);
     const int k_tiles = (int)((k_count + BK - 1) / BK);
+    int src_row[kLines];  // the row of gather_src each of this thread's lines copies (-1: a zero line)
+    if (A_K_MAJOR) {
+#pragma unroll
+      for (int p = 0; p < kLines; ++p) {
+        const long long r = row0 + line0 + 16 * p;
+        const int slot = r < row_end ? __ldg(args.gather_slots + r) : -1;
+        src_row[p] = slot >= 0 ? slot / args.gather_top_k : -1;
+      }
+    }
     const int b_z = args.b_batched && !args.varlen_k ? group : 0;
     for (int kt = 0; kt < k_tiles; ++kt, ++it) {
-      // The row of gather_src each of this thread's lines copies (-1: a zero
-      // line); K-major: the same every stage of the tile, loaded again each
-      // stage (from L1) rather than held in registers across the copy-out.
-      int src_row[kLines];
-      if (A_K_MAJOR) {
-#pragma unroll
-        for (int p = 0; p < kLines; ++p) {
-          const long long r = row0 + line0 + 16 * p;
-          const int slot = r < row_end ? __ldg(args.gather_slots + r) : -1;
-          src_row[p] = slot >= 0 ? slot / args.gather_top_k : -1;
-        }
-      } else {
+      if (!A_K_MAJOR) {
         const long long kk = (long long)kt * BK + line0 % 64;
         const int slot = kk < k_count ? __ldg(args.gather_slots + k_begin + kk) : -1;
         src_row[0] = slot >= 0 ? slot / args.gather_top_k : -1;
@@ -847,25 +815,12 @@ __device__ __forceinline__ void gather_producer(const GemmArgs& args, const Tile
       cp_async_commit();
       if (it >= kLag) {
         cp_async_wait<kLag>();  // the copies of stage it - kLag have landed
-        if (copy_out) write_out((it - kLag) % STAGES, landing[0]);  // (read before this thread's arrival lets the consumers free it)
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         mbar_arrive(full_bar + 8 * ((it - kLag) % STAGES));
-      }
-      if (copy_out) {
-#pragma unroll
-        for (int j = 0; j + 1 < kLag; ++j) landing[j] = landing[j + 1];
-        // (The first column tile of a row tile writes its rows; the others load the same.)
-        const int rows = col0 > 0 ? 0 : (int)(row_end - row0 < BM ? row_end - row0 : BM);
-        landing[kLag - 1] = {(int)row0, (int)(k_begin + kt * BK) << 8 | rows};
       }
     }
   }
   cp_async_wait<0>();
-  if (copy_out) {
-#pragma unroll
-    for (int j = 0; j < kLag; ++j)
-      if (j >= kLag - it) write_out((it - kLag + j) % STAGES, landing[j]);  // the last min(it, kLag) stages
-  }
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
   for (int j = it - kLag > 0 ? it - kLag : 0; j < it; ++j) mbar_arrive(full_bar + 8 * (j % STAGES));
 }
@@ -875,9 +830,9 @@ __global__ void __launch_bounds__(384, 1) gemm_sm90_kernel(const __grid_constant
   static_assert(BM == 128 && BK == 64 && (BN == 64 || BN == 128 || BN == 256), "tile shape");
   static_assert(!OVERLAP || BN <= 128, "overlapped epilogue: a consumer holds two 64 x BN accumulator sets");
   // Registers per thread after setmaxnreg: 128 x producer + 256 x consumer
-  // within the 384 x 168 of the launch. The gathering producer (its
-  // addresses, and the copy-out of landed stages) spills below 88.
-  constexpr int kProducerRegs = GATHER_A ? 88 : 40, kConsumerRegs = GATHER_A ? 208 : 232;
+  // within the 384 x 168 of the launch. The gathering producer's address
+  // arithmetic spills at 40.
+  constexpr int kProducerRegs = GATHER_A ? 56 : 40, kConsumerRegs = GATHER_A ? 224 : 232;
   using Layout = SmemLayout<BM, BN, BK, STAGES>;
   using Mma = Wgmma<BN, A_K_MAJOR ? 0 : 1, B_K_MAJOR ? 0 : 1>;
   extern __shared__ unsigned char smem_raw[];

@@ -322,6 +322,17 @@ class CudaExecutable final : public ExecutableBase {
         for (ValueId v : op.results)
           if (code_.materialized[static_cast<std::size_t>(v)]) s.defines.push_back(v);
       }
+      // A launch may read values its ops do not name (a weight gradient that
+      // gathers a moe.permute's rows reads the permute's x and slots): every
+      // value a launch binds lives through its step.
+      auto binds = [&](const Buffer& b) {
+        if (b.kind == Buffer::Kind::value && graph_.arg_of(b.value) == nullptr) s.uses.push_back(view_source[static_cast<std::size_t>(b.value)]);
+      };
+      for (const auto& launch : step.launches) {
+        for (const auto& p : launch.pointers) binds(p.buffer);
+        for (const auto& m : launch.tensor_maps) binds(m.buffer);
+        for (const Buffer* b : {&launch.src, &launch.dst, &launch.src_counts, &launch.dst_counts}) binds(*b);
+      }
       steps.push_back(std::move(s));
     }
     plan_ = plan_memory(graph_, steps);
