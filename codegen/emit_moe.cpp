@@ -119,14 +119,17 @@ void dispatch_finish(EmitContext& ctx, ValueId experts, ValueId slots, ValueId o
     return;
   }
 
-  TileConfig one_block = TileConfig::fixed_threads(1024);
+  const TileConfig row_block = TileConfig::fixed_threads(512);  // up to 1024 tiles (the tiling above): two passes
   mj::DispatchScanArgs scan{};
   scan.E = static_cast<int>(E);
   scan.tiles = num_tiles;
   scan.capacity = capacity;
   scan.block = block;
-  ctx.launch("moe", instantiation("dispatch_scan_kernel", {threads_of(one_block)}), one_block, {1}, scan,
-             {{&scan.ranks, B::scratch(ranks)}, {&scan.offsets, B::of(offsets)}, {&scan.counts, B::of(counts)}});
+  ctx.launch("moe", instantiation("dispatch_scan_rows_kernel", {threads_of(row_block)}), row_block, {static_cast<unsigned>(E)}, scan,
+             {{&scan.ranks, B::scratch(ranks)}, {&scan.counts, B::of(counts)}});
+  const TileConfig one_warp = TileConfig::fixed_threads(32);
+  ctx.launch("moe", instantiation("dispatch_offsets_kernel", {threads_of(one_warp)}), one_warp, {1}, scan,
+             {{&scan.counts, B::of(counts)}, {&scan.offsets, B::of(offsets)}});
 
   mj::DispatchScatterArgs scatter{};
   scatter.num_slots = num_slots;

@@ -578,10 +578,10 @@ __global__ void __launch_bounds__(THREADS) gate_grad_kernel(const GateGradArgs<T
 //   1. dispatch_count: each warp counts its tile's slots per expert, 32 slots
 //      at a time (__match_any_sync groups the lanes of one expert, the
 //      lowest lane adds the group's size); every block also sets slots = -1.
-//   2. dispatch_scan (one block): per expert, an exclusive scan of its row
-//      of tile counts in tile order (a warp per expert, 8 chunks of 32
-//      tiles loaded per pass) -> ranks, counts;
-//      then offsets = exclusive scan of min(count, capacity) padded to `block`.
+//   2. dispatch_scan_rows (a block per expert): an exclusive scan of its row
+//      of tile counts in tile order -> ranks, counts; then dispatch_offsets
+//      (one warp): offsets = exclusive scan of min(count, capacity) padded
+//      to `block`.
 //   3. dispatch_scatter: each warp walks its tile in slot order again; a
 //      slot's rank = its tile's running rank + the lanes of its group before
 //      it. rank < capacity: row = offsets[e] + rank, slots[row] = s,
@@ -622,42 +622,56 @@ __device__ int warp_exclusive_scan(int v, int lane, int* carry) {
   return before;
 }
 
-template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scan_kernel(const DispatchScanArgs a) {
-  __shared__ int padded_of[4096];
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  // R chunks of 32 tiles per pass, their (coalesced) loads issued together:
-  // one memory latency per 32 * R tiles instead of per 32; the R scans
-  // then run from registers.
-  constexpr int R = 8;
-  for (int e = warp; e < a.E; e += warps) {
-    int* row = a.ranks + (i64)e * a.tiles;
-    int carry = 0;
-    for (i64 base = 0; base < a.tiles; base += 32 * R) {
-      int v[R];
+// 2a. One block per expert: the exclusive scan of its row of tile counts,
+// in tile order, THREADS tiles a pass (warp scans, then the warps' totals
+// from shared memory), and its count. (One block over every expert's row
+// took 28 us for 128 experts x 1024 tiles on an H200: docs/perf.md.)
+template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scan_rows_kernel(const DispatchScanArgs a) {
+  constexpr int WARPS = THREADS / 32;
+  static_assert(THREADS % 32 == 0 && WARPS <= 32, "whole warps, at most 32");
+  __shared__ int warp_total[WARPS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, e = blockIdx.x;
+  int* row = a.ranks + (i64)e * a.tiles;
+  int carry = 0;  // the same in every thread
+  for (i64 base = 0; base < a.tiles; base += THREADS) {
+    const i64 i = base + threadIdx.x;
+    const int v = i < a.tiles ? row[i] : 0;
+    int inclusive = v;
+    for (int delta = 1; delta < 32; delta <<= 1) {
+      const int up = __shfl_up_sync(0xffffffffu, inclusive, delta);
+      if (lane >= delta) inclusive += up;
+    }
+    if (lane == 31) warp_total[warp] = inclusive;
+    __syncthreads();
+    int before = 0, chunk = 0;
 #pragma unroll
-      for (int r = 0; r < R; ++r) v[r] = base + r * 32 + lane < a.tiles ? row[base + r * 32 + lane] : 0;
-#pragma unroll
-      for (int r = 0; r < R; ++r) {
-        int before = warp_exclusive_scan(v[r], lane, &carry);
-        if (base + r * 32 + lane < a.tiles) row[base + r * 32 + lane] = before;
-      }
+    for (int w = 0; w < WARPS; ++w) {
+      const int t = warp_total[w];
+      before += w < warp ? t : 0;
+      chunk += t;
     }
-    if (lane == 0) {
-      a.counts[e] = carry;
-      i64 kept = carry < a.capacity ? carry : a.capacity;
-      padded_of[e] = (int)((kept + a.block - 1) / a.block * a.block);
-    }
+    if (i < a.tiles) row[i] = carry + before + inclusive - v;
+    carry += chunk;
+    __syncthreads();  // every warp has read warp_total before the next pass writes it
   }
-  __syncthreads();
-  if (warp == 0) {
-    int carry = 0;
-    for (int base = 0; base < a.E; base += 32) {
-      int v = base + lane < a.E ? padded_of[base + lane] : 0;
-      int before = warp_exclusive_scan(v, lane, &carry);
-      if (base + lane < a.E) a.offsets[base + lane] = before;
+  if (threadIdx.x == 0) a.counts[e] = carry;
+}
+
+// 2b. One warp: offsets = exclusive scan of min(count, capacity) padded to `block`.
+template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_offsets_kernel(const DispatchScanArgs a) {
+  static_assert(THREADS == 32, "one warp");
+  const int lane = threadIdx.x;
+  int carry = 0;
+  for (int base = 0; base < a.E; base += 32) {
+    int v = 0;
+    if (base + lane < a.E) {
+      const i64 kept = a.counts[base + lane] < a.capacity ? a.counts[base + lane] : a.capacity;
+      v = (int)((kept + a.block - 1) / a.block * a.block);
     }
-    if (lane == 0) a.offsets[a.E] = carry;
+    const int before = warp_exclusive_scan(v, lane, &carry);
+    if (base + lane < a.E) a.offsets[base + lane] = before;
   }
+  if (lane == 0) a.offsets[a.E] = carry;
 }
 
 template <int THREADS> __global__ void __launch_bounds__(THREADS) dispatch_scatter_kernel(const DispatchScatterArgs a) {

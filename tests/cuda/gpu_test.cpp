@@ -19,7 +19,10 @@
 
 #include <unistd.h>
 
+#include "codegen/cuda_codegen.h"
+#include "codegen/target.h"
 #include "cuda/cuda_test_util.h"
+#include "cuda/ptx_check.h"
 #include "ir/builder.h"
 #include "ir/error.h"
 #include "ir/sample_graphs.h"
@@ -175,6 +178,24 @@ void check_dispatch_reference(const DispatchCase& c, const std::vector<std::int3
 }
 
 }  // namespace
+
+TEST_CASE("moe.dispatch over many tiles scans each expert's tile counts in a block of its own, and compiles to PTX", "[cuda][dispatch]") {
+  Graph graph("dispatch_tiles");
+  Builder b(graph);
+  Tensor chosen = b.input("experts", {40000, 8}, DType::i32);
+  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = 256, .capacity_factor = 1.0, .block = 32});
+  b.output(slots, "slots");
+  b.output(offsets, "offsets");
+  b.output(positions, "positions");
+  b.output(counts, "counts");
+  const codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+  std::vector<std::string> kernels;
+  for (const auto& step : module.steps)
+    for (const auto& launch : step.launches) kernels.push_back(launch.kernel);
+  CHECK(kernels == std::vector<std::string>{"mj::dispatch_count_kernel<256>", "mj::dispatch_scan_rows_kernel<512>",
+                                            "mj::dispatch_offsets_kernel<32>", "mj::dispatch_scatter_kernel<256>"});
+  cuda_test::compile_to_ptx(module, "dispatch_tiles", "compute_90a");
+}
 
 TEST_CASE("gpu: dispatch over many tiles (16k tokens, empty and overfull experts) matches a sequential reference exactly", "[cuda][gpu]") {
   MOEJIT_SKIP_WITHOUT_GPU();
