@@ -8,7 +8,7 @@
 // The layer: logits = f32(x w_router); softmax top-k with renormalized
 // weights (moe.gate); dropless dispatch; h = gelu(grouped_matmul(permute(x),
 // w_up)); ys = grouped_matmul(h, w_down); y = combine(ys, weights);
-// loss = mean(f32(y) * target) + 0.01 load-balance loss. x, weights and
+// loss = mean(f32(y) * f32(target)) + 0.01 load-balance loss. x, target, weights and
 // activations bf16 (f32 accumulation in every matmul), router logits, gate
 // and losses f32: what the mixed-precision policy makes of the f32 layer.
 // Backward: the MoE fusions ("moe-fusions") first, as the trainer runs them

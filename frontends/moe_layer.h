@@ -3,7 +3,8 @@
 // [T, D] routed (router logits x w_router in f32, softmax top-K
 // renormalized, dropless dispatch) to E experts (w_up [E, D, F], GELU,
 // w_down [E, F, D]), combined with the routing weights; outputs y and
-// loss = mean(f32(y) * target) + a load-balance loss (0.01).
+// loss = mean(f32(y) * f32(target)) + a load-balance loss (0.01), target bf16
+// [T, D] as the PyTorch peer holds it.
 #pragma once
 
 #include <cstdint>

@@ -20,6 +20,10 @@
 // stale attributes from an earlier run are removed. An op that
 // fuse-gemm-epilogue folded into a GEMM (mj.gemm_epilogue) joins no group.
 //
+// Before grouping, a cast that several chain ops read is cloned for each of
+// them (split_shared_casts below), so the cast joins every reader's chain
+// instead of being stored once for all.
+//
 // A group stays within what one generated kernel takes (the CUDA chain's
 // argument struct, codegen/kernels/elementwise.cuh): at most
 // kMaxGroupInputs distinct values read from outside, kMaxGroupOutputs
@@ -77,12 +81,67 @@ struct GroupNeeds {
   }
 };
 
+// A cast read by several chain ops is cloned once for each reader after the
+// first, the clone placed right before its reader, so every reader's chain
+// computes the cast itself: a recomputed cast costs each reader a read of
+// the cast's operand, a stored one a write and the reads of its result (the
+// layer bench's f32 view of a bf16 target, read by the loss and by the
+// loss's gradient, was a 151 MB write and two reads of it: docs/perf.md).
+// Casts that are graph outputs, that fuse-gemm-epilogue folded, or that any
+// other op reads stay as they are. Returns the clones made.
+std::int64_t split_shared_casts(Graph& graph) {
+  const std::vector<Op>& ops = graph.ops();
+  const auto uses = graph.use_counts();
+  std::vector<std::vector<int>> readers(static_cast<std::size_t>(graph.num_values()));
+  for (std::size_t i = 0; i < ops.size(); ++i)
+    for (ValueId v : ops[i].operands)
+      if (v != kNoValue && (readers[static_cast<std::size_t>(v)].empty() || readers[static_cast<std::size_t>(v)].back() != static_cast<int>(i)))
+        readers[static_cast<std::size_t>(v)].push_back(static_cast<int>(i));
+  auto chain_reader = [&](const Op& op, ValueId v) {
+    return is_fusible_elementwise(op.kind) && !op.attrs.has("mj.gemm_epilogue") && graph.type(op.results[0]).shape == graph.type(v).shape;
+  };
+  std::map<int, std::vector<ValueId>> split;  // reader op -> the casts it gets a clone of
+  for (const Op& op : ops) {
+    if (op.kind != OpKind::Cast || op.attrs.has("mj.gemm_epilogue")) continue;
+    const ValueId r = op.results[0];
+    const std::vector<int>& rs = readers[static_cast<std::size_t>(r)];
+    int operand_uses = 0;
+    for (int i : rs)
+      for (ValueId v : ops[static_cast<std::size_t>(i)].operands) operand_uses += v == r ? 1 : 0;
+    if (rs.size() < 2 || operand_uses != uses[static_cast<std::size_t>(r)]) continue;  // an output, or one reader
+    if (!std::all_of(rs.begin(), rs.end(), [&](int i) { return chain_reader(ops[static_cast<std::size_t>(i)], r); })) continue;
+    for (std::size_t k = 1; k < rs.size(); ++k) split[rs[k]].push_back(r);
+  }
+  if (split.empty()) return 0;
+  const auto producers = graph.producers();
+  std::vector<Op> rebuilt;
+  rebuilt.reserve(ops.size() + split.size());
+  std::int64_t clones = 0;
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    Op reader = ops[i];
+    if (auto it = split.find(static_cast<int>(i)); it != split.end())
+      for (ValueId r : it->second) {
+        Op clone = ops[static_cast<std::size_t>(producers[static_cast<std::size_t>(r)])];
+        clone.attrs.erase(kGroupAttr);
+        const ValueId copy = graph.new_value(graph.type(r));
+        clone.results = {copy};
+        for (ValueId& v : reader.operands) v = v == r ? copy : v;
+        rebuilt.push_back(std::move(clone));
+        ++clones;
+      }
+    rebuilt.push_back(std::move(reader));
+  }
+  graph.mutable_ops() = std::move(rebuilt);
+  return clones;
+}
+
 class FuseElementwisePass final : public Pass {
  public:
   std::string_view name() const override { return "fuse-elementwise"; }
 
   void run(Graph& graph) override {
     reset_statistics();
+    const std::int64_t casts_split = split_shared_casts(graph);
     auto& ops = graph.mutable_ops();
     const auto producers = graph.producers();
     const auto uses = graph.use_counts();
@@ -163,6 +222,7 @@ class FuseElementwisePass final : public Pass {
     count("groups", static_cast<std::int64_t>(last_op.size()));
     count("ops-fused", fused);
     count("joins-over-kernel-limits", limited);
+    count("casts-split", casts_split);
   }
 };
 

@@ -64,6 +64,36 @@ func.func @outputs(%x: tensor<4xf32>) -> (tensor<4xf32> {mj.name = "a"}, tensor<
   return %0, %1 : tensor<4xf32>, tensor<4xf32>
 }
 
+// -----
+
+// A cast that two chains read is cloned for the second one, so each chain
+// computes it and nothing stores the wide copy; a cast that is also a graph
+// output, or that a non-elementwise op reads, stays one stored value.
+// CHECK-LABEL: func.func @shared_cast(
+// CHECK-NEXT:    %[[C:[0-9]+]] = "mj.cast"(%t) {dtype = f32, mj.fusion_group = 0 : i64}
+// CHECK-NEXT:    "mj.mul"(%y, %[[C]]) {mj.fusion_group = 0 : i64}
+// CHECK-NEXT:    %[[D:[0-9]+]] = "mj.cast"(%t) {dtype = f32, mj.fusion_group = 1 : i64}
+// CHECK-NEXT:    "mj.add"(%y, %[[D]]) {mj.fusion_group = 1 : i64}
+// CHECK-NEXT:    %[[O:[0-9]+]] = "mj.cast"(%t) {dtype = f32} :
+// CHECK-NEXT:    "mj.neg"(%[[O]]) :
+// CHECK-NEXT:    %[[S:[0-9]+]] = "mj.cast"(%t) {dtype = f32} :
+// CHECK-NEXT:    "mj.exp"(%[[S]]) :
+// CHECK-NEXT:    "mj.softmax"(%[[S]]) :
+// CHECK-NEXT:    return
+func.func @shared_cast(%t: tensor<4x8xbf16>, %y: tensor<4x8xf32>) -> (tensor<4x8xf32> {mj.name = "a"}, tensor<4x8xf32> {mj.name = "b"},
+                                                                        tensor<4x8xf32> {mj.name = "c"}, tensor<4x8xf32> {mj.name = "d"},
+                                                                        tensor<4x8xf32> {mj.name = "e"}, tensor<4x8xf32> {mj.name = "f"}) {
+  %0 = "mj.cast"(%t) {dtype = f32} : (tensor<4x8xbf16>) -> tensor<4x8xf32>
+  %1 = "mj.mul"(%y, %0) : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
+  %2 = "mj.add"(%y, %0) : (tensor<4x8xf32>, tensor<4x8xf32>) -> tensor<4x8xf32>
+  %3 = "mj.cast"(%t) {dtype = f32} : (tensor<4x8xbf16>) -> tensor<4x8xf32>
+  %4 = "mj.neg"(%3) : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  %5 = "mj.cast"(%t) {dtype = f32} : (tensor<4x8xbf16>) -> tensor<4x8xf32>
+  %6 = "mj.exp"(%5) : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  %7 = "mj.softmax"(%5) : (tensor<4x8xf32>) -> tensor<4x8xf32>
+  return %1, %2, %3, %4, %6, %7 : tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<4x8xf32>
+}
+
 // STATS: fuse-elementwise
 // STATS-NEXT: groups                       1
 // STATS-NEXT: ops-fused                    3
@@ -73,3 +103,8 @@ func.func @outputs(%x: tensor<4xf32>) -> (tensor<4xf32> {mj.name = "a"}, tensor<
 // STATS: fuse-elementwise
 // STATS-NEXT: groups                       0
 // STATS-NEXT: ops-fused                    0
+// STATS: fuse-elementwise
+// STATS-NEXT: groups                       2
+// STATS-NEXT: ops-fused                    4
+// STATS-NEXT: joins-over-kernel-limits     0
+// STATS-NEXT: casts-split                  1
