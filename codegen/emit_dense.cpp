@@ -107,8 +107,9 @@ void reduction(EmitContext& ctx, int kind, const ChainFunctor* chain = nullptr) 
   TileConfig config = TileConfig::fixed_threads(256);
   const std::int64_t outputs = product(kept_sizes, 0, kept_sizes.size()), count = product(red_sizes, 0, red_sizes.size());
   // Few outputs over many elements: split each output's elements into
-  // chunks of at least 16K, about four blocks per SM in all.
-  const std::int64_t blocks_wanted = 4 * static_cast<std::int64_t>(ctx.target().sm_count);
+  // chunks of at least 16K, about eight blocks per SM in all (2048 threads,
+  // the most an SM holds: the bytes in flight bound these reductions).
+  const std::int64_t blocks_wanted = 8 * static_cast<std::int64_t>(ctx.target().sm_count);
   const std::int64_t chunks = outputs < blocks_wanted ? std::clamp<std::int64_t>(count / 16384, 1, blocks_wanted / std::max<std::int64_t>(outputs, 1)) : 1;
   // The template arguments and the input's binds: x, or the chain's values.
   auto kernel = [&](const char* name) {

@@ -33,20 +33,53 @@ void gate_flags(const AttrList& attrs, int& softmax_score, int& score_first, int
   normalize = attrs.get_bool("normalize") ? 1 : 0;
 }
 
-// gate over logits [T, E] (+ bias) into weights / experts; a warp per token.
+// The gate and gate_grad with a few lanes a token (gate_rows_kernel,
+// gate_grad_rows_kernel in codegen/kernels/moe.cuh, mj::kGateRowsLanes)
+// apply to f32 logits with E % 4 == 0, E <= 256 and K <= 8
+// (MOEJIT_GATE_ROWS=0: the warp kernels, to compare with). A block: 256
+// threads, a padded row of shared memory a token.
+bool gate_rows_apply(DType logits, std::int64_t E, std::int64_t top_k) {
+  return logits == DType::f32 && E % 4 == 0 && E <= 256 && top_k >= 1 && top_k <= 8 && env_flag("MOEJIT_GATE_ROWS", true);
+}
+std::string gate_rows_kernel(const char* name, std::int64_t top_k) {
+  return instantiation(name, {std::to_string(top_k), std::to_string(mj::kGateRowsLanes)});
+}
+unsigned gate_rows_shared_bytes(std::int64_t E) {
+  return static_cast<unsigned>(mj::gate_rows_tokens(mj::kGateRowsLanes) * mj::gate_rows_stride(static_cast<int>(E)) * 4);
+}
+unsigned gate_rows_blocks(std::int64_t tokens) { return tiles(tokens, mj::gate_rows_tokens(mj::kGateRowsLanes)); }
+
+// gate over logits [T, E] (+ bias) into weights / experts: four lanes a
+// token (gate_rows_apply), else a warp a token.
 void gate(EmitContext& ctx, ValueId logits, B bias, ValueId weights, ValueId experts, std::int64_t top_k) {
   const TensorType& lt = ctx.graph().type(logits);
-  TileConfig config = TileConfig::fixed_threads(128);
   mj::GateArgs<void> a{};
   a.tokens = lt.dim(0);
   a.E = static_cast<int>(lt.dim(1));
   a.K = static_cast<int>(top_k);
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
+  if (gate_rows_apply(lt.dtype, a.E, top_k) && ctx.graph().type(weights).dtype == DType::f32) {
+    const TileConfig rows = TileConfig::fixed_threads(mj::kGateRowsThreads);
+    ctx.launch("moe", gate_rows_kernel("gate_rows_kernel", top_k), rows, {gate_rows_blocks(a.tokens)}, a,
+               {{&a.logits, B::of(logits)}, {&a.bias, bias}, {&a.weights, B::of(weights)}, {&a.experts, B::of(experts)}},
+               gate_rows_shared_bytes(a.E));
+    return;
+  }
+  TileConfig config = TileConfig::fixed_threads(128);
   const std::string keys = std::to_string(a.E <= 256 ? (a.E + 31) / 32 : 0);  // keys per lane in registers (0: recomputed)
   std::string kernel = warp_kernels_enabled() ? instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config), "true"})
                                               : instantiation("gate_kernel", {template_type(lt.dtype), keys, threads_of(config)});
   ctx.launch("moe", kernel, config, {blocks_for(a.tokens * 32, 128)}, a,
              {{&a.logits, B::of(logits)}, {&a.bias, bias}, {&a.weights, B::of(weights)}, {&a.experts, B::of(experts)}});
+}
+
+// dispatch_count_kernel / dispatch_scatter_kernel: a row of shared memory
+// a warp (E ints) up to kDispatchSharedExperts experts, else `ranks` itself.
+std::string dispatch_warp_kernel(const char* name, std::int64_t E, const TileConfig& warps) {
+  return E <= mj::kDispatchSharedExperts ? instantiation(name, {threads_of(warps), "true"}) : instantiation(name, {threads_of(warps)});
+}
+unsigned dispatch_warp_shared_bytes(std::int64_t E, const TileConfig& warps) {
+  return E <= mj::kDispatchSharedExperts ? static_cast<unsigned>(warps.threads / 32 * E * 4) : 0u;
 }
 
 // The slots of dispatch cut into tiles of `tile` slots (a multiple of 32),
@@ -81,8 +114,9 @@ void dispatch(EmitContext& ctx, ValueId experts, ValueId slots, ValueId offsets,
   count.rows = rows;
   count.tile = tiling.tile;
   count.tiles = tiling.tiles;
-  ctx.launch("moe", instantiation("dispatch_count_kernel", {threads_of(warps)}), warps, {blocks_for(tiling.tiles * 32, 256)}, count,
-             {{&count.experts, B::of(experts)}, {&count.ranks, B::scratch(tiling.ranks)}, {&count.slots, B::of(slots)}});
+  ctx.launch("moe", dispatch_warp_kernel("dispatch_count_kernel", E, warps), warps, {blocks_for(tiling.tiles * 32, 256)}, count,
+             {{&count.experts, B::of(experts)}, {&count.ranks, B::scratch(tiling.ranks)}, {&count.slots, B::of(slots)}},
+             dispatch_warp_shared_bytes(E, warps));
   dispatch_finish(ctx, experts, slots, offsets, positions, counts, tiling);
 }
 
@@ -137,12 +171,13 @@ void dispatch_finish(EmitContext& ctx, ValueId experts, ValueId slots, ValueId o
   scatter.capacity = capacity;
   scatter.tile = tile;
   scatter.tiles = num_tiles;
-  ctx.launch("moe", instantiation("dispatch_scatter_kernel", {threads_of(warps)}), warps, {warp_blocks}, scatter,
+  ctx.launch("moe", dispatch_warp_kernel("dispatch_scatter_kernel", E, warps), warps, {warp_blocks}, scatter,
              {{&scatter.experts, B::of(experts)},
               {&scatter.ranks, B::scratch(ranks)},
               {&scatter.offsets, B::of(offsets)},
               {&scatter.slots, B::of(slots)},
-              {&scatter.positions, B::of(positions)}});
+              {&scatter.positions, B::of(positions)}},
+             dispatch_warp_shared_bytes(E, warps));
 }
 
 // Blocks of `config.threads` for the warp-per-row kernels over `rows` rows.
@@ -336,7 +371,8 @@ std::int64_t expert_stats(EmitContext& ctx, ValueId probs, B experts, std::int64
   const std::int64_t partials = ctx.scratch(a.chunks * a.E * 2 * 8);
   const std::vector<Bind> pointers = {{&a.probs, B::of(probs)}, {&a.experts, experts}, {&a.stats, B::scratch(stats)}, {&a.partials, B::scratch(partials)}};
   ctx.launch("moe", instantiation("expert_stats_parts_kernel", {template_type(pt.dtype), threads_of(config)}), config,
-             {static_cast<unsigned>(std::min<std::int64_t>(a.chunks, 65535))}, a, pointers);
+             {static_cast<unsigned>(std::min<std::int64_t>(a.chunks, 65535))}, a, pointers,
+             static_cast<unsigned>(a.E * 4));  // the chunk's histogram
   ctx.launch("moe", instantiation("expert_stats_finish_kernel", {template_type(pt.dtype), threads_of(config)}), config,
              {static_cast<unsigned>(std::min<std::int64_t>(a.E, 65535))}, a, pointers);
   return stats;
@@ -359,7 +395,9 @@ void expert_loss_grad(EmitContext& ctx, std::int64_t stats, ValueId dloss, int k
   a.E = static_cast<int>(ctx.in(0).dim(1));
   a.coeff = ctx.attrs().get_float("coeff");
   a.kind = kind;
-  ctx.launch("moe", instantiation("expert_loss_grad_kernel", {ctx.out_type(0), threads_of(config)}), config, {blocks_for(a.tokens * a.E)}, a,
+  // Four blocks an SM: each thread computes its expert's value once and walks many rows.
+  const unsigned blocks = std::min(blocks_for(a.tokens * a.E), static_cast<unsigned>(4 * ctx.target().sm_count));
+  ctx.launch("moe", instantiation("expert_loss_grad_kernel", {ctx.out_type(0), threads_of(config)}), config, {blocks}, a,
              {{&a.stats, B::scratch(stats)}, {&a.dloss, B::of(dloss)}, {&a.dprobs, B::of(ctx.result(0))}});
 }
 
@@ -377,6 +415,16 @@ void emit_GateGrad(EmitContext& ctx) {
   a.E = static_cast<int>(ctx.in(0).dim(1));
   a.K = static_cast<int>(ctx.in(1).dim(1));
   gate_flags(ctx.attrs(), a.softmax_score, a.score_first, a.normalize);
+  if (gate_rows_apply(ctx.in(0).dtype, a.E, a.K) && ctx.in(2).dtype == DType::f32 && ctx.out(0).dtype == DType::f32) {
+    const TileConfig rows = TileConfig::fixed_threads(mj::kGateRowsThreads);
+    ctx.launch("moe", gate_rows_kernel("gate_grad_rows_kernel", a.K), rows, {gate_rows_blocks(a.tokens)}, a,
+               {{&a.logits, B::of(ctx.operand(0))},
+                {&a.experts, B::of(ctx.operand(1))},
+                {&a.dweights, B::of(ctx.operand(2))},
+                {&a.dlogits, B::of(ctx.result(0))}},
+               gate_rows_shared_bytes(a.E));
+    return;
+  }
   std::string kernel = warp_kernels_enabled() ? instantiation("gate_grad_kernel", {ctx.in_type(0), threads_of(config), "true"})
                                               : instantiation("gate_grad_kernel", {ctx.in_type(0), threads_of(config)});
   ctx.launch("moe", kernel, config, {blocks_for(a.tokens * 32, 128)}, a,

@@ -157,7 +157,9 @@ __device__ __forceinline__ A reduce_elements(const T* x, const ElementwiseArgs& 
   typedef ReduceInput<Chain, T> In;
   if (reduced.rank == 1) {
     const i64 stride = reduced.stride[0];
-#pragma unroll 4
+    // Eight loads in flight a thread (the adds stay in order): a mean over
+    // 151 MB ran at 2.5 TB/s with four.
+#pragma unroll 8
     for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(In::at(x, chain, base + r * stride)));
   } else {
     for (i64 r = first; r < last; r += step) acc = reduce_combine<KIND>(acc, (A)ld(In::at(x, chain, base + dims_offset(reduced, r))));

@@ -180,21 +180,25 @@ void check_dispatch_reference(const DispatchCase& c, const std::vector<std::int3
 }  // namespace
 
 TEST_CASE("moe.dispatch over many tiles scans each expert's tile counts in a block of its own, and compiles to PTX", "[cuda][dispatch]") {
-  Graph graph("dispatch_tiles");
-  Builder b(graph);
-  Tensor chosen = b.input("experts", {40000, 8}, DType::i32);
-  auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = 256, .capacity_factor = 1.0, .block = 32});
-  b.output(slots, "slots");
-  b.output(offsets, "offsets");
-  b.output(positions, "positions");
-  b.output(counts, "counts");
-  const codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
-  std::vector<std::string> kernels;
-  for (const auto& step : module.steps)
-    for (const auto& launch : step.launches) kernels.push_back(launch.kernel);
-  CHECK(kernels == std::vector<std::string>{"mj::dispatch_count_kernel<256>", "mj::dispatch_scan_rows_kernel<512>",
-                                            "mj::dispatch_offsets_kernel<32>", "mj::dispatch_scatter_kernel<256>"});
-  cuda_test::compile_to_ptx(module, "dispatch_tiles", "compute_90a");
+  // Up to 1536 experts each warp counts in shared memory (the `true` forms); beyond, in `ranks`.
+  for (const auto& [experts, shared] : {std::pair<std::int64_t, std::string>{256, ", true"}, {2048, ""}}) {
+    INFO("E " << experts);
+    Graph graph("dispatch_tiles");
+    Builder b(graph);
+    Tensor chosen = b.input("experts", {40000, 8}, DType::i32);
+    auto [slots, offsets, positions, counts] = b.moe_dispatch(chosen, {.num_experts = experts, .capacity_factor = 1.0, .block = 32});
+    b.output(slots, "slots");
+    b.output(offsets, "offsets");
+    b.output(positions, "positions");
+    b.output(counts, "counts");
+    const codegen::ModuleCode module = codegen::generate_module(graph, codegen::Target::named("sm_90a"));
+    std::vector<std::string> kernels;
+    for (const auto& step : module.steps)
+      for (const auto& launch : step.launches) kernels.push_back(launch.kernel);
+    CHECK(kernels == std::vector<std::string>{"mj::dispatch_count_kernel<256" + shared + ">", "mj::dispatch_scan_rows_kernel<512>",
+                                              "mj::dispatch_offsets_kernel<32>", "mj::dispatch_scatter_kernel<256" + shared + ">"});
+    cuda_test::compile_to_ptx(module, "dispatch_tiles", "compute_90a");
+  }
 }
 
 TEST_CASE("gpu: dispatch over many tiles (16k tokens, empty and overfull experts) matches a sequential reference exactly", "[cuda][gpu]") {
@@ -219,6 +223,7 @@ TEST_CASE("gpu: dispatch over many tiles (16k tokens, empty and overfull experts
        }},
       {"T9000 K3 E37, every slot to expert 36, capacity 2.0 block 5", 9000, 3, 37, 2.0, 5, [](std::int64_t, std::mt19937&) { return 36; }},
       {"T40000 K8 E256 (tiles of more than 128 slots) capacity 1.0 block 32", 40000, 8, 256, 1.0, 32, skewed(256)},
+      {"T5000 K2 E2048 (the counts in global memory) capacity 1.0 block 8", 5000, 2, 2048, 1.0, 8, skewed(2048)},
       {"T3 K1 E5 (one partial tile)", 3, 1, 5, 1.0, 2, [](std::int64_t s, std::mt19937&) { return static_cast<std::int32_t>(s % 2); }},
   };
   auto cpu = make_cpu_backend();

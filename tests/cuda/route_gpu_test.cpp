@@ -275,6 +275,7 @@ Graph gate_graph(std::int64_t tokens, std::int64_t experts, std::int64_t top_k, 
 }  // namespace
 
 TEST_CASE("MOEJIT_WARP_KERNELS=1 gives moe.gate and moe.gate_grad their lane forms, which compile to PTX", "[cuda][nvrtc][route]") {
+  cuda_test::EnvOverride no_rows("MOEJIT_GATE_ROWS", "0");  // the thread-per-token forms: the case below
   for (const char* arch : {"sm_90a", "sm_80"}) {
     INFO(arch);
     auto kernels = [&](const char* warp) {
@@ -301,7 +302,41 @@ TEST_CASE("MOEJIT_WARP_KERNELS=1 gives moe.gate and moe.gate_grad their lane for
                     Catch::Contains("MOEJIT_WARP_KERNELS: expected 0 or 1, found 'yes'"));
 }
 
-TEST_CASE("gpu: moe.gate and its gradient (MOEJIT_WARP_KERNELS=0 and 1; K > 32, E > 256) match the CPU",
+TEST_CASE("moe.gate and moe.gate_grad take four lanes per token for f32 logits, E % 4 == 0 up to 256 and K up to 8, and compile to PTX",
+          "[cuda][nvrtc][route]") {
+  struct Case {
+    std::int64_t experts, top_k;
+    DType dtype;
+    std::string gate, grad;  // the expected instantiations
+  };
+  const Case cases[] = {{128, 8, DType::f32, "mj::gate_rows_kernel<8, 4>", "mj::gate_grad_rows_kernel<8, 4>"},
+                        {256, 2, DType::f32, "mj::gate_rows_kernel<2, 4>", "mj::gate_grad_rows_kernel<2, 4>"},
+                        {20, 3, DType::f32, "mj::gate_rows_kernel<3, 4>", "mj::gate_grad_rows_kernel<3, 4>"},
+                        {130, 8, DType::f32, "mj::gate_kernel<float, 5, 128, true>", "mj::gate_grad_kernel<float, 128, true>"},  // E % 4
+                        {64, 9, DType::f32, "mj::gate_kernel<float, 2, 128, true>", "mj::gate_grad_kernel<float, 128, true>"},    // K > 8
+                        {300, 4, DType::f32, "mj::gate_kernel<float, 0, 128, true>", "mj::gate_grad_kernel<float, 128, true>"}};  // E > 256
+  for (const char* arch : {"sm_90a", "sm_80"})
+    for (const Case& c : cases) {
+      INFO(fmt::format("{} E {} K {}", arch, c.experts, c.top_k));
+      const codegen::ModuleCode m = codegen::generate_module(
+          gate_graph(100, c.experts, c.top_k, "softmax", "softmax_then_topk", true, false), codegen::Target::named(arch));
+      std::string gate, grad;
+      for (const auto& k : m.kernels) {
+        if (k.find("gate_rows_kernel<") != std::string::npos || k.find("gate_kernel<") != std::string::npos) gate = k;
+        if (k.find("gate_grad") != std::string::npos) grad = k;
+      }
+      CHECK(gate == c.gate);
+      CHECK(grad == c.grad);
+      if (c.experts == 128 || c.experts == 20)
+        cuda_test::compile_to_ptx(m, "gate_rows", arch == std::string("sm_90a") ? "compute_90a" : "compute_80");
+    }
+  cuda_test::EnvOverride off("MOEJIT_GATE_ROWS", "0");
+  const codegen::ModuleCode m =
+      codegen::generate_module(gate_graph(100, 128, 8, "softmax", "softmax_then_topk", true, false), codegen::Target::named("sm_90a"));
+  for (const auto& k : m.kernels) CHECK(k.find("_rows_kernel<") == std::string::npos);
+}
+
+TEST_CASE("gpu: moe.gate and its gradient (four lanes per token, MOEJIT_WARP_KERNELS=0 and 1; K > 32, E > 256) match the CPU",
           "[cuda][gpu][route]") {
   MOEJIT_SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend();
@@ -316,13 +351,19 @@ TEST_CASE("gpu: moe.gate and its gradient (MOEJIT_WARP_KERNELS=0 and 1; K > 32, 
                         {64, 40, "softmax", "softmax_then_topk", true, false},  // K > 32: the loop
                         {32, 32, "sigmoid", "softmax_then_topk", true, true},   // K = E
                         {20, 3, "sigmoid", "topk_then_softmax", false, true},
-                        {300, 4, "softmax", "softmax_then_topk", true, true}};  // E > 256: keys recomputed
+                        {300, 4, "softmax", "softmax_then_topk", true, true},   // E > 256: keys recomputed
+                        {256, 8, "softmax", "softmax_then_topk", true, true},   // a thread per token, 32-token blocks
+                        {12, 8, "softmax", "topk_then_softmax", true, false},
+                        {8, 1, "sigmoid", "softmax_then_topk", false, false}};
   std::uint64_t seed = 41;
-  for (const char* warp : {"0", "1"})
+  // The lanes-per-token forms (the default where they apply), then the warp forms with and without the lanes.
+  for (const char* setting : {"rows", "0", "1"})
   for (const Case& c : cases) {
-    cuda_test::EnvOverride warp_kernels("MOEJIT_WARP_KERNELS", warp);
-    INFO(fmt::format("E {} K {} {} {}{}{} MOEJIT_WARP_KERNELS={}", c.experts, c.top_k, c.score, c.order, c.normalize ? " normalized" : "",
-                     c.bias ? " bias" : "", warp));
+    const bool rows = setting == std::string("rows");
+    cuda_test::EnvOverride gate_rows("MOEJIT_GATE_ROWS", rows ? "1" : "0");
+    cuda_test::EnvOverride warp_kernels("MOEJIT_WARP_KERNELS", rows ? "1" : setting);
+    INFO(fmt::format("E {} K {} {} {}{}{} {}", c.experts, c.top_k, c.score, c.order, c.normalize ? " normalized" : "",
+                     c.bias ? " bias" : "", rows ? "MOEJIT_GATE_ROWS=1" : fmt::format("MOEJIT_WARP_KERNELS={}", setting)));
     const Graph g = gate_graph(3001, c.experts, c.top_k, c.score, c.order, c.normalize, c.bias);
     // Multiples of 1/8 in [-1, 1]: many exact ties among the experts (the lower one first).
     std::mt19937_64 rng(seed++);
@@ -341,6 +382,67 @@ TEST_CASE("gpu: moe.gate and its gradient (MOEJIT_WARP_KERNELS=0 and 1; K > 32, 
       CHECK(err <= cuda_test::tolerance(DType::f32));
     }
   }
+}
+
+// The auxiliary losses' statistics run in chunks of tokens (a shared
+// histogram of each chunk's slots) and their gradients walk the experts by
+// a stride: many chunks, experts that no slot or every slot picks, and E
+// that does not divide the grid's stride.
+TEST_CASE("gpu: the load-balance loss and the entropy regularizer, forward and backward, match the CPU over many token chunks",
+          "[cuda][gpu][route]") {
+  MOEJIT_SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend();
+  auto cuda = make_cuda_backend();
+  struct Case {
+    std::int64_t tokens, experts, top_k;
+  };
+  std::uint64_t seed = 7;
+  for (const Case& c : {Case{3001, 128, 8}, Case{24576, 8, 2}, Case{1000, 37, 3}, Case{5, 4, 4}}) {
+    INFO(fmt::format("T {} E {} K {}", c.tokens, c.experts, c.top_k));
+    Graph g("aux_losses");
+    Builder b(g);
+    Tensor logits = b.input("logits", {c.tokens, c.experts});
+    Tensor probs = b.softmax(logits);
+    auto [weights, experts] = b.moe_gate(logits, {.top_k = c.top_k, .normalize = true});
+    (void)weights;
+    b.output(b.add(b.moe_load_balance_loss(probs, experts, 0.01), b.moe_entropy_reg(probs, 0.1)), "loss");
+    append_backward(g, {.loss = "loss", .wrt = {"logits"}});
+    std::mt19937_64 rng(seed++);
+    std::normal_distribution<double> normal(0.0, 2.0);
+    HostTensor x(g.type(g.find_arg("logits")));
+    for (std::int64_t i = 0; i < x.numel(); ++i) x.set(i, normal(rng));
+    for (std::int64_t t = 0; t < c.tokens; t += 3) x.set(t * c.experts, 40.0);  // expert 0 picked by a third of the tokens at least
+    Values args;
+    args.emplace("logits", std::move(x));
+    const Values got = run_graph(*cuda, g, args), want = run_graph(*cpu, g, args);
+    for (const char* name : {"loss", "grad.logits"}) {
+      const double err = cuda_test::normalized_error(got.at(name), want.at(name));
+      INFO(name << ": normalized error " << err);
+      CHECK(err <= cuda_test::tolerance(DType::f32));
+    }
+  }
+}
+
+// The layer's loss reads its bf16 target through a cast to f32 in the
+// forward's mean and in the loss gradient: fuse-elementwise clones the cast
+// so each reader's kernel converts the target itself (no f32 copy stored).
+TEST_CASE("the layer bench's bf16 target is widened inside both of its readers' kernels", "[cuda][route]") {
+  Graph lowered = moe_layer_graph("target_cast", {1000, 384, 256, 16, 4}, true);
+  run_pipeline(lowered, "cuda-pipeline");
+  const ValueId target = lowered.find_arg("target");
+  int readers = 0;
+  for (const Op& op : lowered.ops())
+    for (ValueId v : op.operands)
+      if (v == target) {
+        ++readers;
+        CHECK(op.kind == OpKind::Cast);
+        CHECK(op.attrs.has("mj.fusion_group"));  // inside a chain: not stored
+      }
+  CHECK(readers == 2);
+  const codegen::ModuleCode m = codegen::generate_module(lowered, codegen::Target::named("sm_90a"));
+  for (const auto& step : m.steps)
+    if (step.ops.size() == 1 && lowered.ops()[static_cast<std::size_t>(step.ops[0])].kind == OpKind::Cast)
+      for (ValueId v : lowered.ops()[static_cast<std::size_t>(step.ops[0])].operands) CHECK(v != target);
 }
 
 // The route's backward: x's gradient is the router's dx plus the
