@@ -19,12 +19,14 @@
 #   layer_gather  the same with MOEJIT_SM90_GATHER=0 against 1;
 #   layer_warp, warp: the same, and the config B step, with MOEJIT_WARP_KERNELS=0 against 1;
 #   layer     the MoE layer beside PyTorch (D384, D768, D1536 E128; LAYER_SHAPES picks others);
+#   layer_d4096 the D4096 layer beside PyTorch, no CPU check;
 #   tune      `moejit tune` of config B, the default config and the moe_layer shapes into
 #             $OUT/tuned.json (what tuning/ ships), then the config B step with that
 #             database against without any (train_step --tuning-ab: alternating rounds);
 #   attention flash attention beside SDPA;
 #   profiles  MOEJIT_PROFILE=1 steps of config B and of the D4096 and D1536 layers;
 #   gemm      the dense GEMM probe beside torch.matmul;
+#   sass      the HGMMA instructions of each sm90 kernel in the probe's SASS (cuobjdump);
 #   layer_gemm the D1536 E128 layer's expert products alone (gemm_sm90_probe --layer-shapes), then
 #             where their warps wait (gemm_sm90_probe_timing); NCU=1: then once each under
 #             Nsight Compute, into $OUT/ncu-layer-gemm.txt;
@@ -34,7 +36,7 @@
 # into $OUT/final-logs.tgz (the device tool returns at most 8 files).
 set -u
 B=build-gpu-bundle; O=${OUT:-/tmp/out}; mkdir -p $O
-PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,warp,layer_overlap,layer_gather,layer_warp,layer,layer_gemm,tune,attention,profiles,gemm,queue}
+PLAN=${PLAN:-tests,train,unfused,nproc,initcheck,compile,trainstep,streamk,castfolds,overlap,streamk_waves,epilogues_all,warp,layer_overlap,layer_gather,layer_warp,layer,layer_d4096,layer_gemm,tune,attention,profiles,gemm,sass,queue}
 planned() { [[ ",$PLAN," == *",$1,"* ]]; }
 T0=$(date +%s); left() { echo $(( ${BUDGET:-560} - ($(date +%s) - T0) )); }
 stamp() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
@@ -121,6 +123,8 @@ layer_ab layer_warp MOEJIT_WARP_KERNELS
 # D4096's CPU check alone outlasts the section: its time comes from the profiles step (no check there).
 run layer 100 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=90 \
   GPU_CHECK_LAYER_SHAPES=${LAYER_SHAPES:-"16384,384,1536,8,2;16384,768,3072,8,2;24576,1536,256,128,8"}
+# D4096 beside PyTorch without the CPU check (its kernels are the checked shapes' families; the GPU tests check them).
+run layer_d4096 70 GPU_CHECK_ONLY=layer GPU_CHECK_BENCH_LIMIT=60 GPU_CHECK_LAYER_CHECK_TOKENS=0 GPU_CHECK_LAYER_SHAPES="8192,4096,14336,8,2"
 if planned tune && (( $(left) > 70 )); then  # tune, then the step with and without the database
   TUNE_MAX=${TUNE_BUDGET:-90}; TUNE_S=$(( $(left) - 50 < TUNE_MAX ? $(left) - 50 : TUNE_MAX ))
   timeout $(( TUNE_S + 20 )) $B/moejit tune --config $CFG_B --config default \
@@ -150,6 +154,12 @@ if planned profiles; then  # PROFILES picks among b, d4096, d1536 (default all t
   profiles_wanted d1536 && profile d1536 15 $B/moe_layer_bench --check-tokens 0 --warmup 1 --runs 3 --shapes 24576,1536,256,128,8
 fi
 run gemm 25 GPU_CHECK_ONLY=gemm GPU_CHECK_BENCH_LIMIT=${GEMM_LIMIT:-30}
+if planned sass && [[ -x $B/gemm_sm90_probe ]]; then  # HGMMA per sm90 kernel of the probe (the library's gemm_sm90.cuh, nvcc-built)
+  CUOBJDUMP=$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)
+  timeout 30 $CUOBJDUMP --dump-sass $B/gemm_sm90_probe 2>/dev/null | awk '/Function :/{f=$3} /HGMMA/{c[f]++} END{for(k in c) print c[k], k}' \
+    | c++filt | sort -rn > /tmp/log-sass.txt; stamp "sass: $(wc -l < /tmp/log-sass.txt) kernels with HGMMA"
+  cut -c1-160 /tmp/log-sass.txt | head -20
+fi
 if planned layer_gemm && (( $(left) < 190 )); then
   echo "SKIPPED layer_gemm (budget: $(left) s left, needs 190)"
 elif planned layer_gemm; then  # the D1536 E128 layer's expert products alone (gemm_sm90_probe --layer-shapes)
