@@ -9,7 +9,8 @@
 #   nproc     `gpt_moe train --nproc 1` on the GPU (--nproc 2 must fail cleanly on one GPU)
 #             (nothing timed runs beside the timed steps below);
 #   compile   the cold/warm compile of the example's module;
-#   trainstep the config B and default train steps beside PyTorch;
+#   trainstep the config B and default train steps beside PyTorch (TORCH_TRAIN_VARIANTS, default
+#             loop,grouped_mm; torch_train_step.py also has compile);
 #   initcheck compute-sanitizer's initcheck of the dispatch test;
 #   streamk   the config B step with MOEJIT_SM90_STREAM_K=0 against the default, alternating;
 #   castfolds the same with MOEJIT_CAST_FOLDS=0;
@@ -84,7 +85,7 @@ fi
 # 2. timed steps, by priority
 run compile 15 GPU_CHECK_ONLY=compile GPU_CHECK_BENCH_LIMIT=20
 run trainstep 120 GPU_CHECK_ONLY=trainstep GPU_CHECK_TRAINSTEP_CONFIGS="${TRAINSTEP_CONFIGS:-config_b default}" GPU_CHECK_BENCH_LIMIT=${TRAINSTEP_LIMIT:-100} \
-  GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants loop,grouped_mm --warmup 3 --runs 10"
+  GPU_CHECK_TRAINSTEP_ARGS="--warmup 3 --runs 10 --rounds 1 --trainer-steps 5" GPU_CHECK_TORCH_TRAIN_ARGS="--variants ${TORCH_TRAIN_VARIANTS:-loop,grouped_mm} --warmup 3 --runs 10"
 ab() {  # ab NAME VARIABLE [A B]: the config B replay with VARIABLE=A against B (default 0, 1), alternating rounds
   local name=$1 var=$2 a=${3:-0} b=${4:-1}
   planned "$name" || return 0

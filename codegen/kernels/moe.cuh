@@ -1163,6 +1163,16 @@ __device__ __forceinline__ void stage_gate_rows(const float* src, i64 t0, int n,
   __syncthreads();
 }
 
+// The block's tokens t0 .. t0 + n - 1 (gate_rows_tokens(LANES) a block),
+// their rows staged at `rows`; returns n.
+template <int LANES> __device__ __forceinline__ int stage_block_gate_rows(const float* logits, i64 tokens, int E, float* rows, i64& t0) {
+  constexpr int TOKENS = gate_rows_tokens(LANES);
+  t0 = (i64)blockIdx.x * TOKENS;
+  const int n = (int)(tokens - t0 < TOKENS ? tokens - t0 : TOKENS);
+  stage_gate_rows(logits, t0, n, E, rows);
+  return n;
+}
+
 // The row max and softmax sum, each lane over its chunks, then across the
 // token's lanes (the same values in all of them).
 template <int LANES> __device__ __forceinline__ void gate_lanes_max_sum(const float* row, int E, int q, float& max, float& sum) {
@@ -1190,12 +1200,10 @@ template <int LANES> __device__ __forceinline__ void gate_lanes_max_sum(const fl
 // in lane and pick order, not the warp's tree order, so a weight may differ
 // from the warp kernel's in the last bit.
 template <int K, int LANES> __global__ void __launch_bounds__(kGateRowsThreads) gate_rows_kernel(const GateArgs<float> a) {
-  constexpr int TOKENS = gate_rows_tokens(LANES);
   extern __shared__ float4 gate_rows_smem[];
   float* rows = reinterpret_cast<float*>(gate_rows_smem);
-  const i64 t0 = (i64)blockIdx.x * TOKENS;
-  const int n = (int)(a.tokens - t0 < TOKENS ? a.tokens - t0 : TOKENS);
-  stage_gate_rows(a.logits, t0, n, a.E, rows);
+  i64 t0;
+  const int n = stage_block_gate_rows<LANES>(a.logits, a.tokens, a.E, rows, t0);
   const int slot = threadIdx.x / LANES, q = threadIdx.x % LANES;
   const bool valid = slot < n;  // every lane takes part in the shuffles; a token past n reads row 0 and writes nothing
   const float* row = rows + (valid ? slot : 0) * gate_rows_stride(a.E);
@@ -1270,13 +1278,11 @@ template <int K, int LANES> __global__ void __launch_bounds__(kGateRowsThreads) 
 // the lane that holds them; the formulas and orders of gate_grad_kernel's
 // lanes form), then the block's rows are copied out.
 template <int K, int LANES> __global__ void __launch_bounds__(kGateRowsThreads) gate_grad_rows_kernel(const GateGradArgs<float> a) {
-  constexpr int TOKENS = gate_rows_tokens(LANES);
   extern __shared__ float4 gate_rows_smem[];
   float* rows = reinterpret_cast<float*>(gate_rows_smem);
-  const i64 t0 = (i64)blockIdx.x * TOKENS;
-  const int n = (int)(a.tokens - t0 < TOKENS ? a.tokens - t0 : TOKENS);
+  i64 t0;
+  const int n = stage_block_gate_rows<LANES>(a.logits, a.tokens, a.E, rows, t0);
   const int S = gate_rows_stride(a.E);
-  stage_gate_rows(a.logits, t0, n, a.E, rows);
   const int slot = threadIdx.x / LANES, q = threadIdx.x % LANES;
   const bool valid = slot < n;
   float* row = rows + (valid ? slot : 0) * S;

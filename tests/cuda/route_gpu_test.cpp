@@ -385,9 +385,9 @@ TEST_CASE("gpu: moe.gate and its gradient (four lanes per token, MOEJIT_WARP_KER
 }
 
 // The auxiliary losses' statistics run in chunks of tokens (a shared
-// histogram of each chunk's slots) and their gradients walk the experts by
-// a stride: many chunks, experts that no slot or every slot picks, and E
-// that does not divide the grid's stride.
+// histogram of each chunk's slots) and their gradient walks rows with a
+// thread an expert: many chunks, an expert most tokens pick, and E that
+// divides no block (37).
 TEST_CASE("gpu: the load-balance loss and the entropy regularizer, forward and backward, match the CPU over many token chunks",
           "[cuda][gpu][route]") {
   MOEJIT_SKIP_WITHOUT_GPU();
