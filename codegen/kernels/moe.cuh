@@ -3,8 +3,8 @@
 // expert, NaN ranks last), its backward, dispatch (histogram, prefix sum
 // with capacity and block padding, stable scatter in slot order), permute,
 // combine and the auxiliary losses. Index tensors are i32.
-// Routing is built for latency: the gate and its backward give each token a
-// warp, and dispatch is multi-block launches (per-tile histograms, one scan,
+// Routing is built for latency: the gate and its backward give each token
+// four lanes (f32 logits, up to 256 experts) or a warp, and dispatch is multi-block launches (per-tile histograms, one scan,
 // a stable per-tile scatter; the scan and scatter one launch at few tiles)
 // instead of one serial block. moe.route fuses the router product, the gate
 // (a thread per token up to 32 experts) and the per-tile histograms into one
@@ -1192,6 +1192,28 @@ template <int LANES> __device__ __forceinline__ void gate_lanes_max_sum(const fl
   for (int d = 1; d < LANES; d *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, d);
 }
 
+// The raw weights of K picks from their logits x, gate_token's formulas (the
+// sigmoid, the score-first softmax's max and sum, or a softmax over the
+// picks); returns their sum, taken in pick order.
+template <int K>
+__device__ __forceinline__ float gate_picks_raw(const float (&x)[K], int softmax_score, int score_first, float max, float sum,
+                                                float (&raw)[K]) {
+  float top_max = lowest_value<float>(), top_sum = 0.0f;
+  if (softmax_score && !score_first) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) top_max = MaxOp()(top_max, x[k]);
+#pragma unroll
+    for (int k = 0; k < K; ++k) top_sum += expf(x[k] - top_max);
+  }
+  float total = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    raw[k] = !softmax_score ? gate_sigmoid(x[k]) : score_first ? expf(x[k] - max) / sum : expf(x[k] - top_max) / top_sum;
+    total += raw[k];
+  }
+  return total;
+}
+
 // moe.gate: each lane keeps the K best keys of its experts in a sorted list
 // (gate_rank_bits; strictly greater moves up, so a tie keeps the lower
 // expert first), then K rounds take the token's best head (higher rank, on a
@@ -1249,19 +1271,8 @@ template <int K, int LANES> __global__ void __launch_bounds__(kGateRowsThreads) 
   float xk[K];
 #pragma unroll
   for (int k = 0; k < K; ++k) xk[k] = best[k] >= 0 ? row[best[k]] : 0.0f;
-  float top_max = lowest_value<float>(), top_sum = 0.0f;
-  if (a.softmax_score && !a.score_first) {  // softmax over the K chosen logits
-#pragma unroll
-    for (int k = 0; k < K; ++k) top_max = MaxOp()(top_max, xk[k]);
-#pragma unroll
-    for (int k = 0; k < K; ++k) top_sum += expf(xk[k] - top_max);
-  }
-  float raw[K], total = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    raw[k] = !a.softmax_score ? gate_sigmoid(xk[k]) : a.score_first ? expf(xk[k] - max) / sum : expf(xk[k] - top_max) / top_sum;
-    total += raw[k];
-  }
+  float raw[K];
+  const float total = gate_picks_raw(xk, a.softmax_score, a.score_first, max, sum, raw);
   if (!valid) return;
   const i64 t = t0 + slot;
 #pragma unroll
@@ -1298,20 +1309,10 @@ template <int K, int LANES> __global__ void __launch_bounds__(kGateRowsThreads) 
       dw_k[k] = a.dweights[t * K + k];
       x_k[k] = e_k[k] >= 0 && e_k[k] < a.E ? row[e_k[k]] : 0.0f;
     }
-    float top_max = lowest_value<float>(), top_sum = 0.0f;
-    if (a.softmax_score && !a.score_first) {
+    float r_k[K], dot = 0.0f;
+    const float total = gate_picks_raw(x_k, a.softmax_score, a.score_first, max, sum, r_k);
 #pragma unroll
-      for (int k = 0; k < K; ++k) top_max = MaxOp()(top_max, x_k[k]);
-#pragma unroll
-      for (int k = 0; k < K; ++k) top_sum += expf(x_k[k] - top_max);
-    }
-    float r_k[K], total = 0.0f, dot = 0.0f;
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      r_k[k] = !a.softmax_score ? gate_sigmoid(x_k[k]) : a.score_first ? expf(x_k[k] - max) / sum : expf(x_k[k] - top_max) / top_sum;
-      total += r_k[k];
-      dot += dw_k[k] * r_k[k];
-    }
+    for (int k = 0; k < K; ++k) dot += dw_k[k] * r_k[k];
     dot /= total;
     float draw_k[K], pd = 0.0f;  // through the renormalization w_k = r_k / S: draw_k = (dw_k - sum_j dw_j r_j / S) / S
 #pragma unroll
